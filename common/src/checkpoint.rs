@@ -1,0 +1,90 @@
+//! Checkpoint records (DESIGN.md §5): `metadata.json`, `offsets/<epoch>` (the plan) and
+//! `commits/<epoch>` (the decision). They are JSON so an operator can read them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `metadata.json`: what a checkpoint belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metadata {
+    /// Job id: the Delta app id of `SetTransaction`.
+    pub job_id: String,
+    pub name: String,
+    pub key_groups: u32,
+    /// Fingerprint of the query and schema; a different query may not reuse the checkpoint.
+    pub fingerprint: String,
+    pub created_at_micros: i64,
+}
+
+/// The offsets of one Kafka partition that one epoch reads: `[start, end)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Which executor reads which partitions and owns which key groups in an epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Assignment {
+    pub executor_id: String,
+    pub partitions: Vec<i32>,
+    /// Key groups `[start, end)`.
+    pub key_groups: (u32, u32),
+}
+
+/// `offsets/<epoch>`: the plan, durable before any executor starts the epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochPlan {
+    pub epoch: u64,
+    pub topic: String,
+    pub ranges: Vec<PartitionRange>,
+    /// Watermark in force for the epoch (microseconds); none before the first event.
+    pub watermark_micros: Option<i64>,
+    /// The plan's wall clock: processing_time of the epoch's rows.
+    pub planned_at_micros: i64,
+    pub assignment: Vec<Assignment>,
+}
+
+impl EpochPlan {
+    /// Number of records the plan covers.
+    pub fn planned_rows(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|r| u64::try_from(r.end - r.start).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Per-epoch figures, summed over executors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    pub input_rows: u64,
+    pub input_bytes: u64,
+    pub valid_rows: u64,
+    pub late_rows: u64,
+    pub malformed_rows: u64,
+    pub dead_letter_rows: u64,
+    pub windows_emitted: u64,
+    pub state_rows: u64,
+    pub min_event_time_micros: Option<i64>,
+    pub max_event_time_micros: Option<i64>,
+    pub avg_event_time_micros: Option<i64>,
+}
+
+/// `commits/<epoch>`: the decision. Once written, the epoch's output reaches the table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommitRecord {
+    pub epoch: u64,
+    /// Next offset to read per partition.
+    pub end_offsets: BTreeMap<i32, i64>,
+    /// Watermark in force for the next epoch.
+    pub next_watermark_micros: Option<i64>,
+    /// Delta add actions (JSON) for the output table.
+    pub output_adds: Vec<String>,
+    /// Delta add actions (JSON) for the dead-letter table.
+    pub dead_letter_adds: Vec<String>,
+    pub stats: EpochStats,
+    pub decided_at_micros: i64,
+}

@@ -1,0 +1,200 @@
+//! JSON records to Arrow with arrow-json, one batch per fetch, with every bad record set aside
+//! with its reason and no good record lost.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_json::ReaderBuilder;
+
+/// The outcome of decoding a slice of records.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The good records, in input order.
+    pub batches: Vec<RecordBatch>,
+    /// Input index of each row of `batches`, in the same order.
+    pub good: Vec<usize>,
+    /// Input index and reason of each bad record.
+    pub bad: Vec<(usize, String)>,
+}
+
+/// Decodes JSON records against the job's input schema.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    max_record_bytes: usize,
+}
+
+impl JsonDecoder {
+    pub fn new(schema: SchemaRef, max_record_bytes: usize) -> Self {
+        Self {
+            schema,
+            max_record_bytes,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `records` (one JSON object each). Bad records are found by splitting a failing
+    /// range in halves, so a batch with a few bad records costs a few extra decodes, not one per row.
+    pub fn decode(&self, records: &[&[u8]]) -> Decoded {
+        let mut out = Decoded::default();
+        let mut candidates = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            match self.precheck(r) {
+                Ok(()) => candidates.push(i),
+                Err(reason) => out.bad.push((i, reason)),
+            }
+        }
+        self.decode_range(records, &candidates, &mut out);
+        out.bad.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    fn precheck(&self, record: &[u8]) -> Result<(), String> {
+        if record.len() > self.max_record_bytes {
+            return Err(format!(
+                "record of {} bytes exceeds max_record_bytes ({})",
+                record.len(),
+                self.max_record_bytes
+            ));
+        }
+        match record.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => Err("empty record".into()),
+            Some(b'{') => Ok(()),
+            Some(_) => Err("not a JSON object".into()),
+        }
+    }
+
+    fn decode_range(&self, records: &[&[u8]], idx: &[usize], out: &mut Decoded) {
+        if idx.is_empty() {
+            return;
+        }
+        match self.try_decode(records, idx) {
+            Ok(batch) => {
+                out.good.extend_from_slice(idx);
+                out.batches.push(batch);
+            }
+            Err(reason) if idx.len() == 1 => out.bad.push((idx[0], reason)),
+            Err(_) => {
+                let (left, right) = idx.split_at(idx.len() / 2);
+                self.decode_range(records, left, out);
+                self.decode_range(records, right, out);
+            }
+        }
+    }
+
+    fn try_decode(&self, records: &[&[u8]], idx: &[usize]) -> Result<RecordBatch, String> {
+        let mut buf = Vec::with_capacity(idx.iter().map(|&i| records[i].len() + 1).sum());
+        for &i in idx {
+            buf.extend_from_slice(records[i]);
+            buf.push(b'\n');
+        }
+        let mut decoder = ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(idx.len() + 1)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let mut offset = 0;
+        while offset < buf.len() {
+            let read = decoder.decode(&buf[offset..]).map_err(|e| friendly(&e.to_string()))?;
+            if read == 0 {
+                return Err("record holds more than one JSON value".into());
+            }
+            offset += read;
+        }
+        let batch = decoder
+            .flush()
+            .map_err(|e| friendly(&e.to_string()))?
+            .ok_or_else(|| "no JSON object".to_string())?;
+        if batch.num_rows() != idx.len() {
+            // One record held several JSON objects.
+            return Err("record holds more than one JSON value".into());
+        }
+        Ok(batch)
+    }
+}
+
+/// Rewords arrow's messages into what a user needs to find the record's problem.
+fn friendly(message: &str) -> String {
+    let trimmed = message
+        .trim_start_matches("Json error: ")
+        .trim_start_matches("Invalid argument error: ");
+    if let Some(rest) = trimmed.strip_prefix("Column '") {
+        if let Some((col, tail)) = rest.split_once('\'') {
+            if tail.contains("non-nullable") {
+                return format!("required field `{col}` is missing or null");
+            }
+        }
+    }
+    trimmed.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::build_schema;
+    use arrow::array::{Array, StringArray};
+
+    fn decoder() -> JsonDecoder {
+        let schema = build_schema([
+            ("event_id", "string not null"),
+            ("user_id", "string not null"),
+            ("event_type", "string not null"),
+            ("page_url", "string"),
+            ("timestamp", "timestamp not null"),
+            ("properties", "map<string,string>"),
+        ])
+        .unwrap();
+        JsonDecoder::new(schema, 300)
+    }
+
+    fn good(i: usize) -> String {
+        format!(
+            r#"{{"event_id":"e{i}","user_id":"u{i}","event_type":"click","timestamp":"2026-11-24T10:00:0{}Z","properties":{{"k":"v"}}}}"#,
+            i % 10
+        )
+    }
+
+    #[test]
+    fn bad_records_are_set_aside_and_good_ones_kept() {
+        let mut records: Vec<String> = (0..20).map(good).collect();
+        let bad = [
+            (3, "{\"event_id\": \"x\"".to_string()),
+            (5, r#"{"event_id":"e","user_id":42,"event_type":"click","timestamp":"2026-11-24T10:00:00Z"}"#.to_string()),
+            (7, r#"{"event_id":"e","user_id":"u","timestamp":"2026-11-24T10:00:00Z"}"#.to_string()),
+            (9, r#"{"event_id":"e","user_id":null,"event_type":"click","timestamp":"2026-11-24T10:00:00Z"}"#.to_string()),
+            (11, r#"{"event_id":"e","user_id":"u","event_type":"click","timestamp":"yesterday"}"#.to_string()),
+            (12, "".to_string()),
+            (13, "[1,2]".to_string()),
+            (14, format!("{}{}", good(1), good(2))),
+            (15, format!(r#"{{"event_id":"{}","user_id":"u","event_type":"c","timestamp":"2026-11-24T10:00:00Z"}}"#, "x".repeat(400))),
+            (16, "not json at all".to_string()),
+        ];
+        for (i, text) in &bad {
+            records[*i] = text.clone();
+        }
+        let bytes: Vec<&[u8]> = records.iter().map(|s| s.as_bytes()).collect();
+        let out = decoder().decode(&bytes);
+        let bad_idx: Vec<usize> = out.bad.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad_idx, bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), "{:?}", out.bad);
+        assert_eq!(out.good.len(), 10);
+        let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 10);
+        // Rows come back in input order, matched with their indices.
+        let ids: Vec<String> = out
+            .batches
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+                (0..a.len()).map(move |i| a.value(i).to_string())
+            })
+            .collect();
+        let expected: Vec<String> = out.good.iter().map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, expected);
+        let reason = |i: usize| out.bad.iter().find(|(j, _)| *j == i).unwrap().1.clone();
+        assert!(reason(7).contains("event_type"), "{}", reason(7));
+        assert!(reason(9).contains("user_id"), "{}", reason(9));
+        assert!(reason(15).contains("max_record_bytes"), "{}", reason(15));
+        assert!(reason(14).contains("more than one"), "{}", reason(14));
+    }
+}

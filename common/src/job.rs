@@ -1,0 +1,624 @@
+//! The job file (DESIGN.md §8): YAML with `${VAR}` from the environment, parsed into a raw form
+//! that travels between processes, and validated into a [`JobSpec`] that the engine runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{parse_aggregate, AggregateSpec};
+use crate::duration::{micros, parse_duration};
+use crate::schema::{build_schema, is_scalar, timestamp_type};
+use crate::window::WindowSpec;
+
+/// A mistake in a job file, naming the field and what was expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("job file: {field}: {message}")]
+pub struct JobError {
+    pub field: String,
+    pub message: String,
+}
+
+impl JobError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The job file as written, after `${VAR}` substitution.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    pub name: String,
+    pub source: RawSource,
+    pub query: RawQuery,
+    #[serde(default = "default_trigger")]
+    pub trigger: String,
+    pub checkpoint_location: String,
+    #[serde(default)]
+    pub key_groups: Option<u32>,
+    pub sinks: Vec<RawSink>,
+    #[serde(default)]
+    pub dead_letter: Option<RawDeadLetter>,
+    #[serde(default)]
+    pub alerts: Option<serde_yaml_ng::Value>,
+}
+
+fn default_trigger() -> String {
+    "30s".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub kafka: RawKafka,
+    #[serde(default = "default_format")]
+    pub format: String,
+    pub schema: IndexMap<String, String>,
+    /// Largest accepted record value; larger ones go to the dead-letter output.
+    #[serde(default)]
+    pub max_record_bytes: Option<u64>,
+}
+
+fn default_format() -> String {
+    "json".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    #[serde(default = "default_starting_offsets")]
+    pub starting_offsets: serde_yaml_ng::Value,
+    #[serde(default)]
+    pub fail_on_data_loss: bool,
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_starting_offsets() -> serde_yaml_ng::Value {
+    serde_yaml_ng::Value::String("latest".into())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuery {
+    pub watermark: RawWatermark,
+    pub window: RawWindow,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    pub aggregates: IndexMap<String, String>,
+    #[serde(default = "default_output_mode")]
+    pub output_mode: String,
+    /// Records whose event time is further ahead of the plan's wall clock go to the dead letter.
+    #[serde(default)]
+    pub max_event_time_ahead: Option<String>,
+}
+
+fn default_output_mode() -> String {
+    "append".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatermark {
+    pub column: String,
+    pub delay: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub column: String,
+    pub size: String,
+    #[serde(default)]
+    pub slide: Option<String>,
+    #[serde(default)]
+    pub start: Option<String>,
+}
+
+/// One entry of `sinks:`, a map with exactly one key naming the sink kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<RawDeltaSink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushgateway: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeltaSink {
+    pub path: String,
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    #[serde(default)]
+    pub compact: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeadLetter {
+    pub delta: RawDeltaSink,
+}
+
+/// Where the Kafka source starts when the checkpoint has no offsets yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartingOffsets {
+    Earliest,
+    Latest,
+    /// Per partition: an offset, or -2 for earliest and -1 for latest (Spark's convention).
+    Partitions(BTreeMap<i32, i64>),
+}
+
+/// When epochs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// An epoch every interval (the next starts at once when one runs late).
+    Interval(Duration),
+    /// Process what is available at start in capped epochs, close the windows, then stop.
+    AvailableNow,
+}
+
+/// The Kafka source, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSource {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub starting_offsets: StartingOffsets,
+    pub fail_on_data_loss: bool,
+    pub max_offsets_per_trigger: Option<u64>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A Delta table output, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaSink {
+    /// Absolute URL (`file:///...`, `s3://...`).
+    pub url: String,
+    pub partition_by: Vec<String>,
+    pub compact: bool,
+}
+
+/// A validated job: everything the driver and executors need, in engine units.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub raw: RawJob,
+    pub name: String,
+    pub kafka: KafkaSource,
+    pub input_schema: SchemaRef,
+    pub max_record_bytes: usize,
+    pub event_time_column: String,
+    pub watermark_delay_micros: i64,
+    pub window: WindowSpec,
+    pub group_by: Vec<String>,
+    pub aggregates: Vec<AggregateSpec>,
+    pub max_event_time_ahead_micros: i64,
+    pub trigger: Trigger,
+    pub checkpoint_url: String,
+    pub key_groups: u32,
+    pub output: DeltaSink,
+    pub dead_letter: Option<DeltaSink>,
+}
+
+/// Default number of key groups (DESIGN.md §4).
+pub const DEFAULT_KEY_GROUPS: u32 = 256;
+/// Default cap on one record's value.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Default limit on how far an event time may run ahead of the wall clock.
+pub const DEFAULT_MAX_EVENT_TIME_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
+/// Replaces `${VAR}` and `${VAR:-default}` with the environment; an unset variable is an error.
+pub fn substitute_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, JobError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("${") {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
+        let end = after.find('}').ok_or_else(|| {
+            JobError::new(format!("line {line}"), "`${` without a closing `}`")
+        })?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(JobError::new(
+                format!("line {line}"),
+                format!("`${{{expr}}}` is not a variable reference; expected ${{NAME}} or ${{NAME:-default}}"),
+            ));
+        }
+        match (lookup(name), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(JobError::new(
+                    format!("line {line}"),
+                    format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)"),
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a job file's text with the process environment and validates it.
+pub fn parse_job(text: &str, base_dir: &Path) -> Result<JobSpec, JobError> {
+    let substituted = substitute_env(text, |name| std::env::var(name).ok())?;
+    let raw: RawJob = serde_yaml_ng::from_str(&substituted).map_err(|e| {
+        let location = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "document".into());
+        // serde_yaml_ng puts the field path first ("source.kafka: missing field `topic`").
+        let message = e.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
+        JobError::new(location, message)
+    })?;
+    validate(raw, base_dir)
+}
+
+/// Reads and validates a job file from disk.
+pub fn load_job(path: &Path) -> Result<JobSpec, JobError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| JobError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+    let base = std::env::current_dir().unwrap_or_else(|_| Path::new(".").to_path_buf());
+    parse_job(&text, &base)
+}
+
+/// Turns a path or URL into an absolute URL; relative paths are taken from `base_dir`.
+pub fn location_url(field: &str, location: &str, base_dir: &Path) -> Result<String, JobError> {
+    let location = location.trim();
+    if location.is_empty() {
+        return Err(JobError::new(field, "expected a path or URL, found an empty value"));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return match scheme {
+            "file" | "s3" | "s3a" | "memory" => url::Url::parse(location)
+                .map(|u| u.to_string().trim_end_matches('/').to_string())
+                .map_err(|e| JobError::new(field, format!("`{location}` is not a URL: {e}"))),
+            other => Err(JobError::new(
+                field,
+                format!("unsupported scheme `{other}://`; expected file://, s3:// or a local path"),
+            )),
+        };
+    }
+    let path = base_dir.join(location);
+    let url = url::Url::from_directory_path(&path)
+        .map_err(|_| JobError::new(field, format!("`{location}` is not a usable path")))?;
+    Ok(url.to_string().trim_end_matches('/').to_string())
+}
+
+fn duration_field(field: &str, text: &str) -> Result<Duration, JobError> {
+    parse_duration(text).map_err(|m| JobError::new(field, m))
+}
+
+fn parse_starting_offsets(value: &serde_yaml_ng::Value) -> Result<StartingOffsets, JobError> {
+    const FIELD: &str = "source.kafka.starting_offsets";
+    let from_map = |map: BTreeMap<String, i64>| -> Result<StartingOffsets, JobError> {
+        let mut parsed = BTreeMap::new();
+        for (k, v) in map {
+            let p: i32 = k.parse().map_err(|_| {
+                JobError::new(FIELD, format!("partition `{k}` is not a partition number"))
+            })?;
+            if v < -2 {
+                return Err(JobError::new(
+                    FIELD,
+                    format!("offset {v} for partition {p}: expected an offset, -2 (earliest) or -1 (latest)"),
+                ));
+            }
+            parsed.insert(p, v);
+        }
+        Ok(StartingOffsets::Partitions(parsed))
+    };
+    match value {
+        serde_yaml_ng::Value::String(s) => match s.trim() {
+            "earliest" => Ok(StartingOffsets::Earliest),
+            "latest" => Ok(StartingOffsets::Latest),
+            json if json.starts_with('{') => {
+                let map: BTreeMap<String, i64> = serde_json::from_str(json).map_err(|e| {
+                    JobError::new(FIELD, format!("expected {{\"0\": 42, \"1\": -2}}: {e}"))
+                })?;
+                from_map(map)
+            }
+            other => Err(JobError::new(
+                FIELD,
+                format!("`{other}`: expected earliest, latest or a map of partition to offset"),
+            )),
+        },
+        serde_yaml_ng::Value::Mapping(mapping) => {
+            let mut map = BTreeMap::new();
+            for (k, v) in mapping {
+                let key = match k {
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    serde_yaml_ng::Value::String(s) => s.clone(),
+                    _ => return Err(JobError::new(FIELD, "expected partition numbers as keys")),
+                };
+                let offset = v.as_i64().ok_or_else(|| {
+                    JobError::new(FIELD, format!("partition {key}: expected an offset number"))
+                })?;
+                map.insert(key, offset);
+            }
+            from_map(map)
+        }
+        _ => Err(JobError::new(
+            FIELD,
+            "expected earliest, latest or a map of partition to offset",
+        )),
+    }
+}
+
+fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaSink, JobError> {
+    Ok(DeltaSink {
+        url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
+        partition_by: raw.partition_by.clone(),
+        compact: raw.compact,
+    })
+}
+
+/// Checks a raw job and converts it into engine units.
+pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
+    if raw.name.trim().is_empty() {
+        return Err(JobError::new("name", "expected a non-empty job name"));
+    }
+    let kafka = &raw.source.kafka;
+    if kafka.bootstrap_servers.trim().is_empty() {
+        return Err(JobError::new(
+            "source.kafka.bootstrap_servers",
+            "expected host:port[,host:port...], found an empty value",
+        ));
+    }
+    if kafka.topic.trim().is_empty() {
+        return Err(JobError::new("source.kafka.topic", "expected a topic name"));
+    }
+    if kafka.max_offsets_per_trigger == Some(0) {
+        return Err(JobError::new(
+            "source.kafka.max_offsets_per_trigger",
+            "expected a positive number of records",
+        ));
+    }
+    let starting_offsets = parse_starting_offsets(&kafka.starting_offsets)?;
+    if raw.source.format != "json" {
+        return Err(JobError::new(
+            "source.format",
+            format!("`{}`: only json is supported", raw.source.format),
+        ));
+    }
+    if raw.source.schema.is_empty() {
+        return Err(JobError::new("source.schema", "expected at least one column"));
+    }
+    let input_schema = build_schema(
+        raw.source
+            .schema
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(|(col, msg)| JobError::new(format!("source.schema.{col}"), msg))?;
+    let column_type = |field: &str, name: &str| -> Result<DataType, JobError> {
+        input_schema
+            .field_with_name(name)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| {
+                JobError::new(
+                    field,
+                    format!("column `{name}` is not in source.schema"),
+                )
+            })
+    };
+
+    let query = &raw.query;
+    let event_time_column = query.watermark.column.clone();
+    if column_type("query.watermark.column", &event_time_column)? != timestamp_type() {
+        return Err(JobError::new(
+            "query.watermark.column",
+            format!("column `{event_time_column}` must be a timestamp"),
+        ));
+    }
+    let delay = duration_field("query.watermark.delay", &query.watermark.delay)?;
+    if query.window.column != event_time_column {
+        return Err(JobError::new(
+            "query.window.column",
+            format!(
+                "windows must be on the watermark column `{event_time_column}`, found `{}`",
+                query.window.column
+            ),
+        ));
+    }
+    let size = duration_field("query.window.size", &query.window.size)?;
+    let slide = match &query.window.slide {
+        Some(s) => duration_field("query.window.slide", s)?,
+        None => size,
+    };
+    let start = match &query.window.start {
+        Some(s) => duration_field("query.window.start", s)?,
+        None => Duration::ZERO,
+    };
+    let window = WindowSpec::new(micros(size), micros(slide), micros(start))
+        .map_err(|m| JobError::new("query.window", m))?;
+
+    for (i, col) in query.group_by.iter().enumerate() {
+        let field = format!("query.group_by[{i}]");
+        let t = column_type(&field, col)?;
+        if !is_scalar(&t) {
+            return Err(JobError::new(field, format!("cannot group by `{col}` of type {t}")));
+        }
+    }
+    if query.aggregates.is_empty() {
+        return Err(JobError::new("query.aggregates", "expected at least one aggregate"));
+    }
+    let mut aggregates = Vec::new();
+    for (name, expr) in &query.aggregates {
+        let field = format!("query.aggregates.{name}");
+        if query.group_by.contains(name) || name == "window" || name == "processing_time" {
+            return Err(JobError::new(field, "this output column name is already taken"));
+        }
+        let agg = parse_aggregate(name, expr, &input_schema).map_err(|m| JobError::new(&field, m))?;
+        aggregates.push(agg);
+    }
+    if query.output_mode != "append" {
+        return Err(JobError::new(
+            "query.output_mode",
+            format!("`{}`: only append is supported", query.output_mode),
+        ));
+    }
+    let ahead = match &query.max_event_time_ahead {
+        Some(s) => duration_field("query.max_event_time_ahead", s)?,
+        None => DEFAULT_MAX_EVENT_TIME_AHEAD,
+    };
+
+    let trigger = match raw.trigger.trim() {
+        "available-now" | "available_now" | "availableNow" => Trigger::AvailableNow,
+        other => {
+            let d = duration_field("trigger", other)?;
+            if d.is_zero() {
+                return Err(JobError::new("trigger", "expected a positive interval or available-now"));
+            }
+            Trigger::Interval(d)
+        }
+    };
+    let checkpoint_url = location_url("checkpoint_location", &raw.checkpoint_location, base_dir)?;
+    let key_groups = raw.key_groups.unwrap_or(DEFAULT_KEY_GROUPS);
+    if !(1..=32768).contains(&key_groups) {
+        return Err(JobError::new("key_groups", "expected a number from 1 to 32768"));
+    }
+
+    let mut output = None;
+    for (i, sink) in raw.sinks.iter().enumerate() {
+        if sink.delta.is_some() == sink.pushgateway.is_some() {
+            return Err(JobError::new(
+                format!("sinks[{i}]"),
+                "expected exactly one of delta or pushgateway",
+            ));
+        }
+        match (&sink.delta, &sink.pushgateway) {
+            (Some(d), _) => {
+                let field = format!("sinks[{i}].delta");
+                if output.is_some() {
+                    return Err(JobError::new(field, "only one delta sink per job"));
+                }
+                for (j, col) in d.partition_by.iter().enumerate() {
+                    if !query.group_by.contains(col) {
+                        return Err(JobError::new(
+                            format!("{field}.partition_by[{j}]"),
+                            format!("`{col}` is not a group_by column"),
+                        ));
+                    }
+                }
+                output = Some(delta_sink(&field, d, base_dir)?);
+            }
+            _ => {
+                return Err(JobError::new(
+                    format!("sinks[{i}].pushgateway"),
+                    "the Pushgateway sink is not available in this version of weir",
+                ))
+            }
+        }
+    }
+    let output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
+    if raw.alerts.is_some() {
+        return Err(JobError::new(
+            "alerts",
+            "webhook alerts are not available in this version of weir",
+        ));
+    }
+    let dead_letter = match &raw.dead_letter {
+        Some(d) => Some(delta_sink("dead_letter.delta", &d.delta, base_dir)?),
+        None => None,
+    };
+    if dead_letter.as_ref().is_some_and(|d| d.url == output.url) {
+        return Err(JobError::new(
+            "dead_letter.delta.path",
+            "must differ from the output table",
+        ));
+    }
+
+    let kafka = KafkaSource {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        topic: kafka.topic.clone(),
+        starting_offsets,
+        fail_on_data_loss: kafka.fail_on_data_loss,
+        max_offsets_per_trigger: kafka.max_offsets_per_trigger,
+        options: kafka.options.clone(),
+    };
+    let max_record_bytes = raw.source.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+    // Absolute locations travel to executors, which may run elsewhere.
+    raw.checkpoint_location = checkpoint_url.clone();
+    for sink in raw.sinks.iter_mut() {
+        if let Some(d) = sink.delta.as_mut() {
+            d.path = output.url.clone();
+        }
+    }
+    if let (Some(d), Some(sink)) = (raw.dead_letter.as_mut(), dead_letter.as_ref()) {
+        d.delta.path = sink.url.clone();
+    }
+    Ok(JobSpec {
+        name: raw.name.clone(),
+        kafka,
+        input_schema,
+        max_record_bytes: usize::try_from(max_record_bytes).unwrap_or(usize::MAX),
+        event_time_column,
+        watermark_delay_micros: micros(delay),
+        window,
+        group_by: query.group_by.clone(),
+        aggregates,
+        max_event_time_ahead_micros: micros(ahead),
+        trigger,
+        checkpoint_url,
+        key_groups,
+        output,
+        dead_letter,
+        raw,
+    })
+}
+
+impl JobSpec {
+    /// The resolved job as JSON, as sent to executors.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.raw).unwrap_or_default()
+    }
+
+    /// Rebuilds a job from [`JobSpec::to_json`] output (locations are already absolute).
+    pub fn from_json(json: &str) -> Result<Self, JobError> {
+        let raw: RawJob = serde_json::from_str(json)
+            .map_err(|e| JobError::new("job", format!("malformed job from driver: {e}")))?;
+        validate(raw, Path::new("/"))
+    }
+
+    /// A fingerprint of what determines the output: a checkpoint from another query is refused.
+    pub fn fingerprint(&self) -> String {
+        let query = serde_json::to_string(&self.raw.query).unwrap_or_default();
+        let schema = serde_json::to_string(&self.raw.source.schema).unwrap_or_default();
+        format!(
+            "{:016x}",
+            crate::keygroup::stable_hash(format!("{query}|{schema}|{}", self.key_groups).as_bytes())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

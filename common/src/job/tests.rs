@@ -1,0 +1,170 @@
+use super::*;
+
+const GOOD: &str = r#"
+name: realtime-analytics
+source:
+  kafka:
+    bootstrap_servers: ${TEST_BROKERS}
+    topic: web-events
+    starting_offsets: earliest
+    fail_on_data_loss: false
+    max_offsets_per_trigger: 1000
+  format: json
+  schema:
+    event_id: string not null
+    user_id: string not null
+    event_type: string not null
+    page_url: string
+    timestamp: timestamp not null
+    properties: map<string,string>
+query:
+  watermark: {column: timestamp, delay: 10m}
+  window: {column: timestamp, size: 5m, slide: 5m, start: 0s}
+  group_by: [event_type]
+  aggregates:
+    event_count: count(*)
+    unique_users: count(distinct user_id)
+    approx_unique: approx_count_distinct(event_id)
+  output_mode: append
+trigger: 30s
+checkpoint_location: /tmp/weir/checkpoint
+sinks:
+  - delta: {path: /tmp/weir/aggregated, partition_by: [event_type]}
+dead_letter: {delta: {path: file:///tmp/weir/dead-letter}}
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "TEST_BROKERS").then(|| "127.0.0.1:9092".to_string())
+}
+
+fn parse(text: &str) -> Result<JobSpec, JobError> {
+    let substituted = substitute_env(text, env)?;
+    let raw: RawJob = serde_yaml_ng::from_str(&substituted)
+        .map_err(|e| JobError::new("yaml", e.to_string()))?;
+    validate(raw, Path::new("/work"))
+}
+
+/// Applies `from -> to` to the good job and returns the error it must produce.
+fn error_of(from: &str, to: &str) -> JobError {
+    assert!(GOOD.contains(from), "test bug: `{from}` not in the job");
+    let text = GOOD.replacen(from, to, 1);
+    match parse(&text) {
+        Ok(_) => panic!("`{to}` was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn the_reference_job_parses() {
+    let job = parse(GOOD).unwrap();
+    assert_eq!(job.kafka.bootstrap_servers, "127.0.0.1:9092");
+    assert_eq!(job.kafka.starting_offsets, StartingOffsets::Earliest);
+    assert_eq!(job.watermark_delay_micros, 600_000_000);
+    assert_eq!(job.window, WindowSpec::tumbling(300_000_000));
+    assert_eq!(job.trigger, Trigger::Interval(Duration::from_secs(30)));
+    assert_eq!(job.checkpoint_url, "file:///tmp/weir/checkpoint");
+    assert_eq!(job.output.url, "file:///tmp/weir/aggregated");
+    assert_eq!(job.key_groups, DEFAULT_KEY_GROUPS);
+    let names: Vec<&str> = job.aggregates.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["event_count", "unique_users", "approx_unique"]);
+    // What executors receive rebuilds the same job.
+    let again = JobSpec::from_json(&job.to_json()).unwrap();
+    assert_eq!(again.output, job.output);
+    assert_eq!(again.fingerprint(), job.fingerprint());
+}
+
+#[test]
+fn environment_substitution() {
+    let lookup = |n: &str| (n == "A").then(|| "x".to_string());
+    assert_eq!(substitute_env("a${A}b", lookup).unwrap(), "axb");
+    assert_eq!(substitute_env("${B:-d}", lookup).unwrap(), "d");
+    assert_eq!(substitute_env("${A:-d}", lookup).unwrap(), "x");
+    let e = substitute_env("k: 1\nv: ${MISSING}", lookup).unwrap_err();
+    assert_eq!(e.field, "line 2");
+    assert!(e.message.contains("MISSING is not set"));
+    assert!(substitute_env("${A", lookup).is_err());
+    assert!(substitute_env("${A B}", lookup).is_err());
+}
+
+#[test]
+fn starting_offsets_forms() {
+    let job = parse(&GOOD.replace(
+        "starting_offsets: earliest",
+        r#"starting_offsets: '{"0": 42, "1": -2}'"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        job.kafka.starting_offsets,
+        StartingOffsets::Partitions(BTreeMap::from([(0, 42), (1, -2)]))
+    );
+    let job = parse(&GOOD.replace(
+        "starting_offsets: earliest",
+        "starting_offsets: {0: 7}",
+    ))
+    .unwrap();
+    assert_eq!(
+        job.kafka.starting_offsets,
+        StartingOffsets::Partitions(BTreeMap::from([(0, 7)]))
+    );
+}
+
+#[test]
+fn available_now_and_sliding_windows() {
+    let job = parse(
+        &GOOD
+            .replace("trigger: 30s", "trigger: available-now")
+            .replace("slide: 5m, start: 0s", "slide: 1m, start: 30s"),
+    )
+    .unwrap();
+    assert_eq!(job.trigger, Trigger::AvailableNow);
+    assert_eq!(job.window.slide, 60_000_000);
+    assert_eq!(job.window.start, 30_000_000);
+}
+
+#[test]
+fn mistakes_name_the_field_and_what_was_expected() {
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        // (from, to, field must contain, message must contain)
+        ("delay: 10m", "delay: 10", "query.watermark.delay", "no unit"),
+        ("size: 5m", "size: five", "query.window.size", "not a duration"),
+        ("slide: 5m", "slide: 10m", "query.window", "slide must not be longer"),
+        ("user_id: string not null", "user_id: varchar", "source.schema.user_id", "unknown type"),
+        ("count(distinct user_id)", "count(distinct uid)", "query.aggregates.unique_users", "not in source.schema"),
+        ("count(*)", "median(*)", "query.aggregates.event_count", "unknown function"),
+        ("group_by: [event_type]", "group_by: [properties]", "query.group_by[0]", "cannot group by"),
+        ("group_by: [event_type]", "group_by: [kind]", "query.group_by[0]", "not in source.schema"),
+        ("column: timestamp, delay", "column: page_url, delay", "query.watermark.column", "must be a timestamp"),
+        ("starting_offsets: earliest", "starting_offsets: newest", "source.kafka.starting_offsets", "expected earliest"),
+        ("output_mode: append", "output_mode: complete", "query.output_mode", "only append"),
+        ("trigger: 30s", "trigger: 0s", "trigger", "positive"),
+        ("partition_by: [event_type]", "partition_by: [user_id]", "sinks[0].delta.partition_by[0]", "not a group_by column"),
+        ("format: json", "format: avro", "source.format", "only json"),
+        ("max_offsets_per_trigger: 1000", "max_offsets_per_trigger: 0", "source.kafka.max_offsets_per_trigger", "positive"),
+        ("checkpoint_location: /tmp/weir/checkpoint", "checkpoint_location: hdfs://x/y", "checkpoint_location", "unsupported scheme"),
+        ("${TEST_BROKERS}", "${NOT_SET_ANYWHERE}", "line 5", "NOT_SET_ANYWHERE is not set"),
+        ("file:///tmp/weir/dead-letter", "/tmp/weir/aggregated", "dead_letter.delta.path", "must differ"),
+    ];
+    assert!(cases.len() >= 10);
+    for (from, to, field, message) in cases {
+        let e = error_of(from, to);
+        assert!(
+            e.field.contains(field) && e.message.contains(message),
+            "`{to}` gave {e}, expected field {field} and `{message}`"
+        );
+    }
+}
+
+#[test]
+fn structural_mistakes_are_reported_by_path() {
+    // Unknown field (a typo), a missing required field, and a wrong type.
+    for (from, to, expected) in [
+        ("topic: web-events", "topik: web-events", "unknown field `topik`"),
+        ("    topic: web-events\n", "", "missing field `topic`"),
+        ("fail_on_data_loss: false", "fail_on_data_loss: sometimes", "fail_on_data_loss"),
+    ] {
+        let text = GOOD.replacen(from, to, 1);
+        let e = parse_job(&text.replace("${TEST_BROKERS}", "b:1"), Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains(expected), "{e}");
+        assert!(e.field.starts_with("line "), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! What the driver and executors share: the job spec, schemas and decoding, windows, aggregate
+//! functions and their partial states, key hashing and key groups, checkpoint records.
+//! Nothing here touches the network or starts a process.
+
+pub mod aggregate;
+pub mod checkpoint;
+pub mod decode;
+pub mod duration;
+pub mod job;
+pub mod keygroup;
+pub mod output;
+pub mod schema;
+pub mod value;
+pub mod window;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

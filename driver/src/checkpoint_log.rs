@@ -1,0 +1,213 @@
+//! The checkpoint log on an object store (DESIGN.md §5): `metadata.json`, `offsets/<epoch>`,
+//! `commits/<epoch>`. Plans and decisions are written with create-only puts, so a second driver
+//! on the same checkpoint fails instead of overwriting history.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use weir_common::checkpoint::{CommitRecord, EpochPlan, Metadata};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("checkpoint {location}: {source}")]
+    Store {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error("checkpoint {location}: unreadable record: {source}")]
+    Format {
+        location: String,
+        source: serde_json::Error,
+    },
+    #[error("checkpoint location `{0}`: {1}")]
+    Url(String, String),
+    #[error("checkpoint {0} already holds a different record; is another driver running on this checkpoint?")]
+    Conflict(String),
+}
+
+/// The log of one job's checkpoint.
+#[derive(Clone)]
+pub struct CheckpointLog {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+impl CheckpointLog {
+    /// Opens the log at a `file://`, `s3://` or `memory://` URL.
+    pub fn open(url: &str) -> Result<Self, LogError> {
+        let parsed = url::Url::parse(url).map_err(|e| LogError::Url(url.into(), e.to_string()))?;
+        if parsed.scheme() == "file" {
+            // LocalFileSystem wants the directory to exist before it can list it.
+            if let Ok(dir) = parsed.to_file_path() {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| LogError::Url(url.into(), e.to_string()))?;
+            }
+        }
+        let (store, root) =
+            object_store::parse_url(&parsed).map_err(|e| LogError::Url(url.into(), e.to_string()))?;
+        Ok(Self {
+            store: Arc::from(store),
+            root,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        rel.split('/')
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    fn store_err(&self, rel: &str, source: object_store::Error) -> LogError {
+        LogError::Store {
+            location: format!("{}/{rel}", self.url),
+            source,
+        }
+    }
+
+    async fn read<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, LogError> {
+        match self.store.get(&self.path(rel)).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| self.store_err(rel, e))?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| LogError::Format {
+                        location: format!("{}/{rel}", self.url),
+                        source,
+                    })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(rel, e)),
+        }
+    }
+
+    /// Writes a record once; writing the same record again is a no-op (a replayed step).
+    async fn create<T: Serialize + DeserializeOwned + PartialEq>(
+        &self,
+        rel: &str,
+        value: &T,
+    ) -> Result<(), LogError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| LogError::Format {
+            location: rel.into(),
+            source,
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(rel), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                match self.read::<T>(rel).await? {
+                    Some(existing) if existing == *value => Ok(()),
+                    _ => Err(LogError::Conflict(format!("{}/{rel}", self.url))),
+                }
+            }
+            Err(e) => Err(self.store_err(rel, e)),
+        }
+    }
+
+    pub async fn metadata(&self) -> Result<Option<Metadata>, LogError> {
+        self.read("metadata.json").await
+    }
+
+    pub async fn write_metadata(&self, m: &Metadata) -> Result<(), LogError> {
+        self.create("metadata.json", m).await
+    }
+
+    pub async fn plan(&self, epoch: u64) -> Result<Option<EpochPlan>, LogError> {
+        self.read(&format!("offsets/{epoch}")).await
+    }
+
+    pub async fn write_plan(&self, plan: &EpochPlan) -> Result<(), LogError> {
+        self.create(&format!("offsets/{}", plan.epoch), plan).await
+    }
+
+    pub async fn commit(&self, epoch: u64) -> Result<Option<CommitRecord>, LogError> {
+        self.read(&format!("commits/{epoch}")).await
+    }
+
+    pub async fn write_commit(&self, record: &CommitRecord) -> Result<(), LogError> {
+        self.create(&format!("commits/{}", record.epoch), record).await
+    }
+
+    /// The highest epoch number present under `dir` (`offsets` or `commits`).
+    pub async fn latest(&self, dir: &str) -> Result<Option<u64>, LogError> {
+        let prefix = self.path(dir);
+        let entries: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(dir, e))?;
+        Ok(entries
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(|f| f.parse::<u64>().ok()))
+            .max())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use weir_common::checkpoint::{EpochStats, PartitionRange};
+
+    fn plan(epoch: u64, end: i64) -> EpochPlan {
+        EpochPlan {
+            epoch,
+            topic: "t".into(),
+            ranges: vec![PartitionRange {
+                partition: 0,
+                start: 0,
+                end,
+            }],
+            watermark_micros: None,
+            planned_at_micros: 1,
+            assignment: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn plans_and_decisions_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let log = CheckpointLog::open(url.as_str()).unwrap();
+        assert_eq!(log.latest("offsets").await.unwrap(), None);
+        log.write_plan(&plan(0, 10)).await.unwrap();
+        log.write_plan(&plan(1, 20)).await.unwrap();
+        // The same plan again is a replay; a different one is another driver.
+        log.write_plan(&plan(1, 20)).await.unwrap();
+        assert!(matches!(
+            log.write_plan(&plan(1, 25)).await,
+            Err(LogError::Conflict(_))
+        ));
+        assert_eq!(log.latest("offsets").await.unwrap(), Some(1));
+        assert_eq!(log.plan(1).await.unwrap(), Some(plan(1, 20)));
+        let record = CommitRecord {
+            epoch: 0,
+            end_offsets: BTreeMap::from([(0, 10)]),
+            next_watermark_micros: Some(5),
+            output_adds: vec![],
+            dead_letter_adds: vec![],
+            stats: EpochStats::default(),
+            decided_at_micros: 2,
+        };
+        log.write_commit(&record).await.unwrap();
+        assert_eq!(log.commit(0).await.unwrap(), Some(record));
+        assert_eq!(log.latest("commits").await.unwrap(), Some(0));
+        assert_eq!(log.commit(1).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The only Delta writer of a job: creates the tables, and commits each epoch's staged files in
+//! one transaction carrying `SetTransaction(app_id, epoch)`, so a repeated commit is a no-op.
+
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+
+/// One Delta table the driver commits to.
+pub struct DeltaCommitter {
+    table: DeltaTable,
+    url: String,
+    app_id: String,
+    partition_by: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("Delta table {url}: {source}")]
+    Delta {
+        url: String,
+        source: DeltaTableError,
+    },
+    #[error("Delta table {url}: malformed add action from an executor: {source}")]
+    BadAdd {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error("Delta table {url} exists with another schema; expected {expected}")]
+    SchemaMismatch { url: String, expected: String },
+}
+
+impl DeltaCommitter {
+    /// Opens the table at `url`, creating it with `schema` when it does not exist yet.
+    pub async fn open_or_create(
+        url: &str,
+        name: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+        app_id: &str,
+    ) -> Result<Self, CommitError> {
+        let err = |source| CommitError::Delta {
+            url: url.to_string(),
+            source,
+        };
+        let parsed = url::Url::parse(url)
+            .map_err(|e| err(DeltaTableError::InvalidTableLocation(e.to_string())))?;
+        if parsed.scheme() == "file" {
+            if let Ok(dir) = parsed.to_file_path() {
+                std::fs::create_dir_all(&dir).map_err(|e| err(DeltaTableError::from(e)))?;
+            }
+        }
+        let table = DeltaTable::try_from_url(parsed).await.map_err(err)?;
+        let delta_schema: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+            err(DeltaTableError::Generic(format!("schema conversion: {e}")))
+        })?;
+        let table = if table.version().is_some() {
+            let existing = table.snapshot().map_err(err)?.schema();
+            let names = |s: &StructType| {
+                let mut n: Vec<String> = s.fields().map(|f| f.name().clone()).collect();
+                n.sort();
+                n
+            };
+            if names(&existing) != names(&delta_schema) {
+                return Err(CommitError::SchemaMismatch {
+                    url: url.to_string(),
+                    expected: format!("{:?}", names(&delta_schema)),
+                });
+            }
+            table
+        } else {
+            table
+                .create()
+                .with_table_name(name)
+                .with_columns(delta_schema.fields().cloned())
+                .with_partition_columns(partition_by.to_vec())
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(err)?
+        };
+        Ok(Self {
+            table,
+            url: url.to_string(),
+            app_id: app_id.to_string(),
+            partition_by: partition_by.to_vec(),
+        })
+    }
+
+    fn err(&self, source: DeltaTableError) -> CommitError {
+        CommitError::Delta {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// The last epoch this job committed to the table.
+    pub async fn committed_epoch(&mut self) -> Result<Option<u64>, CommitError> {
+        self.table.update_state().await.map_err(|e| self.err(e))?;
+        let snapshot = self.table.snapshot().map_err(|e| self.err(e))?;
+        let version = snapshot
+            .transaction_version(self.table.log_store().as_ref(), &self.app_id)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()))
+    }
+
+    /// Commits the epoch's adds; returns the new table version, or `None` when there was
+    /// nothing to add or the epoch is already in the table.
+    pub async fn commit(&mut self, epoch: u64, adds: &[String]) -> Result<Option<u64>, CommitError> {
+        if adds.is_empty() {
+            return Ok(None);
+        }
+        if self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
+            tracing::info!(epoch, table = %self.url, "epoch already in the table");
+            return Ok(None);
+        }
+        let actions: Vec<Action> = adds
+            .iter()
+            .map(|json| serde_json::from_str::<Add>(json).map(Action::Add))
+            .collect::<Result<_, _>>()
+            .map_err(|source| CommitError::BadAdd {
+                url: self.url.clone(),
+                source,
+            })?;
+        let txn = Transaction::new(&self.app_id, i64::try_from(epoch).unwrap_or(i64::MAX));
+        let properties = CommitProperties::default().with_application_transaction(txn);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
+            predicate: None,
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.err(e))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(|e| self.err(e))?;
+        let version = finalized.version();
+        self.table.update_state().await.map_err(|e| self.err(e))?;
+        Ok(Some(version))
+    }
+}

@@ -1,0 +1,58 @@
+//! One progress line per epoch on standard output, for people watching `weir local`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use weir_common::checkpoint::{CommitRecord, EpochPlan};
+use weir_common::job::JobSpec;
+
+pub struct Progress {
+    name: String,
+}
+
+fn time(micros: Option<i64>) -> String {
+    micros
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Progress {
+    pub fn new(job: &JobSpec) -> Self {
+        Self {
+            name: job.name.clone(),
+        }
+    }
+
+    pub fn report(
+        &self,
+        plan: &EpochPlan,
+        record: &CommitRecord,
+        version: Option<u64>,
+        executed: Duration,
+        total: Duration,
+    ) {
+        let s = &record.stats;
+        let rate = if executed.as_secs_f64() > 0.0 {
+            s.input_rows as f64 / executed.as_secs_f64()
+        } else {
+            0.0
+        };
+        let line = format!(
+            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | delta version {} | {} ms",
+            self.name,
+            plan.epoch,
+            s.input_rows,
+            rate,
+            time(plan.watermark_micros),
+            s.windows_emitted,
+            s.late_rows,
+            s.malformed_rows,
+            version.map_or_else(|| "-".to_string(), |v| v.to_string()),
+            total.as_millis()
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,100 @@
+//! Turns closed windows and rejected records into the record batches the tables take.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, StructArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Fields, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use weir_common::aggregate::output_column;
+use weir_common::job::JobSpec;
+use weir_common::output::{dead_letter_schema, window_type};
+use weir_common::schema::UTC;
+use weir_common::value::{decode_group_key, group_column, GroupValue};
+
+use crate::kafka_reader::Record;
+use crate::state::ClosedRow;
+
+fn timestamps(values: impl Iterator<Item = i64>) -> TimestampMicrosecondArray {
+    TimestampMicrosecondArray::from_iter_values(values).with_timezone(UTC)
+}
+
+/// The output rows of the closed windows: `window`, group keys, aggregates, `processing_time`.
+pub fn output_batch(
+    job: &JobSpec,
+    schema: &SchemaRef,
+    rows: &mut [ClosedRow],
+    processing_time: i64,
+) -> Result<RecordBatch, ArrowError> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    let DataType::Struct(window_fields) = window_type() else {
+        return Err(ArrowError::SchemaError("window type is not a struct".into()));
+    };
+    let starts: ArrayRef = Arc::new(timestamps(rows.iter().map(|r| r.window.start)));
+    let ends: ArrayRef = Arc::new(timestamps(rows.iter().map(|r| r.window.end)));
+    columns.push(Arc::new(StructArray::try_new(
+        Fields::from(window_fields.iter().cloned().collect::<Vec<_>>()),
+        vec![starts, ends],
+        None,
+    )?));
+    let keys: Vec<Vec<GroupValue>> = rows
+        .iter()
+        .map(|r| decode_group_key(&r.group))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ArrowError::ParseError(format!("group key in state: {e}")))?;
+    for (i, col) in job.group_by.iter().enumerate() {
+        let data_type = schema
+            .field_with_name(col)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Utf8);
+        columns.push(group_column(
+            &data_type,
+            keys.iter().map(|k| k.get(i).unwrap_or(&GroupValue::Null)),
+        ));
+    }
+    for (i, agg) in job.aggregates.iter().enumerate() {
+        let mut partials: Vec<_> = rows.iter_mut().filter_map(|r| r.partials.get_mut(i)).collect();
+        columns.push(output_column(agg, &mut partials));
+    }
+    columns.push(Arc::new(timestamps(rows.iter().map(|_| processing_time))));
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Dead-letter rows: the raw record, where it came from and why it was set aside.
+pub fn dead_letter_batch(
+    topic: &str,
+    rejected: &[(Record, String)],
+    epoch: u64,
+    processing_time: i64,
+) -> Result<RecordBatch, ArrowError> {
+    let mut t = StringBuilder::new();
+    let mut p = Int32Builder::new();
+    let mut o = Int64Builder::new();
+    let mut k = BinaryBuilder::new();
+    let mut v = BinaryBuilder::new();
+    let mut e = StringBuilder::new();
+    let mut ep = Int64Builder::new();
+    for (record, reason) in rejected {
+        t.append_value(topic);
+        p.append_value(record.partition);
+        o.append_value(record.offset);
+        k.append_option(record.key.as_deref());
+        v.append_option(record.value.as_deref());
+        e.append_value(reason);
+        ep.append_value(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(t.finish()),
+        Arc::new(p.finish()),
+        Arc::new(o.finish()),
+        Arc::new(k.finish()),
+        Arc::new(v.finish()),
+        Arc::new(e.finish()),
+        Arc::new(ep.finish()),
+        Arc::new(timestamps(rejected.iter().map(|_| processing_time))),
+    ];
+    RecordBatch::try_new(dead_letter_schema(), columns)
+}

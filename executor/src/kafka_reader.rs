@@ -1,0 +1,150 @@
+//! Reads exactly the planned offset ranges: partitions are assigned (no consumer group, no
+//! committed offsets), so a replay of an epoch reads the same records.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use weir_common::checkpoint::PartitionRange;
+use weir_common::job::KafkaSource;
+
+/// One Kafka record, as much of it as the engine and the dead letter need.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("no progress on partition(s) {partitions:?} of {topic} for {waited:?}; planned offsets may be gone or the broker unreachable")]
+    Stalled {
+        topic: String,
+        partitions: Vec<i32>,
+        waited: Duration,
+    },
+}
+
+/// How long a read may see no record before the epoch fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl KafkaReader {
+    pub fn new(source: &KafkaSource, job_id: &str) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        for (k, v) in &source.options {
+            config.set(k, v);
+        }
+        config
+            .set("bootstrap.servers", &source.bootstrap_servers)
+            .set("group.id", format!("weir-{job_id}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error");
+        Ok(Self {
+            consumer: config.create()?,
+            topic: source.topic.clone(),
+        })
+    }
+
+    /// Reads `[start, end)` of every range, handing records over in chunks of up to `chunk`.
+    pub fn read(
+        &self,
+        ranges: &[PartitionRange],
+        chunk: usize,
+        mut on_chunk: impl FnMut(Vec<Record>),
+    ) -> Result<(), ReadError> {
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for r in ranges.iter().filter(|r| r.end > r.start) {
+            tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))?;
+            remaining.insert(r.partition, r.end);
+        }
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        self.consumer.assign(&tpl)?;
+        let result = self.poll_until_done(&mut remaining, chunk, &mut on_chunk);
+        self.consumer.unassign()?;
+        result
+    }
+
+    fn poll_until_done(
+        &self,
+        remaining: &mut HashMap<i32, i64>,
+        chunk: usize,
+        on_chunk: &mut impl FnMut(Vec<Record>),
+    ) -> Result<(), ReadError> {
+        let mut buffer = Vec::with_capacity(chunk);
+        let mut last_progress = Instant::now();
+        while !remaining.is_empty() {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(msg)) => {
+                    let p = msg.partition();
+                    let Some(&end) = remaining.get(&p) else { continue };
+                    let offset = msg.offset();
+                    if offset < end {
+                        buffer.push(Record {
+                            partition: p,
+                            offset,
+                            key: msg.key().map(<[u8]>::to_vec),
+                            value: msg.payload().map(<[u8]>::to_vec),
+                        });
+                        last_progress = Instant::now();
+                        if buffer.len() >= chunk {
+                            on_chunk(std::mem::replace(&mut buffer, Vec::with_capacity(chunk)));
+                        }
+                    }
+                    if offset + 1 >= end {
+                        remaining.remove(&p);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    // Gaps (compaction, transaction markers) end a partition early: the broker
+                    // has nothing between the last record and the planned end.
+                    if let Some(&end) = remaining.get(&p) {
+                        if self.position(p)? >= end {
+                            remaining.remove(&p);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+            if last_progress.elapsed() > STALL_TIMEOUT {
+                let mut partitions: Vec<i32> = remaining.keys().copied().collect();
+                partitions.sort_unstable();
+                return Err(ReadError::Stalled {
+                    topic: self.topic.clone(),
+                    partitions,
+                    waited: STALL_TIMEOUT,
+                });
+            }
+        }
+        if !buffer.is_empty() {
+            on_chunk(buffer);
+        }
+        Ok(())
+    }
+
+    fn position(&self, partition: i32) -> Result<i64, KafkaError> {
+        let positions = self.consumer.position()?;
+        Ok(positions
+            .find_partition(&self.topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .unwrap_or(-1))
+    }
+}

@@ -1,0 +1,197 @@
+//! The window state store: RocksDB under the executor's state directory, written once per epoch
+//! in one atomic batch (the epoch's folds, the emitted windows' deletion, the epoch marker).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use weir_common::aggregate::{decode_partials, encode_partials, Partial};
+use weir_common::keygroup::key_group;
+use weir_common::window::Window;
+
+use crate::preagg::PreAggregation;
+use crate::state_keys::{self as keys, StateKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("RocksDB at {path}: {source}")]
+    Db {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("corrupt state entry: {0}")]
+    Corrupt(String),
+}
+
+/// A window whose watermark has passed: its group key and final partials.
+pub struct ClosedRow {
+    pub window: Window,
+    pub group: Vec<u8>,
+    pub partials: Vec<Partial>,
+}
+
+/// RocksDB-backed state of the key groups this executor owns.
+pub struct StateStore {
+    db: DB,
+    path: String,
+    key_groups: u32,
+}
+
+const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
+
+impl StateStore {
+    pub fn open(path: &Path, key_groups: u32) -> Result<Self, StateError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&opts, path).map_err(|source| StateError::Db {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            path: path.display().to_string(),
+            key_groups,
+        })
+    }
+
+    fn err(&self, source: rocksdb::Error) -> StateError {
+        StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The last epoch whose changes this store holds.
+    pub fn last_epoch(&self) -> Result<Option<u64>, StateError> {
+        let v = self.db.get(LAST_EPOCH_KEY).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| b.try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Adds an epoch's pre-aggregated partials to `batch` (merging with what the store holds).
+    pub fn fold(&self, pre: &PreAggregation<'_>, batch: &mut WriteBatch) -> Result<(), StateError> {
+        for ((window, group), partials) in &pre.groups {
+            let kg = key_group(group, self.key_groups);
+            let key = keys::group_key(kg, *window, group);
+            let merged = match self.db.get_pinned(&key).map_err(|e| self.err(e))? {
+                Some(bytes) => {
+                    let mut existing = decode_partials(&bytes)
+                        .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
+                    for (a, b) in existing.iter_mut().zip(partials) {
+                        a.merge(b);
+                    }
+                    existing
+                }
+                None => partials.clone(),
+            };
+            let value = encode_partials(&merged)
+                .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
+            batch.put(&key, value);
+        }
+        let mut new_per_shard: HashMap<Vec<u8>, i64> = HashMap::new();
+        for (window, agg, group, value) in &pre.distinct {
+            let identity = keys::distinct_identity(*window, *agg, group, value);
+            let kg = key_group(&identity, self.key_groups);
+            let key = keys::distinct_key(kg, *window, *agg, group, value);
+            if self.db.get_pinned(&key).map_err(|e| self.err(e))?.is_none() {
+                batch.put(&key, []);
+                *new_per_shard
+                    .entry(keys::shard_count_key(kg, *window, *agg, group))
+                    .or_default() += 1;
+            }
+        }
+        for (key, added) in new_per_shard {
+            let current = match self.db.get_pinned(&key).map_err(|e| self.err(e))? {
+                Some(b) => read_count(&b)?,
+                None => 0,
+            };
+            batch.put(&key, (current + added).to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Reads every window of `key_groups` closed under `watermark` and adds their deletion to
+    /// `batch`. Shard counts of exact distinct aggregates are summed into their group rows.
+    pub fn take_closed(
+        &self,
+        key_groups: Range<u32>,
+        watermark: i64,
+        aggregates: usize,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<ClosedRow>, StateError> {
+        let mut rows: HashMap<(Window, Vec<u8>), Vec<Partial>> = HashMap::new();
+        let mut distinct: Vec<(Window, Vec<u8>, u8, i64)> = Vec::new();
+        for kg in key_groups {
+            let lower = keys::kg_lower(kg);
+            let upper = keys::kg_closed_upper(kg, watermark);
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(upper.clone());
+            let iter = self
+                .db
+                .iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro);
+            for item in iter {
+                let (key, value) = item.map_err(|e| self.err(e))?;
+                match keys::parse_key(&key) {
+                    Some(StateKey::Group { window, group }) => {
+                        let partials = decode_partials(&value)
+                            .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
+                        if partials.len() != aggregates {
+                            return Err(StateError::Corrupt(format!(
+                                "group row has {} aggregates, the job {aggregates}",
+                                partials.len()
+                            )));
+                        }
+                        rows.insert((window, group.to_vec()), partials);
+                    }
+                    Some(StateKey::ShardCount { window, agg, group }) => {
+                        distinct.push((window, group.to_vec(), agg, read_count(&value)?));
+                    }
+                    Some(StateKey::Distinct) => {}
+                    None => return Err(StateError::Corrupt("unparseable state key".into())),
+                }
+            }
+            batch.delete_range(&lower, &upper);
+        }
+        for (window, group, agg, count) in distinct {
+            if let Some(partials) = rows.get_mut(&(window, group)) {
+                if let Some(p) = partials.get_mut(usize::from(agg)) {
+                    p.add_distinct(count);
+                }
+            }
+        }
+        let mut out: Vec<ClosedRow> = rows
+            .into_iter()
+            .map(|((window, group), partials)| ClosedRow {
+                window,
+                group,
+                partials,
+            })
+            .collect();
+        // A stable order makes the staged files of a replayed epoch identical.
+        out.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
+        Ok(out)
+    }
+
+    /// Applies an epoch's batch together with its marker.
+    pub fn commit_epoch(&self, epoch: u64, mut batch: WriteBatch) -> Result<(), StateError> {
+        batch.put(LAST_EPOCH_KEY, epoch.to_be_bytes());
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
+
+    /// Estimated number of state entries.
+    pub fn estimated_rows(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+fn read_count(bytes: &[u8]) -> Result<i64, StateError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StateError::Corrupt("shard count is not 8 bytes".into()))?;
+    Ok(i64::from_be_bytes(arr))
+}

@@ -1,0 +1,149 @@
+//! RocksDB key layout (DESIGN.md §4): big-endian key group, then window end, then the rest, so
+//! an owner scans its windows in end order and drops a key-group range with one range delete.
+//!
+//! ```text
+//! group row    [kg u16][end][0][start][group key]                        -> partials
+//! distinct     [kg u16][end][1][start][agg u8][len u32][group key][value] -> ()
+//! shard count  [kg u16][end][2][start][agg u8][group key]                 -> i64
+//! ```
+//! Distinct values and their shard counts live in the key group of (window, group, value), so
+//! a group key with few values spreads its distinct state over every key group.
+
+use weir_common::window::Window;
+
+pub const TAG_GROUP: u8 = 0;
+pub const TAG_DISTINCT: u8 = 1;
+pub const TAG_SHARD_COUNT: u8 = 2;
+
+/// Prefix of bookkeeping keys; never a key group (at most 32768 of them).
+pub const META_PREFIX: [u8; 2] = [0xFF, 0xFF];
+
+/// Order-preserving encoding of a signed time: flip the sign bit, big-endian.
+pub fn encode_time(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn decode_time(b: &[u8]) -> Option<i64> {
+    let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
+}
+
+fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + extra);
+    k.extend_from_slice(&(kg as u16).to_be_bytes());
+    k.extend_from_slice(&encode_time(end));
+    k.push(tag);
+    k.extend_from_slice(&encode_time(start));
+    k
+}
+
+pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
+    let mut k = head(kg, w.end, TAG_GROUP, w.start, group.len());
+    k.extend_from_slice(group);
+    k
+}
+
+/// The bytes that decide a distinct value's shard: window, aggregate, group and value.
+pub fn distinct_identity(w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21 + group.len() + value.len());
+    k.extend_from_slice(&encode_time(w.end));
+    k.extend_from_slice(&encode_time(w.start));
+    k.push(agg);
+    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(value);
+    k
+}
+
+pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut k = head(kg, w.end, TAG_DISTINCT, w.start, 5 + group.len() + value.len());
+    k.push(agg);
+    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(value);
+    k
+}
+
+pub fn shard_count_key(kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
+    let mut k = head(kg, w.end, TAG_SHARD_COUNT, w.start, 1 + group.len());
+    k.push(agg);
+    k.extend_from_slice(group);
+    k
+}
+
+/// Lower bound of key group `kg` (inclusive).
+pub fn kg_lower(kg: u32) -> Vec<u8> {
+    (kg as u16).to_be_bytes().to_vec()
+}
+
+/// Upper bound (exclusive) of the keys of `kg` whose window ended at or before `watermark`.
+pub fn kg_closed_upper(kg: u32, watermark: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(&(kg as u16).to_be_bytes());
+    k.extend_from_slice(&encode_time(watermark.saturating_add(1)));
+    k
+}
+
+/// A parsed state key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateKey<'a> {
+    Group { window: Window, group: &'a [u8] },
+    Distinct,
+    ShardCount { window: Window, agg: u8, group: &'a [u8] },
+}
+
+pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
+    let end = decode_time(key.get(2..10)?)?;
+    let tag = *key.get(10)?;
+    let start = decode_time(key.get(11..19)?)?;
+    let window = Window { start, end };
+    match tag {
+        TAG_GROUP => Some(StateKey::Group {
+            window,
+            group: key.get(19..)?,
+        }),
+        TAG_DISTINCT => Some(StateKey::Distinct),
+        TAG_SHARD_COUNT => Some(StateKey::ShardCount {
+            window,
+            agg: *key.get(19)?,
+            group: key.get(20..)?,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_encoding_preserves_order() {
+        let times = [i64::MIN, -300_000_000, -1, 0, 1, 300_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(encode_time(pair[0]) < encode_time(pair[1]));
+            assert_eq!(decode_time(&encode_time(pair[0])), Some(pair[0]));
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_group_then_end() {
+        let w = Window { start: -10, end: 290 };
+        let g = b"click";
+        assert_eq!(
+            parse_key(&group_key(3, w, g)),
+            Some(StateKey::Group { window: w, group: g })
+        );
+        assert_eq!(
+            parse_key(&shard_count_key(3, w, 2, g)),
+            Some(StateKey::ShardCount { window: w, agg: 2, group: g })
+        );
+        assert_eq!(parse_key(&distinct_key(3, w, 2, g, b"u1")), Some(StateKey::Distinct));
+        let later = Window { start: 290, end: 590 };
+        assert!(group_key(3, w, g) < group_key(3, later, g));
+        assert!(group_key(3, later, g) < group_key(4, w, g));
+        // Closed-range bounds: end <= 290 is inside, end 590 outside.
+        assert!(group_key(3, w, g) < kg_closed_upper(3, 290));
+        assert!(group_key(3, later, g) > kg_closed_upper(3, 290));
+        assert!(group_key(3, w, g) >= kg_lower(3));
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what weir builds with and what its tests run against, on a fresh Debian machine
+# with a Rust toolchain: C build tools for rdkafka and RocksDB, protoc, the tansu Kafka broker,
+# and Python's deltalake reader. Idempotent: what is there already is kept.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+APT_PACKAGES=(cmake protobuf-compiler libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev
+              zlib1g-dev pkg-config build-essential python3-pip)
+PY_PACKAGES=(deltalake pyarrow)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust from rustup first" >&2
+  exit 1
+fi
+
+if ! command -v tansu >/dev/null 2>&1 || [ "$(tansu --version 2>/dev/null | awk '{print $2}')" != "$TANSU_VERSION" ]; then
+  echo "setup: building the tansu broker $TANSU_VERSION (about 8 minutes, once)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --quiet
+fi
+
+PY=${WEIR_PYTHON:-python3}
+if ! "$PY" -c 'import deltalake, pyarrow' >/dev/null 2>&1; then
+  echo "setup: installing ${PY_PACKAGES[*]} for Python"
+  "$PY" -m pip install --quiet "${PY_PACKAGES[@]}"
+fi
+echo "setup: ready"

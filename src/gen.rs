@@ -1,0 +1,338 @@
+//! `weir gen`: realistic web events of the reference schema into a Kafka topic and/or a
+//! JSON-lines file, deterministic for a given seed and start time.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+
+/// What to generate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    /// Kafka bootstrap servers; without them events only go to --jsonl.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    #[arg(long, default_value = "web-events")]
+    pub topic: String,
+    /// Partitions of the topic when gen creates it.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Number of events.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Events per second to produce at (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Number of distinct users.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Event types, comma separated.
+    #[arg(
+        long,
+        default_value = "page_view,click,add_to_cart,search,purchase,signup",
+        value_delimiter = ','
+    )]
+    pub event_types: Vec<String>,
+    /// Zipf exponent of the event-type mix (0: uniform; 1: the first type is most common).
+    #[arg(long, default_value_t = 1.0)]
+    pub skew: f64,
+    /// Event time of the first event (RFC 3339); default: now minus --span.
+    #[arg(long)]
+    pub start: Option<DateTime<Utc>>,
+    /// Event time the whole run covers.
+    #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
+    pub span: Duration,
+    /// Events arrive up to this much after their event time (out of order).
+    #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
+    pub out_of_order: Duration,
+    /// Fraction of events that arrive far behind the watermark.
+    #[arg(long, default_value_t = 0.0)]
+    pub late_fraction: f64,
+    /// How far behind the stream a late event is.
+    #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
+    pub late_by: Duration,
+    /// Fraction of records that are malformed (bad JSON, wrong types, missing fields...).
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write every record, its partition and its kind (valid, late, malformed) here.
+    #[arg(long)]
+    pub jsonl: Option<std::path::PathBuf>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    weir_common::duration::parse_duration(s)
+}
+
+/// What a generated record is meant to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Valid,
+    Late,
+    Malformed,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Valid => "valid",
+            Kind::Late => "late",
+            Kind::Malformed => "malformed",
+        }
+    }
+}
+
+/// One generated record.
+pub struct Generated {
+    pub partition: i32,
+    pub kind: Kind,
+    pub key: String,
+    pub value: String,
+}
+
+/// The deterministic event source behind `weir gen`.
+pub struct EventGenerator {
+    args: GenArgs,
+    rng: ChaCha8Rng,
+    start_micros: i64,
+    type_weights: Vec<f64>,
+    index: u64,
+}
+
+const MALFORMED_KINDS: usize = 7;
+const BROWSERS: [&str; 4] = ["chrome", "firefox", "safari", "edge"];
+const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "BR", "IN", "JP"];
+
+impl EventGenerator {
+    pub fn new(args: GenArgs) -> anyhow::Result<Self> {
+        if args.event_types.is_empty() || args.event_types.iter().any(|t| t.is_empty()) {
+            bail!("--event-types needs at least one non-empty name");
+        }
+        if args.users == 0 || args.partitions <= 0 {
+            bail!("--users and --partitions must be positive");
+        }
+        let total = args.late_fraction + args.malformed_fraction;
+        if !(0.0..=1.0).contains(&args.late_fraction)
+            || !(0.0..=1.0).contains(&args.malformed_fraction)
+            || total > 1.0
+        {
+            bail!("--late-fraction and --malformed-fraction must be in [0, 1] and sum to at most 1");
+        }
+        let span = i64::try_from(args.span.as_micros()).context("--span too long")?;
+        let start_micros = match args.start {
+            Some(t) => t.timestamp_micros(),
+            None => Utc::now().timestamp_micros() - span,
+        };
+        let type_weights: Vec<f64> = (0..args.event_types.len())
+            .map(|i| 1.0 / ((i + 1) as f64).powf(args.skew))
+            .collect();
+        Ok(Self {
+            rng: ChaCha8Rng::seed_from_u64(args.seed),
+            start_micros,
+            type_weights,
+            index: 0,
+            args,
+        })
+    }
+
+    fn pick_type(&mut self) -> String {
+        let total: f64 = self.type_weights.iter().sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for (i, w) in self.type_weights.iter().enumerate() {
+            if r < *w {
+                return self.args.event_types[i].clone();
+            }
+            r -= w;
+        }
+        self.args.event_types[self.args.event_types.len() - 1].clone()
+    }
+
+    fn timestamp(micros: i64) -> String {
+        DateTime::from_timestamp_micros(micros)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    fn micros(d: Duration) -> i64 {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Iterator for EventGenerator {
+    type Item = Generated;
+
+    fn next(&mut self) -> Option<Generated> {
+        if self.index >= self.args.count {
+            return None;
+        }
+        let i = self.index;
+        self.index += 1;
+        let span = Self::micros(self.args.span);
+        let stream_time = self.start_micros + (i128::from(span) * i128::from(i) / i128::from(self.args.count.max(1))) as i64;
+        let jitter = (self.rng.random::<f64>() * Self::micros(self.args.out_of_order) as f64) as i64;
+        let late_by = Self::micros(self.args.late_by);
+        let roll = self.rng.random::<f64>();
+        // A late event needs a stream old enough for the watermark to have passed it.
+        let can_be_late = stream_time - self.start_micros >= 2 * late_by;
+        let kind = if roll < self.args.malformed_fraction {
+            Kind::Malformed
+        } else if roll < self.args.malformed_fraction + self.args.late_fraction && can_be_late {
+            Kind::Late
+        } else {
+            Kind::Valid
+        };
+        let event_time = match kind {
+            Kind::Late => stream_time - late_by - jitter,
+            _ => stream_time - jitter,
+        };
+        let user = format!("user-{}", self.rng.random_range(0..self.args.users));
+        let event_type = self.pick_type();
+        let event_id = format!("{:032x}", self.rng.random::<u128>());
+        let page = self.rng.random_range(0..500);
+        let browser = BROWSERS[self.rng.random_range(0..BROWSERS.len())];
+        let country = COUNTRIES[self.rng.random_range(0..COUNTRIES.len())];
+        let ts = Self::timestamp(event_time);
+        let value = match kind {
+            Kind::Malformed => match self.rng.random_range(0..MALFORMED_KINDS) {
+                0 => format!("{{\"event_id\": \"{event_id}\", \"user_id\": \"{user}\", \"event_ty"),
+                1 => json!({"event_id": event_id, "user_id": 12345, "event_type": event_type, "timestamp": ts}).to_string(),
+                2 => json!({"event_id": event_id, "user_id": user, "timestamp": ts}).to_string(),
+                3 => json!({"event_id": event_id, "user_id": null, "event_type": event_type, "timestamp": ts}).to_string(),
+                4 => json!({"event_id": event_id, "user_id": user, "event_type": event_type, "timestamp": "last tuesday"}).to_string(),
+                5 => String::new(),
+                _ => format!("[\"{event_id}\", \"{user}\"]"),
+            },
+            _ => json!({
+                "event_id": event_id,
+                "user_id": user,
+                "event_type": event_type,
+                "page_url": format!("https://shop.example.com/p/{page}"),
+                "timestamp": ts,
+                "properties": {"browser": browser, "country": country},
+            })
+            .to_string(),
+        };
+        Some(Generated {
+            partition: (i % self.args.partitions as u64) as i32,
+            kind,
+            key: user,
+            value,
+        })
+    }
+}
+
+async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.create().context("Kafka admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .context("creating the topic")?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => bail!("creating topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `weir gen`.
+pub async fn run(args: GenArgs) -> anyhow::Result<()> {
+    if args.brokers.is_none() && args.jsonl.is_none() {
+        bail!("nowhere to write: give --brokers (or KAFKA_BROKERS) and/or --jsonl");
+    }
+    let mut jsonl = match &args.jsonl {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let producer: Option<FutureProducer> = match &args.brokers {
+        Some(b) => {
+            let mut config = ClientConfig::new();
+            config.set("bootstrap.servers", b);
+            ensure_topic(&config, &args.topic, args.partitions).await?;
+            config
+                .set("linger.ms", "20")
+                .set("batch.num.messages", "10000")
+                .set("queue.buffering.max.messages", "200000")
+                .set("message.timeout.ms", "60000");
+            Some(config.create().context("Kafka producer")?)
+        }
+        None => None,
+    };
+    let rate = args.rate;
+    let topic = args.topic.clone();
+    let generator = EventGenerator::new(args)?;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut counts = [0u64; 3];
+    for (n, event) in generator.enumerate() {
+        counts[event.kind as usize] += 1;
+        if let Some(out) = jsonl.as_mut() {
+            let line = json!({"partition": event.partition, "kind": event.kind.name(), "value": event.value});
+            writeln!(out, "{line}")?;
+        }
+        if let Some(p) = &producer {
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let record = FutureRecord::to(&topic)
+                .partition(event.partition)
+                .key(&event.key)
+                .payload(&event.value);
+            let mut record = record;
+            loop {
+                match p.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        for d in pending.drain(..) {
+                            d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+                        }
+                    }
+                    Err((e, _)) => return Err(e).context("producing"),
+                }
+            }
+            if pending.len() >= 50_000 {
+                for d in pending.drain(..) {
+                    d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+                }
+            }
+        }
+    }
+    for d in pending.drain(..) {
+        d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+    }
+    if let Some(p) = &producer {
+        p.flush(Duration::from_secs(30)).context("flushing the producer")?;
+    }
+    if let Some(mut out) = jsonl {
+        out.flush()?;
+    }
+    eprintln!(
+        "generated {} events ({} valid, {} late, {} malformed) in {:.1}s",
+        counts.iter().sum::<u64>(),
+        counts[Kind::Valid as usize],
+        counts[Kind::Late as usize],
+        counts[Kind::Malformed as usize],
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! `weir local`: a driver and N executor processes on this machine, with the driver's progress
+//! lines on standard output.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    #[arg(long)]
+    pub job: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub executors: usize,
+    /// Override the job's trigger (`available-now` processes what is there, then stops).
+    #[arg(long)]
+    pub trigger: Option<String>,
+    /// Directory for the executors' local state (default: .weir/local/<job name>).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+fn signal(child: &Child, sig: Signal) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Waits for a child to exit, killing it after `grace`.
+async fn reap(child: &mut Child, grace: Duration) {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    // Validate here so a bad job file fails before any process starts.
+    let job = crate::job_with_trigger(&args.job, args.trigger.as_deref())?;
+    if args.executors == 0 {
+        bail!("--executors must be at least 1");
+    }
+    let exe = std::env::current_exe().context("locating the weir binary")?;
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".weir/local").join(&job.name));
+    let mut driver_cmd = Command::new(&exe);
+    driver_cmd
+        .arg("driver")
+        .arg("--job")
+        .arg(&args.job)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--executors", &args.executors.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(t) = &args.trigger {
+        driver_cmd.args(["--trigger", t]);
+    }
+    let mut driver = driver_cmd.spawn().context("starting the driver")?;
+    let stdout = driver.stdout.take().context("driver stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let driver_url = loop {
+        match lines.next_line().await? {
+            Some(line) => {
+                if let Some(url) = line.strip_prefix("weir driver listening on ") {
+                    break url.to_string();
+                }
+                println!("{line}");
+            }
+            None => {
+                let status = driver.wait().await?;
+                bail!("the driver exited before it was ready ({status})");
+            }
+        }
+    };
+    let forward = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("{line}");
+        }
+    });
+
+    let mut executors = Vec::new();
+    for i in 0..args.executors {
+        let child = Command::new(&exe)
+            .arg("executor")
+            .args(["--driver", &driver_url])
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(work_dir.join(format!("executor-{i}")))
+            .args(["--id", &format!("executor-{i}")])
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting executor {i}"))?;
+        executors.push(child);
+    }
+
+    use tokio::signal::unix::{signal as unix_signal, SignalKind};
+    let mut term = unix_signal(SignalKind::terminate())?;
+    let mut int = unix_signal(SignalKind::interrupt())?;
+    let status = tokio::select! {
+        s = driver.wait() => s?,
+        _ = term.recv() => { signal(&driver, Signal::SIGTERM); driver.wait().await? }
+        _ = int.recv() => { signal(&driver, Signal::SIGTERM); driver.wait().await? }
+    };
+    let _ = forward.await;
+    for e in executors.iter_mut() {
+        // The driver shuts its executors down when it stops; these are for a driver that crashed.
+        signal(e, Signal::SIGTERM);
+    }
+    for e in executors.iter_mut() {
+        reap(e, Duration::from_secs(10)).await;
+    }
+    if !status.success() {
+        bail!("the driver failed ({status})");
+    }
+    let table = job.output.url.strip_prefix("file://").unwrap_or(&job.output.url);
+    println!("done: the output table is at {table}");
+    if let Some(dl) = &job.dead_letter {
+        let path = dl.url.strip_prefix("file://").unwrap_or(&dl.url);
+        println!("      dead letters are at {path}");
+    }
+    Ok(())
+}

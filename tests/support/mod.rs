@@ -1,0 +1,135 @@
+//! Test harness: a real Kafka-protocol broker (tansu) on 127.0.0.1, and helpers to run `weir`.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tansu broker on a free loopback port, stopped when dropped.
+pub struct Broker {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let tansu = std::env::var("WEIR_TANSU").unwrap_or_else(|_| "tansu".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        // tansu resolves sqlite:// paths against its working directory.
+        let mut child = Command::new(&tansu)
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{tansu}` ({e}); run scripts/setup.sh to install it"));
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&address).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
+                panic!("tansu exited ({status}): {log}");
+            }
+            assert!(Instant::now() < deadline, "tansu did not listen on {address} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `weir` binary under test.
+pub fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// Runs a command, failing the test with its output when it does not succeed.
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr), 60)
+    );
+    out
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Python with the `deltalake` package (scripts/setup.sh installs it).
+pub fn python() -> Command {
+    Command::new(std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The reference job of DESIGN.md, pointed at `broker` and at tables under `dir`.
+pub fn reference_job(dir: &Path, broker: &str, max_per_trigger: u64) -> PathBuf {
+    let job = format!(
+        r#"name: realtime-analytics
+source:
+  kafka:
+    bootstrap_servers: {broker}
+    topic: web-events
+    starting_offsets: earliest
+    fail_on_data_loss: false
+    max_offsets_per_trigger: {max_per_trigger}
+  format: json
+  schema:
+    event_id: string not null
+    user_id: string not null
+    event_type: string not null
+    page_url: string
+    timestamp: timestamp not null
+    properties: map<string,string>
+query:
+  watermark: {{column: timestamp, delay: 10m}}
+  window: {{column: timestamp, size: 5m}}
+  group_by: [event_type]
+  aggregates:
+    event_count: count(*)
+    unique_users: count(distinct user_id)
+    approx_unique: approx_count_distinct(event_id)
+trigger: 1s
+checkpoint_location: {dir}/checkpoint
+sinks:
+  - delta: {{path: {dir}/aggregated, partition_by: [event_type]}}
+dead_letter: {{delta: {{path: {dir}/dead-letter}}}}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, job).expect("writing the job file");
+    path
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Independent check of the reference job's output.
+
+Reads the events `weir gen --jsonl` wrote, computes the windowed aggregates with plain Python
+(Spark's window rules, the final watermark = max event time - delay), reads the Delta tables
+weir wrote with the `deltalake` Python package, and compares them row for row. Exits non-zero
+with a report on any difference.
+"""
+import argparse
+import collections
+import glob
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+from deltalake import DeltaTable
+
+MICROS = 1_000_000
+
+
+def parse_duration(text):
+    units = {"ms": 1000, "s": MICROS, "m": 60 * MICROS, "h": 3600 * MICROS}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return int(text[: -len(suffix)]) * units[suffix]
+    raise ValueError(f"duration {text!r}")
+
+
+def to_micros(value):
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * MICROS + delta.microseconds
+    return to_micros(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+def windows_of(ts, size, slide, start):
+    last_start = ts - ((ts - start) % slide)  # Python's % floors, as Spark's rule needs
+    w = last_start
+    while w > ts - size:
+        yield (w, w + size)
+        w -= slide
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", required=True)
+    p.add_argument("--table", required=True)
+    p.add_argument("--dead-letter", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--size", default="5m")
+    p.add_argument("--slide", default=None)
+    p.add_argument("--start", default="0s")
+    p.add_argument("--delay", default="10m")
+    p.add_argument("--rsd", type=float, default=0.05)
+    a = p.parse_args()
+    size, delay = parse_duration(a.size), parse_duration(a.delay)
+    slide = parse_duration(a.slide) if a.slide else size
+    start = parse_duration(a.start)
+
+    kinds = collections.Counter()
+    malformed_values = collections.Counter()
+    groups = collections.defaultdict(lambda: [0, set(), set()])
+    max_ts = None
+    with open(a.events) as f:
+        for line in f:
+            rec = json.loads(line)
+            kinds[rec["kind"]] += 1
+            if rec["kind"] == "malformed":
+                malformed_values[rec["value"]] += 1
+                continue
+            ev = json.loads(rec["value"])
+            ts = to_micros(ev["timestamp"])
+            max_ts = ts if max_ts is None else max(max_ts, ts)
+            if rec["kind"] == "late":
+                continue
+            for w in windows_of(ts, size, slide, start):
+                g = groups[(w[0], w[1], ev["event_type"])]
+                g[0] += 1
+                g[1].add(ev["user_id"])
+                g[2].add(ev["event_id"])
+    watermark = max_ts - delay
+    expected = {k: v for k, v in groups.items() if k[1] <= watermark}
+
+    rows = DeltaTable(a.table).to_pyarrow_table().to_pylist()
+    actual = {}
+    problems = []
+    for r in rows:
+        key = (to_micros(r["window"]["start"]), to_micros(r["window"]["end"]), r["event_type"])
+        if key in actual:
+            problems.append(f"duplicate row for {key}")
+        actual[key] = r
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    if missing:
+        problems.append(f"{len(missing)} windows missing, e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected windows, e.g. {extra[:3]}")
+    worst = 0.0
+    for key in sorted(set(expected) & set(actual)):
+        count, users, ids = expected[key]
+        r = actual[key]
+        if r["event_count"] != count:
+            problems.append(f"{key}: event_count {r['event_count']} != {count}")
+        if r["unique_users"] != len(users):
+            problems.append(f"{key}: unique_users {r['unique_users']} != {len(users)}")
+        err = abs(r["approx_unique"] - len(ids)) / len(ids)
+        worst = max(worst, err)
+        if err > 3 * a.rsd:
+            problems.append(f"{key}: approx_unique {r['approx_unique']} vs {len(ids)} ({err:.3f})")
+
+    late = malformed = 0
+    for path in glob.glob(os.path.join(a.checkpoint, "commits", "*")):
+        with open(path) as f:
+            stats = json.load(f)["stats"]
+        late += stats["late_rows"]
+        malformed += stats["malformed_rows"]
+    if late != kinds["late"]:
+        problems.append(f"late rows: weir counted {late}, the generator made {kinds['late']}")
+    if malformed != kinds["malformed"]:
+        problems.append(f"malformed rows: weir counted {malformed}, the generator made {kinds['malformed']}")
+
+    dead = DeltaTable(a.dead_letter).to_pyarrow_table().to_pylist()
+    dead_values = collections.Counter((d["value"] or b"").decode("utf-8") for d in dead)
+    if dead_values != malformed_values:
+        diff = (dead_values - malformed_values) + (malformed_values - dead_values)
+        problems.append(f"dead-letter table differs from the malformed records: {list(diff)[:3]}")
+    if any(not d["error"] for d in dead):
+        problems.append("a dead-letter row has no reason")
+
+    print(
+        f"events: {sum(kinds.values())} ({kinds['valid']} valid, {kinds['late']} late, "
+        f"{kinds['malformed']} malformed); windows expected {len(expected)}, in table {len(actual)}; "
+        f"worst approx_unique error {worst:.4f}; dead letters {len(dead)}"
+    )
+    if problems:
+        print("MISMATCH:\n  " + "\n  ".join(problems[:50]), file=sys.stderr)
+        return 1
+    if not expected:
+        print("MISMATCH: no window expected; the test data is too small", file=sys.stderr)
+        return 1
+    print("OK: the Delta table equals the ground truth")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
