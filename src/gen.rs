@@ -127,7 +127,9 @@ impl EventGenerator {
             || !(0.0..=1.0).contains(&args.malformed_fraction)
             || total > 1.0
         {
-            bail!("--late-fraction and --malformed-fraction must be in [0, 1] and sum to at most 1");
+            bail!(
+                "--late-fraction and --malformed-fraction must be in [0, 1] and sum to at most 1"
+            );
         }
         let span = i64::try_from(args.span.as_micros()).context("--span too long")?;
         let start_micros = match args.start {
@@ -179,8 +181,10 @@ impl Iterator for EventGenerator {
         let i = self.index;
         self.index += 1;
         let span = Self::micros(self.args.span);
-        let stream_time = self.start_micros + (i128::from(span) * i128::from(i) / i128::from(self.args.count.max(1))) as i64;
-        let jitter = (self.rng.random::<f64>() * Self::micros(self.args.out_of_order) as f64) as i64;
+        let stream_time = self.start_micros
+            + (i128::from(span) * i128::from(i) / i128::from(self.args.count.max(1))) as i64;
+        let jitter =
+            (self.rng.random::<f64>() * Self::micros(self.args.out_of_order) as f64) as i64;
         let late_by = Self::micros(self.args.late_by);
         let roll = self.rng.random::<f64>();
         // A late event needs a stream old enough for the watermark to have passed it.
@@ -236,7 +240,10 @@ async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> an
     let admin: AdminClient<DefaultClientContext> = config.create().context("Kafka admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
-        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .context("creating the topic")?;
     for r in results {
@@ -321,7 +328,8 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
     }
     if let Some(p) = &producer {
-        p.flush(Duration::from_secs(30)).context("flushing the producer")?;
+        p.flush(Duration::from_secs(30))
+            .context("flushing the producer")?;
     }
     if let Some(mut out) = jsonl {
         out.flush()?;
@@ -335,4 +343,95 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: GenArgs,
+    }
+
+    fn args(extra: &[&str]) -> GenArgs {
+        let mut argv = vec![
+            "gen",
+            "--count",
+            "5000",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--span",
+            "4h",
+        ];
+        argv.extend_from_slice(extra);
+        Wrapper::parse_from(argv).args
+    }
+
+    #[test]
+    fn same_seed_same_events_other_seed_other_events() {
+        let a: Vec<String> = EventGenerator::new(args(&[]))
+            .unwrap()
+            .map(|e| e.value)
+            .collect();
+        let b: Vec<String> = EventGenerator::new(args(&[]))
+            .unwrap()
+            .map(|e| e.value)
+            .collect();
+        let c: Vec<String> = EventGenerator::new(args(&["--seed", "43"]))
+            .unwrap()
+            .map(|e| e.value)
+            .collect();
+        assert_eq!(a.len(), 5000);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn fractions_kinds_and_partitions() {
+        let events: Vec<Generated> = EventGenerator::new(args(&[
+            "--late-fraction",
+            "0.1",
+            "--malformed-fraction",
+            "0.05",
+            "--partitions",
+            "3",
+        ]))
+        .unwrap()
+        .collect();
+        let count = |k: Kind| events.iter().filter(|e| e.kind == k).count();
+        // Late events only start once the stream is two late_by (1h) old: half of a 4h span.
+        assert!(
+            (150..350).contains(&count(Kind::Late)),
+            "{}",
+            count(Kind::Late)
+        );
+        assert!(
+            (150..350).contains(&count(Kind::Malformed)),
+            "{}",
+            count(Kind::Malformed)
+        );
+        assert!(events[..2500].iter().all(|e| e.kind != Kind::Late));
+        for kind in [Kind::Valid, Kind::Late] {
+            for e in events.iter().filter(|e| e.kind == kind) {
+                let v: serde_json::Value = serde_json::from_str(&e.value).unwrap();
+                assert!(v["event_id"].is_string() && v["timestamp"].is_string());
+            }
+        }
+        assert_eq!(events.iter().filter(|e| e.partition == 2).count(), 1666);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(EventGenerator::new(args(&[
+            "--late-fraction",
+            "0.7",
+            "--malformed-fraction",
+            "0.6"
+        ]))
+        .is_err());
+        assert!(EventGenerator::new(args(&["--users", "0"])).is_err());
+    }
 }

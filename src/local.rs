@@ -118,7 +118,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the driver failed ({status})");
     }
-    let table = job.output.url.strip_prefix("file://").unwrap_or(&job.output.url);
+    let table = job
+        .output
+        .url
+        .strip_prefix("file://")
+        .unwrap_or(&job.output.url);
     println!("done: the output table is at {table}");
     if let Some(dl) = &job.dead_letter {
         let path = dl.url.strip_prefix("file://").unwrap_or(&dl.url);

@@ -13,7 +13,11 @@ use tokio::sync::watch;
 use weir_common::job::{load_job, JobSpec, Trigger};
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Event-time stream processing from Kafka into Delta Lake, exactly once")]
+#[command(
+    name = "weir",
+    version,
+    about = "Event-time stream processing from Kafka into Delta Lake, exactly once"
+)]
 struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -68,8 +72,9 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -159,7 +164,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

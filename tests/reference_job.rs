@@ -70,14 +70,19 @@ fn reference_job_matches_ground_truth() {
         "ground-truth comparison",
     );
     let report = String::from_utf8_lossy(&verify.stdout);
-    assert!(report.contains("OK: the Delta table equals the ground truth"), "{report}");
+    assert!(
+        report.contains("OK: the Delta table equals the ground truth"),
+        "{report}"
+    );
 }
 
 #[test]
 fn a_bad_job_file_fails_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let job = reference_job(dir.path(), "127.0.0.1:1", 100);
-    let text = std::fs::read_to_string(&job).unwrap().replace("delay: 10m", "delay: ten");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("delay: 10m", "delay: ten");
     std::fs::write(&job, text).unwrap();
     let out = weir()
         .args(["local", "--job", job.to_str().unwrap()])

@@ -146,4 +146,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # deltalake's native runtime can abort while the interpreter tears down its threads
+    # ("terminate called without an active exception"); the verdict is already made.
+    os._exit(code)

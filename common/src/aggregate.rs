@@ -23,7 +23,10 @@ pub enum AggKind {
     Count,
     CountDistinct,
     /// HyperLogLog++ with `precision` index bits; `rsd` is what the user asked for.
-    ApproxCountDistinct { precision: u8, rsd: f64 },
+    ApproxCountDistinct {
+        precision: u8,
+        rsd: f64,
+    },
     Sum,
     Min,
     Max,
@@ -79,7 +82,10 @@ pub fn parse_aggregate(name: &str, expr: &str, schema: &Schema) -> Result<Aggreg
             if let Some(rest) = lowered.strip_prefix("distinct ") {
                 let col = column_of(&args[args.len() - rest.len()..])?;
                 if !crate::schema::is_scalar(&col.1) {
-                    return Err(format!("`{text}`: cannot count distinct values of type {}", col.1));
+                    return Err(format!(
+                        "`{text}`: cannot count distinct values of type {}",
+                        col.1
+                    ));
                 }
                 Ok(spec(AggKind::CountDistinct, Some(col)))
             } else {
@@ -101,10 +107,16 @@ pub fn parse_aggregate(name: &str, expr: &str, schema: &Schema) -> Result<Aggreg
             };
             let col = column_of(col)?;
             if !crate::schema::is_scalar(&col.1) {
-                return Err(format!("`{text}`: cannot count distinct values of type {}", col.1));
+                return Err(format!(
+                    "`{text}`: cannot count distinct values of type {}",
+                    col.1
+                ));
             }
             let precision = hll_precision(rsd);
-            Ok(spec(AggKind::ApproxCountDistinct { precision, rsd }, Some(col)))
+            Ok(spec(
+                AggKind::ApproxCountDistinct { precision, rsd },
+                Some(col),
+            ))
         }
         "sum" | "min" | "max" | "avg" | "mean" => {
             let col = column_of(args)?;
@@ -191,7 +203,10 @@ pub enum Partial {
     MaxI(Option<i64>),
     MinF(Option<f64>),
     MaxF(Option<f64>),
-    Avg { sum: f64, count: i64 },
+    Avg {
+        sum: f64,
+        count: i64,
+    },
 }
 
 fn merge_opt<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Option<T> {
@@ -238,9 +253,8 @@ impl Partial {
     /// Merges another partial of the same aggregate into this one.
     pub fn merge(&mut self, other: &Partial) {
         match (self, other) {
-            (Partial::Count(a), Partial::Count(b)) | (Partial::Distinct(a), Partial::Distinct(b)) => {
-                *a += b
-            }
+            (Partial::Count(a), Partial::Count(b))
+            | (Partial::Distinct(a), Partial::Distinct(b)) => *a += b,
             (Partial::Hll(a), Partial::Hll(b)) => {
                 // Same precision and hasher by construction; a mismatch would be a bug upstream.
                 if let Err(e) = a.merge(b) {
@@ -346,17 +360,29 @@ mod tests {
         assert_eq!(kind("count(DISTINCT user_id)"), AggKind::CountDistinct);
         assert_eq!(
             kind("approx_count_distinct(user_id)"),
-            AggKind::ApproxCountDistinct { precision: 9, rsd: 0.05 }
+            AggKind::ApproxCountDistinct {
+                precision: 9,
+                rsd: 0.05
+            }
         );
         assert_eq!(
             kind("approx_count_distinct(user_id, 0.01)"),
-            AggKind::ApproxCountDistinct { precision: 14, rsd: 0.01 }
+            AggKind::ApproxCountDistinct {
+                precision: 14,
+                rsd: 0.01
+            }
         );
         assert_eq!(kind("sum(price)"), AggKind::Sum);
         assert_eq!(kind("avg(qty)"), AggKind::Avg);
-        assert!(parse_aggregate("a", "median(qty)", &s).unwrap_err().contains("unknown function"));
-        assert!(parse_aggregate("a", "sum(user_id)", &s).unwrap_err().contains("numeric"));
-        assert!(parse_aggregate("a", "count(nope)", &s).unwrap_err().contains("not in source.schema"));
+        assert!(parse_aggregate("a", "median(qty)", &s)
+            .unwrap_err()
+            .contains("unknown function"));
+        assert!(parse_aggregate("a", "sum(user_id)", &s)
+            .unwrap_err()
+            .contains("numeric"));
+        assert!(parse_aggregate("a", "count(nope)", &s)
+            .unwrap_err()
+            .contains("not in source.schema"));
         assert!(parse_aggregate("a", "count(distinct props)", &s).is_err());
         assert!(parse_aggregate("a", "count", &s).is_err());
     }
@@ -373,9 +399,22 @@ mod tests {
     fn merge_of_partials_equals_one_pass() {
         let s = schema();
         let values: Vec<Scalar<'_>> = (0..100)
-            .map(|i| if i % 7 == 0 { Scalar::Null } else { Scalar::Float(i as f64) })
+            .map(|i| {
+                if i % 7 == 0 {
+                    Scalar::Null
+                } else {
+                    Scalar::Float(i as f64)
+                }
+            })
             .collect();
-        for expr in ["count(*)", "count(price)", "sum(price)", "min(price)", "max(price)", "avg(price)"] {
+        for expr in [
+            "count(*)",
+            "count(price)",
+            "sum(price)",
+            "min(price)",
+            "max(price)",
+            "avg(price)",
+        ] {
             let spec = parse_aggregate("a", expr, &s).unwrap();
             let mut whole = run(&spec, &values);
             let mut left = run(&spec, &values[..37]);
@@ -390,7 +429,10 @@ mod tests {
         let col = output_column(&avg, &mut [&mut p]);
         let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
         let expected: Vec<f64> = (0..100).filter(|i| i % 7 != 0).map(|i| i as f64).collect();
-        assert_eq!(col.value(0), expected.iter().sum::<f64>() / expected.len() as f64);
+        assert_eq!(
+            col.value(0),
+            expected.iter().sum::<f64>() / expected.len() as f64
+        );
     }
 
     #[test]

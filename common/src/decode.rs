@@ -96,7 +96,9 @@ impl JsonDecoder {
             .map_err(|e| e.to_string())?;
         let mut offset = 0;
         while offset < buf.len() {
-            let read = decoder.decode(&buf[offset..]).map_err(|e| friendly(&e.to_string()))?;
+            let read = decoder
+                .decode(&buf[offset..])
+                .map_err(|e| friendly(&e.to_string()))?;
             if read == 0 {
                 return Err("record holds more than one JSON value".into());
             }
@@ -176,7 +178,12 @@ mod tests {
         let bytes: Vec<&[u8]> = records.iter().map(|s| s.as_bytes()).collect();
         let out = decoder().decode(&bytes);
         let bad_idx: Vec<usize> = out.bad.iter().map(|(i, _)| *i).collect();
-        assert_eq!(bad_idx, bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), "{:?}", out.bad);
+        assert_eq!(
+            bad_idx,
+            bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            "{:?}",
+            out.bad
+        );
         assert_eq!(out.good.len(), 10);
         let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 10);
@@ -185,7 +192,12 @@ mod tests {
             .batches
             .iter()
             .flat_map(|b| {
-                let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+                let a = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone();
                 (0..a.len()).map(move |i| a.value(i).to_string())
             })
             .collect();

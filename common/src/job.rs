@@ -229,18 +229,16 @@ pub fn substitute_env(
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
         let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
-        let end = after.find('}').ok_or_else(|| {
-            JobError::new(format!("line {line}"), "`${` without a closing `}`")
-        })?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| JobError::new(format!("line {line}"), "`${` without a closing `}`"))?;
         let expr = &after[..end];
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (expr, None),
         };
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
             return Err(JobError::new(
                 format!("line {line}"),
@@ -295,7 +293,10 @@ pub fn load_job(path: &Path) -> Result<JobSpec, JobError> {
 pub fn location_url(field: &str, location: &str, base_dir: &Path) -> Result<String, JobError> {
     let location = location.trim();
     if location.is_empty() {
-        return Err(JobError::new(field, "expected a path or URL, found an empty value"));
+        return Err(JobError::new(
+            field,
+            "expected a path or URL, found an empty value",
+        ));
     }
     if let Some((scheme, _)) = location.split_once("://") {
         return match scheme {
@@ -410,7 +411,10 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         ));
     }
     if raw.source.schema.is_empty() {
-        return Err(JobError::new("source.schema", "expected at least one column"));
+        return Err(JobError::new(
+            "source.schema",
+            "expected at least one column",
+        ));
     }
     let input_schema = build_schema(
         raw.source
@@ -423,12 +427,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         input_schema
             .field_with_name(name)
             .map(|f| f.data_type().clone())
-            .map_err(|_| {
-                JobError::new(
-                    field,
-                    format!("column `{name}` is not in source.schema"),
-                )
-            })
+            .map_err(|_| JobError::new(field, format!("column `{name}` is not in source.schema")))
     };
 
     let query = &raw.query;
@@ -465,19 +464,29 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         let field = format!("query.group_by[{i}]");
         let t = column_type(&field, col)?;
         if !is_scalar(&t) {
-            return Err(JobError::new(field, format!("cannot group by `{col}` of type {t}")));
+            return Err(JobError::new(
+                field,
+                format!("cannot group by `{col}` of type {t}"),
+            ));
         }
     }
     if query.aggregates.is_empty() {
-        return Err(JobError::new("query.aggregates", "expected at least one aggregate"));
+        return Err(JobError::new(
+            "query.aggregates",
+            "expected at least one aggregate",
+        ));
     }
     let mut aggregates = Vec::new();
     for (name, expr) in &query.aggregates {
         let field = format!("query.aggregates.{name}");
         if query.group_by.contains(name) || name == "window" || name == "processing_time" {
-            return Err(JobError::new(field, "this output column name is already taken"));
+            return Err(JobError::new(
+                field,
+                "this output column name is already taken",
+            ));
         }
-        let agg = parse_aggregate(name, expr, &input_schema).map_err(|m| JobError::new(&field, m))?;
+        let agg =
+            parse_aggregate(name, expr, &input_schema).map_err(|m| JobError::new(&field, m))?;
         aggregates.push(agg);
     }
     if query.output_mode != "append" {
@@ -496,7 +505,10 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         other => {
             let d = duration_field("trigger", other)?;
             if d.is_zero() {
-                return Err(JobError::new("trigger", "expected a positive interval or available-now"));
+                return Err(JobError::new(
+                    "trigger",
+                    "expected a positive interval or available-now",
+                ));
             }
             Trigger::Interval(d)
         }
@@ -504,7 +516,10 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     let checkpoint_url = location_url("checkpoint_location", &raw.checkpoint_location, base_dir)?;
     let key_groups = raw.key_groups.unwrap_or(DEFAULT_KEY_GROUPS);
     if !(1..=32768).contains(&key_groups) {
-        return Err(JobError::new("key_groups", "expected a number from 1 to 32768"));
+        return Err(JobError::new(
+            "key_groups",
+            "expected a number from 1 to 32768",
+        ));
     }
 
     let mut output = None;
@@ -565,7 +580,10 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         max_offsets_per_trigger: kafka.max_offsets_per_trigger,
         options: kafka.options.clone(),
     };
-    let max_record_bytes = raw.source.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+    let max_record_bytes = raw
+        .source
+        .max_record_bytes
+        .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
     // Absolute locations travel to executors, which may run elsewhere.
     raw.checkpoint_location = checkpoint_url.clone();
     for sink in raw.sinks.iter_mut() {
@@ -615,7 +633,9 @@ impl JobSpec {
         let schema = serde_json::to_string(&self.raw.source.schema).unwrap_or_default();
         format!(
             "{:016x}",
-            crate::keygroup::stable_hash(format!("{query}|{schema}|{}", self.key_groups).as_bytes())
+            crate::keygroup::stable_hash(
+                format!("{query}|{schema}|{}", self.key_groups).as_bytes()
+            )
         )
     }
 }

@@ -48,7 +48,10 @@ mod tests {
     fn hash_is_pinned() {
         // A changed value here would orphan every existing checkpoint.
         assert_eq!(stable_hash(b""), 0x2d06_8005_38d3_94c2);
-        assert_eq!(key_group(b"", 256), (0x2d06_8005_38d3_94c2_u64 % 256) as u32);
+        assert_eq!(
+            key_group(b"", 256),
+            (0x2d06_8005_38d3_94c2_u64 % 256) as u32
+        );
     }
 
     #[test]

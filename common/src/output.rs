@@ -24,7 +24,11 @@ pub fn output_schema(job: &JobSpec) -> SchemaRef {
         }
     }
     for agg in &job.aggregates {
-        fields.push(Field::new(&agg.name, agg.output_type(), agg.output_nullable()));
+        fields.push(Field::new(
+            &agg.name,
+            agg.output_type(),
+            agg.output_nullable(),
+        ));
     }
     fields.push(Field::new("processing_time", timestamp_type(), false));
     Arc::new(Schema::new(fields))

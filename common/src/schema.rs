@@ -96,7 +96,10 @@ mod tests {
             parse_column_type("string not null").unwrap(),
             (DataType::Utf8, false)
         );
-        assert_eq!(parse_column_type("BIGINT").unwrap(), (DataType::Int64, true));
+        assert_eq!(
+            parse_column_type("BIGINT").unwrap(),
+            (DataType::Int64, true)
+        );
         assert_eq!(
             parse_column_type("timestamp NOT NULL").unwrap(),
             (timestamp_type(), false)
@@ -105,6 +108,8 @@ mod tests {
             parse_column_type("map<string, string>").unwrap(),
             (string_map_type(), true)
         );
-        assert!(parse_column_type("varchar").unwrap_err().contains("unknown type"));
+        assert!(parse_column_type("varchar")
+            .unwrap_err()
+            .contains("unknown type"));
     }
 }

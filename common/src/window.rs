@@ -82,7 +82,11 @@ pub fn is_closed(window_end: i64, watermark: Option<i64>) -> bool {
 }
 
 /// Spark's watermark rule: max event time minus the delay, never moving back.
-pub fn next_watermark(current: Option<i64>, max_event_time: Option<i64>, delay: i64) -> Option<i64> {
+pub fn next_watermark(
+    current: Option<i64>,
+    max_event_time: Option<i64>,
+    delay: i64,
+) -> Option<i64> {
     let candidate = max_event_time.map(|t| t.saturating_sub(delay));
     match (current, candidate) {
         (Some(c), Some(n)) => Some(c.max(n)),
@@ -99,28 +103,52 @@ mod tests {
     #[test]
     fn tumbling_start_inclusive_end_exclusive() {
         let spec = WindowSpec::tumbling(5 * MIN);
-        assert_eq!(spec.windows_of(0), vec![Window { start: 0, end: 5 * MIN }]);
+        assert_eq!(
+            spec.windows_of(0),
+            vec![Window {
+                start: 0,
+                end: 5 * MIN
+            }]
+        );
         assert_eq!(
             spec.windows_of(5 * MIN - 1),
-            vec![Window { start: 0, end: 5 * MIN }]
+            vec![Window {
+                start: 0,
+                end: 5 * MIN
+            }]
         );
         assert_eq!(
             spec.windows_of(5 * MIN),
-            vec![Window { start: 5 * MIN, end: 10 * MIN }]
+            vec![Window {
+                start: 5 * MIN,
+                end: 10 * MIN
+            }]
         );
     }
 
     #[test]
     fn negative_timestamps_align_to_the_epoch() {
         let spec = WindowSpec::tumbling(5 * MIN);
-        assert_eq!(spec.windows_of(-1), vec![Window { start: -5 * MIN, end: 0 }]);
+        assert_eq!(
+            spec.windows_of(-1),
+            vec![Window {
+                start: -5 * MIN,
+                end: 0
+            }]
+        );
         assert_eq!(
             spec.windows_of(-5 * MIN),
-            vec![Window { start: -5 * MIN, end: 0 }]
+            vec![Window {
+                start: -5 * MIN,
+                end: 0
+            }]
         );
         assert_eq!(
             spec.windows_of(-5 * MIN - 1),
-            vec![Window { start: -10 * MIN, end: -5 * MIN }]
+            vec![Window {
+                start: -10 * MIN,
+                end: -5 * MIN
+            }]
         );
     }
 
@@ -130,16 +158,28 @@ mod tests {
         assert_eq!(
             spec.windows_of(7 * MIN),
             vec![
-                Window { start: 5 * MIN, end: 15 * MIN },
-                Window { start: 0, end: 10 * MIN }
+                Window {
+                    start: 5 * MIN,
+                    end: 15 * MIN
+                },
+                Window {
+                    start: 0,
+                    end: 10 * MIN
+                }
             ]
         );
         // On a boundary the row starts a window and is in the one before.
         assert_eq!(
             spec.windows_of(5 * MIN),
             vec![
-                Window { start: 5 * MIN, end: 15 * MIN },
-                Window { start: 0, end: 10 * MIN }
+                Window {
+                    start: 5 * MIN,
+                    end: 15 * MIN
+                },
+                Window {
+                    start: 0,
+                    end: 10 * MIN
+                }
             ]
         );
         // Size not a multiple of slide: 3 windows of 10m every 4m hold some rows, 2 others.
@@ -160,11 +200,17 @@ mod tests {
         let spec = WindowSpec::new(5 * MIN, 5 * MIN, 2 * MIN).unwrap();
         assert_eq!(
             spec.windows_of(MIN),
-            vec![Window { start: -3 * MIN, end: 2 * MIN }]
+            vec![Window {
+                start: -3 * MIN,
+                end: 2 * MIN
+            }]
         );
         assert_eq!(
             spec.windows_of(2 * MIN),
-            vec![Window { start: 2 * MIN, end: 7 * MIN }]
+            vec![Window {
+                start: 2 * MIN,
+                end: 7 * MIN
+            }]
         );
         assert_eq!(spec.last_window_end(2 * MIN), 7 * MIN);
     }

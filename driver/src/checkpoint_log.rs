@@ -48,8 +48,8 @@ impl CheckpointLog {
                     .map_err(|e| LogError::Url(url.into(), e.to_string()))?;
             }
         }
-        let (store, root) =
-            object_store::parse_url(&parsed).map_err(|e| LogError::Url(url.into(), e.to_string()))?;
+        let (store, root) = object_store::parse_url(&parsed)
+            .map_err(|e| LogError::Url(url.into(), e.to_string()))?;
         Ok(Self {
             store: Arc::from(store),
             root,
@@ -109,12 +109,10 @@ impl CheckpointLog {
             .await
         {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                match self.read::<T>(rel).await? {
-                    Some(existing) if existing == *value => Ok(()),
-                    _ => Err(LogError::Conflict(format!("{}/{rel}", self.url))),
-                }
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => match self.read::<T>(rel).await? {
+                Some(existing) if existing == *value => Ok(()),
+                _ => Err(LogError::Conflict(format!("{}/{rel}", self.url))),
+            },
             Err(e) => Err(self.store_err(rel, e)),
         }
     }
@@ -140,7 +138,8 @@ impl CheckpointLog {
     }
 
     pub async fn write_commit(&self, record: &CommitRecord) -> Result<(), LogError> {
-        self.create(&format!("commits/{}", record.epoch), record).await
+        self.create(&format!("commits/{}", record.epoch), record)
+            .await
     }
 
     /// The highest epoch number present under `dir` (`offsets` or `commits`).

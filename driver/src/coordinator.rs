@@ -111,12 +111,14 @@ impl Coordinator {
         }
         let pending = match self.log.latest("offsets").await? {
             Some(e) if e >= position.next_epoch => {
-                let plan = self
-                    .log
-                    .plan(position.next_epoch)
-                    .await?
-                    .with_context(|| format!("plan of epoch {} is missing", position.next_epoch))?;
-                tracing::info!(epoch = plan.epoch, "re-running a planned epoch without a decision");
+                let plan =
+                    self.log.plan(position.next_epoch).await?.with_context(|| {
+                        format!("plan of epoch {} is missing", position.next_epoch)
+                    })?;
+                tracing::info!(
+                    epoch = plan.epoch,
+                    "re-running a planned epoch without a decision"
+                );
                 Some(plan)
             }
             _ => None,
@@ -174,9 +176,7 @@ impl Coordinator {
             position.offsets = Some(start);
             return Ok(None);
         }
-        let executor = members
-            .first()
-            .context("no executor registered")?;
+        let executor = members.first().context("no executor registered")?;
         let plan = EpochPlan {
             epoch: position.next_epoch,
             topic: kafka.topic.clone(),
@@ -201,20 +201,28 @@ impl Coordinator {
             .timeout(EXECUTE_TIMEOUT)
             .connect()
             .await
-            .with_context(|| format!("connecting to executor {} at {}", member.id, member.address))?;
+            .with_context(|| {
+                format!("connecting to executor {} at {}", member.id, member.address)
+            })?;
         let client = ExecutorClient::new(channel);
         self.clients.insert(member.id.clone(), client.clone());
         Ok(client)
     }
 
     /// Runs the plan on its executors and collects their `Prepared` answers.
-    async fn execute(&mut self, plan: &EpochPlan, members: &[Member]) -> anyhow::Result<Vec<Prepared>> {
+    async fn execute(
+        &mut self,
+        plan: &EpochPlan,
+        members: &[Member],
+    ) -> anyhow::Result<Vec<Prepared>> {
         let mut calls = Vec::new();
         for a in &plan.assignment {
             let member = members
                 .iter()
                 .find(|m| m.id == a.executor_id)
-                .with_context(|| format!("executor {} of the plan is not registered", a.executor_id))?;
+                .with_context(|| {
+                    format!("executor {} of the plan is not registered", a.executor_id)
+                })?;
             let mut client = self.client(member).await?;
             let request = ExecuteRequest {
                 epoch: plan.epoch,
@@ -249,7 +257,10 @@ impl Coordinator {
     }
 
     async fn commit_tables(&mut self, record: &CommitRecord) -> anyhow::Result<Option<u64>> {
-        let version = self.output.commit(record.epoch, &record.output_adds).await?;
+        let version = self
+            .output
+            .commit(record.epoch, &record.output_adds)
+            .await?;
         if let Some(dl) = self.dead_letter.as_mut() {
             dl.commit(record.epoch, &record.dead_letter_adds).await?;
         }
@@ -292,7 +303,10 @@ impl Coordinator {
                         _ = stop.wait_for(|s| *s) => break,
                     }
                     next_trigger = Instant::now() + interval;
-                    match self.plan_next(&mut position, target.as_ref(), &members).await? {
+                    match self
+                        .plan_next(&mut position, target.as_ref(), &members)
+                        .await?
+                    {
                         Some(p) => {
                             self.log.write_plan(&p).await?;
                             p
@@ -341,8 +355,10 @@ impl Coordinator {
             stats.dead_letter_rows += s.dead_letter_rows;
             stats.windows_emitted += s.windows_emitted;
             stats.state_rows += s.state_rows;
-            stats.min_event_time_micros = min_opt(stats.min_event_time_micros, s.min_event_time_micros);
-            stats.max_event_time_micros = max_opt(stats.max_event_time_micros, s.max_event_time_micros);
+            stats.min_event_time_micros =
+                min_opt(stats.min_event_time_micros, s.min_event_time_micros);
+            stats.max_event_time_micros =
+                max_opt(stats.max_event_time_micros, s.max_event_time_micros);
             event_time_sum += s.sum_event_time_micros;
         }
         let accepted = stats.valid_rows;

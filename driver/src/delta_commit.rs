@@ -1,7 +1,7 @@
 //! The only Delta writer of a job: creates the tables, and commits each epoch's staged files in
 //! one transaction carrying `SetTransaction(app_id, epoch)`, so a repeated commit is a no-op.
 
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
@@ -32,6 +32,17 @@ pub enum CommitError {
     SchemaMismatch { url: String, expected: String },
 }
 
+/// Columns that get min/max statistics: all but binary ones, which have no useful order.
+fn stats_columns(schema: &SchemaRef) -> Option<String> {
+    let columns: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.data_type(), DataType::Binary | DataType::LargeBinary))
+        .map(|f| f.name().as_str())
+        .collect();
+    (columns.len() < schema.fields().len()).then(|| columns.join(","))
+}
+
 impl DeltaCommitter {
     /// Opens the table at `url`, creating it with `schema` when it does not exist yet.
     pub async fn open_or_create(
@@ -53,9 +64,10 @@ impl DeltaCommitter {
             }
         }
         let table = DeltaTable::try_from_url(parsed).await.map_err(err)?;
-        let delta_schema: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-            err(DeltaTableError::Generic(format!("schema conversion: {e}")))
-        })?;
+        let delta_schema: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| err(DeltaTableError::Generic(format!("schema conversion: {e}"))))?;
         let table = if table.version().is_some() {
             let existing = table.snapshot().map_err(err)?.schema();
             let names = |s: &StructType| {
@@ -76,6 +88,10 @@ impl DeltaCommitter {
                 .with_table_name(name)
                 .with_columns(delta_schema.fields().cloned())
                 .with_partition_columns(partition_by.to_vec())
+                .with_configuration_property(
+                    deltalake::TableProperty::DataSkippingStatsColumns,
+                    stats_columns(schema),
+                )
                 .with_save_mode(SaveMode::Ignore)
                 .await
                 .map_err(err)?
@@ -108,7 +124,11 @@ impl DeltaCommitter {
 
     /// Commits the epoch's adds; returns the new table version, or `None` when there was
     /// nothing to add or the epoch is already in the table.
-    pub async fn commit(&mut self, epoch: u64, adds: &[String]) -> Result<Option<u64>, CommitError> {
+    pub async fn commit(
+        &mut self,
+        epoch: u64,
+        adds: &[String],
+    ) -> Result<Option<u64>, CommitError> {
         if adds.is_empty() {
             return Ok(None);
         }

@@ -26,10 +26,7 @@ pub struct OffsetReader {
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error("Kafka {servers}: {source}")]
-    Kafka {
-        servers: String,
-        source: KafkaError,
-    },
+    Kafka { servers: String, source: KafkaError },
     #[error("topic `{0}` does not exist or has no partitions")]
     NoTopic(String),
 }

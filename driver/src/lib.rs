@@ -71,7 +71,10 @@ async fn job_metadata(log: &CheckpointLog, job: &JobSpec) -> anyhow::Result<Meta
 pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let job = config.job;
     if config.executors != 1 {
-        bail!("this version of weir runs a job on exactly one executor (asked for {})", config.executors);
+        bail!(
+            "this version of weir runs a job on exactly one executor (asked for {})",
+            config.executors
+        );
     }
     let log = CheckpointLog::open(&job.checkpoint_url)?;
     let metadata = job_metadata(&log, &job).await?;

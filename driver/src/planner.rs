@@ -60,7 +60,12 @@ pub fn plan_ranges(
                 });
                 from = b.earliest;
             }
-            let to = limit.get(&p).copied().unwrap_or(b.latest).min(b.latest).max(from);
+            let to = limit
+                .get(&p)
+                .copied()
+                .unwrap_or(b.latest)
+                .min(b.latest)
+                .max(from);
             PartitionRange {
                 partition: p,
                 start: from,
@@ -77,7 +82,11 @@ pub fn plan_ranges(
             .map(|(i, r)| {
                 let backlog = (r.end - r.start) as u128;
                 let exact = backlog * u128::from(cap);
-                ((exact / u128::from(total)) as u64, exact % u128::from(total), i)
+                (
+                    (exact / u128::from(total)) as u64,
+                    exact % u128::from(total),
+                    i,
+                )
             })
             .collect();
         let assigned: u64 = shares.iter().map(|s| s.0).sum();
@@ -120,7 +129,10 @@ mod tests {
             BTreeMap::from([(0, 50), (1, 30)])
         );
         let per = StartingOffsets::Partitions(BTreeMap::from([(0, 42), (1, -1)]));
-        assert_eq!(initial_offsets(&per, &b), BTreeMap::from([(0, 42), (1, 30)]));
+        assert_eq!(
+            initial_offsets(&per, &b),
+            BTreeMap::from([(0, 42), (1, 30)])
+        );
     }
 
     #[test]
@@ -134,7 +146,10 @@ mod tests {
         assert_eq!(sizes, vec![25, 25, 51]);
         // Without a cap everything up to the latest offsets.
         let (ranges, _) = plan_ranges(&start, &b, &BTreeMap::new(), None);
-        assert_eq!(ranges.iter().map(|r| r.end).collect::<Vec<_>>(), vec![1000, 1000, 2000]);
+        assert_eq!(
+            ranges.iter().map(|r| r.end).collect::<Vec<_>>(),
+            vec![1000, 1000, 2000]
+        );
     }
 
     #[test]
@@ -154,8 +169,16 @@ mod tests {
         assert_eq!(
             ranges,
             vec![
-                PartitionRange { partition: 0, start: 100, end: 450 },
-                PartitionRange { partition: 1, start: 0, end: 200 },
+                PartitionRange {
+                    partition: 0,
+                    start: 100,
+                    end: 450
+                },
+                PartitionRange {
+                    partition: 1,
+                    start: 0,
+                    end: 200
+                },
             ]
         );
     }

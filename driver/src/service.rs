@@ -3,9 +3,7 @@
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use weir_proto::control::driver_server::Driver;
-use weir_proto::control::{
-    HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
-};
+use weir_proto::control::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 
 use crate::membership::MembershipMsg;
 
@@ -22,7 +20,9 @@ impl Driver for DriverService {
     ) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
         if req.executor_id.is_empty() || req.address.is_empty() {
-            return Err(Status::invalid_argument("executor_id and address are required"));
+            return Err(Status::invalid_argument(
+                "executor_id and address are required",
+            ));
         }
         let (reply, answer) = oneshot::channel();
         self.membership

@@ -31,7 +31,9 @@ pub fn output_batch(
 ) -> Result<RecordBatch, ArrowError> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     let DataType::Struct(window_fields) = window_type() else {
-        return Err(ArrowError::SchemaError("window type is not a struct".into()));
+        return Err(ArrowError::SchemaError(
+            "window type is not a struct".into(),
+        ));
     };
     let starts: ArrayRef = Arc::new(timestamps(rows.iter().map(|r| r.window.start)));
     let ends: ArrayRef = Arc::new(timestamps(rows.iter().map(|r| r.window.end)));
@@ -56,7 +58,10 @@ pub fn output_batch(
         ));
     }
     for (i, agg) in job.aggregates.iter().enumerate() {
-        let mut partials: Vec<_> = rows.iter_mut().filter_map(|r| r.partials.get_mut(i)).collect();
+        let mut partials: Vec<_> = rows
+            .iter_mut()
+            .filter_map(|r| r.partials.get_mut(i))
+            .collect();
         columns.push(output_column(agg, &mut partials));
     }
     columns.push(Arc::new(timestamps(rows.iter().map(|_| processing_time))));

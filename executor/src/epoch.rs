@@ -136,8 +136,10 @@ impl EpochRunner {
                     .iter()
                     .map(|r| r.value.as_ref().map_or(0, Vec::len) as u64)
                     .sum::<u64>();
-                let payloads: Vec<&[u8]> =
-                    records.iter().map(|r| r.value.as_deref().unwrap_or(&[])).collect();
+                let payloads: Vec<&[u8]> = records
+                    .iter()
+                    .map(|r| r.value.as_deref().unwrap_or(&[]))
+                    .collect();
                 let decoded = decoder.decode(&payloads);
                 for (i, reason) in decoded.bad {
                     rejected.push((records[i].clone(), reason));
@@ -170,7 +172,7 @@ impl EpochRunner {
             .fold(&pre, &mut state_batch)
             .context("folding partial aggregates into state")?;
         let owned: Vec<std::ops::Range<u32>> = if req.key_groups.is_empty() {
-            vec![0..self.job.key_groups]
+            std::iter::once(0..self.job.key_groups).collect()
         } else {
             req.key_groups.iter().map(|r| r.start..r.end).collect()
         };

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use weir_common::checkpoint::PartitionRange;
@@ -36,8 +37,42 @@ pub enum ReadError {
 /// How long a read may see no record before the epoch fails.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Routes librdkafka's reports into `tracing`; reaching the end of a partition is expected here.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if end_of_partition {
+            tracing::debug!(target: "librdkafka", "{reason}");
+        } else {
+            tracing::error!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 pub struct KafkaReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
 }
 
@@ -55,7 +90,7 @@ impl KafkaReader {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
         Ok(Self {
-            consumer: config.create()?,
+            consumer: config.create_with_context(ReaderContext)?,
             topic: source.topic.clone(),
         })
     }
@@ -95,7 +130,9 @@ impl KafkaReader {
                 None => {}
                 Some(Ok(msg)) => {
                     let p = msg.partition();
-                    let Some(&end) = remaining.get(&p) else { continue };
+                    let Some(&end) = remaining.get(&p) else {
+                        continue;
+                    };
                     let offset = msg.offset();
                     if offset < end {
                         buffer.push(Record {

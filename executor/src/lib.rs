@@ -56,7 +56,10 @@ struct Service {
 
 #[tonic::async_trait]
 impl Executor for Service {
-    async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<Prepared>, Status> {
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<Prepared>, Status> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Execute(request.into_inner(), tx))
@@ -148,7 +151,8 @@ async fn epoch_actor(mut runner: EpochRunner, mut commands: mpsc::Receiver<Comma
     while let Some(command) = commands.recv().await {
         match command {
             Command::Execute(req, reply) => {
-                let span = tracing::info_span!("epoch", epoch = req.epoch, executor = %runner.executor_id);
+                let span =
+                    tracing::info_span!("epoch", epoch = req.epoch, executor = %runner.executor_id);
                 let result = runner
                     .execute(req)
                     .instrument(span.clone())

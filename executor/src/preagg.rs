@@ -89,7 +89,12 @@ impl<'a> PreAggregation<'a> {
             .job
             .aggregates
             .iter()
-            .map(|a| a.column.as_deref().and_then(column).and_then(ColumnReader::new))
+            .map(|a| {
+                a.column
+                    .as_deref()
+                    .and_then(column)
+                    .and_then(ColumnReader::new)
+            })
             .collect();
         let window_spec = self.job.window;
         let mut group_values = Vec::with_capacity(group_cols.len());
@@ -130,10 +135,13 @@ impl<'a> PreAggregation<'a> {
                 if is_closed(w.end, watermark) {
                     return;
                 }
-                let partials = self
-                    .groups
-                    .entry((w, group.clone()))
-                    .or_insert_with(|| self.job.aggregates.iter().map(|a| a.new_partial()).collect());
+                let partials = self.groups.entry((w, group.clone())).or_insert_with(|| {
+                    self.job
+                        .aggregates
+                        .iter()
+                        .map(|a| a.new_partial())
+                        .collect()
+                });
                 for (i, (agg, col)) in self.job.aggregates.iter().zip(&agg_cols).enumerate() {
                     let value = col
                         .as_ref()
@@ -150,5 +158,114 @@ impl<'a> PreAggregation<'a> {
             });
         }
         rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use weir_common::decode::JsonDecoder;
+    use weir_common::job::{parse_job, JobSpec};
+
+    const MIN: i64 = 60_000_000;
+
+    fn job(window: &str) -> JobSpec {
+        let text = format!(
+            r#"
+name: t
+source:
+  kafka: {{bootstrap_servers: "b:1", topic: t}}
+  schema: {{user_id: string not null, event_type: string not null, amount: double, timestamp: timestamp not null}}
+query:
+  watermark: {{column: timestamp, delay: 10m}}
+  window: {window}
+  group_by: [event_type]
+  aggregates:
+    n: count(*)
+    users: count(distinct user_id)
+    total: sum(amount)
+  max_event_time_ahead: 1h
+checkpoint_location: /tmp/x
+sinks: [{{delta: {{path: /tmp/y}}}}]
+"#
+        );
+        parse_job(&text, Path::new("/")).unwrap()
+    }
+
+    fn batch(job: &JobSpec, rows: &[(&str, &str, i64)]) -> RecordBatch {
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|(u, t, ts)| {
+                let time = chrono::DateTime::from_timestamp_micros(*ts)
+                    .unwrap()
+                    .to_rfc3339();
+                format!(
+                    r#"{{"user_id":"{u}","event_type":"{t}","amount":1.5,"timestamp":"{time}"}}"#
+                )
+            })
+            .collect();
+        let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
+        assert!(decoded.bad.is_empty(), "{:?}", decoded.bad);
+        arrow::compute::concat_batches(&job.input_schema, &decoded.batches).unwrap()
+    }
+
+    #[test]
+    fn late_and_future_rows_are_rejected_and_the_rest_aggregated() {
+        let job = job("{column: timestamp, size: 5m}");
+        let now = 1000 * MIN;
+        let watermark = Some(now - 10 * MIN);
+        let mut pre = PreAggregation::new(&job, watermark, now);
+        let b = batch(
+            &job,
+            &[
+                ("u1", "click", now - MIN),
+                ("u1", "click", now - 2 * MIN),
+                ("u2", "click", now - 2 * MIN),
+                // Its window [now-15m, now-10m) ends at the watermark: closed, so late.
+                ("u3", "view", now - 11 * MIN),
+                // More than max_event_time_ahead past the plan's clock.
+                ("u4", "view", now + 2 * 60 * MIN),
+            ],
+        );
+        let rejected = pre.add_batch(&b);
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[0], (3, Rejected::Late));
+        assert!(matches!(&rejected[1], (4, Rejected::Invalid(r)) if r.contains("ahead")));
+        assert_eq!(pre.late_rows, 1);
+        assert_eq!(pre.groups.len(), 1);
+        let ((w, _), partials) = pre.groups.iter().next().unwrap();
+        assert_eq!(
+            *w,
+            Window {
+                start: now - 5 * MIN,
+                end: now
+            }
+        );
+        assert!(matches!(partials[0], Partial::Count(3)));
+        assert!(matches!(partials[2], Partial::SumF(Some(s)) if s == 4.5));
+        // Two distinct users in the one window, kept apart from the partials.
+        assert_eq!(pre.distinct.len(), 2);
+        assert_eq!(pre.times.max, Some(now - MIN));
+    }
+
+    #[test]
+    fn sliding_rows_go_to_their_open_windows_only() {
+        let job = job("{column: timestamp, size: 10m, slide: 5m}");
+        let now = 1000 * MIN;
+        // The row at now-12m is in [now-15m, now-5m) (open) and [now-20m, now-10m) (closed).
+        let mut pre = PreAggregation::new(&job, Some(now - 10 * MIN), now);
+        let rejected = pre.add_batch(&batch(&job, &[("u1", "click", now - 12 * MIN)]));
+        assert!(rejected.is_empty());
+        let windows: Vec<Window> = pre.groups.keys().map(|(w, _)| *w).collect();
+        assert_eq!(
+            windows,
+            vec![Window {
+                start: now - 15 * MIN,
+                end: now - 5 * MIN
+            }]
+        );
+        assert_eq!(pre.late_rows, 0);
     }
 }

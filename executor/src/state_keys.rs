@@ -56,7 +56,13 @@ pub fn distinct_identity(w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<
 }
 
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut k = head(kg, w.end, TAG_DISTINCT, w.start, 5 + group.len() + value.len());
+    let mut k = head(
+        kg,
+        w.end,
+        TAG_DISTINCT,
+        w.start,
+        5 + group.len() + value.len(),
+    );
     k.push(agg);
     k.extend_from_slice(&(group.len() as u32).to_be_bytes());
     k.extend_from_slice(group);
@@ -87,9 +93,16 @@ pub fn kg_closed_upper(kg: u32, watermark: i64) -> Vec<u8> {
 /// A parsed state key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StateKey<'a> {
-    Group { window: Window, group: &'a [u8] },
+    Group {
+        window: Window,
+        group: &'a [u8],
+    },
     Distinct,
-    ShardCount { window: Window, agg: u8, group: &'a [u8] },
+    ShardCount {
+        window: Window,
+        agg: u8,
+        group: &'a [u8],
+    },
 }
 
 pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
@@ -127,18 +140,34 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_sort_by_group_then_end() {
-        let w = Window { start: -10, end: 290 };
+        let w = Window {
+            start: -10,
+            end: 290,
+        };
         let g = b"click";
         assert_eq!(
             parse_key(&group_key(3, w, g)),
-            Some(StateKey::Group { window: w, group: g })
+            Some(StateKey::Group {
+                window: w,
+                group: g
+            })
         );
         assert_eq!(
             parse_key(&shard_count_key(3, w, 2, g)),
-            Some(StateKey::ShardCount { window: w, agg: 2, group: g })
+            Some(StateKey::ShardCount {
+                window: w,
+                agg: 2,
+                group: g
+            })
         );
-        assert_eq!(parse_key(&distinct_key(3, w, 2, g, b"u1")), Some(StateKey::Distinct));
-        let later = Window { start: 290, end: 590 };
+        assert_eq!(
+            parse_key(&distinct_key(3, w, 2, g, b"u1")),
+            Some(StateKey::Distinct)
+        );
+        let later = Window {
+            start: 290,
+            end: 590,
+        };
         assert!(group_key(3, w, g) < group_key(3, later, g));
         assert!(group_key(3, later, g) < group_key(4, w, g));
         // Closed-range bounds: end <= 290 is inside, end 590 outside.

@@ -31,12 +31,20 @@ impl Broker {
         // tansu resolves sqlite:// paths against its working directory.
         let mut child = Command::new(&tansu)
             .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{tansu}` ({e}); run scripts/setup.sh to install it"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start `{tansu}` ({e}); run scripts/setup.sh to install it")
+            });
         let address = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&address).is_err() {
@@ -44,7 +52,10 @@ impl Broker {
                 let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
                 panic!("tansu exited ({status}): {log}");
             }
-            assert!(Instant::now() < deadline, "tansu did not listen on {address} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker {
@@ -69,7 +80,9 @@ pub fn weir() -> Command {
 
 /// Runs a command, failing the test with its output when it does not succeed.
 pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",

@@ -39,8 +39,8 @@ fn env(name: &str) -> Option<String> {
 
 fn parse(text: &str) -> Result<JobSpec, JobError> {
     let substituted = substitute_env(text, env)?;
-    let raw: RawJob = serde_yaml_ng::from_str(&substituted)
-        .map_err(|e| JobError::new("yaml", e.to_string()))?;
+    let raw: RawJob =
+        serde_yaml_ng::from_str(&substituted).map_err(|e| JobError::new("yaml", e.to_string()))?;
     validate(raw, Path::new("/work"))
 }
 
@@ -97,11 +97,8 @@ fn starting_offsets_forms() {
         job.kafka.starting_offsets,
         StartingOffsets::Partitions(BTreeMap::from([(0, 42), (1, -2)]))
     );
-    let job = parse(&GOOD.replace(
-        "starting_offsets: earliest",
-        "starting_offsets: {0: 7}",
-    ))
-    .unwrap();
+    let job =
+        parse(&GOOD.replace("starting_offsets: earliest", "starting_offsets: {0: 7}")).unwrap();
     assert_eq!(
         job.kafka.starting_offsets,
         StartingOffsets::Partitions(BTreeMap::from([(0, 7)]))
@@ -125,24 +122,104 @@ fn available_now_and_sliding_windows() {
 fn mistakes_name_the_field_and_what_was_expected() {
     let cases: Vec<(&str, &str, &str, &str)> = vec![
         // (from, to, field must contain, message must contain)
-        ("delay: 10m", "delay: 10", "query.watermark.delay", "no unit"),
-        ("size: 5m", "size: five", "query.window.size", "not a duration"),
-        ("slide: 5m", "slide: 10m", "query.window", "slide must not be longer"),
-        ("user_id: string not null", "user_id: varchar", "source.schema.user_id", "unknown type"),
-        ("count(distinct user_id)", "count(distinct uid)", "query.aggregates.unique_users", "not in source.schema"),
-        ("count(*)", "median(*)", "query.aggregates.event_count", "unknown function"),
-        ("group_by: [event_type]", "group_by: [properties]", "query.group_by[0]", "cannot group by"),
-        ("group_by: [event_type]", "group_by: [kind]", "query.group_by[0]", "not in source.schema"),
-        ("column: timestamp, delay", "column: page_url, delay", "query.watermark.column", "must be a timestamp"),
-        ("starting_offsets: earliest", "starting_offsets: newest", "source.kafka.starting_offsets", "expected earliest"),
-        ("output_mode: append", "output_mode: complete", "query.output_mode", "only append"),
+        (
+            "delay: 10m",
+            "delay: 10",
+            "query.watermark.delay",
+            "no unit",
+        ),
+        (
+            "size: 5m",
+            "size: five",
+            "query.window.size",
+            "not a duration",
+        ),
+        (
+            "slide: 5m",
+            "slide: 10m",
+            "query.window",
+            "slide must not be longer",
+        ),
+        (
+            "user_id: string not null",
+            "user_id: varchar",
+            "source.schema.user_id",
+            "unknown type",
+        ),
+        (
+            "count(distinct user_id)",
+            "count(distinct uid)",
+            "query.aggregates.unique_users",
+            "not in source.schema",
+        ),
+        (
+            "count(*)",
+            "median(*)",
+            "query.aggregates.event_count",
+            "unknown function",
+        ),
+        (
+            "group_by: [event_type]",
+            "group_by: [properties]",
+            "query.group_by[0]",
+            "cannot group by",
+        ),
+        (
+            "group_by: [event_type]",
+            "group_by: [kind]",
+            "query.group_by[0]",
+            "not in source.schema",
+        ),
+        (
+            "column: timestamp, delay",
+            "column: page_url, delay",
+            "query.watermark.column",
+            "must be a timestamp",
+        ),
+        (
+            "starting_offsets: earliest",
+            "starting_offsets: newest",
+            "source.kafka.starting_offsets",
+            "expected earliest",
+        ),
+        (
+            "output_mode: append",
+            "output_mode: complete",
+            "query.output_mode",
+            "only append",
+        ),
         ("trigger: 30s", "trigger: 0s", "trigger", "positive"),
-        ("partition_by: [event_type]", "partition_by: [user_id]", "sinks[0].delta.partition_by[0]", "not a group_by column"),
+        (
+            "partition_by: [event_type]",
+            "partition_by: [user_id]",
+            "sinks[0].delta.partition_by[0]",
+            "not a group_by column",
+        ),
         ("format: json", "format: avro", "source.format", "only json"),
-        ("max_offsets_per_trigger: 1000", "max_offsets_per_trigger: 0", "source.kafka.max_offsets_per_trigger", "positive"),
-        ("checkpoint_location: /tmp/weir/checkpoint", "checkpoint_location: hdfs://x/y", "checkpoint_location", "unsupported scheme"),
-        ("${TEST_BROKERS}", "${NOT_SET_ANYWHERE}", "line 5", "NOT_SET_ANYWHERE is not set"),
-        ("file:///tmp/weir/dead-letter", "/tmp/weir/aggregated", "dead_letter.delta.path", "must differ"),
+        (
+            "max_offsets_per_trigger: 1000",
+            "max_offsets_per_trigger: 0",
+            "source.kafka.max_offsets_per_trigger",
+            "positive",
+        ),
+        (
+            "checkpoint_location: /tmp/weir/checkpoint",
+            "checkpoint_location: hdfs://x/y",
+            "checkpoint_location",
+            "unsupported scheme",
+        ),
+        (
+            "${TEST_BROKERS}",
+            "${NOT_SET_ANYWHERE}",
+            "line 5",
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "file:///tmp/weir/dead-letter",
+            "/tmp/weir/aggregated",
+            "dead_letter.delta.path",
+            "must differ",
+        ),
     ];
     assert!(cases.len() >= 10);
     for (from, to, field, message) in cases {
@@ -158,9 +235,17 @@ fn mistakes_name_the_field_and_what_was_expected() {
 fn structural_mistakes_are_reported_by_path() {
     // Unknown field (a typo), a missing required field, and a wrong type.
     for (from, to, expected) in [
-        ("topic: web-events", "topik: web-events", "unknown field `topik`"),
+        (
+            "topic: web-events",
+            "topik: web-events",
+            "unknown field `topik`",
+        ),
         ("    topic: web-events\n", "", "missing field `topic`"),
-        ("fail_on_data_loss: false", "fail_on_data_loss: sometimes", "fail_on_data_loss"),
+        (
+            "fail_on_data_loss: false",
+            "fail_on_data_loss: sometimes",
+            "fail_on_data_loss",
+        ),
     ] {
         let text = GOOD.replacen(from, to, 1);
         let e = parse_job(&text.replace("${TEST_BROKERS}", "b:1"), Path::new("/")).unwrap_err();
