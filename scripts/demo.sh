@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the reference job end to end on this machine: a local tansu broker, 200 000 generated
-# events (with late and malformed ones), `weir local` with one executor, Delta tables under
+# events (with late and malformed ones), `weir local` with two executors, Delta tables under
 # .weir/demo/tables. Prints a sample of the output table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,22 +11,12 @@ WEIR="${CARGO_TARGET_DIR:-target}/debug/weir"
 
 DEMO=.weir/demo
 rm -rf "$DEMO" .weir/local/realtime-analytics
-mkdir -p "$DEMO/broker"
-PORT=${WEIR_DEMO_PORT:-9092}
-export KAFKA_BROKERS=127.0.0.1:$PORT
-(cd "$DEMO/broker" && exec tansu broker --listener-url "tcp://$KAFKA_BROKERS" \
-   --advertised-listener-url "tcp://$KAFKA_BROKERS" --storage-engine sqlite://tansu.db) \
-   >"$DEMO/broker/tansu.log" 2>&1 &
-BROKER=$!
-trap 'kill $BROKER 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-  sleep 0.1
-done
+source scripts/broker.sh
+start_broker "$DEMO/broker" ${WEIR_DEMO_PORT:-9092}
 
 $WEIR gen --brokers "$KAFKA_BROKERS" --topic web-events --partitions 4 --count 200000 \
   --users 20000 --span 4h --late-fraction 0.01 --malformed-fraction 0.01 --seed 1
-$WEIR local --job examples/reference-local.yaml --executors 1 --trigger available-now
+$WEIR local --job examples/reference-local.yaml --executors "${WEIR_DEMO_EXECUTORS:-2}" --trigger available-now
 
 python3 - "$DEMO/tables" <<'PY'
 import sys

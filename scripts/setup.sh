@@ -6,7 +6,7 @@ set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(cmake protobuf-compiler libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev
-              zlib1g-dev pkg-config build-essential python3-pip)
+              zlib1g-dev pkg-config build-essential)
 PY_PACKAGES=(deltalake pyarrow)
 
 SUDO=""

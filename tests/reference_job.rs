@@ -6,27 +6,19 @@ mod support;
 use support::*;
 
 #[test]
-fn reference_job_matches_ground_truth() {
+fn three_executors_write_the_same_table_as_one_and_both_match_ground_truth() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    run_ok(
-        weir().args([
-            "gen",
-            "--brokers",
-            &broker.address,
-            "--topic",
-            "web-events",
-            "--partitions",
-            "4",
-            "--count",
-            "200000",
+    let events = gen_events(
+        &broker,
+        dir.path(),
+        8,
+        1_000_000,
+        &[
             "--users",
-            "20000",
-            "--start",
-            "2026-01-01T00:00:00Z",
+            "50000",
             "--span",
-            "4h",
+            "8h",
             "--out-of-order",
             "2m",
             "--late-fraction",
@@ -35,44 +27,104 @@ fn reference_job_matches_ground_truth() {
             "1h",
             "--malformed-fraction",
             "0.01",
-            "--seed",
-            "7",
-            "--jsonl",
-            events.to_str().unwrap(),
-        ]),
-        "weir gen",
+        ],
     );
-    // 20 000 records per epoch cover 24 minutes of event time, well under the hour by which
+    // 50 000 records per epoch cover 24 minutes of event time, well under the hour by which
     // late events trail the stream, so every late event meets an advanced watermark.
-    let job = reference_job(dir.path(), &broker.address, 20_000);
-    let out = run_ok(
-        weir()
-            .args(["local", "--job", job.to_str().unwrap(), "--executors", "1"])
-            .args(["--trigger", "available-now", "--work-dir"])
-            .arg(dir.path().join("work")),
-        "weir local",
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("epoch 0 | input 20000 rows"), "{stdout}");
-    assert!(stdout.contains("done: the output table is at"), "{stdout}");
+    let mut runs = Vec::new();
+    for executors in [1, 3] {
+        let run_dir = dir.path().join(format!("run-{executors}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        reference_job(&run_dir, &broker.address, 50_000);
+        let stdout = run_local(&run_dir, executors);
+        assert!(stdout.contains("epoch 0 | input 50000 rows"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("executors {executors}")),
+            "{stdout}"
+        );
+        runs.push(run_dir);
+    }
+    // Three executors really shuffled: every executor sent partials to the others.
+    for record in commit_records(&runs[1]) {
+        let executors = record["executors"].as_object().unwrap();
+        assert_eq!(executors.len(), 3, "{record}");
+    }
+    let sent: u64 = commit_records(&runs[1])
+        .iter()
+        .flat_map(|r| {
+            r["executors"]
+                .as_object()
+                .unwrap()
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .map(|e| e["shuffle_rows_sent"].as_u64().unwrap())
+        .sum();
+    assert!(sent > 0, "no partials crossed between executors");
+    let one = runs[0].join("aggregated");
+    let report = verify(&events, &runs[1], &["--same-as".as_ref(), one.as_os_str()]);
+    assert!(report.contains("identical to"), "{report}");
+}
 
-    let verify = run_ok(
-        python()
-            .arg(repo_path("tests/verify_reference.py"))
-            .arg("--events")
-            .arg(&events)
-            .arg("--table")
-            .arg(dir.path().join("aggregated"))
-            .arg("--dead-letter")
-            .arg(dir.path().join("dead-letter"))
-            .arg("--checkpoint")
-            .arg(dir.path().join("checkpoint")),
-        "ground-truth comparison",
+#[test]
+fn a_skewed_event_type_spreads_its_distinct_state_over_all_executors() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Zipf exponent 4 over six types: the first carries ~92 % of the events and so most users.
+    let events = gen_events(
+        &broker,
+        dir.path(),
+        8,
+        200_000,
+        &["--users", "50000", "--span", "4h", "--skew", "4"],
     );
-    let report = String::from_utf8_lossy(&verify.stdout);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut types: std::collections::HashMap<String, u64> = Default::default();
+    for line in text.lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ev: serde_json::Value = serde_json::from_str(rec["value"].as_str().unwrap()).unwrap();
+        *types
+            .entry(ev["event_type"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let top = types.values().max().copied().unwrap_or(0);
+    let total: u64 = types.values().sum();
     assert!(
-        report.contains("OK: the Delta table equals the ground truth"),
-        "{report}"
+        top * 10 >= total * 9,
+        "one type must carry 90 % of the events: {types:?}"
+    );
+
+    reference_job(dir.path(), &broker.address, 20_000);
+    run_local(dir.path(), 4);
+    verify(&events, dir.path(), &[]);
+    let mut checked = 0;
+    let mut worst: f64 = 0.0;
+    for record in commit_records(dir.path()) {
+        let entries: Vec<u64> = record["executors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|e| e["distinct_state_entries"].as_u64().unwrap())
+            .collect();
+        assert_eq!(entries.len(), 4, "{record}");
+        let mean = entries.iter().sum::<u64>() as f64 / 4.0;
+        if mean < 1000.0 {
+            continue;
+        }
+        let max = *entries.iter().max().unwrap() as f64;
+        assert!(
+            max <= 2.0 * mean,
+            "epoch {}: an executor holds {max} distinct entries, the mean is {mean}: {entries:?}",
+            record["epoch"]
+        );
+        worst = worst.max(max / mean);
+        checked += 1;
+    }
+    println!("{checked} epochs judged; the fullest executor held {worst:.3} x the mean");
+    assert!(
+        checked >= 5,
+        "only {checked} epochs held enough state to judge"
     );
 }
 

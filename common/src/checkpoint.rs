@@ -73,6 +73,23 @@ pub struct EpochStats {
     pub avg_event_time_micros: Option<i64>,
 }
 
+/// What one executor reported for an epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecutorEpochStats {
+    pub input_rows: u64,
+    pub windows_emitted: u64,
+    /// State entries of the executor's store (RocksDB's estimate).
+    pub state_rows: u64,
+    /// Exact-distinct entries the executor holds, one per distinct value per window and group.
+    pub distinct_state_entries: u64,
+    pub shuffle_rows_sent: u64,
+    pub shuffle_rows_received: u64,
+    pub read_ms: u64,
+    pub aggregate_ms: u64,
+    pub exchange_ms: u64,
+    pub emit_ms: u64,
+}
+
 /// `commits/<epoch>`: the decision. Once written, the epoch's output reaches the table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CommitRecord {
@@ -86,5 +103,8 @@ pub struct CommitRecord {
     /// Delta add actions (JSON) for the dead-letter table.
     pub dead_letter_adds: Vec<String>,
     pub stats: EpochStats,
+    /// The figures of each executor, by executor id.
+    #[serde(default)]
+    pub executors: BTreeMap<String, ExecutorEpochStats>,
     pub decided_at_micros: i64,
 }

@@ -202,6 +202,7 @@ mod tests {
             output_adds: vec![],
             dead_letter_adds: vec![],
             stats: EpochStats::default(),
+            executors: Default::default(),
             decided_at_micros: 2,
         };
         log.write_commit(&record).await.unwrap();

@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::watch;
 use tonic::transport::Channel;
-use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, EpochStats};
+use weir_common::checkpoint::{
+    Assignment, CommitRecord, EpochPlan, EpochStats, ExecutorEpochStats,
+};
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
 use weir_common::window::next_watermark;
 use weir_proto::control::executor_client::ExecutorClient;
 use weir_proto::control::{
-    CommittedRequest, ExecuteRequest, KeyGroupRange, PartitionRange as ProtoRange, Prepared,
+    CommittedRequest, ExecuteRequest, KeyGroupRange, PartitionRange as ProtoRange, Peer, Prepared,
     ShutdownRequest,
 };
 
+use crate::assignment::assign;
 use crate::checkpoint_log::CheckpointLog;
 use crate::delta_commit::DeltaCommitter;
 use crate::kafka_offsets::{Bounds, OffsetReader};
@@ -38,6 +41,8 @@ struct Position {
     watermark: Option<i64>,
     /// Watermark the last executed epoch ran with: a larger one means windows may close.
     last_epoch_watermark: Option<i64>,
+    /// The last epoch's assignment, kept where possible when executors come and go.
+    assignment: Vec<Assignment>,
 }
 
 pub struct Coordinator {
@@ -91,6 +96,7 @@ impl Coordinator {
             offsets: None,
             watermark: None,
             last_epoch_watermark: None,
+            assignment: Vec::new(),
         };
         if let Some(epoch) = self.log.latest("commits").await? {
             let record = self
@@ -105,7 +111,8 @@ impl Coordinator {
                 next_epoch: epoch + 1,
                 offsets: Some(record.end_offsets.clone()),
                 watermark: record.next_watermark_micros,
-                last_epoch_watermark: plan.and_then(|p| p.watermark_micros),
+                last_epoch_watermark: plan.as_ref().and_then(|p| p.watermark_micros),
+                assignment: plan.map(|p| p.assignment).unwrap_or_default(),
             };
             tracing::info!(epoch, "resuming after the last decided epoch");
         }
@@ -176,15 +183,21 @@ impl Coordinator {
             position.offsets = Some(start);
             return Ok(None);
         }
-        let executor = members.first().context("no executor registered")?;
+        let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
+        let executors: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+        let assignment = assign(
+            &partitions,
+            &executors,
+            self.job.key_groups,
+            &position.assignment,
+        );
+        if assignment.is_empty() {
+            bail!("no executor registered");
+        }
         let plan = EpochPlan {
             epoch: position.next_epoch,
             topic: kafka.topic.clone(),
-            assignment: vec![Assignment {
-                executor_id: executor.id.clone(),
-                partitions: ranges.iter().map(|r| r.partition).collect(),
-                key_groups: (0, self.job.key_groups),
-            }],
+            assignment,
             ranges,
             watermark_micros: position.watermark,
             planned_at_micros: now_micros(),
@@ -216,6 +229,8 @@ impl Coordinator {
         members: &[Member],
     ) -> anyhow::Result<Vec<Prepared>> {
         let mut calls = Vec::new();
+        let mut targets = Vec::with_capacity(plan.assignment.len());
+        let mut peers = Vec::with_capacity(plan.assignment.len());
         for a in &plan.assignment {
             let member = members
                 .iter()
@@ -223,6 +238,17 @@ impl Coordinator {
                 .with_context(|| {
                     format!("executor {} of the plan is not registered", a.executor_id)
                 })?;
+            peers.push(Peer {
+                executor_id: a.executor_id.clone(),
+                address: member.address.clone(),
+                key_groups: vec![KeyGroupRange {
+                    start: a.key_groups.0,
+                    end: a.key_groups.1,
+                }],
+            });
+            targets.push((a, member));
+        }
+        for (a, member) in targets {
             let mut client = self.client(member).await?;
             let request = ExecuteRequest {
                 epoch: plan.epoch,
@@ -243,6 +269,7 @@ impl Coordinator {
                     start: a.key_groups.0,
                     end: a.key_groups.1,
                 }],
+                peers: peers.clone(),
             };
             let id = a.executor_id.clone();
             calls.push(async move {
@@ -271,12 +298,7 @@ impl Coordinator {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let (mut position, mut pending) = self.recover().await?;
         let members = self.wait_for_executors().await?;
-        if members.len() > 1 {
-            bail!(
-                "{} executors registered; this version of weir runs a job on one executor",
-                members.len()
-            );
-        }
+        check_state_owners(&position.assignment, &members, self.job.key_groups)?;
         let target = match self.job.trigger {
             Trigger::AvailableNow => Some(
                 self.bounds()
@@ -343,10 +365,26 @@ impl Coordinator {
         let mut output_adds = Vec::new();
         let mut dead_letter_adds = Vec::new();
         let mut event_time_sum = 0.0;
+        let mut executors = BTreeMap::new();
         for p in prepared {
             output_adds.extend(p.output_adds);
             dead_letter_adds.extend(p.dead_letter_adds);
             let s = p.stats.unwrap_or_default();
+            executors.insert(
+                p.executor_id.clone(),
+                ExecutorEpochStats {
+                    input_rows: s.input_rows,
+                    windows_emitted: s.windows_emitted,
+                    state_rows: s.state_rows,
+                    distinct_state_entries: s.distinct_state_entries,
+                    shuffle_rows_sent: s.shuffle_rows_sent,
+                    shuffle_rows_received: s.shuffle_rows_received,
+                    read_ms: s.read_ms,
+                    aggregate_ms: s.aggregate_ms,
+                    exchange_ms: s.exchange_ms,
+                    emit_ms: s.emit_ms,
+                },
+            );
             stats.input_rows += s.input_rows;
             stats.input_bytes += s.input_bytes;
             stats.valid_rows += s.valid_rows;
@@ -377,6 +415,7 @@ impl Coordinator {
             output_adds,
             dead_letter_adds,
             stats,
+            executors,
             decided_at_micros: now_micros(),
         };
         self.log.write_commit(&record).await?;
@@ -396,9 +435,41 @@ impl Coordinator {
             offsets: Some(record.end_offsets.clone()),
             watermark: next,
             last_epoch_watermark: plan.watermark_micros,
+            assignment: plan.assignment.clone(),
         };
         Ok(())
     }
+}
+
+/// State lives in each executor's local store, so the executors that held key groups in the
+/// last epoch must hold the same ones now. Moving key groups needs their state moved with them.
+fn check_state_owners(
+    previous: &[Assignment],
+    members: &[Member],
+    key_groups: u32,
+) -> anyhow::Result<()> {
+    if previous.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let now = assign(&[], &ids, key_groups, previous);
+    let owners = |a: &[Assignment]| -> Vec<(String, (u32, u32))> {
+        let mut v: Vec<_> = a
+            .iter()
+            .map(|x| (x.executor_id.clone(), x.key_groups))
+            .collect();
+        v.sort();
+        v
+    };
+    if owners(previous) != owners(&now) {
+        let was: Vec<String> = previous.iter().map(|a| a.executor_id.clone()).collect();
+        bail!(
+            "the checkpoint's state is held by executors {was:?}, but {ids:?} joined; \
+             restart the job with the same executors (ids and count): this version of weir \
+             does not move state between executors"
+        );
+    }
+    Ok(())
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {

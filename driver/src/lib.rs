@@ -1,6 +1,7 @@
 //! The control plane: membership, epoch planning and coordination, the checkpoint log and the
 //! Delta commits. The driver never reads a Kafka record.
 
+pub mod assignment;
 pub mod checkpoint_log;
 pub mod coordinator;
 pub mod delta_commit;
@@ -70,11 +71,8 @@ async fn job_metadata(log: &CheckpointLog, job: &JobSpec) -> anyhow::Result<Meta
 /// Runs a driver until its job stops: SIGINT/SIGTERM finish the current epoch first.
 pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let job = config.job;
-    if config.executors != 1 {
-        bail!(
-            "this version of weir runs a job on exactly one executor (asked for {})",
-            config.executors
-        );
+    if config.executors == 0 {
+        bail!("a job needs at least one executor (--executors)");
     }
     let log = CheckpointLog::open(&job.checkpoint_url)?;
     let metadata = job_metadata(&log, &job).await?;
@@ -115,7 +113,11 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
 
     let (members_tx, members_rx) = watch::channel(Vec::new());
     let (membership_tx, membership_rx) = mpsc::channel(64);
-    let membership = tokio::spawn(membership::run(membership_rx, members_tx));
+    let membership = tokio::spawn(membership::run(
+        membership_rx,
+        members_tx,
+        membership::HEARTBEAT_TIMEOUT,
+    ));
     let service = DriverService {
         membership: membership_tx,
         registration: RegisterResponse {

@@ -3,9 +3,10 @@
 //! and a watch channel of the current members.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 /// A registered executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +29,39 @@ pub enum MembershipMsg {
     },
 }
 
+/// An executor not heard from for this long is taken out of the membership.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the membership actor until every sender is gone.
-pub async fn run(mut inbox: mpsc::Receiver<MembershipMsg>, members: watch::Sender<Vec<Member>>) {
+pub async fn run(
+    mut inbox: mpsc::Receiver<MembershipMsg>,
+    members: watch::Sender<Vec<Member>>,
+    timeout: Duration,
+) {
     let mut table: BTreeMap<String, Member> = BTreeMap::new();
-    while let Some(msg) = inbox.recv().await {
+    let mut sweep = tokio::time::interval(timeout / 4);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                let before = table.len();
+                table.retain(|id, m| {
+                    let alive = m.last_heartbeat.elapsed() < timeout;
+                    if !alive {
+                        tracing::warn!(executor = %id, "no heartbeat for {timeout:?}; executor removed");
+                    }
+                    alive
+                });
+                if table.len() != before {
+                    members.send_replace(table.values().cloned().collect());
+                }
+                continue;
+            }
+        };
         match msg {
             MembershipMsg::Register { id, address, reply } => {
                 let now = Instant::now();
@@ -59,5 +89,57 @@ pub async fn run(mut inbox: mpsc::Receiver<MembershipMsg>, members: watch::Sende
                 let _ = reply.send(known);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn register(tx: &mpsc::Sender<MembershipMsg>, id: &str) {
+        let (reply, done) = oneshot::channel();
+        tx.send(MembershipMsg::Register {
+            id: id.into(),
+            address: format!("http://{id}"),
+            reply,
+        })
+        .await
+        .unwrap();
+        done.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_executors_leave_and_beating_ones_stay() {
+        let (tx, rx) = mpsc::channel(8);
+        let (members_tx, mut members) = watch::channel(Vec::new());
+        tokio::spawn(run(rx, members_tx, Duration::from_secs(4)));
+        register(&tx, "a").await;
+        register(&tx, "b").await;
+        assert_eq!(members.borrow_and_update().len(), 2);
+        // "a" keeps beating through 8 s of (paused, auto-advanced) time; "b" stays silent.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (reply, known) = oneshot::channel();
+            tx.send(MembershipMsg::Heartbeat {
+                id: "a".into(),
+                reply,
+            })
+            .await
+            .unwrap();
+            assert!(known.await.unwrap());
+        }
+        let ids: Vec<String> = members.borrow().iter().map(|m| m.id.clone()).collect();
+        assert_eq!(ids, vec!["a".to_string()]);
+        let (reply, known) = oneshot::channel();
+        tx.send(MembershipMsg::Heartbeat {
+            id: "b".into(),
+            reply,
+        })
+        .await
+        .unwrap();
+        assert!(
+            !known.await.unwrap(),
+            "a removed executor must register again"
+        );
     }
 }

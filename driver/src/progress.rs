@@ -39,7 +39,7 @@ impl Progress {
             0.0
         };
         let line = format!(
-            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | delta version {} | {} ms",
+            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | delta version {} | {} ms",
             self.name,
             plan.epoch,
             s.input_rows,
@@ -48,6 +48,12 @@ impl Progress {
             s.windows_emitted,
             s.late_rows,
             s.malformed_rows,
+            record.executors.len(),
+            record
+                .executors
+                .values()
+                .map(|e| e.shuffle_rows_sent)
+                .sum::<u64>(),
             version.map_or_else(|| "-".to_string(), |v| v.to_string()),
             total.as_millis()
         );

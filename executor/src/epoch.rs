@@ -1,5 +1,6 @@
-//! Runs one planned epoch: read the ranges, decode, pre-aggregate, fold into state, emit the
-//! windows the epoch's watermark closes, stage the output and dead-letter files.
+//! Runs one planned epoch: read the ranges, decode, pre-aggregate, exchange partials with the
+//! other executors, fold what this executor owns into state, emit the windows the epoch's
+//! watermark closes, stage the output and dead-letter files.
 
 use std::time::Instant;
 
@@ -14,10 +15,13 @@ use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
 use crate::emit::{dead_letter_batch, output_batch};
+use crate::exchange::Exchange;
 use crate::kafka_reader::{KafkaReader, Record};
+use crate::partials::Partials;
 use crate::preagg::{PreAggregation, Rejected};
 use crate::staging::StagedTable;
-use crate::state::StateStore;
+use crate::state::{finish_closed_rows, ClosedRow, StateStore};
+use crate::topology::Topology;
 
 /// Records decoded together: one arrow-json pass per chunk.
 const CHUNK: usize = 8192;
@@ -32,13 +36,27 @@ pub struct EpochRunner {
     output_schema: SchemaRef,
     output: StagedTable,
     dead_letter: Option<StagedTable>,
+    exchange: Exchange,
 }
 
-/// What the synchronous part of an epoch produces.
+/// What an epoch's reading produces before the exchange.
+struct Local {
+    /// Partials per peer, by the owner of their key groups.
+    outgoing: Vec<Partials>,
+    /// Closed windows' group rows this executor owns (their distinct counts still to add).
+    closed: Vec<ClosedRow>,
+    distinct_removed: u64,
+    state_batch: WriteBatch,
+    rejected: Vec<(Record, String)>,
+    stats: EpochStats,
+}
+
+/// What an epoch leaves to stage and apply.
 struct Computed {
     state_batch: WriteBatch,
     output: RecordBatch,
     dead_letters: RecordBatch,
+    distinct_entries: u64,
     stats: EpochStats,
 }
 
@@ -46,8 +64,9 @@ impl EpochRunner {
     pub fn new(
         executor_id: String,
         job: JobSpec,
-        job_id: &str,
         state_dir: &std::path::Path,
+        job_id: &str,
+        exchange: Exchange,
     ) -> anyhow::Result<Self> {
         let reader = KafkaReader::new(&job.kafka, job_id).context("creating the Kafka consumer")?;
         let state = StateStore::open(&state_dir.join("rocksdb"), job.key_groups)
@@ -60,6 +79,7 @@ impl EpochRunner {
             dead_letter: job.dead_letter.as_ref().map(|d| StagedTable::new(&d.url)),
             reader,
             state,
+            exchange,
             job,
         })
     }
@@ -74,7 +94,19 @@ impl EpochRunner {
                 );
             }
         }
-        let computed = tokio::task::block_in_place(|| self.compute(&req))?;
+        let topology = Topology::from_request(&req, &self.executor_id, self.job.key_groups)
+            .context("the epoch's plan")?;
+        let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
+        let outgoing = std::mem::take(&mut local.outgoing);
+        let (owned, exchanged) = self
+            .exchange
+            .shuffle(epoch, &topology.peers, topology.me, outgoing)
+            .await
+            .context("exchanging partial aggregates")?;
+        local.stats.exchange_ms = exchanged.elapsed.as_millis() as u64;
+        local.stats.shuffle_rows_sent = exchanged.rows_sent;
+        local.stats.shuffle_rows_received = exchanged.rows_received;
+        let computed = tokio::task::block_in_place(|| self.fold_and_emit(&req, local, owned))?;
         let started = Instant::now();
         let output_adds = self
             .output
@@ -98,11 +130,12 @@ impl EpochRunner {
             }
         };
         self.state
-            .commit_epoch(epoch, computed.state_batch)
+            .commit_epoch(epoch, computed.state_batch, computed.distinct_entries)
             .context("applying the epoch to the state store")?;
         let mut stats = computed.stats;
         stats.emit_ms += started.elapsed().as_millis() as u64;
         stats.state_rows = self.state.estimated_rows();
+        stats.distinct_state_entries = computed.distinct_entries;
         Ok(Prepared {
             epoch,
             executor_id: self.executor_id.clone(),
@@ -112,7 +145,9 @@ impl EpochRunner {
         })
     }
 
-    fn compute(&mut self, req: &ExecuteRequest) -> anyhow::Result<Computed> {
+    /// Reads the planned ranges, pre-aggregates them and takes the windows the epoch's
+    /// watermark closes out of the store; splits the partials by owner.
+    fn read(&mut self, req: &ExecuteRequest, topology: &Topology) -> anyhow::Result<Local> {
         let mut stats = EpochStats::default();
         let ranges: Vec<PartitionRange> = req
             .ranges
@@ -166,27 +201,62 @@ impl EpochRunner {
         stats.max_event_time_micros = pre.times.max;
         stats.sum_event_time_micros = pre.times.sum;
 
-        let emit_started = Instant::now();
+        // Windows the epoch's watermark closes get no rows in this epoch (they would be late),
+        // so what the store holds for them is final: take it out now and send the shard counts
+        // along with the partials.
         let mut state_batch = WriteBatch::default();
-        self.state
-            .fold(&pre, &mut state_batch)
-            .context("folding partial aggregates into state")?;
-        let owned: Vec<std::ops::Range<u32>> = if req.key_groups.is_empty() {
-            std::iter::once(0..self.job.key_groups).collect()
-        } else {
-            req.key_groups.iter().map(|r| r.start..r.end).collect()
-        };
+        let mut partials = pre.partials;
         let mut closed = Vec::new();
+        let mut distinct_removed = 0;
         if let Some(watermark) = req.watermark_micros {
-            for range in owned {
-                closed.extend(self.state.take_closed(
+            for range in topology.owned() {
+                let taken = self.state.take_closed(
                     range,
                     watermark,
                     self.job.aggregates.len(),
                     &mut state_batch,
-                )?);
+                )?;
+                closed.extend(taken.rows);
+                distinct_removed += taken.distinct_removed;
+                for (key, count) in taken.shard_counts {
+                    partials.add_shard_count(key, count);
+                }
             }
         }
+        Ok(Local {
+            outgoing: partials.split(&topology.owners, topology.peers.len()),
+            closed,
+            distinct_removed,
+            state_batch,
+            rejected,
+            stats,
+        })
+    }
+
+    /// Folds what this executor owns into its state and builds the epoch's output rows.
+    fn fold_and_emit(
+        &mut self,
+        req: &ExecuteRequest,
+        local: Local,
+        mut owned: Partials,
+    ) -> anyhow::Result<Computed> {
+        let Local {
+            mut closed,
+            distinct_removed,
+            mut state_batch,
+            rejected,
+            mut stats,
+            ..
+        } = local;
+        let emit_started = Instant::now();
+        let shard_counts = std::mem::take(&mut owned.shard_counts);
+        let added = self
+            .state
+            .fold(&owned, &mut state_batch)
+            .context("folding partial aggregates into state")?;
+        let distinct_entries =
+            (self.state.distinct_entries()? + added).saturating_sub(distinct_removed);
+        finish_closed_rows(&mut closed, &shard_counts).context("summing distinct counts")?;
         stats.windows_emitted = closed.len() as u64;
         let output = output_batch(
             &self.job,
@@ -207,6 +277,7 @@ impl EpochRunner {
             state_batch,
             output,
             dead_letters,
+            distinct_entries,
             stats,
         })
     }

@@ -1,21 +1,26 @@
 //! The data plane: an executor joins a driver, then runs the epochs it is handed.
 //!
-//! Components: the gRPC service (translates calls into messages), the epoch actor (owns the
-//! Kafka reader, the state store and the staged tables) and the heartbeat task.
+//! Components: the gRPC control service and the Arrow Flight exchange service on one port (both
+//! translate calls into messages), the epoch actor (owns the Kafka reader, the state store and
+//! the staged tables), the exchange inbox (merges what peers send) and the heartbeat task.
 
 pub mod emit;
 pub mod epoch;
+pub mod exchange;
 pub mod kafka_reader;
+pub mod partials;
 pub mod preagg;
 pub mod staging;
 pub mod state;
 pub mod state_keys;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -28,6 +33,11 @@ use weir_proto::control::{
 };
 
 use crate::epoch::EpochRunner;
+use crate::exchange::server::ExchangeService;
+use crate::exchange::Exchange;
+
+/// How long an executor waits for its peers' partials of an epoch.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How an executor is started.
 #[derive(Debug, Clone)]
@@ -176,20 +186,36 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    let address = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{bound}"));
+    let address = config.advertise.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            // A wildcard address is no address for the driver; this host's loopback is, for a
+            // driver on the same machine. Elsewhere --advertise names the reachable address.
+            tracing::info!(
+                "listening on {bound}; advertising 127.0.0.1 (set --advertise for a remote driver)"
+            );
+            format!("http://127.0.0.1:{}", bound.port())
+        } else {
+            format!("http://{bound}")
+        }
+    });
     let registration = register(&config, &address).await?;
     let job = JobSpec::from_json(&registration.job_json).context("job from the driver")?;
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY);
+    let exchange = Exchange::new(
+        registration.job_id.clone(),
+        config.executor_id.clone(),
+        inbox.clone(),
+        EXCHANGE_TIMEOUT,
+    );
     let runner = EpochRunner::new(
         config.executor_id.clone(),
         job,
-        &registration.job_id,
         &config.state_dir,
+        &registration.job_id,
+        exchange,
     )?;
 
     let (commands_tx, commands_rx) = mpsc::channel(4);
@@ -203,6 +229,10 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service))
+        .add_service(FlightServiceServer::new(ExchangeService::new(
+            registration.job_id.clone(),
+            inbox,
+        )))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         })

@@ -1,14 +1,14 @@
 //! Pre-aggregation of one epoch's rows in memory, per (window, group key), before anything
 //! touches RocksDB: each (window, group) is read and written once per epoch, not once per row.
 
-use std::collections::{HashMap, HashSet};
-
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
-use weir_common::aggregate::{AggKind, Partial};
+use weir_common::aggregate::AggKind;
 use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key, ColumnReader, GroupValue};
-use weir_common::window::{is_closed, Window};
+use weir_common::window::is_closed;
+
+use crate::partials::Partials;
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,17 +37,13 @@ impl EventTimes {
     }
 }
 
-/// A distinct value seen in the epoch: (window, aggregate index, group key, value bytes).
-pub type DistinctEntry = (Window, u8, Vec<u8>, Vec<u8>);
-
 /// One epoch's partial aggregates.
 pub struct PreAggregation<'a> {
     job: &'a JobSpec,
     watermark: Option<i64>,
     /// Rows whose event time is past this bound are rejected (too far in the future).
     max_event_time: i64,
-    pub groups: HashMap<(Window, Vec<u8>), Vec<Partial>>,
-    pub distinct: HashSet<DistinctEntry>,
+    pub partials: Partials,
     pub times: EventTimes,
     pub late_rows: u64,
 }
@@ -58,8 +54,7 @@ impl<'a> PreAggregation<'a> {
             job,
             watermark,
             max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
-            groups: HashMap::new(),
-            distinct: HashSet::new(),
+            partials: Partials::default(),
             times: EventTimes::default(),
             late_rows: 0,
         }
@@ -135,13 +130,17 @@ impl<'a> PreAggregation<'a> {
                 if is_closed(w.end, watermark) {
                     return;
                 }
-                let partials = self.groups.entry((w, group.clone())).or_insert_with(|| {
-                    self.job
-                        .aggregates
-                        .iter()
-                        .map(|a| a.new_partial())
-                        .collect()
-                });
+                let partials = self
+                    .partials
+                    .groups
+                    .entry((w, group.clone()))
+                    .or_insert_with(|| {
+                        self.job
+                            .aggregates
+                            .iter()
+                            .map(|a| a.new_partial())
+                            .collect()
+                    });
                 for (i, (agg, col)) in self.job.aggregates.iter().zip(&agg_cols).enumerate() {
                     let value = col
                         .as_ref()
@@ -149,7 +148,9 @@ impl<'a> PreAggregation<'a> {
                     if agg.kind == AggKind::CountDistinct {
                         if !value.is_null() {
                             let bytes = value.with_bytes(|b| b.to_vec());
-                            self.distinct.insert((w, i as u8, group.clone(), bytes));
+                            self.partials
+                                .distinct
+                                .insert((w, i as u8, group.clone(), bytes));
                         }
                     } else {
                         partials[i].update(agg.kind, value);
@@ -165,8 +166,10 @@ impl<'a> PreAggregation<'a> {
 mod tests {
     use super::*;
     use std::path::Path;
+    use weir_common::aggregate::Partial;
     use weir_common::decode::JsonDecoder;
     use weir_common::job::{parse_job, JobSpec};
+    use weir_common::window::Window;
 
     const MIN: i64 = 60_000_000;
 
@@ -234,8 +237,8 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert_eq!(rejected[0], (3, Rejected::Late));
         assert!(matches!(&rejected[1], (4, Rejected::Invalid(r)) if r.contains("ahead")));
         assert_eq!(pre.late_rows, 1);
-        assert_eq!(pre.groups.len(), 1);
-        let ((w, _), partials) = pre.groups.iter().next().unwrap();
+        assert_eq!(pre.partials.groups.len(), 1);
+        let ((w, _), partials) = pre.partials.groups.iter().next().unwrap();
         assert_eq!(
             *w,
             Window {
@@ -246,7 +249,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert!(matches!(partials[0], Partial::Count(3)));
         assert!(matches!(partials[2], Partial::SumF(Some(s)) if s == 4.5));
         // Two distinct users in the one window, kept apart from the partials.
-        assert_eq!(pre.distinct.len(), 2);
+        assert_eq!(pre.partials.distinct.len(), 2);
         assert_eq!(pre.times.max, Some(now - MIN));
     }
 
@@ -258,7 +261,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let mut pre = PreAggregation::new(&job, Some(now - 10 * MIN), now);
         let rejected = pre.add_batch(&batch(&job, &[("u1", "click", now - 12 * MIN)]));
         assert!(rejected.is_empty());
-        let windows: Vec<Window> = pre.groups.keys().map(|(w, _)| *w).collect();
+        let windows: Vec<Window> = pre.partials.groups.keys().map(|(w, _)| *w).collect();
         assert_eq!(
             windows,
             vec![Window {

@@ -10,7 +10,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::preagg::PreAggregation;
+use crate::partials::{distinct_key_group, Partials, ShardKey};
 use crate::state_keys::{self as keys, StateKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,46 @@ pub struct ClosedRow {
     pub partials: Vec<Partial>,
 }
 
+/// What closing windows takes out of the store.
+#[derive(Default)]
+pub struct Closed {
+    /// Group rows of the closed windows, with their partials (distinct counts not yet added).
+    pub rows: Vec<ClosedRow>,
+    /// Distinct counts this store's shards hold for closed windows.
+    pub shard_counts: Vec<(ShardKey, i64)>,
+    /// Distinct values deleted with the closed windows.
+    pub distinct_removed: u64,
+}
+
+/// Adds the shard counts of closed windows to their group rows and sorts the rows, so that
+/// a replayed epoch stages identical files.
+pub fn finish_closed_rows(
+    rows: &mut [ClosedRow],
+    shard_counts: &HashMap<ShardKey, i64>,
+) -> Result<(), StateError> {
+    let index: HashMap<(Window, &[u8]), usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.window, r.group.as_slice()), i))
+        .collect();
+    let mut additions = Vec::with_capacity(shard_counts.len());
+    for ((window, agg, group), count) in shard_counts {
+        let i = index.get(&(*window, group.as_slice())).ok_or_else(|| {
+            StateError::Corrupt(format!(
+                "a distinct count arrived for window {window:?} without its group row"
+            ))
+        })?;
+        additions.push((*i, usize::from(*agg), *count));
+    }
+    for (i, agg, count) in additions {
+        if let Some(p) = rows[i].partials.get_mut(agg) {
+            p.add_distinct(count);
+        }
+    }
+    rows.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
+    Ok(())
+}
+
 /// RocksDB-backed state of the key groups this executor owns.
 pub struct StateStore {
     db: DB,
@@ -39,6 +79,7 @@ pub struct StateStore {
 }
 
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
+const DISTINCT_ENTRIES_KEY: &[u8] = b"\xFF\xFFdistinct_entries";
 
 impl StateStore {
     pub fn open(path: &Path, key_groups: u32) -> Result<Self, StateError> {
@@ -69,9 +110,19 @@ impl StateStore {
         Ok(v.and_then(|b| b.try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Adds an epoch's pre-aggregated partials to `batch` (merging with what the store holds).
-    pub fn fold(&self, pre: &PreAggregation<'_>, batch: &mut WriteBatch) -> Result<(), StateError> {
-        for ((window, group), partials) in &pre.groups {
+    /// Exact-distinct entries the store holds.
+    pub fn distinct_entries(&self) -> Result<u64, StateError> {
+        let v = self.db.get(DISTINCT_ENTRIES_KEY).map_err(|e| self.err(e))?;
+        match v {
+            Some(b) => Ok(read_count(&b)?.max(0) as u64),
+            None => Ok(0),
+        }
+    }
+
+    /// Adds the partials of the key groups this store owns to `batch`, merging with what the
+    /// store holds. Returns how many distinct values are new to the store.
+    pub fn fold(&self, partials: &Partials, batch: &mut WriteBatch) -> Result<u64, StateError> {
+        for ((window, group), partials) in &partials.groups {
             let kg = key_group(group, self.key_groups);
             let key = keys::group_key(kg, *window, group);
             let merged = match self.db.get_pinned(&key).map_err(|e| self.err(e))? {
@@ -90,12 +141,14 @@ impl StateStore {
             batch.put(&key, value);
         }
         let mut new_per_shard: HashMap<Vec<u8>, i64> = HashMap::new();
-        for (window, agg, group, value) in &pre.distinct {
-            let identity = keys::distinct_identity(*window, *agg, group, value);
-            let kg = key_group(&identity, self.key_groups);
+        let mut added = 0;
+        for entry in &partials.distinct {
+            let (window, agg, group, value) = entry;
+            let kg = distinct_key_group(entry, self.key_groups);
             let key = keys::distinct_key(kg, *window, *agg, group, value);
             if self.db.get_pinned(&key).map_err(|e| self.err(e))?.is_none() {
                 batch.put(&key, []);
+                added += 1;
                 *new_per_shard
                     .entry(keys::shard_count_key(kg, *window, *agg, group))
                     .or_default() += 1;
@@ -108,20 +161,20 @@ impl StateStore {
             };
             batch.put(&key, (current + added).to_be_bytes());
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Reads every window of `key_groups` closed under `watermark` and adds their deletion to
-    /// `batch`. Shard counts of exact distinct aggregates are summed into their group rows.
+    /// `batch`: the group rows this store owns, and the shard counts it holds for the groups'
+    /// owners (who sum them into their rows).
     pub fn take_closed(
         &self,
         key_groups: Range<u32>,
         watermark: i64,
         aggregates: usize,
         batch: &mut WriteBatch,
-    ) -> Result<Vec<ClosedRow>, StateError> {
-        let mut rows: HashMap<(Window, Vec<u8>), Vec<Partial>> = HashMap::new();
-        let mut distinct: Vec<(Window, Vec<u8>, u8, i64)> = Vec::new();
+    ) -> Result<Closed, StateError> {
+        let mut closed = Closed::default();
         for kg in key_groups {
             let lower = keys::kg_lower(kg);
             let upper = keys::kg_closed_upper(kg, watermark);
@@ -142,40 +195,38 @@ impl StateStore {
                                 partials.len()
                             )));
                         }
-                        rows.insert((window, group.to_vec()), partials);
+                        closed.rows.push(ClosedRow {
+                            window,
+                            group: group.to_vec(),
+                            partials,
+                        });
                     }
                     Some(StateKey::ShardCount { window, agg, group }) => {
-                        distinct.push((window, group.to_vec(), agg, read_count(&value)?));
+                        closed
+                            .shard_counts
+                            .push(((window, agg, group.to_vec()), read_count(&value)?));
                     }
-                    Some(StateKey::Distinct) => {}
+                    Some(StateKey::Distinct) => closed.distinct_removed += 1,
                     None => return Err(StateError::Corrupt("unparseable state key".into())),
                 }
             }
             batch.delete_range(&lower, &upper);
         }
-        for (window, group, agg, count) in distinct {
-            if let Some(partials) = rows.get_mut(&(window, group)) {
-                if let Some(p) = partials.get_mut(usize::from(agg)) {
-                    p.add_distinct(count);
-                }
-            }
-        }
-        let mut out: Vec<ClosedRow> = rows
-            .into_iter()
-            .map(|((window, group), partials)| ClosedRow {
-                window,
-                group,
-                partials,
-            })
-            .collect();
-        // A stable order makes the staged files of a replayed epoch identical.
-        out.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
-        Ok(out)
+        Ok(closed)
     }
 
-    /// Applies an epoch's batch together with its marker.
-    pub fn commit_epoch(&self, epoch: u64, mut batch: WriteBatch) -> Result<(), StateError> {
+    /// Applies an epoch's batch together with its marker and the new distinct-entry count.
+    pub fn commit_epoch(
+        &self,
+        epoch: u64,
+        mut batch: WriteBatch,
+        distinct_entries: u64,
+    ) -> Result<(), StateError> {
         batch.put(LAST_EPOCH_KEY, epoch.to_be_bytes());
+        batch.put(
+            DISTINCT_ENTRIES_KEY,
+            (distinct_entries as i64).to_be_bytes(),
+        );
         self.db.write(batch).map_err(|e| self.err(e))
     }
 

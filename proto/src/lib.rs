@@ -4,3 +4,8 @@
 pub mod control {
     tonic::include_proto!("weir.control.v1");
 }
+
+/// Executor ↔ executor exchange of partial aggregates (Arrow Flight stream headers and markers).
+pub mod exchange {
+    tonic::include_proto!("weir.exchange.v1");
+}

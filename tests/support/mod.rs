@@ -146,3 +146,89 @@ dead_letter: {{delta: {{path: {dir}/dead-letter}}}}
     std::fs::write(&path, job).expect("writing the job file");
     path
 }
+
+/// Runs `weir gen` into `topic` of `broker` and the JSON-lines file it returns.
+pub fn gen_events(
+    broker: &Broker,
+    dir: &Path,
+    partitions: u32,
+    count: u64,
+    extra: &[&str],
+) -> PathBuf {
+    let events = dir.join("events.jsonl");
+    run_ok(
+        weir()
+            .args(["gen", "--brokers", &broker.address, "--topic", "web-events"])
+            .args(["--partitions", &partitions.to_string()])
+            .args(["--count", &count.to_string()])
+            .args(["--start", "2026-01-01T00:00:00Z", "--seed", "7"])
+            .args(extra)
+            .arg("--jsonl")
+            .arg(&events),
+        "weir gen",
+    );
+    events
+}
+
+/// Runs the job in `dir/job.yaml` with `weir local` on `executors` executors until the input
+/// is consumed; answers its standard output.
+pub fn run_local(dir: &Path, executors: usize) -> String {
+    let out = run_ok(
+        weir()
+            .arg("local")
+            .arg("--job")
+            .arg(dir.join("job.yaml"))
+            .args(["--executors", &executors.to_string()])
+            .args(["--trigger", "available-now", "--work-dir"])
+            .arg(dir.join("work")),
+        "weir local",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("done: the output table is at"), "{stdout}");
+    stdout
+}
+
+/// Compares the tables of the job in `dir` with the ground truth of `events`.
+pub fn verify(events: &Path, dir: &Path, extra: &[&std::ffi::OsStr]) -> String {
+    let out = run_ok(
+        python()
+            .arg(repo_path("tests/verify_reference.py"))
+            .arg("--events")
+            .arg(events)
+            .arg("--table")
+            .arg(dir.join("aggregated"))
+            .arg("--dead-letter")
+            .arg(dir.join("dead-letter"))
+            .arg("--checkpoint")
+            .arg(dir.join("checkpoint"))
+            .args(extra),
+        "ground-truth comparison",
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        report.contains("OK: the Delta table equals the ground truth"),
+        "{report}"
+    );
+    println!("{report}");
+    report
+}
+
+/// The decision records of the checkpoint in `dir`, in epoch order.
+pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoint/commits"))
+        .expect("commits directory")
+        .map(|e| e.expect("commit entry").path())
+        .collect();
+    paths.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.trim_end_matches(".json").parse::<u64>().ok())
+    });
+    paths
+        .iter()
+        .map(|p| {
+            serde_json::from_str(&std::fs::read_to_string(p).expect("commit record"))
+                .expect("commit record is JSON")
+        })
+        .collect()
+}

@@ -1,0 +1,290 @@
+//! The inbox: an actor that takes the partial aggregates other executors stream to this one,
+//! keeps each stream apart until its end-of-epoch marker arrives, then merges it into the
+//! epoch's total. The epoch runner collects the total once every peer's marker is in.
+//!
+//! A stream that breaks before its marker is dropped whole, so a sender may send again; a
+//! stream that repeats a finished one is acknowledged and ignored (its content is the same).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::decode_into;
+use crate::partials::Partials;
+
+/// Identifies one incoming stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    pub epoch: u64,
+    pub sender: String,
+    /// Distinguishes a resent stream from the first one.
+    pub attempt: u64,
+}
+
+pub enum InboxMsg {
+    /// A record batch of a stream.
+    Batch {
+        stream: StreamId,
+        batch: RecordBatch,
+    },
+    /// The stream's end-of-epoch marker with the number of rows its sender sent.
+    End {
+        stream: StreamId,
+        rows: u64,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// The stream broke before its marker.
+    Abandon { stream: StreamId },
+    /// Answers with the epoch's merged partials once every sender in `senders` has finished.
+    Collect {
+        epoch: u64,
+        senders: BTreeSet<String>,
+        reply: oneshot::Sender<Result<Received, String>>,
+    },
+    /// Which senders have finished an epoch.
+    Finished {
+        epoch: u64,
+        reply: oneshot::Sender<BTreeSet<String>>,
+    },
+}
+
+/// What the peers sent for one epoch.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub partials: Partials,
+    pub rows: u64,
+}
+
+/// The epoch runner waiting for these senders, and where to answer it.
+type Waiter = (BTreeSet<String>, oneshot::Sender<Result<Received, String>>);
+
+#[derive(Default)]
+struct EpochInbox {
+    total: Received,
+    finished: BTreeSet<String>,
+    /// A stream whose batches could not be decoded poisons the epoch.
+    failure: Option<String>,
+    waiter: Option<Waiter>,
+}
+
+#[derive(Default)]
+struct OpenStream {
+    partials: Partials,
+    rows: u64,
+    failure: Option<String>,
+}
+
+/// Starts the inbox actor; `capacity` bounds the batches in its queue (the backpressure that
+/// slows senders when this executor merges more slowly than they send).
+pub fn spawn(capacity: usize) -> mpsc::Sender<InboxMsg> {
+    let (tx, rx) = mpsc::channel(capacity);
+    tokio::spawn(run(rx));
+    tx
+}
+
+async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
+    let mut epochs: BTreeMap<u64, EpochInbox> = BTreeMap::new();
+    let mut open: HashMap<StreamId, OpenStream> = HashMap::new();
+    // Epochs at or below this one were collected; late streams for them are stale.
+    let mut collected: Option<u64> = None;
+    while let Some(msg) = messages.recv().await {
+        match msg {
+            InboxMsg::Batch { stream, batch } => {
+                let s = open.entry(stream).or_default();
+                if s.failure.is_none() {
+                    // Decoding merges on this task; it is the work the queue meters.
+                    match tokio::task::block_in_place(|| decode_into(&batch, &mut s.partials)) {
+                        Ok(rows) => s.rows += rows as u64,
+                        Err(e) => s.failure = Some(e.to_string()),
+                    }
+                }
+            }
+            InboxMsg::Abandon { stream } => {
+                open.remove(&stream);
+            }
+            InboxMsg::End {
+                stream,
+                rows,
+                reply,
+            } => {
+                let s = open.remove(&stream).unwrap_or_default();
+                if collected.is_some_and(|c| stream.epoch <= c) {
+                    let _ = reply.send(Err(format!(
+                        "epoch {} was already collected; the stream from {} is stale",
+                        stream.epoch, stream.sender
+                    )));
+                    continue;
+                }
+                let epoch = epochs.entry(stream.epoch).or_default();
+                let answer = if let Some(f) = s.failure {
+                    epoch.failure = Some(format!("stream from {}: {f}", stream.sender));
+                    Err(f)
+                } else if s.rows != rows {
+                    Err(format!(
+                        "received {} rows of the {rows} the marker announces",
+                        s.rows
+                    ))
+                } else if epoch.finished.contains(&stream.sender) {
+                    // A resent stream whose first copy arrived whole: same content, ignore.
+                    Ok(rows)
+                } else {
+                    epoch.total.partials.merge(s.partials);
+                    epoch.total.rows += rows;
+                    epoch.finished.insert(stream.sender.clone());
+                    Ok(rows)
+                };
+                let _ = reply.send(answer);
+                answer_waiter(&mut epochs, stream.epoch, &mut collected);
+            }
+            InboxMsg::Collect {
+                epoch,
+                senders,
+                reply,
+            } => {
+                epochs.entry(epoch).or_default().waiter = Some((senders, reply));
+                answer_waiter(&mut epochs, epoch, &mut collected);
+            }
+            InboxMsg::Finished { epoch, reply } => {
+                let done = epochs
+                    .get(&epoch)
+                    .map(|e| e.finished.clone())
+                    .unwrap_or_default();
+                let _ = reply.send(done);
+            }
+        }
+    }
+}
+
+/// Hands the epoch's total to its waiter when every expected sender has finished.
+fn answer_waiter(epochs: &mut BTreeMap<u64, EpochInbox>, epoch: u64, collected: &mut Option<u64>) {
+    let Some(inbox) = epochs.get_mut(&epoch) else {
+        return;
+    };
+    let ready = match (&inbox.failure, &inbox.waiter) {
+        (Some(_), Some(_)) => true,
+        (None, Some((senders, _))) => senders.is_subset(&inbox.finished),
+        _ => false,
+    };
+    if !ready {
+        return;
+    }
+    let Some(inbox) = epochs.remove(&epoch) else {
+        return;
+    };
+    let Some((_, reply)) = inbox.waiter else {
+        return;
+    };
+    let answer = match inbox.failure {
+        Some(f) => Err(f),
+        None => Ok(inbox.total),
+    };
+    let _ = reply.send(answer);
+    *collected = Some(collected.map_or(epoch, |c| c.max(epoch)));
+    // Streams of older epochs can no longer be collected.
+    epochs.retain(|e, _| *e > epoch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::wire::{entries, BatchEncoder};
+    use weir_common::window::Window;
+
+    fn batch(values: std::ops::Range<u32>) -> RecordBatch {
+        let mut p = Partials::default();
+        for i in values {
+            p.distinct.insert((
+                Window { start: 0, end: 300 },
+                1,
+                b"g".to_vec(),
+                i.to_be_bytes().to_vec(),
+            ));
+        }
+        BatchEncoder::new(entries(p)).next().unwrap().unwrap()
+    }
+
+    fn id(sender: &str, attempt: u64) -> StreamId {
+        StreamId {
+            epoch: 3,
+            sender: sender.into(),
+            attempt,
+        }
+    }
+
+    async fn end(
+        inbox: &mpsc::Sender<InboxMsg>,
+        stream: StreamId,
+        rows: u64,
+    ) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        inbox
+            .send(InboxMsg::End {
+                stream,
+                rows,
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn collects_when_every_sender_finished_and_drops_broken_streams() {
+        let inbox = spawn(4);
+        let (reply, collected) = oneshot::channel();
+        inbox
+            .send(InboxMsg::Collect {
+                epoch: 3,
+                senders: ["a".to_string(), "b".to_string()].into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        // A's first attempt breaks half way; its second arrives whole.
+        inbox
+            .send(InboxMsg::Batch {
+                stream: id("a", 0),
+                batch: batch(0..10),
+            })
+            .await
+            .unwrap();
+        inbox
+            .send(InboxMsg::Abandon { stream: id("a", 0) })
+            .await
+            .unwrap();
+        for attempt in [1, 2] {
+            inbox
+                .send(InboxMsg::Batch {
+                    stream: id("a", attempt),
+                    batch: batch(0..10),
+                })
+                .await
+                .unwrap();
+            // The second whole copy is acknowledged and not merged twice.
+            assert_eq!(end(&inbox, id("a", attempt), 10).await, Ok(10));
+        }
+        // B's marker announces more rows than arrived: refused.
+        inbox
+            .send(InboxMsg::Batch {
+                stream: id("b", 0),
+                batch: batch(5..15),
+            })
+            .await
+            .unwrap();
+        assert!(end(&inbox, id("b", 0), 11).await.is_err());
+        inbox
+            .send(InboxMsg::Batch {
+                stream: id("b", 1),
+                batch: batch(5..15),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, id("b", 1), 10).await, Ok(10));
+        let received = collected.await.unwrap().unwrap();
+        assert_eq!(received.rows, 20);
+        assert_eq!(received.partials.distinct.len(), 15);
+        // The epoch is gone: a straggler is told so.
+        assert!(end(&inbox, id("c", 0), 0).await.is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The exchange over real Flight connections on loopback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use weir_common::aggregate::Partial;
+use weir_common::keygroup::{key_group, range_for_owner};
+use weir_common::window::Window;
+
+use super::server::ExchangeService;
+use super::wire::{decode_into, entries, BatchEncoder};
+use super::*;
+
+const JOB: &str = "job-1";
+
+/// Serves `service` on a free loopback port until the returned sender is dropped.
+async fn serve(service: ExchangeService) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FlightServiceServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (address, stop)
+}
+
+fn window() -> Window {
+    Window { start: 0, end: 300 }
+}
+
+/// Distinct-value entries numbered `from..to`, as one wire batch per 4096.
+fn distinct(range: std::ops::Range<u32>) -> Partials {
+    let mut p = Partials::default();
+    for i in range {
+        p.distinct.insert((
+            window(),
+            1,
+            b"click".to_vec(),
+            format!("user-{i:08}").into_bytes(),
+        ));
+    }
+    p
+}
+
+fn header(epoch: u64, sender: &str) -> StreamHeader {
+    StreamHeader {
+        job_id: JOB.into(),
+        epoch,
+        sender: sender.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_slows_its_sender_without_loss() {
+    let (inbox, mut queue) = mpsc::channel(INBOX_CAPACITY);
+    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox)).await;
+    let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
+
+    // 300 batches of 4096 distinct values (~100 KiB each): the sender could produce them all
+    // at once; it may only run ahead of the owner by what the queue and HTTP/2 windows hold.
+    const BATCHES: u64 = 300;
+    let one = BatchEncoder::new(entries(distinct(0..4096)))
+        .next()
+        .unwrap()
+        .unwrap();
+    let rows_per_batch = one.num_rows() as u64;
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let batches = futures::stream::iter(0..BATCHES).map(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok::<RecordBatch, arrow_flight::error::FlightError>(one.clone())
+    });
+    let sender = tokio::spawn(client::send_stream(
+        channel,
+        header(1, "fast"),
+        BATCHES * rows_per_batch,
+        batches,
+    ));
+
+    // The owner: takes one batch at a time and works on it before taking the next.
+    let mut taken = 0u64;
+    let mut rows = 0u64;
+    let mut most_ahead = 0u64;
+    let mut merged = Partials::default();
+    while let Some(msg) = queue.recv().await {
+        match msg {
+            InboxMsg::Batch { batch, .. } => {
+                taken += 1;
+                most_ahead = most_ahead.max(pulled.load(Ordering::SeqCst) - taken);
+                rows += decode_into(&batch, &mut merged).unwrap() as u64;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            InboxMsg::End {
+                rows: announced,
+                reply,
+                ..
+            } => {
+                assert_eq!(announced, rows);
+                reply.send(Ok(rows)).unwrap();
+                break;
+            }
+            _ => panic!("unexpected inbox message"),
+        }
+    }
+    let ack = sender.await.unwrap().unwrap();
+    assert_eq!(taken, BATCHES);
+    assert_eq!(ack.rows, BATCHES * rows_per_batch);
+    assert_eq!(merged.distinct.len(), 4096);
+    println!("the sender ran at most {most_ahead} batches ahead of the owner");
+    assert!(
+        most_ahead <= 64,
+        "the sender ran {most_ahead} of {BATCHES} batches ahead of a slow owner"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_another_job_is_refused() {
+    let (inbox, _queue) = mpsc::channel(INBOX_CAPACITY);
+    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox)).await;
+    let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
+    let mut h = header(1, "stranger");
+    h.job_id = "another-job".into();
+    let err = client::send_entries(channel, "owner", h, entries(distinct(0..3)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not another-job"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_executors_shuffle_every_entry_to_its_owner() {
+    const KEY_GROUPS: u32 = 32;
+    let ids = ["a", "b", "c"];
+    let mut peers = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut stops = Vec::new();
+    for id in ids {
+        let inbox = inbox::spawn(INBOX_CAPACITY);
+        let (address, stop) = serve(ExchangeService::new(JOB.into(), inbox.clone())).await;
+        stops.push(stop);
+        peers.push(Peer {
+            executor_id: id.into(),
+            address,
+        });
+        exchanges.push(Exchange::new(
+            JOB.into(),
+            id.into(),
+            inbox,
+            Duration::from_secs(60),
+        ));
+    }
+    let owners: Vec<usize> = (0..KEY_GROUPS)
+        .map(|kg| {
+            (0..3)
+                .position(|i| range_for_owner(KEY_GROUPS, 3, i).contains(&kg))
+                .unwrap()
+        })
+        .collect();
+    // Each executor read overlapping users of one group and counted 10 rows per group.
+    let mut tasks = Vec::new();
+    for (i, mut exchange) in exchanges.into_iter().enumerate() {
+        let start = i as u32 * 500;
+        let mut p = distinct(start..start + 1000);
+        p.add_group((window(), b"click".to_vec()), vec![Partial::Count(10)]);
+        let outgoing = p.split(&owners, 3);
+        let peers = peers.clone();
+        tasks.push(tokio::spawn(async move {
+            exchange.shuffle(7, &peers, i, outgoing).await.unwrap()
+        }));
+    }
+    let mut owned = Vec::new();
+    for t in tasks {
+        owned.push(t.await.unwrap().0);
+    }
+    // 0..2000 overall, each value at exactly one owner, the group row summed at its owner.
+    let all: usize = owned.iter().map(|p| p.distinct.len()).sum();
+    assert_eq!(all, 2000);
+    for (i, p) in owned.iter().enumerate() {
+        for entry in &p.distinct {
+            assert_eq!(
+                owners[crate::partials::distinct_key_group(entry, KEY_GROUPS) as usize],
+                i
+            );
+        }
+    }
+    let group_owner = owners[key_group(b"click", KEY_GROUPS) as usize];
+    assert!(matches!(
+        owned[group_owner].groups[&(window(), b"click".to_vec())][0],
+        Partial::Count(30)
+    ));
+    drop(stops);
+}

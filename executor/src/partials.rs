@@ -1,0 +1,166 @@
+//! Partial aggregates of one epoch, as they travel from readers to the owners of their key
+//! groups: group rows, exact-distinct values and the shard counts of closed windows.
+//!
+//! Each kind has its own key group (DESIGN.md §4): a group row and a shard count belong to the
+//! key group of their group key, a distinct value to the key group of (window, aggregate,
+//! group, value), so that a group key with few values spreads its distinct state everywhere.
+
+use std::collections::{HashMap, HashSet};
+
+use weir_common::aggregate::Partial;
+use weir_common::keygroup::key_group;
+use weir_common::window::Window;
+
+use crate::state_keys::distinct_identity;
+
+/// A distinct value seen in an epoch: (window, aggregate index, group key, value bytes).
+pub type DistinctEntry = (Window, u8, Vec<u8>, Vec<u8>);
+
+/// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate
+/// index, group key).
+pub type ShardKey = (Window, u8, Vec<u8>);
+
+/// Mergeable partial aggregates.
+#[derive(Debug, Default)]
+pub struct Partials {
+    /// Partial states of the aggregates per (window, group key).
+    pub groups: HashMap<(Window, Vec<u8>), Vec<Partial>>,
+    /// Exact-distinct values, each counted once by the shard that owns it.
+    pub distinct: HashSet<DistinctEntry>,
+    /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
+    /// group's owner.
+    pub shard_counts: HashMap<ShardKey, i64>,
+}
+
+impl Partials {
+    /// Entries of all kinds.
+    pub fn len(&self) -> usize {
+        self.groups.len() + self.distinct.len() + self.shard_counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Merges one group row in.
+    pub fn add_group(&mut self, key: (Window, Vec<u8>), partials: Vec<Partial>) {
+        match self.groups.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                for (a, b) in e.get_mut().iter_mut().zip(&partials) {
+                    a.merge(b);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(partials);
+            }
+        }
+    }
+
+    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) {
+        *self.shard_counts.entry(key).or_default() += count;
+    }
+
+    /// Merges another set of partials into this one.
+    pub fn merge(&mut self, other: Partials) {
+        for (key, partials) in other.groups {
+            self.add_group(key, partials);
+        }
+        self.distinct.extend(other.distinct);
+        for (key, count) in other.shard_counts {
+            self.add_shard_count(key, count);
+        }
+    }
+
+    /// Splits the partials by owner: `owners[kg]` is the index of the owner of key group `kg`,
+    /// one of `0..n`.
+    pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
+        let key_groups = owners.len() as u32;
+        let owner = |kg: u32| owners.get(kg as usize).copied().unwrap_or(0).min(n - 1);
+        let mut out: Vec<Partials> = (0..n).map(|_| Partials::default()).collect();
+        for (key, partials) in self.groups {
+            let to = owner(key_group(&key.1, key_groups));
+            out[to].groups.insert(key, partials);
+        }
+        for entry in self.distinct {
+            let to = owner(distinct_key_group(&entry, key_groups));
+            out[to].distinct.insert(entry);
+        }
+        for (key, count) in self.shard_counts {
+            let to = owner(key_group(&key.2, key_groups));
+            out[to].shard_counts.insert(key, count);
+        }
+        out
+    }
+}
+
+/// The key group of a distinct value: its shard.
+pub fn distinct_key_group(entry: &DistinctEntry, key_groups: u32) -> u32 {
+    let (window, agg, group, value) = entry;
+    key_group(&distinct_identity(*window, *agg, group, value), key_groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(start: i64) -> Window {
+        Window {
+            start,
+            end: start + 300,
+        }
+    }
+
+    #[test]
+    fn merge_adds_counts_and_unions_values() {
+        let mut a = Partials::default();
+        a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)]);
+        a.distinct
+            .insert((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+        a.add_shard_count((w(-300), 1, b"click".to_vec()), 5);
+        let mut b = Partials::default();
+        b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)]);
+        b.distinct
+            .insert((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+        b.distinct
+            .insert((w(0), 1, b"click".to_vec(), b"u2".to_vec()));
+        b.add_shard_count((w(-300), 1, b"click".to_vec()), 7);
+        a.merge(b);
+        assert!(matches!(
+            a.groups[&(w(0), b"click".to_vec())][0],
+            Partial::Count(5)
+        ));
+        assert_eq!(a.distinct.len(), 2);
+        assert_eq!(a.shard_counts[&(w(-300), 1, b"click".to_vec())], 12);
+    }
+
+    #[test]
+    fn split_sends_each_kind_to_the_owner_of_its_key_group() {
+        let key_groups = 16u32;
+        // Owner 0 holds key groups 0..8, owner 1 holds 8..16.
+        let owners: Vec<usize> = (0..key_groups).map(|kg| usize::from(kg >= 8)).collect();
+        let mut p = Partials::default();
+        for i in 0..200u32 {
+            let value = format!("user-{i}").into_bytes();
+            p.distinct.insert((w(0), 1, b"click".to_vec(), value));
+        }
+        p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)]);
+        p.add_shard_count((w(-300), 1, b"click".to_vec()), 9);
+        let total = p.len();
+        let parts = p.split(&owners, 2);
+        assert_eq!(parts.iter().map(Partials::len).sum::<usize>(), total);
+        let group_owner = owners[key_group(b"click", key_groups) as usize];
+        assert_eq!(parts[group_owner].groups.len(), 1);
+        assert_eq!(parts[group_owner].shard_counts.len(), 1);
+        for (i, part) in parts.iter().enumerate() {
+            for entry in &part.distinct {
+                assert_eq!(owners[distinct_key_group(entry, key_groups) as usize], i);
+            }
+            // One group key, yet its distinct values land on both owners.
+            assert!(
+                part.distinct.len() > 50,
+                "owner {i}: {}",
+                part.distinct.len()
+            );
+        }
+    }
+}
