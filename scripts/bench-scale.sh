@@ -32,7 +32,7 @@ for n in "${COUNTS[@]}"; do
     examples/reference-local.yaml > "$run/job.yaml"
   start=$(date +%s.%N)
   $WEIR local --job "$run/job.yaml" --executors "$n" --trigger available-now \
-    --work-dir "$run/work" > "$run/progress.txt"
+    --work-dir "$run/work" > "$run/progress.txt" 2> "$run/weir.log"
   end=$(date +%s.%N)
   python3 - "$run" "$n" "$start" "$end" <<'PY'
 import glob, json, os, sys

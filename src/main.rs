@@ -73,7 +73,9 @@ enum Command {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,deltalake=warn,datafusion=warn,buoyant_kernel=warn,delta_kernel=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
