@@ -485,3 +485,34 @@ fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
         (x, y) => x.or(y),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(ids: &[&str]) -> Vec<Member> {
+        let now = tokio::time::Instant::now();
+        ids.iter()
+            .map(|id| Member {
+                id: id.to_string(),
+                address: format!("http://{id}"),
+                registered_at: now,
+                last_heartbeat: now,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_must_keep_the_executors_that_hold_the_state() {
+        let ids: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let previous = assign(&[0, 1, 2, 3], &ids, 256, &[]);
+        // A fresh job, or the same executors again (in any order): fine.
+        assert!(check_state_owners(&[], &members(&["x", "y", "z"]), 256).is_ok());
+        assert!(check_state_owners(&previous, &members(&["b", "a"]), 256).is_ok());
+        // Another count or other ids would give key groups to executors without their state.
+        for other in [&["a", "b", "c"][..], &["a"], &["a", "c"]] {
+            let err = check_state_owners(&previous, &members(other), 256).unwrap_err();
+            assert!(err.to_string().contains("same executors"), "{err}");
+        }
+    }
+}
