@@ -147,3 +147,79 @@ fn a_bad_job_file_fails_before_anything_starts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_job_stopped_with_sigterm_resumes_without_emitting_anything_twice() {
+    use std::io::{BufRead, BufReader};
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen_events(
+        &broker,
+        dir.path(),
+        4,
+        200_000,
+        &[
+            "--users",
+            "20000",
+            "--span",
+            "4h",
+            "--late-fraction",
+            "0.01",
+            "--malformed-fraction",
+            "0.01",
+        ],
+    );
+    reference_job(dir.path(), &broker.address, 20_000);
+    // The job's own trigger (1 s) would run forever; SIGTERM once two epochs are committed.
+    let mut child = weir()
+        .arg("local")
+        .arg("--job")
+        .arg(dir.path().join("job.yaml"))
+        .args(["--executors", "2", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let stop = line.contains("] epoch 1 |");
+        seen.push(line);
+        if stop {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("] epoch 1 |")), "{seen:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "weir local after SIGTERM: {status}: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("done: the output table is at")),
+        "{seen:?}"
+    );
+    let committed = commit_records(dir.path()).len();
+    assert!(
+        committed < 10,
+        "the stop came after all input was read ({committed} epochs)"
+    );
+
+    // The restart continues from the checkpoint and the executors' state.
+    let stdout = run_local(dir.path(), 2);
+    assert!(
+        stdout.contains(&format!("] epoch {committed} |")),
+        "the restart did not continue at epoch {committed}: {stdout}"
+    );
+    assert!(!stdout.contains("] epoch 0 |"), "{stdout}");
+    verify(&events, dir.path(), &[]);
+}
