@@ -118,12 +118,11 @@ def main():
     # The sketch's error is a distribution with standard deviation rsd: a window beyond 3 x rsd
     # happens about once in 370 windows, so a long run has some. Its root mean square must stay
     # near rsd, and windows beyond 3 x rsd must stay rare.
-    if errors:
-        rms = (sum(e * e for e in errors) / len(errors)) ** 0.5
-        if rms > 1.25 * a.rsd:
-            problems.append(f"approx_unique: root mean square error {rms:.4f} > 1.25 x rsd {a.rsd}")
-        if len(beyond_3) > max(1, len(errors) // 100):
-            problems.append(f"approx_unique beyond 3 x rsd in {len(beyond_3)} of {len(errors)} windows: {beyond_3[:3]}")
+    rms = (sum(e * e for e in errors) / len(errors)) ** 0.5 if errors else 0.0
+    if rms > 1.25 * a.rsd:
+        problems.append(f"approx_unique: root mean square error {rms:.4f} > 1.25 x rsd {a.rsd}")
+    if len(beyond_3) > max(1, len(errors) // 100):
+        problems.append(f"approx_unique beyond 3 x rsd in {len(beyond_3)} of {len(errors)} windows: {beyond_3[:3]}")
 
     if a.same_as:
         def comparable(r):
@@ -158,8 +157,8 @@ def main():
     print(
         f"events: {sum(kinds.values())} ({kinds['valid']} valid, {kinds['late']} late, "
         f"{kinds['malformed']} malformed); windows expected {len(expected)}, in table {len(actual)}; "
-        f"approx_unique error worst {worst:.4f}, root mean square "
-        f"{(sum(e * e for e in errors) / max(1, len(errors))) ** 0.5:.4f}, beyond 3 x rsd in {len(beyond_3)}; "
+        f"approx_unique error worst {worst:.4f}, root mean square {rms:.4f}, "
+        f"beyond 3 x rsd in {len(beyond_3)}; "
         f"dead letters {len(dead)}"
         + (f"; identical to {a.same_as}" if a.same_as and not problems else "")
     )

@@ -265,10 +265,6 @@ impl Coordinator {
                         end_offset: r.end,
                     })
                     .collect(),
-                key_groups: vec![KeyGroupRange {
-                    start: a.key_groups.0,
-                    end: a.key_groups.1,
-                }],
                 peers: peers.clone(),
             };
             let id = a.executor_id.clone();

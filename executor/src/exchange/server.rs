@@ -3,7 +3,6 @@
 //! control stops the sender: that is the backpressure. Other Flight calls are refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
@@ -24,7 +23,8 @@ use super::inbox::{InboxMsg, StreamId};
 pub struct ExchangeService {
     job_id: String,
     inbox: mpsc::Sender<InboxMsg>,
-    attempts: Arc<AtomicU64>,
+    /// Numbers each incoming stream, so a resent stream is told apart from the first.
+    attempts: AtomicU64,
 }
 
 impl ExchangeService {
@@ -32,7 +32,7 @@ impl ExchangeService {
         Self {
             job_id,
             inbox,
-            attempts: Arc::new(AtomicU64::new(0)),
+            attempts: AtomicU64::new(0),
         }
     }
 
