@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what weir builds with and what its tests run against, on a fresh Debian machine
 # with a Rust toolchain: C build tools for rdkafka and RocksDB, protoc, the tansu Kafka broker,
-# and Python's deltalake reader. Idempotent: what is there already is kept.
+# Python's deltalake reader and moto's S3 API server. Idempotent: what is there already is kept.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(cmake protobuf-compiler libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev
               zlib1g-dev pkg-config build-essential)
-PY_PACKAGES=(deltalake pyarrow)
+PY_PACKAGES=(deltalake pyarrow "moto[server]")
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -33,7 +33,7 @@ if ! command -v tansu >/dev/null 2>&1 || [ "$(tansu --version 2>/dev/null | awk 
 fi
 
 PY=${WEIR_PYTHON:-python3}
-if ! "$PY" -c 'import deltalake, pyarrow' >/dev/null 2>&1; then
+if ! "$PY" -c 'import deltalake, pyarrow, moto.server' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
   echo "setup: installing ${PY_PACKAGES[*]} for Python"
   "$PY" -m pip install --quiet "${PY_PACKAGES[@]}"
 fi

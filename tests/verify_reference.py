@@ -8,13 +8,16 @@ with a report on any difference.
 """
 import argparse
 import collections
-import glob
 import json
 import os
 import sys
 from datetime import datetime, timezone
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
 
 from deltalake import DeltaTable
+from pyarrow import fs as pafs
 
 MICROS = 1_000_000
 
@@ -34,6 +37,62 @@ def to_micros(value):
         delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
         return (delta.days * 86400 + delta.seconds) * MICROS + delta.microseconds
     return to_micros(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+class Storage:
+    """Opens local paths and s3:// URLs (on --s3-endpoint, with the AWS_* credentials)."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def options(self, uri):
+        if not uri.startswith("s3://"):
+            return None
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+        }
+
+    def table(self, uri):
+        return DeltaTable(uri, storage_options=self.options(uri))
+
+    def fs(self, uri):
+        """A pyarrow filesystem and the path of `uri` in it."""
+        if uri.startswith("s3://"):
+            u = urlparse(self.endpoint)
+            s3 = pafs.S3FileSystem(
+                access_key=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+                secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+                region=os.environ.get("AWS_REGION", "us-east-1"),
+                endpoint_override=u.netloc,
+                scheme=u.scheme,
+            )
+            return s3, uri[len("s3://"):].rstrip("/")
+        return pafs.LocalFileSystem(), uri.removeprefix("file://").rstrip("/")
+
+    def files(self, uri):
+        """Paths of every file under `uri`, relative to it ([] when it does not exist)."""
+        fs, root = self.fs(uri)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        return [i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File]
+
+    def read(self, uri, rel):
+        fs, root = self.fs(uri)
+        with fs.open_input_stream(f"{root}/{rel}") as f:
+            return f.read()
+
+
+def unreferenced_files(storage, uri):
+    """Data files in a table's location that its log does not reference (left by failed runs)."""
+    actions = pa.table(storage.table(uri).get_add_actions(flatten=True))
+    referenced = {unquote(p) for p in actions.column("path").to_pylist()}
+    return sorted(
+        f for f in storage.files(uri)
+        if f.endswith(".parquet") and not f.startswith("_delta_log/") and f not in referenced
+    )
 
 
 def windows_of(ts, size, slide, start):
@@ -56,11 +115,19 @@ def main():
     p.add_argument("--delay", default="10m")
     p.add_argument("--rsd", type=float, default=0.05)
     p.add_argument("--same-as", help="another weir output table that must hold exactly the same rows")
+    p.add_argument("--s3-endpoint", help="the S3 API endpoint of s3:// locations")
+    p.add_argument("--skip-first", action="append", default=[], metavar="PARTITION:N",
+                   help="the first N records of a partition are gone from the broker")
+    p.add_argument("--state-retention", type=int, default=10,
+                   help="decided epochs whose state snapshots the checkpoint keeps")
     a = p.parse_args()
+    storage = Storage(a.s3_endpoint)
     size, delay = parse_duration(a.size), parse_duration(a.delay)
     slide = parse_duration(a.slide) if a.slide else size
     start = parse_duration(a.start)
 
+    skip = {int(p): int(n) for p, n in (x.split(":") for x in a.skip_first)}
+    seen = collections.Counter()
     kinds = collections.Counter()
     malformed_values = collections.Counter()
     groups = collections.defaultdict(lambda: [0, set(), set()])
@@ -68,6 +135,9 @@ def main():
     with open(a.events) as f:
         for line in f:
             rec = json.loads(line)
+            seen[rec["partition"]] += 1
+            if seen[rec["partition"]] <= skip.get(rec["partition"], 0):
+                continue
             kinds[rec["kind"]] += 1
             if rec["kind"] == "malformed":
                 malformed_values[rec["value"]] += 1
@@ -85,7 +155,7 @@ def main():
     watermark = max_ts - delay
     expected = {k: v for k, v in groups.items() if k[1] <= watermark}
 
-    rows = DeltaTable(a.table).to_pyarrow_table().to_pylist()
+    rows = storage.table(a.table).to_pyarrow_table().to_pylist()
     actual = {}
     problems = []
     for r in rows:
@@ -130,15 +200,29 @@ def main():
             return (to_micros(r["window"]["start"]), to_micros(r["window"]["end"]), r["event_type"],
                     r["event_count"], r["unique_users"], r["approx_unique"])
         ours = sorted(comparable(r) for r in rows)
-        theirs = sorted(comparable(r) for r in DeltaTable(a.same_as).to_pyarrow_table().to_pylist())
+        theirs = sorted(comparable(r) for r in storage.table(a.same_as).to_pyarrow_table().to_pylist())
         if ours != theirs:
             diff = sorted(set(ours) ^ set(theirs))
             problems.append(f"the table differs from {a.same_as} in {len(diff)} rows, e.g. {diff[:3]}")
 
     late = malformed = 0
-    for path in glob.glob(os.path.join(a.checkpoint, "commits", "*")):
-        with open(path) as f:
-            stats = json.load(f)["stats"]
+    checkpoint_files = storage.files(a.checkpoint)
+    commits = sorted(
+        (f for f in checkpoint_files if f.startswith("commits/")),
+        key=lambda f: int(f.split("/")[1]),
+    )
+    decisions = [json.loads(storage.read(a.checkpoint, rel)) for rel in commits]
+    # State retention: the last decisions' snapshots are all there, and nothing else is.
+    state_files = {f for f in checkpoint_files if f.startswith("state/")}
+    kept = {f["path"] for d in decisions[-a.state_retention:] for s in d.get("state", []) for f in s["files"]}
+    if decisions and not decisions[-1].get("state"):
+        problems.append("the last decision records no state snapshot")
+    if kept - state_files:
+        problems.append(f"{len(kept - state_files)} state files of retained decisions are missing, e.g. {sorted(kept - state_files)[:3]}")
+    if state_files - kept:
+        problems.append(f"{len(state_files - kept)} state files no retained decision references, e.g. {sorted(state_files - kept)[:3]}")
+    for d in decisions:
+        stats = d["stats"]
         late += stats["late_rows"]
         malformed += stats["malformed_rows"]
     if late != kinds["late"]:
@@ -146,20 +230,24 @@ def main():
     if malformed != kinds["malformed"]:
         problems.append(f"malformed rows: weir counted {malformed}, the generator made {kinds['malformed']}")
 
-    dead = DeltaTable(a.dead_letter).to_pyarrow_table().to_pylist()
+    dead = storage.table(a.dead_letter).to_pyarrow_table().to_pylist()
     dead_values = collections.Counter((d["value"] or b"").decode("utf-8") for d in dead)
     if dead_values != malformed_values:
         diff = (dead_values - malformed_values) + (malformed_values - dead_values)
         problems.append(f"dead-letter table differs from the malformed records: {list(diff)[:3]}")
     if any(not d["error"] for d in dead):
         problems.append("a dead-letter row has no reason")
+    for uri in (a.table, a.dead_letter):
+        left = unreferenced_files(storage, uri)
+        if left:
+            problems.append(f"{len(left)} data files in {uri} that no commit references, e.g. {left[:3]}")
 
     print(
         f"events: {sum(kinds.values())} ({kinds['valid']} valid, {kinds['late']} late, "
         f"{kinds['malformed']} malformed); windows expected {len(expected)}, in table {len(actual)}; "
         f"approx_unique error worst {worst:.4f}, root mean square {rms:.4f}, "
         f"beyond 3 x rsd in {len(beyond_3)}; "
-        f"dead letters {len(dead)}"
+        f"dead letters {len(dead)}; checkpoint: {len(decisions)} decisions, {len(state_files)} state files"
         + (f"; identical to {a.same_as}" if a.same_as and not problems else "")
     )
     if problems:

@@ -45,6 +45,10 @@ pub struct EpochPlan {
     /// The plan's wall clock: processing_time of the epoch's rows.
     pub planned_at_micros: i64,
     pub assignment: Vec<Assignment>,
+    /// Offsets the plan skipped because the broker no longer retains them
+    /// (`fail_on_data_loss: false`): `[start, end)` per partition.
+    #[serde(default)]
+    pub lost: Vec<PartitionRange>,
 }
 
 impl EpochPlan {
@@ -71,6 +75,14 @@ pub struct EpochStats {
     pub min_event_time_micros: Option<i64>,
     pub max_event_time_micros: Option<i64>,
     pub avg_event_time_micros: Option<i64>,
+    /// Offsets skipped because the broker no longer retained them.
+    #[serde(default)]
+    pub lost_offsets: u64,
+    /// Size of the epoch's state snapshots, and how much of it was uploaded for this epoch.
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
+    #[serde(default)]
+    pub checkpoint_uploaded_bytes: u64,
 }
 
 /// What one executor reported for an epoch.
@@ -88,6 +100,45 @@ pub struct ExecutorEpochStats {
     pub aggregate_ms: u64,
     pub exchange_ms: u64,
     pub emit_ms: u64,
+    /// Time spent snapshotting and uploading state.
+    #[serde(default)]
+    pub checkpoint_ms: u64,
+    /// Time spent restoring state before the epoch (after a failure or a change of owners).
+    #[serde(default)]
+    pub restore_ms: u64,
+}
+
+/// One file of a state snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateFile {
+    /// The file's name in the RocksDB directory.
+    pub name: String,
+    /// Where it lives, relative to the checkpoint location (`state/...`).
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// An executor's state after an epoch: a RocksDB checkpoint of the key groups it owned, whose
+/// files live under the checkpoint's `state/`. Immutable files (SSTs) are shared by snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateSnapshot {
+    pub executor_id: String,
+    /// Key groups `[start, end)`.
+    pub key_groups: (u32, u32),
+    pub files: Vec<StateFile>,
+    /// Bytes this snapshot uploaded (files no earlier snapshot of the same store had).
+    pub uploaded_bytes: u64,
+}
+
+impl StateSnapshot {
+    /// Size of the snapshot, shared files included.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    pub fn overlaps(&self, key_groups: (u32, u32)) -> bool {
+        self.key_groups.0 < key_groups.1 && key_groups.0 < self.key_groups.1
+    }
 }
 
 /// `commits/<epoch>`: the decision. Once written, the epoch's output reaches the table.
@@ -106,5 +157,11 @@ pub struct CommitRecord {
     /// The figures of each executor, by executor id.
     #[serde(default)]
     pub executors: BTreeMap<String, ExecutorEpochStats>,
+    /// The assignment the epoch ran with (a re-run after a failure may differ from the plan's).
+    #[serde(default)]
+    pub assignment: Vec<Assignment>,
+    /// Every owner's state after the epoch: where the next epoch's state is restored from.
+    #[serde(default)]
+    pub state: Vec<StateSnapshot>,
     pub decided_at_micros: i64,
 }

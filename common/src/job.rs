@@ -41,6 +41,13 @@ pub struct RawJob {
     #[serde(default = "default_trigger")]
     pub trigger: String,
     pub checkpoint_location: String,
+    /// Decided epochs whose state snapshots are kept (older state files are deleted).
+    #[serde(default)]
+    pub checkpoint_retention: Option<u32>,
+    /// Object-store settings for `s3://` locations (object_store's names: `aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, `aws_allow_http`, ...); `AWS_*` variables also apply.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
     #[serde(default)]
     pub key_groups: Option<u32>,
     pub sinks: Vec<RawSink>,
@@ -206,6 +213,8 @@ pub struct JobSpec {
     pub max_event_time_ahead_micros: i64,
     pub trigger: Trigger,
     pub checkpoint_url: String,
+    pub checkpoint_retention: u32,
+    pub storage_options: BTreeMap<String, String>,
     pub key_groups: u32,
     pub output: DeltaSink,
     pub dead_letter: Option<DeltaSink>,
@@ -213,6 +222,8 @@ pub struct JobSpec {
 
 /// Default number of key groups (DESIGN.md §4).
 pub const DEFAULT_KEY_GROUPS: u32 = 256;
+/// Default number of decided epochs whose state snapshots are kept.
+pub const DEFAULT_CHECKPOINT_RETENTION: u32 = 10;
 /// Default cap on one record's value.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
 /// Default limit on how far an event time may run ahead of the wall clock.
@@ -514,6 +525,15 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         }
     };
     let checkpoint_url = location_url("checkpoint_location", &raw.checkpoint_location, base_dir)?;
+    let checkpoint_retention = raw
+        .checkpoint_retention
+        .unwrap_or(DEFAULT_CHECKPOINT_RETENTION);
+    if checkpoint_retention == 0 {
+        return Err(JobError::new(
+            "checkpoint_retention",
+            "expected at least 1 (the last decided epoch's state is needed to recover)",
+        ));
+    }
     let key_groups = raw.key_groups.unwrap_or(DEFAULT_KEY_GROUPS);
     if !(1..=32768).contains(&key_groups) {
         return Err(JobError::new(
@@ -607,6 +627,8 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         max_event_time_ahead_micros: micros(ahead),
         trigger,
         checkpoint_url,
+        checkpoint_retention,
+        storage_options: raw.storage_options.clone(),
         key_groups,
         output,
         dead_letter,

@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod decode;
 pub mod duration;
+pub mod fault;
 pub mod job;
 pub mod keygroup;
 pub mod output;

@@ -1,5 +1,12 @@
 //! The only Delta writer of a job: creates the tables, and commits each epoch's staged files in
 //! one transaction carrying `SetTransaction(app_id, epoch)`, so a repeated commit is a no-op.
+//! After a failed run it deletes the data files no commit references (staged by the run).
+
+use std::collections::{BTreeMap, HashSet};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
 
 use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -47,6 +54,7 @@ impl DeltaCommitter {
     /// Opens the table at `url`, creating it with `schema` when it does not exist yet.
     pub async fn open_or_create(
         url: &str,
+        options: &BTreeMap<String, String>,
         name: &str,
         schema: &SchemaRef,
         partition_by: &[String],
@@ -63,7 +71,13 @@ impl DeltaCommitter {
                 std::fs::create_dir_all(&dir).map_err(|e| err(DeltaTableError::from(e)))?;
             }
         }
-        let table = DeltaTable::try_from_url(parsed).await.map_err(err)?;
+        weir_storage::delta_schemes::register();
+        let table = DeltaTable::try_from_url_with_storage_options(
+            parsed,
+            weir_storage::delta_schemes::delta_options(options),
+        )
+        .await
+        .map_err(err)?;
         let delta_schema: StructType = schema
             .as_ref()
             .try_into_kernel()
@@ -160,5 +174,55 @@ impl DeltaCommitter {
         let version = finalized.version();
         self.table.update_state().await.map_err(|e| self.err(e))?;
         Ok(Some(version))
+    }
+
+    /// Deletes the data files in the table's location that no commit references: what a failed
+    /// or abandoned run staged. Only call it when no run is staging and every decision is
+    /// committed, or it would delete files about to be committed. Answers how many it deleted.
+    pub async fn remove_unreferenced_files(&mut self) -> Result<usize, CommitError> {
+        if self.table.version().is_none() {
+            return Ok(0);
+        }
+        self.table.update_state().await.map_err(|e| self.err(e))?;
+        let log_store = self.table.log_store();
+        let snapshot = self.table.snapshot().map_err(|e| self.err(e))?;
+        let mut referenced: HashSet<Path> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.object_store_path())
+            .collect();
+        let removed: Vec<Path> = snapshot
+            .all_tombstones(log_store.as_ref())
+            .map_ok(|t| {
+                let path = t.path();
+                Path::parse(path.as_ref()).unwrap_or_else(|_| Path::from(path.as_ref()))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        referenced.extend(removed);
+        let store = log_store.object_store(None);
+        let listed: Vec<_> = store
+            .list(None)
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e.into()))?;
+        let mut deleted = 0;
+        for meta in listed {
+            let location = meta.location;
+            let data_file = location.as_ref().ends_with(".parquet")
+                && !location.as_ref().starts_with("_delta_log/");
+            if data_file && !referenced.contains(&location) {
+                store
+                    .delete(&location)
+                    .await
+                    .map_err(|e| self.err(e.into()))?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(table = %self.url, files = deleted, "deleted files staged by failed runs");
+        }
+        Ok(deleted)
     }
 }

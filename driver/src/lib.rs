@@ -2,14 +2,16 @@
 //! Delta commits. The driver never reads a Kafka record.
 
 pub mod assignment;
-pub mod checkpoint_log;
 pub mod coordinator;
+pub mod decision;
 pub mod delta_commit;
+pub mod executors;
 pub mod kafka_offsets;
 pub mod membership;
 pub mod planner;
 pub mod progress;
 pub mod service;
+pub mod state_gc;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,8 +24,8 @@ use weir_common::now_micros;
 use weir_common::output::{dead_letter_schema, output_schema};
 use weir_proto::control::driver_server::DriverServer;
 use weir_proto::control::RegisterResponse;
+use weir_storage::CheckpointLog;
 
-use crate::checkpoint_log::CheckpointLog;
 use crate::coordinator::Coordinator;
 use crate::delta_commit::DeltaCommitter;
 use crate::kafka_offsets::OffsetReader;
@@ -74,10 +76,11 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
     if config.executors == 0 {
         bail!("a job needs at least one executor (--executors)");
     }
-    let log = CheckpointLog::open(&job.checkpoint_url)?;
+    let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
     let metadata = job_metadata(&log, &job).await?;
     let output = DeltaCommitter::open_or_create(
         &job.output.url,
+        &job.storage_options,
         &job.name,
         &output_schema(&job),
         &job.output.partition_by,
@@ -88,6 +91,7 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         Some(d) => Some(
             DeltaCommitter::open_or_create(
                 &d.url,
+                &job.storage_options,
                 &format!("{}-dead-letter", job.name),
                 &dead_letter_schema(),
                 &d.partition_by,
@@ -119,7 +123,7 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         membership::HEARTBEAT_TIMEOUT,
     ));
     let service = DriverService {
-        membership: membership_tx,
+        membership: membership_tx.clone(),
         registration: RegisterResponse {
             job_json: job.to_json(),
             job_id: metadata.job_id.clone(),
@@ -143,6 +147,7 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         dead_letter,
         offsets,
         members_rx,
+        membership_tx,
         config.executors,
         stop,
     );

@@ -27,6 +27,9 @@ pub enum MembershipMsg {
         id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// The executor at `address` failed: it must register again (a restarted one already did,
+    /// from another address, and stays).
+    Remove { id: String, address: String },
 }
 
 /// An executor not heard from for this long is taken out of the membership.
@@ -88,6 +91,13 @@ pub async fn run(
                 };
                 let _ = reply.send(known);
             }
+            MembershipMsg::Remove { id, address } => {
+                if table.get(&id).is_some_and(|m| m.address == address) {
+                    tracing::warn!(executor = %id, "executor failed; it must register again");
+                    table.remove(&id);
+                    members.send_replace(table.values().cloned().collect());
+                }
+            }
         }
     }
 }
@@ -141,5 +151,23 @@ mod tests {
             !known.await.unwrap(),
             "a removed executor must register again"
         );
+        // A failed executor is removed, unless it already came back from another address.
+        tx.send(MembershipMsg::Remove {
+            id: "a".into(),
+            address: "http://elsewhere".into(),
+        })
+        .await
+        .unwrap();
+        register(&tx, "b").await;
+        assert_eq!(members.borrow_and_update().len(), 2);
+        tx.send(MembershipMsg::Remove {
+            id: "a".into(),
+            address: "http://a".into(),
+        })
+        .await
+        .unwrap();
+        register(&tx, "c").await;
+        let ids: Vec<String> = members.borrow().iter().map(|m| m.id.clone()).collect();
+        assert_eq!(ids, vec!["b".to_string(), "c".to_string()]);
     }
 }

@@ -17,6 +17,21 @@ fn time(micros: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 impl Progress {
     pub fn new(job: &JobSpec) -> Self {
         Self {
@@ -39,7 +54,7 @@ impl Progress {
             0.0
         };
         let line = format!(
-            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | delta version {} | {} ms",
+            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | checkpoint {} (+{}) | delta version {} | {} ms",
             self.name,
             plan.epoch,
             s.input_rows,
@@ -54,9 +69,19 @@ impl Progress {
                 .values()
                 .map(|e| e.shuffle_rows_sent)
                 .sum::<u64>(),
+            size(s.checkpoint_bytes),
+            size(s.checkpoint_uploaded_bytes),
             version.map_or_else(|| "-".to_string(), |v| v.to_string()),
             total.as_millis()
         );
+        let line = if s.lost_offsets > 0 {
+            format!(
+                "{line} | lost {} offsets no longer retained",
+                s.lost_offsets
+            )
+        } else {
+            line
+        };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();

@@ -1,7 +1,9 @@
-//! Runs one planned epoch: read the ranges, decode, pre-aggregate, exchange partials with the
-//! other executors, fold what this executor owns into state, emit the windows the epoch's
-//! watermark closes, stage the output and dead-letter files.
+//! Runs one planned epoch: bring the store to the epoch's starting state, read the ranges,
+//! decode, pre-aggregate, exchange partials with the other executors, fold what this executor
+//! owns into state, emit the windows the epoch's watermark closes, stage the output and
+//! dead-letter files, snapshot the state to the checkpoint.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -10,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use weir_common::checkpoint::PartitionRange;
 use weir_common::decode::JsonDecoder;
+use weir_common::fault;
 use weir_common::job::JobSpec;
 use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
@@ -19,9 +22,12 @@ use crate::exchange::Exchange;
 use crate::kafka_reader::{KafkaReader, Record};
 use crate::partials::Partials;
 use crate::preagg::{PreAggregation, Rejected};
+use crate::restore::restore;
+use crate::snapshot::{new_instance_id, Snapshots};
 use crate::staging::StagedTable;
-use crate::state::{finish_closed_rows, ClosedRow, StateStore};
+use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
 use crate::topology::Topology;
+use weir_storage::CheckpointLog;
 
 /// Records decoded together: one arrow-json pass per chunk.
 const CHUNK: usize = 8192;
@@ -33,6 +39,13 @@ pub struct EpochRunner {
     reader: KafkaReader,
     decoder: JsonDecoder,
     state: StateStore,
+    /// Where the current store lives (`<state dir>/stores/<instance>`).
+    store_dir: PathBuf,
+    state_dir: PathBuf,
+    /// The key groups the store holds, once it holds any.
+    owned: Option<(u32, u32)>,
+    snapshots: Snapshots,
+    log: CheckpointLog,
     output_schema: SchemaRef,
     output: StagedTable,
     dead_letter: Option<StagedTable>,
@@ -64,43 +77,113 @@ impl EpochRunner {
     pub fn new(
         executor_id: String,
         job: JobSpec,
-        state_dir: &std::path::Path,
+        state_dir: &Path,
         job_id: &str,
         exchange: Exchange,
     ) -> anyhow::Result<Self> {
         let reader = KafkaReader::new(&job.kafka, job_id).context("creating the Kafka consumer")?;
-        let state = StateStore::open(&state_dir.join("rocksdb"), job.key_groups)
+        let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
+        let snapshots = Snapshots::new(log.location().clone(), &executor_id);
+        // The local store is a cache of the checkpoint: whatever an earlier process left is
+        // discarded, and the first epoch restores what it needs.
+        for dir in ["stores", "snapshots", "rocksdb"] {
+            remove_dir(&state_dir.join(dir))?;
+        }
+        let store_dir = state_dir.join("stores").join(snapshots.instance());
+        let state = StateStore::create_empty(&store_dir, job.key_groups)
             .context("opening the state store")?;
         Ok(Self {
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
             output_schema: output_schema(&job),
-            output: StagedTable::new(&job.output.url),
-            dead_letter: job.dead_letter.as_ref().map(|d| StagedTable::new(&d.url)),
+            output: StagedTable::new(&job.output.url, &job.storage_options),
+            dead_letter: job
+                .dead_letter
+                .as_ref()
+                .map(|d| StagedTable::new(&d.url, &job.storage_options)),
             reader,
             state,
+            store_dir,
+            state_dir: state_dir.to_path_buf(),
+            owned: None,
+            snapshots,
+            log,
             exchange,
             job,
         })
     }
 
+    /// Makes the store hold key groups `range` as of the decision of `base`: as it is when it
+    /// already does, else restored from the checkpoint. Answers whether it restored.
+    async fn prepare_state(
+        &mut self,
+        base: Option<u64>,
+        range: (u32, u32),
+    ) -> anyhow::Result<bool> {
+        let at = self.state.last_epoch()?;
+        if at == base && (base.is_none() || self.owned == Some(range)) {
+            self.owned = Some(range);
+            return Ok(false);
+        }
+        let decision = match base {
+            Some(epoch) => Some(
+                self.log
+                    .commit(epoch)
+                    .await?
+                    .with_context(|| format!("the decision record of epoch {epoch} is missing"))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            from = ?base,
+            key_groups = ?range,
+            "restoring state (the store holds epoch {at:?})"
+        );
+        let instance = new_instance_id();
+        let dir = self.state_dir.join("stores").join(&instance);
+        let restored = restore(
+            self.log.location(),
+            decision.as_ref(),
+            range,
+            &dir,
+            self.job.key_groups,
+        )
+        .await
+        .context("restoring state from the checkpoint")?;
+        self.snapshots.start_instance(instance, &restored.inherited);
+        let old = std::mem::replace(&mut self.store_dir, dir);
+        self.state = restored.store;
+        remove_dir(&old)?;
+        self.owned = Some(range);
+        Ok(true)
+    }
+
     /// Executes an epoch and answers `Prepared` once its files are staged and its state applied.
     pub async fn execute(&mut self, req: ExecuteRequest) -> anyhow::Result<Prepared> {
         let epoch = req.epoch;
-        if let Some(last) = self.state.last_epoch()? {
-            if last >= epoch {
-                anyhow::bail!(
-                    "state already holds epoch {last}; epoch {epoch} cannot be applied twice"
-                );
-            }
+        if req.base_epoch.is_some_and(|b| b >= epoch) {
+            anyhow::bail!(
+                "epoch {epoch} cannot start from the state of epoch {:?}",
+                req.base_epoch
+            );
         }
         let topology = Topology::from_request(&req, &self.executor_id, self.job.key_groups)
             .context("the epoch's plan")?;
+        let range = topology.my_range()?;
+        let restore_started = Instant::now();
+        let restored = self.prepare_state(req.base_epoch, range).await?;
+        let restore_ms = if restored {
+            restore_started.elapsed().as_millis() as u64
+        } else {
+            0
+        };
         let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
+        local.stats.restore_ms = restore_ms;
+        tokio::task::block_in_place(|| fault::reached("execute", epoch));
         let outgoing = std::mem::take(&mut local.outgoing);
         let (owned, exchanged) = self
             .exchange
-            .shuffle(epoch, &topology.peers, topology.me, outgoing)
+            .shuffle(epoch, &req.run, &topology.peers, topology.me, outgoing)
             .await
             .context("exchanging partial aggregates")?;
         local.stats.exchange_ms = exchanged.elapsed.as_millis() as u64;
@@ -136,13 +219,44 @@ impl EpochRunner {
         stats.emit_ms += started.elapsed().as_millis() as u64;
         stats.state_rows = self.state.estimated_rows();
         stats.distinct_state_entries = computed.distinct_entries;
+        let started = Instant::now();
+        let snapshot = self.snapshot(epoch, range).await?;
+        stats.checkpoint_ms = started.elapsed().as_millis() as u64;
+        stats.checkpoint_bytes = snapshot.bytes();
+        stats.checkpoint_uploaded_bytes = snapshot.uploaded_bytes;
+        tokio::task::block_in_place(|| fault::reached("prepared", epoch));
         Ok(Prepared {
             epoch,
             executor_id: self.executor_id.clone(),
             output_adds,
             dead_letter_adds,
             stats: Some(stats),
+            run: req.run,
+            state_snapshot_json: serde_json::to_string(&snapshot)?,
         })
+    }
+
+    /// Snapshots the store after `epoch` to the checkpoint, uploading only new files.
+    async fn snapshot(
+        &mut self,
+        epoch: u64,
+        range: (u32, u32),
+    ) -> anyhow::Result<weir_common::checkpoint::StateSnapshot> {
+        let dir = self.state_dir.join("snapshots").join(epoch.to_string());
+        remove_dir(&dir)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        tokio::task::block_in_place(|| self.state.checkpoint(&dir))
+            .context("taking a checkpoint of the state store")?;
+        let snapshot = self
+            .snapshots
+            .upload(epoch, &dir, range)
+            .await
+            .context("uploading the state snapshot")?;
+        remove_dir(&dir)?;
+        Ok(snapshot)
     }
 
     /// Reads the planned ranges, pre-aggregates them and takes the windows the epoch's

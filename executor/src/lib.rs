@@ -10,6 +10,8 @@ pub mod exchange;
 pub mod kafka_reader;
 pub mod partials;
 pub mod preagg;
+pub mod restore;
+pub mod snapshot;
 pub mod staging;
 pub mod state;
 pub mod state_keys;
@@ -28,8 +30,9 @@ use weir_common::job::JobSpec;
 use weir_proto::control::driver_client::DriverClient;
 use weir_proto::control::executor_server::{Executor, ExecutorServer};
 use weir_proto::control::{
-    CommittedRequest, CommittedResponse, ExecuteRequest, HeartbeatRequest, Prepared,
-    RegisterRequest, RegisterResponse, ShutdownRequest, ShutdownResponse,
+    AbortRequest, AbortResponse, CommittedRequest, CommittedResponse, ExecuteRequest,
+    HeartbeatRequest, Prepared, RegisterRequest, RegisterResponse, ShutdownRequest,
+    ShutdownResponse,
 };
 
 use crate::epoch::EpochRunner;
@@ -61,6 +64,8 @@ enum Command {
 
 struct Service {
     commands: mpsc::Sender<Command>,
+    /// The run the driver wants worked on; a running epoch of any other run is abandoned.
+    current_run: watch::Sender<String>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -71,8 +76,11 @@ impl Executor for Service {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Prepared>, Status> {
         let (tx, rx) = oneshot::channel();
+        let request = request.into_inner();
+        // The driver starts a run only after giving up the previous one.
+        self.current_run.send_replace(request.run.clone());
         self.commands
-            .send(Command::Execute(request.into_inner(), tx))
+            .send(Command::Execute(request, tx))
             .await
             .map_err(|_| Status::unavailable("executor is shutting down"))?;
         let prepared = rx
@@ -90,6 +98,24 @@ impl Executor for Service {
             .await
             .map_err(|_| Status::unavailable("executor is shutting down"))?;
         Ok(Response::new(CommittedResponse {}))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<AbortRequest>,
+    ) -> Result<Response<AbortResponse>, Status> {
+        let AbortRequest { epoch, run } = request.into_inner();
+        let aborted = self.current_run.send_if_modified(|current| {
+            let hit = *current == run;
+            if hit {
+                current.clear();
+            }
+            hit
+        });
+        if aborted {
+            tracing::info!(epoch, %run, "run abandoned by the driver");
+        }
+        Ok(Response::new(AbortResponse {}))
     }
 
     async fn shutdown(
@@ -126,8 +152,15 @@ async fn register(config: &ExecutorConfig, address: &str) -> anyhow::Result<Regi
     }
 }
 
-/// Keeps telling the driver this executor is alive; registers again if the driver forgot it.
-async fn heartbeat(config: ExecutorConfig, address: String, mut stop: watch::Receiver<bool>) {
+/// Keeps telling the driver this executor is alive; registers again if the driver forgot it
+/// (it restarted). A driver that now runs another job gets an error into `fatal`.
+async fn heartbeat(
+    config: ExecutorConfig,
+    address: String,
+    job_id: String,
+    mut stop: watch::Receiver<bool>,
+    fatal: watch::Sender<Option<String>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -147,8 +180,16 @@ async fn heartbeat(config: ExecutorConfig, address: String, mut stop: watch::Rec
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("driver does not know this executor; registering again");
-                if let Err(e) = register(&config, &address).await {
-                    tracing::warn!("registering again failed: {e:#}");
+                match register(&config, &address).await {
+                    Ok(r) if r.job_id != job_id => {
+                        fatal.send_replace(Some(format!(
+                            "the driver at {} now runs job {} instead of {job_id}; restart the executor",
+                            config.driver_url, r.job_id
+                        )));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("registering again failed: {e:#}"),
                 }
             }
             Err(e) => tracing::debug!("heartbeat failed: {e:#}"),
@@ -156,21 +197,30 @@ async fn heartbeat(config: ExecutorConfig, address: String, mut stop: watch::Rec
     }
 }
 
-/// The epoch actor: runs epochs one at a time, in the order the driver sends them.
-async fn epoch_actor(mut runner: EpochRunner, mut commands: mpsc::Receiver<Command>) {
+/// The epoch actor: runs epochs one at a time, in the order the driver sends them; a run the
+/// driver abandons is dropped where it stands (the next run restores state if it must).
+async fn epoch_actor(
+    mut runner: EpochRunner,
+    mut commands: mpsc::Receiver<Command>,
+    current_run: watch::Receiver<String>,
+) {
     while let Some(command) = commands.recv().await {
         match command {
             Command::Execute(req, reply) => {
-                let span =
-                    tracing::info_span!("epoch", epoch = req.epoch, executor = %runner.executor_id);
-                let result = runner
-                    .execute(req)
-                    .instrument(span.clone())
-                    .await
-                    .map_err(|e| {
+                let epoch = req.epoch;
+                let run = req.run.clone();
+                let span = tracing::info_span!("epoch", epoch, executor = %runner.executor_id);
+                let mut current = current_run.clone();
+                let result = tokio::select! {
+                    r = runner.execute(req).instrument(span.clone()) => r.map_err(|e| {
                         span.in_scope(|| tracing::error!("epoch failed: {e:#}"));
                         Status::internal(format!("{e:#}"))
-                    });
+                    }),
+                    _ = current.wait_for(|c| *c != run) => {
+                        span.in_scope(|| tracing::info!(%run, "run abandoned"));
+                        Err(Status::aborted(format!("run {run} of epoch {epoch} was abandoned")))
+                    }
+                };
                 let _ = reply.send(result);
             }
             Command::Committed(epoch) => {
@@ -220,12 +270,22 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
 
     let (commands_tx, commands_rx) = mpsc::channel(4);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let actor = tokio::spawn(epoch_actor(runner, commands_rx));
-    let beats = tokio::spawn(heartbeat(config.clone(), address, shutdown_rx.clone()));
+    let (run_tx, run_rx) = watch::channel(String::new());
+    let actor = tokio::spawn(epoch_actor(runner, commands_rx, run_rx));
+    let (fatal_tx, mut fatal_rx) = watch::channel(None);
+    let beats = tokio::spawn(heartbeat(
+        config.clone(),
+        address,
+        registration.job_id.clone(),
+        shutdown_rx.clone(),
+        fatal_tx,
+    ));
     let service = Service {
         commands: commands_tx,
+        current_run: run_tx,
         shutdown: shutdown_tx,
     };
+    let fatal = fatal_rx.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service))
@@ -234,13 +294,19 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
             inbox,
         )))
         .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            tokio::select! {
+                _ = shutdown_rx.wait_for(|stop| *stop) => {}
+                _ = fatal_rx.wait_for(|f| f.is_some()) => {}
+            }
         })
         .await
         .context("executor gRPC server")?;
     beats.abort();
     // The service (and with it the command sender) is gone: the actor drains and ends.
     let _ = actor.await;
+    if let Some(reason) = fatal.borrow().clone() {
+        anyhow::bail!(reason);
+    }
     tracing::info!(executor = %config.executor_id, "executor stopped");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Writes Parquet files into a Delta table's location without committing them: the driver
 //! makes them visible with its commit. deltalake's writer gives the add actions with stats.
 
+use std::collections::{BTreeMap, HashMap};
+
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -8,13 +10,17 @@ use deltalake::{DeltaTable, DeltaTableError};
 /// A table that receives staged files.
 pub struct StagedTable {
     url: String,
+    options: HashMap<String, String>,
     table: Option<DeltaTable>,
 }
 
 impl StagedTable {
-    pub fn new(url: &str) -> Self {
+    /// A table at `url`; `options` configure its object store (`s3://`).
+    pub fn new(url: &str, options: &BTreeMap<String, String>) -> Self {
+        weir_storage::delta_schemes::register();
         Self {
             url: url.to_string(),
+            options: weir_storage::delta_schemes::delta_options(options),
             table: None,
         }
     }
@@ -24,7 +30,8 @@ impl StagedTable {
             let url = url::Url::parse(&self.url)
                 .map_err(|e| DeltaTableError::InvalidTableLocation(format!("{}: {e}", self.url)))?;
             // The driver creates the table before the first epoch runs.
-            self.table = Some(deltalake::open_table(url).await?);
+            self.table =
+                Some(deltalake::open_table_with_storage_options(url, self.options.clone()).await?);
         }
         self.table
             .as_ref()

@@ -1,11 +1,16 @@
 //! The window state store: RocksDB under the executor's state directory, written once per epoch
 //! in one atomic batch (the epoch's folds, the emitted windows' deletion, the epoch marker).
+//! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
+//! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    BlockBasedOptions, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
 use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
@@ -22,6 +27,11 @@ pub enum StateError {
     },
     #[error("corrupt state entry: {0}")]
     Corrupt(String),
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A window whose watermark has passed: its group key and final partials.
@@ -81,12 +91,34 @@ pub struct StateStore {
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
 const DISTINCT_ENTRIES_KEY: &[u8] = b"\xFF\xFFdistinct_entries";
 
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Folding looks up every key of an epoch, most of them new; every epoch's snapshot flushes
+    // a small SST, so without Bloom filters each miss reads every level-0 file.
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+/// Removes a directory and what it holds; a missing one is fine.
+pub fn remove_dir(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 impl StateStore {
+    /// Opens the store at `path` as it is (an empty directory gives an empty store).
     pub fn open(path: &Path, key_groups: u32) -> Result<Self, StateError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let db = DB::open(&opts, path).map_err(|source| StateError::Db {
+        let db = DB::open(&options(), path).map_err(|source| StateError::Db {
             path: path.display().to_string(),
             source,
         })?;
@@ -95,6 +127,72 @@ impl StateStore {
             path: path.display().to_string(),
             key_groups,
         })
+    }
+
+    /// Opens an empty store at `path`, removing whatever was there.
+    pub fn create_empty(path: &Path, key_groups: u32) -> Result<Self, StateError> {
+        remove_dir(path)?;
+        Self::open(path, key_groups)
+    }
+
+    /// Writes a RocksDB checkpoint of the store into `dir` (which must not exist): hard links
+    /// to its SST files plus a fresh manifest, after flushing what is in memory.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StateError> {
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Copies the entries of key groups `range` from the store at `source` into this one and
+    /// answers how many exact-distinct entries came with them.
+    pub fn copy_range_from(&self, source: &Path, range: Range<u32>) -> Result<u64, StateError> {
+        let from = DB::open_for_read_only(&Options::default(), source, false).map_err(|e| {
+            StateError::Db {
+                path: source.display().to_string(),
+                source: e,
+            }
+        })?;
+        let lower = keys::kg_lower(range.start);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::kg_lower(range.end));
+        let mut batch = WriteBatch::default();
+        let mut distinct = 0;
+        for item in from.iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            if matches!(keys::parse_key(&key), Some(StateKey::Distinct)) {
+                distinct += 1;
+            }
+            batch.put(&key, &value);
+            if batch.len() >= 10_000 {
+                self.write(std::mem::take(&mut batch))?;
+            }
+        }
+        self.write(batch)?;
+        Ok(distinct)
+    }
+
+    /// Records which epoch the store holds and its distinct-entry count (after a restore).
+    pub fn set_position(
+        &self,
+        epoch: Option<u64>,
+        distinct_entries: u64,
+    ) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        match epoch {
+            Some(e) => batch.put(LAST_EPOCH_KEY, e.to_be_bytes()),
+            None => batch.delete(LAST_EPOCH_KEY),
+        }
+        batch.put(
+            DISTINCT_ENTRIES_KEY,
+            (distinct_entries as i64).to_be_bytes(),
+        );
+        self.write(batch)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StateError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.err(e))
     }
 
     fn err(&self, source: rocksdb::Error) -> StateError {
@@ -227,7 +325,7 @@ impl StateStore {
             DISTINCT_ENTRIES_KEY,
             (distinct_entries as i64).to_be_bytes(),
         );
-        self.db.write(batch).map_err(|e| self.err(e))
+        self.write(batch)
     }
 
     /// Estimated number of state entries.

@@ -20,6 +20,10 @@ pub enum TopologyError {
     },
     #[error("this executor ({0}) is not among the plan's executors")]
     NotAPeer(String),
+    #[error(
+        "the plan gives this executor key groups in {0} pieces; one contiguous range is expected"
+    )]
+    NotContiguous(usize),
 }
 
 /// The executors of an epoch and the owner of every key group.
@@ -102,6 +106,15 @@ impl Topology {
             }
         }
         ranges
+    }
+
+    /// The one contiguous range of key groups this executor owns (empty when it owns none).
+    pub fn my_range(&self) -> Result<(u32, u32), TopologyError> {
+        match self.owned().as_slice() {
+            [] => Ok((0, 0)),
+            [r] => Ok((r.start, r.end)),
+            more => Err(TopologyError::NotContiguous(more.len())),
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod s3;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,7 +17,7 @@ pub struct Broker {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -109,6 +112,18 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 /// The reference job of DESIGN.md, pointed at `broker` and at tables under `dir`.
 pub fn reference_job(dir: &Path, broker: &str, max_per_trigger: u64) -> PathBuf {
+    reference_job_in(dir, broker, max_per_trigger, &dir.display().to_string(), "")
+}
+
+/// The reference job with its checkpoint and tables under `root` (a path or URL), and `extra`
+/// lines of YAML; the job file is written into `dir`.
+pub fn reference_job_in(
+    dir: &Path,
+    broker: &str,
+    max_per_trigger: u64,
+    root: &str,
+    extra: &str,
+) -> PathBuf {
     let job = format!(
         r#"name: realtime-analytics
 source:
@@ -135,12 +150,11 @@ query:
     unique_users: count(distinct user_id)
     approx_unique: approx_count_distinct(event_id)
 trigger: 1s
-checkpoint_location: {dir}/checkpoint
+checkpoint_location: {root}/checkpoint
 sinks:
-  - delta: {{path: {dir}/aggregated, partition_by: [event_type]}}
-dead_letter: {{delta: {{path: {dir}/dead-letter}}}}
-"#,
-        dir = dir.display()
+  - delta: {{path: {root}/aggregated, partition_by: [event_type]}}
+dead_letter: {{delta: {{path: {root}/dead-letter}}}}
+{extra}"#
     );
     let path = dir.join("job.yaml");
     std::fs::write(&path, job).expect("writing the job file");
@@ -190,20 +204,24 @@ pub fn run_local(dir: &Path, executors: usize) -> String {
 
 /// Compares the tables of the job in `dir` with the ground truth of `events`.
 pub fn verify(events: &Path, dir: &Path, extra: &[&std::ffi::OsStr]) -> String {
-    let out = run_ok(
-        python()
-            .arg(repo_path("tests/verify_reference.py"))
-            .arg("--events")
-            .arg(events)
-            .arg("--table")
-            .arg(dir.join("aggregated"))
-            .arg("--dead-letter")
-            .arg(dir.join("dead-letter"))
-            .arg("--checkpoint")
-            .arg(dir.join("checkpoint"))
-            .args(extra),
-        "ground-truth comparison",
-    );
+    verify_in(events, &dir.display().to_string(), extra)
+}
+
+/// Compares the tables of the job whose checkpoint and tables are under `root` (a path or
+/// URL; pass `--s3-endpoint` in `extra` for s3://) with the ground truth of `events`.
+pub fn verify_in(events: &Path, root: &str, extra: &[&std::ffi::OsStr]) -> String {
+    let mut cmd = python();
+    cmd.arg(repo_path("tests/verify_reference.py"))
+        .arg("--events")
+        .arg(events)
+        .args(["--table", &format!("{root}/aggregated")])
+        .args(["--dead-letter", &format!("{root}/dead-letter")])
+        .args(["--checkpoint", &format!("{root}/checkpoint")])
+        .args(extra);
+    for (k, v) in s3::CREDENTIALS {
+        cmd.env(k, v);
+    }
+    let out = run_ok(&mut cmd, "ground-truth comparison");
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         report.contains("OK: the Delta table equals the ground truth"),

@@ -4,6 +4,8 @@
 //!
 //! A stream that breaks before its marker is dropped whole, so a sender may send again; a
 //! stream that repeats a finished one is acknowledged and ignored (its content is the same).
+//! Streams are kept per run of an epoch: after a failure the epoch runs again under a new run
+//! id, and what the abandoned run sent is dropped when the new run is collected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -17,10 +19,21 @@ use crate::partials::Partials;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamId {
     pub epoch: u64,
+    /// The run of the epoch the stream belongs to.
+    pub run: String,
     pub sender: String,
     /// Distinguishes a resent stream from the first one.
-    pub attempt: u64,
+    pub connection: u64,
 }
+
+impl StreamId {
+    fn run_key(&self) -> RunKey {
+        (self.epoch, self.run.clone())
+    }
+}
+
+/// An epoch and one run of it.
+pub type RunKey = (u64, String);
 
 pub enum InboxMsg {
     /// A record batch of a stream.
@@ -36,15 +49,15 @@ pub enum InboxMsg {
     },
     /// The stream broke before its marker.
     Abandon { stream: StreamId },
-    /// Answers with the epoch's merged partials once every sender in `senders` has finished.
+    /// Answers with the run's merged partials once every sender in `senders` has finished.
     Collect {
-        epoch: u64,
+        run: RunKey,
         senders: BTreeSet<String>,
         reply: oneshot::Sender<Result<Received, String>>,
     },
-    /// Which senders have finished an epoch.
+    /// Which senders have finished a run.
     Finished {
-        epoch: u64,
+        run: RunKey,
         reply: oneshot::Sender<BTreeSet<String>>,
     },
 }
@@ -84,10 +97,10 @@ pub fn spawn(capacity: usize) -> mpsc::Sender<InboxMsg> {
 }
 
 async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
-    let mut epochs: BTreeMap<u64, EpochInbox> = BTreeMap::new();
+    let mut epochs: BTreeMap<RunKey, EpochInbox> = BTreeMap::new();
     let mut open: HashMap<StreamId, OpenStream> = HashMap::new();
-    // Epochs at or below this one were collected; late streams for them are stale.
-    let mut collected: Option<u64> = None;
+    // The last run collected: streams of it or of earlier epochs are stale.
+    let mut collected: Option<RunKey> = None;
     while let Some(msg) = messages.recv().await {
         match msg {
             InboxMsg::Batch { stream, batch } => {
@@ -109,14 +122,18 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
                 reply,
             } => {
                 let s = open.remove(&stream).unwrap_or_default();
-                if collected.is_some_and(|c| stream.epoch <= c) {
+                let stale = collected.as_ref().is_some_and(|(e, r)| {
+                    stream.epoch < *e || (stream.epoch == *e && stream.run == *r)
+                });
+                if stale {
                     let _ = reply.send(Err(format!(
                         "epoch {} was already collected; the stream from {} is stale",
                         stream.epoch, stream.sender
                     )));
                     continue;
                 }
-                let epoch = epochs.entry(stream.epoch).or_default();
+                let key = stream.run_key();
+                let epoch = epochs.entry(key.clone()).or_default();
                 let answer = if let Some(f) = s.failure {
                     epoch.failure = Some(format!("stream from {}: {f}", stream.sender));
                     Err(f)
@@ -135,19 +152,23 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
                     Ok(rows)
                 };
                 let _ = reply.send(answer);
-                answer_waiter(&mut epochs, stream.epoch, &mut collected);
+                answer_waiter(&mut epochs, &key, &mut collected);
             }
             InboxMsg::Collect {
-                epoch,
+                run,
                 senders,
                 reply,
             } => {
-                epochs.entry(epoch).or_default().waiter = Some((senders, reply));
-                answer_waiter(&mut epochs, epoch, &mut collected);
+                // Earlier epochs and other runs of this one were abandoned.
+                let abandoned = |k: &RunKey| k.0 < run.0 || (k.0 == run.0 && k.1 != run.1);
+                epochs.retain(|k, _| !abandoned(k));
+                open.retain(|s, _| !abandoned(&s.run_key()));
+                epochs.entry(run.clone()).or_default().waiter = Some((senders, reply));
+                answer_waiter(&mut epochs, &run, &mut collected);
             }
-            InboxMsg::Finished { epoch, reply } => {
+            InboxMsg::Finished { run, reply } => {
                 let done = epochs
-                    .get(&epoch)
+                    .get(&run)
                     .map(|e| e.finished.clone())
                     .unwrap_or_default();
                 let _ = reply.send(done);
@@ -156,9 +177,13 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
     }
 }
 
-/// Hands the epoch's total to its waiter when every expected sender has finished.
-fn answer_waiter(epochs: &mut BTreeMap<u64, EpochInbox>, epoch: u64, collected: &mut Option<u64>) {
-    let Some(inbox) = epochs.get_mut(&epoch) else {
+/// Hands the run's total to its waiter when every expected sender has finished.
+fn answer_waiter(
+    epochs: &mut BTreeMap<RunKey, EpochInbox>,
+    run: &RunKey,
+    collected: &mut Option<RunKey>,
+) {
+    let Some(inbox) = epochs.get_mut(run) else {
         return;
     };
     let ready = match (&inbox.failure, &inbox.waiter) {
@@ -169,7 +194,7 @@ fn answer_waiter(epochs: &mut BTreeMap<u64, EpochInbox>, epoch: u64, collected: 
     if !ready {
         return;
     }
-    let Some(inbox) = epochs.remove(&epoch) else {
+    let Some(inbox) = epochs.remove(run) else {
         return;
     };
     let Some((_, reply)) = inbox.waiter else {
@@ -180,9 +205,11 @@ fn answer_waiter(epochs: &mut BTreeMap<u64, EpochInbox>, epoch: u64, collected: 
         None => Ok(inbox.total),
     };
     let _ = reply.send(answer);
-    *collected = Some(collected.map_or(epoch, |c| c.max(epoch)));
-    // Streams of older epochs can no longer be collected.
-    epochs.retain(|e, _| *e > epoch);
+    if collected.as_ref().is_none_or(|c| c.0 <= run.0) {
+        *collected = Some(run.clone());
+    }
+    // Streams of this epoch's other runs and of older epochs can no longer be collected.
+    epochs.retain(|k, _| k.0 > run.0);
 }
 
 #[cfg(test)]
@@ -204,11 +231,12 @@ mod tests {
         BatchEncoder::new(entries(p)).next().unwrap().unwrap()
     }
 
-    fn id(sender: &str, attempt: u64) -> StreamId {
+    fn id(sender: &str, connection: u64) -> StreamId {
         StreamId {
             epoch: 3,
+            run: "r1".into(),
             sender: sender.into(),
-            attempt,
+            connection,
         }
     }
 
@@ -235,7 +263,7 @@ mod tests {
         let (reply, collected) = oneshot::channel();
         inbox
             .send(InboxMsg::Collect {
-                epoch: 3,
+                run: (3, "r1".into()),
                 senders: ["a".to_string(), "b".to_string()].into(),
                 reply,
             })
@@ -286,5 +314,48 @@ mod tests {
         assert_eq!(received.partials.distinct.len(), 15);
         // The epoch is gone: a straggler is told so.
         assert!(end(&inbox, id("c", 0), 0).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_run_of_an_epoch_never_sees_what_the_abandoned_run_sent() {
+        let inbox = spawn(4);
+        let stream = |run: &str| StreamId {
+            epoch: 3,
+            run: run.into(),
+            sender: "a".into(),
+            connection: 0,
+        };
+        // Run r1 was abandoned after A's stream (10 distinct values) arrived whole.
+        inbox
+            .send(InboxMsg::Batch {
+                stream: stream("r1"),
+                batch: batch(0..10),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, stream("r1"), 10).await, Ok(10));
+        // Run r2 is collected; A sends 5 values in it, and a late r1 stream arrives too.
+        let (reply, collected) = oneshot::channel();
+        inbox
+            .send(InboxMsg::Collect {
+                run: (3, "r2".into()),
+                senders: ["a".to_string()].into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        inbox
+            .send(InboxMsg::Batch {
+                stream: stream("r2"),
+                batch: batch(100..105),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, stream("r2"), 5).await, Ok(5));
+        let received = collected.await.unwrap().unwrap();
+        assert_eq!(received.rows, 5);
+        assert_eq!(received.partials.distinct.len(), 5);
+        // Once r2 is collected, a straggler of either run is stale.
+        assert!(end(&inbox, stream("r2"), 0).await.is_err());
     }
 }

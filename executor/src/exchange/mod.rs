@@ -106,6 +106,7 @@ impl Exchange {
     pub async fn shuffle(
         &mut self,
         epoch: u64,
+        run: &str,
         peers: &[Peer],
         me: usize,
         mut outgoing: Vec<Partials>,
@@ -124,7 +125,7 @@ impl Exchange {
         let (reply, collected) = oneshot::channel();
         self.inbox
             .send(InboxMsg::Collect {
-                epoch,
+                run: (epoch, run.to_string()),
                 senders: expected,
                 reply,
             })
@@ -143,6 +144,7 @@ impl Exchange {
                 job_id: self.job_id.clone(),
                 epoch,
                 sender: self.executor_id.clone(),
+                run: run.to_string(),
             };
             let channel = self.channel(peer)?;
             let id = peer.executor_id.clone();
@@ -162,14 +164,14 @@ impl Exchange {
                         reason: format!("sender task failed: {join}"),
                     })
                 }
-                Err(_) => return Err(self.timed_out(epoch, peers).await),
+                Err(_) => return Err(self.timed_out(epoch, run, peers).await),
             }
         }
         let received: Received = match tokio::time::timeout_at(deadline, collected).await {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(reason))) => return Err(ExchangeError::Receive { epoch, reason }),
             Ok(Err(_)) => return Err(ExchangeError::InboxGone),
-            Err(_) => return Err(self.timed_out(epoch, peers).await),
+            Err(_) => return Err(self.timed_out(epoch, run, peers).await),
         };
         let stats = ExchangeStats {
             rows_sent,
@@ -180,9 +182,16 @@ impl Exchange {
         Ok((own, stats))
     }
 
-    async fn timed_out(&self, epoch: u64, peers: &[Peer]) -> ExchangeError {
+    async fn timed_out(&self, epoch: u64, run: &str, peers: &[Peer]) -> ExchangeError {
         let (reply, answer) = oneshot::channel();
-        let finished = match self.inbox.send(InboxMsg::Finished { epoch, reply }).await {
+        let finished = match self
+            .inbox
+            .send(InboxMsg::Finished {
+                run: (epoch, run.to_string()),
+                reply,
+            })
+            .await
+        {
             Ok(()) => answer.await.unwrap_or_default(),
             Err(_) => BTreeSet::new(),
         };

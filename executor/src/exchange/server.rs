@@ -24,7 +24,7 @@ pub struct ExchangeService {
     job_id: String,
     inbox: mpsc::Sender<InboxMsg>,
     /// Numbers each incoming stream, so a resent stream is told apart from the first.
-    attempts: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl ExchangeService {
@@ -32,7 +32,7 @@ impl ExchangeService {
         Self {
             job_id,
             inbox,
-            attempts: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -144,8 +144,9 @@ impl FlightService for ExchangeService {
         let header = self.header(&first)?;
         let stream = StreamId {
             epoch: header.epoch,
+            run: header.run,
             sender: header.sender,
-            attempt: self.attempts.fetch_add(1, Ordering::Relaxed),
+            connection: self.connections.fetch_add(1, Ordering::Relaxed),
         };
         let data = stream::once(async { Ok(first) })
             .chain(incoming.map_err(|s| FlightError::Tonic(Box::new(s))))

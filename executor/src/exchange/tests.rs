@@ -58,6 +58,7 @@ fn header(epoch: u64, sender: &str) -> StreamHeader {
         job_id: JOB.into(),
         epoch,
         sender: sender.into(),
+        run: "run-1".into(),
     }
 }
 
@@ -175,7 +176,10 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
         let outgoing = p.split(&owners, 3);
         let peers = peers.clone();
         tasks.push(tokio::spawn(async move {
-            exchange.shuffle(7, &peers, i, outgoing).await.unwrap()
+            exchange
+                .shuffle(7, "run-1", &peers, i, outgoing)
+                .await
+                .unwrap()
         }));
     }
     let mut owned = Vec::new();

@@ -2,29 +2,25 @@
 //! `commits/<epoch>`. Plans and decisions are written with create-only puts, so a second driver
 //! on the same checkpoint fails instead of overwriting history.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_common::checkpoint::{CommitRecord, EpochPlan, Metadata};
 
+use crate::location::{Location, StorageError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("checkpoint {location}: {source}")]
-    Store {
-        location: String,
-        source: object_store::Error,
-    },
+    #[error("checkpoint: {0}")]
+    Storage(#[from] StorageError),
     #[error("checkpoint {location}: unreadable record: {source}")]
     Format {
         location: String,
         source: serde_json::Error,
     },
-    #[error("checkpoint location `{0}`: {1}")]
-    Url(String, String),
     #[error("checkpoint {0} already holds a different record; is another driver running on this checkpoint?")]
     Conflict(String),
 }
@@ -32,55 +28,38 @@ pub enum LogError {
 /// The log of one job's checkpoint.
 #[derive(Clone)]
 pub struct CheckpointLog {
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    url: String,
+    location: Location,
 }
 
 impl CheckpointLog {
     /// Opens the log at a `file://`, `s3://` or `memory://` URL.
-    pub fn open(url: &str) -> Result<Self, LogError> {
-        let parsed = url::Url::parse(url).map_err(|e| LogError::Url(url.into(), e.to_string()))?;
-        if parsed.scheme() == "file" {
-            // LocalFileSystem wants the directory to exist before it can list it.
-            if let Ok(dir) = parsed.to_file_path() {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| LogError::Url(url.into(), e.to_string()))?;
-            }
-        }
-        let (store, root) = object_store::parse_url(&parsed)
-            .map_err(|e| LogError::Url(url.into(), e.to_string()))?;
+    pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Self, LogError> {
         Ok(Self {
-            store: Arc::from(store),
-            root,
-            url: url.to_string(),
+            location: crate::location::open(url, options)?,
         })
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.location.url
     }
 
-    fn path(&self, rel: &str) -> Path {
-        rel.split('/')
-            .fold(self.root.clone(), |p, part| p.join(part))
+    /// The checkpoint's object store (state snapshots live under `state/`).
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     fn store_err(&self, rel: &str, source: object_store::Error) -> LogError {
-        LogError::Store {
-            location: format!("{}/{rel}", self.url),
-            source,
-        }
+        LogError::Storage(self.location.store_error(rel, source))
     }
 
     async fn read<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, LogError> {
-        match self.store.get(&self.path(rel)).await {
+        match self.location.store.get(&self.location.path(rel)).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| self.store_err(rel, e))?;
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|source| LogError::Format {
-                        location: format!("{}/{rel}", self.url),
+                        location: self.location.display(rel),
                         source,
                     })
             }
@@ -104,14 +83,15 @@ impl CheckpointLog {
             ..Default::default()
         };
         match self
+            .location
             .store
-            .put_opts(&self.path(rel), PutPayload::from(bytes), opts)
+            .put_opts(&self.location.path(rel), PutPayload::from(bytes), opts)
             .await
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => match self.read::<T>(rel).await? {
                 Some(existing) if existing == *value => Ok(()),
-                _ => Err(LogError::Conflict(format!("{}/{rel}", self.url))),
+                _ => Err(LogError::Conflict(self.location.display(rel))),
             },
             Err(e) => Err(self.store_err(rel, e)),
         }
@@ -144,8 +124,9 @@ impl CheckpointLog {
 
     /// The highest epoch number present under `dir` (`offsets` or `commits`).
     pub async fn latest(&self, dir: &str) -> Result<Option<u64>, LogError> {
-        let prefix = self.path(dir);
+        let prefix = self.location.path(dir);
         let entries: Vec<_> = self
+            .location
             .store
             .list(Some(&prefix))
             .try_collect()
@@ -176,6 +157,7 @@ mod tests {
             watermark_micros: None,
             planned_at_micros: 1,
             assignment: vec![],
+            lost: vec![],
         }
     }
 
@@ -183,7 +165,7 @@ mod tests {
     async fn plans_and_decisions_are_written_once() {
         let dir = tempfile::tempdir().unwrap();
         let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let log = CheckpointLog::open(url.as_str()).unwrap();
+        let log = CheckpointLog::open(url.as_str(), &BTreeMap::new()).unwrap();
         assert_eq!(log.latest("offsets").await.unwrap(), None);
         log.write_plan(&plan(0, 10)).await.unwrap();
         log.write_plan(&plan(1, 20)).await.unwrap();
@@ -203,6 +185,8 @@ mod tests {
             dead_letter_adds: vec![],
             stats: EpochStats::default(),
             executors: Default::default(),
+            assignment: vec![],
+            state: vec![],
             decided_at_micros: 2,
         };
         log.write_commit(&record).await.unwrap();

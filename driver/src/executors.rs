@@ -1,0 +1,221 @@
+//! Calls from the driver to its executors: run an epoch on all of them and notice the first
+//! failure (an error answer, a broken connection, or an executor leaving the membership), tell
+//! them a run was abandoned, that an epoch committed, or to shut down.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use weir_common::checkpoint::{Assignment, EpochPlan};
+use weir_common::fault;
+use weir_proto::control::executor_client::ExecutorClient;
+use weir_proto::control::{
+    AbortRequest, CommittedRequest, ExecuteRequest, KeyGroupRange, PartitionRange as ProtoRange,
+    Peer, Prepared, ShutdownRequest,
+};
+
+use crate::membership::Member;
+
+/// How long an executor may take to execute one epoch before the run fails.
+pub const EXECUTE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a notification (abort, committed, shutdown) may take.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a run of an epoch failed, and which executor it points at.
+#[derive(Debug)]
+pub struct RunFailure {
+    /// The executor whose failure ended the run, when one did.
+    pub executor: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.executor {
+            Some(e) => write!(f, "executor {e}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// gRPC clients of the executors, by address (a restarted executor has a new one).
+#[derive(Default)]
+pub struct ExecutorClients {
+    clients: HashMap<String, ExecutorClient<Channel>>,
+}
+
+impl ExecutorClients {
+    fn client(&mut self, member: &Member) -> Result<ExecutorClient<Channel>, String> {
+        if let Some(c) = self.clients.get(&member.address) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(member.address.clone())
+            .map_err(|e| format!("address {}: {e}", member.address))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(EXECUTE_TIMEOUT)
+            .connect_lazy();
+        let client = ExecutorClient::new(channel);
+        self.clients.insert(member.address.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the connection to an executor that failed.
+    pub fn forget(&mut self, address: &str) {
+        self.clients.remove(address);
+    }
+
+    /// Runs `plan` with `assignment` as run `run` on the members, and answers every executor's
+    /// `Prepared`, or the first failure. An executor of the run leaving the membership (its
+    /// heartbeats stopped) fails the run too.
+    pub async fn execute(
+        &mut self,
+        plan: &EpochPlan,
+        assignment: &[Assignment],
+        run: &str,
+        members: &[Member],
+        membership: &mut watch::Receiver<Vec<Member>>,
+    ) -> Result<Vec<Prepared>, RunFailure> {
+        let mut peers = Vec::with_capacity(assignment.len());
+        let mut targets = Vec::with_capacity(assignment.len());
+        for a in assignment {
+            let member = members
+                .iter()
+                .find(|m| m.id == a.executor_id)
+                .ok_or_else(|| RunFailure {
+                    executor: Some(a.executor_id.clone()),
+                    reason: "not registered".into(),
+                })?;
+            peers.push(Peer {
+                executor_id: a.executor_id.clone(),
+                address: member.address.clone(),
+                key_groups: vec![KeyGroupRange {
+                    start: a.key_groups.0,
+                    end: a.key_groups.1,
+                }],
+            });
+            targets.push((a, member.clone()));
+        }
+        let mut calls = FuturesUnordered::new();
+        for (a, member) in &targets {
+            let mut client = self.client(member).map_err(|reason| RunFailure {
+                executor: Some(member.id.clone()),
+                reason,
+            })?;
+            let request = ExecuteRequest {
+                epoch: plan.epoch,
+                watermark_micros: plan.watermark_micros,
+                planned_at_micros: plan.planned_at_micros,
+                ranges: plan
+                    .ranges
+                    .iter()
+                    .filter(|r| a.partitions.contains(&r.partition))
+                    .map(|r| ProtoRange {
+                        topic: plan.topic.clone(),
+                        partition: r.partition,
+                        start_offset: r.start,
+                        end_offset: r.end,
+                    })
+                    .collect(),
+                peers: peers.clone(),
+                run: run.to_string(),
+                base_epoch: plan.epoch.checked_sub(1),
+            };
+            let id = member.id.clone();
+            // Spawned, so the requests go out even while this task waits (or pauses).
+            calls.push(tokio::spawn(async move {
+                let answer = client.execute(request).await;
+                (id, answer)
+            }));
+        }
+        tokio::task::block_in_place(|| fault::reached("execute", plan.epoch));
+        let ids: Vec<(String, String)> = targets
+            .iter()
+            .map(|(_, m)| (m.id.clone(), m.address.clone()))
+            .collect();
+        let mut prepared = Vec::with_capacity(targets.len());
+        while !calls.is_empty() {
+            let gone = membership.wait_for(|now| {
+                ids.iter()
+                    .any(|(id, addr)| !now.iter().any(|m| m.id == *id && m.address == *addr))
+            });
+            tokio::select! {
+                Some(done) = calls.next() => {
+                    let (id, answer) = done.map_err(|e| RunFailure {
+                        executor: None,
+                        reason: format!("execute call task failed: {e}"),
+                    })?;
+                    let p = answer.map_err(|s| RunFailure {
+                        executor: Some(id.clone()),
+                        reason: s.message().to_string(),
+                    })?.into_inner();
+                    if p.run != run || p.epoch != plan.epoch || p.executor_id != id {
+                        return Err(RunFailure {
+                            executor: Some(id),
+                            reason: format!(
+                                "answered run {} of epoch {} as {}",
+                                p.run, p.epoch, p.executor_id
+                            ),
+                        });
+                    }
+                    prepared.push(p);
+                }
+                now = gone => {
+                    let missing = match now {
+                        Ok(now) => ids
+                            .iter()
+                            .find(|(id, addr)| !now.iter().any(|m| m.id == *id && m.address == *addr))
+                            .map(|(id, _)| id.clone()),
+                        Err(_) => None,
+                    };
+                    return Err(RunFailure {
+                        executor: missing,
+                        reason: "lost (no heartbeat, or it restarted)".into(),
+                    });
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Tells the members a run was abandoned; an executor that cannot be told is gone anyway.
+    pub async fn abort(&mut self, epoch: u64, run: &str, members: &[Member]) {
+        let mut calls = Vec::new();
+        for m in members {
+            if let Ok(mut c) = self.client(m) {
+                let mut request = tonic::Request::new(AbortRequest {
+                    epoch,
+                    run: run.to_string(),
+                });
+                request.set_timeout(NOTIFY_TIMEOUT);
+                calls.push(async move { c.abort(request).await });
+            }
+        }
+        futures::future::join_all(calls).await;
+    }
+
+    /// Tells an epoch's executors that it committed.
+    pub async fn committed(&mut self, epoch: u64, members: &[Member]) {
+        for m in members {
+            if let Ok(mut c) = self.client(m) {
+                let mut request = tonic::Request::new(CommittedRequest { epoch });
+                request.set_timeout(NOTIFY_TIMEOUT);
+                if let Err(e) = c.committed(request).await {
+                    tracing::warn!(epoch, executor = %m.id, "could not tell the executor of the commit: {}", e.message());
+                }
+            }
+        }
+    }
+
+    /// Asks the members to drain and exit.
+    pub async fn shutdown(&mut self, members: &[Member]) {
+        for m in members {
+            if let Ok(mut c) = self.client(m) {
+                let mut request = tonic::Request::new(ShutdownRequest {});
+                request.set_timeout(NOTIFY_TIMEOUT);
+                let _ = c.shutdown(request).await;
+            }
+        }
+    }
+}

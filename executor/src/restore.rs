@@ -1,0 +1,177 @@
+//! Restores an executor's store from the decision an epoch starts from (DESIGN.md §3, step 5):
+//! the snapshots of every owner of that decision that overlap the key groups this executor
+//! owns now. When one snapshot covers exactly those key groups it becomes the store as it is;
+//! otherwise (key groups moved) the overlapping ranges are copied out of each snapshot.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use weir_common::checkpoint::{CommitRecord, StateFile};
+use weir_storage::Location;
+
+use crate::snapshot::download;
+use crate::state::{remove_dir, StateStore};
+
+/// A restored store and the snapshot files it was opened from (shared with later snapshots).
+pub struct Restored {
+    pub store: StateStore,
+    pub inherited: Vec<StateFile>,
+}
+
+/// Builds, in `dir`, the store of key groups `range` as of `decision` (an empty store before
+/// the first decision).
+pub async fn restore(
+    location: &Location,
+    decision: Option<&CommitRecord>,
+    range: (u32, u32),
+    dir: &Path,
+    key_groups: u32,
+) -> anyhow::Result<Restored> {
+    let Some(record) = decision else {
+        return Ok(Restored {
+            store: StateStore::create_empty(dir, key_groups)?,
+            inherited: Vec::new(),
+        });
+    };
+    let epoch = record.epoch;
+    let sources: Vec<_> = record.state.iter().filter(|s| s.overlaps(range)).collect();
+    let covered: u32 = sources
+        .iter()
+        .map(|s| s.key_groups.1.min(range.1) - s.key_groups.0.max(range.0))
+        .sum();
+    if covered != range.1 - range.0 {
+        bail!(
+            "the decision of epoch {epoch} has state for {covered} of key groups {}..{}; \
+             the checkpoint is incomplete",
+            range.0,
+            range.1
+        );
+    }
+    if let [only] = sources.as_slice() {
+        if only.key_groups == range {
+            remove_dir(dir)?;
+            download(location, only, dir).await?;
+            let store = tokio::task::block_in_place(|| StateStore::open(dir, key_groups))?;
+            let at = store.last_epoch()?;
+            if at != Some(epoch) {
+                bail!(
+                    "the snapshot of {} for epoch {epoch} holds epoch {at:?}",
+                    only.executor_id
+                );
+            }
+            return Ok(Restored {
+                store,
+                inherited: only.files.clone(),
+            });
+        }
+    }
+    let store = StateStore::create_empty(dir, key_groups)?;
+    let mut distinct = 0;
+    for (i, source) in sources.iter().enumerate() {
+        let from = dir.with_extension(format!("source-{i}"));
+        remove_dir(&from)?;
+        download(location, source, &from).await?;
+        let part = source.key_groups.0.max(range.0)..source.key_groups.1.min(range.1);
+        distinct += tokio::task::block_in_place(|| store.copy_range_from(&from, part))
+            .with_context(|| {
+                format!("copying key groups from {}'s snapshot", source.executor_id)
+            })?;
+        remove_dir(&from)?;
+    }
+    store.set_position(Some(epoch), distinct)?;
+    Ok(Restored {
+        store,
+        inherited: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partials::{distinct_key_group, Partials};
+    use crate::snapshot::Snapshots;
+    use std::collections::BTreeMap;
+    use weir_common::window::Window;
+
+    const K: u32 = 8;
+
+    /// A store with 200 distinct values spread over all key groups, snapshotted after epoch 3.
+    async fn decided_store(location: &Location, dir: &Path) -> (CommitRecord, BTreeMap<u32, u64>) {
+        let store = StateStore::create_empty(&dir.join("live"), K).unwrap();
+        let mut partials = Partials::default();
+        let w = Window { start: 0, end: 300 };
+        let mut per_kg: BTreeMap<u32, u64> = BTreeMap::new();
+        for i in 0..200u32 {
+            let entry = (w, 1u8, b"g".to_vec(), i.to_be_bytes().to_vec());
+            *per_kg.entry(distinct_key_group(&entry, K)).or_default() += 1;
+            partials.distinct.insert(entry);
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let added = store.fold(&partials, &mut batch).unwrap();
+        store.commit_epoch(3, batch, added).unwrap();
+        store.checkpoint(&dir.join("rocks-checkpoint")).unwrap();
+        let mut snapshots = Snapshots::new(location.clone(), "a");
+        let snapshot = snapshots
+            .upload(3, &dir.join("rocks-checkpoint"), (0, K))
+            .await
+            .unwrap();
+        let record = CommitRecord {
+            epoch: 3,
+            end_offsets: BTreeMap::new(),
+            next_watermark_micros: None,
+            output_adds: vec![],
+            dead_letter_adds: vec![],
+            stats: Default::default(),
+            executors: Default::default(),
+            assignment: vec![],
+            state: vec![snapshot],
+            decided_at_micros: 0,
+        };
+        (record, per_kg)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_owner_gets_exactly_its_key_groups_from_the_decision() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(tmp.path().join("checkpoint")).unwrap();
+        let location = weir_storage::open(url.as_str(), &BTreeMap::new()).unwrap();
+        let (record, per_kg) = decided_store(&location, tmp.path()).await;
+
+        // The same key groups: the snapshot becomes the store, sharing its files.
+        let whole = restore(&location, Some(&record), (0, K), &tmp.path().join("r1"), K)
+            .await
+            .unwrap();
+        assert_eq!(whole.store.last_epoch().unwrap(), Some(3));
+        assert_eq!(whole.store.distinct_entries().unwrap(), 200);
+        assert_eq!(whole.inherited, record.state[0].files);
+
+        // Part of them (executors were added): only those entries are copied.
+        let part = restore(&location, Some(&record), (2, 5), &tmp.path().join("r2"), K)
+            .await
+            .unwrap();
+        let expected: u64 = (2..5).map(|kg| per_kg.get(&kg).copied().unwrap_or(0)).sum();
+        assert!(expected > 0 && expected < 200);
+        assert_eq!(part.store.last_epoch().unwrap(), Some(3));
+        assert_eq!(part.store.distinct_entries().unwrap(), expected);
+        assert!(part.inherited.is_empty());
+
+        // Before any decision the store is empty; a decision without the key groups is refused.
+        let empty = restore(&location, None, (0, K), &tmp.path().join("r3"), K)
+            .await
+            .unwrap();
+        assert_eq!(empty.store.last_epoch().unwrap(), None);
+        let mut partial_record = record.clone();
+        partial_record.state[0].key_groups = (0, 4);
+        let err = restore(
+            &location,
+            Some(&partial_record),
+            (2, 6),
+            &tmp.path().join("r4"),
+            K,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("incomplete"), "{err:#}");
+    }
+}
