@@ -38,6 +38,51 @@ async fn reap(child: &mut Child, grace: Duration) {
     }
 }
 
+/// Runs executor `i` until `stop` or until the driver shuts it down, starting it again whenever
+/// it dies before that.
+async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut restarts = 0u32;
+    loop {
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("weir local: cannot start executor-{i}: {e}");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(status) = exited else {
+            signal(&child, Signal::SIGTERM);
+            reap(&mut child, Duration::from_secs(10)).await;
+            return;
+        };
+        // Exiting with success means the driver shut it down: the job is ending.
+        if *stop.borrow() || status.as_ref().is_ok_and(|s| s.success()) {
+            return;
+        }
+        // A process that ran a while had a fresh failure: start the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            restarts = 0;
+        }
+        let wait = Duration::from_millis(200u64 << restarts.min(5));
+        restarts += 1;
+        eprintln!(
+            "weir local: executor-{i} exited ({}); starting it again in {wait:?}",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     // Validate here so a bad job file fails before any process starts.
     let job = crate::job_with_trigger(&args.job, args.trigger.as_deref())?;
@@ -84,19 +129,20 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
     });
 
-    let mut executors = Vec::new();
+    // Like a Kubernetes Deployment, `weir local` restarts an executor that dies; the driver
+    // re-runs the epoch it was in and the new process restores its state from the checkpoint.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut supervisors = Vec::new();
     for i in 0..args.executors {
-        let child = Command::new(&exe)
-            .arg("executor")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("executor")
             .args(["--driver", &driver_url])
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(work_dir.join(format!("executor-{i}")))
             .args(["--id", &format!("executor-{i}")])
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting executor {i}"))?;
-        executors.push(child);
+            .kill_on_drop(true);
+        supervisors.push(tokio::spawn(supervise(i, cmd, stop_rx.clone())));
     }
 
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
@@ -108,12 +154,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         _ = int.recv() => { signal(&driver, Signal::SIGTERM); driver.wait().await? }
     };
     let _ = forward.await;
-    for e in executors.iter_mut() {
-        // The driver shuts its executors down when it stops; these are for a driver that crashed.
-        signal(e, Signal::SIGTERM);
-    }
-    for e in executors.iter_mut() {
-        reap(e, Duration::from_secs(10)).await;
+    // The driver shuts its executors down when it stops; this is for a driver that crashed.
+    let _ = stop_tx.send(true);
+    for s in supervisors {
+        let _ = s.await;
     }
     if !status.success() {
         bail!("the driver failed ({status})");

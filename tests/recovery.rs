@@ -221,3 +221,162 @@ fn killing_any_process_at_any_step_on_s3_changes_nothing() {
         ],
     );
 }
+
+/// SIGKILLs random processes at random moments, restarting each at once, while the job runs;
+/// the seed is printed (set WEIR_CHAOS_SEED to replay a run's choices).
+#[test]
+fn random_kills_of_random_processes_change_nothing() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("WEIR_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+    eprintln!("chaos seed {seed} (WEIR_CHAOS_SEED={seed} replays the choices)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // Twice the data of the scheduled test: about 24 epochs.
+    let events = gen_events(&broker, tmp.path(), 8, 2 * EVENTS, &GEN);
+    let expected = baseline(&broker, &tmp.path().join("baseline"));
+    let dir = tmp.path().join("chaos");
+    std::fs::create_dir_all(&dir).expect("chaos dir");
+    let job = reference_job(&dir, &broker.address, PER_EPOCH);
+    let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &[]);
+    for role in cluster.roles() {
+        cluster.start(role, "");
+    }
+    // Each kill comes at a random moment (up to 1.5 s) after an epoch committed, so the kills
+    // spread over the whole run instead of piling up before the first commit.
+    const KILLS: usize = 10;
+    let mut kills = Vec::new();
+    let mut next_kill: Option<std::time::Instant> = None;
+    let mut seen = 0;
+    loop {
+        if cluster.progress.len() > seen {
+            seen = cluster.progress.len();
+            if next_kill.is_none() && kills.len() < KILLS {
+                next_kill = Some(
+                    std::time::Instant::now() + Duration::from_millis(rng.random_range(0..1500)),
+                );
+            }
+        }
+        let timeout = next_kill.map_or(Duration::from_secs(300), |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+        });
+        match cluster.try_next_event(timeout) {
+            Some((Role::Driver, Event::Closed)) => {
+                let status = cluster.reap(Role::Driver);
+                assert!(
+                    status.success(),
+                    "the driver failed ({status}) after kills {kills:?}:\n{}",
+                    cluster.log_tail(Role::Driver)
+                );
+                break;
+            }
+            Some((role, Event::Closed)) => {
+                let status = cluster.reap(role);
+                assert!(
+                    status.success(),
+                    "{role} failed ({status}):\n{}",
+                    cluster.log_tail(role)
+                );
+            }
+            Some(_) => {}
+            None if next_kill.is_some() => {
+                let roles = cluster.roles();
+                let victim = roles[rng.random_range(0..roles.len())];
+                eprintln!(
+                    "kill {}: SIGKILL {victim} after {seen} committed epochs",
+                    kills.len() + 1
+                );
+                cluster.kill(victim);
+                cluster.start(victim, "");
+                kills.push(format!("{victim}@{seen}"));
+                next_kill = None;
+            }
+            None => panic!("the job made no progress for 300 s after kills {kills:?}"),
+        }
+    }
+    assert_eq!(
+        kills.len(),
+        KILLS,
+        "the job ended after only {} kills ({kills:?}): make it longer",
+        kills.len()
+    );
+    verify_in(
+        &events,
+        &dir.display().to_string(),
+        &[OsStr::new("--same-as"), OsStr::new(&expected)],
+    );
+}
+
+/// The pid of the process whose command line contains `needle`.
+fn pid_of(needle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+}
+
+/// `weir local` behaves like a Deployment: an executor killed mid-job is started again, and
+/// the job's output is still exact.
+#[test]
+fn weir_local_starts_a_killed_executor_again_and_the_output_stays_exact() {
+    use std::io::{BufRead, BufReader};
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &GEN);
+    let dir = tmp.path().join("local");
+    std::fs::create_dir_all(&dir).expect("job dir");
+    reference_job(&dir, &broker.address, PER_EPOCH);
+    let work = dir.join("work");
+    let mut local = support::weir()
+        .arg("local")
+        .arg("--job")
+        .arg(dir.join("job.yaml"))
+        .args([
+            "--executors",
+            "2",
+            "--trigger",
+            "available-now",
+            "--work-dir",
+        ])
+        .arg(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("local.log")).expect("log"))
+        .spawn()
+        .expect("weir local");
+    let stdout = local.stdout.take().expect("stdout");
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("weir local output");
+        if !killed && line.contains("] epoch 2 ") {
+            let needle = work.join("executor-1").display().to_string();
+            let pid = pid_of(&needle).expect("executor-1 is running");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("SIGKILL");
+            killed = true;
+        }
+    }
+    let status = local.wait().expect("weir local");
+    let log = std::fs::read_to_string(dir.join("local.log")).unwrap_or_default();
+    assert!(status.success(), "weir local failed ({status}):\n{log}");
+    assert!(killed, "the job ended before epoch 2");
+    assert!(log.contains("executor-1 exited"), "{log}");
+    support::verify(&events, &dir, &[]);
+}

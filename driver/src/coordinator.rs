@@ -60,9 +60,11 @@ pub struct Coordinator {
     retention: StateRetention,
 }
 
-/// Exponential backoff between runs of a failing epoch: 0.5 s, 1 s, 2 s, ... up to 10 s.
+/// Exponential backoff after the n-th failure in a row: 0.25 s, 0.5 s, 1 s, ... up to 10 s.
+/// (Waiting for a lost executor to come back is separate: runs wait for the executors.)
 fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(10))
+    let steps = failures.saturating_sub(1).min(6);
+    Duration::from_millis(250u64 << steps).min(Duration::from_secs(10))
 }
 
 impl Coordinator {
@@ -441,7 +443,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_millis(250));
         assert!(backoff(2) > backoff(1));
         assert_eq!(backoff(30), Duration::from_secs(10));
     }

@@ -29,6 +29,9 @@ use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
 use crate::topology::Topology;
 use weir_storage::CheckpointLog;
 
+/// Set to 1, executors skip state snapshots (benchmarks measure their cost with it).
+pub const NO_SNAPSHOTS_VAR: &str = "WEIR_UNSAFE_NO_STATE_SNAPSHOTS";
+
 /// Records decoded together: one arrow-json pass per chunk.
 const CHUNK: usize = 8192;
 
@@ -45,6 +48,9 @@ pub struct EpochRunner {
     /// The key groups the store holds, once it holds any.
     owned: Option<(u32, u32)>,
     snapshots: Snapshots,
+    /// Benchmarks only: skip state snapshots (`WEIR_UNSAFE_NO_STATE_SNAPSHOTS=1`), to measure
+    /// what they cost. A job run so cannot recover.
+    skip_snapshots: bool,
     log: CheckpointLog,
     output_schema: SchemaRef,
     output: StagedTable,
@@ -92,7 +98,14 @@ impl EpochRunner {
         let store_dir = state_dir.join("stores").join(snapshots.instance());
         let state = StateStore::create_empty(&store_dir, job.key_groups)
             .context("opening the state store")?;
+        let skip_snapshots = std::env::var(NO_SNAPSHOTS_VAR).is_ok_and(|v| v == "1");
+        if skip_snapshots {
+            tracing::warn!(
+                "{NO_SNAPSHOTS_VAR}=1: state is not snapshotted; this job cannot recover from a failure"
+            );
+        }
         Ok(Self {
+            skip_snapshots,
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
             output_schema: output_schema(&job),
@@ -242,6 +255,14 @@ impl EpochRunner {
         epoch: u64,
         range: (u32, u32),
     ) -> anyhow::Result<weir_common::checkpoint::StateSnapshot> {
+        if self.skip_snapshots {
+            return Ok(weir_common::checkpoint::StateSnapshot {
+                executor_id: self.executor_id.clone(),
+                key_groups: range,
+                files: Vec::new(),
+                uploaded_bytes: 0,
+            });
+        }
         let dir = self.state_dir.join("snapshots").join(epoch.to_string());
         remove_dir(&dir)?;
         if let Some(parent) = dir.parent() {

@@ -181,15 +181,20 @@ impl Cluster {
 
     /// The next event of a live process; progress lines of the driver are recorded.
     pub fn next_event(&mut self, timeout: Duration) -> (Role, Event) {
+        self.try_next_event(timeout).unwrap_or_else(|| {
+            panic!(
+                "nothing happened for {timeout:?}; see the logs in {}",
+                self.dir.join("logs").display()
+            )
+        })
+    }
+
+    /// The next event of a live process within `timeout`, if there is one.
+    pub fn try_next_event(&mut self, timeout: Duration) -> Option<(Role, Event)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (role, generation, event) = self.rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "nothing happened for {timeout:?}; see the logs in {}",
-                    self.dir.join("logs").display()
-                )
-            });
+            let (role, generation, event) = self.rx.recv_timeout(left).ok()?;
             let current = self.procs.get(&role).map(|p| p.generation);
             if current != Some(generation) {
                 continue;
@@ -199,7 +204,7 @@ impl Cluster {
                     self.progress.push(line.clone());
                 }
             }
-            return (role, event);
+            return Some((role, event));
         }
     }
 

@@ -67,6 +67,15 @@ fn the_reference_job_parses() {
     assert_eq!(job.key_groups, DEFAULT_KEY_GROUPS);
     let names: Vec<&str> = job.aggregates.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["event_count", "unique_users", "approx_unique"]);
+    assert_eq!(job.checkpoint_retention, DEFAULT_CHECKPOINT_RETENTION);
+    assert!(job.storage_options.is_empty());
+    let with_s3 = GOOD.replace(
+        "trigger: 30s",
+        "trigger: 30s\ncheckpoint_retention: 3\nstorage_options: {aws_endpoint: \"http://127.0.0.1:9000\", aws_allow_http: \"true\"}",
+    );
+    let s3 = parse(&with_s3).unwrap();
+    assert_eq!(s3.checkpoint_retention, 3);
+    assert_eq!(s3.storage_options["aws_endpoint"], "http://127.0.0.1:9000");
     // What executors receive rebuilds the same job.
     let again = JobSpec::from_json(&job.to_json()).unwrap();
     assert_eq!(again.output, job.output);
@@ -122,6 +131,12 @@ fn available_now_and_sliding_windows() {
 fn mistakes_name_the_field_and_what_was_expected() {
     let cases: Vec<(&str, &str, &str, &str)> = vec![
         // (from, to, field must contain, message must contain)
+        (
+            "trigger: 30s",
+            "trigger: 30s\ncheckpoint_retention: 0",
+            "checkpoint_retention",
+            "at least 1",
+        ),
         (
             "delay: 10m",
             "delay: 10",
