@@ -97,7 +97,7 @@ fn stop_signal() -> anyhow::Result<watch::Receiver<bool>> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!("stop requested; finishing the current epoch");
+        tracing::info!("stop requested; finishing the epoch in progress");
         let _ = tx.send(true);
     });
     Ok(rx)
@@ -150,13 +150,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "executor".into());
                 format!("{host}-{}", std::process::id())
             });
-            weir_executor::run(weir_executor::ExecutorConfig {
-                driver_url: driver,
-                listen,
-                advertise,
-                state_dir,
-                executor_id,
-            })
+            let stop = stop_signal()?;
+            weir_executor::run(
+                weir_executor::ExecutorConfig {
+                    driver_url: driver,
+                    listen,
+                    advertise,
+                    state_dir,
+                    executor_id,
+                },
+                stop,
+            )
             .await
         }
         Command::Gen(args) => gen::run(args).await,
@@ -176,7 +180,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Work stuck in a blocking call must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -30,12 +30,14 @@ const GEN: [&str; 8] = [
     "0.01",
 ];
 
-/// A fault point where one process pauses, and the process the test SIGKILLs there.
+/// A fault point where one process pauses, and the process the test stops there.
 struct Fault {
     at: Role,
     step: &'static str,
     epoch: u64,
     kill: Role,
+    /// SIGTERM (a graceful stop: the process must finish its call and exit 0) instead of SIGKILL.
+    graceful: bool,
 }
 
 /// Every step of the protocol, for the driver and for an executor, each in its own epoch.
@@ -45,6 +47,14 @@ fn schedule() -> Vec<Fault> {
         step,
         epoch,
         kill: Role::Driver,
+        graceful: false,
+    };
+    let at = |at, step, epoch, kill| Fault {
+        at,
+        step,
+        epoch,
+        kill,
+        graceful: false,
     };
     vec![
         // The driver dies while executors execute, after all prepared, after the decision
@@ -55,31 +65,16 @@ fn schedule() -> Vec<Fault> {
         driver("committed", 4),
         // An executor dies during execute (read, before the exchange) and after it prepared
         // (files staged, state uploaded, answer not sent).
-        Fault {
-            at: Role::Executor(1),
-            step: "execute",
-            epoch: 5,
-            kill: Role::Executor(1),
-        },
-        Fault {
-            at: Role::Executor(1),
-            step: "prepared",
-            epoch: 6,
-            kill: Role::Executor(1),
-        },
+        at(Role::Executor(1), "execute", 5, Role::Executor(1)),
+        at(Role::Executor(1), "prepared", 6, Role::Executor(1)),
         // An executor dies while the driver is between the decision record and the Delta
         // commit, and between the Delta commit and Committed (the driver waits there).
+        at(Role::Driver, "decided", 7, Role::Executor(2)),
+        at(Role::Driver, "committed", 8, Role::Executor(0)),
+        // An executor told to stop (SIGTERM) mid-epoch finishes the epoch and exits 0.
         Fault {
-            at: Role::Driver,
-            step: "decided",
-            epoch: 7,
-            kill: Role::Executor(2),
-        },
-        Fault {
-            at: Role::Driver,
-            step: "committed",
-            epoch: 8,
-            kill: Role::Executor(0),
+            graceful: true,
+            ..at(Role::Executor(2), "execute", 9, Role::Executor(2))
         },
     ]
 }
@@ -116,8 +111,18 @@ fn run_with_faults(cluster: &mut Cluster, faults: &[Fault]) {
                     .unwrap_or_else(|| panic!("{role} paused at unscheduled {point}"));
                 fired[i] = true;
                 let target = faults[i].kill;
-                eprintln!("fault {point} at {role}: SIGKILL {target}");
-                cluster.kill(target);
+                if faults[i].graceful {
+                    eprintln!("fault {point} at {role}: SIGTERM {target}");
+                    let status = cluster.terminate(target, target == role);
+                    assert!(
+                        status.success(),
+                        "{target} did not stop cleanly ({status}):\n{}",
+                        cluster.log_tail(target)
+                    );
+                } else {
+                    eprintln!("fault {point} at {role}: SIGKILL {target}");
+                    cluster.kill(target);
+                }
                 cluster.start(target, &armed(target, &fired));
                 if target != role {
                     cluster.release(role);

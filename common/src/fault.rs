@@ -1,20 +1,22 @@
 //! Fault points for the chaos tests. `WEIR_FAULT=<step>@<epoch>[,...]` makes a process stop
-//! when it reaches that step of that epoch: it prints `weir fault point <step>@<epoch>` on
-//! standard output and waits for a line on standard input. The test SIGKILLs it there (or
-//! writes a line to let it go on). Unset, a fault point costs one comparison.
+//! the first time it reaches that step of that epoch: it prints `weir fault point
+//! <step>@<epoch>` on standard output and waits for a line on standard input. The test SIGKILLs
+//! it there (or writes a line to let it go on). Unset, a fault point costs one comparison.
 
 use std::io::{BufRead, Write};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The variable that arms fault points.
 pub const FAULT_VAR: &str = "WEIR_FAULT";
 
-fn armed() -> &'static [(String, u64)] {
-    static ARMED: OnceLock<Vec<(String, u64)>> = OnceLock::new();
+fn armed() -> &'static Mutex<Vec<(String, u64)>> {
+    static ARMED: OnceLock<Mutex<Vec<(String, u64)>>> = OnceLock::new();
     ARMED.get_or_init(|| {
-        std::env::var(FAULT_VAR)
-            .map(|v| parse(&v))
-            .unwrap_or_default()
+        Mutex::new(
+            std::env::var(FAULT_VAR)
+                .map(|v| parse(&v))
+                .unwrap_or_default(),
+        )
     })
 }
 
@@ -31,8 +33,15 @@ fn parse(value: &str) -> Vec<(String, u64)> {
 /// Marks `step` of `epoch`; blocks there when the fault point is armed. Call it where
 /// blocking the thread is acceptable (inside `tokio::task::block_in_place` in async code).
 pub fn reached(step: &str, epoch: u64) {
-    if !armed().iter().any(|(s, e)| s == step && *e == epoch) {
-        return;
+    {
+        let Ok(mut points) = armed().lock() else {
+            return;
+        };
+        let Some(i) = points.iter().position(|(s, e)| s == step && *e == epoch) else {
+            return;
+        };
+        // Once: a run of the same epoch after this one goes through.
+        points.remove(i);
     }
     tracing::warn!(step, epoch, "fault point reached; waiting");
     {

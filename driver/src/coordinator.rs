@@ -170,8 +170,9 @@ impl Coordinator {
         Ok(tokio::task::spawn_blocking(move || reader.bounds()).await??)
     }
 
-    /// Waits until the expected number of executors is registered.
-    async fn wait_for_executors(&mut self) -> anyhow::Result<Vec<Member>> {
+    /// Waits until the expected number of executors is registered; `None` when the driver is
+    /// asked to stop first.
+    async fn wait_for_executors(&mut self) -> anyhow::Result<Option<Vec<Member>>> {
         let n = self.expected_executors;
         let mut stop = self.stop.clone();
         if self.members.borrow().len() < n {
@@ -181,8 +182,8 @@ impl Coordinator {
             );
         }
         tokio::select! {
-            r = self.members.wait_for(|m| m.len() >= n) => Ok(r.context("membership stopped")?.clone()),
-            _ = stop.wait_for(|s| *s) => bail!("stopped while waiting for executors"),
+            r = self.members.wait_for(|m| m.len() >= n) => Ok(Some(r.context("membership stopped")?.clone())),
+            _ = stop.wait_for(|s| *s) => Ok(None),
         }
     }
 
@@ -293,7 +294,9 @@ impl Coordinator {
     /// Runs epochs until stopped (or, with `available-now`, until the input at start is done).
     pub async fn run(mut self) -> anyhow::Result<()> {
         let (mut position, mut pending) = self.recover().await?;
-        let mut members = self.wait_for_executors().await?;
+        let Some(mut members) = self.wait_for_executors().await? else {
+            return Ok(());
+        };
         let target = match self.job.trigger {
             Trigger::AvailableNow => Some(
                 self.bounds()
@@ -320,7 +323,10 @@ impl Coordinator {
                         _ = stop.wait_for(|s| *s) => break,
                     }
                     next_trigger = Instant::now() + interval;
-                    members = self.wait_for_executors().await?;
+                    members = match self.wait_for_executors().await? {
+                        Some(m) => m,
+                        None => break,
+                    };
                     match self
                         .plan_next(&mut position, target.as_ref(), &members)
                         .await?
@@ -334,7 +340,11 @@ impl Coordinator {
                     }
                 }
             };
-            members = self.run_epoch(&plan, members, &mut position).await?;
+            match self.run_epoch(&plan, members, &mut position).await? {
+                Some(m) => members = m,
+                // Stopped while the epoch waited for executors: it runs again after a restart.
+                None => break,
+            }
         }
         let members = self.members.borrow().clone();
         self.clients.shutdown(&members).await;
@@ -342,13 +352,14 @@ impl Coordinator {
     }
 
     /// Runs a plan until one run of it succeeds, then decides and commits it. Answers the
-    /// members it ran on.
+    /// members it ran on, or `None` when the driver was stopped while a failed run waited for
+    /// executors (the plan stays without a decision).
     async fn run_epoch(
         &mut self,
         plan: &EpochPlan,
         mut members: Vec<Member>,
         position: &mut Position,
-    ) -> anyhow::Result<Vec<Member>> {
+    ) -> anyhow::Result<Option<Vec<Member>>> {
         let started = Instant::now();
         let epoch = plan.epoch;
         let mut failures = 0;
@@ -372,7 +383,10 @@ impl Coordinator {
                     }
                     tokio::time::sleep(backoff(failures)).await;
                     previous = assignment;
-                    members = self.wait_for_executors().await?;
+                    members = match self.wait_for_executors().await? {
+                        Some(m) => m,
+                        None => return Ok(None),
+                    };
                 }
             }
         };
@@ -403,7 +417,7 @@ impl Coordinator {
             last_epoch_watermark: plan.watermark_micros,
             assignment,
         };
-        Ok(members)
+        Ok(Some(members))
     }
 
     /// Gives up a failed run: every executor stops working on it, the failed one is taken out

@@ -10,6 +10,7 @@ use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
+use tokio::sync::watch;
 use weir_common::checkpoint::PartitionRange;
 use weir_common::decode::JsonDecoder;
 use weir_common::fault;
@@ -48,6 +49,8 @@ pub struct EpochRunner {
     /// The key groups the store holds, once it holds any.
     owned: Option<(u32, u32)>,
     snapshots: Snapshots,
+    /// The run the driver wants worked on (set by the control service).
+    current_run: watch::Receiver<String>,
     /// Benchmarks only: skip state snapshots (`WEIR_UNSAFE_NO_STATE_SNAPSHOTS=1`), to measure
     /// what they cost. A job run so cannot recover.
     skip_snapshots: bool,
@@ -86,6 +89,7 @@ impl EpochRunner {
         state_dir: &Path,
         job_id: &str,
         exchange: Exchange,
+        current_run: watch::Receiver<String>,
     ) -> anyhow::Result<Self> {
         let reader = KafkaReader::new(&job.kafka, job_id).context("creating the Kafka consumer")?;
         let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
@@ -106,6 +110,7 @@ impl EpochRunner {
         }
         Ok(Self {
             skip_snapshots,
+            current_run,
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
             output_schema: output_schema(&job),
@@ -298,8 +303,11 @@ impl EpochRunner {
         let mut rejected: Vec<(Record, String)> = Vec::new();
         let decoder = &self.decoder;
         let mut aggregate_time = std::time::Duration::ZERO;
+        // A run the driver abandoned stops reading at once instead of at its next await.
+        let current = self.current_run.clone();
+        let keep_going = || *current.borrow() == req.run;
         self.reader
-            .read(&ranges, CHUNK, |records| {
+            .read(&ranges, CHUNK, keep_going, |records| {
                 let t = Instant::now();
                 stats.input_rows += records.len() as u64;
                 stats.input_bytes += records

@@ -32,6 +32,8 @@ pub enum ReadError {
         partitions: Vec<i32>,
         waited: Duration,
     },
+    #[error("the run was abandoned")]
+    Abandoned,
 }
 
 /// How long a read may see no record before the epoch fails.
@@ -95,11 +97,13 @@ impl KafkaReader {
         })
     }
 
-    /// Reads `[start, end)` of every range, handing records over in chunks of up to `chunk`.
+    /// Reads `[start, end)` of every range, handing records over in chunks of up to `chunk`,
+    /// while `keep_going` answers true (it is asked at least every 200 ms).
     pub fn read(
         &self,
         ranges: &[PartitionRange],
         chunk: usize,
+        keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Vec<Record>),
     ) -> Result<(), ReadError> {
         let mut remaining: HashMap<i32, i64> = HashMap::new();
@@ -112,7 +116,7 @@ impl KafkaReader {
             return Ok(());
         }
         self.consumer.assign(&tpl)?;
-        let result = self.poll_until_done(&mut remaining, chunk, &mut on_chunk);
+        let result = self.poll_until_done(&mut remaining, chunk, &keep_going, &mut on_chunk);
         self.consumer.unassign()?;
         result
     }
@@ -121,11 +125,15 @@ impl KafkaReader {
         &self,
         remaining: &mut HashMap<i32, i64>,
         chunk: usize,
+        keep_going: &impl Fn() -> bool,
         on_chunk: &mut impl FnMut(Vec<Record>),
     ) -> Result<(), ReadError> {
         let mut buffer = Vec::with_capacity(chunk);
         let mut last_progress = Instant::now();
         while !remaining.is_empty() {
+            if !keep_going() {
+                return Err(ReadError::Abandoned);
+            }
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => {}
                 Some(Ok(msg)) => {

@@ -41,6 +41,8 @@ use crate::exchange::Exchange;
 
 /// How long an executor waits for its peers' partials of an epoch.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a stopping executor waits for the epoch in progress before it exits anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// How an executor is started.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ struct Service {
     commands: mpsc::Sender<Command>,
     /// The run the driver wants worked on; a running epoch of any other run is abandoned.
     current_run: watch::Sender<String>,
+    /// Set once the executor was asked to stop: it takes no new epoch.
+    stopping: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -75,6 +79,9 @@ impl Executor for Service {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Prepared>, Status> {
+        if *self.stopping.borrow() {
+            return Err(Status::unavailable("executor is stopping"));
+        }
         let (tx, rx) = oneshot::channel();
         let request = request.into_inner();
         // The driver starts a run only after giving up the previous one.
@@ -203,10 +210,17 @@ async fn epoch_actor(
     mut runner: EpochRunner,
     mut commands: mpsc::Receiver<Command>,
     current_run: watch::Receiver<String>,
+    busy: watch::Sender<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
     while let Some(command) = commands.recv().await {
         match command {
+            Command::Execute(_, reply) if *stopping.borrow() => {
+                // Queued before the stop: not started, so nothing to finish.
+                let _ = reply.send(Err(Status::unavailable("executor is stopping")));
+            }
             Command::Execute(req, reply) => {
+                busy.send_replace(true);
                 let epoch = req.epoch;
                 let run = req.run.clone();
                 let span = tracing::info_span!("epoch", epoch, executor = %runner.executor_id);
@@ -222,6 +236,7 @@ async fn epoch_actor(
                     }
                 };
                 let _ = reply.send(result);
+                busy.send_replace(false);
             }
             Command::Committed(epoch) => {
                 tracing::debug!(epoch, executor = %runner.executor_id, "epoch committed");
@@ -230,8 +245,10 @@ async fn epoch_actor(
     }
 }
 
-/// Runs an executor until the driver shuts it down.
-pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
+/// Runs an executor until the driver shuts it down or `stop` turns true (SIGTERM): then it
+/// stops heartbeating, refuses new epochs, finishes the one in progress (or drops it when the
+/// driver abandons it; at most `DRAIN_LIMIT`) and exits.
+pub async fn run(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -248,7 +265,11 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
             format!("http://{bound}")
         }
     });
-    let registration = register(&config, &address).await?;
+    let mut stopped = stop.clone();
+    let registration = tokio::select! {
+        r = register(&config, &address) => r?,
+        _ = stopped.wait_for(|s| *s) => return Ok(()),
+    };
     let job = JobSpec::from_json(&registration.job_json).context("job from the driver")?;
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
     std::fs::create_dir_all(&config.state_dir)
@@ -260,34 +281,45 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
         inbox.clone(),
         EXCHANGE_TIMEOUT,
     );
+    let (run_tx, run_rx) = watch::channel(String::new());
     let runner = EpochRunner::new(
         config.executor_id.clone(),
         job,
         &config.state_dir,
         &registration.job_id,
         exchange,
+        run_rx.clone(),
     )?;
 
     let (commands_tx, commands_rx) = mpsc::channel(4);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let (run_tx, run_rx) = watch::channel(String::new());
-    let actor = tokio::spawn(epoch_actor(runner, commands_rx, run_rx));
+    let (busy_tx, mut busy_rx) = watch::channel(false);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let actor = tokio::spawn(epoch_actor(
+        runner,
+        commands_rx,
+        run_rx,
+        busy_tx,
+        stopping_rx.clone(),
+    ));
     let (fatal_tx, mut fatal_rx) = watch::channel(None);
     let beats = tokio::spawn(heartbeat(
         config.clone(),
         address,
         registration.job_id.clone(),
-        shutdown_rx.clone(),
+        stopping_rx.clone(),
         fatal_tx,
     ));
     let service = Service {
         commands: commands_tx,
         current_run: run_tx,
+        stopping: stopping_rx,
         shutdown: shutdown_tx,
     };
     let fatal = fatal_rx.clone();
+    let (closing_tx, mut closing_rx) = watch::channel(false);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service))
         .add_service(FlightServiceServer::new(ExchangeService::new(
             registration.job_id.clone(),
@@ -297,13 +329,33 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
             tokio::select! {
                 _ = shutdown_rx.wait_for(|stop| *stop) => {}
                 _ = fatal_rx.wait_for(|f| f.is_some()) => {}
+                _ = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                    stopping_tx.send_replace(true);
+                    tracing::info!("stopping: finishing the epoch in progress");
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, busy_rx.wait_for(|b| !*b)).await;
+                } => {}
             }
-        })
-        .await
-        .context("executor gRPC server")?;
+            stopping_tx.send_replace(true);
+            closing_tx.send_replace(true);
+        });
+    // A graceful stop waits for connections to close; peers keep theirs open, so it is bounded.
+    tokio::select! {
+        r = server => r.context("executor gRPC server")?,
+        _ = async {
+            let _ = closing_rx.wait_for(|c| *c).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } => {}
+    }
     beats.abort();
-    // The service (and with it the command sender) is gone: the actor drains and ends.
-    let _ = actor.await;
+    // The service (and with it the command sender) is gone: the actor drains and ends, unless
+    // an epoch is still running after the drain limit.
+    if tokio::time::timeout(Duration::from_secs(5), actor)
+        .await
+        .is_err()
+    {
+        tracing::warn!("an epoch was still running at exit; the driver runs it again");
+    }
     if let Some(reason) = fatal.borrow().clone() {
         anyhow::bail!(reason);
     }

@@ -162,6 +162,25 @@ impl Cluster {
         let _ = p.child.wait();
     }
 
+    /// Sends SIGTERM, lets the process go on if it is paused at a fault point, and answers how
+    /// it exited.
+    pub fn terminate(&mut self, role: Role, paused: bool) -> ExitStatus {
+        let mut p = self
+            .procs
+            .remove(&role)
+            .unwrap_or_else(|| panic!("{role} is not running"));
+        let pid = Pid::from_raw(p.child.id() as i32);
+        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        if paused {
+            let stdin = p.stdin.as_mut().expect("stdin");
+            stdin
+                .write_all(b"go on\n")
+                .and_then(|_| stdin.flush())
+                .expect("writing to a paused process");
+        }
+        p.child.wait().expect("waiting for a process")
+    }
+
     pub fn is_running(&self, role: Role) -> bool {
         self.procs.contains_key(&role)
     }

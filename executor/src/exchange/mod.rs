@@ -132,7 +132,8 @@ impl Exchange {
             .await
             .map_err(|_| ExchangeError::InboxGone)?;
 
-        let mut sends = Vec::new();
+        // A JoinSet aborts its tasks when dropped: an abandoned run stops sending.
+        let mut sends = tokio::task::JoinSet::new();
         let mut rows_sent = 0;
         for (i, (peer, part)) in peers.iter().zip(outgoing).enumerate() {
             if i == me {
@@ -148,17 +149,16 @@ impl Exchange {
             };
             let channel = self.channel(peer)?;
             let id = peer.executor_id.clone();
-            sends.push(tokio::spawn(async move {
-                client::send_entries(channel, &id, header, entries).await
-            }));
+            sends.spawn(async move { client::send_entries(channel, &id, header, entries).await });
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for send in sends {
-            match tokio::time::timeout_at(deadline, send).await {
-                Ok(Ok(result)) => {
+        while !sends.is_empty() {
+            match tokio::time::timeout_at(deadline, sends.join_next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(result))) => {
                     result?;
                 }
-                Ok(Err(join)) => {
+                Ok(Some(Err(join))) => {
                     return Err(ExchangeError::Receive {
                         epoch,
                         reason: format!("sender task failed: {join}"),
