@@ -13,20 +13,9 @@ EVENTS=${1:-1000000}
 PER_EPOCH=${2:-100000}
 ROUNDS=${3:-2}
 KILL_AFTER=3
-bash scripts/setup.sh >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --quiet --release --bin weir
-WEIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/weir"
-
 BENCH=.weir/bench-recovery
-rm -rf "$BENCH"
-source scripts/broker.sh
-start_broker "$BENCH/broker" ${WEIR_BENCH_PORT:-9094}
-
-echo "generating $EVENTS events into 8 partitions..."
-$WEIR gen --brokers "$KAFKA_BROKERS" --topic web-events --partitions 8 --count "$EVENTS" \
-  --users 100000 --span 8h --late-fraction 0.01 --malformed-fraction 0.01 --seed 1 >/dev/null
-echo "hardware: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+source scripts/bench-common.sh
+bench_setup "$BENCH" ${WEIR_BENCH_PORT:-9094} "$EVENTS"
 
 job() {
   mkdir -p "$1"

@@ -10,21 +10,9 @@ EVENTS=${1:-1000000}
 shift || true
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1 2)
-bash scripts/setup.sh >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --quiet --release --bin weir
-WEIR="${CARGO_TARGET_DIR:-target}/release/weir"
-
 BENCH=.weir/bench
-rm -rf "$BENCH"
-source scripts/broker.sh
-start_broker "$BENCH/broker" ${WEIR_BENCH_PORT:-9093}
-
-echo "generating $EVENTS events into 8 partitions..."
-$WEIR gen --brokers "$KAFKA_BROKERS" --topic web-events --partitions 8 --count "$EVENTS" \
-  --users 100000 --span 8h --late-fraction 0.01 --malformed-fraction 0.01 --seed 1 >/dev/null
-
-echo "hardware: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+source scripts/bench-common.sh
+bench_setup "$BENCH" ${WEIR_BENCH_PORT:-9093} "$EVENTS"
 for n in "${COUNTS[@]}"; do
   run="$BENCH/run-$n"
   mkdir -p "$run"

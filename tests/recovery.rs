@@ -11,6 +11,7 @@ use support::cluster::{Cluster, Event, Role};
 use support::s3::{S3Server, CREDENTIALS};
 use support::{
     commit_records, gen_events, reference_job, reference_job_in, run_local, verify_in, Broker,
+    BAD_INPUT,
 };
 
 const EXECUTORS: usize = 3;
@@ -19,16 +20,9 @@ const EVENTS: u64 = 48_000;
 const PER_EPOCH: u64 = 4_000;
 /// Four hours of events, 1 % late by an hour and 1 % malformed: failures must not lose or
 /// double a late count or a dead letter either.
-const GEN: [&str; 8] = [
-    "--span",
-    "4h",
-    "--late-fraction",
-    "0.01",
-    "--late-by",
-    "1h",
-    "--malformed-fraction",
-    "0.01",
-];
+fn gen_args() -> Vec<&'static str> {
+    [&["--span", "4h"][..], &BAD_INPUT].concat()
+}
 
 /// A fault point where one process pauses, and the process the test stops there.
 struct Fault {
@@ -179,7 +173,7 @@ fn baseline(broker: &Broker, dir: &Path) -> String {
 fn killing_any_process_at_any_step_on_the_local_filesystem_changes_nothing() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &GEN);
+    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &gen_args());
     let expected = baseline(&broker, &tmp.path().join("baseline"));
 
     let dir = tmp.path().join("chaos");
@@ -200,7 +194,7 @@ fn killing_any_process_at_any_step_on_s3_changes_nothing() {
     let broker = Broker::start();
     let s3 = S3Server::start("weir");
     let tmp = tempfile::tempdir().expect("temp dir");
-    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &GEN);
+    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &gen_args());
     let expected = baseline(&broker, &tmp.path().join("baseline"));
 
     let dir = tmp.path().join("chaos");
@@ -247,7 +241,7 @@ fn random_kills_of_random_processes_change_nothing() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().expect("temp dir");
     // Twice the data of the scheduled test: about 24 epochs.
-    let events = gen_events(&broker, tmp.path(), 8, 2 * EVENTS, &GEN);
+    let events = gen_events(&broker, tmp.path(), 8, 2 * EVENTS, &gen_args());
     let expected = baseline(&broker, &tmp.path().join("baseline"));
     let dir = tmp.path().join("chaos");
     std::fs::create_dir_all(&dir).expect("chaos dir");
@@ -342,7 +336,7 @@ fn weir_local_starts_a_killed_executor_again_and_the_output_stays_exact() {
     use std::io::{BufRead, BufReader};
     let broker = Broker::start();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &GEN);
+    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &gen_args());
     let dir = tmp.path().join("local");
     std::fs::create_dir_all(&dir).expect("job dir");
     reference_job(&dir, &broker.address, PER_EPOCH);

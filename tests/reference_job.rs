@@ -15,19 +15,10 @@ fn three_executors_write_the_same_table_as_one_and_both_match_ground_truth() {
         8,
         1_000_000,
         &[
-            "--users",
-            "50000",
-            "--span",
-            "8h",
-            "--out-of-order",
-            "2m",
-            "--late-fraction",
-            "0.01",
-            "--late-by",
-            "1h",
-            "--malformed-fraction",
-            "0.01",
-        ],
+            &["--users", "50000", "--span", "8h", "--out-of-order", "2m"][..],
+            &BAD_INPUT,
+        ]
+        .concat(),
     );
     // 50 000 records per epoch cover 24 minutes of event time, well under the hour by which
     // late events trail the stream, so every late event meets an advanced watermark.

@@ -142,7 +142,7 @@ impl StateSnapshot {
 }
 
 /// `commits/<epoch>`: the decision. Once written, the epoch's output reaches the table.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CommitRecord {
     pub epoch: u64,
     /// Next offset to read per partition.

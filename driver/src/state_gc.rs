@@ -94,13 +94,6 @@ mod tests {
     fn record(epoch: u64, paths: &[&str]) -> CommitRecord {
         CommitRecord {
             epoch,
-            end_offsets: BTreeMap::new(),
-            next_watermark_micros: None,
-            output_adds: vec![],
-            dead_letter_adds: vec![],
-            stats: Default::default(),
-            executors: Default::default(),
-            assignment: vec![],
             state: vec![StateSnapshot {
                 executor_id: "e".into(),
                 key_groups: (0, 4),
@@ -114,7 +107,7 @@ mod tests {
                     .collect(),
                 uploaded_bytes: 0,
             }],
-            decided_at_micros: 0,
+            ..Default::default()
         }
     }
 

@@ -117,15 +117,8 @@ mod tests {
             .unwrap();
         let record = CommitRecord {
             epoch: 3,
-            end_offsets: BTreeMap::new(),
-            next_watermark_micros: None,
-            output_adds: vec![],
-            dead_letter_adds: vec![],
-            stats: Default::default(),
-            executors: Default::default(),
-            assignment: vec![],
             state: vec![snapshot],
-            decided_at_micros: 0,
+            ..Default::default()
         };
         (record, per_kg)
     }

@@ -143,7 +143,7 @@ impl CheckpointLog {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use weir_common::checkpoint::{EpochStats, PartitionRange};
+    use weir_common::checkpoint::PartitionRange;
 
     fn plan(epoch: u64, end: i64) -> EpochPlan {
         EpochPlan {
@@ -181,13 +181,8 @@ mod tests {
             epoch: 0,
             end_offsets: BTreeMap::from([(0, 10)]),
             next_watermark_micros: Some(5),
-            output_adds: vec![],
-            dead_letter_adds: vec![],
-            stats: EpochStats::default(),
-            executors: Default::default(),
-            assignment: vec![],
-            state: vec![],
             decided_at_micros: 2,
+            ..Default::default()
         };
         log.write_commit(&record).await.unwrap();
         assert_eq!(log.commit(0).await.unwrap(), Some(record));

@@ -10,6 +10,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Waits until a server started as `child` accepts connections on `address`; panics with its
+/// log when it exits first or does not listen within `timeout`.
+pub fn wait_for_port(child: &mut Child, address: &str, log: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(address).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the server for {address} exited ({status}): {text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on {address} within {timeout:?}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Generator options for late (by an hour) and malformed records, 1 % each.
+pub const BAD_INPUT: [&str; 6] = [
+    "--late-fraction",
+    "0.01",
+    "--late-by",
+    "1h",
+    "--malformed-fraction",
+    "0.01",
+];
+
 /// A tansu broker on a free loopback port, stopped when dropped.
 pub struct Broker {
     child: Child,
@@ -49,18 +77,12 @@ impl Broker {
                 panic!("cannot start `{tansu}` ({e}); run scripts/setup.sh to install it")
             });
         let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&address).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("tansu.log")).unwrap_or_default();
-                panic!("tansu exited ({status}): {log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {address} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(
+            &mut child,
+            &address,
+            &dir.path().join("tansu.log"),
+            Duration::from_secs(30),
+        );
         Broker {
             child,
             address,

@@ -4,9 +4,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::free_port;
+use super::{free_port, wait_for_port};
 
 pub struct S3Server {
     child: Child,
@@ -37,18 +37,12 @@ impl S3Server {
                 panic!("cannot start `{moto}` ({e}); run scripts/setup.sh to install it")
             });
         let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&address).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default();
-                panic!("moto_server exited ({status}): {log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on {address} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(
+            &mut child,
+            &address,
+            &dir.path().join("moto.log"),
+            Duration::from_secs(60),
+        );
         let server = S3Server {
             child,
             endpoint: format!("http://{address}"),
