@@ -227,8 +227,13 @@ async fn epoch_actor(
                 let mut current = current_run.clone();
                 let result = tokio::select! {
                     r = runner.execute(req).instrument(span.clone()) => r.map_err(|e| {
-                        span.in_scope(|| tracing::error!("epoch failed: {e:#}"));
-                        Status::internal(format!("{e:#}"))
+                        if *current_run.borrow() == run {
+                            span.in_scope(|| tracing::error!("epoch failed: {e:#}"));
+                            Status::internal(format!("{e:#}"))
+                        } else {
+                            span.in_scope(|| tracing::info!(%run, "run abandoned: {e:#}"));
+                            Status::aborted(format!("run {run} of epoch {epoch} was abandoned"))
+                        }
                     }),
                     _ = current.wait_for(|c| *c != run) => {
                         span.in_scope(|| tracing::info!(%run, "run abandoned"));
