@@ -208,8 +208,10 @@ fn answer_waiter(
     if collected.as_ref().is_none_or(|c| c.0 <= run.0) {
         *collected = Some(run.clone());
     }
-    // Streams of this epoch's other runs and of older epochs can no longer be collected.
-    epochs.retain(|k, _| k.0 > run.0);
+    // Older epochs can no longer be collected. Another run of this epoch may: a run the driver
+    // abandoned can still complete here after a newer run's streams arrived, and those must
+    // stay until that run collects (its Collect drops the older runs).
+    epochs.retain(|k, _| k.0 > run.0 || (k.0 == run.0 && k.1 != run.1));
 }
 
 #[cfg(test)]
@@ -357,5 +359,68 @@ mod tests {
         assert_eq!(received.partials.distinct.len(), 5);
         // Once r2 is collected, a straggler of either run is stale.
         assert!(end(&inbox, stream("r2"), 0).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_run_completing_late_keeps_the_newer_runs_streams() {
+        let inbox = spawn(4);
+        let stream = |run: &str, sender: &str| StreamId {
+            epoch: 3,
+            run: run.into(),
+            sender: sender.into(),
+            connection: 0,
+        };
+        // This executor still waits for r1 from A and B when the driver abandons r1.
+        let (reply, _abandoned) = oneshot::channel();
+        inbox
+            .send(InboxMsg::Collect {
+                run: (3, "r1".into()),
+                senders: ["a".to_string(), "b".to_string()].into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        inbox
+            .send(InboxMsg::Batch {
+                stream: stream("r1", "a"),
+                batch: batch(0..3),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, stream("r1", "a"), 3).await, Ok(3));
+        // A is fast: its r2 stream arrives before B's late r1 stream completes r1.
+        inbox
+            .send(InboxMsg::Batch {
+                stream: stream("r2", "a"),
+                batch: batch(10..17),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, stream("r2", "a"), 7).await, Ok(7));
+        inbox
+            .send(InboxMsg::Batch {
+                stream: stream("r1", "b"),
+                batch: batch(20..22),
+            })
+            .await
+            .unwrap();
+        assert_eq!(end(&inbox, stream("r1", "b"), 2).await, Ok(2));
+        // Now r2 is collected: A's stream is still there.
+        let (reply, collected) = oneshot::channel();
+        inbox
+            .send(InboxMsg::Collect {
+                run: (3, "r2".into()),
+                senders: ["a".to_string()].into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        let received = tokio::time::timeout(std::time::Duration::from_secs(10), collected)
+            .await
+            .expect("r2 never completed: A's stream was dropped")
+            .unwrap()
+            .unwrap();
+        assert_eq!(received.rows, 7);
+        assert_eq!(received.partials.distinct.len(), 7);
     }
 }
