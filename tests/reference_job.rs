@@ -140,7 +140,7 @@ fn a_bad_job_file_fails_before_anything_starts() {
 }
 
 #[test]
-fn a_job_stopped_with_sigterm_resumes_without_emitting_anything_twice() {
+fn a_job_stopped_with_sigterm_resumes_on_more_executors_without_emitting_anything_twice() {
     use std::io::{BufRead, BufReader};
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -205,12 +205,23 @@ fn a_job_stopped_with_sigterm_resumes_without_emitting_anything_twice() {
         "the stop came after all input was read ({committed} epochs)"
     );
 
-    // The restart continues from the checkpoint and the executors' state.
-    let stdout = run_local(dir.path(), 2);
+    // The restart continues from the checkpoint, on three executors: key groups move to the
+    // new one with their state, restored from the snapshots of the last decision.
+    let stdout = run_local(dir.path(), 3);
     assert!(
         stdout.contains(&format!("] epoch {committed} |")),
         "the restart did not continue at epoch {committed}: {stdout}"
     );
     assert!(!stdout.contains("] epoch 0 |"), "{stdout}");
+    let records = commit_records(dir.path());
+    let first_after = &records[committed];
+    let executors = first_after["executors"].as_object().unwrap();
+    assert_eq!(executors.len(), 3, "{first_after}");
+    assert!(
+        executors
+            .values()
+            .all(|e| e["restore_ms"].as_u64().unwrap_or(0) > 0),
+        "every executor restored moved key groups: {first_after}"
+    );
     verify(&events, dir.path(), &[]);
 }
