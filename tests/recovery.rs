@@ -123,23 +123,11 @@ fn run_with_faults(cluster: &mut Cluster, faults: &[Fault]) {
                 }
             }
             Event::Closed if role == Role::Driver => {
-                let status = cluster.reap(Role::Driver);
-                assert!(
-                    status.success(),
-                    "the driver failed ({status}):\n{}",
-                    cluster.log_tail(Role::Driver)
-                );
+                cluster.reap_ok(Role::Driver, "");
                 break;
             }
-            Event::Closed => {
-                // Executors leave when the driver shuts them down at the end.
-                let status = cluster.reap(role);
-                assert!(
-                    status.success(),
-                    "{role} failed ({status}):\n{}",
-                    cluster.log_tail(role)
-                );
-            }
+            // Executors leave when the driver shuts them down at the end.
+            Event::Closed => cluster.reap_ok(role, ""),
         }
     }
     let missed: Vec<String> = faults
@@ -270,22 +258,10 @@ fn random_kills_of_random_processes_change_nothing() {
         });
         match cluster.try_next_event(timeout) {
             Some((Role::Driver, Event::Closed)) => {
-                let status = cluster.reap(Role::Driver);
-                assert!(
-                    status.success(),
-                    "the driver failed ({status}) after kills {kills:?}:\n{}",
-                    cluster.log_tail(Role::Driver)
-                );
+                cluster.reap_ok(Role::Driver, &format!(" after kills {kills:?}"));
                 break;
             }
-            Some((role, Event::Closed)) => {
-                let status = cluster.reap(role);
-                assert!(
-                    status.success(),
-                    "{role} failed ({status}):\n{}",
-                    cluster.log_tail(role)
-                );
-            }
+            Some((role, Event::Closed)) => cluster.reap_ok(role, ""),
             Some(_) => {}
             None if next_kill.is_some() => {
                 let roles = cluster.roles();

@@ -40,6 +40,15 @@ impl std::fmt::Display for RunFailure {
     }
 }
 
+/// The first of `ran_on` that is no longer in the membership at the same address (it left, or
+/// it restarted and registered again).
+fn first_lost(ran_on: &[Member], now: &[Member]) -> Option<String> {
+    ran_on
+        .iter()
+        .find(|r| !now.iter().any(|m| m.id == r.id && m.address == r.address))
+        .map(|r| r.id.clone())
+}
+
 /// gRPC clients of the executors, by address (a restarted executor has a new one).
 #[derive(Default)]
 pub struct ExecutorClients {
@@ -130,16 +139,10 @@ impl ExecutorClients {
             }));
         }
         tokio::task::block_in_place(|| fault::reached("execute", plan.epoch));
-        let ids: Vec<(String, String)> = targets
-            .iter()
-            .map(|(_, m)| (m.id.clone(), m.address.clone()))
-            .collect();
-        let mut prepared = Vec::with_capacity(targets.len());
+        let ran_on: Vec<Member> = targets.into_iter().map(|(_, m)| m).collect();
+        let mut prepared = Vec::with_capacity(ran_on.len());
         while !calls.is_empty() {
-            let gone = membership.wait_for(|now| {
-                ids.iter()
-                    .any(|(id, addr)| !now.iter().any(|m| m.id == *id && m.address == *addr))
-            });
+            let gone = membership.wait_for(|now| first_lost(&ran_on, now).is_some());
             tokio::select! {
                 Some(done) = calls.next() => {
                     let (id, answer) = done.map_err(|e| RunFailure {
@@ -162,15 +165,8 @@ impl ExecutorClients {
                     prepared.push(p);
                 }
                 now = gone => {
-                    let missing = match now {
-                        Ok(now) => ids
-                            .iter()
-                            .find(|(id, addr)| !now.iter().any(|m| m.id == *id && m.address == *addr))
-                            .map(|(id, _)| id.clone()),
-                        Err(_) => None,
-                    };
                     return Err(RunFailure {
-                        executor: missing,
+                        executor: now.ok().and_then(|now| first_lost(&ran_on, &now)),
                         reason: "lost (no heartbeat, or it restarted)".into(),
                     });
                 }

@@ -86,11 +86,10 @@ impl Snapshots {
         dir: &Path,
         key_groups: (u32, u32),
     ) -> Result<StateSnapshot, SnapshotError> {
-        let io = io_error;
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let entry = entry.map_err(|e| io(dir, e))?;
-            if entry.file_type().map_err(|e| io(dir, e))?.is_file() {
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let entry = entry.map_err(|e| io_error(dir, e))?;
+            if entry.file_type().map_err(|e| io_error(dir, e))?.is_file() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }

@@ -58,17 +58,14 @@ pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Location, S
     };
     let parsed = Url::parse(url).map_err(|e| fail(e.to_string()))?;
     let (store, root): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
-        "file" => {
-            // LocalFileSystem lists and writes only under directories that exist.
-            let dir = parsed
-                .to_file_path()
-                .map_err(|_| fail("not a local path".into()))?;
-            std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating it: {e}")))?;
-            let (store, root) =
-                object_store::parse_url(&parsed).map_err(|e| fail(e.to_string()))?;
-            (Arc::from(store), root)
-        }
-        "memory" => {
+        scheme @ ("file" | "memory") => {
+            if scheme == "file" {
+                // LocalFileSystem lists and writes only under directories that exist.
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| fail("not a local path".into()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating it: {e}")))?;
+            }
             let (store, root) =
                 object_store::parse_url(&parsed).map_err(|e| fail(e.to_string()))?;
             (Arc::from(store), root)

@@ -236,6 +236,17 @@ impl Cluster {
         p.child.wait().expect("waiting for a process")
     }
 
+    /// Reaps a process whose output closed and fails the test unless it exited with success;
+    /// `context` goes into the message.
+    pub fn reap_ok(&mut self, role: Role, context: &str) {
+        let status = self.reap(role);
+        assert!(
+            status.success(),
+            "{role} failed ({status}){context}:\n{}",
+            self.log_tail(role)
+        );
+    }
+
     /// The tail of a process's log, for failure messages.
     pub fn log_tail(&self, role: Role) -> String {
         let text =

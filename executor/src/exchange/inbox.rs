@@ -242,6 +242,17 @@ mod tests {
         }
     }
 
+    /// Sends one batch of distinct values `values` on `stream`.
+    async fn send(inbox: &mpsc::Sender<InboxMsg>, stream: StreamId, values: std::ops::Range<u32>) {
+        inbox
+            .send(InboxMsg::Batch {
+                stream,
+                batch: batch(values),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn end(
         inbox: &mpsc::Sender<InboxMsg>,
         stream: StreamId,
@@ -272,44 +283,20 @@ mod tests {
             .await
             .unwrap();
         // A's first attempt breaks half way; its second arrives whole.
-        inbox
-            .send(InboxMsg::Batch {
-                stream: id("a", 0),
-                batch: batch(0..10),
-            })
-            .await
-            .unwrap();
+        send(&inbox, id("a", 0), 0..10).await;
         inbox
             .send(InboxMsg::Abandon { stream: id("a", 0) })
             .await
             .unwrap();
         for attempt in [1, 2] {
-            inbox
-                .send(InboxMsg::Batch {
-                    stream: id("a", attempt),
-                    batch: batch(0..10),
-                })
-                .await
-                .unwrap();
+            send(&inbox, id("a", attempt), 0..10).await;
             // The second whole copy is acknowledged and not merged twice.
             assert_eq!(end(&inbox, id("a", attempt), 10).await, Ok(10));
         }
         // B's marker announces more rows than arrived: refused.
-        inbox
-            .send(InboxMsg::Batch {
-                stream: id("b", 0),
-                batch: batch(5..15),
-            })
-            .await
-            .unwrap();
+        send(&inbox, id("b", 0), 5..15).await;
         assert!(end(&inbox, id("b", 0), 11).await.is_err());
-        inbox
-            .send(InboxMsg::Batch {
-                stream: id("b", 1),
-                batch: batch(5..15),
-            })
-            .await
-            .unwrap();
+        send(&inbox, id("b", 1), 5..15).await;
         assert_eq!(end(&inbox, id("b", 1), 10).await, Ok(10));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 20);
@@ -328,13 +315,7 @@ mod tests {
             connection: 0,
         };
         // Run r1 was abandoned after A's stream (10 distinct values) arrived whole.
-        inbox
-            .send(InboxMsg::Batch {
-                stream: stream("r1"),
-                batch: batch(0..10),
-            })
-            .await
-            .unwrap();
+        send(&inbox, stream("r1"), 0..10).await;
         assert_eq!(end(&inbox, stream("r1"), 10).await, Ok(10));
         // Run r2 is collected; A sends 5 values in it, and a late r1 stream arrives too.
         let (reply, collected) = oneshot::channel();
@@ -346,13 +327,7 @@ mod tests {
             })
             .await
             .unwrap();
-        inbox
-            .send(InboxMsg::Batch {
-                stream: stream("r2"),
-                batch: batch(100..105),
-            })
-            .await
-            .unwrap();
+        send(&inbox, stream("r2"), 100..105).await;
         assert_eq!(end(&inbox, stream("r2"), 5).await, Ok(5));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 5);
@@ -380,30 +355,12 @@ mod tests {
             })
             .await
             .unwrap();
-        inbox
-            .send(InboxMsg::Batch {
-                stream: stream("r1", "a"),
-                batch: batch(0..3),
-            })
-            .await
-            .unwrap();
+        send(&inbox, stream("r1", "a"), 0..3).await;
         assert_eq!(end(&inbox, stream("r1", "a"), 3).await, Ok(3));
         // A is fast: its r2 stream arrives before B's late r1 stream completes r1.
-        inbox
-            .send(InboxMsg::Batch {
-                stream: stream("r2", "a"),
-                batch: batch(10..17),
-            })
-            .await
-            .unwrap();
+        send(&inbox, stream("r2", "a"), 10..17).await;
         assert_eq!(end(&inbox, stream("r2", "a"), 7).await, Ok(7));
-        inbox
-            .send(InboxMsg::Batch {
-                stream: stream("r1", "b"),
-                batch: batch(20..22),
-            })
-            .await
-            .unwrap();
+        send(&inbox, stream("r1", "b"), 20..22).await;
         assert_eq!(end(&inbox, stream("r1", "b"), 2).await, Ok(2));
         // Now r2 is collected: A's stream is still there.
         let (reply, collected) = oneshot::channel();
