@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what weir builds with and what its tests run against, on a fresh Debian machine
 # with a Rust toolchain: C build tools for rdkafka and RocksDB, protoc, the tansu Kafka broker,
-# Python's deltalake reader and moto's S3 API server. Idempotent: what is there already is kept.
+# Python's deltalake reader, moto's S3 API server, and Prometheus and its Pushgateway (the
+# operations tests start them on ports they pick). Idempotent: what is there already is kept.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(cmake protobuf-compiler libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev
-              zlib1g-dev pkg-config build-essential)
+              zlib1g-dev pkg-config build-essential openssl prometheus prometheus-pushgateway)
 PY_PACKAGES=(deltalake pyarrow "moto[server]")
 
 SUDO=""

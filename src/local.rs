@@ -1,6 +1,7 @@
 //! `weir local`: a driver and N executor processes on this machine, with the driver's progress
 //! lines on standard output.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,6 +24,29 @@ pub struct LocalArgs {
     /// Directory for the executors' local state (default: .weir/local/<job name>).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Address of the driver's admin service (`weir admin`).
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    pub admin_listen: SocketAddr,
+    /// File holding the admin token (default: WEIR_ADMIN_TOKEN).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The driver's Prometheus endpoint; executor i serves on the port after it plus i (port
+    /// 0: every process picks one), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    pub metrics_listen: crate::Listen,
+}
+
+/// Where executor `i` of `weir local` serves its metrics.
+fn executor_metrics(driver: crate::Listen, i: usize) -> String {
+    match driver.0 {
+        None => "off".into(),
+        Some(mut addr) => {
+            if addr.port() != 0 {
+                addr.set_port(addr.port().saturating_add(1 + i as u16));
+            }
+            addr.to_string()
+        }
+    }
 }
 
 fn signal(child: &Child, sig: Signal) {
@@ -101,10 +125,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .arg(&args.job)
         .args(["--listen", "127.0.0.1:0"])
         .args(["--executors", &args.executors.to_string()])
+        .args(["--admin-listen", &args.admin_listen.to_string()])
+        .args(["--metrics-listen", &args.metrics_listen.to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true);
     if let Some(t) = &args.trigger {
         driver_cmd.args(["--trigger", t]);
+    }
+    if let Some(f) = &args.admin_token_file {
+        driver_cmd.arg("--admin-token-file").arg(f);
     }
     let mut driver = driver_cmd.spawn().context("starting the driver")?;
     let stdout = driver.stdout.take().context("driver stdout")?;
@@ -141,6 +170,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .arg("--state-dir")
             .arg(work_dir.join(format!("executor-{i}")))
             .args(["--id", &format!("executor-{i}")])
+            .args([
+                "--metrics-listen",
+                &executor_metrics(args.metrics_listen, i),
+            ])
             .kill_on_drop(true);
         supervisors.push(tokio::spawn(supervise(i, cmd, stop_rx.clone())));
     }

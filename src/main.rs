@@ -1,7 +1,9 @@
 //! `weir`: one binary for the driver, the executors, a local cluster and the event generator.
 
+mod admin_cli;
 mod gen;
 mod local;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,78 @@ enum LogFormat {
     Json,
 }
 
+/// `ADDR` or `off`: where an endpoint that may be turned off listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("`{s}`: expected host:port or off ({e})"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// The driver's operations flags, shared by `weir driver` and `weir local`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriverOpsArgs {
+    /// Address of the admin service (`weir admin`).
+    #[arg(long, default_value = "0.0.0.0:7410")]
+    admin_listen: SocketAddr,
+    /// File holding the bearer token that pause, resume, stop and checkpoint need (default:
+    /// WEIR_ADMIN_TOKEN; with neither, those calls are open to whoever reaches the port).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the admin port over TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Address of the Prometheus /metrics endpoint, or `off`.
+    #[arg(long, default_value = "0.0.0.0:9400")]
+    metrics_listen: Listen,
+}
+
+impl DriverOpsArgs {
+    fn token(&self) -> anyhow::Result<weir_driver::admin::AdminToken> {
+        let token = match &self.admin_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the admin token file {}", path.display()))?,
+            ),
+            None => std::env::var("WEIR_ADMIN_TOKEN").ok(),
+        };
+        Ok(weir_driver::admin::AdminToken::new(token.as_deref()))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<weir_driver::TlsIdentity>> {
+        match (&self.admin_tls_cert, &self.admin_tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(weir_driver::TlsIdentity {
+                cert_pem: std::fs::read(cert)
+                    .with_context(|| format!("reading {}", cert.display()))?,
+                key_pem: std::fs::read(key)
+                    .with_context(|| format!("reading {}", key.display()))?,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a driver and N executor processes on this machine.
@@ -49,6 +123,8 @@ enum Command {
         /// Override the job's trigger (`available-now` or an interval such as `30s`).
         #[arg(long)]
         trigger: Option<String>,
+        #[command(flatten)]
+        ops: DriverOpsArgs,
     },
     /// Run an executor that joins a driver.
     Executor {
@@ -66,24 +142,21 @@ enum Command {
         /// Executor id (default: host name and process id).
         #[arg(long)]
         id: Option<String>,
+        /// Address of the Prometheus /metrics endpoint, or `off`.
+        #[arg(long, default_value = "0.0.0.0:9401")]
+        metrics_listen: Listen,
     },
     /// Generate web events into a Kafka topic and/or a JSON-lines file.
     Gen(gen::GenArgs),
+    /// Inspect and steer a running query through the driver's admin API.
+    Admin(admin_cli::AdminArgs),
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,deltalake=warn,datafusion=warn,buoyant_kernel=warn,delta_kernel=warn",
-        )
+    weir_telemetry::logging::init(match format {
+        LogFormat::Human => weir_telemetry::logging::LogFormat::Human,
+        LogFormat::Json => weir_telemetry::logging::LogFormat::Json,
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// A watch that turns true on SIGINT or SIGTERM.
@@ -126,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             executors,
             trigger,
+            ops,
         } => {
             let job = job_with_trigger(&job, trigger.as_deref())?;
             let stop = stop_signal()?;
@@ -134,6 +208,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     job,
                     listen,
                     executors,
+                    admin_listen: ops.admin_listen,
+                    admin_token: ops.token()?,
+                    admin_tls: ops.tls()?,
+                    metrics_listen: ops.metrics_listen.0,
                 },
                 stop,
             )
@@ -145,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             state_dir,
             id,
+            metrics_listen,
         } => {
             let executor_id = id.unwrap_or_else(|| {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "executor".into());
@@ -158,12 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     advertise,
                     state_dir,
                     executor_id,
+                    metrics_listen: metrics_listen.0,
                 },
                 stop,
             )
             .await
         }
         Command::Gen(args) => gen::run(args).await,
+        Command::Admin(args) => admin_cli::run(args).await,
     }
 }
 

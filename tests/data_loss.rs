@@ -12,7 +12,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use support::{commit_records, reference_job, run_local, run_ok, verify, weir};
+use support::{commit_records, reference_job, run_local, run_ok, verify, weir, weir_local};
 
 const EVENTS: u64 = 30_000;
 
@@ -95,8 +95,7 @@ fn offsets_no_longer_retained_stop_the_job_or_are_skipped_as_configured() {
 
     let strict = tmp.path().join("strict");
     job(&strict, true);
-    let out = weir()
-        .arg("local")
+    let out = weir_local()
         .arg("--job")
         .arg(strict.join("job.yaml"))
         .args(["--trigger", "available-now", "--work-dir"])

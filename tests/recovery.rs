@@ -317,8 +317,7 @@ fn weir_local_starts_a_killed_executor_again_and_the_output_stays_exact() {
     std::fs::create_dir_all(&dir).expect("job dir");
     reference_job(&dir, &broker.address, PER_EPOCH);
     let work = dir.join("work");
-    let mut local = support::weir()
-        .arg("local")
+    let mut local = support::weir_local()
         .arg("--job")
         .arg(dir.join("job.yaml"))
         .args([

@@ -127,8 +127,8 @@ fn a_bad_job_file_fails_before_anything_starts() {
         .unwrap()
         .replace("delay: 10m", "delay: ten");
     std::fs::write(&job, text).unwrap();
-    let out = weir()
-        .args(["local", "--job", job.to_str().unwrap()])
+    let out = weir_local()
+        .args(["--job", job.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -162,8 +162,7 @@ fn a_job_stopped_with_sigterm_resumes_on_more_executors_without_emitting_anythin
     );
     reference_job(dir.path(), &broker.address, 20_000);
     // The job's own trigger (1 s) would run forever; SIGTERM once two epochs are committed.
-    let mut child = weir()
-        .arg("local")
+    let mut child = weir_local()
         .arg("--job")
         .arg(dir.path().join("job.yaml"))
         .args(["--executors", "2", "--work-dir"])

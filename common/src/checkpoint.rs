@@ -83,6 +83,39 @@ pub struct EpochStats {
     pub checkpoint_bytes: u64,
     #[serde(default)]
     pub checkpoint_uploaded_bytes: u64,
+    /// State entries written from partial aggregates, and removed as windows closed.
+    #[serde(default)]
+    pub state_rows_updated: u64,
+    #[serde(default)]
+    pub state_rows_removed: u64,
+    /// State stores' memory (memtables, block cache) and live SST files, all executors.
+    #[serde(default)]
+    pub state_memory_bytes: u64,
+    #[serde(default)]
+    pub state_disk_bytes: u64,
+    /// Exact-distinct entries held, all executors.
+    #[serde(default)]
+    pub distinct_state_entries: u64,
+    /// Per aggregate output column, its sum over the rows the epoch emitted.
+    #[serde(default)]
+    pub output_sums: BTreeMap<String, f64>,
+}
+
+/// Figures summed over every decided epoch of the checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub input_rows: u64,
+    pub output_rows: u64,
+}
+
+impl Totals {
+    /// These totals after `stats`'s epoch.
+    pub fn after(&self, stats: &EpochStats) -> Self {
+        Self {
+            input_rows: self.input_rows + stats.input_rows,
+            output_rows: self.output_rows + stats.windows_emitted,
+        }
+    }
 }
 
 /// What one executor reported for an epoch.
@@ -106,6 +139,14 @@ pub struct ExecutorEpochStats {
     /// Time spent restoring state before the epoch (after a failure or a change of owners).
     #[serde(default)]
     pub restore_ms: u64,
+    #[serde(default)]
+    pub state_rows_updated: u64,
+    #[serde(default)]
+    pub state_rows_removed: u64,
+    #[serde(default)]
+    pub state_memory_bytes: u64,
+    #[serde(default)]
+    pub state_disk_bytes: u64,
 }
 
 /// One file of a state snapshot.
@@ -163,5 +204,8 @@ pub struct CommitRecord {
     /// Every owner's state after the epoch: where the next epoch's state is restored from.
     #[serde(default)]
     pub state: Vec<StateSnapshot>,
+    /// Totals over this and every earlier decided epoch (the Pushgateway's counters).
+    #[serde(default)]
+    pub totals: Totals,
     pub decided_at_micros: i64,
 }

@@ -14,6 +14,9 @@ use crate::duration::{micros, parse_duration};
 use crate::schema::{build_schema, is_scalar, timestamp_type};
 use crate::window::WindowSpec;
 
+pub mod operations;
+pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret};
+
 /// A mistake in a job file, naming the field and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("job file: {field}: {message}")]
@@ -53,8 +56,8 @@ pub struct RawJob {
     pub sinks: Vec<RawSink>,
     #[serde(default)]
     pub dead_letter: Option<RawDeadLetter>,
-    #[serde(default)]
-    pub alerts: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<RawAlerts>,
 }
 
 fn default_trigger() -> String {
@@ -140,7 +143,7 @@ pub struct RawSink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<RawDeltaSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pushgateway: Option<serde_yaml_ng::Value>,
+    pub pushgateway: Option<RawPushgateway>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,6 +221,8 @@ pub struct JobSpec {
     pub key_groups: u32,
     pub output: DeltaSink,
     pub dead_letter: Option<DeltaSink>,
+    pub pushgateway: Option<PushgatewaySink>,
+    pub alerts: Option<AlertSpec>,
 }
 
 /// Default number of key groups (DESIGN.md §4).
@@ -543,15 +548,10 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     }
 
     let mut output = None;
+    let mut pushgateway = None;
     for (i, sink) in raw.sinks.iter().enumerate() {
-        if sink.delta.is_some() == sink.pushgateway.is_some() {
-            return Err(JobError::new(
-                format!("sinks[{i}]"),
-                "expected exactly one of delta or pushgateway",
-            ));
-        }
         match (&sink.delta, &sink.pushgateway) {
-            (Some(d), _) => {
+            (Some(d), None) => {
                 let field = format!("sinks[{i}].delta");
                 if output.is_some() {
                     return Err(JobError::new(field, "only one delta sink per job"));
@@ -566,21 +566,30 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
                 }
                 output = Some(delta_sink(&field, d, base_dir)?);
             }
+            (None, Some(p)) => {
+                let field = format!("sinks[{i}].pushgateway");
+                if pushgateway.is_some() {
+                    return Err(JobError::new(field, "only one pushgateway sink per job"));
+                }
+                operations::check_pushed_columns(
+                    &field,
+                    aggregates.iter().map(|a: &AggregateSpec| a.name.as_str()),
+                )?;
+                pushgateway = Some(operations::pushgateway(&field, p)?);
+            }
             _ => {
                 return Err(JobError::new(
-                    format!("sinks[{i}].pushgateway"),
-                    "the Pushgateway sink is not available in this version of weir",
+                    format!("sinks[{i}]"),
+                    "expected exactly one of delta or pushgateway",
                 ))
             }
         }
     }
     let output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
-    if raw.alerts.is_some() {
-        return Err(JobError::new(
-            "alerts",
-            "webhook alerts are not available in this version of weir",
-        ));
-    }
+    let alerts = match &raw.alerts {
+        Some(a) => Some(operations::alerts(a, base_dir)?),
+        None => None,
+    };
     let dead_letter = match &raw.dead_letter {
         Some(d) => Some(delta_sink("dead_letter.delta", &d.delta, base_dir)?),
         None => None,
@@ -632,14 +641,19 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         key_groups,
         output,
         dead_letter,
+        pushgateway,
+        alerts,
         raw,
     })
 }
 
 impl JobSpec {
-    /// The resolved job as JSON, as sent to executors.
+    /// The resolved job as JSON, as sent to executors. Alerts stay with the driver: their
+    /// webhook URL is a credential executors have no use for.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.raw).unwrap_or_default()
+        let mut raw = self.raw.clone();
+        raw.alerts = None;
+        serde_json::to_string(&raw).unwrap_or_default()
     }
 
     /// Rebuilds a job from [`JobSpec::to_json`] output (locations are already absolute).

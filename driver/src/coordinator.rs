@@ -5,25 +5,33 @@
 //! decision.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
-use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan};
+use tracing::Instrument;
+use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, Totals};
 use weir_common::fault;
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
+use weir_proto::admin::QueryState;
 use weir_storage::CheckpointLog;
 
+use crate::alerts::{AlertKind, AlertSender};
 use crate::assignment::assign;
+use crate::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
 use crate::decision::decide;
 use crate::delta_commit::DeltaCommitter;
 use crate::executors::{ExecutorClients, RunFailure};
 use crate::kafka_offsets::{Bounds, OffsetReader};
 use crate::membership::{Member, MembershipMsg};
+use crate::metrics::DriverMetrics;
 use crate::planner::{initial_offsets, plan_ranges};
-use crate::progress::Progress;
+use crate::progress::{self, CommittedEpoch, QueryIdentity};
+use crate::pushgateway::Pushgateway;
+use crate::query_status::StatusBoard;
 use crate::state_gc::StateRetention;
 
 /// Runs of one epoch that may fail in a row before the job stops.
@@ -43,6 +51,29 @@ struct Position {
     last_epoch_watermark: Option<i64>,
     /// The last epoch's assignment, kept where possible when executors come and go.
     assignment: Vec<Assignment>,
+    /// Totals of the decided epochs.
+    totals: Totals,
+    /// When the previous epoch's trigger fired (input rate of the next).
+    last_trigger_micros: Option<i64>,
+}
+
+/// What the operators see and hear: status, progress, metrics, Pushgateway, alerts.
+pub struct Operations {
+    pub identity: QueryIdentity,
+    pub board: StatusBoard,
+    pub metrics: DriverMetrics,
+    pub alerts: AlertSender,
+    /// An epoch running longer raises an alert (when alerts are configured).
+    pub epoch_budget: Option<Duration>,
+    pub pushgateway: Option<Pushgateway>,
+}
+
+/// How an epoch came to run: when its trigger fired, what planning took, the partitions' ends.
+struct Triggered {
+    at_micros: i64,
+    started: Instant,
+    plan_ms: u64,
+    latest: BTreeMap<i32, i64>,
 }
 
 pub struct Coordinator {
@@ -54,10 +85,21 @@ pub struct Coordinator {
     pub members: watch::Receiver<Vec<Member>>,
     pub membership: mpsc::Sender<MembershipMsg>,
     pub expected_executors: usize,
-    pub stop: watch::Receiver<bool>,
-    pub progress: Progress,
+    controls: ControlInbox,
+    pub ops: Operations,
     clients: ExecutorClients,
     retention: StateRetention,
+    /// Checkpoint requests the next epoch answers.
+    waiting: Vec<CheckpointReply>,
+}
+
+/// Aborts a task when dropped (the epoch budget's timer ends with its epoch).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Exponential backoff after the n-th failure in a row: 0.25 s, 0.5 s, 1 s, ... up to 10 s.
@@ -78,10 +120,13 @@ impl Coordinator {
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
         expected_executors: usize,
-        stop: watch::Receiver<bool>,
+        controls: ControlInbox,
+        ops: Operations,
     ) -> Self {
         Self {
-            progress: Progress::new(&job),
+            controls,
+            ops,
+            waiting: Vec::new(),
             retention: StateRetention::new(job.checkpoint_retention),
             job,
             log,
@@ -91,13 +136,17 @@ impl Coordinator {
             members,
             membership,
             expected_executors,
-            stop,
             clients: ExecutorClients::default(),
         }
     }
 
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        *self.controls.stop.borrow()
+    }
+
+    /// The operators' side of the coordinator, once it is done.
+    pub fn into_ops(self) -> Operations {
+        self.ops
     }
 
     /// Reads the log: the last decision is made sure to be in the tables, files of runs that
@@ -109,6 +158,8 @@ impl Coordinator {
             watermark: None,
             last_epoch_watermark: None,
             assignment: Vec::new(),
+            totals: Totals::default(),
+            last_trigger_micros: None,
         };
         if let Some(epoch) = self.log.latest("commits").await? {
             let record = self
@@ -132,9 +183,16 @@ impl Coordinator {
                 watermark: record.next_watermark_micros,
                 last_epoch_watermark: plan.as_ref().and_then(|p| p.watermark_micros),
                 assignment,
+                totals: record.totals.clone(),
+                last_trigger_micros: None,
             };
             self.retention.load(&self.log, epoch).await?;
+            self.ops.board.recovered(Some(epoch), &position.assignment);
             tracing::info!(epoch, "resuming after the last decided epoch");
+            self.ops.alerts.raise(
+                AlertKind::Recovered,
+                &format!("the driver started and resumed from the checkpoint after epoch {epoch}"),
+            );
         }
         // Every decision is in the tables now: what else is there was staged by lost runs.
         self.remove_staged_files().await?;
@@ -174,12 +232,14 @@ impl Coordinator {
     /// asked to stop first.
     async fn wait_for_executors(&mut self) -> anyhow::Result<Option<Vec<Member>>> {
         let n = self.expected_executors;
-        let mut stop = self.stop.clone();
+        let mut stop = self.controls.stop.clone();
         if self.members.borrow().len() < n {
-            tracing::info!(
+            let message = format!(
                 "waiting for {n} executors ({} registered)",
                 self.members.borrow().len()
             );
+            tracing::info!("{message}");
+            self.ops.board.set(QueryState::WaitingForExecutors, message);
         }
         tokio::select! {
             r = self.members.wait_for(|m| m.len() >= n) => Ok(Some(r.context("membership stopped")?.clone())),
@@ -193,7 +253,7 @@ impl Coordinator {
         position: &mut Position,
         target: Option<&BTreeMap<i32, i64>>,
         members: &[Member],
-    ) -> anyhow::Result<Option<EpochPlan>> {
+    ) -> anyhow::Result<Option<(EpochPlan, BTreeMap<i32, i64>)>> {
         let bounds = self.bounds().await?;
         let kafka = &self.job.kafka;
         let start = match &position.offsets {
@@ -240,7 +300,8 @@ impl Coordinator {
                 })
                 .collect(),
         };
-        Ok(Some(plan))
+        let latest = bounds.iter().map(|(p, b)| (*p, b.latest)).collect();
+        Ok(Some((plan, latest)))
     }
 
     fn assignment_for(
@@ -261,13 +322,25 @@ impl Coordinator {
     async fn commit_tables(&mut self, record: &CommitRecord) -> anyhow::Result<Option<u64>> {
         let mut failures = 0;
         loop {
+            let metrics = &self.ops.metrics;
             let attempt = async {
+                let started = Instant::now();
                 let version = self
                     .output
                     .commit(record.epoch, &record.output_adds)
                     .await?;
+                if version.is_some() {
+                    metrics.delta_commit("output", started.elapsed().as_secs_f64());
+                }
                 if let Some(dl) = self.dead_letter.as_mut() {
-                    dl.commit(record.epoch, &record.dead_letter_adds).await?;
+                    let started = Instant::now();
+                    if dl
+                        .commit(record.epoch, &record.dead_letter_adds)
+                        .await?
+                        .is_some()
+                    {
+                        metrics.delta_commit("dead_letter", started.elapsed().as_secs_f64());
+                    }
                 }
                 anyhow::Ok(version)
             };
@@ -291,10 +364,53 @@ impl Coordinator {
         }
     }
 
+    /// Waits for the next trigger; a checkpoint request cuts the wait short, a pause makes it
+    /// last until resumed. Answers false when the driver is asked to stop.
+    async fn wait_for_trigger(&mut self, at: Instant) -> bool {
+        loop {
+            if !self.waiting.is_empty() {
+                return true;
+            }
+            let paused = *self.controls.paused.borrow();
+            self.ops.metrics.set_paused(paused);
+            if paused {
+                self.ops.board.set(
+                    QueryState::Paused,
+                    "paused; `weir admin resume` continues, `weir admin checkpoint` runs one epoch",
+                );
+            } else {
+                self.ops
+                    .board
+                    .set(QueryState::Idle, "waiting for the next trigger");
+            }
+            let mut stop = self.controls.stop.clone();
+            let mut pause = self.controls.paused.clone();
+            pause.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()), if !paused => return true,
+                _ = stop.wait_for(|s| *s) => return false,
+                request = self.controls.checkpoint.recv() => {
+                    if let Some(reply) = request {
+                        self.waiting.push(reply);
+                    }
+                }
+                _ = pause.changed() => {}
+            }
+        }
+    }
+
+    /// Answers the checkpoint requests the last epoch (or the lack of one) settled.
+    fn answer_waiting(&mut self, outcome: Result<CheckpointOutcome, String>) {
+        for reply in self.waiting.drain(..) {
+            let _ = reply.send(outcome.clone());
+        }
+    }
+
     /// Runs epochs until stopped (or, with `available-now`, until the input at start is done).
-    pub async fn run(mut self) -> anyhow::Result<()> {
+    pub async fn run(&mut self) -> anyhow::Result<()> {
         let (mut position, mut pending) = self.recover().await?;
         let Some(mut members) = self.wait_for_executors().await? else {
+            self.ops.board.set(QueryState::Stopped, "stopped");
             return Ok(());
         };
         let target = match self.job.trigger {
@@ -313,16 +429,30 @@ impl Coordinator {
         };
         let mut next_trigger = Instant::now();
         while !self.stopping() {
-            let plan = match pending.take() {
-                Some(p) => p,
+            let (plan, triggered) = match pending.take() {
+                Some(p) => {
+                    // A plan a previous driver left: its ends as they are now.
+                    let latest = self
+                        .bounds()
+                        .await?
+                        .into_iter()
+                        .map(|(p, b)| (p, b.latest))
+                        .collect();
+                    let triggered = Triggered {
+                        at_micros: now_micros(),
+                        started: Instant::now(),
+                        plan_ms: 0,
+                        latest,
+                    };
+                    (p, triggered)
+                }
                 None => {
-                    let wait = next_trigger.saturating_duration_since(Instant::now());
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.wait_for(|s| *s) => break,
+                    if !self.wait_for_trigger(next_trigger).await {
+                        break;
                     }
-                    next_trigger = Instant::now() + interval;
+                    let at_micros = now_micros();
+                    let started = Instant::now();
+                    next_trigger = started + interval;
                     members = match self.wait_for_executors().await? {
                         Some(m) => m,
                         None => break,
@@ -331,38 +461,90 @@ impl Coordinator {
                         .plan_next(&mut position, target.as_ref(), &members)
                         .await?
                     {
-                        Some(p) => {
+                        Some((p, latest)) => {
                             self.log.write_plan(&p).await?;
-                            p
+                            let plan_ms = started.elapsed().as_millis() as u64;
+                            (
+                                p,
+                                Triggered {
+                                    at_micros,
+                                    started,
+                                    plan_ms,
+                                    latest,
+                                },
+                            )
                         }
-                        None if target.is_some() => break,
-                        None => continue,
+                        None => {
+                            let last = position.next_epoch.checked_sub(1);
+                            self.answer_waiting(Ok(CheckpointOutcome {
+                                epoch: last,
+                                ran: false,
+                                delta_version: None,
+                            }));
+                            if target.is_some() {
+                                break;
+                            }
+                            continue;
+                        }
                     }
                 }
             };
-            match self.run_epoch(&plan, members, &mut position).await? {
-                Some(m) => members = m,
+            let span = tracing::info_span!("epoch", epoch = plan.epoch);
+            match self
+                .run_epoch(&plan, members, &mut position, triggered)
+                .instrument(span)
+                .await?
+            {
+                Some((m, version)) => {
+                    members = m;
+                    self.answer_waiting(Ok(CheckpointOutcome {
+                        epoch: Some(plan.epoch),
+                        ran: true,
+                        delta_version: version,
+                    }));
+                }
                 // Stopped while the epoch waited for executors: it runs again after a restart.
                 None => break,
             }
         }
+        self.answer_waiting(Err("the query stopped before it could run an epoch".into()));
+        self.ops
+            .board
+            .set(QueryState::Stopping, "shutting the executors down");
         let members = self.members.borrow().clone();
         self.clients.shutdown(&members).await;
+        self.ops.board.set(QueryState::Stopped, "stopped");
         Ok(())
     }
 
     /// Runs a plan until one run of it succeeds, then decides and commits it. Answers the
-    /// members it ran on, or `None` when the driver was stopped while a failed run waited for
-    /// executors (the plan stays without a decision).
+    /// members it ran on and the new Delta version, or `None` when the driver was stopped while
+    /// a failed run waited for executors (the plan stays without a decision).
     async fn run_epoch(
         &mut self,
         plan: &EpochPlan,
         mut members: Vec<Member>,
         position: &mut Position,
-    ) -> anyhow::Result<Option<Vec<Member>>> {
-        let started = Instant::now();
+        triggered: Triggered,
+    ) -> anyhow::Result<Option<(Vec<Member>, Option<u64>)>> {
         let epoch = plan.epoch;
+        self.ops.board.epoch_started(epoch, &plan.assignment);
+        // An epoch that takes longer than its budget raises one alert, while it runs.
+        let _budget = self.ops.epoch_budget.map(|budget| {
+            let started = triggered.started;
+            let alert = self.ops.alerts.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                tokio::time::sleep_until((started + budget).into()).await;
+                alert.raise(
+                    AlertKind::EpochOverBudget,
+                    &format!(
+                        "epoch {epoch} has been running for more than {budget:?}, its time budget"
+                    ),
+                );
+            }))
+        });
         let mut failures = 0;
+        let mut first_failure: Option<Instant> = None;
         let mut previous = plan.assignment.clone();
         let (assignment, prepared) = loop {
             // The plan's assignment where its executors are here, else the closest one.
@@ -377,6 +559,8 @@ impl Coordinator {
                 Ok(prepared) => break (assignment, prepared),
                 Err(failure) => {
                     failures += 1;
+                    first_failure.get_or_insert_with(Instant::now);
+                    self.ops.metrics.failed_runs.inc();
                     self.abandon(epoch, &run, &failure, &members).await?;
                     if failures >= MAX_RUNS_PER_EPOCH {
                         bail!("epoch {epoch} failed {failures} times; the last: {failure}");
@@ -387,12 +571,19 @@ impl Coordinator {
                         Some(m) => m,
                         None => return Ok(None),
                     };
+                    self.ops.board.epoch_started(epoch, &previous);
                 }
             }
         };
-        let executed = started.elapsed();
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
-        let record = decide(plan, &assignment, prepared, self.job.watermark_delay_micros)?;
+        let commit_started = Instant::now();
+        let record = decide(
+            plan,
+            &assignment,
+            prepared,
+            self.job.watermark_delay_micros,
+            &position.totals,
+        )?;
         self.log.write_commit(&record).await?;
         tokio::task::block_in_place(|| fault::reached("decided", epoch));
         let version = self.commit_tables(&record).await?;
@@ -403,21 +594,84 @@ impl Coordinator {
             .cloned()
             .collect();
         self.clients.committed(epoch, &ran_on).await;
+        let commit_ms = commit_started.elapsed().as_millis() as u64;
         self.retention.record(&record);
         if let Err(e) = self.retention.collect(&self.log).await {
             // Old snapshots left behind cost space, not correctness; the next epoch retries.
             tracing::warn!(epoch, "deleting old state snapshots failed: {e:#}");
         }
-        self.progress
-            .report(plan, &record, version, executed, started.elapsed());
+        self.report(
+            plan,
+            &record,
+            version,
+            &triggered,
+            position,
+            commit_ms,
+            failures + 1,
+        );
+        if let Some(first) = first_failure {
+            self.ops.alerts.raise(
+                AlertKind::Recovered,
+                &format!(
+                    "epoch {epoch} committed after {failures} failed run(s); recovered in {:.1} s",
+                    first.elapsed().as_secs_f64()
+                ),
+            );
+        }
         *position = Position {
             next_epoch: epoch + 1,
             offsets: Some(record.end_offsets.clone()),
             watermark: record.next_watermark_micros,
             last_epoch_watermark: plan.watermark_micros,
             assignment,
+            totals: record.totals.clone(),
+            last_trigger_micros: Some(triggered.at_micros),
         };
-        Ok(Some(members))
+        Ok(Some((members, version)))
+    }
+
+    /// Tells the operators about a committed epoch: progress line, admin API, metrics,
+    /// Pushgateway.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        plan: &EpochPlan,
+        record: &CommitRecord,
+        version: Option<u64>,
+        triggered: &Triggered,
+        position: &Position,
+        commit_ms: u64,
+        runs: u32,
+    ) {
+        let progress = progress::build(
+            &self.ops.identity,
+            &CommittedEpoch {
+                plan,
+                record,
+                version,
+                latest: &triggered.latest,
+                triggered_at_micros: triggered.at_micros,
+                previous_trigger_micros: position.last_trigger_micros,
+                plan_ms: triggered.plan_ms,
+                commit_ms,
+                total_ms: triggered.started.elapsed().as_millis() as u64,
+                runs,
+            },
+        );
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", progress::line(&progress));
+            let _ = out.flush();
+        }
+        self.ops.metrics.record(
+            &progress,
+            record.stats.input_bytes,
+            record.next_watermark_micros,
+        );
+        if let Some(push) = &self.ops.pushgateway {
+            push.push(record);
+        }
+        self.ops.board.committed(progress, &record.assignment);
     }
 
     /// Gives up a failed run: every executor stops working on it, the failed one is taken out
@@ -431,6 +685,10 @@ impl Coordinator {
     ) -> anyhow::Result<()> {
         tracing::warn!(epoch, %run, "run failed, aborting it: {failure}");
         if let Some(id) = &failure.executor {
+            self.ops.alerts.raise(
+                AlertKind::ExecutorLost,
+                &format!("executor `{id}` failed or was lost in epoch {epoch} ({failure}); the epoch runs again"),
+            );
             if let Some(m) = members.iter().find(|m| m.id == *id) {
                 self.clients.forget(&m.address);
                 let _ = self

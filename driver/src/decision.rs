@@ -6,18 +6,20 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use weir_common::checkpoint::{
-    Assignment, CommitRecord, EpochPlan, EpochStats, ExecutorEpochStats, StateSnapshot,
+    Assignment, CommitRecord, EpochPlan, EpochStats, ExecutorEpochStats, StateSnapshot, Totals,
 };
 use weir_common::now_micros;
 use weir_common::window::next_watermark;
 use weir_proto::control::Prepared;
 
-/// Builds the decision record of `plan` run with `assignment` from the executors' answers.
+/// Builds the decision record of `plan` run with `assignment` from the executors' answers;
+/// `totals` are those of the previous decision.
 pub fn decide(
     plan: &EpochPlan,
     assignment: &[Assignment],
     prepared: Vec<Prepared>,
     watermark_delay_micros: i64,
+    totals: &Totals,
 ) -> anyhow::Result<CommitRecord> {
     let mut stats = EpochStats::default();
     let mut output_adds = Vec::new();
@@ -46,6 +48,10 @@ pub fn decide(
                 emit_ms: s.emit_ms,
                 checkpoint_ms: s.checkpoint_ms,
                 restore_ms: s.restore_ms,
+                state_rows_updated: s.state_rows_updated,
+                state_rows_removed: s.state_rows_removed,
+                state_memory_bytes: s.state_memory_bytes,
+                state_disk_bytes: s.state_disk_bytes,
             },
         );
         stats.input_rows += s.input_rows;
@@ -56,6 +62,14 @@ pub fn decide(
         stats.dead_letter_rows += s.dead_letter_rows;
         stats.windows_emitted += s.windows_emitted;
         stats.state_rows += s.state_rows;
+        stats.state_rows_updated += s.state_rows_updated;
+        stats.state_rows_removed += s.state_rows_removed;
+        stats.state_memory_bytes += s.state_memory_bytes;
+        stats.state_disk_bytes += s.state_disk_bytes;
+        stats.distinct_state_entries += s.distinct_state_entries;
+        for (column, sum) in &s.output_sums {
+            *stats.output_sums.entry(column.clone()).or_default() += sum;
+        }
         stats.checkpoint_bytes += snapshot.bytes();
         stats.checkpoint_uploaded_bytes += snapshot.uploaded_bytes;
         stats.min_event_time_micros = min_opt(stats.min_event_time_micros, s.min_event_time_micros);
@@ -72,6 +86,7 @@ pub fn decide(
         stats.avg_event_time_micros = Some((event_time_sum / stats.valid_rows as f64) as i64);
     }
     state.sort_by_key(|s| s.key_groups);
+    let totals = totals.after(&stats);
     Ok(CommitRecord {
         epoch: plan.epoch,
         end_offsets: plan.ranges.iter().map(|r| (r.partition, r.end)).collect(),
@@ -86,6 +101,7 @@ pub fn decide(
         executors,
         assignment: assignment.to_vec(),
         state,
+        totals,
         decided_at_micros: now_micros(),
     })
 }

@@ -1,35 +1,67 @@
 //! The control plane: membership, epoch planning and coordination, the checkpoint log and the
 //! Delta commits. The driver never reads a Kafka record.
 
+pub mod admin;
+pub mod alerts;
 pub mod assignment;
+pub mod controls;
 pub mod coordinator;
 pub mod decision;
 pub mod delta_commit;
 pub mod executors;
 pub mod kafka_offsets;
 pub mod membership;
+pub mod metrics;
 pub mod planner;
 pub mod progress;
+pub mod pushgateway;
+pub mod query_status;
 pub mod service;
 pub mod state_gc;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 use weir_common::checkpoint::Metadata;
-use weir_common::job::JobSpec;
+use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
 use weir_common::output::{dead_letter_schema, output_schema};
+use weir_proto::admin::admin_server::AdminServer;
+use weir_proto::admin::QueryState;
 use weir_proto::control::driver_server::DriverServer;
 use weir_proto::control::RegisterResponse;
 use weir_storage::CheckpointLog;
+use weir_telemetry::MetricsEndpoint;
 
-use crate::coordinator::Coordinator;
+use crate::admin::{AdminService, AdminToken, QueryFacts};
+use crate::alerts::{AlertKind, AlertSender, Alerts};
+use crate::coordinator::{Coordinator, Operations};
 use crate::delta_commit::DeltaCommitter;
 use crate::kafka_offsets::OffsetReader;
+use crate::metrics::DriverMetrics;
+use crate::progress::QueryIdentity;
+use crate::pushgateway::Pushgateway;
+use crate::query_status::StatusBoard;
 use crate::service::DriverService;
+
+/// How long a stopping driver waits for its alerts to be delivered.
+const ALERT_FLUSH_LIMIT: Duration = Duration::from_secs(30);
+
+/// A certificate chain and private key, PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity(***)")
+    }
+}
 
 /// How a driver is started.
 #[derive(Debug, Clone)]
@@ -39,6 +71,22 @@ pub struct DriverConfig {
     pub listen: SocketAddr,
     /// Epochs start once this many executors have registered.
     pub executors: usize,
+    /// Where the admin service listens.
+    pub admin_listen: SocketAddr,
+    /// The bearer token mutating admin calls need, if any.
+    pub admin_token: AdminToken,
+    /// Serve the admin port over TLS with this identity.
+    pub admin_tls: Option<TlsIdentity>,
+    /// Where the Prometheus endpoint listens; none serves no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Prints a line a supervisor (`weir local`, tests) reads to find the driver's ports.
+fn announce(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Reads the checkpoint's metadata, or writes it for a new job; refuses another query's checkpoint.
@@ -70,14 +118,38 @@ async fn job_metadata(log: &CheckpointLog, job: &JobSpec) -> anyhow::Result<Meta
         .context("metadata.json vanished right after it was written")
 }
 
-/// Runs a driver until its job stops: SIGINT/SIGTERM finish the current epoch first.
+/// Runs a driver until its job stops: SIGINT/SIGTERM (or the admin API's stop) finish the
+/// current epoch first. A failure raises the `query failed` alert before the driver exits.
 pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let job = config.job;
     if config.executors == 0 {
         bail!("a job needs at least one executor (--executors)");
     }
+    let metrics = DriverMetrics::new(config.executors).context("creating the metrics")?;
+    let alerts = Alerts::start(
+        config.job.alerts.as_ref(),
+        &config.job.name,
+        metrics.clone(),
+    )?;
+    let result = drive(config, stop, metrics, alerts.sender(), alerts.epoch_budget).await;
+    if let Err(e) = &result {
+        alerts.raise(AlertKind::QueryFailed, &format!("the query failed: {e:#}"));
+    }
+    alerts.close(ALERT_FLUSH_LIMIT).await;
+    result
+}
+
+async fn drive(
+    config: DriverConfig,
+    stop: watch::Receiver<bool>,
+    metrics: DriverMetrics,
+    alerts: AlertSender,
+    epoch_budget: Option<Duration>,
+) -> anyhow::Result<()> {
+    let started_at_micros = now_micros();
+    let job = config.job;
     let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
     let metadata = job_metadata(&log, &job).await?;
+    metrics.set_query(&metadata.job_id, &job.name);
     let output = DeltaCommitter::open_or_create(
         &job.output.url,
         &job.storage_options,
@@ -107,15 +179,38 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    {
-        // `weir local` reads this line to learn the port.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "weir driver listening on http://{bound}")?;
-        out.flush()?;
-    }
-    tracing::info!(job = %job.name, job_id = %metadata.job_id, checkpoint = %job.checkpoint_url, "driver started");
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
+    let admin_bound = admin_listener.local_addr()?;
 
     let (members_tx, members_rx) = watch::channel(Vec::new());
+    let _metrics_endpoint = match config.metrics_listen {
+        Some(listen) => {
+            let endpoint = MetricsEndpoint::serve(
+                listen,
+                metrics.registry().clone(),
+                Some(metrics.before_scrape(members_rx.clone())),
+            )
+            .await?;
+            announce(&format!(
+                "weir driver metrics on http://{}/metrics",
+                endpoint.addr()
+            ))?;
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let scheme = if config.admin_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    announce(&format!("weir driver admin on {scheme}://{admin_bound}"))?;
+    // `weir local` reads this line to learn the port; it comes last, once all are bound.
+    announce(&format!("weir driver listening on http://{bound}"))?;
+    tracing::info!(job = %job.name, job_id = %metadata.job_id, checkpoint = %job.checkpoint_url, "driver started");
+
     let (membership_tx, membership_rx) = mpsc::channel(64);
     let membership = tokio::spawn(membership::run(
         membership_rx,
@@ -140,7 +235,56 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
             }),
     );
 
-    let coordinator = Coordinator::new(
+    let identity = QueryIdentity {
+        id: metadata.job_id.clone(),
+        run_id: uuid::Uuid::new_v4().to_string(),
+        name: job.name.clone(),
+        topic: job.kafka.topic.clone(),
+        output_url: job.output.url.clone(),
+    };
+    let (board, status) = StatusBoard::new();
+    let (controls, inbox) = controls::controls(stop);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let admin = AdminService {
+        facts: QueryFacts {
+            identity: identity.clone(),
+            trigger: match job.trigger {
+                Trigger::AvailableNow => "available-now".into(),
+                Trigger::Interval(d) => humantime::format_duration(d).to_string(),
+            },
+            checkpoint_location: job.checkpoint_url.clone(),
+            expected_executors: config.executors,
+            started_at_micros,
+        },
+        status,
+        controls,
+        membership: membership_tx.clone(),
+        members: members_rx.clone(),
+        token: config.admin_token,
+        closing: closing_rx,
+    };
+    let mut admin_server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.admin_tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        admin_server = admin_server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("the admin port's TLS certificate and key")?;
+    }
+    let mut admin_closing = closing_tx.subscribe();
+    let admin_incoming = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+    let admin_server = tokio::spawn(
+        admin_server
+            .add_service(AdminServer::new(admin))
+            .serve_with_incoming_shutdown(admin_incoming, async move {
+                let _ = admin_closing.wait_for(|c| *c).await;
+            }),
+    );
+    let pushgateway = match &job.pushgateway {
+        Some(sink) => Some(Pushgateway::start(sink, metrics.clone())?),
+        None => None,
+    };
+
+    let mut coordinator = Coordinator::new(
         job,
         log,
         output,
@@ -149,11 +293,28 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         members_rx,
         membership_tx,
         config.executors,
-        stop,
+        inbox,
+        Operations {
+            identity,
+            board,
+            metrics,
+            alerts,
+            epoch_budget,
+            pushgateway,
+        },
     );
     let result = coordinator.run().await;
+    let ops = coordinator.into_ops();
+    if let Err(e) = &result {
+        ops.board.set(QueryState::Failed, format!("{e:#}"));
+    }
+    if let Some(push) = ops.pushgateway {
+        push.close().await;
+    }
+    let _ = closing_tx.send(true);
     let _ = server_stop_tx.send(true);
     let _ = server.await;
+    let _ = admin_server.await;
     membership.abort();
     result
 }

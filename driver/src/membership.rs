@@ -30,6 +30,9 @@ pub enum MembershipMsg {
     /// The executor at `address` failed: it must register again (a restarted one already did,
     /// from another address, and stays).
     Remove { id: String, address: String },
+    /// The table as it is now, last heartbeats included (the watch changes on joins and leaves
+    /// only).
+    List { reply: oneshot::Sender<Vec<Member>> },
 }
 
 /// An executor not heard from for this long is taken out of the membership.
@@ -97,6 +100,9 @@ pub async fn run(
                     table.remove(&id);
                     members.send_replace(table.values().cloned().collect());
                 }
+            }
+            MembershipMsg::List { reply } => {
+                let _ = reply.send(table.values().cloned().collect());
             }
         }
     }

@@ -1,20 +1,169 @@
-//! One progress line per epoch on standard output, for people watching `weir local`.
+//! What a committed epoch did, as Spark's StreamingQueryProgress (`QueryProgress` of the admin
+//! API; metrics and the Pushgateway read it too), and as one line on standard output for
+//! people watching `weir local`.
 
-use std::io::Write;
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use weir_common::checkpoint::{CommitRecord, EpochPlan};
-use weir_common::job::JobSpec;
+use weir_proto::admin::{
+    DurationMs, EventTime, ExecutorProgress, PartitionOffsets, QueryProgress, SinkProgress,
+    SourceProgress, StateProgress,
+};
 
-pub struct Progress {
-    name: String,
+/// What stays the same for every epoch of this driver's run.
+#[derive(Debug, Clone)]
+pub struct QueryIdentity {
+    pub id: String,
+    pub run_id: String,
+    pub name: String,
+    pub topic: String,
+    pub output_url: String,
 }
 
-fn time(micros: Option<i64>) -> String {
-    micros
-        .and_then(chrono::DateTime::from_timestamp_micros)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| "-".into())
+/// One committed epoch, with the driver's own timings.
+pub struct CommittedEpoch<'a> {
+    pub plan: &'a EpochPlan,
+    pub record: &'a CommitRecord,
+    pub version: Option<u64>,
+    /// Each partition's end offset when the epoch was planned.
+    pub latest: &'a BTreeMap<i32, i64>,
+    pub triggered_at_micros: i64,
+    pub previous_trigger_micros: Option<i64>,
+    pub plan_ms: u64,
+    pub commit_ms: u64,
+    pub total_ms: u64,
+    pub runs: u32,
+}
+
+/// RFC 3339 with milliseconds in UTC, as Spark prints progress times.
+pub fn rfc3339(micros: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+fn rate(rows: u64, millis: f64) -> f64 {
+    if millis > 0.0 {
+        rows as f64 * 1000.0 / millis
+    } else {
+        0.0
+    }
+}
+
+pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
+    let s = &e.record.stats;
+    let slowest = |f: fn(&weir_common::checkpoint::ExecutorEpochStats) -> u64| {
+        e.record.executors.values().map(f).max().unwrap_or(0)
+    };
+    let since_previous = e
+        .previous_trigger_micros
+        .map(|p| (e.triggered_at_micros - p) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let input_rate = rate(s.input_rows, since_previous);
+    let processed_rate = rate(s.input_rows, e.total_ms as f64);
+    let partitions: Vec<PartitionOffsets> = e
+        .plan
+        .ranges
+        .iter()
+        .map(|r| {
+            let latest = e
+                .latest
+                .get(&r.partition)
+                .copied()
+                .unwrap_or(r.end)
+                .max(r.end);
+            PartitionOffsets {
+                partition: r.partition,
+                start_offset: r.start,
+                end_offset: r.end,
+                latest_offset: latest,
+                lag: latest - r.end,
+            }
+        })
+        .collect();
+    let executors = e
+        .record
+        .executors
+        .iter()
+        .map(|(id, x)| {
+            let assigned = e.record.assignment.iter().find(|a| &a.executor_id == id);
+            ExecutorProgress {
+                executor_id: id.clone(),
+                partitions: assigned.map(|a| a.partitions.clone()).unwrap_or_default(),
+                key_group_start: assigned.map_or(0, |a| a.key_groups.0),
+                key_group_end: assigned.map_or(0, |a| a.key_groups.1),
+                input_rows: x.input_rows,
+                windows_emitted: x.windows_emitted,
+                state_rows: x.state_rows,
+                state_memory_bytes: x.state_memory_bytes,
+                state_disk_bytes: x.state_disk_bytes,
+                shuffle_rows_sent: x.shuffle_rows_sent,
+                shuffle_rows_received: x.shuffle_rows_received,
+                restore_ms: x.restore_ms,
+                read_ms: x.read_ms,
+                aggregate_ms: x.aggregate_ms,
+                exchange_ms: x.exchange_ms,
+                emit_ms: x.emit_ms,
+                checkpoint_ms: x.checkpoint_ms,
+            }
+        })
+        .collect();
+    QueryProgress {
+        id: query.id.clone(),
+        run_id: query.run_id.clone(),
+        name: query.name.clone(),
+        timestamp: rfc3339(e.triggered_at_micros).unwrap_or_default(),
+        batch_id: e.plan.epoch,
+        num_input_rows: s.input_rows,
+        input_rows_per_second: input_rate,
+        processed_rows_per_second: processed_rate,
+        duration_ms: Some(DurationMs {
+            plan: e.plan_ms,
+            restore: slowest(|x| x.restore_ms),
+            execute: slowest(|x| x.read_ms + x.aggregate_ms),
+            shuffle: slowest(|x| x.exchange_ms),
+            prepare: slowest(|x| x.emit_ms + x.checkpoint_ms),
+            checkpoint: slowest(|x| x.checkpoint_ms),
+            commit: e.commit_ms,
+            total: e.total_ms,
+        }),
+        event_time: Some(EventTime {
+            min: s.min_event_time_micros.and_then(rfc3339),
+            max: s.max_event_time_micros.and_then(rfc3339),
+            avg: s.avg_event_time_micros.and_then(rfc3339),
+            watermark: e.plan.watermark_micros.and_then(rfc3339),
+        }),
+        state: Some(StateProgress {
+            num_rows_total: s.state_rows,
+            num_rows_updated: s.state_rows_updated,
+            num_rows_removed: s.state_rows_removed,
+            num_rows_dropped_by_watermark: s.late_rows,
+            memory_used_bytes: s.state_memory_bytes,
+            disk_bytes: s.state_disk_bytes,
+            checkpoint_bytes: s.checkpoint_bytes,
+            checkpoint_uploaded_bytes: s.checkpoint_uploaded_bytes,
+            distinct_entries: s.distinct_state_entries,
+        }),
+        sources: vec![SourceProgress {
+            description: format!("kafka[{}]", query.topic),
+            topic: query.topic.clone(),
+            num_input_rows: s.input_rows,
+            input_rows_per_second: input_rate,
+            processed_rows_per_second: processed_rate,
+            lag: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+        }],
+        sink: Some(SinkProgress {
+            description: format!("delta[{}]", query.output_url),
+            num_output_rows: s.windows_emitted,
+            delta_version: e.version,
+        }),
+        num_malformed_rows: s.malformed_rows,
+        num_late_rows: s.late_rows,
+        num_dead_letter_rows: s.dead_letter_rows,
+        num_lost_offsets: s.lost_offsets,
+        runs: e.runs,
+        executors,
+    }
 }
 
 fn size(bytes: u64) -> String {
@@ -32,58 +181,139 @@ fn size(bytes: u64) -> String {
     }
 }
 
-impl Progress {
-    pub fn new(job: &JobSpec) -> Self {
-        Self {
-            name: job.name.clone(),
-        }
+/// The progress line `weir local` prints per epoch.
+pub fn line(p: &QueryProgress) -> String {
+    let state = p.state.unwrap_or_default();
+    let sink = p.sink.clone().unwrap_or_default();
+    let watermark = p
+        .event_time
+        .as_ref()
+        .and_then(|t| t.watermark.clone())
+        .unwrap_or_else(|| "-".into());
+    let lag: i64 = p.sources.iter().map(|s| s.lag).sum();
+    let mut line = format!(
+        "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | checkpoint {} (+{}) | delta version {} | lag {} | {} ms",
+        p.name,
+        p.batch_id,
+        p.num_input_rows,
+        p.processed_rows_per_second,
+        watermark,
+        sink.num_output_rows,
+        p.num_late_rows,
+        p.num_malformed_rows,
+        p.executors.len(),
+        p.executors.iter().map(|e| e.shuffle_rows_sent).sum::<u64>(),
+        size(state.checkpoint_bytes),
+        size(state.checkpoint_uploaded_bytes),
+        sink.delta_version
+            .map_or_else(|| "-".to_string(), |v| v.to_string()),
+        lag,
+        p.duration_ms.as_ref().map_or(0, |d| d.total),
+    );
+    if p.num_lost_offsets > 0 {
+        line.push_str(&format!(
+            " | lost {} offsets no longer retained",
+            p.num_lost_offsets
+        ));
     }
+    if p.runs > 1 {
+        line.push_str(&format!(" | {} runs", p.runs));
+    }
+    line
+}
 
-    pub fn report(
-        &self,
-        plan: &EpochPlan,
-        record: &CommitRecord,
-        version: Option<u64>,
-        executed: Duration,
-        total: Duration,
-    ) {
-        let s = &record.stats;
-        let rate = if executed.as_secs_f64() > 0.0 {
-            s.input_rows as f64 / executed.as_secs_f64()
-        } else {
-            0.0
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_common::checkpoint::{Assignment, EpochStats, ExecutorEpochStats, PartitionRange};
+
+    #[test]
+    fn a_committed_epoch_becomes_spark_shaped_progress() {
+        let plan = EpochPlan {
+            epoch: 4,
+            topic: "web-events".into(),
+            ranges: vec![
+                PartitionRange {
+                    partition: 0,
+                    start: 100,
+                    end: 150,
+                },
+                PartitionRange {
+                    partition: 1,
+                    start: 0,
+                    end: 50,
+                },
+            ],
+            watermark_micros: Some(1_764_000_000_000_000),
+            planned_at_micros: 0,
+            assignment: vec![],
+            lost: vec![],
         };
-        let line = format!(
-            "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | checkpoint {} (+{}) | delta version {} | {} ms",
-            self.name,
-            plan.epoch,
-            s.input_rows,
-            rate,
-            time(plan.watermark_micros),
-            s.windows_emitted,
-            s.late_rows,
-            s.malformed_rows,
-            record.executors.len(),
-            record
-                .executors
-                .values()
-                .map(|e| e.shuffle_rows_sent)
-                .sum::<u64>(),
-            size(s.checkpoint_bytes),
-            size(s.checkpoint_uploaded_bytes),
-            version.map_or_else(|| "-".to_string(), |v| v.to_string()),
-            total.as_millis()
+        let mut executors = BTreeMap::new();
+        for (id, read) in [("a", 300), ("b", 500)] {
+            executors.insert(
+                id.to_string(),
+                ExecutorEpochStats {
+                    read_ms: read,
+                    exchange_ms: 20,
+                    ..Default::default()
+                },
+            );
+        }
+        let record = CommitRecord {
+            epoch: 4,
+            stats: EpochStats {
+                input_rows: 100,
+                windows_emitted: 3,
+                late_rows: 2,
+                ..Default::default()
+            },
+            executors,
+            assignment: vec![Assignment {
+                executor_id: "a".into(),
+                partitions: vec![0],
+                key_groups: (0, 128),
+            }],
+            ..Default::default()
+        };
+        let latest = BTreeMap::from([(0, 170), (1, 50)]);
+        let query = QueryIdentity {
+            id: "job".into(),
+            run_id: "run".into(),
+            name: "analytics".into(),
+            topic: "web-events".into(),
+            output_url: "file:///t".into(),
+        };
+        let p = build(
+            &query,
+            &CommittedEpoch {
+                plan: &plan,
+                record: &record,
+                version: Some(7),
+                latest: &latest,
+                triggered_at_micros: 10_000_000,
+                previous_trigger_micros: Some(8_000_000),
+                plan_ms: 5,
+                commit_ms: 40,
+                total_ms: 1000,
+                runs: 1,
+            },
         );
-        let line = if s.lost_offsets > 0 {
-            format!(
-                "{line} | lost {} offsets no longer retained",
-                s.lost_offsets
-            )
-        } else {
-            line
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        assert_eq!(p.batch_id, 4);
+        assert_eq!(p.input_rows_per_second, 50.0);
+        assert_eq!(p.processed_rows_per_second, 100.0);
+        assert_eq!(p.duration_ms.as_ref().unwrap().execute, 500);
+        assert_eq!(p.sources[0].lag, 20);
+        assert_eq!(p.sources[0].partitions[0].latest_offset, 170);
+        assert_eq!(p.sink.as_ref().unwrap().delta_version, Some(7));
+        assert_eq!(p.state.as_ref().unwrap().num_rows_dropped_by_watermark, 2);
+        assert_eq!(p.executors[0].key_group_end, 128);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["batchId"], 4);
+        assert_eq!(json["numInputRows"], 100);
+        assert_eq!(json["durationMs"]["total"], 1000);
+        assert_eq!(json["eventTime"]["watermark"], "2025-11-24T16:00:00.000Z");
+        assert_eq!(json["sources"][0]["partitions"][0]["lag"], 20);
+        assert!(line(&p).starts_with("[analytics] epoch 4 | input 100 rows"));
     }
 }

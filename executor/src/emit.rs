@@ -1,12 +1,13 @@
 //! Turns closed windows and rejected records into the record batches the tables take.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, StructArray,
+    ArrayRef, AsArray, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, StructArray,
     TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Fields, SchemaRef};
+use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::output_column;
@@ -20,6 +21,25 @@ use crate::state::ClosedRow;
 
 fn timestamps(values: impl Iterator<Item = i64>) -> TimestampMicrosecondArray {
     TimestampMicrosecondArray::from_iter_values(values).with_timezone(UTC)
+}
+
+/// Per aggregate column, its sum over `batch`'s rows (counts and sums; an average's sum is
+/// summed too, as a number).
+pub fn column_sums(job: &JobSpec, batch: &RecordBatch) -> HashMap<String, f64> {
+    job.aggregates
+        .iter()
+        .filter_map(|agg| {
+            let column = batch.column_by_name(&agg.name)?;
+            let sum = if let Some(a) = column.as_primitive_opt::<Int64Type>() {
+                a.iter().flatten().map(|v| v as f64).sum()
+            } else if let Some(a) = column.as_primitive_opt::<Float64Type>() {
+                a.iter().flatten().sum()
+            } else {
+                return None;
+            };
+            Some((agg.name.clone(), sum))
+        })
+        .collect()
 }
 
 /// The output rows of the closed windows: `window`, group keys, aggregates, `processing_time`.

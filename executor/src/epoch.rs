@@ -18,7 +18,7 @@ use weir_common::job::JobSpec;
 use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
-use crate::emit::{dead_letter_batch, output_batch};
+use crate::emit::{column_sums, dead_letter_batch, output_batch};
 use crate::exchange::Exchange;
 use crate::kafka_reader::{KafkaReader, Record};
 use crate::partials::Partials;
@@ -242,6 +242,9 @@ impl EpochRunner {
         stats.checkpoint_ms = started.elapsed().as_millis() as u64;
         stats.checkpoint_bytes = snapshot.bytes();
         stats.checkpoint_uploaded_bytes = snapshot.uploaded_bytes;
+        // After the snapshot's flush, the epoch's writes are in SST files.
+        stats.state_memory_bytes = self.state.memory_bytes();
+        stats.state_disk_bytes = self.state.disk_bytes();
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
         Ok(Prepared {
             epoch,
@@ -393,6 +396,8 @@ impl EpochRunner {
         } = local;
         let emit_started = Instant::now();
         let shard_counts = std::mem::take(&mut owned.shard_counts);
+        stats.state_rows_updated = owned.len() as u64;
+        stats.state_rows_removed = closed.len() as u64 + distinct_removed;
         let added = self
             .state
             .fold(&owned, &mut state_batch)
@@ -408,6 +413,7 @@ impl EpochRunner {
             req.planned_at_micros,
         )
         .context("building output rows")?;
+        stats.output_sums = column_sums(&self.job, &output);
         let dead_letters = dead_letter_batch(
             &self.job.kafka.topic,
             &rejected,

@@ -8,6 +8,7 @@ pub mod emit;
 pub mod epoch;
 pub mod exchange;
 pub mod kafka_reader;
+pub mod metrics;
 pub mod partials;
 pub mod preagg;
 pub mod restore;
@@ -34,10 +35,12 @@ use weir_proto::control::{
     HeartbeatRequest, Prepared, RegisterRequest, RegisterResponse, ShutdownRequest,
     ShutdownResponse,
 };
+use weir_telemetry::MetricsEndpoint;
 
 use crate::epoch::EpochRunner;
 use crate::exchange::server::ExchangeService;
 use crate::exchange::Exchange;
+use crate::metrics::ExecutorMetrics;
 
 /// How long an executor waits for its peers' partials of an epoch.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -56,6 +59,8 @@ pub struct ExecutorConfig {
     /// Local directory for RocksDB.
     pub state_dir: PathBuf,
     pub executor_id: String,
+    /// Where the Prometheus `/metrics` endpoint listens; none serves no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Messages to the epoch actor.
@@ -212,6 +217,7 @@ async fn epoch_actor(
     current_run: watch::Receiver<String>,
     busy: watch::Sender<bool>,
     stopping: watch::Receiver<bool>,
+    metrics: ExecutorMetrics,
 ) {
     while let Some(command) = commands.recv().await {
         match command {
@@ -223,7 +229,7 @@ async fn epoch_actor(
                 busy.send_replace(true);
                 let epoch = req.epoch;
                 let run = req.run.clone();
-                let span = tracing::info_span!("epoch", epoch, executor = %runner.executor_id);
+                let span = tracing::info_span!("epoch", epoch);
                 let mut current = current_run.clone();
                 let result = tokio::select! {
                     r = runner.execute(req).instrument(span.clone()) => r.map_err(|e| {
@@ -240,6 +246,10 @@ async fn epoch_actor(
                         Err(Status::aborted(format!("run {run} of epoch {epoch} was abandoned")))
                     }
                 };
+                match &result {
+                    Ok(prepared) => metrics.record(&prepared.stats.clone().unwrap_or_default()),
+                    Err(_) => metrics.record_failure(),
+                }
                 let _ = reply.send(result);
                 busy.send_replace(false);
             }
@@ -253,7 +263,26 @@ async fn epoch_actor(
 /// Runs an executor until the driver shuts it down or `stop` turns true (SIGTERM): then it
 /// stops heartbeating, refuses new epochs, finishes the one in progress (or drops it when the
 /// driver abandons it; at most `DRAIN_LIMIT`) and exits.
-pub async fn run(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(config: ExecutorConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // Every line the executor logs names it.
+    let span = tracing::info_span!("executor", executor = %config.executor_id);
+    serve(config, stop).instrument(span).await
+}
+
+async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let metrics = ExecutorMetrics::new(&config.executor_id).context("creating the metrics")?;
+    let _endpoint = match config.metrics_listen {
+        Some(listen) => {
+            let endpoint = MetricsEndpoint::serve(listen, metrics.registry().clone(), None).await?;
+            // `weir local` and tests read this line to learn the port.
+            println!(
+                "weir executor metrics on http://{}/metrics",
+                endpoint.addr()
+            );
+            Some(endpoint)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -285,6 +314,7 @@ pub async fn run(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> any
         config.executor_id.clone(),
         inbox.clone(),
         EXCHANGE_TIMEOUT,
+        metrics.flight_bytes_sent.clone(),
     );
     let (run_tx, run_rx) = watch::channel(String::new());
     let runner = EpochRunner::new(
@@ -300,21 +330,28 @@ pub async fn run(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> any
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (busy_tx, mut busy_rx) = watch::channel(false);
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let actor = tokio::spawn(epoch_actor(
-        runner,
-        commands_rx,
-        run_rx,
-        busy_tx,
-        stopping_rx.clone(),
-    ));
+    let actor = tokio::spawn(
+        epoch_actor(
+            runner,
+            commands_rx,
+            run_rx,
+            busy_tx,
+            stopping_rx.clone(),
+            metrics.clone(),
+        )
+        .in_current_span(),
+    );
     let (fatal_tx, mut fatal_rx) = watch::channel(None);
-    let beats = tokio::spawn(heartbeat(
-        config.clone(),
-        address,
-        registration.job_id.clone(),
-        stopping_rx.clone(),
-        fatal_tx,
-    ));
+    let beats = tokio::spawn(
+        heartbeat(
+            config.clone(),
+            address,
+            registration.job_id.clone(),
+            stopping_rx.clone(),
+            fatal_tx,
+        )
+        .in_current_span(),
+    );
     let service = Service {
         commands: commands_tx,
         current_run: run_tx,
@@ -329,6 +366,7 @@ pub async fn run(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> any
         .add_service(FlightServiceServer::new(ExchangeService::new(
             registration.job_id.clone(),
             inbox,
+            metrics.flight_bytes_received.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {

@@ -328,13 +328,24 @@ impl StateStore {
         self.write(batch)
     }
 
+    fn property(&self, name: &str) -> u64 {
+        self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
     /// Estimated number of state entries.
     pub fn estimated_rows(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.estimate-num-keys")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.property("rocksdb.estimate-num-keys")
+    }
+
+    /// Memory the store holds: memtables and the block cache.
+    pub fn memory_bytes(&self) -> u64 {
+        self.property("rocksdb.cur-size-all-mem-tables")
+            + self.property("rocksdb.block-cache-usage")
+    }
+
+    /// Size of the store's live SST files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.property("rocksdb.live-sst-files-size")
     }
 }
 

@@ -9,3 +9,10 @@ pub mod control {
 pub mod exchange {
     tonic::include_proto!("weir.exchange.v1");
 }
+
+/// The driver's admin service.
+pub mod admin {
+    tonic::include_proto!("weir.admin.v1");
+}
+
+pub mod admin_json;

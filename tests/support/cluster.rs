@@ -97,7 +97,9 @@ impl Cluster {
                     .arg(&self.job)
                     .args(["--listen", &format!("127.0.0.1:{}", self.driver_port)])
                     .args(["--executors", &self.executors.to_string()])
-                    .args(["--trigger", "available-now"]);
+                    .args(["--trigger", "available-now"])
+                    .args(["--admin-listen", "127.0.0.1:0"])
+                    .args(["--metrics-listen", "127.0.0.1:0"]);
             }
             Role::Executor(i) => {
                 cmd.arg("executor")
@@ -108,7 +110,8 @@ impl Cluster {
                     .args(["--listen", "127.0.0.1:0"])
                     .arg("--state-dir")
                     .arg(self.dir.join(format!("state/executor-{i}")))
-                    .args(["--id", &format!("executor-{i}")]);
+                    .args(["--id", &format!("executor-{i}")])
+                    .args(["--metrics-listen", "127.0.0.1:0"]);
             }
         }
         let log = std::fs::OpenOptions::new()

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod local_run;
 pub mod s3;
+pub mod webhook;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -101,6 +103,19 @@ impl Drop for Broker {
 /// The `weir` binary under test.
 pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// `weir local` with its admin and metrics ports picked by the system, so tests run side by side.
+pub fn weir_local() -> Command {
+    let mut cmd = weir();
+    cmd.args([
+        "local",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
 }
 
 /// Runs a command, failing the test with its output when it does not succeed.
@@ -210,8 +225,7 @@ pub fn gen_events(
 /// is consumed; answers its standard output.
 pub fn run_local(dir: &Path, executors: usize) -> String {
     let out = run_ok(
-        weir()
-            .arg("local")
+        weir_local()
             .arg("--job")
             .arg(dir.join("job.yaml"))
             .args(["--executors", &executors.to_string()])

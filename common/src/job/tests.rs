@@ -235,6 +235,30 @@ fn mistakes_name_the_field_and_what_was_expected() {
             "dead_letter.delta.path",
             "must differ",
         ),
+        (
+            "sinks:",
+            "sinks:\n  - pushgateway: {url: pushgateway:9091, job: weir}",
+            "sinks[0].pushgateway.url",
+            "expected an http:// or https:// URL",
+        ),
+        (
+            "sinks:",
+            "sinks:\n  - pushgateway: {url: 'http://pg:9091', job: weir, grouping: {job: x}}",
+            "sinks[0].pushgateway.grouping.job",
+            "label name other than `job`",
+        ),
+        (
+            "trigger: 30s",
+            "trigger: 30s\nalerts: {epoch_budget: 1m}",
+            "alerts",
+            "exactly one of webhook",
+        ),
+        (
+            "trigger: 30s",
+            "trigger: 30s\nalerts: {webhook: 'https://hooks.example/T0/secret-token', epoch_budget: 0s}",
+            "alerts.epoch_budget",
+            "positive",
+        ),
     ];
     assert!(cases.len() >= 10);
     for (from, to, field, message) in cases {
@@ -267,4 +291,76 @@ fn structural_mistakes_are_reported_by_path() {
         assert!(e.to_string().contains(expected), "{e}");
         assert!(e.field.starts_with("line "), "{e}");
     }
+}
+
+#[test]
+fn pushgateway_sink_and_alerts() {
+    let text = GOOD.replacen(
+        "sinks:",
+        "alerts: {webhook: 'https://hooks.example/T0/secret-token', epoch_budget: 2m}\nsinks:\n  - pushgateway: {url: 'http://127.0.0.1:9091', job: weir-streaming, grouping: {instance: eu}}",
+        1,
+    );
+    let job = parse(&text).unwrap();
+    let push = job.pushgateway.as_ref().unwrap();
+    assert_eq!(push.url.as_str(), "http://127.0.0.1:9091/");
+    assert_eq!(push.job, "weir-streaming");
+    assert_eq!(push.grouping["instance"], "eu");
+    assert_eq!(push.timeout, operations::DEFAULT_PUSH_TIMEOUT);
+    let alerts = job.alerts.as_ref().unwrap();
+    assert_eq!(alerts.epoch_budget, Duration::from_secs(120));
+    assert_eq!(
+        alerts.webhook_url().unwrap().as_str(),
+        "https://hooks.example/T0/secret-token"
+    );
+    // The webhook URL is a credential: not in debug output, not sent to executors.
+    assert!(!format!("{job:?}").contains("secret-token"));
+    assert!(!job.to_json().contains("secret-token"));
+    let on_executor = JobSpec::from_json(&job.to_json()).unwrap();
+    assert!(on_executor.alerts.is_none());
+    assert_eq!(on_executor.pushgateway, job.pushgateway);
+
+    // Aggregate columns are pushed as gauges of their name.
+    let clash = text.replacen("event_count: count(*)", "total_events: count(*)", 1);
+    let e = parse(&clash).unwrap_err();
+    assert!(
+        e.message.contains("aggregate `total_events` is pushed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_webhook_url_is_refused_without_repeating_it() {
+    let text = GOOD.replacen(
+        "trigger: 30s",
+        "trigger: 30s\nalerts: {webhook: 'ftp://hooks.example/secret-token'}",
+        1,
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.field, "alerts.webhook");
+    assert!(!e.to_string().contains("secret-token"), "{e}");
+}
+
+#[test]
+fn the_webhook_url_can_come_from_a_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("url"), "https://hooks.example/from-file\n").unwrap();
+    let text = GOOD.replacen(
+        "trigger: 30s",
+        "trigger: 30s\nalerts: {webhook_file: url}",
+        1,
+    );
+    let substituted = substitute_env(&text, env).unwrap();
+    let raw: RawJob = serde_yaml_ng::from_str(&substituted).unwrap();
+    let job = validate(raw, dir.path()).unwrap();
+    let alerts = job.alerts.unwrap();
+    assert_eq!(
+        alerts.webhook_url().unwrap().as_str(),
+        "https://hooks.example/from-file"
+    );
+    std::fs::remove_file(dir.path().join("url")).unwrap();
+    assert!(alerts
+        .webhook_url()
+        .unwrap_err()
+        .to_string()
+        .contains("cannot read"));
 }

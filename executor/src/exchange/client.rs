@@ -10,6 +10,7 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
 use futures::{Stream, StreamExt, TryStreamExt};
+use prometheus::IntCounter;
 use prost::Message;
 use tonic::transport::Channel;
 use weir_proto::exchange::{EndOfEpoch, StreamAck, StreamHeader};
@@ -39,11 +40,13 @@ pub enum SendError {
 }
 
 /// Sends one stream of record batches with its header and end marker; answers the owner's ack.
+/// Counts the bytes it sends into `sent`.
 pub async fn send_stream(
     channel: Channel,
     header: StreamHeader,
     rows: u64,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+    sent: IntCounter,
 ) -> Result<StreamAck, FlightError> {
     let end = EndOfEpoch {
         epoch: header.epoch,
@@ -57,7 +60,8 @@ pub async fn send_stream(
         .build(batches)
         .chain(futures::stream::once(async move {
             Ok(FlightData::new().with_app_metadata(end.encode_to_vec()))
-        }));
+        }))
+        .inspect_ok(move |d| sent.inc_by(flight_bytes(d)));
     let mut client = FlightClient::new(channel);
     let mut results = client.do_put(data).await?;
     let first = results
@@ -66,6 +70,11 @@ pub async fn send_stream(
         .ok_or_else(|| FlightError::protocol("no answer to the exchange stream"))?;
     StreamAck::decode(first.app_metadata)
         .map_err(|e| FlightError::protocol(format!("acknowledgement: {e}")))
+}
+
+/// The bytes a Flight message carries (its IPC header, body and app metadata).
+pub fn flight_bytes(data: &FlightData) -> u64 {
+    (data.data_header.len() + data.data_body.len() + data.app_metadata.len()) as u64
 }
 
 /// Whether a failed stream is worth sending again (the network, not the content, failed).
@@ -87,6 +96,7 @@ pub async fn send_entries(
     peer: &str,
     header: StreamHeader,
     entries: Arc<[Entry]>,
+    sent: IntCounter,
 ) -> Result<StreamAck, SendError> {
     let rows = entries.len() as u64;
     let epoch = header.epoch;
@@ -97,7 +107,7 @@ pub async fn send_entries(
             BatchEncoder::new(entries.clone())
                 .map(|b| b.map_err(|e| FlightError::ExternalError(Box::new(e)))),
         );
-        match send_stream(channel.clone(), header.clone(), rows, batches).await {
+        match send_stream(channel.clone(), header.clone(), rows, batches, sent.clone()).await {
             Ok(ack) if ack.rows == rows => return Ok(ack),
             Ok(ack) => {
                 return Err(SendError::Short {

@@ -10,6 +10,7 @@ pub mod wire;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use weir_proto::exchange::StreamHeader;
@@ -64,6 +65,8 @@ pub struct Exchange {
     inbox: mpsc::Sender<InboxMsg>,
     channels: HashMap<String, Channel>,
     timeout: Duration,
+    /// Counts the Flight bytes sent to peers.
+    sent: IntCounter,
 }
 
 impl Exchange {
@@ -72,6 +75,7 @@ impl Exchange {
         executor_id: String,
         inbox: mpsc::Sender<InboxMsg>,
         timeout: Duration,
+        sent: IntCounter,
     ) -> Self {
         Self {
             job_id,
@@ -79,6 +83,7 @@ impl Exchange {
             inbox,
             channels: HashMap::new(),
             timeout,
+            sent,
         }
     }
 
@@ -149,7 +154,10 @@ impl Exchange {
             };
             let channel = self.channel(peer)?;
             let id = peer.executor_id.clone();
-            sends.spawn(async move { client::send_entries(channel, &id, header, entries).await });
+            let sent = self.sent.clone();
+            sends.spawn(
+                async move { client::send_entries(channel, &id, header, entries, sent).await },
+            );
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         while !sends.is_empty() {

@@ -13,11 +13,13 @@ use arrow_flight::{
 };
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use prometheus::IntCounter;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::exchange::{EndOfEpoch, StreamAck, StreamHeader};
 
+use super::client::flight_bytes;
 use super::inbox::{InboxMsg, StreamId};
 
 pub struct ExchangeService {
@@ -25,14 +27,17 @@ pub struct ExchangeService {
     inbox: mpsc::Sender<InboxMsg>,
     /// Numbers each incoming stream, so a resent stream is told apart from the first.
     connections: AtomicU64,
+    /// Counts the Flight bytes received from peers.
+    received: IntCounter,
 }
 
 impl ExchangeService {
-    pub fn new(job_id: String, inbox: mpsc::Sender<InboxMsg>) -> Self {
+    pub fn new(job_id: String, inbox: mpsc::Sender<InboxMsg>, received: IntCounter) -> Self {
         Self {
             job_id,
             inbox,
             connections: AtomicU64::new(0),
+            received,
         }
     }
 
@@ -63,7 +68,11 @@ impl ExchangeService {
         // The marker carries no Arrow message, so it is taken out before the IPC decoder.
         let (marker_tx, mut marker_rx) = oneshot::channel();
         let mut marker_tx = Some(marker_tx);
+        let received = self.received.clone();
         let data = data.filter_map(move |item| {
+            if let Ok(d) = &item {
+                received.inc_by(flight_bytes(d));
+            }
             let item = match item {
                 Ok(d) if d.data_header.is_empty() && !d.app_metadata.is_empty() => {
                     if let Some(tx) = marker_tx.take() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use futures::StreamExt;
+use prometheus::IntCounter;
 use tokio::sync::oneshot;
 use weir_common::aggregate::Partial;
 use weir_common::keygroup::{key_group, range_for_owner};
@@ -33,6 +34,10 @@ async fn serve(service: ExchangeService) -> (String, oneshot::Sender<()>) {
             ),
     );
     (address, stop)
+}
+
+fn bytes() -> IntCounter {
+    IntCounter::new("flight_bytes", "Flight bytes").unwrap()
 }
 
 fn window() -> Window {
@@ -65,7 +70,7 @@ fn header(epoch: u64, sender: &str) -> StreamHeader {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_owner_slows_its_sender_without_loss() {
     let (inbox, mut queue) = mpsc::channel(INBOX_CAPACITY);
-    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox)).await;
+    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox, bytes())).await;
     let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
 
     // 300 batches of 4096 distinct values (~100 KiB each): the sender could produce them all
@@ -87,6 +92,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
         header(1, "fast"),
         BATCHES * rows_per_batch,
         batches,
+        bytes(),
     ));
 
     // The owner: takes one batch at a time and works on it before taking the next.
@@ -128,11 +134,11 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_another_job_is_refused() {
     let (inbox, _queue) = mpsc::channel(INBOX_CAPACITY);
-    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox)).await;
+    let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox, bytes())).await;
     let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
     let mut h = header(1, "stranger");
     h.job_id = "another-job".into();
-    let err = client::send_entries(channel, "owner", h, entries(distinct(0..3)))
+    let err = client::send_entries(channel, "owner", h, entries(distinct(0..3)), bytes())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not another-job"), "{err}");
@@ -145,9 +151,15 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     let mut peers = Vec::new();
     let mut exchanges = Vec::new();
     let mut stops = Vec::new();
+    let (sent, received) = (bytes(), bytes());
     for id in ids {
         let inbox = inbox::spawn(INBOX_CAPACITY);
-        let (address, stop) = serve(ExchangeService::new(JOB.into(), inbox.clone())).await;
+        let (address, stop) = serve(ExchangeService::new(
+            JOB.into(),
+            inbox.clone(),
+            received.clone(),
+        ))
+        .await;
         stops.push(stop);
         peers.push(Peer {
             executor_id: id.into(),
@@ -158,6 +170,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
             id.into(),
             inbox,
             Duration::from_secs(60),
+            sent.clone(),
         ));
     }
     let owners: Vec<usize> = (0..KEY_GROUPS)
@@ -202,5 +215,8 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
         owned[group_owner].groups[&(window(), b"click".to_vec())][0],
         Partial::Count(30)
     ));
+    // Every byte one executor sent, another received.
+    assert!(sent.get() > 0);
+    assert_eq!(sent.get(), received.get());
     drop(stops);
 }

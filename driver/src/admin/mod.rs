@@ -1,0 +1,303 @@
+//! The driver's admin gRPC service (`proto/admin.proto`): reads come from the status board
+//! and the membership actor, changes go to the coordinator through its controls. Handlers
+//! only translate.
+
+pub mod auth;
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+use weir_proto::admin::admin_server::Admin;
+use weir_proto::admin::{
+    CheckpointNowResponse, ControlRequest, ExecutorInfo, ExecutorState, ListExecutorsRequest,
+    ListExecutorsResponse, ListQueriesRequest, ListQueriesResponse, ProgressRequest, QueryProgress,
+    QueryState, QueryStatus, RecentProgressResponse,
+};
+
+use crate::controls::Controls;
+use crate::membership::{Member, MembershipMsg};
+use crate::progress::{rfc3339, QueryIdentity};
+use crate::query_status::StatusReader;
+pub use auth::AdminToken;
+
+/// What the admin service shows that does not change while the driver runs.
+#[derive(Debug, Clone)]
+pub struct QueryFacts {
+    pub identity: QueryIdentity,
+    pub trigger: String,
+    pub checkpoint_location: String,
+    pub expected_executors: usize,
+    pub started_at_micros: i64,
+}
+
+pub struct AdminService {
+    pub facts: QueryFacts,
+    pub status: StatusReader,
+    pub controls: Controls,
+    pub membership: mpsc::Sender<MembershipMsg>,
+    pub members: watch::Receiver<Vec<Member>>,
+    pub token: AdminToken,
+    /// Turns true when the driver is done: watch streams end.
+    pub closing: watch::Receiver<bool>,
+}
+
+fn gone() -> Status {
+    Status::unavailable("the driver is shutting down")
+}
+
+/// Wall-clock time of a tokio instant in the past.
+fn wall(instant: tokio::time::Instant) -> Option<String> {
+    let at = SystemTime::now().checked_sub(instant.elapsed())?;
+    let micros = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_micros();
+    rfc3339(i64::try_from(micros).ok()?)
+}
+
+impl AdminService {
+    fn check_query(&self, query: &str) -> Result<(), Status> {
+        let id = &self.facts.identity;
+        if query.is_empty() || query == id.name || query == id.id {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "this driver runs query `{}` ({}), not `{query}`",
+                id.name, id.id
+            )))
+        }
+    }
+
+    fn query_status(&self) -> QueryStatus {
+        let s = self.status.status.borrow().clone();
+        let paused = *self.controls.paused.borrow();
+        let stopping = *self.controls.stop.borrow();
+        let (state, message) = match s.state {
+            QueryState::Active if stopping => (
+                QueryState::Stopping,
+                "stopping after the epoch in progress".to_string(),
+            ),
+            QueryState::Active if paused => (s.state, format!("{}; pausing after it", s.message)),
+            QueryState::Idle | QueryState::Paused if stopping => {
+                (QueryState::Stopping, "stopping".to_string())
+            }
+            // The coordinator takes the pause at once when it is between epochs.
+            QueryState::Idle if paused => (QueryState::Paused, "paused".to_string()),
+            _ => (s.state, s.message),
+        };
+        let id = &self.facts.identity;
+        QueryStatus {
+            id: id.id.clone(),
+            run_id: id.run_id.clone(),
+            name: id.name.clone(),
+            state: state as i32,
+            message,
+            last_epoch: s.last_epoch,
+            current_epoch: s.current_epoch,
+            executors_registered: self.members.borrow().len() as u32,
+            executors_expected: self.facts.expected_executors as u32,
+            trigger: self.facts.trigger.clone(),
+            checkpoint_location: self.facts.checkpoint_location.clone(),
+            output_table: id.output_url.clone(),
+            started_at: rfc3339(self.facts.started_at_micros).unwrap_or_default(),
+        }
+    }
+
+    fn refuse_when_finished(&self) -> Result<(), Status> {
+        let state = self.status.status.borrow().state;
+        if matches!(state, QueryState::Stopped | QueryState::Failed) || *self.controls.stop.borrow()
+        {
+            return Err(Status::failed_precondition(
+                "the query is stopping or has stopped",
+            ));
+        }
+        Ok(())
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<QueryProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_queries(
+        &self,
+        _request: Request<ListQueriesRequest>,
+    ) -> Result<Response<ListQueriesResponse>, Status> {
+        Ok(Response::new(ListQueriesResponse {
+            queries: vec![self.query_status()],
+        }))
+    }
+
+    async fn get_progress(
+        &self,
+        request: Request<ProgressRequest>,
+    ) -> Result<Response<QueryProgress>, Status> {
+        self.check_query(&request.get_ref().query)?;
+        match self.status.last() {
+            Some(p) => Ok(Response::new((*p).clone())),
+            None => Err(Status::not_found(
+                "no epoch has been committed since this driver started",
+            )),
+        }
+    }
+
+    async fn recent_progress(
+        &self,
+        request: Request<ProgressRequest>,
+    ) -> Result<Response<RecentProgressResponse>, Status> {
+        let req = request.into_inner();
+        self.check_query(&req.query)?;
+        let history = self.status.history.borrow().clone();
+        let skip = match req.limit as usize {
+            0 => 0,
+            n => history.len().saturating_sub(n),
+        };
+        Ok(Response::new(RecentProgressResponse {
+            progress: history.iter().skip(skip).map(|p| (**p).clone()).collect(),
+        }))
+    }
+
+    type WatchProgressStream = ProgressStream;
+
+    async fn watch_progress(
+        &self,
+        request: Request<ProgressRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        self.check_query(&request.get_ref().query)?;
+        let mut closing = self.closing.clone();
+        let stream = BroadcastStream::new(self.status.subscribe())
+            .filter_map(|item| async move {
+                match item {
+                    Ok(p) => Some(Ok((*p).clone())),
+                    // A watcher too slow for the epochs skips some; the ring still has them.
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        tracing::debug!("a progress watcher missed {n} epochs");
+                        None
+                    }
+                }
+            })
+            .take_until(async move {
+                let _ = closing.wait_for(|c| *c).await;
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_executors(
+        &self,
+        _request: Request<ListExecutorsRequest>,
+    ) -> Result<Response<ListExecutorsResponse>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.membership
+            .send(MembershipMsg::List { reply })
+            .await
+            .map_err(|_| gone())?;
+        let members = answer.await.map_err(|_| gone())?;
+        let assignment = self.status.status.borrow().assignment.clone();
+        let last = self.status.last();
+        let last_of = |id: &str| {
+            last.as_ref()
+                .and_then(|p| p.executors.iter().find(|e| e.executor_id == id).cloned())
+        };
+        let mut executors: Vec<ExecutorInfo> = members
+            .iter()
+            .map(|m| {
+                let assigned = assignment.iter().find(|a| a.executor_id == m.id);
+                ExecutorInfo {
+                    executor_id: m.id.clone(),
+                    address: m.address.clone(),
+                    state: if assigned.is_some() {
+                        ExecutorState::Active
+                    } else {
+                        ExecutorState::Joining
+                    } as i32,
+                    partitions: assigned.map(|a| a.partitions.clone()).unwrap_or_default(),
+                    key_group_start: assigned.map_or(0, |a| a.key_groups.0),
+                    key_group_end: assigned.map_or(0, |a| a.key_groups.1),
+                    registered_at: wall(m.registered_at),
+                    last_heartbeat: wall(m.last_heartbeat),
+                    heartbeat_age_seconds: Some(m.last_heartbeat.elapsed().as_secs_f64()),
+                    last_epoch: last_of(&m.id),
+                }
+            })
+            .collect();
+        for a in &assignment {
+            if !members.iter().any(|m| m.id == a.executor_id) {
+                executors.push(ExecutorInfo {
+                    executor_id: a.executor_id.clone(),
+                    state: ExecutorState::Lost as i32,
+                    partitions: a.partitions.clone(),
+                    key_group_start: a.key_groups.0,
+                    key_group_end: a.key_groups.1,
+                    last_epoch: last_of(&a.executor_id),
+                    ..Default::default()
+                });
+            }
+        }
+        executors.sort_by(|a, b| a.executor_id.cmp(&b.executor_id));
+        Ok(Response::new(ListExecutorsResponse { executors }))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<ControlRequest>,
+    ) -> Result<Response<QueryStatus>, Status> {
+        self.token.check(&request)?;
+        self.check_query(&request.get_ref().query)?;
+        self.refuse_when_finished()?;
+        self.controls.paused.send_replace(true);
+        tracing::info!("pause requested through the admin API");
+        Ok(Response::new(self.query_status()))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ControlRequest>,
+    ) -> Result<Response<QueryStatus>, Status> {
+        self.token.check(&request)?;
+        self.check_query(&request.get_ref().query)?;
+        self.refuse_when_finished()?;
+        self.controls.paused.send_replace(false);
+        tracing::info!("resume requested through the admin API");
+        // The coordinator notices at once; show what it is about to do.
+        let mut status = self.query_status();
+        if status.state == QueryState::Paused as i32 {
+            status.state = QueryState::Idle as i32;
+            status.message = "resuming".into();
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn stop(
+        &self,
+        request: Request<ControlRequest>,
+    ) -> Result<Response<QueryStatus>, Status> {
+        self.token.check(&request)?;
+        self.check_query(&request.get_ref().query)?;
+        self.controls.stop.send_replace(true);
+        tracing::info!("stop requested through the admin API; finishing the epoch in progress");
+        Ok(Response::new(self.query_status()))
+    }
+
+    async fn checkpoint_now(
+        &self,
+        request: Request<ControlRequest>,
+    ) -> Result<Response<CheckpointNowResponse>, Status> {
+        self.token.check(&request)?;
+        self.check_query(&request.get_ref().query)?;
+        self.refuse_when_finished()?;
+        let (reply, answer) = oneshot::channel();
+        self.controls
+            .checkpoint
+            .send(reply)
+            .await
+            .map_err(|_| gone())?;
+        let outcome = answer.await.map_err(|_| gone())?.map_err(Status::aborted)?;
+        Ok(Response::new(CheckpointNowResponse {
+            epoch: outcome.epoch,
+            ran: outcome.ran,
+            delta_version: outcome.delta_version,
+        }))
+    }
+}

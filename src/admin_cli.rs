@@ -1,0 +1,456 @@
+//! `weir admin`: the driver's admin API from a terminal, as tables or (`--json`) as JSON with
+//! Spark's field names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Request;
+use weir_proto::admin::admin_client::AdminClient;
+use weir_proto::admin::{
+    ControlRequest, ExecutorInfo, ListExecutorsRequest, ListQueriesRequest, ProgressRequest,
+    QueryProgress, QueryStatus,
+};
+use weir_proto::admin_json::{executor_state_name, query_state_name};
+
+use crate::table::render;
+
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The driver's admin address (https:// when it serves TLS).
+    #[arg(
+        long,
+        env = "WEIR_ADMIN",
+        default_value = "http://127.0.0.1:7410",
+        global = true
+    )]
+    admin: String,
+    /// File holding the bearer token for pause, resume, stop and checkpoint.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an https:// admin address (default: the system's).
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Deadline of a call (`checkpoint` waits for its epoch up to --wait).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, global = true)]
+    timeout: Duration,
+    /// How long `checkpoint` waits for its epoch to commit.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, global = true)]
+    wait: Duration,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AdminCommand {
+    /// The query and its state.
+    Status,
+    /// The last committed epoch's progress.
+    Progress,
+    /// The progress of recent epochs, oldest first.
+    RecentProgress {
+        /// Show at most this many (the driver keeps 100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Print each epoch's progress as it commits, until interrupted.
+    Watch,
+    /// Executors, their assignment, heartbeats and last epoch.
+    Executors,
+    /// Finish the epoch in progress and start no new one until `resume`.
+    Pause,
+    Resume,
+    /// Stop the query gracefully (as SIGTERM): finish the epoch in progress, then exit.
+    Stop,
+    /// Run an epoch now and wait until it is committed.
+    Checkpoint,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    weir_common::duration::parse_duration(s)
+}
+
+/// The token from `--token-file`, else `WEIR_ADMIN_TOKEN`.
+fn token(args: &AdminArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+        ),
+        None => std::env::var("WEIR_ADMIN_TOKEN").ok(),
+    };
+    Ok(token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+async fn connect(args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(args.admin.clone())
+        .with_context(|| format!("`{}` is not an admin address", args.admin))?
+        .connect_timeout(Duration::from_secs(10));
+    if args.admin.starts_with("https://") {
+        let tls = match &args.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the driver's admin service at {}", args.admin))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// A request with the deadline and, for calls that change the query, the token.
+fn request<T>(message: T, token: Option<&str>, timeout: Duration) -> anyhow::Result<Request<T>> {
+    let mut r = Request::new(message);
+    r.set_timeout(timeout);
+    if let Some(t) = token {
+        let value: MetadataValue<_> = format!("Bearer {t}")
+            .parse()
+            .context("the token holds characters a header cannot")?;
+        r.metadata_mut().insert("authorization", value);
+    }
+    Ok(r)
+}
+
+/// A failed call as a user reads it.
+fn call_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+fn print_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow::Result<()> {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)?
+    } else {
+        serde_json::to_string(value)?
+    };
+    println!("{text}");
+    Ok(())
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args).await?;
+    let token = token(&args)?;
+    let t = args.timeout;
+    let control = |timeout| request(ControlRequest::default(), token.as_deref(), timeout);
+    match &args.command {
+        AdminCommand::Status => {
+            let r = client
+                .list_queries(request(ListQueriesRequest {}, None, t)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&r.queries, true);
+            }
+            println!("{}", status_table(&r.queries));
+        }
+        AdminCommand::Progress => {
+            let p = client
+                .get_progress(request(ProgressRequest::default(), None, t)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&p, true);
+            }
+            println!("{}", progress_text(&p));
+        }
+        AdminCommand::RecentProgress { limit } => {
+            let req = ProgressRequest {
+                limit: limit.unwrap_or(0),
+                ..Default::default()
+            };
+            let r = client
+                .recent_progress(request(req, None, t)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&r.progress, true);
+            }
+            let rows: Vec<Vec<String>> = r.progress.iter().map(progress_row).collect();
+            println!("{}", render(&PROGRESS_HEADERS, &rows));
+        }
+        AdminCommand::Watch => {
+            let mut r = Request::new(ProgressRequest::default());
+            r.set_timeout(Duration::from_secs(365 * 24 * 3600));
+            let mut stream = client
+                .watch_progress(r)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if !args.json {
+                println!("{}", render(&PROGRESS_HEADERS, &[]));
+            }
+            while let Some(item) = stream.next().await {
+                let p = item.map_err(call_error)?;
+                if args.json {
+                    print_json(&p, false)?;
+                } else {
+                    let table = render(&PROGRESS_HEADERS, &[progress_row(&p)]);
+                    println!("{}", table.lines().nth(1).unwrap_or_default());
+                }
+            }
+        }
+        AdminCommand::Executors => {
+            let r = client
+                .list_executors(request(ListExecutorsRequest {}, None, t)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&r.executors, true);
+            }
+            println!("{}", executors_table(&r.executors));
+        }
+        AdminCommand::Pause | AdminCommand::Resume | AdminCommand::Stop => {
+            let req = control(t)?;
+            let status = match args.command {
+                AdminCommand::Pause => client.pause(req).await,
+                AdminCommand::Resume => client.resume(req).await,
+                _ => client.stop(req).await,
+            }
+            .map_err(call_error)?
+            .into_inner();
+            if args.json {
+                return print_json(&status, true);
+            }
+            println!("{}: {}", query_state_name(status.state), status.message);
+        }
+        AdminCommand::Checkpoint => {
+            let r = client
+                .checkpoint_now(control(args.wait)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&r, true);
+            }
+            match (r.ran, r.epoch) {
+                (true, Some(epoch)) => println!(
+                    "epoch {epoch} committed{}",
+                    r.delta_version
+                        .map(|v| format!(" (delta version {v})"))
+                        .unwrap_or_default()
+                ),
+                (false, Some(epoch)) => println!(
+                    "nothing new to read and no window to close; epoch {epoch} is the last committed"
+                ),
+                (_, None) => bail!("no epoch has been committed yet"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status_table(queries: &[QueryStatus]) -> String {
+    let rows: Vec<Vec<String>> = queries
+        .iter()
+        .map(|q| {
+            vec![
+                q.name.clone(),
+                query_state_name(q.state).to_string(),
+                q.last_epoch.map_or("-".into(), |e| e.to_string()),
+                format!("{}/{}", q.executors_registered, q.executors_expected),
+                q.trigger.clone(),
+                q.id.clone(),
+                q.message.clone(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME",
+            "STATE",
+            "EPOCH",
+            "EXECUTORS",
+            "TRIGGER",
+            "ID",
+            "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+const PROGRESS_HEADERS: [&str; 10] = [
+    "EPOCH",
+    "TIMESTAMP",
+    "INPUT",
+    "IN/S",
+    "PROCESSED/S",
+    "TOTAL_MS",
+    "WATERMARK",
+    "LAG",
+    "OUTPUT",
+    "VERSION",
+];
+
+fn progress_row(p: &QueryProgress) -> Vec<String> {
+    vec![
+        p.batch_id.to_string(),
+        p.timestamp.clone(),
+        p.num_input_rows.to_string(),
+        format!("{:.0}", p.input_rows_per_second),
+        format!("{:.0}", p.processed_rows_per_second),
+        p.duration_ms.as_ref().map_or(0, |d| d.total).to_string(),
+        p.event_time
+            .as_ref()
+            .and_then(|e| e.watermark.clone())
+            .unwrap_or_else(|| "-".into()),
+        p.sources.iter().map(|s| s.lag).sum::<i64>().to_string(),
+        p.sink.as_ref().map_or(0, |s| s.num_output_rows).to_string(),
+        p.sink
+            .as_ref()
+            .and_then(|s| s.delta_version)
+            .map_or("-".into(), |v| v.to_string()),
+    ]
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn progress_text(p: &QueryProgress) -> String {
+    let d = p.duration_ms.unwrap_or_default();
+    let t = p.event_time.clone().unwrap_or_default();
+    let s = p.state.unwrap_or_default();
+    let sink = p.sink.clone().unwrap_or_default();
+    let time = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "epoch {} of {} at {} ({} run{})\n\
+         input       {} rows, {:.0} rows/s arriving, {:.0} rows/s processed\n\
+         durations   plan {} ms, restore {}, execute {}, shuffle {}, prepare {} (checkpoint {}), commit {}, total {} ms\n\
+         event time  min {}, max {}, avg {}, watermark {}\n\
+         state       {} rows ({} updated, {} removed, {} dropped by watermark), memory {}, disk {}, checkpoint {} (+{})\n\
+         sink        {}: {} rows, delta version {}\n\
+         bad input   {} malformed, {} late, {} to the dead letter, {} offsets lost\n",
+        p.batch_id,
+        p.name,
+        p.timestamp,
+        p.runs,
+        if p.runs == 1 { "" } else { "s" },
+        p.num_input_rows,
+        p.input_rows_per_second,
+        p.processed_rows_per_second,
+        d.plan,
+        d.restore,
+        d.execute,
+        d.shuffle,
+        d.prepare,
+        d.checkpoint,
+        d.commit,
+        d.total,
+        time(t.min),
+        time(t.max),
+        time(t.avg),
+        time(t.watermark),
+        s.num_rows_total,
+        s.num_rows_updated,
+        s.num_rows_removed,
+        s.num_rows_dropped_by_watermark,
+        bytes(s.memory_used_bytes),
+        bytes(s.disk_bytes),
+        bytes(s.checkpoint_bytes),
+        bytes(s.checkpoint_uploaded_bytes),
+        sink.description,
+        sink.num_output_rows,
+        sink.delta_version.map_or("-".into(), |v| v.to_string()),
+        p.num_malformed_rows,
+        p.num_late_rows,
+        p.num_dead_letter_rows,
+        p.num_lost_offsets,
+    );
+    for source in &p.sources {
+        out.push_str(&format!(
+            "source      {}: lag {}\n",
+            source.description, source.lag
+        ));
+        let rows: Vec<Vec<String>> = source
+            .partitions
+            .iter()
+            .map(|x| {
+                vec![
+                    x.partition.to_string(),
+                    x.start_offset.to_string(),
+                    x.end_offset.to_string(),
+                    x.latest_offset.to_string(),
+                    x.lag.to_string(),
+                ]
+            })
+            .collect();
+        for line in render(&["PARTITION", "START", "END", "LATEST", "LAG"], &rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn executors_table(executors: &[ExecutorInfo]) -> String {
+    let rows: Vec<Vec<String>> = executors
+        .iter()
+        .map(|e| {
+            let last = e.last_epoch.clone().unwrap_or_default();
+            let partitions: Vec<String> = e.partitions.iter().map(|p| p.to_string()).collect();
+            vec![
+                e.executor_id.clone(),
+                executor_state_name(e.state).to_string(),
+                if e.address.is_empty() {
+                    "-".into()
+                } else {
+                    e.address.clone()
+                },
+                if partitions.is_empty() {
+                    "-".into()
+                } else {
+                    partitions.join(",")
+                },
+                if e.key_group_end > e.key_group_start {
+                    format!("{}..{}", e.key_group_start, e.key_group_end)
+                } else {
+                    "-".into()
+                },
+                e.heartbeat_age_seconds
+                    .map_or("-".into(), |s| format!("{s:.1}s ago")),
+                last.input_rows.to_string(),
+                last.state_rows.to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "STATE",
+            "ADDRESS",
+            "PARTITIONS",
+            "KEY_GROUPS",
+            "HEARTBEAT",
+            "LAST_INPUT",
+            "STATE_ROWS",
+        ],
+        &rows,
+    )
+}

@@ -1,0 +1,7 @@
+//! What every weir process shares to be operated: log set-up and the Prometheus `/metrics`
+//! endpoint.
+
+pub mod logging;
+pub mod metrics_endpoint;
+
+pub use metrics_endpoint::MetricsEndpoint;
