@@ -16,6 +16,8 @@ use weir_proto::admin::{
 };
 use weir_proto::admin_json::{executor_state_name, query_state_name};
 
+use weir_driver::progress::size;
+
 use crate::table::render;
 
 #[derive(Debug, clap::Args)]
@@ -76,12 +78,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     weir_common::duration::parse_duration(s)
 }
 
-/// The token from `--token-file`, else `WEIR_ADMIN_TOKEN`.
-fn token(args: &AdminArgs) -> anyhow::Result<Option<String>> {
-    let token = match &args.token_file {
+/// The admin token from `file` (a mounted Secret), else `WEIR_ADMIN_TOKEN`, without the
+/// surrounding whitespace; none when empty. The driver and the client read it alike.
+pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
         Some(path) => Some(
             std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?,
+                .with_context(|| format!("reading the admin token file {}", path.display()))?,
         ),
         None => std::env::var("WEIR_ADMIN_TOKEN").ok(),
     };
@@ -142,7 +145,7 @@ fn print_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow::Result<()
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let mut client = connect(&args).await?;
-    let token = token(&args)?;
+    let token = read_token(args.token_file.as_deref())?;
     let t = args.timeout;
     let control = |timeout| request(ControlRequest::default(), token.as_deref(), timeout);
     match &args.command {
@@ -319,21 +322,6 @@ fn progress_row(p: &QueryProgress) -> Vec<String> {
     ]
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 fn progress_text(p: &QueryProgress) -> String {
     let d = p.duration_ms.unwrap_or_default();
     let t = p.event_time.clone().unwrap_or_default();
@@ -372,10 +360,10 @@ fn progress_text(p: &QueryProgress) -> String {
         s.num_rows_updated,
         s.num_rows_removed,
         s.num_rows_dropped_by_watermark,
-        bytes(s.memory_used_bytes),
-        bytes(s.disk_bytes),
-        bytes(s.checkpoint_bytes),
-        bytes(s.checkpoint_uploaded_bytes),
+        size(s.memory_used_bytes),
+        size(s.disk_bytes),
+        size(s.checkpoint_bytes),
+        size(s.checkpoint_uploaded_bytes),
         sink.description,
         sink.num_output_rows,
         sink.delta_version.map_or("-".into(), |v| v.to_string()),

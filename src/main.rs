@@ -83,13 +83,7 @@ pub struct DriverOpsArgs {
 
 impl DriverOpsArgs {
     fn token(&self) -> anyhow::Result<weir_driver::admin::AdminToken> {
-        let token = match &self.admin_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the admin token file {}", path.display()))?,
-            ),
-            None => std::env::var("WEIR_ADMIN_TOKEN").ok(),
-        };
+        let token = admin_cli::read_token(self.admin_token_file.as_deref())?;
         Ok(weir_driver::admin::AdminToken::new(token.as_deref()))
     }
 

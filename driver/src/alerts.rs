@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weir_common::job::AlertSpec;
 
+use crate::http_post::post_with_retries;
 use crate::metrics::DriverMetrics;
 
 /// Alerts waiting to be sent; more are dropped (and counted).
@@ -144,7 +145,15 @@ async fn send_all(
     metrics: DriverMetrics,
 ) {
     while let Some(alert) = rx.recv().await {
-        let result = send(&client, &url, retries, &alert).await;
+        let body = serde_json::json!({ "text": alert.text }).to_string();
+        let result = post_with_retries(
+            &client,
+            &url,
+            "application/json",
+            body.into_bytes(),
+            retries,
+        )
+        .await;
         let outcome = if result.is_ok() { "sent" } else { "failed" };
         metrics
             .alerts
@@ -156,37 +165,5 @@ async fn send_all(
                 "webhook alert not delivered: {e}"
             );
         }
-    }
-}
-
-/// Posts one alert, retrying failures with backoff; the error never holds the URL.
-async fn send(
-    client: &reqwest::Client,
-    url: &url::Url,
-    retries: u32,
-    alert: &Alert,
-) -> Result<(), String> {
-    let body = serde_json::json!({ "text": alert.text }).to_string();
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 0;
-    loop {
-        let result = client
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let error = match result {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => format!("the webhook answered {}", r.status()),
-            Err(e) => e.without_url().to_string(),
-        };
-        if attempt >= retries {
-            return Err(format!("{error} (after {} attempts)", attempt + 1));
-        }
-        tracing::debug!(attempt, "webhook alert failed, retrying: {error}");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(8));
-        attempt += 1;
     }
 }

@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod decision;
 pub mod delta_commit;
 pub mod executors;
+pub mod http_post;
 pub mod kafka_offsets;
 pub mod membership;
 pub mod metrics;

@@ -10,6 +10,7 @@ use prometheus::{
 use tokio::sync::watch;
 use weir_proto::admin::QueryProgress;
 use weir_telemetry::metrics_endpoint::BeforeScrape;
+use weir_telemetry::registry::{register, set_count, with_process_metrics};
 
 use crate::membership::Member;
 
@@ -49,24 +50,12 @@ pub struct DriverMetrics {
     pub alerts: IntCounterVec,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: T,
-) -> Result<T, prometheus::Error> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
     register(r, IntCounter::new(name, help)?)
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
     register(r, IntGauge::new(name, help)?)
-}
-
-fn set(gauge: &IntGauge, value: u64) {
-    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
 /// Phases of `QueryProgress.durationMs`, as `phase` label values.
@@ -83,13 +72,8 @@ pub const PHASES: [&str; 8] = [
 
 impl DriverMetrics {
     pub fn new(expected: usize) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+        let registry = with_process_metrics()?;
         let r = &registry;
-        // process_resident_memory_bytes, process_cpu_seconds_total, open fds.
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         let buckets = exponential_buckets(0.005, 2.5, 12)?;
         let partition_gauge = |name: &str, help: &str| {
             register(
@@ -258,7 +242,7 @@ impl DriverMetrics {
             )?,
             registry,
         };
-        set(&metrics.executors_expected, expected as u64);
+        set_count(&metrics.executors_expected, expected as u64);
         Ok(metrics)
     }
 
@@ -277,7 +261,7 @@ impl DriverMetrics {
         let watermark = self.watermark.clone();
         let delay = self.watermark_delay.clone();
         Arc::new(move || {
-            set(&executors, members.borrow().len() as u64);
+            set_count(&executors, members.borrow().len() as u64);
             let wm = watermark.get();
             if wm > 0.0 {
                 let now = weir_common::now_micros() as f64 / 1e6;
@@ -347,10 +331,10 @@ impl DriverMetrics {
             self.output_rows.inc_by(sink.num_output_rows);
         }
         if let Some(s) = &p.state {
-            set(&self.state_rows, s.num_rows_total);
-            set(&self.state_memory_bytes, s.memory_used_bytes);
-            set(&self.state_disk_bytes, s.disk_bytes);
-            set(&self.checkpoint_bytes, s.checkpoint_bytes);
+            set_count(&self.state_rows, s.num_rows_total);
+            set_count(&self.state_memory_bytes, s.memory_used_bytes);
+            set_count(&self.state_disk_bytes, s.disk_bytes);
+            set_count(&self.checkpoint_bytes, s.checkpoint_bytes);
             self.checkpoint_uploaded_bytes
                 .inc_by(s.checkpoint_uploaded_bytes);
         }

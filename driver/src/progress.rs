@@ -166,7 +166,8 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
     }
 }
 
-fn size(bytes: u64) -> String {
+/// Bytes in B, KiB, MiB or GiB, for people.
+pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

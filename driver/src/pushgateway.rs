@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
 use weir_common::job::PushgatewaySink;
 
+use crate::http_post::{post_with_retries, MAX_BACKOFF};
 use crate::metrics::DriverMetrics;
 
 /// Builds the text a push carries for a decided epoch:
@@ -111,7 +112,7 @@ impl Pushgateway {
         Ok(Self {
             latest,
             task,
-            limit: sink.timeout * attempts + Duration::from_secs(8) * attempts,
+            limit: (sink.timeout + MAX_BACKOFF) * attempts,
         })
     }
 
@@ -149,7 +150,9 @@ async fn push_all(
         let Some((epoch, body)) = rx.borrow_and_update().clone() else {
             continue;
         };
-        match push(&client, &url, retries, body).await {
+        // POST replaces the pushed metrics of the group and keeps the others (the aggregate
+        // gauges of the last epoch that emitted windows).
+        match post_with_retries(&client, &url, prometheus::TEXT_FORMAT, body, retries).await {
             Ok(()) => {
                 metrics.pushes.with_label_values(&["success"]).inc();
                 tracing::debug!(epoch, "pushed to the Pushgateway");
@@ -159,41 +162,6 @@ async fn push_all(
                 tracing::warn!(epoch, url = %shown(&url), "Pushgateway push failed: {e}");
             }
         }
-    }
-}
-
-async fn push(
-    client: &reqwest::Client,
-    url: &url::Url,
-    retries: u32,
-    body: Vec<u8>,
-) -> Result<(), String> {
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 0;
-    loop {
-        // POST replaces the pushed metrics of the group and keeps the others (the aggregate
-        // gauges of the last epoch that emitted windows).
-        let result = client
-            .post(url.clone())
-            .header("content-type", TextEncoder::new().format_type())
-            .body(body.clone())
-            .send()
-            .await;
-        let error = match result {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                format!("answered {status}: {}", text.trim())
-            }
-            Err(e) => e.without_url().to_string(),
-        };
-        if attempt >= retries {
-            return Err(format!("{error} (after {} attempts)", attempt + 1));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(8));
-        attempt += 1;
     }
 }
 

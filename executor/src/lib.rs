@@ -247,7 +247,11 @@ async fn epoch_actor(
                     }
                 };
                 match &result {
-                    Ok(prepared) => metrics.record(&prepared.stats.clone().unwrap_or_default()),
+                    Ok(prepared) => {
+                        if let Some(stats) = &prepared.stats {
+                            metrics.record(stats);
+                        }
+                    }
                     Err(_) => metrics.record_failure(),
                 }
                 let _ = reply.send(result);

@@ -6,6 +6,7 @@ use prometheus::{
     IntGauge, Opts, Registry,
 };
 use weir_proto::control::EpochStats;
+use weir_telemetry::registry::{register, set_count, with_process_metrics};
 
 /// Phases of an epoch an executor times.
 const PHASES: [&str; 6] = [
@@ -40,17 +41,9 @@ pub struct ExecutorMetrics {
     pub flight_bytes_received: IntCounter,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: T,
-) -> Result<T, prometheus::Error> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
 impl ExecutorMetrics {
     pub fn new(executor_id: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+        let registry = with_process_metrics()?;
         let r = &registry;
         let info = register(
             r,
@@ -60,11 +53,6 @@ impl ExecutorMetrics {
             )?,
         )?;
         info.set(1);
-        // process_resident_memory_bytes, process_cpu_seconds_total, open fds.
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         // Epoch phases run from milliseconds to minutes.
         let buckets = exponential_buckets(0.005, 2.5, 12)?;
         Ok(Self {
@@ -225,10 +213,10 @@ impl ExecutorMetrics {
         }
         self.checkpoint_seconds
             .observe(s.checkpoint_ms as f64 / 1000.0);
-        set(&self.state_rows, s.state_rows);
-        set(&self.state_memory_bytes, s.state_memory_bytes);
-        set(&self.state_disk_bytes, s.state_disk_bytes);
-        set(&self.checkpoint_bytes, s.checkpoint_bytes);
+        set_count(&self.state_rows, s.state_rows);
+        set_count(&self.state_memory_bytes, s.state_memory_bytes);
+        set_count(&self.state_disk_bytes, s.state_disk_bytes);
+        set_count(&self.checkpoint_bytes, s.checkpoint_bytes);
         self.checkpoint_uploaded_bytes
             .inc_by(s.checkpoint_uploaded_bytes);
         self.shuffle_rows
@@ -243,10 +231,6 @@ impl ExecutorMetrics {
     pub fn record_failure(&self) {
         self.failed_epochs.inc();
     }
-}
-
-fn set(gauge: &IntGauge, value: u64) {
-    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]

@@ -3,5 +3,6 @@
 
 pub mod logging;
 pub mod metrics_endpoint;
+pub mod registry;
 
 pub use metrics_endpoint::MetricsEndpoint;

@@ -105,6 +105,22 @@ impl AdminService {
         }
     }
 
+    /// A call that changes the query: it needs the token, names this query, and (unless it is
+    /// a stop) finds the query still running.
+    fn allow_change(
+        &self,
+        request: &Request<ControlRequest>,
+        stopping_is_fine: bool,
+    ) -> Result<(), Status> {
+        self.token.check(request)?;
+        self.check_query(&request.get_ref().query)?;
+        if stopping_is_fine {
+            Ok(())
+        } else {
+            self.refuse_when_finished()
+        }
+    }
+
     fn refuse_when_finished(&self) -> Result<(), Status> {
         let state = self.status.status.borrow().state;
         if matches!(state, QueryState::Stopped | QueryState::Failed) || *self.controls.stop.borrow()
@@ -243,9 +259,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<QueryStatus>, Status> {
-        self.token.check(&request)?;
-        self.check_query(&request.get_ref().query)?;
-        self.refuse_when_finished()?;
+        self.allow_change(&request, false)?;
         self.controls.paused.send_replace(true);
         tracing::info!("pause requested through the admin API");
         Ok(Response::new(self.query_status()))
@@ -255,9 +269,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<QueryStatus>, Status> {
-        self.token.check(&request)?;
-        self.check_query(&request.get_ref().query)?;
-        self.refuse_when_finished()?;
+        self.allow_change(&request, false)?;
         self.controls.paused.send_replace(false);
         tracing::info!("resume requested through the admin API");
         // The coordinator notices at once; show what it is about to do.
@@ -273,8 +285,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<QueryStatus>, Status> {
-        self.token.check(&request)?;
-        self.check_query(&request.get_ref().query)?;
+        self.allow_change(&request, true)?;
         self.controls.stop.send_replace(true);
         tracing::info!("stop requested through the admin API; finishing the epoch in progress");
         Ok(Response::new(self.query_status()))
@@ -284,9 +295,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<CheckpointNowResponse>, Status> {
-        self.token.check(&request)?;
-        self.check_query(&request.get_ref().query)?;
-        self.refuse_when_finished()?;
+        self.allow_change(&request, false)?;
         let (reply, answer) = oneshot::channel();
         self.controls
             .checkpoint
