@@ -91,6 +91,9 @@ pub struct Coordinator {
     retention: StateRetention,
     /// Checkpoint requests the next epoch answers.
     waiting: Vec<CheckpointReply>,
+    /// Set when a run was abandoned or the driver restarted: files staged for runs that will
+    /// never commit may still be appearing, so the tables are swept after the next commit.
+    sweep_after_commit: bool,
 }
 
 /// Aborts a task when dropped (the epoch budget's timer ends with its epoch).
@@ -127,6 +130,7 @@ impl Coordinator {
             controls,
             ops,
             waiting: Vec::new(),
+            sweep_after_commit: false,
             retention: StateRetention::new(job.checkpoint_retention),
             job,
             log,
@@ -195,7 +199,10 @@ impl Coordinator {
             );
         }
         // Every decision is in the tables now: what else is there was staged by lost runs.
+        // Executors may still be finishing a run of the previous driver, so sweep again once
+        // they have answered this driver.
         self.remove_staged_files().await?;
+        self.sweep_after_commit = true;
         self.retention.collect(&self.log).await?;
         let pending = match self.log.latest("offsets").await? {
             Some(e) if e >= position.next_epoch => {
@@ -214,7 +221,8 @@ impl Coordinator {
         Ok((position, pending))
     }
 
-    /// Deletes the files staged by runs that will never be committed.
+    /// Deletes the files staged by runs that will never be committed. Safe only when no run is
+    /// staging: at start-up, or between a commit and the next plan.
     async fn remove_staged_files(&mut self) -> anyhow::Result<()> {
         self.output.remove_unreferenced_files().await?;
         if let Some(dl) = self.dead_letter.as_mut() {
@@ -561,7 +569,7 @@ impl Coordinator {
                     failures += 1;
                     first_failure.get_or_insert_with(Instant::now);
                     self.ops.metrics.failed_runs.inc();
-                    self.abandon(epoch, &run, &failure, &members).await?;
+                    self.abandon(epoch, &run, &failure, &members).await;
                     if failures >= MAX_RUNS_PER_EPOCH {
                         bail!("epoch {epoch} failed {failures} times; the last: {failure}");
                     }
@@ -594,6 +602,17 @@ impl Coordinator {
             .cloned()
             .collect();
         self.clients.committed(epoch, &ran_on).await;
+        // Every executor of this run finished what older runs were writing before it answered
+        // (see the executor's staging), so what no commit references now never will be.
+        if self.sweep_after_commit {
+            match self.remove_staged_files().await {
+                Ok(()) => self.sweep_after_commit = false,
+                Err(e) => tracing::warn!(
+                    epoch,
+                    "deleting files of abandoned runs failed (retried after the next epoch): {e:#}"
+                ),
+            }
+        }
         let commit_ms = commit_started.elapsed().as_millis() as u64;
         self.retention.record(&record);
         if let Err(e) = self.retention.collect(&self.log).await {
@@ -674,15 +693,10 @@ impl Coordinator {
         self.ops.board.committed(progress, &record.assignment);
     }
 
-    /// Gives up a failed run: every executor stops working on it, the failed one is taken out
-    /// of the membership until it registers again, and what the run staged is deleted.
-    async fn abandon(
-        &mut self,
-        epoch: u64,
-        run: &str,
-        failure: &RunFailure,
-        members: &[Member],
-    ) -> anyhow::Result<()> {
+    /// Gives up a failed run: every executor stops working on it and the failed one is taken
+    /// out of the membership until it registers again. What the run staged is deleted after the
+    /// epoch commits: an executor may still be writing a file of it now.
+    async fn abandon(&mut self, epoch: u64, run: &str, failure: &RunFailure, members: &[Member]) {
         tracing::warn!(epoch, %run, "run failed, aborting it: {failure}");
         if let Some(id) = &failure.executor {
             self.ops.alerts.raise(
@@ -702,10 +716,7 @@ impl Coordinator {
         }
         let alive: Vec<Member> = self.members.borrow().clone();
         self.clients.abort(epoch, run, &alive).await;
-        self.remove_staged_files()
-            .await
-            .context("deleting the files of the failed run")?;
-        Ok(())
+        self.sweep_after_commit = true;
     }
 }
 

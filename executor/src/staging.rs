@@ -1,17 +1,24 @@
 //! Writes Parquet files into a Delta table's location without committing them: the driver
 //! makes them visible with its commit. deltalake's writer gives the add actions with stats.
+//!
+//! A write runs in its own task, so a run the driver abandons cannot leave a file being written
+//! behind it: the next run waits for that write first. The driver sweeps files no commit
+//! references after the next commit, and this makes sure every such file is there by then.
 
 use std::collections::{BTreeMap, HashMap};
 
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
+use tokio::task::JoinHandle;
 
 /// A table that receives staged files.
 pub struct StagedTable {
     url: String,
     options: HashMap<String, String>,
     table: Option<DeltaTable>,
+    /// A write an abandoned run started and did not wait for.
+    in_flight: Option<JoinHandle<Result<Vec<String>, DeltaTableError>>>,
 }
 
 impl StagedTable {
@@ -22,6 +29,7 @@ impl StagedTable {
             url: url.to_string(),
             options: weir_storage::delta_schemes::delta_options(options),
             table: None,
+            in_flight: None,
         }
     }
 
@@ -38,19 +46,109 @@ impl StagedTable {
             .ok_or_else(|| DeltaTableError::Generic("table not loaded".into()))
     }
 
+    /// Waits until a write started by an abandoned run has finished (its files are in place
+    /// or it failed); a run calls this before it answers the driver.
+    pub async fn settle(&mut self) {
+        if let Some(write) = self.in_flight.as_mut() {
+            // Awaiting by reference: if this run is abandoned too, the next one still waits.
+            let _ = write.await;
+            self.in_flight = None;
+        }
+    }
+
     /// Writes `batches` as Parquet files and returns their add actions as JSON.
     pub async fn stage(&mut self, batches: &[RecordBatch]) -> Result<Vec<String>, DeltaTableError> {
+        self.settle().await;
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(Vec::new());
         }
-        let table = self.table().await?;
-        let mut writer = RecordBatchWriter::for_table(table)?;
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            writer.write(batch.clone()).await?;
-        }
-        let adds = writer.flush().await?;
-        adds.iter()
-            .map(|a| serde_json::to_string(a).map_err(DeltaTableError::from))
-            .collect()
+        let table = self.table().await?.clone();
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .collect();
+        let write = self.in_flight.insert(tokio::spawn(write(table, batches)));
+        let written = write.await;
+        self.in_flight = None;
+        written.map_err(|e| DeltaTableError::Generic(format!("the staging task failed: {e}")))?
+    }
+}
+
+async fn write(
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<String>, DeltaTableError> {
+    let mut writer = RecordBatchWriter::for_table(&table)?;
+    for batch in batches {
+        writer.write(batch).await?;
+    }
+    let adds = writer.flush().await?;
+    adds.iter()
+        .map(|a| serde_json::to_string(a).map_err(DeltaTableError::from))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::Int64Array;
+    use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema};
+    use deltalake::kernel::{DataType, PrimitiveType, StructField};
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn parquet_files(dir: &std::path::Path) -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_by_an_abandoned_run_is_in_place_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        DeltaTable::try_from_url(url.clone())
+            .await
+            .unwrap()
+            .create()
+            .with_columns([StructField::new(
+                "n",
+                DataType::Primitive(PrimitiveType::Long),
+                true,
+            )])
+            .await
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", ArrowType::Int64, true)]));
+        let batch = |from: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(from..from + 1000))],
+            )
+            .unwrap()
+        };
+        let mut table = StagedTable::new(url.as_str(), &BTreeMap::new());
+        let first = table.stage(&[batch(0)]).await.unwrap();
+        assert_eq!(first.len(), 1);
+
+        // The run is dropped while its write is under way, as an abandoned epoch is.
+        assert!(table.stage(&[batch(1000)]).now_or_never().is_none());
+        table.settle().await;
+        assert_eq!(
+            parquet_files(dir.path()).len(),
+            2,
+            "the second file is written before the next run goes on"
+        );
+
+        // The next run stages as usual.
+        let third = table.stage(&[batch(2000)]).await.unwrap();
+        assert_eq!(third.len(), 1);
+        assert_eq!(parquet_files(dir.path()).len(), 3);
     }
 }
