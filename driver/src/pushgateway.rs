@@ -3,6 +3,8 @@
 //! newest figures (a push still in flight when the next epoch commits is superseded, never
 //! queued), with a timeout and retries; failures are logged and counted, never fatal.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
@@ -18,9 +20,12 @@ use crate::metrics::DriverMetrics;
 /// - `total_events` (counter): records read since the checkpoint began (survives restarts);
 /// - `last_epoch`, `epoch_events`, `epoch_late_events`, `epoch_malformed_events`,
 ///   `epoch_windows_emitted` (gauges): the epoch's figures;
-/// - per aggregate column (gauge, e.g. `unique_users`): its sum over the windows the epoch
-///   emitted, pushed only when it emitted some (the last value stays on the Pushgateway).
-pub fn body(record: &CommitRecord) -> Result<Vec<u8>, prometheus::Error> {
+/// - per aggregate column (gauge, e.g. `unique_users`): its sum over the windows of the last
+///   epoch that emitted any, `emitted` (none yet: not pushed, the Pushgateway keeps its value).
+pub fn body(
+    record: &CommitRecord,
+    emitted: Option<&BTreeMap<String, f64>>,
+) -> Result<Vec<u8>, prometheus::Error> {
     let registry = Registry::new();
     let total = IntCounter::new(
         "total_events",
@@ -57,15 +62,13 @@ pub fn body(record: &CommitRecord) -> Result<Vec<u8>, prometheus::Error> {
         g.set(i64::try_from(value).unwrap_or(i64::MAX));
         registry.register(Box::new(g))?;
     }
-    if s.windows_emitted > 0 {
-        for (column, sum) in &s.output_sums {
-            let g = Gauge::new(
-                column.as_str(),
-                format!("Sum of {column} over the windows the last epoch emitted."),
-            )?;
-            g.set(*sum);
-            registry.register(Box::new(g))?;
-        }
+    for (column, sum) in emitted.into_iter().flatten() {
+        let g = Gauge::new(
+            column.as_str(),
+            format!("Sum of {column} over the windows of the last epoch that emitted any."),
+        )?;
+        g.set(*sum);
+        registry.register(Box::new(g))?;
     }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
@@ -92,8 +95,24 @@ fn shown(url: &url::Url) -> String {
     u.to_string()
 }
 
+/// The aggregate sums of the last epoch that emitted windows: every push carries them, so an
+/// emitting epoch whose own push was superseded by a quiet one still shows.
+#[derive(Default)]
+struct EmittedSums(Option<BTreeMap<String, f64>>);
+
+impl EmittedSums {
+    /// The sums to push with `record`.
+    fn after(&mut self, record: &CommitRecord) -> Option<&BTreeMap<String, f64>> {
+        if record.stats.windows_emitted > 0 {
+            self.0 = Some(record.stats.output_sums.clone());
+        }
+        self.0.as_ref()
+    }
+}
+
 pub struct Pushgateway {
     latest: watch::Sender<Option<(u64, Vec<u8>)>>,
+    emitted: Mutex<EmittedSums>,
     task: JoinHandle<()>,
     limit: Duration,
 }
@@ -111,6 +130,7 @@ impl Pushgateway {
         let attempts = sink.retries + 1;
         Ok(Self {
             latest,
+            emitted: Mutex::new(EmittedSums::default()),
             task,
             limit: (sink.timeout + MAX_BACKOFF) * attempts,
         })
@@ -118,7 +138,8 @@ impl Pushgateway {
 
     /// Pushes a decided epoch's figures (superseding a push that has not started).
     pub fn push(&self, record: &CommitRecord) {
-        match body(record) {
+        let mut emitted = self.emitted.lock().unwrap_or_else(|e| e.into_inner());
+        match body(record, emitted.after(record)) {
             Ok(b) => {
                 self.latest.send_replace(Some((record.epoch, b)));
             }
@@ -168,7 +189,6 @@ async fn push_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use weir_common::checkpoint::{EpochStats, Totals};
 
     #[test]
@@ -187,7 +207,8 @@ mod tests {
             },
             ..Default::default()
         };
-        let text = String::from_utf8(body(&record).unwrap()).unwrap();
+        let text =
+            String::from_utf8(body(&record, Some(&record.stats.output_sums)).unwrap()).unwrap();
         assert!(
             text.contains("# TYPE total_events counter\ntotal_events 1040"),
             "{text}"
@@ -198,13 +219,22 @@ mod tests {
         );
         assert!(text.contains("last_epoch 9"), "{text}");
         let quiet = CommitRecord {
+            epoch: 10,
             stats: EpochStats {
                 output_sums: BTreeMap::from([("unique_users".to_string(), 0.0)]),
                 ..Default::default()
             },
-            ..record
+            ..record.clone()
         };
-        let text = String::from_utf8(body(&quiet).unwrap()).unwrap();
+        assert_eq!(EmittedSums::default().after(&quiet), None);
+        let mut emitted = EmittedSums::default();
+        emitted.after(&record);
+        let text = String::from_utf8(body(&quiet, emitted.after(&quiet)).unwrap()).unwrap();
+        assert!(
+            text.contains("unique_users 17") && text.contains("last_epoch 10"),
+            "a quiet epoch carries the last emitted sums: {text}"
+        );
+        let text = String::from_utf8(body(&quiet, None).unwrap()).unwrap();
         assert!(!text.contains("unique_users"), "{text}");
     }
 

@@ -39,15 +39,28 @@ impl LocalRun {
 
     /// Waits for a line with `prefix` and answers the rest of it.
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        self.wait_for_lines(prefix, 1, timeout).remove(0)
+    }
+
+    /// Waits for `n` lines with `prefix` and answers the rest of each.
+    pub fn wait_for_lines(&mut self, prefix: &str, n: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(rest) = self.seen.iter().find_map(|l| l.strip_prefix(prefix)) {
-                return rest.to_string();
+            let found: Vec<String> = self
+                .seen
+                .iter()
+                .filter_map(|l| l.strip_prefix(prefix).map(String::from))
+                .collect();
+            if found.len() >= n {
+                return found;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line `{prefix}...` within {timeout:?}: {:?}", self.seen),
+                Err(_) => panic!(
+                    "no {n} lines `{prefix}...` within {timeout:?}: {:?}",
+                    self.seen
+                ),
             }
         }
     }

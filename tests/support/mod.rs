@@ -3,13 +3,16 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod local_run;
+pub mod prometheus;
 pub mod s3;
+pub mod server;
 pub mod webhook;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// Waits until a server started as `child` accepts connections on `address`; panics with its
@@ -42,9 +45,8 @@ pub const BAD_INPUT: [&str; 6] = [
 
 /// A tansu broker on a free loopback port, stopped when dropped.
 pub struct Broker {
-    child: Child,
+    _server: server::Server,
     pub address: String,
-    _dir: tempfile::TempDir,
 }
 
 pub fn free_port() -> u16 {
@@ -56,47 +58,30 @@ pub fn free_port() -> u16 {
 
 impl Broker {
     pub fn start() -> Broker {
-        let tansu = std::env::var("WEIR_TANSU").unwrap_or_else(|_| "tansu".into());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
-        // tansu resolves sqlite:// paths against its working directory.
-        let mut child = Command::new(&tansu)
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start `{tansu}` ({e}); run scripts/setup.sh to install it")
-            });
-        let address = format!("127.0.0.1:{port}");
-        wait_for_port(
-            &mut child,
-            &address,
-            &dir.path().join("tansu.log"),
+        // tansu resolves sqlite:// paths against its working directory (the server's).
+        let server = server::Server::start(
+            "tansu",
+            "WEIR_TANSU",
+            |address, _| {
+                let url = format!("tcp://{address}");
+                [
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ]
+                .into_iter()
+                .map(String::from)
+                .chain(["--storage-engine".into(), "sqlite://tansu.db".into()])
+                .collect()
+            },
             Duration::from_secs(30),
         );
         Broker {
-            child,
-            address,
-            _dir: dir,
+            address: server.address.clone(),
+            _server: server,
         }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
