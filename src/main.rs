@@ -243,6 +243,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // TLS (the admin port, its client) needs a process-wide crypto provider: rustls cannot
+    // choose one itself when, as here, both of its back-ends are compiled in.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -278,4 +278,111 @@ fn weir_admin_reports_progress_and_steers_a_running_query() {
     // The watch ends with the driver.
     assert!(watch.wait().unwrap().success());
     assert!(local.lines_with("done: the output table is at").len() == 1);
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`: answers the
+/// CA's, the server certificate's and its key's paths.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        support::run_ok(
+            std::process::Command::new("openssl")
+                .current_dir(dir)
+                .args(args),
+            "openssl",
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-days", "2", "-subj", "/CN=weir test CA"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "admin.key", "-out", "admin.csr"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-subj", "/CN=127.0.0.1"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "admin.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "admin.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("admin.pem"),
+        dir.join("admin.key"),
+    )
+}
+
+#[test]
+fn weir_admin_talks_tls_to_a_driver_that_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    // Nothing is read before an executor registers: the driver only needs its job file.
+    reference_job(dir.path(), "127.0.0.1:1", 1_000);
+    let mut driver = weir();
+    driver
+        .args(["driver", "--job"])
+        .arg(dir.path().join("job.yaml"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--admin-tls-cert"])
+        .arg(&cert)
+        .arg("--admin-tls-key")
+        .arg(&key);
+    let mut run = LocalRun::start(driver, &dir.path().join("driver.log"));
+    let url = run.wait_for_line("weir driver admin on ", Duration::from_secs(60));
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let ca_arg = ca.display().to_string();
+    let status = admin_json(&url, &["--ca-cert", &ca_arg, "status"], None);
+    assert_eq!(status[0]["name"], "realtime-analytics", "{status}");
+    assert_eq!(status[0]["state"], "WAITING_FOR_EXECUTORS", "{status}");
+
+    // Without the CA the certificate is not trusted; plain HTTP/2 gets no answer.
+    let untrusted = admin(&url, &["status"], None);
+    assert!(!untrusted.status.success());
+    let plain = admin(&url.replacen("https://", "http://", 1), &["status"], None);
+    assert!(!plain.status.success());
+
+    let stopped = admin_json(&url, &["--ca-cert", &ca_arg, "stop"], None);
+    assert_eq!(stopped["state"], "STOPPING", "{stopped}");
+    let status = run.wait(Duration::from_secs(30));
+    assert!(status.success(), "driver after stop: {status}");
 }

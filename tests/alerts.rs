@@ -1,12 +1,13 @@
 //! Webhook alerts reach a real HTTP receiver once, retried through a failure, and the webhook
-//! URL (a credential) never shows in the logs.
+//! URL (a credential) never shows in the logs; an epoch over its time budget raises one alert.
+//! (Executor-lost and recovered alerts: `tests/recovery.rs`, where an executor is killed.)
 
 mod support;
 
 use std::time::Duration;
 
 use support::webhook::Webhook;
-use support::{reference_job_in, weir};
+use support::{commit_records, gen_events, reference_job_in, run_local, weir, Broker};
 
 #[test]
 fn a_query_failure_alerts_the_webhook_once_without_logging_its_url() {
@@ -64,4 +65,38 @@ fn a_query_failure_alerts_the_webhook_once_without_logging_its_url() {
         text.contains("failed") && text.contains("different query"),
         "{text}"
     );
+}
+
+#[test]
+fn every_epoch_over_its_time_budget_raises_one_alert() {
+    let broker = Broker::start();
+    let hook = Webhook::start("/alerts", 0);
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(&broker, dir.path(), 4, 3_000, &[]);
+    // No epoch (Kafka reads, an exchange, a Delta commit) finishes within a millisecond.
+    reference_job_in(
+        dir.path(),
+        &broker.address,
+        1_000,
+        &dir.path().display().to_string(),
+        &format!("alerts: {{webhook: \"{}\", epoch_budget: 1ms}}\n", hook.url),
+    );
+    run_local(dir.path(), 1);
+    let texts: Vec<String> = hook
+        .received(Duration::from_millis(500))
+        .into_iter()
+        .map(|(_, body, _)| {
+            let alert: serde_json::Value = serde_json::from_str(&body).unwrap();
+            alert["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let epochs = commit_records(dir.path()).len();
+    assert!(epochs >= 3, "{epochs} epochs");
+    assert_eq!(texts.len(), epochs, "one alert per epoch: {texts:?}");
+    for (epoch, text) in texts.iter().enumerate() {
+        assert!(
+            text.contains(&format!("epoch {epoch} has been running for more than 1ms")),
+            "{texts:?}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use support::cluster::{Cluster, Event, Role};
 use support::s3::{S3Server, CREDENTIALS};
+use support::webhook::Webhook;
 use support::{
     commit_records, gen_events, reference_job, reference_job_in, run_local, verify_in, Broker,
     BAD_INPUT,
@@ -305,17 +306,24 @@ fn pid_of(needle: &str) -> Option<i32> {
         })
 }
 
-/// `weir local` behaves like a Deployment: an executor killed mid-job is started again, and
-/// the job's output is still exact.
+/// `weir local` behaves like a Deployment: an executor killed mid-job is started again, the
+/// webhook hears that it was lost and that the query recovered, and the output is still exact.
 #[test]
-fn weir_local_starts_a_killed_executor_again_and_the_output_stays_exact() {
+fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact() {
     use std::io::{BufRead, BufReader};
     let broker = Broker::start();
+    let hook = Webhook::start("/alerts", 0);
     let tmp = tempfile::tempdir().expect("temp dir");
     let events = gen_events(&broker, tmp.path(), 8, EVENTS, &gen_args());
     let dir = tmp.path().join("local");
     std::fs::create_dir_all(&dir).expect("job dir");
-    reference_job(&dir, &broker.address, PER_EPOCH);
+    reference_job_in(
+        &dir,
+        &broker.address,
+        PER_EPOCH,
+        &dir.display().to_string(),
+        &format!("alerts: {{webhook: \"{}\"}}\n", hook.url),
+    );
     let work = dir.join("work");
     let mut local = support::weir_local()
         .arg("--job")
@@ -353,4 +361,28 @@ fn weir_local_starts_a_killed_executor_again_and_the_output_stays_exact() {
     assert!(killed, "the job ended before epoch 2");
     assert!(log.contains("executor-1 exited"), "{log}");
     support::verify(&events, &dir, &[]);
+
+    // The driver delivers its alerts before it exits.
+    let alerts: Vec<String> = hook
+        .received(Duration::from_millis(500))
+        .into_iter()
+        .map(|(_, body, _)| {
+            let alert: serde_json::Value = serde_json::from_str(&body).expect("JSON alert");
+            alert["text"].as_str().expect("Slack's text").to_string()
+        })
+        .collect();
+    let lost: Vec<&String> = alerts
+        .iter()
+        .filter(|t| t.contains("failed or was lost"))
+        .collect();
+    assert!(!lost.is_empty(), "no executor-lost alert: {alerts:?}");
+    assert!(
+        lost.iter().all(|t| t.contains("executor `executor-1`")),
+        "{lost:?}"
+    );
+    let last = alerts.last().expect("alerts");
+    assert!(
+        last.contains("recovered in") && last.contains("realtime-analytics"),
+        "the last alert says the query recovered: {alerts:?}"
+    );
 }

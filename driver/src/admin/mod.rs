@@ -80,7 +80,12 @@ impl AdminService {
                 "stopping after the epoch in progress".to_string(),
             ),
             QueryState::Active if paused => (s.state, format!("{}; pausing after it", s.message)),
-            QueryState::Idle | QueryState::Paused if stopping => {
+            QueryState::Idle
+            | QueryState::Paused
+            | QueryState::Recovering
+            | QueryState::WaitingForExecutors
+                if stopping =>
+            {
                 (QueryState::Stopping, "stopping".to_string())
             }
             // The coordinator takes the pause at once when it is between epochs.
