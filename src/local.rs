@@ -107,7 +107,8 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
     }
 }
 
-pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+/// Runs the job; the driver and executors log in `log_format` (`human` or `json`).
+pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
     // Validate here so a bad job file fails before any process starts.
     let job = crate::job_with_trigger(&args.job, args.trigger.as_deref())?;
     if args.executors == 0 {
@@ -120,6 +121,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(".weir/local").join(&job.name));
     let mut driver_cmd = Command::new(&exe);
     driver_cmd
+        .args(["--log-format", log_format])
         .arg("driver")
         .arg("--job")
         .arg(&args.job)
@@ -164,7 +166,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let mut supervisors = Vec::new();
     for i in 0..args.executors {
         let mut cmd = Command::new(&exe);
-        cmd.arg("executor")
+        cmd.args(["--log-format", log_format])
+            .arg("executor")
             .args(["--driver", &driver_url])
             .args(["--listen", "127.0.0.1:0"])
             .arg("--state-dir")

@@ -21,8 +21,14 @@ use weir_common::job::{load_job, JobSpec, Trigger};
     about = "Event-time stream processing from Kafka into Delta Lake, exactly once"
 )]
 struct Cli {
-    /// Log format on standard error.
-    #[arg(long, global = true, value_enum, default_value = "human")]
+    /// Log format on standard error (`weir local` passes it to its processes).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "WEIR_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -187,7 +193,13 @@ pub fn job_with_trigger(path: &std::path::Path, trigger: Option<&str>) -> anyhow
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Local(args) => local::run(args).await,
+        Command::Local(args) => {
+            let format = match cli.log_format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            };
+            local::run(args, format).await
+        }
         Command::Driver {
             job,
             listen,

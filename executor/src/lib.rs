@@ -249,6 +249,14 @@ async fn epoch_actor(
                 match &result {
                     Ok(prepared) => {
                         if let Some(stats) = &prepared.stats {
+                            span.in_scope(|| {
+                                tracing::debug!(
+                                    input_rows = stats.input_rows,
+                                    windows = stats.windows_emitted,
+                                    state_rows = stats.state_rows,
+                                    "epoch prepared"
+                                )
+                            });
                             metrics.record(stats);
                         }
                     }
@@ -365,7 +373,11 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     let fatal = fatal_rx.clone();
     let (closing_tx, mut closing_rx) = watch::channel(false);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Calls are served in tonic's own tasks: give each the executor's span, so what the
+    // handlers log names the executor too.
+    let executor_span = tracing::Span::current();
     let server = tonic::transport::Server::builder()
+        .trace_fn(move |_| executor_span.clone())
         .add_service(ExecutorServer::new(service))
         .add_service(FlightServiceServer::new(ExchangeService::new(
             registration.job_id.clone(),

@@ -11,6 +11,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// A table that receives staged files.
 pub struct StagedTable {
@@ -68,7 +69,9 @@ impl StagedTable {
             .filter(|b| b.num_rows() > 0)
             .cloned()
             .collect();
-        let write = self.in_flight.insert(tokio::spawn(write(table, batches)));
+        let write = self
+            .in_flight
+            .insert(tokio::spawn(write(table, batches).in_current_span()));
         let written = write.await;
         self.in_flight = None;
         written.map_err(|e| DeltaTableError::Generic(format!("the staging task failed: {e}")))?

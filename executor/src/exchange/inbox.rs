@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::wire::decode_into;
 use crate::partials::Partials;
@@ -92,7 +93,7 @@ struct OpenStream {
 /// slows senders when this executor merges more slowly than they send).
 pub fn spawn(capacity: usize) -> mpsc::Sender<InboxMsg> {
     let (tx, rx) = mpsc::channel(capacity);
-    tokio::spawn(run(rx));
+    tokio::spawn(run(rx).in_current_span());
     tx
 }
 
