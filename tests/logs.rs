@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use support::{commit_records, gen_events, reference_job, run_ok, weir_local, Broker};
+use support::{commit_records, gen_events, local_job, reference_job, run_ok, Broker};
 
 /// The value of `field` in the span named `name` that the line was written in.
 fn span_field<'a>(line: &'a Value, name: &str, field: &str) -> Option<&'a Value> {
@@ -24,17 +24,8 @@ fn json_logs_name_the_epoch_and_the_executor() {
     gen_events(&broker, dir.path(), 4, 3_000, &[]);
     reference_job(dir.path(), &broker.address, 1_000);
     let out = run_ok(
-        weir_local()
-            .args(["--log-format", "json", "--job"])
-            .arg(dir.path().join("job.yaml"))
-            .args([
-                "--executors",
-                "2",
-                "--trigger",
-                "available-now",
-                "--work-dir",
-            ])
-            .arg(dir.path().join("work"))
+        local_job(dir.path(), 2)
+            .args(["--log-format", "json"])
             .env("RUST_LOG", "info,weir_driver=debug,weir_executor=debug"),
         "weir local",
     );

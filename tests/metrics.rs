@@ -12,8 +12,8 @@ use std::time::Duration;
 use support::local_run::LocalRun;
 use support::prometheus::{pushed_value, Prometheus, Pushgateway};
 use support::{
-    commit_records, free_port, gen_events, python, reference_job, run_ok, verify, weir, weir_local,
-    Broker, BAD_INPUT,
+    commit_records, free_port, gen_events, local_job, python, reference_job, run_ok, verify, weir,
+    weir_local, Broker, BAD_INPUT,
 };
 
 const EVENTS: u64 = 20_000;
@@ -205,20 +205,7 @@ fn a_pushgateway_that_is_down_is_logged_and_the_job_goes_on() {
             free_port()
         ),
     );
-    let out = run_ok(
-        weir_local()
-            .arg("--job")
-            .arg(dir.path().join("job.yaml"))
-            .args([
-                "--executors",
-                "1",
-                "--trigger",
-                "available-now",
-                "--work-dir",
-            ])
-            .arg(dir.path().join("work")),
-        "weir local",
-    );
+    let out = run_ok(&mut local_job(dir.path(), 1), "weir local");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Pushgateway push failed"), "{stderr}");
     assert!(

@@ -325,17 +325,7 @@ fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact()
         &format!("alerts: {{webhook: \"{}\"}}\n", hook.url),
     );
     let work = dir.join("work");
-    let mut local = support::weir_local()
-        .arg("--job")
-        .arg(dir.join("job.yaml"))
-        .args([
-            "--executors",
-            "2",
-            "--trigger",
-            "available-now",
-            "--work-dir",
-        ])
-        .arg(&work)
+    let mut local = support::local_job(&dir, 2)
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(dir.join("local.log")).expect("log"))
         .spawn()

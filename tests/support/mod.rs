@@ -206,18 +206,21 @@ pub fn gen_events(
     events
 }
 
-/// Runs the job in `dir/job.yaml` with `weir local` on `executors` executors until the input
-/// is consumed; answers its standard output.
+/// `weir local` for the job in `dir/job.yaml` on `executors` executors until the input is
+/// consumed, working in `dir/work`.
+pub fn local_job(dir: &Path, executors: usize) -> Command {
+    let mut cmd = weir_local();
+    cmd.arg("--job")
+        .arg(dir.join("job.yaml"))
+        .args(["--executors", &executors.to_string()])
+        .args(["--trigger", "available-now", "--work-dir"])
+        .arg(dir.join("work"));
+    cmd
+}
+
+/// Runs [`local_job`]; answers its standard output.
 pub fn run_local(dir: &Path, executors: usize) -> String {
-    let out = run_ok(
-        weir_local()
-            .arg("--job")
-            .arg(dir.join("job.yaml"))
-            .args(["--executors", &executors.to_string()])
-            .args(["--trigger", "available-now", "--work-dir"])
-            .arg(dir.join("work")),
-        "weir local",
-    );
+    let out = run_ok(&mut local_job(dir, executors), "weir local");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(stdout.contains("done: the output table is at"), "{stdout}");
     stdout
