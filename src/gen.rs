@@ -69,6 +69,66 @@ pub struct GenArgs {
     /// Also write every record, its partition and its kind (valid, late, malformed) here.
     #[arg(long)]
     pub jsonl: Option<std::path::PathBuf>,
+    /// Write the events as JSON-lines files into this directory (`events-00000.jsonl`, ... in
+    /// event order), for the file source. An empty malformed record cannot be a line, so it is
+    /// written as `""` everywhere.
+    #[arg(long)]
+    pub out_dir: Option<std::path::PathBuf>,
+    /// Number of files `--out-dir` splits the events into.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub files: u64,
+}
+
+/// `--out-dir`: the events in `files` files, each written under a hidden name and renamed into
+/// place when complete, as a file source needs.
+struct FileOutput {
+    dir: std::path::PathBuf,
+    files: u64,
+    count: u64,
+    current: Option<(u64, BufWriter<File>)>,
+}
+
+impl FileOutput {
+    fn new(dir: &std::path::Path, files: u64, count: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files: files.min(count.max(1)),
+            count,
+            current: None,
+        })
+    }
+
+    fn name(index: u64) -> String {
+        format!("events-{index:05}.jsonl")
+    }
+
+    /// Renames the file being written into place.
+    fn close(&mut self) -> anyhow::Result<()> {
+        if let Some((index, mut out)) = self.current.take() {
+            out.flush()?;
+            let name = Self::name(index);
+            std::fs::rename(self.dir.join(format!(".{name}.tmp")), self.dir.join(&name))
+                .with_context(|| format!("moving {name} into place"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes event number `n`.
+    fn write(&mut self, n: u64, value: &str) -> anyhow::Result<()> {
+        let index = u64::try_from(u128::from(n) * u128::from(self.files) / u128::from(self.count))
+            .unwrap_or(u64::MAX);
+        if self.current.as_ref().is_none_or(|(i, _)| *i != index) {
+            self.close()?;
+            let tmp = self.dir.join(format!(".{}.tmp", Self::name(index)));
+            let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            self.current = Some((index, BufWriter::new(file)));
+        }
+        if let Some((_, out)) = self.current.as_mut() {
+            writeln!(out, "{value}")?;
+        }
+        Ok(())
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -257,9 +317,13 @@ async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> an
 
 /// Runs `weir gen`.
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
-    if args.brokers.is_none() && args.jsonl.is_none() {
-        bail!("nowhere to write: give --brokers (or KAFKA_BROKERS) and/or --jsonl");
+    if args.brokers.is_none() && args.jsonl.is_none() && args.out_dir.is_none() {
+        bail!("nowhere to write: give --brokers (or KAFKA_BROKERS), --out-dir and/or --jsonl");
     }
+    let mut files = match &args.out_dir {
+        Some(dir) => Some(FileOutput::new(dir, args.files, args.count)?),
+        None => None,
+    };
     let mut jsonl = match &args.jsonl {
         Some(p) => Some(BufWriter::new(
             File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -286,8 +350,14 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut pending = Vec::new();
     let mut counts = [0u64; 3];
-    for (n, event) in generator.enumerate() {
+    for (n, mut event) in generator.enumerate() {
         counts[event.kind as usize] += 1;
+        if let Some(out) = files.as_mut() {
+            if event.value.is_empty() {
+                event.value = "\"\"".into();
+            }
+            out.write(n as u64, &event.value)?;
+        }
         if let Some(out) = jsonl.as_mut() {
             let line = json!({"partition": event.partition, "kind": event.kind.name(), "value": event.value});
             writeln!(out, "{line}")?;
@@ -330,6 +400,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     if let Some(p) = &producer {
         p.flush(Duration::from_secs(30))
             .context("flushing the producer")?;
+    }
+    if let Some(out) = files.as_mut() {
+        out.close()?;
     }
     if let Some(mut out) = jsonl {
         out.flush()?;

@@ -11,8 +11,8 @@ use support::cluster::{Cluster, Event, Role};
 use support::s3::{S3Server, CREDENTIALS};
 use support::webhook::Webhook;
 use support::{
-    commit_records, gen_events, reference_job, reference_job_in, run_local, verify_in, Broker,
-    BAD_INPUT,
+    commit_records, file_job_in, gen_events, gen_files, reference_job, reference_job_in, run_local,
+    verify_in, Broker, BAD_INPUT,
 };
 
 const EXECUTORS: usize = 3;
@@ -196,6 +196,39 @@ fn killing_any_process_at_any_step_on_s3_changes_nothing() {
         root,
         &s3.storage_options_yaml(),
     );
+    let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
+    run_with_faults(&mut cluster, &schedule());
+    verify_in(
+        &events,
+        root,
+        &[
+            OsStr::new("--same-as"),
+            OsStr::new(&expected),
+            OsStr::new("--s3-endpoint"),
+            OsStr::new(&s3.endpoint),
+        ],
+    );
+}
+
+/// The file source under the same faults, its files and tables on S3: each file is read once.
+#[test]
+fn killing_any_process_at_any_step_reading_files_on_s3_changes_nothing() {
+    let s3 = S3Server::start("weir");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // Twelve epochs of two files, as many as the schedule needs.
+    let (input, events) = gen_files(tmp.path(), EVENTS, 24, &gen_args());
+    let expected_dir = tmp.path().join("baseline");
+    std::fs::create_dir_all(&expected_dir).expect("baseline dir");
+    let root = expected_dir.display().to_string();
+    file_job_in(&expected_dir, &input.display().to_string(), 2, &root, "");
+    run_local(&expected_dir, EXECUTORS);
+    let expected = expected_dir.join("aggregated").display().to_string();
+
+    s3.upload(&input, "s3://weir/input");
+    let dir = tmp.path().join("chaos");
+    std::fs::create_dir_all(&dir).expect("chaos dir");
+    let root = "s3://weir/chaos";
+    let job = file_job_in(&dir, "s3://weir/input", 2, root, &s3.storage_options_yaml());
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
     run_with_faults(&mut cluster, &schedule());
     verify_in(

@@ -22,6 +22,7 @@ fn plan(end: i64) -> EpochPlan {
         planned_at_micros: 1,
         assignment: vec![],
         lost: vec![],
+        files: vec![],
     }
 }
 

@@ -25,10 +25,19 @@ pub struct PartitionRange {
     pub end: i64,
 }
 
+/// A file of a file source that an epoch reads whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputFile {
+    /// The file's path under the source's location (`2026/01/01/events-001.jsonl`).
+    pub path: String,
+    pub bytes: u64,
+}
+
 /// Which executor reads which partitions and owns which key groups in an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Assignment {
     pub executor_id: String,
+    /// Kafka partitions, or for a file source the indexes of the plan's files.
     pub partitions: Vec<i32>,
     /// Key groups `[start, end)`.
     pub key_groups: (u32, u32),
@@ -38,8 +47,12 @@ pub struct Assignment {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochPlan {
     pub epoch: u64,
+    /// The topic, or the file source's location.
     pub topic: String,
     pub ranges: Vec<PartitionRange>,
+    /// A file source's files for the epoch, in name order (empty for Kafka).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<InputFile>,
     /// Watermark in force for the epoch (microseconds); none before the first event.
     pub watermark_micros: Option<i64>,
     /// The plan's wall clock: processing_time of the epoch's rows.
@@ -52,7 +65,19 @@ pub struct EpochPlan {
 }
 
 impl EpochPlan {
-    /// Number of records the plan covers.
+    /// What the assignment distributes: Kafka partitions, or the indexes of a file source's
+    /// files.
+    pub fn partitions(&self) -> Vec<i32> {
+        if self.files.is_empty() {
+            self.ranges.iter().map(|r| r.partition).collect()
+        } else {
+            (0..self.files.len())
+                .filter_map(|i| i32::try_from(i).ok())
+                .collect()
+        }
+    }
+
+    /// Number of records the plan covers (a file source's are known once read).
     pub fn planned_rows(&self) -> u64 {
         self.ranges
             .iter()
@@ -188,6 +213,9 @@ pub struct CommitRecord {
     pub epoch: u64,
     /// Next offset to read per partition.
     pub end_offsets: BTreeMap<i32, i64>,
+    /// A file source's position: every file whose path sorts up to this one has been read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_through: Option<String>,
     /// Watermark in force for the next epoch.
     pub next_watermark_micros: Option<i64>,
     /// Delta add actions (JSON) for the output table.

@@ -67,7 +67,10 @@ fn default_trigger() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
-    pub kafka: RawKafka,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<RawKafka>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<RawFiles>,
     #[serde(default = "default_format")]
     pub format: String,
     pub schema: IndexMap<String, String>,
@@ -93,6 +96,15 @@ pub struct RawKafka {
     pub max_offsets_per_trigger: Option<u64>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// JSON-lines files under a directory or object-store prefix, taken in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub path: String,
+    #[serde(default)]
+    pub max_files_per_trigger: Option<u64>,
 }
 
 fn default_starting_offsets() -> serde_yaml_ng::Value {
@@ -191,6 +203,31 @@ pub struct KafkaSource {
     pub options: BTreeMap<String, String>,
 }
 
+/// The file source, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSource {
+    /// Absolute URL of the directory or prefix (`file:///...`, `s3://...`), no trailing slash.
+    pub url: String,
+    pub max_files_per_trigger: Option<u64>,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Kafka(KafkaSource),
+    Files(FileSource),
+}
+
+impl Source {
+    /// The topic, or the files' location: how progress and dead letters name the source.
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Kafka(k) => &k.topic,
+            Source::Files(f) => &f.url,
+        }
+    }
+}
+
 /// A Delta table output, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeltaSink {
@@ -205,7 +242,7 @@ pub struct DeltaSink {
 pub struct JobSpec {
     pub raw: RawJob,
     pub name: String,
-    pub kafka: KafkaSource,
+    pub source: Source,
     pub input_schema: SchemaRef,
     pub max_record_bytes: usize,
     pub event_time_column: String,
@@ -390,20 +427,7 @@ fn parse_starting_offsets(value: &serde_yaml_ng::Value) -> Result<StartingOffset
     }
 }
 
-fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaSink, JobError> {
-    Ok(DeltaSink {
-        url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
-        partition_by: raw.partition_by.clone(),
-        compact: raw.compact,
-    })
-}
-
-/// Checks a raw job and converts it into engine units.
-pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
-    if raw.name.trim().is_empty() {
-        return Err(JobError::new("name", "expected a non-empty job name"));
-    }
-    let kafka = &raw.source.kafka;
+fn kafka_source(kafka: &RawKafka) -> Result<KafkaSource, JobError> {
     if kafka.bootstrap_servers.trim().is_empty() {
         return Err(JobError::new(
             "source.kafka.bootstrap_servers",
@@ -419,7 +443,52 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             "expected a positive number of records",
         ));
     }
-    let starting_offsets = parse_starting_offsets(&kafka.starting_offsets)?;
+    Ok(KafkaSource {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        topic: kafka.topic.clone(),
+        starting_offsets: parse_starting_offsets(&kafka.starting_offsets)?,
+        fail_on_data_loss: kafka.fail_on_data_loss,
+        max_offsets_per_trigger: kafka.max_offsets_per_trigger,
+        options: kafka.options.clone(),
+    })
+}
+
+fn file_source(files: &RawFiles, base_dir: &Path) -> Result<FileSource, JobError> {
+    if files.max_files_per_trigger == Some(0) {
+        return Err(JobError::new(
+            "source.files.max_files_per_trigger",
+            "expected a positive number of files",
+        ));
+    }
+    Ok(FileSource {
+        url: location_url("source.files.path", &files.path, base_dir)?,
+        max_files_per_trigger: files.max_files_per_trigger,
+    })
+}
+
+fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaSink, JobError> {
+    Ok(DeltaSink {
+        url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
+        partition_by: raw.partition_by.clone(),
+        compact: raw.compact,
+    })
+}
+
+/// Checks a raw job and converts it into engine units.
+pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
+    if raw.name.trim().is_empty() {
+        return Err(JobError::new("name", "expected a non-empty job name"));
+    }
+    let source = match (&raw.source.kafka, &raw.source.files) {
+        (Some(kafka), None) => Source::Kafka(kafka_source(kafka)?),
+        (None, Some(files)) => Source::Files(file_source(files, base_dir)?),
+        _ => {
+            return Err(JobError::new(
+                "source",
+                "expected exactly one of kafka or files",
+            ))
+        }
+    };
     if raw.source.format != "json" {
         return Err(JobError::new(
             "source.format",
@@ -601,14 +670,6 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         ));
     }
 
-    let kafka = KafkaSource {
-        bootstrap_servers: kafka.bootstrap_servers.clone(),
-        topic: kafka.topic.clone(),
-        starting_offsets,
-        fail_on_data_loss: kafka.fail_on_data_loss,
-        max_offsets_per_trigger: kafka.max_offsets_per_trigger,
-        options: kafka.options.clone(),
-    };
     let max_record_bytes = raw
         .source
         .max_record_bytes
@@ -623,9 +684,12 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     if let (Some(d), Some(sink)) = (raw.dead_letter.as_mut(), dead_letter.as_ref()) {
         d.delta.path = sink.url.clone();
     }
+    if let (Some(f), Source::Files(files)) = (raw.source.files.as_mut(), &source) {
+        f.path = files.url.clone();
+    }
     Ok(JobSpec {
         name: raw.name.clone(),
-        kafka,
+        source,
         input_schema,
         max_record_bytes: usize::try_from(max_record_bytes).unwrap_or(usize::MAX),
         event_time_column,
@@ -648,6 +712,14 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
 }
 
 impl JobSpec {
+    /// The Kafka source, when the job reads one.
+    pub fn kafka(&self) -> Option<&KafkaSource> {
+        match &self.source {
+            Source::Kafka(k) => Some(k),
+            Source::Files(_) => None,
+        }
+    }
+
     /// The resolved job as JSON, as sent to executors. Alerts stay with the driver: their
     /// webhook URL is a credential executors have no use for.
     pub fn to_json(&self) -> String {
@@ -667,10 +739,16 @@ impl JobSpec {
     pub fn fingerprint(&self) -> String {
         let query = serde_json::to_string(&self.raw.query).unwrap_or_default();
         let schema = serde_json::to_string(&self.raw.source.schema).unwrap_or_default();
+        // A file source's position is not a Kafka offset: its checkpoints are its own. (Kafka
+        // jobs keep the fingerprint they had before file sources existed.)
+        let kind = match self.source {
+            Source::Kafka(_) => "",
+            Source::Files(_) => "|files",
+        };
         format!(
             "{:016x}",
             crate::keygroup::stable_hash(
-                format!("{query}|{schema}|{}", self.key_groups).as_bytes()
+                format!("{query}|{schema}|{}{kind}", self.key_groups).as_bytes()
             )
         )
     }

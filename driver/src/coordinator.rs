@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -25,13 +24,12 @@ use crate::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
 use crate::decision::decide;
 use crate::delta_commit::DeltaCommitter;
 use crate::executors::{ExecutorClients, RunFailure};
-use crate::kafka_offsets::{Bounds, OffsetReader};
 use crate::membership::{Member, MembershipMsg};
 use crate::metrics::DriverMetrics;
-use crate::planner::{initial_offsets, plan_ranges};
 use crate::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::pushgateway::Pushgateway;
 use crate::query_status::StatusBoard;
+use crate::source::{InputEnd, SourcePosition, SourceReader};
 use crate::state_gc::StateRetention;
 
 /// Runs of one epoch that may fail in a row before the job stops.
@@ -43,8 +41,8 @@ const COMMIT_ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone)]
 struct Position {
     next_epoch: u64,
-    /// Next offset per partition; none before the first epoch.
-    offsets: Option<BTreeMap<i32, i64>>,
+    /// Where the decided epochs left the source.
+    source: SourcePosition,
     /// Watermark in force for the next epoch.
     watermark: Option<i64>,
     /// Watermark the last executed epoch ran with: a larger one means windows may close.
@@ -81,7 +79,7 @@ pub struct Coordinator {
     pub log: CheckpointLog,
     pub output: DeltaCommitter,
     pub dead_letter: Option<DeltaCommitter>,
-    pub offsets: Arc<OffsetReader>,
+    pub source: SourceReader,
     pub members: watch::Receiver<Vec<Member>>,
     pub membership: mpsc::Sender<MembershipMsg>,
     pub expected_executors: usize,
@@ -119,7 +117,7 @@ impl Coordinator {
         log: CheckpointLog,
         output: DeltaCommitter,
         dead_letter: Option<DeltaCommitter>,
-        offsets: OffsetReader,
+        source: SourceReader,
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
         expected_executors: usize,
@@ -136,7 +134,7 @@ impl Coordinator {
             log,
             output,
             dead_letter,
-            offsets: Arc::new(offsets),
+            source,
             members,
             membership,
             expected_executors,
@@ -158,7 +156,7 @@ impl Coordinator {
     async fn recover(&mut self) -> anyhow::Result<(Position, Option<EpochPlan>)> {
         let mut position = Position {
             next_epoch: 0,
-            offsets: None,
+            source: SourcePosition::default(),
             watermark: None,
             last_epoch_watermark: None,
             assignment: Vec::new(),
@@ -183,7 +181,10 @@ impl Coordinator {
             };
             position = Position {
                 next_epoch: epoch + 1,
-                offsets: Some(record.end_offsets.clone()),
+                source: SourcePosition {
+                    offsets: Some(record.end_offsets.clone()),
+                    files_through: record.files_through.clone(),
+                },
                 watermark: record.next_watermark_micros,
                 last_epoch_watermark: plan.as_ref().and_then(|p| p.watermark_micros),
                 assignment,
@@ -231,11 +232,6 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn bounds(&self) -> anyhow::Result<BTreeMap<i32, Bounds>> {
-        let reader = self.offsets.clone();
-        Ok(tokio::task::spawn_blocking(move || reader.bounds()).await??)
-    }
-
     /// Waits until the expected number of executors is registered; `None` when the driver is
     /// asked to stop first.
     async fn wait_for_executors(&mut self) -> anyhow::Result<Option<Vec<Member>>> {
@@ -259,68 +255,40 @@ impl Coordinator {
     async fn plan_next(
         &mut self,
         position: &mut Position,
-        target: Option<&BTreeMap<i32, i64>>,
+        target: Option<&InputEnd>,
         members: &[Member],
     ) -> anyhow::Result<Option<(EpochPlan, BTreeMap<i32, i64>)>> {
-        let bounds = self.bounds().await?;
-        let kafka = &self.job.kafka;
-        let start = match &position.offsets {
-            Some(o) => o.clone(),
-            None => initial_offsets(&kafka.starting_offsets, &bounds),
-        };
-        let limit = target.cloned().unwrap_or_default();
-        let (ranges, losses) = plan_ranges(&start, &bounds, &limit, kafka.max_offsets_per_trigger);
-        for loss in &losses {
-            if kafka.fail_on_data_loss {
-                bail!(
-                    "offsets {}..{} of partition {} of {} are no longer retained (fail_on_data_loss is true)",
-                    loss.from, loss.to, loss.partition, kafka.topic
-                );
-            }
-            tracing::warn!(
-                partition = loss.partition,
-                lost = loss.to - loss.from,
-                "offsets {}..{} are no longer retained; skipping them (fail_on_data_loss is false)",
-                loss.from,
-                loss.to
-            );
-        }
-        let has_data = ranges.iter().any(|r| r.end > r.start) || !losses.is_empty();
+        let planned = self.source.plan(&position.source, target).await?;
         let watermark_moved = position.watermark != position.last_epoch_watermark;
-        if !has_data && !watermark_moved {
-            position.offsets = Some(start);
+        if !planned.has_data() && !watermark_moved {
+            if planned.start.is_some() {
+                position.source.offsets = planned.start;
+            }
             return Ok(None);
         }
-        let assignment = self.assignment_for(&ranges, members, &position.assignment)?;
-        let plan = EpochPlan {
+        let mut plan = EpochPlan {
             epoch: position.next_epoch,
-            topic: kafka.topic.clone(),
-            assignment,
-            ranges,
+            topic: self.job.source.name().to_string(),
+            assignment: Vec::new(),
+            ranges: planned.ranges,
+            files: planned.files,
             watermark_micros: position.watermark,
             planned_at_micros: now_micros(),
-            lost: losses
-                .iter()
-                .map(|l| weir_common::checkpoint::PartitionRange {
-                    partition: l.partition,
-                    start: l.from,
-                    end: l.to,
-                })
-                .collect(),
+            lost: planned.lost,
         };
-        let latest = bounds.iter().map(|(p, b)| (*p, b.latest)).collect();
-        Ok(Some((plan, latest)))
+        plan.assignment = self.assignment_for(&plan.partitions(), members, &position.assignment)?;
+        Ok(Some((plan, planned.latest)))
     }
 
+    /// Assigns `partitions` (Kafka partitions or file indexes) and key groups to `members`.
     fn assignment_for(
         &self,
-        ranges: &[weir_common::checkpoint::PartitionRange],
+        partitions: &[i32],
         members: &[Member],
         previous: &[Assignment],
     ) -> anyhow::Result<Vec<Assignment>> {
-        let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
         let executors: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
-        let assignment = assign(&partitions, &executors, self.job.key_groups, previous);
+        let assignment = assign(partitions, &executors, self.job.key_groups, previous);
         if assignment.is_empty() {
             bail!("no executor registered");
         }
@@ -422,13 +390,7 @@ impl Coordinator {
             return Ok(());
         };
         let target = match self.job.trigger {
-            Trigger::AvailableNow => Some(
-                self.bounds()
-                    .await?
-                    .into_iter()
-                    .map(|(p, b)| (p, b.latest))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
+            Trigger::AvailableNow => Some(self.source.end().await?),
             Trigger::Interval(_) => None,
         };
         let interval = match self.job.trigger {
@@ -440,12 +402,7 @@ impl Coordinator {
             let (plan, triggered) = match pending.take() {
                 Some(p) => {
                     // A plan a previous driver left: its ends as they are now.
-                    let latest = self
-                        .bounds()
-                        .await?
-                        .into_iter()
-                        .map(|(p, b)| (p, b.latest))
-                        .collect();
+                    let latest = self.source.end().await?.offsets;
                     let triggered = Triggered {
                         at_micros: now_micros(),
                         started: Instant::now(),
@@ -556,7 +513,7 @@ impl Coordinator {
         let mut previous = plan.assignment.clone();
         let (assignment, prepared) = loop {
             // The plan's assignment where its executors are here, else the closest one.
-            let assignment = self.assignment_for(&plan.ranges, &members, &previous)?;
+            let assignment = self.assignment_for(&plan.partitions(), &members, &previous)?;
             let run = uuid::Uuid::new_v4().simple().to_string();
             let mut membership = self.members.clone();
             match self
@@ -591,6 +548,7 @@ impl Coordinator {
             prepared,
             self.job.watermark_delay_micros,
             &position.totals,
+            position.source.files_through.as_deref(),
         )?;
         self.log.write_commit(&record).await?;
         tokio::task::block_in_place(|| fault::reached("decided", epoch));
@@ -639,7 +597,10 @@ impl Coordinator {
         }
         *position = Position {
             next_epoch: epoch + 1,
-            offsets: Some(record.end_offsets.clone()),
+            source: SourcePosition {
+                offsets: Some(record.end_offsets.clone()),
+                files_through: record.files_through.clone(),
+            },
             watermark: record.next_watermark_micros,
             last_epoch_watermark: plan.watermark_micros,
             assignment,

@@ -13,13 +13,14 @@ use weir_common::window::next_watermark;
 use weir_proto::control::Prepared;
 
 /// Builds the decision record of `plan` run with `assignment` from the executors' answers;
-/// `totals` are those of the previous decision.
+/// `totals` and `files_through` are those of the previous decision.
 pub fn decide(
     plan: &EpochPlan,
     assignment: &[Assignment],
     prepared: Vec<Prepared>,
     watermark_delay_micros: i64,
     totals: &Totals,
+    files_through: Option<&str>,
 ) -> anyhow::Result<CommitRecord> {
     let mut stats = EpochStats::default();
     let mut output_adds = Vec::new();
@@ -90,6 +91,11 @@ pub fn decide(
     Ok(CommitRecord {
         epoch: plan.epoch,
         end_offsets: plan.ranges.iter().map(|r| (r.partition, r.end)).collect(),
+        files_through: plan
+            .files
+            .last()
+            .map(|f| f.path.clone())
+            .or(files_through.map(String::from)),
         next_watermark_micros: next_watermark(
             plan.watermark_micros,
             stats.max_event_time_micros,

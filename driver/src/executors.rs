@@ -12,8 +12,8 @@ use weir_common::checkpoint::{Assignment, EpochPlan};
 use weir_common::fault;
 use weir_proto::control::executor_client::ExecutorClient;
 use weir_proto::control::{
-    AbortRequest, CommittedRequest, ExecuteRequest, KeyGroupRange, PartitionRange as ProtoRange,
-    Peer, Prepared, ShutdownRequest,
+    AbortRequest, CommittedRequest, ExecuteRequest, InputFile as ProtoFile, KeyGroupRange,
+    PartitionRange as ProtoRange, Peer, Prepared, ShutdownRequest,
 };
 
 use crate::membership::Member;
@@ -130,6 +130,17 @@ impl ExecutorClients {
                 peers: peers.clone(),
                 run: run.to_string(),
                 base_epoch: plan.epoch.checked_sub(1),
+                // A file source's partitions are the indexes of the plan's files.
+                files: plan
+                    .files
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| a.partitions.contains(&(*i as i32)))
+                    .map(|(_, f)| ProtoFile {
+                        path: f.path.clone(),
+                        bytes: f.bytes,
+                    })
+                    .collect(),
             };
             let id = member.id.clone();
             // Spawned, so the requests go out even while this task waits (or pauses).

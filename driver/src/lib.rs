@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod decision;
 pub mod delta_commit;
 pub mod executors;
+pub mod file_listing;
 pub mod http_post;
 pub mod kafka_offsets;
 pub mod membership;
@@ -18,6 +19,7 @@ pub mod progress;
 pub mod pushgateway;
 pub mod query_status;
 pub mod service;
+pub mod source;
 pub mod state_gc;
 
 use std::io::Write;
@@ -41,12 +43,12 @@ use crate::admin::{AdminService, AdminToken, QueryFacts};
 use crate::alerts::{AlertKind, AlertSender, Alerts};
 use crate::coordinator::{Coordinator, Operations};
 use crate::delta_commit::DeltaCommitter;
-use crate::kafka_offsets::OffsetReader;
 use crate::metrics::DriverMetrics;
 use crate::progress::QueryIdentity;
 use crate::pushgateway::Pushgateway;
 use crate::query_status::StatusBoard;
 use crate::service::DriverService;
+use crate::source::SourceReader;
 
 /// How long a stopping driver waits for its alerts to be delivered.
 const ALERT_FLUSH_LIMIT: Duration = Duration::from_secs(30);
@@ -174,7 +176,7 @@ async fn drive(
         ),
         None => None,
     };
-    let offsets = OffsetReader::new(&job.kafka)?;
+    let source = SourceReader::open(&job.source, &job.storage_options)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -240,7 +242,7 @@ async fn drive(
         id: metadata.job_id.clone(),
         run_id: uuid::Uuid::new_v4().to_string(),
         name: job.name.clone(),
-        topic: job.kafka.topic.clone(),
+        topic: job.source.name().to_string(),
         output_url: job.output.url.clone(),
     };
     let (board, status) = StatusBoard::new();
@@ -290,7 +292,7 @@ async fn drive(
         log,
         output,
         dead_letter,
-        offsets,
+        source,
         members_rx,
         membership_tx,
         config.executors,

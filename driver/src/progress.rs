@@ -249,6 +249,7 @@ mod tests {
             planned_at_micros: 0,
             assignment: vec![],
             lost: vec![],
+            files: vec![],
         };
         let mut executors = BTreeMap::new();
         for (id, read) in [("a", 300), ("b", 500)] {

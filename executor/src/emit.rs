@@ -16,7 +16,7 @@ use weir_common::output::{dead_letter_schema, window_type};
 use weir_common::schema::UTC;
 use weir_common::value::{decode_group_key, group_column, GroupValue};
 
-use crate::kafka_reader::Record;
+use crate::input::Record;
 use crate::state::ClosedRow;
 
 fn timestamps(values: impl Iterator<Item = i64>) -> TimestampMicrosecondArray {
@@ -90,7 +90,7 @@ pub fn output_batch(
 
 /// Dead-letter rows: the raw record, where it came from and why it was set aside.
 pub fn dead_letter_batch(
-    topic: &str,
+    origin: impl Fn(&Record) -> (String, i32),
     rejected: &[(Record, String)],
     epoch: u64,
     processing_time: i64,
@@ -103,8 +103,9 @@ pub fn dead_letter_batch(
     let mut e = StringBuilder::new();
     let mut ep = Int64Builder::new();
     for (record, reason) in rejected {
+        let (topic, partition) = origin(record);
         t.append_value(topic);
-        p.append_value(record.partition);
+        p.append_value(partition);
         o.append_value(record.offset);
         k.append_option(record.key.as_deref());
         v.append_option(record.value.as_deref());

@@ -11,7 +11,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
-use weir_common::checkpoint::PartitionRange;
 use weir_common::decode::JsonDecoder;
 use weir_common::fault;
 use weir_common::job::JobSpec;
@@ -20,7 +19,7 @@ use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
 use crate::emit::{column_sums, dead_letter_batch, output_batch};
 use crate::exchange::Exchange;
-use crate::kafka_reader::{KafkaReader, Record};
+use crate::input::{Input, Record};
 use crate::partials::Partials;
 use crate::preagg::{PreAggregation, Rejected};
 use crate::restore::restore;
@@ -40,7 +39,7 @@ const CHUNK: usize = 8192;
 pub struct EpochRunner {
     pub executor_id: String,
     job: JobSpec,
-    reader: KafkaReader,
+    input: Input,
     decoder: JsonDecoder,
     state: StateStore,
     /// Where the current store lives (`<state dir>/stores/<instance>`).
@@ -91,7 +90,7 @@ impl EpochRunner {
         exchange: Exchange,
         current_run: watch::Receiver<String>,
     ) -> anyhow::Result<Self> {
-        let reader = KafkaReader::new(&job.kafka, job_id).context("creating the Kafka consumer")?;
+        let input = Input::open(&job, job_id)?;
         let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
         let snapshots = Snapshots::new(log.location().clone(), &executor_id);
         // The local store is a cache of the checkpoint: whatever an earlier process left is
@@ -119,7 +118,7 @@ impl EpochRunner {
                 .dead_letter
                 .as_ref()
                 .map(|d| StagedTable::new(&d.url, &job.storage_options)),
-            reader,
+            input,
             state,
             store_dir,
             state_dir: state_dir.to_path_buf(),
@@ -298,15 +297,6 @@ impl EpochRunner {
     /// watermark closes out of the store; splits the partials by owner.
     fn read(&mut self, req: &ExecuteRequest, topology: &Topology) -> anyhow::Result<Local> {
         let mut stats = EpochStats::default();
-        let ranges: Vec<PartitionRange> = req
-            .ranges
-            .iter()
-            .map(|r| PartitionRange {
-                partition: r.partition,
-                start: r.start_offset,
-                end: r.end_offset,
-            })
-            .collect();
         let read_started = Instant::now();
         let mut pre = PreAggregation::new(&self.job, req.watermark_micros, req.planned_at_micros);
         let mut rejected: Vec<(Record, String)> = Vec::new();
@@ -315,34 +305,32 @@ impl EpochRunner {
         // A run the driver abandoned stops reading at once instead of at its next await.
         let current = self.current_run.clone();
         let keep_going = || *current.borrow() == req.run;
-        self.reader
-            .read(&ranges, CHUNK, keep_going, |records| {
-                let t = Instant::now();
-                stats.input_rows += records.len() as u64;
-                stats.input_bytes += records
-                    .iter()
-                    .map(|r| r.value.as_ref().map_or(0, Vec::len) as u64)
-                    .sum::<u64>();
-                let payloads: Vec<&[u8]> = records
-                    .iter()
-                    .map(|r| r.value.as_deref().unwrap_or(&[]))
-                    .collect();
-                let decoded = decoder.decode(&payloads);
-                for (i, reason) in decoded.bad {
-                    rejected.push((records[i].clone(), reason));
-                }
-                let mut base = 0;
-                for batch in &decoded.batches {
-                    for (row, why) in pre.add_batch(batch) {
-                        if let Rejected::Invalid(reason) = why {
-                            rejected.push((records[decoded.good[base + row]].clone(), reason));
-                        }
+        self.input.read(req, CHUNK, keep_going, |records| {
+            let t = Instant::now();
+            stats.input_rows += records.len() as u64;
+            stats.input_bytes += records
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, Vec::len) as u64)
+                .sum::<u64>();
+            let payloads: Vec<&[u8]> = records
+                .iter()
+                .map(|r| r.value.as_deref().unwrap_or(&[]))
+                .collect();
+            let decoded = decoder.decode(&payloads);
+            for (i, reason) in decoded.bad {
+                rejected.push((records[i].clone(), reason));
+            }
+            let mut base = 0;
+            for batch in &decoded.batches {
+                for (row, why) in pre.add_batch(batch) {
+                    if let Rejected::Invalid(reason) = why {
+                        rejected.push((records[decoded.good[base + row]].clone(), reason));
                     }
-                    base += batch.num_rows();
                 }
-                aggregate_time += t.elapsed();
-            })
-            .context("reading the planned Kafka ranges")?;
+                base += batch.num_rows();
+            }
+            aggregate_time += t.elapsed();
+        })?;
         stats.read_ms = (read_started.elapsed().saturating_sub(aggregate_time)).as_millis() as u64;
         stats.aggregate_ms = aggregate_time.as_millis() as u64;
         stats.malformed_rows = rejected.len() as u64;
@@ -420,8 +408,9 @@ impl EpochRunner {
         )
         .context("building output rows")?;
         stats.output_sums = column_sums(&self.job, &output);
+        let input = &self.input;
         let dead_letters = dead_letter_batch(
-            &self.job.kafka.topic,
+            |record| input.origin(req, record),
             &rejected,
             req.epoch,
             req.planned_at_micros,

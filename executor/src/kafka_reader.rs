@@ -13,14 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use weir_common::checkpoint::PartitionRange;
 use weir_common::job::KafkaSource;
 
-/// One Kafka record, as much of it as the engine and the dead letter need.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-}
+use crate::input::Record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

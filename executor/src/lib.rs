@@ -7,6 +7,8 @@
 pub mod emit;
 pub mod epoch;
 pub mod exchange;
+pub mod file_reader;
+pub mod input;
 pub mod kafka_reader;
 pub mod metrics;
 pub mod partials;

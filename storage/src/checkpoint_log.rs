@@ -158,6 +158,7 @@ mod tests {
             planned_at_micros: 1,
             assignment: vec![],
             lost: vec![],
+            files: vec![],
         }
     }
 

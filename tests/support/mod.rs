@@ -146,16 +146,30 @@ pub fn reference_job_in(
     root: &str,
     extra: &str,
 ) -> PathBuf {
-    let job = format!(
-        r#"name: realtime-analytics
-source:
-  kafka:
+    let source = format!(
+        r#"  kafka:
     bootstrap_servers: {broker}
     topic: web-events
     starting_offsets: earliest
     fail_on_data_loss: false
     max_offsets_per_trigger: {max_per_trigger}
-  format: json
+"#
+    );
+    job_with_source(dir, &source, root, extra)
+}
+
+/// The reference job reading JSON-lines files under `input` (a path or URL), at most
+/// `max_files` per epoch, with its checkpoint and tables under `root`.
+pub fn file_job_in(dir: &Path, input: &str, max_files: u64, root: &str, extra: &str) -> PathBuf {
+    let source = format!("  files: {{path: \"{input}\", max_files_per_trigger: {max_files}}}\n");
+    job_with_source(dir, &source, root, extra)
+}
+
+fn job_with_source(dir: &Path, source: &str, root: &str, extra: &str) -> PathBuf {
+    let job = format!(
+        r#"name: realtime-analytics
+source:
+{source}  format: json
   schema:
     event_id: string not null
     user_id: string not null
@@ -183,6 +197,17 @@ dead_letter: {{delta: {{path: {root}/dead-letter}}}}
     path
 }
 
+/// `weir gen` of the reference events (seeded), every record also written to `events`.
+fn gen_command(count: u64, extra: &[&str], events: &Path) -> Command {
+    let mut cmd = weir();
+    cmd.args(["gen", "--count", &count.to_string()])
+        .args(["--start", "2026-01-01T00:00:00Z", "--seed", "7"])
+        .args(extra)
+        .arg("--jsonl")
+        .arg(events);
+    cmd
+}
+
 /// Runs `weir gen` into `topic` of `broker` and the JSON-lines file it returns.
 pub fn gen_events(
     broker: &Broker,
@@ -193,17 +218,27 @@ pub fn gen_events(
 ) -> PathBuf {
     let events = dir.join("events.jsonl");
     run_ok(
-        weir()
-            .args(["gen", "--brokers", &broker.address, "--topic", "web-events"])
-            .args(["--partitions", &partitions.to_string()])
-            .args(["--count", &count.to_string()])
-            .args(["--start", "2026-01-01T00:00:00Z", "--seed", "7"])
-            .args(extra)
-            .arg("--jsonl")
-            .arg(&events),
+        gen_command(count, extra, &events)
+            .args(["--brokers", &broker.address, "--topic", "web-events"])
+            .args(["--partitions", &partitions.to_string()]),
         "weir gen",
     );
     events
+}
+
+/// Runs `weir gen` into `files` JSON-lines files in `dir/input`; answers that directory and
+/// the ground-truth file.
+pub fn gen_files(dir: &Path, count: u64, files: u64, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let events = dir.join("events.jsonl");
+    let input = dir.join("input");
+    run_ok(
+        gen_command(count, extra, &events)
+            .arg("--out-dir")
+            .arg(&input)
+            .args(["--files", &files.to_string()]),
+        "weir gen",
+    );
+    (input, events)
 }
 
 /// `weir local` for the job in `dir/job.yaml` on `executors` executors until the input is

@@ -1,7 +1,11 @@
 //! An S3 API server on 127.0.0.1 (moto_server, which enforces `If-None-Match` on put), with a
 //! bucket, stopped when dropped.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
+
+use object_store::ObjectStoreExt;
 
 use super::server::Server;
 
@@ -36,6 +40,32 @@ impl S3Server {
         S3Server {
             _server: server,
             endpoint,
+        }
+    }
+
+    /// Copies the files of the local directory `from` to `to` (`s3://bucket/prefix`).
+    pub fn upload(&self, from: &Path, to: &str) {
+        // object_store's option names are the variables' names in lower case.
+        let options: BTreeMap<String, String> = [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+        ]
+        .into_iter()
+        .chain(CREDENTIALS)
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+        let location = weir_storage::location::open(to, &options).expect("the S3 location");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        for entry in std::fs::read_dir(from).expect("the directory to upload") {
+            let path = entry.expect("a directory entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).expect("a file to upload");
+            runtime
+                .block_on(location.store.put(&location.path(&name), bytes.into()))
+                .unwrap_or_else(|e| panic!("uploading {name}: {e}"));
         }
     }
 

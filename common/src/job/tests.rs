@@ -57,8 +57,11 @@ fn error_of(from: &str, to: &str) -> JobError {
 #[test]
 fn the_reference_job_parses() {
     let job = parse(GOOD).unwrap();
-    assert_eq!(job.kafka.bootstrap_servers, "127.0.0.1:9092");
-    assert_eq!(job.kafka.starting_offsets, StartingOffsets::Earliest);
+    assert_eq!(job.kafka().unwrap().bootstrap_servers, "127.0.0.1:9092");
+    assert_eq!(
+        job.kafka().unwrap().starting_offsets,
+        StartingOffsets::Earliest
+    );
     assert_eq!(job.watermark_delay_micros, 600_000_000);
     assert_eq!(job.window, WindowSpec::tumbling(300_000_000));
     assert_eq!(job.trigger, Trigger::Interval(Duration::from_secs(30)));
@@ -103,13 +106,13 @@ fn starting_offsets_forms() {
     ))
     .unwrap();
     assert_eq!(
-        job.kafka.starting_offsets,
+        job.kafka().unwrap().starting_offsets,
         StartingOffsets::Partitions(BTreeMap::from([(0, 42), (1, -2)]))
     );
     let job =
         parse(&GOOD.replace("starting_offsets: earliest", "starting_offsets: {0: 7}")).unwrap();
     assert_eq!(
-        job.kafka.starting_offsets,
+        job.kafka().unwrap().starting_offsets,
         StartingOffsets::Partitions(BTreeMap::from([(0, 7)]))
     );
 }
@@ -363,4 +366,44 @@ fn the_webhook_url_can_come_from_a_secret_file() {
         .unwrap_err()
         .to_string()
         .contains("cannot read"));
+}
+
+#[test]
+fn a_file_source_reads_a_directory_or_prefix() {
+    let kafka = "  kafka:\n    bootstrap_servers: ${TEST_BROKERS}\n    topic: web-events\n    starting_offsets: earliest\n    fail_on_data_loss: false\n    max_offsets_per_trigger: 1000\n";
+    assert!(GOOD.contains(kafka), "test bug");
+    let files = |body: &str| GOOD.replacen(kafka, body, 1);
+    let job = parse(&files(
+        "  files: {path: archive/events, max_files_per_trigger: 20}\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        job.source,
+        Source::Files(FileSource {
+            url: "file:///work/archive/events".into(),
+            max_files_per_trigger: Some(20),
+        })
+    );
+    assert!(job.kafka().is_none());
+    assert_eq!(job.source.name(), "file:///work/archive/events");
+    // The absolute location travels to executors.
+    let again = JobSpec::from_json(&job.to_json()).unwrap();
+    assert_eq!(again.source, job.source);
+    // A checkpoint of the Kafka job is not one of the file job.
+    assert_ne!(job.fingerprint(), parse(GOOD).unwrap().fingerprint());
+
+    let s3 = parse(&files("  files: {path: \"s3://bucket/events/\"}\n")).unwrap();
+    assert_eq!(s3.source.name(), "s3://bucket/events");
+
+    let both = files(&format!("{kafka}  files: {{path: /data}}\n"));
+    assert_eq!(parse(&both).unwrap_err().field, "source");
+    let neither = files("");
+    assert_eq!(parse(&neither).unwrap_err().field, "source");
+    let zero = files("  files: {path: /data, max_files_per_trigger: 0}\n");
+    assert_eq!(
+        parse(&zero).unwrap_err().field,
+        "source.files.max_files_per_trigger"
+    );
+    let ftp = files("  files: {path: \"ftp://host/data\"}\n");
+    assert_eq!(parse(&ftp).unwrap_err().field, "source.files.path");
 }

@@ -1,0 +1,201 @@
+//! Reads a file source's files whole, as JSON lines: every line is a record whose partition is
+//! the file's index in the epoch's list and whose offset is its line number (from 1). Blank
+//! lines are skipped; a last line without a newline counts.
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use weir_common::checkpoint::InputFile;
+use weir_storage::location::{Location, StorageError};
+
+use crate::input::Record;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileReadError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the run was abandoned")]
+    Abandoned,
+}
+
+pub struct FileReader {
+    location: Location,
+}
+
+/// Cuts a file's bytes into lines as they arrive.
+struct Lines {
+    file: i32,
+    /// The start of a line whose end has not arrived yet.
+    pending: Vec<u8>,
+    /// Number of the next line.
+    next: i64,
+}
+
+impl Lines {
+    fn new(file: i32) -> Self {
+        Self {
+            file,
+            pending: Vec::new(),
+            next: 1,
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8], out: &mut Vec<Record>) {
+        let number = self.next;
+        self.next += 1;
+        let line = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        out.push(Record {
+            partition: self.file,
+            offset: number,
+            key: None,
+            value: Some(line.to_vec()),
+        });
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Record>) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            if self.pending.is_empty() {
+                self.line(&bytes[..end], out);
+            } else {
+                let mut whole = std::mem::take(&mut self.pending);
+                whole.extend_from_slice(&bytes[..end]);
+                self.line(&whole, out);
+            }
+            bytes = &bytes[end + 1..];
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    fn finish(mut self, out: &mut Vec<Record>) {
+        let rest = std::mem::take(&mut self.pending);
+        self.line(&rest, out);
+    }
+}
+
+impl FileReader {
+    pub fn new(location: Location) -> Self {
+        Self { location }
+    }
+
+    /// The URL of a file of the source, for dead letters.
+    pub fn url(&self, path: &str) -> String {
+        self.location.display(path)
+    }
+
+    /// Reads `files`, handing records over in chunks of up to `chunk`, while `keep_going`
+    /// answers true. Waits for the object store on the current runtime: call it where blocking
+    /// is allowed (`block_in_place`).
+    pub fn read(
+        &self,
+        files: &[InputFile],
+        chunk: usize,
+        keep_going: impl Fn() -> bool,
+        mut on_chunk: impl FnMut(Vec<Record>),
+    ) -> Result<(), FileReadError> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut buffer = Vec::with_capacity(chunk);
+        for (index, file) in files.iter().enumerate() {
+            let failed = |e| FileReadError::from(self.location.store_error(&file.path, e));
+            let path = self.location.path(&file.path);
+            let mut bytes = runtime
+                .block_on(self.location.store.get(&path))
+                .map_err(failed)?
+                .into_stream();
+            let mut lines = Lines::new(i32::try_from(index).unwrap_or(i32::MAX));
+            while let Some(piece) = runtime.block_on(bytes.next()) {
+                if !keep_going() {
+                    return Err(FileReadError::Abandoned);
+                }
+                lines.feed(&piece.map_err(failed)?, &mut buffer);
+                while buffer.len() >= chunk {
+                    let rest = buffer.split_off(chunk);
+                    on_chunk(std::mem::replace(&mut buffer, rest));
+                }
+            }
+            lines.finish(&mut buffer);
+        }
+        if !buffer.is_empty() {
+            on_chunk(buffer);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(pieces: &[&str]) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        let mut lines = Lines::new(0);
+        for p in pieces {
+            lines.feed(p.as_bytes(), &mut out);
+        }
+        lines.finish(&mut out);
+        out.into_iter()
+            .map(|r| (r.offset, String::from_utf8(r.value.unwrap()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn lines_split_across_pieces_keep_their_numbers() {
+        let expected = vec![
+            (1, "{\"a\":1}".to_string()),
+            (3, "{\"b\":2}".to_string()),
+            (4, "{\"c\":3}".to_string()),
+        ];
+        assert_eq!(split(&["{\"a\":1}\n\n{\"b\":2}\r\n{\"c\":3}"]), expected);
+        assert_eq!(
+            split(&["{\"a\"", ":1}\n", "\n{\"b\":2}\r", "\n{\"c\":3}\n"]),
+            expected
+        );
+        assert!(split(&["", "\n", "  \n"]).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn reads_files_in_chunks_with_their_index_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), "1\n2\n3\n").unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), "4\n5").unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let location =
+            weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
+                .unwrap();
+        let reader = FileReader::new(location);
+        let files = [
+            InputFile {
+                path: "a.jsonl".into(),
+                bytes: 6,
+            },
+            InputFile {
+                path: "b.jsonl".into(),
+                bytes: 3,
+            },
+        ];
+        let mut chunks = Vec::new();
+        tokio::task::block_in_place(|| {
+            reader.read(
+                &files,
+                2,
+                || true,
+                |c| {
+                    chunks.push(
+                        c.iter()
+                            .map(|r| (r.partition, r.offset))
+                            .collect::<Vec<_>>(),
+                    )
+                },
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            chunks,
+            vec![vec![(0, 1), (0, 2)], vec![(0, 3), (1, 1)], vec![(1, 2)],]
+        );
+        assert!(reader.url("b.jsonl").ends_with("/b.jsonl"));
+        let stopped = tokio::task::block_in_place(|| reader.read(&files, 2, || false, |_| {}));
+        assert!(matches!(stopped, Err(FileReadError::Abandoned)));
+    }
+}

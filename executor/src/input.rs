@@ -1,0 +1,94 @@
+//! The records an epoch reads: the planned Kafka ranges, or the planned files of a file source.
+
+use anyhow::Context;
+use weir_common::checkpoint::{InputFile, PartitionRange};
+use weir_common::job::{JobSpec, Source};
+use weir_proto::control::ExecuteRequest;
+
+use crate::file_reader::FileReader;
+use crate::kafka_reader::KafkaReader;
+
+/// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
+/// a line of a file (partition: the file's index in the epoch's list; offset: its line number).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+pub enum Input {
+    Kafka { reader: KafkaReader, topic: String },
+    Files(FileReader),
+}
+
+impl Input {
+    pub fn open(job: &JobSpec, job_id: &str) -> anyhow::Result<Self> {
+        Ok(match &job.source {
+            Source::Kafka(kafka) => Input::Kafka {
+                reader: KafkaReader::new(kafka, job_id).context("creating the Kafka consumer")?,
+                topic: kafka.topic.clone(),
+            },
+            Source::Files(files) => Input::Files(FileReader::new(
+                weir_storage::location::open(&files.url, &job.storage_options)
+                    .context("opening the file source")?,
+            )),
+        })
+    }
+
+    /// Reads what `req` plans for this executor, in chunks of up to `chunk` records, while
+    /// `keep_going` answers true. Blocks: call it inside `block_in_place`.
+    pub fn read(
+        &self,
+        req: &ExecuteRequest,
+        chunk: usize,
+        keep_going: impl Fn() -> bool,
+        on_chunk: impl FnMut(Vec<Record>),
+    ) -> anyhow::Result<()> {
+        match self {
+            Input::Kafka { reader, .. } => {
+                let ranges: Vec<PartitionRange> = req
+                    .ranges
+                    .iter()
+                    .map(|r| PartitionRange {
+                        partition: r.partition,
+                        start: r.start_offset,
+                        end: r.end_offset,
+                    })
+                    .collect();
+                reader
+                    .read(&ranges, chunk, keep_going, on_chunk)
+                    .context("reading the planned Kafka ranges")
+            }
+            Input::Files(reader) => {
+                let files: Vec<InputFile> = req
+                    .files
+                    .iter()
+                    .map(|f| InputFile {
+                        path: f.path.clone(),
+                        bytes: f.bytes,
+                    })
+                    .collect();
+                reader
+                    .read(&files, chunk, keep_going, on_chunk)
+                    .context("reading the planned files")
+            }
+        }
+    }
+
+    /// Where a record of `req` came from, as the dead letter names it: the topic and
+    /// partition, or the file's URL and -1.
+    pub fn origin(&self, req: &ExecuteRequest, record: &Record) -> (String, i32) {
+        match self {
+            Input::Kafka { topic, .. } => (topic.clone(), record.partition),
+            Input::Files(reader) => {
+                let path = usize::try_from(record.partition)
+                    .ok()
+                    .and_then(|i| req.files.get(i))
+                    .map_or("", |f| f.path.as_str());
+                (reader.url(path), -1)
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The file source: JSON-lines files read in name order, at most `max_files_per_trigger` per
+//! epoch, each exactly once across runs (a later run reads only the files that arrived since),
+//! with dead letters that name the file and line of a bad record.
+
+mod support;
+
+use std::path::Path;
+
+use support::{
+    commit_records, file_job_in, gen_files, python, run_local, run_ok, verify, BAD_INPUT,
+};
+
+/// The files each plan of the checkpoint in `dir` read, in epoch order.
+fn planned_files(dir: &Path) -> Vec<Vec<String>> {
+    let mut plans: Vec<(u64, Vec<String>)> = std::fs::read_dir(dir.join("checkpoint/offsets"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let epoch = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap();
+            let plan: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let files = plan["files"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .map(|f| f["path"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (epoch, files)
+        })
+        .collect();
+    plans.sort();
+    plans.into_iter().map(|(_, f)| f).collect()
+}
+
+/// Moves `files` of `from` into `to`, as a writer that renames complete files into place.
+fn deliver(from: &Path, to: &Path, files: std::ops::Range<u32>) {
+    std::fs::create_dir_all(to).unwrap();
+    for i in files {
+        let name = format!("events-{i:05}.jsonl");
+        std::fs::rename(from.join(&name), to.join(&name)).unwrap();
+    }
+}
+
+#[test]
+fn files_are_read_once_in_name_order_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Four hours of events in 12 files of 20 minutes; 1 % late by an hour, 1 % malformed.
+    let gen_args = [&["--span", "4h"][..], &BAD_INPUT].concat();
+    let (generated, events) = gen_files(tmp.path(), 24_000, 12, &gen_args);
+    let archive = tmp.path().join("archive");
+    let dir = tmp.path().join("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    file_job_in(
+        &dir,
+        &archive.display().to_string(),
+        2,
+        &dir.display().to_string(),
+        "",
+    );
+
+    // The first half of the archive, then a run to the end of what is there.
+    deliver(&generated, &archive, 0..6);
+    run_local(&dir, 2);
+    let first = planned_files(&dir);
+    let last = commit_records(&dir).pop().unwrap();
+    assert_eq!(last["files_through"], "events-00005.jsonl", "{last}");
+
+    // The rest arrives; the next run reads only it.
+    deliver(&generated, &archive, 6..12);
+    run_local(&dir, 2);
+    let plans = planned_files(&dir);
+    assert_eq!(plans[..first.len()], first[..]);
+    assert!(
+        plans.iter().all(|p| p.len() <= 2),
+        "at most 2 files per epoch: {plans:?}"
+    );
+    let read: Vec<String> = plans.into_iter().flatten().collect();
+    let all: Vec<String> = (0..12).map(|i| format!("events-{i:05}.jsonl")).collect();
+    assert_eq!(read, all, "every file once, in name order");
+    verify(&events, &dir, &[]);
+
+    // Every dead letter names its file and line, and that line is the record.
+    let check = r#"
+import os, sys
+from deltalake import DeltaTable
+rows = DeltaTable(sys.argv[1]).to_pyarrow_table().to_pylist()
+for r in rows:
+    assert r["partition"] == -1, r
+    assert r["topic"].startswith("file://"), r
+    with open(r["topic"][len("file://"):], "rb") as f:
+        line = f.read().split(b"\n")[r["offset"] - 1]
+    assert line == r["value"], (r, line)
+print(len(rows))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let out = run_ok(
+        python().args(["-c", check]).arg(dir.join("dead-letter")),
+        "checking the dead letters",
+    );
+    let checked: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(checked > 100, "{checked} dead letters");
+}
