@@ -79,6 +79,22 @@ pub struct GenArgs {
     pub files: u64,
 }
 
+impl GenArgs {
+    /// The arguments `weir gen` would take from `argv` (its defaults for the rest).
+    pub fn from_argv(argv: &[String]) -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Gen {
+            #[command(flatten)]
+            args: GenArgs,
+        }
+        use clap::Parser;
+        let parsed =
+            Gen::try_parse_from(std::iter::once("gen".to_string()).chain(argv.iter().cloned()))
+                .context("generator arguments")?;
+        Ok(parsed.args)
+    }
+}
+
 /// `--out-dir`: the events in `files` files, each written under a hidden name and renamed into
 /// place when complete, as a file source needs.
 struct FileOutput {

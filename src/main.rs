@@ -1,6 +1,7 @@
 //! `weir`: one binary for the driver, the executors, a local cluster and the event generator.
 
 mod admin_cli;
+mod bench;
 mod gen;
 mod local;
 mod table;
@@ -150,6 +151,9 @@ enum Command {
     Gen(gen::GenArgs),
     /// Inspect and steer a running query through the driver's admin API.
     Admin(admin_cli::AdminArgs),
+    /// Measure throughput, the single-threaded ceiling, checkpoint cost and memory on this
+    /// machine (build with --release first).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -250,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Gen(args) => gen::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Admin(args) => admin_cli::run(args).await,
     }
 }

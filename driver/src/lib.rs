@@ -138,6 +138,10 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         alerts.raise(AlertKind::QueryFailed, &format!("the query failed: {e:#}"));
     }
     alerts.close(ALERT_FLUSH_LIMIT).await;
+    tracing::info!(
+        peak_rss_bytes = weir_telemetry::process::peak_rss_bytes(),
+        "driver stopped"
+    );
     result
 }
 

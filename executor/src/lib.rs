@@ -420,6 +420,10 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     if let Some(reason) = fatal.borrow().clone() {
         anyhow::bail!(reason);
     }
-    tracing::info!(executor = %config.executor_id, "executor stopped");
+    tracing::info!(
+        executor = %config.executor_id,
+        peak_rss_bytes = weir_telemetry::process::peak_rss_bytes(),
+        "executor stopped"
+    );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod metrics_endpoint;
+pub mod process;
 pub mod registry;
 
 pub use metrics_endpoint::MetricsEndpoint;

@@ -1,0 +1,350 @@
+//! `weir bench`: what users pay for, measured on this machine in one run. The reference events
+//! are generated (seeded) as JSON-lines files; a single-threaded decode(+aggregate) loop over
+//! them gives the ceiling; the reference job then runs from those files into Delta tables with
+//! `weir local` on 1 and 2 executors, with and without state snapshots; a last run keeps about
+//! a million distinct users of one window in state and reports every process's peak memory.
+//! Kafka runs and produce-to-commit latency are not measured yet (see docs/benchmarks.md).
+
+mod ceiling;
+mod runs;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use weir_common::aggregate::AggKind;
+
+use crate::gen;
+use runs::{RunResult, RunSpec};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events of the throughput runs (10 000 users over one hour of event time).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Files those events are split into.
+    #[arg(long, default_value_t = 40)]
+    pub files: u64,
+    /// Files an epoch reads (`max_files_per_trigger`).
+    #[arg(long, default_value_t = 4)]
+    pub files_per_epoch: u64,
+    /// Distinct users in the single window of the memory run, three events each (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub window_users: u64,
+    /// Where events, tables and checkpoints go, kept afterwards (default: a temporary
+    /// directory, removed).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+const START: &str = "2026-01-01T00:00:00Z";
+
+/// Generates reference events as files in `out`; answers their contents.
+async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut args = gen::GenArgs::from_argv(argv)?;
+    args.out_dir = Some(out.to_path_buf());
+    // Only files: KAFKA_BROKERS in the environment must not send the events anywhere.
+    args.brokers = None;
+    args.jsonl = None;
+    gen::run(args).await?;
+    let mut names: Vec<PathBuf> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// This machine, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or("unknown memory".into(), |kib| {
+            format!("{:.0} GiB", kib as f64 / 1048576.0)
+        });
+    format!("{cpu}, {cores} cores, {memory}")
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "not met"
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let temp;
+    let root = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir().context("creating a work directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    eprintln!("weir bench: generating {} events", args.events);
+    let input = root.join("events");
+    let files = generate(
+        &input,
+        &strings(&[
+            "--count",
+            &args.events.to_string(),
+            "--files",
+            &args.files.to_string(),
+            "--start",
+            START,
+            "--span",
+            "1h",
+            "--seed",
+            "1",
+        ]),
+    )
+    .await?;
+    let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
+
+    eprintln!("weir bench: the single-threaded ceiling");
+    let job = weir_common::job::parse_job(&runs::reference_job(&input, &root), &root)?;
+    let approx = job
+        .aggregates
+        .iter()
+        .find(|a| matches!(a.kind, AggKind::ApproxCountDistinct { .. }))
+        .cloned()
+        .context("the reference job has approx_count_distinct")?;
+    let schema = job.input_schema.clone();
+    let ceiling =
+        tokio::task::spawn_blocking(move || ceiling::measure(&schema, &approx, &files)).await??;
+
+    let mut results: Vec<RunResult> = Vec::new();
+    for (executors, snapshots) in [(1, true), (2, true), (2, false)] {
+        let name = format!(
+            "files-{executors}-executor{}{}",
+            if executors > 1 { "s" } else { "" },
+            if snapshots { "" } else { "-no-snapshots" }
+        );
+        eprintln!("weir bench: {name}");
+        let spec = RunSpec {
+            name,
+            input: &input,
+            executors,
+            max_files_per_trigger: args.files_per_epoch,
+            snapshots,
+        };
+        let root = root.clone();
+        results.push(tokio::task::block_in_place(|| runs::run(&spec, &root))?);
+    }
+
+    let memory = if args.window_users > 0 {
+        let count = args.window_users * 3;
+        eprintln!(
+            "weir bench: memory with {} users in one window",
+            args.window_users
+        );
+        let window_input = root.join("window-events");
+        generate(
+            &window_input,
+            &strings(&[
+                "--count",
+                &count.to_string(),
+                "--users",
+                &args.window_users.to_string(),
+                "--files",
+                "12",
+                "--start",
+                START,
+                "--span",
+                "5m",
+                "--out-of-order",
+                "0s",
+                "--seed",
+                "2",
+            ]),
+        )
+        .await?;
+        let spec = RunSpec {
+            name: "memory-2-executors".into(),
+            input: &window_input,
+            executors: 2,
+            max_files_per_trigger: 3,
+            snapshots: true,
+        };
+        let root = root.clone();
+        Some(tokio::task::block_in_place(|| runs::run(&spec, &root))?)
+    } else {
+        None
+    };
+
+    let report = report(&args, bytes, cores, &ceiling, &results, memory.as_ref())?;
+    println!("{report}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn report(
+    args: &BenchArgs,
+    bytes: u64,
+    cores: usize,
+    ceiling: &ceiling::Ceiling,
+    results: &[RunResult],
+    memory: Option<&RunResult>,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let build = if cfg!(debug_assertions) {
+        "debug build: figures are not representative"
+    } else {
+        "release build"
+    };
+    writeln!(
+        out,
+        "## weir bench, {}\n\n{}; {build}.\n\n{} reference events ({:.0} MB of JSON lines, \
+         {:.0} bytes each) in {} files, 10 000 users, one hour of event time; epochs of {} files.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine(),
+        args.events,
+        mb(bytes),
+        bytes as f64 / args.events.max(1) as f64,
+        args.files,
+        args.files_per_epoch,
+    )?;
+    writeln!(
+        out,
+        "| measurement | events/s | MB/s | notes |\n| --- | ---: | ---: | --- |"
+    )?;
+    let per_event = bytes as f64 / args.events.max(1) as f64;
+    let row = |out: &mut String, what: &str, rate: f64, notes: &str| {
+        let _ = writeln!(
+            out,
+            "| {what} | {:.0} | {:.1} | {notes} |",
+            rate,
+            rate * per_event / 1e6
+        );
+    };
+    row(
+        &mut out,
+        "ceiling: arrow-json decode, 1 thread",
+        ceiling.decode.events_per_second(),
+        "",
+    );
+    row(
+        &mut out,
+        "ceiling: decode + hash aggregate, 1 thread",
+        ceiling.decode_and_aggregate.events_per_second(),
+        &format!("{} (window, event type) groups", ceiling.groups),
+    );
+    for r in results {
+        row(
+            &mut out,
+            &format!("files → Delta, {}", r.name.trim_start_matches("files-").replace('-', " ")),
+            r.engine_events_per_second(),
+            &format!(
+                "first plan to last decision {:.2} s over {} epochs; with process start and stop {:.2} s ({:.0} events/s)",
+                r.engine.as_secs_f64(),
+                r.epochs,
+                r.wall.as_secs_f64(),
+                r.wall_events_per_second()
+            ),
+        );
+    }
+    writeln!(out)?;
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    if let (Some(two), Some(bare)) = (
+        find("files-2-executors"),
+        find("files-2-executors-no-snapshots"),
+    ) {
+        let rate = two.engine_events_per_second();
+        let per_core = rate / cores.max(1) as f64;
+        let share = 100.0 * per_core / ceiling.decode_and_aggregate.events_per_second();
+        let cost = 100.0 * (1.0 - rate / bare.engine_events_per_second());
+        writeln!(
+            out,
+            "| target (issue #6) | measured | |\n| --- | --- | --- |"
+        )?;
+        writeln!(
+            out,
+            "| files → Delta, 2 executors: ≥ 1 000 000 events/s | {rate:.0} events/s | {} |",
+            verdict(rate >= 1e6)
+        )?;
+        writeln!(
+            out,
+            "| per core ≥ 50 % of the decode + aggregate ceiling | {share:.1} % ({per_core:.0} events/s per core, {cores} cores) | {} |",
+            verdict(share >= 50.0)
+        )?;
+        writeln!(
+            out,
+            "| state snapshots cost ≤ 10 % of throughput | {cost:.1} % | {} |",
+            verdict(cost <= 10.0)
+        )?;
+        if let Some(m) = memory {
+            let executor_peak = m
+                .peak_rss
+                .iter()
+                .filter(|(k, _)| k.starts_with("executor"))
+                .map(|(_, v)| *v)
+                .max()
+                .unwrap_or(0);
+            let judged = if args.window_users >= 1_000_000 {
+                verdict(executor_peak > 0 && executor_peak <= 256_000_000)
+            } else {
+                "not judged: fewer users"
+            };
+            writeln!(
+                out,
+                "| executor peak RSS ≤ 256 MB with 1 000 000 distinct users per window | {:.0} MB with {} users in one window ({} exact-distinct entries in state) | {judged} |",
+                mb(executor_peak),
+                args.window_users,
+                m.distinct_entries,
+            )?;
+        }
+        writeln!(out)?;
+    }
+    for r in results.iter().chain(memory) {
+        let peaks: Vec<String> = r
+            .peak_rss
+            .iter()
+            .map(|(who, b)| format!("{who} {:.0} MB", mb(*b)))
+            .collect();
+        writeln!(
+            out,
+            "Peak RSS, {}: {} ({} input rows).",
+            r.name,
+            peaks.join(", "),
+            r.input_rows
+        )?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,183 @@
+//! One end-to-end run of the reference job with `weir local`, and what it measured: wall time,
+//! the engine's time from the first plan to the last decision, rows, distinct state, and each
+//! process's peak resident memory (from its last log line).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// How a run is set up.
+pub struct RunSpec<'a> {
+    pub name: String,
+    pub input: &'a Path,
+    pub executors: usize,
+    pub max_files_per_trigger: u64,
+    pub snapshots: bool,
+}
+
+#[derive(Debug)]
+pub struct RunResult {
+    pub name: String,
+    pub wall: Duration,
+    /// From the first epoch's plan to the last decision.
+    pub engine: Duration,
+    pub input_rows: u64,
+    pub epochs: usize,
+    /// The most exact-distinct entries held after an epoch, all executors.
+    pub distinct_entries: u64,
+    /// Peak resident memory by process (`driver`, `executor-0`, ...).
+    pub peak_rss: BTreeMap<String, u64>,
+}
+
+impl RunResult {
+    pub fn engine_events_per_second(&self) -> f64 {
+        self.input_rows as f64 / self.engine.as_secs_f64().max(1e-9)
+    }
+
+    pub fn wall_events_per_second(&self) -> f64 {
+        self.input_rows as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+fn job_text(input: &Path, dir: &Path, max_files: u64) -> String {
+    format!(
+        r#"name: bench
+source:
+  files: {{path: "{input}", max_files_per_trigger: {max_files}}}
+  format: json
+  schema:
+    event_id: string not null
+    user_id: string not null
+    event_type: string not null
+    page_url: string
+    timestamp: timestamp not null
+    properties: map<string,string>
+query:
+  watermark: {{column: timestamp, delay: 10m}}
+  window: {{column: timestamp, size: 5m}}
+  group_by: [event_type]
+  aggregates:
+    event_count: count(*)
+    unique_users: count(distinct user_id)
+    approx_unique: approx_count_distinct(event_id)
+trigger: 1s
+checkpoint_location: "{dir}/checkpoint"
+sinks:
+  - delta: {{path: "{dir}/aggregated", partition_by: [event_type]}}
+dead_letter: {{delta: {{path: "{dir}/dead-letter"}}}}
+"#,
+        input = input.display(),
+        dir = dir.display(),
+    )
+}
+
+/// The reference job's text for files under `input` (the bench's ceiling uses its schema).
+pub fn reference_job(input: &Path, dir: &Path) -> String {
+    job_text(input, dir, 1)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The records under `<checkpoint>/<kind>/`, in epoch order.
+fn records(checkpoint: &Path, kind: &str) -> anyhow::Result<Vec<Value>> {
+    let mut paths: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoint.join(kind))
+        .with_context(|| format!("listing {kind} of the checkpoint"))?
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let epoch = path.file_stem()?.to_str()?.parse().ok()?;
+            Some((epoch, path))
+        })
+        .collect();
+    paths.sort();
+    paths.iter().map(|(_, p)| read_json(p)).collect()
+}
+
+/// Peak RSS by process from the JSON log lines of `weir local`'s processes.
+fn peak_rss(log: &str) -> BTreeMap<String, u64> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| {
+            let fields = &line["fields"];
+            let peak = fields["peak_rss_bytes"].as_u64()?;
+            let who = match fields["message"].as_str()? {
+                "driver stopped" => "driver".to_string(),
+                "executor stopped" => fields["executor"].as_str()?.to_string(),
+                _ => return None,
+            };
+            Some((who, peak))
+        })
+        .collect()
+}
+
+/// Runs the job once over `spec.input` to the end of its files.
+pub fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
+    let dir = root.join(&spec.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let job = dir.join("job.yaml");
+    std::fs::write(&job, job_text(spec.input, &dir, spec.max_files_per_trigger))?;
+    let exe = std::env::current_exe().context("locating the weir binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--log-format", "json", "local", "--job"])
+        .arg(&job)
+        .args(["--executors", &spec.executors.to_string()])
+        .args(["--trigger", "available-now", "--work-dir"])
+        .arg(dir.join("work"))
+        .args(["--admin-listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .env("RUST_LOG", "warn,weir_driver=info,weir_executor=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if !spec.snapshots {
+        cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
+    }
+    let started = Instant::now();
+    let out = cmd.output().context("running weir local")?;
+    let wall = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        bail!(
+            "run {} failed ({}): {}",
+            spec.name,
+            out.status,
+            tail.join("\n")
+        );
+    }
+    let checkpoint = dir.join("checkpoint");
+    let plans = records(&checkpoint, "offsets")?;
+    let decisions = records(&checkpoint, "commits")?;
+    let first_plan = plans
+        .first()
+        .and_then(|p| p["planned_at_micros"].as_i64())
+        .context("no plan in the checkpoint")?;
+    let last_decision = decisions
+        .last()
+        .and_then(|d| d["decided_at_micros"].as_i64())
+        .context("no decision in the checkpoint")?;
+    Ok(RunResult {
+        name: spec.name.clone(),
+        wall,
+        engine: Duration::from_micros(u64::try_from(last_decision - first_plan).unwrap_or(0)),
+        input_rows: decisions
+            .iter()
+            .filter_map(|d| d["stats"]["input_rows"].as_u64())
+            .sum(),
+        epochs: decisions.len(),
+        distinct_entries: decisions
+            .iter()
+            .filter_map(|d| d["stats"]["distinct_state_entries"].as_u64())
+            .max()
+            .unwrap_or(0),
+        peak_rss: peak_rss(&log),
+    })
+}

@@ -1,0 +1,58 @@
+//! `weir bench` runs end to end on a small input and reports every measurement (its figures
+//! are only meaningful from a release build on the machine they describe).
+
+mod support;
+
+use support::{run_ok, weir};
+
+#[test]
+fn weir_bench_reports_every_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.md");
+    let out = run_ok(
+        weir()
+            .args([
+                "bench",
+                "--events",
+                "4000",
+                "--files",
+                "4",
+                "--files-per-epoch",
+                "2",
+            ])
+            .args(["--window-users", "500", "--work-dir"])
+            .arg(dir.path().join("work"))
+            .arg("--report")
+            .arg(&report),
+        "weir bench",
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let written = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(printed.trim(), written.trim());
+    for line in [
+        "ceiling: arrow-json decode, 1 thread",
+        "ceiling: decode + hash aggregate, 1 thread",
+        "files → Delta, 1 executor |",
+        "files → Delta, 2 executors |",
+        "files → Delta, 2 executors no snapshots |",
+        "per core ≥ 50 % of the decode + aggregate ceiling",
+        "state snapshots cost ≤ 10 % of throughput",
+        "executor peak RSS ≤ 256 MB",
+    ] {
+        assert!(written.contains(line), "no `{line}` in:\n{written}");
+    }
+    // Every run read every event, and the memory run held every user of its window.
+    for run in [
+        "files-1-executor",
+        "files-2-executors",
+        "files-2-executors-no-snapshots",
+    ] {
+        assert!(
+            written.contains(&format!("Peak RSS, {run}: driver "))
+                && written.contains("(4000 input rows)"),
+            "{written}"
+        );
+    }
+    assert!(written.contains("executor-1 "), "{written}");
+    assert!(written.contains("(1500 input rows)"), "{written}");
+}
