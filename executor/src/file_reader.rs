@@ -2,7 +2,6 @@
 //! the file's index in the epoch's list and whose offset is its line number (from 1). Blank
 //! lines are skipped; a last line without a newline counts.
 
-use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
@@ -20,6 +19,9 @@ pub enum FileReadError {
 pub struct FileReader {
     location: Location,
 }
+
+/// Bytes fetched per request.
+const RANGE: u64 = 8 << 20;
 
 /// Cuts a file's bytes into lines as they arrive.
 struct Lines {
@@ -99,20 +101,24 @@ impl FileReader {
         for (index, file) in files.iter().enumerate() {
             let failed = |e| FileReadError::from(self.location.store_error(&file.path, e));
             let path = self.location.path(&file.path);
-            let mut bytes = runtime
-                .block_on(self.location.store.get(&path))
-                .map_err(failed)?
-                .into_stream();
             let mut lines = Lines::new(i32::try_from(index).unwrap_or(i32::MAX));
-            while let Some(piece) = runtime.block_on(bytes.next()) {
+            // The planned size, read in large ranges: a replay reads the same bytes even if
+            // the file grew since, and a local file costs one blocking read per range.
+            let mut start = 0;
+            while start < file.bytes {
                 if !keep_going() {
                     return Err(FileReadError::Abandoned);
                 }
-                lines.feed(&piece.map_err(failed)?, &mut buffer);
+                let end = file.bytes.min(start + RANGE);
+                let piece = runtime
+                    .block_on(self.location.store.get_range(&path, start..end))
+                    .map_err(failed)?;
+                lines.feed(&piece, &mut buffer);
                 while buffer.len() >= chunk {
                     let rest = buffer.split_off(chunk);
                     on_chunk(std::mem::replace(&mut buffer, rest));
                 }
+                start = end;
             }
             lines.finish(&mut buffer);
         }

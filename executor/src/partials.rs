@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use weir_common::aggregate::Partial;
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
@@ -20,16 +22,21 @@ pub type DistinctEntry = (Window, u8, Vec<u8>, Vec<u8>);
 /// index, group key).
 pub type ShardKey = (Window, u8, Vec<u8>);
 
+/// The maps of one epoch's partials: keys come from the job's own data, and a fast hasher
+/// matters here (every input row is hashed at least twice).
+pub type FastMap<K, V> = HashMap<K, V, RandomState>;
+pub type FastSet<K> = HashSet<K, RandomState>;
+
 /// Mergeable partial aggregates.
 #[derive(Debug, Default)]
 pub struct Partials {
     /// Partial states of the aggregates per (window, group key).
-    pub groups: HashMap<(Window, Vec<u8>), Vec<Partial>>,
+    pub groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
     /// Exact-distinct values, each counted once by the shard that owns it.
-    pub distinct: HashSet<DistinctEntry>,
+    pub distinct: FastSet<DistinctEntry>,
     /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
     /// group's owner.
-    pub shard_counts: HashMap<ShardKey, i64>,
+    pub shard_counts: FastMap<ShardKey, i64>,
 }
 
 impl Partials {

@@ -15,7 +15,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::partials::{distinct_key_group, Partials, ShardKey};
+use crate::partials::{distinct_key_group, FastMap, Partials, ShardKey};
 use crate::state_keys::{self as keys, StateKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct Closed {
 /// a replayed epoch stages identical files.
 pub fn finish_closed_rows(
     rows: &mut [ClosedRow],
-    shard_counts: &HashMap<ShardKey, i64>,
+    shard_counts: &FastMap<ShardKey, i64>,
 ) -> Result<(), StateError> {
     let index: HashMap<(Window, &[u8]), usize> = rows
         .iter()
