@@ -268,7 +268,11 @@ fn weir_admin_reports_progress_and_steers_a_running_query() {
 
     // A graceful stop: the driver finishes, the executors exit, weir local exits 0.
     let stopped = admin_json(&url, &["stop"], Some(&token));
-    assert_eq!(stopped["state"], "STOPPING", "{stopped}");
+    // Stopping, or already stopped when nothing was running.
+    assert!(
+        matches!(stopped["state"].as_str(), Some("STOPPING" | "STOPPED")),
+        "{stopped}"
+    );
     let status = local.wait(Duration::from_secs(60));
     assert!(
         status.success(),
@@ -382,7 +386,11 @@ fn weir_admin_talks_tls_to_a_driver_that_serves_it() {
     assert!(!plain.status.success());
 
     let stopped = admin_json(&url, &["--ca-cert", &ca_arg, "stop"], None);
-    assert_eq!(stopped["state"], "STOPPING", "{stopped}");
+    // Stopping, or already stopped when nothing was running.
+    assert!(
+        matches!(stopped["state"].as_str(), Some("STOPPING" | "STOPPED")),
+        "{stopped}"
+    );
     let status = run.wait(Duration::from_secs(30));
     assert!(status.success(), "driver after stop: {status}");
 }

@@ -198,12 +198,17 @@ fn killing_any_process_at_any_step_on_s3_changes_nothing() {
     );
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
     run_with_faults(&mut cluster, &schedule());
+    verify_on_s3(&events, root, &expected, &s3);
+}
+
+/// Compares the tables under `root` on `s3` with the ground truth and with `expected`.
+fn verify_on_s3(events: &Path, root: &str, expected: &str, s3: &S3Server) {
     verify_in(
-        &events,
+        events,
         root,
         &[
             OsStr::new("--same-as"),
-            OsStr::new(&expected),
+            OsStr::new(expected),
             OsStr::new("--s3-endpoint"),
             OsStr::new(&s3.endpoint),
         ],
@@ -231,16 +236,7 @@ fn killing_any_process_at_any_step_reading_files_on_s3_changes_nothing() {
     let job = file_job_in(&dir, "s3://weir/input", 2, root, &s3.storage_options_yaml());
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
     run_with_faults(&mut cluster, &schedule());
-    verify_in(
-        &events,
-        root,
-        &[
-            OsStr::new("--same-as"),
-            OsStr::new(&expected),
-            OsStr::new("--s3-endpoint"),
-            OsStr::new(&s3.endpoint),
-        ],
-    );
+    verify_on_s3(&events, root, &expected, &s3);
 }
 
 /// SIGKILLs random processes at random moments, restarting each at once, while the job runs;

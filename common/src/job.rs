@@ -15,6 +15,7 @@ use crate::schema::{build_schema, is_scalar, timestamp_type};
 use crate::window::WindowSpec;
 
 pub mod operations;
+pub mod reference;
 pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret};
 
 /// A mistake in a job file, naming the field and what was expected.

@@ -44,35 +44,11 @@ impl RunResult {
 }
 
 fn job_text(input: &Path, dir: &Path, max_files: u64) -> String {
-    format!(
-        r#"name: bench
-source:
-  files: {{path: "{input}", max_files_per_trigger: {max_files}}}
-  format: json
-  schema:
-    event_id: string not null
-    user_id: string not null
-    event_type: string not null
-    page_url: string
-    timestamp: timestamp not null
-    properties: map<string,string>
-query:
-  watermark: {{column: timestamp, delay: 10m}}
-  window: {{column: timestamp, size: 5m}}
-  group_by: [event_type]
-  aggregates:
-    event_count: count(*)
-    unique_users: count(distinct user_id)
-    approx_unique: approx_count_distinct(event_id)
-trigger: 1s
-checkpoint_location: "{dir}/checkpoint"
-sinks:
-  - delta: {{path: "{dir}/aggregated", partition_by: [event_type]}}
-dead_letter: {{delta: {{path: "{dir}/dead-letter"}}}}
-"#,
-        input = input.display(),
-        dir = dir.display(),
-    )
+    let source = format!(
+        "  files: {{path: \"{}\", max_files_per_trigger: {max_files}}}\n",
+        input.display()
+    );
+    weir_common::job::reference::job_file("bench", &source, &dir.display().to_string())
 }
 
 /// The reference job's text for files under `input` (the bench's ceiling uses its schema).

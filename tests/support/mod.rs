@@ -166,34 +166,9 @@ pub fn file_job_in(dir: &Path, input: &str, max_files: u64, root: &str, extra: &
 }
 
 fn job_with_source(dir: &Path, source: &str, root: &str, extra: &str) -> PathBuf {
-    let job = format!(
-        r#"name: realtime-analytics
-source:
-{source}  format: json
-  schema:
-    event_id: string not null
-    user_id: string not null
-    event_type: string not null
-    page_url: string
-    timestamp: timestamp not null
-    properties: map<string,string>
-query:
-  watermark: {{column: timestamp, delay: 10m}}
-  window: {{column: timestamp, size: 5m}}
-  group_by: [event_type]
-  aggregates:
-    event_count: count(*)
-    unique_users: count(distinct user_id)
-    approx_unique: approx_count_distinct(event_id)
-trigger: 1s
-checkpoint_location: {root}/checkpoint
-sinks:
-  - delta: {{path: {root}/aggregated, partition_by: [event_type]}}
-dead_letter: {{delta: {{path: {root}/dead-letter}}}}
-{extra}"#
-    );
+    let job = weir_common::job::reference::job_file("realtime-analytics", source, root);
     let path = dir.join("job.yaml");
-    std::fs::write(&path, job).expect("writing the job file");
+    std::fs::write(&path, format!("{job}{extra}")).expect("writing the job file");
     path
 }
 

@@ -1,0 +1,51 @@
+//! The reference job of DESIGN.md §1 as a job file, for any source and location: what
+//! `weir bench` runs and what the end-to-end tests run.
+
+/// The job file named `name` that reads `source` (the lines under `source:` that name the
+/// input, indented by two spaces and ending with a newline) with its checkpoint and tables
+/// under `root` (a path or URL).
+pub fn job_file(name: &str, source: &str, root: &str) -> String {
+    format!(
+        r#"name: {name}
+source:
+{source}  format: json
+  schema:
+    event_id: string not null
+    user_id: string not null
+    event_type: string not null
+    page_url: string
+    timestamp: timestamp not null
+    properties: map<string,string>
+query:
+  watermark: {{column: timestamp, delay: 10m}}
+  window: {{column: timestamp, size: 5m}}
+  group_by: [event_type]
+  aggregates:
+    event_count: count(*)
+    unique_users: count(distinct user_id)
+    approx_unique: approx_count_distinct(event_id)
+trigger: 1s
+checkpoint_location: "{root}/checkpoint"
+sinks:
+  - delta: {{path: "{root}/aggregated", partition_by: [event_type]}}
+dead_letter: {{delta: {{path: "{root}/dead-letter"}}}}
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_job_file_is_valid() {
+        let text = job_file(
+            "reference",
+            "  files: {path: /data/events, max_files_per_trigger: 4}\n",
+            "s3://bucket/job",
+        );
+        let job = super::super::parse_job(&text, std::path::Path::new("/")).unwrap();
+        assert_eq!(job.output.url, "s3://bucket/job/aggregated");
+        assert_eq!(job.aggregates.len(), 3);
+    }
+}
