@@ -310,7 +310,7 @@ impl EpochRunner {
             stats.input_rows += records.len() as u64;
             stats.input_bytes += records
                 .iter()
-                .map(|r| r.value.as_ref().map_or(0, Vec::len) as u64)
+                .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
                 .sum::<u64>();
             let payloads: Vec<&[u8]> = records
                 .iter()
@@ -318,13 +318,13 @@ impl EpochRunner {
                 .collect();
             let decoded = decoder.decode(&payloads);
             for (i, reason) in decoded.bad {
-                rejected.push((records[i].clone(), reason));
+                rejected.push((records[i].detached(), reason));
             }
             let mut base = 0;
             for batch in &decoded.batches {
                 for (row, why) in pre.add_batch(batch) {
                     if let Rejected::Invalid(reason) = why {
-                        rejected.push((records[decoded.good[base + row]].clone(), reason));
+                        rejected.push((records[decoded.good[base + row]].detached(), reason));
                     }
                 }
                 base += batch.num_rows();

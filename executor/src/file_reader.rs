@@ -2,6 +2,7 @@
 //! the file's index in the epoch's list and whose offset is its line number (from 1). Blank
 //! lines are skipped; a last line without a newline counts.
 
+use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
@@ -41,10 +42,12 @@ impl Lines {
         }
     }
 
-    fn line(&mut self, bytes: &[u8], out: &mut Vec<Record>) {
+    fn line(&mut self, mut line: Bytes, out: &mut Vec<Record>) {
         let number = self.next;
         self.next += 1;
-        let line = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if line.ends_with(b"\r") {
+            line.truncate(line.len() - 1);
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
@@ -52,27 +55,30 @@ impl Lines {
             partition: self.file,
             offset: number,
             key: None,
-            value: Some(line.to_vec()),
+            value: Some(line),
         });
     }
 
-    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Record>) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+    /// Cuts `piece` into lines; a line inside it is a slice of it, not a copy.
+    fn feed(&mut self, piece: &Bytes, out: &mut Vec<Record>) {
+        let mut start = 0;
+        while let Some(at) = piece[start..].iter().position(|&b| b == b'\n') {
+            let end = start + at;
             if self.pending.is_empty() {
-                self.line(&bytes[..end], out);
+                self.line(piece.slice(start..end), out);
             } else {
                 let mut whole = std::mem::take(&mut self.pending);
-                whole.extend_from_slice(&bytes[..end]);
-                self.line(&whole, out);
+                whole.extend_from_slice(&piece[start..end]);
+                self.line(Bytes::from(whole), out);
             }
-            bytes = &bytes[end + 1..];
+            start = end + 1;
         }
-        self.pending.extend_from_slice(bytes);
+        self.pending.extend_from_slice(&piece[start..]);
     }
 
     fn finish(mut self, out: &mut Vec<Record>) {
         let rest = std::mem::take(&mut self.pending);
-        self.line(&rest, out);
+        self.line(Bytes::from(rest), out);
     }
 }
 
@@ -137,11 +143,16 @@ mod tests {
         let mut out = Vec::new();
         let mut lines = Lines::new(0);
         for p in pieces {
-            lines.feed(p.as_bytes(), &mut out);
+            lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut out);
         }
         lines.finish(&mut out);
         out.into_iter()
-            .map(|r| (r.offset, String::from_utf8(r.value.unwrap()).unwrap()))
+            .map(|r| {
+                (
+                    r.offset,
+                    String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                )
+            })
             .collect()
     }
 

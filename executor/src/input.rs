@@ -1,6 +1,7 @@
 //! The records an epoch reads: the planned Kafka ranges, or the planned files of a file source.
 
 use anyhow::Context;
+use bytes::Bytes;
 use weir_common::checkpoint::{InputFile, PartitionRange};
 use weir_common::job::{JobSpec, Source};
 use weir_proto::control::ExecuteRequest;
@@ -10,12 +11,24 @@ use crate::kafka_reader::KafkaReader;
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
 /// a line of a file (partition: the file's index in the epoch's list; offset: its line number).
+/// A line's value is a slice of the fetched range, not a copy.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
+}
+
+impl Record {
+    /// A copy that holds only its own bytes: a rejected record kept until the epoch ends must
+    /// not keep the whole fetched range it was sliced from alive.
+    pub fn detached(&self) -> Record {
+        Record {
+            value: self.value.as_deref().map(Bytes::copy_from_slice),
+            ..self.clone()
+        }
+    }
 }
 
 pub enum Input {

@@ -140,7 +140,7 @@ impl KafkaReader {
                             partition: p,
                             offset,
                             key: msg.key().map(<[u8]>::to_vec),
-                            value: msg.payload().map(<[u8]>::to_vec),
+                            value: msg.payload().map(bytes::Bytes::copy_from_slice),
                         });
                         last_progress = Instant::now();
                         if buffer.len() >= chunk {
