@@ -7,35 +7,25 @@ mod support;
 use std::path::Path;
 
 use support::{
-    commit_records, file_job_in, gen_files, python, run_local, run_ok, verify, BAD_INPUT,
+    checkpoint_records, commit_records, file_job_in, gen_files, python, run_local, run_ok, verify,
+    BAD_INPUT,
 };
 
 /// The files each plan of the checkpoint in `dir` read, in epoch order.
 fn planned_files(dir: &Path) -> Vec<Vec<String>> {
-    let mut plans: Vec<(u64, Vec<String>)> = std::fs::read_dir(dir.join("checkpoint/offsets"))
-        .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            let epoch = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse().ok())
-                .unwrap();
-            let plan: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let files = plan["files"]
+    checkpoint_records(dir, "offsets")
+        .iter()
+        .map(|plan| {
+            plan["files"]
                 .as_array()
                 .map(|f| {
                     f.iter()
                         .map(|f| f["path"].as_str().unwrap().to_string())
                         .collect()
                 })
-                .unwrap_or_default();
-            (epoch, files)
+                .unwrap_or_default()
         })
-        .collect();
-    plans.sort();
-    plans.into_iter().map(|(_, f)| f).collect()
+        .collect()
 }
 
 /// Moves `files` of `from` into `to`, as a writer that renames complete files into place.

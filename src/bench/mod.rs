@@ -163,8 +163,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             max_files_per_trigger: args.files_per_epoch,
             snapshots,
         };
-        let root = root.clone();
-        results.push(tokio::task::block_in_place(|| runs::run(&spec, &root))?);
+        results.push(runs::run(&spec, &root).await?);
     }
 
     let memory = if args.window_users > 0 {
@@ -201,8 +200,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             max_files_per_trigger: 3,
             snapshots: true,
         };
-        let root = root.clone();
-        Some(tokio::task::block_in_place(|| runs::run(&spec, &root))?)
+        Some(runs::run(&spec, &root).await?)
     } else {
         None
     };

@@ -3,12 +3,14 @@
 //! process's peak resident memory (from its last log line).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use weir_common::checkpoint::CommitRecord;
+use weir_storage::CheckpointLog;
 
 /// How a run is set up.
 pub struct RunSpec<'a> {
@@ -56,24 +58,28 @@ pub fn reference_job(input: &Path, dir: &Path) -> String {
     job_text(input, dir, 1)
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// The records under `<checkpoint>/<kind>/`, in epoch order.
-fn records(checkpoint: &Path, kind: &str) -> anyhow::Result<Vec<Value>> {
-    let mut paths: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoint.join(kind))
-        .with_context(|| format!("listing {kind} of the checkpoint"))?
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let epoch = path.file_stem()?.to_str()?.parse().ok()?;
-            Some((epoch, path))
-        })
-        .collect();
-    paths.sort();
-    paths.iter().map(|(_, p)| read_json(p)).collect()
+/// The decisions of the checkpoint at `url` in epoch order, and the first plan's time: read
+/// with the checkpoint log, as the driver reads them.
+async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
+    let log = CheckpointLog::open(url, &BTreeMap::new())?;
+    let first_plan = log
+        .plan(0)
+        .await?
+        .context("no plan in the checkpoint")?
+        .planned_at_micros;
+    let last = log
+        .latest("commits")
+        .await?
+        .context("no decision in the checkpoint")?;
+    let mut records = Vec::new();
+    for epoch in 0..=last {
+        records.push(
+            log.commit(epoch)
+                .await?
+                .with_context(|| format!("the decision of epoch {epoch} is missing"))?,
+        );
+    }
+    Ok((first_plan, records))
 }
 
 /// Peak RSS by process from the JSON log lines of `weir local`'s processes.
@@ -94,16 +100,18 @@ fn peak_rss(log: &str) -> BTreeMap<String, u64> {
 }
 
 /// Runs the job once over `spec.input` to the end of its files.
-pub fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
+pub async fn run(spec: &RunSpec<'_>, root: &Path) -> anyhow::Result<RunResult> {
     let dir = root.join(&spec.name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
     let job = dir.join("job.yaml");
-    std::fs::write(&job, job_text(spec.input, &dir, spec.max_files_per_trigger))?;
+    let text = job_text(spec.input, &dir, spec.max_files_per_trigger);
+    let checkpoint = weir_common::job::parse_job(&text, &dir)?.checkpoint_url;
+    std::fs::write(&job, text)?;
     let exe = std::env::current_exe().context("locating the weir binary")?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["--log-format", "json", "local", "--job"])
         .arg(&job)
         .args(["--executors", &spec.executors.to_string()])
@@ -117,7 +125,7 @@ pub fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
     }
     let started = Instant::now();
-    let out = cmd.output().context("running weir local")?;
+    let out = cmd.output().await.context("running weir local")?;
     let wall = started.elapsed();
     let log = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -129,29 +137,17 @@ pub fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
             tail.join("\n")
         );
     }
-    let checkpoint = dir.join("checkpoint");
-    let plans = records(&checkpoint, "offsets")?;
-    let decisions = records(&checkpoint, "commits")?;
-    let first_plan = plans
-        .first()
-        .and_then(|p| p["planned_at_micros"].as_i64())
-        .context("no plan in the checkpoint")?;
-    let last_decision = decisions
-        .last()
-        .and_then(|d| d["decided_at_micros"].as_i64())
-        .context("no decision in the checkpoint")?;
+    let (first_plan, decisions) = decisions(&checkpoint).await?;
+    let last_decision = decisions.last().map_or(first_plan, |d| d.decided_at_micros);
     Ok(RunResult {
         name: spec.name.clone(),
         wall,
         engine: Duration::from_micros(u64::try_from(last_decision - first_plan).unwrap_or(0)),
-        input_rows: decisions
-            .iter()
-            .filter_map(|d| d["stats"]["input_rows"].as_u64())
-            .sum(),
+        input_rows: decisions.iter().map(|d| d.stats.input_rows).sum(),
         epochs: decisions.len(),
         distinct_entries: decisions
             .iter()
-            .filter_map(|d| d["stats"]["distinct_state_entries"].as_u64())
+            .map(|d| d.stats.distinct_state_entries)
             .max()
             .unwrap_or(0),
         peak_rss: peak_rss(&log),

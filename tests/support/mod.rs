@@ -265,11 +265,12 @@ pub fn verify_in(events: &Path, root: &str, extra: &[&std::ffi::OsStr]) -> Strin
     report
 }
 
-/// The decision records of the checkpoint in `dir`, in epoch order.
-pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoint/commits"))
-        .expect("commits directory")
-        .map(|e| e.expect("commit entry").path())
+/// The records under `checkpoint/<kind>` of the job in `dir` (`offsets`: the plans,
+/// `commits`: the decisions), in epoch order.
+pub fn checkpoint_records(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoint").join(kind))
+        .unwrap_or_else(|e| panic!("checkpoint/{kind}: {e}"))
+        .map(|e| e.expect("checkpoint entry").path())
         .collect();
     paths.sort_by_key(|p| {
         p.file_name()
@@ -279,8 +280,13 @@ pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
     paths
         .iter()
         .map(|p| {
-            serde_json::from_str(&std::fs::read_to_string(p).expect("commit record"))
-                .expect("commit record is JSON")
+            serde_json::from_str(&std::fs::read_to_string(p).expect("checkpoint record"))
+                .expect("checkpoint record is JSON")
         })
         .collect()
+}
+
+/// The decision records of the checkpoint in `dir`, in epoch order.
+pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
+    checkpoint_records(dir, "commits")
 }
