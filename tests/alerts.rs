@@ -82,14 +82,7 @@ fn every_epoch_over_its_time_budget_raises_one_alert() {
         &format!("alerts: {{webhook: \"{}\", epoch_budget: 1ms}}\n", hook.url),
     );
     run_local(dir.path(), 1);
-    let texts: Vec<String> = hook
-        .received(Duration::from_millis(500))
-        .into_iter()
-        .map(|(_, body, _)| {
-            let alert: serde_json::Value = serde_json::from_str(&body).unwrap();
-            alert["text"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let texts = hook.texts(Duration::from_millis(500));
     let epochs = commit_records(dir.path()).len();
     assert!(epochs >= 3, "{epochs} epochs");
     assert_eq!(texts.len(), epochs, "one alert per epoch: {texts:?}");

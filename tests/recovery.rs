@@ -382,14 +382,7 @@ fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact()
     support::verify(&events, &dir, &[]);
 
     // The driver delivers its alerts before it exits.
-    let alerts: Vec<String> = hook
-        .received(Duration::from_millis(500))
-        .into_iter()
-        .map(|(_, body, _)| {
-            let alert: serde_json::Value = serde_json::from_str(&body).expect("JSON alert");
-            alert["text"].as_str().expect("Slack's text").to_string()
-        })
-        .collect();
+    let alerts = hook.texts(Duration::from_millis(500));
     let lost: Vec<&String> = alerts
         .iter()
         .filter(|t| t.contains("failed or was lost"))

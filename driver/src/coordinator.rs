@@ -55,6 +55,30 @@ struct Position {
     last_trigger_micros: Option<i64>,
 }
 
+impl Position {
+    /// Where the decision `record` leaves the job; its epoch ran with `epoch_watermark` and
+    /// `assignment`, triggered at `triggered_micros` (unknown after a restart).
+    fn after(
+        record: &CommitRecord,
+        epoch_watermark: Option<i64>,
+        assignment: Vec<Assignment>,
+        triggered_micros: Option<i64>,
+    ) -> Self {
+        Position {
+            next_epoch: record.epoch + 1,
+            source: SourcePosition {
+                offsets: Some(record.end_offsets.clone()),
+                files_through: record.files_through.clone(),
+            },
+            watermark: record.next_watermark_micros,
+            last_epoch_watermark: epoch_watermark,
+            assignment,
+            totals: record.totals.clone(),
+            last_trigger_micros: triggered_micros,
+        }
+    }
+}
+
 /// What the operators see and hear: status, progress, metrics, Pushgateway, alerts.
 pub struct Operations {
     pub identity: QueryIdentity,
@@ -179,18 +203,12 @@ impl Coordinator {
             } else {
                 record.assignment.clone()
             };
-            position = Position {
-                next_epoch: epoch + 1,
-                source: SourcePosition {
-                    offsets: Some(record.end_offsets.clone()),
-                    files_through: record.files_through.clone(),
-                },
-                watermark: record.next_watermark_micros,
-                last_epoch_watermark: plan.as_ref().and_then(|p| p.watermark_micros),
+            position = Position::after(
+                &record,
+                plan.as_ref().and_then(|p| p.watermark_micros),
                 assignment,
-                totals: record.totals.clone(),
-                last_trigger_micros: None,
-            };
+                None,
+            );
             self.retention.load(&self.log, epoch).await?;
             self.ops.board.recovered(Some(epoch), &position.assignment);
             tracing::info!(epoch, "resuming after the last decided epoch");
@@ -595,18 +613,12 @@ impl Coordinator {
                 ),
             );
         }
-        *position = Position {
-            next_epoch: epoch + 1,
-            source: SourcePosition {
-                offsets: Some(record.end_offsets.clone()),
-                files_through: record.files_through.clone(),
-            },
-            watermark: record.next_watermark_micros,
-            last_epoch_watermark: plan.watermark_micros,
+        *position = Position::after(
+            &record,
+            plan.watermark_micros,
             assignment,
-            totals: record.totals.clone(),
-            last_trigger_micros: Some(triggered.at_micros),
-        };
+            Some(triggered.at_micros),
+        );
         Ok(Some((members, version)))
     }
 

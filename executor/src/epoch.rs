@@ -184,12 +184,6 @@ impl EpochRunner {
                 req.base_epoch
             );
         }
-        // Files an abandoned run is still writing must be in place before this run answers:
-        // the driver deletes what no commit references after this epoch commits.
-        self.output.settle().await;
-        if let Some(table) = self.dead_letter.as_mut() {
-            table.settle().await;
-        }
         let topology = Topology::from_request(&req, &self.executor_id, self.job.key_groups)
             .context("the epoch's plan")?;
         let range = topology.my_range()?;

@@ -48,8 +48,10 @@ impl StagedTable {
     }
 
     /// Waits until a write started by an abandoned run has finished (its files are in place
-    /// or it failed); a run calls this before it answers the driver.
-    pub async fn settle(&mut self) {
+    /// or it failed). Every run stages before it answers the driver, so files an abandoned run
+    /// was writing are in place before the next run's answer, as the driver's sweep after the
+    /// next commit needs.
+    async fn settle(&mut self) {
         if let Some(write) = self.in_flight.as_mut() {
             // Awaiting by reference: if this run is abandoned too, the next one still waits.
             let _ = write.await;

@@ -42,15 +42,19 @@ pub struct BenchArgs {
 
 const START: &str = "2026-01-01T00:00:00Z";
 
-/// Generates reference events as files in `out`; answers their contents.
-async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Generates reference events as files in `out`.
+async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<()> {
     let mut args = gen::GenArgs::from_argv(argv)?;
     args.out_dir = Some(out.to_path_buf());
     // Only files: KAFKA_BROKERS in the environment must not send the events anywhere.
     args.brokers = None;
     args.jsonl = None;
-    gen::run(args).await?;
-    let mut names: Vec<PathBuf> = std::fs::read_dir(out)?
+    gen::run(args).await
+}
+
+/// The contents of the files in `dir`, in name order (the ceiling reads them from memory).
+fn read_files(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     names.sort();
@@ -118,7 +122,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("weir bench: generating {} events", args.events);
     let input = root.join("events");
-    let files = generate(
+    generate(
         &input,
         &strings(&[
             "--count",
@@ -134,6 +138,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ]),
     )
     .await?;
+    let files = read_files(&input)?;
     let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
 
     eprintln!("weir bench: the single-threaded ceiling");

@@ -68,6 +68,22 @@ impl Webhook {
         Webhook { url, requests }
     }
 
+    /// The `text` of every Slack-style alert received so far, waiting up to `quiet` for each
+    /// further one.
+    pub fn texts(&self, quiet: Duration) -> Vec<String> {
+        self.received(quiet)
+            .into_iter()
+            .map(|(_, body, _)| {
+                let alert: serde_json::Value = serde_json::from_str(&body)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+                alert["text"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no Slack text: {body}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// The requests received so far, waiting up to `quiet` for each further one.
     pub fn received(&self, quiet: Duration) -> Vec<Received> {
         let mut all = Vec::new();
