@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::UTC;
 
-/// One value borrowed from a column.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One value borrowed from a column. Its variants mirror [`GroupValue`]'s, in the same order,
+/// so that both serialize to the same group-key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Scalar<'a> {
     Null,
     Str(&'a str),
@@ -128,6 +129,16 @@ pub fn encode_group_key(values: &[GroupValue]) -> Vec<u8> {
     postcard::to_allocvec(values).unwrap_or_default()
 }
 
+/// Encodes a row's group key from borrowed values into `out` (cleared first): the bytes of
+/// [`encode_group_key`] without allocating for every row.
+pub fn encode_group_key_into(values: &[Scalar<'_>], out: &mut Vec<u8>) {
+    out.clear();
+    // Serializing into a Vec cannot fail, and these enums have no failing fields.
+    if let Ok(buf) = postcard::to_extend(values, std::mem::take(out)) {
+        *out = buf;
+    }
+}
+
 /// Decodes [`encode_group_key`] output.
 pub fn decode_group_key(bytes: &[u8]) -> Result<Vec<GroupValue>, postcard::Error> {
     postcard::from_bytes(bytes)
@@ -218,5 +229,20 @@ mod tests {
             encode_group_key(&[GroupValue::Str("ab".into())]),
             vec![1, 1, 2, b'a', b'b']
         );
+    }
+
+    #[test]
+    fn borrowed_values_encode_as_owned_ones() {
+        let borrowed = [
+            Scalar::Str("click"),
+            Scalar::Int(-3),
+            Scalar::Null,
+            Scalar::Float(2.5),
+            Scalar::Bool(true),
+        ];
+        let owned: Vec<GroupValue> = borrowed.iter().map(|&s| s.into()).collect();
+        let mut out = vec![9, 9];
+        encode_group_key_into(&borrowed, &mut out);
+        assert_eq!(out, encode_group_key(&owned));
     }
 }

@@ -339,7 +339,7 @@ impl EpochRunner {
         // so what the store holds for them is final: take it out now and send the shard counts
         // along with the partials.
         let mut state_batch = WriteBatch::default();
-        let mut partials = pre.partials;
+        let mut shard_counts = Partials::default();
         let mut closed = Vec::new();
         let mut distinct_removed = 0;
         if let Some(watermark) = req.watermark_micros {
@@ -353,12 +353,21 @@ impl EpochRunner {
                 closed.extend(taken.rows);
                 distinct_removed += taken.distinct_removed;
                 for (key, count) in taken.shard_counts {
-                    partials.add_shard_count(key, count);
+                    shard_counts.add_shard_count(key, count);
                 }
             }
         }
+        let n = topology.peers.len();
+        let mut outgoing = pre.split(&topology.owners, n);
+        for (to, counts) in shard_counts
+            .split(&topology.owners, n)
+            .into_iter()
+            .enumerate()
+        {
+            outgoing[to].merge(counts);
+        }
         Ok(Local {
-            outgoing: partials.split(&topology.owners, topology.peers.len()),
+            outgoing,
             closed,
             distinct_removed,
             state_batch,

@@ -62,8 +62,7 @@ impl Lines {
     /// Cuts `piece` into lines; a line inside it is a slice of it, not a copy.
     fn feed(&mut self, piece: &Bytes, out: &mut Vec<Record>) {
         let mut start = 0;
-        while let Some(at) = piece[start..].iter().position(|&b| b == b'\n') {
-            let end = start + at;
+        for end in memchr::memchr_iter(b'\n', piece) {
             if self.pending.is_empty() {
                 self.line(piece.slice(start..end), out);
             } else {

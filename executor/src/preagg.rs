@@ -1,14 +1,22 @@
 //! Pre-aggregation of one epoch's rows in memory, per (window, group key), before anything
 //! touches RocksDB: each (window, group) is read and written once per epoch, not once per row.
+//!
+//! A row of a group and a distinct value already seen allocates nothing: group keys are
+//! encoded into a reused buffer and interned, distinct values are looked up by borrowed bytes.
+
+use std::hash::{Hash, Hasher};
 
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
-use weir_common::aggregate::AggKind;
+use foldhash::fast::RandomState;
+use hashbrown::Equivalent;
+use weir_common::aggregate::{AggKind, Partial};
 use weir_common::job::JobSpec;
-use weir_common::value::{encode_group_key, ColumnReader, GroupValue};
-use weir_common::window::is_closed;
+use weir_common::keygroup::key_group;
+use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
+use weir_common::window::{is_closed, Window};
 
-use crate::partials::Partials;
+use crate::partials::{distinct_key_group, FastMap, Partials};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,13 +45,79 @@ impl EventTimes {
     }
 }
 
+/// The epoch's group keys, each encoded once and then known by its index.
+#[derive(Default)]
+struct GroupKeys {
+    ids: FastMap<Vec<u8>, u32>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl GroupKeys {
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(key.to_vec());
+        self.ids.insert(key.to_vec(), id);
+        id
+    }
+}
+
+/// A distinct value of an epoch: (window, aggregate index, group, value bytes).
+#[derive(PartialEq, Eq)]
+struct DistinctValue {
+    window: Window,
+    agg: u8,
+    group: u32,
+    value: Box<[u8]>,
+}
+
+/// A row's distinct value, borrowed from its column; hashes as the owned one does.
+struct DistinctRef<'a> {
+    window: Window,
+    agg: u8,
+    group: u32,
+    value: &'a [u8],
+}
+
+impl Hash for DistinctValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_distinct(self.window, self.agg, self.group, &self.value, state);
+    }
+}
+
+impl Hash for DistinctRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_distinct(self.window, self.agg, self.group, self.value, state);
+    }
+}
+
+fn hash_distinct<H: Hasher>(window: Window, agg: u8, group: u32, value: &[u8], state: &mut H) {
+    window.hash(state);
+    agg.hash(state);
+    group.hash(state);
+    value.hash(state);
+}
+
+impl Equivalent<DistinctValue> for DistinctRef<'_> {
+    fn equivalent(&self, key: &DistinctValue) -> bool {
+        self.window == key.window
+            && self.agg == key.agg
+            && self.group == key.group
+            && self.value == &*key.value
+    }
+}
+
 /// One epoch's partial aggregates.
 pub struct PreAggregation<'a> {
     job: &'a JobSpec,
     watermark: Option<i64>,
     /// Rows whose event time is past this bound are rejected (too far in the future).
     max_event_time: i64,
-    pub partials: Partials,
+    group_keys: GroupKeys,
+    groups: FastMap<(Window, u32), Vec<Partial>>,
+    distinct: hashbrown::HashSet<DistinctValue, RandomState>,
     pub times: EventTimes,
     pub late_rows: u64,
 }
@@ -54,7 +128,9 @@ impl<'a> PreAggregation<'a> {
             job,
             watermark,
             max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
-            partials: Partials::default(),
+            group_keys: GroupKeys::default(),
+            groups: FastMap::default(),
+            distinct: hashbrown::HashSet::default(),
             times: EventTimes::default(),
             late_rows: 0,
         }
@@ -92,7 +168,10 @@ impl<'a> PreAggregation<'a> {
             })
             .collect();
         let window_spec = self.job.window;
+        let watermark = self.watermark;
         let mut group_values = Vec::with_capacity(group_cols.len());
+        let mut key = Vec::new();
+        let mut values = Vec::with_capacity(agg_cols.len());
         for row in 0..batch.num_rows() {
             if arrow::array::Array::is_null(ts_col, row) {
                 rejected.push((row, Rejected::Invalid("event time is null".into())));
@@ -100,20 +179,11 @@ impl<'a> PreAggregation<'a> {
             }
             let ts = ts_col.value(row);
             if ts > self.max_event_time {
-                rejected.push((
-                    row,
-                    Rejected::Invalid(format!(
-                        "event time {} is more than {}s ahead of processing time",
-                        chrono::DateTime::from_timestamp_micros(ts)
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| ts.to_string()),
-                        self.job.max_event_time_ahead_micros / 1_000_000
-                    )),
-                ));
+                rejected.push((row, Rejected::Invalid(self.too_far_ahead(ts))));
                 continue;
             }
             self.times.add(ts);
-            if is_closed(window_spec.last_window_end(ts), self.watermark) {
+            if is_closed(window_spec.last_window_end(ts), watermark) {
                 self.late_rows += 1;
                 rejected.push((row, Rejected::Late));
                 continue;
@@ -122,43 +192,93 @@ impl<'a> PreAggregation<'a> {
             group_values.extend(
                 group_cols
                     .iter()
-                    .map(|c| c.as_ref().map_or(GroupValue::Null, |c| c.get(row).into())),
+                    .map(|c| c.as_ref().map_or(Scalar::Null, |c| c.get(row))),
             );
-            let group = encode_group_key(&group_values);
-            let watermark = self.watermark;
-            window_spec.for_each_window(ts, |w| {
-                if is_closed(w.end, watermark) {
-                    return;
-                }
-                let partials = self
-                    .partials
-                    .groups
-                    .entry((w, group.clone()))
-                    .or_insert_with(|| {
-                        self.job
-                            .aggregates
-                            .iter()
-                            .map(|a| a.new_partial())
-                            .collect()
-                    });
-                for (i, (agg, col)) in self.job.aggregates.iter().zip(&agg_cols).enumerate() {
-                    let value = col
-                        .as_ref()
-                        .map_or(weir_common::value::Scalar::Null, |c| c.get(row));
-                    if agg.kind == AggKind::CountDistinct {
-                        if !value.is_null() {
-                            let bytes = value.with_bytes(|b| b.to_vec());
-                            self.partials
-                                .distinct
-                                .insert((w, i as u8, group.clone(), bytes));
-                        }
-                    } else {
-                        partials[i].update(agg.kind, value);
-                    }
+            encode_group_key_into(&group_values, &mut key);
+            let group = self.group_keys.intern(&key);
+            values.clear();
+            values.extend(
+                agg_cols
+                    .iter()
+                    .map(|c| c.as_ref().map_or(Scalar::Null, |c| c.get(row))),
+            );
+            window_spec.for_each_window(ts, |window| {
+                if !is_closed(window.end, watermark) {
+                    self.add_row(window, group, &values);
                 }
             });
         }
         rejected
+    }
+
+    /// Folds one row's aggregate inputs into (window, group).
+    fn add_row(&mut self, window: Window, group: u32, values: &[Scalar<'_>]) {
+        let aggregates = &self.job.aggregates;
+        let partials = self
+            .groups
+            .entry((window, group))
+            .or_insert_with(|| aggregates.iter().map(|a| a.new_partial()).collect());
+        for (i, (agg, value)) in aggregates.iter().zip(values).enumerate() {
+            if agg.kind != AggKind::CountDistinct {
+                partials[i].update(agg.kind, *value);
+            } else if !value.is_null() {
+                let agg = i as u8;
+                value.with_bytes(|bytes| {
+                    let probe = DistinctRef {
+                        window,
+                        agg,
+                        group,
+                        value: bytes,
+                    };
+                    self.distinct.get_or_insert_with(&probe, |p| DistinctValue {
+                        window: p.window,
+                        agg: p.agg,
+                        group: p.group,
+                        value: p.value.into(),
+                    });
+                });
+            }
+        }
+    }
+
+    fn too_far_ahead(&self, ts: i64) -> String {
+        format!(
+            "event time {} is more than {}s ahead of processing time",
+            chrono::DateTime::from_timestamp_micros(ts)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| ts.to_string()),
+            self.job.max_event_time_ahead_micros / 1_000_000
+        )
+    }
+
+    /// The epoch's partials, split by the owner of their key groups: `owners[kg]` is the index
+    /// of the owner of key group `kg`, one of `0..n`.
+    pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
+        let key_groups = owners.len() as u32;
+        let owner = |kg: u32| owners.get(kg as usize).copied().unwrap_or(0).min(n - 1);
+        let mut out: Vec<Partials> = (0..n).map(|_| Partials::default()).collect();
+        let keys = self.group_keys.keys;
+        for ((window, group), partials) in self.groups {
+            let key = keys[group as usize].clone();
+            let to = owner(key_group(&key, key_groups));
+            out[to].groups.insert((window, key), partials);
+        }
+        for d in self.distinct {
+            let entry = (
+                d.window,
+                d.agg,
+                keys[d.group as usize].clone(),
+                d.value.into_vec(),
+            );
+            let to = owner(distinct_key_group(&entry, key_groups));
+            out[to].distinct.insert(entry);
+        }
+        out
+    }
+
+    /// The epoch's partials, all together.
+    pub fn into_partials(self) -> Partials {
+        self.split(&[0], 1).pop().unwrap_or_default()
     }
 }
 
@@ -237,8 +357,10 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert_eq!(rejected[0], (3, Rejected::Late));
         assert!(matches!(&rejected[1], (4, Rejected::Invalid(r)) if r.contains("ahead")));
         assert_eq!(pre.late_rows, 1);
-        assert_eq!(pre.partials.groups.len(), 1);
-        let ((w, _), partials) = pre.partials.groups.iter().next().unwrap();
+        assert_eq!(pre.times.max, Some(now - MIN));
+        let partials = pre.into_partials();
+        assert_eq!(partials.groups.len(), 1);
+        let ((w, _), group) = partials.groups.iter().next().unwrap();
         assert_eq!(
             *w,
             Window {
@@ -246,11 +368,10 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
                 end: now
             }
         );
-        assert!(matches!(partials[0], Partial::Count(3)));
-        assert!(matches!(partials[2], Partial::SumF(Some(s)) if s == 4.5));
+        assert!(matches!(group[0], Partial::Count(3)));
+        assert!(matches!(group[2], Partial::SumF(Some(s)) if s == 4.5));
         // Two distinct users in the one window, kept apart from the partials.
-        assert_eq!(pre.partials.distinct.len(), 2);
-        assert_eq!(pre.times.max, Some(now - MIN));
+        assert_eq!(partials.distinct.len(), 2);
     }
 
     #[test]
@@ -261,7 +382,8 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let mut pre = PreAggregation::new(&job, Some(now - 10 * MIN), now);
         let rejected = pre.add_batch(&batch(&job, &[("u1", "click", now - 12 * MIN)]));
         assert!(rejected.is_empty());
-        let windows: Vec<Window> = pre.partials.groups.keys().map(|(w, _)| *w).collect();
+        assert_eq!(pre.late_rows, 0);
+        let windows: Vec<Window> = pre.into_partials().groups.keys().map(|(w, _)| *w).collect();
         assert_eq!(
             windows,
             vec![Window {
@@ -269,6 +391,61 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
                 end: now - 5 * MIN
             }]
         );
-        assert_eq!(pre.late_rows, 0);
+    }
+
+    #[test]
+    fn repeated_values_and_groups_are_kept_once_and_split_by_their_key_groups() {
+        let job = job("{column: timestamp, size: 5m}");
+        let now = 1000 * MIN;
+        let mut pre = PreAggregation::new(&job, None, now);
+        let rows: Vec<(String, &str, i64)> = (0..300)
+            .map(|i| {
+                (
+                    format!("u{}", i % 100),
+                    if i % 3 == 0 { "view" } else { "click" },
+                    now - MIN,
+                )
+            })
+            .collect();
+        let rows: Vec<(&str, &str, i64)> = rows
+            .iter()
+            .map(|(u, t, ts)| (u.as_str(), *t, *ts))
+            .collect();
+        // The same rows twice, in two batches: nothing new the second time.
+        pre.add_batch(&batch(&job, &rows));
+        pre.add_batch(&batch(&job, &rows));
+        let key_groups = 64;
+        let owners: Vec<usize> = (0..key_groups).map(|kg| kg % 3).collect();
+        let parts = pre.split(&owners, 3);
+        let groups: usize = parts.iter().map(|p| p.groups.len()).sum();
+        assert_eq!(groups, 2);
+        let counts: i64 = parts
+            .iter()
+            .flat_map(|p| p.groups.values())
+            .map(|g| match g[0] {
+                Partial::Count(n) => n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(counts, 600);
+        // u0..u99 with view only for i % 3 == 0: every user clicks, 100 users view (i and
+        // i + 100 * k cover all residues), so 200 (group, user) pairs.
+        let distinct: usize = parts.iter().map(|p| p.distinct.len()).sum();
+        assert_eq!(distinct, 200);
+        for (i, part) in parts.iter().enumerate() {
+            for entry in &part.distinct {
+                assert_eq!(
+                    owners[distinct_key_group(entry, key_groups as u32) as usize],
+                    i
+                );
+            }
+            for (window, group) in part.groups.keys() {
+                assert_eq!(
+                    owners[key_group(group, key_groups as u32) as usize],
+                    i,
+                    "{window:?}"
+                );
+            }
+        }
     }
 }
