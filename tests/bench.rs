@@ -20,7 +20,9 @@ fn weir_bench_reports_every_measurement() {
                 "--files-per-epoch",
                 "2",
             ])
-            .args(["--window-users", "500", "--work-dir"])
+            .args(["--window-users", "500"])
+            .args(["--kafka-events", "3000", "--offsets-per-epoch", "1000"])
+            .args(["--latency-seconds", "3", "--work-dir"])
             .arg(dir.path().join("work"))
             .arg("--report")
             .arg(&report),
@@ -38,6 +40,9 @@ fn weir_bench_reports_every_measurement() {
         "per core ≥ 50 % of the decode + aggregate ceiling",
         "state snapshots cost ≤ 10 % of throughput",
         "executor peak RSS ≤ 256 MB",
+        "Kafka → Delta, 1 executor |",
+        "Kafka → Delta, 2 executors |",
+        "p99 produce-to-commit latency",
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
     }
@@ -54,5 +59,21 @@ fn weir_bench_reports_every_measurement() {
         );
     }
     assert!(written.contains("executor-1 "), "{written}");
+    // The Kafka runs read every produced event, and every record of the paced run was
+    // matched with the epoch that read it.
+    for run in ["kafka-1-executor", "kafka-2-executors"] {
+        assert!(
+            written.contains(&format!("Peak RSS, {run}: driver ")),
+            "{written}"
+        );
+    }
+    assert!(
+        written.contains("(3000 input rows)") && written.contains("3000 events, first plan"),
+        "{written}"
+    );
+    assert!(
+        written.contains("Peak RSS, kafka-latency: driver "),
+        "{written}"
+    );
     assert!(written.contains("(1500 input rows)"), "{written}");
 }

@@ -3,11 +3,14 @@
 //! them gives the ceiling; the reference job then runs from those files into Delta tables with
 //! `weir local` on 1 and 2 executors, with and without state snapshots; a last run keeps about
 //! a million distinct users of one window in state and reports every process's peak memory.
-//! Kafka runs and produce-to-commit latency are not measured yet (see docs/benchmarks.md).
+//! Then the same events go through a tansu broker into Delta on 1 and 2 executors, and a paced
+//! run at half of the measured Kafka peak gives the produce-to-commit latency.
 
 mod ceiling;
+mod kafka;
 mod runs;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +34,19 @@ pub struct BenchArgs {
     /// Distinct users in the single window of the memory run, three events each (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub window_users: u64,
+    /// Events of the Kafka runs (0 skips them).
+    #[arg(long, default_value_t = 400_000)]
+    pub kafka_events: u64,
+    /// Offsets an epoch of the Kafka runs reads (`max_offsets_per_trigger`).
+    #[arg(long, default_value_t = 200_000)]
+    pub offsets_per_epoch: u64,
+    /// How long the latency run produces (at half of the Kafka peak rate).
+    #[arg(long, default_value_t = 15)]
+    pub latency_seconds: u64,
+    /// A Kafka broker to use instead of starting tansu (`host:port`); its topics are named
+    /// `bench-<unix time>-...`, new every run.
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Where events, tables and checkpoints go, kept afterwards (default: a temporary
     /// directory, removed).
     #[arg(long)]
@@ -142,7 +158,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
 
     eprintln!("weir bench: the single-threaded ceiling");
-    let job = weir_common::job::parse_job(&runs::reference_job(&input, &root), &root)?;
+    let job = weir_common::job::parse_job(
+        &runs::job_text(&runs::files_source(&input, 1), &root),
+        &root,
+    )?;
     let approx = job
         .aggregates
         .iter()
@@ -163,9 +182,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("weir bench: {name}");
         let spec = RunSpec {
             name,
-            input: &input,
+            source: runs::files_source(&input, args.files_per_epoch),
             executors,
-            max_files_per_trigger: args.files_per_epoch,
             snapshots,
         };
         results.push(runs::run(&spec, &root).await?);
@@ -200,9 +218,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await?;
         let spec = RunSpec {
             name: "memory-2-executors".into(),
-            input: &window_input,
+            source: runs::files_source(&window_input, 3),
             executors: 2,
-            max_files_per_trigger: 3,
             snapshots: true,
         };
         Some(runs::run(&spec, &root).await?)
@@ -210,12 +227,109 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     };
 
-    let report = report(&args, bytes, cores, &ceiling, &results, memory.as_ref())?;
+    let kafka = if args.kafka_events > 0 {
+        kafka_runs(&args, &root).await?
+    } else {
+        KafkaRuns::Skipped("--kafka-events 0".into())
+    };
+
+    let report = report(
+        &args,
+        bytes,
+        cores,
+        &ceiling,
+        &results,
+        memory.as_ref(),
+        &kafka,
+    )?;
     println!("{report}");
     if let Some(path) = &args.report {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What the Kafka half measured.
+enum KafkaRuns {
+    Skipped(String),
+    Measured {
+        /// Events/s the broker took while the topic was filled.
+        produce_rate: f64,
+        runs: Vec<RunResult>,
+        latency: kafka::Latency,
+    },
+}
+
+async fn kafka_runs(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns> {
+    let _started;
+    let brokers = match &args.brokers {
+        Some(b) => b.clone(),
+        None if kafka::tansu_available() => {
+            let broker = kafka::Broker::start(&root.join("broker")).await?;
+            let address = broker.address.clone();
+            _started = broker;
+            address
+        }
+        None => {
+            return Ok(KafkaRuns::Skipped(
+                "no `tansu` on PATH (scripts/setup.sh installs it) and no --brokers".into(),
+            ))
+        }
+    };
+    let stamp = chrono::Utc::now().timestamp();
+    let topic = format!("bench-{stamp}-events");
+    eprintln!(
+        "weir bench: producing {} events into Kafka",
+        args.kafka_events
+    );
+    let started = std::time::Instant::now();
+    kafka::produce(
+        &brokers,
+        &topic,
+        args.kafka_events,
+        0.0,
+        &["--start", START, "--span", "1h", "--seed", "1"],
+    )
+    .await?;
+    let produce_rate = args.kafka_events as f64 / started.elapsed().as_secs_f64();
+    let mut runs = Vec::new();
+    for executors in [1, 2] {
+        let name = format!(
+            "kafka-{executors}-executor{}",
+            if executors > 1 { "s" } else { "" }
+        );
+        eprintln!("weir bench: {name}");
+        let spec = RunSpec {
+            name,
+            source: runs::kafka_source(&brokers, &topic, args.offsets_per_epoch),
+            executors,
+            snapshots: true,
+        };
+        runs.push(runs::run(&spec, root).await?);
+    }
+    let peak = runs
+        .iter()
+        .map(RunResult::engine_events_per_second)
+        .fold(0.0, f64::max);
+    let rate = (peak / 2.0).max(1.0);
+    eprintln!(
+        "weir bench: latency at {rate:.0} events/s for {} s",
+        args.latency_seconds
+    );
+    let latency = kafka::latency(
+        root,
+        &brokers,
+        &format!("bench-{stamp}-latency"),
+        rate,
+        args.latency_seconds,
+        2,
+    )
+    .await?;
+    Ok(KafkaRuns::Measured {
+        produce_rate,
+        runs,
+        latency,
+    })
 }
 
 fn report(
@@ -225,6 +339,7 @@ fn report(
     ceiling: &ceiling::Ceiling,
     results: &[RunResult],
     memory: Option<&RunResult>,
+    kafka: &KafkaRuns,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
     let build = if cfg!(debug_assertions) {
@@ -283,6 +398,24 @@ fn report(
             ),
         );
     }
+    if let KafkaRuns::Measured { runs, .. } = kafka {
+        for r in runs {
+            row(
+                &mut out,
+                &format!(
+                    "Kafka → Delta, {}",
+                    r.name.trim_start_matches("kafka-").replace('-', " ")
+                ),
+                r.engine_events_per_second(),
+                &format!(
+                    "{} events, first plan to last decision {:.2} s over {} epochs",
+                    r.input_rows,
+                    r.engine.as_secs_f64(),
+                    r.epochs,
+                ),
+            );
+        }
+    }
     writeln!(out)?;
     let find = |name: &str| results.iter().find(|r| r.name == name);
     if let (Some(two), Some(bare)) = (
@@ -333,20 +466,58 @@ fn report(
                 m.distinct_entries,
             )?;
         }
+        if let KafkaRuns::Measured { latency: l, .. } = kafka {
+            writeln!(
+                out,
+                "| p99 produce-to-commit latency ≤ trigger + 1 s (2 000 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({} records at {:.0} events/s for {} s, {} epochs) | {} |",
+                l.p99_ms,
+                l.p50_ms,
+                l.max_ms,
+                l.records,
+                l.rate,
+                l.seconds,
+                l.epochs,
+                verdict(l.records > 0 && l.p99_ms <= 2000.0)
+            )?;
+        }
         writeln!(out)?;
     }
-    for r in results.iter().chain(memory) {
-        let peaks: Vec<String> = r
-            .peak_rss
+    match kafka {
+        KafkaRuns::Skipped(why) => writeln!(out, "Kafka runs skipped: {why}.\n")?,
+        KafkaRuns::Measured { produce_rate, .. } => writeln!(
+            out,
+            "Kafka: the broker took the events at {produce_rate:.0} events/s while the topic was filled; \
+             latency is from each record's produce call (its CreateTime) to the decision of the epoch that read it.\n"
+        )?,
+    }
+    let kafka_runs = match kafka {
+        KafkaRuns::Measured { runs, latency, .. } => {
+            let mut v: Vec<(String, &BTreeMap<String, u64>, u64)> = runs
+                .iter()
+                .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows))
+                .collect();
+            v.push((
+                "kafka-latency".into(),
+                &latency.peak_rss,
+                latency.records as u64,
+            ));
+            v
+        }
+        KafkaRuns::Skipped(_) => Vec::new(),
+    };
+    let file_runs = results
+        .iter()
+        .chain(memory)
+        .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));
+    for (name, peak_rss, input_rows) in file_runs.chain(kafka_runs) {
+        let peaks: Vec<String> = peak_rss
             .iter()
             .map(|(who, b)| format!("{who} {:.0} MB", mb(*b)))
             .collect();
         writeln!(
             out,
-            "Peak RSS, {}: {} ({} input rows).",
-            r.name,
+            "Peak RSS, {name}: {} ({input_rows} input rows).",
             peaks.join(", "),
-            r.input_rows
         )?;
     }
     Ok(out)

@@ -3,21 +3,22 @@
 //! process's peak resident memory (from its last log line).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use tokio::process::Command;
 use weir_common::checkpoint::CommitRecord;
 use weir_storage::CheckpointLog;
 
 /// How a run is set up.
-pub struct RunSpec<'a> {
+pub struct RunSpec {
     pub name: String,
-    pub input: &'a Path,
+    /// The job's `source:` lines naming its input ([`files_source`], [`kafka_source`]).
+    pub source: String,
     pub executors: usize,
-    pub max_files_per_trigger: u64,
     pub snapshots: bool,
 }
 
@@ -45,22 +46,30 @@ impl RunResult {
     }
 }
 
-fn job_text(input: &Path, dir: &Path, max_files: u64) -> String {
-    let source = format!(
+/// A file source over the files under `input`.
+pub fn files_source(input: &Path, max_files: u64) -> String {
+    format!(
         "  files: {{path: \"{}\", max_files_per_trigger: {max_files}}}\n",
         input.display()
-    );
-    weir_common::job::reference::job_file("bench", &source, &dir.display().to_string())
+    )
 }
 
-/// The reference job's text for files under `input` (the bench's ceiling uses its schema).
-pub fn reference_job(input: &Path, dir: &Path) -> String {
-    job_text(input, dir, 1)
+/// A Kafka source over `topic` from its earliest offsets.
+pub fn kafka_source(brokers: &str, topic: &str, max_offsets: u64) -> String {
+    format!(
+        "  kafka: {{bootstrap_servers: \"{brokers}\", topic: {topic}, starting_offsets: earliest, \
+         max_offsets_per_trigger: {max_offsets}}}\n"
+    )
+}
+
+/// The reference job's text for `source` with its checkpoint and tables under `dir`.
+pub fn job_text(source: &str, dir: &Path) -> String {
+    weir_common::job::reference::job_file("bench", source, &dir.display().to_string())
 }
 
 /// The decisions of the checkpoint at `url` in epoch order, and the first plan's time: read
 /// with the checkpoint log, as the driver reads them.
-async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
+pub async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
     let log = CheckpointLog::open(url, &BTreeMap::new())?;
     let first_plan = log
         .plan(0)
@@ -83,7 +92,7 @@ async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
 }
 
 /// Peak RSS by process from the JSON log lines of `weir local`'s processes.
-fn peak_rss(log: &str) -> BTreeMap<String, u64> {
+pub fn peak_rss(log: &str) -> BTreeMap<String, u64> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|line| {
@@ -99,28 +108,50 @@ fn peak_rss(log: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Runs the job once over `spec.input` to the end of its files.
-pub async fn run(spec: &RunSpec<'_>, root: &Path) -> anyhow::Result<RunResult> {
-    let dir = root.join(&spec.name);
+/// A fresh directory for the run `name` under `root`, with its job file; answers the job file
+/// and the checkpoint's URL.
+pub fn prepare(root: &Path, name: &str, source: &str) -> anyhow::Result<(PathBuf, String)> {
+    let dir = root.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
     let job = dir.join("job.yaml");
-    let text = job_text(spec.input, &dir, spec.max_files_per_trigger);
+    let text = job_text(source, &dir);
     let checkpoint = weir_common::job::parse_job(&text, &dir)?.checkpoint_url;
     std::fs::write(&job, text)?;
+    Ok((job, checkpoint))
+}
+
+/// `weir local` over `job` with `executors` executors, its logs as JSON on a pipe; `trigger`
+/// overrides the job's.
+pub fn local_command(
+    job: &Path,
+    executors: usize,
+    trigger: Option<&str>,
+) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("locating the weir binary")?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let dir = job.parent().unwrap_or(Path::new("."));
+    let mut cmd = Command::new(exe);
     cmd.args(["--log-format", "json", "local", "--job"])
-        .arg(&job)
-        .args(["--executors", &spec.executors.to_string()])
-        .args(["--trigger", "available-now", "--work-dir"])
+        .arg(job)
+        .args(["--executors", &executors.to_string()]);
+    if let Some(t) = trigger {
+        cmd.args(["--trigger", t]);
+    }
+    cmd.arg("--work-dir")
         .arg(dir.join("work"))
         .args(["--admin-listen", "127.0.0.1:0", "--metrics-listen", "off"])
         .env("RUST_LOG", "warn,weir_driver=info,weir_executor=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// Runs the job once to the end of its input (`--trigger available-now`).
+pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
+    let (job, checkpoint) = prepare(root, &spec.name, &spec.source)?;
+    let mut cmd = local_command(&job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
     }
@@ -137,19 +168,31 @@ pub async fn run(spec: &RunSpec<'_>, root: &Path) -> anyhow::Result<RunResult> {
             tail.join("\n")
         );
     }
-    let (first_plan, decisions) = decisions(&checkpoint).await?;
-    let last_decision = decisions.last().map_or(first_plan, |d| d.decided_at_micros);
-    Ok(RunResult {
-        name: spec.name.clone(),
-        wall,
-        engine: Duration::from_micros(u64::try_from(last_decision - first_plan).unwrap_or(0)),
-        input_rows: decisions.iter().map(|d| d.stats.input_rows).sum(),
-        epochs: decisions.len(),
-        distinct_entries: decisions
-            .iter()
-            .map(|d| d.stats.distinct_state_entries)
-            .max()
-            .unwrap_or(0),
-        peak_rss: peak_rss(&log),
-    })
+    RunResult::read(&spec.name, wall, &checkpoint, &log).await
+}
+
+impl RunResult {
+    /// What the run `name` measured, from its checkpoint and its processes' log.
+    pub async fn read(
+        name: &str,
+        wall: Duration,
+        checkpoint: &str,
+        log: &str,
+    ) -> anyhow::Result<RunResult> {
+        let (first_plan, decisions) = decisions(checkpoint).await?;
+        let last_decision = decisions.last().map_or(first_plan, |d| d.decided_at_micros);
+        Ok(RunResult {
+            name: name.to_string(),
+            wall,
+            engine: Duration::from_micros(u64::try_from(last_decision - first_plan).unwrap_or(0)),
+            input_rows: decisions.iter().map(|d| d.stats.input_rows).sum(),
+            epochs: decisions.len(),
+            distinct_entries: decisions
+                .iter()
+                .map(|d| d.stats.distinct_state_entries)
+                .max()
+                .unwrap_or(0),
+            peak_rss: peak_rss(log),
+        })
+    }
 }

@@ -1,0 +1,366 @@
+//! Kafka in the bench: a tansu broker on a loopback port, the reference events produced into a
+//! topic, and the produce-to-commit latency of a paced run, read back from every record's
+//! produce time (its Kafka CreateTime, set by the producer) and the decision of the epoch that
+//! read it.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use weir_storage::CheckpointLog;
+
+use super::runs;
+use crate::gen;
+
+/// A tansu broker on a free loopback port with its SQLite storage in a directory, stopped
+/// when dropped.
+pub struct Broker {
+    pub address: String,
+    _child: Child,
+}
+
+impl Broker {
+    /// Starts `tansu` (or what `WEIR_TANSU` names) and returns once it accepts connections.
+    pub async fn start(dir: &Path) -> anyhow::Result<Broker> {
+        std::fs::create_dir_all(dir)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let log_path = dir.join("tansu.log");
+        let log = std::fs::File::create(&log_path)?;
+        let program = std::env::var("WEIR_TANSU").unwrap_or_else(|_| "tansu".into());
+        // tansu resolves sqlite:// paths against its working directory.
+        let mut child = Command::new(&program)
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting `{program}` (scripts/setup.sh installs it)"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("tansu exited ({status}); see {}", log_path.display());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tansu did not listen within 30 s; see {}",
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Broker {
+            address,
+            _child: child,
+        })
+    }
+}
+
+/// Whether a tansu binary can be started.
+pub fn tansu_available() -> bool {
+    let program = std::env::var("WEIR_TANSU").unwrap_or_else(|_| "tansu".into());
+    std::process::Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Produces `count` reference events into `topic` (8 partitions), at `rate` events/s (0: as
+/// fast as the broker takes them).
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    count: u64,
+    rate: f64,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut argv: Vec<String> = [
+        "--topic",
+        topic,
+        "--partitions",
+        "8",
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &rate.to_string(),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(["--brokers".to_string(), brokers.to_string()]);
+    let mut args = gen::GenArgs::from_argv(&argv)?;
+    args.out_dir = None;
+    args.jsonl = None;
+    gen::run(args).await
+}
+
+fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-bench")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("Kafka consumer")
+}
+
+/// The end offset of every partition of `topic`.
+async fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = consumer(&brokers)?;
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            bail!("topic {topic} has no partitions");
+        }
+        partitions
+            .into_iter()
+            .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, timeout)?.1)))
+            .collect()
+    })
+    .await?
+}
+
+/// The produce time (ms since the epoch) of every record of `topic` in `[from, to)`, by
+/// (partition, offset).
+async fn produce_times(
+    brokers: &str,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    to: &BTreeMap<i32, i64>,
+) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let (from, to) = (from.clone(), to.clone());
+    tokio::task::spawn_blocking(move || {
+        let consumer = consumer(&brokers)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut open: BTreeMap<i32, i64> = BTreeMap::new();
+        for (&p, &end) in &to {
+            let start = from.get(&p).copied().unwrap_or(0);
+            if end > start {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(start))?;
+                open.insert(p, end);
+            }
+        }
+        consumer.assign(&tpl)?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !open.is_empty() {
+            if Instant::now() > deadline {
+                bail!("reading the latency run's records back took over 5 minutes");
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message?;
+            let (p, offset) = (message.partition(), message.offset());
+            let Some(&end) = open.get(&p) else { continue };
+            if offset >= end {
+                continue;
+            }
+            let at = message
+                .timestamp()
+                .to_millis()
+                .context("a record without a produce time")?;
+            out.push((p, offset, at));
+            if offset + 1 >= end {
+                open.remove(&p);
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+/// Waits until a decision of the checkpoint at `url` covers `end` on every partition.
+async fn wait_for_decision(
+    url: &str,
+    end: &BTreeMap<i32, i64>,
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let log = CheckpointLog::open(url, &BTreeMap::new())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(epoch) = log.latest("commits").await? {
+            if let Some(record) = log.commit(epoch).await? {
+                let covered = end
+                    .iter()
+                    .all(|(p, o)| record.end_offsets.get(p).is_some_and(|e| e >= o));
+                if covered {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("weir local exited ({status}) before committing what was produced");
+        }
+        if Instant::now() > deadline {
+            bail!("what was produced was not committed within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Produce-to-commit latency of a paced run.
+#[derive(Debug)]
+pub struct Latency {
+    pub rate: f64,
+    pub seconds: u64,
+    pub records: usize,
+    pub epochs: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub peak_rss: BTreeMap<String, u64>,
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Runs the reference job from `topic` with its 1 s trigger on `executors` executors while
+/// `rate` events/s are produced for `seconds`, and measures, for every record produced,
+/// the time from its produce call to the decision of the epoch that read it.
+pub async fn latency(
+    root: &Path,
+    brokers: &str,
+    topic: &str,
+    rate: f64,
+    seconds: u64,
+    executors: usize,
+) -> anyhow::Result<Latency> {
+    // A few records first, so that the topic exists and the job is running steadily when the
+    // measured records start.
+    produce(brokers, topic, 1000, 0.0, &["--seed", "3", "--span", "1m"]).await?;
+    let source = runs::kafka_source(brokers, topic, 10_000_000);
+    let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source)?;
+    let mut child = runs::local_command(&job, executors, None)?
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting weir local")?;
+    // Its log is read as it comes, so that the pipe never fills and stops the processes.
+    let mut stderr = child.stderr.take().context("weir local's log")?;
+    let log_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let warm = end_offsets(brokers, topic).await?;
+    wait_for_decision(&checkpoint, &warm, &mut child, Duration::from_secs(120)).await?;
+    let count = (rate * seconds as f64).round() as u64;
+    let span = format!("{seconds}s");
+    produce(
+        brokers,
+        topic,
+        count,
+        rate,
+        &["--seed", "4", "--span", &span],
+    )
+    .await?;
+    let end = end_offsets(brokers, topic).await?;
+    wait_for_decision(&checkpoint, &end, &mut child, Duration::from_secs(300)).await?;
+    stop(&mut child).await?;
+    let log = log_task.await.unwrap_or_default();
+
+    let (_, decisions) = runs::decisions(&checkpoint).await?;
+    let plans = CheckpointLog::open(&checkpoint, &BTreeMap::new())?;
+    // Per partition: (range start, range end, decided at in ms) of every epoch.
+    let mut ranges: BTreeMap<i32, Vec<(i64, i64, f64)>> = BTreeMap::new();
+    for decision in &decisions {
+        let plan = plans
+            .plan(decision.epoch)
+            .await?
+            .with_context(|| format!("the plan of epoch {} is missing", decision.epoch))?;
+        for r in &plan.ranges {
+            ranges.entry(r.partition).or_default().push((
+                r.start,
+                r.end,
+                decision.decided_at_micros as f64 / 1000.0,
+            ));
+        }
+    }
+    let produced = produce_times(brokers, topic, &warm, &end).await?;
+    let mut latencies = Vec::with_capacity(produced.len());
+    for (p, offset, at) in produced {
+        let decided = ranges
+            .get(&p)
+            .and_then(|rs| rs.iter().find(|(s, e, _)| (*s..*e).contains(&offset)))
+            .map(|r| r.2)
+            .with_context(|| format!("no decided epoch read partition {p} offset {offset}"))?;
+        latencies.push(decided - at as f64);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latency {
+        rate,
+        seconds,
+        records: latencies.len(),
+        epochs: decisions.len(),
+        p50_ms: quantile(&latencies, 0.5),
+        p99_ms: quantile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        peak_rss: runs::peak_rss(&log),
+    })
+}
+
+/// Stops `weir local` as a user would (SIGTERM: it finishes the epoch in progress).
+async fn stop(child: &mut Child) -> anyhow::Result<()> {
+    let pid = child.id().context("weir local already exited")?;
+    let pid = i32::try_from(pid).context("process id")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .context("stopping weir local")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("weir local did not stop within 60 s of SIGTERM")??;
+    if !status.success() {
+        bail!("weir local stopped with {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_rank_at_or_above() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 1.0), 100.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+}
