@@ -259,7 +259,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Caps glibc's malloc arenas at two. By default every thread that allocates gets its own (up to
+/// eight per core), and an epoch's buffers freed in one arena are not reused by the threads of
+/// another: executors held 150 to 250 MB more at their peak, at no gain in throughput
+/// (docs/benchmarks.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     // TLS (the admin port, its client) needs a process-wide crypto provider: rustls cannot
     // choose one itself when, as here, both of its back-ends are compiled in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

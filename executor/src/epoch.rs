@@ -393,14 +393,14 @@ impl EpochRunner {
         } = local;
         let emit_started = Instant::now();
         let shard_counts = std::mem::take(&mut owned.shard_counts);
-        stats.state_rows_updated = owned.len() as u64;
         stats.state_rows_removed = closed.len() as u64 + distinct_removed;
-        let added = self
+        let folded = self
             .state
-            .fold(&owned, &mut state_batch)
+            .fold(owned, &mut state_batch)
             .context("folding partial aggregates into state")?;
+        stats.state_rows_updated = folded.rows_written + shard_counts.len() as u64;
         let distinct_entries =
-            (self.state.distinct_entries()? + added).saturating_sub(distinct_removed);
+            (self.state.distinct_entries()? + folded.new_distinct).saturating_sub(distinct_removed);
         finish_closed_rows(&mut closed, &shard_counts).context("summing distinct counts")?;
         stats.windows_emitted = closed.len() as u64;
         let output = output_batch(

@@ -5,7 +5,7 @@
 //! key group of their group key, a distinct value to the key group of (window, aggregate,
 //! group, value), so that a group key with few values spreads its distinct state everywhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
@@ -25,15 +25,15 @@ pub type ShardKey = (Window, u8, Vec<u8>);
 /// The maps of one epoch's partials: keys come from the job's own data, and a fast hasher
 /// matters here (every input row is hashed at least twice).
 pub type FastMap<K, V> = HashMap<K, V, RandomState>;
-pub type FastSet<K> = HashSet<K, RandomState>;
 
 /// Mergeable partial aggregates.
 #[derive(Debug, Default)]
 pub struct Partials {
     /// Partial states of the aggregates per (window, group key).
     pub groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
-    /// Exact-distinct values, each counted once by the shard that owns it.
-    pub distinct: FastSet<DistinctEntry>,
+    /// Exact-distinct values. One may be here more than once (each sender dedups its own,
+    /// not across senders); the owner's fold keeps and counts each once.
+    pub distinct: Vec<DistinctEntry>,
     /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
     /// group's owner.
     pub shard_counts: FastMap<ShardKey, i64>,
@@ -47,6 +47,15 @@ impl Partials {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Distinct values, each counted once (what the owner's fold keeps).
+    #[cfg(test)]
+    pub fn unique_distinct(&self) -> usize {
+        self.distinct
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     }
 
     /// Merges one group row in.
@@ -90,7 +99,7 @@ impl Partials {
         }
         for entry in self.distinct {
             let to = owner(distinct_key_group(&entry, key_groups));
-            out[to].distinct.insert(entry);
+            out[to].distinct.push(entry);
         }
         for (key, count) in self.shard_counts {
             let to = owner(key_group(&key.2, key_groups));
@@ -122,21 +131,23 @@ mod tests {
         let mut a = Partials::default();
         a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)]);
         a.distinct
-            .insert((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+            .push((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
         a.add_shard_count((w(-300), 1, b"click".to_vec()), 5);
         let mut b = Partials::default();
         b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)]);
         b.distinct
-            .insert((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+            .push((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
         b.distinct
-            .insert((w(0), 1, b"click".to_vec(), b"u2".to_vec()));
+            .push((w(0), 1, b"click".to_vec(), b"u2".to_vec()));
         b.add_shard_count((w(-300), 1, b"click".to_vec()), 7);
         a.merge(b);
         assert!(matches!(
             a.groups[&(w(0), b"click".to_vec())][0],
             Partial::Count(5)
         ));
-        assert_eq!(a.distinct.len(), 2);
+        // u1 came from both: the fold keeps it once (state.rs).
+        assert_eq!(a.distinct.len(), 3);
+        assert_eq!(a.unique_distinct(), 2);
         assert_eq!(a.shard_counts[&(w(-300), 1, b"click".to_vec())], 12);
     }
 
@@ -148,7 +159,7 @@ mod tests {
         let mut p = Partials::default();
         for i in 0..200u32 {
             let value = format!("user-{i}").into_bytes();
-            p.distinct.insert((w(0), 1, b"click".to_vec(), value));
+            p.distinct.push((w(0), 1, b"click".to_vec(), value));
         }
         p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)]);
         p.add_shard_count((w(-300), 1, b"click".to_vec()), 9);

@@ -271,7 +271,7 @@ impl<'a> PreAggregation<'a> {
                 d.value.into_vec(),
             );
             let to = owner(distinct_key_group(&entry, key_groups));
-            out[to].distinct.insert(entry);
+            out[to].distinct.push(entry);
         }
         out
     }

@@ -104,10 +104,10 @@ mod tests {
         for i in 0..200u32 {
             let entry = (w, 1u8, b"g".to_vec(), i.to_be_bytes().to_vec());
             *per_kg.entry(distinct_key_group(&entry, K)).or_default() += 1;
-            partials.distinct.insert(entry);
+            partials.distinct.push(entry);
         }
         let mut batch = rocksdb::WriteBatch::default();
-        let added = store.fold(&partials, &mut batch).unwrap();
+        let added = store.fold(partials, &mut batch).unwrap().new_distinct;
         store.commit_epoch(3, batch, added).unwrap();
         store.checkpoint(&dir.join("rocks-checkpoint")).unwrap();
         let mut snapshots = Snapshots::new(location.clone(), "a");

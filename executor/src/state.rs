@@ -15,7 +15,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::partials::{distinct_key_group, DistinctEntry, FastMap, Partials, ShardKey};
+use crate::partials::{distinct_key_group, FastMap, Partials, ShardKey};
 use crate::state_keys::{self as keys, StateKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,15 @@ pub fn finish_closed_rows(
     }
     rows.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
     Ok(())
+}
+
+/// What folding an epoch's partials wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Folded {
+    /// Distinct values the store did not hold before.
+    pub new_distinct: u64,
+    /// Group rows, distinct values and shard counts written.
+    pub rows_written: u64,
 }
 
 /// RocksDB-backed state of the key groups this executor owns.
@@ -224,9 +233,16 @@ impl StateStore {
     }
 
     /// Adds the partials of the key groups this store owns to `batch`, merging with what the
-    /// store holds. Returns how many distinct values are new to the store.
-    pub fn fold(&self, partials: &Partials, batch: &mut WriteBatch) -> Result<u64, StateError> {
-        for ((window, group), partials) in &partials.groups {
+    /// store holds; a distinct value that came more than once counts once.
+    pub fn fold(&self, partials: Partials, batch: &mut WriteBatch) -> Result<Folded, StateError> {
+        let Partials {
+            groups, distinct, ..
+        } = partials;
+        let mut folded = Folded {
+            rows_written: groups.len() as u64,
+            ..Folded::default()
+        };
+        for ((window, group), partials) in &groups {
             let kg = key_group(group, self.key_groups);
             let key = keys::group_key(kg, *window, group);
             let merged = match self.db.get_pinned(&key).map_err(|e| self.err(e))? {
@@ -244,39 +260,39 @@ impl StateStore {
                 .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
             batch.put(&key, value);
         }
-        // Looked up in sorted slices with one multi-get each: RocksDB then probes each
-        // filter and block once per slice instead of once per key, and the batch's keys reach
-        // the memtable in order.
-        let mut distinct: Vec<(Vec<u8>, u32, &DistinctEntry)> = partials
-            .distinct
-            .iter()
+        // Each entry becomes its state key as it is consumed (the entry's memory goes back at
+        // once); sorted, the keys are deduplicated and looked up in slices with one multi-get
+        // each (RocksDB probes each filter and block once per slice, not once per key), and the
+        // batch's keys reach the memtable in order.
+        let mut distinct_keys: Vec<Vec<u8>> = distinct
+            .into_iter()
             .map(|entry| {
+                let kg = distinct_key_group(&entry, self.key_groups);
                 let (window, agg, group, value) = entry;
-                let kg = distinct_key_group(entry, self.key_groups);
-                (
-                    keys::distinct_key(kg, *window, *agg, group, value),
-                    kg,
-                    entry,
-                )
+                keys::distinct_key(kg, window, agg, &group, &value)
             })
             .collect();
-        distinct.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        distinct_keys.sort_unstable();
+        distinct_keys.dedup();
+        folded.rows_written += distinct_keys.len() as u64;
         let mut new_per_shard: HashMap<Vec<u8>, i64> = HashMap::new();
-        let mut added = 0;
-        for slice in distinct.chunks(LOOKUP_SLICE) {
-            let present = self.get_many(slice.iter().map(|(key, _, _)| key.as_slice()))?;
-            for ((key, kg, (window, agg, group, _)), value) in slice.iter().zip(present) {
+        for slice in distinct_keys.chunks(LOOKUP_SLICE) {
+            let present = self.get_many(slice.iter().map(Vec::as_slice))?;
+            for (key, value) in slice.iter().zip(present) {
                 if value.is_none() {
                     batch.put(key, []);
-                    added += 1;
-                    *new_per_shard
-                        .entry(keys::shard_count_key(*kg, *window, *agg, group))
-                        .or_default() += 1;
+                    folded.new_distinct += 1;
+                    let shard = keys::shard_count_key_of(key).ok_or_else(|| {
+                        StateError::Corrupt("a distinct key without its shard".into())
+                    })?;
+                    *new_per_shard.entry(shard).or_default() += 1;
                 }
             }
         }
+        drop(distinct_keys);
         let mut shards: Vec<(Vec<u8>, i64)> = new_per_shard.into_iter().collect();
         shards.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        folded.rows_written += shards.len() as u64;
         for slice in shards.chunks(LOOKUP_SLICE) {
             let current = self.get_many(slice.iter().map(|(key, _)| key.as_slice()))?;
             for ((key, added), current) in slice.iter().zip(current) {
@@ -287,7 +303,7 @@ impl StateStore {
                 batch.put(key, (current + added).to_be_bytes());
             }
         }
-        Ok(added)
+        Ok(folded)
     }
 
     /// The values of sorted `keys`, in their order.
@@ -398,4 +414,43 @@ fn read_count(bytes: &[u8]) -> Result<i64, StateError> {
         .try_into()
         .map_err(|_| StateError::Corrupt("shard count is not 8 bytes".into()))?;
     Ok(i64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(w: Window, names: &[&str]) -> Partials {
+        let mut p = Partials::default();
+        for v in names {
+            p.distinct
+                .push((w, 1, b"g".to_vec(), v.as_bytes().to_vec()));
+        }
+        p
+    }
+
+    #[test]
+    fn a_value_sent_twice_counts_once_and_closing_sums_the_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::create_empty(&dir.path().join("db"), 8).unwrap();
+        let w = Window { start: 0, end: 300 };
+        let mut batch = WriteBatch::default();
+        let folded = store
+            .fold(values(w, &["u1", "u2", "u1", "u3", "u2"]), &mut batch)
+            .unwrap();
+        assert_eq!(folded.new_distinct, 3);
+        store.commit_epoch(0, batch, 3).unwrap();
+        let mut batch = WriteBatch::default();
+        let folded = store
+            .fold(values(w, &["u3", "u4", "u1", "u4"]), &mut batch)
+            .unwrap();
+        assert_eq!(folded.new_distinct, 1);
+        store.commit_epoch(1, batch, 4).unwrap();
+        assert_eq!(store.distinct_entries().unwrap(), 4);
+        let mut batch = WriteBatch::default();
+        let closed = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
+        assert_eq!(counted, 4);
+        assert_eq!(closed.distinct_removed, 4);
+    }
 }

@@ -77,6 +77,18 @@ pub fn shard_count_key(kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The shard-count key that the distinct key `key` (of [`distinct_key`]) counts towards.
+pub fn shard_count_key_of(key: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::from_be_bytes(key.get(20..24)?.try_into().ok()?) as usize;
+    let group = key.get(24..24 + len)?;
+    let mut k = Vec::with_capacity(20 + len);
+    k.extend_from_slice(key.get(..10)?);
+    k.push(TAG_SHARD_COUNT);
+    k.extend_from_slice(key.get(11..20)?);
+    k.extend_from_slice(group);
+    Some(k)
+}
+
 /// Lower bound of key group `kg` (inclusive).
 pub fn kg_lower(kg: u32) -> Vec<u8> {
     (kg as u16).to_be_bytes().to_vec()
@@ -164,6 +176,11 @@ mod tests {
             parse_key(&distinct_key(3, w, 2, g, b"u1")),
             Some(StateKey::Distinct)
         );
+        assert_eq!(
+            shard_count_key_of(&distinct_key(3, w, 2, g, b"u1")),
+            Some(shard_count_key(3, w, 2, g))
+        );
+        assert_eq!(shard_count_key_of(&group_key(3, w, g)), None);
         let later = Window {
             start: 290,
             end: 590,

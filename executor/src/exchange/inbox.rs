@@ -224,7 +224,7 @@ mod tests {
     fn batch(values: std::ops::Range<u32>) -> RecordBatch {
         let mut p = Partials::default();
         for i in values {
-            p.distinct.insert((
+            p.distinct.push((
                 Window { start: 0, end: 300 },
                 1,
                 b"g".to_vec(),
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(end(&inbox, id("b", 1), 10).await, Ok(10));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 20);
-        assert_eq!(received.partials.distinct.len(), 15);
+        assert_eq!(received.partials.unique_distinct(), 15);
         // The epoch is gone: a straggler is told so.
         assert!(end(&inbox, id("c", 0), 0).await.is_err());
     }

@@ -48,7 +48,7 @@ fn window() -> Window {
 fn distinct(range: std::ops::Range<u32>) -> Partials {
     let mut p = Partials::default();
     for i in range {
-        p.distinct.insert((
+        p.distinct.push((
             window(),
             1,
             b"click".to_vec(),
@@ -123,7 +123,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     let ack = sender.await.unwrap().unwrap();
     assert_eq!(taken, BATCHES);
     assert_eq!(ack.rows, BATCHES * rows_per_batch);
-    assert_eq!(merged.distinct.len(), 4096);
+    assert_eq!(merged.unique_distinct(), 4096);
     println!("the sender ran at most {most_ahead} batches ahead of the owner");
     assert!(
         most_ahead <= 64,
@@ -200,7 +200,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
         owned.push(t.await.unwrap().0);
     }
     // 0..2000 overall, each value at exactly one owner, the group row summed at its owner.
-    let all: usize = owned.iter().map(|p| p.distinct.len()).sum();
+    let all: usize = owned.iter().map(Partials::unique_distinct).sum();
     assert_eq!(all, 2000);
     for (i, p) in owned.iter().enumerate() {
         for entry in &p.distinct {

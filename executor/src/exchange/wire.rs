@@ -198,8 +198,7 @@ pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, Wi
                 into.add_group((window, g), partials);
             }
             KIND_DISTINCT => {
-                into.distinct
-                    .insert((window, agg.value(row), g, p.to_vec()));
+                into.distinct.push((window, agg.value(row), g, p.to_vec()));
             }
             KIND_SHARD_COUNT => {
                 let count: [u8; 8] = p.try_into().map_err(|_| WireError::Row {
@@ -230,7 +229,7 @@ mod tests {
         let mut p = Partials::default();
         for i in 0..10_000u32 {
             p.distinct
-                .insert((w, 1, b"click".to_vec(), i.to_be_bytes().to_vec()));
+                .push((w, 1, b"click".to_vec(), i.to_be_bytes().to_vec()));
         }
         p.add_group((w, b"click".to_vec()), vec![Partial::Count(10_000)]);
         p.add_shard_count((w, 1, b"view".to_vec()), 42);
