@@ -13,10 +13,25 @@ use weir_common::aggregate::Partial;
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::state_keys::distinct_identity;
+use crate::state_keys::{distinct_identity, distinct_key, key_group_of};
 
-/// A distinct value seen in an epoch: (window, aggregate index, group key, value bytes).
-pub type DistinctEntry = (Window, u8, Vec<u8>, Vec<u8>);
+/// A distinct value seen in an epoch, as the state key it is kept under
+/// ([`distinct_key`]: its key group, window, aggregate index, group key and value), one
+/// allocation from the reader to the owner's store.
+pub type DistinctEntry = Vec<u8>;
+
+/// The entry of a distinct value of (window, aggregate `agg`, group) among `key_groups` key
+/// groups: its shard is the key group of all four.
+pub fn distinct_entry(
+    window: Window,
+    agg: u8,
+    group: &[u8],
+    value: &[u8],
+    key_groups: u32,
+) -> DistinctEntry {
+    let kg = key_group(&distinct_identity(window, agg, group, value), key_groups);
+    distinct_key(kg, window, agg, group, value)
+}
 
 /// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate
 /// index, group key).
@@ -98,7 +113,7 @@ impl Partials {
             out[to].groups.insert(key, partials);
         }
         for entry in self.distinct {
-            let to = owner(distinct_key_group(&entry, key_groups));
+            let to = owner(distinct_key_group(&entry));
             out[to].distinct.push(entry);
         }
         for (key, count) in self.shard_counts {
@@ -109,10 +124,10 @@ impl Partials {
     }
 }
 
-/// The key group of a distinct value: its shard.
-pub fn distinct_key_group(entry: &DistinctEntry, key_groups: u32) -> u32 {
-    let (window, agg, group, value) = entry;
-    key_group(&distinct_identity(*window, *agg, group, value), key_groups)
+/// The key group of a distinct value: its shard. Entries are whole keys (the wire checks those
+/// it receives), so the key group is always there.
+pub fn distinct_key_group(entry: &DistinctEntry) -> u32 {
+    key_group_of(entry).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -131,14 +146,14 @@ mod tests {
         let mut a = Partials::default();
         a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)]);
         a.distinct
-            .push((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+            .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
         a.add_shard_count((w(-300), 1, b"click".to_vec()), 5);
         let mut b = Partials::default();
         b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)]);
         b.distinct
-            .push((w(0), 1, b"click".to_vec(), b"u1".to_vec()));
+            .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
         b.distinct
-            .push((w(0), 1, b"click".to_vec(), b"u2".to_vec()));
+            .push(distinct_entry(w(0), 1, b"click", b"u2", 16));
         b.add_shard_count((w(-300), 1, b"click".to_vec()), 7);
         a.merge(b);
         assert!(matches!(
@@ -159,7 +174,8 @@ mod tests {
         let mut p = Partials::default();
         for i in 0..200u32 {
             let value = format!("user-{i}").into_bytes();
-            p.distinct.push((w(0), 1, b"click".to_vec(), value));
+            p.distinct
+                .push(distinct_entry(w(0), 1, b"click", &value, key_groups));
         }
         p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)]);
         p.add_shard_count((w(-300), 1, b"click".to_vec()), 9);
@@ -171,7 +187,7 @@ mod tests {
         assert_eq!(parts[group_owner].shard_counts.len(), 1);
         for (i, part) in parts.iter().enumerate() {
             for entry in &part.distinct {
-                assert_eq!(owners[distinct_key_group(entry, key_groups) as usize], i);
+                assert_eq!(owners[distinct_key_group(entry) as usize], i);
             }
             // One group key, yet its distinct values land on both owners.
             assert!(

@@ -16,7 +16,7 @@ use weir_common::keygroup::key_group;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window};
 
-use crate::partials::{distinct_key_group, FastMap, Partials};
+use crate::partials::{distinct_entry, distinct_key_group, FastMap, Partials};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,13 +264,14 @@ impl<'a> PreAggregation<'a> {
             out[to].groups.insert((window, key), partials);
         }
         for d in self.distinct {
-            let entry = (
+            let entry = distinct_entry(
                 d.window,
                 d.agg,
-                keys[d.group as usize].clone(),
-                d.value.into_vec(),
+                &keys[d.group as usize],
+                &d.value,
+                key_groups,
             );
-            let to = owner(distinct_key_group(&entry, key_groups));
+            let to = owner(distinct_key_group(&entry));
             out[to].distinct.push(entry);
         }
         out
@@ -278,7 +279,8 @@ impl<'a> PreAggregation<'a> {
 
     /// The epoch's partials, all together.
     pub fn into_partials(self) -> Partials {
-        self.split(&[0], 1).pop().unwrap_or_default()
+        let owners = vec![0; self.job.key_groups as usize];
+        self.split(&owners, 1).pop().unwrap_or_default()
     }
 }
 
@@ -434,10 +436,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert_eq!(distinct, 200);
         for (i, part) in parts.iter().enumerate() {
             for entry in &part.distinct {
-                assert_eq!(
-                    owners[distinct_key_group(entry, key_groups as u32) as usize],
-                    i
-                );
+                assert_eq!(owners[distinct_key_group(entry) as usize], i);
             }
             for (window, group) in part.groups.keys() {
                 assert_eq!(

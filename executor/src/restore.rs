@@ -88,7 +88,7 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partials::{distinct_key_group, Partials};
+    use crate::partials::{distinct_entry, distinct_key_group, Partials};
     use crate::snapshot::Snapshots;
     use std::collections::BTreeMap;
     use weir_common::window::Window;
@@ -102,8 +102,8 @@ mod tests {
         let w = Window { start: 0, end: 300 };
         let mut per_kg: BTreeMap<u32, u64> = BTreeMap::new();
         for i in 0..200u32 {
-            let entry = (w, 1u8, b"g".to_vec(), i.to_be_bytes().to_vec());
-            *per_kg.entry(distinct_key_group(&entry, K)).or_default() += 1;
+            let entry = distinct_entry(w, 1, b"g", &i.to_be_bytes(), K);
+            *per_kg.entry(distinct_key_group(&entry)).or_default() += 1;
             partials.distinct.push(entry);
         }
         let mut batch = rocksdb::WriteBatch::default();

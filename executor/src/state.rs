@@ -15,7 +15,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::partials::{distinct_key_group, FastMap, Partials, ShardKey};
+use crate::partials::{FastMap, Partials, ShardKey};
 use crate::state_keys::{self as keys, StateKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -260,18 +260,10 @@ impl StateStore {
                 .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
             batch.put(&key, value);
         }
-        // Each entry becomes its state key as it is consumed (the entry's memory goes back at
-        // once); sorted, the keys are deduplicated and looked up in slices with one multi-get
-        // each (RocksDB probes each filter and block once per slice, not once per key), and the
-        // batch's keys reach the memtable in order.
-        let mut distinct_keys: Vec<Vec<u8>> = distinct
-            .into_iter()
-            .map(|entry| {
-                let kg = distinct_key_group(&entry, self.key_groups);
-                let (window, agg, group, value) = entry;
-                keys::distinct_key(kg, window, agg, &group, &value)
-            })
-            .collect();
+        // Entries are their state keys: sorted, they are deduplicated and looked up in slices
+        // with one multi-get each (RocksDB probes each filter and block once per slice, not
+        // once per key), and the batch's keys reach the memtable in order.
+        let mut distinct_keys = distinct;
         distinct_keys.sort_unstable();
         distinct_keys.dedup();
         folded.rows_written += distinct_keys.len() as u64;
@@ -424,7 +416,7 @@ mod tests {
         let mut p = Partials::default();
         for v in names {
             p.distinct
-                .push((w, 1, b"g".to_vec(), v.as_bytes().to_vec()));
+                .push(crate::partials::distinct_entry(w, 1, b"g", v.as_bytes(), 8));
         }
         p
     }

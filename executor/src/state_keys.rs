@@ -89,6 +89,18 @@ pub fn shard_count_key_of(key: &[u8]) -> Option<Vec<u8>> {
     Some(k)
 }
 
+/// The key group a state key belongs to (its first two bytes).
+pub fn key_group_of(key: &[u8]) -> Option<u32> {
+    Some(u32::from(u16::from_be_bytes(
+        key.get(..2)?.try_into().ok()?,
+    )))
+}
+
+/// Whether `key` is a whole key of [`distinct_key`]'s layout.
+pub fn is_distinct_key(key: &[u8]) -> bool {
+    key.get(10) == Some(&TAG_DISTINCT) && shard_count_key_of(key).is_some()
+}
+
 /// Lower bound of key group `kg` (inclusive).
 pub fn kg_lower(kg: u32) -> Vec<u8> {
     (kg as u16).to_be_bytes().to_vec()
@@ -181,6 +193,10 @@ mod tests {
             Some(shard_count_key(3, w, 2, g))
         );
         assert_eq!(shard_count_key_of(&group_key(3, w, g)), None);
+        assert!(is_distinct_key(&distinct_key(3, w, 2, g, b"u1")));
+        assert!(!is_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..22]));
+        assert!(!is_distinct_key(&shard_count_key(3, w, 2, g)));
+        assert_eq!(key_group_of(&distinct_key(300, w, 2, g, b"u1")), Some(300));
         let later = Window {
             start: 290,
             end: 590,

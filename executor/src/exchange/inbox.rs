@@ -224,11 +224,12 @@ mod tests {
     fn batch(values: std::ops::Range<u32>) -> RecordBatch {
         let mut p = Partials::default();
         for i in values {
-            p.distinct.push((
+            p.distinct.push(crate::partials::distinct_entry(
                 Window { start: 0, end: 300 },
                 1,
-                b"g".to_vec(),
-                i.to_be_bytes().to_vec(),
+                b"g",
+                &i.to_be_bytes(),
+                16,
             ));
         }
         BatchEncoder::new(entries(p)).next().unwrap().unwrap()

@@ -40,6 +40,8 @@ fn bytes() -> IntCounter {
     IntCounter::new("flight_bytes", "Flight bytes").unwrap()
 }
 
+const KEY_GROUPS: u32 = 32;
+
 fn window() -> Window {
     Window { start: 0, end: 300 }
 }
@@ -48,11 +50,12 @@ fn window() -> Window {
 fn distinct(range: std::ops::Range<u32>) -> Partials {
     let mut p = Partials::default();
     for i in range {
-        p.distinct.push((
+        p.distinct.push(crate::partials::distinct_entry(
             window(),
             1,
-            b"click".to_vec(),
-            format!("user-{i:08}").into_bytes(),
+            b"click",
+            format!("user-{i:08}").as_bytes(),
+            KEY_GROUPS,
         ));
     }
     p
@@ -146,7 +149,6 @@ async fn a_stream_of_another_job_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_executors_shuffle_every_entry_to_its_owner() {
-    const KEY_GROUPS: u32 = 32;
     let ids = ["a", "b", "c"];
     let mut peers = Vec::new();
     let mut exchanges = Vec::new();
@@ -205,7 +207,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     for (i, p) in owned.iter().enumerate() {
         for entry in &p.distinct {
             assert_eq!(
-                owners[crate::partials::distinct_key_group(entry, KEY_GROUPS) as usize],
+                owners[crate::partials::distinct_key_group(entry) as usize],
                 i
             );
         }

@@ -14,10 +14,14 @@ use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
 use crate::partials::Partials;
+use crate::state_keys::is_distinct_key;
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
 const KIND_SHARD_COUNT: u8 = 2;
+
+/// The group column of a distinct entry, whose key holds its group.
+static NO_GROUP: Vec<u8> = Vec::new();
 
 /// Rows per batch, and payload bytes after which a batch is cut early (sketches are large).
 pub const MAX_BATCH_ROWS: usize = 4096;
@@ -51,7 +55,8 @@ pub fn schema() -> SchemaRef {
 /// One entry on its way into a batch.
 pub enum Entry {
     Group((Window, Vec<u8>), Vec<weir_common::aggregate::Partial>),
-    Distinct((Window, u8, Vec<u8>, Vec<u8>)),
+    /// A distinct value as its state key (`partials::DistinctEntry`), all in `payload`.
+    Distinct(Vec<u8>),
     ShardCount((Window, u8, Vec<u8>), i64),
 }
 
@@ -116,12 +121,12 @@ impl Iterator for BatchEncoder {
                     };
                     (KIND_GROUP, *window, 0, g, std::borrow::Cow::Owned(p))
                 }
-                Entry::Distinct((window, a, g, v)) => (
+                Entry::Distinct(key) => (
                     KIND_DISTINCT,
-                    *window,
-                    *a,
-                    g,
-                    std::borrow::Cow::Borrowed(v.as_slice()),
+                    Window { start: 0, end: 0 },
+                    0,
+                    &NO_GROUP,
+                    std::borrow::Cow::Borrowed(key.as_slice()),
                 ),
                 Entry::ShardCount((window, a, g), c) => (
                     KIND_SHARD_COUNT,
@@ -187,7 +192,7 @@ pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, Wi
             start: start.value(row),
             end: end.value(row),
         };
-        let g = group.value(row).to_vec();
+        let g = group.value(row);
         let p = payload.value(row);
         match kind.value(row) {
             KIND_GROUP => {
@@ -195,17 +200,26 @@ pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, Wi
                     row,
                     reason: format!("partial states: {e}"),
                 })?;
-                into.add_group((window, g), partials);
+                into.add_group((window, g.to_vec()), partials);
             }
             KIND_DISTINCT => {
-                into.distinct.push((window, agg.value(row), g, p.to_vec()));
+                if !is_distinct_key(p) {
+                    return Err(WireError::Row {
+                        row,
+                        reason: "not a distinct-value key".into(),
+                    });
+                }
+                into.distinct.push(p.to_vec());
             }
             KIND_SHARD_COUNT => {
                 let count: [u8; 8] = p.try_into().map_err(|_| WireError::Row {
                     row,
                     reason: "shard count is not 8 bytes".into(),
                 })?;
-                into.add_shard_count((window, agg.value(row), g), i64::from_be_bytes(count));
+                into.add_shard_count(
+                    (window, agg.value(row), g.to_vec()),
+                    i64::from_be_bytes(count),
+                );
             }
             other => {
                 return Err(WireError::Row {
@@ -228,8 +242,13 @@ mod tests {
         let w = Window { start: 0, end: 300 };
         let mut p = Partials::default();
         for i in 0..10_000u32 {
-            p.distinct
-                .push((w, 1, b"click".to_vec(), i.to_be_bytes().to_vec()));
+            p.distinct.push(crate::partials::distinct_entry(
+                w,
+                1,
+                b"click",
+                &i.to_be_bytes(),
+                64,
+            ));
         }
         p.add_group((w, b"click".to_vec()), vec![Partial::Count(10_000)]);
         p.add_shard_count((w, 1, b"view".to_vec()), 42);
