@@ -233,7 +233,9 @@ async fn drive(
         },
     };
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY: tonic sets it only on listeners it binds itself, and small answers
+    // otherwise wait for the peer's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DriverServer::new(service))
@@ -278,7 +280,8 @@ async fn drive(
             .context("the admin port's TLS certificate and key")?;
     }
     let mut admin_closing = closing_tx.subscribe();
-    let admin_incoming = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+    let admin_incoming =
+        tonic::transport::server::TcpIncoming::from(admin_listener).with_nodelay(Some(true));
     let admin_server = tokio::spawn(
         admin_server
             .add_service(AdminServer::new(admin))

@@ -27,7 +27,7 @@ async fn serve(service: ExchangeService) -> (String, oneshot::Sender<()>) {
         tonic::transport::Server::builder()
             .add_service(FlightServiceServer::new(service))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     let _ = stopped.await;
                 },
