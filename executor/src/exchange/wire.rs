@@ -285,4 +285,21 @@ mod tests {
         let err = decode_into(&batch, &mut Partials::default()).unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");
     }
+
+    #[test]
+    fn a_distinct_entry_that_is_not_a_whole_key_is_refused() {
+        let w = Window { start: 0, end: 300 };
+        let mut p = Partials::default();
+        let key = crate::partials::distinct_entry(w, 1, b"click", b"u1", 64);
+        p.distinct.push(key.clone());
+        // Cut inside its group key: the length it announces runs past the end.
+        p.distinct.push(key[..key.len() - 4].to_vec());
+        let batch = BatchEncoder::new(entries(p)).next().unwrap().unwrap();
+        let mut back = Partials::default();
+        let err = decode_into(&batch, &mut back).unwrap_err();
+        assert!(
+            err.to_string().contains("row 1") && err.to_string().contains("distinct"),
+            "{err}"
+        );
+    }
 }
