@@ -49,7 +49,8 @@ fn executor_metrics(driver: crate::Listen, i: usize) -> String {
     }
 }
 
-fn signal(child: &Child, sig: Signal) {
+/// Sends `sig` to `child` if it is still running.
+pub fn signal(child: &Child, sig: Signal) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = kill(Pid::from_raw(pid), sig);
     }

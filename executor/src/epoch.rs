@@ -20,7 +20,7 @@ use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 use crate::emit::{column_sums, dead_letter_batch, output_batch};
 use crate::exchange::Exchange;
 use crate::input::{Input, Record};
-use crate::partials::Partials;
+use crate::partials::{ByOwner, Partials};
 use crate::preagg::{PreAggregation, Rejected};
 use crate::restore::restore;
 use crate::snapshot::{new_instance_id, Snapshots};
@@ -314,7 +314,8 @@ impl EpochRunner {
         // so what the store holds for them is final: take it out now and send the shard counts
         // along with the partials.
         let mut state_batch = WriteBatch::default();
-        let mut shard_counts = Partials::default();
+        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
+        pre.route(&mut outgoing);
         let mut closed = Vec::new();
         let mut distinct_removed = 0;
         if let Some(watermark) = req.watermark_micros {
@@ -328,21 +329,12 @@ impl EpochRunner {
                 closed.extend(taken.rows);
                 distinct_removed += taken.distinct_removed;
                 for (key, count) in taken.shard_counts {
-                    shard_counts.add_shard_count(key, count);
+                    outgoing.add_shard_count(key, count);
                 }
             }
         }
-        let n = topology.peers.len();
-        let mut outgoing = pre.split(&topology.owners, n);
-        for (to, counts) in shard_counts
-            .split(&topology.owners, n)
-            .into_iter()
-            .enumerate()
-        {
-            outgoing[to].merge(counts);
-        }
         Ok(Local {
-            outgoing,
+            outgoing: outgoing.finish(),
             closed,
             distinct_removed,
             state_batch,

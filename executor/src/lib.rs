@@ -375,7 +375,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     let fatal = fatal_rx.clone();
     let (closing_tx, mut closing_rx) = watch::channel(false);
     // Without TCP_NODELAY (which tonic sets only on listeners it binds itself), every
-    // `Prepared` answer waited ~40 ms for the driver's delayed ACK: a sixth of an epoch.
+    // `Prepared` answer and exchange reply waited ~40 ms for the peer's delayed ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Calls are served in tonic's own tasks: give each the executor's span, so what the
     // handlers log names the executor too.

@@ -105,22 +105,63 @@ impl Partials {
     /// Splits the partials by owner: `owners[kg]` is the index of the owner of key group `kg`,
     /// one of `0..n`.
     pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
-        let key_groups = owners.len() as u32;
-        let owner = |kg: u32| owners.get(kg as usize).copied().unwrap_or(0).min(n - 1);
-        let mut out: Vec<Partials> = (0..n).map(|_| Partials::default()).collect();
+        let mut out = ByOwner::new(owners, n);
         for (key, partials) in self.groups {
-            let to = owner(key_group(&key.1, key_groups));
-            out[to].groups.insert(key, partials);
+            out.add_group(key, partials);
         }
         for entry in self.distinct {
-            let to = owner(distinct_key_group(&entry));
-            out[to].distinct.push(entry);
+            out.add_distinct(entry);
         }
         for (key, count) in self.shard_counts {
-            let to = owner(key_group(&key.2, key_groups));
-            out[to].shard_counts.insert(key, count);
+            out.add_shard_count(key, count);
         }
-        out
+        out.finish()
+    }
+}
+
+/// Partials sorted by the owner of their key groups as they are added: `owners[kg]` is the
+/// index of the owner of key group `kg`, one of `0..n`.
+pub struct ByOwner<'a> {
+    owners: &'a [usize],
+    parts: Vec<Partials>,
+}
+
+impl<'a> ByOwner<'a> {
+    pub fn new(owners: &'a [usize], n: usize) -> Self {
+        Self {
+            owners,
+            parts: (0..n).map(|_| Partials::default()).collect(),
+        }
+    }
+
+    /// The job's number of key groups.
+    pub fn key_groups(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    fn owner(&mut self, kg: u32) -> &mut Partials {
+        let last = self.parts.len() - 1;
+        let to = self.owners.get(kg as usize).copied().unwrap_or(0).min(last);
+        &mut self.parts[to]
+    }
+
+    pub fn add_group(&mut self, key: (Window, Vec<u8>), partials: Vec<Partial>) {
+        let kg = key_group(&key.1, self.key_groups());
+        self.owner(kg).add_group(key, partials);
+    }
+
+    pub fn add_distinct(&mut self, entry: DistinctEntry) {
+        self.owner(distinct_key_group(&entry)).distinct.push(entry);
+    }
+
+    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) {
+        let kg = key_group(&key.2, self.key_groups());
+        self.owner(kg).add_shard_count(key, count);
+    }
+
+    /// The partials of each owner, by index.
+    pub fn finish(self) -> Vec<Partials> {
+        self.parts
     }
 }
 

@@ -12,11 +12,10 @@ use foldhash::fast::RandomState;
 use hashbrown::Equivalent;
 use weir_common::aggregate::{AggKind, Partial};
 use weir_common::job::JobSpec;
-use weir_common::keygroup::key_group;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window};
 
-use crate::partials::{distinct_entry, distinct_key_group, FastMap, Partials};
+use crate::partials::{distinct_entry, ByOwner, FastMap, Partials};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,17 +250,11 @@ impl<'a> PreAggregation<'a> {
         )
     }
 
-    /// The epoch's partials, split by the owner of their key groups: `owners[kg]` is the index
-    /// of the owner of key group `kg`, one of `0..n`.
-    pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
-        let key_groups = owners.len() as u32;
-        let owner = |kg: u32| owners.get(kg as usize).copied().unwrap_or(0).min(n - 1);
-        let mut out: Vec<Partials> = (0..n).map(|_| Partials::default()).collect();
+    /// Hands the epoch's partials to the owners of their key groups.
+    pub fn route(self, out: &mut ByOwner<'_>) {
         let keys = self.group_keys.keys;
         for ((window, group), partials) in self.groups {
-            let key = keys[group as usize].clone();
-            let to = owner(key_group(&key, key_groups));
-            out[to].groups.insert((window, key), partials);
+            out.add_group((window, keys[group as usize].clone()), partials);
         }
         for d in self.distinct {
             let entry = distinct_entry(
@@ -269,18 +262,18 @@ impl<'a> PreAggregation<'a> {
                 d.agg,
                 &keys[d.group as usize],
                 &d.value,
-                key_groups,
+                out.key_groups(),
             );
-            let to = owner(distinct_key_group(&entry));
-            out[to].distinct.push(entry);
+            out.add_distinct(entry);
         }
-        out
     }
 
     /// The epoch's partials, all together.
     pub fn into_partials(self) -> Partials {
         let owners = vec![0; self.job.key_groups as usize];
-        self.split(&owners, 1).pop().unwrap_or_default()
+        let mut out = ByOwner::new(&owners, 1);
+        self.route(&mut out);
+        out.finish().pop().unwrap_or_default()
     }
 }
 
@@ -291,7 +284,10 @@ mod tests {
     use weir_common::aggregate::Partial;
     use weir_common::decode::JsonDecoder;
     use weir_common::job::{parse_job, JobSpec};
+    use weir_common::keygroup::key_group;
     use weir_common::window::Window;
+
+    use crate::partials::distinct_key_group;
 
     const MIN: i64 = 60_000_000;
 
@@ -418,7 +414,9 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         pre.add_batch(&batch(&job, &rows));
         let key_groups = 64;
         let owners: Vec<usize> = (0..key_groups).map(|kg| kg % 3).collect();
-        let parts = pre.split(&owners, 3);
+        let mut out = ByOwner::new(&owners, 3);
+        pre.route(&mut out);
+        let parts = out.finish();
         let groups: usize = parts.iter().map(|p| p.groups.len()).sum();
         assert_eq!(groups, 2);
         let counts: i64 = parts

@@ -3,7 +3,7 @@
 //! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
 //! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 
@@ -267,7 +267,8 @@ impl StateStore {
         distinct_keys.sort_unstable();
         distinct_keys.dedup();
         folded.rows_written += distinct_keys.len() as u64;
-        let mut new_per_shard: HashMap<Vec<u8>, i64> = HashMap::new();
+        // Sorted, so that the shard counts too are looked up and written in key order.
+        let mut new_per_shard: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         for slice in distinct_keys.chunks(LOOKUP_SLICE) {
             let present = self.get_many(slice.iter().map(Vec::as_slice))?;
             for (key, value) in slice.iter().zip(present) {
@@ -282,8 +283,7 @@ impl StateStore {
             }
         }
         drop(distinct_keys);
-        let mut shards: Vec<(Vec<u8>, i64)> = new_per_shard.into_iter().collect();
-        shards.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let shards: Vec<(Vec<u8>, i64)> = new_per_shard.into_iter().collect();
         folded.rows_written += shards.len() as u64;
         for slice in shards.chunks(LOOKUP_SLICE) {
             let current = self.get_many(slice.iter().map(|(key, _)| key.as_slice()))?;

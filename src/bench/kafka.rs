@@ -334,13 +334,7 @@ pub async fn latency(
 
 /// Stops `weir local` as a user would (SIGTERM: it finishes the epoch in progress).
 async fn stop(child: &mut Child) -> anyhow::Result<()> {
-    let pid = child.id().context("weir local already exited")?;
-    let pid = i32::try_from(pid).context("process id")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .context("stopping weir local")?;
+    crate::local::signal(child, nix::sys::signal::Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
         .context("weir local did not stop within 60 s of SIGTERM")??;
