@@ -13,7 +13,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 /// One Delta table the driver commits to.
 pub struct DeltaCommitter {
@@ -72,12 +72,16 @@ impl DeltaCommitter {
             }
         }
         weir_storage::delta_schemes::register();
-        let table = DeltaTable::try_from_url_with_storage_options(
-            parsed,
-            weir_storage::delta_schemes::delta_options(options),
-        )
-        .await
-        .map_err(err)?;
+        let mut table = DeltaTableBuilder::from_url(parsed)
+            .map_err(err)?
+            .with_storage_options(weir_storage::delta_schemes::delta_options(options))
+            .build()
+            .map_err(err)?;
+        // Loading a location without a log makes delta-kernel log an ERROR before deltalake
+        // answers "not a table": a new table's first start would look like a failure.
+        if table.verify_deltatable_existence().await.map_err(err)? {
+            table.load().await.map_err(err)?;
+        }
         let delta_schema: StructType = schema
             .as_ref()
             .try_into_kernel()
