@@ -207,10 +207,15 @@ impl EpochRunner {
         local.stats.shuffle_rows_sent = exchanged.rows_sent;
         local.stats.shuffle_rows_received = exchanged.rows_received;
         let computed = tokio::task::block_in_place(|| self.fold_and_emit(&req, local, owned))?;
-        self.state
-            .commit_epoch(epoch, computed.state_batch, computed.distinct_entries)
-            .context("applying the epoch to the state store")?;
+        let applying_started = Instant::now();
+        tokio::task::block_in_place(|| {
+            self.state
+                .commit_epoch(epoch, computed.state_batch, computed.distinct_entries)
+        })
+        .context("applying the epoch to the state store")?;
         let mut stats = computed.stats;
+        // Applying the epoch's batch belongs to folding, which emitting's time includes.
+        stats.emit_ms += applying_started.elapsed().as_millis() as u64;
         stats.state_rows = self.state.estimated_rows();
         stats.distinct_state_entries = computed.distinct_entries;
         // The output files and the state snapshot do not depend on each other: written at
@@ -318,6 +323,7 @@ impl EpochRunner {
         pre.route(&mut outgoing);
         let mut closed = Vec::new();
         let mut distinct_removed = 0;
+        let closing_started = Instant::now();
         if let Some(watermark) = req.watermark_micros {
             for range in topology.owned() {
                 let taken = self.state.take_closed(
@@ -333,6 +339,8 @@ impl EpochRunner {
                 }
             }
         }
+        // Taking closed windows out of the store is part of emitting them.
+        stats.emit_ms = closing_started.elapsed().as_millis() as u64;
         Ok(Local {
             outgoing: outgoing.finish(),
             closed,
@@ -386,7 +394,7 @@ impl EpochRunner {
             req.planned_at_micros,
         )
         .context("building dead-letter rows")?;
-        stats.emit_ms = emit_started.elapsed().as_millis() as u64;
+        stats.emit_ms += emit_started.elapsed().as_millis() as u64;
         Ok(Computed {
             state_batch,
             output,
