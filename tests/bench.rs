@@ -19,6 +19,8 @@ fn weir_bench_reports_every_measurement() {
                 "4",
                 "--files-per-epoch",
                 "2",
+                "--rounds",
+                "2",
             ])
             .args(["--window-users", "500"])
             .args(["--kafka-events", "3000", "--offsets-per-epoch", "1000"])

@@ -1,7 +1,8 @@
 //! `weir bench`: what users pay for, measured on this machine in one run. The reference events
 //! are generated (seeded) as JSON-lines files; a single-threaded decode(+aggregate) loop over
 //! them gives the ceiling; the reference job then runs from those files into Delta tables with
-//! `weir local` on 1 and 2 executors, with and without state snapshots; a last run keeps about
+//! `weir local` on 1 and 2 executors, with and without state snapshots, in rounds (each figure
+//! is the median round's); a last run keeps about
 //! a million distinct users of one window in state and reports every process's peak memory.
 //! Then the same events go through a tansu broker into Delta on 1 and 2 executors, and a paced
 //! run at half of the measured Kafka peak gives the produce-to-commit latency.
@@ -18,7 +19,7 @@ use anyhow::Context;
 use weir_common::aggregate::AggKind;
 
 use crate::gen;
-use runs::{RunResult, RunSpec};
+use runs::{Repeated, RunResult, RunSpec};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -31,6 +32,10 @@ pub struct BenchArgs {
     /// Files an epoch reads (`max_files_per_trigger`).
     #[arg(long, default_value_t = 4)]
     pub files_per_epoch: u64,
+    /// Rounds of the file runs (1 and 2 executors, 2 without snapshots, taken in turn): each
+    /// figure is the median round, since one run varies by ±5 % on a shared machine.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
     /// Distinct users in the single window of the memory run, three events each (0 skips it),
     /// in 24 files read two per epoch: with a million users, epochs of 250 000 events, about
     /// the throughput runs' size.
@@ -174,22 +179,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ceiling =
         tokio::task::spawn_blocking(move || ceiling::measure(&schema, &approx, &files)).await??;
 
-    let mut results: Vec<RunResult> = Vec::new();
-    for (executors, snapshots) in [(1, true), (2, true), (2, false)] {
-        let name = format!(
-            "files-{executors}-executor{}{}",
-            if executors > 1 { "s" } else { "" },
-            if snapshots { "" } else { "-no-snapshots" }
-        );
-        eprintln!("weir bench: {name}");
-        let spec = RunSpec {
-            name,
-            source: runs::files_source(&input, args.files_per_epoch),
-            executors,
-            snapshots,
-        };
-        results.push(runs::run(&spec, &root).await?);
+    let configurations = [(1, true), (2, true), (2, false)];
+    let mut rounds: Vec<Vec<RunResult>> = configurations.iter().map(|_| Vec::new()).collect();
+    // In turns, so that a slow spell of the machine touches every configuration alike.
+    for round in 1..=args.rounds {
+        for (i, &(executors, snapshots)) in configurations.iter().enumerate() {
+            let name = format!(
+                "files-{executors}-executor{}{}",
+                if executors > 1 { "s" } else { "" },
+                if snapshots { "" } else { "-no-snapshots" }
+            );
+            eprintln!("weir bench: {name}, round {round} of {}", args.rounds);
+            let spec = RunSpec {
+                name,
+                source: runs::files_source(&input, args.files_per_epoch),
+                executors,
+                snapshots,
+            };
+            rounds[i].push(runs::run(&spec, &root).await?);
+        }
     }
+    let results: Vec<Repeated> = rounds.into_iter().map(Repeated::new).collect();
 
     let memory = if args.window_users > 0 {
         let count = args.window_users * 3;
@@ -339,7 +349,7 @@ fn report(
     bytes: u64,
     cores: usize,
     ceiling: &ceiling::Ceiling,
-    results: &[RunResult],
+    results: &[Repeated],
     memory: Option<&RunResult>,
     kafka: &KafkaRuns,
 ) -> anyhow::Result<String> {
@@ -386,13 +396,16 @@ fn report(
         ceiling.decode_and_aggregate.events_per_second(),
         &format!("{} (window, event type) groups", ceiling.groups),
     );
-    for r in results {
+    for repeated in results {
+        let r = repeated.median();
+        let (lo, hi) = repeated.range();
         row(
             &mut out,
             &format!("files → Delta, {}", r.name.trim_start_matches("files-").replace('-', " ")),
             r.engine_events_per_second(),
             &format!(
-                "first plan to last decision {:.2} s over {} epochs; with process start and stop {:.2} s ({:.0} events/s)",
+                "median of {} rounds ({lo:.0}–{hi:.0}); its first plan to last decision {:.2} s over {} epochs; with process start and stop {:.2} s ({:.0} events/s)",
+                repeated.runs.len(),
                 r.engine.as_secs_f64(),
                 r.epochs,
                 r.wall.as_secs_f64(),
@@ -419,15 +432,25 @@ fn report(
         }
     }
     writeln!(out)?;
-    let find = |name: &str| results.iter().find(|r| r.name == name);
+    let find = |name: &str| results.iter().find(|r| r.name() == name);
     if let (Some(two), Some(bare)) = (
         find("files-2-executors"),
         find("files-2-executors-no-snapshots"),
     ) {
-        let rate = two.engine_events_per_second();
+        let rate = two.median().engine_events_per_second();
         let per_core = rate / cores.max(1) as f64;
         let share = 100.0 * per_core / ceiling.decode_and_aggregate.events_per_second();
-        let cost = 100.0 * (1.0 - rate / bare.engine_events_per_second());
+        // Each round's runs with and without snapshots ran back to back: compared in pairs.
+        let costs: Vec<f64> = two
+            .runs
+            .iter()
+            .zip(&bare.runs)
+            .map(|(on, off)| {
+                100.0 * (1.0 - on.engine_events_per_second() / off.engine_events_per_second())
+            })
+            .collect();
+        let listed: Vec<String> = costs.iter().map(|c| format!("{c:.1}")).collect();
+        let cost = runs::median(costs).unwrap_or(f64::NAN);
         writeln!(
             out,
             "| target (issue #6) | measured | |\n| --- | --- | --- |"
@@ -444,7 +467,8 @@ fn report(
         )?;
         writeln!(
             out,
-            "| state snapshots cost ≤ 10 % of throughput | {cost:.1} % | {} |",
+            "| state snapshots cost ≤ 10 % of throughput | {cost:.1} % (median of the rounds' {} %) | {} |",
+            listed.join(", "),
             verdict(cost <= 10.0)
         )?;
         if let Some(m) = memory {
@@ -509,6 +533,7 @@ fn report(
     };
     let file_runs = results
         .iter()
+        .map(Repeated::median)
         .chain(memory)
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));
     for (name, peak_rss, input_rows) in file_runs.chain(kafka_runs) {

@@ -46,6 +46,46 @@ impl RunResult {
     }
 }
 
+/// The rounds of one configuration, in the order they ran; its figures are the median round's.
+pub struct Repeated {
+    pub runs: Vec<RunResult>,
+}
+
+impl Repeated {
+    pub fn new(runs: Vec<RunResult>) -> Self {
+        assert!(!runs.is_empty(), "a configuration runs at least once");
+        Self { runs }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.runs[0].name
+    }
+
+    /// The round with the median throughput (the upper one of an even count).
+    pub fn median(&self) -> &RunResult {
+        let mut by_rate: Vec<&RunResult> = self.runs.iter().collect();
+        by_rate.sort_by(|a, b| {
+            a.engine_events_per_second()
+                .total_cmp(&b.engine_events_per_second())
+        });
+        by_rate[by_rate.len() / 2]
+    }
+
+    /// The lowest and highest throughput of the rounds.
+    pub fn range(&self) -> (f64, f64) {
+        self.runs
+            .iter()
+            .map(RunResult::engine_events_per_second)
+            .fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+    }
+}
+
+/// The median of `values` (the upper one of an even count); `None` when there are none.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
 /// A file source over the files under `input`.
 pub fn files_source(input: &Path, max_files: u64) -> String {
     format!(
