@@ -61,6 +61,15 @@ fn weir_bench_reports_every_measurement() {
         );
     }
     assert!(written.contains("executor-1 "), "{written}");
+    // The memory run's window closed, and its exact-distinct users were counted: 500 users
+    // with three events each, so several hundred (event type, user) pairs.
+    let pairs: u64 = written
+        .split(" exact-distinct (event type, user) pairs counted when it closed")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no closed-window count in:\n{written}"));
+    assert!((400..=1500).contains(&pairs), "{pairs} pairs:\n{written}");
     // The Kafka runs read every produced event, and every record of the paced run was
     // matched with the epoch that read it.
     for run in ["kafka-1-executor", "kafka-2-executors"] {
@@ -77,5 +86,10 @@ fn weir_bench_reports_every_measurement() {
         written.contains("Peak RSS, kafka-latency: driver "),
         "{written}"
     );
-    assert!(written.contains("(1500 input rows)"), "{written}");
+    // The memory run: 500 users' 1 500 events and the one that closes their window.
+    assert!(
+        written.contains("Peak RSS, memory-2-executors: driver ")
+            && written.contains("(1501 input rows)"),
+        "{written}"
+    );
 }

@@ -118,9 +118,12 @@ pub struct EpochStats {
     pub state_memory_bytes: u64,
     #[serde(default)]
     pub state_disk_bytes: u64,
-    /// Exact-distinct entries held, all executors.
+    /// Exact-distinct values written into state (each once per epoch, all executors), and
+    /// removed with the windows the epoch closed.
     #[serde(default)]
-    pub distinct_state_entries: u64,
+    pub distinct_entries_written: u64,
+    #[serde(default)]
+    pub distinct_entries_removed: u64,
     /// Per aggregate output column, its sum over the rows the epoch emitted.
     #[serde(default)]
     pub output_sums: BTreeMap<String, f64>,
@@ -150,8 +153,12 @@ pub struct ExecutorEpochStats {
     pub windows_emitted: u64,
     /// State entries of the executor's store (RocksDB's estimate).
     pub state_rows: u64,
-    /// Exact-distinct entries the executor holds, one per distinct value per window and group.
-    pub distinct_state_entries: u64,
+    /// Exact-distinct values the executor wrote into its state (each once), and removed with
+    /// the windows the epoch closed.
+    #[serde(default)]
+    pub distinct_entries_written: u64,
+    #[serde(default)]
+    pub distinct_entries_removed: u64,
     pub shuffle_rows_sent: u64,
     pub shuffle_rows_received: u64,
     pub read_ms: u64,

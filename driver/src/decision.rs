@@ -40,7 +40,8 @@ pub fn decide(
                 input_rows: s.input_rows,
                 windows_emitted: s.windows_emitted,
                 state_rows: s.state_rows,
-                distinct_state_entries: s.distinct_state_entries,
+                distinct_entries_written: s.distinct_entries_written,
+                distinct_entries_removed: s.distinct_entries_removed,
                 shuffle_rows_sent: s.shuffle_rows_sent,
                 shuffle_rows_received: s.shuffle_rows_received,
                 read_ms: s.read_ms,
@@ -67,7 +68,8 @@ pub fn decide(
         stats.state_rows_removed += s.state_rows_removed;
         stats.state_memory_bytes += s.state_memory_bytes;
         stats.state_disk_bytes += s.state_disk_bytes;
-        stats.distinct_state_entries += s.distinct_state_entries;
+        stats.distinct_entries_written += s.distinct_entries_written;
+        stats.distinct_entries_removed += s.distinct_entries_removed;
         for (column, sum) in &s.output_sums {
             *stats.output_sums.entry(column.clone()).or_default() += sum;
         }

@@ -141,7 +141,8 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
             disk_bytes: s.state_disk_bytes,
             checkpoint_bytes: s.checkpoint_bytes,
             checkpoint_uploaded_bytes: s.checkpoint_uploaded_bytes,
-            distinct_entries: s.distinct_state_entries,
+            distinct_entries_written: s.distinct_entries_written,
+            distinct_entries_removed: s.distinct_entries_removed,
         }),
         sources: vec![SourceProgress {
             description: format!("kafka[{}]", query.topic),

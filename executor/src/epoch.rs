@@ -77,7 +77,6 @@ struct Computed {
     state_batch: WriteBatch,
     output: RecordBatch,
     dead_letters: RecordBatch,
-    distinct_entries: u64,
     stats: EpochStats,
 }
 
@@ -208,16 +207,12 @@ impl EpochRunner {
         local.stats.shuffle_rows_received = exchanged.rows_received;
         let computed = tokio::task::block_in_place(|| self.fold_and_emit(&req, local, owned))?;
         let applying_started = Instant::now();
-        tokio::task::block_in_place(|| {
-            self.state
-                .commit_epoch(epoch, computed.state_batch, computed.distinct_entries)
-        })
-        .context("applying the epoch to the state store")?;
+        tokio::task::block_in_place(|| self.state.commit_epoch(epoch, computed.state_batch))
+            .context("applying the epoch to the state store")?;
         let mut stats = computed.stats;
         // Applying the epoch's batch belongs to folding, which emitting's time includes.
         stats.emit_ms += applying_started.elapsed().as_millis() as u64;
         stats.state_rows = self.state.estimated_rows();
-        stats.distinct_state_entries = computed.distinct_entries;
         // The output files and the state snapshot do not depend on each other: written at
         // the same time (each staged write runs in its own task), the epoch waits for the
         // slower of the two, not for both in turn.
@@ -373,9 +368,9 @@ impl EpochRunner {
             .state
             .fold(owned, &mut state_batch)
             .context("folding partial aggregates into state")?;
-        stats.state_rows_updated = folded.rows_written + shard_counts.len() as u64;
-        let distinct_entries =
-            (self.state.distinct_entries()? + folded.new_distinct).saturating_sub(distinct_removed);
+        stats.state_rows_updated = folded.rows_written;
+        stats.distinct_entries_written = folded.distinct_written;
+        stats.distinct_entries_removed = distinct_removed;
         finish_closed_rows(&mut closed, &shard_counts).context("summing distinct counts")?;
         stats.windows_emitted = closed.len() as u64;
         let output = output_batch(
@@ -399,7 +394,6 @@ impl EpochRunner {
             state_batch,
             output,
             dead_letters,
-            distinct_entries,
             stats,
         })
     }

@@ -1,9 +1,11 @@
 //! The window state store: RocksDB under the executor's state directory, written once per epoch
 //! in one atomic batch (the epoch's folds, the emitted windows' deletion, the epoch marker).
+//! Exact-distinct values are written blind, without a read: whether a value is new is only
+//! asked when its window closes, by counting the window's keys (see `state_keys`).
 //! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
 //! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
@@ -46,7 +48,7 @@ pub struct ClosedRow {
 pub struct Closed {
     /// Group rows of the closed windows, with their partials (distinct counts not yet added).
     pub rows: Vec<ClosedRow>,
-    /// Distinct counts this store's shards hold for closed windows.
+    /// Distinct values this store's shards hold for closed windows, counted.
     pub shard_counts: Vec<(ShardKey, i64)>,
     /// Distinct values deleted with the closed windows.
     pub distinct_removed: u64,
@@ -84,9 +86,9 @@ pub fn finish_closed_rows(
 /// What folding an epoch's partials wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Folded {
-    /// Distinct values the store did not hold before.
-    pub new_distinct: u64,
-    /// Group rows, distinct values and shard counts written.
+    /// Distinct values written (once each per epoch; the store may hold some of them already).
+    pub distinct_written: u64,
+    /// Group rows and distinct values written.
     pub rows_written: u64,
 }
 
@@ -98,17 +100,13 @@ pub struct StateStore {
 }
 
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
-const DISTINCT_ENTRIES_KEY: &[u8] = b"\xFF\xFFdistinct_entries";
-
-/// Keys looked up per multi-get while folding.
-const LOOKUP_SLICE: usize = 4096;
 
 fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    // Folding looks up every key of an epoch, most of them new; every epoch's snapshot flushes
-    // a small SST, so without Bloom filters each miss reads every level-0 file.
+    // Folding looks up every group row of an epoch; every epoch's snapshot flushes a small
+    // SST, so without Bloom filters each miss reads every level-0 file.
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
@@ -130,10 +128,7 @@ pub fn remove_dir(path: &Path) -> Result<(), StateError> {
 impl StateStore {
     /// Opens the store at `path` as it is (an empty directory gives an empty store).
     pub fn open(path: &Path, key_groups: u32) -> Result<Self, StateError> {
-        // Opened by its column family so that the handle multi-gets need is there.
-        let opts = options();
-        let cfs = [(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone())];
-        let db = DB::open_cf_with_opts(&opts, path, cfs).map_err(|source| StateError::Db {
+        let db = DB::open(&options(), path).map_err(|source| StateError::Db {
             path: path.display().to_string(),
             source,
         })?;
@@ -158,9 +153,8 @@ impl StateStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Copies the entries of key groups `range` from the store at `source` into this one and
-    /// answers how many exact-distinct entries came with them.
-    pub fn copy_range_from(&self, source: &Path, range: Range<u32>) -> Result<u64, StateError> {
+    /// Copies the entries of key groups `range` from the store at `source` into this one.
+    pub fn copy_range_from(&self, source: &Path, range: Range<u32>) -> Result<(), StateError> {
         let from = DB::open_for_read_only(&Options::default(), source, false).map_err(|e| {
             StateError::Db {
                 path: source.display().to_string(),
@@ -171,36 +165,23 @@ impl StateStore {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::kg_lower(range.end));
         let mut batch = WriteBatch::default();
-        let mut distinct = 0;
         for item in from.iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro) {
             let (key, value) = item.map_err(|e| self.err(e))?;
-            if matches!(keys::parse_key(&key), Some(StateKey::Distinct)) {
-                distinct += 1;
-            }
             batch.put(&key, &value);
             if batch.len() >= 10_000 {
                 self.write(std::mem::take(&mut batch))?;
             }
         }
-        self.write(batch)?;
-        Ok(distinct)
+        self.write(batch)
     }
 
-    /// Records which epoch the store holds and its distinct-entry count (after a restore).
-    pub fn set_position(
-        &self,
-        epoch: Option<u64>,
-        distinct_entries: u64,
-    ) -> Result<(), StateError> {
+    /// Records which epoch the store holds (after a restore).
+    pub fn set_position(&self, epoch: Option<u64>) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
         match epoch {
             Some(e) => batch.put(LAST_EPOCH_KEY, e.to_be_bytes()),
             None => batch.delete(LAST_EPOCH_KEY),
         }
-        batch.put(
-            DISTINCT_ENTRIES_KEY,
-            (distinct_entries as i64).to_be_bytes(),
-        );
         self.write(batch)
     }
 
@@ -221,15 +202,6 @@ impl StateStore {
     pub fn last_epoch(&self) -> Result<Option<u64>, StateError> {
         let v = self.db.get(LAST_EPOCH_KEY).map_err(|e| self.err(e))?;
         Ok(v.and_then(|b| b.try_into().ok().map(u64::from_be_bytes)))
-    }
-
-    /// Exact-distinct entries the store holds.
-    pub fn distinct_entries(&self) -> Result<u64, StateError> {
-        let v = self.db.get(DISTINCT_ENTRIES_KEY).map_err(|e| self.err(e))?;
-        match v {
-            Some(b) => Ok(read_count(&b)?.max(0) as u64),
-            None => Ok(0),
-        }
     }
 
     /// Adds the partials of the key groups this store owns to `batch`, merging with what the
@@ -260,63 +232,24 @@ impl StateStore {
                 .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
             batch.put(&key, value);
         }
-        // Entries are their state keys: sorted, they are deduplicated and looked up in slices
-        // with one multi-get each (RocksDB probes each filter and block once per slice, not
-        // once per key), and the batch's keys reach the memtable in order.
+        // Entries are their state keys: sorted and deduplicated, they are written blind (no
+        // read: a value the store holds already is written again to the same key) and reach
+        // the memtable in order. Looking each up to count new values cost more than reading,
+        // decoding and aggregating the events; the counting is left to the window's close.
         let mut distinct_keys = distinct;
         distinct_keys.sort_unstable();
         distinct_keys.dedup();
-        folded.rows_written += distinct_keys.len() as u64;
-        // Sorted, so that the shard counts too are looked up and written in key order.
-        let mut new_per_shard: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        for slice in distinct_keys.chunks(LOOKUP_SLICE) {
-            let present = self.get_many(slice.iter().map(Vec::as_slice))?;
-            for (key, value) in slice.iter().zip(present) {
-                if value.is_none() {
-                    batch.put(key, []);
-                    folded.new_distinct += 1;
-                    let shard = keys::shard_count_key_of(key).ok_or_else(|| {
-                        StateError::Corrupt("a distinct key without its shard".into())
-                    })?;
-                    *new_per_shard.entry(shard).or_default() += 1;
-                }
-            }
-        }
-        drop(distinct_keys);
-        let shards: Vec<(Vec<u8>, i64)> = new_per_shard.into_iter().collect();
-        folded.rows_written += shards.len() as u64;
-        for slice in shards.chunks(LOOKUP_SLICE) {
-            let current = self.get_many(slice.iter().map(|(key, _)| key.as_slice()))?;
-            for ((key, added), current) in slice.iter().zip(current) {
-                let current = match current {
-                    Some(b) => read_count(&b)?,
-                    None => 0,
-                };
-                batch.put(key, (current + added).to_be_bytes());
-            }
+        folded.distinct_written = distinct_keys.len() as u64;
+        folded.rows_written += folded.distinct_written;
+        for key in &distinct_keys {
+            batch.put(key, []);
         }
         Ok(folded)
     }
 
-    /// The values of sorted `keys`, in their order.
-    fn get_many<'k>(
-        &self,
-        keys: impl Iterator<Item = &'k [u8]>,
-    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        let cf = self
-            .db
-            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
-            .ok_or_else(|| StateError::Corrupt("the default column family is missing".into()))?;
-        self.db
-            .batched_multi_get_cf(cf, keys, true)
-            .into_iter()
-            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(|e| self.err(e)))
-            .collect()
-    }
-
     /// Reads every window of `key_groups` closed under `watermark` and adds their deletion to
-    /// `batch`: the group rows this store owns, and the shard counts it holds for the groups'
-    /// owners (who sum them into their rows).
+    /// `batch`: the group rows this store owns, and the distinct values its shards hold for
+    /// the groups' owners, counted (the owners sum the shards into their rows).
     pub fn take_closed(
         &self,
         key_groups: Range<u32>,
@@ -325,6 +258,8 @@ impl StateStore {
         batch: &mut WriteBatch,
     ) -> Result<Closed, StateError> {
         let mut closed = Closed::default();
+        // A shard's values are adjacent in key order: counted as a run.
+        let mut run: Option<(ShardKey, i64)> = None;
         for kg in key_groups {
             let lower = keys::kg_lower(kg);
             let upper = keys::kg_closed_upper(kg, watermark);
@@ -351,32 +286,32 @@ impl StateStore {
                             partials,
                         });
                     }
-                    Some(StateKey::ShardCount { window, agg, group }) => {
-                        closed
-                            .shard_counts
-                            .push(((window, agg, group.to_vec()), read_count(&value)?));
+                    Some(StateKey::Distinct { window, agg, group }) => {
+                        closed.distinct_removed += 1;
+                        match &mut run {
+                            Some(((w, a, g), count)) if *w == window && *a == agg && g == group => {
+                                *count += 1;
+                            }
+                            _ => {
+                                closed.shard_counts.extend(run.take());
+                                run = Some(((window, agg, group.to_vec()), 1));
+                            }
+                        }
                     }
-                    Some(StateKey::Distinct) => closed.distinct_removed += 1,
+                    // Counted again from the values above; deleted with the window.
+                    Some(StateKey::LegacyShardCount) => {}
                     None => return Err(StateError::Corrupt("unparseable state key".into())),
                 }
             }
             batch.delete_range(&lower, &upper);
         }
+        closed.shard_counts.extend(run);
         Ok(closed)
     }
 
-    /// Applies an epoch's batch together with its marker and the new distinct-entry count.
-    pub fn commit_epoch(
-        &self,
-        epoch: u64,
-        mut batch: WriteBatch,
-        distinct_entries: u64,
-    ) -> Result<(), StateError> {
+    /// Applies an epoch's batch together with its marker.
+    pub fn commit_epoch(&self, epoch: u64, mut batch: WriteBatch) -> Result<(), StateError> {
         batch.put(LAST_EPOCH_KEY, epoch.to_be_bytes());
-        batch.put(
-            DISTINCT_ENTRIES_KEY,
-            (distinct_entries as i64).to_be_bytes(),
-        );
         self.write(batch)
     }
 
@@ -401,13 +336,6 @@ impl StateStore {
     }
 }
 
-fn read_count(bytes: &[u8]) -> Result<i64, StateError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StateError::Corrupt("shard count is not 8 bytes".into()))?;
-    Ok(i64::from_be_bytes(arr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,19 +358,33 @@ mod tests {
         let folded = store
             .fold(values(w, &["u1", "u2", "u1", "u3", "u2"]), &mut batch)
             .unwrap();
-        assert_eq!(folded.new_distinct, 3);
-        store.commit_epoch(0, batch, 3).unwrap();
+        assert_eq!(folded.distinct_written, 3);
+        store.commit_epoch(0, batch).unwrap();
         let mut batch = WriteBatch::default();
         let folded = store
             .fold(values(w, &["u3", "u4", "u1", "u4"]), &mut batch)
             .unwrap();
-        assert_eq!(folded.new_distinct, 1);
-        store.commit_epoch(1, batch, 4).unwrap();
-        assert_eq!(store.distinct_entries().unwrap(), 4);
+        assert_eq!(folded.distinct_written, 3);
+        store.commit_epoch(1, batch).unwrap();
+        // Another window's values are not counted with this one's.
+        let mut batch = WriteBatch::default();
+        let later = Window {
+            start: 300,
+            end: 600,
+        };
+        store
+            .fold(values(later, &["u9", "u1"]), &mut batch)
+            .unwrap();
+        store.commit_epoch(2, batch).unwrap();
         let mut batch = WriteBatch::default();
         let closed = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
         let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
         assert_eq!(counted, 4);
         assert_eq!(closed.distinct_removed, 4);
+        // Only the closed window's (window, aggregate, group) is counted.
+        assert!(closed
+            .shard_counts
+            .iter()
+            .all(|((window, agg, group), _)| *window == w && *agg == 1 && group == b"g"));
     }
 }

@@ -4,10 +4,14 @@
 //! ```text
 //! group row    [kg u16][end][0][start][group key]                        -> partials
 //! distinct     [kg u16][end][1][start][agg u8][len u32][group key][value] -> ()
-//! shard count  [kg u16][end][2][start][agg u8][group key]                 -> i64
 //! ```
-//! Distinct values and their shard counts live in the key group of (window, group, value), so
-//! a group key with few values spreads its distinct state over every key group.
+//! A distinct value lives in the key group of (window, group, value), so a group key with few
+//! values spreads its distinct state over every key group. Values are written without reading
+//! first (a value already there is written again, to the same key); a window's distinct count
+//! is taken when it closes, by counting its keys in each key group (a shard) and summing the
+//! shards at the group's owner. Stores written before that also hold a running count per shard
+//! (`[kg u16][end][2][start][agg u8][group key] -> i64`): it is ignored and deleted with its
+//! window.
 
 use weir_common::window::Window;
 
@@ -70,25 +74,6 @@ pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> 
     k
 }
 
-pub fn shard_count_key(kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
-    let mut k = head(kg, w.end, TAG_SHARD_COUNT, w.start, 1 + group.len());
-    k.push(agg);
-    k.extend_from_slice(group);
-    k
-}
-
-/// The shard-count key that the distinct key `key` (of [`distinct_key`]) counts towards.
-pub fn shard_count_key_of(key: &[u8]) -> Option<Vec<u8>> {
-    let len = u32::from_be_bytes(key.get(20..24)?.try_into().ok()?) as usize;
-    let group = key.get(24..24 + len)?;
-    let mut k = Vec::with_capacity(20 + len);
-    k.extend_from_slice(key.get(..10)?);
-    k.push(TAG_SHARD_COUNT);
-    k.extend_from_slice(key.get(11..20)?);
-    k.extend_from_slice(group);
-    Some(k)
-}
-
 /// The key group a state key belongs to (its first two bytes).
 pub fn key_group_of(key: &[u8]) -> Option<u32> {
     Some(u32::from(u16::from_be_bytes(
@@ -98,7 +83,7 @@ pub fn key_group_of(key: &[u8]) -> Option<u32> {
 
 /// Whether `key` is a whole key of [`distinct_key`]'s layout.
 pub fn is_distinct_key(key: &[u8]) -> bool {
-    key.get(10) == Some(&TAG_DISTINCT) && shard_count_key_of(key).is_some()
+    matches!(parse_key(key), Some(StateKey::Distinct { .. }))
 }
 
 /// Lower bound of key group `kg` (inclusive).
@@ -121,12 +106,14 @@ pub enum StateKey<'a> {
         window: Window,
         group: &'a [u8],
     },
-    Distinct,
-    ShardCount {
+    /// An exact-distinct value of (window, aggregate, group).
+    Distinct {
         window: Window,
         agg: u8,
         group: &'a [u8],
     },
+    /// A running count per shard, in stores written by earlier versions.
+    LegacyShardCount,
 }
 
 pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
@@ -139,12 +126,15 @@ pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
             window,
             group: key.get(19..)?,
         }),
-        TAG_DISTINCT => Some(StateKey::Distinct),
-        TAG_SHARD_COUNT => Some(StateKey::ShardCount {
-            window,
-            agg: *key.get(19)?,
-            group: key.get(20..)?,
-        }),
+        TAG_DISTINCT => {
+            let len = u32::from_be_bytes(key.get(20..24)?.try_into().ok()?) as usize;
+            Some(StateKey::Distinct {
+                window,
+                agg: *key.get(19)?,
+                group: key.get(24..24usize.checked_add(len)?)?,
+            })
+        }
+        TAG_SHARD_COUNT => Some(StateKey::LegacyShardCount),
         _ => None,
     }
 }
@@ -176,26 +166,26 @@ mod tests {
                 group: g
             })
         );
+        let legacy = {
+            let mut k = group_key(3, w, b"");
+            k[10] = TAG_SHARD_COUNT;
+            k.push(2);
+            k.extend_from_slice(g);
+            k
+        };
+        assert_eq!(parse_key(&legacy), Some(StateKey::LegacyShardCount));
         assert_eq!(
-            parse_key(&shard_count_key(3, w, 2, g)),
-            Some(StateKey::ShardCount {
+            parse_key(&distinct_key(3, w, 2, g, b"u1")),
+            Some(StateKey::Distinct {
                 window: w,
                 agg: 2,
                 group: g
             })
         );
-        assert_eq!(
-            parse_key(&distinct_key(3, w, 2, g, b"u1")),
-            Some(StateKey::Distinct)
-        );
-        assert_eq!(
-            shard_count_key_of(&distinct_key(3, w, 2, g, b"u1")),
-            Some(shard_count_key(3, w, 2, g))
-        );
-        assert_eq!(shard_count_key_of(&group_key(3, w, g)), None);
         assert!(is_distinct_key(&distinct_key(3, w, 2, g, b"u1")));
         assert!(!is_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..22]));
-        assert!(!is_distinct_key(&shard_count_key(3, w, 2, g)));
+        assert!(!is_distinct_key(&legacy));
+        assert!(!is_distinct_key(&group_key(3, w, g)));
         assert_eq!(key_group_of(&distinct_key(300, w, 2, g, b"u1")), Some(300));
         let later = Window {
             start: 290,

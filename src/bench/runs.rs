@@ -30,8 +30,8 @@ pub struct RunResult {
     pub engine: Duration,
     pub input_rows: u64,
     pub epochs: usize,
-    /// The most exact-distinct entries held after an epoch, all executors.
-    pub distinct_entries: u64,
+    /// The `unique_users` of every row the run emitted, summed.
+    pub unique_users: u64,
     /// Peak resident memory by process (`driver`, `executor-0`, ...).
     pub peak_rss: BTreeMap<String, u64>,
 }
@@ -227,11 +227,10 @@ impl RunResult {
             engine: Duration::from_micros(u64::try_from(last_decision - first_plan).unwrap_or(0)),
             input_rows: decisions.iter().map(|d| d.stats.input_rows).sum(),
             epochs: decisions.len(),
-            distinct_entries: decisions
+            unique_users: decisions
                 .iter()
-                .map(|d| d.stats.distinct_state_entries)
-                .max()
-                .unwrap_or(0),
+                .filter_map(|d| d.stats.output_sums.get("unique_users"))
+                .sum::<f64>() as u64,
             peak_rss: peak_rss(log),
         })
     }
