@@ -103,7 +103,8 @@ impl Partials {
     }
 
     /// Splits the partials by owner: `owners[kg]` is the index of the owner of key group `kg`,
-    /// one of `0..n`.
+    /// one of `0..n`. (Epochs route with [`ByOwner`] as partials are produced.)
+    #[cfg(test)]
     pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
         let mut out = ByOwner::new(owners, n);
         for (key, partials) in self.groups {

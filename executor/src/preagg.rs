@@ -15,7 +15,7 @@ use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window};
 
-use crate::partials::{distinct_entry, ByOwner, FastMap, Partials};
+use crate::partials::{distinct_entry, ByOwner, FastMap};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,8 +268,9 @@ impl<'a> PreAggregation<'a> {
         }
     }
 
-    /// The epoch's partials, all together.
-    pub fn into_partials(self) -> Partials {
+    /// The epoch's partials, all together (epochs route them with [`Self::route`]).
+    #[cfg(test)]
+    pub fn into_partials(self) -> crate::partials::Partials {
         let owners = vec![0; self.job.key_groups as usize];
         let mut out = ByOwner::new(&owners, 1);
         self.route(&mut out);

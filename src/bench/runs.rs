@@ -61,14 +61,10 @@ impl Repeated {
         &self.runs[0].name
     }
 
-    /// The round with the median throughput (the upper one of an even count).
+    /// The round with the median throughput.
     pub fn median(&self) -> &RunResult {
-        let mut by_rate: Vec<&RunResult> = self.runs.iter().collect();
-        by_rate.sort_by(|a, b| {
-            a.engine_events_per_second()
-                .total_cmp(&b.engine_events_per_second())
-        });
-        by_rate[by_rate.len() / 2]
+        median_by(self.runs.iter().collect(), |r| r.engine_events_per_second())
+            .unwrap_or(&self.runs[0])
     }
 
     /// The lowest and highest throughput of the rounds.
@@ -81,9 +77,15 @@ impl Repeated {
 }
 
 /// The median of `values` (the upper one of an even count); `None` when there are none.
-pub fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
+pub fn median(values: Vec<f64>) -> Option<f64> {
+    median_by(values, |v| *v)
+}
+
+/// The item of median `key` (the upper one of an even count); `None` when there are none.
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = items.len() / 2;
+    items.into_iter().nth(middle)
 }
 
 /// A file source over the files under `input`.
