@@ -1,6 +1,9 @@
 //! JSON records to Arrow with arrow-json, one batch per fetch, with every bad record set aside
 //! with its reason and no good record lost.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow_json::ReaderBuilder;
@@ -38,6 +41,13 @@ impl JsonDecoder {
     /// Decodes `records` (one JSON object each). Bad records are found by splitting a failing
     /// range in halves, so a batch with a few bad records costs a few extra decodes, not one per row.
     pub fn decode(&self, records: &[&[u8]]) -> Decoded {
+        self.decode_within(records, &[])
+    }
+
+    /// Decodes `records` as [`Self::decode`] does, reading the ones that lie side by side in one
+    /// of `buffers` (with only JSON whitespace between them, as the lines of a fetched file
+    /// range do) from the buffer in place instead of copying them together first.
+    pub fn decode_within(&self, records: &[&[u8]], buffers: &[&[u8]]) -> Decoded {
         let mut out = Decoded::default();
         let mut candidates = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
@@ -46,7 +56,9 @@ impl JsonDecoder {
                 Err(reason) => out.bad.push((i, reason)),
             }
         }
-        self.decode_range(records, &candidates, &mut out);
+        for (buffer, run) in runs(records, &candidates, buffers) {
+            self.decode_range(records, buffer, &candidates[run], &mut out);
+        }
         out.bad.sort_by_key(|(i, _)| *i);
         out
     }
@@ -66,11 +78,17 @@ impl JsonDecoder {
         }
     }
 
-    fn decode_range(&self, records: &[&[u8]], idx: &[usize], out: &mut Decoded) {
+    fn decode_range(
+        &self,
+        records: &[&[u8]],
+        buffer: Option<&[u8]>,
+        idx: &[usize],
+        out: &mut Decoded,
+    ) {
         if idx.is_empty() {
             return;
         }
-        match self.try_decode(records, idx) {
+        match self.try_decode(records, buffer, idx) {
             Ok(batch) => {
                 out.good.extend_from_slice(idx);
                 out.batches.push(batch);
@@ -78,18 +96,37 @@ impl JsonDecoder {
             Err(reason) if idx.len() == 1 => out.bad.push((idx[0], reason)),
             Err(_) => {
                 let (left, right) = idx.split_at(idx.len() / 2);
-                self.decode_range(records, left, out);
-                self.decode_range(records, right, out);
+                self.decode_range(records, buffer, left, out);
+                self.decode_range(records, buffer, right, out);
             }
         }
     }
 
-    fn try_decode(&self, records: &[&[u8]], idx: &[usize]) -> Result<RecordBatch, String> {
-        let mut buf = Vec::with_capacity(idx.iter().map(|&i| records[i].len() + 1).sum());
-        for &i in idx {
-            buf.extend_from_slice(records[i]);
-            buf.push(b'\n');
-        }
+    /// Decodes the records `idx` into one batch: from `buffer` in place when they lie in it side
+    /// by side (see [`runs`]), else copied together one per line.
+    fn try_decode(
+        &self,
+        records: &[&[u8]],
+        buffer: Option<&[u8]>,
+        idx: &[usize],
+    ) -> Result<RecordBatch, String> {
+        let in_place = buffer.and_then(|b| {
+            let first = records[*idx.first()?];
+            let last = records[*idx.last()?];
+            b.get(offset_in(b, first)?..offset_in(b, last)? + last.len())
+        });
+        let buf: Cow<'_, [u8]> = match in_place {
+            Some(span) => Cow::Borrowed(span),
+            None => {
+                let mut joined =
+                    Vec::with_capacity(idx.iter().map(|&i| records[i].len() + 1).sum());
+                for &i in idx {
+                    joined.extend_from_slice(records[i]);
+                    joined.push(b'\n');
+                }
+                Cow::Owned(joined)
+            }
+        };
         let mut decoder = ReaderBuilder::new(self.schema.clone())
             .with_batch_size(idx.len() + 1)
             .build_decoder()
@@ -114,6 +151,53 @@ impl JsonDecoder {
         }
         Ok(batch)
     }
+}
+
+/// Where `record` starts inside `buffer`, when it lies wholly inside it.
+fn offset_in(buffer: &[u8], record: &[u8]) -> Option<usize> {
+    // Addresses are compared, never dereferenced: a record outside the buffer answers None.
+    let start = (record.as_ptr() as usize).checked_sub(buffer.as_ptr() as usize)?;
+    (start.checked_add(record.len())? <= buffer.len()).then_some(start)
+}
+
+fn is_json_whitespace(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Splits the candidate records (positions into `candidates`) into runs decoded together:
+/// records that follow each other in one of `buffers` with only JSON whitespace between them
+/// (so the buffer's bytes from the first to the last are exactly those records) form a run read
+/// in place; consecutive records in no buffer form a run copied together.
+fn runs<'b>(
+    records: &[&[u8]],
+    candidates: &[usize],
+    buffers: &[&'b [u8]],
+) -> Vec<(Option<&'b [u8]>, Range<usize>)> {
+    let mut runs: Vec<(Option<&'b [u8]>, Range<usize>)> = Vec::new();
+    // Where the previous candidate ended in its buffer.
+    let mut previous_end = None;
+    for (pos, &i) in candidates.iter().enumerate() {
+        let record = records[i];
+        let found = buffers
+            .iter()
+            .find_map(|&b| offset_in(b, record).map(|start| (b, start)));
+        let joins = match (runs.last(), found) {
+            (Some((Some(run_buffer), _)), Some((buffer, start))) => {
+                std::ptr::eq(*run_buffer, buffer)
+                    && previous_end.is_some_and(|end| {
+                        end <= start && buffer[end..start].iter().all(is_json_whitespace)
+                    })
+            }
+            (Some((None, _)), None) => true,
+            _ => false,
+        };
+        match runs.last_mut() {
+            Some((_, run)) if joins => run.end = pos + 1,
+            _ => runs.push((found.map(|(b, _)| b), pos..pos + 1)),
+        }
+        previous_end = found.map(|(_, start)| start + record.len());
+    }
+    runs
 }
 
 /// Rewords arrow's messages into what a user needs to find the record's problem.
@@ -208,5 +292,55 @@ mod tests {
         assert!(reason(9).contains("user_id"), "{}", reason(9));
         assert!(reason(15).contains("max_record_bytes"), "{}", reason(15));
         assert!(reason(14).contains("more than one"), "{}", reason(14));
+    }
+
+    /// The mixed records of the test above, in one buffer the way a fetched file range holds its
+    /// lines (varied line ends, blank lines), plus one record copied out of it (a line joined
+    /// across two ranges).
+    #[test]
+    fn records_read_in_place_decode_as_copies_do() {
+        let mut texts: Vec<String> = (0..40).map(good).collect();
+        texts[3] = "{\"event_id\": \"x\"".into();
+        texts[13] = "[1,2]".into();
+        texts[14] = format!("{}{}", good(1), good(2));
+        texts[20] = r#"{"event_id":"e","user_id":42,"event_type":"click","timestamp":"2026-11-24T10:00:00Z"}"#.into();
+        let mut buffer = String::new();
+        let mut spans = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let start = buffer.len();
+            buffer.push_str(t);
+            spans.push(start..buffer.len());
+            buffer.push_str(["\n", "\r\n", "\n \t\n"][i % 3]);
+        }
+        let outside = texts[30].clone();
+        let mut records: Vec<&[u8]> = spans
+            .iter()
+            .map(|r| &buffer.as_bytes()[r.clone()])
+            .collect();
+        records[30] = outside.as_bytes();
+
+        let candidates: Vec<usize> = (0..records.len()).filter(|i| *i != 13).collect();
+        let found = runs(&records, &candidates, &[buffer.as_bytes()]);
+        let in_place: usize = found
+            .iter()
+            .filter(|(b, _)| b.is_some())
+            .map(|(_, r)| r.len())
+            .sum();
+        // Record 13 (not an object) splits the buffer's records; record 30 is decoded apart.
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(in_place, 38);
+
+        let copied = decoder().decode(&records);
+        let read = decoder().decode_within(&records, &[buffer.as_bytes()]);
+        assert_eq!(read.good, copied.good);
+        assert_eq!(read.bad, copied.bad);
+        assert_eq!(
+            read.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![3, 13, 14, 20]
+        );
+        let schema = decoder().schema().clone();
+        let concat = |d: &Decoded| arrow::compute::concat_batches(&schema, &d.batches).unwrap();
+        assert_eq!(concat(&read), concat(&copied));
+        assert_eq!(concat(&read).num_rows(), 36);
     }
 }

@@ -274,8 +274,9 @@ impl EpochRunner {
         // A run the driver abandoned stops reading at once instead of at its next await.
         let current = self.current_run.clone();
         let keep_going = || *current.borrow() == req.run;
-        self.input.read(req, CHUNK, keep_going, |records| {
+        self.input.read(req, CHUNK, keep_going, |chunk| {
             let t = Instant::now();
+            let records = chunk.records;
             stats.input_rows += records.len() as u64;
             stats.input_bytes += records
                 .iter()
@@ -285,7 +286,8 @@ impl EpochRunner {
                 .iter()
                 .map(|r| r.value.as_deref().unwrap_or(&[]))
                 .collect();
-            let decoded = decoder.decode(&payloads);
+            let buffers: Vec<&[u8]> = chunk.buffers.iter().map(|b| &b[..]).collect();
+            let decoded = decoder.decode_within(&payloads, &buffers);
             for (i, reason) in decoded.bad {
                 rejected.push((records[i].detached(), reason));
             }

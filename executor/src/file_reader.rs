@@ -7,7 +7,7 @@ use object_store::ObjectStoreExt;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
 
-use crate::input::Record;
+use crate::input::{Chunk, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileReadError {
@@ -42,7 +42,7 @@ impl Lines {
         }
     }
 
-    fn line(&mut self, mut line: Bytes, out: &mut Vec<Record>) {
+    fn line(&mut self, mut line: Bytes, out: &mut impl FnMut(Record)) {
         let number = self.next;
         self.next += 1;
         if line.ends_with(b"\r") {
@@ -51,7 +51,7 @@ impl Lines {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        out.push(Record {
+        out(Record {
             partition: self.file,
             offset: number,
             key: None,
@@ -60,7 +60,7 @@ impl Lines {
     }
 
     /// Cuts `piece` into lines; a line inside it is a slice of it, not a copy.
-    fn feed(&mut self, piece: &Bytes, out: &mut Vec<Record>) {
+    fn feed(&mut self, piece: &Bytes, out: &mut impl FnMut(Record)) {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', piece) {
             if self.pending.is_empty() {
@@ -75,9 +75,51 @@ impl Lines {
         self.pending.extend_from_slice(&piece[start..]);
     }
 
-    fn finish(mut self, out: &mut Vec<Record>) {
+    fn finish(mut self, out: &mut impl FnMut(Record)) {
         let rest = std::mem::take(&mut self.pending);
         self.line(Bytes::from(rest), out);
+    }
+}
+
+/// Gathers records into chunks of a fixed size, each with the ranges its lines were cut from.
+struct Chunker<F> {
+    size: usize,
+    current: Chunk,
+    /// The range being cut into lines.
+    piece: Option<Bytes>,
+    on_chunk: F,
+}
+
+impl<F: FnMut(Chunk)> Chunker<F> {
+    fn new(size: usize, on_chunk: F) -> Self {
+        Self {
+            size,
+            current: Chunk::with_capacity(size),
+            piece: None,
+            on_chunk,
+        }
+    }
+
+    /// Records pushed from now on may be slices of `piece`.
+    fn start_piece(&mut self, piece: &Bytes) {
+        self.current.buffers.push(piece.clone());
+        self.piece = Some(piece.clone());
+    }
+
+    fn push(&mut self, record: Record) {
+        self.current.records.push(record);
+        if self.current.records.len() >= self.size {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.current.records.is_empty() {
+            return;
+        }
+        let mut next = Chunk::with_capacity(self.size);
+        next.buffers.extend(self.piece.clone());
+        (self.on_chunk)(std::mem::replace(&mut self.current, next));
     }
 }
 
@@ -99,10 +141,10 @@ impl FileReader {
         files: &[InputFile],
         chunk: usize,
         keep_going: impl Fn() -> bool,
-        mut on_chunk: impl FnMut(Vec<Record>),
+        on_chunk: impl FnMut(Chunk),
     ) -> Result<(), FileReadError> {
         let runtime = tokio::runtime::Handle::current();
-        let mut buffer = Vec::with_capacity(chunk);
+        let mut chunks = Chunker::new(chunk, on_chunk);
         for (index, file) in files.iter().enumerate() {
             let failed = |e| FileReadError::from(self.location.store_error(&file.path, e));
             let path = self.location.path(&file.path);
@@ -118,18 +160,13 @@ impl FileReader {
                 let piece = runtime
                     .block_on(self.location.store.get_range(&path, start..end))
                     .map_err(failed)?;
-                lines.feed(&piece, &mut buffer);
-                while buffer.len() >= chunk {
-                    let rest = buffer.split_off(chunk);
-                    on_chunk(std::mem::replace(&mut buffer, rest));
-                }
+                chunks.start_piece(&piece);
+                lines.feed(&piece, &mut |r| chunks.push(r));
                 start = end;
             }
-            lines.finish(&mut buffer);
+            lines.finish(&mut |r| chunks.push(r));
         }
-        if !buffer.is_empty() {
-            on_chunk(buffer);
-        }
+        chunks.flush();
         Ok(())
     }
 }
@@ -142,9 +179,9 @@ mod tests {
         let mut out = Vec::new();
         let mut lines = Lines::new(0);
         for p in pieces {
-            lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut out);
+            lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut |r| out.push(r));
         }
-        lines.finish(&mut out);
+        lines.finish(&mut |r| out.push(r));
         out.into_iter()
             .map(|r| {
                 (
@@ -197,18 +234,37 @@ mod tests {
                 2,
                 || true,
                 |c| {
-                    chunks.push(
-                        c.iter()
+                    // How many of the chunk's lines are slices of the ranges it names.
+                    let sliced = c
+                        .records
+                        .iter()
+                        .filter(|r| {
+                            let line = r.value.as_deref().unwrap().as_ptr_range();
+                            c.buffers.iter().any(|b| {
+                                let range = b.as_ptr_range();
+                                range.start <= line.start && line.end <= range.end
+                            })
+                        })
+                        .count();
+                    chunks.push((
+                        c.records
+                            .iter()
                             .map(|r| (r.partition, r.offset))
                             .collect::<Vec<_>>(),
-                    )
+                        sliced,
+                    ))
                 },
             )
         })
         .unwrap();
+        // The last line of b has no newline: it is copied out of its range.
         assert_eq!(
             chunks,
-            vec![vec![(0, 1), (0, 2)], vec![(0, 3), (1, 1)], vec![(1, 2)],]
+            vec![
+                (vec![(0, 1), (0, 2)], 2),
+                (vec![(0, 3), (1, 1)], 2),
+                (vec![(1, 2)], 0)
+            ]
         );
         assert!(reader.url("b.jsonl").ends_with("/b.jsonl"));
         let stopped = tokio::task::block_in_place(|| reader.read(&files, 2, || false, |_| {}));

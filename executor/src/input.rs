@@ -31,6 +31,24 @@ impl Record {
     }
 }
 
+/// Records handed over together, with the fetched ranges their values are slices of (a file's
+/// lines; Kafka records are copies and name none): the decoder reads lines lying side by side in
+/// a range from it in place.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub records: Vec<Record>,
+    pub buffers: Vec<Bytes>,
+}
+
+impl Chunk {
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(records),
+            buffers: Vec::new(),
+        }
+    }
+}
+
 pub enum Input {
     Kafka { reader: KafkaReader, topic: String },
     Files(FileReader),
@@ -57,7 +75,7 @@ impl Input {
         req: &ExecuteRequest,
         chunk: usize,
         keep_going: impl Fn() -> bool,
-        on_chunk: impl FnMut(Vec<Record>),
+        mut on_chunk: impl FnMut(Chunk),
     ) -> anyhow::Result<()> {
         match self {
             Input::Kafka { reader, .. } => {
@@ -71,7 +89,12 @@ impl Input {
                     })
                     .collect();
                 reader
-                    .read(&ranges, chunk, keep_going, on_chunk)
+                    .read(&ranges, chunk, keep_going, |records| {
+                        on_chunk(Chunk {
+                            records,
+                            buffers: Vec::new(),
+                        })
+                    })
                     .context("reading the planned Kafka ranges")
             }
             Input::Files(reader) => {
