@@ -10,9 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{
-    BlockBasedOptions, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
@@ -105,11 +103,10 @@ fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    // Folding looks up every group row of an epoch; every epoch's snapshot flushes a small
-    // SST, so without Bloom filters each miss reads every level-0 file.
-    let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    opts.set_block_based_table_factory(&table);
+    // No Bloom filters: distinct values are written blind and read only by the scans that
+    // close windows, so point lookups are the few group rows an epoch folds (one per window
+    // and group), while every snapshot's flush and every compaction would hash each key into
+    // a filter.
     opts
 }
 
