@@ -13,6 +13,16 @@ pub fn key_group(bytes: &[u8], key_groups: u32) -> u32 {
     (stable_hash(bytes) % u64::from(key_groups.max(1))) as u32
 }
 
+/// The key group of the bytes of `parts` one after another, without joining them first.
+pub fn key_group_of_parts(parts: &[&[u8]], key_groups: u32) -> u32 {
+    use std::hash::Hasher;
+    let mut hasher = StableHasher::default();
+    for part in parts {
+        hasher.write(part);
+    }
+    (hasher.finish() % u64::from(key_groups.max(1))) as u32
+}
+
 /// The contiguous key-group range owned by `index` of `parallelism` owners (Flink's formula).
 pub fn range_for_owner(key_groups: u32, parallelism: u32, index: u32) -> Range<u32> {
     let k = u64::from(key_groups);
@@ -101,6 +111,21 @@ mod tests {
             value.hash(&mut ours);
             "and a str".hash(&mut ours);
             assert_eq!(ours.finish(), streaming.digest(), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn parts_hash_as_their_bytes_joined() {
+        let long = [7u8; 100];
+        for parts in [
+            vec![&b""[..]],
+            vec![&b"end....."[..], b"start...", b"\x01", b"group", b"value"],
+            vec![&b"a"[..], &long[..], b"b"],
+        ] {
+            assert_eq!(
+                key_group_of_parts(&parts, 32768),
+                key_group(&parts.concat(), 32768)
+            );
         }
     }
 

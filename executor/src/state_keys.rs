@@ -13,6 +13,7 @@
 //! (`[kg u16][end][2][start][agg u8][group key] -> i64`): it is ignored and deleted with its
 //! window.
 
+use weir_common::keygroup::key_group_of_parts;
 use weir_common::window::Window;
 
 pub const TAG_GROUP: u8 = 0;
@@ -47,16 +48,26 @@ pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The bytes that decide a distinct value's shard: window, aggregate, group and value.
-pub fn distinct_identity(w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(21 + group.len() + value.len());
-    k.extend_from_slice(&encode_time(w.end));
-    k.extend_from_slice(&encode_time(w.start));
-    k.push(agg);
-    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
-    k.extend_from_slice(group);
-    k.extend_from_slice(value);
-    k
+/// The key group (shard) of a distinct value among `key_groups`: the stable hash of its window
+/// end and start, aggregate index, group key length and group key, and value, in that order.
+pub fn distinct_key_group_of(
+    w: Window,
+    agg: u8,
+    group: &[u8],
+    value: &[u8],
+    key_groups: u32,
+) -> u32 {
+    key_group_of_parts(
+        &[
+            &encode_time(w.end),
+            &encode_time(w.start),
+            &[agg],
+            &(group.len() as u32).to_be_bytes(),
+            group,
+            value,
+        ],
+        key_groups,
+    )
 }
 
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
