@@ -14,7 +14,8 @@ use weir_common::aggregate::{AggregateSpec, Partial};
 use weir_common::keygroup::stable_hash;
 use weir_common::value::Scalar;
 
-const BATCH: usize = 8192;
+/// The executors' chunk size, so that both decode in batches of the same size.
+const BATCH: usize = weir_executor::epoch::CHUNK;
 const WINDOW_MICROS: i64 = 5 * 60 * 1_000_000;
 
 /// Rates of one pass.
