@@ -343,4 +343,69 @@ mod tests {
         assert_eq!(concat(&read), concat(&copied));
         assert_eq!(concat(&read).num_rows(), 36);
     }
+
+    /// Many random mixtures of good and bad records, separators and records copied out of the
+    /// buffer: reading in place decodes exactly what copying does.
+    #[test]
+    fn random_mixtures_decode_in_place_as_copies_do() {
+        let pool: Vec<String> = vec![
+            good(1),
+            good(2),
+            good(3),
+            "{\"event_id\": \"x\"".into(),
+            "[1,2]".into(),
+            format!("{}{}", good(4), good(5)),
+            r#"{"event_id":"e","user_id":42,"event_type":"click","timestamp":"2026-11-24T10:00:00Z"}"#.into(),
+            r#"{"event_id":"e","user_id":"u","timestamp":"2026-11-24T10:00:00Z"}"#.into(),
+            "not json".into(),
+            r#"{"event_id":"a\nb","user_id":"u","event_type":"c","timestamp":"2026-11-24T10:00:00Z"}"#.into(),
+            "  ".to_string() + &good(6),
+            "{".into(),
+            "}".into(),
+            // Without its last brace: the next line "}" would complete it, were the two read
+            // together (they must not be: "}" alone is not a record to decode).
+            good(7).strip_suffix('}').unwrap().to_string(),
+            "}".into(),
+        ];
+        let separators = ["\n", "\r\n", "\n\n", "\n \t\n"];
+        // A fixed linear congruential sequence: the same cases every run.
+        let mut state: u64 = 0x5eed;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) as usize) % n
+        };
+        let schema = decoder().schema().clone();
+        let concat = |d: &Decoded| arrow::compute::concat_batches(&schema, &d.batches).unwrap();
+        for case in 0..200 {
+            let count = 1 + next(40);
+            let texts: Vec<&String> = (0..count).map(|_| &pool[next(pool.len())]).collect();
+            let mut buffer = String::new();
+            let mut spans = Vec::new();
+            for t in &texts {
+                let start = buffer.len();
+                buffer.push_str(t);
+                spans.push(start..buffer.len());
+                buffer.push_str(separators[next(separators.len())]);
+            }
+            let copies: Vec<Option<String>> = texts
+                .iter()
+                .map(|t| (next(8) == 0).then(|| (*t).clone()))
+                .collect();
+            let records: Vec<&[u8]> = spans
+                .iter()
+                .zip(&copies)
+                .map(|(span, copy)| match copy {
+                    Some(c) => c.as_bytes(),
+                    None => &buffer.as_bytes()[span.clone()],
+                })
+                .collect();
+            let copied = decoder().decode(&records);
+            let read = decoder().decode_within(&records, &[buffer.as_bytes()]);
+            assert_eq!(read.good, copied.good, "case {case}");
+            assert_eq!(read.bad, copied.bad, "case {case}");
+            assert_eq!(concat(&read), concat(&copied), "case {case}");
+        }
+    }
 }
