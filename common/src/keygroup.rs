@@ -10,7 +10,12 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 
 /// The key group of key bytes among `key_groups`.
 pub fn key_group(bytes: &[u8], key_groups: u32) -> u32 {
-    (stable_hash(bytes) % u64::from(key_groups.max(1))) as u32
+    key_group_of_hash(stable_hash(bytes), key_groups)
+}
+
+/// The key group of a stable hash among `key_groups`: the one formula every key group comes from.
+fn key_group_of_hash(hash: u64, key_groups: u32) -> u32 {
+    (hash % u64::from(key_groups.max(1))) as u32
 }
 
 /// The key group of the bytes of `parts` one after another, without joining them first.
@@ -20,7 +25,7 @@ pub fn key_group_of_parts(parts: &[&[u8]], key_groups: u32) -> u32 {
     for part in parts {
         hasher.write(part);
     }
-    (hasher.finish() % u64::from(key_groups.max(1))) as u32
+    key_group_of_hash(hasher.finish(), key_groups)
 }
 
 /// The contiguous key-group range owned by `index` of `parallelism` owners (Flink's formula).
