@@ -168,7 +168,8 @@ impl EpochRunner {
         )
         .await
         .context("restoring state from the checkpoint")?;
-        self.snapshots.start_instance(instance, &restored.inherited);
+        self.snapshots
+            .start_instance(instance, restored.inherited.as_deref());
         let old = std::mem::replace(&mut self.store_dir, dir);
         self.state = restored.store;
         remove_dir(&old)?;
@@ -209,8 +210,9 @@ impl EpochRunner {
         local.stats.shuffle_rows_received = exchanged.rows_received;
         let computed = tokio::task::block_in_place(|| self.fold_and_emit(&req, local, owned))?;
         let applying_started = Instant::now();
-        tokio::task::block_in_place(|| self.state.commit_epoch(epoch, computed.state_batch))
-            .context("applying the epoch to the state store")?;
+        let changelog =
+            tokio::task::block_in_place(|| self.state.commit_epoch(epoch, computed.state_batch))
+                .context("applying the epoch to the state store")?;
         let mut stats = computed.stats;
         // Applying the epoch's batch belongs to folding, which emitting's time includes.
         stats.emit_ms += applying_started.elapsed().as_millis() as u64;
@@ -235,6 +237,7 @@ impl EpochRunner {
                 &self.executor_id,
                 self.skip_snapshots,
                 epoch,
+                changelog,
                 range,
             )
             .await;
@@ -249,7 +252,7 @@ impl EpochRunner {
         stats.checkpoint_ms = checkpoint_time.as_millis() as u64;
         stats.checkpoint_bytes = snapshot.bytes();
         stats.checkpoint_uploaded_bytes = snapshot.uploaded_bytes;
-        // After the snapshot's flush, the epoch's writes are in SST files.
+        // Memtables until the next base's flush moves the epochs' writes into SST files.
         stats.state_memory_bytes = self.state.memory_bytes();
         stats.state_disk_bytes = self.state.disk_bytes();
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
@@ -434,8 +437,9 @@ async fn stage(
     Ok((output_adds, dead_letter_adds))
 }
 
-/// Snapshots the store after `epoch` to the checkpoint, uploading only new files; `skip`
+/// Snapshots the store after `epoch`, whose changelog is given, to the checkpoint; `skip`
 /// (benchmarks' `WEIR_UNSAFE_NO_STATE_SNAPSHOTS`) takes none.
+#[allow(clippy::too_many_arguments)]
 async fn snapshot(
     state: &StateStore,
     snapshots: &mut Snapshots,
@@ -443,6 +447,7 @@ async fn snapshot(
     executor_id: &str,
     skip: bool,
     epoch: u64,
+    changelog: Vec<u8>,
     range: (u32, u32),
 ) -> anyhow::Result<weir_common::checkpoint::StateSnapshot> {
     if skip {
@@ -453,18 +458,9 @@ async fn snapshot(
             uploaded_bytes: 0,
         });
     }
-    let dir = state_dir.join("snapshots").join(epoch.to_string());
-    remove_dir(&dir)?;
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    tokio::task::block_in_place(|| state.checkpoint(&dir))
-        .context("taking a checkpoint of the state store")?;
-    let snapshot = snapshots
-        .upload(epoch, &dir, range)
+    let scratch = state_dir.join("snapshots").join(epoch.to_string());
+    snapshots
+        .take(epoch, changelog, state, &scratch, range)
         .await
-        .context("uploading the state snapshot")?;
-    remove_dir(&dir)?;
-    Ok(snapshot)
+        .context("taking the state snapshot")
 }

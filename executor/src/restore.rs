@@ -6,16 +6,37 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use weir_common::checkpoint::{CommitRecord, StateFile};
+use weir_common::checkpoint::{CommitRecord, StateFile, StateSnapshot};
 use weir_storage::Location;
 
 use crate::snapshot::download;
 use crate::state::{remove_dir, StateStore};
 
-/// A restored store and the snapshot files it was opened from (shared with later snapshots).
+/// A restored store and the snapshot files it was opened from (shared with later snapshots);
+/// `None` when it was built from parts of snapshots, which no files describe.
 pub struct Restored {
     pub store: StateStore,
-    pub inherited: Vec<StateFile>,
+    pub inherited: Option<Vec<StateFile>>,
+}
+
+/// Opens, in `dir`, the store `snapshot` describes: its base, with its changelogs replayed.
+async fn open_snapshot(
+    location: &Location,
+    snapshot: &StateSnapshot,
+    dir: &Path,
+    key_groups: u32,
+) -> anyhow::Result<StateStore> {
+    remove_dir(dir)?;
+    let changelogs = download(location, snapshot, dir).await?;
+    tokio::task::block_in_place(|| {
+        let store = StateStore::open(dir, key_groups)?;
+        for changelog in &changelogs {
+            store
+                .replay(changelog)
+                .with_context(|| format!("replaying {}'s state changelog", snapshot.executor_id))?;
+        }
+        Ok(store)
+    })
 }
 
 /// Builds, in `dir`, the store of key groups `range` as of `decision` (an empty store before
@@ -30,7 +51,7 @@ pub async fn restore(
     let Some(record) = decision else {
         return Ok(Restored {
             store: StateStore::create_empty(dir, key_groups)?,
-            inherited: Vec::new(),
+            inherited: Some(Vec::new()),
         });
     };
     let epoch = record.epoch;
@@ -49,9 +70,7 @@ pub async fn restore(
     }
     if let [only] = sources.as_slice() {
         if only.key_groups == range {
-            remove_dir(dir)?;
-            download(location, only, dir).await?;
-            let store = tokio::task::block_in_place(|| StateStore::open(dir, key_groups))?;
+            let store = open_snapshot(location, only, dir, key_groups).await?;
             let at = store.last_epoch()?;
             if at != Some(epoch) {
                 bail!(
@@ -61,25 +80,25 @@ pub async fn restore(
             }
             return Ok(Restored {
                 store,
-                inherited: only.files.clone(),
+                inherited: Some(only.files.clone()),
             });
         }
     }
     let store = StateStore::create_empty(dir, key_groups)?;
     for (i, source) in sources.iter().enumerate() {
         let from = dir.with_extension(format!("source-{i}"));
-        remove_dir(&from)?;
-        download(location, source, &from).await?;
+        let source_store = open_snapshot(location, source, &from, key_groups).await?;
         let part = source.key_groups.0.max(range.0)..source.key_groups.1.min(range.1);
-        tokio::task::block_in_place(|| store.copy_range_from(&from, part)).with_context(|| {
-            format!("copying key groups from {}'s snapshot", source.executor_id)
-        })?;
+        tokio::task::block_in_place(|| store.copy_range_from(&source_store, part)).with_context(
+            || format!("copying key groups from {}'s snapshot", source.executor_id),
+        )?;
+        drop(source_store);
         remove_dir(&from)?;
     }
     store.set_position(Some(epoch))?;
     Ok(Restored {
         store,
-        inherited: Vec::new(),
+        inherited: None,
     })
 }
 
@@ -115,11 +134,10 @@ mod tests {
         }
         let mut batch = rocksdb::WriteBatch::default();
         store.fold(partials, &mut batch).unwrap();
-        store.commit_epoch(3, batch).unwrap();
-        store.checkpoint(&dir.join("rocks-checkpoint")).unwrap();
+        let changelog = store.commit_epoch(3, batch).unwrap();
         let mut snapshots = Snapshots::new(location.clone(), "a");
         let snapshot = snapshots
-            .upload(3, &dir.join("rocks-checkpoint"), (0, K))
+            .take(3, changelog, &store, &dir.join("scratch"), (0, K))
             .await
             .unwrap();
         let record = CommitRecord {
@@ -143,7 +161,7 @@ mod tests {
             .unwrap();
         assert_eq!(whole.store.last_epoch().unwrap(), Some(3));
         assert_eq!(distinct_values(&whole.store), 200);
-        assert_eq!(whole.inherited, record.state[0].files);
+        assert_eq!(whole.inherited.as_ref(), Some(&record.state[0].files));
 
         // Part of them (executors were added): only those entries are copied.
         let part = restore(&location, Some(&record), (2, 5), &tmp.path().join("r2"), K)
@@ -153,7 +171,7 @@ mod tests {
         assert!(expected > 0 && expected < 200);
         assert_eq!(part.store.last_epoch().unwrap(), Some(3));
         assert_eq!(distinct_values(&part.store), expected);
-        assert!(part.inherited.is_empty());
+        assert!(part.inherited.is_none());
 
         // Before any decision the store is empty; a decision without the key groups is refused.
         let empty = restore(&location, None, (0, K), &tmp.path().join("r3"), K)
@@ -173,5 +191,119 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().contains("incomplete"), "{err:#}");
+    }
+
+    /// Epoch `e`'s changes: distinct values and a group row in the windows ending at 300 and
+    /// 600, and from epoch 4 on the first window closed (a range deletion per key group).
+    fn epoch_batch(store: &StateStore, e: u64) -> rocksdb::WriteBatch {
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut partials = Partials::default();
+        for end in [300, 600] {
+            let w = Window {
+                start: end - 300,
+                end,
+            };
+            if e >= 4 && end == 300 {
+                continue;
+            }
+            for i in 0..400 * (e as u32 + 1) {
+                partials.distinct.push(distinct_entry(
+                    w,
+                    1,
+                    b"g",
+                    &(i * 7 + e as u32).to_be_bytes(),
+                    K,
+                ));
+            }
+            partials.groups.insert(
+                (w, b"g".to_vec()),
+                vec![weir_common::aggregate::Partial::Count(e as i64 + 1)],
+            );
+        }
+        if e == 4 {
+            store.take_closed(0..K, 300, 1, &mut batch).unwrap();
+        }
+        store.fold(partials, &mut batch).unwrap();
+        batch
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_snapshot_base_or_changelog_restores_the_store_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(tmp.path().join("checkpoint")).unwrap();
+        let location = weir_storage::open(url.as_str(), &BTreeMap::new()).unwrap();
+        let store = StateStore::create_empty(&tmp.path().join("live"), K).unwrap();
+        let mut snapshots = Snapshots::new(location.clone(), "a");
+        // Changelogs may grow to the base's size: some epochs upload a base, most not.
+        snapshots.set_min_changelog_bytes(0);
+        let mut bases = 0;
+        for e in 0..8u64 {
+            let batch = epoch_batch(&store, e);
+            let changelog = store.commit_epoch(e, batch).unwrap();
+            let snapshot = snapshots
+                .take(e, changelog, &store, &tmp.path().join("scratch"), (0, K))
+                .await
+                .unwrap();
+            let changelogs = snapshot
+                .files
+                .iter()
+                .filter(|f| f.name.starts_with("changelog-"))
+                .count();
+            if changelogs == 0 {
+                bases += 1;
+            }
+            let record = CommitRecord {
+                epoch: e,
+                state: vec![snapshot],
+                ..Default::default()
+            };
+            let dir = tmp.path().join(format!("restored-{e}"));
+            let restored = restore(&location, Some(&record), (0, K), &dir, K)
+                .await
+                .unwrap();
+            assert_eq!(restored.store.entries(), store.entries(), "epoch {e}");
+            // A store built from part of the snapshot holds those key groups as they were,
+            // and its first snapshot is a base (no changelog describes what was copied).
+            let dir = tmp.path().join(format!("part-{e}"));
+            let part = restore(&location, Some(&record), (2, 6), &dir, K)
+                .await
+                .unwrap();
+            let (lower, upper) = (keys_lower(2), keys_lower(6));
+            let expected: Vec<_> = store
+                .entries()
+                .into_iter()
+                .filter(|(k, _)| k[..] >= lower[..] && k[..] < upper[..])
+                .collect();
+            let held: Vec<_> = part
+                .store
+                .entries()
+                .into_iter()
+                .filter(|(k, _)| k[..] < keys_lower(K)[..])
+                .collect();
+            assert_eq!(held, expected, "epoch {e}, key groups 2..6");
+            let mut from_part = Snapshots::new(location.clone(), "b");
+            from_part.start_instance(crate::snapshot::new_instance_id(), None);
+            from_part.set_min_changelog_bytes(u64::MAX);
+            let batch = rocksdb::WriteBatch::default();
+            let changelog = part.store.commit_epoch(e + 1, batch).unwrap();
+            let next = from_part
+                .take(
+                    e + 1,
+                    changelog,
+                    &part.store,
+                    &tmp.path().join("scratch-b"),
+                    (2, 6),
+                )
+                .await
+                .unwrap();
+            assert!(next.files.iter().all(|f| !f.name.starts_with("changelog-")));
+            assert!(next.files.iter().any(|f| f.name.ends_with(".sst")));
+        }
+        // The sizes chosen make both kinds: bases, and snapshots with changelogs.
+        assert!(bases >= 2 && bases < 8, "{bases} bases in 8 epochs");
+    }
+
+    fn keys_lower(kg: u32) -> Vec<u8> {
+        crate::state_keys::kg_lower(kg)
     }
 }

@@ -1,19 +1,27 @@
-//! State snapshots on the checkpoint store (DESIGN.md §5): a RocksDB checkpoint of the store
-//! is uploaded after every epoch, but only files the store has not uploaded before; SST files
-//! never change once written, so later snapshots reference the ones already there.
+//! State snapshots on the checkpoint store (DESIGN.md §5), incremental twice over. Most epochs
+//! upload only their changelog: the write batch they applied to the store. Now and then, when
+//! the changelogs since the last base outgrow it (or 16 MiB), the epoch uploads a new base
+//! instead: a RocksDB checkpoint of the store, of which only SST files not uploaded before are
+//! copied (SSTs never change once written, so bases share them). A snapshot is the last base and
+//! the changelogs after it; restoring opens the base and replays them in epoch order. The store
+//! thus flushes and compacts only when a base is taken, not after every epoch, and a restore
+//! replays at most as much as the base holds (or 16 MiB).
 //!
 //! Layout under the checkpoint: `state/<executor>/<instance>/<sst>` for shared immutable
-//! files and `state/<executor>/<instance>/<epoch>/<file>` for the small files RocksDB rewrites
-//! (MANIFEST, CURRENT, OPTIONS). An instance is one life of a local store: a restored store
-//! starts a new one, so an abandoned run can never overwrite a file a decision references.
+//! files, `state/<executor>/<instance>/<epoch>/<file>` for the small files RocksDB rewrites
+//! (MANIFEST, CURRENT, OPTIONS) and `state/<executor>/<instance>/changelog/<epoch>` for
+//! changelogs. An instance is one life of a local store: a restored store starts a new one, so
+//! an abandoned run can never overwrite a file a decision references.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use weir_common::checkpoint::{StateFile, StateSnapshot};
 use weir_storage::Location;
+
+use crate::state::{remove_dir, StateError, StateStore};
 
 /// Files uploaded or downloaded at the same time.
 const CONCURRENCY: usize = 8;
@@ -30,6 +38,8 @@ pub enum SnapshotError {
         location: String,
         source: object_store::Error,
     },
+    #[error("taking a checkpoint of the state store: {0}")]
+    Checkpoint(#[from] StateError),
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> SnapshotError {
@@ -39,9 +49,23 @@ fn io_error(path: &Path, source: std::io::Error) -> SnapshotError {
     }
 }
 
-/// Whether RocksDB may change a file after writing it (then it is uploaded with every snapshot).
+/// Changelogs since the last base may grow to the base's size, and to this much at least.
+pub const MIN_CHANGELOG_BYTES: u64 = 16 << 20;
+
+/// Snapshot files whose name starts so are changelogs, not RocksDB files.
+const CHANGELOG_PREFIX: &str = "changelog-";
+
+fn is_changelog(name: &str) -> bool {
+    name.starts_with(CHANGELOG_PREFIX)
+}
+
+/// Whether a file never changes once written (then later snapshots share it).
 fn immutable(name: &str) -> bool {
-    name.ends_with(".sst") || name.ends_with(".blob")
+    name.ends_with(".sst") || name.ends_with(".blob") || is_changelog(name)
+}
+
+fn total_bytes(files: &[StateFile]) -> u64 {
+    files.iter().map(|f| f.bytes).sum()
 }
 
 /// Uploads the snapshots of one executor's store.
@@ -49,8 +73,17 @@ pub struct Snapshots {
     location: Location,
     executor_id: String,
     instance: String,
-    /// Immutable files already in the store, by their local name.
+    /// Immutable files of the last base already in the store, by their local name.
     uploaded: HashMap<String, StateFile>,
+    /// The last base's files.
+    base: Vec<StateFile>,
+    /// The changelogs of the epochs after the last base, in epoch order.
+    changelogs: Vec<StateFile>,
+    /// The store holds what no base and changelogs describe (key groups copied in): the next
+    /// snapshot must be a base.
+    needs_base: bool,
+    /// `MIN_CHANGELOG_BYTES` (tests lower it).
+    min_changelog_bytes: u64,
 }
 
 impl Snapshots {
@@ -60,7 +93,16 @@ impl Snapshots {
             executor_id: executor_id.to_string(),
             instance: new_instance_id(),
             uploaded: HashMap::new(),
+            base: Vec::new(),
+            changelogs: Vec::new(),
+            needs_base: false,
+            min_changelog_bytes: MIN_CHANGELOG_BYTES,
         }
+    }
+
+    #[cfg(test)]
+    pub fn set_min_changelog_bytes(&mut self, bytes: u64) {
+        self.min_changelog_bytes = bytes;
     }
 
     /// The current local store's instance id.
@@ -69,18 +111,100 @@ impl Snapshots {
     }
 
     /// A new local store begins: it shares nothing with earlier uploads but `inherited`, the
-    /// files of the snapshot it was opened from.
-    pub fn start_instance(&mut self, instance: String, inherited: &[StateFile]) {
+    /// files of the snapshot it was opened from (its base and changelogs); `None` when it was
+    /// built otherwise (from parts of other snapshots), so that its first snapshot is a base.
+    pub fn start_instance(&mut self, instance: String, inherited: Option<&[StateFile]>) {
         self.instance = instance;
-        self.uploaded = inherited
+        self.needs_base = inherited.is_none();
+        let (changelogs, base): (Vec<StateFile>, Vec<StateFile>) = inherited
+            .unwrap_or_default()
+            .iter()
+            .cloned()
+            .partition(|f| is_changelog(&f.name));
+        self.uploaded = base
             .iter()
             .filter(|f| immutable(&f.name))
             .map(|f| (f.name.clone(), f.clone()))
             .collect();
+        self.base = base;
+        self.changelogs = changelogs;
     }
 
-    /// Uploads the RocksDB checkpoint in `dir` taken after `epoch` and describes it.
-    pub async fn upload(
+    /// Snapshots `store` after `epoch`, whose changelog (the batch it applied) is given: by
+    /// uploading the changelog, or a new base when the changelogs would outgrow the last one.
+    /// A base is a RocksDB checkpoint taken into `scratch` (removed afterwards).
+    pub async fn take(
+        &mut self,
+        epoch: u64,
+        changelog: Vec<u8>,
+        store: &StateStore,
+        scratch: &Path,
+        key_groups: (u32, u32),
+    ) -> Result<StateSnapshot, SnapshotError> {
+        if !self.wants_base(changelog.len() as u64) {
+            return self.upload_changelog(epoch, changelog, key_groups).await;
+        }
+        remove_dir(scratch)?;
+        if let Some(parent) = scratch.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        tokio::task::block_in_place(|| store.checkpoint(scratch))?;
+        let snapshot = self.upload_base(epoch, scratch, key_groups).await?;
+        remove_dir(scratch)?;
+        Ok(snapshot)
+    }
+
+    /// Whether the snapshot after an epoch whose changelog has `changelog_bytes` should be a
+    /// new base: when the changelogs would outgrow the base (and the minimum).
+    fn wants_base(&self, changelog_bytes: u64) -> bool {
+        if self.needs_base {
+            return true;
+        }
+        let logged = total_bytes(&self.changelogs) + changelog_bytes;
+        logged > total_bytes(&self.base).max(self.min_changelog_bytes)
+    }
+
+    fn base_path(&self) -> String {
+        format!("state/{}/{}", self.executor_id, self.instance)
+    }
+
+    fn snapshot(&self, key_groups: (u32, u32), uploaded_bytes: u64) -> StateSnapshot {
+        let mut files = self.base.clone();
+        files.extend(self.changelogs.iter().cloned());
+        StateSnapshot {
+            executor_id: self.executor_id.clone(),
+            key_groups,
+            files,
+            uploaded_bytes,
+        }
+    }
+
+    /// Uploads the changelog of `epoch` and describes the snapshot it completes.
+    async fn upload_changelog(
+        &mut self,
+        epoch: u64,
+        changelog: Vec<u8>,
+        key_groups: (u32, u32),
+    ) -> Result<StateSnapshot, SnapshotError> {
+        // Zero-padded so that names sort in epoch order.
+        let name = format!("{CHANGELOG_PREFIX}{epoch:020}");
+        let path = format!("{}/changelog/{epoch:020}", self.base_path());
+        let bytes = changelog.len() as u64;
+        self.location
+            .store
+            .put(&self.location.path(&path), PutPayload::from(changelog))
+            .await
+            .map_err(|source| SnapshotError::Store {
+                location: self.location.display(&path),
+                source,
+            })?;
+        self.changelogs.push(StateFile { name, path, bytes });
+        Ok(self.snapshot(key_groups, bytes))
+    }
+
+    /// Uploads the RocksDB checkpoint in `dir` taken after `epoch` as the new base (the
+    /// changelogs before it are no longer needed) and describes the snapshot.
+    async fn upload_base(
         &mut self,
         epoch: u64,
         dir: &Path,
@@ -94,7 +218,7 @@ impl Snapshots {
             }
         }
         names.sort();
-        let base = format!("state/{}/{}", self.executor_id, self.instance);
+        let base = self.base_path();
         let mut files = Vec::with_capacity(names.len());
         let mut to_upload = Vec::new();
         for name in names {
@@ -137,7 +261,7 @@ impl Snapshots {
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
-        let uploaded_bytes = uploaded.iter().map(|f| f.bytes).sum();
+        let uploaded_bytes = total_bytes(&uploaded);
         for f in uploaded {
             if immutable(&f.name) {
                 self.uploaded.insert(f.name.clone(), f.clone());
@@ -148,12 +272,10 @@ impl Snapshots {
         // Files RocksDB has deleted locally will not be referenced again by this instance.
         self.uploaded
             .retain(|name, _| files.iter().any(|f| f.name == *name));
-        Ok(StateSnapshot {
-            executor_id: self.executor_id.clone(),
-            key_groups,
-            files,
-            uploaded_bytes,
-        })
+        self.base = files;
+        self.changelogs.clear();
+        self.needs_base = false;
+        Ok(self.snapshot(key_groups, uploaded_bytes))
     }
 }
 
@@ -162,44 +284,58 @@ pub fn new_instance_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Downloads the files of `snapshot` into `dir` (created), ready to be opened as a store.
+/// Downloads the base of `snapshot` into `dir` (created), ready to be opened as a store, and
+/// answers its changelogs in epoch order, to be replayed onto it.
 pub async fn download(
     location: &Location,
     snapshot: &StateSnapshot,
     dir: &Path,
-) -> Result<PathBuf, SnapshotError> {
+) -> Result<Vec<bytes::Bytes>, SnapshotError> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|source| SnapshotError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-    futures::stream::iter(snapshot.files.clone())
-        .map(|f| {
-            let location = location.clone();
-            let local = dir.join(&f.name);
-            async move {
-                let store_err = |source| SnapshotError::Store {
-                    location: location.display(&f.path),
-                    source,
-                };
-                let bytes = location
-                    .store
-                    .get(&location.path(&f.path))
-                    .await
-                    .map_err(store_err)?
-                    .bytes()
-                    .await
-                    .map_err(store_err)?;
-                tokio::fs::write(&local, bytes)
-                    .await
-                    .map_err(|source| io_error(&local, source))
-            }
-        })
+    let fetch = |f: &StateFile| {
+        let location = location.clone();
+        let f = f.clone();
+        async move {
+            let store_err = |source| SnapshotError::Store {
+                location: location.display(&f.path),
+                source,
+            };
+            let bytes = location
+                .store
+                .get(&location.path(&f.path))
+                .await
+                .map_err(store_err)?
+                .bytes()
+                .await
+                .map_err(store_err)?;
+            Ok::<_, SnapshotError>((f, bytes))
+        }
+    };
+    let (mut changelogs, base): (Vec<&StateFile>, Vec<&StateFile>) =
+        snapshot.files.iter().partition(|f| is_changelog(&f.name));
+    futures::stream::iter(base)
+        .map(fetch)
         .buffer_unordered(CONCURRENCY)
+        .and_then(|(f, bytes)| async move {
+            let local = dir.join(&f.name);
+            tokio::fs::write(&local, bytes)
+                .await
+                .map_err(|source| io_error(&local, source))
+        })
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(dir.to_path_buf())
+    changelogs.sort_by(|a, b| a.name.cmp(&b.name));
+    futures::stream::iter(changelogs)
+        .map(fetch)
+        .buffered(CONCURRENCY)
+        .map_ok(|(_, bytes)| bytes)
+        .try_collect()
+        .await
 }
 
 #[cfg(test)]
@@ -217,13 +353,19 @@ mod tests {
         let write = |name: &str, body: &str| std::fs::write(local.path().join(name), body).unwrap();
         write("000010.sst", "aaaa");
         write("MANIFEST-000001", "m1");
-        let first = snapshots.upload(0, local.path(), (0, 8)).await.unwrap();
+        let first = snapshots
+            .upload_base(0, local.path(), (0, 8))
+            .await
+            .unwrap();
         assert_eq!(first.uploaded_bytes, 6);
         // The SST stays, one is added, the manifest changes: only the new SST and the
         // manifest are uploaded, and the old SST is shared.
         write("000011.sst", "bbbbbbbb");
         write("MANIFEST-000001", "m2");
-        let second = snapshots.upload(1, local.path(), (0, 8)).await.unwrap();
+        let second = snapshots
+            .upload_base(1, local.path(), (0, 8))
+            .await
+            .unwrap();
         assert_eq!(second.uploaded_bytes, 10);
         assert_eq!(second.bytes(), 14);
         let shared = |s: &StateSnapshot| {
@@ -249,14 +391,18 @@ mod tests {
         assert_ne!(manifests[0], manifests[1]);
         // Downloading the second snapshot gives back the files as they were.
         let restored = tempfile::tempdir().unwrap();
-        download(&location, &second, restored.path()).await.unwrap();
+        let changelogs = download(&location, &second, restored.path()).await.unwrap();
+        assert!(changelogs.is_empty());
         let read = |name: &str| std::fs::read_to_string(restored.path().join(name)).unwrap();
         assert_eq!(read("000010.sst"), "aaaa");
         assert_eq!(read("000011.sst"), "bbbbbbbb");
         assert_eq!(read("MANIFEST-000001"), "m2");
         // A new instance shares only what it inherited.
-        snapshots.start_instance(new_instance_id(), &[]);
-        let third = snapshots.upload(2, local.path(), (0, 8)).await.unwrap();
+        snapshots.start_instance(new_instance_id(), Some(&[]));
+        let third = snapshots
+            .upload_base(2, local.path(), (0, 8))
+            .await
+            .unwrap();
         assert_eq!(third.uploaded_bytes, 14);
     }
 }

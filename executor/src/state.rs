@@ -99,6 +99,9 @@ pub struct StateStore {
 
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
 
+/// A RocksDB write batch starts with its sequence number (8 bytes) and record count (4).
+const WRITE_BATCH_HEADER: usize = 12;
+
 fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -150,26 +153,39 @@ impl StateStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Copies the entries of key groups `range` from the store at `source` into this one.
-    pub fn copy_range_from(&self, source: &Path, range: Range<u32>) -> Result<(), StateError> {
-        let from = DB::open_for_read_only(&Options::default(), source, false).map_err(|e| {
-            StateError::Db {
-                path: source.display().to_string(),
-                source: e,
-            }
-        })?;
+    /// Copies the entries of key groups `range` from `source` into this store.
+    pub fn copy_range_from(
+        &self,
+        source: &StateStore,
+        range: Range<u32>,
+    ) -> Result<(), StateError> {
         let lower = keys::kg_lower(range.start);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::kg_lower(range.end));
         let mut batch = WriteBatch::default();
-        for item in from.iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro) {
-            let (key, value) = item.map_err(|e| self.err(e))?;
+        for item in source
+            .db
+            .iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro)
+        {
+            let (key, value) = item.map_err(|e| source.err(e))?;
             batch.put(&key, &value);
             if batch.len() >= 10_000 {
                 self.write(std::mem::take(&mut batch))?;
             }
         }
         self.write(batch)
+    }
+
+    /// Applies an epoch's changelog (as `commit_epoch` answered it) to the store.
+    pub fn replay(&self, changelog: &[u8]) -> Result<(), StateError> {
+        // RocksDB reads the batch's own header, which holds its record count.
+        if changelog.len() < WRITE_BATCH_HEADER {
+            return Err(StateError::Corrupt(format!(
+                "a changelog of {} bytes is shorter than its header",
+                changelog.len()
+            )));
+        }
+        self.write(WriteBatch::from_data(changelog))
     }
 
     /// Records which epoch the store holds (after a restore).
@@ -306,10 +322,22 @@ impl StateStore {
         Ok(closed)
     }
 
-    /// Applies an epoch's batch together with its marker.
-    pub fn commit_epoch(&self, epoch: u64, mut batch: WriteBatch) -> Result<(), StateError> {
+    /// Applies an epoch's batch together with its marker, and answers the batch as bytes: the
+    /// epoch's changelog, which `replay` applies to a store restored from the epoch before.
+    pub fn commit_epoch(&self, epoch: u64, mut batch: WriteBatch) -> Result<Vec<u8>, StateError> {
         batch.put(LAST_EPOCH_KEY, epoch.to_be_bytes());
-        self.write(batch)
+        let changelog = batch.data().to_vec();
+        self.write(batch)?;
+        Ok(changelog)
+    }
+
+    /// Every entry, in key order.
+    #[cfg(test)]
+    pub fn entries(&self) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+        self.db
+            .iterator(IteratorMode::Start)
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     fn property(&self, name: &str) -> u64 {
