@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use weir_common::checkpoint::{CommitRecord, StateFile, StateSnapshot};
+use weir_common::checkpoint::{CommitRecord, StateFile};
 use weir_storage::Location;
 
-use crate::snapshot::download;
+use crate::snapshot;
 use crate::state::{remove_dir, StateStore};
 
 /// A restored store and the snapshot files it was opened from (shared with later snapshots);
@@ -17,26 +17,6 @@ use crate::state::{remove_dir, StateStore};
 pub struct Restored {
     pub store: StateStore,
     pub inherited: Option<Vec<StateFile>>,
-}
-
-/// Opens, in `dir`, the store `snapshot` describes: its base, with its changelogs replayed.
-async fn open_snapshot(
-    location: &Location,
-    snapshot: &StateSnapshot,
-    dir: &Path,
-    key_groups: u32,
-) -> anyhow::Result<StateStore> {
-    remove_dir(dir)?;
-    let changelogs = download(location, snapshot, dir).await?;
-    tokio::task::block_in_place(|| {
-        let store = StateStore::open(dir, key_groups)?;
-        for changelog in &changelogs {
-            store
-                .replay(changelog)
-                .with_context(|| format!("replaying {}'s state changelog", snapshot.executor_id))?;
-        }
-        Ok(store)
-    })
 }
 
 /// Builds, in `dir`, the store of key groups `range` as of `decision` (an empty store before
@@ -70,7 +50,9 @@ pub async fn restore(
     }
     if let [only] = sources.as_slice() {
         if only.key_groups == range {
-            let store = open_snapshot(location, only, dir, key_groups).await?;
+            let store = snapshot::open(location, only, dir, key_groups)
+                .await
+                .with_context(|| format!("restoring {}'s state snapshot", only.executor_id))?;
             let at = store.last_epoch()?;
             if at != Some(epoch) {
                 bail!(
@@ -87,7 +69,9 @@ pub async fn restore(
     let store = StateStore::create_empty(dir, key_groups)?;
     for (i, source) in sources.iter().enumerate() {
         let from = dir.with_extension(format!("source-{i}"));
-        let source_store = open_snapshot(location, source, &from, key_groups).await?;
+        let source_store = snapshot::open(location, source, &from, key_groups)
+            .await
+            .with_context(|| format!("restoring {}'s state snapshot", source.executor_id))?;
         let part = source.key_groups.0.max(range.0)..source.key_groups.1.min(range.1);
         tokio::task::block_in_place(|| store.copy_range_from(&source_store, part)).with_context(
             || format!("copying key groups from {}'s snapshot", source.executor_id),
@@ -300,7 +284,7 @@ mod tests {
             assert!(next.files.iter().any(|f| f.name.ends_with(".sst")));
         }
         // The sizes chosen make both kinds: bases, and snapshots with changelogs.
-        assert!(bases >= 2 && bases < 8, "{bases} bases in 8 epochs");
+        assert!((2..8).contains(&bases), "{bases} bases in 8 epochs");
     }
 
     fn keys_lower(kg: u32) -> Vec<u8> {

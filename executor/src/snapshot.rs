@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use weir_common::checkpoint::{StateFile, StateSnapshot};
@@ -38,8 +39,8 @@ pub enum SnapshotError {
         location: String,
         source: object_store::Error,
     },
-    #[error("taking a checkpoint of the state store: {0}")]
-    Checkpoint(#[from] StateError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> SnapshotError {
@@ -284,42 +285,41 @@ pub fn new_instance_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Downloads the base of `snapshot` into `dir` (created), ready to be opened as a store, and
-/// answers its changelogs in epoch order, to be replayed onto it.
-pub async fn download(
+/// Reads one snapshot file from the checkpoint store.
+async fn fetch(location: Location, f: StateFile) -> Result<(StateFile, Bytes), SnapshotError> {
+    let store_err = |source| SnapshotError::Store {
+        location: location.display(&f.path),
+        source,
+    };
+    let bytes = location
+        .store
+        .get(&location.path(&f.path))
+        .await
+        .map_err(store_err)?
+        .bytes()
+        .await
+        .map_err(store_err)?;
+    Ok((f, bytes))
+}
+
+/// Downloads the base of `snapshot` (its RocksDB files) into `dir` (created).
+async fn download_base(
     location: &Location,
     snapshot: &StateSnapshot,
     dir: &Path,
-) -> Result<Vec<bytes::Bytes>, SnapshotError> {
+) -> Result<(), SnapshotError> {
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|source| SnapshotError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    let fetch = |f: &StateFile| {
-        let location = location.clone();
-        let f = f.clone();
-        async move {
-            let store_err = |source| SnapshotError::Store {
-                location: location.display(&f.path),
-                source,
-            };
-            let bytes = location
-                .store
-                .get(&location.path(&f.path))
-                .await
-                .map_err(store_err)?
-                .bytes()
-                .await
-                .map_err(store_err)?;
-            Ok::<_, SnapshotError>((f, bytes))
-        }
-    };
-    let (mut changelogs, base): (Vec<&StateFile>, Vec<&StateFile>) =
-        snapshot.files.iter().partition(|f| is_changelog(&f.name));
+        .map_err(|e| io_error(dir, e))?;
+    // Owned files in the stream: borrowed ones make its futures not `Send`.
+    let base: Vec<StateFile> = snapshot
+        .files
+        .iter()
+        .filter(|f| !is_changelog(&f.name))
+        .cloned()
+        .collect();
     futures::stream::iter(base)
-        .map(fetch)
+        .map(|f| fetch(location.clone(), f))
         .buffer_unordered(CONCURRENCY)
         .and_then(|(f, bytes)| async move {
             let local = dir.join(&f.name);
@@ -329,13 +329,34 @@ pub async fn download(
         })
         .try_collect::<Vec<()>>()
         .await?;
+    Ok(())
+}
+
+/// Opens, in `dir` (emptied first), the store `snapshot` describes: its base downloaded, then
+/// its changelogs replayed in epoch order as they arrive (a few in memory at a time).
+pub async fn open(
+    location: &Location,
+    snapshot: &StateSnapshot,
+    dir: &Path,
+    key_groups: u32,
+) -> Result<StateStore, SnapshotError> {
+    remove_dir(dir)?;
+    download_base(location, snapshot, dir).await?;
+    let store = tokio::task::block_in_place(|| StateStore::open(dir, key_groups))?;
+    let mut changelogs: Vec<StateFile> = snapshot
+        .files
+        .iter()
+        .filter(|f| is_changelog(&f.name))
+        .cloned()
+        .collect();
     changelogs.sort_by(|a, b| a.name.cmp(&b.name));
-    futures::stream::iter(changelogs)
-        .map(fetch)
-        .buffered(CONCURRENCY)
-        .map_ok(|(_, bytes)| bytes)
-        .try_collect()
-        .await
+    let mut arriving = futures::stream::iter(changelogs)
+        .map(|f| fetch(location.clone(), f))
+        .buffered(CONCURRENCY);
+    while let Some((_, changelog)) = arriving.try_next().await? {
+        tokio::task::block_in_place(|| store.replay(&changelog))?;
+    }
+    Ok(store)
 }
 
 #[cfg(test)]
@@ -391,8 +412,9 @@ mod tests {
         assert_ne!(manifests[0], manifests[1]);
         // Downloading the second snapshot gives back the files as they were.
         let restored = tempfile::tempdir().unwrap();
-        let changelogs = download(&location, &second, restored.path()).await.unwrap();
-        assert!(changelogs.is_empty());
+        download_base(&location, &second, restored.path())
+            .await
+            .unwrap();
         let read = |name: &str| std::fs::read_to_string(restored.path().join(name)).unwrap();
         assert_eq!(read("000010.sst"), "aaaa");
         assert_eq!(read("000011.sst"), "bbbbbbbb");

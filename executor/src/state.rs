@@ -331,11 +331,12 @@ impl StateStore {
         Ok(changelog)
     }
 
-    /// Every entry, in key order.
+    /// Every entry (key, value), in key order.
     #[cfg(test)]
-    pub fn entries(&self) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+    pub fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.db
             .iterator(IteratorMode::Start)
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()
             .unwrap()
     }
