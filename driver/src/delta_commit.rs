@@ -21,6 +21,11 @@ pub struct DeltaCommitter {
     url: String,
     app_id: String,
     partition_by: Vec<String>,
+    /// The epoch this committer last put in the table, while nothing has failed since: a later
+    /// epoch cannot be there yet, so its commit skips reading the log to look. (Another writer
+    /// of the same job, were there one, makes the commit fail with a concurrent-transaction
+    /// conflict; the retry looks again.)
+    committed_through: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +124,7 @@ impl DeltaCommitter {
             url: url.to_string(),
             app_id: app_id.to_string(),
             partition_by: partition_by.to_vec(),
+            committed_through: None,
         })
     }
 
@@ -150,7 +156,9 @@ impl DeltaCommitter {
         if adds.is_empty() {
             return Ok(None);
         }
-        if self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
+        // Cleared until this commit succeeds: after a failure the next attempt looks.
+        let known_earlier = self.committed_through.take().is_some_and(|e| e < epoch);
+        if !known_earlier && self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
             tracing::info!(epoch, table = %self.url, "epoch already in the table");
             return Ok(None);
         }
@@ -176,7 +184,10 @@ impl DeltaCommitter {
             .await
             .map_err(|e| self.err(e))?;
         let version = finalized.version();
-        self.table.update_state().await.map_err(|e| self.err(e))?;
+        // The commit's own view of the table after it, as deltalake's operations keep it: no
+        // second read of the log.
+        self.table.state = Some(finalized.snapshot());
+        self.committed_through = Some(epoch);
         Ok(Some(version))
     }
 
@@ -228,5 +239,52 @@ impl DeltaCommitter {
             tracing::info!(table = %self.url, files = deleted, "deleted files staged by failed runs");
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    fn add(name: &str) -> Vec<String> {
+        vec![format!(
+            r#"{{"path":"{name}.parquet","partitionValues":{{}},"size":1,"modificationTime":0,"dataChange":true}}"#
+        )]
+    }
+
+    async fn open(url: &str) -> DeltaCommitter {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        DeltaCommitter::open_or_create(url, &BTreeMap::new(), "t", &schema, &[], "job")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_epoch_reaches_the_table_once_whoever_commits_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path())
+            .unwrap()
+            .to_string();
+        let mut first = open(&url).await;
+        assert!(first.commit(0, &add("a")).await.unwrap().is_some());
+        assert!(first.commit(1, &add("b")).await.unwrap().is_some());
+        assert_eq!(first.committed_epoch().await.unwrap(), Some(1));
+
+        // A restarted driver commits the last decision again: a no-op.
+        let mut second = open(&url).await;
+        assert_eq!(second.commit(1, &add("b")).await.unwrap(), None);
+        // It goes on with epoch 2 while the first, which has not failed, still believes the
+        // table ends at its epoch 1: the first's commit of epoch 2 must not add it again.
+        let version = second.commit(2, &add("c")).await.unwrap();
+        assert!(version.is_some());
+        let err = first.commit(2, &add("c")).await.unwrap_err();
+        assert!(err.to_string().contains("Concurrent transaction"), "{err}");
+        // Its retry looks at the log and finds the epoch there.
+        assert_eq!(first.commit(2, &add("c")).await.unwrap(), None);
+        let mut third = open(&url).await;
+        assert_eq!(third.committed_epoch().await.unwrap(), Some(2));
+        assert_eq!(third.table.snapshot().unwrap().log_data().num_files(), 3);
     }
 }
