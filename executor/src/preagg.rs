@@ -4,12 +4,9 @@
 //! A row of a group and a distinct value already seen allocates nothing: group keys are
 //! encoded into a reused buffer and interned, distinct values are looked up by borrowed bytes.
 
-use std::hash::{Hash, Hasher};
-
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
-use hashbrown::Equivalent;
 use weir_common::aggregate::{AggKind, Partial};
 use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
@@ -63,49 +60,12 @@ impl GroupKeys {
     }
 }
 
-/// A distinct value of an epoch: (window, aggregate index, group, value bytes).
-#[derive(PartialEq, Eq)]
-struct DistinctValue {
-    window: Window,
-    agg: u8,
-    group: u32,
-    value: Box<[u8]>,
-}
-
-/// A row's distinct value, borrowed from its column; hashes as the owned one does.
-struct DistinctRef<'a> {
-    window: Window,
-    agg: u8,
-    group: u32,
-    value: &'a [u8],
-}
-
-impl Hash for DistinctValue {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_distinct(self.window, self.agg, self.group, &self.value, state);
-    }
-}
-
-impl Hash for DistinctRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_distinct(self.window, self.agg, self.group, self.value, state);
-    }
-}
-
-fn hash_distinct<H: Hasher>(window: Window, agg: u8, group: u32, value: &[u8], state: &mut H) {
-    window.hash(state);
-    agg.hash(state);
-    group.hash(state);
-    value.hash(state);
-}
-
-impl Equivalent<DistinctValue> for DistinctRef<'_> {
-    fn equivalent(&self, key: &DistinctValue) -> bool {
-        self.window == key.window
-            && self.agg == key.agg
-            && self.group == key.group
-            && self.value == &*key.value
-    }
+/// The epoch's state of one (window, group): its aggregates' partials, and the exact-distinct
+/// values of each `count(distinct)` aggregate (empty for the others), hashed by their bytes
+/// alone since the set already belongs to one (window, group, aggregate).
+struct GroupState {
+    partials: Vec<Partial>,
+    distinct: Vec<hashbrown::HashSet<Box<[u8]>, RandomState>>,
 }
 
 /// One epoch's partial aggregates.
@@ -115,8 +75,7 @@ pub struct PreAggregation<'a> {
     /// Rows whose event time is past this bound are rejected (too far in the future).
     max_event_time: i64,
     group_keys: GroupKeys,
-    groups: FastMap<(Window, u32), Vec<Partial>>,
-    distinct: hashbrown::HashSet<DistinctValue, RandomState>,
+    groups: FastMap<(Window, u32), GroupState>,
     pub times: EventTimes,
     pub late_rows: u64,
 }
@@ -129,7 +88,6 @@ impl<'a> PreAggregation<'a> {
             max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
             group_keys: GroupKeys::default(),
             groups: FastMap::default(),
-            distinct: hashbrown::HashSet::default(),
             times: EventTimes::default(),
             late_rows: 0,
         }
@@ -213,28 +171,20 @@ impl<'a> PreAggregation<'a> {
     /// Folds one row's aggregate inputs into (window, group).
     fn add_row(&mut self, window: Window, group: u32, values: &[Scalar<'_>]) {
         let aggregates = &self.job.aggregates;
-        let partials = self
+        let state = self
             .groups
             .entry((window, group))
-            .or_insert_with(|| aggregates.iter().map(|a| a.new_partial()).collect());
+            .or_insert_with(|| GroupState {
+                partials: aggregates.iter().map(|a| a.new_partial()).collect(),
+                distinct: aggregates.iter().map(|_| Default::default()).collect(),
+            });
         for (i, (agg, value)) in aggregates.iter().zip(values).enumerate() {
             if agg.kind != AggKind::CountDistinct {
-                partials[i].update(agg.kind, *value);
+                state.partials[i].update(agg.kind, *value);
             } else if !value.is_null() {
-                let agg = i as u8;
+                let set = &mut state.distinct[i];
                 value.with_bytes(|bytes| {
-                    let probe = DistinctRef {
-                        window,
-                        agg,
-                        group,
-                        value: bytes,
-                    };
-                    self.distinct.get_or_insert_with(&probe, |p| DistinctValue {
-                        window: p.window,
-                        agg: p.agg,
-                        group: p.group,
-                        value: p.value.into(),
-                    });
+                    set.get_or_insert_with(bytes, |b| b.into());
                 });
             }
         }
@@ -253,18 +203,15 @@ impl<'a> PreAggregation<'a> {
     /// Hands the epoch's partials to the owners of their key groups.
     pub fn route(self, out: &mut ByOwner<'_>) {
         let keys = self.group_keys.keys;
-        for ((window, group), partials) in self.groups {
-            out.add_group((window, keys[group as usize].clone()), partials);
-        }
-        for d in self.distinct {
-            let entry = distinct_entry(
-                d.window,
-                d.agg,
-                &keys[d.group as usize],
-                &d.value,
-                out.key_groups(),
-            );
-            out.add_distinct(entry);
+        let key_groups = out.key_groups();
+        for ((window, group), state) in self.groups {
+            let key = &keys[group as usize];
+            for (agg, values) in state.distinct.iter().enumerate() {
+                for value in values {
+                    out.add_distinct(distinct_entry(window, agg as u8, key, value, key_groups));
+                }
+            }
+            out.add_group((window, key.clone()), state.partials);
         }
     }
 
