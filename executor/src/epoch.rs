@@ -252,7 +252,7 @@ impl EpochRunner {
         stats.checkpoint_ms = checkpoint_time.as_millis() as u64;
         stats.checkpoint_bytes = snapshot.bytes();
         stats.checkpoint_uploaded_bytes = snapshot.uploaded_bytes;
-        // Memtables until the next base's flush moves the epochs' writes into SST files.
+        // The epochs since the last base are in memtables until the next base flushes them.
         stats.state_memory_bytes = self.state.memory_bytes();
         stats.state_disk_bytes = self.state.disk_bytes();
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));

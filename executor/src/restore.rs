@@ -91,6 +91,7 @@ mod tests {
     use super::*;
     use crate::partials::{distinct_entry, distinct_key_group, Partials};
     use crate::snapshot::Snapshots;
+    use crate::state_keys::kg_lower;
     use std::collections::BTreeMap;
     use weir_common::window::Window;
 
@@ -231,7 +232,7 @@ mod tests {
             let changelogs = snapshot
                 .files
                 .iter()
-                .filter(|f| f.name.starts_with("changelog-"))
+                .filter(|f| snapshot::is_changelog(&f.name))
                 .count();
             if changelogs == 0 {
                 bases += 1;
@@ -252,7 +253,7 @@ mod tests {
             let part = restore(&location, Some(&record), (2, 6), &dir, K)
                 .await
                 .unwrap();
-            let (lower, upper) = (keys_lower(2), keys_lower(6));
+            let (lower, upper) = (kg_lower(2), kg_lower(6));
             let expected: Vec<_> = store
                 .entries()
                 .into_iter()
@@ -262,7 +263,7 @@ mod tests {
                 .store
                 .entries()
                 .into_iter()
-                .filter(|(k, _)| k[..] < keys_lower(K)[..])
+                .filter(|(k, _)| k[..] < kg_lower(K)[..])
                 .collect();
             assert_eq!(held, expected, "epoch {e}, key groups 2..6");
             let mut from_part = Snapshots::new(location.clone(), "b");
@@ -280,14 +281,10 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert!(next.files.iter().all(|f| !f.name.starts_with("changelog-")));
+            assert!(next.files.iter().all(|f| !snapshot::is_changelog(&f.name)));
             assert!(next.files.iter().any(|f| f.name.ends_with(".sst")));
         }
         // The sizes chosen make both kinds: bases, and snapshots with changelogs.
         assert!((2..8).contains(&bases), "{bases} bases in 8 epochs");
-    }
-
-    fn keys_lower(kg: u32) -> Vec<u8> {
-        crate::state_keys::kg_lower(kg)
     }
 }

@@ -56,7 +56,7 @@ pub const MIN_CHANGELOG_BYTES: u64 = 16 << 20;
 /// Snapshot files whose name starts so are changelogs, not RocksDB files.
 const CHANGELOG_PREFIX: &str = "changelog-";
 
-fn is_changelog(name: &str) -> bool {
+pub(crate) fn is_changelog(name: &str) -> bool {
     name.starts_with(CHANGELOG_PREFIX)
 }
 
