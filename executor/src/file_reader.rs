@@ -21,8 +21,12 @@ pub struct FileReader {
     location: Location,
 }
 
-/// Bytes fetched per request.
-const RANGE: u64 = 8 << 20;
+/// Bytes fetched per request from an object store: large, as each is a round trip.
+const REMOTE_RANGE: u64 = 8 << 20;
+/// Bytes read at a time from a local file: small enough to stay in the CPU's cache and in
+/// memory the allocator reuses (8 MiB reads were zeroed and faulted in afresh each time:
+/// 1 MiB ones cost 2.5 % less CPU per event in the benchmark).
+const LOCAL_RANGE: u64 = 1 << 20;
 
 /// Cuts a file's bytes into lines as they arrive.
 struct Lines {
@@ -145,18 +149,23 @@ impl FileReader {
     ) -> Result<(), FileReadError> {
         let runtime = tokio::runtime::Handle::current();
         let mut chunks = Chunker::new(chunk, on_chunk);
+        let range = if self.location.is_local() {
+            LOCAL_RANGE
+        } else {
+            REMOTE_RANGE
+        };
         for (index, file) in files.iter().enumerate() {
             let failed = |e| FileReadError::from(self.location.store_error(&file.path, e));
             let path = self.location.path(&file.path);
             let mut lines = Lines::new(i32::try_from(index).unwrap_or(i32::MAX));
-            // The planned size, read in large ranges: a replay reads the same bytes even if
-            // the file grew since, and a local file costs one blocking read per range.
+            // The planned size, read in ranges: a replay reads the same bytes even if the file
+            // grew since, and a local file costs one blocking read per range.
             let mut start = 0;
             while start < file.bytes {
                 if !keep_going() {
                     return Err(FileReadError::Abandoned);
                 }
-                let end = file.bytes.min(start + RANGE);
+                let end = file.bytes.min(start + range);
                 let piece = runtime
                     .block_on(self.location.store.get_range(&path, start..end))
                     .map_err(failed)?;
@@ -205,6 +214,51 @@ mod tests {
             expected
         );
         assert!(split(&["", "\n", "  \n"]).is_empty());
+    }
+
+    /// A file of several read ranges: every line arrives whole, in order, with its number,
+    /// including the lines cut by a range's end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn lines_cut_by_read_ranges_arrive_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..120_000)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 37)))
+            .collect();
+        let text = lines.join("\n");
+        assert!(text.len() as u64 > 2 * LOCAL_RANGE);
+        std::fs::write(dir.path().join("big.jsonl"), &text).unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let location =
+            weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
+                .unwrap();
+        let files = [InputFile {
+            path: "big.jsonl".into(),
+            bytes: text.len() as u64,
+        }];
+        let mut read = Vec::new();
+        tokio::task::block_in_place(|| {
+            FileReader::new(location).read(
+                &files,
+                4096,
+                || true,
+                |c| {
+                    read.extend(c.records.into_iter().map(|r| {
+                        (
+                            r.offset,
+                            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                        )
+                    }))
+                },
+            )
+        })
+        .unwrap();
+        let expected: Vec<(i64, String)> = lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (i as i64 + 1, l))
+            .collect();
+        assert_eq!(read.len(), expected.len());
+        assert!(read == expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -42,6 +42,12 @@ impl Location {
         format!("{}/{rel}", self.url.trim_end_matches('/'))
     }
 
+    /// Whether the location is on this machine (`file://` or `memory://`), where a read costs
+    /// no round trip.
+    pub fn is_local(&self) -> bool {
+        self.url.starts_with("file:") || self.url.starts_with("memory:")
+    }
+
     pub fn store_error(&self, rel: &str, source: object_store::Error) -> StorageError {
         StorageError::Store {
             location: self.display(rel),
