@@ -15,6 +15,8 @@ pub enum FileReadError {
     Storage(#[from] StorageError),
     #[error("the run was abandoned")]
     Abandoned,
+    #[error("reading a file range failed: {0}")]
+    Task(String),
 }
 
 pub struct FileReader {
@@ -147,36 +149,135 @@ impl FileReader {
         keep_going: impl Fn() -> bool,
         on_chunk: impl FnMut(Chunk),
     ) -> Result<(), FileReadError> {
-        let runtime = tokio::runtime::Handle::current();
-        let mut chunks = Chunker::new(chunk, on_chunk);
-        let range = if self.location.is_local() {
-            LOCAL_RANGE
+        let (range, ahead) = if self.location.is_local() {
+            (LOCAL_RANGE, LOCAL_AHEAD)
         } else {
-            REMOTE_RANGE
+            (REMOTE_RANGE, REMOTE_AHEAD)
         };
-        for (index, file) in files.iter().enumerate() {
-            let failed = |e| FileReadError::from(self.location.store_error(&file.path, e));
-            let path = self.location.path(&file.path);
-            let mut lines = Lines::new(i32::try_from(index).unwrap_or(i32::MAX));
-            // The planned size, read in ranges: a replay reads the same bytes even if the file
-            // grew since, and a local file costs one blocking read per range.
-            let mut start = 0;
-            while start < file.bytes {
-                if !keep_going() {
-                    return Err(FileReadError::Abandoned);
-                }
-                let end = file.bytes.min(start + range);
-                let piece = runtime
-                    .block_on(self.location.store.get_range(&path, start..end))
-                    .map_err(failed)?;
-                chunks.start_piece(&piece);
-                lines.feed(&piece, &mut |r| chunks.push(r));
-                start = end;
+        self.read_in_ranges(files, chunk, range, ahead, keep_going, on_chunk)
+    }
+
+    /// [`Self::read`] with ranges of `range` bytes, up to `ahead` of them fetched ahead of the
+    /// one being cut into lines.
+    fn read_in_ranges(
+        &self,
+        files: &[InputFile],
+        chunk: usize,
+        range: u64,
+        ahead: usize,
+        keep_going: impl Fn() -> bool,
+        on_chunk: impl FnMut(Chunk),
+    ) -> Result<(), FileReadError> {
+        let runtime = tokio::runtime::Handle::current();
+        // The planned size, read in ranges: a replay reads the same bytes even if the file
+        // grew since.
+        let ranges = files.iter().enumerate().flat_map(|(index, file)| {
+            (0..file.bytes)
+                .step_by(range as usize)
+                .map(move |start| (index, start..file.bytes.min(start + range)))
+        });
+        let mut fetches = Fetches::new(&self.location, &runtime, files, ranges, ahead);
+        let mut chunks = Chunker::new(chunk, on_chunk);
+        let mut lines: Option<Lines> = None;
+        while let Some((index, piece)) = fetches.next() {
+            if !keep_going() {
+                return Err(FileReadError::Abandoned);
             }
-            lines.finish(&mut |r| chunks.push(r));
+            let piece = piece?;
+            if lines.as_ref().is_some_and(|l| l.file != file_number(index)) {
+                if let Some(done) = lines.take() {
+                    done.finish(&mut |r| chunks.push(r));
+                }
+            }
+            let current = lines.get_or_insert_with(|| Lines::new(file_number(index)));
+            chunks.start_piece(&piece);
+            current.feed(&piece, &mut |r| chunks.push(r));
+        }
+        if let Some(done) = lines.take() {
+            done.finish(&mut |r| chunks.push(r));
         }
         chunks.flush();
         Ok(())
+    }
+}
+
+fn file_number(index: usize) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+/// Ranges fetched ahead of the one being cut into lines: from an object store two, so that
+/// round trips overlap decoding; from a local file none, as reading ahead measured no faster
+/// there (the cores are busy decoding either way) and holds more memory.
+const LOCAL_AHEAD: usize = 0;
+const REMOTE_AHEAD: usize = 2;
+
+type Fetched = Result<Bytes, FileReadError>;
+
+/// The epoch's ranges, fetched in order with up to `ahead` of them in flight; those still in
+/// flight when it is dropped (an abandoned run, a failed read) are cancelled.
+struct Fetches<'a, I> {
+    location: &'a Location,
+    runtime: &'a tokio::runtime::Handle,
+    files: &'a [InputFile],
+    ranges: I,
+    ahead: usize,
+    in_flight: std::collections::VecDeque<(usize, tokio::task::JoinHandle<Fetched>)>,
+}
+
+impl<'a, I: Iterator<Item = (usize, std::ops::Range<u64>)>> Fetches<'a, I> {
+    fn new(
+        location: &'a Location,
+        runtime: &'a tokio::runtime::Handle,
+        files: &'a [InputFile],
+        ranges: I,
+        ahead: usize,
+    ) -> Self {
+        Self {
+            location,
+            runtime,
+            files,
+            ranges,
+            ahead,
+            in_flight: Default::default(),
+        }
+    }
+
+    fn start(&mut self, index: usize, range: std::ops::Range<u64>) {
+        let store = self.location.store.clone();
+        let rel = self.files[index].path.clone();
+        let path = self.location.path(&rel);
+        let location = self.location.clone();
+        let task = self.runtime.spawn(async move {
+            store
+                .get_range(&path, range)
+                .await
+                .map_err(|e| FileReadError::from(location.store_error(&rel, e)))
+        });
+        self.in_flight.push_back((index, task));
+    }
+
+    /// The next range's file index and bytes, waiting for them.
+    fn next(&mut self) -> Option<(usize, Fetched)> {
+        while self.in_flight.len() <= self.ahead {
+            match self.ranges.next() {
+                Some((index, range)) => self.start(index, range),
+                None => break,
+            }
+        }
+        let (index, task) = self.in_flight.pop_front()?;
+        let fetched = match self.runtime.block_on(task) {
+            Ok(fetched) => fetched,
+            Err(e) => Err(FileReadError::Task(e.to_string())),
+        };
+        Some((index, fetched))
+    }
+}
+
+impl<I> Drop for Fetches<'_, I> {
+    fn drop(&mut self) {
+        for (_, task) in &self.in_flight {
+            task.abort();
+        }
     }
 }
 
@@ -216,49 +317,77 @@ mod tests {
         assert!(split(&["", "\n", "  \n"]).is_empty());
     }
 
-    /// A file of several read ranges: every line arrives whole, in order, with its number,
-    /// including the lines cut by a range's end.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    fn local(dir: &std::path::Path) -> Location {
+        let url = url::Url::from_directory_path(dir).unwrap();
+        weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
+            .unwrap()
+    }
+
+    /// Files of many read ranges, fetched ahead or not: every line arrives whole, in order,
+    /// with its file and number, including the lines cut by a range's end; an abandoned read
+    /// stops with ranges still in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lines_cut_by_read_ranges_arrive_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let lines: Vec<String> = (0..120_000)
-            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 37)))
-            .collect();
-        let text = lines.join("\n");
-        assert!(text.len() as u64 > 2 * LOCAL_RANGE);
-        std::fs::write(dir.path().join("big.jsonl"), &text).unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let location =
-            weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
-                .unwrap();
-        let files = [InputFile {
-            path: "big.jsonl".into(),
-            bytes: text.len() as u64,
-        }];
-        let mut read = Vec::new();
-        tokio::task::block_in_place(|| {
-            FileReader::new(location).read(
+        let mut files = Vec::new();
+        let mut expected = Vec::new();
+        for (index, count) in [3_000usize, 0, 1, 2_000].into_iter().enumerate() {
+            let lines: Vec<String> = (0..count)
+                .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 37)))
+                .collect();
+            let text = lines.join("\n");
+            let name = format!("f{index}.jsonl");
+            std::fs::write(dir.path().join(&name), &text).unwrap();
+            files.push(InputFile {
+                path: name,
+                bytes: text.len() as u64,
+            });
+            expected.extend(
+                lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, l)| (index as i32, i as i64 + 1, l)),
+            );
+        }
+        let reader = FileReader::new(local(dir.path()));
+        for (range, ahead) in [(4096, 0), (4096, 3), (1000, 1), (LOCAL_RANGE, 2)] {
+            let mut read = Vec::new();
+            tokio::task::block_in_place(|| {
+                reader.read_in_ranges(
+                    &files,
+                    512,
+                    range,
+                    ahead,
+                    || true,
+                    |c| {
+                        read.extend(c.records.into_iter().map(|r| {
+                            let value = r.value.unwrap().to_vec();
+                            (r.partition, r.offset, String::from_utf8(value).unwrap())
+                        }))
+                    },
+                )
+            })
+            .unwrap();
+            assert_eq!(read.len(), expected.len(), "range {range}, ahead {ahead}");
+            assert!(read == expected, "range {range}, ahead {ahead}");
+        }
+        let mut chunks = 0;
+        let stopped = tokio::task::block_in_place(|| {
+            let calls = std::cell::Cell::new(0);
+            reader.read_in_ranges(
                 &files,
+                64,
                 4096,
-                || true,
-                |c| {
-                    read.extend(c.records.into_iter().map(|r| {
-                        (
-                            r.offset,
-                            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
-                        )
-                    }))
+                3,
+                || {
+                    calls.set(calls.get() + 1);
+                    calls.get() < 5
                 },
+                |_| chunks += 1,
             )
-        })
-        .unwrap();
-        let expected: Vec<(i64, String)> = lines
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (i as i64 + 1, l))
-            .collect();
-        assert_eq!(read.len(), expected.len());
-        assert!(read == expected);
+        });
+        assert!(matches!(stopped, Err(FileReadError::Abandoned)));
+        assert!(chunks > 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -266,11 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "1\n2\n3\n").unwrap();
         std::fs::write(dir.path().join("b.jsonl"), "4\n5").unwrap();
-        let url = url::Url::from_directory_path(dir.path()).unwrap();
-        let location =
-            weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
-                .unwrap();
-        let reader = FileReader::new(location);
+        let reader = FileReader::new(local(dir.path()));
         let files = [
             InputFile {
                 path: "a.jsonl".into(),
