@@ -13,7 +13,7 @@ use weir_common::aggregate::Partial;
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::state_keys::{distinct_key, distinct_key_group_of, key_group_of};
+use crate::state_keys::{distinct_key_in_group, key_group_of};
 
 /// A distinct value seen in an epoch, as the state key it is kept under
 /// ([`distinct_key`]: its key group, window, aggregate index, group key and value), one
@@ -29,8 +29,7 @@ pub fn distinct_entry(
     value: &[u8],
     key_groups: u32,
 ) -> DistinctEntry {
-    let kg = distinct_key_group_of(window, agg, group, value, key_groups);
-    distinct_key(kg, window, agg, group, value)
+    distinct_key_in_group(window, agg, group, value, key_groups)
 }
 
 /// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate

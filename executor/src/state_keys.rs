@@ -50,6 +50,8 @@ pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
 
 /// The key group (shard) of a distinct value among `key_groups`: the stable hash of its window
 /// end and start, aggregate index, group key length and group key, and value, in that order.
+/// (The definition; [`distinct_key_in_group`] computes it from the key's own bytes.)
+#[cfg(test)]
 pub fn distinct_key_group_of(
     w: Window,
     agg: u8,
@@ -68,6 +70,23 @@ pub fn distinct_key_group_of(
         ],
         key_groups,
     )
+}
+
+/// The state key of a distinct value in its key group among `key_groups`. The key holds the
+/// hashed parts in hash order, around the tag: they are hashed from it in two slices instead
+/// of being gathered again.
+pub fn distinct_key_in_group(
+    w: Window,
+    agg: u8,
+    group: &[u8],
+    value: &[u8],
+    key_groups: u32,
+) -> Vec<u8> {
+    let mut key = distinct_key(0, w, agg, group, value);
+    // [kg 0..2][end 2..10][tag 10][start 11..19][agg][len][group][value]
+    let kg = key_group_of_parts(&[&key[2..10], &key[11..]], key_groups);
+    key[..2].copy_from_slice(&(kg as u16).to_be_bytes());
+    key
 }
 
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
@@ -198,6 +217,39 @@ mod tests {
         assert!(!is_distinct_key(&legacy));
         assert!(!is_distinct_key(&group_key(3, w, g)));
         assert_eq!(key_group_of(&distinct_key(300, w, 2, g, b"u1")), Some(300));
+        // The key group computed from the key is the one its definition gives.
+        for i in 0..2_000u32 {
+            let value = format!("user-{i}");
+            let group = format!("type-{}", i % 7);
+            let window = Window {
+                start: i64::from(i) * 300 - 600_000,
+                end: i64::from(i) * 300 - 599_700,
+            };
+            let key = distinct_key_in_group(
+                window,
+                (i % 3) as u8,
+                group.as_bytes(),
+                value.as_bytes(),
+                128,
+            );
+            let kg = distinct_key_group_of(
+                window,
+                (i % 3) as u8,
+                group.as_bytes(),
+                value.as_bytes(),
+                128,
+            );
+            assert_eq!(
+                key,
+                distinct_key(
+                    kg,
+                    window,
+                    (i % 3) as u8,
+                    group.as_bytes(),
+                    value.as_bytes()
+                )
+            );
+        }
         let later = Window {
             start: 290,
             end: 590,
