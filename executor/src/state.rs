@@ -99,6 +99,10 @@ pub struct StateStore {
 
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
 
+/// The watermark under which the store's windows were last taken out: every window ending at
+/// or before it is gone (range-deleted).
+const CLOSED_THROUGH_KEY: &[u8] = b"\xFF\xFFclosed_through";
+
 /// A RocksDB write batch starts with its sequence number (8 bytes) and record count (4).
 const WRITE_BATCH_HEADER: usize = 12;
 
@@ -271,10 +275,20 @@ impl StateStore {
         batch: &mut WriteBatch,
     ) -> Result<Closed, StateError> {
         let mut closed = Closed::default();
+        // Windows taken by an earlier epoch are range-deleted, but their keys stay in the
+        // memtable until the next flush: each key group is scanned from the first window not
+        // taken yet, not over those keys again (seeking past them cost more than the count).
+        let taken = self.closed_through()?;
+        if taken.is_some_and(|t| t >= watermark) {
+            return Ok(closed);
+        }
         // A shard's values are adjacent in key order: counted as a run.
         let mut run: Option<(ShardKey, i64)> = None;
         for kg in key_groups {
-            let lower = keys::kg_lower(kg);
+            let lower = match taken {
+                Some(t) => keys::kg_closed_upper(kg, t),
+                None => keys::kg_lower(kg),
+            };
             let upper = keys::kg_closed_upper(kg, watermark);
             let mut ro = ReadOptions::default();
             ro.set_iterate_upper_bound(upper.clone());
@@ -319,7 +333,15 @@ impl StateStore {
             batch.delete_range(&lower, &upper);
         }
         closed.shard_counts.extend(run);
+        batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
         Ok(closed)
+    }
+
+    /// The watermark the store's windows were last taken out under, when it knows it (a store
+    /// built by copying key groups in does not).
+    fn closed_through(&self) -> Result<Option<i64>, StateError> {
+        let v = self.db.get(CLOSED_THROUGH_KEY).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| b.try_into().ok().map(i64::from_be_bytes)))
     }
 
     /// Applies an epoch's batch together with its marker, and answers the batch as bytes: the
@@ -412,5 +434,40 @@ mod tests {
             .shard_counts
             .iter()
             .all(|((window, agg, group), _)| *window == w && *agg == 1 && group == b"g"));
+        store.commit_epoch(3, batch).unwrap();
+
+        // Under the same watermark again, nothing is left to take.
+        let mut batch = WriteBatch::default();
+        let again = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        assert_eq!((again.shard_counts.len(), again.distinct_removed), (0, 0));
+        store.commit_epoch(4, batch).unwrap();
+        // The next window is counted alone, though the first one's keys are still in the
+        // memtable behind their range deletion.
+        let mut batch = WriteBatch::default();
+        let closed = store.take_closed(0..8, 600, 3, &mut batch).unwrap();
+        let counted: Vec<_> = closed
+            .shard_counts
+            .iter()
+            .map(|((window, _, _), n)| (*window, *n))
+            .collect();
+        assert_eq!(counted.iter().map(|(_, n)| n).sum::<i64>(), 2);
+        assert!(counted.iter().all(|(window, _)| *window == later));
+        store.commit_epoch(5, batch).unwrap();
+        let left: Vec<_> = store
+            .entries()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(&crate::state_keys::META_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // A store that does not know what was taken (key groups copied in) scans them whole.
+        let copy = StateStore::create_empty(&dir.path().join("copy"), 8).unwrap();
+        let mut batch = WriteBatch::default();
+        copy.fold(values(w, &["u1", "u2"]), &mut batch).unwrap();
+        copy.fold(values(later, &["u3"]), &mut batch).unwrap();
+        copy.commit_epoch(0, batch).unwrap();
+        let mut batch = WriteBatch::default();
+        let closed = copy.take_closed(0..8, 600, 3, &mut batch).unwrap();
+        assert_eq!(closed.distinct_removed, 3);
     }
 }
