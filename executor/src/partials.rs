@@ -13,11 +13,11 @@ use weir_common::aggregate::Partial;
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::state_keys::{distinct_key_in_group, key_group_of};
+use crate::state_keys::{distinct_key_into, key_group_of};
 
 /// A distinct value seen in an epoch, as the state key it is kept under
-/// ([`distinct_key`]: its key group, window, aggregate index, group key and value), one
-/// allocation from the reader to the owner's store.
+/// ([`crate::state_keys::distinct_key`]: its key group, window, aggregate index, group key and
+/// value).
 pub type DistinctEntry = Vec<u8>;
 
 /// The entry of a distinct value of (window, aggregate `agg`, group) among `key_groups` key
@@ -29,7 +29,86 @@ pub fn distinct_entry(
     value: &[u8],
     key_groups: u32,
 ) -> DistinctEntry {
-    distinct_key_in_group(window, agg, group, value, key_groups)
+    let mut key = Vec::new();
+    distinct_key_into(&mut key, window, agg, group, value, key_groups);
+    key
+}
+
+/// Distinct values as their state keys, one after another in one buffer: a buffer per key was
+/// an allocation and a free per value at every step from the reader to the owner's store.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DistinctKeys {
+    bytes: Vec<u8>,
+    /// Where each key ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl DistinctKeys {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn push(&mut self, key: impl AsRef<[u8]>) {
+        self.bytes.extend_from_slice(key.as_ref());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Key `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.bytes.get(start..end)
+    }
+
+    pub fn iter(&self) -> DistinctIter<'_> {
+        DistinctIter {
+            keys: self,
+            next: 0,
+        }
+    }
+
+    pub fn append(&mut self, other: &DistinctKeys) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+
+    /// The keys in order, each once (what the owner's fold writes).
+    pub fn sorted_unique(&self) -> Vec<&[u8]> {
+        let mut keys: Vec<&[u8]> = self.iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
+
+/// The keys of a [`DistinctKeys`], in the order they were added.
+pub struct DistinctIter<'a> {
+    keys: &'a DistinctKeys,
+    next: usize,
+}
+
+impl<'a> Iterator for DistinctIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let key = self.keys.get(self.next)?;
+        self.next += 1;
+        Some(key)
+    }
+}
+
+impl<'a> IntoIterator for &'a DistinctKeys {
+    type Item = &'a [u8];
+    type IntoIter = DistinctIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 /// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate
@@ -47,7 +126,7 @@ pub struct Partials {
     pub groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
     /// Exact-distinct values. One may be here more than once (each sender dedups its own,
     /// not across senders); the owner's fold keeps and counts each once.
-    pub distinct: Vec<DistinctEntry>,
+    pub distinct: DistinctKeys,
     /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
     /// group's owner.
     pub shard_counts: FastMap<ShardKey, i64>,
@@ -66,10 +145,7 @@ impl Partials {
     /// Distinct values, each counted once (what the owner's fold keeps).
     #[cfg(test)]
     pub fn unique_distinct(&self) -> usize {
-        self.distinct
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
+        self.distinct.sorted_unique().len()
     }
 
     /// Merges one group row in.
@@ -95,7 +171,7 @@ impl Partials {
         for (key, partials) in other.groups {
             self.add_group(key, partials);
         }
-        self.distinct.extend(other.distinct);
+        self.distinct.append(&other.distinct);
         for (key, count) in other.shard_counts {
             self.add_shard_count(key, count);
         }
@@ -109,8 +185,8 @@ impl Partials {
         for (key, partials) in self.groups {
             out.add_group(key, partials);
         }
-        for entry in self.distinct {
-            out.add_distinct(entry);
+        for key in &self.distinct {
+            out.add_distinct(key);
         }
         for (key, count) in self.shard_counts {
             out.add_shard_count(key, count);
@@ -124,6 +200,8 @@ impl Partials {
 pub struct ByOwner<'a> {
     owners: &'a [usize],
     parts: Vec<Partials>,
+    /// Where a distinct value's key is built before it is copied to its owner's.
+    scratch: Vec<u8>,
 }
 
 impl<'a> ByOwner<'a> {
@@ -131,6 +209,7 @@ impl<'a> ByOwner<'a> {
         Self {
             owners,
             parts: (0..n).map(|_| Partials::default()).collect(),
+            scratch: Vec::new(),
         }
     }
 
@@ -150,8 +229,17 @@ impl<'a> ByOwner<'a> {
         self.owner(kg).add_group(key, partials);
     }
 
-    pub fn add_distinct(&mut self, entry: DistinctEntry) {
-        self.owner(distinct_key_group(&entry)).distinct.push(entry);
+    /// Adds a distinct value's state key.
+    pub fn add_distinct(&mut self, key: &[u8]) {
+        self.owner(distinct_key_group(key)).distinct.push(key);
+    }
+
+    /// Adds a distinct value of (window, aggregate `agg`, group) as its state key.
+    pub fn add_distinct_value(&mut self, window: Window, agg: u8, group: &[u8], value: &[u8]) {
+        let mut key = std::mem::take(&mut self.scratch);
+        let kg = distinct_key_into(&mut key, window, agg, group, value, self.key_groups());
+        self.owner(kg).distinct.push(&key);
+        self.scratch = key;
     }
 
     pub fn add_shard_count(&mut self, key: ShardKey, count: i64) {
@@ -167,8 +255,8 @@ impl<'a> ByOwner<'a> {
 
 /// The key group of a distinct value: its shard. Entries are whole keys (the wire checks those
 /// it receives), so the key group is always there.
-pub fn distinct_key_group(entry: &DistinctEntry) -> u32 {
-    key_group_of(entry).unwrap_or(0)
+pub fn distinct_key_group(key: &[u8]) -> u32 {
+    key_group_of(key).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -180,6 +268,22 @@ mod tests {
             start,
             end: start + 300,
         }
+    }
+
+    #[test]
+    fn distinct_keys_keep_each_key_whole_and_sort_them_once() {
+        let mut a = DistinctKeys::default();
+        for key in [&b"b2"[..], b"", b"a", b"b2"] {
+            a.push(key);
+        }
+        let mut b = DistinctKeys::default();
+        b.push(b"a1");
+        b.push(b"b");
+        a.append(&b);
+        let all: Vec<&[u8]> = a.iter().collect();
+        assert_eq!(all, [&b"b2"[..], b"", b"a", b"b2", b"a1", b"b"]);
+        assert_eq!((a.len(), a.get(6)), (6, None));
+        assert_eq!(a.sorted_unique(), [&b""[..], b"a", b"a1", b"b", b"b2"]);
     }
 
     #[test]

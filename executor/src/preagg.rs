@@ -12,7 +12,7 @@ use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window};
 
-use crate::partials::{distinct_entry, ByOwner, FastMap};
+use crate::partials::{ByOwner, FastMap};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,12 +203,11 @@ impl<'a> PreAggregation<'a> {
     /// Hands the epoch's partials to the owners of their key groups.
     pub fn route(self, out: &mut ByOwner<'_>) {
         let keys = self.group_keys.keys;
-        let key_groups = out.key_groups();
         for ((window, group), state) in self.groups {
             let key = &keys[group as usize];
             for (agg, values) in state.distinct.iter().enumerate() {
                 for value in values {
-                    out.add_distinct(distinct_entry(window, agg as u8, key, value, key_groups));
+                    out.add_distinct_value(window, agg as u8, key, value);
                 }
             }
             out.add_group((window, key.clone()), state.partials);

@@ -253,9 +253,7 @@ impl StateStore {
         // read: a value the store holds already is written again to the same key) and reach
         // the memtable in order. Looking each up to count new values cost more than reading,
         // decoding and aggregating the events; the counting is left to the window's close.
-        let mut distinct_keys = distinct;
-        distinct_keys.sort_unstable();
-        distinct_keys.dedup();
+        let distinct_keys = distinct.sorted_unique();
         folded.distinct_written = distinct_keys.len() as u64;
         folded.rows_written += folded.distinct_written;
         for key in &distinct_keys {

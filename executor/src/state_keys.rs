@@ -33,12 +33,16 @@ pub fn decode_time(b: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
 }
 
-fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
-    let mut k = Vec::with_capacity(19 + extra);
+fn write_head(k: &mut Vec<u8>, kg: u32, end: i64, tag: u8, start: i64) {
     k.extend_from_slice(&(kg as u16).to_be_bytes());
     k.extend_from_slice(&encode_time(end));
     k.push(tag);
     k.extend_from_slice(&encode_time(start));
+}
+
+fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + extra);
+    write_head(&mut k, kg, end, tag, start);
     k
 }
 
@@ -50,7 +54,7 @@ pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
 
 /// The key group (shard) of a distinct value among `key_groups`: the stable hash of its window
 /// end and start, aggregate index, group key length and group key, and value, in that order.
-/// (The definition; [`distinct_key_in_group`] computes it from the key's own bytes.)
+/// (The definition; [`distinct_key_into`] computes it from the key's own bytes.)
 #[cfg(test)]
 pub fn distinct_key_group_of(
     w: Window,
@@ -72,36 +76,37 @@ pub fn distinct_key_group_of(
     )
 }
 
-/// The state key of a distinct value in its key group among `key_groups`. The key holds the
-/// hashed parts in hash order, around the tag: they are hashed from it in two slices instead
-/// of being gathered again.
-pub fn distinct_key_in_group(
+/// Writes into `key` (cleared first) the state key of a distinct value in its key group among
+/// `key_groups`, and answers the key group. The key holds the hashed parts in hash order,
+/// around the tag: they are hashed from it in two slices instead of being gathered again.
+pub fn distinct_key_into(
+    key: &mut Vec<u8>,
     w: Window,
     agg: u8,
     group: &[u8],
     value: &[u8],
     key_groups: u32,
-) -> Vec<u8> {
-    let mut key = distinct_key(0, w, agg, group, value);
+) -> u32 {
+    key.clear();
+    write_distinct_key(key, 0, w, agg, group, value);
     // [kg 0..2][end 2..10][tag 10][start 11..19][agg][len][group][value]
     let kg = key_group_of_parts(&[&key[2..10], &key[11..]], key_groups);
     key[..2].copy_from_slice(&(kg as u16).to_be_bytes());
-    key
+    kg
 }
 
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut k = head(
-        kg,
-        w.end,
-        TAG_DISTINCT,
-        w.start,
-        5 + group.len() + value.len(),
-    );
+    let mut k = Vec::with_capacity(24 + group.len() + value.len());
+    write_distinct_key(&mut k, kg, w, agg, group, value);
+    k
+}
+
+fn write_distinct_key(k: &mut Vec<u8>, kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) {
+    write_head(k, kg, w.end, TAG_DISTINCT, w.start);
     k.push(agg);
     k.extend_from_slice(&(group.len() as u32).to_be_bytes());
     k.extend_from_slice(group);
     k.extend_from_slice(value);
-    k
 }
 
 /// The key group a state key belongs to (its first two bytes).
@@ -225,7 +230,9 @@ mod tests {
                 start: i64::from(i) * 300 - 600_000,
                 end: i64::from(i) * 300 - 599_700,
             };
-            let key = distinct_key_in_group(
+            let mut key = Vec::new();
+            let found = distinct_key_into(
+                &mut key,
                 window,
                 (i % 3) as u8,
                 group.as_bytes(),
@@ -239,6 +246,7 @@ mod tests {
                 value.as_bytes(),
                 128,
             );
+            assert_eq!(found, kg);
             assert_eq!(
                 key,
                 distinct_key(

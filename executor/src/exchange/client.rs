@@ -15,7 +15,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use weir_proto::exchange::{EndOfEpoch, StreamAck, StreamHeader};
 
-use super::wire::{self, BatchEncoder, Entry};
+use super::wire::{self, BatchEncoder, Entries};
 
 /// Attempts per stream before the epoch fails.
 const ATTEMPTS: u32 = 3;
@@ -95,7 +95,7 @@ pub async fn send_entries(
     channel: Channel,
     peer: &str,
     header: StreamHeader,
-    entries: Arc<[Entry]>,
+    entries: Arc<Entries>,
     sent: IntCounter,
 ) -> Result<StreamAck, SendError> {
     let rows = entries.len() as u64;

@@ -3,6 +3,7 @@
 //! One schema holds all three kinds of entries; `payload` is the encoded partial states of a
 //! group row, the bytes of a distinct value, or a shard count.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::UInt8Builder;
@@ -13,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::partials::Partials;
+use crate::partials::{DistinctKeys, Partials};
 use crate::state_keys::is_distinct_key;
 
 const KIND_GROUP: u8 = 0;
@@ -52,44 +53,89 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-/// One entry on its way into a batch.
+/// One group row or shard count on its way into a batch.
 pub enum Entry {
     Group((Window, Vec<u8>), Vec<weir_common::aggregate::Partial>),
-    /// A distinct value as its state key (`partials::DistinctEntry`), all in `payload`.
-    Distinct(Vec<u8>),
     ShardCount((Window, u8, Vec<u8>), i64),
 }
 
-/// The entries of some partials, shareable so a stream can be sent again after a failure.
-pub fn entries(partials: Partials) -> Arc<[Entry]> {
+/// The entries of some partials, shareable so a stream can be sent again after a failure:
+/// group rows and shard counts, then the distinct values (as their state keys, all in
+/// `payload`).
+pub struct Entries {
+    rows: Vec<Entry>,
+    distinct: DistinctKeys,
+}
+
+impl Entries {
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.distinct.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn entries(partials: Partials) -> Arc<Entries> {
     let Partials {
         groups,
         distinct,
         shard_counts,
     } = partials;
-    groups
+    let rows = groups
         .into_iter()
         .map(|(k, p)| Entry::Group(k, p))
-        .chain(distinct.into_iter().map(Entry::Distinct))
         .chain(
             shard_counts
                 .into_iter()
                 .map(|(k, c)| Entry::ShardCount(k, c)),
         )
-        .collect()
+        .collect();
+    Arc::new(Entries { rows, distinct })
 }
 
 /// Turns entries into bounded record batches, lazily, so a sender builds one batch at a time.
 pub struct BatchEncoder {
-    entries: Arc<[Entry]>,
+    entries: Arc<Entries>,
     next: usize,
 }
 
 impl BatchEncoder {
-    pub fn new(entries: Arc<[Entry]>) -> Self {
+    pub fn new(entries: Arc<Entries>) -> Self {
         Self { entries, next: 0 }
     }
+
+    /// Entry `i` as (kind, window, aggregate, group, payload).
+    fn row(&self, i: usize) -> Option<Result<Row<'_>, String>> {
+        let rows = &self.entries.rows;
+        let Some(entry) = rows.get(i) else {
+            let key = self.entries.distinct.get(i - rows.len())?;
+            let window = Window { start: 0, end: 0 };
+            return Some(Ok((
+                KIND_DISTINCT,
+                window,
+                0,
+                &NO_GROUP,
+                Cow::Borrowed(key),
+            )));
+        };
+        Some(match entry {
+            Entry::Group((window, g), partials) => encode_partials(partials)
+                .map(|p| (KIND_GROUP, *window, 0, g, Cow::Owned(p)))
+                .map_err(|e| format!("encoding partial states: {e}")),
+            Entry::ShardCount((window, a, g), c) => Ok((
+                KIND_SHARD_COUNT,
+                *window,
+                *a,
+                g,
+                Cow::Owned(c.to_be_bytes().to_vec()),
+            )),
+        })
+    }
 }
+
+type Row<'a> = (u8, Window, u8, &'a Vec<u8>, Cow<'a, [u8]>);
 
 impl Iterator for BatchEncoder {
     type Item = Result<RecordBatch, WireError>;
@@ -104,37 +150,10 @@ impl Iterator for BatchEncoder {
         let mut rows = 0;
         let mut bytes = 0;
         while rows < MAX_BATCH_ROWS && bytes < MAX_BATCH_BYTES {
-            let Some(entry) = self.entries.get(self.next) else {
-                break;
-            };
-            self.next += 1;
-            let (k, window, a, g, p) = match entry {
-                Entry::Group((window, g), partials) => {
-                    let p = match encode_partials(partials) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            return Some(Err(WireError::Row {
-                                row: rows,
-                                reason: format!("encoding partial states: {e}"),
-                            }))
-                        }
-                    };
-                    (KIND_GROUP, *window, 0, g, std::borrow::Cow::Owned(p))
-                }
-                Entry::Distinct(key) => (
-                    KIND_DISTINCT,
-                    Window { start: 0, end: 0 },
-                    0,
-                    &NO_GROUP,
-                    std::borrow::Cow::Borrowed(key.as_slice()),
-                ),
-                Entry::ShardCount((window, a, g), c) => (
-                    KIND_SHARD_COUNT,
-                    *window,
-                    *a,
-                    g,
-                    std::borrow::Cow::Owned(c.to_be_bytes().to_vec()),
-                ),
+            let (k, window, a, g, p) = match self.row(self.next) {
+                None => break,
+                Some(Ok(row)) => row,
+                Some(Err(reason)) => return Some(Err(WireError::Row { row: rows, reason })),
             };
             bytes += g.len() + p.len() + 18;
             kind.append_value(k);
@@ -144,6 +163,7 @@ impl Iterator for BatchEncoder {
             group.append_value(g);
             payload.append_value(p.as_ref());
             rows += 1;
+            self.next += 1;
         }
         if rows == 0 {
             return None;
@@ -209,7 +229,7 @@ pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, Wi
                         reason: "not a distinct-value key".into(),
                     });
                 }
-                into.distinct.push(p.to_vec());
+                into.distinct.push(p);
             }
             KIND_SHARD_COUNT => {
                 let count: [u8; 8] = p.try_into().map_err(|_| WireError::Row {
