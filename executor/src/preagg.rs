@@ -2,7 +2,10 @@
 //! touches RocksDB: each (window, group) is read and written once per epoch, not once per row.
 //!
 //! A row of a group and a distinct value already seen allocates nothing: group keys are
-//! encoded into a reused buffer and interned, distinct values are looked up by borrowed bytes.
+//! encoded into a reused buffer and interned, distinct values are looked up by borrowed bytes,
+//! and a new one is copied into one buffer shared by the epoch's values.
+
+use std::hash::BuildHasher;
 
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
@@ -65,7 +68,50 @@ impl GroupKeys {
 /// alone since the set already belongs to one (window, group, aggregate).
 struct GroupState {
     partials: Vec<Partial>,
-    distinct: Vec<hashbrown::HashSet<Box<[u8]>, RandomState>>,
+    distinct: Vec<hashbrown::HashTable<StoredValue>>,
+}
+
+/// A distinct value kept in [`DistinctValues`]: where its bytes are, and their hash (kept so
+/// that growing a set rehashes no bytes, and most mismatches compare no bytes).
+#[derive(Clone, Copy)]
+struct StoredValue {
+    hash: u64,
+    start: usize,
+    len: usize,
+}
+
+/// The bytes of the epoch's distinct values, one after another: a value new to its set is
+/// copied here, not into an allocation of its own.
+#[derive(Default)]
+struct DistinctValues {
+    bytes: Vec<u8>,
+    hasher: RandomState,
+}
+
+impl DistinctValues {
+    fn get(&self, v: &StoredValue) -> &[u8] {
+        &self.bytes[v.start..v.start + v.len]
+    }
+
+    /// Adds `value` to `set` unless it is there already.
+    fn insert(&mut self, set: &mut hashbrown::HashTable<StoredValue>, value: &[u8]) {
+        let hash = self.hasher.hash_one(value);
+        let bytes = &self.bytes;
+        let entry = set.entry(
+            hash,
+            |v| v.hash == hash && &bytes[v.start..v.start + v.len] == value,
+            |v| v.hash,
+        );
+        if let hashbrown::hash_table::Entry::Vacant(vacant) = entry {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(value);
+            vacant.insert(StoredValue {
+                hash,
+                start,
+                len: value.len(),
+            });
+        }
+    }
 }
 
 /// One epoch's partial aggregates.
@@ -76,6 +122,7 @@ pub struct PreAggregation<'a> {
     max_event_time: i64,
     group_keys: GroupKeys,
     groups: FastMap<(Window, u32), GroupState>,
+    values: DistinctValues,
     pub times: EventTimes,
     pub late_rows: u64,
 }
@@ -88,6 +135,7 @@ impl<'a> PreAggregation<'a> {
             max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
             group_keys: GroupKeys::default(),
             groups: FastMap::default(),
+            values: DistinctValues::default(),
             times: EventTimes::default(),
             late_rows: 0,
         }
@@ -183,9 +231,8 @@ impl<'a> PreAggregation<'a> {
                 state.partials[i].update(agg.kind, *value);
             } else if !value.is_null() {
                 let set = &mut state.distinct[i];
-                value.with_bytes(|bytes| {
-                    set.get_or_insert_with(bytes, |b| b.into());
-                });
+                let values = &mut self.values;
+                value.with_bytes(|bytes| values.insert(set, bytes));
             }
         }
     }
@@ -203,11 +250,12 @@ impl<'a> PreAggregation<'a> {
     /// Hands the epoch's partials to the owners of their key groups.
     pub fn route(self, out: &mut ByOwner<'_>) {
         let keys = self.group_keys.keys;
+        let values = self.values;
         for ((window, group), state) in self.groups {
             let key = &keys[group as usize];
-            for (agg, values) in state.distinct.iter().enumerate() {
-                for value in values {
-                    out.add_distinct_value(window, agg as u8, key, value);
+            for (agg, set) in state.distinct.iter().enumerate() {
+                for value in set {
+                    out.add_distinct_value(window, agg as u8, key, values.get(value));
                 }
             }
             out.add_group((window, key.clone()), state.partials);
