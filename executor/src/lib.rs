@@ -13,6 +13,7 @@ pub mod kafka_reader;
 pub mod metrics;
 pub mod partials;
 pub mod preagg;
+pub mod range_fetch;
 pub mod restore;
 pub mod snapshot;
 pub mod staging;

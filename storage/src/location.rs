@@ -42,10 +42,18 @@ impl Location {
         format!("{}/{rel}", self.url.trim_end_matches('/'))
     }
 
-    /// Whether the location is on this machine (`file://` or `memory://`), where a read costs
-    /// no round trip.
-    pub fn is_local(&self) -> bool {
-        self.url.starts_with("file:") || self.url.starts_with("memory:")
+    /// The local file of `rel` when the location is a `file://` directory.
+    pub fn local_file(&self, rel: &str) -> Option<std::path::PathBuf> {
+        let dir = Url::parse(&self.url)
+            .ok()
+            .filter(|u| u.scheme() == "file")?
+            .to_file_path()
+            .ok()?;
+        Some(
+            rel.split('/')
+                .filter(|p| !p.is_empty())
+                .fold(dir, |p, part| p.join(part)),
+        )
     }
 
     pub fn store_error(&self, rel: &str, source: object_store::Error) -> StorageError {

@@ -1,0 +1,252 @@
+//! The byte ranges of a file source's files, fetched in order: from a local directory with
+//! positioned reads into reused buffers, from an object store as requests running ahead.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use weir_common::checkpoint::InputFile;
+use weir_storage::location::{Location, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("reading a file range failed: {0}")]
+    Task(String),
+}
+
+pub type Fetched = Result<Bytes, FetchError>;
+
+/// A range of file `.0` (its index in the epoch's list).
+pub type FileRange = (usize, Range<u64>);
+
+/// How ranges are fetched.
+#[derive(Debug, Clone, Copy)]
+pub enum Fetch {
+    /// Positioned reads of the local files, one at a time.
+    Local,
+    /// Object-store requests, up to this many ahead of the range being used.
+    Store { ahead: usize },
+}
+
+/// The ranges of an epoch, fetched in order.
+pub enum Ranges<'a, I> {
+    Local(LocalRanges<'a, I>),
+    Store(StoreRanges<'a, I>),
+}
+
+impl<'a, I: Iterator<Item = FileRange>> Ranges<'a, I> {
+    pub fn new(
+        fetch: Fetch,
+        location: &'a Location,
+        files: &'a [InputFile],
+        ranges: I,
+        pool: &'a BufferPool,
+    ) -> Self {
+        match fetch {
+            Fetch::Local => Ranges::Local(LocalRanges {
+                location,
+                files,
+                ranges,
+                pool,
+                open: None,
+            }),
+            Fetch::Store { ahead } => Ranges::Store(StoreRanges {
+                location,
+                runtime: tokio::runtime::Handle::current(),
+                files,
+                ranges,
+                ahead,
+                in_flight: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The next range's file index and bytes, waiting for them.
+    pub fn next_range(&mut self) -> Option<(usize, Fetched)> {
+        match self {
+            Ranges::Local(r) => r.next_range(),
+            Ranges::Store(r) => r.next_range(),
+        }
+    }
+}
+
+/// Buffers of local reads, each taken back when the last slice of it is dropped: a fresh
+/// buffer per read was zeroed, faulted in and cache-cold for the kernel's copy every time.
+#[derive(Debug, Clone, Default)]
+pub struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers kept for reuse: a chunk holds slices of two ranges at most.
+const POOLED: usize = 4;
+
+impl BufferPool {
+    /// A buffer of `len` initialized bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        buffer.resize(len, 0);
+        buffer
+    }
+
+    fn give_back(&self, buffer: Vec<u8>) {
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < POOLED {
+            pool.push(buffer);
+        }
+    }
+}
+
+/// A buffer of the pool while slices of it live.
+struct Pooled {
+    buffer: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buffer));
+    }
+}
+
+pub struct LocalRanges<'a, I> {
+    location: &'a Location,
+    files: &'a [InputFile],
+    ranges: I,
+    pool: &'a BufferPool,
+    /// The file being read, by index.
+    open: Option<(usize, PathBuf, File)>,
+}
+
+impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
+    fn next_range(&mut self) -> Option<(usize, Fetched)> {
+        let (index, range) = self.ranges.next()?;
+        Some((index, self.read(index, range)))
+    }
+
+    fn read(&mut self, index: usize, range: Range<u64>) -> Fetched {
+        let rel = &self.files[index].path;
+        if self.open.as_ref().is_none_or(|(i, _, _)| *i != index) {
+            let path = self
+                .location
+                .local_file(rel)
+                .ok_or_else(|| FetchError::Io {
+                    path: self.location.display(rel),
+                    source: std::io::Error::other("not a local file"),
+                })?;
+            let file = File::open(&path).map_err(|source| FetchError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            self.open = Some((index, path, file));
+        }
+        let Some((_, path, file)) = &self.open else {
+            return Err(FetchError::Task("no open file".into()));
+        };
+        let len = usize::try_from(range.end - range.start)
+            .map_err(|e| FetchError::Task(e.to_string()))?;
+        let mut buffer = self.pool.take(len);
+        if let Err(source) = file.read_exact_at(&mut buffer, range.start) {
+            self.pool.give_back(buffer);
+            let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                shorter_than_planned(range.end)
+            } else {
+                source
+            };
+            return Err(FetchError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        Ok(Bytes::from_owner(Pooled {
+            buffer,
+            pool: self.pool.clone(),
+        }))
+    }
+}
+
+fn shorter_than_planned(end: u64) -> std::io::Error {
+    std::io::Error::other(format!(
+        "the file is shorter than the {end} bytes planned for it (files must not change once listed)"
+    ))
+}
+
+/// Ranges fetched from an object store with up to `ahead` of them in flight, each in its own
+/// task; those still in flight when it is dropped (an abandoned run, a failed read) are
+/// cancelled.
+pub struct StoreRanges<'a, I> {
+    location: &'a Location,
+    runtime: tokio::runtime::Handle,
+    files: &'a [InputFile],
+    ranges: I,
+    ahead: usize,
+    in_flight: VecDeque<(usize, tokio::task::JoinHandle<Fetched>)>,
+}
+
+impl<I: Iterator<Item = FileRange>> StoreRanges<'_, I> {
+    fn start(&mut self, index: usize, range: Range<u64>) {
+        let store = self.location.store.clone();
+        let rel = self.files[index].path.clone();
+        let path = self.location.path(&rel);
+        let location = self.location.clone();
+        let task = self.runtime.spawn(async move {
+            let planned = range.end - range.start;
+            let bytes = store
+                .get_range(&path, range.clone())
+                .await
+                .map_err(|e| FetchError::from(location.store_error(&rel, e)))?;
+            // A store may answer a range past the end with what there is.
+            if bytes.len() as u64 != planned {
+                return Err(FetchError::Io {
+                    path: location.display(&rel),
+                    source: shorter_than_planned(range.end),
+                });
+            }
+            Ok(bytes)
+        });
+        self.in_flight.push_back((index, task));
+    }
+
+    fn next_range(&mut self) -> Option<(usize, Fetched)> {
+        while self.in_flight.len() <= self.ahead {
+            match self.ranges.next() {
+                Some((index, range)) => self.start(index, range),
+                None => break,
+            }
+        }
+        let (index, task) = self.in_flight.pop_front()?;
+        let fetched = match self.runtime.block_on(task) {
+            Ok(fetched) => fetched,
+            Err(e) => Err(FetchError::Task(e.to_string())),
+        };
+        Some((index, fetched))
+    }
+}
+
+impl<I> Drop for StoreRanges<'_, I> {
+    fn drop(&mut self) {
+        for (_, task) in &self.in_flight {
+            task.abort();
+        }
+    }
+}
