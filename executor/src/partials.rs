@@ -13,15 +13,19 @@ use weir_common::aggregate::Partial;
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::state_keys::{distinct_key_into, key_group_of};
+use crate::state_keys::distinct_key_into;
+#[cfg(test)]
+use crate::state_keys::key_group_of;
 
-/// A distinct value seen in an epoch, as the state key it is kept under
-/// ([`crate::state_keys::distinct_key`]: its key group, window, aggregate index, group key and
-/// value).
+/// A distinct value as the state key it is kept under ([`crate::state_keys::distinct_key`]:
+/// its key group, window, aggregate index, group key and value), built alone; epochs write
+/// theirs into [`DistinctKeys`] instead.
+#[cfg(test)]
 pub type DistinctEntry = Vec<u8>;
 
 /// The entry of a distinct value of (window, aggregate `agg`, group) among `key_groups` key
 /// groups: its shard is the key group of all four.
+#[cfg(test)]
 pub fn distinct_entry(
     window: Window,
     agg: u8,
@@ -230,6 +234,7 @@ impl<'a> ByOwner<'a> {
     }
 
     /// Adds a distinct value's state key.
+    #[cfg(test)]
     pub fn add_distinct(&mut self, key: &[u8]) {
         self.owner(distinct_key_group(key)).distinct.push(key);
     }
@@ -255,6 +260,7 @@ impl<'a> ByOwner<'a> {
 
 /// The key group of a distinct value: its shard. Entries are whole keys (the wire checks those
 /// it receives), so the key group is always there.
+#[cfg(test)]
 pub fn distinct_key_group(key: &[u8]) -> u32 {
     key_group_of(key).unwrap_or(0)
 }

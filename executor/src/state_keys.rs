@@ -95,6 +95,7 @@ pub fn distinct_key_into(
     kg
 }
 
+#[cfg(test)]
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(24 + group.len() + value.len());
     write_distinct_key(&mut k, kg, w, agg, group, value);
