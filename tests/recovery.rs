@@ -53,11 +53,13 @@ fn schedule() -> Vec<Fault> {
     };
     vec![
         // The driver dies while executors execute, after all prepared, after the decision
-        // record before the Delta commit, and after the Delta commit before Committed.
+        // record before the Delta commit, and after the Delta commit before Committed; and
+        // with the commit not made yet while the next epoch is planned or executing beside it.
         driver("execute", 1),
         driver("prepared", 2),
         driver("decided", 3),
         driver("committed", 4),
+        driver("committing", 10),
         // An executor dies during execute (read, before the exchange) and after it prepared
         // (files staged, state uploaded, answer not sent).
         at(Role::Executor(1), "execute", 5, Role::Executor(1)),

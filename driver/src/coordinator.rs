@@ -1,11 +1,13 @@
-//! The epoch coordinator (DESIGN.md §3): plan, execute, decide, commit, in a loop, one epoch at
-//! a time, resuming from the checkpoint log. A run of an epoch that fails (an executor errs,
+//! The epoch coordinator (DESIGN.md §3): plan, execute, decide, commit, in a loop, resuming
+//! from the checkpoint log. Epochs execute one at a time; a decided epoch's Delta commit runs
+//! beside the next epoch's execution and is awaited before the next decision. A run of an epoch that fails (an executor errs,
 //! dies or stops heartbeating) is abandoned: its staged files are deleted and the same plan runs
 //! again, as a new run, on the executors registered then; they restore state from the last
 //! decision.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -31,11 +33,10 @@ use crate::pushgateway::Pushgateway;
 use crate::query_status::StatusBoard;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
 use crate::state_gc::StateRetention;
+use crate::table_commits::{Committing, Tables};
 
 /// Runs of one epoch that may fail in a row before the job stops.
 const MAX_RUNS_PER_EPOCH: u32 = 10;
-/// Attempts at committing a decision to the tables before the job stops (a restart retries).
-const COMMIT_ATTEMPTS: u32 = 5;
 
 /// Where the job stands between epochs.
 #[derive(Debug, Clone)]
@@ -98,11 +99,30 @@ struct Triggered {
     latest: BTreeMap<i32, i64>,
 }
 
+/// A decided epoch whose commit to the tables runs beside the next epoch, with what telling
+/// the executors and the operators about it takes.
+struct PendingCommit {
+    committing: Committing,
+    plan: EpochPlan,
+    record: Arc<CommitRecord>,
+    ran_on: Vec<Member>,
+    triggered: Triggered,
+    previous_trigger_micros: Option<i64>,
+    /// Deciding and writing the decision record.
+    decide_ms: u64,
+    runs: u32,
+    first_failure: Option<Instant>,
+    /// The checkpoint requests this epoch answers.
+    answers: Vec<CheckpointReply>,
+}
+
 pub struct Coordinator {
     pub job: JobSpec,
     pub log: CheckpointLog,
-    pub output: DeltaCommitter,
-    pub dead_letter: Option<DeltaCommitter>,
+    /// The tables, while no commit has them.
+    tables: Option<Tables>,
+    /// The last decision's commit, while it runs.
+    committing: Option<PendingCommit>,
     pub source: SourceReader,
     pub members: watch::Receiver<Vec<Member>>,
     pub membership: mpsc::Sender<MembershipMsg>,
@@ -129,7 +149,7 @@ impl Drop for AbortOnDrop {
 
 /// Exponential backoff after the n-th failure in a row: 0.25 s, 0.5 s, 1 s, ... up to 10 s.
 /// (Waiting for a lost executor to come back is separate: runs wait for the executors.)
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let steps = failures.saturating_sub(1).min(6);
     Duration::from_millis(250u64 << steps).min(Duration::from_secs(10))
 }
@@ -156,8 +176,11 @@ impl Coordinator {
             retention: StateRetention::new(job.checkpoint_retention),
             job,
             log,
-            output,
-            dead_letter,
+            tables: Some(Tables {
+                output,
+                dead_letter,
+            }),
+            committing: None,
             source,
             members,
             membership,
@@ -194,7 +217,8 @@ impl Coordinator {
                 .await?
                 .with_context(|| format!("decision record of epoch {epoch} vanished"))?;
             // The decision may have been written just before a crash: finish its commit.
-            self.commit_tables(&record).await?;
+            let metrics = self.ops.metrics.clone();
+            self.tables()?.commit(&record, &metrics).await?;
             let plan = self.log.plan(epoch).await?;
             let assignment = if record.assignment.is_empty() {
                 plan.as_ref()
@@ -240,14 +264,18 @@ impl Coordinator {
         Ok((position, pending))
     }
 
+    /// The tables; an error while a commit has them (callers finish it first).
+    fn tables(&mut self) -> anyhow::Result<&mut Tables> {
+        self.tables
+            .as_mut()
+            .context("the tables are still with the last decision's commit")
+    }
+
     /// Deletes the files staged by runs that will never be committed. Safe only when no run is
-    /// staging: at start-up, or between a commit and the next plan.
+    /// staging and every decision is in the tables: at start-up, or between a finished commit
+    /// and the next plan.
     async fn remove_staged_files(&mut self) -> anyhow::Result<()> {
-        self.output.remove_unreferenced_files().await?;
-        if let Some(dl) = self.dead_letter.as_mut() {
-            dl.remove_unreferenced_files().await?;
-        }
-        Ok(())
+        self.tables()?.remove_unreferenced_files().await
     }
 
     /// Waits until the expected number of executors is registered; `None` when the driver is
@@ -311,51 +339,6 @@ impl Coordinator {
             bail!("no executor registered");
         }
         Ok(assignment)
-    }
-
-    async fn commit_tables(&mut self, record: &CommitRecord) -> anyhow::Result<Option<u64>> {
-        let mut failures = 0;
-        loop {
-            let metrics = &self.ops.metrics;
-            let attempt = async {
-                let started = Instant::now();
-                let version = self
-                    .output
-                    .commit(record.epoch, &record.output_adds)
-                    .await?;
-                if version.is_some() {
-                    metrics.delta_commit("output", started.elapsed().as_secs_f64());
-                }
-                if let Some(dl) = self.dead_letter.as_mut() {
-                    let started = Instant::now();
-                    if dl
-                        .commit(record.epoch, &record.dead_letter_adds)
-                        .await?
-                        .is_some()
-                    {
-                        metrics.delta_commit("dead_letter", started.elapsed().as_secs_f64());
-                    }
-                }
-                anyhow::Ok(version)
-            };
-            match attempt.await {
-                Ok(v) => return Ok(v),
-                Err(e) if failures + 1 < COMMIT_ATTEMPTS => {
-                    failures += 1;
-                    tracing::warn!(
-                        epoch = record.epoch,
-                        "committing the decision failed, retrying: {e:#}"
-                    );
-                    tokio::time::sleep(backoff(failures)).await;
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "committing the decision of epoch {} (a restart commits it again)",
-                        record.epoch
-                    )))
-                }
-            }
-        }
     }
 
     /// Waits for the next trigger; a checkpoint request cuts the wait short, a pause makes it
@@ -430,6 +413,11 @@ impl Coordinator {
                     (p, triggered)
                 }
                 None => {
+                    // With time to spare before the trigger, the last commit is finished and
+                    // reported now rather than beside the next epoch.
+                    if Instant::now() < next_trigger {
+                        self.finish_commit().await?;
+                    }
                     if !self.wait_for_trigger(next_trigger).await {
                         break;
                     }
@@ -458,6 +446,7 @@ impl Coordinator {
                             )
                         }
                         None => {
+                            self.finish_commit().await?;
                             let last = position.next_epoch.checked_sub(1);
                             self.answer_waiting(Ok(CheckpointOutcome {
                                 epoch: last,
@@ -474,22 +463,16 @@ impl Coordinator {
             };
             let span = tracing::info_span!("epoch", epoch = plan.epoch);
             match self
-                .run_epoch(&plan, members, &mut position, triggered)
+                .run_epoch(plan, members, &mut position, triggered)
                 .instrument(span)
                 .await?
             {
-                Some((m, version)) => {
-                    members = m;
-                    self.answer_waiting(Ok(CheckpointOutcome {
-                        epoch: Some(plan.epoch),
-                        ran: true,
-                        delta_version: version,
-                    }));
-                }
+                Some(m) => members = m,
                 // Stopped while the epoch waited for executors: it runs again after a restart.
                 None => break,
             }
         }
+        self.finish_commit().await?;
         self.answer_waiting(Err("the query stopped before it could run an epoch".into()));
         self.ops
             .board
@@ -500,16 +483,16 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Runs a plan until one run of it succeeds, then decides and commits it. Answers the
-    /// members it ran on and the new Delta version, or `None` when the driver was stopped while
-    /// a failed run waited for executors (the plan stays without a decision).
+    /// Runs a plan until one run of it succeeds, then decides it and starts its commit, which
+    /// runs beside the next epoch. Answers the members it ran on, or `None` when the driver was
+    /// stopped while a failed run waited for executors (the plan stays without a decision).
     async fn run_epoch(
         &mut self,
-        plan: &EpochPlan,
+        plan: EpochPlan,
         mut members: Vec<Member>,
         position: &mut Position,
         triggered: Triggered,
-    ) -> anyhow::Result<Option<(Vec<Member>, Option<u64>)>> {
+    ) -> anyhow::Result<Option<Vec<Member>>> {
         let epoch = plan.epoch;
         self.ops.board.epoch_started(epoch, &plan.assignment);
         // An epoch that takes longer than its budget raises one alert, while it runs.
@@ -536,7 +519,7 @@ impl Coordinator {
             let mut membership = self.members.clone();
             match self
                 .clients
-                .execute(plan, &assignment, &run, &members, &mut membership)
+                .execute(&plan, &assignment, &run, &members, &mut membership)
                 .await
             {
                 Ok(prepared) => break (assignment, prepared),
@@ -559,9 +542,12 @@ impl Coordinator {
             }
         };
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
+        // The last decision's commit, long done while this epoch ran, must be in the tables
+        // before this decision is written: recovery commits only the latest decision.
+        self.finish_commit().await?;
         let commit_started = Instant::now();
         let record = decide(
-            plan,
+            &plan,
             &assignment,
             prepared,
             self.job.watermark_delay_micros,
@@ -570,14 +556,45 @@ impl Coordinator {
         )?;
         self.log.write_commit(&record).await?;
         tokio::task::block_in_place(|| fault::reached("decided", epoch));
-        let version = self.commit_tables(&record).await?;
-        tokio::task::block_in_place(|| fault::reached("committed", epoch));
+        let record = Arc::new(record);
+        let tables = self
+            .tables
+            .take()
+            .context("the tables are with another commit")?;
         let ran_on: Vec<Member> = members
             .iter()
             .filter(|m| assignment.iter().any(|a| a.executor_id == m.id))
             .cloned()
             .collect();
-        self.clients.committed(epoch, &ran_on).await;
+        let previous_trigger_micros = position.last_trigger_micros;
+        *position = Position::after(
+            &record,
+            plan.watermark_micros,
+            assignment,
+            Some(triggered.at_micros),
+        );
+        self.committing = Some(PendingCommit {
+            committing: Committing::start(tables, record.clone(), self.ops.metrics.clone()),
+            plan,
+            record: record.clone(),
+            ran_on,
+            triggered,
+            previous_trigger_micros,
+            decide_ms: commit_started.elapsed().as_millis() as u64,
+            runs: failures + 1,
+            first_failure,
+            answers: std::mem::take(&mut self.waiting),
+        });
+        // Sweeping needs every decision in the tables; a checkpoint request waits for its
+        // epoch's commit. Otherwise the commit finishes beside the next epoch.
+        if self.sweep_after_commit
+            || self
+                .committing
+                .as_ref()
+                .is_some_and(|p| !p.answers.is_empty())
+        {
+            self.finish_commit().await?;
+        }
         // Every executor of this run finished what older runs were writing before it answered
         // (see the executor's staging), so what no commit references now never will be.
         if self.sweep_after_commit {
@@ -589,37 +606,60 @@ impl Coordinator {
                 ),
             }
         }
-        let commit_ms = commit_started.elapsed().as_millis() as u64;
+        // The decision references this epoch's snapshots, so collecting old ones is safe
+        // before the next epoch uploads new ones, whether or not its commit finished.
         self.retention.record(&record);
         if let Err(e) = self.retention.collect(&self.log).await {
             // Old snapshots left behind cost space, not correctness; the next epoch retries.
             tracing::warn!(epoch, "deleting old state snapshots failed: {e:#}");
         }
+        Ok(Some(members))
+    }
+
+    /// Waits for the last decision's commit, when one runs, then tells the executors, the
+    /// operators and the checkpoint requests waiting for it. An error stops the job: a restart
+    /// commits the decision again.
+    async fn finish_commit(&mut self) -> anyhow::Result<()> {
+        let Some(pending) = self.committing.take() else {
+            return Ok(());
+        };
+        let done = pending.committing.finish().await?;
+        self.tables = Some(done.tables);
+        let epoch = pending.record.epoch;
+        self.clients.committed(epoch, &pending.ran_on).await;
+        let triggered = &pending.triggered;
         self.report(
-            plan,
-            &record,
-            version,
-            &triggered,
-            position,
-            commit_ms,
-            failures + 1,
+            &pending.plan,
+            &pending.record,
+            done.version,
+            triggered,
+            pending.previous_trigger_micros,
+            pending.decide_ms + done.took.as_millis() as u64,
+            done.finished_at
+                .saturating_duration_since(triggered.started)
+                .as_millis() as u64,
+            pending.runs,
         );
-        if let Some(first) = first_failure {
+        if let Some(first) = pending.first_failure {
             self.ops.alerts.raise(
                 AlertKind::Recovered,
                 &format!(
-                    "epoch {epoch} committed after {failures} failed run(s); recovered in {:.1} s",
-                    first.elapsed().as_secs_f64()
+                    "epoch {epoch} committed after {} failed run(s); recovered in {:.1} s",
+                    pending.runs - 1,
+                    done.finished_at
+                        .saturating_duration_since(first)
+                        .as_secs_f64()
                 ),
             );
         }
-        *position = Position::after(
-            &record,
-            plan.watermark_micros,
-            assignment,
-            Some(triggered.at_micros),
-        );
-        Ok(Some((members, version)))
+        for reply in pending.answers {
+            let _ = reply.send(Ok(CheckpointOutcome {
+                epoch: Some(epoch),
+                ran: true,
+                delta_version: done.version,
+            }));
+        }
+        Ok(())
     }
 
     /// Tells the operators about a committed epoch: progress line, admin API, metrics,
@@ -631,8 +671,9 @@ impl Coordinator {
         record: &CommitRecord,
         version: Option<u64>,
         triggered: &Triggered,
-        position: &Position,
+        previous_trigger_micros: Option<i64>,
         commit_ms: u64,
+        total_ms: u64,
         runs: u32,
     ) {
         let progress = progress::build(
@@ -643,10 +684,10 @@ impl Coordinator {
                 version,
                 latest: &triggered.latest,
                 triggered_at_micros: triggered.at_micros,
-                previous_trigger_micros: position.last_trigger_micros,
+                previous_trigger_micros,
                 plan_ms: triggered.plan_ms,
                 commit_ms,
-                total_ms: triggered.started.elapsed().as_millis() as u64,
+                total_ms,
                 runs,
             },
         );

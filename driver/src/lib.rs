@@ -21,6 +21,7 @@ pub mod query_status;
 pub mod service;
 pub mod source;
 pub mod state_gc;
+pub mod table_commits;
 
 use std::io::Write;
 use std::net::SocketAddr;

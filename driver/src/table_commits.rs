@@ -1,0 +1,134 @@
+//! The job's Delta tables and the commits of its decisions to them. Once an epoch's decision is
+//! written, its commit may run while the next epoch executes (DESIGN.md §3): the tables move
+//! into the commit's task and come back when it is awaited, so commits stay one at a time and
+//! in epoch order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use weir_common::checkpoint::CommitRecord;
+use weir_common::fault;
+
+use crate::coordinator::backoff;
+use crate::delta_commit::DeltaCommitter;
+use crate::metrics::DriverMetrics;
+
+/// Attempts at committing a decision to the tables before the job stops (a restart retries).
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// The output table and, when the job has one, the dead-letter table.
+pub struct Tables {
+    pub output: DeltaCommitter,
+    pub dead_letter: Option<DeltaCommitter>,
+}
+
+impl Tables {
+    /// Puts the decision's adds into both tables (each commit is idempotent: a table that holds
+    /// the epoch already is left alone), retrying with backoff; answers the output table's new
+    /// version.
+    pub async fn commit(
+        &mut self,
+        record: &CommitRecord,
+        metrics: &DriverMetrics,
+    ) -> anyhow::Result<Option<u64>> {
+        let mut failures = 0;
+        loop {
+            match self.commit_once(record, metrics).await {
+                Ok(v) => return Ok(v),
+                Err(e) if failures + 1 < COMMIT_ATTEMPTS => {
+                    failures += 1;
+                    tracing::warn!(
+                        epoch = record.epoch,
+                        "committing the decision failed, retrying: {e:#}"
+                    );
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "committing the decision of epoch {} (a restart commits it again)",
+                        record.epoch
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn commit_once(
+        &mut self,
+        record: &CommitRecord,
+        metrics: &DriverMetrics,
+    ) -> anyhow::Result<Option<u64>> {
+        let started = Instant::now();
+        let version = self
+            .output
+            .commit(record.epoch, &record.output_adds)
+            .await?;
+        if version.is_some() {
+            metrics.delta_commit("output", started.elapsed().as_secs_f64());
+        }
+        if let Some(dl) = self.dead_letter.as_mut() {
+            let started = Instant::now();
+            if dl
+                .commit(record.epoch, &record.dead_letter_adds)
+                .await?
+                .is_some()
+            {
+                metrics.delta_commit("dead_letter", started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(version)
+    }
+
+    /// Deletes the files staged by runs that will never be committed. Safe only when no run is
+    /// staging and every decision is in the tables.
+    pub async fn remove_unreferenced_files(&mut self) -> anyhow::Result<()> {
+        self.output.remove_unreferenced_files().await?;
+        if let Some(dl) = self.dead_letter.as_mut() {
+            dl.remove_unreferenced_files().await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a finished commit answers.
+pub struct Committed {
+    pub tables: Tables,
+    /// The output table's new version (`None`: nothing added, or the epoch was there).
+    pub version: Option<u64>,
+    /// How long the commit took, retries included.
+    pub took: Duration,
+    pub finished_at: Instant,
+}
+
+/// A decision being committed in its own task.
+pub struct Committing {
+    task: JoinHandle<anyhow::Result<Committed>>,
+}
+
+impl Committing {
+    /// Starts committing `record` to `tables`.
+    pub fn start(mut tables: Tables, record: Arc<CommitRecord>, metrics: DriverMetrics) -> Self {
+        let task = tokio::spawn(async move {
+            // Here the decision is written and the next epoch may be running already.
+            tokio::task::block_in_place(|| fault::reached("committing", record.epoch));
+            let started = Instant::now();
+            let version = tables.commit(&record, &metrics).await?;
+            let took = started.elapsed();
+            tokio::task::block_in_place(|| fault::reached("committed", record.epoch));
+            Ok(Committed {
+                tables,
+                version,
+                took,
+                finished_at: Instant::now(),
+            })
+        });
+        Self { task }
+    }
+
+    /// Waits for the commit; an error stops the job (a restart commits the decision again).
+    pub async fn finish(self) -> anyhow::Result<Committed> {
+        self.task.await.context("the commit's task panicked")?
+    }
+}
