@@ -2,8 +2,10 @@
 //! touches RocksDB: each (window, group) is read and written once per epoch, not once per row.
 //!
 //! A row of a group and a distinct value already seen allocates nothing: group keys are
-//! encoded into a reused buffer and interned, distinct values are looked up by borrowed bytes,
-//! and a new one is copied into one buffer shared by the epoch's values.
+//! encoded into a reused buffer and interned (a query grouping by one string column finds the
+//! id by the value itself, without encoding), aggregate inputs are read from their columns as
+//! each is folded, distinct values are looked up by borrowed bytes, and a new one is copied
+//! into one buffer shared by the epoch's values.
 
 use std::hash::BuildHasher;
 
@@ -49,9 +51,26 @@ impl EventTimes {
 struct GroupKeys {
     ids: FastMap<Vec<u8>, u32>,
     keys: Vec<Vec<u8>>,
+    /// Ids by the value itself when the query groups by one string column (the usual case):
+    /// a row then finds its group without encoding its key.
+    by_str: FastMap<Vec<u8>, u32>,
+    scratch: Vec<u8>,
 }
 
 impl GroupKeys {
+    /// The id of the group key of one (non-null) string value.
+    fn intern_str(&mut self, value: &str) -> u32 {
+        if let Some(&id) = self.by_str.get(value.as_bytes()) {
+            return id;
+        }
+        let mut key = std::mem::take(&mut self.scratch);
+        encode_group_key_into(&[Scalar::Str(value)], &mut key);
+        let id = self.intern(&key);
+        self.scratch = key;
+        self.by_str.insert(value.as_bytes().to_vec(), id);
+        id
+    }
+
     fn intern(&mut self, key: &[u8]) -> u32 {
         if let Some(&id) = self.ids.get(key) {
             return id;
@@ -174,9 +193,12 @@ impl<'a> PreAggregation<'a> {
             .collect();
         let window_spec = self.job.window;
         let watermark = self.watermark;
+        let one_string_group = match group_cols.as_slice() {
+            [Some(ColumnReader::Utf8(column))] => Some(*column),
+            _ => None,
+        };
         let mut group_values = Vec::with_capacity(group_cols.len());
         let mut key = Vec::new();
-        let mut values = Vec::with_capacity(agg_cols.len());
         for row in 0..batch.num_rows() {
             if arrow::array::Array::is_null(ts_col, row) {
                 rejected.push((row, Rejected::Invalid("event time is null".into())));
@@ -193,31 +215,38 @@ impl<'a> PreAggregation<'a> {
                 rejected.push((row, Rejected::Late));
                 continue;
             }
-            group_values.clear();
-            group_values.extend(
-                group_cols
-                    .iter()
-                    .map(|c| c.as_ref().map_or(Scalar::Null, |c| c.get(row))),
-            );
-            encode_group_key_into(&group_values, &mut key);
-            let group = self.group_keys.intern(&key);
-            values.clear();
-            values.extend(
-                agg_cols
-                    .iter()
-                    .map(|c| c.as_ref().map_or(Scalar::Null, |c| c.get(row))),
-            );
+            let group = match one_string_group {
+                Some(column) if !arrow::array::Array::is_null(column, row) => {
+                    self.group_keys.intern_str(column.value(row))
+                }
+                _ => {
+                    group_values.clear();
+                    group_values.extend(
+                        group_cols
+                            .iter()
+                            .map(|c| c.as_ref().map_or(Scalar::Null, |c| c.get(row))),
+                    );
+                    encode_group_key_into(&group_values, &mut key);
+                    self.group_keys.intern(&key)
+                }
+            };
             window_spec.for_each_window(ts, |window| {
                 if !is_closed(window.end, watermark) {
-                    self.add_row(window, group, &values);
+                    self.add_row(window, group, &agg_cols, row);
                 }
             });
         }
         rejected
     }
 
-    /// Folds one row's aggregate inputs into (window, group).
-    fn add_row(&mut self, window: Window, group: u32, values: &[Scalar<'_>]) {
+    /// Folds the aggregate inputs of `row` (read from `columns`) into (window, group).
+    fn add_row(
+        &mut self,
+        window: Window,
+        group: u32,
+        columns: &[Option<ColumnReader<'_>>],
+        row: usize,
+    ) {
         let aggregates = &self.job.aggregates;
         let state = self
             .groups
@@ -226,9 +255,10 @@ impl<'a> PreAggregation<'a> {
                 partials: aggregates.iter().map(|a| a.new_partial()).collect(),
                 distinct: aggregates.iter().map(|_| Default::default()).collect(),
             });
-        for (i, (agg, value)) in aggregates.iter().zip(values).enumerate() {
+        for (i, (agg, column)) in aggregates.iter().zip(columns).enumerate() {
+            let value = column.as_ref().map_or(Scalar::Null, |c| c.get(row));
             if agg.kind != AggKind::CountDistinct {
-                state.partials[i].update(agg.kind, *value);
+                state.partials[i].update(agg.kind, value);
             } else if !value.is_null() {
                 let set = &mut state.distinct[i];
                 let values = &mut self.values;
@@ -439,5 +469,84 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
                 );
             }
         }
+    }
+
+    /// Group keys found by a string value alone (one string column) are the keys the general
+    /// encoding gives, nulls included, and a second group column takes the general way.
+    #[test]
+    fn group_keys_are_the_same_whichever_way_a_row_finds_them() {
+        use weir_common::value::{decode_group_key, GroupValue};
+        let job_with = |group_by: &str| {
+            let text = format!(
+                r#"
+name: t
+source:
+  kafka: {{bootstrap_servers: "b:1", topic: t}}
+  schema: {{user_id: string not null, event_type: string, region: string, timestamp: timestamp not null}}
+query:
+  watermark: {{column: timestamp, delay: 10m}}
+  window: {{column: timestamp, size: 5m}}
+  group_by: {group_by}
+  aggregates:
+    n: count(*)
+    users: count(distinct user_id)
+checkpoint_location: /tmp/x
+sinks: [{{delta: {{path: /tmp/y}}}}]
+"#
+            );
+            parse_job(&text, Path::new("/")).unwrap()
+        };
+        let lines = [
+            r#"{"user_id":"a","event_type":"click","region":"eu","timestamp":"2026-11-24T10:00:00Z"}"#,
+            r#"{"user_id":"b","event_type":null,"region":"eu","timestamp":"2026-11-24T10:00:01Z"}"#,
+            r#"{"user_id":"c","region":"us","timestamp":"2026-11-24T10:00:02Z"}"#,
+            r#"{"user_id":"a","event_type":"click","region":"us","timestamp":"2026-11-24T10:00:03Z"}"#,
+            r#"{"user_id":"d","event_type":"view","region":"us","timestamp":"2026-11-24T10:00:04Z"}"#,
+        ];
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:01:00Z")
+            .unwrap()
+            .timestamp_micros();
+        let groups_of = |job: &JobSpec| {
+            let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+            let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
+            assert!(decoded.bad.is_empty(), "{:?}", decoded.bad);
+            let mut pre = PreAggregation::new(job, None, now);
+            for b in &decoded.batches {
+                assert!(pre.add_batch(b).is_empty());
+            }
+            let mut groups: Vec<(Vec<GroupValue>, i64)> = pre
+                .into_partials()
+                .groups
+                .into_iter()
+                .map(|((_, key), partials)| {
+                    let count = match partials[0] {
+                        Partial::Count(n) => n,
+                        _ => -1,
+                    };
+                    (decode_group_key(&key).unwrap(), count)
+                })
+                .collect();
+            groups.sort_by_key(|(key, _)| format!("{key:?}"));
+            groups
+        };
+        let s = |v: &str| GroupValue::Str(v.to_string());
+        assert_eq!(
+            groups_of(&job_with("[event_type]")),
+            vec![
+                (vec![GroupValue::Null], 2),
+                (vec![s("click")], 2),
+                (vec![s("view")], 1),
+            ]
+        );
+        assert_eq!(
+            groups_of(&job_with("[event_type, region]")),
+            vec![
+                (vec![GroupValue::Null, s("eu")], 1),
+                (vec![GroupValue::Null, s("us")], 1),
+                (vec![s("click"), s("eu")], 1),
+                (vec![s("click"), s("us")], 1),
+                (vec![s("view"), s("us")], 1),
+            ]
+        );
     }
 }
