@@ -284,6 +284,8 @@ impl Coordinator {
         let n = self.expected_executors;
         let mut stop = self.controls.stop.clone();
         if self.members.borrow().len() < n {
+            // No epoch runs until they come: the last commit is finished and reported first.
+            self.finish_commit().await?;
             let message = format!(
                 "waiting for {n} executors ({} registered)",
                 self.members.borrow().len()
@@ -343,13 +345,20 @@ impl Coordinator {
 
     /// Waits for the next trigger; a checkpoint request cuts the wait short, a pause makes it
     /// last until resumed. Answers false when the driver is asked to stop.
-    async fn wait_for_trigger(&mut self, at: Instant) -> bool {
+    async fn wait_for_trigger(&mut self, at: Instant) -> anyhow::Result<bool> {
         loop {
             if !self.waiting.is_empty() {
-                return true;
+                return Ok(true);
             }
             let paused = *self.controls.paused.borrow();
             self.ops.metrics.set_paused(paused);
+            if !paused && Instant::now() >= at {
+                // Due: the next epoch runs now, beside the last one's commit.
+                return Ok(true);
+            }
+            // Before waiting at all (for the trigger or a resume), the last commit is finished
+            // and reported.
+            self.finish_commit().await?;
             if paused {
                 self.ops.board.set(
                     QueryState::Paused,
@@ -364,8 +373,8 @@ impl Coordinator {
             let mut pause = self.controls.paused.clone();
             pause.borrow_and_update();
             tokio::select! {
-                _ = tokio::time::sleep_until(at.into()), if !paused => return true,
-                _ = stop.wait_for(|s| *s) => return false,
+                _ = tokio::time::sleep_until(at.into()), if !paused => return Ok(true),
+                _ = stop.wait_for(|s| *s) => return Ok(false),
                 request = self.controls.checkpoint.recv() => {
                     if let Some(reply) = request {
                         self.waiting.push(reply);
@@ -413,12 +422,7 @@ impl Coordinator {
                     (p, triggered)
                 }
                 None => {
-                    // With time to spare before the trigger, the last commit is finished and
-                    // reported now rather than beside the next epoch.
-                    if Instant::now() < next_trigger {
-                        self.finish_commit().await?;
-                    }
-                    if !self.wait_for_trigger(next_trigger).await {
+                    if !self.wait_for_trigger(next_trigger).await? {
                         break;
                     }
                     let at_micros = now_micros();
