@@ -54,19 +54,17 @@ struct GroupKeys {
     /// Ids by the value itself when the query groups by one string column (the usual case):
     /// a row then finds its group without encoding its key.
     by_str: FastMap<Vec<u8>, u32>,
-    scratch: Vec<u8>,
 }
 
 impl GroupKeys {
-    /// The id of the group key of one (non-null) string value.
-    fn intern_str(&mut self, value: &str) -> u32 {
+    /// The id of the group key of one (non-null) string value; a new value's key is encoded
+    /// in `key`.
+    fn intern_str(&mut self, value: &str, key: &mut Vec<u8>) -> u32 {
         if let Some(&id) = self.by_str.get(value.as_bytes()) {
             return id;
         }
-        let mut key = std::mem::take(&mut self.scratch);
-        encode_group_key_into(&[Scalar::Str(value)], &mut key);
-        let id = self.intern(&key);
-        self.scratch = key;
+        encode_group_key_into(&[Scalar::Str(value)], key);
+        let id = self.intern(key);
         self.by_str.insert(value.as_bytes().to_vec(), id);
         id
     }
@@ -217,7 +215,7 @@ impl<'a> PreAggregation<'a> {
             }
             let group = match one_string_group {
                 Some(column) if !arrow::array::Array::is_null(column, row) => {
-                    self.group_keys.intern_str(column.value(row))
+                    self.group_keys.intern_str(column.value(row), &mut key)
                 }
                 _ => {
                     group_values.clear();

@@ -145,23 +145,23 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
     }
 
     fn read(&mut self, index: usize, range: Range<u64>) -> Fetched {
-        let rel = &self.files[index].path;
-        if self.open.as_ref().is_none_or(|(i, _, _)| *i != index) {
-            let path = self
-                .location
-                .local_file(rel)
-                .ok_or_else(|| FetchError::Io {
-                    path: self.location.display(rel),
-                    source: std::io::Error::other("not a local file"),
+        let (_, path, file) = match self.open.take() {
+            Some(open) if open.0 == index => self.open.insert(open),
+            _ => {
+                let rel = &self.files[index].path;
+                let path = self
+                    .location
+                    .local_file(rel)
+                    .ok_or_else(|| FetchError::Io {
+                        path: self.location.display(rel),
+                        source: std::io::Error::other("not a local file"),
+                    })?;
+                let file = File::open(&path).map_err(|source| FetchError::Io {
+                    path: path.display().to_string(),
+                    source,
                 })?;
-            let file = File::open(&path).map_err(|source| FetchError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            self.open = Some((index, path, file));
-        }
-        let Some((_, path, file)) = &self.open else {
-            return Err(FetchError::Task("no open file".into()));
+                self.open.insert((index, path, file))
+            }
         };
         let len = usize::try_from(range.end - range.start)
             .map_err(|e| FetchError::Task(e.to_string()))?;
