@@ -4,6 +4,7 @@
 //! translate calls into messages), the epoch actor (owns the Kafka reader, the state store and
 //! the staged tables), the exchange inbox (merges what peers send) and the heartbeat task.
 
+pub mod distinct_runs;
 pub mod emit;
 pub mod epoch;
 pub mod exchange;

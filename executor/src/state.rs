@@ -1,7 +1,8 @@
 //! The window state store: RocksDB under the executor's state directory, written once per epoch
 //! in one atomic batch (the epoch's folds, the emitted windows' deletion, the epoch marker).
-//! Exact-distinct values are written blind, without a read: whether a value is new is only
-//! asked when its window closes, by counting the window's keys (see `state_keys`).
+//! Exact-distinct values are merged in blind, without a read, as one run per key group, window,
+//! aggregate and group (`distinct_runs`): whether a value is new is only asked when its window
+//! closes, by counting the run RocksDB's merge operator has unioned (see `state_keys`).
 //! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
 //! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
 
@@ -15,6 +16,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
+use crate::distinct_runs::{self as runs, RunWriter};
 use crate::partials::{FastMap, Partials, ShardKey};
 use crate::state_keys::{self as keys, StateKey};
 
@@ -27,6 +29,8 @@ pub enum StateError {
     },
     #[error("corrupt state entry: {0}")]
     Corrupt(String),
+    #[error("corrupt distinct run: {0}")]
+    Run(#[from] runs::RunError),
     #[error("state directory {path}: {source}")]
     Io {
         path: String,
@@ -81,6 +85,13 @@ pub fn finish_closed_rows(
     Ok(())
 }
 
+/// How many different values `values` holds (it is left sorted).
+fn count_unique(values: &mut Vec<&[u8]>) -> u64 {
+    values.sort_unstable();
+    values.dedup();
+    values.len() as u64
+}
+
 /// What folding an epoch's partials wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Folded {
@@ -110,6 +121,7 @@ fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_merge_operator_associative(runs::MERGE_OPERATOR_NAME, runs::merge);
     // No Bloom filters: distinct values are written blind and read only by the scans that
     // close windows, so point lookups are the few group rows an epoch folds (one per window
     // and group), while every snapshot's flush and every compaction would hash each key into
@@ -249,15 +261,27 @@ impl StateStore {
                 .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
             batch.put(&key, value);
         }
-        // Entries are their state keys: sorted and deduplicated, they are written blind (no
-        // read: a value the store holds already is written again to the same key) and reach
-        // the memtable in order. Looking each up to count new values cost more than reading,
-        // decoding and aggregating the events; the counting is left to the window's close.
+        // Values arrive as their distinct keys: sorted and deduplicated, the values of one
+        // (key group, window, aggregate, group) are adjacent and in order, and become one run
+        // merged in blind (no read: RocksDB unions it with what the store holds). Looking each
+        // value up to count new ones cost more than reading, decoding and aggregating the
+        // events; the counting is left to the window's close.
         let distinct_keys = distinct.sorted_unique();
         folded.distinct_written = distinct_keys.len() as u64;
         folded.rows_written += folded.distinct_written;
+        let mut run = RunWriter::default();
+        let mut head: &[u8] = &[];
         for key in &distinct_keys {
-            batch.put(key, []);
+            let (key_head, value) = keys::split_distinct_key(key)
+                .ok_or_else(|| StateError::Corrupt("a distinct value's key is cut short".into()))?;
+            if key_head != head && !run.is_empty() {
+                batch.merge(keys::run_key(head), run.finish());
+            }
+            head = key_head;
+            run.push(value)?;
+        }
+        if !run.is_empty() {
+            batch.merge(keys::run_key(head), run.finish());
         }
         Ok(folded)
     }
@@ -280,8 +304,10 @@ impl StateStore {
         if taken.is_some_and(|t| t >= watermark) {
             return Ok(closed);
         }
-        // A shard's values are adjacent in key order: counted as a run.
-        let mut run: Option<(ShardKey, i64)> = None;
+        // Values that stores of earlier versions keep one key each, per (window, aggregate,
+        // group) of the key group being scanned: counted with the run of the same shard if
+        // there is one (it sorts after them), else on their own at the key group's end.
+        let mut legacy: FastMap<ShardKey, Vec<Vec<u8>>> = FastMap::default();
         for kg in key_groups {
             let lower = match taken {
                 Some(t) => keys::kg_closed_upper(kg, t),
@@ -311,26 +337,42 @@ impl StateStore {
                             partials,
                         });
                     }
-                    Some(StateKey::Distinct { window, agg, group }) => {
-                        closed.distinct_removed += 1;
-                        match &mut run {
-                            Some(((w, a, g), count)) if *w == window && *a == agg && g == group => {
-                                *count += 1;
+                    Some(StateKey::Run { window, agg, group }) => {
+                        let shard = (window, agg, group.to_vec());
+                        let count = match legacy.remove(&shard) {
+                            None => u64::from(runs::count(&value)?),
+                            Some(old) => {
+                                let mut values = Vec::new();
+                                runs::values_into(&value, &mut values)?;
+                                values.extend(old.iter().map(Vec::as_slice));
+                                count_unique(&mut values)
                             }
-                            _ => {
-                                closed.shard_counts.extend(run.take());
-                                run = Some(((window, agg, group.to_vec()), 1));
-                            }
-                        }
+                        };
+                        closed.distinct_removed += count;
+                        closed.shard_counts.push((shard, count as i64));
                     }
+                    Some(StateKey::Distinct {
+                        window,
+                        agg,
+                        group,
+                        value,
+                    }) => legacy
+                        .entry((window, agg, group.to_vec()))
+                        .or_default()
+                        .push(value.to_vec()),
                     // Counted again from the values above; deleted with the window.
                     Some(StateKey::LegacyShardCount) => {}
                     None => return Err(StateError::Corrupt("unparseable state key".into())),
                 }
             }
+            for (shard, old) in legacy.drain() {
+                let mut values: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
+                let count = count_unique(&mut values);
+                closed.distinct_removed += count;
+                closed.shard_counts.push((shard, count as i64));
+            }
             batch.delete_range(&lower, &upper);
         }
-        closed.shard_counts.extend(run);
         batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
         Ok(closed)
     }
@@ -386,6 +428,13 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    /// An empty store of 8 key groups, in a directory removed when the first is dropped.
+    fn empty_store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::create_empty(&dir.path().join("db"), 8).unwrap();
+        (dir, store)
+    }
+
     fn values(w: Window, names: &[&str]) -> Partials {
         let mut p = Partials::default();
         for v in names {
@@ -397,8 +446,7 @@ mod tests {
 
     #[test]
     fn a_value_sent_twice_counts_once_and_closing_sums_the_shards() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::create_empty(&dir.path().join("db"), 8).unwrap();
+        let (dir, store) = empty_store();
         let w = Window { start: 0, end: 300 };
         let mut batch = WriteBatch::default();
         let folded = store
@@ -406,6 +454,8 @@ mod tests {
             .unwrap();
         assert_eq!(folded.distinct_written, 3);
         store.commit_epoch(0, batch).unwrap();
+        // The first epoch's run on disk, the second's in the memtable: unioned when read.
+        store.db.flush().unwrap();
         let mut batch = WriteBatch::default();
         let folded = store
             .fold(values(w, &["u3", "u4", "u1", "u4"]), &mut batch)
@@ -467,5 +517,87 @@ mod tests {
         let mut batch = WriteBatch::default();
         let closed = copy.take_closed(0..8, 600, 3, &mut batch).unwrap();
         assert_eq!(closed.distinct_removed, 3);
+    }
+
+    /// Distinct counts per window of `store`, all key groups, taken under `watermark`.
+    fn counts(store: &StateStore, watermark: i64) -> Vec<(Window, i64)> {
+        let mut batch = WriteBatch::default();
+        let closed = store.take_closed(0..8, watermark, 3, &mut batch).unwrap();
+        let mut sums: Vec<(Window, i64)> = Vec::new();
+        for ((window, _, _), n) in closed.shard_counts {
+            match sums.iter_mut().find(|(w, _)| *w == window) {
+                Some((_, sum)) => *sum += n,
+                None => sums.push((window, n)),
+            }
+        }
+        sums.sort();
+        sums
+    }
+
+    #[test]
+    fn runs_of_many_epochs_are_unioned_by_flushes_and_compactions() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        // 20 epochs of 50 users each out of 200, every one flushed (as a snapshot does), so
+        // that compactions merge runs on disk as well.
+        let mut expected = std::collections::BTreeSet::new();
+        for epoch in 0..20u64 {
+            let users: Vec<String> = (0..50)
+                .map(|i| format!("user-{}", (epoch * 37 + i * 7) % 200))
+                .collect();
+            expected.extend(users.iter().cloned());
+            let names: Vec<&str> = users.iter().map(String::as_str).collect();
+            let mut batch = WriteBatch::default();
+            store.fold(values(w, &names), &mut batch).unwrap();
+            store.commit_epoch(epoch, batch).unwrap();
+            store.db.flush().unwrap();
+        }
+        store.db.compact_range::<&[u8], &[u8]>(None, None);
+        assert_eq!(counts(&store, 300), [(w, expected.len() as i64)]);
+    }
+
+    #[test]
+    fn values_kept_one_key_each_by_earlier_versions_are_counted_with_runs() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        let later = Window {
+            start: 300,
+            end: 600,
+        };
+        // What an earlier version left: a key per value, in both windows.
+        let mut batch = WriteBatch::default();
+        for key in values(w, &["u1", "u2", "u3"]).distinct.iter() {
+            batch.put(key, []);
+        }
+        for key in values(later, &["u7"]).distinct.iter() {
+            batch.put(key, []);
+        }
+        store.commit_epoch(0, batch).unwrap();
+        // This version adds runs to the first window only, overlapping the old values.
+        let mut batch = WriteBatch::default();
+        store
+            .fold(values(w, &["u2", "u3", "u4", "u5"]), &mut batch)
+            .unwrap();
+        store.commit_epoch(1, batch).unwrap();
+        assert_eq!(counts(&store, 600), [(w, 5), (later, 1)]);
+    }
+
+    #[test]
+    fn a_corrupt_run_fails_the_read_instead_of_counting_wrong() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        let mut batch = WriteBatch::default();
+        store.fold(values(w, &["u1"]), &mut batch).unwrap();
+        store.commit_epoch(0, batch).unwrap();
+        let (run_key, _) = store
+            .entries()
+            .into_iter()
+            .find(|(k, _)| matches!(keys::parse_key(k), Some(StateKey::Run { .. })))
+            .unwrap();
+        let mut batch = WriteBatch::default();
+        batch.merge(&run_key, [1, 0, 0, 0, 9]);
+        store.commit_epoch(1, batch).unwrap();
+        let mut batch = WriteBatch::default();
+        assert!(store.take_closed(0..8, 300, 3, &mut batch).is_err());
     }
 }

@@ -3,15 +3,19 @@
 //!
 //! ```text
 //! group row    [kg u16][end][0][start][group key]                        -> partials
-//! distinct     [kg u16][end][1][start][agg u8][len u32][group key][value] -> ()
+//! distinct run [kg u16][end][3][start][agg u8][len u32][group key]        -> run of values
 //! ```
 //! A distinct value lives in the key group of (window, group, value), so a group key with few
-//! values spreads its distinct state over every key group. Values are written without reading
-//! first (a value already there is written again, to the same key); a window's distinct count
-//! is taken when it closes, by counting its keys in each key group (a shard) and summing the
-//! shards at the group's owner. Stores written before that also hold a running count per shard
-//! (`[kg u16][end][2][start][agg u8][group key] -> i64`): it is ignored and deleted with its
-//! window.
+//! values spreads its distinct state over every key group. The values of one (key group,
+//! window, aggregate, group) are one run (`distinct_runs`): each epoch merges its own in
+//! without reading first, and a window's distinct count is the size of its runs in each key
+//! group (a shard), summed at the group's owner when the window closes.
+//!
+//! Values travel between executors as distinct keys, `[kg u16][end][1][start][agg u8][len u32]
+//! [group key][value]`: the run key's bytes with the value after them. Stores written by
+//! earlier versions hold such keys too, one per value, and a running count per shard
+//! (`[kg u16][end][2][start][agg u8][group key] -> i64`, ignored); both are counted or dropped
+//! with their window.
 
 use weir_common::keygroup::key_group_of_parts;
 use weir_common::window::Window;
@@ -19,6 +23,10 @@ use weir_common::window::Window;
 pub const TAG_GROUP: u8 = 0;
 pub const TAG_DISTINCT: u8 = 1;
 pub const TAG_SHARD_COUNT: u8 = 2;
+pub const TAG_RUN: u8 = 3;
+
+/// Where the group key starts in a distinct key or run key.
+const GROUP_AT: usize = 24;
 
 /// Prefix of bookkeeping keys; never a key group (at most 32768 of them).
 pub const META_PREFIX: [u8; 2] = [0xFF, 0xFF];
@@ -110,6 +118,29 @@ fn write_distinct_key(k: &mut Vec<u8>, kg: u32, w: Window, agg: u8, group: &[u8]
     k.extend_from_slice(value);
 }
 
+/// Splits a distinct key into its head (everything but the value: the same for every value
+/// of one run) and its value: `None` unless `key` is a whole distinct key.
+pub fn split_distinct_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = distinct_value_at(key)?;
+    (key.get(10) == Some(&TAG_DISTINCT)).then(|| key.split_at(at))
+}
+
+/// The key of the run that holds the values of a distinct key's head.
+pub fn run_key(head: &[u8]) -> Vec<u8> {
+    let mut run = head.to_vec();
+    if let Some(tag) = run.get_mut(10) {
+        *tag = TAG_RUN;
+    }
+    run
+}
+
+/// Where the value starts in a distinct key, or in a run key its end.
+fn distinct_value_at(key: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(key.get(20..GROUP_AT)?.try_into().ok()?) as usize;
+    let at = GROUP_AT.checked_add(len)?;
+    (key.len() >= at).then_some(at)
+}
+
 /// The key group a state key belongs to (its first two bytes).
 pub fn key_group_of(key: &[u8]) -> Option<u32> {
     Some(u32::from(u16::from_be_bytes(
@@ -142,8 +173,16 @@ pub enum StateKey<'a> {
         window: Window,
         group: &'a [u8],
     },
-    /// An exact-distinct value of (window, aggregate, group).
+    /// An exact-distinct value of (window, aggregate, group), as it travels (or as stores of
+    /// earlier versions keep it).
     Distinct {
+        window: Window,
+        agg: u8,
+        group: &'a [u8],
+        value: &'a [u8],
+    },
+    /// The exact-distinct values of (window, aggregate, group) in one key group.
+    Run {
         window: Window,
         agg: u8,
         group: &'a [u8],
@@ -163,11 +202,20 @@ pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
             group: key.get(19..)?,
         }),
         TAG_DISTINCT => {
-            let len = u32::from_be_bytes(key.get(20..24)?.try_into().ok()?) as usize;
+            let at = distinct_value_at(key)?;
             Some(StateKey::Distinct {
                 window,
                 agg: *key.get(19)?,
-                group: key.get(24..24usize.checked_add(len)?)?,
+                group: &key[GROUP_AT..at],
+                value: &key[at..],
+            })
+        }
+        TAG_RUN => {
+            let at = distinct_value_at(key)?;
+            (at == key.len()).then_some(StateKey::Run {
+                window,
+                agg: *key.get(19)?,
+                group: &key[GROUP_AT..at],
             })
         }
         TAG_SHARD_COUNT => Some(StateKey::LegacyShardCount),
@@ -215,9 +263,28 @@ mod tests {
             Some(StateKey::Distinct {
                 window: w,
                 agg: 2,
+                group: g,
+                value: b"u1"
+            })
+        );
+        let key = distinct_key(3, w, 2, g, b"u1");
+        let (head, value) = split_distinct_key(&key).unwrap();
+        assert_eq!(value, b"u1");
+        let run = run_key(head);
+        assert_eq!(
+            parse_key(&run),
+            Some(StateKey::Run {
+                window: w,
+                agg: 2,
                 group: g
             })
         );
+        // A run key sorts with its window, after the window's group rows.
+        assert!(run > group_key(3, w, g) && run < kg_closed_upper(3, w.end));
+        assert_eq!(parse_key(&[&run[..], b"u1"].concat()), None);
+        assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"")).is_some());
+        assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..26]).is_none());
+        assert!(split_distinct_key(&run).is_none());
         assert!(is_distinct_key(&distinct_key(3, w, 2, g, b"u1")));
         assert!(!is_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..22]));
         assert!(!is_distinct_key(&legacy));
