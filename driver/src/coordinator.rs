@@ -571,6 +571,10 @@ impl Coordinator {
             .cloned()
             .collect();
         let previous_trigger_micros = position.last_trigger_micros;
+        // Sweeping needs every decision in the tables; a checkpoint request waits for its
+        // epoch's commit. Otherwise the commit finishes beside the next epoch.
+        let answers = std::mem::take(&mut self.waiting);
+        let finish_now = self.sweep_after_commit || !answers.is_empty();
         *position = Position::after(
             &record,
             plan.watermark_micros,
@@ -587,16 +591,9 @@ impl Coordinator {
             decide_ms: commit_started.elapsed().as_millis() as u64,
             runs: failures + 1,
             first_failure,
-            answers: std::mem::take(&mut self.waiting),
+            answers,
         });
-        // Sweeping needs every decision in the tables; a checkpoint request waits for its
-        // epoch's commit. Otherwise the commit finishes beside the next epoch.
-        if self.sweep_after_commit
-            || self
-                .committing
-                .as_ref()
-                .is_some_and(|p| !p.answers.is_empty())
-        {
+        if finish_now {
             self.finish_commit().await?;
         }
         // Every executor of this run finished what older runs were writing before it answered

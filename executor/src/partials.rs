@@ -17,9 +17,9 @@ use crate::state_keys::distinct_key_into;
 #[cfg(test)]
 use crate::state_keys::key_group_of;
 
-/// A distinct value as the state key it is kept under ([`crate::state_keys::distinct_key`]:
-/// its key group, window, aggregate index, group key and value), built alone; epochs write
-/// theirs into [`DistinctKeys`] instead.
+/// A distinct value as its distinct key ([`crate::state_keys::distinct_key`]: its key group,
+/// window, aggregate index, group key and value), built alone; epochs write theirs into
+/// [`DistinctKeys`] instead.
 #[cfg(test)]
 pub type DistinctEntry = Vec<u8>;
 
@@ -38,8 +38,8 @@ pub fn distinct_entry(
     key
 }
 
-/// Distinct values as their state keys, one after another in one buffer: a buffer per key was
-/// an allocation and a free per value at every step from the reader to the owner's store.
+/// Distinct values as their distinct keys, one after another in one buffer: a buffer per key
+/// was an allocation and a free per value at every step from the reader to the owner's fold.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DistinctKeys {
     bytes: Vec<u8>,
@@ -81,9 +81,9 @@ impl DistinctKeys {
         self.ends.extend(other.ends.iter().map(|e| e + base));
     }
 
-    /// The keys in order, each once (what the owner's fold writes).
+    /// The keys in order, each once (what the owner's fold makes its runs of).
     pub fn sorted_unique(&self) -> Vec<&[u8]> {
-        // State keys start with their big-endian key group: placed by their first two bytes
+        // Distinct keys start with their big-endian key group: placed by their first two bytes
         // (a counting pass), each key group's keys are then sorted on their own, which takes
         // about half the comparisons of one sort over all of them. Missing bytes count as
         // zeros, so the buckets are in byte order and the sort within one settles the rest.
@@ -262,13 +262,13 @@ impl<'a> ByOwner<'a> {
         self.owner(kg).add_group(key, partials);
     }
 
-    /// Adds a distinct value's state key.
+    /// Adds a distinct value's distinct key.
     #[cfg(test)]
     pub fn add_distinct(&mut self, key: &[u8]) {
         self.owner(distinct_key_group(key)).distinct.push(key);
     }
 
-    /// Adds a distinct value of (window, aggregate `agg`, group) as its state key.
+    /// Adds a distinct value of (window, aggregate `agg`, group) as its distinct key.
     pub fn add_distinct_value(&mut self, window: Window, agg: u8, group: &[u8], value: &[u8]) {
         let mut key = std::mem::take(&mut self.scratch);
         let kg = distinct_key_into(&mut key, window, agg, group, value, self.key_groups());

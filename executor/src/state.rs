@@ -29,7 +29,7 @@ pub enum StateError {
     },
     #[error("corrupt state entry: {0}")]
     Corrupt(String),
-    #[error("corrupt distinct run: {0}")]
+    #[error("corrupt state entry: {0}")]
     Run(#[from] runs::RunError),
     #[error("state directory {path}: {source}")]
     Io {

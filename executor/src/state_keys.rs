@@ -84,7 +84,7 @@ pub fn distinct_key_group_of(
     )
 }
 
-/// Writes into `key` (cleared first) the state key of a distinct value in its key group among
+/// Writes into `key` (cleared first) the distinct key of a value in its key group among
 /// `key_groups`, and answers the key group. The key holds the hashed parts in hash order,
 /// around the tag: they are hashed from it in two slices instead of being gathered again.
 pub fn distinct_key_into(

@@ -60,7 +60,7 @@ pub enum Entry {
 }
 
 /// The entries of some partials, shareable so a stream can be sent again after a failure:
-/// group rows and shard counts, then the distinct values (as their state keys, all in
+/// group rows and shard counts, then the distinct values (as their distinct keys, all in
 /// `payload`).
 pub struct Entries {
     rows: Vec<Entry>,
