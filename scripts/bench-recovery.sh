@@ -19,7 +19,9 @@ bench_setup "$BENCH" ${WEIR_BENCH_PORT:-9094} "$EVENTS"
 
 job() {
   mkdir -p "$1"
+  # The log keeps every decision: the summary reads them all after the run.
   sed -e "s#\.weir/demo#$1#g" -e "s#max_offsets_per_trigger: .*#max_offsets_per_trigger: $PER_EPOCH#" \
+    -e "s#checkpoint_retention: [0-9]*#checkpoint_retention: 100000#" \
     examples/reference-local.yaml > "$1/job.yaml"
 }
 

@@ -115,7 +115,8 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(channel))
 }
 
-/// A request with the deadline and, for calls that change the query, the token.
+/// A request with the deadline and the token, when there is one (a driver may need it for
+/// reads too).
 fn request<T>(message: T, token: Option<&str>, timeout: Duration) -> anyhow::Result<Request<T>> {
     let mut r = Request::new(message);
     r.set_timeout(timeout);
@@ -151,7 +152,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match &args.command {
         AdminCommand::Status => {
             let r = client
-                .list_queries(request(ListQueriesRequest {}, None, t)?)
+                .list_queries(request(ListQueriesRequest {}, token.as_deref(), t)?)
                 .await
                 .map_err(call_error)?
                 .into_inner();
@@ -162,7 +163,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Progress => {
             let p = client
-                .get_progress(request(ProgressRequest::default(), None, t)?)
+                .get_progress(request(ProgressRequest::default(), token.as_deref(), t)?)
                 .await
                 .map_err(call_error)?
                 .into_inner();
@@ -177,7 +178,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let r = client
-                .recent_progress(request(req, None, t)?)
+                .recent_progress(request(req, token.as_deref(), t)?)
                 .await
                 .map_err(call_error)?
                 .into_inner();
@@ -188,8 +189,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("{}", render(&PROGRESS_HEADERS, &rows));
         }
         AdminCommand::Watch => {
-            let mut r = Request::new(ProgressRequest::default());
-            r.set_timeout(Duration::from_secs(365 * 24 * 3600));
+            let r = request(
+                ProgressRequest::default(),
+                token.as_deref(),
+                Duration::from_secs(365 * 24 * 3600),
+            )?;
             let mut stream = client
                 .watch_progress(r)
                 .await
@@ -210,7 +214,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Executors => {
             let r = client
-                .list_executors(request(ListExecutorsRequest {}, None, t)?)
+                .list_executors(request(ListExecutorsRequest {}, token.as_deref(), t)?)
                 .await
                 .map_err(call_error)?
                 .into_inner();

@@ -64,6 +64,15 @@ pub struct GenArgs {
     /// Fraction of records that are malformed (bad JSON, wrong types, missing fields...).
     #[arg(long, default_value_t = 0.0)]
     pub malformed_fraction: f64,
+    /// Fraction of records that are hostile: times at and past the edges of what a timestamp
+    /// holds, bytes that are not UTF-8, deep nesting, huge numbers, records just over
+    /// `--max-record-bytes`. Each is a dead letter (counted malformed) or, for a time that is
+    /// valid but long past, late.
+    #[arg(long, default_value_t = 0.0)]
+    pub hostile_fraction: f64,
+    /// The job's `max_record_bytes`: oversized hostile records are a little larger.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Also write every record, its partition and its kind (valid, late, malformed) here.
@@ -131,7 +140,7 @@ impl FileOutput {
     }
 
     /// Writes event number `n`.
-    fn write(&mut self, n: u64, value: &str) -> anyhow::Result<()> {
+    fn write(&mut self, n: u64, value: &[u8]) -> anyhow::Result<()> {
         let index = u64::try_from(u128::from(n) * u128::from(self.files) / u128::from(self.count))
             .unwrap_or(u64::MAX);
         if self.current.as_ref().is_none_or(|(i, _)| *i != index) {
@@ -141,7 +150,8 @@ impl FileOutput {
             self.current = Some((index, BufWriter::new(file)));
         }
         if let Some((_, out)) = self.current.as_mut() {
-            writeln!(out, "{value}")?;
+            out.write_all(value)?;
+            out.write_all(b"\n")?;
         }
         Ok(())
     }
@@ -174,7 +184,8 @@ pub struct Generated {
     pub partition: i32,
     pub kind: Kind,
     pub key: String,
-    pub value: String,
+    /// The record's bytes: JSON text, except for hostile records that are not UTF-8.
+    pub value: Vec<u8>,
 }
 
 /// The deterministic event source behind `weir gen`.
@@ -187,6 +198,9 @@ pub struct EventGenerator {
 }
 
 const MALFORMED_KINDS: usize = 7;
+/// Hostile records ([`EventGenerator::hostile`]); the last ones are late, not malformed.
+const HOSTILE_KINDS: usize = 13;
+const HOSTILE_LATE_KINDS: usize = 2;
 const BROWSERS: [&str; 4] = ["chrome", "firefox", "safari", "edge"];
 const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "BR", "IN", "JP"];
 
@@ -198,13 +212,16 @@ impl EventGenerator {
         if args.users == 0 || args.partitions <= 0 {
             bail!("--users and --partitions must be positive");
         }
-        let total = args.late_fraction + args.malformed_fraction;
-        if !(0.0..=1.0).contains(&args.late_fraction)
-            || !(0.0..=1.0).contains(&args.malformed_fraction)
-            || total > 1.0
+        let fractions = [
+            args.late_fraction,
+            args.malformed_fraction,
+            args.hostile_fraction,
+        ];
+        if fractions.iter().any(|f| !(0.0..=1.0).contains(f)) || fractions.iter().sum::<f64>() > 1.0
         {
             bail!(
-                "--late-fraction and --malformed-fraction must be in [0, 1] and sum to at most 1"
+                "--late-fraction, --malformed-fraction and --hostile-fraction must be in [0, 1] \
+                 and sum to at most 1"
             );
         }
         let span = i64::try_from(args.span.as_micros()).context("--span too long")?;
@@ -265,10 +282,13 @@ impl Iterator for EventGenerator {
         let roll = self.rng.random::<f64>();
         // A late event needs a stream old enough for the watermark to have passed it.
         let can_be_late = stream_time - self.start_micros >= 2 * late_by;
+        let hostile_from = self.args.malformed_fraction + self.args.late_fraction;
         let kind = if roll < self.args.malformed_fraction {
             Kind::Malformed
-        } else if roll < self.args.malformed_fraction + self.args.late_fraction && can_be_late {
+        } else if roll < hostile_from && can_be_late {
             Kind::Late
+        } else if roll >= hostile_from && roll < hostile_from + self.args.hostile_fraction {
+            return Some(self.hostile(i, stream_time, can_be_late));
         } else {
             Kind::Valid
         };
@@ -283,7 +303,7 @@ impl Iterator for EventGenerator {
         let browser = BROWSERS[self.rng.random_range(0..BROWSERS.len())];
         let country = COUNTRIES[self.rng.random_range(0..COUNTRIES.len())];
         let ts = Self::timestamp(event_time);
-        let value = match kind {
+        let value: String = match kind {
             Kind::Malformed => match self.rng.random_range(0..MALFORMED_KINDS) {
                 0 => format!("{{\"event_id\": \"{event_id}\", \"user_id\": \"{user}\", \"event_ty"),
                 1 => json!({"event_id": event_id, "user_id": 12345, "event_type": event_type, "timestamp": ts}).to_string(),
@@ -304,11 +324,89 @@ impl Iterator for EventGenerator {
             .to_string(),
         };
         Some(Generated {
-            partition: (i % self.args.partitions as u64) as i32,
+            partition: self.partition_of(i),
             kind,
             key: user,
-            value,
+            value: value.into_bytes(),
         })
+    }
+}
+
+impl EventGenerator {
+    fn partition_of(&self, i: u64) -> i32 {
+        (i % self.args.partitions as u64) as i32
+    }
+
+    /// Record `i` as a hostile one: well-formed apart from one field a producer got wrong in
+    /// a way a stream engine must survive. A long-past time is late when the watermark has
+    /// passed it (`can_be_late`), else another kind is made.
+    fn hostile(&mut self, i: u64, stream_time: i64, can_be_late: bool) -> Generated {
+        let kinds = if can_be_late {
+            HOSTILE_KINDS
+        } else {
+            HOSTILE_KINDS - HOSTILE_LATE_KINDS
+        };
+        let pick = self.rng.random_range(0..kinds);
+        let event_id = format!("{:032x}", self.rng.random::<u128>());
+        let user = format!("user-{}", self.rng.random_range(0..self.args.users));
+        let event_type = self.pick_type();
+        let ts = Self::timestamp(stream_time);
+        // The event with its timestamp (JSON text) and a field more.
+        let event = |timestamp: &str, extra: &str| -> String {
+            format!(
+                r#"{{"event_id":"{event_id}","user_id":"{user}","event_type":"{event_type}","timestamp":{timestamp}{extra}}}"#
+            )
+        };
+        let quoted = |t: &str| format!("\"{t}\"");
+        let value: Vec<u8> = match pick {
+            // Times a timestamp cannot hold, as numbers (microseconds) and as text.
+            0 => event("9223372036854775807", "").into(),
+            1 => event("-9223372036854775808", "").into(),
+            2 => event("253402300800000000", "").into(),
+            3 => event("-9223372036854775809", "").into(),
+            4 => event("1e300", "").into(),
+            5 => event(&quoted("+275760-09-13T00:00:00Z"), "").into(),
+            // Valid, but far further ahead than max_event_time_ahead.
+            6 => event(&quoted("9999-12-31T23:59:59.999999Z"), "").into(),
+            // A number where a string belongs, past what f64 holds.
+            7 => format!(
+                r#"{{"event_id":"{event_id}","user_id":1e400,"event_type":"{event_type}","timestamp":"{ts}"}}"#
+            )
+            .into(),
+            // Bytes that are not UTF-8 inside a string.
+            8 => {
+                let mut v = format!(r#"{{"event_id":"{event_id}","user_id":""#).into_bytes();
+                v.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+                v.extend_from_slice(
+                    format!(r#"","event_type":"{event_type}","timestamp":"{ts}"}}"#).as_bytes(),
+                );
+                v
+            }
+            // Nesting 10 000 deep where a map of strings belongs.
+            9 => {
+                let depth = 10_000;
+                let nested = format!(r#"{{"k":{}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+                event(&quoted(&ts), &format!(r#","properties":{nested}"#)).into()
+            }
+            // Just over max_record_bytes.
+            10 => {
+                let pad = "x".repeat(self.args.max_record_bytes + 1);
+                event(&quoted(&ts), &format!(r#","page_url":"{pad}""#)).into()
+            }
+            // In range and well formed, but long past: late once a watermark exists.
+            11 => event(&quoted("0001-01-01T00:00:00Z"), "").into(),
+            _ => event(&quoted("1970-01-01T00:00:00Z"), "").into(),
+        };
+        Generated {
+            partition: self.partition_of(i),
+            kind: if pick >= HOSTILE_KINDS - HOSTILE_LATE_KINDS {
+                Kind::Late
+            } else {
+                Kind::Malformed
+            },
+            key: user,
+            value,
+        }
     }
 }
 
@@ -329,6 +427,10 @@ async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> an
         }
     }
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `weir gen`.
@@ -370,12 +472,19 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         counts[event.kind as usize] += 1;
         if let Some(out) = files.as_mut() {
             if event.value.is_empty() {
-                event.value = "\"\"".into();
+                event.value = b"\"\"".to_vec();
             }
             out.write(n as u64, &event.value)?;
         }
         if let Some(out) = jsonl.as_mut() {
-            let line = json!({"partition": event.partition, "kind": event.kind.name(), "value": event.value});
+            // A value that is not UTF-8 is written as hex.
+            let line = match std::str::from_utf8(&event.value) {
+                Ok(text) => {
+                    json!({"partition": event.partition, "kind": event.kind.name(), "value": text})
+                }
+                Err(_) => json!({"partition": event.partition, "kind": event.kind.name(),
+                                 "value_hex": hex(&event.value)}),
+            };
             writeln!(out, "{line}")?;
         }
         if let Some(p) = &producer {
@@ -461,15 +570,15 @@ mod tests {
 
     #[test]
     fn same_seed_same_events_other_seed_other_events() {
-        let a: Vec<String> = EventGenerator::new(args(&[]))
+        let a: Vec<Vec<u8>> = EventGenerator::new(args(&[]))
             .unwrap()
             .map(|e| e.value)
             .collect();
-        let b: Vec<String> = EventGenerator::new(args(&[]))
+        let b: Vec<Vec<u8>> = EventGenerator::new(args(&[]))
             .unwrap()
             .map(|e| e.value)
             .collect();
-        let c: Vec<String> = EventGenerator::new(args(&["--seed", "43"]))
+        let c: Vec<Vec<u8>> = EventGenerator::new(args(&["--seed", "43"]))
             .unwrap()
             .map(|e| e.value)
             .collect();
@@ -505,7 +614,7 @@ mod tests {
         assert!(events[..2500].iter().all(|e| e.kind != Kind::Late));
         for kind in [Kind::Valid, Kind::Late] {
             for e in events.iter().filter(|e| e.kind == kind) {
-                let v: serde_json::Value = serde_json::from_str(&e.value).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
                 assert!(v["event_id"].is_string() && v["timestamp"].is_string());
             }
         }

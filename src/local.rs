@@ -63,10 +63,81 @@ async fn reap(child: &mut Child, grace: Duration) {
     }
 }
 
+/// The delay before a process that died is started again: 200 ms, doubling with each restart
+/// up to 6.4 s, and back to 200 ms for a process that ran a minute before it died.
+#[derive(Default)]
+struct Backoff {
+    restarts: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, ran: Duration) -> Duration {
+        if ran > Duration::from_secs(60) {
+            self.restarts = 0;
+        }
+        let wait = Duration::from_millis(200u64 << self.restarts.min(5));
+        self.restarts += 1;
+        wait
+    }
+}
+
+/// Whether a process died rather than exited: killed by a signal, or a panic (Rust's 101).
+/// The driver exits with 1 or 2 of its own accord (the query failed, a bad job file).
+fn died(status: &std::process::ExitStatus) -> bool {
+    matches!(status.code(), None | Some(101))
+}
+
+/// A running driver process and the task that forwards its standard output.
+struct Driver {
+    child: Child,
+    /// Its control service's URL, and the address it listens on.
+    url: String,
+    listen: String,
+    started: std::time::Instant,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Driver {
+    /// Starts the driver with `cmd` and waits until it serves.
+    async fn start(mut cmd: Command) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
+        let mut child = cmd.spawn().context("starting the driver")?;
+        let stdout = child.stdout.take().context("driver stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next_line().await? {
+                Some(line) => {
+                    if let Some(url) = line.strip_prefix("weir driver listening on ") {
+                        break url.to_string();
+                    }
+                    println!("{line}");
+                }
+                None => {
+                    let status = child.wait().await?;
+                    bail!("the driver exited before it was ready ({status})");
+                }
+            }
+        };
+        let listen = url.trim_start_matches("http://").to_string();
+        let forward = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+            }
+        });
+        Ok(Self {
+            child,
+            url,
+            listen,
+            started,
+            forward,
+        })
+    }
+}
+
 /// Runs executor `i` until `stop` or until the driver shuts it down, starting it again whenever
 /// it dies before that.
 async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut restarts = 0u32;
+    let mut backoff = Backoff::default();
     loop {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -89,12 +160,7 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
         if *stop.borrow() || status.as_ref().is_ok_and(|s| s.success()) {
             return;
         }
-        // A process that ran a while had a fresh failure: start the backoff over.
-        if started.elapsed() > Duration::from_secs(60) {
-            restarts = 0;
-        }
-        let wait = Duration::from_millis(200u64 << restarts.min(5));
-        restarts += 1;
+        let wait = backoff.next(started.elapsed());
         eprintln!(
             "weir local: executor-{i} exited ({}); starting it again in {wait:?}",
             status
@@ -120,46 +186,30 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(".weir/local").join(&job.name));
-    let mut driver_cmd = Command::new(&exe);
-    driver_cmd
-        .args(["--log-format", log_format])
-        .arg("driver")
-        .arg("--job")
-        .arg(&args.job)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--executors", &args.executors.to_string()])
-        .args(["--admin-listen", &args.admin_listen.to_string()])
-        .args(["--metrics-listen", &args.metrics_listen.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(t) = &args.trigger {
-        driver_cmd.args(["--trigger", t]);
-    }
-    if let Some(f) = &args.admin_token_file {
-        driver_cmd.arg("--admin-token-file").arg(f);
-    }
-    let mut driver = driver_cmd.spawn().context("starting the driver")?;
-    let stdout = driver.stdout.take().context("driver stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let driver_url = loop {
-        match lines.next_line().await? {
-            Some(line) => {
-                if let Some(url) = line.strip_prefix("weir driver listening on ") {
-                    break url.to_string();
-                }
-                println!("{line}");
-            }
-            None => {
-                let status = driver.wait().await?;
-                bail!("the driver exited before it was ready ({status})");
-            }
+    // The driver listens on `listen`: 127.0.0.1:0 the first time, then the port it took, where
+    // the executors look for it.
+    let driver_cmd = |listen: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--log-format", log_format])
+            .arg("driver")
+            .arg("--job")
+            .arg(&args.job)
+            .args(["--listen", listen])
+            .args(["--executors", &args.executors.to_string()])
+            .args(["--admin-listen", &args.admin_listen.to_string()])
+            .args(["--metrics-listen", &args.metrics_listen.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(t) = &args.trigger {
+            cmd.args(["--trigger", t]);
         }
+        if let Some(f) = &args.admin_token_file {
+            cmd.arg("--admin-token-file").arg(f);
+        }
+        cmd
     };
-    let forward = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("{line}");
-        }
-    });
+    let mut driver = Driver::start(driver_cmd("127.0.0.1:0")).await?;
+    let driver_url = driver.url.clone();
 
     // Like a Kubernetes Deployment, `weir local` restarts an executor that dies; the driver
     // re-runs the epoch it was in and the new process restores its state from the checkpoint.
@@ -185,12 +235,30 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
     let mut term = unix_signal(SignalKind::terminate())?;
     let mut int = unix_signal(SignalKind::interrupt())?;
-    let status = tokio::select! {
-        s = driver.wait() => s?,
-        _ = term.recv() => { signal(&driver, Signal::SIGTERM); driver.wait().await? }
-        _ = int.recv() => { signal(&driver, Signal::SIGTERM); driver.wait().await? }
+    // Like a Kubernetes Deployment again, a driver that dies (killed, or a panic) is started
+    // again on the same control address, where the executors register with it anew; it
+    // resumes from the checkpoint. A driver that exits on its own (done, or the query failed)
+    // ends the run.
+    let mut backoff = Backoff::default();
+    let status = loop {
+        let (status, stopping) = tokio::select! {
+            s = driver.child.wait() => (s?, false),
+            _ = term.recv() => { signal(&driver.child, Signal::SIGTERM); (driver.child.wait().await?, true) }
+            _ = int.recv() => { signal(&driver.child, Signal::SIGTERM); (driver.child.wait().await?, true) }
+        };
+        let _ = (&mut driver.forward).await;
+        if stopping || !died(&status) {
+            break status;
+        }
+        let wait = backoff.next(driver.started.elapsed());
+        eprintln!("weir local: the driver exited ({status}); starting it again in {wait:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => break status,
+            _ = int.recv() => break status,
+        }
+        driver = Driver::start(driver_cmd(&driver.listen)).await?;
     };
-    let _ = forward.await;
     // The driver shuts its executors down when it stops; this is for a driver that crashed.
     let _ = stop_tx.send(true);
     for s in supervisors {

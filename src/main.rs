@@ -77,6 +77,9 @@ pub struct DriverOpsArgs {
     /// WEIR_ADMIN_TOKEN; with neither, those calls are open to whoever reaches the port).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Reads (status, progress, executors, watch) need the admin token too.
+    #[arg(long)]
+    admin_reads_need_token: bool,
     /// Serve the admin port over TLS with this certificate chain (PEM)...
     #[arg(long, requires = "admin_tls_key")]
     admin_tls_cert: Option<PathBuf>,
@@ -91,7 +94,11 @@ pub struct DriverOpsArgs {
 impl DriverOpsArgs {
     fn token(&self) -> anyhow::Result<weir_driver::admin::AdminToken> {
         let token = admin_cli::read_token(self.admin_token_file.as_deref())?;
-        Ok(weir_driver::admin::AdminToken::new(token.as_deref()))
+        let token = weir_driver::admin::AdminToken::new(token.as_deref());
+        if self.admin_reads_need_token {
+            return token.for_reads_too().map_err(anyhow::Error::msg);
+        }
+        Ok(token)
     }
 
     fn tls(&self) -> anyhow::Result<Option<weir_driver::TlsIdentity>> {

@@ -78,3 +78,16 @@ fn json_logs_name_the_epoch_and_the_executor() {
     assert!(expected.len() >= 6, "{expected:?}");
     assert_eq!(seen, expected);
 }
+
+/// Human logs written to a file (a pipe, a collector) carry no colour codes.
+#[test]
+fn human_logs_off_a_terminal_have_no_colour_codes() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(&broker, dir.path(), 2, 500, &[]);
+    reference_job(dir.path(), &broker.address, 1_000);
+    let out = run_ok(&mut local_job(dir.path(), 1), "weir local");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in: {stderr}");
+}

@@ -341,7 +341,6 @@ fn pid_of(needle: &str) -> Option<i32> {
 /// webhook hears that it was lost and that the query recovered, and the output is still exact.
 #[test]
 fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact() {
-    use std::io::{BufRead, BufReader};
     let broker = Broker::start();
     let hook = Webhook::start("/alerts", 0);
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -355,31 +354,8 @@ fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact()
         &dir.display().to_string(),
         &format!("alerts: {{webhook: \"{}\"}}\n", hook.url),
     );
-    let work = dir.join("work");
-    let mut local = support::local_job(&dir, 2)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("local.log")).expect("log"))
-        .spawn()
-        .expect("weir local");
-    let stdout = local.stdout.take().expect("stdout");
-    let mut killed = false;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("weir local output");
-        if !killed && line.contains("] epoch 2 ") {
-            let needle = work.join("executor-1").display().to_string();
-            let pid = pid_of(&needle).expect("executor-1 is running");
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .expect("SIGKILL");
-            killed = true;
-        }
-    }
-    let status = local.wait().expect("weir local");
-    let log = std::fs::read_to_string(dir.join("local.log")).unwrap_or_default();
-    assert!(status.success(), "weir local failed ({status}):\n{log}");
-    assert!(killed, "the job ended before epoch 2");
+    let needle = dir.join("work").join("executor-1").display().to_string();
+    let log = run_local_killing(&dir, 2, &needle, || {});
     assert!(log.contains("executor-1 exited"), "{log}");
     support::verify(&events, &dir, &[]);
 
@@ -398,5 +374,103 @@ fn weir_local_starts_a_killed_executor_again_alerts_and_the_output_stays_exact()
     assert!(
         last.contains("recovered in") && last.contains("realtime-analytics"),
         "the last alert says the query recovered: {alerts:?}"
+    );
+}
+
+/// Runs `weir local` on the job in `dir` with 2 executors to its end, SIGKILLing the process
+/// whose command line holds `needle` once epoch `at` is committed, and calling `on_epoch` at
+/// every committed epoch; answers its log once it exited 0.
+fn run_local_killing(dir: &Path, at: u64, needle: &str, mut on_epoch: impl FnMut()) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut local = support::local_job(dir, 2)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("local.log")).expect("log"))
+        .spawn()
+        .expect("weir local");
+    let stdout = local.stdout.take().expect("stdout");
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("weir local output");
+        if line.contains("] epoch ") {
+            on_epoch();
+        }
+        if !killed && line.contains(&format!("] epoch {at} ")) {
+            let pid = pid_of(needle).unwrap_or_else(|| panic!("no process `{needle}` runs"));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("SIGKILL");
+            killed = true;
+        }
+    }
+    let status = local.wait().expect("weir local");
+    let log = std::fs::read_to_string(dir.join("local.log")).unwrap_or_default();
+    assert!(status.success(), "weir local failed ({status}):\n{log}");
+    assert!(killed, "the job ended before epoch {at}");
+    log
+}
+
+/// How many decisions the checkpoint in `dir` holds now (read while the driver prunes it).
+fn decisions_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("checkpoint").join("commits"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u64>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `weir local` restarts a driver killed mid-job on its control port; the executors register
+/// with the new one, which resumes from a checkpoint log pruned to the last 3 epochs, and the
+/// output is still exact. The log never holds more than those epochs and the one being decided.
+#[test]
+fn weir_local_starts_a_killed_driver_again_from_a_pruned_log_and_the_output_stays_exact() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let events = gen_events(&broker, tmp.path(), 8, EVENTS, &gen_args());
+    let dir = tmp.path().join("local");
+    std::fs::create_dir_all(&dir).expect("job dir");
+    let job = reference_job_in(
+        &dir,
+        &broker.address,
+        PER_EPOCH,
+        &dir.display().to_string(),
+        "checkpoint_retention: 3\n",
+    );
+    let needle = format!("\0driver\0--job\0{}", job.display());
+    let mut most_decisions = 0;
+    let log = run_local_killing(&dir, 5, &needle, || {
+        most_decisions = most_decisions.max(decisions_in(&dir));
+    });
+    assert!(
+        log.contains("the driver exited (signal: 9"),
+        "weir local did not restart the driver:\n{log}"
+    );
+    assert!(
+        log.contains("resuming after the last decided epoch"),
+        "{log}"
+    );
+    // A new decision is written before the oldest is forgotten: 3, and 4 for a moment.
+    assert!(
+        (3..=4).contains(&most_decisions),
+        "the log held {most_decisions} decisions"
+    );
+    let records = commit_records(&dir);
+    let last = records.last().expect("decisions")["epoch"]
+        .as_u64()
+        .unwrap();
+    assert!(last >= 11, "only {last} epochs: the log was never pruned");
+    assert_eq!(records.len(), 3);
+    support::verify(
+        &events,
+        &dir,
+        &[OsStr::new("--state-retention"), OsStr::new("3")],
     );
 }

@@ -118,6 +118,10 @@ def main():
     p.add_argument("--s3-endpoint", help="the S3 API endpoint of s3:// locations")
     p.add_argument("--skip-first", action="append", default=[], metavar="PARTITION:N",
                    help="the first N records of a partition are gone from the broker")
+    p.add_argument("--max-record-bytes", type=int, default=1 << 20,
+                   help="the job's max_record_bytes")
+    p.add_argument("--expect-reason", action="append", default=[], metavar="TEXT",
+                   help="some dead letter's reason must contain TEXT")
     p.add_argument("--state-retention", type=int, default=10,
                    help="decided epochs whose state snapshots the checkpoint keeps")
     a = p.parse_args()
@@ -140,7 +144,9 @@ def main():
                 continue
             kinds[rec["kind"]] += 1
             if rec["kind"] == "malformed":
-                malformed_values[rec["value"]] += 1
+                raw = bytes.fromhex(rec["value_hex"]) if "value_hex" in rec else rec["value"].encode()
+                # The dead letter keeps the first max_record_bytes of a larger record.
+                malformed_values[raw[: a.max_record_bytes]] += 1
                 continue
             ev = json.loads(rec["value"])
             ts = to_micros(ev["timestamp"])
@@ -221,22 +227,31 @@ def main():
         problems.append(f"{len(kept - state_files)} state files of retained decisions are missing, e.g. {sorted(kept - state_files)[:3]}")
     if state_files - kept:
         problems.append(f"{len(state_files - kept)} state files no retained decision references, e.g. {sorted(state_files - kept)[:3]}")
-    for d in decisions:
-        stats = d["stats"]
-        late += stats["late_rows"]
-        malformed += stats["malformed_rows"]
+    # The log keeps the last decisions only; the last one's totals cover the whole job.
+    if len(decisions) > a.state_retention:
+        problems.append(f"the checkpoint log holds {len(decisions)} decisions, more than the {a.state_retention} retained")
+    plans = [f for f in checkpoint_files if f.startswith("offsets/")]
+    if len(plans) > a.state_retention + 1:
+        problems.append(f"the checkpoint log holds {len(plans)} plans, more than the {a.state_retention} retained and one running")
+    if decisions:
+        totals = decisions[-1]["totals"]
+        late = totals["late_rows"]
+        malformed = totals["malformed_rows"]
     if late != kinds["late"]:
         problems.append(f"late rows: weir counted {late}, the generator made {kinds['late']}")
     if malformed != kinds["malformed"]:
         problems.append(f"malformed rows: weir counted {malformed}, the generator made {kinds['malformed']}")
 
     dead = storage.table(a.dead_letter).to_pyarrow_table().to_pylist()
-    dead_values = collections.Counter((d["value"] or b"").decode("utf-8") for d in dead)
+    dead_values = collections.Counter(bytes(d["value"] or b"") for d in dead)
     if dead_values != malformed_values:
         diff = (dead_values - malformed_values) + (malformed_values - dead_values)
-        problems.append(f"dead-letter table differs from the malformed records: {list(diff)[:3]}")
+        problems.append(f"dead-letter table differs from the malformed records: {[v[:100] for v in list(diff)[:3]]}")
     if any(not d["error"] for d in dead):
         problems.append("a dead-letter row has no reason")
+    for text in a.expect_reason:
+        if not any(text in (d["error"] or "") for d in dead):
+            problems.append(f"no dead letter's reason contains {text!r}")
     for uri in (a.table, a.dead_letter):
         left = unreferenced_files(storage, uri)
         if left:

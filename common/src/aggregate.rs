@@ -191,6 +191,8 @@ impl AggregateSpec {
 pub type Sketch = HyperLogLogPlus<Vec<u8>, StableBuildHasher>;
 
 /// A mergeable partial state of one aggregate for one (window, group).
+///
+/// Variants are only ever added at the end: states are kept in RocksDB and snapshots by index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Partial {
     Count(i64),
@@ -207,6 +209,40 @@ pub enum Partial {
         sum: f64,
         count: i64,
     },
+    /// An integer sum that left the i64 range: null in the output (Spark's `try_sum`), since
+    /// a wrapped sum would be wrong in silence and failing the epoch would fail every re-run.
+    SumIOverflow,
+}
+
+/// Why two partial states cannot be merged: they came from a peer or a store that does not
+/// hold this query's states, or a count left the i64 range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MergeError {
+    #[error("mismatched partial states: {ours} and {theirs}")]
+    Mismatch {
+        ours: &'static str,
+        theirs: &'static str,
+    },
+    #[error("{0} overflows a 64-bit count")]
+    Overflow(&'static str),
+    #[error("cannot merge HyperLogLog sketches: {0}")]
+    Sketch(String),
+    #[error("a group row of {ours} partial states met one of {theirs}")]
+    Arity { ours: usize, theirs: usize },
+}
+
+/// Merges the partial states of one group row into another's, aggregate by aggregate.
+pub fn merge_all(into: &mut [Partial], other: &[Partial]) -> Result<(), MergeError> {
+    if into.len() != other.len() {
+        return Err(MergeError::Arity {
+            ours: into.len(),
+            theirs: other.len(),
+        });
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        a.merge(b)?;
+    }
+    Ok(())
 }
 
 fn merge_opt<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Option<T> {
@@ -216,20 +252,72 @@ fn merge_opt<T: Copy>(a: Option<T>, b: Option<T>, f: impl Fn(T, T) -> T) -> Opti
     }
 }
 
+/// An integer sum with `v` added, or [`Partial::SumIOverflow`].
+fn add_to_sum(sum: Option<i64>, v: i64) -> Partial {
+    match sum.unwrap_or(0).checked_add(v) {
+        Some(total) => Partial::SumI(Some(total)),
+        None => Partial::SumIOverflow,
+    }
+}
+
+fn checked_count(a: i64, b: i64, what: &'static str) -> Result<i64, MergeError> {
+    a.checked_add(b).ok_or(MergeError::Overflow(what))
+}
+
 impl Partial {
+    /// The variant's name, for errors.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Partial::Count(_) => "count",
+            Partial::Distinct(_) => "distinct count",
+            Partial::Hll(_) => "HyperLogLog sketch",
+            Partial::SumI(_) | Partial::SumIOverflow => "integer sum",
+            Partial::SumF(_) => "float sum",
+            Partial::MinI(_) => "integer min",
+            Partial::MaxI(_) => "integer max",
+            Partial::MinF(_) => "float min",
+            Partial::MaxF(_) => "float max",
+            Partial::Avg { .. } => "average",
+        }
+    }
+
+    /// This state, when it is one of `spec`'s (the kind [`AggregateSpec::new_partial`] makes,
+    /// counts not negative): what a peer sends passes here before any merge. A sketch is
+    /// rebuilt by merging it into an empty one of `spec`'s precision, with a panic caught: its
+    /// fields came off the wire, and the sketch library indexes and unwraps by them. What is
+    /// kept is then a sketch this process built, with the same registers.
+    pub fn admitted(self, spec: &AggregateSpec) -> Option<Partial> {
+        let mut empty = spec.new_partial();
+        let fits = match (&self, &mut empty) {
+            (Partial::Hll(theirs), Partial::Hll(ours)) => {
+                let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ours.merge(theirs).is_ok()
+                }));
+                return matches!(merged, Ok(true)).then_some(empty);
+            }
+            (Partial::SumIOverflow, Partial::SumI(_)) => true,
+            (Partial::Count(n), Partial::Count(_))
+            | (Partial::Distinct(n), Partial::Distinct(_)) => *n >= 0,
+            (Partial::Avg { count, .. }, Partial::Avg { .. }) => *count >= 0,
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(&*b),
+        };
+        fits.then_some(self)
+    }
+
     /// Folds one input value in (`Scalar::Null` for `count(*)` counts too).
     pub fn update(&mut self, kind: AggKind, value: Scalar<'_>) {
         if value.is_null() && kind != AggKind::CountStar {
             return;
         }
         match self {
-            Partial::Count(c) => *c += 1,
+            // One row at a time cannot reach i64::MAX; saturating keeps even that exact.
+            Partial::Count(c) => *c = c.saturating_add(1),
             // Distinct values are kept in their own shards; nothing to do per row here.
-            Partial::Distinct(_) => {}
+            Partial::Distinct(_) | Partial::SumIOverflow => {}
             Partial::Hll(h) => value.with_bytes(|b| h.insert(b)),
             Partial::SumI(s) => {
                 if let Some(v) = value.as_i64() {
-                    *s = Some(s.unwrap_or(0).wrapping_add(v));
+                    *self = add_to_sum(*s, v);
                 }
             }
             Partial::SumF(s) => {
@@ -244,42 +332,61 @@ impl Partial {
             Partial::Avg { sum, count } => {
                 if let Some(v) = value.as_f64() {
                     *sum += v;
-                    *count += 1;
+                    *count = count.saturating_add(1);
                 }
             }
         }
     }
 
     /// Merges another partial of the same aggregate into this one.
-    pub fn merge(&mut self, other: &Partial) {
-        match (self, other) {
-            (Partial::Count(a), Partial::Count(b))
-            | (Partial::Distinct(a), Partial::Distinct(b)) => *a += b,
-            (Partial::Hll(a), Partial::Hll(b)) => {
-                // Same precision and hasher by construction; a mismatch would be a bug upstream.
-                if let Err(e) = a.merge(b) {
-                    tracing::error!("cannot merge HyperLogLog sketches: {e}");
-                }
+    pub fn merge(&mut self, other: &Partial) -> Result<(), MergeError> {
+        match (&mut *self, other) {
+            (Partial::Count(a), Partial::Count(b)) => *a = checked_count(*a, *b, "count")?,
+            (Partial::Distinct(a), Partial::Distinct(b)) => {
+                *a = checked_count(*a, *b, "distinct count")?
             }
-            (Partial::SumI(a), Partial::SumI(b)) => *a = merge_opt(*a, *b, i64::wrapping_add),
+            (Partial::Hll(a), Partial::Hll(b)) => {
+                a.merge(b).map_err(|e| MergeError::Sketch(e.to_string()))?
+            }
+            (Partial::SumI(a), Partial::SumI(b)) => match (*a, *b) {
+                (Some(x), Some(y)) => *self = add_to_sum(Some(x), y),
+                (x, y) => *a = x.or(y),
+            },
+            (Partial::SumI(_) | Partial::SumIOverflow, Partial::SumIOverflow) => {
+                *self = Partial::SumIOverflow
+            }
+            (Partial::SumIOverflow, Partial::SumI(_)) => {}
             (Partial::SumF(a), Partial::SumF(b)) => *a = merge_opt(*a, *b, |x, y| x + y),
             (Partial::MinI(a), Partial::MinI(b)) => *a = merge_opt(*a, *b, i64::min),
             (Partial::MaxI(a), Partial::MaxI(b)) => *a = merge_opt(*a, *b, i64::max),
             (Partial::MinF(a), Partial::MinF(b)) => *a = merge_opt(*a, *b, f64::min),
             (Partial::MaxF(a), Partial::MaxF(b)) => *a = merge_opt(*a, *b, f64::max),
             (Partial::Avg { sum, count }, Partial::Avg { sum: s, count: c }) => {
+                *count = checked_count(*count, *c, "average's count")?;
                 *sum += s;
-                *count += c;
             }
-            (a, b) => tracing::error!("mismatched partial states {a:?} and {b:?}"),
+            (a, b) => {
+                return Err(MergeError::Mismatch {
+                    ours: a.kind_name(),
+                    theirs: b.kind_name(),
+                })
+            }
         }
+        Ok(())
     }
 
     /// Adds an exact distinct count reported by a shard.
-    pub fn add_distinct(&mut self, n: i64) {
-        if let Partial::Distinct(c) = self {
-            *c += n;
+    pub fn add_distinct(&mut self, n: i64) -> Result<(), MergeError> {
+        match self {
+            Partial::Distinct(c) => *c = checked_count(*c, n, "distinct count")?,
+            other => {
+                return Err(MergeError::Mismatch {
+                    ours: other.kind_name(),
+                    theirs: "distinct count",
+                })
+            }
         }
+        Ok(())
     }
 
     /// The final value as an integer (counts, integer sums, min and max).
@@ -288,6 +395,7 @@ impl Partial {
             Partial::Count(c) | Partial::Distinct(c) => Some(*c),
             Partial::Hll(h) => Some(h.count().round() as i64),
             Partial::SumI(v) | Partial::MinI(v) | Partial::MaxI(v) => *v,
+            Partial::SumIOverflow => None,
             _ => None,
         }
     }
@@ -419,7 +527,7 @@ mod tests {
             let mut whole = run(&spec, &values);
             let mut left = run(&spec, &values[..37]);
             let right = run(&spec, &values[37..]);
-            left.merge(&right);
+            left.merge(&right).unwrap();
             let a = output_column(&spec, &mut [&mut whole]);
             let b = output_column(&spec, &mut [&mut left]);
             assert_eq!(a.to_data(), b.to_data(), "{expr}");
@@ -451,7 +559,7 @@ mod tests {
                 b.update(spec.kind, Scalar::Str(id));
             }
         }
-        a.merge(&b);
+        a.merge(&b).unwrap();
         let bytes = postcard::to_allocvec(&a).unwrap();
         let mut back: Partial = postcard::from_bytes(&bytes).unwrap();
         let est = back.final_i64().unwrap() as f64;
@@ -476,5 +584,70 @@ mod tests {
         let mut empty = run(&min, &[Scalar::Null]);
         let col = output_column(&min, &mut [&mut empty]);
         assert!(col.is_null(0));
+    }
+
+    /// A sketch that arrives from a peer is kept only as one this process rebuilt: equal in
+    /// estimate, refused at another precision, and no corruption of its bytes gets a panic
+    /// past the check.
+    #[test]
+    fn sketches_from_a_peer_are_rebuilt_or_refused() {
+        let s = schema();
+        let spec = parse_aggregate("a", "approx_count_distinct(user_id)", &s).unwrap();
+        let finer = parse_aggregate("a", "approx_count_distinct(user_id, 0.01)", &s).unwrap();
+        for n in [10, 5_000] {
+            let ids: Vec<String> = (0..n).map(|i| format!("user-{i}")).collect();
+            let values: Vec<Scalar<'_>> = ids.iter().map(|i| Scalar::Str(i)).collect();
+            let mut sketch = run(&spec, &values);
+            let bytes = postcard::to_allocvec(&sketch).unwrap();
+            let received: Partial = postcard::from_bytes(&bytes).unwrap();
+            let mut admitted = received.admitted(&spec).expect("a sound sketch");
+            assert_eq!(admitted.final_i64(), sketch.final_i64(), "{n} values");
+            assert!(run(&finer, &values).admitted(&spec).is_none());
+            // Corrupt one byte at a time (a sample of positions): decoded or not, nothing
+            // panics past `admitted`.
+            for at in (0..bytes.len()).step_by(bytes.len() / 64 + 1) {
+                for byte in [0x00, 0x7f, 0xff] {
+                    let mut bad = bytes.clone();
+                    bad[at] = byte;
+                    if let Ok(p) = postcard::from_bytes::<Partial>(&bad) {
+                        if let Some(mut p) = p.admitted(&spec) {
+                            p.final_i64();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merges_are_checked() {
+        let mut count = Partial::Count(i64::MAX);
+        assert_eq!(
+            count.merge(&Partial::Count(1)),
+            Err(MergeError::Overflow("count"))
+        );
+        assert!(matches!(count, Partial::Count(i64::MAX)));
+        assert!(matches!(
+            count.merge(&Partial::SumI(Some(1))),
+            Err(MergeError::Mismatch { .. })
+        ));
+        // An integer sum past i64 is null, Spark's try_sum; it stays null once merged.
+        let mut sum = Partial::SumI(Some(i64::MAX - 1));
+        sum.update(AggKind::Sum, Scalar::Int(5));
+        assert!(matches!(sum, Partial::SumIOverflow));
+        assert_eq!(sum.final_i64(), None);
+        let mut other = Partial::SumI(Some(3));
+        other.merge(&sum).unwrap();
+        assert!(matches!(other, Partial::SumIOverflow));
+        let mut a = Partial::SumI(Some(i64::MIN));
+        a.merge(&Partial::SumI(Some(-1))).unwrap();
+        assert!(matches!(a, Partial::SumIOverflow));
+        assert_eq!(
+            merge_all(&mut [Partial::Count(1)], &[]),
+            Err(MergeError::Arity { ours: 1, theirs: 0 })
+        );
+        let mut distinct = Partial::Distinct(i64::MAX);
+        assert!(distinct.add_distinct(1).is_err());
+        assert!(Partial::Count(0).add_distinct(1).is_err());
     }
 }

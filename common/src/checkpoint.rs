@@ -81,8 +81,8 @@ impl EpochPlan {
     pub fn planned_rows(&self) -> u64 {
         self.ranges
             .iter()
-            .map(|r| u64::try_from(r.end - r.start).unwrap_or(0))
-            .sum()
+            .map(|r| u64::try_from(r.end.saturating_sub(r.start)).unwrap_or(0))
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -134,14 +134,27 @@ pub struct EpochStats {
 pub struct Totals {
     pub input_rows: u64,
     pub output_rows: u64,
+    /// Rows dropped as late, records set aside as malformed and rows written to the dead
+    /// letter (counted from the first epoch decided by a version that records them): the log
+    /// keeps only the last decisions, so these are the whole job's figures.
+    #[serde(default)]
+    pub late_rows: u64,
+    #[serde(default)]
+    pub malformed_rows: u64,
+    #[serde(default)]
+    pub dead_letter_rows: u64,
 }
 
 impl Totals {
     /// These totals after `stats`'s epoch.
     pub fn after(&self, stats: &EpochStats) -> Self {
+        // Saturating: a decision is read back from storage, and its figures may be anything.
         Self {
-            input_rows: self.input_rows + stats.input_rows,
-            output_rows: self.output_rows + stats.windows_emitted,
+            input_rows: self.input_rows.saturating_add(stats.input_rows),
+            output_rows: self.output_rows.saturating_add(stats.windows_emitted),
+            late_rows: self.late_rows.saturating_add(stats.late_rows),
+            malformed_rows: self.malformed_rows.saturating_add(stats.malformed_rows),
+            dead_letter_rows: self.dead_letter_rows.saturating_add(stats.dead_letter_rows),
         }
     }
 }
@@ -181,6 +194,33 @@ pub struct ExecutorEpochStats {
     pub state_disk_bytes: u64,
 }
 
+/// Checks a path that a record names relative to a location (a plan's input file, a
+/// snapshot's file): parts separated by `/`, none empty, `.` or `..`, and no `\\` or NUL, so
+/// it cannot leave the location, whoever wrote the record.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("an empty path".into());
+    }
+    for part in path.split('/') {
+        check_file_name(part).map_err(|e| format!("path `{}`: {e}", path.escape_debug()))?;
+    }
+    Ok(())
+}
+
+/// Checks a file name: one part of a relative path.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a file name"));
+    }
+    if name.contains(['/', '\\', '\0']) {
+        return Err(format!(
+            "`{}` holds a separator or NUL",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
 /// One file of a state snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateFile {
@@ -206,7 +246,10 @@ pub struct StateSnapshot {
 impl StateSnapshot {
     /// Size of the snapshot, shared files included.
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
+        self.files
+            .iter()
+            .map(|f| f.bytes)
+            .fold(0, u64::saturating_add)
     }
 
     pub fn overlaps(&self, key_groups: (u32, u32)) -> bool {
@@ -243,4 +286,150 @@ pub struct CommitRecord {
     #[serde(default)]
     pub totals: Totals,
     pub decided_at_micros: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths_that_leave_their_location_are_refused() {
+        for good in [
+            "a",
+            "events-001.jsonl",
+            "2026/01/01/e.jsonl",
+            "state/e/i1/0/MANIFEST-1",
+            ".hidden/..x",
+        ] {
+            assert_eq!(check_relative_path(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "..",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert!(check_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_file_name("a/b").is_err());
+        assert!(check_file_name("..").is_err());
+        assert_eq!(check_file_name("000012.sst"), Ok(()));
+    }
+
+    /// A plan and a decision with every kind of field filled in.
+    fn records() -> (EpochPlan, CommitRecord) {
+        let plan = EpochPlan {
+            epoch: 7,
+            topic: "web-events".into(),
+            ranges: vec![PartitionRange {
+                partition: 0,
+                start: 10,
+                end: 20,
+            }],
+            files: vec![InputFile {
+                path: "2026/e.jsonl".into(),
+                bytes: 99,
+            }],
+            watermark_micros: Some(1_700_000_000_000_000),
+            planned_at_micros: 1_700_000_100_000_000,
+            assignment: vec![Assignment {
+                executor_id: "executor-0".into(),
+                partitions: vec![0, 1],
+                key_groups: (0, 256),
+            }],
+            lost: vec![PartitionRange {
+                partition: 1,
+                start: 0,
+                end: 5,
+            }],
+        };
+        let record = CommitRecord {
+            epoch: 7,
+            end_offsets: BTreeMap::from([(0, 20)]),
+            files_through: Some("2026/e.jsonl".into()),
+            next_watermark_micros: Some(5),
+            output_adds: vec!["{}".into()],
+            state: vec![StateSnapshot {
+                executor_id: "executor-0".into(),
+                key_groups: (0, 256),
+                files: vec![StateFile {
+                    name: "1.sst".into(),
+                    path: "state/e/i/1.sst".into(),
+                    bytes: 3,
+                }],
+                uploaded_bytes: 3,
+            }],
+            assignment: plan.assignment.clone(),
+            ..Default::default()
+        };
+        (plan, record)
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config(1_000))]
+
+        /// A plan or decision read back after any corruption of its bytes: an error, or a
+        /// record whose figures can be computed and whose paths are checked, never a panic.
+        #[test]
+        fn corrupted_checkpoint_records_are_read_or_refused(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            numbers in proptest::collection::vec(prop_oneof![
+                Just("-9223372036854775808"), Just("9223372036854775807"), Just("18446744073709551615"),
+                Just("1e400"), Just("-0"), Just("\"../../x\""), Just("null"), Just("[]"), Just("{}"),
+            ], 0..3),
+        ) {
+            let (plan, record) = records();
+            for text in [serde_json::to_string(&plan).unwrap(), serde_json::to_string(&record).unwrap()] {
+                let mut bytes = text.into_bytes();
+                for (at, byte) in &edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = *byte;
+                }
+                // Numbers at and past the edges in place of the first numbers.
+                let mut text = String::from_utf8_lossy(&bytes).into_owned();
+                for n in &numbers {
+                    if let Some(start) = text.find(|c: char| c.is_ascii_digit()) {
+                        let end = text[start..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |e| start + e);
+                        text.replace_range(start..end, n);
+                    }
+                }
+                if let Ok(plan) = serde_json::from_str::<EpochPlan>(&text) {
+                    plan.planned_rows();
+                    plan.partitions();
+                    for f in &plan.files {
+                        let _ = check_relative_path(&f.path);
+                    }
+                }
+                if let Ok(record) = serde_json::from_str::<CommitRecord>(&text) {
+                    record.totals.after(&record.stats);
+                    for s in &record.state {
+                        s.bytes();
+                        s.overlaps((0, 256));
+                        for f in &s.files {
+                            let _ = check_file_name(&f.name).and_then(|()| check_relative_path(&f.path));
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Whatever a path holds, one that passes the check names no parent, no root and no
+        /// separator but `/`: joined onto a directory it stays there.
+        #[test]
+        fn checked_paths_stay_inside(path in "[a-z./\\\\]{0,12}") {
+            if check_relative_path(&path).is_ok() {
+                let joined = std::path::Path::new("/base").join(&path);
+                prop_assert!(joined.starts_with("/base"));
+                prop_assert!(joined.components().all(|c| matches!(c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_))));
+            }
+        }
+    }
 }

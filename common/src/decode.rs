@@ -63,13 +63,26 @@ impl JsonDecoder {
         out
     }
 
+    /// The reason a record of `length` bytes is refused when that is more than
+    /// `max_record_bytes`.
+    pub fn too_large(&self, length: u64) -> String {
+        format!(
+            "record of {length} bytes exceeds max_record_bytes ({})",
+            self.max_record_bytes
+        )
+    }
+
     fn precheck(&self, record: &[u8]) -> Result<(), String> {
         if record.len() > self.max_record_bytes {
-            return Err(format!(
-                "record of {} bytes exceeds max_record_bytes ({})",
-                record.len(),
-                self.max_record_bytes
-            ));
+            return Err(self.too_large(record.len() as u64));
+        }
+        // arrow-json describes a value it cannot take by printing it recursively, so a value
+        // nested thousands deep overflows the stack. Counting brackets is cheap (few records
+        // have many); only those get the exact, string-aware depth.
+        if memchr::memchr2_iter(b'[', b'{', record).count() > MAX_NESTING
+            && nesting_depth(record) > MAX_NESTING
+        {
+            return Err(format!("nested deeper than {MAX_NESTING} levels"));
         }
         match record.iter().find(|b| !b.is_ascii_whitespace()) {
             None => Err("empty record".into()),
@@ -151,6 +164,37 @@ impl JsonDecoder {
         }
         Ok(batch)
     }
+}
+
+/// How deep a record's arrays and objects may nest: far beyond any schema weir reads (a map is
+/// two levels), far below what overflows a stack.
+pub const MAX_NESTING: usize = 64;
+
+/// The deepest nesting of arrays and objects in `json`, brackets inside strings not counted.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Where `record` starts inside `buffer`, when it lies wholly inside it.
@@ -239,6 +283,61 @@ mod tests {
             r#"{{"event_id":"e{i}","user_id":"u{i}","event_type":"click","timestamp":"2026-11-24T10:00:0{}Z","properties":{{"k":"v"}}}}"#,
             i % 10
         )
+    }
+
+    /// Deep nesting is refused before arrow-json sees it (its error message printed the value
+    /// recursively and a record 10 000 deep overflowed an executor's stack); brackets inside
+    /// strings do not count, and moderately nested values still decode or fail as before.
+    #[test]
+    fn records_nested_too_deep_are_set_aside_before_decoding() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"event_id":"e","user_id":"u","event_type":"c","timestamp":"2026-11-24T10:00:00Z","properties":{{"k":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let in_string = format!(
+            r#"{{"event_id":"{}","user_id":"u\"[[","event_type":"c","timestamp":"2026-11-24T10:00:00Z"}}"#,
+            "[{".repeat(500)
+        );
+        let records = [deep(100_000), deep(65), deep(10), in_string, good(1)];
+        let decoder = JsonDecoder::new(decoder().schema().clone(), 1 << 20);
+        // A thread with a small stack: the check must not recurse either.
+        let out = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let bytes: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+                decoder.decode(&bytes)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let reason = |i: usize| {
+            out.bad
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, r)| r.clone())
+        };
+        assert!(
+            reason(0).is_some_and(|r| r.contains("nested deeper")),
+            "{:?}",
+            out.bad
+        );
+        assert!(
+            reason(1).is_some_and(|r| r.contains("nested deeper")),
+            "{:?}",
+            out.bad
+        );
+        // Ten deep is within the limit: refused by the schema (a map of strings), not the check.
+        assert!(
+            reason(2).is_some_and(|r| !r.contains("nested deeper")),
+            "{:?}",
+            out.bad
+        );
+        assert_eq!(out.good, vec![3, 4]);
+        assert_eq!(nesting_depth(br#"{"a":"[[[[","b":[{}]}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a":"\"[[","b":1}"#), 1);
     }
 
     #[test]

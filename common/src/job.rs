@@ -16,7 +16,7 @@ use crate::window::WindowSpec;
 
 pub mod operations;
 pub mod reference;
-pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret};
+pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret, SecretMap};
 
 /// A mistake in a job file, naming the field and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct RawJob {
     /// Object-store settings for `s3://` locations (object_store's names: `aws_endpoint`,
     /// `aws_region`, `aws_access_key_id`, `aws_allow_http`, ...); `AWS_*` variables also apply.
     #[serde(default)]
-    pub storage_options: BTreeMap<String, String>,
+    pub storage_options: SecretMap,
     #[serde(default)]
     pub key_groups: Option<u32>,
     pub sinks: Vec<RawSink>,
@@ -96,7 +96,7 @@ pub struct RawKafka {
     #[serde(default)]
     pub max_offsets_per_trigger: Option<u64>,
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: SecretMap,
 }
 
 /// JSON-lines files under a directory or object-store prefix, taken in name order.
@@ -201,7 +201,7 @@ pub struct KafkaSource {
     pub starting_offsets: StartingOffsets,
     pub fail_on_data_loss: bool,
     pub max_offsets_per_trigger: Option<u64>,
-    pub options: BTreeMap<String, String>,
+    pub options: SecretMap,
 }
 
 /// The file source, validated.
@@ -255,7 +255,7 @@ pub struct JobSpec {
     pub trigger: Trigger,
     pub checkpoint_url: String,
     pub checkpoint_retention: u32,
-    pub storage_options: BTreeMap<String, String>,
+    pub storage_options: SecretMap,
     pub key_groups: u32,
     pub output: DeltaSink,
     pub dead_letter: Option<DeltaSink>,

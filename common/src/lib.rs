@@ -7,6 +7,8 @@ pub mod checkpoint;
 pub mod decode;
 pub mod duration;
 pub mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod job;
 pub mod keygroup;
 pub mod output;

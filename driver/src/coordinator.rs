@@ -234,6 +234,10 @@ impl Coordinator {
                 None,
             );
             self.retention.load(&self.log, epoch).await?;
+            let pruned = self.log.prune_before(self.first_kept(epoch)).await?;
+            if pruned > 0 {
+                tracing::info!(pruned, "deleted the plans and decisions of old epochs");
+            }
             self.ops.board.recovered(Some(epoch), &position.assignment);
             tracing::info!(epoch, "resuming after the last decided epoch");
             self.ops.alerts.raise(
@@ -262,6 +266,12 @@ impl Coordinator {
             _ => None,
         };
         Ok((position, pending))
+    }
+
+    /// The first epoch whose plan and decision the log keeps once `epoch` is decided: those of
+    /// the decisions whose state snapshots are retained.
+    fn first_kept(&self, epoch: u64) -> u64 {
+        (epoch + 1).saturating_sub(u64::from(self.job.checkpoint_retention.max(1)))
     }
 
     /// The tables; an error while a commit has them (callers finish it first).
@@ -613,6 +623,14 @@ impl Coordinator {
         if let Err(e) = self.retention.collect(&self.log).await {
             // Old snapshots left behind cost space, not correctness; the next epoch retries.
             tracing::warn!(epoch, "deleting old state snapshots failed: {e:#}");
+        }
+        // The plan and decision of the epoch whose snapshots just fell out go with them, so
+        // the log holds `checkpoint_retention` epochs however long the job runs.
+        if let Some(gone) = self.first_kept(epoch).checked_sub(1) {
+            if let Err(e) = self.log.forget(gone).await {
+                // Left behind, it is deleted at the next start.
+                tracing::warn!(epoch, "deleting the log of epoch {gone} failed: {e:#}");
+            }
         }
         Ok(Some(members))
     }

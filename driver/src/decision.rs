@@ -83,8 +83,8 @@ pub fn decide(
     stats.lost_offsets = plan
         .lost
         .iter()
-        .map(|r| u64::try_from(r.end - r.start).unwrap_or(0))
-        .sum();
+        .map(|r| u64::try_from(r.end.saturating_sub(r.start)).unwrap_or(0))
+        .fold(0, u64::saturating_add);
     if stats.valid_rows > 0 && stats.min_event_time_micros.is_some() {
         stats.avg_event_time_micros = Some((event_time_sum / stats.valid_rows as f64) as i64);
     }

@@ -191,6 +191,13 @@ async fn drive(
         .await
         .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
     let admin_bound = admin_listener.local_addr()?;
+    if !admin_bound.ip().is_loopback() && !config.admin_token.is_set() {
+        tracing::warn!(
+            "the admin port {admin_bound} listens beyond loopback without a token: whoever \
+             reaches it can pause, stop and checkpoint the query; give --admin-token-file or \
+             WEIR_ADMIN_TOKEN (docs/operations.md, Security)"
+        );
+    }
 
     let (members_tx, members_rx) = watch::channel(Vec::new());
     let _metrics_endpoint = match config.metrics_listen {

@@ -204,6 +204,7 @@ mod tests {
             totals: Totals {
                 input_rows: 1040,
                 output_rows: 5,
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -275,6 +275,7 @@ impl EpochRunner {
         let mut pre = PreAggregation::new(&self.job, req.watermark_micros, req.planned_at_micros);
         let mut rejected: Vec<(Record, String)> = Vec::new();
         let decoder = &self.decoder;
+        let max_record_bytes = self.job.max_record_bytes;
         let mut aggregate_time = std::time::Duration::ZERO;
         // A run the driver abandoned stops reading at once instead of at its next await.
         let current = self.current_run.clone();
@@ -287,20 +288,23 @@ impl EpochRunner {
                 .iter()
                 .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
                 .sum::<u64>();
-            let payloads: Vec<&[u8]> = records
-                .iter()
-                .map(|r| r.value.as_deref().unwrap_or(&[]))
-                .collect();
+            let payloads: Vec<&[u8]> = records.iter().map(Record::payload).collect();
             let buffers: Vec<&[u8]> = chunk.buffers.iter().map(|b| &b[..]).collect();
             let decoded = decoder.decode_within(&payloads, &buffers);
             for (i, reason) in decoded.bad {
-                rejected.push((records[i].detached(), reason));
+                let record = &records[i];
+                let reason = match record.cut_from {
+                    Some(length) => decoder.too_large(length),
+                    None => reason,
+                };
+                rejected.push((record.detached(max_record_bytes), reason));
             }
             let mut base = 0;
             for batch in &decoded.batches {
                 for (row, why) in pre.add_batch(batch) {
                     if let Rejected::Invalid(reason) = why {
-                        rejected.push((records[decoded.good[base + row]].detached(), reason));
+                        let record = &records[decoded.good[base + row]];
+                        rejected.push((record.detached(max_record_bytes), reason));
                     }
                 }
                 base += batch.num_rows();
@@ -322,7 +326,8 @@ impl EpochRunner {
         // along with the partials.
         let mut state_batch = WriteBatch::default();
         let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
-        pre.route(&mut outgoing);
+        pre.route(&mut outgoing)
+            .context("routing partial aggregates")?;
         let mut closed = Vec::new();
         let mut distinct_removed = 0;
         let closing_started = Instant::now();
@@ -337,7 +342,9 @@ impl EpochRunner {
                 closed.extend(taken.rows);
                 distinct_removed += taken.distinct_removed;
                 for (key, count) in taken.shard_counts {
-                    outgoing.add_shard_count(key, count);
+                    outgoing
+                        .add_shard_count(key, count)
+                        .context("summing distinct counts of closed windows")?;
                 }
             }
         }

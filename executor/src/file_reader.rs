@@ -19,6 +19,8 @@ pub enum FileReadError {
 
 pub struct FileReader {
     location: Location,
+    /// Lines longer than this are cut to it (they go to the dead letter).
+    max_line: usize,
     /// Buffers of local reads, reused from epoch to epoch.
     pool: BufferPool,
 }
@@ -32,60 +34,87 @@ const REMOTE_AHEAD: usize = 2;
 /// reads, zeroed and faulted in afresh each time, cost 5 % more CPU per event).
 const LOCAL_RANGE: u64 = 1 << 20;
 
-/// Cuts a file's bytes into lines as they arrive.
+/// Cuts a file's bytes into lines as they arrive. A line longer than `max` bytes keeps its
+/// first `max` (for the dead letter) and counts the rest as it streams by: however long a
+/// line, no more than `max` bytes of it are ever held beyond the range being read.
 struct Lines {
     file: i32,
-    /// The start of a line whose end has not arrived yet.
+    max: usize,
+    /// The start of a line whose end has not arrived yet (at most `max` bytes of it).
     pending: Vec<u8>,
+    /// Bytes of the pending line past the first `max`, not kept.
+    dropped: u64,
     /// Number of the next line.
     next: i64,
 }
 
 impl Lines {
-    fn new(file: i32) -> Self {
+    fn new(file: i32, max: usize) -> Self {
         Self {
             file,
+            max,
             pending: Vec::new(),
+            dropped: 0,
             next: 1,
         }
     }
 
-    fn line(&mut self, mut line: Bytes, out: &mut impl FnMut(Record)) {
+    /// Hands on a line of `length` bytes, of which `line` holds the first (all of them unless
+    /// the line is longer than `max`).
+    fn line(&mut self, mut line: Bytes, length: u64, out: &mut impl FnMut(Record)) {
         let number = self.next;
         self.next += 1;
-        if line.ends_with(b"\r") {
-            line.truncate(line.len() - 1);
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return;
+        let cut_from = (length > self.max as u64).then_some(length);
+        if cut_from.is_some() {
+            line.truncate(self.max);
+        } else {
+            if line.ends_with(b"\r") {
+                line.truncate(line.len() - 1);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
         }
         out(Record {
             partition: self.file,
             offset: number,
             key: None,
             value: Some(line),
+            cut_from,
         });
+    }
+
+    /// Adds `bytes` to the pending line, keeping no more than `max` of it.
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = self.max.saturating_sub(self.pending.len()).min(bytes.len());
+        self.pending.extend_from_slice(&bytes[..room]);
+        self.dropped += (bytes.len() - room) as u64;
+    }
+
+    /// Hands on the pending line with `tail` (the rest of it) added.
+    fn end_pending(&mut self, tail: &[u8], out: &mut impl FnMut(Record)) {
+        self.keep(tail);
+        let whole = std::mem::take(&mut self.pending);
+        let length = whole.len() as u64 + std::mem::take(&mut self.dropped);
+        self.line(Bytes::from(whole), length, out);
     }
 
     /// Cuts `piece` into lines; a line inside it is a slice of it, not a copy.
     fn feed(&mut self, piece: &Bytes, out: &mut impl FnMut(Record)) {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', piece) {
-            if self.pending.is_empty() {
-                self.line(piece.slice(start..end), out);
+            if self.pending.is_empty() && self.dropped == 0 {
+                self.line(piece.slice(start..end), (end - start) as u64, out);
             } else {
-                let mut whole = std::mem::take(&mut self.pending);
-                whole.extend_from_slice(&piece[start..end]);
-                self.line(Bytes::from(whole), out);
+                self.end_pending(&piece[start..end], out);
             }
             start = end + 1;
         }
-        self.pending.extend_from_slice(&piece[start..]);
+        self.keep(&piece[start..]);
     }
 
     fn finish(mut self, out: &mut impl FnMut(Record)) {
-        let rest = std::mem::take(&mut self.pending);
-        self.line(Bytes::from(rest), out);
+        self.end_pending(&[], out);
     }
 }
 
@@ -132,9 +161,10 @@ impl<F: FnMut(Chunk)> Chunker<F> {
 }
 
 impl FileReader {
-    pub fn new(location: Location) -> Self {
+    pub fn new(location: Location, max_line: usize) -> Self {
         Self {
             location,
+            max_line,
             pool: BufferPool::default(),
         }
     }
@@ -197,7 +227,8 @@ impl FileReader {
                     done.finish(&mut |r| chunks.push(r));
                 }
             }
-            let current = lines.get_or_insert_with(|| Lines::new(file_number(index)));
+            let current =
+                lines.get_or_insert_with(|| Lines::new(file_number(index), self.max_line));
             chunks.start_piece(&piece);
             current.feed(&piece, &mut |r| chunks.push(r));
         }
@@ -219,7 +250,7 @@ mod tests {
 
     fn split(pieces: &[&str]) -> Vec<(i64, String)> {
         let mut out = Vec::new();
-        let mut lines = Lines::new(0);
+        let mut lines = Lines::new(0, 1 << 20);
         for p in pieces {
             lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut |r| out.push(r));
         }
@@ -247,6 +278,101 @@ mod tests {
             expected
         );
         assert!(split(&["", "\n", "  \n"]).is_empty());
+    }
+
+    /// Lines longer than the limit, whole in one piece, across many pieces and at the end of
+    /// the file without a newline, arrive cut to the limit with their length; no more than the
+    /// limit is ever held of a pending line; the lines around them arrive whole.
+    #[test]
+    fn lines_longer_than_the_limit_are_cut_as_they_stream_by() {
+        let max = 16;
+        let long = "x".repeat(1000);
+        let text = format!(
+            "{{\"a\":1}}\n{long}\n{{\"b\":2}}\r\n{}\n\n{long}",
+            "y".repeat(17)
+        );
+        for piece_size in [1, 3, 7, 16, 17, 64, 5000] {
+            let mut out = Vec::new();
+            let mut lines = Lines::new(0, max);
+            for piece in text.as_bytes().chunks(piece_size) {
+                lines.feed(&Bytes::copy_from_slice(piece), &mut |r| out.push(r));
+                assert!(lines.pending.len() <= max, "pieces of {piece_size}");
+            }
+            lines.finish(&mut |r| out.push(r));
+            let got: Vec<(i64, String, Option<u64>)> = out
+                .into_iter()
+                .map(|r| {
+                    let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                    (r.offset, value, r.cut_from)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (1, "{\"a\":1}".to_string(), None),
+                    (2, "x".repeat(max), Some(1000)),
+                    (3, "{\"b\":2}".to_string(), None),
+                    (4, "y".repeat(max), Some(17)),
+                    (6, "x".repeat(max), Some(1000)),
+                ],
+                "pieces of {piece_size}"
+            );
+        }
+    }
+
+    /// What the splitter must hand on for `text`, computed from the whole text at once:
+    /// (line number, kept bytes, length when cut).
+    fn lines_of(text: &[u8], max: usize) -> Vec<(i64, Vec<u8>, Option<u64>)> {
+        let mut out = Vec::new();
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+            let number = i as i64 + 1;
+            if line.len() > max {
+                out.push((number, line[..max].to_vec(), Some(line.len() as u64)));
+                continue;
+            }
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push((number, line.to_vec(), None));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(weir_common::fuzzing::config(1_000))]
+
+        /// The file line splitter on any bytes (newlines, carriage returns and blanks among
+        /// them), cut into pieces anywhere, with any limit: the lines of the whole text, and
+        /// never more than the limit held of a pending line.
+        #[test]
+        fn any_bytes_in_any_pieces_split_as_the_whole_text(
+            text in proptest::collection::vec(proptest::prop_oneof![
+                3 => proptest::num::u8::ANY,
+                1 => proptest::strategy::Just(b'\n'),
+                1 => proptest::strategy::Just(b'\r'),
+                1 => proptest::strategy::Just(b' '),
+            ], 0..400),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..8),
+            max in 1usize..64,
+        ) {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(text.len() + 1)).collect();
+            at.push(0);
+            at.push(text.len());
+            at.sort_unstable();
+            let mut out = Vec::new();
+            let mut lines = Lines::new(0, max);
+            for pair in at.windows(2) {
+                let piece = Bytes::copy_from_slice(&text[pair[0]..pair[1]]);
+                lines.feed(&piece, &mut |r| out.push(r));
+                proptest::prop_assert!(lines.pending.len() <= max);
+            }
+            lines.finish(&mut |r| out.push(r));
+            let got: Vec<(i64, Vec<u8>, Option<u64>)> = out
+                .into_iter()
+                .map(|r| (r.offset, r.value.unwrap_or_default().to_vec(), r.cut_from))
+                .collect();
+            proptest::prop_assert_eq!(got, lines_of(&text, max));
+        }
     }
 
     fn local(dir: &std::path::Path) -> Location {
@@ -281,7 +407,7 @@ mod tests {
                     .map(|(i, l)| (index as i32, i as i64 + 1, l)),
             );
         }
-        let reader = FileReader::new(local(dir.path()));
+        let reader = FileReader::new(local(dir.path()), 1 << 20);
         let store = |ahead| Fetch::Store { ahead };
         let modes = [
             (4096, Fetch::Local),
@@ -347,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "1\n2\n3\n").unwrap();
         std::fs::write(dir.path().join("b.jsonl"), "4\n5").unwrap();
-        let reader = FileReader::new(local(dir.path()));
+        let reader = FileReader::new(local(dir.path()), 1 << 20);
         let files = [
             InputFile {
                 path: "a.jsonl".into(),

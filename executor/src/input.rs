@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use bytes::Bytes;
-use weir_common::checkpoint::{InputFile, PartitionRange};
+use weir_common::checkpoint::{check_relative_path, InputFile, PartitionRange};
 use weir_common::job::{JobSpec, Source};
 use weir_proto::control::ExecuteRequest;
 
@@ -18,15 +18,31 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Bytes>,
+    /// The length of a line longer than `max_record_bytes`, whose `value` holds only its first
+    /// `max_record_bytes` bytes: the rest was counted as it streamed by, never buffered.
+    pub cut_from: Option<u64>,
 }
 
 impl Record {
-    /// A copy that holds only its own bytes: a rejected record kept until the epoch ends must
-    /// not keep the whole fetched range it was sliced from alive.
-    pub fn detached(&self) -> Record {
+    /// A copy that holds only its own bytes, at most `max_bytes` of its value: a rejected
+    /// record kept until the epoch ends must not keep the whole fetched range it was sliced
+    /// from alive, and an oversized one is kept cut.
+    pub fn detached(&self, max_bytes: usize) -> Record {
         Record {
-            value: self.value.as_deref().map(Bytes::copy_from_slice),
+            value: self
+                .value
+                .as_deref()
+                .map(|v| Bytes::copy_from_slice(&v[..v.len().min(max_bytes)])),
             ..self.clone()
+        }
+    }
+
+    /// What the decoder reads: nothing for a line that was cut (it is refused as too large
+    /// before decoding), else the value.
+    pub fn payload(&self) -> &[u8] {
+        match self.cut_from {
+            Some(_) => &[],
+            None => self.value.as_deref().unwrap_or(&[]),
         }
     }
 }
@@ -58,12 +74,14 @@ impl Input {
     pub fn open(job: &JobSpec, job_id: &str) -> anyhow::Result<Self> {
         Ok(match &job.source {
             Source::Kafka(kafka) => Input::Kafka {
-                reader: KafkaReader::new(kafka, job_id).context("creating the Kafka consumer")?,
+                reader: KafkaReader::new(kafka, job_id, job.max_record_bytes)
+                    .context("creating the Kafka consumer")?,
                 topic: kafka.topic.clone(),
             },
             Source::Files(files) => Input::Files(FileReader::new(
                 weir_storage::location::open(&files.url, &job.storage_options)
                     .context("opening the file source")?,
+                job.max_record_bytes,
             )),
         })
     }
@@ -98,14 +116,22 @@ impl Input {
                     .context("reading the planned Kafka ranges")
             }
             Input::Files(reader) => {
-                let files: Vec<InputFile> = req
+                // Only the driver plans files, under the source's location: a path that
+                // would leave it is refused, whoever sent it.
+                let files = req
                     .files
                     .iter()
-                    .map(|f| InputFile {
-                        path: f.path.clone(),
-                        bytes: f.bytes,
+                    .map(|f| {
+                        check_relative_path(&f.path)
+                            .map(|()| InputFile {
+                                path: f.path.clone(),
+                                bytes: f.bytes,
+                            })
+                            .map_err(|e| {
+                                anyhow::anyhow!("the plan names a file outside the source: {e}")
+                            })
                     })
-                    .collect();
+                    .collect::<anyhow::Result<Vec<InputFile>>>()?;
                 reader
                     .read(&files, chunk, keep_going, on_chunk)
                     .context("reading the planned files")

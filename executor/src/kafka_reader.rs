@@ -69,10 +69,36 @@ impl ConsumerContext for ReaderContext {}
 pub struct KafkaReader {
     consumer: BaseConsumer<ReaderContext>,
     topic: String,
+    /// Larger values are copied cut to this size (they go to the dead letter).
+    max_record_bytes: usize,
+}
+
+/// A fetched message as a record; a value larger than `max_bytes` keeps its first `max_bytes`.
+fn record(
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    max_bytes: usize,
+) -> Record {
+    let cut_from = value
+        .filter(|v| v.len() > max_bytes)
+        .map(|v| v.len() as u64);
+    Record {
+        partition,
+        offset,
+        key: key.map(<[u8]>::to_vec),
+        value: value.map(|v| bytes::Bytes::copy_from_slice(&v[..v.len().min(max_bytes)])),
+        cut_from,
+    }
 }
 
 impl KafkaReader {
-    pub fn new(source: &KafkaSource, job_id: &str) -> Result<Self, KafkaError> {
+    pub fn new(
+        source: &KafkaSource,
+        job_id: &str,
+        max_record_bytes: usize,
+    ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         for (k, v) in &source.options {
             config.set(k, v);
@@ -87,6 +113,7 @@ impl KafkaReader {
         Ok(Self {
             consumer: config.create_with_context(ReaderContext)?,
             topic: source.topic.clone(),
+            max_record_bytes,
         })
     }
 
@@ -136,12 +163,13 @@ impl KafkaReader {
                     };
                     let offset = msg.offset();
                     if offset < end {
-                        buffer.push(Record {
-                            partition: p,
+                        buffer.push(record(
+                            p,
                             offset,
-                            key: msg.key().map(<[u8]>::to_vec),
-                            value: msg.payload().map(bytes::Bytes::copy_from_slice),
-                        });
+                            msg.key(),
+                            msg.payload(),
+                            self.max_record_bytes,
+                        ));
                         last_progress = Instant::now();
                         if buffer.len() >= chunk {
                             on_chunk(std::mem::replace(&mut buffer, Vec::with_capacity(chunk)));

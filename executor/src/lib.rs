@@ -45,6 +45,7 @@ use crate::epoch::EpochRunner;
 use crate::exchange::server::ExchangeService;
 use crate::exchange::Exchange;
 use crate::metrics::ExecutorMetrics;
+use crate::partials::Shape;
 
 /// How long an executor waits for its peers' partials of an epoch.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -324,7 +325,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY);
+    let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY, Shape::of(&job));
     let exchange = Exchange::new(
         registration.job_id.clone(),
         config.executor_id.clone(),

@@ -9,13 +9,12 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use weir_common::aggregate::Partial;
+use weir_common::aggregate::{merge_all, AggKind, AggregateSpec, MergeError, Partial};
+use weir_common::job::JobSpec;
 use weir_common::keygroup::key_group;
-use weir_common::window::Window;
+use weir_common::window::{check_event_time, Window, WindowSpec};
 
-use crate::state_keys::distinct_key_into;
-#[cfg(test)]
-use crate::state_keys::key_group_of;
+use crate::state_keys::{distinct_key_into, key_group_of, parse_key, StateKey};
 
 /// A distinct value as its distinct key ([`crate::state_keys::distinct_key`]: its key group,
 /// window, aggregate index, group key and value), built alone; epochs write theirs into
@@ -148,6 +147,102 @@ impl<'a> IntoIterator for &'a DistinctKeys {
 /// index, group key).
 pub type ShardKey = (Window, u8, Vec<u8>);
 
+/// What this query's partials look like. Entries that arrive from a peer are checked against
+/// it before they are merged, so that a peer of another version, a corrupt stream or a hostile
+/// sender fails the run with a clear error instead of reaching the state store.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    aggregates: Vec<AggregateSpec>,
+    window: WindowSpec,
+    key_groups: u32,
+}
+
+impl Shape {
+    pub fn of(job: &JobSpec) -> Self {
+        Self {
+            aggregates: job.aggregates.clone(),
+            window: job.window,
+            key_groups: job.key_groups,
+        }
+    }
+
+    /// A window of the query's spec: `size` long, aligned, inside the event-time range.
+    pub fn check_window(&self, w: Window) -> Result<(), String> {
+        // The latest window holding its start ends at its end only if it starts there.
+        let end = check_event_time(w.start).and_then(|start| self.window.last_window_end(start));
+        if end == Ok(w.end) && w.end.checked_sub(w.start) == Some(self.window.size) {
+            Ok(())
+        } else {
+            Err(format!("{w:?} is not a window of this query"))
+        }
+    }
+
+    /// The partial states of one group row, when they are one per aggregate, each a state of
+    /// its aggregate ([`Partial::admitted`]).
+    pub fn admit_partials(&self, partials: Vec<Partial>) -> Result<Vec<Partial>, String> {
+        if partials.len() != self.aggregates.len() {
+            return Err(format!(
+                "{} partial states for {} aggregates",
+                partials.len(),
+                self.aggregates.len()
+            ));
+        }
+        partials
+            .into_iter()
+            .zip(&self.aggregates)
+            .map(|(p, spec)| {
+                let kind = p.kind_name();
+                p.admitted(spec)
+                    .ok_or_else(|| format!("a {kind} is no state of aggregate `{}`", spec.name))
+            })
+            .collect()
+    }
+
+    /// An aggregate index that names a `count(distinct)`.
+    pub fn check_distinct_aggregate(&self, agg: u8) -> Result<(), String> {
+        match self.aggregates.get(usize::from(agg)) {
+            Some(spec) if spec.kind == AggKind::CountDistinct => Ok(()),
+            _ => Err(format!("aggregate {agg} is not a count(distinct)")),
+        }
+    }
+
+    /// A whole distinct key of this query: its key group, window and aggregate.
+    pub fn check_distinct_key(&self, key: &[u8]) -> Result<(), String> {
+        let Some(StateKey::Distinct { window, agg, .. }) = parse_key(key) else {
+            return Err("not a distinct-value key".into());
+        };
+        let kg = key_group_of(key).unwrap_or(u32::MAX);
+        if kg >= self.key_groups {
+            return Err(format!(
+                "key group {kg} of a distinct value is not one of {}",
+                self.key_groups
+            ));
+        }
+        self.check_window(window)?;
+        self.check_distinct_aggregate(agg)
+    }
+
+    /// The shape of what tests send: windows of 300 µs, `count(*)` then
+    /// `count(distinct user)`, 64 key groups.
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        let spec = |name: &str, kind| AggregateSpec {
+            name: name.into(),
+            kind,
+            column: None,
+            input_type: None,
+        };
+        Self {
+            aggregates: vec![
+                spec("n", AggKind::CountStar),
+                spec("users", AggKind::CountDistinct),
+            ],
+            window: WindowSpec::tumbling(300),
+            key_groups: 64,
+        }
+    }
+}
+
 /// The maps of one epoch's partials: keys come from the job's own data, and a fast hasher
 /// matters here (every input row is hashed at least twice).
 pub type FastMap<K, V> = HashMap<K, V, RandomState>;
@@ -182,32 +277,38 @@ impl Partials {
     }
 
     /// Merges one group row in.
-    pub fn add_group(&mut self, key: (Window, Vec<u8>), partials: Vec<Partial>) {
+    pub fn add_group(
+        &mut self,
+        key: (Window, Vec<u8>),
+        partials: Vec<Partial>,
+    ) -> Result<(), MergeError> {
         match self.groups.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                for (a, b) in e.get_mut().iter_mut().zip(&partials) {
-                    a.merge(b);
-                }
-            }
+            std::collections::hash_map::Entry::Occupied(mut e) => merge_all(e.get_mut(), &partials),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(partials);
+                Ok(())
             }
         }
     }
 
-    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) {
-        *self.shard_counts.entry(key).or_default() += count;
+    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) -> Result<(), MergeError> {
+        let total = self.shard_counts.entry(key).or_default();
+        *total = total
+            .checked_add(count)
+            .ok_or(MergeError::Overflow("shard count"))?;
+        Ok(())
     }
 
     /// Merges another set of partials into this one.
-    pub fn merge(&mut self, other: Partials) {
+    pub fn merge(&mut self, other: Partials) -> Result<(), MergeError> {
         for (key, partials) in other.groups {
-            self.add_group(key, partials);
+            self.add_group(key, partials)?;
         }
         self.distinct.append(&other.distinct);
         for (key, count) in other.shard_counts {
-            self.add_shard_count(key, count);
+            self.add_shard_count(key, count)?;
         }
+        Ok(())
     }
 
     /// Splits the partials by owner: `owners[kg]` is the index of the owner of key group `kg`,
@@ -216,13 +317,13 @@ impl Partials {
     pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
         let mut out = ByOwner::new(owners, n);
         for (key, partials) in self.groups {
-            out.add_group(key, partials);
+            out.add_group(key, partials).unwrap();
         }
         for key in &self.distinct {
             out.add_distinct(key);
         }
         for (key, count) in self.shard_counts {
-            out.add_shard_count(key, count);
+            out.add_shard_count(key, count).unwrap();
         }
         out.finish()
     }
@@ -257,9 +358,13 @@ impl<'a> ByOwner<'a> {
         &mut self.parts[to]
     }
 
-    pub fn add_group(&mut self, key: (Window, Vec<u8>), partials: Vec<Partial>) {
+    pub fn add_group(
+        &mut self,
+        key: (Window, Vec<u8>),
+        partials: Vec<Partial>,
+    ) -> Result<(), MergeError> {
         let kg = key_group(&key.1, self.key_groups());
-        self.owner(kg).add_group(key, partials);
+        self.owner(kg).add_group(key, partials)
     }
 
     /// Adds a distinct value's distinct key.
@@ -276,9 +381,9 @@ impl<'a> ByOwner<'a> {
         self.scratch = key;
     }
 
-    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) {
+    pub fn add_shard_count(&mut self, key: ShardKey, count: i64) -> Result<(), MergeError> {
         let kg = key_group(&key.2, self.key_groups());
-        self.owner(kg).add_shard_count(key, count);
+        self.owner(kg).add_shard_count(key, count)
     }
 
     /// The partials of each owner, by index.
@@ -354,18 +459,22 @@ mod tests {
     #[test]
     fn merge_adds_counts_and_unions_values() {
         let mut a = Partials::default();
-        a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)]);
+        a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)])
+            .unwrap();
         a.distinct
             .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
-        a.add_shard_count((w(-300), 1, b"click".to_vec()), 5);
+        a.add_shard_count((w(-300), 1, b"click".to_vec()), 5)
+            .unwrap();
         let mut b = Partials::default();
-        b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)]);
+        b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)])
+            .unwrap();
         b.distinct
             .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
         b.distinct
             .push(distinct_entry(w(0), 1, b"click", b"u2", 16));
-        b.add_shard_count((w(-300), 1, b"click".to_vec()), 7);
-        a.merge(b);
+        b.add_shard_count((w(-300), 1, b"click".to_vec()), 7)
+            .unwrap();
+        a.merge(b).unwrap();
         assert!(matches!(
             a.groups[&(w(0), b"click".to_vec())][0],
             Partial::Count(5)
@@ -387,8 +496,10 @@ mod tests {
             p.distinct
                 .push(distinct_entry(w(0), 1, b"click", &value, key_groups));
         }
-        p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)]);
-        p.add_shard_count((w(-300), 1, b"click".to_vec()), 9);
+        p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)])
+            .unwrap();
+        p.add_shard_count((w(-300), 1, b"click".to_vec()), 9)
+            .unwrap();
         let total = p.len();
         let parts = p.split(&owners, 2);
         assert_eq!(parts.iter().map(Partials::len).sum::<usize>(), total);

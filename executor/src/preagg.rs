@@ -12,10 +12,10 @@ use std::hash::BuildHasher;
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
-use weir_common::aggregate::{AggKind, Partial};
+use weir_common::aggregate::{AggKind, MergeError, Partial};
 use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
-use weir_common::window::{is_closed, Window};
+use weir_common::window::{check_event_time, is_closed, Window};
 
 use crate::partials::{ByOwner, FastMap};
 
@@ -149,6 +149,7 @@ impl<'a> PreAggregation<'a> {
         Self {
             job,
             watermark,
+            // Saturating is right here: a bound past i64 rejects nothing more.
             max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
             group_keys: GroupKeys::default(),
             groups: FastMap::default(),
@@ -203,12 +204,22 @@ impl<'a> PreAggregation<'a> {
                 continue;
             }
             let ts = ts_col.value(row);
+            // Any i64 can arrive as a time: one outside the range (or whose windows would be)
+            // is set aside before any arithmetic uses it.
+            let last_window_end =
+                match check_event_time(ts).and_then(|ts| window_spec.last_window_end(ts)) {
+                    Ok(end) => end,
+                    Err(out_of_range) => {
+                        rejected.push((row, Rejected::Invalid(out_of_range.to_string())));
+                        continue;
+                    }
+                };
             if ts > self.max_event_time {
                 rejected.push((row, Rejected::Invalid(self.too_far_ahead(ts))));
                 continue;
             }
             self.times.add(ts);
-            if is_closed(window_spec.last_window_end(ts), watermark) {
+            if is_closed(last_window_end, watermark) {
                 self.late_rows += 1;
                 rejected.push((row, Rejected::Late));
                 continue;
@@ -228,11 +239,13 @@ impl<'a> PreAggregation<'a> {
                     self.group_keys.intern(&key)
                 }
             };
-            window_spec.for_each_window(ts, |window| {
+            let windowed = window_spec.for_each_window(ts, |window| {
                 if !is_closed(window.end, watermark) {
                     self.add_row(window, group, &agg_cols, row);
                 }
             });
+            // last_window_end answered Ok for ts, so this does too (the same checks).
+            debug_assert!(windowed.is_ok(), "{windowed:?}");
         }
         rejected
     }
@@ -276,7 +289,7 @@ impl<'a> PreAggregation<'a> {
     }
 
     /// Hands the epoch's partials to the owners of their key groups.
-    pub fn route(self, out: &mut ByOwner<'_>) {
+    pub fn route(self, out: &mut ByOwner<'_>) -> Result<(), MergeError> {
         let keys = self.group_keys.keys;
         let values = self.values;
         for ((window, group), state) in self.groups {
@@ -286,8 +299,9 @@ impl<'a> PreAggregation<'a> {
                     out.add_distinct_value(window, agg as u8, key, values.get(value));
                 }
             }
-            out.add_group((window, key.clone()), state.partials);
+            out.add_group((window, key.clone()), state.partials)?;
         }
+        Ok(())
     }
 
     /// The epoch's partials, all together (epochs route them with [`Self::route`]).
@@ -295,7 +309,7 @@ impl<'a> PreAggregation<'a> {
     pub fn into_partials(self) -> crate::partials::Partials {
         let owners = vec![0; self.job.key_groups as usize];
         let mut out = ByOwner::new(&owners, 1);
-        self.route(&mut out);
+        self.route(&mut out).unwrap();
         out.finish().pop().unwrap_or_default()
     }
 }
@@ -438,7 +452,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let key_groups = 64;
         let owners: Vec<usize> = (0..key_groups).map(|kg| kg % 3).collect();
         let mut out = ByOwner::new(&owners, 3);
-        pre.route(&mut out);
+        pre.route(&mut out).unwrap();
         let parts = out.finish();
         let groups: usize = parts.iter().map(|p| p.groups.len()).sum();
         assert_eq!(groups, 2);
@@ -546,5 +560,195 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
                 (vec![s("view"), s("us")], 1),
             ]
         );
+    }
+
+    /// Timestamps at and past every edge, as JSON numbers and strings, among good records:
+    /// each hostile one is set aside (by the decoder, as out of range, or as too far ahead) or
+    /// lies in the supported range; the good records are all counted in their window, and no
+    /// window leaves the supported range.
+    #[test]
+    fn times_at_every_edge_are_set_aside_and_change_no_other_window() {
+        use weir_common::window::{MAX_EVENT_TIME, MIN_EVENT_TIME};
+        let job = job("{column: timestamp, size: 5m}");
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:01:00Z")
+            .unwrap()
+            .timestamp_micros();
+        // (JSON value, whether it must be out of range)
+        let hostile = [
+            ("9223372036854775807", true),
+            ("-9223372036854775808", true),
+            ("-9223372036854775807", true),
+            ("9223372036854775806", true),
+            ("253402300800000000", true),
+            ("-62135596800000001", true),
+            ("9223372036854775808", false),
+            ("-9223372036854775809", false),
+            ("1e300", false),
+            ("-1e300", false),
+            ("1.5", false),
+            ("-0.0", false),
+            ("\"+275760-09-13T00:00:00Z\"", false),
+            ("\"-262143-01-01T00:00:00Z\"", false),
+            ("\"9999-12-31T23:59:59.999999Z\"", false),
+            ("\"0001-01-01T00:00:00Z\"", false),
+            ("\"0000-12-31T23:59:59Z\"", false),
+            ("\"10000-01-01T00:00:00Z\"", false),
+            ("\"2026-11-24T10:00:00+99:00\"", false),
+            ("true", false),
+            ("[1]", false),
+            ("{}", false),
+        ];
+        let mut lines = Vec::new();
+        for (i, (ts, _)) in hostile.iter().enumerate() {
+            lines.push(format!(
+                r#"{{"user_id":"good{i}","event_type":"click","amount":1,"timestamp":"2026-11-24T10:00:00Z"}}"#
+            ));
+            lines.push(format!(
+                r#"{{"user_id":"bad{i}","event_type":"click","amount":1,"timestamp":{ts}}}"#
+            ));
+        }
+        let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
+        let mut pre = PreAggregation::new(&job, None, now);
+        let mut set_aside: Vec<(usize, String)> = decoded.bad.clone();
+        let mut base = 0;
+        for b in &decoded.batches {
+            for (row, why) in pre.add_batch(b) {
+                let Rejected::Invalid(reason) = why else {
+                    panic!("no watermark, so nothing is late: {why:?}");
+                };
+                set_aside.push((decoded.good[base + row], reason));
+            }
+            base += b.num_rows();
+        }
+        for (i, reason) in &set_aside {
+            assert!(i % 2 == 1, "good record {i} set aside: {reason}");
+        }
+        for (k, (ts, out_of_range)) in hostile.iter().enumerate() {
+            let reason = set_aside
+                .iter()
+                .find(|(i, _)| *i == 2 * k + 1)
+                .map(|(_, r)| r);
+            if *out_of_range {
+                assert!(
+                    reason.is_some_and(|r| r.starts_with("event time out of range")),
+                    "{ts}: {reason:?}"
+                );
+            }
+        }
+        let partials = pre.into_partials();
+        let start = now - now.rem_euclid(5 * MIN);
+        let good_window = Window {
+            start,
+            end: start + 5 * MIN,
+        };
+        let count = |g: &Vec<Partial>| match g[0] {
+            Partial::Count(n) => n,
+            _ => 0,
+        };
+        let in_good: i64 = partials
+            .groups
+            .iter()
+            .filter(|((w, _), _)| *w == good_window)
+            .map(|(_, g)| count(g))
+            .sum();
+        assert_eq!(in_good, hostile.len() as i64);
+        let kept = hostile.len() - (set_aside.len());
+        let counted: i64 = partials.groups.values().map(count).sum();
+        assert_eq!(counted, (hostile.len() + kept) as i64);
+        for (w, _) in partials.groups.keys() {
+            assert!(
+                MIN_EVENT_TIME <= w.start && w.end <= MAX_EVENT_TIME + 5 * MIN,
+                "{w:?}"
+            );
+        }
+    }
+
+    /// A JSON value for a field, from what producers get wrong as much as right.
+    fn field_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("\"2026-11-24T10:00:00Z\"".to_string()),
+            Just("\"click\"".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("1.5".to_string()),
+            Just("1e400".to_string()),
+            Just("-1e400".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("-9223372036854775808".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("\"+275760-09-13T00:00:00Z\"".to_string()),
+            Just("\"0001-01-01T00:00:00Z\"".to_string()),
+            Just("\"9999-12-31T23:59:59.999999Z\"".to_string()),
+            Just("\"2026-02-30T25:61:61Z\"".to_string()),
+            Just("\"\\ud800\"".to_string()),
+            Just("[[[[[[[[[[1]]]]]]]]]]".to_string()),
+            Just("{\"k\":{\"k\":1}}".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:e}")),
+            "[ -~]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(weir_common::fuzzing::config(300))]
+
+        /// The record decoder, JSON to Arrow to window rows, on records built from any mix of
+        /// field values and then corrupted at any byte: every record is decoded or set aside
+        /// exactly once, nothing panics, and every row that is aggregated lies in windows of
+        /// the supported range that hold its time.
+        #[test]
+        fn any_records_are_windowed_or_set_aside(
+            records in proptest::collection::vec(
+                (field_value(), field_value(), field_value(), field_value(),
+                 proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), proptest::num::u8::ANY))),
+                1..40,
+            ),
+            watermark in proptest::option::of(proptest::num::i64::ANY),
+            planned_at in proptest::num::i64::ANY,
+        ) {
+            let job = job("{column: timestamp, size: 10m, slide: 5m}");
+            let lines: Vec<Vec<u8>> = records
+                .iter()
+                .map(|(user, kind, amount, ts, corrupt)| {
+                    let mut line = format!(
+                        r#"{{"user_id":{user},"event_type":{kind},"amount":{amount},"timestamp":{ts}}}"#
+                    )
+                    .into_bytes();
+                    if let Some((at, byte)) = corrupt {
+                        let i = at.index(line.len());
+                        line[i] = *byte;
+                    }
+                    line
+                })
+                .collect();
+            let bytes: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+            let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
+            let mut seen: Vec<usize> = decoded.good.clone();
+            seen.extend(decoded.bad.iter().map(|(i, _)| *i));
+            seen.sort_unstable();
+            proptest::prop_assert_eq!(seen, (0..lines.len()).collect::<Vec<_>>());
+            let rows: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
+            proptest::prop_assert_eq!(rows, decoded.good.len());
+
+            let mut pre = PreAggregation::new(&job, watermark, planned_at);
+            let mut set_aside = 0;
+            for b in &decoded.batches {
+                set_aside += pre.add_batch(b).len();
+            }
+            let partials = pre.into_partials();
+            let counted: i64 = partials.groups.values().map(|g| match g[0] {
+                Partial::Count(n) => n,
+                _ => 0,
+            }).sum();
+            // Each kept row is in one or two windows (10m every 5m, some closed).
+            proptest::prop_assert!(counted <= 2 * (rows - set_aside) as i64);
+            for (w, _) in partials.groups.keys() {
+                proptest::prop_assert!(w.end - w.start == 10 * MIN);
+                proptest::prop_assert!(weir_common::window::MIN_EVENT_TIME - 10 * MIN <= w.start);
+                proptest::prop_assert!(w.end <= weir_common::window::MAX_EVENT_TIME + 10 * MIN);
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
-use weir_common::checkpoint::{StateFile, StateSnapshot};
+use weir_common::checkpoint::{check_file_name, check_relative_path, StateFile, StateSnapshot};
 use weir_storage::Location;
 
 use crate::state::{remove_dir, StateError, StateStore};
@@ -41,6 +41,8 @@ pub enum SnapshotError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("state snapshot names a file outside the checkpoint: {0}")]
+    Path(String),
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> SnapshotError {
@@ -285,8 +287,12 @@ pub fn new_instance_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Reads one snapshot file from the checkpoint store.
+/// Reads one snapshot file from the checkpoint store; its name and path must stay inside the
+/// state directory and the checkpoint (a decision is read back from storage others can write).
 async fn fetch(location: Location, f: StateFile) -> Result<(StateFile, Bytes), SnapshotError> {
+    check_file_name(&f.name)
+        .and_then(|()| check_relative_path(&f.path))
+        .map_err(SnapshotError::Path)?;
     let store_err = |source| SnapshotError::Store {
         location: location.display(&f.path),
         source,

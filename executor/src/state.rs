@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
-use weir_common::aggregate::{decode_partials, encode_partials, Partial};
+use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partial};
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
@@ -31,6 +31,11 @@ pub enum StateError {
     Corrupt(String),
     #[error("corrupt state entry: {0}")]
     Run(#[from] runs::RunError),
+    #[error("{what}: {source}")]
+    Merge {
+        what: String,
+        source: weir_common::aggregate::MergeError,
+    },
     #[error("state directory {path}: {source}")]
     Io {
         path: String,
@@ -77,9 +82,16 @@ pub fn finish_closed_rows(
         additions.push((*i, usize::from(*agg), *count));
     }
     for (i, agg, count) in additions {
-        if let Some(p) = rows[i].partials.get_mut(agg) {
-            p.add_distinct(count);
-        }
+        let window = rows[i].window;
+        let p = rows[i].partials.get_mut(agg).ok_or_else(|| {
+            StateError::Corrupt(format!(
+                "a distinct count arrived for aggregate {agg} of window {window:?}, which has no such aggregate"
+            ))
+        })?;
+        p.add_distinct(count).map_err(|source| StateError::Merge {
+            what: format!("summing the distinct counts of window {window:?}"),
+            source,
+        })?;
     }
     rows.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
     Ok(())
@@ -250,9 +262,10 @@ impl StateStore {
                 Some(bytes) => {
                     let mut existing = decode_partials(&bytes)
                         .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
-                    for (a, b) in existing.iter_mut().zip(partials) {
-                        a.merge(b);
-                    }
+                    merge_all(&mut existing, partials).map_err(|source| StateError::Merge {
+                        what: format!("folding the partials of window {window:?}"),
+                        source,
+                    })?;
                     existing
                 }
                 None => partials.clone(),

@@ -104,9 +104,12 @@ pub fn kafka_source(brokers: &str, topic: &str, max_offsets: u64) -> String {
     )
 }
 
-/// The reference job's text for `source` with its checkpoint and tables under `dir`.
+/// The reference job's text for `source` with its checkpoint and tables under `dir`. The log
+/// keeps every decision (the figures are read from them after the run), so no run's state
+/// snapshots are deleted either: a bench run's checkpoint is small.
 pub fn job_text(source: &str, dir: &Path) -> String {
-    weir_common::job::reference::job_file("bench", source, &dir.display().to_string())
+    let job = weir_common::job::reference::job_file("bench", source, &dir.display().to_string());
+    format!("{job}checkpoint_retention: 100000\n")
 }
 
 /// The decisions of the checkpoint at `url` in epoch order, and the first plan's time: read

@@ -124,6 +124,11 @@ impl CheckpointLog {
 
     /// The highest epoch number present under `dir` (`offsets` or `commits`).
     pub async fn latest(&self, dir: &str) -> Result<Option<u64>, LogError> {
+        Ok(self.epochs(dir).await?.into_iter().max())
+    }
+
+    /// The epoch numbers present under `dir` (`offsets` or `commits`).
+    async fn epochs(&self, dir: &str) -> Result<Vec<u64>, LogError> {
         let prefix = self.location.path(dir);
         let entries: Vec<_> = self
             .location
@@ -135,7 +140,34 @@ impl CheckpointLog {
         Ok(entries
             .iter()
             .filter_map(|m| m.location.filename().and_then(|f| f.parse::<u64>().ok()))
-            .max())
+            .collect())
+    }
+
+    /// Deletes the decision and plan of `epoch` (the decision first: a plan without its
+    /// decision is only ever read when it is the latest). Recovery reads only the latest of
+    /// each, so an epoch whose state snapshots are no longer retained is forgotten whole.
+    pub async fn forget(&self, epoch: u64) -> Result<(), LogError> {
+        for rel in [format!("commits/{epoch}"), format!("offsets/{epoch}")] {
+            match self.location.store.delete(&self.location.path(&rel)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_err(&rel, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every epoch before `first_kept` still in the log (left by a crash between two
+    /// deletions, or by a run with a longer retention); answers how many.
+    pub async fn prune_before(&self, first_kept: u64) -> Result<usize, LogError> {
+        let mut old: Vec<u64> = self.epochs("commits").await?;
+        old.extend(self.epochs("offsets").await?);
+        old.retain(|e| *e < first_kept);
+        old.sort_unstable();
+        old.dedup();
+        for epoch in &old {
+            self.forget(*epoch).await?;
+        }
+        Ok(old.len())
     }
 }
 
@@ -189,5 +221,45 @@ mod tests {
         assert_eq!(log.commit(0).await.unwrap(), Some(record));
         assert_eq!(log.latest("commits").await.unwrap(), Some(0));
         assert_eq!(log.commit(1).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn old_epochs_are_forgotten_and_the_latest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let log = CheckpointLog::open(url.as_str(), &BTreeMap::new()).unwrap();
+        for epoch in 0..6 {
+            log.write_plan(&plan(epoch, 10 * epoch as i64))
+                .await
+                .unwrap();
+            if epoch < 5 {
+                let record = CommitRecord {
+                    epoch,
+                    ..Default::default()
+                };
+                log.write_commit(&record).await.unwrap();
+            }
+        }
+        log.forget(0).await.unwrap();
+        // Forgetting what is gone already is no error.
+        log.forget(0).await.unwrap();
+        assert_eq!(log.plan(0).await.unwrap(), None);
+        assert_eq!(log.commit(0).await.unwrap(), None);
+        assert_eq!(log.prune_before(3).await.unwrap(), 2);
+        assert_eq!(log.prune_before(3).await.unwrap(), 0);
+        for epoch in 0..3 {
+            assert_eq!(log.plan(epoch).await.unwrap(), None, "{epoch}");
+            assert_eq!(log.commit(epoch).await.unwrap(), None, "{epoch}");
+        }
+        assert_eq!(log.latest("commits").await.unwrap(), Some(4));
+        assert_eq!(log.latest("offsets").await.unwrap(), Some(5));
+        assert_eq!(log.plan(5).await.unwrap(), Some(plan(5, 50)));
+        let left = std::fs::read_dir(dir.path().join("commits"))
+            .unwrap()
+            .count()
+            + std::fs::read_dir(dir.path().join("offsets"))
+                .unwrap()
+                .count();
+        assert_eq!(left, 5);
     }
 }

@@ -146,7 +146,12 @@ pub fn reference_job_in(
     root: &str,
     extra: &str,
 ) -> PathBuf {
-    let source = format!(
+    job_with_source(dir, &kafka_source(broker, max_per_trigger), root, extra)
+}
+
+/// The lines under `source:` that read the reference topic of `broker`.
+pub fn kafka_source(broker: &str, max_per_trigger: u64) -> String {
+    format!(
         r#"  kafka:
     bootstrap_servers: {broker}
     topic: web-events
@@ -154,8 +159,7 @@ pub fn reference_job_in(
     fail_on_data_loss: false
     max_offsets_per_trigger: {max_per_trigger}
 "#
-    );
-    job_with_source(dir, &source, root, extra)
+    )
 }
 
 /// The reference job reading JSON-lines files under `input` (a path or URL), at most
@@ -165,7 +169,9 @@ pub fn file_job_in(dir: &Path, input: &str, max_files: u64, root: &str, extra: &
     job_with_source(dir, &source, root, extra)
 }
 
-fn job_with_source(dir: &Path, source: &str, root: &str, extra: &str) -> PathBuf {
+/// The reference job reading `source` (the lines under `source:`), with its checkpoint and
+/// tables under `root` and `extra` lines of YAML; the job file is written into `dir`.
+pub fn job_with_source(dir: &Path, source: &str, root: &str, extra: &str) -> PathBuf {
     let job = weir_common::job::reference::job_file("realtime-analytics", source, root);
     let path = dir.join("job.yaml");
     std::fs::write(&path, format!("{job}{extra}")).expect("writing the job file");

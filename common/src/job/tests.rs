@@ -331,6 +331,33 @@ fn pushgateway_sink_and_alerts() {
     );
 }
 
+/// Storage options and Kafka options may hold credentials: a job's debug output shows their
+/// keys, never their values.
+#[test]
+fn storage_and_kafka_options_never_print_their_values() {
+    let text = GOOD
+        .replace(
+            "    max_offsets_per_trigger: 1000",
+            "    max_offsets_per_trigger: 1000\n    options: {sasl.password: kafka-pass-123}",
+        )
+        .replace(
+            "trigger: 30s",
+            "trigger: 30s\nstorage_options: {aws_secret_access_key: s3-key-456}",
+        );
+    let job = parse(&text).unwrap();
+    assert_eq!(
+        job.kafka().unwrap().options["sasl.password"],
+        "kafka-pass-123"
+    );
+    assert_eq!(job.storage_options["aws_secret_access_key"], "s3-key-456");
+    let shown = format!("{job:?}");
+    assert!(shown.contains("sasl.password") && shown.contains("aws_secret_access_key"));
+    assert!(
+        !shown.contains("kafka-pass-123") && !shown.contains("s3-key-456"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn a_bad_webhook_url_is_refused_without_repeating_it() {
     let text = GOOD.replacen(
@@ -406,4 +433,73 @@ fn a_file_source_reads_a_directory_or_prefix() {
     );
     let ftp = files("  files: {path: \"ftp://host/data\"}\n");
     assert_eq!(parse(&ftp).unwrap_err().field, "source.files.path");
+}
+
+/// A value a job file may hold where the reference job has another.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("99999999999999999999h".to_string()),
+        Just("18446744073709551615s".to_string()),
+        Just("0s".to_string()),
+        Just("-5m".to_string()),
+        Just("1e400".to_string()),
+        Just("-1".to_string()),
+        Just("4294967296".to_string()),
+        Just("${".to_string()),
+        Just("${UNSET_VARIABLE_OF_THE_FUZZER}".to_string()),
+        Just("${A:-${B:-}}".to_string()),
+        Just("\"\\u0000\"".to_string()),
+        Just("\"\\ud800\"".to_string()),
+        Just(format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000))),
+        Just(format!("{}{}", "{a: ".repeat(2_000), "}".repeat(2_000))),
+        Just("&a [*a, *a]".to_string()),
+        Just("*undefined_alias".to_string()),
+        Just("!!binary AAAA".to_string()),
+        Just("x".repeat(100_000)),
+        Just("count(distinct count(distinct x))".to_string()),
+        Just("approx_count_distinct(user_id, 1e-300)".to_string()),
+        Just("window(timestamp, 5m)".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+        Just("null".to_string()),
+        "[ -~]{0,16}",
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzzing::config(400))]
+
+    /// The job-file parser on the reference job with any value replaced by a hostile one, or
+    /// any byte changed: a job or an error naming where, never a panic; a job it accepts
+    /// travels to the executors and back unchanged in meaning.
+    #[test]
+    fn any_job_file_parses_or_names_its_mistake(
+        line in proptest::prelude::any::<proptest::sample::Index>(),
+        value in hostile_value(),
+        edit in proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), proptest::num::u8::ANY)),
+    ) {
+        let lines: Vec<&str> = GOOD.lines().collect();
+        let at = line.index(lines.len());
+        let mut text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        // The value after the line's first `: `, or the whole line.
+        text[at] = match lines[at].split_once(": ") {
+            Some((key, _)) => format!("{key}: {value}"),
+            None => value.clone(),
+        };
+        let mut bytes = text.join("\n").into_bytes();
+        if let Some((i, byte)) = edit {
+            let i = i.index(bytes.len());
+            bytes[i] = byte;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        match parse(&text) {
+            Ok(job) => {
+                let back = JobSpec::from_json(&job.to_json());
+                proptest::prop_assert!(back.is_ok(), "{:?}", back.err());
+                proptest::prop_assert!(job.window.size > 0 && job.window.slide > 0);
+            }
+            Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+        }
+    }
 }

@@ -1,17 +1,21 @@
-//! Bearer tokens for the admin calls that change the query.
+//! Bearer tokens for the admin calls that change the query, and for reads when asked.
 
 use tonic::{Request, Status};
 
-/// The token mutating calls must carry, when the driver has one.
+/// The token mutating calls (and reads, with [`AdminToken::for_reads_too`]) must carry, when
+/// the driver has one.
 #[derive(Clone, Default)]
-pub struct AdminToken(Option<String>);
+pub struct AdminToken {
+    token: Option<String>,
+    reads: bool,
+}
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "AdminToken(***)"
-        } else {
-            "AdminToken(none)"
+        f.write_str(match (self.token.is_some(), self.reads) {
+            (true, true) => "AdminToken(***, reads too)",
+            (true, false) => "AdminToken(***)",
+            (false, _) => "AdminToken(none)",
         })
     }
 }
@@ -25,21 +29,44 @@ impl AdminToken {
     /// A token (surrounding whitespace, as a file's trailing newline, is not part of it); an
     /// empty one means none.
     pub fn new(token: Option<&str>) -> Self {
-        Self(
-            token
+        Self {
+            token: token
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(String::from),
-        )
+            reads: false,
+        }
+    }
+
+    /// Reads (status, progress, executors, watch) need the token too; an error without one.
+    pub fn for_reads_too(self) -> Result<Self, String> {
+        if self.token.is_none() {
+            return Err("requiring the admin token for reads needs a token \
+                        (--admin-token-file or WEIR_ADMIN_TOKEN)"
+                .into());
+        }
+        Ok(Self {
+            reads: true,
+            ..self
+        })
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.is_some()
+        self.token.is_some()
+    }
+
+    /// Accepts a read when reads need no token, else as [`Self::check`].
+    pub fn check_read<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.reads {
+            self.check(request)
+        } else {
+            Ok(())
+        }
     }
 
     /// Accepts the request when no token is configured or it carries `Bearer <token>`.
     pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.0 else {
+        let Some(expected) = &self.token else {
             return Ok(());
         };
         let given = request
@@ -52,7 +79,7 @@ impl AdminToken {
             Some(t) if same(t.as_bytes(), expected.as_bytes()) => Ok(()),
             Some(_) => Err(Status::permission_denied("the admin token is not valid")),
             None => Err(Status::unauthenticated(
-                "this call changes the query and needs the admin token \
+                "this call needs the admin token \
                  (weir admin --token-file FILE, or WEIR_ADMIN_TOKEN)",
             )),
         }
@@ -82,5 +109,19 @@ mod tests {
         assert!(token.check(&request(Some("s3cret"))).is_err());
         assert!(AdminToken::new(None).check(&request(None)).is_ok());
         assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn reads_need_the_token_only_when_asked() {
+        let open = AdminToken::new(Some("s3cret"));
+        assert!(open.check_read(&request(None)).is_ok());
+        let closed = open.for_reads_too().unwrap();
+        assert_eq!(
+            closed.check_read(&request(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(closed.check_read(&request(Some("Bearer s3cret"))).is_ok());
+        assert!(AdminToken::new(None).for_reads_too().is_err());
+        assert!(!format!("{closed:?}").contains("s3cret"));
     }
 }

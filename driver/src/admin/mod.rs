@@ -144,8 +144,9 @@ type ProgressStream = Pin<Box<dyn Stream<Item = Result<QueryProgress, Status>> +
 impl Admin for AdminService {
     async fn list_queries(
         &self,
-        _request: Request<ListQueriesRequest>,
+        request: Request<ListQueriesRequest>,
     ) -> Result<Response<ListQueriesResponse>, Status> {
+        self.token.check_read(&request)?;
         Ok(Response::new(ListQueriesResponse {
             queries: vec![self.query_status()],
         }))
@@ -155,6 +156,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ProgressRequest>,
     ) -> Result<Response<QueryProgress>, Status> {
+        self.token.check_read(&request)?;
         self.check_query(&request.get_ref().query)?;
         match self.status.last() {
             Some(p) => Ok(Response::new((*p).clone())),
@@ -168,6 +170,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ProgressRequest>,
     ) -> Result<Response<RecentProgressResponse>, Status> {
+        self.token.check_read(&request)?;
         let req = request.into_inner();
         self.check_query(&req.query)?;
         let history = self.status.history.borrow().clone();
@@ -186,6 +189,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ProgressRequest>,
     ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        self.token.check_read(&request)?;
         self.check_query(&request.get_ref().query)?;
         let mut closing = self.closing.clone();
         let stream = BroadcastStream::new(self.status.subscribe())
@@ -207,8 +211,9 @@ impl Admin for AdminService {
 
     async fn list_executors(
         &self,
-        _request: Request<ListExecutorsRequest>,
+        request: Request<ListExecutorsRequest>,
     ) -> Result<Response<ListExecutorsResponse>, Status> {
+        self.token.check_read(&request)?;
         let (reply, answer) = oneshot::channel();
         self.membership
             .send(MembershipMsg::List { reply })
@@ -313,5 +318,104 @@ impl Admin for AdminService {
             ran: outcome.ran,
             delta_version: outcome.delta_version,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query_status::StatusBoard;
+    use proptest::prelude::*;
+    use weir_proto::admin::admin_server::Admin;
+
+    /// A service whose membership answers every list with no member, with `token`.
+    fn service(token: Option<&str>) -> (AdminService, StatusBoard) {
+        let (board, status) = StatusBoard::new();
+        let (_external_tx, external) = watch::channel(false);
+        let (controls, _inbox) = crate::controls::controls(external);
+        let (membership, mut messages) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(msg) = messages.recv().await {
+                if let MembershipMsg::List { reply } = msg {
+                    let _ = reply.send(Vec::new());
+                }
+            }
+        });
+        let (_members_tx, members) = watch::channel(Vec::new());
+        let (_closing_tx, closing) = watch::channel(true);
+        let service = AdminService {
+            facts: QueryFacts {
+                identity: QueryIdentity {
+                    id: "job-id".into(),
+                    run_id: "run".into(),
+                    name: "q".into(),
+                    topic: "t".into(),
+                    output_url: "file:///t".into(),
+                },
+                trigger: "1s".into(),
+                checkpoint_location: "file:///c".into(),
+                expected_executors: 1,
+                started_at_micros: i64::MIN,
+            },
+            status,
+            controls,
+            membership,
+            members,
+            token: AdminToken::new(token),
+            closing,
+        };
+        (service, board)
+    }
+
+    /// A request for `query` with metadata `authorization: <auth>` when that is a valid
+    /// header value.
+    fn request<T>(body: T, auth: &[u8]) -> Request<T> {
+        let mut r = Request::new(body);
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(auth) {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    proptest! {
+        #![proptest_config(weir_common::fuzzing::config(300))]
+
+        /// Every handler with any query name, limit and authorization header: an answer or a
+        /// status, never a panic; without the token, no call changes the query.
+        #[test]
+        fn any_admin_request_is_answered_and_only_the_token_changes_the_query(
+            query in prop_oneof![Just(String::new()), Just("q".to_string()), Just("job-id".to_string()), ".{0,40}"],
+            limit in any::<u32>(),
+            auth in prop_oneof![
+                Just(b"Bearer s3cret".to_vec()),
+                Just(b"Bearer s3cre".to_vec()),
+                Just(b"Bearer s3cret\x00".to_vec()),
+                Just(b"bearer s3cret".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ],
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (service, _board) = service(Some("s3cret"));
+                let progress = || ProgressRequest { query: query.clone(), limit };
+                let control = || ControlRequest { query: query.clone() };
+                let _ = service.list_queries(request(ListQueriesRequest::default(), &auth)).await;
+                let _ = service.get_progress(request(progress(), &auth)).await;
+                let _ = service.recent_progress(request(progress(), &auth)).await;
+                let _ = service.watch_progress(request(progress(), &auth)).await;
+                let _ = service.list_executors(request(ListExecutorsRequest::default(), &auth)).await;
+                let authorized = auth == b"Bearer s3cret";
+                let paused = service.pause(request(control(), &auth)).await;
+                prop_assert_eq!(paused.is_ok(), authorized && (query.is_empty() || query == "q" || query == "job-id"));
+                prop_assert_eq!(*service.controls.paused.borrow(), paused.is_ok());
+                let _ = service.resume(request(control(), &auth)).await;
+                let stopped = service.stop(request(control(), &auth)).await;
+                prop_assert_eq!(*service.controls.stop.borrow(), stopped.is_ok());
+                if !authorized {
+                    prop_assert!(!*service.controls.paused.borrow() && !*service.controls.stop.borrow());
+                }
+                Ok(())
+            })?;
+        }
     }
 }

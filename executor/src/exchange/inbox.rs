@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::wire::decode_into;
-use crate::partials::Partials;
+use crate::partials::{Partials, Shape};
 
 /// Identifies one incoming stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +77,9 @@ type Waiter = (BTreeSet<String>, oneshot::Sender<Result<Received, String>>);
 struct EpochInbox {
     total: Received,
     finished: BTreeSet<String>,
+    /// Streams that finished before this executor's runner said which peers the run has,
+    /// kept apart until it does: only the run's peers are merged.
+    early: BTreeMap<String, Received>,
     /// A stream whose batches could not be decoded poisons the epoch.
     failure: Option<String>,
     waiter: Option<Waiter>,
@@ -90,14 +93,15 @@ struct OpenStream {
 }
 
 /// Starts the inbox actor; `capacity` bounds the batches in its queue (the backpressure that
-/// slows senders when this executor merges more slowly than they send).
-pub fn spawn(capacity: usize) -> mpsc::Sender<InboxMsg> {
+/// slows senders when this executor merges more slowly than they send). What arrives is
+/// checked against the query's `shape`.
+pub fn spawn(capacity: usize, shape: Shape) -> mpsc::Sender<InboxMsg> {
     let (tx, rx) = mpsc::channel(capacity);
-    tokio::spawn(run(rx).in_current_span());
+    tokio::spawn(run(rx, shape).in_current_span());
     tx
 }
 
-async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
+async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
     let mut epochs: BTreeMap<RunKey, EpochInbox> = BTreeMap::new();
     let mut open: HashMap<StreamId, OpenStream> = HashMap::new();
     // The last run collected: streams of it or of earlier epochs are stale.
@@ -108,7 +112,9 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
                 let s = open.entry(stream).or_default();
                 if s.failure.is_none() {
                     // Decoding merges on this task; it is the work the queue meters.
-                    match tokio::task::block_in_place(|| decode_into(&batch, &mut s.partials)) {
+                    match tokio::task::block_in_place(|| {
+                        decode_into(&batch, &shape, &mut s.partials)
+                    }) {
                         Ok(rows) => s.rows += rows as u64,
                         Err(e) => s.failure = Some(e.to_string()),
                     }
@@ -147,10 +153,23 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
                     // A resent stream whose first copy arrived whole: same content, ignore.
                     Ok(rows)
                 } else {
-                    epoch.total.partials.merge(s.partials);
-                    epoch.total.rows += rows;
-                    epoch.finished.insert(stream.sender.clone());
-                    Ok(rows)
+                    match epoch.waiter.as_ref().map(|(senders, _)| senders) {
+                        Some(peers) if !peers.contains(&stream.sender) => {
+                            Err(not_a_peer(&stream.sender, &key))
+                        }
+                        Some(_) => merge_stream(epoch, &stream.sender, s.partials, rows),
+                        None => {
+                            epoch.early.insert(
+                                stream.sender.clone(),
+                                Received {
+                                    partials: s.partials,
+                                    rows,
+                                },
+                            );
+                            epoch.finished.insert(stream.sender.clone());
+                            Ok(rows)
+                        }
+                    }
                 };
                 let _ = reply.send(answer);
                 answer_waiter(&mut epochs, &key, &mut collected);
@@ -164,7 +183,18 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
                 let abandoned = |k: &RunKey| k.0 < run.0 || (k.0 == run.0 && k.1 != run.1);
                 epochs.retain(|k, _| !abandoned(k));
                 open.retain(|s, _| !abandoned(&s.run_key()));
-                epochs.entry(run.clone()).or_default().waiter = Some((senders, reply));
+                let epoch = epochs.entry(run.clone()).or_default();
+                // What finished before the runner named the peers: merged if from a peer.
+                for (sender, received) in std::mem::take(&mut epoch.early) {
+                    epoch.finished.remove(&sender);
+                    if senders.contains(&sender) {
+                        // An error poisons the epoch; the runner hears it at once.
+                        let _ = merge_stream(epoch, &sender, received.partials, received.rows);
+                    } else {
+                        tracing::warn!("{}", not_a_peer(&sender, &run));
+                    }
+                }
+                epoch.waiter = Some((senders, reply));
                 answer_waiter(&mut epochs, &run, &mut collected);
             }
             InboxMsg::Finished { run, reply } => {
@@ -176,6 +206,35 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>) {
             }
         }
     }
+}
+
+/// Merges a finished stream of `sender` into the run's total (a failure poisons the run).
+fn merge_stream(
+    epoch: &mut EpochInbox,
+    sender: &str,
+    partials: Partials,
+    rows: u64,
+) -> Result<u64, String> {
+    match epoch.total.partials.merge(partials) {
+        Ok(()) => {
+            epoch.total.rows += rows;
+            epoch.finished.insert(sender.to_string());
+            Ok(rows)
+        }
+        Err(e) => {
+            let failure = format!("stream from {sender}: {e}");
+            epoch.failure = Some(failure.clone());
+            Err(failure)
+        }
+    }
+}
+
+/// Why a stream of `sender` is refused in `run`.
+fn not_a_peer(sender: &str, run: &RunKey) -> String {
+    format!(
+        "partials from `{sender}` refused: it is not a peer of epoch {} run {}",
+        run.0, run.1
+    )
 }
 
 /// Hands the run's total to its waiter when every expected sender has finished.
@@ -244,6 +303,24 @@ mod tests {
         }
     }
 
+    /// Asks for run `run` of epoch 3 once `senders` finished; answers where it comes.
+    async fn collect(
+        inbox: &mpsc::Sender<InboxMsg>,
+        run: &str,
+        senders: &[&str],
+    ) -> oneshot::Receiver<Result<Received, String>> {
+        let (reply, collected) = oneshot::channel();
+        inbox
+            .send(InboxMsg::Collect {
+                run: (3, run.into()),
+                senders: senders.iter().map(|s| s.to_string()).collect(),
+                reply,
+            })
+            .await
+            .unwrap();
+        collected
+    }
+
     /// Sends one batch of distinct values `values` on `stream`.
     async fn send(inbox: &mpsc::Sender<InboxMsg>, stream: StreamId, values: std::ops::Range<u32>) {
         inbox
@@ -274,16 +351,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collects_when_every_sender_finished_and_drops_broken_streams() {
-        let inbox = spawn(4);
-        let (reply, collected) = oneshot::channel();
-        inbox
-            .send(InboxMsg::Collect {
-                run: (3, "r1".into()),
-                senders: ["a".to_string(), "b".to_string()].into(),
-                reply,
-            })
-            .await
-            .unwrap();
+        let inbox = spawn(4, Shape::for_tests());
+        let collected = collect(&inbox, "r1", &["a", "b"]).await;
         // A's first attempt breaks half way; its second arrives whole.
         send(&inbox, id("a", 0), 0..10).await;
         inbox
@@ -309,7 +378,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_run_of_an_epoch_never_sees_what_the_abandoned_run_sent() {
-        let inbox = spawn(4);
+        let inbox = spawn(4, Shape::for_tests());
         let stream = |run: &str| StreamId {
             epoch: 3,
             run: run.into(),
@@ -320,15 +389,7 @@ mod tests {
         send(&inbox, stream("r1"), 0..10).await;
         assert_eq!(end(&inbox, stream("r1"), 10).await, Ok(10));
         // Run r2 is collected; A sends 5 values in it, and a late r1 stream arrives too.
-        let (reply, collected) = oneshot::channel();
-        inbox
-            .send(InboxMsg::Collect {
-                run: (3, "r2".into()),
-                senders: ["a".to_string()].into(),
-                reply,
-            })
-            .await
-            .unwrap();
+        let collected = collect(&inbox, "r2", &["a"]).await;
         send(&inbox, stream("r2"), 100..105).await;
         assert_eq!(end(&inbox, stream("r2"), 5).await, Ok(5));
         let received = collected.await.unwrap().unwrap();
@@ -340,7 +401,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_run_completing_late_keeps_the_newer_runs_streams() {
-        let inbox = spawn(4);
+        let inbox = spawn(4, Shape::for_tests());
         let stream = |run: &str, sender: &str| StreamId {
             epoch: 3,
             run: run.into(),
@@ -348,15 +409,7 @@ mod tests {
             connection: 0,
         };
         // This executor still waits for r1 from A and B when the driver abandons r1.
-        let (reply, _abandoned) = oneshot::channel();
-        inbox
-            .send(InboxMsg::Collect {
-                run: (3, "r1".into()),
-                senders: ["a".to_string(), "b".to_string()].into(),
-                reply,
-            })
-            .await
-            .unwrap();
+        let _abandoned = collect(&inbox, "r1", &["a", "b"]).await;
         send(&inbox, stream("r1", "a"), 0..3).await;
         assert_eq!(end(&inbox, stream("r1", "a"), 3).await, Ok(3));
         // A is fast: its r2 stream arrives before B's late r1 stream completes r1.
@@ -365,15 +418,7 @@ mod tests {
         send(&inbox, stream("r1", "b"), 20..22).await;
         assert_eq!(end(&inbox, stream("r1", "b"), 2).await, Ok(2));
         // Now r2 is collected: A's stream is still there.
-        let (reply, collected) = oneshot::channel();
-        inbox
-            .send(InboxMsg::Collect {
-                run: (3, "r2".into()),
-                senders: ["a".to_string()].into(),
-                reply,
-            })
-            .await
-            .unwrap();
+        let collected = collect(&inbox, "r2", &["a"]).await;
         let received = tokio::time::timeout(std::time::Duration::from_secs(10), collected)
             .await
             .expect("r2 never completed: A's stream was dropped")
@@ -381,5 +426,27 @@ mod tests {
             .unwrap();
         assert_eq!(received.rows, 7);
         assert_eq!(received.partials.distinct.len(), 7);
+    }
+
+    /// Partials are taken only from the run's peers: a stream from anyone else is refused once
+    /// the peers are known, and dropped (never merged) when it finished before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partials_from_a_sender_outside_the_run_are_never_merged() {
+        let inbox = spawn(4, Shape::for_tests());
+        // A stranger finishes before this executor's runner names the peers; so does A.
+        send(&inbox, id("stranger", 0), 0..10).await;
+        assert_eq!(end(&inbox, id("stranger", 0), 10).await, Ok(10));
+        send(&inbox, id("a", 0), 100..103).await;
+        assert_eq!(end(&inbox, id("a", 0), 3).await, Ok(3));
+        let collected = collect(&inbox, "r1", &["a", "b"]).await;
+        // Now the peers are known: another stranger is refused outright.
+        send(&inbox, id("intruder", 0), 0..10).await;
+        let refused = end(&inbox, id("intruder", 0), 10).await.unwrap_err();
+        assert!(refused.contains("not a peer"), "{refused}");
+        send(&inbox, id("b", 0), 200..202).await;
+        assert_eq!(end(&inbox, id("b", 0), 2).await, Ok(2));
+        let received = collected.await.unwrap().unwrap();
+        assert_eq!(received.rows, 5);
+        assert_eq!(received.partials.unique_distinct(), 5);
     }
 }

@@ -186,7 +186,12 @@ impl Exchange {
             rows_received: received.rows,
             elapsed: started.elapsed(),
         };
-        tokio::task::block_in_place(|| own.merge(received.partials));
+        tokio::task::block_in_place(|| own.merge(received.partials)).map_err(|e| {
+            ExchangeError::Receive {
+                epoch,
+                reason: e.to_string(),
+            }
+        })?;
         Ok((own, stats))
     }
 

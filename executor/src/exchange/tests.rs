@@ -15,6 +15,7 @@ use weir_common::window::Window;
 use super::server::ExchangeService;
 use super::wire::{decode_into, entries, BatchEncoder};
 use super::*;
+use crate::partials::Shape;
 
 const JOB: &str = "job-1";
 
@@ -108,7 +109,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
             InboxMsg::Batch { batch, .. } => {
                 taken += 1;
                 most_ahead = most_ahead.max(pulled.load(Ordering::SeqCst) - taken);
-                rows += decode_into(&batch, &mut merged).unwrap() as u64;
+                rows += decode_into(&batch, &Shape::for_tests(), &mut merged).unwrap() as u64;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             InboxMsg::End {
@@ -155,7 +156,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     let mut stops = Vec::new();
     let (sent, received) = (bytes(), bytes());
     for id in ids {
-        let inbox = inbox::spawn(INBOX_CAPACITY);
+        let inbox = inbox::spawn(INBOX_CAPACITY, Shape::for_tests());
         let (address, stop) = serve(ExchangeService::new(
             JOB.into(),
             inbox.clone(),
@@ -187,7 +188,11 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     for (i, mut exchange) in exchanges.into_iter().enumerate() {
         let start = i as u32 * 500;
         let mut p = distinct(start..start + 1000);
-        p.add_group((window(), b"click".to_vec()), vec![Partial::Count(10)]);
+        p.add_group(
+            (window(), b"click".to_vec()),
+            vec![Partial::Count(10), Partial::Distinct(0)],
+        )
+        .unwrap();
         let outgoing = p.split(&owners, 3);
         let peers = peers.clone();
         tasks.push(tokio::spawn(async move {

@@ -14,8 +14,7 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::partials::{DistinctKeys, Partials};
-use crate::state_keys::is_distinct_key;
+use crate::partials::{DistinctKeys, Partials, Shape};
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
@@ -192,8 +191,13 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, W
         .ok_or_else(|| WireError::Schema(format!("column {name} is missing or mistyped")))
 }
 
-/// Merges the entries of an exchange batch into `into`; returns the number of rows.
-pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, WireError> {
+/// Merges the entries of an exchange batch into `into`, each checked against the query's
+/// `shape` first; returns the number of rows.
+pub fn decode_into(
+    batch: &RecordBatch,
+    shape: &Shape,
+    into: &mut Partials,
+) -> Result<usize, WireError> {
     let kind = column::<UInt8Array>(batch, "kind")?;
     let start = column::<Int64Array>(batch, "window_start")?;
     let end = column::<Int64Array>(batch, "window_end")?;
@@ -207,49 +211,72 @@ pub fn decode_into(batch: &RecordBatch, into: &mut Partials) -> Result<usize, Wi
     {
         return Err(WireError::Schema("null in a non-null column".into()));
     }
+    let columns = Columns {
+        kind,
+        start,
+        end,
+        agg,
+        group,
+        payload,
+    };
     for row in 0..batch.num_rows() {
-        let window = Window {
-            start: start.value(row),
-            end: end.value(row),
-        };
-        let g = group.value(row);
-        let p = payload.value(row);
-        match kind.value(row) {
-            KIND_GROUP => {
-                let partials = decode_partials(p).map_err(|e| WireError::Row {
-                    row,
-                    reason: format!("partial states: {e}"),
-                })?;
-                into.add_group((window, g.to_vec()), partials);
-            }
-            KIND_DISTINCT => {
-                if !is_distinct_key(p) {
-                    return Err(WireError::Row {
-                        row,
-                        reason: "not a distinct-value key".into(),
-                    });
-                }
-                into.distinct.push(p);
-            }
-            KIND_SHARD_COUNT => {
-                let count: [u8; 8] = p.try_into().map_err(|_| WireError::Row {
-                    row,
-                    reason: "shard count is not 8 bytes".into(),
-                })?;
-                into.add_shard_count(
-                    (window, agg.value(row), g.to_vec()),
-                    i64::from_be_bytes(count),
-                );
-            }
-            other => {
-                return Err(WireError::Row {
-                    row,
-                    reason: format!("unknown entry kind {other}"),
-                })
-            }
-        }
+        decode_row(row, &columns, shape, into).map_err(|reason| WireError::Row { row, reason })?;
     }
     Ok(batch.num_rows())
+}
+
+/// The columns of an exchange batch, downcast.
+struct Columns<'a> {
+    kind: &'a UInt8Array,
+    start: &'a Int64Array,
+    end: &'a Int64Array,
+    agg: &'a UInt8Array,
+    group: &'a BinaryArray,
+    payload: &'a BinaryArray,
+}
+
+/// Checks one row against `shape` and merges it into `into`.
+fn decode_row(
+    row: usize,
+    c: &Columns<'_>,
+    shape: &Shape,
+    into: &mut Partials,
+) -> Result<(), String> {
+    let window = Window {
+        start: c.start.value(row),
+        end: c.end.value(row),
+    };
+    let g = c.group.value(row);
+    let p = c.payload.value(row);
+    match c.kind.value(row) {
+        KIND_GROUP => {
+            shape.check_window(window)?;
+            let partials = decode_partials(p).map_err(|e| format!("partial states: {e}"))?;
+            let partials = shape.admit_partials(partials)?;
+            into.add_group((window, g.to_vec()), partials)
+                .map_err(|e| e.to_string())
+        }
+        KIND_DISTINCT => {
+            shape.check_distinct_key(p)?;
+            into.distinct.push(p);
+            Ok(())
+        }
+        KIND_SHARD_COUNT => {
+            shape.check_window(window)?;
+            let agg = c.agg.value(row);
+            shape.check_distinct_aggregate(agg)?;
+            let count: [u8; 8] = p
+                .try_into()
+                .map_err(|_| "shard count is not 8 bytes".to_string())?;
+            let count = i64::from_be_bytes(count);
+            if count < 0 {
+                return Err(format!("negative shard count {count}"));
+            }
+            into.add_shard_count((window, agg, g.to_vec()), count)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!("unknown entry kind {other}")),
+    }
 }
 
 #[cfg(test)]
@@ -270,8 +297,9 @@ mod tests {
                 64,
             ));
         }
-        p.add_group((w, b"click".to_vec()), vec![Partial::Count(10_000)]);
-        p.add_shard_count((w, 1, b"view".to_vec()), 42);
+        p.add_group((w, b"click".to_vec()), group_row(10_000))
+            .unwrap();
+        p.add_shard_count((w, 1, b"view".to_vec()), 42).unwrap();
         let batches: Vec<RecordBatch> = BatchEncoder::new(entries(p))
             .collect::<Result<_, _>>()
             .unwrap();
@@ -280,7 +308,7 @@ mod tests {
         let mut back = Partials::default();
         let rows: usize = batches
             .iter()
-            .map(|b| decode_into(b, &mut back).unwrap())
+            .map(|b| decode_into(b, &Shape::for_tests(), &mut back).unwrap())
             .sum();
         assert_eq!(rows, 10_002);
         assert_eq!(back.distinct.len(), 10_000);
@@ -302,7 +330,7 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![1]))],
         )
         .unwrap();
-        let err = decode_into(&batch, &mut Partials::default()).unwrap_err();
+        let err = decode_into(&batch, &Shape::for_tests(), &mut Partials::default()).unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");
     }
 
@@ -313,13 +341,170 @@ mod tests {
         let key = crate::partials::distinct_entry(w, 1, b"click", b"u1", 64);
         p.distinct.push(key.clone());
         // Cut inside its group key: the length it announces runs past the end.
-        p.distinct.push(key[..key.len() - 4].to_vec());
+        p.distinct.push(&key[..key.len() - 4]);
         let batch = BatchEncoder::new(entries(p)).next().unwrap().unwrap();
         let mut back = Partials::default();
-        let err = decode_into(&batch, &mut back).unwrap_err();
+        let err = decode_into(&batch, &Shape::for_tests(), &mut back).unwrap_err();
         assert!(
             err.to_string().contains("row 1") && err.to_string().contains("distinct"),
             "{err}"
         );
+    }
+
+    /// The partial states of a group row of [`Shape::for_tests`] with `n` rows.
+    fn group_row(n: i64) -> Vec<Partial> {
+        vec![Partial::Count(n), Partial::Distinct(0)]
+    }
+
+    /// One batch holding `p`'s entries.
+    fn batch_of(p: Partials) -> RecordBatch {
+        BatchEncoder::new(entries(p)).next().unwrap().unwrap()
+    }
+
+    /// Entries that do not fit the query, or whose counts overflow, fail with the reason; none
+    /// panics, and what they would have merged into is not wrapped.
+    #[test]
+    fn entries_that_do_not_fit_the_query_are_refused() {
+        let shape = Shape::for_tests();
+        let w = Window {
+            start: 300,
+            end: 600,
+        };
+        let group = |window: Window, partials: Vec<Partial>| {
+            let mut p = Partials::default();
+            p.add_group((window, b"click".to_vec()), partials).unwrap();
+            batch_of(p)
+        };
+        let shard = |window: Window, agg: u8, count: i64| {
+            let mut p = Partials::default();
+            p.add_shard_count((window, agg, b"click".to_vec()), count)
+                .unwrap();
+            batch_of(p)
+        };
+        let distinct = |key: Vec<u8>| {
+            let mut p = Partials::default();
+            p.distinct.push(key);
+            batch_of(p)
+        };
+        let key = |window: Window, agg: u8, key_groups: u32| {
+            crate::partials::distinct_entry(window, agg, b"click", b"u1", key_groups)
+        };
+        let cases = [
+            (
+                group(Window { start: 1, end: 301 }, group_row(1)),
+                "not a window",
+            ),
+            (
+                group(
+                    Window {
+                        start: 300,
+                        end: 900,
+                    },
+                    group_row(1),
+                ),
+                "not a window",
+            ),
+            (
+                group(
+                    Window {
+                        start: i64::MAX - 299,
+                        end: i64::MAX,
+                    },
+                    group_row(1),
+                ),
+                "not a window",
+            ),
+            (group(w, vec![Partial::Count(1)]), "1 partial states for 2"),
+            (
+                group(w, vec![Partial::Distinct(1), Partial::Distinct(0)]),
+                "no state",
+            ),
+            (
+                group(w, vec![Partial::Count(-5), Partial::Distinct(0)]),
+                "no state",
+            ),
+            (shard(w, 0, 3), "not a count(distinct)"),
+            (shard(w, 9, 3), "not a count(distinct)"),
+            (shard(w, 1, -3), "negative"),
+            (shard(Window { start: 0, end: 299 }, 1, 3), "not a window"),
+            (distinct(key(w, 0, 16)), "not a count(distinct)"),
+            (distinct(key(w, 1, 1000)), "key group"),
+            (
+                distinct(key(Window { start: 5, end: 305 }, 1, 16)),
+                "not a window",
+            ),
+            (distinct(b"\x00\x01short".to_vec()), "not a distinct"),
+        ];
+        for (batch, expected) in cases {
+            let err = decode_into(&batch, &shape, &mut Partials::default()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+        // Counts that would wrap when merged fail the merge instead.
+        let mut into = Partials::default();
+        decode_into(&group(w, group_row(i64::MAX)), &shape, &mut into).unwrap();
+        let err = decode_into(&group(w, group_row(1)), &shape, &mut into).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        assert!(matches!(
+            into.groups[&(w, b"click".to_vec())][0],
+            Partial::Count(i64::MAX)
+        ));
+        decode_into(&shard(w, 1, i64::MAX), &shape, &mut into).unwrap();
+        let err = decode_into(&shard(w, 1, 1), &shape, &mut into).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(weir_common::fuzzing::config(500))]
+
+        /// Any bytes in any column of an exchange batch: decoding answers rows or an error,
+        /// never a panic.
+        #[test]
+        fn any_batch_decodes_or_fails_cleanly(
+            rows in proptest::collection::vec(
+                (0u8..4, proptest::num::i64::ANY, proptest::num::i64::ANY, 0u8..4,
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                1..8,
+            )
+        ) {
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                    Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.3))),
+                    Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.4.as_slice()))),
+                    Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.5.as_slice()))),
+                ],
+            ).unwrap();
+            let _ = decode_into(&batch, &Shape::for_tests(), &mut Partials::default());
+        }
+
+        /// Real entries with one byte of their payload changed: decoded or refused, no panic.
+        #[test]
+        fn corrupted_entries_decode_or_fail_cleanly(at in 0usize..4096, byte in proptest::num::u8::ANY) {
+            let mut p = Partials::default();
+            let w = Window { start: 0, end: 300 };
+            p.add_group((w, b"click".to_vec()), group_row(7)).unwrap();
+            p.add_shard_count((w, 1, b"view".to_vec()), 3).unwrap();
+            p.distinct.push(crate::partials::distinct_entry(w, 1, b"click", b"u1", 64));
+            let batch = batch_of(p);
+            let payload = batch.column_by_name("payload").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
+            let mut values: Vec<Vec<u8>> = payload.iter().map(|v| v.unwrap().to_vec()).collect();
+            let total: usize = values.iter().map(Vec::len).sum();
+            let mut at = at % total;
+            for v in &mut values {
+                if at < v.len() {
+                    v[at] = byte;
+                    break;
+                }
+                at -= v.len();
+            }
+            let mut columns = batch.columns().to_vec();
+            columns[5] = Arc::new(BinaryArray::from_iter_values(values.iter().map(Vec::as_slice)));
+            let batch = RecordBatch::try_new(schema(), columns).unwrap();
+            let _ = decode_into(&batch, &Shape::for_tests(), &mut Partials::default());
+        }
     }
 }
