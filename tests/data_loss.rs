@@ -1,6 +1,7 @@
-//! `fail_on_data_loss` (DESIGN.md §1): offsets the broker no longer retains stop the job when it
-//! is true, and are skipped, counted and logged when it is false. librdkafka's mock broker
-//! keeps 5 MB per partition, so writing more than that makes the first records go away.
+//! `fail_on_data_loss` (docs/architecture.md, The reference job): offsets the broker no longer
+//! retains stop the job when it is true, and are skipped, counted and logged when it is false.
+//! librdkafka's mock broker keeps 5 MB per partition, so writing more than that makes the first
+//! records go away.
 
 mod support;
 

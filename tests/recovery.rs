@@ -1,5 +1,5 @@
-//! Exactly once under failure (DESIGN.md §3, §7): SIGKILL the driver and executors at every step
-//! of the epoch protocol, restart them, and demand the table of a run without faults.
+//! Exactly once under failure (docs/architecture.md, Recovery): SIGKILL the driver and executors at
+//! every step of the epoch protocol, restart them, and demand the table of a run without faults.
 
 mod support;
 

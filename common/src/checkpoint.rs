@@ -1,5 +1,5 @@
-//! Checkpoint records (DESIGN.md §5): `metadata.json`, `offsets/<epoch>` (the plan) and
-//! `commits/<epoch>` (the decision). They are JSON so an operator can read them.
+//! Checkpoint records (docs/architecture.md, State snapshots): `metadata.json`, `offsets/<epoch>`
+//! (the plan) and `commits/<epoch>` (the decision). They are JSON so an operator can read them.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! The job file (DESIGN.md §8): YAML with `${VAR}` from the environment, parsed into a raw form
-//! that travels between processes, and validated into a [`JobSpec`] that the engine runs.
+//! The job file (README, The job file): YAML with `${VAR}` from the environment, parsed into a raw
+//! form that travels between processes, and validated into a [`JobSpec`] that the engine runs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -263,7 +263,7 @@ pub struct JobSpec {
     pub alerts: Option<AlertSpec>,
 }
 
-/// Default number of key groups (DESIGN.md §4).
+/// Default number of key groups (docs/architecture.md, Assignment).
 pub const DEFAULT_KEY_GROUPS: u32 = 256;
 /// Default number of decided epochs whose state snapshots are kept.
 pub const DEFAULT_CHECKPOINT_RETENTION: u32 = 10;

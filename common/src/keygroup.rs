@@ -1,5 +1,5 @@
-//! Key hashing and key groups (DESIGN.md §4). The hash is xxh3-64 with seed 0: fixed across
-//! processes, versions and platforms, so a checkpoint stays valid forever.
+//! Key hashing and key groups (docs/architecture.md, Assignment). The hash is xxh3-64 with seed 0:
+//! fixed across processes, versions and platforms, so a checkpoint stays valid forever.
 
 use std::ops::Range;
 

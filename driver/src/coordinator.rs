@@ -1,9 +1,9 @@
-//! The epoch coordinator (DESIGN.md §3): plan, execute, decide, commit, in a loop, resuming
-//! from the checkpoint log. Epochs execute one at a time; a decided epoch's Delta commit runs
-//! beside the next epoch's execution and is awaited before the next decision. A run of an
-//! epoch that fails (an executor errs, dies or stops heartbeating) is abandoned: its staged
-//! files are deleted and the same plan runs again, as a new run, on the executors registered
-//! then; they restore state from the last decision.
+//! The epoch coordinator (docs/architecture.md, One epoch): plan, execute, decide, commit, in a
+//! loop, resuming from the checkpoint log. Epochs execute one at a time; a decided epoch's Delta
+//! commit runs beside the next epoch's execution and is awaited before the next decision. A run of
+//! an epoch that fails (an executor errs, dies or stops heartbeating) is abandoned: its staged
+//! files are deleted and the same plan runs again, as a new run, on the executors registered then;
+//! they restore state from the last decision.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,6 +1,6 @@
-//! The decision of an epoch (DESIGN.md §3, step 4): from every owner's `Prepared`, the record
-//! that makes the epoch's output and state the job's: end offsets, next watermark, the Delta add
-//! actions, the state snapshots, and the figures.
+//! The decision of an epoch (docs/architecture.md, One epoch, step 5): from every owner's
+//! `Prepared`, the record that makes the epoch's output and state the job's: end offsets, next
+//! watermark, the Delta add actions, the state snapshots, and the figures.
 
 use std::collections::BTreeMap;
 

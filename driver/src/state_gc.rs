@@ -1,6 +1,7 @@
-//! Retention of state snapshots (DESIGN.md §5): the snapshots of the last N decisions are kept;
-//! every file under the checkpoint's `state/` that none of them references is deleted (older
-//! snapshots' files, and what failed runs uploaded). Runs between epochs, when nothing uploads.
+//! Retention of state snapshots (docs/architecture.md, State layout): the snapshots of the last N
+//! decisions are kept; every file under the checkpoint's `state/` that none of them references is
+//! deleted (older snapshots' files, and what failed runs uploaded). Runs between epochs, when
+//! nothing uploads.
 
 use std::collections::{BTreeSet, VecDeque};
 

@@ -1,7 +1,7 @@
 //! The job's Delta tables and the commits of its decisions to them. Once an epoch's decision is
-//! written, its commit may run while the next epoch executes (DESIGN.md §3): the tables move
-//! into the commit's task and come back when it is awaited, so commits stay one at a time and
-//! in epoch order.
+//! written, its commit may run while the next epoch executes (docs/architecture.md, One epoch, step
+//! 5): the tables move into the commit's task and come back when it is awaited, so commits stay one
+//! at a time and in epoch order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

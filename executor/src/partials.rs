@@ -1,9 +1,10 @@
 //! Partial aggregates of one epoch, as they travel from readers to the owners of their key
 //! groups: group rows, exact-distinct values and the shard counts of closed windows.
 //!
-//! Each kind has its own key group (DESIGN.md §4): a group row and a shard count belong to the
-//! key group of their group key, a distinct value to the key group of (window, aggregate,
-//! group, value), so that a group key with few values spreads its distinct state everywhere.
+//! Each kind has its own key group (docs/architecture.md, State layout): a group row and a shard
+//! count belong to the key group of their group key, a distinct value to the key group of (window,
+//! aggregate, group, value), so that a group key with few values spreads its distinct state
+//! everywhere.
 
 use std::collections::HashMap;
 

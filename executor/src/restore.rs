@@ -1,7 +1,7 @@
-//! Restores an executor's store from the decision an epoch starts from (DESIGN.md §3, step 5):
-//! the snapshots of every owner of that decision that overlap the key groups this executor
-//! owns now. When one snapshot covers exactly those key groups it becomes the store as it is;
-//! otherwise (key groups moved) the overlapping ranges are copied out of each snapshot.
+//! Restores an executor's store from the decision an epoch starts from (docs/architecture.md,
+//! Recovery): the snapshots of every owner of that decision that overlap the key groups this
+//! executor owns now. When one snapshot covers exactly those key groups it becomes the store as it
+//! is; otherwise (key groups moved) the overlapping ranges are copied out of each snapshot.
 
 use std::path::Path;
 

@@ -1,10 +1,10 @@
-//! State snapshots on the checkpoint store (DESIGN.md §5), incremental twice over. Most epochs
-//! upload only their changelog: the write batch they applied to the store. Now and then, when
-//! the changelogs since the last base outgrow it (or 16 MiB), the epoch uploads a new base
-//! instead: a RocksDB checkpoint of the store, of which only SST files not uploaded before are
-//! copied (SSTs never change once written, so bases share them). A snapshot is the last base and
-//! the changelogs after it; restoring opens the base and replays them in epoch order. The store
-//! thus flushes and compacts only when a base is taken, not after every epoch, and a restore
+//! State snapshots on the checkpoint store (docs/architecture.md, State snapshots), incremental
+//! twice over. Most epochs upload only their changelog: the write batch they applied to the store.
+//! Now and then, when the changelogs since the last base outgrow it (or 16 MiB), the epoch uploads
+//! a new base instead: a RocksDB checkpoint of the store, of which only SST files not uploaded
+//! before are copied (SSTs never change once written, so bases share them). A snapshot is the last
+//! base and the changelogs after it; restoring opens the base and replays them in epoch order. The
+//! store thus flushes and compacts only when a base is taken, not after every epoch, and a restore
 //! replays at most as much as the base holds (or 16 MiB).
 //!
 //! Layout under the checkpoint: `state/<executor>/<instance>/<sst>` for shared immutable

@@ -1,6 +1,6 @@
-//! The checkpoint log on an object store (DESIGN.md §5): `metadata.json`, `offsets/<epoch>`,
-//! `commits/<epoch>`. Plans and decisions are written with create-only puts, so a second driver
-//! on the same checkpoint fails instead of overwriting history.
+//! The checkpoint log on an object store (docs/architecture.md, State snapshots): `metadata.json`,
+//! `offsets/<epoch>`, `commits/<epoch>`. Plans and decisions are written with create-only puts, so
+//! a second driver on the same checkpoint fails instead of overwriting history.
 
 use std::collections::BTreeMap;
 

@@ -132,7 +132,7 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// The reference job of DESIGN.md, pointed at `broker` and at tables under `dir`.
+/// The reference job (docs/architecture.md), pointed at `broker` and at tables under `dir`.
 pub fn reference_job(dir: &Path, broker: &str, max_per_trigger: u64) -> PathBuf {
     reference_job_in(dir, broker, max_per_trigger, &dir.display().to_string(), "")
 }

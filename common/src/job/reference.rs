@@ -1,5 +1,5 @@
-//! The reference job of DESIGN.md §1 as a job file, for any source and location: what
-//! `weir bench` runs and what the end-to-end tests run.
+//! The reference job of docs/architecture.md (The reference job) as a job file, for any source and
+//! location: what `weir bench` runs and what the end-to-end tests run.
 
 /// The job file named `name` that reads `source` (the lines under `source:` that name the
 /// input, indented by two spaces and ending with a newline) with its checkpoint and tables

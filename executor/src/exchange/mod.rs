@@ -1,6 +1,6 @@
-//! The shuffle of partial aggregates between executors (DESIGN.md §3, step 2): each executor
-//! sends every peer the partials of the key groups that peer owns, over Arrow Flight, and
-//! collects what the peers send it. The part an executor owns itself never leaves the process.
+//! The shuffle of partial aggregates between executors (docs/architecture.md, One epoch, step 3):
+//! each executor sends every peer the partials of the key groups that peer owns, over Arrow Flight,
+//! and collects what the peers send it. The part an executor owns itself never leaves the process.
 
 pub mod client;
 pub mod inbox;
