@@ -90,9 +90,8 @@ fn died(status: &std::process::ExitStatus) -> bool {
 /// A running driver process and the task that forwards its standard output.
 struct Driver {
     child: Child,
-    /// Its control service's URL, and the address it listens on.
+    /// Its control service's URL (`http://` and the address it listens on).
     url: String,
-    listen: String,
     started: std::time::Instant,
     forward: tokio::task::JoinHandle<()>,
 }
@@ -118,7 +117,6 @@ impl Driver {
                 }
             }
         };
-        let listen = url.trim_start_matches("http://").to_string();
         let forward = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 println!("{line}");
@@ -127,7 +125,6 @@ impl Driver {
         Ok(Self {
             child,
             url,
-            listen,
             started,
             forward,
         })
@@ -257,7 +254,7 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             _ = term.recv() => break status,
             _ = int.recv() => break status,
         }
-        driver = Driver::start(driver_cmd(&driver.listen)).await?;
+        driver = Driver::start(driver_cmd(driver.url.trim_start_matches("http://"))).await?;
     };
     // The driver shuts its executors down when it stops; this is for a driver that crashed.
     let _ = stop_tx.send(true);

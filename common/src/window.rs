@@ -89,20 +89,22 @@ impl WindowSpec {
         Ok(last_start)
     }
 
-    /// Calls `f` for every window containing `ts`, latest first; for none when a window's
-    /// bounds (or the arithmetic that finds them) would leave the i64 range.
-    pub fn for_each_window(&self, ts: i64, mut f: impl FnMut(Window)) -> Result<(), OutOfRange> {
-        // last_start checked every value computed below.
-        let mut start = self.last_start(ts)?;
-        let lowest = ts - self.size;
-        while start > lowest {
-            f(Window {
-                start,
-                end: start + self.size,
-            });
-            start -= self.slide;
-        }
-        Ok(())
+    /// The windows containing `ts`, checked once: out of range when a window's bounds (or the
+    /// arithmetic that finds them) would leave the i64 range.
+    pub fn windows(&self, ts: i64) -> Result<WindowsOf, OutOfRange> {
+        Ok(WindowsOf {
+            last_start: self.last_start(ts)?,
+            // last_start checked this and every value computed from it.
+            lowest: ts - self.size,
+            size: self.size,
+            slide: self.slide,
+        })
+    }
+
+    /// Calls `f` for every window containing `ts`, latest first; for none when `ts` is out of
+    /// range ([`Self::windows`]).
+    pub fn for_each_window(&self, ts: i64, f: impl FnMut(Window)) -> Result<(), OutOfRange> {
+        self.windows(ts).map(|w| w.for_each(f))
     }
 
     /// Every window containing `ts`, latest first.
@@ -122,8 +124,36 @@ impl WindowSpec {
     /// The end of the latest window containing `ts`: a row is late when even that one is closed.
     /// Out of range exactly when [`Self::for_each_window`] is.
     pub fn last_window_end(&self, ts: i64) -> Result<i64, OutOfRange> {
-        // last_start checked the sum.
-        Ok(self.last_start(ts)? + self.size)
+        self.windows(ts).map(|w| w.last_end())
+    }
+}
+
+/// The windows of one event time whose arithmetic [`WindowSpec::windows`] checked.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowsOf {
+    last_start: i64,
+    /// Windows start above this.
+    lowest: i64,
+    size: i64,
+    slide: i64,
+}
+
+impl WindowsOf {
+    /// The end of the latest window: a row is late when even that one is closed.
+    pub fn last_end(&self) -> i64 {
+        self.last_start + self.size
+    }
+
+    /// Calls `f` for every window, latest first.
+    pub fn for_each(&self, mut f: impl FnMut(Window)) {
+        let mut start = self.last_start;
+        while start > self.lowest {
+            f(Window {
+                start,
+                end: start + self.size,
+            });
+            start -= self.slide;
+        }
     }
 }
 

@@ -195,7 +195,7 @@ async fn drive(
         tracing::warn!(
             "the admin port {admin_bound} listens beyond loopback without a token: whoever \
              reaches it can pause, stop and checkpoint the query; give --admin-token-file or \
-             WEIR_ADMIN_TOKEN (docs/operations.md, Security)"
+             WEIR_ADMIN_TOKEN (docs/operations.md, Admin API)"
         );
     }
 

@@ -1,5 +1,6 @@
-//! RocksDB key layout (DESIGN.md §4): big-endian key group, then window end, then the rest, so
-//! an owner scans its windows in end order and drops a key-group range with one range delete.
+//! RocksDB key layout (docs/architecture.md, State layout): big-endian key group, then window end,
+//! then the rest, so an owner scans its windows in end order and drops a key-group range with one
+//! range delete.
 //!
 //! ```text
 //! group row    [kg u16][end][0][start][group key]                        -> partials
@@ -148,7 +149,9 @@ pub fn key_group_of(key: &[u8]) -> Option<u32> {
     )))
 }
 
-/// Whether `key` is a whole key of [`distinct_key`]'s layout.
+/// Whether `key` is a whole key of [`distinct_key`]'s layout (the exchange checks more:
+/// `partials::Shape::check_distinct_key`).
+#[cfg(test)]
 pub fn is_distinct_key(key: &[u8]) -> bool {
     matches!(parse_key(key), Some(StateKey::Distinct { .. }))
 }
