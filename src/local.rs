@@ -179,6 +179,10 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
         bail!("--executors must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the weir binary")?;
+    // Every process of the run signs its calls with a secret of this run, passed in the
+    // environment (a command line is visible to every user of the machine; an environment
+    // only to the same user).
+    let secret = weir_proto::cluster_auth::ClusterSecret::generate();
     let work_dir = args
         .work_dir
         .clone()
@@ -195,6 +199,8 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             .args(["--executors", &args.executors.to_string()])
             .args(["--admin-listen", &args.admin_listen.to_string()])
             .args(["--metrics-listen", &args.metrics_listen.to_string()])
+            .env(crate::CLUSTER_SECRET_ENV, &secret)
+            .env_remove("WEIR_CLUSTER_SECRET_FILE")
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         if let Some(t) = &args.trigger {
@@ -225,6 +231,10 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
                 "--metrics-listen",
                 &executor_metrics(args.metrics_listen, i),
             ])
+            .arg("--job")
+            .arg(&args.job)
+            .env(crate::CLUSTER_SECRET_ENV, &secret)
+            .env_remove("WEIR_CLUSTER_SECRET_FILE")
             .kill_on_drop(true);
         supervisors.push(tokio::spawn(supervise(i, cmd, stop_rx.clone())));
     }

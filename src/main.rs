@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use weir_common::job::{load_job, JobSpec, Trigger};
+use weir_proto::cluster_auth::ClusterSecret;
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +115,42 @@ impl DriverOpsArgs {
     }
 }
 
+/// The cluster credential's flags, shared by `weir driver` and `weir executor`
+/// (docs/operations.md, Security).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// File holding the cluster secret, one per line (the first signs, any verifies: list the
+    /// new one first while rotating). Default: the secret in WEIR_CLUSTER_SECRET.
+    #[arg(long, env = "WEIR_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Listen beyond loopback without a cluster secret: whoever reaches the ports can join the
+    /// cluster. Only for a network where every host is trusted.
+    #[arg(long)]
+    insecure_open_cluster: bool,
+}
+
+/// The environment variable a cluster secret may be given in.
+pub const CLUSTER_SECRET_ENV: &str = "WEIR_CLUSTER_SECRET";
+
+impl ClusterArgs {
+    fn secret(&self) -> anyhow::Result<Option<ClusterSecret>> {
+        let (text, from) = match &self.cluster_secret_file {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the cluster secret {}", path.display()))?,
+                path.display().to_string(),
+            ),
+            None => match std::env::var(CLUSTER_SECRET_ENV) {
+                Ok(text) => (text, CLUSTER_SECRET_ENV.to_string()),
+                Err(_) => return Ok(None),
+            },
+        };
+        ClusterSecret::from_text(&text)
+            .map(Some)
+            .with_context(|| format!("the cluster secret in {from}"))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a driver and N executor processes on this machine.
@@ -133,6 +170,8 @@ enum Command {
         trigger: Option<String>,
         #[command(flatten)]
         ops: DriverOpsArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run an executor that joins a driver.
     Executor {
@@ -153,6 +192,13 @@ enum Command {
         /// Address of the Prometheus /metrics endpoint, or `off`.
         #[arg(long, default_value = "0.0.0.0:9401")]
         metrics_listen: Listen,
+        /// The job file (the driver's): the executor takes the values of storage_options and
+        /// of the Kafka options from it, so no credential crosses the network. Needed when the
+        /// job has either.
+        #[arg(long, env = "WEIR_JOB")]
+        job: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Generate web events into a Kafka topic and/or a JSON-lines file.
     Gen(gen::GenArgs),
@@ -217,6 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             executors,
             trigger,
             ops,
+            cluster,
         } => {
             let job = job_with_trigger(&job, trigger.as_deref())?;
             let stop = stop_signal()?;
@@ -229,6 +276,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     admin_token: ops.token()?,
                     admin_tls: ops.tls()?,
                     metrics_listen: ops.metrics_listen.0,
+                    cluster_secret: cluster.secret()?,
+                    open_cluster: cluster.insecure_open_cluster,
                 },
                 stop,
             )
@@ -241,7 +290,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             id,
             metrics_listen,
+            job,
+            cluster,
         } => {
+            let job = job.as_deref().map(load_job).transpose()?;
             let executor_id = id.unwrap_or_else(|| {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "executor".into());
                 format!("{host}-{}", std::process::id())
@@ -255,6 +307,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     state_dir,
                     executor_id,
                     metrics_listen: metrics_listen.0,
+                    job,
+                    cluster_secret: cluster.secret()?,
+                    open_cluster: cluster.insecure_open_cluster,
                 },
                 stop,
             )

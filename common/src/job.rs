@@ -712,6 +712,40 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     })
 }
 
+/// The values for `public`'s keys from `own` (see [`JobSpec::with_secrets_from`]).
+fn fill_secrets(
+    field: &str,
+    public: &SecretMap,
+    own: Option<&SecretMap>,
+) -> Result<SecretMap, JobError> {
+    if public.is_empty() {
+        return Ok(SecretMap::default());
+    }
+    let keys = |m: &SecretMap| m.keys().cloned().collect::<Vec<_>>().join(", ");
+    let Some(own) = own else {
+        return Err(JobError::new(
+            field,
+            format!(
+                "the driver's job sets {field} ({}); an executor takes their values from its \
+                 own job file, which it was not given (--job or WEIR_JOB)",
+                keys(public)
+            ),
+        ));
+    };
+    if !public.keys().eq(own.keys()) {
+        return Err(JobError::new(
+            field,
+            format!(
+                "the driver's job sets {field} ({}), this executor's job file ({}): give the \
+                 driver and the executors the same job file",
+                keys(public),
+                keys(own)
+            ),
+        ));
+    }
+    Ok(own.clone())
+}
+
 impl JobSpec {
     /// The Kafka source, when the job reads one.
     pub fn kafka(&self) -> Option<&KafkaSource> {
@@ -721,12 +755,41 @@ impl JobSpec {
         }
     }
 
-    /// The resolved job as JSON, as sent to executors. Alerts stay with the driver: their
-    /// webhook URL is a credential executors have no use for.
-    pub fn to_json(&self) -> String {
+    /// The resolved job as JSON, as sent to executors, without its secrets: alerts stay with the
+    /// driver (their webhook URL is a credential executors have no use for), and the values of
+    /// `storage_options` and of the Kafka `options` are blanked, keys kept. Executors take those
+    /// values from their own job file ([`JobSpec::with_secrets_from`]), so no credential crosses
+    /// the network (docs/operations.md, Security).
+    pub fn to_public_json(&self) -> String {
         let mut raw = self.raw.clone();
         raw.alerts = None;
+        raw.storage_options = raw.storage_options.blanked();
+        if let Some(k) = raw.source.kafka.as_mut() {
+            k.options = k.options.blanked();
+        }
         serde_json::to_string(&raw).unwrap_or_default()
+    }
+
+    /// Gives a job from [`JobSpec::to_public_json`] the secret values of `own`, the job file
+    /// this process read itself. Both must name the same keys; without a job file of its own,
+    /// a job with secret options cannot run here.
+    pub fn with_secrets_from(mut self, own: Option<&JobSpec>) -> Result<Self, JobError> {
+        let own_kafka = own.and_then(|j| j.raw.source.kafka.as_ref().map(|k| &k.options));
+        let storage = fill_secrets(
+            "storage_options",
+            &self.raw.storage_options,
+            own.map(|j| &j.raw.storage_options),
+        )?;
+        self.raw.storage_options = storage.clone();
+        self.storage_options = storage;
+        if let Some(k) = self.raw.source.kafka.as_mut() {
+            let options = fill_secrets("source.kafka.options", &k.options, own_kafka)?;
+            k.options = options.clone();
+            if let Source::Kafka(source) = &mut self.source {
+                source.options = options;
+            }
+        }
+        Ok(self)
     }
 
     /// Rebuilds a job from [`JobSpec::to_json`] output (locations are already absolute).

@@ -165,6 +165,7 @@ impl Coordinator {
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
         expected_executors: usize,
+        clients: ExecutorClients,
         controls: ControlInbox,
         ops: Operations,
     ) -> Self {
@@ -185,7 +186,7 @@ impl Coordinator {
             members,
             membership,
             expected_executors,
-            clients: ExecutorClients::default(),
+            clients,
         }
     }
 

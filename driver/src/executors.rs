@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use weir_common::checkpoint::{Assignment, EpochPlan};
 use weir_common::fault;
+use weir_proto::cluster_auth::Sign;
 use weir_proto::control::executor_client::ExecutorClient;
 use weir_proto::control::{
     AbortRequest, CommittedRequest, ExecuteRequest, InputFile as ProtoFile, KeyGroupRange,
@@ -49,14 +51,24 @@ fn first_lost(ran_on: &[Member], now: &[Member]) -> Option<String> {
         .map(|r| r.id.clone())
 }
 
-/// gRPC clients of the executors, by address (a restarted executor has a new one).
-#[derive(Default)]
+type Client = ExecutorClient<InterceptedService<Channel, Sign>>;
+
+/// gRPC clients of the executors, by address (a restarted executor has a new one); every call
+/// carries the cluster credential.
 pub struct ExecutorClients {
-    clients: HashMap<String, ExecutorClient<Channel>>,
+    clients: HashMap<String, Client>,
+    sign: Sign,
 }
 
 impl ExecutorClients {
-    fn client(&mut self, member: &Member) -> Result<ExecutorClient<Channel>, String> {
+    pub fn new(sign: Sign) -> Self {
+        Self {
+            clients: HashMap::new(),
+            sign,
+        }
+    }
+
+    fn client(&mut self, member: &Member) -> Result<Client, String> {
         if let Some(c) = self.clients.get(&member.address) {
             return Ok(c.clone());
         }
@@ -65,7 +77,7 @@ impl ExecutorClients {
             .connect_timeout(Duration::from_secs(5))
             .timeout(EXECUTE_TIMEOUT)
             .connect_lazy();
-        let client = ExecutorClient::new(channel);
+        let client = ExecutorClient::with_interceptor(channel, self.sign.clone());
         self.clients.insert(member.address.clone(), client.clone());
         Ok(client)
     }

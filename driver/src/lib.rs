@@ -35,6 +35,7 @@ use weir_common::now_micros;
 use weir_common::output::{dead_letter_schema, output_schema};
 use weir_proto::admin::admin_server::AdminServer;
 use weir_proto::admin::QueryState;
+use weir_proto::cluster_auth::{check_exposure, ClusterSecret, Guard, Sign};
 use weir_proto::control::driver_server::DriverServer;
 use weir_proto::control::RegisterResponse;
 use weir_storage::CheckpointLog;
@@ -44,6 +45,7 @@ use crate::admin::{AdminService, AdminToken, QueryFacts};
 use crate::alerts::{AlertKind, AlertSender, Alerts};
 use crate::coordinator::{Coordinator, Operations};
 use crate::delta_commit::DeltaCommitter;
+use crate::executors::ExecutorClients;
 use crate::metrics::DriverMetrics;
 use crate::progress::QueryIdentity;
 use crate::pushgateway::Pushgateway;
@@ -83,6 +85,10 @@ pub struct DriverConfig {
     pub admin_tls: Option<TlsIdentity>,
     /// Where the Prometheus endpoint listens; none serves no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The secret every call between the driver and its executors is signed with.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Listen beyond loopback without a cluster secret (the operator trusts the network).
+    pub open_cluster: bool,
 }
 
 /// Prints a line a supervisor (`weir local`, tests) reads to find the driver's ports.
@@ -128,6 +134,13 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
     if config.executors == 0 {
         bail!("a job needs at least one executor (--executors)");
     }
+    check_exposure(
+        "driver's control port",
+        config.listen,
+        config.cluster_secret.as_ref(),
+        config.open_cluster,
+    )
+    .map_err(anyhow::Error::msg)?;
     let metrics = DriverMetrics::new(config.executors).context("creating the metrics")?;
     let alerts = Alerts::start(
         config.job.alerts.as_ref(),
@@ -235,18 +248,23 @@ async fn drive(
     let service = DriverService {
         membership: membership_tx.clone(),
         registration: RegisterResponse {
-            job_json: job.to_json(),
+            job_json: job.to_public_json(),
             job_id: metadata.job_id.clone(),
             key_groups: job.key_groups,
         },
+        secret: config.cluster_secret.clone(),
     };
+    let refused = metrics.refused_calls.clone();
+    let guard = Guard::new("driver", config.cluster_secret.clone(), move || {
+        refused.inc()
+    });
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
     // TCP_NODELAY: tonic sets it only on listeners it binds itself, and small answers
     // otherwise wait for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(DriverServer::new(service))
+            .add_service(DriverServer::with_interceptor(service, guard))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop_rx.wait_for(|s| *s).await;
             }),
@@ -311,6 +329,7 @@ async fn drive(
         members_rx,
         membership_tx,
         config.executors,
+        ExecutorClients::new(Sign(config.cluster_secret)),
         inbox,
         Operations {
             identity,

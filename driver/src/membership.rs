@@ -13,19 +13,33 @@ use tokio::time::Instant;
 pub struct Member {
     pub id: String,
     pub address: String,
+    /// The process's random incarnation: another process under the same id has another.
+    pub incarnation: u64,
     pub registered_at: Instant,
     pub last_heartbeat: Instant,
 }
 
 pub enum MembershipMsg {
+    /// Adds an executor, or takes its id over from the incarnation `replaces` (which the caller
+    /// found no longer answers). Answers the member that holds the id instead when it is
+    /// another incarnation than `replaces`.
     Register {
         id: String,
         address: String,
-        reply: oneshot::Sender<()>,
+        incarnation: u64,
+        replaces: Option<u64>,
+        reply: oneshot::Sender<Result<(), Member>>,
     },
+    /// Answers whether the executor is a member under that incarnation (its beat counts).
     Heartbeat {
         id: String,
+        incarnation: u64,
         reply: oneshot::Sender<bool>,
+    },
+    /// The member under an id, if any.
+    Get {
+        id: String,
+        reply: oneshot::Sender<Option<Member>>,
     },
     /// The executor at `address` failed: it must register again (a restarted one already did,
     /// from another address, and stays).
@@ -69,7 +83,23 @@ pub async fn run(
             }
         };
         match msg {
-            MembershipMsg::Register { id, address, reply } => {
+            MembershipMsg::Register {
+                id,
+                address,
+                incarnation,
+                replaces,
+                reply,
+            } => {
+                if let Some(held) = table.get(&id) {
+                    if held.incarnation != incarnation && Some(held.incarnation) != replaces {
+                        let _ = reply.send(Err(held.clone()));
+                        continue;
+                    }
+                    if held.incarnation != incarnation {
+                        tracing::warn!(executor = %id, old = %held.address, new = %address,
+                            "executor id taken over: its previous process no longer answers");
+                    }
+                }
                 let now = Instant::now();
                 tracing::info!(executor = %id, %address, "executor registered");
                 table.insert(
@@ -77,22 +107,30 @@ pub async fn run(
                     Member {
                         id,
                         address,
+                        incarnation,
                         registered_at: now,
                         last_heartbeat: now,
                     },
                 );
                 members.send_replace(table.values().cloned().collect());
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
             }
-            MembershipMsg::Heartbeat { id, reply } => {
+            MembershipMsg::Heartbeat {
+                id,
+                incarnation,
+                reply,
+            } => {
                 let known = match table.get_mut(&id) {
-                    Some(m) => {
+                    Some(m) if m.incarnation == incarnation => {
                         m.last_heartbeat = Instant::now();
                         true
                     }
-                    None => false,
+                    _ => false,
                 };
                 let _ = reply.send(known);
+            }
+            MembershipMsg::Get { id, reply } => {
+                let _ = reply.send(table.get(&id).cloned());
             }
             MembershipMsg::Remove { id, address } => {
                 if table.get(&id).is_some_and(|m| m.address == address) {
@@ -112,16 +150,39 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    async fn register(tx: &mpsc::Sender<MembershipMsg>, id: &str) {
+    async fn register_as(
+        tx: &mpsc::Sender<MembershipMsg>,
+        id: &str,
+        incarnation: u64,
+        replaces: Option<u64>,
+    ) -> Result<(), Member> {
         let (reply, done) = oneshot::channel();
         tx.send(MembershipMsg::Register {
             id: id.into(),
-            address: format!("http://{id}"),
+            address: format!("http://{id}/{incarnation}"),
+            incarnation,
+            replaces,
             reply,
         })
         .await
         .unwrap();
-        done.await.unwrap();
+        done.await.unwrap()
+    }
+
+    async fn register(tx: &mpsc::Sender<MembershipMsg>, id: &str) {
+        register_as(tx, id, 1, None).await.unwrap();
+    }
+
+    async fn beat(tx: &mpsc::Sender<MembershipMsg>, id: &str, incarnation: u64) -> bool {
+        let (reply, known) = oneshot::channel();
+        tx.send(MembershipMsg::Heartbeat {
+            id: id.into(),
+            incarnation,
+            reply,
+        })
+        .await
+        .unwrap();
+        known.await.unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -135,26 +196,12 @@ mod tests {
         // "a" keeps beating through 8 s of (paused, auto-advanced) time; "b" stays silent.
         for _ in 0..8 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let (reply, known) = oneshot::channel();
-            tx.send(MembershipMsg::Heartbeat {
-                id: "a".into(),
-                reply,
-            })
-            .await
-            .unwrap();
-            assert!(known.await.unwrap());
+            assert!(beat(&tx, "a", 1).await);
         }
         let ids: Vec<String> = members.borrow().iter().map(|m| m.id.clone()).collect();
         assert_eq!(ids, vec!["a".to_string()]);
-        let (reply, known) = oneshot::channel();
-        tx.send(MembershipMsg::Heartbeat {
-            id: "b".into(),
-            reply,
-        })
-        .await
-        .unwrap();
         assert!(
-            !known.await.unwrap(),
+            !beat(&tx, "b", 1).await,
             "a removed executor must register again"
         );
         // A failed executor is removed, unless it already came back from another address.
@@ -168,12 +215,41 @@ mod tests {
         assert_eq!(members.borrow_and_update().len(), 2);
         tx.send(MembershipMsg::Remove {
             id: "a".into(),
-            address: "http://a".into(),
+            address: "http://a/1".into(),
         })
         .await
         .unwrap();
         register(&tx, "c").await;
         let ids: Vec<String> = members.borrow().iter().map(|m| m.id.clone()).collect();
         assert_eq!(ids, vec!["b".to_string(), "c".to_string()]);
+    }
+
+    /// A live executor's id cannot be taken: a second incarnation is refused unless the
+    /// caller found the holder no longer answers, and the replaced one's beats stop counting.
+    #[tokio::test]
+    async fn a_second_incarnation_takes_an_id_only_from_one_that_stopped() {
+        let (tx, rx) = mpsc::channel(8);
+        let (members_tx, members) = watch::channel(Vec::new());
+        tokio::spawn(run(rx, members_tx, Duration::from_secs(60)));
+        register_as(&tx, "a", 1, None).await.unwrap();
+        let held = register_as(&tx, "a", 2, None).await.unwrap_err();
+        assert_eq!((held.id.as_str(), held.incarnation), ("a", 1));
+        assert!(register_as(&tx, "a", 2, Some(7)).await.is_err());
+        // The same process registering again (the driver restarted) keeps its id.
+        register_as(&tx, "a", 1, None).await.unwrap();
+        assert!(beat(&tx, "a", 1).await);
+        assert!(!beat(&tx, "a", 2).await, "an impostor's beats do not count");
+        register_as(&tx, "a", 2, Some(1)).await.unwrap();
+        assert!(
+            !beat(&tx, "a", 1).await,
+            "the replaced process must register again"
+        );
+        assert!(beat(&tx, "a", 2).await);
+        let now = members.borrow().clone();
+        assert_eq!(now.len(), 1);
+        assert_eq!(
+            (now[0].incarnation, now[0].address.as_str()),
+            (2, "http://a/2")
+        );
     }
 }

@@ -48,6 +48,8 @@ pub struct DriverMetrics {
     paused: IntGauge,
     pub pushes: IntCounterVec,
     pub alerts: IntCounterVec,
+    /// Calls to the control port refused for want of a valid cluster credential.
+    pub refused_calls: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -174,6 +176,11 @@ impl DriverMetrics {
                 "Offsets skipped because the broker no longer retained them.",
             )?,
             output_rows: counter(r, "weir_output_rows_total", "Window rows written.")?,
+            refused_calls: counter(
+                r,
+                "weir_cluster_calls_refused_total",
+                "Calls to the control port refused: no valid cluster credential.",
+            )?,
             state_rows: gauge(r, "weir_state_rows", "State entries, all executors.")?,
             state_memory_bytes: gauge(
                 r,

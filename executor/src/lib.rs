@@ -32,12 +32,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use weir_common::job::JobSpec;
+use weir_proto::cluster_auth::{check_exposure, ClusterSecret, Guard, Sign, PROOF_HEADER};
 use weir_proto::control::driver_client::DriverClient;
 use weir_proto::control::executor_server::{Executor, ExecutorServer};
 use weir_proto::control::{
     AbortRequest, AbortResponse, CommittedRequest, CommittedResponse, ExecuteRequest,
-    HeartbeatRequest, Prepared, RegisterRequest, RegisterResponse, ShutdownRequest,
-    ShutdownResponse,
+    HeartbeatRequest, IdentifyRequest, IdentifyResponse, Prepared, RegisterRequest,
+    RegisterResponse, ShutdownRequest, ShutdownResponse,
 };
 use weir_telemetry::MetricsEndpoint;
 
@@ -66,6 +67,13 @@ pub struct ExecutorConfig {
     pub executor_id: String,
     /// Where the Prometheus `/metrics` endpoint listens; none serves no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The job file this executor read itself: the secret values of the job (storage and
+    /// Kafka options) come from it, never over the network.
+    pub job: Option<JobSpec>,
+    /// The secret every call between the driver and its executors is signed with.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Listen beyond loopback without a cluster secret (the operator trusts the network).
+    pub open_cluster: bool,
 }
 
 /// Messages to the epoch actor.
@@ -75,6 +83,8 @@ enum Command {
 }
 
 struct Service {
+    executor_id: String,
+    incarnation: u64,
     commands: mpsc::Sender<Command>,
     /// The run the driver wants worked on; a running epoch of any other run is abandoned.
     current_run: watch::Sender<String>,
@@ -142,24 +152,83 @@ impl Executor for Service {
         let _ = self.shutdown.send(true);
         Ok(Response::new(ShutdownResponse {}))
     }
+
+    async fn identify(
+        &self,
+        _request: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
+        Ok(Response::new(IdentifyResponse {
+            executor_id: self.executor_id.clone(),
+            incarnation: self.incarnation,
+        }))
+    }
 }
 
-/// Registers with the driver, retrying while it is not reachable yet.
-async fn register(config: &ExecutorConfig, address: &str) -> anyhow::Result<RegisterResponse> {
+/// This process's registration: who it is and where the driver reaches it.
+#[derive(Clone)]
+struct Identity {
+    config: ExecutorConfig,
+    address: String,
+    incarnation: u64,
+}
+
+/// A registration the driver refused for good: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// Registers with the driver, retrying while it is not reachable yet. A driver that refuses
+/// this executor (another credential, its id held by a live executor) or that cannot prove it
+/// knows the cluster secret ends it with [`Refused`].
+async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
+    let config = &me.config;
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = async {
             let mut client = DriverClient::connect(config.driver_url.clone()).await?;
-            let response = client
-                .register(RegisterRequest {
-                    executor_id: config.executor_id.clone(),
-                    address: address.to_string(),
-                })
-                .await?;
+            let mut request = Request::new(RegisterRequest {
+                executor_id: config.executor_id.clone(),
+                address: me.address.clone(),
+                incarnation: me.incarnation,
+            });
+            let nonce = config
+                .cluster_secret
+                .as_ref()
+                .map(|s| s.attach(request.metadata_mut()));
+            let response = match client.register(request).await {
+                Ok(r) => r,
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::AlreadyExists
+                    ) =>
+                {
+                    return Err(anyhow::Error::new(Refused(format!(
+                        "the driver at {} refused this executor: {}",
+                        config.driver_url,
+                        status.message()
+                    ))));
+                }
+                Err(status) => return Err(status.into()),
+            };
+            if let (Some(secret), Some(nonce)) = (&config.cluster_secret, nonce) {
+                let proof = response
+                    .metadata()
+                    .get(PROOF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if !proof.is_some_and(|p| secret.proves(nonce, p)) {
+                    return Err(anyhow::Error::new(Refused(format!(
+                        "the driver at {} did not prove it knows the cluster secret; its job \
+                         is not taken (is it started with the same --cluster-secret-file?)",
+                        config.driver_url
+                    ))));
+                }
+            }
             anyhow::Ok(response.into_inner())
         };
         match attempt.await {
             Ok(r) => return Ok(r),
+            Err(e) if e.is::<Refused>() => return Err(e),
             Err(e) => {
                 tracing::info!(driver = %config.driver_url, "driver not reachable yet: {e:#}");
                 tokio::time::sleep(delay).await;
@@ -170,14 +239,16 @@ async fn register(config: &ExecutorConfig, address: &str) -> anyhow::Result<Regi
 }
 
 /// Keeps telling the driver this executor is alive; registers again if the driver forgot it
-/// (it restarted). A driver that now runs another job gets an error into `fatal`.
+/// (it restarted). A driver that now runs another job, or that gave this executor's id to
+/// another process, gets an error into `fatal`.
 async fn heartbeat(
-    config: ExecutorConfig,
-    address: String,
+    me: Identity,
     job_id: String,
     mut stop: watch::Receiver<bool>,
     fatal: watch::Sender<Option<String>>,
 ) {
+    let config = &me.config;
+    let sign = Sign(config.cluster_secret.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -185,10 +256,14 @@ async fn heartbeat(
             _ = stop.changed() => return,
         }
         let beat = async {
-            let mut client = DriverClient::connect(config.driver_url.clone()).await?;
+            let channel = tonic::transport::Endpoint::from_shared(config.driver_url.clone())?
+                .connect()
+                .await?;
+            let mut client = DriverClient::with_interceptor(channel, sign.clone());
             let r = client
                 .heartbeat(HeartbeatRequest {
                     executor_id: config.executor_id.clone(),
+                    incarnation: me.incarnation,
                 })
                 .await?;
             anyhow::Ok(r.into_inner().known)
@@ -197,7 +272,7 @@ async fn heartbeat(
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("driver does not know this executor; registering again");
-                match register(&config, &address).await {
+                match register(&me).await {
                     Ok(r) if r.job_id != job_id => {
                         fatal.send_replace(Some(format!(
                             "the driver at {} now runs job {} instead of {job_id}; restart the executor",
@@ -206,6 +281,10 @@ async fn heartbeat(
                         return;
                     }
                     Ok(_) => {}
+                    Err(e) if e.is::<Refused>() => {
+                        fatal.send_replace(Some(format!("{e:#}")));
+                        return;
+                    }
                     Err(e) => tracing::warn!("registering again failed: {e:#}"),
                 }
             }
@@ -287,6 +366,13 @@ pub async fn run(config: ExecutorConfig, stop: watch::Receiver<bool>) -> anyhow:
 }
 
 async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    check_exposure(
+        "executor",
+        config.listen,
+        config.cluster_secret.as_ref(),
+        config.open_cluster,
+    )
+    .map_err(anyhow::Error::msg)?;
     let metrics = ExecutorMetrics::new(&config.executor_id).context("creating the metrics")?;
     let _endpoint = match config.metrics_listen {
         Some(listen) => {
@@ -316,12 +402,19 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
             format!("http://{bound}")
         }
     });
+    let me = Identity {
+        config: config.clone(),
+        address: address.clone(),
+        incarnation: uuid::Uuid::new_v4().as_u64_pair().0,
+    };
     let mut stopped = stop.clone();
     let registration = tokio::select! {
-        r = register(&config, &address) => r?,
+        r = register(&me) => r?,
         _ = stopped.wait_for(|s| *s) => return Ok(()),
     };
-    let job = JobSpec::from_json(&registration.job_json).context("job from the driver")?;
+    let job = JobSpec::from_json(&registration.job_json)
+        .context("job from the driver")?
+        .with_secrets_from(config.job.as_ref())?;
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
@@ -332,6 +425,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         inbox.clone(),
         EXCHANGE_TIMEOUT,
         metrics.flight_bytes_sent.clone(),
+        Sign(config.cluster_secret.clone()),
     );
     let (run_tx, run_rx) = watch::channel(String::new());
     let runner = EpochRunner::new(
@@ -361,8 +455,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     let (fatal_tx, mut fatal_rx) = watch::channel(None);
     let beats = tokio::spawn(
         heartbeat(
-            config.clone(),
-            address,
+            me.clone(),
             registration.job_id.clone(),
             stopping_rx.clone(),
             fatal_tx,
@@ -370,6 +463,8 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         .in_current_span(),
     );
     let service = Service {
+        executor_id: config.executor_id.clone(),
+        incarnation: me.incarnation,
         commands: commands_tx,
         current_run: run_tx,
         stopping: stopping_rx,
@@ -383,14 +478,21 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     // Calls are served in tonic's own tasks: give each the executor's span, so what the
     // handlers log names the executor too.
     let executor_span = tracing::Span::current();
+    let refused = metrics.refused_calls.clone();
+    let guard = Guard::new("executor", config.cluster_secret.clone(), move || {
+        refused.inc()
+    });
     let server = tonic::transport::Server::builder()
         .trace_fn(move |_| executor_span.clone())
-        .add_service(ExecutorServer::new(service))
-        .add_service(FlightServiceServer::new(ExchangeService::new(
-            registration.job_id.clone(),
-            inbox,
-            metrics.flight_bytes_received.clone(),
-        )))
+        .add_service(ExecutorServer::with_interceptor(service, guard.clone()))
+        .add_service(FlightServiceServer::with_interceptor(
+            ExchangeService::new(
+                registration.job_id.clone(),
+                inbox,
+                metrics.flight_bytes_received.clone(),
+            ),
+            guard,
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = shutdown_rx.wait_for(|stop| *stop) => {}

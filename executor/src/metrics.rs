@@ -39,6 +39,8 @@ pub struct ExecutorMetrics {
     /// Arrow Flight bytes sent to and received from peers (message headers and bodies).
     pub flight_bytes_sent: IntCounter,
     pub flight_bytes_received: IntCounter,
+    /// Calls refused for want of a valid cluster credential (control and Flight).
+    pub refused_calls: IntCounter,
 }
 
 impl ExecutorMetrics {
@@ -180,6 +182,13 @@ impl ExecutorMetrics {
                 IntCounter::new(
                     "weir_flight_bytes_received_total",
                     "Arrow Flight bytes received from other executors.",
+                )?,
+            )?,
+            refused_calls: register(
+                r,
+                IntCounter::new(
+                    "weir_executor_cluster_calls_refused_total",
+                    "Calls refused: no valid cluster credential.",
                 )?,
             )?,
             registry,

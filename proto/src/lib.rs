@@ -16,3 +16,4 @@ pub mod admin {
 }
 
 pub mod admin_json;
+pub mod cluster_auth;

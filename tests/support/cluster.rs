@@ -13,6 +13,9 @@ use nix::unistd::Pid;
 
 use super::{free_port, weir};
 
+/// The cluster secret the processes of a test cluster share (a test's `env` may replace it).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
 /// A process of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -111,7 +114,9 @@ impl Cluster {
                     .arg("--state-dir")
                     .arg(self.dir.join(format!("state/executor-{i}")))
                     .args(["--id", &format!("executor-{i}")])
-                    .args(["--metrics-listen", "127.0.0.1:0"]);
+                    .args(["--metrics-listen", "127.0.0.1:0"])
+                    .arg("--job")
+                    .arg(&self.job);
             }
         }
         let log = std::fs::OpenOptions::new()
@@ -119,6 +124,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.join(format!("logs/{role}.log")))
             .expect("log file");
+        cmd.env("WEIR_CLUSTER_SECRET", CLUSTER_SECRET);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

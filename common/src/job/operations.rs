@@ -36,6 +36,13 @@ impl fmt::Debug for SecretMap {
     }
 }
 
+impl SecretMap {
+    /// The same keys with empty values.
+    pub fn blanked(&self) -> Self {
+        Self(self.0.keys().map(|k| (k.clone(), String::new())).collect())
+    }
+}
+
 impl std::ops::Deref for SecretMap {
     type Target = BTreeMap<String, String>;
 

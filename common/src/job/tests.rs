@@ -80,7 +80,7 @@ fn the_reference_job_parses() {
     assert_eq!(s3.checkpoint_retention, 3);
     assert_eq!(s3.storage_options["aws_endpoint"], "http://127.0.0.1:9000");
     // What executors receive rebuilds the same job.
-    let again = JobSpec::from_json(&job.to_json()).unwrap();
+    let again = JobSpec::from_json(&job.to_public_json()).unwrap();
     assert_eq!(again.output, job.output);
     assert_eq!(again.fingerprint(), job.fingerprint());
 }
@@ -317,8 +317,8 @@ fn pushgateway_sink_and_alerts() {
     );
     // The webhook URL is a credential: not in debug output, not sent to executors.
     assert!(!format!("{job:?}").contains("secret-token"));
-    assert!(!job.to_json().contains("secret-token"));
-    let on_executor = JobSpec::from_json(&job.to_json()).unwrap();
+    assert!(!job.to_public_json().contains("secret-token"));
+    let on_executor = JobSpec::from_json(&job.to_public_json()).unwrap();
     assert!(on_executor.alerts.is_none());
     assert_eq!(on_executor.pushgateway, job.pushgateway);
 
@@ -331,19 +331,23 @@ fn pushgateway_sink_and_alerts() {
     );
 }
 
+/// The good job with a Kafka password and an S3 key.
+fn with_secret_options() -> String {
+    GOOD.replace(
+        "    max_offsets_per_trigger: 1000",
+        "    max_offsets_per_trigger: 1000\n    options: {sasl.password: kafka-pass-123}",
+    )
+    .replace(
+        "trigger: 30s",
+        "trigger: 30s\nstorage_options: {aws_secret_access_key: s3-key-456}",
+    )
+}
+
 /// Storage options and Kafka options may hold credentials: a job's debug output shows their
 /// keys, never their values.
 #[test]
 fn storage_and_kafka_options_never_print_their_values() {
-    let text = GOOD
-        .replace(
-            "    max_offsets_per_trigger: 1000",
-            "    max_offsets_per_trigger: 1000\n    options: {sasl.password: kafka-pass-123}",
-        )
-        .replace(
-            "trigger: 30s",
-            "trigger: 30s\nstorage_options: {aws_secret_access_key: s3-key-456}",
-        );
+    let text = with_secret_options();
     let job = parse(&text).unwrap();
     assert_eq!(
         job.kafka().unwrap().options["sasl.password"],
@@ -356,6 +360,47 @@ fn storage_and_kafka_options_never_print_their_values() {
         !shown.contains("kafka-pass-123") && !shown.contains("s3-key-456"),
         "{shown}"
     );
+}
+
+/// What the driver sends executors carries the secret options' keys only; an executor fills in
+/// the values from its own job file, which must name the same keys.
+#[test]
+fn executors_take_secret_values_from_their_own_job_file() {
+    let text = with_secret_options();
+    let driver = parse(&text).unwrap();
+    let public = driver.to_public_json();
+    assert!(
+        !public.contains("kafka-pass-123") && !public.contains("s3-key-456"),
+        "{public}"
+    );
+    assert!(public.contains("sasl.password") && public.contains("aws_secret_access_key"));
+
+    let received = JobSpec::from_json(&public).unwrap();
+    let own = parse(&text.replace("s3-key-456", "executor-own-key")).unwrap();
+    let filled = received.clone().with_secrets_from(Some(&own)).unwrap();
+    assert_eq!(
+        filled.storage_options["aws_secret_access_key"],
+        "executor-own-key"
+    );
+    assert_eq!(
+        filled.kafka().unwrap().options["sasl.password"],
+        "kafka-pass-123"
+    );
+    assert_eq!(filled.fingerprint(), driver.fingerprint());
+
+    let e = received.clone().with_secrets_from(None).unwrap_err();
+    assert!(
+        e.to_string().contains("aws_secret_access_key") && e.to_string().contains("--job"),
+        "{e}"
+    );
+    let other_keys = parse(&text.replace("aws_secret_access_key", "aws_access_key_id")).unwrap();
+    let e = received.with_secrets_from(Some(&other_keys)).unwrap_err();
+    assert!(e.to_string().contains("same job file"), "{e}");
+    assert!(!e.to_string().contains("s3-key-456"), "{e}");
+
+    // A job without secret options needs no job file on the executor.
+    let plain = JobSpec::from_json(&parse(GOOD).unwrap().to_public_json()).unwrap();
+    assert!(plain.with_secrets_from(None).is_ok());
 }
 
 #[test]
@@ -414,7 +459,7 @@ fn a_file_source_reads_a_directory_or_prefix() {
     assert!(job.kafka().is_none());
     assert_eq!(job.source.name(), "file:///work/archive/events");
     // The absolute location travels to executors.
-    let again = JobSpec::from_json(&job.to_json()).unwrap();
+    let again = JobSpec::from_json(&job.to_public_json()).unwrap();
     assert_eq!(again.source, job.source);
     // A checkpoint of the Kafka job is not one of the file job.
     assert_ne!(job.fingerprint(), parse(GOOD).unwrap().fingerprint());
@@ -495,7 +540,7 @@ proptest::proptest! {
         let text = String::from_utf8_lossy(&bytes);
         match parse(&text) {
             Ok(job) => {
-                let back = JobSpec::from_json(&job.to_json());
+                let back = JobSpec::from_json(&job.to_public_json());
                 proptest::prop_assert!(back.is_ok(), "{:?}", back.err());
                 proptest::prop_assert!(job.window.size > 0 && job.window.slide > 0);
             }

@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prometheus::IntCounter;
 use prost::Message;
 use tonic::transport::Channel;
+use weir_proto::cluster_auth::Sign;
 use weir_proto::exchange::{EndOfEpoch, StreamAck, StreamHeader};
 
 use super::wire::{self, BatchEncoder, Entries};
@@ -39,10 +40,11 @@ pub enum SendError {
     },
 }
 
-/// Sends one stream of record batches with its header and end marker; answers the owner's ack.
-/// Counts the bytes it sends into `sent`.
+/// Sends one stream of record batches with its header and end marker, signed with the cluster
+/// credential; answers the owner's ack. Counts the bytes it sends into `sent`.
 pub async fn send_stream(
     channel: Channel,
+    sign: &Sign,
     header: StreamHeader,
     rows: u64,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
@@ -63,6 +65,9 @@ pub async fn send_stream(
         }))
         .inspect_ok(move |d| sent.inc_by(flight_bytes(d)));
     let mut client = FlightClient::new(channel);
+    if let Some(secret) = &sign.0 {
+        secret.attach(client.metadata_mut());
+    }
     let mut results = client.do_put(data).await?;
     let first = results
         .try_next()
@@ -85,6 +90,7 @@ fn transient(e: &FlightError) -> bool {
             tonic::Code::InvalidArgument
                 | tonic::Code::FailedPrecondition
                 | tonic::Code::Unimplemented
+                | tonic::Code::Unauthenticated
         ),
         _ => false,
     }
@@ -93,6 +99,7 @@ fn transient(e: &FlightError) -> bool {
 /// Sends `entries` to `peer`, retrying a broken stream.
 pub async fn send_entries(
     channel: Channel,
+    sign: Sign,
     peer: &str,
     header: StreamHeader,
     entries: Arc<Entries>,
@@ -107,7 +114,15 @@ pub async fn send_entries(
             BatchEncoder::new(entries.clone())
                 .map(|b| b.map_err(|e| FlightError::ExternalError(Box::new(e)))),
         );
-        match send_stream(channel.clone(), header.clone(), rows, batches, sent.clone()).await {
+        let stream = send_stream(
+            channel.clone(),
+            &sign,
+            header.clone(),
+            rows,
+            batches,
+            sent.clone(),
+        );
+        match stream.await {
             Ok(ack) if ack.rows == rows => return Ok(ack),
             Ok(ack) => {
                 return Err(SendError::Short {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
+use weir_proto::cluster_auth::Sign;
 use weir_proto::exchange::StreamHeader;
 
 use crate::partials::Partials;
@@ -67,6 +68,8 @@ pub struct Exchange {
     timeout: Duration,
     /// Counts the Flight bytes sent to peers.
     sent: IntCounter,
+    /// Signs every stream with the cluster credential.
+    sign: Sign,
 }
 
 impl Exchange {
@@ -76,6 +79,7 @@ impl Exchange {
         inbox: mpsc::Sender<InboxMsg>,
         timeout: Duration,
         sent: IntCounter,
+        sign: Sign,
     ) -> Self {
         Self {
             job_id,
@@ -84,6 +88,7 @@ impl Exchange {
             channels: HashMap::new(),
             timeout,
             sent,
+            sign,
         }
     }
 
@@ -155,9 +160,10 @@ impl Exchange {
             let channel = self.channel(peer)?;
             let id = peer.executor_id.clone();
             let sent = self.sent.clone();
-            sends.spawn(
-                async move { client::send_entries(channel, &id, header, entries, sent).await },
-            );
+            let sign = self.sign.clone();
+            sends.spawn(async move {
+                client::send_entries(channel, sign, &id, header, entries, sent).await
+            });
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         while !sends.is_empty() {

@@ -12,6 +12,8 @@ use weir_common::aggregate::Partial;
 use weir_common::keygroup::{key_group, range_for_owner};
 use weir_common::window::Window;
 
+use weir_proto::cluster_auth::{ClusterSecret, Guard, Sign};
+
 use super::server::ExchangeService;
 use super::wire::{decode_into, entries, BatchEncoder};
 use super::*;
@@ -19,14 +21,25 @@ use crate::partials::Shape;
 
 const JOB: &str = "job-1";
 
+const SECRET: &str = "exchange-test-secret-0123456789abcdef";
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_text(SECRET).unwrap()
+}
+
 /// Serves `service` on a free loopback port until the returned sender is dropped.
 async fn serve(service: ExchangeService) -> (String, oneshot::Sender<()>) {
+    serve_guarded(service, Guard::new("test", None, || {})).await
+}
+
+/// Serves `service` behind `guard`.
+async fn serve_guarded(service: ExchangeService, guard: Guard) -> (String, oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(FlightServiceServer::new(service))
+            .add_service(FlightServiceServer::with_interceptor(service, guard))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
@@ -93,6 +106,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     });
     let sender = tokio::spawn(client::send_stream(
         channel,
+        &Sign(None),
         header(1, "fast"),
         BATCHES * rows_per_batch,
         batches,
@@ -142,10 +156,49 @@ async fn a_stream_of_another_job_is_refused() {
     let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
     let mut h = header(1, "stranger");
     h.job_id = "another-job".into();
-    let err = client::send_entries(channel, "owner", h, entries(distinct(0..3)), bytes())
+    let err = client::send_entries(
+        channel,
+        Sign(None),
+        "owner",
+        h,
+        entries(distinct(0..3)),
+        bytes(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not another-job"), "{err}");
+}
+
+/// A closed cluster's exchange takes streams signed with its secret only: an unsigned stream
+/// or one signed with another secret is refused at once (not retried) and never reaches the
+/// inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_the_cluster_credential_is_refused() {
+    let (inbox, mut queue) = mpsc::channel(INBOX_CAPACITY);
+    let refused = Arc::new(AtomicU64::new(0));
+    let count = refused.clone();
+    let guard = Guard::new("executor", Some(secret()), move || {
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    let (address, _stop) =
+        serve_guarded(ExchangeService::new(JOB.into(), inbox, bytes()), guard).await;
+    let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
+    let other = ClusterSecret::from_text("another-secret-0123456789abcdef0123").unwrap();
+    for sign in [Sign(None), Sign(Some(other))] {
+        let err = client::send_entries(
+            channel.clone(),
+            sign,
+            "owner",
+            header(1, "rogue"),
+            entries(distinct(0..3)),
+            bytes(),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not another-job"), "{err}");
+        assert!(err.to_string().contains("cluster credential"), "{err}");
+    }
+    assert_eq!(refused.load(Ordering::Relaxed), 2, "one refusal per stream");
+    assert!(queue.try_recv().is_err(), "nothing reached the inbox");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,11 +210,10 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     let (sent, received) = (bytes(), bytes());
     for id in ids {
         let inbox = inbox::spawn(INBOX_CAPACITY, Shape::for_tests());
-        let (address, stop) = serve(ExchangeService::new(
-            JOB.into(),
-            inbox.clone(),
-            received.clone(),
-        ))
+        let (address, stop) = serve_guarded(
+            ExchangeService::new(JOB.into(), inbox.clone(), received.clone()),
+            Guard::new("executor", Some(secret()), || {}),
+        )
         .await;
         stops.push(stop);
         peers.push(Peer {
@@ -174,6 +226,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
             inbox,
             Duration::from_secs(60),
             sent.clone(),
+            Sign(Some(secret())),
         ));
     }
     let owners: Vec<usize> = (0..KEY_GROUPS)
