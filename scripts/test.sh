@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
+export WEIR_TOOLS=${WEIR_TOOLS:-/var/cache/weir/tools}
+export PATH="$HOME/.cargo/bin:$WEIR_TOOLS/bin:$PATH"
 cargo test --workspace --all-targets -- --test-threads=2

@@ -113,7 +113,10 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
             .await,
         ));
         answers.push(answer("identify", e.identify(IdentifyRequest {}).await));
-        answers.push(answer("shutdown", e.shutdown(ShutdownRequest {}).await));
+        answers.push(answer(
+            "shutdown",
+            e.shutdown(ShutdownRequest { generation: 99 }).await,
+        ));
 
         // Partials into the exchange, in the name of the other executor.
         let header = StreamHeader {

@@ -169,6 +169,7 @@ impl Coordinator {
         controls: ControlInbox,
         ops: Operations,
     ) -> Self {
+        let fence = log.fence().cloned();
         Self {
             controls,
             ops,
@@ -180,6 +181,7 @@ impl Coordinator {
             tables: Some(Tables {
                 output,
                 dead_letter,
+                fence,
             }),
             committing: None,
             source,
@@ -543,6 +545,8 @@ impl Coordinator {
                     first_failure.get_or_insert_with(Instant::now);
                     self.ops.metrics.failed_runs.inc();
                     self.abandon(epoch, &run, &failure, &members).await;
+                    // Executors refuse a fenced driver's calls: stop rather than run again.
+                    self.log.check_fence().await?;
                     if failures >= MAX_RUNS_PER_EPOCH {
                         bail!("epoch {epoch} failed {failures} times; the last: {failure}");
                     }

@@ -58,13 +58,16 @@ type Client = ExecutorClient<InterceptedService<Channel, Sign>>;
 pub struct ExecutorClients {
     clients: HashMap<String, Client>,
     sign: Sign,
+    /// The driver's generation, in every call: executors refuse older ones.
+    generation: u64,
 }
 
 impl ExecutorClients {
-    pub fn new(sign: Sign) -> Self {
+    pub fn new(sign: Sign, generation: u64) -> Self {
         Self {
             clients: HashMap::new(),
             sign,
+            generation,
         }
     }
 
@@ -153,6 +156,7 @@ impl ExecutorClients {
                         bytes: f.bytes,
                     })
                     .collect(),
+                generation: self.generation,
             };
             let id = member.id.clone();
             // Spawned, so the requests go out even while this task waits (or pauses).
@@ -206,6 +210,7 @@ impl ExecutorClients {
                 let mut request = tonic::Request::new(AbortRequest {
                     epoch,
                     run: run.to_string(),
+                    generation: self.generation,
                 });
                 request.set_timeout(NOTIFY_TIMEOUT);
                 calls.push(async move { c.abort(request).await });
@@ -218,7 +223,10 @@ impl ExecutorClients {
     pub async fn committed(&mut self, epoch: u64, members: &[Member]) {
         for m in members {
             if let Ok(mut c) = self.client(m) {
-                let mut request = tonic::Request::new(CommittedRequest { epoch });
+                let mut request = tonic::Request::new(CommittedRequest {
+                    epoch,
+                    generation: self.generation,
+                });
                 request.set_timeout(NOTIFY_TIMEOUT);
                 if let Err(e) = c.committed(request).await {
                     tracing::warn!(epoch, executor = %m.id, "could not tell the executor of the commit: {}", e.message());
@@ -231,7 +239,9 @@ impl ExecutorClients {
     pub async fn shutdown(&mut self, members: &[Member]) {
         for m in members {
             if let Ok(mut c) = self.client(m) {
-                let mut request = tonic::Request::new(ShutdownRequest {});
+                let mut request = tonic::Request::new(ShutdownRequest {
+                    generation: self.generation,
+                });
                 request.set_timeout(NOTIFY_TIMEOUT);
                 let _ = c.shutdown(request).await;
             }

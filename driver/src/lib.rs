@@ -39,7 +39,7 @@ use weir_proto::cluster_auth::{check_exposure, ClusterSecret, Guard, Sign};
 use weir_proto::control::driver_server::DriverServer;
 use weir_proto::control::RegisterResponse;
 use weir_storage::CheckpointLog;
-use weir_telemetry::MetricsEndpoint;
+use weir_telemetry::{MetricsEndpoint, Readiness};
 
 use crate::admin::{AdminService, AdminToken, QueryFacts};
 use crate::alerts::{AlertKind, AlertSender, Alerts};
@@ -128,6 +128,16 @@ async fn job_metadata(log: &CheckpointLog, job: &JobSpec) -> anyhow::Result<Meta
         .context("metadata.json vanished right after it was written")
 }
 
+/// Whether `e` says a newer driver took the checkpoint.
+pub fn fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<weir_storage::LogError>(),
+            Some(weir_storage::LogError::Fenced { .. })
+        )
+    })
+}
+
 /// Runs a driver until its job stops: SIGINT/SIGTERM (or the admin API's stop) finish the
 /// current epoch first. A failure raises the `query failed` alert before the driver exits.
 pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -148,8 +158,11 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
         metrics.clone(),
     )?;
     let result = drive(config, stop, metrics, alerts.sender(), alerts.epoch_budget).await;
-    if let Err(e) = &result {
-        alerts.raise(AlertKind::QueryFailed, &format!("the query failed: {e:#}"));
+    match &result {
+        // The query goes on under the newer driver: nothing failed.
+        Err(e) if fenced(e) => tracing::warn!("{e:#}"),
+        Err(e) => alerts.raise(AlertKind::QueryFailed, &format!("the query failed: {e:#}")),
+        Ok(()) => {}
     }
     alerts.close(ALERT_FLUSH_LIMIT).await;
     tracing::info!(
@@ -168,8 +181,15 @@ async fn drive(
 ) -> anyhow::Result<()> {
     let started_at_micros = now_micros();
     let job = config.job;
-    let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
+    let mut log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
     let metadata = job_metadata(&log, &job).await?;
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
+    let generation = log.take_generation(&run_id, &host, now_micros()).await?;
+    tracing::info!(
+        generation,
+        "took the checkpoint: earlier drivers are fenced"
+    );
     metrics.set_query(&metadata.job_id, &job.name);
     let output = DeltaCommitter::open_or_create(
         &job.output.url,
@@ -213,12 +233,14 @@ async fn drive(
     }
 
     let (members_tx, members_rx) = watch::channel(Vec::new());
+    let readiness = Readiness::new("starting");
     let _metrics_endpoint = match config.metrics_listen {
         Some(listen) => {
             let endpoint = MetricsEndpoint::serve(
                 listen,
                 metrics.registry().clone(),
                 Some(metrics.before_scrape(members_rx.clone())),
+                readiness.clone(),
             )
             .await?;
             announce(&format!(
@@ -251,6 +273,7 @@ async fn drive(
             job_json: job.to_public_json(),
             job_id: metadata.job_id.clone(),
             key_groups: job.key_groups,
+            generation,
         },
         secret: config.cluster_secret.clone(),
     };
@@ -272,13 +295,22 @@ async fn drive(
 
     let identity = QueryIdentity {
         id: metadata.job_id.clone(),
-        run_id: uuid::Uuid::new_v4().to_string(),
+        run_id,
         name: job.name.clone(),
         topic: job.source.name().to_string(),
         output_url: job.output.url.clone(),
     };
     let (board, status) = StatusBoard::new();
     let (controls, inbox) = controls::controls(stop);
+    // A stopping driver is no longer ready, while it finishes its epoch (SIGTERM or admin stop).
+    let mut stopping = inbox.stop.clone();
+    let inbox_stopped = inbox.stop.clone();
+    let not_ready = readiness.clone();
+    tokio::spawn(async move {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            not_ready.set_not_ready("stopping: finishing the epoch in progress");
+        }
+    });
     let (closing_tx, closing_rx) = watch::channel(false);
     let admin = AdminService {
         facts: QueryFacts {
@@ -329,7 +361,7 @@ async fn drive(
         members_rx,
         membership_tx,
         config.executors,
-        ExecutorClients::new(Sign(config.cluster_secret)),
+        ExecutorClients::new(Sign(config.cluster_secret), generation),
         inbox,
         Operations {
             identity,
@@ -340,7 +372,12 @@ async fn drive(
             pushgateway,
         },
     );
+    // Its ports serve and it holds the checkpoint: executors can register.
+    if !*inbox_stopped.borrow() {
+        readiness.set_ready();
+    }
     let result = coordinator.run().await;
+    readiness.set_not_ready("stopping");
     let ops = coordinator.into_ops();
     if let Err(e) = &result {
         ops.board.set(QueryState::Failed, format!("{e:#}"));

@@ -51,6 +51,7 @@ impl StateRetention {
 
     /// Deletes the state files no retained decision references; answers how many.
     pub async fn collect(&self, log: &CheckpointLog) -> Result<usize, LogError> {
+        log.check_fence().await?;
         let location = log.location();
         let keep: BTreeSet<&str> = self
             .retained

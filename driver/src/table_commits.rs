@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
 use weir_common::fault;
+use weir_storage::Fence;
 
 use crate::coordinator::backoff;
 use crate::delta_commit::DeltaCommitter;
@@ -22,6 +23,8 @@ const COMMIT_ATTEMPTS: u32 = 5;
 pub struct Tables {
     pub output: DeltaCommitter,
     pub dead_letter: Option<DeltaCommitter>,
+    /// The driver's hold on the checkpoint: a fenced driver neither commits nor cleans up.
+    pub fence: Option<Fence>,
 }
 
 impl Tables {
@@ -37,7 +40,7 @@ impl Tables {
         loop {
             match self.commit_once(record, metrics).await {
                 Ok(v) => return Ok(v),
-                Err(e) if failures + 1 < COMMIT_ATTEMPTS => {
+                Err(e) if failures + 1 < COMMIT_ATTEMPTS && !crate::fenced(&e) => {
                     failures += 1;
                     tracing::warn!(
                         epoch = record.epoch,
@@ -60,6 +63,9 @@ impl Tables {
         record: &CommitRecord,
         metrics: &DriverMetrics,
     ) -> anyhow::Result<Option<u64>> {
+        if let Some(fence) = &self.fence {
+            fence.check().await?;
+        }
         let started = Instant::now();
         let version = self
             .output
@@ -84,6 +90,9 @@ impl Tables {
     /// Deletes the files staged by runs that will never be committed. Safe only when no run is
     /// staging and every decision is in the tables.
     pub async fn remove_unreferenced_files(&mut self) -> anyhow::Result<()> {
+        if let Some(fence) = &self.fence {
+            fence.check().await?;
+        }
         self.output.remove_unreferenced_files().await?;
         if let Some(dl) = self.dead_letter.as_mut() {
             dl.remove_unreferenced_files().await?;

@@ -28,6 +28,7 @@ use crate::staging::StagedTable;
 use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
 use crate::topology::Topology;
 use weir_storage::CheckpointLog;
+use weir_telemetry::Readiness;
 
 /// Set to 1, executors skip state snapshots (benchmarks measure their cost with it).
 pub const NO_SNAPSHOTS_VAR: &str = "WEIR_UNSAFE_NO_STATE_SNAPSHOTS";
@@ -56,6 +57,8 @@ pub struct EpochRunner {
     /// what they cost. A job run so cannot recover.
     skip_snapshots: bool,
     log: CheckpointLog,
+    /// Not ready while state is being restored (the kubelet's readiness probe).
+    readiness: Readiness,
     output_schema: SchemaRef,
     output: StagedTable,
     dead_letter: Option<StagedTable>,
@@ -90,6 +93,7 @@ impl EpochRunner {
         job_id: &str,
         exchange: Exchange,
         current_run: watch::Receiver<String>,
+        readiness: Readiness,
     ) -> anyhow::Result<Self> {
         let input = Input::open(&job, job_id)?;
         let log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
@@ -126,6 +130,7 @@ impl EpochRunner {
             owned: None,
             snapshots,
             log,
+            readiness,
             exchange,
             job,
         })
@@ -159,6 +164,13 @@ impl EpochRunner {
         );
         let instance = new_instance_id();
         let dir = self.state_dir.join("stores").join(&instance);
+        self.readiness.set_not_ready(format!(
+            "restoring the state of key groups {}..{} from the checkpoint",
+            range.0, range.1
+        ));
+        if let Some(epoch) = base {
+            tokio::task::block_in_place(|| fault::reached("restoring", epoch + 1));
+        }
         let restored = restore(
             self.log.location(),
             decision.as_ref(),
@@ -166,8 +178,9 @@ impl EpochRunner {
             &dir,
             self.job.key_groups,
         )
-        .await
-        .context("restoring state from the checkpoint")?;
+        .await;
+        self.readiness.set_ready();
+        let restored = restored.context("restoring state from the checkpoint")?;
         self.snapshots
             .start_instance(instance, restored.inherited.as_deref());
         let old = std::mem::replace(&mut self.store_dir, dir);

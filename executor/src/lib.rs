@@ -24,6 +24,8 @@ pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,7 +42,7 @@ use weir_proto::control::{
     HeartbeatRequest, IdentifyRequest, IdentifyResponse, Prepared, RegisterRequest,
     RegisterResponse, ShutdownRequest, ShutdownResponse,
 };
-use weir_telemetry::MetricsEndpoint;
+use weir_telemetry::{MetricsEndpoint, Readiness};
 
 use crate::epoch::EpochRunner;
 use crate::exchange::server::ExchangeService;
@@ -82,9 +84,32 @@ enum Command {
     Committed(u64),
 }
 
+/// The newest driver generation this executor has heard of: calls of older (fenced) drivers
+/// are refused.
+#[derive(Clone, Default)]
+struct Generation(Arc<AtomicU64>);
+
+impl Generation {
+    fn heard(&self, generation: u64) {
+        self.0.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    /// Admits a call of a driver of `generation`, refusing an older one than the newest heard.
+    fn admit(&self, generation: u64) -> Result<(), Status> {
+        let newest = self.0.fetch_max(generation, Ordering::SeqCst);
+        if generation < newest {
+            return Err(Status::failed_precondition(format!(
+                "driver generation {generation} is fenced: this executor serves generation {newest}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 struct Service {
     executor_id: String,
     incarnation: u64,
+    generation: Generation,
     commands: mpsc::Sender<Command>,
     /// The run the driver wants worked on; a running epoch of any other run is abandoned.
     current_run: watch::Sender<String>,
@@ -99,11 +124,12 @@ impl Executor for Service {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Prepared>, Status> {
+        let request = request.into_inner();
+        self.generation.admit(request.generation)?;
         if *self.stopping.borrow() {
             return Err(Status::unavailable("executor is stopping"));
         }
         let (tx, rx) = oneshot::channel();
-        let request = request.into_inner();
         // The driver starts a run only after giving up the previous one.
         self.current_run.send_replace(request.run.clone());
         self.commands
@@ -120,8 +146,10 @@ impl Executor for Service {
         &self,
         request: Request<CommittedRequest>,
     ) -> Result<Response<CommittedResponse>, Status> {
+        let CommittedRequest { epoch, generation } = request.into_inner();
+        self.generation.admit(generation)?;
         self.commands
-            .send(Command::Committed(request.into_inner().epoch))
+            .send(Command::Committed(epoch))
             .await
             .map_err(|_| Status::unavailable("executor is shutting down"))?;
         Ok(Response::new(CommittedResponse {}))
@@ -131,7 +159,12 @@ impl Executor for Service {
         &self,
         request: Request<AbortRequest>,
     ) -> Result<Response<AbortResponse>, Status> {
-        let AbortRequest { epoch, run } = request.into_inner();
+        let AbortRequest {
+            epoch,
+            run,
+            generation,
+        } = request.into_inner();
+        self.generation.admit(generation)?;
         let aborted = self.current_run.send_if_modified(|current| {
             let hit = *current == run;
             if hit {
@@ -147,8 +180,9 @@ impl Executor for Service {
 
     async fn shutdown(
         &self,
-        _request: Request<ShutdownRequest>,
+        request: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
+        self.generation.admit(request.into_inner().generation)?;
         let _ = self.shutdown.send(true);
         Ok(Response::new(ShutdownResponse {}))
     }
@@ -170,6 +204,8 @@ struct Identity {
     config: ExecutorConfig,
     address: String,
     incarnation: u64,
+    /// Raised to the generation of every driver it registers with.
+    generation: Generation,
 }
 
 /// A registration the driver refused for good: retrying cannot help.
@@ -227,7 +263,10 @@ async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
             anyhow::Ok(response.into_inner())
         };
         match attempt.await {
-            Ok(r) => return Ok(r),
+            Ok(r) => {
+                me.generation.heard(r.generation);
+                return Ok(r);
+            }
             Err(e) if e.is::<Refused>() => return Err(e),
             Err(e) => {
                 tracing::info!(driver = %config.driver_url, "driver not reachable yet: {e:#}");
@@ -366,6 +405,7 @@ pub async fn run(config: ExecutorConfig, stop: watch::Receiver<bool>) -> anyhow:
 }
 
 async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let readiness = Readiness::new("registering with the driver");
     check_exposure(
         "executor",
         config.listen,
@@ -376,7 +416,9 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     let metrics = ExecutorMetrics::new(&config.executor_id).context("creating the metrics")?;
     let _endpoint = match config.metrics_listen {
         Some(listen) => {
-            let endpoint = MetricsEndpoint::serve(listen, metrics.registry().clone(), None).await?;
+            let endpoint =
+                MetricsEndpoint::serve(listen, metrics.registry().clone(), None, readiness.clone())
+                    .await?;
             // `weir local` and tests read this line to learn the port.
             println!(
                 "weir executor metrics on http://{}/metrics",
@@ -406,6 +448,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         config: config.clone(),
         address: address.clone(),
         incarnation: uuid::Uuid::new_v4().as_u64_pair().0,
+        generation: Generation::default(),
     };
     let mut stopped = stop.clone();
     let registration = tokio::select! {
@@ -435,7 +478,9 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         &registration.job_id,
         exchange,
         run_rx.clone(),
+        readiness.clone(),
     )?;
+    readiness.set_ready();
 
     let (commands_tx, commands_rx) = mpsc::channel(4);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
@@ -465,6 +510,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     let service = Service {
         executor_id: config.executor_id.clone(),
         incarnation: me.incarnation,
+        generation: me.generation.clone(),
         commands: commands_tx,
         current_run: run_tx,
         stopping: stopping_rx,
@@ -500,6 +546,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
                 _ = async {
                     let _ = stop.wait_for(|s| *s).await;
                     stopping_tx.send_replace(true);
+                    readiness.set_not_ready("stopping: finishing the epoch in progress");
                     tracing::info!("stopping: finishing the epoch in progress");
                     let _ = tokio::time::timeout(DRAIN_LIMIT, busy_rx.wait_for(|b| !*b)).await;
                 } => {}
@@ -533,4 +580,30 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         "executor stopped"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Generation;
+
+    /// An executor takes calls of the newest driver generation it has heard of, and refuses
+    /// an older driver's even after it served it.
+    #[test]
+    fn calls_of_a_fenced_driver_are_refused() {
+        let g = Generation::default();
+        g.admit(1).unwrap();
+        g.heard(2);
+        let refused = g.admit(1).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("generation 1 is fenced"),
+            "{refused:?}"
+        );
+        g.admit(2).unwrap();
+        g.admit(3).unwrap();
+        assert!(
+            g.admit(2).is_err(),
+            "a call of generation 3 fences generation 2"
+        );
+    }
 }

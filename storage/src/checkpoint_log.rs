@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_common::checkpoint::{CommitRecord, EpochPlan, Metadata};
 
+use crate::fence::Fence;
 use crate::location::{Location, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +23,23 @@ pub enum LogError {
     },
     #[error("checkpoint {0} already holds a different record; is another driver running on this checkpoint?")]
     Conflict(String),
+    #[error(
+        "this driver (generation {generation}) is fenced: driver generation {newer} took over \
+         checkpoint {checkpoint}; it stops without writing anything more"
+    )]
+    Fenced {
+        checkpoint: String,
+        generation: u64,
+        newer: u64,
+    },
 }
 
-/// The log of one job's checkpoint.
+/// The log of one job's checkpoint. Once it holds a driver's [`Fence`], every write and
+/// deletion first checks that no newer driver took the checkpoint.
 #[derive(Clone)]
 pub struct CheckpointLog {
     location: Location,
+    fence: Option<Fence>,
 }
 
 impl CheckpointLog {
@@ -36,7 +47,35 @@ impl CheckpointLog {
     pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Self, LogError> {
         Ok(Self {
             location: crate::location::open(url, options)?,
+            fence: None,
         })
+    }
+
+    /// Takes the next driver generation of the checkpoint; from now on the log acts only while
+    /// it holds it. Answers the generation.
+    pub async fn take_generation(
+        &mut self,
+        run_id: &str,
+        host: &str,
+        now_micros: i64,
+    ) -> Result<u64, LogError> {
+        let fence = Fence::take(&self.location, run_id, host, now_micros).await?;
+        let generation = fence.generation();
+        self.fence = Some(fence);
+        Ok(generation)
+    }
+
+    /// The driver's hold on the checkpoint, once taken.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// Fails with [`LogError::Fenced`] when a newer driver took the checkpoint.
+    pub async fn check_fence(&self) -> Result<(), LogError> {
+        match &self.fence {
+            Some(f) => f.check().await,
+            None => Ok(()),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -78,6 +117,7 @@ impl CheckpointLog {
             location: rel.into(),
             source,
         })?;
+        self.check_fence().await?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -129,24 +169,14 @@ impl CheckpointLog {
 
     /// The epoch numbers present under `dir` (`offsets` or `commits`).
     async fn epochs(&self, dir: &str) -> Result<Vec<u64>, LogError> {
-        let prefix = self.location.path(dir);
-        let entries: Vec<_> = self
-            .location
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.store_err(dir, e))?;
-        Ok(entries
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(|f| f.parse::<u64>().ok()))
-            .collect())
+        Ok(self.location.numbered(dir).await?)
     }
 
     /// Deletes the decision and plan of `epoch` (the decision first: a plan without its
     /// decision is only ever read when it is the latest). Recovery reads only the latest of
     /// each, so an epoch whose state snapshots are no longer retained is forgotten whole.
     pub async fn forget(&self, epoch: u64) -> Result<(), LogError> {
+        self.check_fence().await?;
         for rel in [format!("commits/{epoch}"), format!("offsets/{epoch}")] {
             match self.location.store.delete(&self.location.path(&rel)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -192,6 +222,33 @@ mod tests {
             lost: vec![],
             files: vec![],
         }
+    }
+
+    /// Once a newer driver took the checkpoint, the older one's log writes and deletes nothing.
+    #[tokio::test]
+    async fn a_fenced_log_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let mut old = CheckpointLog::open(url.as_str(), &BTreeMap::new()).unwrap();
+        assert_eq!(old.take_generation("a", "h", 0).await.unwrap(), 1);
+        old.write_plan(&plan(0, 10)).await.unwrap();
+        let mut new = CheckpointLog::open(url.as_str(), &BTreeMap::new()).unwrap();
+        assert_eq!(new.take_generation("b", "h", 0).await.unwrap(), 2);
+        let fenced = |r: Result<(), LogError>| {
+            matches!(
+                r,
+                Err(LogError::Fenced {
+                    generation: 1,
+                    newer: 2,
+                    ..
+                })
+            )
+        };
+        assert!(fenced(old.write_plan(&plan(1, 20)).await));
+        assert!(fenced(old.forget(0).await));
+        assert!(fenced(old.check_fence().await));
+        assert_eq!(old.latest("offsets").await.unwrap(), Some(0));
+        new.write_plan(&plan(1, 20)).await.unwrap();
     }
 
     #[tokio::test]

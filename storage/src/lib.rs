@@ -3,7 +3,9 @@
 
 pub mod checkpoint_log;
 pub mod delta_schemes;
+pub mod fence;
 pub mod location;
 
 pub use checkpoint_log::{CheckpointLog, LogError};
+pub use fence::Fence;
 pub use location::{open, Location, StorageError};

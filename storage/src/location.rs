@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -54,6 +55,21 @@ impl Location {
                 .filter(|p| !p.is_empty())
                 .fold(dir, |p, part| p.join(part)),
         )
+    }
+
+    /// The numbers that name the objects directly under `dir` (epochs, generations).
+    pub async fn numbered(&self, dir: &str) -> Result<Vec<u64>, StorageError> {
+        let prefix = self.path(dir);
+        let entries: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(dir, e))?;
+        Ok(entries
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(|f| f.parse::<u64>().ok()))
+            .collect())
     }
 
     pub fn store_error(&self, rel: &str, source: object_store::Error) -> StorageError {

@@ -1,5 +1,5 @@
 //! Serves a Prometheus registry over HTTP: `GET /metrics` in the text exposition format, and
-//! `GET /healthz` for liveness probes.
+//! the probes' paths: `GET /livez` (and its older name `/healthz`) and `GET /readyz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use axum::routing::get;
 use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::task::JoinHandle;
+
+use crate::health::Readiness;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -28,6 +30,7 @@ pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
 struct Scrape {
     registry: Registry,
     before: Option<BeforeScrape>,
+    readiness: Readiness,
 }
 
 /// A running endpoint; dropping it stops the server.
@@ -37,11 +40,12 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Binds `listen` (port 0 picks one) and serves `registry` until dropped.
+    /// Binds `listen` (port 0 picks one) and serves `registry` and `readiness` until dropped.
     pub async fn serve(
         listen: SocketAddr,
         registry: Registry,
         before: Option<BeforeScrape>,
+        readiness: Readiness,
     ) -> Result<Self, EndpointError> {
         let bind_error = |source| EndpointError::Bind {
             addr: listen,
@@ -53,8 +57,14 @@ impl MetricsEndpoint {
         let addr = listener.local_addr().map_err(bind_error)?;
         let app = Router::new()
             .route("/metrics", get(metrics))
+            .route("/livez", get(|| async { "ok\n" }))
             .route("/healthz", get(|| async { "ok\n" }))
-            .with_state(Scrape { registry, before });
+            .route("/readyz", get(ready))
+            .with_state(Scrape {
+                registry,
+                before,
+                readiness,
+            });
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!("metrics endpoint stopped: {e}");
@@ -72,6 +82,16 @@ impl MetricsEndpoint {
 impl Drop for MetricsEndpoint {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+async fn ready(State(scrape): State<Scrape>) -> (StatusCode, String) {
+    match scrape.readiness.state() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -108,10 +128,14 @@ mod tests {
         registry.register(Box::new(gauge.clone())).unwrap();
         counter.inc_by(3);
         let before: BeforeScrape = Arc::new(move || gauge.set(42));
-        let endpoint =
-            MetricsEndpoint::serve("127.0.0.1:0".parse().unwrap(), registry, Some(before))
-                .await
-                .unwrap();
+        let endpoint = MetricsEndpoint::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            registry,
+            Some(before),
+            Readiness::new("starting"),
+        )
+        .await
+        .unwrap();
         let url = format!("http://{}/metrics", endpoint.addr());
         let response = reqwest::get(&url).await.unwrap();
         assert!(response.status().is_success());
@@ -120,5 +144,39 @@ mod tests {
         assert!(text.contains("things_total 3"), "{text}");
         assert!(text.contains("clock_gauge 42"), "{text}");
         drop(endpoint);
+    }
+
+    /// The probes' paths: live while serving, ready or not as the process says.
+    #[tokio::test]
+    async fn probes_answer_liveness_and_readiness() {
+        let readiness = Readiness::new("registering with the driver");
+        let endpoint = MetricsEndpoint::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Registry::new(),
+            None,
+            readiness.clone(),
+        )
+        .await
+        .unwrap();
+        let get = |path: &str| {
+            let url = format!("http://{}{path}", endpoint.addr());
+            async move {
+                let r = reqwest::get(&url).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        assert_eq!(get("/livez").await, (200, "ok\n".into()));
+        assert_eq!(get("/healthz").await, (200, "ok\n".into()));
+        assert_eq!(
+            get("/readyz").await,
+            (503, "not ready: registering with the driver\n".into())
+        );
+        readiness.set_ready();
+        assert_eq!(get("/readyz").await, (200, "ready\n".into()));
+        readiness.set_not_ready("restoring state");
+        assert_eq!(
+            get("/readyz").await,
+            (503, "not ready: restoring state\n".into())
+        );
     }
 }

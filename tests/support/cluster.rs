@@ -190,6 +190,15 @@ impl Cluster {
         p.child.wait().expect("waiting for a process")
     }
 
+    /// Sends `signal` to a running process, leaving it running (as far as the signal lets it).
+    pub fn signal(&mut self, role: Role, signal: Signal) {
+        let p = self
+            .procs
+            .get(&role)
+            .unwrap_or_else(|| panic!("{role} is not running"));
+        kill(Pid::from_raw(p.child.id() as i32), signal).expect("sending a signal");
+    }
+
     pub fn is_running(&self, role: Role) -> bool {
         self.procs.contains_key(&role)
     }
@@ -234,6 +243,42 @@ impl Cluster {
             }
             return Some((role, event));
         }
+    }
+
+    /// Waits for `role` to print a line starting with `prefix` and answers the rest of it;
+    /// panics if `role` exits first.
+    pub fn wait_for_line(&mut self, role: Role, prefix: &str) -> String {
+        loop {
+            match self.next_event(Duration::from_secs(120)) {
+                (r, Event::Line(l)) if r == role => {
+                    if let Some(rest) = l.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                }
+                (r, Event::Closed) if r == role => panic!("{r} exited:\n{}", self.log_tail(r)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the driver to exit, reaping the executors that exit before it (each must
+    /// succeed), then kills the executors still running (a driver that failed shut none
+    /// down). Answers how the driver exited.
+    pub fn wait_for_driver(&mut self, timeout: Duration) -> ExitStatus {
+        loop {
+            match self.next_event(timeout) {
+                (Role::Driver, Event::Closed) => break,
+                (role, Event::Closed) => self.reap_ok(role, " before the driver"),
+                _ => {}
+            }
+        }
+        let status = self.reap(Role::Driver);
+        for role in self.roles() {
+            if self.is_running(role) {
+                self.kill(role);
+            }
+        }
+        status
     }
 
     /// Waits for a process whose output closed and answers how it exited.
