@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod http;
 pub mod local_run;
 pub mod prometheus;
+pub mod proxy;
 pub mod s3;
 pub mod server;
 pub mod webhook;
