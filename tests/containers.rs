@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
+use support::local_run::lines_of;
 use support::proxy::Proxy;
 use support::s3::{S3Server, CREDENTIALS};
 use support::{gen_events, reference_job_in, repo_path, verify_in, Broker};
@@ -200,15 +201,7 @@ fn run(
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("a log file"));
     let mut child = cmd.spawn().expect("podman run");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines_of(child.stdout.take().expect("stdout"));
     Container {
         name: name.to_string(),
         stdin: child.stdin.take(),
