@@ -16,7 +16,7 @@ use weir_proto::admin::{
 };
 use weir_proto::admin_json::{executor_state_name, query_state_name};
 
-use weir_driver::progress::size;
+use weir_driver::ops::progress::size;
 
 use crate::table::render;
 

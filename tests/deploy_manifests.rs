@@ -223,7 +223,7 @@ fn the_grafana_dashboard_queries_weir_metrics() {
     let text = std::fs::read_to_string(repo_path("deploy/grafana/weir-dashboard.json"))
         .expect("the dashboard");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let sources: String = ["driver/src/metrics.rs", "executor/src/metrics.rs"]
+    let sources: String = ["driver/src/ops/metrics.rs", "executor/src/metrics.rs"]
         .iter()
         .map(|f| std::fs::read_to_string(repo_path(f)).expect("metrics source"))
         .collect();

@@ -2,26 +2,11 @@
 //! Delta commits. The driver never reads a Kafka record.
 
 pub mod admin;
-pub mod alerts;
-pub mod assignment;
-pub mod controls;
-pub mod coordinator;
-pub mod decision;
-pub mod delta_commit;
-pub mod executors;
-pub mod file_listing;
-pub mod http_post;
-pub mod kafka_offsets;
-pub mod membership;
-pub mod metrics;
-pub mod planner;
-pub mod progress;
-pub mod pushgateway;
-pub mod query_status;
-pub mod service;
+pub mod cluster;
+pub mod epoch;
+pub mod ops;
+pub mod output;
 pub mod source;
-pub mod state_gc;
-pub mod table_commits;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,15 +27,15 @@ use weir_storage::CheckpointLog;
 use weir_telemetry::{MetricsEndpoint, Readiness};
 
 use crate::admin::{AdminService, AdminToken, QueryFacts};
-use crate::alerts::{AlertKind, AlertSender, Alerts};
-use crate::coordinator::{Coordinator, Operations};
-use crate::delta_commit::DeltaCommitter;
-use crate::executors::ExecutorClients;
-use crate::metrics::DriverMetrics;
-use crate::progress::QueryIdentity;
-use crate::pushgateway::Pushgateway;
-use crate::query_status::StatusBoard;
-use crate::service::DriverService;
+use crate::cluster::executors::ExecutorClients;
+use crate::cluster::service::DriverService;
+use crate::epoch::coordinator::{Coordinator, Operations};
+use crate::ops::alerts::{AlertKind, AlertSender, Alerts};
+use crate::ops::metrics::DriverMetrics;
+use crate::ops::progress::QueryIdentity;
+use crate::ops::pushgateway::Pushgateway;
+use crate::ops::query_status::StatusBoard;
+use crate::output::delta_commit::DeltaCommitter;
 use crate::source::SourceReader;
 
 /// How long a stopping driver waits for its alerts to be delivered.
@@ -262,10 +247,10 @@ async fn drive(
     tracing::info!(job = %job.name, job_id = %metadata.job_id, checkpoint = %job.checkpoint_url, "driver started");
 
     let (membership_tx, membership_rx) = mpsc::channel(64);
-    let membership = tokio::spawn(membership::run(
+    let membership = tokio::spawn(cluster::membership::run(
         membership_rx,
         members_tx,
-        membership::HEARTBEAT_TIMEOUT,
+        cluster::membership::HEARTBEAT_TIMEOUT,
     ));
     let service = DriverService {
         membership: membership_tx.clone(),
@@ -301,7 +286,7 @@ async fn drive(
         output_url: job.output.url.clone(),
     };
     let (board, status) = StatusBoard::new();
-    let (controls, inbox) = controls::controls(stop);
+    let (controls, inbox) = epoch::controls::controls(stop);
     // A stopping driver is no longer ready, while it finishes its epoch (SIGTERM or admin stop).
     let mut stopping = inbox.stop.clone();
     let inbox_stopped = inbox.stop.clone();

@@ -17,16 +17,16 @@ use weir_common::job::JobSpec;
 use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
-use crate::emit::{column_sums, dead_letter_batch, output_batch};
+use crate::aggregate::partials::{ByOwner, Partials};
+use crate::aggregate::preagg::{PreAggregation, Rejected};
+use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
 use crate::input::{Input, Record};
-use crate::partials::{ByOwner, Partials};
-use crate::preagg::{PreAggregation, Rejected};
-use crate::restore::restore;
-use crate::snapshot::{new_instance_id, Snapshots};
-use crate::staging::StagedTable;
+use crate::output::emit::{column_sums, dead_letter_batch, output_batch};
+use crate::output::staging::StagedTable;
+use crate::state::restore::restore;
+use crate::state::snapshot::{new_instance_id, Snapshots};
 use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
-use crate::topology::Topology;
 use weir_storage::CheckpointLog;
 use weir_telemetry::Readiness;
 

@@ -4,23 +4,13 @@
 //! translate calls into messages), the epoch actor (owns the Kafka reader, the state store and
 //! the staged tables), the exchange inbox (merges what peers send) and the heartbeat task.
 
-pub mod distinct_runs;
-pub mod emit;
+pub mod aggregate;
 pub mod epoch;
 pub mod exchange;
-pub mod file_reader;
 pub mod input;
-pub mod kafka_reader;
 pub mod metrics;
-pub mod partials;
-pub mod preagg;
-pub mod range_fetch;
-pub mod restore;
-pub mod snapshot;
-pub mod staging;
+pub mod output;
 pub mod state;
-pub mod state_keys;
-pub mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,11 +34,11 @@ use weir_proto::control::{
 };
 use weir_telemetry::{MetricsEndpoint, Readiness};
 
+use crate::aggregate::partials::Shape;
 use crate::epoch::EpochRunner;
 use crate::exchange::server::ExchangeService;
 use crate::exchange::Exchange;
 use crate::metrics::ExecutorMetrics;
-use crate::partials::Shape;
 
 /// How long an executor waits for its peers' partials of an epoch.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -19,10 +19,10 @@ use weir_proto::admin::{
     QueryState, QueryStatus, RecentProgressResponse,
 };
 
-use crate::controls::Controls;
-use crate::membership::{Member, MembershipMsg};
-use crate::progress::{rfc3339, QueryIdentity};
-use crate::query_status::StatusReader;
+use crate::cluster::membership::{Member, MembershipMsg};
+use crate::epoch::controls::Controls;
+use crate::ops::progress::{rfc3339, QueryIdentity};
+use crate::ops::query_status::StatusReader;
 pub use auth::AdminToken;
 
 /// What the admin service shows that does not change while the driver runs.
@@ -324,7 +324,7 @@ impl Admin for AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query_status::StatusBoard;
+    use crate::ops::query_status::StatusBoard;
     use proptest::prelude::*;
     use weir_proto::admin::admin_server::Admin;
 
@@ -332,7 +332,7 @@ mod tests {
     fn service(token: Option<&str>) -> (AdminService, StatusBoard) {
         let (board, status) = StatusBoard::new();
         let (_external_tx, external) = watch::channel(false);
-        let (controls, _inbox) = crate::controls::controls(external);
+        let (controls, _inbox) = crate::epoch::controls::controls(external);
         let (membership, mut messages) = mpsc::channel(4);
         tokio::spawn(async move {
             while let Some(msg) = messages.recv().await {

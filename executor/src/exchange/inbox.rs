@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::wire::decode_into;
-use crate::partials::{Partials, Shape};
+use crate::aggregate::partials::{Partials, Shape};
 
 /// Identifies one incoming stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -283,7 +283,7 @@ mod tests {
     fn batch(values: std::ops::Range<u32>) -> RecordBatch {
         let mut p = Partials::default();
         for i in values {
-            p.distinct.push(crate::partials::distinct_entry(
+            p.distinct.push(crate::aggregate::partials::distinct_entry(
                 Window { start: 0, end: 300 },
                 1,
                 b"g",

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod inbox;
 pub mod server;
+pub mod topology;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap};
@@ -16,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use weir_proto::cluster_auth::Sign;
 use weir_proto::exchange::StreamHeader;
 
-use crate::partials::Partials;
+use crate::aggregate::partials::Partials;
 use inbox::{InboxMsg, Received};
 
 /// How many batches may wait in the inbox before senders are slowed down.

@@ -17,7 +17,7 @@ use weir_proto::cluster_auth::{ClusterSecret, Guard, Sign};
 use super::server::ExchangeService;
 use super::wire::{decode_into, entries, BatchEncoder};
 use super::*;
-use crate::partials::Shape;
+use crate::aggregate::partials::Shape;
 
 const JOB: &str = "job-1";
 
@@ -64,7 +64,7 @@ fn window() -> Window {
 fn distinct(range: std::ops::Range<u32>) -> Partials {
     let mut p = Partials::default();
     for i in range {
-        p.distinct.push(crate::partials::distinct_entry(
+        p.distinct.push(crate::aggregate::partials::distinct_entry(
             window(),
             1,
             b"click",
@@ -265,7 +265,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     for (i, p) in owned.iter().enumerate() {
         for entry in &p.distinct {
             assert_eq!(
-                owners[crate::partials::distinct_key_group(entry) as usize],
+                owners[crate::aggregate::partials::distinct_key_group(entry) as usize],
                 i
             );
         }

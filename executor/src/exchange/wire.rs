@@ -14,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::partials::{DistinctKeys, Partials, Shape};
+use crate::aggregate::partials::{DistinctKeys, Partials, Shape};
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
@@ -289,7 +289,7 @@ mod tests {
         let w = Window { start: 0, end: 300 };
         let mut p = Partials::default();
         for i in 0..10_000u32 {
-            p.distinct.push(crate::partials::distinct_entry(
+            p.distinct.push(crate::aggregate::partials::distinct_entry(
                 w,
                 1,
                 b"click",
@@ -338,7 +338,7 @@ mod tests {
     fn a_distinct_entry_that_is_not_a_whole_key_is_refused() {
         let w = Window { start: 0, end: 300 };
         let mut p = Partials::default();
-        let key = crate::partials::distinct_entry(w, 1, b"click", b"u1", 64);
+        let key = crate::aggregate::partials::distinct_entry(w, 1, b"click", b"u1", 64);
         p.distinct.push(key.clone());
         // Cut inside its group key: the length it announces runs past the end.
         p.distinct.push(&key[..key.len() - 4]);
@@ -387,7 +387,7 @@ mod tests {
             batch_of(p)
         };
         let key = |window: Window, agg: u8, key_groups: u32| {
-            crate::partials::distinct_entry(window, agg, b"click", b"u1", key_groups)
+            crate::aggregate::partials::distinct_entry(window, agg, b"click", b"u1", key_groups)
         };
         let cases = [
             (
@@ -488,7 +488,7 @@ mod tests {
             let w = Window { start: 0, end: 300 };
             p.add_group((w, b"click".to_vec()), group_row(7)).unwrap();
             p.add_shard_count((w, 1, b"view".to_vec()), 3).unwrap();
-            p.distinct.push(crate::partials::distinct_entry(w, 1, b"click", b"u1", 64));
+            p.distinct.push(crate::aggregate::partials::distinct_entry(w, 1, b"click", b"u1", 64));
             let batch = batch_of(p);
             let payload = batch.column_by_name("payload").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
             let mut values: Vec<Vec<u8>> = payload.iter().map(|v| v.unwrap().to_vec()).collect();

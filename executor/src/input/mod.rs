@@ -1,13 +1,17 @@
 //! The records an epoch reads: the planned Kafka ranges, or the planned files of a file source.
 
+pub mod file_reader;
+pub mod kafka_reader;
+pub mod range_fetch;
+
 use anyhow::Context;
 use bytes::Bytes;
 use weir_common::checkpoint::{check_relative_path, InputFile, PartitionRange};
 use weir_common::job::{JobSpec, Source};
 use weir_proto::control::ExecuteRequest;
 
-use crate::file_reader::FileReader;
-use crate::kafka_reader::KafkaReader;
+use crate::input::file_reader::FileReader;
+use crate::input::kafka_reader::KafkaReader;
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
 /// a line of a file (partition: the file's index in the epoch's list; offset: its line number).

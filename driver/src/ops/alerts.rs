@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weir_common::job::AlertSpec;
 
-use crate::http_post::post_with_retries;
-use crate::metrics::DriverMetrics;
+use crate::ops::http_post::post_with_retries;
+use crate::ops::metrics::DriverMetrics;
 
 /// Alerts waiting to be sent; more are dropped (and counted).
 const QUEUE: usize = 64;

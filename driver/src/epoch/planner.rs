@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use weir_common::checkpoint::PartitionRange;
 use weir_common::job::StartingOffsets;
 
-use crate::kafka_offsets::Bounds;
+use crate::source::kafka_offsets::Bounds;
 
 /// Offsets that are no longer retained and were skipped (`fail_on_data_loss: false`).
 #[derive(Debug, Clone, PartialEq, Eq)]

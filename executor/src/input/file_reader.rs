@@ -6,8 +6,8 @@ use bytes::Bytes;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::Location;
 
+use crate::input::range_fetch::{BufferPool, Fetch, FetchError, Ranges};
 use crate::input::{Chunk, Record};
-use crate::range_fetch::{BufferPool, Fetch, FetchError, Ranges};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileReadError {

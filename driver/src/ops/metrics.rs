@@ -12,7 +12,7 @@ use weir_proto::admin::QueryProgress;
 use weir_telemetry::metrics_endpoint::BeforeScrape;
 use weir_telemetry::registry::{register, set_count, with_process_metrics};
 
-use crate::membership::Member;
+use crate::cluster::membership::Member;
 
 #[derive(Clone)]
 pub struct DriverMetrics {

@@ -15,9 +15,9 @@ use weir_common::job::JobSpec;
 use weir_common::keygroup::key_group;
 use weir_common::window::{check_event_time, Window, WindowSpec};
 
-use crate::state_keys::{distinct_key_into, key_group_of, parse_key, StateKey};
+use crate::state::keys::{distinct_key_into, key_group_of, parse_key, StateKey};
 
-/// A distinct value as its distinct key ([`crate::state_keys::distinct_key`]: its key group,
+/// A distinct value as its distinct key ([`crate::state::keys::distinct_key`]: its key group,
 /// window, aggregate index, group key and value), built alone; epochs write theirs into
 /// [`DistinctKeys`] instead.
 #[cfg(test)]

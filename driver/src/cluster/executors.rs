@@ -18,7 +18,7 @@ use weir_proto::control::{
     PartitionRange as ProtoRange, Peer, Prepared, ShutdownRequest,
 };
 
-use crate::membership::Member;
+use crate::cluster::membership::Member;
 
 /// How long an executor may take to execute one epoch before the run fails.
 pub const EXECUTE_TIMEOUT: Duration = Duration::from_secs(600);

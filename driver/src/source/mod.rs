@@ -3,6 +3,9 @@
 //! `max_offsets_per_trigger`; files: the next files in name order, capped by
 //! `max_files_per_trigger`.
 
+pub mod file_listing;
+pub mod kafka_offsets;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,9 +13,9 @@ use anyhow::{bail, Context};
 use weir_common::checkpoint::{InputFile, PartitionRange};
 use weir_common::job::{FileSource, KafkaSource, Source};
 
-use crate::file_listing::FileLister;
-use crate::kafka_offsets::{Bounds, OffsetReader};
-use crate::planner::{initial_offsets, plan_ranges};
+use crate::epoch::planner::{initial_offsets, plan_ranges};
+use crate::source::file_listing::FileLister;
+use crate::source::kafka_offsets::{Bounds, OffsetReader};
 
 pub enum SourceReader {
     Kafka {

@@ -12,9 +12,9 @@ use weir_common::checkpoint::CommitRecord;
 use weir_common::fault;
 use weir_storage::Fence;
 
-use crate::coordinator::backoff;
-use crate::delta_commit::DeltaCommitter;
-use crate::metrics::DriverMetrics;
+use crate::epoch::coordinator::backoff;
+use crate::ops::metrics::DriverMetrics;
+use crate::output::delta_commit::DeltaCommitter;
 
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
 const COMMIT_ATTEMPTS: u32 = 5;

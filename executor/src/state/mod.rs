@@ -2,9 +2,16 @@
 //! in one atomic batch (the epoch's folds, the emitted windows' deletion, the epoch marker).
 //! Exact-distinct values are merged in blind, without a read, as one run per key group, window,
 //! aggregate and group (`distinct_runs`): whether a value is new is only asked when its window
-//! closes, by counting the run RocksDB's merge operator has unioned (see `state_keys`).
+//! closes, by counting the run RocksDB's merge operator has unioned (see `keys`). The other
+//! parts: snapshots of the store on the checkpoint store (`snapshot`) and restoring from them
+//! (`restore`).
 //! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
 //! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
+
+pub mod distinct_runs;
+pub mod keys;
+pub mod restore;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,9 +23,9 @@ use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partia
 use weir_common::keygroup::key_group;
 use weir_common::window::Window;
 
-use crate::distinct_runs::{self as runs, RunWriter};
-use crate::partials::{FastMap, Partials, ShardKey};
-use crate::state_keys::{self as keys, StateKey};
+use crate::aggregate::partials::{FastMap, Partials, ShardKey};
+use crate::state::distinct_runs::{self as runs, RunWriter};
+use crate::state::keys::StateKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -451,8 +458,13 @@ mod tests {
     fn values(w: Window, names: &[&str]) -> Partials {
         let mut p = Partials::default();
         for v in names {
-            p.distinct
-                .push(crate::partials::distinct_entry(w, 1, b"g", v.as_bytes(), 8));
+            p.distinct.push(crate::aggregate::partials::distinct_entry(
+                w,
+                1,
+                b"g",
+                v.as_bytes(),
+                8,
+            ));
         }
         p
     }
@@ -517,7 +529,7 @@ mod tests {
         let left: Vec<_> = store
             .entries()
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(&crate::state_keys::META_PREFIX))
+            .filter(|(k, _)| !k.starts_with(&crate::state::keys::META_PREFIX))
             .collect();
         assert!(left.is_empty(), "{left:?}");
 

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
 use weir_common::job::PushgatewaySink;
 
-use crate::http_post::{post_with_retries, MAX_BACKOFF};
-use crate::metrics::DriverMetrics;
+use crate::ops::http_post::{post_with_retries, MAX_BACKOFF};
+use crate::ops::metrics::DriverMetrics;
 
 /// Builds the text a push carries for a decided epoch:
 /// - `total_events` (counter): records read since the checkpoint began (survives restarts);

@@ -13,7 +13,7 @@ use weir_proto::control::{
     HeartbeatRequest, HeartbeatResponse, IdentifyRequest, RegisterRequest, RegisterResponse,
 };
 
-use crate::membership::{Member, MembershipMsg};
+use crate::cluster::membership::{Member, MembershipMsg};
 
 /// How long the executor that holds an id has to answer before another process may take it.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);

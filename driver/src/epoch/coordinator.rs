@@ -20,20 +20,20 @@ use weir_common::now_micros;
 use weir_proto::admin::QueryState;
 use weir_storage::CheckpointLog;
 
-use crate::alerts::{AlertKind, AlertSender};
-use crate::assignment::assign;
-use crate::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
-use crate::decision::decide;
-use crate::delta_commit::DeltaCommitter;
-use crate::executors::{ExecutorClients, RunFailure};
-use crate::membership::{Member, MembershipMsg};
-use crate::metrics::DriverMetrics;
-use crate::progress::{self, CommittedEpoch, QueryIdentity};
-use crate::pushgateway::Pushgateway;
-use crate::query_status::StatusBoard;
+use crate::cluster::assignment::assign;
+use crate::cluster::executors::{ExecutorClients, RunFailure};
+use crate::cluster::membership::{Member, MembershipMsg};
+use crate::epoch::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
+use crate::epoch::decision::decide;
+use crate::epoch::state_gc::StateRetention;
+use crate::ops::alerts::{AlertKind, AlertSender};
+use crate::ops::metrics::DriverMetrics;
+use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
+use crate::ops::pushgateway::Pushgateway;
+use crate::ops::query_status::StatusBoard;
+use crate::output::delta_commit::DeltaCommitter;
+use crate::output::table_commits::{Committing, Tables};
 use crate::source::{InputEnd, SourcePosition, SourceReader};
-use crate::state_gc::StateRetention;
-use crate::table_commits::{Committing, Tables};
 
 /// Runs of one epoch that may fail in a row before the job stops.
 const MAX_RUNS_PER_EPOCH: u32 = 10;

@@ -17,7 +17,7 @@ use weir_common::job::JobSpec;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{check_event_time, is_closed, Window};
 
-use crate::partials::{ByOwner, FastMap};
+use crate::aggregate::partials::{ByOwner, FastMap};
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +303,7 @@ impl<'a> PreAggregation<'a> {
 
     /// The epoch's partials, all together (epochs route them with [`Self::route`]).
     #[cfg(test)]
-    pub fn into_partials(self) -> crate::partials::Partials {
+    pub fn into_partials(self) -> crate::aggregate::partials::Partials {
         let owners = vec![0; self.job.key_groups as usize];
         let mut out = ByOwner::new(&owners, 1);
         self.route(&mut out).unwrap();
@@ -321,7 +321,7 @@ mod tests {
     use weir_common::keygroup::key_group;
     use weir_common::window::Window;
 
-    use crate::partials::distinct_key_group;
+    use crate::aggregate::partials::distinct_key_group;
 
     const MIN: i64 = 60_000_000;
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use weir_common::checkpoint::{CommitRecord, StateFile};
 use weir_storage::Location;
 
-use crate::snapshot;
+use crate::state::snapshot;
 use crate::state::{remove_dir, StateStore};
 
 /// A restored store and the snapshot files it was opened from (shared with later snapshots);
@@ -89,9 +89,9 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partials::{distinct_entry, distinct_key_group, Partials};
-    use crate::snapshot::Snapshots;
-    use crate::state_keys::kg_lower;
+    use crate::aggregate::partials::{distinct_entry, distinct_key_group, Partials};
+    use crate::state::keys::kg_lower;
+    use crate::state::snapshot::Snapshots;
     use std::collections::BTreeMap;
     use weir_common::window::Window;
 
@@ -267,7 +267,7 @@ mod tests {
                 .collect();
             assert_eq!(held, expected, "epoch {e}, key groups 2..6");
             let mut from_part = Snapshots::new(location.clone(), "b");
-            from_part.start_instance(crate::snapshot::new_instance_id(), None);
+            from_part.start_instance(crate::state::snapshot::new_instance_id(), None);
             from_part.set_min_changelog_bytes(u64::MAX);
             let batch = rocksdb::WriteBatch::default();
             let changelog = part.store.commit_epoch(e + 1, batch).unwrap();
