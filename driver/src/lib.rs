@@ -287,15 +287,7 @@ async fn drive(
     };
     let (board, status) = StatusBoard::new();
     let (controls, inbox) = epoch::controls::controls(stop);
-    // A stopping driver is no longer ready, while it finishes its epoch (SIGTERM or admin stop).
     let mut stopping = inbox.stop.clone();
-    let inbox_stopped = inbox.stop.clone();
-    let not_ready = readiness.clone();
-    tokio::spawn(async move {
-        if stopping.wait_for(|s| *s).await.is_ok() {
-            not_ready.set_not_ready("stopping: finishing the epoch in progress");
-        }
-    });
     let (closing_tx, closing_rx) = watch::channel(false);
     let admin = AdminService {
         facts: QueryFacts {
@@ -357,10 +349,17 @@ async fn drive(
             pushgateway,
         },
     );
-    // Its ports serve and it holds the checkpoint: executors can register.
-    if !*inbox_stopped.borrow() {
+    // Its ports serve and it holds the checkpoint: executors can register. A stopping driver
+    // is no longer ready, while it finishes its epoch (SIGTERM or admin stop).
+    if !*stopping.borrow() {
         readiness.set_ready();
     }
+    let not_ready = readiness.clone();
+    tokio::spawn(async move {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            not_ready.set_not_ready("stopping: finishing the epoch in progress");
+        }
+    });
     let result = coordinator.run().await;
     readiness.set_not_ready("stopping");
     let ops = coordinator.into_ops();
