@@ -12,7 +12,7 @@ use tonic::Request;
 use weir_proto::admin::admin_client::AdminClient;
 use weir_proto::admin::{
     ControlRequest, ExecutorInfo, ListExecutorsRequest, ListQueriesRequest, ProgressRequest,
-    QueryProgress, QueryStatus,
+    QueryProgress, QueryStatus, ScaleRequest,
 };
 use weir_proto::admin_json::{executor_state_name, query_state_name};
 
@@ -30,7 +30,7 @@ pub struct AdminArgs {
         global = true
     )]
     admin: String,
-    /// File holding the bearer token for pause, resume, stop and checkpoint.
+    /// File holding the bearer token for pause, resume, stop, checkpoint and scale.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an https:// admin address (default: the system's).
@@ -72,6 +72,12 @@ enum AdminCommand {
     Stop,
     /// Run an epoch now and wait until it is committed.
     Checkpoint,
+    /// Set the executor target (within the job's `executors: {min, max}`); the next epoch runs
+    /// on that many executors, moving only the key groups the new balance requires.
+    Scale {
+        /// The number of executors.
+        executors: u32,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -237,6 +243,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             println!("{}: {}", query_state_name(status.state), status.message);
         }
+        AdminCommand::Scale { executors } => {
+            let req = ScaleRequest {
+                query: String::new(),
+                executors: *executors,
+            };
+            let status = client
+                .scale(request(req, token.as_deref(), t)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&status, true);
+            }
+            println!(
+                "target {} executors ({} registered, {} running the last epoch); the next epoch runs on the new count",
+                status.executors_target, status.executors_registered, status.executors_active
+            );
+        }
         AdminCommand::Checkpoint => {
             let r = client
                 .checkpoint_now(control(args.wait)?)
@@ -271,7 +295,10 @@ fn status_table(queries: &[QueryStatus]) -> String {
                 q.name.clone(),
                 query_state_name(q.state).to_string(),
                 q.last_epoch.map_or("-".into(), |e| e.to_string()),
-                format!("{}/{}", q.executors_registered, q.executors_expected),
+                format!(
+                    "{}/{} ({} registered)",
+                    q.executors_active, q.executors_target, q.executors_registered
+                ),
                 q.trigger.clone(),
                 q.id.clone(),
                 q.message.clone(),
@@ -420,11 +447,10 @@ fn executors_table(executors: &[ExecutorInfo]) -> String {
                 } else {
                     partitions.join(",")
                 },
-                if e.key_group_end > e.key_group_start {
-                    format!("{}..{}", e.key_group_start, e.key_group_end)
-                } else {
-                    "-".into()
-                },
+                weir_common::keygroup::KeyGroups::from_ranges(
+                    e.key_groups.iter().map(|r| (r.start, r.end)),
+                )
+                .to_string(),
                 e.heartbeat_age_seconds
                     .map_or("-".into(), |s| format!("{s:.1}s ago")),
                 last.input_rows.to_string(),

@@ -92,6 +92,8 @@ struct Driver {
     child: Child,
     /// Its control service's URL (`http://` and the address it listens on).
     url: String,
+    /// Its admin service's URL.
+    admin_url: Option<String>,
     started: std::time::Instant,
     forward: tokio::task::JoinHandle<()>,
 }
@@ -103,11 +105,15 @@ impl Driver {
         let mut child = cmd.spawn().context("starting the driver")?;
         let stdout = child.stdout.take().context("driver stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut admin_url = None;
         let url = loop {
             match lines.next_line().await? {
                 Some(line) => {
                     if let Some(url) = line.strip_prefix("weir driver listening on ") {
                         break url.to_string();
+                    }
+                    if let Some(url) = line.strip_prefix("weir driver admin on ") {
+                        admin_url = Some(url.to_string());
                     }
                     println!("{line}");
                 }
@@ -125,6 +131,7 @@ impl Driver {
         Ok(Self {
             child,
             url,
+            admin_url,
             started,
             forward,
         })
@@ -153,7 +160,8 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
             reap(&mut child, Duration::from_secs(10)).await;
             return;
         };
-        // Exiting with success means the driver shut it down: the job is ending.
+        // Exiting with success means the driver shut it down: the job is ending, or the
+        // driver's target went below the executors it had and it retired this one.
         if *stop.borrow() || status.as_ref().is_ok_and(|s| s.success()) {
             return;
         }
@@ -169,6 +177,94 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// The executor processes of a run: as many as the driver's target, like the executors'
+/// Deployment whose replicas the driver sets in a cluster. The driver retires executors
+/// beyond its target itself (they exit 0 and are not started again); the fleet starts new
+/// ones when the target is above the processes it runs.
+struct Fleet {
+    /// The command of executor `i`.
+    command: Box<dyn Fn(usize) -> Command + Send>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    running: Vec<tokio::task::JoinHandle<()>>,
+    next: usize,
+}
+
+impl Fleet {
+    /// Supervised executors still running (or waiting to be started again).
+    fn alive(&mut self) -> usize {
+        self.running.retain(|h| !h.is_finished());
+        self.running.len()
+    }
+
+    fn grow_to(&mut self, target: usize) {
+        while self.alive() < target {
+            let i = self.next;
+            self.next += 1;
+            if i > 0 {
+                eprintln!("weir local: starting executor-{i} (the driver's target is {target})");
+            }
+            let cmd = (self.command)(i);
+            self.running
+                .push(tokio::spawn(supervise(i, cmd, self.stop.clone())));
+        }
+    }
+
+    /// Starts `initial` executors, then follows the target of the driver whose admin service
+    /// `admin` names, until stopped; then waits for the executors to end.
+    async fn run(
+        mut self,
+        initial: usize,
+        mut admin: tokio::sync::watch::Receiver<Option<String>>,
+        token: Option<String>,
+    ) {
+        self.grow_to(initial);
+        let mut stop = self.stop.clone();
+        let mut tick = tokio::time::interval(TARGET_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let url = admin.borrow_and_update().clone();
+            if let Some(url) = url {
+                if let Ok(target) = driver_target(&url, token.as_deref()).await {
+                    self.grow_to(target);
+                }
+            }
+        }
+        for h in self.running {
+            let _ = h.await;
+        }
+    }
+}
+
+/// How often `weir local` reads the driver's executor target.
+const TARGET_POLL: Duration = Duration::from_millis(500);
+
+/// The driver's executor target, from its admin service.
+async fn driver_target(url: &str, token: Option<&str>) -> anyhow::Result<usize> {
+    use weir_proto::admin::admin_client::AdminClient;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut request = tonic::Request::new(weir_proto::admin::ListQueriesRequest {});
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    let queries = AdminClient::new(channel)
+        .list_queries(request)
+        .await?
+        .into_inner()
+        .queries;
+    let q = queries.first().context("the driver runs no query")?;
+    Ok(q.executors_target as usize)
 }
 
 /// Runs the job; the driver and executors log in `log_format` (`human` or `json`).
@@ -213,31 +309,44 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
     };
     let mut driver = Driver::start(driver_cmd("127.0.0.1:0")).await?;
     let driver_url = driver.url.clone();
+    let (admin_tx, admin_rx) = tokio::sync::watch::channel(driver.admin_url.clone());
 
     // Like a Kubernetes Deployment, `weir local` restarts an executor that dies; the driver
     // re-runs the epoch it was in and the new process restores its state from the checkpoint.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut supervisors = Vec::new();
-    for i in 0..args.executors {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--log-format", log_format])
-            .arg("executor")
-            .args(["--driver", &driver_url])
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(work_dir.join(format!("executor-{i}")))
-            .args(["--id", &format!("executor-{i}")])
-            .args([
-                "--metrics-listen",
-                &executor_metrics(args.metrics_listen, i),
-            ])
-            .arg("--job")
-            .arg(&args.job)
-            .env(crate::CLUSTER_SECRET_ENV, &secret)
-            .env_remove("WEIR_CLUSTER_SECRET_FILE")
-            .kill_on_drop(true);
-        supervisors.push(tokio::spawn(supervise(i, cmd, stop_rx.clone())));
-    }
+    let executor_cmd = {
+        let exe = exe.clone();
+        let log_format = log_format.to_string();
+        let job_file = args.job.clone();
+        let metrics_listen = args.metrics_listen;
+        let secret = secret.clone();
+        let work_dir = work_dir.clone();
+        move |i: usize| {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--log-format", &log_format])
+                .arg("executor")
+                .args(["--driver", &driver_url])
+                .args(["--listen", "127.0.0.1:0"])
+                .arg("--state-dir")
+                .arg(work_dir.join(format!("executor-{i}")))
+                .args(["--id", &format!("executor-{i}")])
+                .args(["--metrics-listen", &executor_metrics(metrics_listen, i)])
+                .arg("--job")
+                .arg(&job_file)
+                .env(crate::CLUSTER_SECRET_ENV, &secret)
+                .env_remove("WEIR_CLUSTER_SECRET_FILE")
+                .kill_on_drop(true);
+            cmd
+        }
+    };
+    let fleet = Fleet {
+        command: Box::new(executor_cmd),
+        stop: stop_rx,
+        running: Vec::new(),
+        next: 0,
+    };
+    let token = crate::admin_cli::read_token(args.admin_token_file.as_deref())?;
+    let fleet = tokio::spawn(fleet.run(args.executors, admin_rx, token));
 
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
     let mut term = unix_signal(SignalKind::terminate())?;
@@ -265,12 +374,11 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             _ = int.recv() => break status,
         }
         driver = Driver::start(driver_cmd(driver.url.trim_start_matches("http://"))).await?;
+        admin_tx.send_replace(driver.admin_url.clone());
     };
     // The driver shuts its executors down when it stops; this is for a driver that crashed.
     let _ = stop_tx.send(true);
-    for s in supervisors {
-        let _ = s.await;
-    }
+    let _ = fleet.await;
     if !status.success() {
         bail!("the driver failed ({status})");
     }

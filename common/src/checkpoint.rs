@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::keygroup::KeyGroups;
+
 /// `metadata.json`: what a checkpoint belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metadata {
@@ -33,14 +35,26 @@ pub struct InputFile {
     pub bytes: u64,
 }
 
+/// `scale.json`: the executor count a job was last scaled to (by hand or by the autoscaler); a
+/// driver restarted with the same `--executors` resumes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScaleRecord {
+    pub executors: u32,
+    /// The `--executors` of the driver that set it: a driver started with another count
+    /// starts from that count instead.
+    pub started_with: u32,
+    /// Who set it and why (`weir admin scale`, or the autoscaler's reasoning).
+    pub reason: String,
+    pub at_micros: i64,
+}
+
 /// Which executor reads which partitions and owns which key groups in an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Assignment {
     pub executor_id: String,
     /// Kafka partitions, or for a file source the indexes of the plan's files.
     pub partitions: Vec<i32>,
-    /// Key groups `[start, end)`.
-    pub key_groups: (u32, u32),
+    pub key_groups: KeyGroups,
 }
 
 /// `offsets/<epoch>`: the plan, durable before any executor starts the epoch.
@@ -103,6 +117,9 @@ pub struct EpochStats {
     /// Offsets skipped because the broker no longer retained them.
     #[serde(default)]
     pub lost_offsets: u64,
+    /// Key groups whose owner changed since the last decided epoch.
+    #[serde(default)]
+    pub key_groups_moved: u32,
     /// Size of the epoch's state snapshots, and how much of it was uploaded for this epoch.
     #[serde(default)]
     pub checkpoint_bytes: u64,
@@ -184,6 +201,12 @@ pub struct ExecutorEpochStats {
     /// Time spent restoring state before the epoch (after a failure or a change of owners).
     #[serde(default)]
     pub restore_ms: u64,
+    /// Key groups whose state the executor restored before the epoch, and the bytes of the
+    /// snapshots it read for them.
+    #[serde(default)]
+    pub restored_key_groups: u32,
+    #[serde(default)]
+    pub restored_bytes: u64,
     #[serde(default)]
     pub state_rows_updated: u64,
     #[serde(default)]
@@ -236,8 +259,7 @@ pub struct StateFile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateSnapshot {
     pub executor_id: String,
-    /// Key groups `[start, end)`.
-    pub key_groups: (u32, u32),
+    pub key_groups: KeyGroups,
     pub files: Vec<StateFile>,
     /// Bytes this snapshot uploaded (files no earlier snapshot of the same store had).
     pub uploaded_bytes: u64,
@@ -252,8 +274,8 @@ impl StateSnapshot {
             .fold(0, u64::saturating_add)
     }
 
-    pub fn overlaps(&self, key_groups: (u32, u32)) -> bool {
-        self.key_groups.0 < key_groups.1 && key_groups.0 < self.key_groups.1
+    pub fn overlaps(&self, key_groups: &KeyGroups) -> bool {
+        self.key_groups.overlaps(key_groups)
     }
 }
 
@@ -342,7 +364,7 @@ mod tests {
             assignment: vec![Assignment {
                 executor_id: "executor-0".into(),
                 partitions: vec![0, 1],
-                key_groups: (0, 256),
+                key_groups: KeyGroups::range(0, 256),
             }],
             lost: vec![PartitionRange {
                 partition: 1,
@@ -358,7 +380,7 @@ mod tests {
             output_adds: vec!["{}".into()],
             state: vec![StateSnapshot {
                 executor_id: "executor-0".into(),
-                key_groups: (0, 256),
+                key_groups: KeyGroups::range(0, 256),
                 files: vec![StateFile {
                     name: "1.sst".into(),
                     path: "state/e/i/1.sst".into(),
@@ -411,7 +433,7 @@ mod tests {
                     record.totals.after(&record.stats);
                     for s in &record.state {
                         s.bytes();
-                        s.overlaps((0, 256));
+                        s.overlaps(&KeyGroups::range(0, 256));
                         for f in &s.files {
                             let _ = check_file_name(&f.name).and_then(|()| check_relative_path(&f.path));
                         }

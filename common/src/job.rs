@@ -16,6 +16,7 @@ use crate::window::WindowSpec;
 
 pub mod operations;
 pub mod reference;
+pub mod scaling;
 pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret, SecretMap};
 
 /// A mistake in a job file, naming the field and what was expected.
@@ -59,6 +60,8 @@ pub struct RawJob {
     pub dead_letter: Option<RawDeadLetter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<RawAlerts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executors: Option<scaling::RawExecutors>,
 }
 
 fn default_trigger() -> String {
@@ -261,6 +264,7 @@ pub struct JobSpec {
     pub dead_letter: Option<DeltaSink>,
     pub pushgateway: Option<PushgatewaySink>,
     pub alerts: Option<AlertSpec>,
+    pub executors: scaling::ExecutorBounds,
 }
 
 /// Default number of key groups (docs/architecture.md, Assignment).
@@ -688,6 +692,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     if let (Some(f), Source::Files(files)) = (raw.source.files.as_mut(), &source) {
         f.path = files.url.clone();
     }
+    let executors = scaling::parse(raw.executors.as_ref(), key_groups)?;
     Ok(JobSpec {
         name: raw.name.clone(),
         source,
@@ -708,6 +713,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         dead_letter,
         pushgateway,
         alerts,
+        executors,
         raw,
     })
 }

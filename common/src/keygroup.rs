@@ -43,6 +43,139 @@ pub fn owner_of(key_group: u32, key_groups: u32, parallelism: u32) -> u32 {
     (u64::from(key_group) * u64::from(parallelism.max(1)) / u64::from(key_groups.max(1))) as u32
 }
 
+/// A set of key groups, as sorted, disjoint, non-adjacent `[start, end)` ranges: what one
+/// executor owns. Rescaling moves single key groups, so an owner's set need not be contiguous.
+///
+/// Serialized as a list of `[start, end]` pairs; a single pair (how checkpoints written before
+/// ranges could split recorded ownership) reads as a set of one range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct KeyGroups(Vec<(u32, u32)>);
+
+impl<'de> serde::Deserialize<'de> for KeyGroups {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Ranges(Vec<(u32, u32)>),
+            One((u32, u32)),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Ranges(r) => KeyGroups::from_ranges(r),
+            Form::One(r) => KeyGroups::from_ranges([r]),
+        })
+    }
+}
+
+impl KeyGroups {
+    /// The set of the key groups in `ranges` (in any order; empty ranges are ignored).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut ranges: Vec<(u32, u32)> = ranges.into_iter().filter(|r| r.0 < r.1).collect();
+        ranges.sort_unstable();
+        let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match out.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => out.push((start, end)),
+            }
+        }
+        KeyGroups(out)
+    }
+
+    /// The key groups `[start, end)`.
+    pub fn range(start: u32, end: u32) -> Self {
+        Self::from_ranges([(start, end)])
+    }
+
+    /// The set of single key groups `groups`.
+    pub fn from_groups(groups: impl IntoIterator<Item = u32>) -> Self {
+        Self::from_ranges(groups.into_iter().map(|kg| (kg, kg + 1)))
+    }
+
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(u32, u32)] {
+        &self.0
+    }
+
+    /// How many key groups the set holds.
+    pub fn count(&self) -> u32 {
+        self.0.iter().map(|(s, e)| e - s).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, kg: u32) -> bool {
+        self.0.iter().any(|(s, e)| *s <= kg && kg < *e)
+    }
+
+    /// The key groups in both sets.
+    pub fn intersection(&self, other: &KeyGroups) -> KeyGroups {
+        let mut out = Vec::new();
+        for (s, e) in &self.0 {
+            for (os, oe) in &other.0 {
+                let (a, b) = ((*s).max(*os), (*e).min(*oe));
+                if a < b {
+                    out.push((a, b));
+                }
+            }
+        }
+        KeyGroups::from_ranges(out)
+    }
+
+    pub fn overlaps(&self, other: &KeyGroups) -> bool {
+        !self.intersection(other).is_empty()
+    }
+
+    /// The key groups of this set that `other` does not hold.
+    pub fn difference(&self, other: &KeyGroups) -> KeyGroups {
+        let mut out = Vec::new();
+        for &(s, e) in &self.0 {
+            let mut from = s;
+            for &(os, oe) in &other.0 {
+                if oe <= from || os >= e {
+                    continue;
+                }
+                if os > from {
+                    out.push((from, os));
+                }
+                from = from.max(oe);
+            }
+            if from < e {
+                out.push((from, e));
+            }
+        }
+        KeyGroups::from_ranges(out)
+    }
+
+    /// The key groups of both sets.
+    pub fn union(&self, other: &KeyGroups) -> KeyGroups {
+        KeyGroups::from_ranges(self.0.iter().chain(other.0.iter()).copied())
+    }
+
+    /// The key groups one after another, in order.
+    pub fn groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().flat_map(|(s, e)| *s..*e)
+    }
+}
+
+impl std::fmt::Display for KeyGroups {
+    /// `0..64,128..130`, or `-` for none.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, (s, e)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{s}..{e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A [`std::hash::BuildHasher`] for sketches that must hash the same everywhere: xxh3-64 with
 /// seed 0 of the bytes a value's `Hash` writes.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
@@ -160,5 +293,39 @@ mod tests {
                 assert_eq!(next, k);
             }
         }
+    }
+
+    #[test]
+    fn key_group_sets_compute_as_sets_of_numbers() {
+        use std::collections::BTreeSet;
+        let as_set = |k: &KeyGroups| k.groups().collect::<BTreeSet<u32>>();
+        let a = KeyGroups::from_ranges([(5, 9), (0, 3), (3, 4), (12, 12), (20, 25)]);
+        assert_eq!(a.ranges(), &[(0, 4), (5, 9), (20, 25)]);
+        assert_eq!(a.count(), 13);
+        let b = KeyGroups::from_ranges([(2, 6), (8, 21), (30, 31)]);
+        let (sa, sb) = (as_set(&a), as_set(&b));
+        assert_eq!(
+            as_set(&a.intersection(&b)),
+            sa.intersection(&sb).copied().collect()
+        );
+        assert_eq!(
+            as_set(&a.difference(&b)),
+            sa.difference(&sb).copied().collect()
+        );
+        assert_eq!(as_set(&a.union(&b)), sa.union(&sb).copied().collect());
+        assert_eq!(KeyGroups::from_groups(as_set(&a)), a);
+        assert_eq!(a.to_string(), "0..4,5..9,20..25");
+        assert_eq!(KeyGroups::default().to_string(), "-");
+    }
+
+    #[test]
+    fn key_group_sets_read_the_single_range_of_older_checkpoints() {
+        let old: KeyGroups = serde_json::from_str("[0, 128]").unwrap();
+        assert_eq!(old, KeyGroups::range(0, 128));
+        let new: KeyGroups = serde_json::from_str("[[0, 4], [8, 9]]").unwrap();
+        assert_eq!(new.ranges(), &[(0, 4), (8, 9)]);
+        assert_eq!(serde_json::to_string(&new).unwrap(), "[[0,4],[8,9]]");
+        let none: KeyGroups = serde_json::from_str("[]").unwrap();
+        assert!(none.is_empty());
     }
 }

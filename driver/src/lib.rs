@@ -28,6 +28,7 @@ use weir_telemetry::{MetricsEndpoint, Readiness};
 
 use crate::admin::{AdminService, AdminToken, QueryFacts};
 use crate::cluster::executors::ExecutorClients;
+use crate::cluster::scale::Scaler;
 use crate::cluster::service::DriverService;
 use crate::epoch::coordinator::{Coordinator, Operations};
 use crate::ops::alerts::{AlertKind, AlertSender, Alerts};
@@ -60,7 +61,8 @@ pub struct DriverConfig {
     pub job: JobSpec,
     /// Where the control service listens (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Epochs start once this many executors have registered.
+    /// The executor count to aim for at first (`weir admin scale` changes it; a job scaled
+    /// before resumes what it was scaled to).
     pub executors: usize,
     /// Where the admin service listens.
     pub admin_listen: SocketAddr,
@@ -126,9 +128,6 @@ pub fn fenced(e: &anyhow::Error) -> bool {
 /// Runs a driver until its job stops: SIGINT/SIGTERM (or the admin API's stop) finish the
 /// current epoch first. A failure raises the `query failed` alert before the driver exits.
 pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    if config.executors == 0 {
-        bail!("a job needs at least one executor (--executors)");
-    }
     check_exposure(
         "driver's control port",
         config.listen,
@@ -165,6 +164,7 @@ async fn drive(
     epoch_budget: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started_at_micros = now_micros();
+    let scaler = Scaler::new(config.executors, config.job.executors).map_err(anyhow::Error::msg)?;
     let job = config.job;
     let mut log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
     let metadata = job_metadata(&log, &job).await?;
@@ -297,11 +297,11 @@ async fn drive(
                 Trigger::Interval(d) => humantime::format_duration(d).to_string(),
             },
             checkpoint_location: job.checkpoint_url.clone(),
-            expected_executors: config.executors,
             started_at_micros,
         },
         status,
         controls,
+        scaler: scaler.clone(),
         membership: membership_tx.clone(),
         members: members_rx.clone(),
         token: config.admin_token,
@@ -337,7 +337,7 @@ async fn drive(
         source,
         members_rx,
         membership_tx,
-        config.executors,
+        scaler,
         ExecutorClients::new(Sign(config.cluster_secret), generation),
         inbox,
         Operations {

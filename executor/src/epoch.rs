@@ -11,9 +11,11 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
+use weir_common::checkpoint::CommitRecord;
 use weir_common::decode::JsonDecoder;
 use weir_common::fault;
 use weir_common::job::JobSpec;
+use weir_common::keygroup::KeyGroups;
 use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
@@ -24,7 +26,7 @@ use crate::exchange::Exchange;
 use crate::input::{Input, Record};
 use crate::output::emit::{column_sums, dead_letter_batch, output_batch};
 use crate::output::staging::StagedTable;
-use crate::state::restore::restore;
+use crate::state::restore::{restore, take_over};
 use crate::state::snapshot::{new_instance_id, Snapshots};
 use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
 use weir_storage::CheckpointLog;
@@ -38,6 +40,16 @@ pub const NO_SNAPSHOTS_VAR: &str = "WEIR_UNSAFE_NO_STATE_SNAPSHOTS";
 /// pass builds stays in the caches.
 pub const CHUNK: usize = 4096;
 
+/// How the store came to hold an epoch's key groups.
+enum StateReady {
+    /// It held them already.
+    InPlace,
+    /// Restored whole from the checkpoint: `key_groups` from snapshots of `bytes`.
+    Restored { key_groups: u32, bytes: u64 },
+    /// Kept, with `key_groups` that moved here copied in from snapshots of `bytes`.
+    Rebalanced { key_groups: u32, bytes: u64 },
+}
+
 /// Everything an executor needs to run epochs of one job.
 pub struct EpochRunner {
     pub executor_id: String,
@@ -49,7 +61,7 @@ pub struct EpochRunner {
     store_dir: PathBuf,
     state_dir: PathBuf,
     /// The key groups the store holds, once it holds any.
-    owned: Option<(u32, u32)>,
+    owned: Option<KeyGroups>,
     snapshots: Snapshots,
     /// The run the driver wants worked on (set by the control service).
     current_run: watch::Receiver<String>,
@@ -136,37 +148,43 @@ impl EpochRunner {
         })
     }
 
-    /// Makes the store hold key groups `range` as of the decision of `base`: as it is when it
-    /// already does, else restored from the checkpoint. Answers whether it restored.
+    /// Makes the store hold key groups `owned` as of the decision of `base`: as it is when it
+    /// already does; by dropping the key groups that moved away and copying in those that moved
+    /// here when it holds that decision's state of others; else restored from the checkpoint.
     async fn prepare_state(
         &mut self,
         base: Option<u64>,
-        range: (u32, u32),
-    ) -> anyhow::Result<bool> {
+        owned: &KeyGroups,
+    ) -> anyhow::Result<StateReady> {
         let at = self.state.last_epoch()?;
-        if at == base && (base.is_none() || self.owned == Some(range)) {
-            self.owned = Some(range);
-            return Ok(false);
+        if at == base {
+            match (&self.owned, base) {
+                (Some(had), _) if had == owned => return Ok(StateReady::InPlace),
+                // Nothing was decided yet: the store is empty whatever it owns.
+                (_, None) => {
+                    self.owned = Some(owned.clone());
+                    return Ok(StateReady::InPlace);
+                }
+                (Some(had), Some(epoch)) => {
+                    let had = had.clone();
+                    return self.rebalance(epoch, &had, owned).await;
+                }
+                (None, Some(_)) => {}
+            }
         }
         let decision = match base {
-            Some(epoch) => Some(
-                self.log
-                    .commit(epoch)
-                    .await?
-                    .with_context(|| format!("the decision record of epoch {epoch} is missing"))?,
-            ),
+            Some(epoch) => Some(self.decision(epoch).await?),
             None => None,
         };
         tracing::info!(
             from = ?base,
-            key_groups = ?range,
+            key_groups = %owned,
             "restoring state (the store holds epoch {at:?})"
         );
         let instance = new_instance_id();
         let dir = self.state_dir.join("stores").join(&instance);
         self.readiness.set_not_ready(format!(
-            "restoring the state of key groups {}..{} from the checkpoint",
-            range.0, range.1
+            "restoring the state of key groups {owned} from the checkpoint"
         ));
         if let Some(epoch) = base {
             tokio::task::block_in_place(|| fault::reached("restoring", epoch + 1));
@@ -174,7 +192,7 @@ impl EpochRunner {
         let restored = restore(
             self.log.location(),
             decision.as_ref(),
-            range,
+            owned,
             &dir,
             self.job.key_groups,
         )
@@ -186,8 +204,68 @@ impl EpochRunner {
         let old = std::mem::replace(&mut self.store_dir, dir);
         self.state = restored.store;
         remove_dir(&old)?;
-        self.owned = Some(range);
-        Ok(true)
+        self.owned = Some(owned.clone());
+        Ok(StateReady::Restored {
+            key_groups: owned.count(),
+            bytes: restored.bytes,
+        })
+    }
+
+    /// The store holds the decision of `epoch` for key groups `had`; makes it hold `owned`:
+    /// drops what moved to other executors, copies in from the decision's snapshots what moved
+    /// here, and keeps the rest as it is.
+    async fn rebalance(
+        &mut self,
+        epoch: u64,
+        had: &KeyGroups,
+        owned: &KeyGroups,
+    ) -> anyhow::Result<StateReady> {
+        let gone = had.difference(owned);
+        let gained = owned.difference(had);
+        // Until it is done the store holds neither set: a failure here restores in full.
+        self.owned = None;
+        tracing::info!(
+            kept = %had.intersection(owned),
+            gone = %gone,
+            gained = %gained,
+            "key groups moved: keeping the store, copying in only what moved here"
+        );
+        tokio::task::block_in_place(|| self.state.drop_key_groups(&gone))
+            .context("dropping the state of key groups that moved away")?;
+        let mut bytes = 0;
+        if !gained.is_empty() {
+            let decision = self.decision(epoch).await?;
+            self.readiness.set_not_ready(format!(
+                "restoring the state of key groups {gained} from the checkpoint"
+            ));
+            tokio::task::block_in_place(|| fault::reached("restoring", epoch + 1));
+            let scratch = self.state_dir.join("stores").join(new_instance_id());
+            let copied = take_over(
+                self.log.location(),
+                &decision,
+                &gained,
+                &self.state,
+                &scratch,
+                self.job.key_groups,
+            )
+            .await;
+            self.readiness.set_ready();
+            bytes = copied.context("copying in the state of key groups that moved here")?;
+        }
+        self.snapshots.store_changed();
+        self.owned = Some(owned.clone());
+        Ok(StateReady::Rebalanced {
+            key_groups: gained.count(),
+            bytes,
+        })
+    }
+
+    /// The decision record of `epoch`.
+    async fn decision(&self, epoch: u64) -> anyhow::Result<CommitRecord> {
+        self.log
+            .commit(epoch)
+            .await?
+            .with_context(|| format!("the decision record of epoch {epoch} is missing"))
     }
 
     /// Executes an epoch and answers `Prepared` once its files are staged and its state applied.
@@ -201,16 +279,20 @@ impl EpochRunner {
         }
         let topology = Topology::from_request(&req, &self.executor_id, self.job.key_groups)
             .context("the epoch's plan")?;
-        let range = topology.my_range()?;
+        let key_groups = topology.my_key_groups();
         let restore_started = Instant::now();
-        let restored = self.prepare_state(req.base_epoch, range).await?;
-        let restore_ms = if restored {
-            restore_started.elapsed().as_millis() as u64
-        } else {
-            0
-        };
+        let ready = self.prepare_state(req.base_epoch, &key_groups).await?;
+        let restore_ms = restore_started.elapsed().as_millis() as u64;
         let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
-        local.stats.restore_ms = restore_ms;
+        match ready {
+            StateReady::InPlace => {}
+            StateReady::Restored { key_groups, bytes }
+            | StateReady::Rebalanced { key_groups, bytes } => {
+                local.stats.restore_ms = restore_ms;
+                local.stats.restored_key_groups = key_groups;
+                local.stats.restored_bytes = bytes;
+            }
+        }
         tokio::task::block_in_place(|| fault::reached("execute", epoch));
         let outgoing = std::mem::take(&mut local.outgoing);
         let (owned, exchanged) = self
@@ -251,7 +333,7 @@ impl EpochRunner {
                 self.skip_snapshots,
                 epoch,
                 changelog,
-                range,
+                &key_groups,
             )
             .await;
             (snapshot, started.elapsed())
@@ -468,19 +550,19 @@ async fn snapshot(
     skip: bool,
     epoch: u64,
     changelog: Vec<u8>,
-    range: (u32, u32),
+    owned: &KeyGroups,
 ) -> anyhow::Result<weir_common::checkpoint::StateSnapshot> {
     if skip {
         return Ok(weir_common::checkpoint::StateSnapshot {
             executor_id: executor_id.to_string(),
-            key_groups: range,
+            key_groups: owned.clone(),
             files: Vec::new(),
             uploaded_bytes: 0,
         });
     }
     let scratch = state_dir.join("snapshots").join(epoch.to_string());
     snapshots
-        .take(epoch, changelog, state, &scratch, range)
+        .take(epoch, changelog, state, &scratch, owned)
         .await
         .context("taking the state snapshot")
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use weir_common::checkpoint::{CommitRecord, EpochPlan, Metadata};
+use weir_common::checkpoint::{CommitRecord, EpochPlan, Metadata, ScaleRecord};
 
 use crate::fence::Fence;
 use crate::location::{Location, StorageError};
@@ -143,6 +143,27 @@ impl CheckpointLog {
 
     pub async fn write_metadata(&self, m: &Metadata) -> Result<(), LogError> {
         self.create("metadata.json", m).await
+    }
+
+    /// `scale.json`: the executor count the job was last scaled to, when it ever was.
+    pub async fn scale(&self) -> Result<Option<ScaleRecord>, LogError> {
+        self.read("scale.json").await
+    }
+
+    /// Replaces `scale.json` (a fenced driver's write is refused).
+    pub async fn write_scale(&self, record: &ScaleRecord) -> Result<(), LogError> {
+        let rel = "scale.json";
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| LogError::Format {
+            location: rel.into(),
+            source,
+        })?;
+        self.check_fence().await?;
+        self.location
+            .store
+            .put(&self.location.path(rel), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.store_err(rel, e))
     }
 
     pub async fn plan(&self, epoch: u64) -> Result<Option<EpochPlan>, LogError> {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod cluster;
 pub mod http;
 pub mod local_run;

@@ -16,12 +16,13 @@ use weir_proto::admin::admin_server::Admin;
 use weir_proto::admin::{
     CheckpointNowResponse, ControlRequest, ExecutorInfo, ExecutorState, ListExecutorsRequest,
     ListExecutorsResponse, ListQueriesRequest, ListQueriesResponse, ProgressRequest, QueryProgress,
-    QueryState, QueryStatus, RecentProgressResponse,
+    QueryState, QueryStatus, RecentProgressResponse, ScaleRequest,
 };
 
 use crate::cluster::membership::{Member, MembershipMsg};
+use crate::cluster::scale::Scaler;
 use crate::epoch::controls::Controls;
-use crate::ops::progress::{rfc3339, QueryIdentity};
+use crate::ops::progress::{key_group_ranges, rfc3339, QueryIdentity};
 use crate::ops::query_status::StatusReader;
 pub use auth::AdminToken;
 
@@ -31,7 +32,6 @@ pub struct QueryFacts {
     pub identity: QueryIdentity,
     pub trigger: String,
     pub checkpoint_location: String,
-    pub expected_executors: usize,
     pub started_at_micros: i64,
 }
 
@@ -39,6 +39,7 @@ pub struct AdminService {
     pub facts: QueryFacts,
     pub status: StatusReader,
     pub controls: Controls,
+    pub scaler: Scaler,
     pub membership: mpsc::Sender<MembershipMsg>,
     pub members: watch::Receiver<Vec<Member>>,
     pub token: AdminToken,
@@ -93,6 +94,7 @@ impl AdminService {
             _ => (s.state, s.message),
         };
         let id = &self.facts.identity;
+        let target = self.scaler.current();
         QueryStatus {
             id: id.id.clone(),
             run_id: id.run_id.clone(),
@@ -102,7 +104,12 @@ impl AdminService {
             last_epoch: s.last_epoch,
             current_epoch: s.current_epoch,
             executors_registered: self.members.borrow().len() as u32,
-            executors_expected: self.facts.expected_executors as u32,
+            executors_target: target.executors as u32,
+            executors_min: self.scaler.bounds.min as u32,
+            executors_max: self.scaler.bounds.max as u32,
+            executors_active: s.assignment.len() as u32,
+            target_reason: target.reason,
+            target_set_at: rfc3339(target.at_micros).unwrap_or_default(),
             trigger: self.facts.trigger.clone(),
             checkpoint_location: self.facts.checkpoint_location.clone(),
             output_table: id.output_url.clone(),
@@ -220,7 +227,10 @@ impl Admin for AdminService {
             .await
             .map_err(|_| gone())?;
         let members = answer.await.map_err(|_| gone())?;
-        let assignment = self.status.status.borrow().assignment.clone();
+        let (assignment, retiring, retired) = {
+            let s = self.status.status.borrow();
+            (s.assignment.clone(), s.retiring.clone(), s.retired.clone())
+        };
         let last = self.status.last();
         let last_of = |id: &str| {
             last.as_ref()
@@ -233,14 +243,20 @@ impl Admin for AdminService {
                 ExecutorInfo {
                     executor_id: m.id.clone(),
                     address: m.address.clone(),
-                    state: if assigned.is_some() {
+                    state: if retiring.contains(&m.id) {
+                        ExecutorState::Retiring
+                    } else if retired.contains(&m.id) {
+                        ExecutorState::Retired
+                    } else if assigned.is_some() {
                         ExecutorState::Active
                     } else {
                         ExecutorState::Joining
                     } as i32,
                     partitions: assigned.map(|a| a.partitions.clone()).unwrap_or_default(),
-                    key_group_start: assigned.map_or(0, |a| a.key_groups.0),
-                    key_group_end: assigned.map_or(0, |a| a.key_groups.1),
+                    key_groups: assigned
+                        .map(|a| key_group_ranges(&a.key_groups))
+                        .unwrap_or_default(),
+                    key_group_count: assigned.map_or(0, |a| a.key_groups.count()),
                     registered_at: wall(m.registered_at),
                     last_heartbeat: wall(m.last_heartbeat),
                     heartbeat_age_seconds: Some(m.last_heartbeat.elapsed().as_secs_f64()),
@@ -252,10 +268,14 @@ impl Admin for AdminService {
             if !members.iter().any(|m| m.id == a.executor_id) {
                 executors.push(ExecutorInfo {
                     executor_id: a.executor_id.clone(),
-                    state: ExecutorState::Lost as i32,
+                    state: if retired.contains(&a.executor_id) {
+                        ExecutorState::Retired
+                    } else {
+                        ExecutorState::Lost
+                    } as i32,
                     partitions: a.partitions.clone(),
-                    key_group_start: a.key_groups.0,
-                    key_group_end: a.key_groups.1,
+                    key_groups: key_group_ranges(&a.key_groups),
+                    key_group_count: a.key_groups.count(),
                     last_epoch: last_of(&a.executor_id),
                     ..Default::default()
                 });
@@ -319,6 +339,23 @@ impl Admin for AdminService {
             delta_version: outcome.delta_version,
         }))
     }
+
+    async fn scale(&self, request: Request<ScaleRequest>) -> Result<Response<QueryStatus>, Status> {
+        self.token.check(&request)?;
+        let req = request.into_inner();
+        self.check_query(&req.query)?;
+        self.refuse_when_finished()?;
+        let target = self
+            .scaler
+            .set(req.executors as usize, "weir admin scale")
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(
+            executors = target.executors,
+            "`weir admin scale`: the next epoch runs on {} executors",
+            target.executors
+        );
+        Ok(Response::new(self.query_status()))
+    }
 }
 
 #[cfg(test)]
@@ -354,11 +391,19 @@ mod tests {
                 },
                 trigger: "1s".into(),
                 checkpoint_location: "file:///c".into(),
-                expected_executors: 1,
                 started_at_micros: i64::MIN,
             },
             status,
             controls,
+            scaler: Scaler::new(
+                1,
+                weir_common::job::scaling::ExecutorBounds {
+                    min: 1,
+                    max: 4,
+                    wait: std::time::Duration::from_secs(1),
+                },
+            )
+            .unwrap(),
             membership,
             members,
             token: AdminToken::new(token),
@@ -405,6 +450,11 @@ mod tests {
                 let _ = service.watch_progress(request(progress(), &auth)).await;
                 let _ = service.list_executors(request(ListExecutorsRequest::default(), &auth)).await;
                 let authorized = auth == b"Bearer s3cret";
+                let scaled = service.scale(request(ScaleRequest { query: query.clone(), executors: 3 }, &auth)).await;
+                prop_assert_eq!(scaled.is_ok(), authorized && (query.is_empty() || query == "q" || query == "job-id"));
+                prop_assert_eq!(service.scaler.current().executors, if scaled.is_ok() { 3 } else { 1 });
+                let out_of_bounds = service.scale(request(ScaleRequest { query: query.clone(), executors: 5 }, &auth)).await;
+                prop_assert!(out_of_bounds.is_err());
                 let paused = service.pause(request(control(), &auth)).await;
                 prop_assert_eq!(paused.is_ok(), authorized && (query.is_empty() || query == "q" || query == "job-id"));
                 prop_assert_eq!(*service.controls.paused.borrow(), paused.is_ok());

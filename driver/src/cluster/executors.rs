@@ -114,10 +114,15 @@ impl ExecutorClients {
             peers.push(Peer {
                 executor_id: a.executor_id.clone(),
                 address: member.address.clone(),
-                key_groups: vec![KeyGroupRange {
-                    start: a.key_groups.0,
-                    end: a.key_groups.1,
-                }],
+                key_groups: a
+                    .key_groups
+                    .ranges()
+                    .iter()
+                    .map(|(start, end)| KeyGroupRange {
+                        start: *start,
+                        end: *end,
+                    })
+                    .collect(),
             });
             targets.push((a, member.clone()));
         }

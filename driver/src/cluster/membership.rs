@@ -44,6 +44,8 @@ pub enum MembershipMsg {
     /// The executor at `address` failed: it must register again (a restarted one already did,
     /// from another address, and stays).
     Remove { id: String, address: String },
+    /// The executor at `address` was told to exit: the target went below the registered count.
+    Retired { id: String, address: String },
     /// The table as it is now, last heartbeats included (the watch changes on joins and leaves
     /// only).
     List { reply: oneshot::Sender<Vec<Member>> },
@@ -135,6 +137,12 @@ pub async fn run(
             MembershipMsg::Remove { id, address } => {
                 if table.get(&id).is_some_and(|m| m.address == address) {
                     tracing::warn!(executor = %id, "executor failed; it must register again");
+                    table.remove(&id);
+                    members.send_replace(table.values().cloned().collect());
+                }
+            }
+            MembershipMsg::Retired { id, address } => {
+                if table.get(&id).is_some_and(|m| m.address == address) {
                     table.remove(&id);
                     members.send_replace(table.values().cloned().collect());
                 }

@@ -20,9 +20,10 @@ use weir_common::now_micros;
 use weir_proto::admin::QueryState;
 use weir_storage::CheckpointLog;
 
-use crate::cluster::assignment::assign;
+use crate::cluster::assignment::{assign, moved_key_groups};
 use crate::cluster::executors::{ExecutorClients, RunFailure};
 use crate::cluster::membership::{Member, MembershipMsg};
+use crate::cluster::scale::{select, Scaler, Target};
 use crate::epoch::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
 use crate::epoch::decision::decide;
 use crate::epoch::state_gc::StateRetention;
@@ -126,7 +127,15 @@ pub struct Coordinator {
     pub source: SourceReader,
     pub members: watch::Receiver<Vec<Member>>,
     pub membership: mpsc::Sender<MembershipMsg>,
-    pub expected_executors: usize,
+    /// The executor count aimed for.
+    scaler: Scaler,
+    /// The target last written to the checkpoint (or read from it, or given at start).
+    persisted_target: Target,
+    /// Since when fewer executors than the target are there (they run with fewer after the
+    /// job's `executors.wait`).
+    short_since: Option<Instant>,
+    /// Registered executors beyond the target, retired once an epoch without them is decided.
+    retiring: Vec<Member>,
     controls: ControlInbox,
     pub ops: Operations,
     clients: ExecutorClients,
@@ -164,7 +173,7 @@ impl Coordinator {
         source: SourceReader,
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
-        expected_executors: usize,
+        scaler: Scaler,
         clients: ExecutorClients,
         controls: ControlInbox,
         ops: Operations,
@@ -187,7 +196,10 @@ impl Coordinator {
             source,
             members,
             membership,
-            expected_executors,
+            persisted_target: scaler.current(),
+            scaler,
+            short_since: None,
+            retiring: Vec::new(),
             clients,
         }
     }
@@ -213,6 +225,10 @@ impl Coordinator {
             totals: Totals::default(),
             last_trigger_micros: None,
         };
+        if let Some(record) = self.log.scale().await? {
+            self.scaler.resume(&record);
+            self.persisted_target = self.scaler.current();
+        }
         if let Some(epoch) = self.log.latest("commits").await? {
             let record = self
                 .log
@@ -291,25 +307,137 @@ impl Coordinator {
         self.tables()?.remove_unreferenced_files().await
     }
 
-    /// Waits until the expected number of executors is registered; `None` when the driver is
-    /// asked to stop first.
-    async fn wait_for_executors(&mut self) -> anyhow::Result<Option<Vec<Member>>> {
-        let n = self.expected_executors;
+    /// The executors the next epoch runs on: up to the target's worth of registered ones, those
+    /// of the `previous` assignment first. Short of the target, it waits for the missing ones up
+    /// to the job's `executors.wait`: meanwhile, when all that ran the last epoch are still there
+    /// (the target went up), epochs go on on those; else (one was lost, or no epoch ran yet)
+    /// epochs wait. Once the wait is over it runs with those there, if at least
+    /// `executors.min`. Registered executors beyond the target are marked for retirement.
+    /// `None` when the driver is asked to stop first.
+    async fn wait_for_executors(
+        &mut self,
+        previous: &[Assignment],
+    ) -> anyhow::Result<Option<Vec<Member>>> {
         let mut stop = self.controls.stop.clone();
-        if self.members.borrow().len() < n {
+        let mut target = self.scaler.subscribe();
+        let bounds = self.scaler.bounds;
+        loop {
+            let goal = target.borrow_and_update().clone();
+            self.persist_target(&goal).await?;
+            let registered = self.members.borrow_and_update().clone();
+            let selection = select(&registered, goal.executors, previous);
+            let have = selection.run_on.len();
+            let chosen = if have >= goal.executors {
+                self.short_since = None;
+                Some(selection)
+            } else {
+                let waited = self.short_since.get_or_insert_with(Instant::now).elapsed();
+                let ran = previous.len().min(goal.executors);
+                if waited >= bounds.wait && have >= bounds.min {
+                    let message = format!(
+                        "running with {have} of {} executors: no more came within {:?} \
+                         (executors.wait)",
+                        goal.executors, bounds.wait
+                    );
+                    if self.ops.board.state() == QueryState::WaitingForExecutors {
+                        tracing::warn!("{message}");
+                        self.ops.alerts.raise(AlertKind::ExecutorLost, &message);
+                    }
+                    Some(selection)
+                } else if ran > 0 && have >= ran {
+                    // The target went up: the last epoch's executors go on until the new
+                    // ones are all there, so the key groups move once.
+                    Some(select(&registered, ran, previous))
+                } else {
+                    None
+                }
+            };
+            if let Some(selection) = chosen {
+                self.ops.metrics.set_target(goal.executors);
+                // Executors waiting to join are not retired.
+                self.retiring = match have >= goal.executors {
+                    true => selection.retire,
+                    false => Vec::new(),
+                };
+                self.ops
+                    .board
+                    .retiring(self.retiring.iter().map(|m| m.id.clone()).collect());
+                return Ok(Some(selection.run_on));
+            }
             // No epoch runs until they come: the last commit is finished and reported first.
             self.finish_commit().await?;
-            let message = format!(
-                "waiting for {n} executors ({} registered)",
-                self.members.borrow().len()
-            );
-            tracing::info!("{message}");
+            let waited = self.short_since.map(|s| s.elapsed()).unwrap_or_default();
+            let message = if have < bounds.min {
+                format!(
+                    "waiting for executors: {have} registered, the target is {} and at least {} \
+                     are needed (executors.min)",
+                    goal.executors, bounds.min
+                )
+            } else {
+                format!(
+                    "waiting for executors: {have} registered, the target is {}; running with \
+                     {have} if no more come within {:?} (executors.wait)",
+                    goal.executors, bounds.wait
+                )
+            };
+            if self.ops.board.state() != QueryState::WaitingForExecutors {
+                tracing::info!("{message}");
+            }
             self.ops.board.set(QueryState::WaitingForExecutors, message);
+            let deadline = (have >= bounds.min).then(|| bounds.wait.saturating_sub(waited));
+            tokio::select! {
+                r = self.members.changed() => r.context("membership stopped")?,
+                r = target.changed() => r.context("the scaler stopped")?,
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+                _ = tokio::time::sleep(deadline.unwrap_or(Duration::MAX)), if deadline.is_some() => {}
+            }
         }
-        tokio::select! {
-            r = self.members.wait_for(|m| m.len() >= n) => Ok(Some(r.context("membership stopped")?.clone())),
-            _ = stop.wait_for(|s| *s) => Ok(None),
+    }
+
+    /// Writes the target to the checkpoint when it changed, so a restarted driver resumes it.
+    async fn persist_target(&mut self, goal: &Target) -> anyhow::Result<()> {
+        if *goal == self.persisted_target {
+            return Ok(());
         }
+        self.log
+            .write_scale(&goal.record())
+            .await
+            .context("recording the executor target in the checkpoint")?;
+        tracing::info!(
+            executors = goal.executors,
+            reason = %goal.reason,
+            "the executor target changed"
+        );
+        self.persisted_target = goal.clone();
+        Ok(())
+    }
+
+    /// Tells the executors marked for retirement that are not in `assignment` to exit: an
+    /// epoch without them is decided, so the checkpoint holds all they had.
+    async fn retire(&mut self, assignment: &[Assignment]) {
+        let leaving: Vec<Member> = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .filter(|m| !assignment.iter().any(|a| a.executor_id == m.id))
+            .collect();
+        if leaving.is_empty() {
+            return;
+        }
+        self.clients.shutdown(&leaving).await;
+        for m in &leaving {
+            tracing::info!(executor = %m.id, "executor retired: the executor target is {}", self.scaler.current().executors);
+            self.clients.forget(&m.address);
+            let _ = self
+                .membership
+                .send(MembershipMsg::Retired {
+                    id: m.id.clone(),
+                    address: m.address.clone(),
+                })
+                .await;
+        }
+        self.ops.metrics.retired(leaving.len());
+        self.ops
+            .board
+            .retired(leaving.iter().map(|m| m.id.clone()).collect());
     }
 
     /// Plans the next epoch, or returns `None` when there is nothing to do.
@@ -408,7 +536,7 @@ impl Coordinator {
     /// Runs epochs until stopped (or, with `available-now`, until the input at start is done).
     pub async fn run(&mut self) -> anyhow::Result<()> {
         let (mut position, mut pending) = self.recover().await?;
-        let Some(mut members) = self.wait_for_executors().await? else {
+        let Some(mut members) = self.wait_for_executors(&position.assignment).await? else {
             self.ops.board.set(QueryState::Stopped, "stopped");
             return Ok(());
         };
@@ -441,7 +569,7 @@ impl Coordinator {
                     let at_micros = now_micros();
                     let started = Instant::now();
                     next_trigger = started + interval;
-                    members = match self.wait_for_executors().await? {
+                    members = match self.wait_for_executors(&position.assignment).await? {
                         Some(m) => m,
                         None => break,
                     };
@@ -464,6 +592,9 @@ impl Coordinator {
                         }
                         None => {
                             self.finish_commit().await?;
+                            // No epoch runs: the last decision holds all that executors
+                            // beyond the target had, and the next epoch assigns without them.
+                            self.retire(&[]).await;
                             let last = position.next_epoch.checked_sub(1);
                             self.answer_waiting(Ok(CheckpointOutcome {
                                 epoch: last,
@@ -552,7 +683,7 @@ impl Coordinator {
                     }
                     tokio::time::sleep(backoff(failures)).await;
                     previous = assignment;
-                    members = match self.wait_for_executors().await? {
+                    members = match self.wait_for_executors(&previous).await? {
                         Some(m) => m,
                         None => return Ok(None),
                     };
@@ -565,7 +696,7 @@ impl Coordinator {
         // before this decision is written: recovery commits only the latest decision.
         self.finish_commit().await?;
         let commit_started = Instant::now();
-        let record = decide(
+        let mut record = decide(
             &plan,
             &assignment,
             prepared,
@@ -573,8 +704,13 @@ impl Coordinator {
             &position.totals,
             position.source.files_through.as_deref(),
         )?;
+        // Key groups that changed owner since the last decision (a first epoch moves none).
+        if !position.assignment.is_empty() {
+            record.stats.key_groups_moved = moved_key_groups(&position.assignment, &assignment);
+        }
         self.log.write_commit(&record).await?;
         tokio::task::block_in_place(|| fault::reached("decided", epoch));
+        self.retire(&assignment).await;
         let record = Arc::new(record);
         let tables = self
             .tables

@@ -50,6 +50,8 @@ pub fn decide(
                 emit_ms: s.emit_ms,
                 checkpoint_ms: s.checkpoint_ms,
                 restore_ms: s.restore_ms,
+                restored_key_groups: s.restored_key_groups,
+                restored_bytes: s.restored_bytes,
                 state_rows_updated: s.state_rows_updated,
                 state_rows_removed: s.state_rows_removed,
                 state_memory_bytes: s.state_memory_bytes,
@@ -88,7 +90,7 @@ pub fn decide(
     if stats.valid_rows > 0 && stats.min_event_time_micros.is_some() {
         stats.avg_event_time_micros = Some((event_time_sum / stats.valid_rows as f64) as i64);
     }
-    state.sort_by_key(|s| s.key_groups);
+    state.sort_by(|a, b| a.key_groups.cmp(&b.key_groups));
     let totals = totals.after(&stats);
     Ok(CommitRecord {
         epoch: plan.epoch,

@@ -92,13 +92,14 @@ mod tests {
     use object_store::PutPayload;
     use std::collections::BTreeMap;
     use weir_common::checkpoint::{StateFile, StateSnapshot};
+    use weir_common::keygroup::KeyGroups;
 
     fn record(epoch: u64, paths: &[&str]) -> CommitRecord {
         CommitRecord {
             epoch,
             state: vec![StateSnapshot {
                 executor_id: "e".into(),
-                key_groups: (0, 4),
+                key_groups: KeyGroups::range(0, 4),
                 files: paths
                     .iter()
                     .map(|p| StateFile {

@@ -45,6 +45,9 @@ pub struct DriverMetrics {
     delta_commit_seconds: HistogramVec,
     executors: IntGauge,
     executors_expected: IntGauge,
+    executors_active: IntGauge,
+    executors_retired: IntCounter,
+    key_groups_moved: IntCounter,
     paused: IntGauge,
     pub pushes: IntCounterVec,
     pub alerts: IntCounterVec,
@@ -224,7 +227,22 @@ impl DriverMetrics {
             executors_expected: gauge(
                 r,
                 "weir_executors_expected",
-                "Executors the driver waits for before it runs epochs.",
+                "Executors the driver aims for: its target (--executors, weir admin scale).",
+            )?,
+            executors_active: gauge(
+                r,
+                "weir_executors_active",
+                "Executors the last committed epoch ran on.",
+            )?,
+            executors_retired: counter(
+                r,
+                "weir_executors_retired_total",
+                "Executors told to exit because the target went below the registered count.",
+            )?,
+            key_groups_moved: counter(
+                r,
+                "weir_key_groups_moved_total",
+                "Key groups that changed owner between epochs (rescales and lost executors).",
             )?,
             paused: gauge(r, "weir_query_paused", "1 while the query is paused.")?,
             pushes: register(
@@ -277,6 +295,14 @@ impl DriverMetrics {
         })
     }
 
+    pub fn set_target(&self, executors: usize) {
+        set_count(&self.executors_expected, executors as u64);
+    }
+
+    pub fn retired(&self, executors: usize) {
+        self.executors_retired.inc_by(executors as u64);
+    }
+
     pub fn set_paused(&self, paused: bool) {
         self.paused.set(i64::from(paused));
     }
@@ -292,6 +318,9 @@ impl DriverMetrics {
     /// Records a committed epoch.
     pub fn record(&self, p: &QueryProgress, input_bytes: u64, watermark_micros: Option<i64>) {
         self.epochs.inc();
+        set_count(&self.executors_active, u64::from(p.num_executors));
+        self.key_groups_moved
+            .inc_by(u64::from(p.num_key_groups_moved));
         self.last_epoch
             .set(i64::try_from(p.batch_id).unwrap_or(i64::MAX));
         self.input_rows.inc_by(p.num_input_rows);

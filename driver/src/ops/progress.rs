@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use weir_common::checkpoint::{CommitRecord, EpochPlan};
+use weir_common::keygroup::KeyGroups;
 use weir_proto::admin::{
     DurationMs, EventTime, ExecutorProgress, PartitionOffsets, QueryProgress, SinkProgress,
     SourceProgress, StateProgress,
@@ -80,7 +81,7 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
             }
         })
         .collect();
-    let executors = e
+    let executors: Vec<ExecutorProgress> = e
         .record
         .executors
         .iter()
@@ -89,8 +90,10 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
             ExecutorProgress {
                 executor_id: id.clone(),
                 partitions: assigned.map(|a| a.partitions.clone()).unwrap_or_default(),
-                key_group_start: assigned.map_or(0, |a| a.key_groups.0),
-                key_group_end: assigned.map_or(0, |a| a.key_groups.1),
+                key_groups: assigned
+                    .map(|a| key_group_ranges(&a.key_groups))
+                    .unwrap_or_default(),
+                key_group_count: assigned.map_or(0, |a| a.key_groups.count()),
                 input_rows: x.input_rows,
                 windows_emitted: x.windows_emitted,
                 state_rows: x.state_rows,
@@ -99,6 +102,8 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
                 shuffle_rows_sent: x.shuffle_rows_sent,
                 shuffle_rows_received: x.shuffle_rows_received,
                 restore_ms: x.restore_ms,
+                restored_key_groups: x.restored_key_groups,
+                restored_bytes: x.restored_bytes,
                 read_ms: x.read_ms,
                 aggregate_ms: x.aggregate_ms,
                 exchange_ms: x.exchange_ms,
@@ -163,6 +168,8 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
         num_dead_letter_rows: s.dead_letter_rows,
         num_lost_offsets: s.lost_offsets,
         runs: e.runs,
+        num_key_groups_moved: s.key_groups_moved,
+        num_executors: executors.len() as u32,
         executors,
     }
 }
@@ -218,10 +225,30 @@ pub fn line(p: &QueryProgress) -> String {
             p.num_lost_offsets
         ));
     }
+    if p.num_key_groups_moved > 0 {
+        let restored: u64 = p.executors.iter().map(|e| e.restored_bytes).sum();
+        line.push_str(&format!(
+            " | {} key groups moved, {} of snapshots read",
+            p.num_key_groups_moved,
+            size(restored)
+        ));
+    }
     if p.runs > 1 {
         line.push_str(&format!(" | {} runs", p.runs));
     }
     line
+}
+
+/// Key groups as the admin API shows them.
+pub fn key_group_ranges(groups: &KeyGroups) -> Vec<weir_proto::admin::KeyGroupRange> {
+    groups
+        .ranges()
+        .iter()
+        .map(|(start, end)| weir_proto::admin::KeyGroupRange {
+            start: *start,
+            end: *end,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -275,7 +302,7 @@ mod tests {
             assignment: vec![Assignment {
                 executor_id: "a".into(),
                 partitions: vec![0],
-                key_groups: (0, 128),
+                key_groups: KeyGroups::range(0, 128),
             }],
             ..Default::default()
         };
@@ -310,7 +337,7 @@ mod tests {
         assert_eq!(p.sources[0].partitions[0].latest_offset, 170);
         assert_eq!(p.sink.as_ref().unwrap().delta_version, Some(7));
         assert_eq!(p.state.as_ref().unwrap().num_rows_dropped_by_watermark, 2);
-        assert_eq!(p.executors[0].key_group_end, 128);
+        assert_eq!(p.executors[0].key_group_count, 128);
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["batchId"], 4);
         assert_eq!(json["numInputRows"], 100);

@@ -20,6 +20,10 @@ pub struct Status {
     pub current_epoch: Option<u64>,
     /// The assignment of the last epoch run (or being run).
     pub assignment: Vec<Assignment>,
+    /// Registered executors beyond the target, to be told to exit.
+    pub retiring: Vec<String>,
+    /// Executors told to exit since the last epoch ran (the assignment may still name them).
+    pub retired: Vec<String>,
 }
 
 /// The coordinator's side.
@@ -45,6 +49,8 @@ impl StatusBoard {
             last_epoch: None,
             current_epoch: None,
             assignment: Vec::new(),
+            retiring: Vec::new(),
+            retired: Vec::new(),
         });
         let (history, history_rx) = watch::channel(Arc::new(VecDeque::new()));
         let (events, _) = broadcast::channel(RECENT_PROGRESS);
@@ -85,6 +91,25 @@ impl StatusBoard {
             s.message = format!("running epoch {epoch}");
             s.current_epoch = Some(epoch);
             s.assignment = assignment.to_vec();
+            s.retired
+                .retain(|id| assignment.iter().any(|a| a.executor_id == *id));
+        });
+    }
+
+    /// Executors beyond the target, to be retired.
+    pub fn retiring(&self, ids: Vec<String>) {
+        self.status.send_if_modified(|s| {
+            let changed = s.retiring != ids;
+            s.retiring = ids;
+            changed
+        });
+    }
+
+    /// Executors told to exit.
+    pub fn retired(&self, ids: Vec<String>) {
+        self.status.send_modify(|s| {
+            s.retiring.retain(|id| !ids.contains(id));
+            s.retired.extend(ids);
         });
     }
 

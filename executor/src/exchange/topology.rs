@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 
+use weir_common::keygroup::KeyGroups;
 use weir_proto::control::ExecuteRequest;
 
 use crate::exchange::Peer;
@@ -20,10 +21,6 @@ pub enum TopologyError {
     },
     #[error("this executor ({0}) is not among the plan's executors")]
     NotAPeer(String),
-    #[error(
-        "the plan gives this executor key groups in {0} pieces; one contiguous range is expected"
-    )]
-    NotContiguous(usize),
 }
 
 /// The executors of an epoch and the owner of every key group.
@@ -108,13 +105,9 @@ impl Topology {
         ranges
     }
 
-    /// The one contiguous range of key groups this executor owns (empty when it owns none).
-    pub fn my_range(&self) -> Result<(u32, u32), TopologyError> {
-        match self.owned().as_slice() {
-            [] => Ok((0, 0)),
-            [r] => Ok((r.start, r.end)),
-            more => Err(TopologyError::NotContiguous(more.len())),
-        }
+    /// The key groups this executor owns, as a set.
+    pub fn my_key_groups(&self) -> KeyGroups {
+        KeyGroups::from_ranges(self.owned().into_iter().map(|r| (r.start, r.end)))
     }
 }
 
@@ -151,6 +144,17 @@ mod tests {
         assert_eq!(t.me, 1);
         assert_eq!(t.owners, vec![0, 0, 0, 1, 1, 1, 1, 1]);
         assert_eq!(t.owned(), vec![3..8]);
+    }
+
+    #[test]
+    fn an_executor_may_own_several_ranges() {
+        let req = request(vec![
+            peer("a", &[(0, 2), (5, 6)]),
+            peer("b", &[(2, 5), (6, 8)]),
+        ]);
+        let t = Topology::from_request(&req, "a", 8).unwrap();
+        assert_eq!(t.owned(), vec![0..2, 5..6]);
+        assert_eq!(t.my_key_groups(), KeyGroups::from_ranges([(0, 2), (5, 6)]));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::Path;
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partial};
-use weir_common::keygroup::key_group;
+use weir_common::keygroup::{key_group, KeyGroups};
 use weir_common::window::Window;
 
 use crate::aggregate::partials::{FastMap, Partials, ShardKey};
@@ -207,6 +207,15 @@ impl StateStore {
             if batch.len() >= 10_000 {
                 self.write(std::mem::take(&mut batch))?;
             }
+        }
+        self.write(batch)
+    }
+
+    /// Removes every entry of key groups `gone` (they moved to another executor).
+    pub fn drop_key_groups(&self, gone: &KeyGroups) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for &(start, end) in gone.ranges() {
+            batch.delete_range(keys::kg_lower(start), keys::kg_lower(end));
         }
         self.write(batch)
     }

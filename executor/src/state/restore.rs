@@ -1,12 +1,14 @@
 //! Restores an executor's store from the decision an epoch starts from (docs/architecture.md,
-//! Recovery): the snapshots of every owner of that decision that overlap the key groups this
-//! executor owns now. When one snapshot covers exactly those key groups it becomes the store as it
-//! is; otherwise (key groups moved) the overlapping ranges are copied out of each snapshot.
+//! Recovery and Rescaling): the snapshots of every owner of that decision that overlap the key
+//! groups this executor owns now. When one snapshot covers exactly those key groups it becomes
+//! the store as it is; otherwise (key groups moved) the overlapping ranges are copied out of each
+//! snapshot. An executor whose store is in place and only gains key groups copies just those in.
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use weir_common::checkpoint::{CommitRecord, StateFile};
+use weir_common::checkpoint::{CommitRecord, StateFile, StateSnapshot};
+use weir_common::keygroup::KeyGroups;
 use weir_storage::Location;
 
 use crate::state::snapshot;
@@ -17,14 +19,16 @@ use crate::state::{remove_dir, StateStore};
 pub struct Restored {
     pub store: StateStore,
     pub inherited: Option<Vec<StateFile>>,
+    /// Bytes of the snapshots read to build it.
+    pub bytes: u64,
 }
 
-/// Builds, in `dir`, the store of key groups `range` as of `decision` (an empty store before
+/// Builds, in `dir`, the store of key groups `owned` as of `decision` (an empty store before
 /// the first decision).
 pub async fn restore(
     location: &Location,
     decision: Option<&CommitRecord>,
-    range: (u32, u32),
+    owned: &KeyGroups,
     dir: &Path,
     key_groups: u32,
 ) -> anyhow::Result<Restored> {
@@ -32,24 +36,13 @@ pub async fn restore(
         return Ok(Restored {
             store: StateStore::create_empty(dir, key_groups)?,
             inherited: Some(Vec::new()),
+            bytes: 0,
         });
     };
     let epoch = record.epoch;
-    let sources: Vec<_> = record.state.iter().filter(|s| s.overlaps(range)).collect();
-    let covered: u32 = sources
-        .iter()
-        .map(|s| s.key_groups.1.min(range.1) - s.key_groups.0.max(range.0))
-        .sum();
-    if covered != range.1 - range.0 {
-        bail!(
-            "the decision of epoch {epoch} has state for {covered} of key groups {}..{}; \
-             the checkpoint is incomplete",
-            range.0,
-            range.1
-        );
-    }
+    let sources = sources(record, owned)?;
     if let [only] = sources.as_slice() {
-        if only.key_groups == range {
+        if only.key_groups == *owned {
             let store = snapshot::open(location, only, dir, key_groups)
                 .await
                 .with_context(|| format!("restoring {}'s state snapshot", only.executor_id))?;
@@ -63,27 +56,84 @@ pub async fn restore(
             return Ok(Restored {
                 store,
                 inherited: Some(only.files.clone()),
+                bytes: only.bytes(),
             });
         }
     }
     let store = StateStore::create_empty(dir, key_groups)?;
+    let bytes = copy_in(location, &sources, owned, &store, dir, key_groups).await?;
+    store.set_position(Some(epoch))?;
+    Ok(Restored {
+        store,
+        inherited: None,
+        bytes,
+    })
+}
+
+/// Copies key groups `gained` as of `decision` into `store`, which holds the decision's state of
+/// the others it owns; `scratch` is a path for the snapshots read. Answers the bytes read.
+pub async fn take_over(
+    location: &Location,
+    decision: &CommitRecord,
+    gained: &KeyGroups,
+    store: &StateStore,
+    scratch: &Path,
+    key_groups: u32,
+) -> anyhow::Result<u64> {
+    let sources = sources(decision, gained)?;
+    copy_in(location, &sources, gained, store, scratch, key_groups).await
+}
+
+/// The snapshots of `record` that hold part of `wanted`; an error unless together they hold all
+/// of it.
+fn sources<'a>(
+    record: &'a CommitRecord,
+    wanted: &KeyGroups,
+) -> anyhow::Result<Vec<&'a StateSnapshot>> {
+    let sources: Vec<_> = record.state.iter().filter(|s| s.overlaps(wanted)).collect();
+    let covered = sources
+        .iter()
+        .fold(KeyGroups::default(), |all, s| {
+            all.union(&s.key_groups.intersection(wanted))
+        })
+        .count();
+    if covered != wanted.count() {
+        bail!(
+            "the decision of epoch {} has state for {covered} of key groups {wanted}; \
+             the checkpoint is incomplete",
+            record.epoch
+        );
+    }
+    Ok(sources)
+}
+
+/// Copies the part of `wanted` each of `sources` holds into `store`, opening each snapshot
+/// beside `dir`. Answers the bytes of the snapshots read.
+async fn copy_in(
+    location: &Location,
+    sources: &[&StateSnapshot],
+    wanted: &KeyGroups,
+    store: &StateStore,
+    dir: &Path,
+    key_groups: u32,
+) -> anyhow::Result<u64> {
+    let mut bytes = 0;
     for (i, source) in sources.iter().enumerate() {
         let from = dir.with_extension(format!("source-{i}"));
         let source_store = snapshot::open(location, source, &from, key_groups)
             .await
             .with_context(|| format!("restoring {}'s state snapshot", source.executor_id))?;
-        let part = source.key_groups.0.max(range.0)..source.key_groups.1.min(range.1);
-        tokio::task::block_in_place(|| store.copy_range_from(&source_store, part)).with_context(
-            || format!("copying key groups from {}'s snapshot", source.executor_id),
-        )?;
+        bytes += source.bytes();
+        for &(start, end) in source.key_groups.intersection(wanted).ranges() {
+            tokio::task::block_in_place(|| store.copy_range_from(&source_store, start..end))
+                .with_context(|| {
+                    format!("copying key groups from {}'s snapshot", source.executor_id)
+                })?;
+        }
         drop(source_store);
         remove_dir(&from)?;
     }
-    store.set_position(Some(epoch))?;
-    Ok(Restored {
-        store,
-        inherited: None,
-    })
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -122,7 +172,13 @@ mod tests {
         let changelog = store.commit_epoch(3, batch).unwrap();
         let mut snapshots = Snapshots::new(location.clone(), "a");
         let snapshot = snapshots
-            .take(3, changelog, &store, &dir.join("scratch"), (0, K))
+            .take(
+                3,
+                changelog,
+                &store,
+                &dir.join("scratch"),
+                &KeyGroups::range(0, K),
+            )
             .await
             .unwrap();
         let record = CommitRecord {
@@ -141,17 +197,29 @@ mod tests {
         let (record, per_kg) = decided_store(&location, tmp.path()).await;
 
         // The same key groups: the snapshot becomes the store, sharing its files.
-        let whole = restore(&location, Some(&record), (0, K), &tmp.path().join("r1"), K)
-            .await
-            .unwrap();
+        let whole = restore(
+            &location,
+            Some(&record),
+            &KeyGroups::range(0, K),
+            &tmp.path().join("r1"),
+            K,
+        )
+        .await
+        .unwrap();
         assert_eq!(whole.store.last_epoch().unwrap(), Some(3));
         assert_eq!(distinct_values(&whole.store), 200);
         assert_eq!(whole.inherited.as_ref(), Some(&record.state[0].files));
 
         // Part of them (executors were added): only those entries are copied.
-        let part = restore(&location, Some(&record), (2, 5), &tmp.path().join("r2"), K)
-            .await
-            .unwrap();
+        let part = restore(
+            &location,
+            Some(&record),
+            &KeyGroups::range(2, 5),
+            &tmp.path().join("r2"),
+            K,
+        )
+        .await
+        .unwrap();
         let expected: u64 = (2..5).map(|kg| per_kg.get(&kg).copied().unwrap_or(0)).sum();
         assert!(expected > 0 && expected < 200);
         assert_eq!(part.store.last_epoch().unwrap(), Some(3));
@@ -159,17 +227,80 @@ mod tests {
         assert!(part.inherited.is_none());
 
         // Before any decision the store is empty; a decision without the key groups is refused.
-        let empty = restore(&location, None, (0, K), &tmp.path().join("r3"), K)
-            .await
-            .unwrap();
+        let empty = restore(
+            &location,
+            None,
+            &KeyGroups::range(0, K),
+            &tmp.path().join("r3"),
+            K,
+        )
+        .await
+        .unwrap();
         assert_eq!(empty.store.last_epoch().unwrap(), None);
         let mut partial_record = record.clone();
-        partial_record.state[0].key_groups = (0, 4);
+        partial_record.state[0].key_groups = KeyGroups::range(0, 4);
         let err = restore(
             &location,
             Some(&partial_record),
-            (2, 6),
+            &KeyGroups::range(2, 6),
             &tmp.path().join("r4"),
+            K,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("incomplete"), "{err:#}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_store_gains_and_loses_only_the_key_groups_that_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(tmp.path().join("checkpoint")).unwrap();
+        let location = weir_storage::open(url.as_str(), &BTreeMap::new()).unwrap();
+        let (record, per_kg) = decided_store(&location, tmp.path()).await;
+        let values = |groups: &KeyGroups| -> u64 {
+            groups
+                .groups()
+                .map(|kg| per_kg.get(&kg).copied().unwrap_or(0))
+                .sum()
+        };
+        // The store of key groups 0..4 as of the decision.
+        let had = KeyGroups::range(0, 4);
+        let kept = restore(&location, Some(&record), &had, &tmp.path().join("kept"), K)
+            .await
+            .unwrap();
+        assert_eq!(distinct_values(&kept.store), values(&had));
+        // Now it owns 2..3 and 5..7: 0..2 and 3..4 moved away, 5..7 moved here.
+        let now = KeyGroups::from_ranges([(2, 3), (5, 7)]);
+        kept.store.drop_key_groups(&had.difference(&now)).unwrap();
+        let gained = now.difference(&had);
+        let read = take_over(
+            &location,
+            &record,
+            &gained,
+            &kept.store,
+            &tmp.path().join("scratch"),
+            K,
+        )
+        .await
+        .unwrap();
+        assert_eq!(read, record.state[0].bytes());
+        assert!(values(&now) > 0);
+        assert_eq!(distinct_values(&kept.store), values(&now));
+        assert_eq!(
+            kept.store.last_epoch().unwrap(),
+            Some(3),
+            "still the decision's state"
+        );
+        // Key groups no snapshot of the decision holds are refused.
+        let mut partial = record.clone();
+        partial.state[0].key_groups = KeyGroups::range(0, 6);
+        let err = take_over(
+            &location,
+            &partial,
+            &KeyGroups::range(5, 7),
+            &kept.store,
+            &tmp.path().join("scratch2"),
             K,
         )
         .await
@@ -226,7 +357,13 @@ mod tests {
             let batch = epoch_batch(&store, e);
             let changelog = store.commit_epoch(e, batch).unwrap();
             let snapshot = snapshots
-                .take(e, changelog, &store, &tmp.path().join("scratch"), (0, K))
+                .take(
+                    e,
+                    changelog,
+                    &store,
+                    &tmp.path().join("scratch"),
+                    &KeyGroups::range(0, K),
+                )
                 .await
                 .unwrap();
             let changelogs = snapshot
@@ -243,14 +380,14 @@ mod tests {
                 ..Default::default()
             };
             let dir = tmp.path().join(format!("restored-{e}"));
-            let restored = restore(&location, Some(&record), (0, K), &dir, K)
+            let restored = restore(&location, Some(&record), &KeyGroups::range(0, K), &dir, K)
                 .await
                 .unwrap();
             assert_eq!(restored.store.entries(), store.entries(), "epoch {e}");
             // A store built from part of the snapshot holds those key groups as they were,
             // and its first snapshot is a base (no changelog describes what was copied).
             let dir = tmp.path().join(format!("part-{e}"));
-            let part = restore(&location, Some(&record), (2, 6), &dir, K)
+            let part = restore(&location, Some(&record), &KeyGroups::range(2, 6), &dir, K)
                 .await
                 .unwrap();
             let (lower, upper) = (kg_lower(2), kg_lower(6));
@@ -277,7 +414,7 @@ mod tests {
                     changelog,
                     &part.store,
                     &tmp.path().join("scratch-b"),
-                    (2, 6),
+                    &KeyGroups::range(2, 6),
                 )
                 .await
                 .unwrap();

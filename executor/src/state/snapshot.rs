@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use weir_common::checkpoint::{check_file_name, check_relative_path, StateFile, StateSnapshot};
+use weir_common::keygroup::KeyGroups;
 use weir_storage::Location;
 
 use crate::state::{remove_dir, StateError, StateStore};
@@ -133,6 +134,12 @@ impl Snapshots {
         self.changelogs = changelogs;
     }
 
+    /// The store gained or lost key groups outside an epoch's changelog: the next snapshot is a
+    /// base, since no changelog describes the change.
+    pub fn store_changed(&mut self) {
+        self.needs_base = true;
+    }
+
     /// Snapshots `store` after `epoch`, whose changelog (the batch it applied) is given: by
     /// uploading the changelog, or a new base when the changelogs would outgrow the last one.
     /// A base is a RocksDB checkpoint taken into `scratch` (removed afterwards).
@@ -142,7 +149,7 @@ impl Snapshots {
         changelog: Vec<u8>,
         store: &StateStore,
         scratch: &Path,
-        key_groups: (u32, u32),
+        key_groups: &KeyGroups,
     ) -> Result<StateSnapshot, SnapshotError> {
         if !self.wants_base(changelog.len() as u64) {
             return self.upload_changelog(epoch, changelog, key_groups).await;
@@ -171,12 +178,12 @@ impl Snapshots {
         format!("state/{}/{}", self.executor_id, self.instance)
     }
 
-    fn snapshot(&self, key_groups: (u32, u32), uploaded_bytes: u64) -> StateSnapshot {
+    fn snapshot(&self, key_groups: &KeyGroups, uploaded_bytes: u64) -> StateSnapshot {
         let mut files = self.base.clone();
         files.extend(self.changelogs.iter().cloned());
         StateSnapshot {
             executor_id: self.executor_id.clone(),
-            key_groups,
+            key_groups: key_groups.clone(),
             files,
             uploaded_bytes,
         }
@@ -187,7 +194,7 @@ impl Snapshots {
         &mut self,
         epoch: u64,
         changelog: Vec<u8>,
-        key_groups: (u32, u32),
+        key_groups: &KeyGroups,
     ) -> Result<StateSnapshot, SnapshotError> {
         // Zero-padded so that names sort in epoch order.
         let name = format!("{CHANGELOG_PREFIX}{epoch:020}");
@@ -211,7 +218,7 @@ impl Snapshots {
         &mut self,
         epoch: u64,
         dir: &Path,
-        key_groups: (u32, u32),
+        key_groups: &KeyGroups,
     ) -> Result<StateSnapshot, SnapshotError> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
@@ -381,7 +388,7 @@ mod tests {
         write("000010.sst", "aaaa");
         write("MANIFEST-000001", "m1");
         let first = snapshots
-            .upload_base(0, local.path(), (0, 8))
+            .upload_base(0, local.path(), &KeyGroups::range(0, 8))
             .await
             .unwrap();
         assert_eq!(first.uploaded_bytes, 6);
@@ -390,7 +397,7 @@ mod tests {
         write("000011.sst", "bbbbbbbb");
         write("MANIFEST-000001", "m2");
         let second = snapshots
-            .upload_base(1, local.path(), (0, 8))
+            .upload_base(1, local.path(), &KeyGroups::range(0, 8))
             .await
             .unwrap();
         assert_eq!(second.uploaded_bytes, 10);
@@ -428,7 +435,7 @@ mod tests {
         // A new instance shares only what it inherited.
         snapshots.start_instance(new_instance_id(), Some(&[]));
         let third = snapshots
-            .upload_base(2, local.path(), (0, 8))
+            .upload_base(2, local.path(), &KeyGroups::range(0, 8))
             .await
             .unwrap();
         assert_eq!(third.uploaded_bytes, 14);
