@@ -267,6 +267,9 @@ async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
     }
 }
 
+/// How long one heartbeat (connecting included) may take.
+const HEARTBEAT_CALL_LIMIT: Duration = Duration::from_secs(3);
+
 /// Keeps telling the driver this executor is alive; registers again if the driver forgot it
 /// (it restarted). A driver that now runs another job, or that gave this executor's id to
 /// another process, gets an error into `fatal`.
@@ -296,6 +299,13 @@ async fn heartbeat(
                 })
                 .await?;
             anyhow::Ok(r.into_inner().known)
+        };
+        // A driver that hangs (paused, or its host gone quiet) must not stall the beats: a
+        // replacement behind the same address would never hear from this executor.
+        let beat = async {
+            tokio::time::timeout(HEARTBEAT_CALL_LIMIT, beat)
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {HEARTBEAT_CALL_LIMIT:?}"))?
         };
         match beat.await {
             Ok(true) => {}
