@@ -123,7 +123,11 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
 
 /// A request with the deadline and the token, when there is one (a driver may need it for
 /// reads too).
-fn request<T>(message: T, token: Option<&str>, timeout: Duration) -> anyhow::Result<Request<T>> {
+pub fn request<T>(
+    message: T,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Request<T>> {
     let mut r = Request::new(message);
     r.set_timeout(timeout);
     if let Some(t) = token {

@@ -249,15 +249,13 @@ async fn driver_target(url: &str, token: Option<&str>) -> anyhow::Result<usize> 
     use weir_proto::admin::admin_client::AdminClient;
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
         .connect()
         .await?;
-    let mut request = tonic::Request::new(weir_proto::admin::ListQueriesRequest {});
-    if let Some(t) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse()?);
-    }
+    let request = crate::admin_cli::request(
+        weir_proto::admin::ListQueriesRequest {},
+        token,
+        Duration::from_secs(5),
+    )?;
     let queries = AdminClient::new(channel)
         .list_queries(request)
         .await?

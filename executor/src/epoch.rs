@@ -44,10 +44,9 @@ pub const CHUNK: usize = 4096;
 enum StateReady {
     /// It held them already.
     InPlace,
-    /// Restored whole from the checkpoint: `key_groups` from snapshots of `bytes`.
+    /// `key_groups` restored from snapshots of `bytes`: all it owns (restored whole), or those
+    /// that moved here (the store kept, the others as they were).
     Restored { key_groups: u32, bytes: u64 },
-    /// Kept, with `key_groups` that moved here copied in from snapshots of `bytes`.
-    Rebalanced { key_groups: u32, bytes: u64 },
 }
 
 /// Everything an executor needs to run epochs of one job.
@@ -254,7 +253,7 @@ impl EpochRunner {
         }
         self.snapshots.store_changed();
         self.owned = Some(owned.clone());
-        Ok(StateReady::Rebalanced {
+        Ok(StateReady::Restored {
             key_groups: gained.count(),
             bytes,
         })
@@ -286,8 +285,7 @@ impl EpochRunner {
         let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
         match ready {
             StateReady::InPlace => {}
-            StateReady::Restored { key_groups, bytes }
-            | StateReady::Rebalanced { key_groups, bytes } => {
+            StateReady::Restored { key_groups, bytes } => {
                 local.stats.restore_ms = restore_ms;
                 local.stats.restored_key_groups = key_groups;
                 local.stats.restored_bytes = bytes;

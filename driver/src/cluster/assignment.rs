@@ -79,22 +79,19 @@ pub fn assign(
 /// (indexed like the answer) by the rule in the module's documentation. Units held that are not
 /// in `units`, or held twice, are ignored (the first holder keeps them).
 fn balance(units: &[u32], held: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    let n = held.len();
     let wanted: BTreeSet<u32> = units.iter().copied().collect();
     let mut claimed: BTreeSet<u32> = BTreeSet::new();
     let current: Vec<Vec<u32>> = held
         .iter()
         .map(|h| {
-            let mut mine: Vec<u32> = h
-                .iter()
+            // In ascending order, each once.
+            h.iter()
                 .copied()
                 .filter(|u| wanted.contains(u))
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .filter(|u| claimed.insert(*u))
-                .collect();
-            mine.sort_unstable();
-            mine
+                .collect()
         })
         .collect();
     let quotas = quotas(wanted.len(), &current);
@@ -108,9 +105,9 @@ fn balance(units: &[u32], held: &[Vec<u32>]) -> Vec<Vec<u32>> {
     for (mine, quota) in owned.iter_mut().zip(&quotas) {
         let missing = quota.saturating_sub(mine.len());
         mine.extend(free.by_ref().take(missing));
+        // Units taken from the pool may sort before the ones kept.
         mine.sort_unstable();
     }
-    debug_assert_eq!(owned.len(), n);
     owned
 }
 

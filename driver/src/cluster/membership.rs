@@ -41,11 +41,14 @@ pub enum MembershipMsg {
         id: String,
         reply: oneshot::Sender<Option<Member>>,
     },
-    /// The executor at `address` failed: it must register again (a restarted one already did,
-    /// from another address, and stays).
-    Remove { id: String, address: String },
-    /// The executor at `address` was told to exit: the target went below the registered count.
-    Retired { id: String, address: String },
+    /// The executor at `address` is taken out: it `failed` and must register again (a
+    /// restarted one already did, from another address, and stays), or it was told to exit
+    /// (the target went below the registered count).
+    Remove {
+        id: String,
+        address: String,
+        failed: bool,
+    },
     /// The table as it is now, last heartbeats included (the watch changes on joins and leaves
     /// only).
     List { reply: oneshot::Sender<Vec<Member>> },
@@ -134,15 +137,15 @@ pub async fn run(
             MembershipMsg::Get { id, reply } => {
                 let _ = reply.send(table.get(&id).cloned());
             }
-            MembershipMsg::Remove { id, address } => {
+            MembershipMsg::Remove {
+                id,
+                address,
+                failed,
+            } => {
                 if table.get(&id).is_some_and(|m| m.address == address) {
-                    tracing::warn!(executor = %id, "executor failed; it must register again");
-                    table.remove(&id);
-                    members.send_replace(table.values().cloned().collect());
-                }
-            }
-            MembershipMsg::Retired { id, address } => {
-                if table.get(&id).is_some_and(|m| m.address == address) {
+                    if failed {
+                        tracing::warn!(executor = %id, "executor failed; it must register again");
+                    }
                     table.remove(&id);
                     members.send_replace(table.values().cloned().collect());
                 }
@@ -216,6 +219,7 @@ mod tests {
         tx.send(MembershipMsg::Remove {
             id: "a".into(),
             address: "http://elsewhere".into(),
+            failed: true,
         })
         .await
         .unwrap();
@@ -224,6 +228,7 @@ mod tests {
         tx.send(MembershipMsg::Remove {
             id: "a".into(),
             address: "http://a/1".into(),
+            failed: true,
         })
         .await
         .unwrap();

@@ -6,8 +6,6 @@
 //! first (they hold state), then the longest registered. Registered executors beyond the target
 //! are retired: told to exit once an epoch without them is decided.
 
-use std::time::SystemTime;
-
 use tokio::sync::watch;
 use weir_common::checkpoint::{Assignment, ScaleRecord};
 use weir_common::job::scaling::ExecutorBounds;
@@ -133,11 +131,6 @@ pub fn select(registered: &[Member], target: usize, previous: &[Assignment]) -> 
     let retire: Vec<Member> = order.iter().skip(target).map(|m| (*m).clone()).collect();
     run_on.sort_by(|a, b| a.id.cmp(&b.id));
     Selection { run_on, retire }
-}
-
-/// Wall-clock time of a scale record, for the operators.
-pub fn wall(at_micros: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(at_micros.max(0) as u64)
 }
 
 #[cfg(test)]

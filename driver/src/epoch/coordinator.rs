@@ -423,21 +423,28 @@ impl Coordinator {
             return;
         }
         self.clients.shutdown(&leaving).await;
+        let target = self.scaler.current().executors;
         for m in &leaving {
-            tracing::info!(executor = %m.id, "executor retired: the executor target is {}", self.scaler.current().executors);
-            self.clients.forget(&m.address);
-            let _ = self
-                .membership
-                .send(MembershipMsg::Retired {
-                    id: m.id.clone(),
-                    address: m.address.clone(),
-                })
-                .await;
+            tracing::info!(executor = %m.id, "executor retired: the executor target is {target}");
+            self.take_out(m, false).await;
         }
         self.ops.metrics.retired(leaving.len());
         self.ops
             .board
             .retired(leaving.iter().map(|m| m.id.clone()).collect());
+    }
+
+    /// Takes `m` out of the membership and drops its connection: it `failed`, or was retired.
+    async fn take_out(&mut self, m: &Member, failed: bool) {
+        self.clients.forget(&m.address);
+        let _ = self
+            .membership
+            .send(MembershipMsg::Remove {
+                id: m.id.clone(),
+                address: m.address.clone(),
+                failed,
+            })
+            .await;
     }
 
     /// Plans the next epoch, or returns `None` when there is nothing to do.
@@ -878,14 +885,7 @@ impl Coordinator {
                 &format!("executor `{id}` failed or was lost in epoch {epoch} ({failure}); the epoch runs again"),
             );
             if let Some(m) = members.iter().find(|m| m.id == *id) {
-                self.clients.forget(&m.address);
-                let _ = self
-                    .membership
-                    .send(MembershipMsg::Remove {
-                        id: m.id.clone(),
-                        address: m.address.clone(),
-                    })
-                    .await;
+                self.take_out(m, true).await;
             }
         }
         let alive: Vec<Member> = self.members.borrow().clone();
