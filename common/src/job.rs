@@ -168,8 +168,6 @@ pub struct RawDeltaSink {
     pub path: String,
     #[serde(default)]
     pub partition_by: Vec<String>,
-    #[serde(default)]
-    pub compact: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,7 +236,6 @@ pub struct DeltaSink {
     /// Absolute URL (`file:///...`, `s3://...`).
     pub url: String,
     pub partition_by: Vec<String>,
-    pub compact: bool,
 }
 
 /// A validated job: everything the driver and executors need, in engine units.
@@ -475,7 +472,6 @@ fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaS
     Ok(DeltaSink {
         url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
         partition_by: raw.partition_by.clone(),
-        compact: raw.compact,
     })
 }
 
