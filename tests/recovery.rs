@@ -417,11 +417,7 @@ fn decisions_in(dir: &Path) -> usize {
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<u64>().is_ok())
-                })
+                .filter(|e| support::record_epoch(&e.path()).is_some())
                 .count()
         })
         .unwrap_or(0)

@@ -276,22 +276,32 @@ pub fn verify_in(events: &Path, root: &str, extra: &[&std::ffi::OsStr]) -> Strin
 /// The records under `checkpoint/<kind>` of the job in `dir` (`offsets`: the plans,
 /// `commits`: the decisions), in epoch order.
 pub fn checkpoint_records(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoint").join(kind))
+    let mut records: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("checkpoint").join(kind))
         .unwrap_or_else(|e| panic!("checkpoint/{kind}: {e}"))
-        .map(|e| e.expect("checkpoint entry").path())
+        .filter_map(|e| {
+            let path = e.expect("checkpoint entry").path();
+            record_epoch(&path).map(|epoch| (epoch, path))
+        })
         .collect();
-    paths.sort_by_key(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.trim_end_matches(".json").parse::<u64>().ok())
-    });
-    paths
+    records.sort();
+    records
         .iter()
-        .map(|p| {
+        .map(|(_, p)| {
             serde_json::from_str(&std::fs::read_to_string(p).expect("checkpoint record"))
                 .expect("checkpoint record is JSON")
         })
         .collect()
+}
+
+/// The epoch a checkpoint record file is named for; `None` for anything else in the folder,
+/// such as the staging file (`<epoch>#<n>`) a process killed mid-write leaves on a local
+/// filesystem, which the log itself never lists.
+pub fn record_epoch(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .trim_end_matches(".json")
+        .parse()
+        .ok()
 }
 
 /// The decision records of the checkpoint in `dir`, in epoch order.
