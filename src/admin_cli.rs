@@ -170,6 +170,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 return print_json(&r.queries, true);
             }
             println!("{}", status_table(&r.queries));
+            for q in &r.queries {
+                println!("{}", target_line(q));
+            }
         }
         AdminCommand::Progress => {
             let p = client
@@ -289,6 +292,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Who set a query's executor target and why, and what the autoscaler asks for now.
+fn target_line(q: &QueryStatus) -> String {
+    let mut line = format!(
+        "{}: target {} executors since {} ({})",
+        q.name, q.executors_target, q.target_set_at, q.target_reason
+    );
+    if let Some(a) = &q.autoscale {
+        line.push_str(&format!(
+            "; autoscale {}..={} with a target lag of {} ms",
+            a.min, a.max, a.target_lag_ms
+        ));
+        if a.recommended > 0 {
+            line.push_str(&format!(
+                ", recommending {} at {}",
+                a.recommended, a.recommended_at
+            ));
+        }
+    }
+    line
 }
 
 fn status_table(queries: &[QueryStatus]) -> String {

@@ -162,9 +162,17 @@ enum Command {
         /// Address of the control service.
         #[arg(long, default_value = "0.0.0.0:7400")]
         listen: SocketAddr,
-        /// Epochs start when this many executors have joined.
+        /// The executor count to aim for at first (`weir admin scale` or the job's
+        /// `autoscale:` change it later; a restart with the same count resumes the last target).
         #[arg(long, default_value_t = 1)]
         executors: usize,
+        /// Keep this Deployment of executors at the target, through the Kubernetes API (the
+        /// driver's service account needs patch on deployments/scale and pods).
+        #[arg(long)]
+        kubernetes_deployment: Option<String>,
+        /// The namespace of --kubernetes-deployment (default: the service account's).
+        #[arg(long, requires = "kubernetes_deployment")]
+        kubernetes_namespace: Option<String>,
         /// Override the job's trigger (`available-now` or an interval such as `30s`).
         #[arg(long)]
         trigger: Option<String>,
@@ -261,11 +269,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job,
             listen,
             executors,
+            kubernetes_deployment,
+            kubernetes_namespace,
             trigger,
             ops,
             cluster,
         } => {
             let job = job_with_trigger(&job, trigger.as_deref())?;
+            let kubernetes =
+                kubernetes_deployment.map(|deployment| weir_driver::KubernetesExecutors {
+                    deployment,
+                    namespace: kubernetes_namespace,
+                });
             let stop = stop_signal()?;
             weir_driver::run(
                 weir_driver::DriverConfig {
@@ -278,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     metrics_listen: ops.metrics_listen.0,
                     cluster_secret: cluster.secret()?,
                     open_cluster: cluster.insecure_open_cluster,
+                    kubernetes,
                 },
                 stop,
             )

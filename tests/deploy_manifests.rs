@@ -180,8 +180,33 @@ fn every_overlay_renders_validates_and_passes_checkov() {
         let driver = named(&docs, "Deployment", "weir-driver");
         assert_eq!(driver["spec"]["replicas"], 1);
         assert_eq!(driver["spec"]["strategy"]["type"], "Recreate");
-        // Executors: no API token, a bounded cache, ids and addresses from the pod.
+        // The driver keeps the executors' Deployment at its target: the manifest sets no
+        // replicas, and the driver's Role may patch that scale and the pods' deletion cost.
+        let driver_args = format!(
+            "{:?}",
+            driver["spec"]["template"]["spec"]["containers"][0]["args"]
+        );
+        assert!(
+            driver_args.contains("--kubernetes-deployment=weir-executor"),
+            "{driver_args}"
+        );
         let executors = named(&docs, "Deployment", "weir-executor");
+        assert!(executors["spec"]["replicas"].is_null());
+        let role = named(&docs, "Role", "weir-driver");
+        let rules = role["rules"].as_sequence().unwrap();
+        let allows = |resource: &str, verb: &str| {
+            rules.iter().any(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+                    && r["verbs"].as_sequence().unwrap().iter().any(|x| x == verb)
+            })
+        };
+        assert!(allows("deployments/scale", "patch") && allows("pods", "patch"));
+        assert!(!allows("deployments", "patch") && !allows("pods", "delete"));
+        // Executors: no API token, a bounded cache, ids and addresses from the pod.
         let pod = &executors["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false);
         let state = pod["volumes"]

@@ -2,7 +2,8 @@
 //! one executor to three, two and one while it reads its backlog. Each step moves only the key
 //! groups the new balance requires, no epoch run is abandoned, the retired executors exit 0 (and
 //! are not started again), the target survives in the status, and the table equals the ground
-//! truth.
+//! truth. A scale-down whose driver is killed between the decision and the retirement, with a
+//! leaving and a staying executor killed too, still ends exact.
 
 mod support;
 
@@ -10,33 +11,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::admin::{admin, admin_json};
-use support::local_run::LocalRun;
-use support::{gen_events, reference_job, verify, weir_local, Broker};
+use support::admin::{admin, admin_json, read_through};
+use support::cluster::{Cluster, Role};
+use support::local_run::ScalingRun;
+use support::{commit_records, gen_events, reference_job, verify, Broker};
 
 const KEY_GROUPS: u64 = 256;
 const EVENTS: u64 = 60_000;
 
-/// Waits for a committed epoch after `after` that ran on `executors` executors and answers the
-/// first.
+/// Waits for a committed epoch after `after` that ran on `executors` executors.
 fn wait_for_epoch_on(url: &str, executors: u64, after: Option<u64>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let recent = admin_json(url, &["recent-progress"], None);
-        if let Some(p) = recent.as_array().and_then(|epochs| {
-            epochs.iter().find(|p| {
-                p["numExecutors"] == executors
-                    && after.is_none_or(|a| p["batchId"].as_u64().unwrap() > a)
-            })
-        }) {
-            return p.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no epoch ran on {executors} executors: {recent}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::admin::wait_for_epoch_on(url, executors, after, Duration::from_secs(120))
 }
 
 /// Scales to `executors` and answers the first epoch that ran on the new count.
@@ -65,19 +50,9 @@ fn a_running_job_scales_from_1_to_3_to_2_to_1_moving_only_what_it_must() {
     let dir = tempfile::tempdir().unwrap();
     let events = gen_events(&broker, dir.path(), 4, EVENTS, &[]);
     // 1 000 offsets an epoch at a 1 s trigger: a backlog of a minute, read while the job scales.
-    reference_job(dir.path(), &broker.address, 1_000);
-    let token = dir.path().join("token");
-    std::fs::write(&token, "scale-token\n").unwrap();
-    let mut cmd = weir_local();
-    cmd.arg("--job")
-        .arg(dir.path().join("job.yaml"))
-        .args(["--executors", "1", "--work-dir"])
-        .arg(dir.path().join("work"))
-        .arg("--admin-token-file")
-        .arg(&token);
-    let log = dir.path().join("local.log");
-    let mut local = LocalRun::start(cmd, &log);
-    let url = local.wait_for_line("weir driver admin on ", Duration::from_secs(60));
+    let job = reference_job(dir.path(), &broker.address, 1_000);
+    let run = ScalingRun::start(dir.path(), &job, 1);
+    let (url, token) = (run.url.clone(), run.token.clone());
     let first = wait_for_epoch_on(&url, 1, None);
     assert_eq!(first["executors"][0]["keyGroupCount"], KEY_GROUPS);
 
@@ -129,20 +104,11 @@ fn a_running_job_scales_from_1_to_3_to_2_to_1_moving_only_what_it_must() {
 
     // The rest of the backlog, then a stop; every epoch ran once (no run was abandoned).
     let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let status = admin_json(&url, &["progress"], None);
-        let end: i64 = status["sources"][0]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["endOffset"].as_i64().unwrap())
-            .sum();
-        if end == EVENTS as i64 {
-            break;
-        }
+    while read_through(&url) < EVENTS as i64 {
         assert!(
             Instant::now() < deadline,
-            "the backlog was not read: {status}"
+            "the backlog was not read: {}",
+            admin_json(&url, &["progress"], None)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -155,13 +121,67 @@ fn a_running_job_scales_from_1_to_3_to_2_to_1_moving_only_what_it_must() {
     let status = admin_json(&url, &["status"], None);
     assert_eq!(status[0]["executorsTarget"], 1, "{status}");
     assert_eq!(status[0]["executorsActive"], 1, "{status}");
-    assert!(admin(&url, &["stop"], Some(&token)).status.success());
-    let exit = local.wait(Duration::from_secs(60));
-    assert!(exit.success(), "weir local: {exit}");
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !log.contains("starting it again"),
-        "a retired executor was started again: {log}"
+    run.stop();
+    verify(&events, dir.path(), &[]);
+}
+
+/// 3 → 2 under chaos: the driver is killed at `retiring` (the decision of the first epoch
+/// without the leaver is written, the leaver not told yet), and the leaver and a stayer are
+/// killed with it. The new driver resumes the target, runs on the two that come back, and the
+/// table is exact.
+#[test]
+fn a_scale_down_killed_between_decision_and_retirement_stays_exact() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen_events(&broker, dir.path(), 4, 30_000, &[]);
+    let job = reference_job(dir.path(), &broker.address, 1_000);
+    let mut cluster = Cluster::new(&job, dir.path(), 3, &[]);
+    // The first scale-down reaches `retiring`, whatever epoch it lands in.
+    let faults: Vec<String> = (0..40).map(|e| format!("retiring@{e}")).collect();
+    cluster.start(Role::Driver, &faults.join(","));
+    for i in 0..3 {
+        cluster.start(Role::Executor(i), "");
+    }
+    let url = cluster.wait_for_line(Role::Driver, "weir driver admin on ");
+    cluster.wait_for_line(Role::Driver, "[realtime-analytics] epoch 1 ");
+    let status = admin_json(&url, &["scale", "2"], None);
+    assert_eq!(status["executorsTarget"], 2, "{status}");
+    let at = cluster.wait_for_line(Role::Driver, "weir fault point retiring@");
+    let decided: u64 = at.trim().parse().expect("an epoch");
+    cluster.kill(Role::Executor(2));
+    cluster.kill(Role::Executor(1));
+    cluster.kill(Role::Driver);
+
+    // The decision without the leaver moved only its key groups.
+    let records = commit_records(dir.path());
+    let record = records
+        .iter()
+        .find(|r| r["epoch"] == decided)
+        .expect("the decision of the epoch at `retiring`");
+    assert_eq!(record["stats"]["key_groups_moved"], 85, "{record}");
+    assert_eq!(
+        record["assignment"].as_array().unwrap().len(),
+        2,
+        "{record}"
     );
+
+    // A new driver with the same --executors resumes the target of 2: the executor killed
+    // while leaving stays gone, and the job reads to its end on the other two.
+    cluster.start(Role::Driver, "");
+    cluster.start(Role::Executor(1), "");
+    let exit = cluster.wait_for_driver(Duration::from_secs(180));
+    assert!(
+        exit.success(),
+        "driver: {exit}\n{}",
+        cluster.log_tail(Role::Driver)
+    );
+    let last = commit_records(dir.path()).pop().expect("decisions");
+    let ids: Vec<&str> = last["assignment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["executor_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["executor-0", "executor-1"], "{last}");
     verify(&events, dir.path(), &[]);
 }

@@ -62,6 +62,8 @@ pub struct RawJob {
     pub alerts: Option<RawAlerts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executors: Option<scaling::RawExecutors>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<scaling::RawAutoscale>,
 }
 
 fn default_trigger() -> String {
@@ -262,6 +264,8 @@ pub struct JobSpec {
     pub pushgateway: Option<PushgatewaySink>,
     pub alerts: Option<AlertSpec>,
     pub executors: scaling::ExecutorBounds,
+    /// The driver sizes the job itself when set (docs/operations.md, Autoscaling).
+    pub autoscale: Option<scaling::AutoscaleSpec>,
 }
 
 /// Default number of key groups (docs/architecture.md, Assignment).
@@ -689,6 +693,17 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         f.path = files.url.clone();
     }
     let executors = scaling::parse(raw.executors.as_ref(), key_groups)?;
+    let autoscale = match (&raw.autoscale, &source) {
+        (Some(_), Source::Files(_)) => {
+            return Err(JobError::new(
+                "autoscale",
+                "needs a Kafka source: it sizes the job from the offsets behind (file sources \
+                 scale with `weir admin scale`)",
+            ))
+        }
+        (Some(a), Source::Kafka(_)) => Some(scaling::parse_autoscale(a, &executors)?),
+        (None, _) => None,
+    };
     Ok(JobSpec {
         name: raw.name.clone(),
         source,
@@ -710,6 +725,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         pushgateway,
         alerts,
         executors,
+        autoscale,
         raw,
     })
 }

@@ -28,6 +28,7 @@ use weir_telemetry::{MetricsEndpoint, Readiness};
 
 use crate::admin::{AdminService, AdminToken, QueryFacts};
 use crate::cluster::executors::ExecutorClients;
+use crate::cluster::kubernetes::{ExecutorDeployment, ReplicaFollower};
 use crate::cluster::scale::Scaler;
 use crate::cluster::service::DriverService;
 use crate::epoch::coordinator::{Coordinator, Operations};
@@ -76,6 +77,16 @@ pub struct DriverConfig {
     pub cluster_secret: Option<ClusterSecret>,
     /// Listen beyond loopback without a cluster secret (the operator trusts the network).
     pub open_cluster: bool,
+    /// The executors' Deployment the driver keeps at its target, when it runs in Kubernetes.
+    pub kubernetes: Option<KubernetesExecutors>,
+}
+
+/// `--kubernetes-deployment` and `--kubernetes-namespace`.
+#[derive(Debug, Clone)]
+pub struct KubernetesExecutors {
+    pub deployment: String,
+    /// Defaults to the driver's service account's namespace.
+    pub namespace: Option<String>,
 }
 
 /// Prints a line a supervisor (`weir local`, tests) reads to find the driver's ports.
@@ -164,7 +175,22 @@ async fn drive(
     epoch_budget: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started_at_micros = now_micros();
-    let scaler = Scaler::new(config.executors, config.job.executors).map_err(anyhow::Error::msg)?;
+    let scaler = Scaler::new(config.executors, config.job.executors, config.job.autoscale)
+        .map_err(anyhow::Error::msg)?;
+    let replicas = match &config.kubernetes {
+        Some(k) => {
+            let deployment = ExecutorDeployment::connect(&k.deployment, k.namespace.as_deref())
+                .await
+                .with_context(|| format!("--kubernetes-deployment {}", k.deployment))?;
+            tracing::info!(
+                deployment = %deployment.name,
+                namespace = %deployment.namespace,
+                "keeping the executors' Deployment at the executor target"
+            );
+            Some(ReplicaFollower::start(deployment))
+        }
+        None => None,
+    };
     let job = config.job;
     let mut log = CheckpointLog::open(&job.checkpoint_url, &job.storage_options)?;
     let metadata = job_metadata(&log, &job).await?;
@@ -349,6 +375,9 @@ async fn drive(
             pushgateway,
         },
     );
+    if let Some(r) = replicas {
+        coordinator = coordinator.follow_deployment(r);
+    }
     // Its ports serve and it holds the checkpoint: executors can register. A stopping driver
     // is no longer ready, while it finishes its epoch (SIGTERM or admin stop).
     if !*stopping.borrow() {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -33,4 +34,44 @@ pub fn admin_json(url: &str, args: &[&str], token: Option<&Path>) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Waits up to `timeout` for a committed epoch after `after` that ran on `executors` executors,
+/// and answers the first.
+pub fn wait_for_epoch_on(
+    url: &str,
+    executors: u64,
+    after: Option<u64>,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let recent = admin_json(url, &["recent-progress"], None);
+        if let Some(p) = recent.as_array().and_then(|epochs| {
+            epochs.iter().find(|p| {
+                p["numExecutors"] == executors
+                    && after.is_none_or(|a| p["batchId"].as_u64().unwrap() > a)
+            })
+        }) {
+            return p.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no epoch ran on {executors} executors: {recent}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The sum of the partitions' end offsets the last committed epoch read up to.
+pub fn read_through(url: &str) -> i64 {
+    let progress = admin_json(url, &["progress"], None);
+    progress["sources"][0]["partitions"]
+        .as_array()
+        .map_or(0, |parts| {
+            parts
+                .iter()
+                .map(|p| p["endOffset"].as_i64().unwrap_or(0))
+                .sum()
+        })
 }

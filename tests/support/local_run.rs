@@ -106,3 +106,50 @@ impl Drop for LocalRun {
         let _ = self.child.wait();
     }
 }
+
+/// A `weir local` job whose executor count changes while it runs: its admin API needs a token,
+/// and it starts on `executors`.
+pub struct ScalingRun {
+    pub local: LocalRun,
+    pub url: String,
+    pub token: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl ScalingRun {
+    /// Starts `job` with its work, token and log under `dir`.
+    pub fn start(dir: &Path, job: &Path, executors: usize) -> Self {
+        let token = dir.join("token");
+        std::fs::write(&token, "scaling-token\n").expect("token file");
+        let mut cmd = super::weir_local();
+        cmd.arg("--job")
+            .arg(job)
+            .args(["--executors", &executors.to_string(), "--work-dir"])
+            .arg(dir.join("work"))
+            .arg("--admin-token-file")
+            .arg(&token);
+        let log = dir.join("local.log");
+        let mut local = LocalRun::start(cmd, &log);
+        let url = local.wait_for_line("weir driver admin on ", Duration::from_secs(60));
+        Self {
+            local,
+            url,
+            token,
+            log,
+        }
+    }
+
+    /// Stops the job through the admin API: weir local exits 0, and never started a retired
+    /// executor again.
+    pub fn stop(mut self) {
+        let stop = super::admin::admin(&self.url, &["stop"], Some(&self.token));
+        assert!(stop.status.success(), "{stop:?}");
+        let exit = self.local.wait(Duration::from_secs(60));
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(exit.success(), "weir local: {exit}\n{log}");
+        assert!(
+            !log.contains("starting it again"),
+            "a retired executor was started again: {log}"
+        );
+    }
+}

@@ -484,6 +484,25 @@ fn a_file_source_reads_a_directory_or_prefix() {
     );
     let ftp = files("  files: {path: \"ftp://host/data\"}\n");
     assert_eq!(parse(&ftp).unwrap_err().field, "source.files.path");
+    // Autoscaling sizes from the offsets behind: a file job is scaled by hand.
+    let autoscaled = files("  files: {path: /data}\n") + "autoscale: {max: 2}\n";
+    assert_eq!(parse(&autoscaled).unwrap_err().field, "autoscale");
+}
+
+#[test]
+fn autoscale_within_the_executor_bounds() {
+    assert_eq!(parse(GOOD).unwrap().autoscale, None);
+    let job = parse(&format!(
+        "{GOOD}executors: {{max: 8}}\nautoscale: {{min: 2, target_lag: 10s, scale_down_after: 1m}}\n"
+    ))
+    .unwrap();
+    let a = job.autoscale.unwrap();
+    assert_eq!((a.min, a.max), (2, 8));
+    assert_eq!(a.target_lag, std::time::Duration::from_secs(10));
+    let beyond = format!("{GOOD}executors: {{max: 8}}\nautoscale: {{max: 9}}\n");
+    assert_eq!(parse(&beyond).unwrap_err().field, "autoscale.max");
+    let typo = format!("{GOOD}autoscale: {{target_lagg: 10s}}\n");
+    assert!(parse(&typo).is_err());
 }
 
 /// A value a job file may hold where the reference job has another.

@@ -14,9 +14,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 use weir_proto::admin::admin_server::Admin;
 use weir_proto::admin::{
-    CheckpointNowResponse, ControlRequest, ExecutorInfo, ExecutorState, ListExecutorsRequest,
-    ListExecutorsResponse, ListQueriesRequest, ListQueriesResponse, ProgressRequest, QueryProgress,
-    QueryState, QueryStatus, RecentProgressResponse, ScaleRequest,
+    Autoscale, CheckpointNowResponse, ControlRequest, ExecutorInfo, ExecutorState,
+    ListExecutorsRequest, ListExecutorsResponse, ListQueriesRequest, ListQueriesResponse,
+    ProgressRequest, QueryProgress, QueryState, QueryStatus, RecentProgressResponse, ScaleRequest,
 };
 
 use crate::cluster::membership::{Member, MembershipMsg};
@@ -110,11 +110,37 @@ impl AdminService {
             executors_active: s.assignment.len() as u32,
             target_reason: target.reason,
             target_set_at: rfc3339(target.at_micros).unwrap_or_default(),
+            autoscale: self.autoscale_status(),
             trigger: self.facts.trigger.clone(),
             checkpoint_location: self.facts.checkpoint_location.clone(),
             output_table: id.output_url.clone(),
             started_at: rfc3339(self.facts.started_at_micros).unwrap_or_default(),
         }
+    }
+
+    fn autoscale_status(&self) -> Option<Autoscale> {
+        let spec = self.scaler.autoscale?;
+        let last = self.scaler.recommendation();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Some(Autoscale {
+            min: spec.min as u32,
+            max: spec.max as u32,
+            target_lag_ms: ms(spec.target_lag),
+            target_utilization: spec.target_utilization,
+            scale_up_after_ms: ms(spec.scale_up_after),
+            scale_down_after_ms: ms(spec.scale_down_after),
+            recommended: last.as_ref().map_or(0, |r| r.executors as u32),
+            recommended_at: last
+                .as_ref()
+                .and_then(|r| rfc3339(r.at_micros))
+                .unwrap_or_default(),
+            backlog_rows: last.as_ref().map_or(0.0, |r| r.backlog_rows),
+            input_rows_per_second: last.as_ref().map_or(0.0, |r| r.input_rows_per_second),
+            rows_per_executor_second: last
+                .as_ref()
+                .and_then(|r| r.rows_per_executor_second)
+                .unwrap_or(0.0),
+        })
     }
 
     /// A call that changes the query: it needs the token, names this query, and (unless it is
@@ -402,6 +428,7 @@ mod tests {
                     max: 4,
                     wait: std::time::Duration::from_secs(1),
                 },
+                None,
             )
             .unwrap(),
             membership,

@@ -8,8 +8,9 @@
 
 use tokio::sync::watch;
 use weir_common::checkpoint::{Assignment, ScaleRecord};
-use weir_common::job::scaling::ExecutorBounds;
+use weir_common::job::scaling::{AutoscaleSpec, ExecutorBounds};
 
+use crate::cluster::autoscale::Recommendation;
 use crate::cluster::membership::Member;
 
 /// The executor count aimed for, and why.
@@ -40,11 +41,19 @@ impl Target {
 pub struct Scaler {
     target: watch::Sender<Target>,
     pub bounds: ExecutorBounds,
+    /// The job's `autoscale:`, when it autoscales.
+    pub autoscale: Option<AutoscaleSpec>,
+    /// The autoscaler's latest recommendation.
+    recommended: watch::Sender<Option<Recommendation>>,
 }
 
 impl Scaler {
     /// A scaler aiming for `initial` executors (checked against `bounds`).
-    pub fn new(initial: usize, bounds: ExecutorBounds) -> Result<Self, String> {
+    pub fn new(
+        initial: usize,
+        bounds: ExecutorBounds,
+        autoscale: Option<AutoscaleSpec>,
+    ) -> Result<Self, String> {
         bounds
             .check(initial)
             .map_err(|m| format!("--executors: {m}"))?;
@@ -54,7 +63,21 @@ impl Scaler {
             reason: "--executors".into(),
             at_micros: weir_common::now_micros(),
         });
-        Ok(Self { target, bounds })
+        Ok(Self {
+            target,
+            bounds,
+            autoscale,
+            recommended: watch::channel(None).0,
+        })
+    }
+
+    /// Shows the autoscaler's latest recommendation.
+    pub fn recommend(&self, recommendation: &Recommendation) {
+        self.recommended.send_replace(Some(recommendation.clone()));
+    }
+
+    pub fn recommendation(&self) -> Option<Recommendation> {
+        self.recommended.borrow().clone()
     }
 
     /// Aims for `executors`; an error names the bounds when they do not allow it.
@@ -196,8 +219,8 @@ mod tests {
             max: 3,
             wait: Duration::from_secs(1),
         };
-        assert!(Scaler::new(4, bounds).is_err());
-        let scaler = Scaler::new(2, bounds).unwrap();
+        assert!(Scaler::new(4, bounds, None).is_err());
+        let scaler = Scaler::new(2, bounds, None).unwrap();
         let mut watch = scaler.subscribe();
         assert!(scaler.set(0, "test").is_err());
         assert_eq!(scaler.set(3, "test").unwrap().executors, 3);

@@ -21,7 +21,9 @@ use weir_proto::admin::QueryState;
 use weir_storage::CheckpointLog;
 
 use crate::cluster::assignment::{assign, moved_key_groups};
+use crate::cluster::autoscale::{Autoscaler, Observation};
 use crate::cluster::executors::{ExecutorClients, RunFailure};
+use crate::cluster::kubernetes::ReplicaFollower;
 use crate::cluster::membership::{Member, MembershipMsg};
 use crate::cluster::scale::{select, Scaler, Target};
 use crate::epoch::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
@@ -35,6 +37,12 @@ use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::table_commits::{Committing, Tables};
 use crate::source::{InputEnd, SourcePosition, SourceReader};
+
+/// What a trigger finds: an epoch to run, or nothing to read; with each partition's end.
+enum Next {
+    Plan(EpochPlan, BTreeMap<i32, i64>),
+    Idle(BTreeMap<i32, i64>),
+}
 
 /// Runs of one epoch that may fail in a row before the job stops.
 const MAX_RUNS_PER_EPOCH: u32 = 10;
@@ -129,6 +137,10 @@ pub struct Coordinator {
     pub membership: mpsc::Sender<MembershipMsg>,
     /// The executor count aimed for.
     scaler: Scaler,
+    /// Moves the target with the input, when the job autoscales.
+    autoscaler: Option<Autoscaler>,
+    /// Keeps the executors' Deployment at the target, when the driver manages one.
+    replicas: Option<ReplicaFollower>,
     /// The target last written to the checkpoint (or read from it, or given at start).
     persisted_target: Target,
     /// Since when fewer executors than the target are there (they run with fewer after the
@@ -197,11 +209,19 @@ impl Coordinator {
             members,
             membership,
             persisted_target: scaler.current(),
+            autoscaler: scaler.autoscale.map(Autoscaler::new),
+            replicas: None,
             scaler,
             short_since: None,
             retiring: Vec::new(),
             clients,
         }
+    }
+
+    /// Keeps the executors' Deployment at the target from now on.
+    pub fn follow_deployment(mut self, replicas: ReplicaFollower) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 
     fn stopping(&self) -> bool {
@@ -324,6 +344,9 @@ impl Coordinator {
         loop {
             let goal = target.borrow_and_update().clone();
             self.persist_target(&goal).await?;
+            if let Some(r) = &mut self.replicas {
+                r.up_to(goal.executors);
+            }
             let registered = self.members.borrow_and_update().clone();
             let selection = select(&registered, goal.executors, previous);
             let have = selection.run_on.len();
@@ -354,6 +377,13 @@ impl Coordinator {
             };
             if let Some(selection) = chosen {
                 self.ops.metrics.set_target(goal.executors);
+                // Nobody beyond the target to retire first: the Deployment can shrink now.
+                if let (Some(r), true) = (
+                    &mut self.replicas,
+                    have >= goal.executors && selection.retire.is_empty(),
+                ) {
+                    r.down_to(goal.executors, Vec::new());
+                }
                 // Executors waiting to join are not retired.
                 self.retiring = match have >= goal.executors {
                     true => selection.retire,
@@ -413,8 +443,9 @@ impl Coordinator {
     }
 
     /// Tells the executors marked for retirement that are not in `assignment` to exit: an
-    /// epoch without them is decided, so the checkpoint holds all they had.
-    async fn retire(&mut self, assignment: &[Assignment]) {
+    /// epoch without them is decided (`decided`, the last one), so the checkpoint holds all
+    /// they had.
+    async fn retire(&mut self, assignment: &[Assignment], decided: u64) {
         let leaving: Vec<Member> = std::mem::take(&mut self.retiring)
             .into_iter()
             .filter(|m| !assignment.iter().any(|a| a.executor_id == m.id))
@@ -422,6 +453,7 @@ impl Coordinator {
         if leaving.is_empty() {
             return;
         }
+        tokio::task::block_in_place(|| fault::reached("retiring", decided));
         self.clients.shutdown(&leaving).await;
         let target = self.scaler.current().executors;
         for m in &leaving {
@@ -429,6 +461,9 @@ impl Coordinator {
             self.take_out(m, false).await;
         }
         self.ops.metrics.retired(leaving.len());
+        if let Some(r) = &mut self.replicas {
+            r.down_to(target, leaving.iter().map(|m| m.id.clone()).collect());
+        }
         self.ops
             .board
             .retired(leaving.iter().map(|m| m.id.clone()).collect());
@@ -447,20 +482,20 @@ impl Coordinator {
             .await;
     }
 
-    /// Plans the next epoch, or returns `None` when there is nothing to do.
+    /// Plans the next epoch, or finds nothing to do; either way with each partition's end.
     async fn plan_next(
         &mut self,
         position: &mut Position,
         target: Option<&InputEnd>,
         members: &[Member],
-    ) -> anyhow::Result<Option<(EpochPlan, BTreeMap<i32, i64>)>> {
+    ) -> anyhow::Result<Next> {
         let planned = self.source.plan(&position.source, target).await?;
         let watermark_moved = position.watermark != position.last_epoch_watermark;
         if !planned.has_data() && !watermark_moved {
             if planned.start.is_some() {
                 position.source.offsets = planned.start;
             }
-            return Ok(None);
+            return Ok(Next::Idle(planned.latest));
         }
         let mut plan = EpochPlan {
             epoch: position.next_epoch,
@@ -473,7 +508,7 @@ impl Coordinator {
             lost: planned.lost,
         };
         plan.assignment = self.assignment_for(&plan.partitions(), members, &position.assignment)?;
-        Ok(Some((plan, planned.latest)))
+        Ok(Next::Plan(plan, planned.latest))
     }
 
     /// Assigns `partitions` (Kafka partitions or file indexes) and key groups to `members`.
@@ -584,7 +619,7 @@ impl Coordinator {
                         .plan_next(&mut position, target.as_ref(), &members)
                         .await?
                     {
-                        Some((p, latest)) => {
+                        Next::Plan(p, latest) => {
                             self.log.write_plan(&p).await?;
                             let plan_ms = started.elapsed().as_millis() as u64;
                             (
@@ -597,11 +632,13 @@ impl Coordinator {
                                 },
                             )
                         }
-                        None => {
+                        Next::Idle(latest) => {
                             self.finish_commit().await?;
+                            self.autoscale(&Observation::idle(&latest, at_micros));
                             // No epoch runs: the last decision holds all that executors
                             // beyond the target had, and the next epoch assigns without them.
-                            self.retire(&[]).await;
+                            let decided = position.next_epoch.saturating_sub(1);
+                            self.retire(&[], decided).await;
                             let last = position.next_epoch.checked_sub(1);
                             self.answer_waiting(Ok(CheckpointOutcome {
                                 epoch: last,
@@ -717,7 +754,7 @@ impl Coordinator {
         }
         self.log.write_commit(&record).await?;
         tokio::task::block_in_place(|| fault::reached("decided", epoch));
-        self.retire(&assignment).await;
+        self.retire(&assignment, epoch).await;
         let record = Arc::new(record);
         let tables = self
             .tables
@@ -833,7 +870,7 @@ impl Coordinator {
     /// Pushgateway.
     #[allow(clippy::too_many_arguments)]
     fn report(
-        &self,
+        &mut self,
         plan: &EpochPlan,
         record: &CommitRecord,
         version: Option<u64>,
@@ -871,7 +908,36 @@ impl Coordinator {
         if let Some(push) = &self.ops.pushgateway {
             push.push(record);
         }
+        self.autoscale(&Observation::epoch(&progress, triggered.at_micros));
         self.ops.board.committed(progress, &record.assignment);
+    }
+
+    /// Shows the autoscaler what a trigger found; a change of the target it decides is logged,
+    /// counted and sent to the webhook, and takes effect at the next epoch.
+    fn autoscale(&mut self, observation: &Observation) {
+        let Some(autoscaler) = self.autoscaler.as_mut() else {
+            return;
+        };
+        let decision = autoscaler.observe(observation, self.scaler.current().executors);
+        if let Some(r) = autoscaler.last() {
+            self.scaler.recommend(r);
+        }
+        let desired = autoscaler.last().map_or(0, |r| r.executors);
+        let Some(decision) = decision else {
+            self.ops.metrics.autoscaled(desired, None);
+            return;
+        };
+        let reason = decision.reason();
+        match self.scaler.set(decision.to, &reason) {
+            Ok(_) => {
+                self.ops
+                    .metrics
+                    .autoscaled(desired, Some(decision.direction()));
+                self.ops.alerts.raise(AlertKind::Autoscaled, &reason);
+            }
+            // autoscale.{min,max} lie within executors.{min,max}: only a bug lands here.
+            Err(e) => tracing::error!("the autoscaler's target was refused: {e}"),
+        }
     }
 
     /// Gives up a failed run: every executor stops working on it and the failed one is taken

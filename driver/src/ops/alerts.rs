@@ -1,5 +1,5 @@
 //! Webhook alerts (Slack-compatible `{"text": ...}`): query failed, executor lost, epoch over
-//! its time budget, recovered. A task sends them in order, retrying with backoff; the
+//! its time budget, recovered, autoscaled. A task sends them in order, retrying with backoff; the
 //! coordinator never waits for it. The URL is a credential: it never reaches a log line
 //! (reqwest errors are logged `without_url`).
 
@@ -22,6 +22,8 @@ pub enum AlertKind {
     ExecutorLost,
     EpochOverBudget,
     Recovered,
+    /// The autoscaler changed the executor target.
+    Autoscaled,
 }
 
 impl AlertKind {
@@ -31,6 +33,7 @@ impl AlertKind {
             AlertKind::ExecutorLost => "executor_lost",
             AlertKind::EpochOverBudget => "epoch_over_budget",
             AlertKind::Recovered => "recovered",
+            AlertKind::Autoscaled => "autoscaled",
         }
     }
 
@@ -40,6 +43,7 @@ impl AlertKind {
             AlertKind::ExecutorLost => ":warning:",
             AlertKind::EpochOverBudget => ":hourglass:",
             AlertKind::Recovered => ":large_green_circle:",
+            AlertKind::Autoscaled => ":arrows_counterclockwise:",
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct DriverMetrics {
     executors_active: IntGauge,
     executors_retired: IntCounter,
     key_groups_moved: IntCounter,
+    desired_executors: IntGauge,
+    autoscale_decisions: IntCounterVec,
     paused: IntGauge,
     pub pushes: IntCounterVec,
     pub alerts: IntCounterVec,
@@ -244,6 +246,22 @@ impl DriverMetrics {
                 "weir_key_groups_moved_total",
                 "Key groups that changed owner between epochs (rescales and lost executors).",
             )?,
+            desired_executors: gauge(
+                r,
+                "weir_desired_executors",
+                "The autoscaler's latest recommendation, before its stabilisation windows (for \
+                 KEDA or an HPA to act on; 0 when the job does not autoscale).",
+            )?,
+            autoscale_decisions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_autoscale_decisions_total",
+                        "Changes of the executor target the autoscaler made, by direction (up, down).",
+                    ),
+                    &["direction"],
+                )?,
+            )?,
             paused: gauge(r, "weir_query_paused", "1 while the query is paused.")?,
             pushes: register(
                 r,
@@ -297,6 +315,14 @@ impl DriverMetrics {
 
     pub fn set_target(&self, executors: usize) {
         set_count(&self.executors_expected, executors as u64);
+    }
+
+    /// The autoscaler's recommendation, and the decision it made of it, if any.
+    pub fn autoscaled(&self, desired: usize, direction: Option<&str>) {
+        set_count(&self.desired_executors, desired as u64);
+        if let Some(d) = direction {
+            self.autoscale_decisions.with_label_values(&[d]).inc();
+        }
     }
 
     pub fn retired(&self, executors: usize) {
