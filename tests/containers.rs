@@ -1,6 +1,7 @@
 //! weir's image run as containers (docs/kubernetes.md, Containers on one machine): the driver and two
-//! executors with the command lines, mounts and environment of deploy/base, on the host's
-//! loopback (podman, host network), against tansu and moto. A driver frozen after a decision
+//! executors with the command lines, mounts and environment of deploy/base (less the driver's
+//! `--kubernetes-deployment`: no API server runs here), on the host's loopback (podman, host
+//! network), against tansu and moto. A driver frozen after a decision
 //! (`podman pause`) is replaced by a new one, which runs the job to its end; the old one,
 //! unpaused, is fenced and exits without writing; the table equals the ground truth.
 
@@ -253,6 +254,8 @@ fn containers_run_the_job_and_a_paused_driver_is_fenced() {
                 ("--listen", any_port),
                 ("--admin-listen", any_port),
                 ("--metrics-listen", any_port),
+                // No Kubernetes API runs here (the scaler is tested against a mocked one).
+                ("--kubernetes-deployment", ""),
             ]),
         );
         args.push("--trigger=available-now".into());

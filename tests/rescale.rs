@@ -3,7 +3,8 @@
 //! groups the new balance requires, no epoch run is abandoned, the retired executors exit 0 (and
 //! are not started again), the target survives in the status, and the table equals the ground
 //! truth. A scale-down whose driver is killed between the decision and the retirement, with a
-//! leaving and a staying executor killed too, still ends exact.
+//! leaving and a staying executor killed too, still ends exact; an executor stopped by SIGTERM
+//! leaves without failing a run.
 
 mod support;
 
@@ -14,7 +15,7 @@ use serde_json::Value;
 use support::admin::{admin, admin_json, read_through};
 use support::cluster::{Cluster, Role};
 use support::local_run::ScalingRun;
-use support::{commit_records, gen_events, reference_job, verify, Broker};
+use support::{commit_records, gen_events, reference_job, reference_job_in, verify, Broker};
 
 const KEY_GROUPS: u64 = 256;
 const EVENTS: u64 = 60_000;
@@ -183,5 +184,46 @@ fn a_scale_down_killed_between_decision_and_retirement_stays_exact() {
         .map(|a| a["executor_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["executor-0", "executor-1"], "{last}");
+    verify(&events, dir.path(), &[]);
+}
+
+/// An executor stopped by SIGTERM (a pod deleted, a node drained) tells the driver it leaves:
+/// no later epoch is planned on it, it is let go between epochs and exits 0, and no run fails.
+/// The job goes on on the others once `executors.wait` has passed, and the table is exact.
+#[test]
+fn a_stopped_executor_leaves_without_failing_a_run() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen_events(&broker, dir.path(), 4, 30_000, &[]);
+    let root = dir.path().display().to_string();
+    let job = reference_job_in(
+        dir.path(),
+        &broker.address,
+        1_000,
+        &root,
+        "executors: {wait: 2s}\n",
+    );
+    let mut cluster = Cluster::new(&job, dir.path(), 3, &[]);
+    cluster.start(Role::Driver, "");
+    for i in 0..3 {
+        cluster.start(Role::Executor(i), "");
+    }
+    cluster.wait_for_line(Role::Driver, "[realtime-analytics] epoch 1 ");
+    let exit = cluster.terminate(Role::Executor(2), false);
+    assert!(exit.success(), "executor-2: {exit}");
+    let exit = cluster.wait_for_driver(Duration::from_secs(180));
+    let log = cluster.log_tail(Role::Driver);
+    assert!(exit.success(), "driver: {exit}\n{log}");
+    let driver_log = std::fs::read_to_string(dir.path().join("logs/driver.log")).unwrap();
+    assert!(
+        driver_log.contains("a stopping executor was let go"),
+        "{log}"
+    );
+    assert!(
+        !driver_log.contains("run failed"),
+        "a run failed: {driver_log}"
+    );
+    let last = commit_records(dir.path()).pop().expect("decisions");
+    assert_eq!(last["assignment"].as_array().unwrap().len(), 2, "{last}");
     verify(&events, dir.path(), &[]);
 }

@@ -21,6 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use weir_common::job::JobSpec;
@@ -29,7 +31,7 @@ use weir_proto::control::driver_client::DriverClient;
 use weir_proto::control::executor_server::{Executor, ExecutorServer};
 use weir_proto::control::{
     AbortRequest, AbortResponse, CommittedRequest, CommittedResponse, ExecuteRequest,
-    HeartbeatRequest, IdentifyRequest, IdentifyResponse, Prepared, RegisterRequest,
+    HeartbeatRequest, IdentifyRequest, IdentifyResponse, LeaveRequest, Prepared, RegisterRequest,
     RegisterResponse, ShutdownRequest, ShutdownResponse,
 };
 use weir_telemetry::{MetricsEndpoint, Readiness};
@@ -267,6 +269,19 @@ async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
     }
 }
 
+/// A connection to the driver whose calls carry the cluster credential.
+async fn driver_client(
+    config: &ExecutorConfig,
+) -> anyhow::Result<DriverClient<InterceptedService<Channel, Sign>>> {
+    let channel = tonic::transport::Endpoint::from_shared(config.driver_url.clone())?
+        .connect()
+        .await?;
+    Ok(DriverClient::with_interceptor(
+        channel,
+        Sign(config.cluster_secret.clone()),
+    ))
+}
+
 /// How long one heartbeat (connecting included) may take.
 const HEARTBEAT_CALL_LIMIT: Duration = Duration::from_secs(3);
 
@@ -280,7 +295,6 @@ async fn heartbeat(
     fatal: watch::Sender<Option<String>>,
 ) {
     let config = &me.config;
-    let sign = Sign(config.cluster_secret.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -288,11 +302,8 @@ async fn heartbeat(
             _ = stop.changed() => return,
         }
         let beat = async {
-            let channel = tonic::transport::Endpoint::from_shared(config.driver_url.clone())?
-                .connect()
-                .await?;
-            let mut client = DriverClient::with_interceptor(channel, sign.clone());
-            let r = client
+            let r = driver_client(config)
+                .await?
                 .heartbeat(HeartbeatRequest {
                     executor_id: config.executor_id.clone(),
                     incarnation: me.incarnation,
@@ -328,6 +339,35 @@ async fn heartbeat(
                 }
             }
             Err(e) => tracing::debug!("heartbeat failed: {e:#}"),
+        }
+    }
+}
+
+/// Tells the driver this executor is stopping, so it plans no later epoch here; answers
+/// whether the driver took it (it knows this process and answered in time).
+async fn leave(me: &Identity) -> bool {
+    let config = &me.config;
+    let call = async {
+        let r = driver_client(config)
+            .await?
+            .leave(LeaveRequest {
+                executor_id: config.executor_id.clone(),
+                incarnation: me.incarnation,
+            })
+            .await?;
+        anyhow::Ok(r.into_inner().known)
+    };
+    match tokio::time::timeout(HEARTBEAT_CALL_LIMIT, call).await {
+        Ok(Ok(known)) => known,
+        Ok(Err(e)) => {
+            tracing::warn!("telling the driver this executor stops failed: {e:#}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the driver did not take this executor's leave within {HEARTBEAT_CALL_LIMIT:?}"
+            );
+            false
         }
     }
 }
@@ -396,8 +436,10 @@ async fn epoch_actor(
 }
 
 /// Runs an executor until the driver shuts it down or `stop` turns true (SIGTERM): then it
-/// stops heartbeating, refuses new epochs, finishes the one in progress (or drops it when the
-/// driver abandons it; at most `DRAIN_LIMIT`) and exits.
+/// tells the driver it leaves and serves until the driver lets it go between epochs (so its
+/// going fails no run); if the driver cannot be told, or does not let go within `DRAIN_LIMIT`,
+/// it stops heartbeating, refuses new epochs, finishes the one in progress (or drops it when
+/// the driver abandons it; within the same `DRAIN_LIMIT`) and exits.
 pub async fn run(config: ExecutorConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     // Every line the executor logs names it.
     let span = tracing::info_span!("executor", executor = %config.executor_id);
@@ -517,6 +559,8 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         shutdown: shutdown_tx,
     };
     let fatal = fatal_rx.clone();
+    let released = shutdown_rx.clone();
+    let leaver = me.clone();
     let (closing_tx, mut closing_rx) = watch::channel(false);
     // Without TCP_NODELAY (which tonic sets only on listeners it binds itself), every
     // `Prepared` answer and exchange reply waited ~40 ms for the peer's delayed ACK.
@@ -545,10 +589,19 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
                 _ = fatal_rx.wait_for(|f| f.is_some()) => {}
                 _ = async {
                     let _ = stop.wait_for(|s| *s).await;
-                    stopping_tx.send_replace(true);
                     readiness.set_not_ready("stopping: finishing the epoch in progress");
+                    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+                    // The driver plans no later epoch here and lets this executor go between
+                    // epochs (a Shutdown, which ends the server above): until then it serves
+                    // as usual, so an epoch planned before the driver heard is not refused.
+                    if leave(&leaver).await {
+                        tracing::info!("stopping: waiting for the driver to let this executor go");
+                        let mut released = released;
+                        let _ = tokio::time::timeout_at(deadline, released.wait_for(|r| *r)).await;
+                    }
+                    stopping_tx.send_replace(true);
                     tracing::info!("stopping: finishing the epoch in progress");
-                    let _ = tokio::time::timeout(DRAIN_LIMIT, busy_rx.wait_for(|b| !*b)).await;
+                    let _ = tokio::time::timeout_at(deadline, busy_rx.wait_for(|b| !*b)).await;
                 } => {}
             }
             stopping_tx.send_replace(true);

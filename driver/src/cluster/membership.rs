@@ -17,6 +17,9 @@ pub struct Member {
     pub incarnation: u64,
     pub registered_at: Instant,
     pub last_heartbeat: Instant,
+    /// It said it is stopping: no later epoch runs on it, and it is retired like an executor
+    /// beyond the target.
+    pub leaving: bool,
 }
 
 pub enum MembershipMsg {
@@ -32,6 +35,12 @@ pub enum MembershipMsg {
     },
     /// Answers whether the executor is a member under that incarnation (its beat counts).
     Heartbeat {
+        id: String,
+        incarnation: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The executor under that incarnation is stopping; answers whether it is a member.
+    Leave {
         id: String,
         incarnation: u64,
         reply: oneshot::Sender<bool>,
@@ -56,6 +65,15 @@ pub enum MembershipMsg {
 
 /// An executor not heard from for this long is taken out of the membership.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The member under `id` when it is that incarnation (another process's calls do not count).
+fn incarnation_of<'a>(
+    table: &'a mut BTreeMap<String, Member>,
+    id: &str,
+    incarnation: u64,
+) -> Option<&'a mut Member> {
+    table.get_mut(id).filter(|m| m.incarnation == incarnation)
+}
 
 /// Runs the membership actor until every sender is gone.
 pub async fn run(
@@ -115,6 +133,7 @@ pub async fn run(
                         incarnation,
                         registered_at: now,
                         last_heartbeat: now,
+                        leaving: false,
                     },
                 );
                 members.send_replace(table.values().cloned().collect());
@@ -125,13 +144,27 @@ pub async fn run(
                 incarnation,
                 reply,
             } => {
-                let known = match table.get_mut(&id) {
-                    Some(m) if m.incarnation == incarnation => {
-                        m.last_heartbeat = Instant::now();
-                        true
-                    }
-                    _ => false,
-                };
+                let member = incarnation_of(&mut table, &id, incarnation);
+                let known = member.is_some();
+                if let Some(m) = member {
+                    m.last_heartbeat = Instant::now();
+                }
+                let _ = reply.send(known);
+            }
+            MembershipMsg::Leave {
+                id,
+                incarnation,
+                reply,
+            } => {
+                let member = incarnation_of(&mut table, &id, incarnation);
+                let known = member.is_some();
+                if let Some(m) = member.filter(|m| !m.leaving) {
+                    tracing::info!(executor = %id, "executor stopping: no later epoch runs on it");
+                    m.leaving = true;
+                }
+                if known {
+                    members.send_replace(table.values().cloned().collect());
+                }
                 let _ = reply.send(known);
             }
             MembershipMsg::Get { id, reply } => {
@@ -264,5 +297,37 @@ mod tests {
             (now[0].incarnation, now[0].address.as_str()),
             (2, "http://a/2")
         );
+    }
+
+    /// A stopping executor stays a member, marked leaving, until it is retired or goes quiet;
+    /// another incarnation cannot mark it.
+    #[tokio::test]
+    async fn a_stopping_executor_is_marked_leaving() {
+        let (tx, rx) = mpsc::channel(8);
+        let (members_tx, mut members) = watch::channel(Vec::new());
+        tokio::spawn(run(rx, members_tx, Duration::from_secs(60)));
+        register(&tx, "a").await;
+        register(&tx, "b").await;
+        members.borrow_and_update();
+        let leave = |incarnation| {
+            let tx = tx.clone();
+            async move {
+                let (reply, known) = oneshot::channel();
+                tx.send(MembershipMsg::Leave {
+                    id: "a".into(),
+                    incarnation,
+                    reply,
+                })
+                .await
+                .unwrap();
+                known.await.unwrap()
+            }
+        };
+        assert!(!leave(9).await);
+        assert!(!members.has_changed().unwrap());
+        assert!(leave(1).await);
+        let now = members.borrow_and_update().clone();
+        let leaving: Vec<(&str, bool)> = now.iter().map(|m| (m.id.as_str(), m.leaving)).collect();
+        assert_eq!(leaving, vec![("a", true), ("b", false)]);
     }
 }

@@ -140,10 +140,13 @@ pub struct Selection {
 }
 
 /// Picks at most `target` of `registered`: those `previous` assigned first (in id order, so
-/// the ones retired are the last ids), then the longest registered.
+/// the ones retired are the last ids), then the longest registered. Executors that are
+/// leaving (stopping) are never picked: they are retired.
 pub fn select(registered: &[Member], target: usize, previous: &[Assignment]) -> Selection {
     let assigned = |m: &Member| previous.iter().any(|a| a.executor_id == m.id);
-    let mut order: Vec<&Member> = registered.iter().collect();
+    let (leaving, staying): (Vec<&Member>, Vec<&Member>) =
+        registered.iter().partition(|m| m.leaving);
+    let mut order = staying;
     order.sort_by(|a, b| match (assigned(a), assigned(b)) {
         (true, true) => a.id.cmp(&b.id),
         (true, false) => std::cmp::Ordering::Less,
@@ -151,7 +154,12 @@ pub fn select(registered: &[Member], target: usize, previous: &[Assignment]) -> 
         (false, false) => (a.registered_at, &a.id).cmp(&(b.registered_at, &b.id)),
     });
     let mut run_on: Vec<Member> = order.iter().take(target).map(|m| (*m).clone()).collect();
-    let retire: Vec<Member> = order.iter().skip(target).map(|m| (*m).clone()).collect();
+    let retire: Vec<Member> = order
+        .iter()
+        .skip(target)
+        .chain(leaving.iter())
+        .map(|m| (*m).clone())
+        .collect();
     run_on.sort_by(|a, b| a.id.cmp(&b.id));
     Selection { run_on, retire }
 }
@@ -170,6 +178,7 @@ mod tests {
             incarnation: 1,
             registered_at,
             last_heartbeat: registered_at,
+            leaving: false,
         }
     }
 
@@ -210,6 +219,12 @@ mod tests {
         let s = select(&registered[..2], 3, &previous);
         assert_eq!(ids(&s.run_on), vec!["e0", "e3"]);
         assert!(s.retire.is_empty());
+        // A stopping executor is retired even when the target has room for it.
+        let mut stopping = registered.clone();
+        stopping[1].leaving = true;
+        let s = select(&stopping, 4, &previous);
+        assert_eq!(ids(&s.run_on), vec!["e1", "e2", "e3"]);
+        assert_eq!(ids(&s.retire), vec!["e0"]);
     }
 
     #[test]

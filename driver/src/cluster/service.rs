@@ -10,7 +10,8 @@ use weir_proto::cluster_auth::{ClusterSecret, Sign, Verified, PROOF_HEADER};
 use weir_proto::control::driver_server::Driver;
 use weir_proto::control::executor_client::ExecutorClient;
 use weir_proto::control::{
-    HeartbeatRequest, HeartbeatResponse, IdentifyRequest, RegisterRequest, RegisterResponse,
+    HeartbeatRequest, HeartbeatResponse, IdentifyRequest, LeaveRequest, LeaveResponse,
+    RegisterRequest, RegisterResponse,
 };
 
 use crate::cluster::membership::{Member, MembershipMsg};
@@ -135,5 +136,23 @@ impl Driver for DriverService {
             })
             .await?;
         Ok(Response::new(HeartbeatResponse { known }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        let LeaveRequest {
+            executor_id,
+            incarnation,
+        } = request.into_inner();
+        let known = self
+            .ask(|reply| MembershipMsg::Leave {
+                id: executor_id,
+                incarnation,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(LeaveResponse { known }))
     }
 }

@@ -348,6 +348,7 @@ impl Coordinator {
                 r.up_to(goal.executors);
             }
             let registered = self.members.borrow_and_update().clone();
+            self.let_stopping_go(&registered).await;
             let selection = select(&registered, goal.executors, previous);
             let have = selection.run_on.len();
             let chosen = if have >= goal.executors {
@@ -386,7 +387,11 @@ impl Coordinator {
                 }
                 // Executors waiting to join are not retired.
                 self.retiring = match have >= goal.executors {
-                    true => selection.retire,
+                    true => selection
+                        .retire
+                        .into_iter()
+                        .filter(|m| !m.leaving)
+                        .collect(),
                     false => Vec::new(),
                 };
                 self.ops
@@ -467,6 +472,23 @@ impl Coordinator {
         self.ops
             .board
             .retired(leaving.iter().map(|m| m.id.clone()).collect());
+    }
+
+    /// Tells the stopping executors among `registered` to exit now. Between epochs, all they
+    /// had is in the last decision, and no epoch was planned on them after they said so.
+    async fn let_stopping_go(&mut self, registered: &[Member]) {
+        let stopping: Vec<Member> = registered.iter().filter(|m| m.leaving).cloned().collect();
+        if stopping.is_empty() {
+            return;
+        }
+        self.clients.shutdown(&stopping).await;
+        for m in &stopping {
+            tracing::info!(executor = %m.id, "a stopping executor was let go");
+            self.take_out(m, false).await;
+        }
+        self.ops
+            .board
+            .retired(stopping.iter().map(|m| m.id.clone()).collect());
     }
 
     /// Takes `m` out of the membership and drops its connection: it `failed`, or was retired.
