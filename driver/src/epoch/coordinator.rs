@@ -549,7 +549,8 @@ impl Coordinator {
     }
 
     /// Waits for the next trigger; a checkpoint request cuts the wait short, a pause makes it
-    /// last until resumed. Answers false when the driver is asked to stop.
+    /// last until resumed; stopping executors are let go meanwhile. Answers false when the
+    /// driver is asked to stop.
     async fn wait_for_trigger(&mut self, at: Instant) -> anyhow::Result<bool> {
         loop {
             if !self.waiting.is_empty() {
@@ -586,6 +587,12 @@ impl Coordinator {
                     }
                 }
                 _ = pause.changed() => {}
+                // Between epochs, a stopping executor need not wait for the trigger to go.
+                r = self.members.changed() => {
+                    r.context("membership stopped")?;
+                    let registered = self.members.borrow_and_update().clone();
+                    self.let_stopping_go(&registered).await;
+                }
             }
         }
     }
