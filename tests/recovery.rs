@@ -323,20 +323,6 @@ fn random_kills_of_random_processes_change_nothing() {
     );
 }
 
-/// The pid of the process whose command line contains `needle`.
-fn pid_of(needle: &str) -> Option<i32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(needle)
-                .then_some(pid)
-        })
-}
-
 /// `weir local` behaves like a Deployment: an executor killed mid-job is started again, the
 /// webhook hears that it was lost and that the query recovered, and the output is still exact.
 #[test]
@@ -395,7 +381,8 @@ fn run_local_killing(dir: &Path, at: u64, needle: &str, mut on_epoch: impl FnMut
             on_epoch();
         }
         if !killed && line.contains(&format!("] epoch {at} ")) {
-            let pid = pid_of(needle).unwrap_or_else(|| panic!("no process `{needle}` runs"));
+            let pid =
+                support::pid_of(needle).unwrap_or_else(|| panic!("no process `{needle}` runs"));
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

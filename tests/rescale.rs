@@ -227,3 +227,44 @@ fn a_stopped_executor_leaves_without_failing_a_run() {
     assert_eq!(last["assignment"].as_array().unwrap().len(), 2, "{last}");
     verify(&events, dir.path(), &[]);
 }
+
+/// A job between epochs (its next trigger an hour away) lets an executor stopped by SIGTERM go
+/// at once: the driver hears it leave while it waits for the trigger.
+#[test]
+fn a_stopped_executor_is_let_go_while_the_job_waits_for_its_trigger() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    gen_events(&broker, dir.path(), 4, 2_000, &[]);
+    let job = reference_job(dir.path(), &broker.address, 10_000);
+    let text = std::fs::read_to_string(&job).unwrap();
+    assert!(text.contains("trigger: 1s\n"), "test bug: {text}");
+    std::fs::write(&job, text.replace("trigger: 1s\n", "trigger: 1h\n")).unwrap();
+    let run = ScalingRun::start(dir.path(), &job, 2);
+    wait_for_epoch_on(&run.url, 2, None);
+    let executor = dir.path().join("work").join("executor-1");
+    let needle = format!("{}\0--id\0executor-1\0", executor.display());
+    let pid = support::pid_of(&needle).expect("executor-1 runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    // Without the driver's word it would wait its 60 s drain limit out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while support::pid_of(&needle).is_some() {
+        assert!(Instant::now() < deadline, "executor-1 was not let go");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.path().join("local.log")).unwrap();
+    assert!(log.contains("a stopping executor was let go"), "{log}");
+    let executors = admin_json(&run.url, &["executors"], None);
+    assert!(
+        executors
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["executorId"] != "executor-1" || e["state"] == "RETIRED"),
+        "{executors}"
+    );
+    run.stop();
+}

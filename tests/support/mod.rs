@@ -308,3 +308,17 @@ pub fn record_epoch(path: &Path) -> Option<u64> {
 pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
     checkpoint_records(dir, "commits")
 }
+
+/// The pid of the process whose command line contains `needle`.
+pub fn pid_of(needle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+}
