@@ -459,36 +459,39 @@ impl Coordinator {
             return;
         }
         tokio::task::block_in_place(|| fault::reached("retiring", decided));
-        self.clients.shutdown(&leaving).await;
         let target = self.scaler.current().executors;
-        for m in &leaving {
-            tracing::info!(executor = %m.id, "executor retired: the executor target is {target}");
-            self.take_out(m, false).await;
-        }
+        self.dismiss(
+            &leaving,
+            &format!("executor retired: the executor target is {target}"),
+        )
+        .await;
         self.ops.metrics.retired(leaving.len());
         if let Some(r) = &mut self.replicas {
             r.down_to(target, leaving.iter().map(|m| m.id.clone()).collect());
         }
-        self.ops
-            .board
-            .retired(leaving.iter().map(|m| m.id.clone()).collect());
     }
 
     /// Tells the stopping executors among `registered` to exit now. Between epochs, all they
     /// had is in the last decision, and no epoch was planned on them after they said so.
     async fn let_stopping_go(&mut self, registered: &[Member]) {
         let stopping: Vec<Member> = registered.iter().filter(|m| m.leaving).cloned().collect();
-        if stopping.is_empty() {
-            return;
+        if !stopping.is_empty() {
+            self.dismiss(&stopping, "a stopping executor was let go")
+                .await;
         }
-        self.clients.shutdown(&stopping).await;
-        for m in &stopping {
-            tracing::info!(executor = %m.id, "a stopping executor was let go");
+    }
+
+    /// Tells `members` to exit and takes them out of the membership (not as failures); the
+    /// board shows them retired.
+    async fn dismiss(&mut self, members: &[Member], why: &str) {
+        self.clients.shutdown(members).await;
+        for m in members {
+            tracing::info!(executor = %m.id, "{why}");
             self.take_out(m, false).await;
         }
         self.ops
             .board
-            .retired(stopping.iter().map(|m| m.id.clone()).collect());
+            .retired(members.iter().map(|m| m.id.clone()).collect());
     }
 
     /// Takes `m` out of the membership and drops its connection: it `failed`, or was retired.
