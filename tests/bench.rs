@@ -22,7 +22,7 @@ fn weir_bench_reports_every_measurement() {
                 "--rounds",
                 "2",
             ])
-            .args(["--window-users", "500"])
+            .args(["--window-users", "500", "--rescale-events", "8000"])
             .args(["--kafka-events", "3000", "--offsets-per-epoch", "1000"])
             .args(["--latency-seconds", "3", "--work-dir"])
             .arg(dir.path().join("work"))
@@ -47,6 +47,18 @@ fn weir_bench_reports_every_measurement() {
         "p99 produce-to-commit latency",
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
+    }
+    // The job was scaled 1 → 2 → 1 while it ran: each step moved key groups and restored
+    // their state.
+    for step in ["| rescale 1 → 2 (epoch ", "| rescale 2 → 1 (epoch "] {
+        let row = written
+            .lines()
+            .find(|l| l.starts_with(step))
+            .unwrap_or_else(|| panic!("no `{step}` in:\n{written}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let moved: u64 = cells[3].parse().unwrap_or_else(|_| panic!("{row}"));
+        assert!(moved > 0, "{row}");
+        assert!(!cells[4].starts_with("0 "), "no state restored: {row}");
     }
     // Every run read every event, and the memory run held every user of its window.
     for run in [

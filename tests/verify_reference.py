@@ -213,8 +213,14 @@ def main():
 
     late = malformed = 0
     checkpoint_files = storage.files(a.checkpoint)
+    # The log holds records named by their epoch and nothing else (a crash inside a local
+    # write leaves `<epoch>#<n>`, which the next driver removes).
+    stray = [f for f in checkpoint_files
+             if f.startswith(("commits/", "offsets/")) and not f.split("/")[1].isdigit()]
+    if stray:
+        problems.append(f"the checkpoint log holds files that are no records: {stray[:3]}")
     commits = sorted(
-        (f for f in checkpoint_files if f.startswith("commits/")),
+        (f for f in checkpoint_files if f.startswith("commits/") and f.split("/")[1].isdigit()),
         key=lambda f: int(f.split("/")[1]),
     )
     decisions = [json.loads(storage.read(a.checkpoint, rel)) for rel in commits]

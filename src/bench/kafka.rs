@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
+use weir_common::checkpoint::CommitRecord;
 use weir_storage::CheckpointLog;
 
 use super::runs;
@@ -196,36 +196,6 @@ async fn produce_times(
     .await?
 }
 
-/// Waits until a decision of the checkpoint at `url` covers `end` on every partition.
-async fn wait_for_decision(
-    url: &str,
-    end: &BTreeMap<i32, i64>,
-    child: &mut Child,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let log = CheckpointLog::open(url, &BTreeMap::new())?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(epoch) = log.latest("commits").await? {
-            if let Some(record) = log.commit(epoch).await? {
-                let covered = end
-                    .iter()
-                    .all(|(p, o)| record.end_offsets.get(p).is_some_and(|e| e >= o));
-                if covered {
-                    return Ok(());
-                }
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("weir local exited ({status}) before committing what was produced");
-        }
-        if Instant::now() > deadline {
-            bail!("what was produced was not committed within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Produce-to-commit latency of a paced run.
 #[derive(Debug)]
 pub struct Latency {
@@ -268,15 +238,15 @@ pub async fn latency(
         .kill_on_drop(true)
         .spawn()
         .context("starting weir local")?;
-    // Its log is read as it comes, so that the pipe never fills and stops the processes.
-    let mut stderr = child.stderr.take().context("weir local's log")?;
-    let log_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
+    let log_task = runs::read_log(&mut child)?;
     let warm = end_offsets(brokers, topic).await?;
-    wait_for_decision(&checkpoint, &warm, &mut child, Duration::from_secs(120)).await?;
+    runs::wait_for_decision(
+        &checkpoint,
+        &mut child,
+        Duration::from_secs(120),
+        covers(&warm),
+    )
+    .await?;
     let count = (rate * seconds as f64).round() as u64;
     let span = format!("{seconds}s");
     produce(
@@ -288,8 +258,14 @@ pub async fn latency(
     )
     .await?;
     let end = end_offsets(brokers, topic).await?;
-    wait_for_decision(&checkpoint, &end, &mut child, Duration::from_secs(300)).await?;
-    stop(&mut child).await?;
+    runs::wait_for_decision(
+        &checkpoint,
+        &mut child,
+        Duration::from_secs(300),
+        covers(&end),
+    )
+    .await?;
+    runs::stop(&mut child).await?;
     let log = log_task.await.unwrap_or_default();
 
     let (_, decisions) = runs::decisions(&checkpoint).await?;
@@ -332,16 +308,12 @@ pub async fn latency(
     })
 }
 
-/// Stops `weir local` as a user would (SIGTERM: it finishes the epoch in progress).
-async fn stop(child: &mut Child) -> anyhow::Result<()> {
-    crate::local::signal(child, nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .context("weir local did not stop within 60 s of SIGTERM")??;
-    if !status.success() {
-        bail!("weir local stopped with {status}");
+/// Whether a decision's end offsets reach `end` on every partition.
+fn covers(end: &BTreeMap<i32, i64>) -> impl Fn(&CommitRecord) -> bool + '_ {
+    |record| {
+        end.iter()
+            .all(|(p, o)| record.end_offsets.get(p).is_some_and(|e| e >= o))
     }
-    Ok(())
 }
 
 #[cfg(test)]

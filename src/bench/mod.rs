@@ -9,6 +9,7 @@
 
 mod ceiling;
 mod kafka;
+mod rescale;
 mod runs;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ pub struct BenchArgs {
     /// the throughput runs' size.
     #[arg(long, default_value_t = 1_000_000)]
     pub window_users: u64,
+    /// Events of the rescale run (0 skips it), in 40 files read one per epoch: scaled from 1
+    /// to 2 executors and back while it runs.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub rescale_events: u64,
     /// Events of the Kafka runs (0 skips them).
     #[arg(long, default_value_t = 400_000)]
     pub kafka_events: u64,
@@ -64,6 +69,8 @@ pub struct BenchArgs {
 }
 
 const START: &str = "2026-01-01T00:00:00Z";
+/// Files of the rescale run, one per epoch: a quarter of them before each scale step.
+const RESCALE_FILES: u64 = 40;
 
 /// Generates reference events as files in `out`.
 async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<()> {
@@ -258,6 +265,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     };
 
+    let rescaled = if args.rescale_events > 0 {
+        eprintln!("weir bench: rescaling 1 → 2 → 1 executors while the job runs");
+        let rescale_input = root.join("rescale-events");
+        generate(
+            &rescale_input,
+            &strings(&[
+                "--count",
+                &args.rescale_events.to_string(),
+                "--files",
+                &RESCALE_FILES.to_string(),
+                "--start",
+                START,
+                "--span",
+                "1h",
+                "--seed",
+                "3",
+            ]),
+        )
+        .await?;
+        rescale::measure(&root, &rescale_input, RESCALE_FILES, args.rescale_events).await?
+    } else {
+        Vec::new()
+    };
+
     let kafka = if args.kafka_events > 0 {
         kafka_runs(&args, &root).await?
     } else {
@@ -266,12 +297,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let report = report(
         &args,
-        bytes,
-        cores,
-        &ceiling,
-        &results,
-        memory.as_ref(),
-        &kafka,
+        &Measured {
+            bytes,
+            cores,
+            ceiling,
+            results,
+            memory,
+            rescaled,
+            kafka,
+        },
     )?;
     println!("{report}");
     if let Some(path) = &args.report {
@@ -363,15 +397,29 @@ async fn kafka_runs(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns> 
     })
 }
 
-fn report(
-    args: &BenchArgs,
+/// Everything one bench measured.
+struct Measured {
+    /// Bytes of the throughput runs' input.
     bytes: u64,
     cores: usize,
-    ceiling: &ceiling::Ceiling,
-    results: &[Repeated],
-    memory: Option<&RunResult>,
-    kafka: &KafkaRuns,
-) -> anyhow::Result<String> {
+    ceiling: ceiling::Ceiling,
+    results: Vec<Repeated>,
+    memory: Option<RunResult>,
+    rescaled: Vec<rescale::Step>,
+    kafka: KafkaRuns,
+}
+
+fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
+    let Measured {
+        bytes,
+        cores,
+        ceiling,
+        results,
+        memory,
+        rescaled,
+        kafka,
+    } = m;
+    let (bytes, cores, memory) = (*bytes, *cores, memory.as_ref());
     let mut out = String::new();
     let build = if cfg!(debug_assertions) {
         "debug build: figures are not representative"
@@ -523,6 +571,39 @@ fn report(
                 l.seconds,
                 l.epochs,
                 verdict(l.records > 0 && l.p99_ms <= 2000.0)
+            )?;
+        }
+        writeln!(out)?;
+    }
+    if !rescaled.is_empty() {
+        writeln!(
+            out,
+            "Rescaling while the job runs: {} events in {RESCALE_FILES} files read one per epoch \
+             ({} events each), trigger 10 ms; `weir admin scale` once a quarter of the files are \
+             decided, then a quarter later; throughput over the epochs on each count, by their \
+             decision times.\n",
+            args.rescale_events,
+            args.rescale_events / RESCALE_FILES,
+        )?;
+        writeln!(
+            out,
+            "| step | scale command → first decision on the new count | key groups moved | state restored | per moved key group | slowest restore | events/s before | events/s after |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )?;
+        for step in rescaled {
+            writeln!(
+                out,
+                "| rescale {} → {} (epoch {}) | {:.0} ms | {} | {} | {} | {} ms | {:.0} | {:.0} |",
+                step.from,
+                step.to,
+                step.first_epoch,
+                step.command_to_decision.as_secs_f64() * 1000.0,
+                step.key_groups_moved,
+                weir_driver::ops::progress::size(step.restored_bytes),
+                weir_driver::ops::progress::size(step.bytes_per_moved_group() as u64),
+                step.restore_ms,
+                step.before,
+                step.after,
             )?;
         }
         writeln!(out)?;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use tokio::process::Command;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
 use weir_common::checkpoint::CommitRecord;
 use weir_storage::CheckpointLog;
 
@@ -239,4 +240,54 @@ impl RunResult {
             peak_rss: peak_rss(log),
         })
     }
+}
+
+/// Waits until the checkpoint at `url` holds a decision that `done` accepts, and answers it.
+pub async fn wait_for_decision(
+    url: &str,
+    child: &mut Child,
+    timeout: Duration,
+    done: impl Fn(&CommitRecord) -> bool,
+) -> anyhow::Result<CommitRecord> {
+    let log = CheckpointLog::open(url, &BTreeMap::new())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(epoch) = log.latest("commits").await? {
+            if let Some(record) = log.commit(epoch).await? {
+                if done(&record) {
+                    return Ok(record);
+                }
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("weir local exited ({status}) before the decision waited for");
+        }
+        if Instant::now() > deadline {
+            bail!("the decision waited for did not come within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops `weir local` as a user would (SIGTERM: it finishes the epoch in progress).
+pub async fn stop(child: &mut Child) -> anyhow::Result<()> {
+    crate::local::signal(child, nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("weir local did not stop within 60 s of SIGTERM")??;
+    if !status.success() {
+        bail!("weir local stopped with {status}");
+    }
+    Ok(())
+}
+
+/// Reads `child`'s log (its stderr) as it comes, so that the pipe never fills and stops the
+/// processes; the task answers all of it once the child is gone.
+pub fn read_log(child: &mut Child) -> anyhow::Result<tokio::task::JoinHandle<String>> {
+    let mut stderr = child.stderr.take().context("weir local's log")?;
+    Ok(tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    }))
 }

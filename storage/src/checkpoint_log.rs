@@ -207,6 +207,17 @@ impl CheckpointLog {
         Ok(())
     }
 
+    /// Deletes what writes cut short by a crash left in the log (see
+    /// [`Location::remove_interrupted_writes`]); answers how many.
+    pub async fn remove_interrupted_writes(&self) -> Result<usize, LogError> {
+        self.check_fence().await?;
+        let mut removed = 0;
+        for dir in ["", "offsets", "commits"] {
+            removed += self.location.remove_interrupted_writes(dir, false)?;
+        }
+        Ok(removed)
+    }
+
     /// Forgets every epoch before `first_kept` still in the log (left by a crash between two
     /// deletions, or by a run with a longer retention); answers how many.
     pub async fn prune_before(&self, first_kept: u64) -> Result<usize, LogError> {
@@ -339,5 +350,46 @@ mod tests {
                 .unwrap()
                 .count();
         assert_eq!(left, 5);
+    }
+
+    /// A driver killed inside a local put leaves `commits/6#1`; the next one removes it and
+    /// nothing else (records, `scale.json`, state and generations stay).
+    #[tokio::test]
+    async fn files_of_interrupted_writes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let mut log = CheckpointLog::open(url.as_str(), &BTreeMap::new()).unwrap();
+        log.take_generation("a", "h", 0).await.unwrap();
+        log.write_plan(&plan(6, 60)).await.unwrap();
+        log.write_scale(&ScaleRecord {
+            executors: 2,
+            started_with: 1,
+            reason: "test".into(),
+            at_micros: 0,
+        })
+        .await
+        .unwrap();
+        let leftovers = ["commits/6#1", "offsets/7#12", "scale.json#3"];
+        for rel in leftovers
+            .iter()
+            .chain(&["state/e/000012.sst", "commits/#1"])
+        {
+            let file = dir.path().join(rel);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, b"{").unwrap();
+        }
+        assert_eq!(log.remove_interrupted_writes().await.unwrap(), 3);
+        for rel in leftovers {
+            assert!(!dir.path().join(rel).exists(), "{rel}");
+        }
+        for rel in [
+            "offsets/6",
+            "scale.json",
+            "state/e/000012.sst",
+            "commits/#1",
+        ] {
+            assert!(dir.path().join(rel).exists(), "{rel}");
+        }
+        assert_eq!(log.latest("offsets").await.unwrap(), Some(6));
     }
 }

@@ -16,6 +16,11 @@ pub enum StorageError {
     #[error("location `{url}`: {message}")]
     Location { url: String, message: String },
     #[error("{location}: {source}")]
+    Local {
+        location: String,
+        source: std::io::Error,
+    },
+    #[error("{location}: {source}")]
     Store {
         location: String,
         source: object_store::Error,
@@ -70,6 +75,53 @@ impl Location {
             .iter()
             .filter_map(|m| m.location.filename().and_then(|f| f.parse::<u64>().ok()))
             .collect())
+    }
+
+    /// Deletes the staging files of writes cut short under `dir` (and below it when
+    /// `recursive`): a `file://` store writes `<name>#<n>` and renames it into place, so a
+    /// process killed in between leaves it, and object_store's listings never show it. A
+    /// zombie's write in flight then fails, as it should. Other stores write objects whole.
+    /// Answers how many were deleted.
+    pub fn remove_interrupted_writes(
+        &self,
+        dir: &str,
+        recursive: bool,
+    ) -> Result<usize, StorageError> {
+        let Some(local) = self.local_file(dir) else {
+            return Ok(0);
+        };
+        let fail = |e: std::io::Error| StorageError::Local {
+            location: self.display(dir),
+            source: e,
+        };
+        let mut removed = 0;
+        let mut dirs = vec![local];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(fail)?;
+                let kind = entry.file_type().map_err(fail)?;
+                if kind.is_dir() {
+                    if recursive {
+                        dirs.push(entry.path());
+                    }
+                    continue;
+                }
+                if !entry.file_name().to_str().is_some_and(is_staging_name) {
+                    continue;
+                }
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub fn store_error(&self, rel: &str, source: object_store::Error) -> StorageError {
@@ -141,6 +193,13 @@ pub(crate) fn s3_store<'a>(
         }
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// `<name>#<digits>`: the staging file of object_store's local filesystem put.
+fn is_staging_name(file: &str) -> bool {
+    file.rsplit_once('#').is_some_and(|(name, n)| {
+        !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 #[cfg(test)]

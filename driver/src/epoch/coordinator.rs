@@ -245,6 +245,10 @@ impl Coordinator {
             totals: Totals::default(),
             last_trigger_micros: None,
         };
+        let interrupted = self.log.remove_interrupted_writes().await?;
+        if interrupted > 0 {
+            tracing::info!(interrupted, "deleted what writes cut short by a crash left");
+        }
         if let Some(record) = self.log.scale().await? {
             self.scaler.resume(&record);
             self.persisted_target = self.scaler.current();

@@ -1,7 +1,7 @@
 //! Retention of state snapshots (docs/architecture.md, State layout): the snapshots of the last N
 //! decisions are kept; every file under the checkpoint's `state/` that none of them references is
-//! deleted (older snapshots' files, and what failed runs uploaded). Runs between epochs, when
-//! nothing uploads.
+//! deleted (older snapshots' files, what failed runs uploaded, and uploads a crash cut short).
+//! Runs between epochs, when nothing uploads.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -66,7 +66,7 @@ impl StateRetention {
             .await
             .map_err(|e| location.store_error("state", e))?;
         let prefix = format!("{}/", location.root.as_ref());
-        let mut deleted = 0;
+        let mut deleted = location.remove_interrupted_writes("state", true)?;
         for meta in listed {
             let full = meta.location.as_ref();
             let rel = if location.root.as_ref().is_empty() {
@@ -145,8 +145,13 @@ mod tests {
             ],
         ));
         retention.record(&record(2, &["state/e/i1/2.sst", "state/e/i1/2/MANIFEST-1"]));
-        // Epoch 0 fell out; i2 was a failed run's upload.
-        assert_eq!(retention.collect(&log).await.unwrap(), 2);
+        // An executor killed inside a local upload leaves its staging file, unlisted.
+        let cut_short = dir.path().join("state/e/i3/4.sst#2");
+        std::fs::create_dir_all(cut_short.parent().unwrap()).unwrap();
+        std::fs::write(&cut_short, b"x").unwrap();
+        // Epoch 0 fell out; i2 was a failed run's upload, i3 one cut short.
+        assert_eq!(retention.collect(&log).await.unwrap(), 3);
+        assert!(!cut_short.exists());
         for (p, kept) in all.iter().zip([true, true, false, true, true, false]) {
             assert_eq!(dir.path().join(p).exists(), kept, "{p}");
         }
