@@ -173,6 +173,12 @@ enum Command {
         /// The namespace of --kubernetes-deployment (default: the service account's).
         #[arg(long, requires = "kubernetes_deployment")]
         kubernetes_namespace: Option<String>,
+        /// Executors are started and stopped from outside the driver (KEDA, an HPA, `kubectl
+        /// scale`): the target follows the registered executors within `executors: {min,
+        /// max}`, `weir admin scale` is refused, and `autoscale:` decisions are only published
+        /// (weir_desired_executors, log, webhook).
+        #[arg(long, conflicts_with = "kubernetes_deployment")]
+        external_scaling: bool,
         /// Override the job's trigger (`available-now` or an interval such as `30s`).
         #[arg(long)]
         trigger: Option<String>,
@@ -271,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             executors,
             kubernetes_deployment,
             kubernetes_namespace,
+            external_scaling,
             trigger,
             ops,
             cluster,
@@ -294,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cluster_secret: cluster.secret()?,
                     open_cluster: cluster.insecure_open_cluster,
                     kubernetes,
+                    external_scaling,
                 },
                 stop,
             )

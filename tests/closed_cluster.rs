@@ -161,9 +161,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
 
 /// The value of the sample `name` in a Prometheus text page.
 fn sample(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{page}"))
+    support::http::sample(page, name).unwrap_or_else(|| panic!("no {name} in:\n{page}"))
 }
 
 #[test]

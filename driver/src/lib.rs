@@ -79,6 +79,9 @@ pub struct DriverConfig {
     pub open_cluster: bool,
     /// The executors' Deployment the driver keeps at its target, when it runs in Kubernetes.
     pub kubernetes: Option<KubernetesExecutors>,
+    /// Executors are started and stopped from outside (KEDA, an HPA, `kubectl scale`): the
+    /// target follows the registered ones and the autoscaler only publishes its decisions.
+    pub external_scaling: bool,
 }
 
 /// `--kubernetes-deployment` and `--kubernetes-namespace`.
@@ -175,8 +178,15 @@ async fn drive(
     epoch_budget: Option<Duration>,
 ) -> anyhow::Result<()> {
     let started_at_micros = now_micros();
-    let scaler = Scaler::new(config.executors, config.job.executors, config.job.autoscale)
+    let mut scaler = Scaler::new(config.executors, config.job.executors, config.job.autoscale)
         .map_err(anyhow::Error::msg)?;
+    if config.external_scaling {
+        tracing::info!(
+            "external scaling: the executor target follows the registered executors within \
+             executors.{{min, max}}"
+        );
+        scaler = scaler.scaled_externally();
+    }
     let replicas = match &config.kubernetes {
         Some(k) => {
             let deployment = ExecutorDeployment::connect(&k.deployment, k.namespace.as_deref())

@@ -42,9 +42,9 @@ pub struct BenchArgs {
     /// the throughput runs' size.
     #[arg(long, default_value_t = 1_000_000)]
     pub window_users: u64,
-    /// Events of the rescale run (0 skips it), in 40 files read one per epoch: scaled from 1
-    /// to 2 executors and back while it runs.
-    #[arg(long, default_value_t = 2_000_000)]
+    /// Events of the rescale run (0 skips it), in 120 files read --files-per-epoch at a
+    /// time: scaled from 1 to 2 executors and back while it runs.
+    #[arg(long, default_value_t = 6_000_000)]
     pub rescale_events: u64,
     /// Events of the Kafka runs (0 skips them).
     #[arg(long, default_value_t = 400_000)]
@@ -69,8 +69,8 @@ pub struct BenchArgs {
 }
 
 const START: &str = "2026-01-01T00:00:00Z";
-/// Files of the rescale run, one per epoch: a quarter of them before each scale step.
-const RESCALE_FILES: u64 = 40;
+/// Files of the rescale run; a quarter of its epochs run before each scale step.
+const RESCALE_FILES: u64 = 120;
 
 /// Generates reference events as files in `out`.
 async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<()> {
@@ -284,7 +284,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ]),
         )
         .await?;
-        rescale::measure(&root, &rescale_input, RESCALE_FILES, args.rescale_events).await?
+        let steps = rescale::measure(
+            &root,
+            &rescale_input,
+            RESCALE_FILES,
+            args.files_per_epoch,
+            args.rescale_events,
+        )
+        .await?;
+        // Its input is the bench's largest: gone before the Kafka runs.
+        std::fs::remove_dir_all(&rescale_input)
+            .with_context(|| format!("removing {}", rescale_input.display()))?;
+        steps
     } else {
         Vec::new()
     };
@@ -578,12 +589,13 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
     if !rescaled.is_empty() {
         writeln!(
             out,
-            "Rescaling while the job runs: {} events in {RESCALE_FILES} files read one per epoch \
-             ({} events each), trigger 10 ms; `weir admin scale` once a quarter of the files are \
+            "Rescaling while the job runs: {} events in {RESCALE_FILES} files, {} an epoch \
+             ({} events), trigger 10 ms; `weir admin scale` once a quarter of the epochs are \
              decided, then a quarter later; throughput over the epochs on each count, by their \
              decision times.\n",
             args.rescale_events,
-            args.rescale_events / RESCALE_FILES,
+            args.files_per_epoch,
+            args.rescale_events / RESCALE_FILES * args.files_per_epoch,
         )?;
         writeln!(
             out,

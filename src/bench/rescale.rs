@@ -1,6 +1,6 @@
-//! The rescale run of `weir bench`: the reference job reads its files one per epoch on 1
-//! executor, is scaled to 2 by `weir admin scale` (the admin call) once a quarter of its epochs
-//! are decided, back to 1 a quarter later, and runs to the end of its input. From the
+//! The rescale run of `weir bench`: the reference job reads its files on 1 executor, is scaled
+//! to 2 by `weir admin scale` (the admin call) once a quarter of its epochs are decided, back
+//! to 1 a quarter later, and runs to the end of its input. From the
 //! checkpoint's decisions it measures, for each step, the time from the scale command to the
 //! decision of the first epoch on the new count, the key groups and state bytes that moved
 //! (what the new owners restored), and the throughput before and after.
@@ -66,14 +66,17 @@ fn first_on(decisions: &[CommitRecord], to: usize, commanded_micros: i64) -> Opt
         .find(|d| d.decided_at_micros > commanded_micros && d.executors.len() == to)
 }
 
-/// Runs the job over the files under `input` (`files` of them) and answers the two steps.
+/// Runs the job over the files under `input` (`files` of them, `per_epoch` an epoch) and
+/// answers the two steps.
 pub async fn measure(
     root: &Path,
     input: &Path,
     files: u64,
+    per_epoch: u64,
     events: u64,
 ) -> anyhow::Result<Vec<Step>> {
-    let (job, checkpoint) = runs::prepare(root, "rescale", &runs::files_source(input, 1))?;
+    let source = runs::files_source(input, per_epoch);
+    let (job, checkpoint) = runs::prepare(root, "rescale", &source)?;
     // Epochs back to back: the trigger never waits for its interval.
     let mut child = runs::local_command(&job, 1, Some("10ms"))?
         .stdout(std::process::Stdio::piped())
@@ -99,7 +102,7 @@ pub async fn measure(
         .await
         .with_context(|| format!("connecting to the admin API at {admin}"))?;
 
-    let quarter = (files / 4).max(2);
+    let quarter = (files / per_epoch.max(1) / 4).max(2);
     let timeout = Duration::from_secs(300);
     let mut commands = Vec::new();
     let mut wait_from = quarter;

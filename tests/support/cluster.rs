@@ -59,6 +59,10 @@ pub struct Cluster {
     rx: mpsc::Receiver<(Role, u64, Event)>,
     /// The driver's progress lines so far.
     pub progress: Vec<String>,
+    /// The driver's `--trigger` (`available-now` unless a test sets another).
+    pub trigger: String,
+    /// More arguments of the driver.
+    pub driver_args: Vec<String>,
 }
 
 impl Cluster {
@@ -79,6 +83,8 @@ impl Cluster {
             generations: HashMap::new(),
             tx,
             rx,
+            trigger: "available-now".into(),
+            driver_args: Vec::new(),
             progress: Vec::new(),
         }
     }
@@ -100,9 +106,10 @@ impl Cluster {
                     .arg(&self.job)
                     .args(["--listen", &format!("127.0.0.1:{}", self.driver_port)])
                     .args(["--executors", &self.executors.to_string()])
-                    .args(["--trigger", "available-now"])
+                    .args(["--trigger", &self.trigger])
                     .args(["--admin-listen", "127.0.0.1:0"])
-                    .args(["--metrics-listen", "127.0.0.1:0"]);
+                    .args(["--metrics-listen", "127.0.0.1:0"])
+                    .args(&self.driver_args);
             }
             Role::Executor(i) => {
                 cmd.arg("executor")

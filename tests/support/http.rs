@@ -50,3 +50,9 @@ pub fn get_with(url: &str, params: &[(&str, &str)]) -> Result<String, String> {
 pub fn put(url: &str) -> Result<String, String> {
     call(Method::PUT, url)
 }
+
+/// The value of the unlabelled sample `name` in a Prometheus text page.
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}

@@ -374,7 +374,10 @@ impl Admin for AdminService {
         let target = self
             .scaler
             .set(req.executors as usize, "weir admin scale")
-            .map_err(Status::invalid_argument)?;
+            .map_err(|m| match self.scaler.external {
+                true => Status::failed_precondition(m),
+                false => Status::invalid_argument(m),
+            })?;
         tracing::info!(
             executors = target.executors,
             "`weir admin scale`: the next epoch runs on {} executors",

@@ -5,6 +5,10 @@
 //! `weir admin scale`. An epoch runs on at most the target: executors of the last assignment
 //! first (they hold state), then the longest registered. Registered executors beyond the target
 //! are retired: told to exit once an epoch without them is decided.
+//!
+//! Under external scaling (`--external-scaling`: KEDA, an HPA or `kubectl scale` start and
+//! stop executors) the target follows the registered executors within the bounds instead, and
+//! nobody else may set it.
 
 use tokio::sync::watch;
 use weir_common::checkpoint::{Assignment, ScaleRecord};
@@ -45,7 +49,12 @@ pub struct Scaler {
     pub autoscale: Option<AutoscaleSpec>,
     /// The autoscaler's latest recommendation.
     recommended: watch::Sender<Option<Recommendation>>,
+    /// Executors are started and stopped from outside the driver.
+    pub external: bool,
 }
+
+/// The reason of a target that follows the registered executors.
+pub const FOLLOWS_REGISTERED: &str = "the executors registered (--external-scaling)";
 
 impl Scaler {
     /// A scaler aiming for `initial` executors (checked against `bounds`).
@@ -68,7 +77,14 @@ impl Scaler {
             bounds,
             autoscale,
             recommended: watch::channel(None).0,
+            external: false,
         })
+    }
+
+    /// A scaler whose target follows the registered executors (see [`Self::follow`]).
+    pub fn scaled_externally(mut self) -> Self {
+        self.external = true;
+        self
     }
 
     /// Shows the autoscaler's latest recommendation.
@@ -80,9 +96,31 @@ impl Scaler {
         self.recommended.borrow().clone()
     }
 
-    /// Aims for `executors`; an error names the bounds when they do not allow it.
+    /// Aims for `executors`; an error names the bounds when they do not allow it, or says that
+    /// the executors are scaled from outside.
     pub fn set(&self, executors: usize, reason: &str) -> Result<Target, String> {
+        if self.external {
+            return Err(
+                "the executors are scaled from outside the driver (--external-scaling): \
+                        change the replicas of their Deployment instead (kubectl scale, or \
+                        KEDA or an HPA following weir_desired_executors)"
+                    .into(),
+            );
+        }
         self.bounds.check(executors)?;
+        Ok(self.aim(executors, reason))
+    }
+
+    /// Under external scaling, aims for the `registered` executors (those not stopping),
+    /// within the bounds: fewer than `min` wait for more, more than `max` stand by.
+    pub fn follow(&self, registered: usize) {
+        let n = registered.clamp(self.bounds.min, self.bounds.max);
+        if self.external && self.target.borrow().executors != n {
+            self.aim(n, FOLLOWS_REGISTERED);
+        }
+    }
+
+    fn aim(&self, executors: usize, reason: &str) -> Target {
         let target = Target {
             executors,
             started_with: self.target.borrow().started_with,
@@ -90,7 +128,7 @@ impl Scaler {
             at_micros: weir_common::now_micros(),
         };
         self.target.send_replace(target.clone());
-        Ok(target)
+        target
     }
 
     /// Takes back the target of a previous driver (`scale.json`) when that driver was started
@@ -255,5 +293,27 @@ mod tests {
         scaler.resume(&record(1, 2));
         assert_eq!(scaler.current().executors, 1);
         assert_eq!(scaler.current().started_with, 2);
+        // Following the registered executors is for external scaling only.
+        scaler.follow(3);
+        assert_eq!(scaler.current().executors, 1);
+    }
+
+    #[test]
+    fn an_externally_scaled_target_follows_the_registered_executors_within_the_bounds() {
+        let bounds = ExecutorBounds {
+            min: 2,
+            max: 4,
+            wait: Duration::from_secs(1),
+        };
+        let scaler = Scaler::new(2, bounds, None).unwrap().scaled_externally();
+        let refused = scaler.set(3, "weir admin scale").unwrap_err();
+        assert!(refused.contains("--external-scaling"), "{refused}");
+        scaler.follow(3);
+        assert_eq!(scaler.current().executors, 3);
+        assert_eq!(scaler.current().reason, FOLLOWS_REGISTERED);
+        scaler.follow(9);
+        assert_eq!(scaler.current().executors, 4);
+        scaler.follow(0);
+        assert_eq!(scaler.current().executors, 2);
     }
 }

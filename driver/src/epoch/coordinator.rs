@@ -139,6 +139,9 @@ pub struct Coordinator {
     scaler: Scaler,
     /// Moves the target with the input, when the job autoscales.
     autoscaler: Option<Autoscaler>,
+    /// Under external scaling, the executor count the autoscaler last decided on (published
+    /// as `weir_desired_executors`).
+    published: Option<usize>,
     /// Keeps the executors' Deployment at the target, when the driver manages one.
     replicas: Option<ReplicaFollower>,
     /// The target last written to the checkpoint (or read from it, or given at start).
@@ -210,6 +213,7 @@ impl Coordinator {
             membership,
             persisted_target: scaler.current(),
             autoscaler: scaler.autoscale.map(Autoscaler::new),
+            published: None,
             replicas: None,
             scaler,
             short_since: None,
@@ -346,12 +350,14 @@ impl Coordinator {
         let mut target = self.scaler.subscribe();
         let bounds = self.scaler.bounds;
         loop {
+            let registered = self.members.borrow_and_update().clone();
+            self.scaler
+                .follow(registered.iter().filter(|m| !m.leaving).count());
             let goal = target.borrow_and_update().clone();
             self.persist_target(&goal).await?;
             if let Some(r) = &mut self.replicas {
                 r.up_to(goal.executors);
             }
-            let registered = self.members.borrow_and_update().clone();
             self.let_stopping_go(&registered).await;
             let selection = select(&registered, goal.executors, previous);
             let have = selection.run_on.len();
@@ -389,8 +395,9 @@ impl Coordinator {
                 ) {
                     r.down_to(goal.executors, Vec::new());
                 }
-                // Executors waiting to join are not retired.
-                self.retiring = match have >= goal.executors {
+                // Executors waiting to join are not retired, nor are those beyond the
+                // target under external scaling: whoever started them stops them.
+                self.retiring = match have >= goal.executors && !self.scaler.external {
                     true => selection
                         .retire
                         .into_iter()
@@ -954,16 +961,39 @@ impl Coordinator {
         let Some(autoscaler) = self.autoscaler.as_mut() else {
             return;
         };
-        let decision = autoscaler.observe(observation, self.scaler.current().executors);
+        // Under external scaling the decisions are published, and the next is judged against
+        // the last one rather than the count running (which follows when someone acts on it).
+        let current = self.scaler.current().executors;
+        let judged_against = match self.scaler.external {
+            true => *self.published.get_or_insert(current),
+            false => current,
+        };
+        let decision = autoscaler.observe(observation, judged_against);
         if let Some(r) = autoscaler.last() {
             self.scaler.recommend(r);
         }
-        let desired = autoscaler.last().map_or(0, |r| r.executors);
+        let desired = match self.published {
+            Some(decided) => decided,
+            None => autoscaler.last().map_or(0, |r| r.executors),
+        };
         let Some(decision) = decision else {
             self.ops.metrics.autoscaled(desired, None);
             return;
         };
         let reason = decision.reason();
+        if self.scaler.external {
+            self.published = Some(decision.to);
+            self.ops
+                .metrics
+                .autoscaled(decision.to, Some(decision.direction()));
+            let message = format!(
+                "{reason}; published as weir_desired_executors for whoever scales the executors \
+                 (--external-scaling)"
+            );
+            tracing::info!("{message}");
+            self.ops.alerts.raise(AlertKind::Autoscaled, &message);
+            return;
+        }
         match self.scaler.set(decision.to, &reason) {
             Ok(_) => {
                 self.ops
