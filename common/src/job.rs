@@ -17,6 +17,7 @@ use crate::window::WindowSpec;
 pub mod operations;
 pub mod reference;
 pub mod scaling;
+pub mod upkeep;
 pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret, SecretMap};
 
 /// A mistake in a job file, naming the field and what was expected.
@@ -170,6 +171,10 @@ pub struct RawDeltaSink {
     pub path: String,
     #[serde(default)]
     pub partition_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<upkeep::RawCompact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacuum: Option<upkeep::RawVacuum>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,6 +243,8 @@ pub struct DeltaSink {
     /// Absolute URL (`file:///...`, `s3://...`).
     pub url: String,
     pub partition_by: Vec<String>,
+    /// Compaction and vacuum of the table, when asked for.
+    pub upkeep: upkeep::TableUpkeep,
 }
 
 /// A validated job: everything the driver and executors need, in engine units.
@@ -476,6 +483,7 @@ fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaS
     Ok(DeltaSink {
         url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
         partition_by: raw.partition_by.clone(),
+        upkeep: upkeep::parse(field, raw.compact.as_ref(), raw.vacuum.as_ref())?,
     })
 }
 

@@ -283,12 +283,12 @@ fn structural_mistakes_are_reported_by_path() {
             "unknown field `topik`",
         ),
         ("    topic: web-events\n", "", "missing field `topic`"),
-        // An option that did nothing (`compact`) is refused rather than silently ignored.
         (
             "partition_by: [event_type]}",
-            "partition_by: [event_type], compact: true}",
-            "unknown field `compact`",
+            "partition_by: [event_type], compact: {evry: 1m}}",
+            "unknown field `evry`",
         ),
+
         (
             "fail_on_data_loss: false",
             "fail_on_data_loss: sometimes",

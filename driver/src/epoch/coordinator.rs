@@ -18,7 +18,7 @@ use weir_common::fault;
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
 use weir_proto::admin::QueryState;
-use weir_storage::CheckpointLog;
+use weir_storage::{CheckpointLog, Fence};
 
 use crate::cluster::assignment::{assign, moved_key_groups};
 use crate::cluster::autoscale::{Autoscaler, Observation};
@@ -35,7 +35,8 @@ use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
-use crate::output::table_commits::{Committing, Tables};
+use crate::output::table_commits::{Committing, TableRole, Tables};
+use crate::output::upkeep::Upkeep;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
 
 /// What a trigger finds: an epoch to run, or nothing to read; with each partition's end.
@@ -171,6 +172,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The upkeep the job's sinks ask for, per table.
+fn table_upkeep(job: &JobSpec, fence: Option<&Fence>) -> Vec<(TableRole, Upkeep)> {
+    let tables = std::iter::once((TableRole::Output, "output", &job.output)).chain(
+        job.dead_letter
+            .iter()
+            .map(|d| (TableRole::DeadLetter, "dead_letter", d)),
+    );
+    tables
+        .filter_map(|(role, label, sink)| {
+            Upkeep::new(label, &sink.url, sink.upkeep, fence.cloned()).map(|u| (role, u))
+        })
+        .collect()
+}
+
 /// Exponential backoff after the n-th failure in a row: 0.25 s, 0.5 s, 1 s, ... up to 10 s.
 /// (Waiting for a lost executor to come back is separate: runs wait for the executors.)
 pub(crate) fn backoff(failures: u32) -> Duration {
@@ -194,6 +209,7 @@ impl Coordinator {
         ops: Operations,
     ) -> Self {
         let fence = log.fence().cloned();
+        let upkeep = table_upkeep(&job, fence.as_ref());
         Self {
             controls,
             ops,
@@ -203,6 +219,7 @@ impl Coordinator {
             job,
             log,
             tables: Some(Tables {
+                upkeep,
                 output,
                 dead_letter,
                 fence,
@@ -332,7 +349,8 @@ impl Coordinator {
     /// staging and every decision is in the tables: at start-up, or between a finished commit
     /// and the next plan.
     async fn remove_staged_files(&mut self) -> anyhow::Result<()> {
-        self.tables()?.remove_unreferenced_files().await
+        let metrics = self.ops.metrics.clone();
+        self.tables()?.remove_unreferenced_files(&metrics).await
     }
 
     /// The executors the next epoch runs on: up to the target's worth of registered ones, those
@@ -708,6 +726,9 @@ impl Coordinator {
             }
         }
         self.finish_commit().await?;
+        // A compaction cut off here would leave files a later sweep deletes; let it end.
+        let metrics = self.ops.metrics.clone();
+        self.tables()?.settle_upkeep(&metrics).await;
         self.answer_waiting(Err("the query stopped before it could run an epoch".into()));
         self.ops
             .board

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::output::upkeep::PassReport;
 use prometheus::{
     exponential_buckets, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -43,6 +44,9 @@ pub struct DriverMetrics {
     checkpoint_uploaded_bytes: IntCounter,
     delta_commits: IntCounterVec,
     delta_commit_seconds: HistogramVec,
+    upkeep_passes: IntCounterVec,
+    files_compacted: IntCounterVec,
+    files_vacuumed: IntCounterVec,
     executors: IntGauge,
     executors_expected: IntGauge,
     executors_active: IntGauge,
@@ -225,6 +229,36 @@ impl DriverMetrics {
                     &["table"],
                 )?,
             )?,
+            upkeep_passes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_table_upkeep_passes_total",
+                        "Compaction and vacuum passes over a Delta table, by result.",
+                    ),
+                    &["table", "result"],
+                )?,
+            )?,
+            files_compacted: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_delta_files_compacted_total",
+                        "Small Delta files merged away by compaction.",
+                    ),
+                    &["table"],
+                )?,
+            )?,
+            files_vacuumed: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_delta_files_vacuumed_total",
+                        "Delta files deleted by vacuum after their retention.",
+                    ),
+                    &["table"],
+                )?,
+            )?,
             executors: gauge(r, "weir_executors", "Registered executors.")?,
             executors_expected: gauge(
                 r,
@@ -339,6 +373,17 @@ impl DriverMetrics {
         self.delta_commit_seconds
             .with_label_values(&[table])
             .observe(seconds);
+    }
+
+    /// Records a table upkeep pass (`result`: `ok` or `error`).
+    pub fn table_upkeep(&self, table: &str, result: &str, pass: &PassReport) {
+        self.upkeep_passes.with_label_values(&[table, result]).inc();
+        self.files_compacted
+            .with_label_values(&[table])
+            .inc_by(pass.files_removed);
+        self.files_vacuumed
+            .with_label_values(&[table])
+            .inc_by(pass.vacuumed);
     }
 
     /// Records a committed epoch.

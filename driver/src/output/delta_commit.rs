@@ -128,6 +128,15 @@ impl DeltaCommitter {
         })
     }
 
+    /// The table as of this committer's last read or commit.
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn err(&self, source: DeltaTableError) -> CommitError {
         CommitError::Delta {
             url: self.url.clone(),

@@ -4,3 +4,4 @@
 
 pub mod delta_commit;
 pub mod table_commits;
+pub mod upkeep;

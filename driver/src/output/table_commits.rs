@@ -15,6 +15,7 @@ use weir_storage::Fence;
 use crate::epoch::coordinator::backoff;
 use crate::ops::metrics::DriverMetrics;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::upkeep::Upkeep;
 
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -25,6 +26,15 @@ pub struct Tables {
     pub dead_letter: Option<DeltaCommitter>,
     /// The driver's hold on the checkpoint: a fenced driver neither commits nor cleans up.
     pub fence: Option<Fence>,
+    /// Compaction and vacuum of each table, when its sink asks for them.
+    pub upkeep: Vec<(TableRole, Upkeep)>,
+}
+
+/// Which of the job's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRole {
+    Output,
+    DeadLetter,
 }
 
 impl Tables {
@@ -84,12 +94,33 @@ impl Tables {
                 metrics.delta_commit("dead_letter", started.elapsed().as_secs_f64());
             }
         }
+        for (role, upkeep) in &mut self.upkeep {
+            let table = match role {
+                TableRole::Output => Some(&self.output),
+                TableRole::DeadLetter => self.dead_letter.as_ref(),
+            };
+            if let Some(t) = table {
+                upkeep.after_commit(t.table(), metrics);
+            }
+        }
         Ok(version)
+    }
+
+    /// Waits for the upkeep passes in progress.
+    pub async fn settle_upkeep(&mut self, metrics: &DriverMetrics) {
+        for (_, upkeep) in &mut self.upkeep {
+            upkeep.settle(metrics).await;
+        }
     }
 
     /// Deletes the files staged by runs that will never be committed. Safe only when no run is
     /// staging and every decision is in the tables.
-    pub async fn remove_unreferenced_files(&mut self) -> anyhow::Result<()> {
+    pub async fn remove_unreferenced_files(
+        &mut self,
+        metrics: &DriverMetrics,
+    ) -> anyhow::Result<()> {
+        // A compaction's files are unreferenced until it commits.
+        self.settle_upkeep(metrics).await;
         if let Some(fence) = &self.fence {
             fence.check().await?;
         }
