@@ -30,7 +30,7 @@ pub struct AdminArgs {
         global = true
     )]
     admin: String,
-    /// File holding the bearer token for pause, resume, stop, checkpoint and scale.
+    /// File holding the bearer token for pause, resume, stop, checkpoint, compact and scale.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an https:// admin address (default: the system's).
@@ -42,7 +42,7 @@ pub struct AdminArgs {
     /// Deadline of a call (`checkpoint` waits for its epoch up to --wait).
     #[arg(long, default_value = "30s", value_parser = parse_duration, global = true)]
     timeout: Duration,
-    /// How long `checkpoint` waits for its epoch to commit.
+    /// How long `checkpoint` waits for its epoch to commit, and `compact` for its passes.
     #[arg(long, default_value = "10m", value_parser = parse_duration, global = true)]
     wait: Duration,
     #[command(subcommand)]
@@ -72,6 +72,9 @@ enum AdminCommand {
     Stop,
     /// Run an epoch now and wait until it is committed.
     Checkpoint,
+    /// Compact the query's tables now (small files merged, then vacuum where the sink asks
+    /// for it) and wait until done; epochs go on meanwhile.
+    Compact,
     /// Set the executor target (within the job's `executors: {min, max}`); the next epoch runs
     /// on that many executors, moving only the key groups the new balance requires.
     Scale {
@@ -267,6 +270,29 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 "target {} executors ({} registered, {} running the last epoch); the next epoch runs on the new count",
                 status.executors_target, status.executors_registered, status.executors_active
             );
+        }
+        AdminCommand::Compact => {
+            let r = client
+                .compact(control(args.wait)?)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            if args.json {
+                return print_json(&r.tables, true);
+            }
+            for t in &r.tables {
+                println!(
+                    "{} ({}): {} files -> {} ({} small files merged into {} in {} partitions; {} vacuumed)",
+                    t.table,
+                    t.url,
+                    t.files_before,
+                    t.files_after,
+                    t.files_removed,
+                    t.files_added,
+                    t.partitions,
+                    t.files_vacuumed
+                );
+            }
         }
         AdminCommand::Checkpoint => {
             let r = client

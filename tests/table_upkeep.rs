@@ -4,8 +4,12 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
-use support::{file_job_in, gen_files, python, run_local, run_ok, verify};
+use support::admin::{admin, admin_json};
+use support::local_run::ScalingRun;
+use support::{checkpoint_records, file_job_in, gen_files, python, run_local, run_ok, verify};
 
 /// Per partition of `table`, the files epochs added, the files compaction added and removed,
 /// the files the table references now, and the data files on disk; with the operations of its
@@ -96,4 +100,54 @@ fn small_files_are_compacted_and_vacuumed_while_the_table_stays_exact() {
         .sum();
     let on_disk = seen["on_disk"].as_u64().unwrap();
     assert!(on_disk < ever, "{on_disk} files on disk of {ever}: {seen}");
+}
+
+/// `weir admin compact` on a running job whose sink sets no upkeep: the output table's small
+/// files are merged while the job goes on, the call needs the admin token, and the table stays
+/// exact.
+#[test]
+fn weir_admin_compact_merges_the_small_files_of_a_running_job() {
+    const EVENTS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, events) = gen_files(dir.path(), EVENTS, 20, &[]);
+    let root = dir.path().display().to_string();
+    let job = file_job_in(dir.path(), &input.display().to_string(), 1, &root, "");
+    let text = std::fs::read_to_string(&job).unwrap();
+    assert!(text.contains("trigger: 1s\n"), "test bug: {text}");
+    std::fs::write(&job, text.replace("trigger: 1s\n", "trigger: 100ms\n")).unwrap();
+    let run = ScalingRun::start(dir.path(), &job, 2);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let decided = dir.path().join("checkpoint/commits").exists();
+        let read = decided
+            .then(|| checkpoint_records(dir.path(), "commits"))
+            .and_then(|d| d.last()?["totals"]["input_rows"].as_u64())
+            .unwrap_or(0);
+        if read >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job read {read} of {EVENTS} events"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = admin(&run.url, &["compact"], None);
+    assert!(!refused.status.success(), "compact without the token");
+    let tables = admin_json(&run.url, &["compact"], Some(&run.token));
+    let output = tables
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["table"] == "output"))
+        .unwrap_or_else(|| panic!("no output table in {tables}"))
+        .clone();
+    let n = |field: &str| output[field].as_u64().unwrap_or(0);
+    assert!(n("filesRemoved") > 0, "{output}");
+    assert!(n("filesAfter") < n("filesBefore"), "{output}");
+    assert_eq!(
+        n("filesBefore") - n("filesRemoved") + n("filesAdded"),
+        n("filesAfter"),
+        "{output}"
+    );
+    run.stop();
+    verify(&events, dir.path(), &[]);
 }

@@ -86,9 +86,14 @@ class Storage:
 
 
 def unreferenced_files(storage, uri):
-    """Data files in a table's location that its log does not reference (left by failed runs)."""
-    actions = pa.table(storage.table(uri).get_add_actions(flatten=True))
+    """Data files in a table's location that its log does not reference (left by failed runs):
+    neither live nor removed by a commit (compaction's replaced files, kept until vacuum)."""
+    table = storage.table(uri)
+    actions = pa.table(table.get_add_actions(flatten=True))
     referenced = {unquote(p) for p in actions.column("path").to_pylist()}
+    # A dry-run vacuum with no retention lists every file a commit removed.
+    removed = table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False)
+    referenced |= {unquote(p) for p in removed}
     return sorted(
         f for f in storage.files(uri)
         if f.endswith(".parquet") and not f.startswith("_delta_log/") and f not in referenced

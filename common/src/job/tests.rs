@@ -288,7 +288,6 @@ fn structural_mistakes_are_reported_by_path() {
             "partition_by: [event_type], compact: {evry: 1m}}",
             "unknown field `evry`",
         ),
-
         (
             "fail_on_data_loss: false",
             "fail_on_data_loss: sometimes",

@@ -187,7 +187,10 @@ mod tests {
             every: None,
         };
         let e = parse("sinks[0].delta", None, Some(&soon)).unwrap_err();
-        assert!(e.to_string().contains("sinks[0].delta.vacuum.retention"), "{e}");
+        assert!(
+            e.to_string().contains("sinks[0].delta.vacuum.retention"),
+            "{e}"
+        );
         assert!(parse("d", None, None).unwrap().is_empty());
     }
 }

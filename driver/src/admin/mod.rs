@@ -14,7 +14,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 use weir_proto::admin::admin_server::Admin;
 use weir_proto::admin::{
-    Autoscale, CheckpointNowResponse, ControlRequest, ExecutorInfo, ExecutorState,
+    Autoscale, CheckpointNowResponse, CompactResponse, ControlRequest, ExecutorInfo, ExecutorState,
     ListExecutorsRequest, ListExecutorsResponse, ListQueriesRequest, ListQueriesResponse,
     ProgressRequest, QueryProgress, QueryState, QueryStatus, RecentProgressResponse, ScaleRequest,
 };
@@ -364,6 +364,21 @@ impl Admin for AdminService {
             ran: outcome.ran,
             delta_version: outcome.delta_version,
         }))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<ControlRequest>,
+    ) -> Result<Response<CompactResponse>, Status> {
+        self.allow_change(&request, false)?;
+        let (reply, answer) = oneshot::channel();
+        self.controls
+            .compact
+            .send(reply)
+            .await
+            .map_err(|_| gone())?;
+        let tables = answer.await.map_err(|_| gone())?.map_err(Status::aborted)?;
+        Ok(Response::new(CompactResponse { tables }))
     }
 
     async fn scale(&self, request: Request<ScaleRequest>) -> Result<Response<QueryStatus>, Status> {

@@ -1,5 +1,6 @@
 //! How the admin API steers the coordinator: pause and stop are flags it reads between epochs,
-//! a checkpoint request is a message it answers once the epoch it ran is committed.
+//! a checkpoint request is a message it answers once the epoch it ran is committed, a compaction
+//! request one it answers once every table's pass is done.
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,12 +16,15 @@ pub struct CheckpointOutcome {
 
 pub type CheckpointReply = oneshot::Sender<Result<CheckpointOutcome, String>>;
 
+pub type CompactReply = oneshot::Sender<Result<Vec<weir_proto::admin::TableCompaction>, String>>;
+
 /// The admin service's side.
 #[derive(Clone)]
 pub struct Controls {
     pub paused: watch::Sender<bool>,
     pub stop: watch::Sender<bool>,
     pub checkpoint: mpsc::Sender<CheckpointReply>,
+    pub compact: mpsc::Sender<CompactReply>,
 }
 
 /// The coordinator's side.
@@ -28,6 +32,7 @@ pub struct ControlInbox {
     pub paused: watch::Receiver<bool>,
     pub stop: watch::Receiver<bool>,
     pub checkpoint: mpsc::Receiver<CheckpointReply>,
+    pub compact: mpsc::Receiver<CompactReply>,
 }
 
 /// Controls whose stop flag also turns on when `external` does (SIGTERM).
@@ -35,6 +40,7 @@ pub fn controls(mut external: watch::Receiver<bool>) -> (Controls, ControlInbox)
     let (paused_tx, paused_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (checkpoint_tx, checkpoint_rx) = mpsc::channel(16);
+    let (compact_tx, compact_rx) = mpsc::channel(16);
     let forward = stop_tx.clone();
     tokio::spawn(async move {
         if external.wait_for(|s| *s).await.is_ok() {
@@ -46,11 +52,13 @@ pub fn controls(mut external: watch::Receiver<bool>) -> (Controls, ControlInbox)
             paused: paused_tx,
             stop: stop_tx,
             checkpoint: checkpoint_tx,
+            compact: compact_tx,
         },
         ControlInbox {
             paused: paused_rx,
             stop: stop_rx,
             checkpoint: checkpoint_rx,
+            compact: compact_rx,
         },
     )
 }

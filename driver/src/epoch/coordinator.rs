@@ -17,7 +17,7 @@ use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, Totals};
 use weir_common::fault;
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
-use weir_proto::admin::QueryState;
+use weir_proto::admin::{QueryState, TableCompaction};
 use weir_storage::{CheckpointLog, Fence};
 
 use crate::cluster::assignment::{assign, moved_key_groups};
@@ -26,7 +26,7 @@ use crate::cluster::executors::{ExecutorClients, RunFailure};
 use crate::cluster::kubernetes::ReplicaFollower;
 use crate::cluster::membership::{Member, MembershipMsg};
 use crate::cluster::scale::{select, Scaler, Target};
-use crate::epoch::controls::{CheckpointOutcome, CheckpointReply, ControlInbox};
+use crate::epoch::controls::{CheckpointOutcome, CheckpointReply, CompactReply, ControlInbox};
 use crate::epoch::decision::decide;
 use crate::epoch::state_gc::StateRetention;
 use crate::ops::alerts::{AlertKind, AlertSender};
@@ -180,8 +180,11 @@ fn table_upkeep(job: &JobSpec, fence: Option<&Fence>) -> Vec<(TableRole, Upkeep)
             .map(|d| (TableRole::DeadLetter, "dead_letter", d)),
     );
     tables
-        .filter_map(|(role, label, sink)| {
-            Upkeep::new(label, &sink.url, sink.upkeep, fence.cloned()).map(|u| (role, u))
+        .map(|(role, label, sink)| {
+            (
+                role,
+                Upkeep::new(label, &sink.url, sink.upkeep, fence.cloned()),
+            )
         })
         .collect()
 }
@@ -585,6 +588,11 @@ impl Coordinator {
     /// driver is asked to stop.
     async fn wait_for_trigger(&mut self, at: Instant) -> anyhow::Result<bool> {
         loop {
+            // Between epochs even when they run back to back.
+            while let Ok(reply) = self.controls.compact.try_recv() {
+                self.finish_commit().await?;
+                self.compact(reply).await?;
+            }
             if !self.waiting.is_empty() {
                 return Ok(true);
             }
@@ -618,6 +626,11 @@ impl Coordinator {
                         self.waiting.push(reply);
                     }
                 }
+                request = self.controls.compact.recv() => {
+                    if let Some(reply) = request {
+                        self.compact(reply).await?;
+                    }
+                }
                 _ = pause.changed() => {}
                 // Between epochs, a stopping executor need not wait for the trigger to go.
                 r = self.members.changed() => {
@@ -627,6 +640,43 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Starts a compaction pass of every table (`weir admin compact`) and answers `reply` once
+    /// all are done, while epochs go on.
+    async fn compact(&mut self, reply: CompactReply) -> anyhow::Result<()> {
+        let metrics = self.ops.metrics.clone();
+        let waiting = self.tables()?.compact_now(&metrics).await;
+        tokio::spawn(async move {
+            let mut tables = Vec::new();
+            for (label, url, outcome) in waiting {
+                let pass = match outcome.await {
+                    Ok(Ok(pass)) => pass,
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(format!("compacting the {label} table {url}: {e}")));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(format!(
+                            "compacting the {label} table {url}: the pass was cut short"
+                        )));
+                        return;
+                    }
+                };
+                tables.push(TableCompaction {
+                    table: label.to_string(),
+                    url,
+                    files_before: pass.files_before,
+                    files_after: pass.files_after,
+                    files_removed: pass.files_removed,
+                    files_added: pass.files_added,
+                    partitions: pass.partitions,
+                    files_vacuumed: pass.vacuumed,
+                });
+            }
+            let _ = reply.send(Ok(tables));
+        });
+        Ok(())
     }
 
     /// Answers the checkpoint requests the last epoch (or the lack of one) settled.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
 use weir_common::fault;
@@ -15,7 +16,7 @@ use weir_storage::Fence;
 use crate::epoch::coordinator::backoff;
 use crate::ops::metrics::DriverMetrics;
 use crate::output::delta_commit::DeltaCommitter;
-use crate::output::upkeep::Upkeep;
+use crate::output::upkeep::{PassReport, Upkeep};
 
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -104,6 +105,31 @@ impl Tables {
             }
         }
         Ok(version)
+    }
+
+    /// Starts a compaction pass of every table now (`weir admin compact`); answers, per table,
+    /// its label, its URL and where its outcome will arrive.
+    pub async fn compact_now(
+        &mut self,
+        metrics: &DriverMetrics,
+    ) -> Vec<(
+        &'static str,
+        String,
+        oneshot::Receiver<Result<PassReport, String>>,
+    )> {
+        let mut waiting = Vec::new();
+        for (role, upkeep) in &mut self.upkeep {
+            let table = match role {
+                TableRole::Output => Some(&self.output),
+                TableRole::DeadLetter => self.dead_letter.as_ref(),
+            };
+            if let Some(t) = table {
+                let (reply, outcome) = oneshot::channel();
+                upkeep.run_now(t.table(), metrics, reply).await;
+                waiting.push((upkeep.label(), upkeep.url().to_string(), outcome));
+            }
+        }
+        waiting
     }
 
     /// Waits for the upkeep passes in progress.

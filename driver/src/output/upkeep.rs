@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::DeltaTable;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weir_common::job::upkeep::{CompactSpec, TableUpkeep};
 use weir_storage::Fence;
@@ -21,6 +22,9 @@ use crate::ops::metrics::DriverMetrics;
 /// What one pass did to a table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
+    /// Files the table referenced before and after the pass.
+    pub files_before: u64,
+    pub files_after: u64,
     /// Files before and after in the partitions compacted, and how many partitions.
     pub files_removed: u64,
     pub files_added: u64,
@@ -41,21 +45,24 @@ pub struct Upkeep {
     running: Option<JoinHandle<anyhow::Result<PassReport>>>,
 }
 
+/// Where an on-demand pass (`weir admin compact`) sends its outcome.
+pub type PassReply = oneshot::Sender<Result<PassReport, String>>;
+
+/// What `weir admin compact` compacts when the sink sets nothing: every partition with more
+/// than one file below delta-rs's target size.
+const ON_DEMAND: CompactSpec = CompactSpec {
+    every: Duration::ZERO,
+    min_files: 2,
+    target_file_bytes: weir_common::job::upkeep::DEFAULT_TARGET_FILE_BYTES,
+};
+
 impl Upkeep {
-    /// The upkeep `spec` asks for; none when it asks for nothing. The first pass comes one
-    /// interval after start: a driver that took over from one still compacting leaves it time
-    /// to finish.
-    pub fn new(
-        label: &'static str,
-        url: &str,
-        spec: TableUpkeep,
-        fence: Option<Fence>,
-    ) -> Option<Self> {
-        if spec.is_empty() {
-            return None;
-        }
+    /// The upkeep `spec` asks for (when it asks for nothing, only passes on demand). The first
+    /// pass comes one interval after start: a driver that took over from one still compacting
+    /// leaves it time to finish.
+    pub fn new(label: &'static str, url: &str, spec: TableUpkeep, fence: Option<Fence>) -> Self {
         let now = Instant::now();
-        Some(Self {
+        Self {
             label,
             url: url.to_string(),
             next_compact: now + spec.compact.map_or(Duration::ZERO, |c| c.every),
@@ -63,7 +70,15 @@ impl Upkeep {
             spec,
             fence,
             running: None,
-        })
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// After a commit of `table`: reports a finished pass, and starts the next one when one is
@@ -88,13 +103,45 @@ impl Upkeep {
         if let Some(v) = vacuum {
             self.next_vacuum = now + v.every;
         }
+        self.start(table, compact, vacuum.map(|v| v.retention), None);
+    }
+
+    /// Compacts `table` now (with the sink's settings but whatever its thresholds, or every
+    /// partition with small files when it sets none) and vacuums it when the sink asks for
+    /// that; `reply` hears the outcome. A pass in progress is waited for first.
+    pub async fn run_now(&mut self, table: &DeltaTable, metrics: &DriverMetrics, reply: PassReply) {
+        self.settle(metrics).await;
+        let compact = CompactSpec {
+            min_files: 2,
+            ..self.spec.compact.unwrap_or(ON_DEMAND)
+        };
+        let retention = self.spec.vacuum.map(|v| v.retention);
+        self.start(table, Some(compact), retention, Some(reply));
+    }
+
+    fn start(
+        &mut self,
+        table: &DeltaTable,
+        compact: Option<CompactSpec>,
+        retention: Option<Duration>,
+        reply: Option<PassReply>,
+    ) {
         let (table, fence) = (table.clone(), self.fence.clone());
-        let retention = vacuum.map(|v| v.retention);
         self.running = Some(tokio::spawn(async move {
-            if let Some(fence) = &fence {
-                fence.check().await?;
+            let outcome = async {
+                if let Some(fence) = &fence {
+                    fence.check().await?;
+                }
+                pass(table, compact, retention).await
             }
-            pass(table, compact, retention).await
+            .await;
+            if let Some(reply) = reply {
+                let _ = reply.send(match &outcome {
+                    Ok(r) => Ok(r.clone()),
+                    Err(e) => Err(format!("{e:#}")),
+                });
+            }
+            outcome
         }));
     }
 
@@ -165,6 +212,7 @@ async fn pass(
 ) -> anyhow::Result<PassReport> {
     let mut report = PassReport::default();
     table.update_state().await?;
+    report.files_before = table.snapshot()?.log_data().num_files() as u64;
     if let Some(spec) = compact {
         if worth_compacting(&table, &spec)? {
             let target = NonZeroU64::new(spec.target_file_bytes).unwrap_or(NonZeroU64::MIN);
@@ -182,7 +230,7 @@ async fn pass(
     }
     if let Some(retention) = retention {
         let retention = chrono::Duration::from_std(retention)?;
-        let (_, metrics) = table
+        let (vacuumed, metrics) = table
             .vacuum()
             .with_retention_period(retention)
             // The job's retention stands; delta-rs would refuse one shorter than the table's.
@@ -190,6 +238,8 @@ async fn pass(
             .with_mode(VacuumMode::Lite)
             .await?;
         report.vacuumed = metrics.files_deleted.len() as u64;
+        table = vacuumed;
     }
+    report.files_after = table.snapshot()?.log_data().num_files() as u64;
     Ok(report)
 }
