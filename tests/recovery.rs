@@ -170,9 +170,18 @@ fn killing_any_process_at_any_step_on_the_local_filesystem_changes_nothing() {
     let dir = tmp.path().join("chaos");
     std::fs::create_dir_all(&dir).expect("chaos dir");
     let job = reference_job(&dir, &broker.address, PER_EPOCH);
+    // Compaction and vacuum after every commit: kills land in the middle of their passes too.
+    let text = std::fs::read_to_string(&job).expect("job file");
+    let sink = "partition_by: [event_type]}";
+    assert!(text.contains(sink), "test bug: {text}");
+    let upkeep = "partition_by: [event_type], compact: {every: 0s, min_files: 2}, \
+                  vacuum: {retention: 0s, every: 0s}}";
+    std::fs::write(&job, text.replace(sink, upkeep)).expect("job file");
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &[]);
     run_with_faults(&mut cluster, &schedule());
     assert_state_was_restored(&commit_records(&dir));
+    let driver_log = std::fs::read_to_string(dir.join("logs/driver.log")).expect("driver log");
+    assert!(driver_log.contains("compacted "), "no compaction ran");
     verify_in(
         &events,
         &dir.display().to_string(),
