@@ -1,13 +1,13 @@
-//! Runs one planned epoch: bring the store to the epoch's starting state, read the ranges,
-//! decode, pre-aggregate, exchange partials with the other executors, fold what this executor
-//! owns into state, emit the windows the epoch's watermark closes, stage the output and
-//! dead-letter files, snapshot the state to the checkpoint.
+//! Runs one planned epoch (docs/architecture.md, One epoch and Plan of operators): bring the
+//! store to the epoch's starting state, read the ranges, decode, hand the rows to the query's
+//! operator, exchange its partials with the other executors, let it fold what this executor
+//! owns into state and emit its rows, stage those and the dead letters, snapshot the state to
+//! the checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
@@ -16,19 +16,19 @@ use weir_common::decode::JsonDecoder;
 use weir_common::fault;
 use weir_common::job::JobSpec;
 use weir_common::keygroup::KeyGroups;
-use weir_common::output::output_schema;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
-use crate::aggregate::partials::{ByOwner, Partials};
-use crate::aggregate::preagg::{PreAggregation, Rejected};
+use crate::aggregate::partials::Partials;
+use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
 use crate::input::{Input, Record};
-use crate::output::emit::{column_sums, dead_letter_batch, output_batch};
+use crate::output::emit::dead_letter_batch;
 use crate::output::staging::StagedTable;
+use crate::plan::window_aggregate::{Closing, WindowAggregate};
 use crate::state::restore::{restore, take_over};
 use crate::state::snapshot::{new_instance_id, Snapshots};
-use crate::state::{finish_closed_rows, remove_dir, ClosedRow, StateStore};
+use crate::state::{remove_dir, StateStore};
 use weir_storage::CheckpointLog;
 use weir_telemetry::Readiness;
 
@@ -70,8 +70,8 @@ pub struct EpochRunner {
     log: CheckpointLog,
     /// Not ready while state is being restored (the kubelet's readiness probe).
     readiness: Readiness,
-    output_schema: SchemaRef,
-    output: StagedTable,
+    /// The query's stateful operator, with its output table.
+    query: WindowAggregate,
     dead_letter: Option<StagedTable>,
     exchange: Exchange,
 }
@@ -80,9 +80,8 @@ pub struct EpochRunner {
 struct Local {
     /// Partials per peer, by the owner of their key groups.
     outgoing: Vec<Partials>,
-    /// Closed windows' group rows this executor owns (their distinct counts still to add).
-    closed: Vec<ClosedRow>,
-    distinct_removed: u64,
+    /// What the query took out of the store for the windows the epoch closes.
+    closing: Closing,
     state_batch: WriteBatch,
     rejected: Vec<(Record, String)>,
     stats: EpochStats,
@@ -128,8 +127,7 @@ impl EpochRunner {
             current_run,
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
-            output_schema: output_schema(&job),
-            output: StagedTable::new(&job.output.url, &job.storage_options),
+            query: WindowAggregate::new(&job),
             dead_letter: job
                 .dead_letter
                 .as_ref()
@@ -315,7 +313,7 @@ impl EpochRunner {
         // slower of the two, not for both in turn.
         let started = Instant::now();
         let staging = stage(
-            &mut self.output,
+            &mut self.query,
             self.dead_letter.as_mut(),
             &computed.output,
             &computed.dead_letters,
@@ -365,7 +363,9 @@ impl EpochRunner {
     fn read(&mut self, req: &ExecuteRequest, topology: &Topology) -> anyhow::Result<Local> {
         let mut stats = EpochStats::default();
         let read_started = Instant::now();
-        let mut pre = PreAggregation::new(&self.job, req.watermark_micros, req.planned_at_micros);
+        let mut pre = self
+            .query
+            .begin(req.watermark_micros, req.planned_at_micros);
         let mut rejected: Vec<(Record, String)> = Vec::new();
         let decoder = &self.decoder;
         let max_record_bytes = self.job.max_record_bytes;
@@ -414,39 +414,20 @@ impl EpochRunner {
         stats.max_event_time_micros = pre.times.max;
         stats.sum_event_time_micros = pre.times.sum;
 
-        // Windows the epoch's watermark closes get no rows in this epoch (they would be late),
-        // so what the store holds for them is final: take it out now and send the shard counts
-        // along with the partials.
         let mut state_batch = WriteBatch::default();
-        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
-        pre.route(&mut outgoing)
-            .context("routing partial aggregates")?;
-        let mut closed = Vec::new();
-        let mut distinct_removed = 0;
         let closing_started = Instant::now();
-        if let Some(watermark) = req.watermark_micros {
-            for range in topology.owned() {
-                let taken = self.state.take_closed(
-                    range,
-                    watermark,
-                    self.job.aggregates.len(),
-                    &mut state_batch,
-                )?;
-                closed.extend(taken.rows);
-                distinct_removed += taken.distinct_removed;
-                for (key, count) in taken.shard_counts {
-                    outgoing
-                        .add_shard_count(key, count)
-                        .context("summing distinct counts of closed windows")?;
-                }
-            }
-        }
+        let (outgoing, closing) = self.query.close(
+            pre,
+            &self.state,
+            topology,
+            req.watermark_micros,
+            &mut state_batch,
+        )?;
         // Taking closed windows out of the store is part of emitting them.
         stats.emit_ms = closing_started.elapsed().as_millis() as u64;
         Ok(Local {
-            outgoing: outgoing.finish(),
-            closed,
-            distinct_removed,
+            outgoing,
+            closing,
             state_batch,
             rejected,
             stats,
@@ -458,36 +439,24 @@ impl EpochRunner {
         &mut self,
         req: &ExecuteRequest,
         local: Local,
-        mut owned: Partials,
+        owned: Partials,
     ) -> anyhow::Result<Computed> {
         let Local {
-            mut closed,
-            distinct_removed,
+            closing,
             mut state_batch,
             rejected,
             mut stats,
             ..
         } = local;
         let emit_started = Instant::now();
-        let shard_counts = std::mem::take(&mut owned.shard_counts);
-        stats.state_rows_removed = closed.len() as u64 + distinct_removed;
-        let folded = self
-            .state
-            .fold(owned, &mut state_batch)
-            .context("folding partial aggregates into state")?;
-        stats.state_rows_updated = folded.rows_written;
-        stats.distinct_entries_written = folded.distinct_written;
-        stats.distinct_entries_removed = distinct_removed;
-        finish_closed_rows(&mut closed, &shard_counts).context("summing distinct counts")?;
-        stats.windows_emitted = closed.len() as u64;
-        let output = output_batch(
-            &self.job,
-            &self.output_schema,
-            &mut closed,
+        let output = self.query.fold_and_emit(
+            &self.state,
+            closing,
+            owned,
+            &mut state_batch,
             req.planned_at_micros,
-        )
-        .context("building output rows")?;
-        stats.output_sums = column_sums(&self.job, &output);
+            &mut stats,
+        )?;
         let input = &self.input;
         let dead_letters = dead_letter_batch(
             |record| input.origin(req, record),
@@ -508,16 +477,13 @@ impl EpochRunner {
 
 /// Stages the epoch's output rows and dead letters; answers their add actions.
 async fn stage(
-    output: &mut StagedTable,
+    query: &mut WindowAggregate,
     dead_letter: Option<&mut StagedTable>,
     rows: &RecordBatch,
     dead_letters: &RecordBatch,
     epoch: u64,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let output_adds = output
-        .stage(std::slice::from_ref(rows))
-        .await
-        .context("staging output files")?;
+    let output_adds = query.stage(rows).await?;
     let dead_letter_adds = match dead_letter {
         Some(table) => table
             .stage(std::slice::from_ref(dead_letters))

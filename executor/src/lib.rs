@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod input;
 pub mod metrics;
 pub mod output;
+pub mod plan;
 pub mod state;
 
 use std::net::SocketAddr;
