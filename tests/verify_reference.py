@@ -120,6 +120,7 @@ def main():
     p.add_argument("--delay", default="10m")
     p.add_argument("--rsd", type=float, default=0.05)
     p.add_argument("--same-as", help="another weir output table that must hold exactly the same rows")
+    p.add_argument("--late-rows", help="the job's late-rows table: it must hold exactly the late events")
     p.add_argument("--s3-endpoint", help="the S3 API endpoint of s3:// locations")
     p.add_argument("--skip-first", action="append", default=[], metavar="PARTITION:N",
                    help="the first N records of a partition are gone from the broker")
@@ -139,6 +140,7 @@ def main():
     seen = collections.Counter()
     kinds = collections.Counter()
     malformed_values = collections.Counter()
+    late_values = collections.Counter()
     groups = collections.defaultdict(lambda: [0, set(), set()])
     max_ts = None
     with open(a.events) as f:
@@ -157,6 +159,7 @@ def main():
             ts = to_micros(ev["timestamp"])
             max_ts = ts if max_ts is None else max(max_ts, ts)
             if rec["kind"] == "late":
+                late_values[rec["value"].encode()] += 1
                 continue
             for w in windows_of(ts, size, slide, start):
                 g = groups[(w[0], w[1], ev["event_type"])]
@@ -263,7 +266,17 @@ def main():
     for text in a.expect_reason:
         if not any(text in (d["error"] or "") for d in dead):
             problems.append(f"no dead letter's reason contains {text!r}")
-    for uri in (a.table, a.dead_letter):
+    if a.late_rows:
+        kept = storage.table(a.late_rows).to_pyarrow_table().to_pylist()
+        kept_values = collections.Counter(bytes(r["value"] or b"") for r in kept)
+        if kept_values != late_values:
+            diff = (kept_values - late_values) + (late_values - kept_values)
+            problems.append(f"late-rows table differs from the late events in {sum(diff.values())}: {[v[:100] for v in list(diff)[:3]]}")
+        for r in kept:
+            if not (to_micros(r["event_time"]) < to_micros(r["watermark"]) and r["reason"]):
+                problems.append(f"a late row is not late for its watermark, or has no reason: {r}")
+                break
+    for uri in (a.table, a.dead_letter) + ((a.late_rows,) if a.late_rows else ()):
         left = unreferenced_files(storage, uri)
         if left:
             problems.append(f"{len(left)} data files in {uri} that no commit references, e.g. {left[:3]}")

@@ -294,6 +294,9 @@ pub struct CommitRecord {
     pub output_adds: Vec<String>,
     /// Delta add actions (JSON) for the dead-letter table.
     pub dead_letter_adds: Vec<String>,
+    /// Delta add actions (JSON) for the late-rows table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_rows_adds: Vec<String>,
     pub stats: EpochStats,
     /// The figures of each executor, by executor id.
     #[serde(default)]

@@ -59,6 +59,9 @@ pub struct RawJob {
     pub sinks: Vec<RawSink>,
     #[serde(default)]
     pub dead_letter: Option<RawDeadLetter>,
+    /// Where rows late for every window they fall in are kept (same shape as `dead_letter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_rows: Option<RawDeadLetter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<RawAlerts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +271,8 @@ pub struct JobSpec {
     pub key_groups: u32,
     pub output: DeltaSink,
     pub dead_letter: Option<DeltaSink>,
+    /// Rows late for every window they fall in, when the job keeps them.
+    pub late_rows: Option<DeltaSink>,
     pub pushgateway: Option<PushgatewaySink>,
     pub alerts: Option<AlertSpec>,
     pub executors: scaling::ExecutorBounds,
@@ -682,6 +687,18 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             "must differ from the output table",
         ));
     }
+    let late_rows = match &raw.late_rows {
+        Some(l) => Some(delta_sink("late_rows.delta", &l.delta, base_dir)?),
+        None => None,
+    };
+    if let Some(l) = &late_rows {
+        if l.url == output.url || dead_letter.as_ref().is_some_and(|d| d.url == l.url) {
+            return Err(JobError::new(
+                "late_rows.delta.path",
+                "must differ from the output and dead-letter tables",
+            ));
+        }
+    }
 
     let max_record_bytes = raw
         .source
@@ -696,6 +713,9 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     }
     if let (Some(d), Some(sink)) = (raw.dead_letter.as_mut(), dead_letter.as_ref()) {
         d.delta.path = sink.url.clone();
+    }
+    if let (Some(l), Some(sink)) = (raw.late_rows.as_mut(), late_rows.as_ref()) {
+        l.delta.path = sink.url.clone();
     }
     if let (Some(f), Source::Files(files)) = (raw.source.files.as_mut(), &source) {
         f.path = files.url.clone();
@@ -730,6 +750,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         key_groups,
         output,
         dead_letter,
+        late_rows,
         pushgateway,
         alerts,
         executors,

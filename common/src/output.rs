@@ -1,4 +1,5 @@
-//! Schemas of the tables weir writes: the aggregate output (Spark's shape) and the dead letter.
+//! Schemas of the tables weir writes: the aggregate output (Spark's shape), the dead letter and
+//! the late rows.
 
 use std::sync::Arc;
 
@@ -34,16 +35,35 @@ pub fn output_schema(job: &JobSpec) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Records that could not be used, with where they came from and why.
-pub fn dead_letter_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// Where a kept record came from, the record itself, and why it is kept (`why`).
+fn record_fields(why: &str) -> Vec<Field> {
+    vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
         Field::new("key", DataType::Binary, true),
         Field::new("value", DataType::Binary, true),
-        Field::new("error", DataType::Utf8, false),
+        Field::new(why, DataType::Utf8, false),
+    ]
+}
+
+/// Records that could not be used, with where they came from and why.
+pub fn dead_letter_schema() -> SchemaRef {
+    let mut fields = record_fields("error");
+    fields.push(Field::new("epoch", DataType::Int64, false));
+    fields.push(Field::new("processing_time", timestamp_type(), false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Rows late for every window they fall in: the raw record, where it came from, its event time
+/// and the watermark it missed.
+pub fn late_rows_schema() -> SchemaRef {
+    let mut fields = record_fields("reason");
+    fields.extend([
+        Field::new("event_time", timestamp_type(), false),
+        Field::new("watermark", timestamp_type(), false),
         Field::new("epoch", DataType::Int64, false),
         Field::new("processing_time", timestamp_type(), false),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }

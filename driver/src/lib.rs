@@ -13,11 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use deltalake::arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, watch};
 use weir_common::checkpoint::Metadata;
-use weir_common::job::{JobSpec, Trigger};
+use weir_common::job::{DeltaSink, JobSpec, Trigger};
 use weir_common::now_micros;
-use weir_common::output::{dead_letter_schema, output_schema};
+use weir_common::output::{dead_letter_schema, late_rows_schema, output_schema};
 use weir_proto::admin::admin_server::AdminServer;
 use weir_proto::admin::QueryState;
 use weir_proto::cluster_auth::{check_exposure, ClusterSecret, Guard, Sign};
@@ -212,27 +213,22 @@ async fn drive(
         "took the checkpoint: earlier drivers are fenced"
     );
     metrics.set_query(&metadata.job_id, &job.name);
-    let output = DeltaCommitter::open_or_create(
-        &job.output.url,
-        &job.storage_options,
-        &job.name,
-        &output_schema(&job),
-        &job.output.partition_by,
-        &metadata.job_id,
-    )
-    .await?;
+    // The job's tables, created when they do not exist yet.
+    let open = |sink: &DeltaSink, name: String, schema: SchemaRef| {
+        let (options, job_id) = (job.storage_options.clone(), metadata.job_id.clone());
+        let (url, partition_by) = (sink.url.clone(), sink.partition_by.clone());
+        async move {
+            DeltaCommitter::open_or_create(&url, &options, &name, &schema, &partition_by, &job_id)
+                .await
+        }
+    };
+    let output = open(&job.output, job.name.clone(), output_schema(&job)).await?;
     let dead_letter = match &job.dead_letter {
-        Some(d) => Some(
-            DeltaCommitter::open_or_create(
-                &d.url,
-                &job.storage_options,
-                &format!("{}-dead-letter", job.name),
-                &dead_letter_schema(),
-                &d.partition_by,
-                &metadata.job_id,
-            )
-            .await?,
-        ),
+        Some(d) => Some(open(d, format!("{}-dead-letter", job.name), dead_letter_schema()).await?),
+        None => None,
+    };
+    let late_rows = match &job.late_rows {
+        Some(l) => Some(open(l, format!("{}-late-rows", job.name), late_rows_schema()).await?),
         None => None,
     };
     let source = SourceReader::open(&job.source, &job.storage_options)?;
@@ -370,6 +366,7 @@ async fn drive(
         log,
         output,
         dead_letter,
+        late_rows,
         source,
         members_rx,
         membership_tx,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
@@ -23,7 +25,7 @@ use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
 use crate::input::{Input, Record};
-use crate::output::emit::dead_letter_batch;
+use crate::output::emit::{dead_letter_batch, late_rows_batch};
 use crate::output::staging::StagedTable;
 use crate::plan::window_aggregate::{Closing, WindowAggregate};
 use crate::state::restore::{restore, take_over};
@@ -73,6 +75,8 @@ pub struct EpochRunner {
     /// The query's stateful operator, with its output table.
     query: WindowAggregate,
     dead_letter: Option<StagedTable>,
+    /// Where late rows are kept, when the job keeps them.
+    late_rows: Option<StagedTable>,
     exchange: Exchange,
 }
 
@@ -84,6 +88,8 @@ struct Local {
     closing: Closing,
     state_batch: WriteBatch,
     rejected: Vec<(Record, String)>,
+    /// Late rows with their event time, when the job keeps them.
+    late: Vec<(Record, i64)>,
     stats: EpochStats,
 }
 
@@ -92,6 +98,7 @@ struct Computed {
     state_batch: WriteBatch,
     output: RecordBatch,
     dead_letters: RecordBatch,
+    late_rows: Option<RecordBatch>,
     stats: EpochStats,
 }
 
@@ -128,6 +135,10 @@ impl EpochRunner {
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
             query: WindowAggregate::new(&job),
+            late_rows: job
+                .late_rows
+                .as_ref()
+                .map(|l| StagedTable::new(&l.url, &job.storage_options)),
             dead_letter: job
                 .dead_letter
                 .as_ref()
@@ -315,8 +326,12 @@ impl EpochRunner {
         let staging = stage(
             &mut self.query,
             self.dead_letter.as_mut(),
-            &computed.output,
-            &computed.dead_letters,
+            self.late_rows.as_mut(),
+            Emitted {
+                output: &computed.output,
+                dead_letters: &computed.dead_letters,
+                late_rows: computed.late_rows.as_ref(),
+            },
             epoch,
         );
         let snapshotting = async {
@@ -335,7 +350,7 @@ impl EpochRunner {
             (snapshot, started.elapsed())
         };
         let (staged, (snapshot, checkpoint_time)) = tokio::join!(staging, snapshotting);
-        let (output_adds, dead_letter_adds) = staged?;
+        let staged = staged?;
         let snapshot = snapshot?;
         // Emit and checkpoint add up to the phase's wall time: what staging took beyond the
         // snapshot counts as emitting.
@@ -350,8 +365,9 @@ impl EpochRunner {
         Ok(Prepared {
             epoch,
             executor_id: self.executor_id.clone(),
-            output_adds,
-            dead_letter_adds,
+            output_adds: staged.output,
+            dead_letter_adds: staged.dead_letter,
+            late_rows_adds: staged.late_rows,
             stats: Some(stats),
             run: req.run,
             state_snapshot_json: serde_json::to_string(&snapshot)?,
@@ -367,6 +383,9 @@ impl EpochRunner {
             .query
             .begin(req.watermark_micros, req.planned_at_micros);
         let mut rejected: Vec<(Record, String)> = Vec::new();
+        let mut late: Vec<(Record, i64)> = Vec::new();
+        let keep_late = self.late_rows.is_some();
+        let event_time_column = self.job.event_time_column.as_str();
         let decoder = &self.decoder;
         let max_record_bytes = self.job.max_record_bytes;
         let mut aggregate_time = std::time::Duration::ZERO;
@@ -395,9 +414,18 @@ impl EpochRunner {
             let mut base = 0;
             for batch in &decoded.batches {
                 for (row, why) in pre.add_batch(batch) {
-                    if let Rejected::Invalid(reason) = why {
-                        let record = &records[decoded.good[base + row]];
-                        rejected.push((record.detached(max_record_bytes), reason));
+                    let record = &records[decoded.good[base + row]];
+                    match why {
+                        Rejected::Invalid(reason) => {
+                            rejected.push((record.detached(max_record_bytes), reason));
+                        }
+                        Rejected::Late if keep_late => {
+                            // A late row's event time was read: it is what made it late.
+                            if let Some(at) = event_time_at(batch, event_time_column, row) {
+                                late.push((record.detached(max_record_bytes), at));
+                            }
+                        }
+                        Rejected::Late => {}
                     }
                 }
                 base += batch.num_rows();
@@ -430,6 +458,7 @@ impl EpochRunner {
             closing,
             state_batch,
             rejected,
+            late,
             stats,
         })
     }
@@ -445,6 +474,7 @@ impl EpochRunner {
             closing,
             mut state_batch,
             rejected,
+            late,
             mut stats,
             ..
         } = local;
@@ -465,25 +495,62 @@ impl EpochRunner {
             req.planned_at_micros,
         )
         .context("building dead-letter rows")?;
+        let late_rows = match (&self.late_rows, req.watermark_micros) {
+            (Some(_), Some(watermark)) => Some(
+                late_rows_batch(
+                    |record| input.origin(req, record),
+                    &late,
+                    watermark,
+                    req.epoch,
+                    req.planned_at_micros,
+                )
+                .context("building late rows")?,
+            ),
+            _ => None,
+        };
         stats.emit_ms += emit_started.elapsed().as_millis() as u64;
         Ok(Computed {
             state_batch,
             output,
             dead_letters,
+            late_rows,
             stats,
         })
     }
 }
 
-/// Stages the epoch's output rows and dead letters; answers their add actions.
+/// An epoch's rows, per table.
+struct Emitted<'a> {
+    output: &'a RecordBatch,
+    dead_letters: &'a RecordBatch,
+    late_rows: Option<&'a RecordBatch>,
+}
+
+/// The add actions of an epoch's staged files, per table.
+struct Staged {
+    output: Vec<String>,
+    dead_letter: Vec<String>,
+    late_rows: Vec<String>,
+}
+
+/// A late row's event time, from the column the query's windows read.
+fn event_time_at(batch: &RecordBatch, column: &str, row: usize) -> Option<i64> {
+    let times = batch
+        .column_by_name(column)?
+        .as_primitive_opt::<TimestampMicrosecondType>()?;
+    times.is_valid(row).then(|| times.value(row))
+}
+
+/// Stages the epoch's output rows, dead letters and late rows; answers their add actions.
 async fn stage(
     query: &mut WindowAggregate,
     dead_letter: Option<&mut StagedTable>,
-    rows: &RecordBatch,
-    dead_letters: &RecordBatch,
+    late_table: Option<&mut StagedTable>,
+    emitted: Emitted<'_>,
     epoch: u64,
-) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let output_adds = query.stage(rows).await?;
+) -> anyhow::Result<Staged> {
+    let output_adds = query.stage(emitted.output).await?;
+    let dead_letters = emitted.dead_letters;
     let dead_letter_adds = match dead_letter {
         Some(table) => table
             .stage(std::slice::from_ref(dead_letters))
@@ -500,7 +567,18 @@ async fn stage(
             Vec::new()
         }
     };
-    Ok((output_adds, dead_letter_adds))
+    let late_rows = match (late_table, emitted.late_rows) {
+        (Some(table), Some(rows)) => table
+            .stage(std::slice::from_ref(rows))
+            .await
+            .context("staging late-row files")?,
+        _ => Vec::new(),
+    };
+    Ok(Staged {
+        output: output_adds,
+        dead_letter: dead_letter_adds,
+        late_rows,
+    })
 }
 
 /// Snapshots the store after `epoch`, whose changelog is given, to the checkpoint; `skip`

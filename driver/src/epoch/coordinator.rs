@@ -174,11 +174,17 @@ impl Drop for AbortOnDrop {
 
 /// The upkeep the job's sinks ask for, per table.
 fn table_upkeep(job: &JobSpec, fence: Option<&Fence>) -> Vec<(TableRole, Upkeep)> {
-    let tables = std::iter::once((TableRole::Output, "output", &job.output)).chain(
-        job.dead_letter
-            .iter()
-            .map(|d| (TableRole::DeadLetter, "dead_letter", d)),
-    );
+    let tables = std::iter::once((TableRole::Output, "output", &job.output))
+        .chain(
+            job.dead_letter
+                .iter()
+                .map(|d| (TableRole::DeadLetter, "dead_letter", d)),
+        )
+        .chain(
+            job.late_rows
+                .iter()
+                .map(|l| (TableRole::LateRows, "late_rows", l)),
+        );
     tables
         .map(|(role, label, sink)| {
             (
@@ -203,6 +209,7 @@ impl Coordinator {
         log: CheckpointLog,
         output: DeltaCommitter,
         dead_letter: Option<DeltaCommitter>,
+        late_rows: Option<DeltaCommitter>,
         source: SourceReader,
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
@@ -225,6 +232,7 @@ impl Coordinator {
                 upkeep,
                 output,
                 dead_letter,
+                late_rows,
                 fence,
             }),
             committing: None,

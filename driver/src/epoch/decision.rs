@@ -25,6 +25,7 @@ pub fn decide(
     let mut stats = EpochStats::default();
     let mut output_adds = Vec::new();
     let mut dead_letter_adds = Vec::new();
+    let mut late_rows_adds = Vec::new();
     let mut event_time_sum = 0.0;
     let mut executors = BTreeMap::new();
     let mut state = Vec::with_capacity(prepared.len());
@@ -33,6 +34,7 @@ pub fn decide(
             .with_context(|| format!("state snapshot of executor {}", p.executor_id))?;
         output_adds.extend(p.output_adds);
         dead_letter_adds.extend(p.dead_letter_adds);
+        late_rows_adds.extend(p.late_rows_adds);
         let s = p.stats.unwrap_or_default();
         executors.insert(
             p.executor_id.clone(),
@@ -107,6 +109,7 @@ pub fn decide(
         ),
         output_adds,
         dead_letter_adds,
+        late_rows_adds,
         stats,
         executors,
         assignment: assignment.to_vec(),

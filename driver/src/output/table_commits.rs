@@ -25,6 +25,7 @@ const COMMIT_ATTEMPTS: u32 = 5;
 pub struct Tables {
     pub output: DeltaCommitter,
     pub dead_letter: Option<DeltaCommitter>,
+    pub late_rows: Option<DeltaCommitter>,
     /// The driver's hold on the checkpoint: a fenced driver neither commits nor cleans up.
     pub fence: Option<Fence>,
     /// Compaction and vacuum of each table, when its sink asks for them.
@@ -36,6 +37,18 @@ pub struct Tables {
 pub enum TableRole {
     Output,
     DeadLetter,
+    LateRows,
+}
+
+impl Tables {
+    /// The committer of `role`'s table, when the job has one.
+    fn committer(&self, role: TableRole) -> Option<&DeltaCommitter> {
+        match role {
+            TableRole::Output => Some(&self.output),
+            TableRole::DeadLetter => self.dead_letter.as_ref(),
+            TableRole::LateRows => self.late_rows.as_ref(),
+        }
+    }
 }
 
 impl Tables {
@@ -85,25 +98,28 @@ impl Tables {
         if version.is_some() {
             metrics.delta_commit("output", started.elapsed().as_secs_f64());
         }
-        if let Some(dl) = self.dead_letter.as_mut() {
+        let side_tables = [
+            (
+                self.dead_letter.as_mut(),
+                &record.dead_letter_adds,
+                "dead_letter",
+            ),
+            (self.late_rows.as_mut(), &record.late_rows_adds, "late_rows"),
+        ];
+        for (table, adds, label) in side_tables {
+            let Some(table) = table else { continue };
             let started = Instant::now();
-            if dl
-                .commit(record.epoch, &record.dead_letter_adds)
-                .await?
-                .is_some()
-            {
-                metrics.delta_commit("dead_letter", started.elapsed().as_secs_f64());
+            if table.commit(record.epoch, adds).await?.is_some() {
+                metrics.delta_commit(label, started.elapsed().as_secs_f64());
             }
         }
-        for (role, upkeep) in &mut self.upkeep {
-            let table = match role {
-                TableRole::Output => Some(&self.output),
-                TableRole::DeadLetter => self.dead_letter.as_ref(),
-            };
-            if let Some(t) = table {
-                upkeep.after_commit(t.table(), metrics);
+        let mut upkeep = std::mem::take(&mut self.upkeep);
+        for (role, u) in &mut upkeep {
+            if let Some(t) = self.committer(*role) {
+                u.after_commit(t.table(), metrics);
             }
         }
+        self.upkeep = upkeep;
         Ok(version)
     }
 
@@ -118,17 +134,15 @@ impl Tables {
         oneshot::Receiver<Result<PassReport, String>>,
     )> {
         let mut waiting = Vec::new();
-        for (role, upkeep) in &mut self.upkeep {
-            let table = match role {
-                TableRole::Output => Some(&self.output),
-                TableRole::DeadLetter => self.dead_letter.as_ref(),
-            };
-            if let Some(t) = table {
+        let mut upkeep = std::mem::take(&mut self.upkeep);
+        for (role, u) in &mut upkeep {
+            if let Some(t) = self.committer(*role) {
                 let (reply, outcome) = oneshot::channel();
-                upkeep.run_now(t.table(), metrics, reply).await;
-                waiting.push((upkeep.label(), upkeep.url().to_string(), outcome));
+                u.run_now(t.table(), metrics, reply).await;
+                waiting.push((u.label(), u.url().to_string(), outcome));
             }
         }
+        self.upkeep = upkeep;
         waiting
     }
 
@@ -153,6 +167,9 @@ impl Tables {
         self.output.remove_unreferenced_files().await?;
         if let Some(dl) = self.dead_letter.as_mut() {
             dl.remove_unreferenced_files().await?;
+        }
+        if let Some(late) = self.late_rows.as_mut() {
+            late.remove_unreferenced_files().await?;
         }
         Ok(())
     }

@@ -4,15 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, StructArray,
-    TimestampMicrosecondArray,
+    ArrayRef, AsArray, BinaryBuilder, Int32Builder, Int64Array, Int64Builder, StringBuilder,
+    StructArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::output_column;
 use weir_common::job::JobSpec;
-use weir_common::output::{dead_letter_schema, window_type};
+use weir_common::output::{dead_letter_schema, late_rows_schema, window_type};
 use weir_common::schema::UTC;
 use weir_common::value::{decode_group_key, group_column, GroupValue};
 
@@ -88,21 +88,19 @@ pub fn output_batch(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// Dead-letter rows: the raw record, where it came from and why it was set aside.
-pub fn dead_letter_batch(
+/// The columns that say which record a row is and hold it whole: topic, partition, offset,
+/// key, value, and the reason it is there.
+fn record_columns<'a>(
     origin: impl Fn(&Record) -> (String, i32),
-    rejected: &[(Record, String)],
-    epoch: u64,
-    processing_time: i64,
-) -> Result<RecordBatch, ArrowError> {
+    rows: impl Iterator<Item = (&'a Record, &'a str)>,
+) -> Vec<ArrayRef> {
     let mut t = StringBuilder::new();
     let mut p = Int32Builder::new();
     let mut o = Int64Builder::new();
     let mut k = BinaryBuilder::new();
     let mut v = BinaryBuilder::new();
     let mut e = StringBuilder::new();
-    let mut ep = Int64Builder::new();
-    for (record, reason) in rejected {
+    for (record, reason) in rows {
         let (topic, partition) = origin(record);
         t.append_value(topic);
         p.append_value(partition);
@@ -110,17 +108,55 @@ pub fn dead_letter_batch(
         k.append_option(record.key.as_deref());
         v.append_option(record.value.as_deref());
         e.append_value(reason);
-        ep.append_value(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
-    let columns: Vec<ArrayRef> = vec![
+    vec![
         Arc::new(t.finish()),
         Arc::new(p.finish()),
         Arc::new(o.finish()),
         Arc::new(k.finish()),
         Arc::new(v.finish()),
         Arc::new(e.finish()),
-        Arc::new(ep.finish()),
-        Arc::new(timestamps(rejected.iter().map(|_| processing_time))),
-    ];
+    ]
+}
+
+fn epochs(n: usize, epoch: u64) -> ArrayRef {
+    Arc::new(Int64Array::from_value(
+        i64::try_from(epoch).unwrap_or(i64::MAX),
+        n,
+    ))
+}
+
+/// Dead-letter rows: the raw record, where it came from and why it was set aside.
+pub fn dead_letter_batch(
+    origin: impl Fn(&Record) -> (String, i32),
+    rejected: &[(Record, String)],
+    epoch: u64,
+    processing_time: i64,
+) -> Result<RecordBatch, ArrowError> {
+    let mut columns = record_columns(origin, rejected.iter().map(|(r, why)| (r, why.as_str())));
+    columns.push(epochs(rejected.len(), epoch));
+    columns.push(Arc::new(timestamps(
+        rejected.iter().map(|_| processing_time),
+    )));
     RecordBatch::try_new(dead_letter_schema(), columns)
+}
+
+/// Why a late row is in the late-rows table.
+pub const LATE_REASON: &str = "late: every window of its event time closed under the watermark";
+
+/// Late rows: the raw record, where it came from, its event time (`late` pairs each record with
+/// it) and the watermark it missed.
+pub fn late_rows_batch(
+    origin: impl Fn(&Record) -> (String, i32),
+    late: &[(Record, i64)],
+    watermark: i64,
+    epoch: u64,
+    processing_time: i64,
+) -> Result<RecordBatch, ArrowError> {
+    let mut columns = record_columns(origin, late.iter().map(|(r, _)| (r, LATE_REASON)));
+    columns.push(Arc::new(timestamps(late.iter().map(|(_, t)| *t))));
+    columns.push(Arc::new(timestamps(late.iter().map(|_| watermark))));
+    columns.push(epochs(late.len(), epoch));
+    columns.push(Arc::new(timestamps(late.iter().map(|_| processing_time))));
+    RecordBatch::try_new(late_rows_schema(), columns)
 }
