@@ -176,7 +176,13 @@ fn killing_any_process_at_any_step_on_the_local_filesystem_changes_nothing() {
     assert!(text.contains(sink), "test bug: {text}");
     let upkeep = "partition_by: [event_type], compact: {every: 0s, min_files: 2}, \
                   vacuum: {retention: 0s, every: 0s}}";
-    std::fs::write(&job, text.replace(sink, upkeep)).expect("job file");
+    // Late rows kept too: their table must hold each late event once whatever was killed.
+    let late_rows = dir.join("late-rows");
+    let keep_late = format!(
+        "late_rows: {{delta: {{path: \"{}\"}}}}\n",
+        late_rows.display()
+    );
+    std::fs::write(&job, text.replace(sink, upkeep) + &keep_late).expect("job file");
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &[]);
     run_with_faults(&mut cluster, &schedule());
     assert_state_was_restored(&commit_records(&dir));
@@ -185,7 +191,12 @@ fn killing_any_process_at_any_step_on_the_local_filesystem_changes_nothing() {
     verify_in(
         &events,
         &dir.display().to_string(),
-        &[OsStr::new("--same-as"), OsStr::new(&expected)],
+        &[
+            OsStr::new("--same-as"),
+            OsStr::new(&expected),
+            OsStr::new("--late-rows"),
+            late_rows.as_os_str(),
+        ],
     );
 }
 
