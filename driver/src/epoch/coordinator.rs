@@ -356,12 +356,14 @@ impl Coordinator {
             .context("the tables are still with the last decision's commit")
     }
 
-    /// Deletes the files staged by runs that will never be committed. Safe only when no run is
-    /// staging and every decision is in the tables: at start-up, or between a finished commit
-    /// and the next plan.
+    /// Deletes the files staged by runs that will never be committed, and the state uploads a
+    /// crash cut short. Safe only when no run is staging and every decision is in the tables:
+    /// at start-up, or between a finished commit and the next plan.
     async fn remove_staged_files(&mut self) -> anyhow::Result<()> {
         let metrics = self.ops.metrics.clone();
-        self.tables()?.remove_unreferenced_files(&metrics).await
+        self.tables()?.remove_unreferenced_files(&metrics).await?;
+        self.retention.remove_interrupted_uploads(&self.log).await?;
+        Ok(())
     }
 
     /// The executors the next epoch runs on: up to the target's worth of registered ones, those

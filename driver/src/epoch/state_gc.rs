@@ -1,7 +1,7 @@
 //! Retention of state snapshots (docs/architecture.md, State layout): the snapshots of the last N
 //! decisions are kept; every file under the checkpoint's `state/` that none of them references is
-//! deleted (older snapshots' files, what failed runs uploaded, and uploads a crash cut short).
-//! Runs between epochs, when nothing uploads.
+//! deleted (older snapshots' files, what failed runs uploaded); after a crash, uploads it cut
+//! short too. Runs between epochs, when nothing uploads.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -49,6 +49,14 @@ impl StateRetention {
         }
     }
 
+    /// Deletes what uploads cut short by a crash left under `state/` (object_store's listings
+    /// hide them, so [`Self::collect`] never sees them); answers how many. Only a dead process
+    /// leaves them: the driver calls it at start and after failed runs, not every epoch.
+    pub async fn remove_interrupted_uploads(&self, log: &CheckpointLog) -> Result<usize, LogError> {
+        log.check_fence().await?;
+        Ok(log.location().remove_interrupted_writes("state", true)?)
+    }
+
     /// Deletes the state files no retained decision references; answers how many.
     pub async fn collect(&self, log: &CheckpointLog) -> Result<usize, LogError> {
         log.check_fence().await?;
@@ -66,7 +74,7 @@ impl StateRetention {
             .await
             .map_err(|e| location.store_error("state", e))?;
         let prefix = format!("{}/", location.root.as_ref());
-        let mut deleted = location.remove_interrupted_writes("state", true)?;
+        let mut deleted = 0;
         for meta in listed {
             let full = meta.location.as_ref();
             let rel = if location.root.as_ref().is_empty() {
@@ -149,8 +157,10 @@ mod tests {
         let cut_short = dir.path().join("state/e/i3/4.sst#2");
         std::fs::create_dir_all(cut_short.parent().unwrap()).unwrap();
         std::fs::write(&cut_short, b"x").unwrap();
-        // Epoch 0 fell out; i2 was a failed run's upload, i3 one cut short.
-        assert_eq!(retention.collect(&log).await.unwrap(), 3);
+        // Epoch 0 fell out; i2 was a failed run's upload.
+        assert_eq!(retention.collect(&log).await.unwrap(), 2);
+        // i3 was one cut short.
+        assert_eq!(retention.remove_interrupted_uploads(&log).await.unwrap(), 1);
         assert!(!cut_short.exists());
         for (p, kept) in all.iter().zip([true, true, false, true, true, false]) {
             assert_eq!(dir.path().join(p).exists(), kept, "{p}");
