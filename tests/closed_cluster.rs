@@ -124,6 +124,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
             epoch: 3,
             sender: "executor-1".into(),
             run: "rogue".into(),
+            round: 0,
         };
         let data =
             futures::stream::iter([Ok(FlightData::new()

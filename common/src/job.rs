@@ -264,6 +264,8 @@ pub struct JobSpec {
     pub group_by: Vec<String>,
     pub aggregates: Vec<AggregateSpec>,
     pub max_event_time_ahead_micros: i64,
+    /// When a window's rows are written: once at its close, or every epoch that changes them.
+    pub output_mode: OutputMode,
     pub trigger: Trigger,
     pub checkpoint_url: String,
     pub checkpoint_retention: u32,
@@ -278,6 +280,36 @@ pub struct JobSpec {
     pub executors: scaling::ExecutorBounds,
     /// The driver sizes the job itself when set (docs/operations.md, Autoscaling).
     pub autoscale: Option<scaling::AutoscaleSpec>,
+}
+
+/// Spark's output modes that a windowed aggregate with a watermark supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// A window's row is written once, when the watermark passes its end.
+    Append,
+    /// Every epoch writes the rows it changed, with their new values; a window's state is
+    /// dropped without a final row once the watermark passes its end.
+    Update,
+}
+
+impl OutputMode {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "append" => Ok(Self::Append),
+            "update" => Ok(Self::Update),
+            "complete" => Err(
+                "`complete` would rewrite every window ever seen each epoch, so its state could never be dropped; use append or update".into(),
+            ),
+            other => Err(format!("`{other}`: expected append or update")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Update => "update",
+        }
+    }
 }
 
 /// Default number of key groups (docs/architecture.md, Assignment).
@@ -592,12 +624,8 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             parse_aggregate(name, expr, &input_schema).map_err(|m| JobError::new(&field, m))?;
         aggregates.push(agg);
     }
-    if query.output_mode != "append" {
-        return Err(JobError::new(
-            "query.output_mode",
-            format!("`{}`: only append is supported", query.output_mode),
-        ));
-    }
+    let output_mode =
+        OutputMode::parse(&query.output_mode).map_err(|m| JobError::new("query.output_mode", m))?;
     let ahead = match &query.max_event_time_ahead {
         Some(s) => duration_field("query.max_event_time_ahead", s)?,
         None => DEFAULT_MAX_EVENT_TIME_AHEAD,
@@ -743,6 +771,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         group_by: query.group_by.clone(),
         aggregates,
         max_event_time_ahead_micros: micros(ahead),
+        output_mode,
         trigger,
         checkpoint_url,
         checkpoint_retention,

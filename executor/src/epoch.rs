@@ -27,7 +27,7 @@ use crate::exchange::Exchange;
 use crate::input::{Input, Record};
 use crate::output::emit::{dead_letter_batch, late_rows_batch};
 use crate::output::staging::StagedTable;
-use crate::plan::window_aggregate::{Closing, WindowAggregate};
+use crate::plan::window_aggregate::{Closing, Pending, WindowAggregate};
 use crate::state::restore::{restore, take_over};
 use crate::state::snapshot::{new_instance_id, Snapshots};
 use crate::state::{remove_dir, StateStore};
@@ -89,6 +89,16 @@ struct Local {
     state_batch: WriteBatch,
     rejected: Vec<(Record, String)>,
     /// Late rows with their event time, when the job keeps them.
+    late: Vec<(Record, i64)>,
+    stats: EpochStats,
+}
+
+/// An epoch after folding: what its rows still need before they are emitted.
+struct Folded {
+    pending: Pending,
+    counts: Partials,
+    state_batch: WriteBatch,
+    rejected: Vec<(Record, String)>,
     late: Vec<(Record, i64)>,
     stats: EpochStats,
 }
@@ -304,13 +314,57 @@ impl EpochRunner {
         let outgoing = std::mem::take(&mut local.outgoing);
         let (owned, exchanged) = self
             .exchange
-            .shuffle(epoch, &req.run, &topology.peers, topology.me, outgoing)
+            .shuffle(epoch, &req.run, 0, &topology.peers, topology.me, outgoing)
             .await
             .context("exchanging partial aggregates")?;
         local.stats.exchange_ms = exchanged.elapsed.as_millis() as u64;
         local.stats.shuffle_rows_sent = exchanged.rows_sent;
         local.stats.shuffle_rows_received = exchanged.rows_received;
-        let computed = tokio::task::block_in_place(|| self.fold_and_emit(&req, local, owned))?;
+        let fold_started = Instant::now();
+        let Local {
+            closing,
+            mut state_batch,
+            rejected,
+            late,
+            mut stats,
+            ..
+        } = local;
+        let folding = tokio::task::block_in_place(|| {
+            self.query.fold(
+                &self.state,
+                closing,
+                owned,
+                &topology,
+                &mut state_batch,
+                &mut stats,
+            )
+        })?;
+        stats.emit_ms += fold_started.elapsed().as_millis() as u64;
+        // Update mode with exact distinct aggregates: the shards' gains go to the owners of
+        // their group rows in a second round before any row is emitted.
+        let counts = match folding.counts {
+            Some(outgoing) => {
+                let (counts, exchanged) = self
+                    .exchange
+                    .shuffle(epoch, &req.run, 1, &topology.peers, topology.me, outgoing)
+                    .await
+                    .context("exchanging the distinct counts of updated windows")?;
+                stats.exchange_ms += exchanged.elapsed.as_millis() as u64;
+                stats.shuffle_rows_sent += exchanged.rows_sent;
+                stats.shuffle_rows_received += exchanged.rows_received;
+                counts
+            }
+            None => Partials::default(),
+        };
+        let folded = Folded {
+            pending: folding.pending,
+            counts,
+            state_batch,
+            rejected,
+            late,
+            stats,
+        };
+        let computed = tokio::task::block_in_place(|| self.emit(&req, folded))?;
         let applying_started = Instant::now();
         let changelog =
             tokio::task::block_in_place(|| self.state.commit_epoch(epoch, computed.state_batch))
@@ -463,26 +517,21 @@ impl EpochRunner {
         })
     }
 
-    /// Folds what this executor owns into its state and builds the epoch's output rows.
-    fn fold_and_emit(
-        &mut self,
-        req: &ExecuteRequest,
-        local: Local,
-        owned: Partials,
-    ) -> anyhow::Result<Computed> {
-        let Local {
-            closing,
+    /// Builds the epoch's output rows, dead letters and late rows.
+    fn emit(&mut self, req: &ExecuteRequest, folded: Folded) -> anyhow::Result<Computed> {
+        let Folded {
+            pending,
+            counts,
             mut state_batch,
             rejected,
             late,
             mut stats,
-            ..
-        } = local;
+        } = folded;
         let emit_started = Instant::now();
-        let output = self.query.fold_and_emit(
+        let output = self.query.emit(
             &self.state,
-            closing,
-            owned,
+            pending,
+            counts,
             &mut state_batch,
             req.planned_at_micros,
             &mut stats,

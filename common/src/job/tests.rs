@@ -72,6 +72,10 @@ fn the_reference_job_parses() {
     assert_eq!(names, ["event_count", "unique_users", "approx_unique"]);
     assert_eq!(job.checkpoint_retention, DEFAULT_CHECKPOINT_RETENTION);
     assert!(job.storage_options.is_empty());
+    assert_eq!(job.output_mode, OutputMode::Append);
+    let update = parse(&GOOD.replace("output_mode: append", "output_mode: update")).unwrap();
+    assert_eq!(update.output_mode, OutputMode::Update);
+    assert_ne!(update.fingerprint(), job.fingerprint());
     let with_s3 = GOOD.replace(
         "trigger: 30s",
         "trigger: 30s\ncheckpoint_retention: 3\nstorage_options: {aws_endpoint: \"http://127.0.0.1:9000\", aws_allow_http: \"true\"}",
@@ -204,7 +208,7 @@ fn mistakes_name_the_field_and_what_was_expected() {
             "output_mode: append",
             "output_mode: complete",
             "query.output_mode",
-            "only append",
+            "use append or update",
         ),
         ("trigger: 30s", "trigger: 0s", "trigger", "positive"),
         (

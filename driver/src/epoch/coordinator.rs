@@ -35,6 +35,7 @@ use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::merge::OutputMerge;
 use crate::output::table_commits::{Committing, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
@@ -220,6 +221,7 @@ impl Coordinator {
     ) -> Self {
         let fence = log.fence().cloned();
         let upkeep = table_upkeep(&job, fence.as_ref());
+        let output_merge = OutputMerge::of(&job);
         Self {
             controls,
             ops,
@@ -230,6 +232,7 @@ impl Coordinator {
             log,
             tables: Some(Tables {
                 upkeep,
+                output_merge,
                 output,
                 dead_letter,
                 late_rows,

@@ -12,8 +12,11 @@ use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::operations::merge::MergeMetrics;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+
+use crate::output::merge::{merge_rows, read_staged, MergeKeys};
 
 /// One Delta table the driver commits to.
 pub struct DeltaCommitter {
@@ -155,6 +158,71 @@ impl DeltaCommitter {
         Ok(version.and_then(|v| u64::try_from(v).ok()))
     }
 
+    /// Whether `epoch` still has to go into the table (it may be there already: a restarted
+    /// driver commits its last decision again). Clears what this committer knows until its
+    /// commit succeeds: after a failure the next attempt looks.
+    async fn needs(&mut self, epoch: u64) -> Result<bool, CommitError> {
+        let known_earlier = self.committed_through.take().is_some_and(|e| e < epoch);
+        if !known_earlier && self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
+            tracing::info!(epoch, table = %self.url, "epoch already in the table");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn parse_adds(&self, adds: &[String]) -> Result<Vec<Add>, CommitError> {
+        adds.iter()
+            .map(|json| serde_json::from_str::<Add>(json))
+            .collect::<Result<_, _>>()
+            .map_err(|source| CommitError::BadAdd {
+                url: self.url.clone(),
+                source,
+            })
+    }
+
+    /// The epoch's `SetTransaction`, which makes its commit recognisable.
+    fn epoch_transaction(&self, epoch: u64) -> CommitProperties {
+        let txn = Transaction::new(&self.app_id, i64::try_from(epoch).unwrap_or(i64::MAX));
+        CommitProperties::default().with_application_transaction(txn)
+    }
+
+    /// MERGEs the rows of the epoch's staged files into the table on `keys` (update mode), in
+    /// one commit with the epoch's transaction; the staged files are deleted once it is in.
+    /// Returns the new table version, or `None` when there was nothing to merge or the epoch
+    /// is already in the table (a staged file left behind then is swept with the files of
+    /// failed runs).
+    pub async fn merge(
+        &mut self,
+        epoch: u64,
+        staged: &[String],
+        schema: &SchemaRef,
+        keys: &MergeKeys,
+    ) -> Result<Option<(u64, MergeMetrics)>, CommitError> {
+        if staged.is_empty() || !self.needs(epoch).await? {
+            return Ok(None);
+        }
+        let adds = self.parse_adds(staged)?;
+        let rows = read_staged(&self.table, &adds, schema)
+            .await
+            .map_err(|e| self.err(e))?;
+        let properties = self.epoch_transaction(epoch);
+        let (table, metrics) = merge_rows(self.table.clone(), rows, schema, keys, properties)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.table = table;
+        self.committed_through = Some(epoch);
+        let version = self.table.version();
+        let store = self.table.log_store().object_store(None);
+        for add in &adds {
+            if let Ok(path) = Path::from_url_path(&add.path) {
+                if let Err(e) = store.delete(&path).await {
+                    tracing::warn!(table = %self.url, file = %add.path, "deleting a merged staged file: {e}");
+                }
+            }
+        }
+        Ok(version.map(|v| (v, metrics)))
+    }
+
     /// Commits the epoch's adds; returns the new table version, or `None` when there was
     /// nothing to add or the epoch is already in the table.
     pub async fn commit(
@@ -162,25 +230,15 @@ impl DeltaCommitter {
         epoch: u64,
         adds: &[String],
     ) -> Result<Option<u64>, CommitError> {
-        if adds.is_empty() {
+        if adds.is_empty() || !self.needs(epoch).await? {
             return Ok(None);
         }
-        // Cleared until this commit succeeds: after a failure the next attempt looks.
-        let known_earlier = self.committed_through.take().is_some_and(|e| e < epoch);
-        if !known_earlier && self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
-            tracing::info!(epoch, table = %self.url, "epoch already in the table");
-            return Ok(None);
-        }
-        let actions: Vec<Action> = adds
-            .iter()
-            .map(|json| serde_json::from_str::<Add>(json).map(Action::Add))
-            .collect::<Result<_, _>>()
-            .map_err(|source| CommitError::BadAdd {
-                url: self.url.clone(),
-                source,
-            })?;
-        let txn = Transaction::new(&self.app_id, i64::try_from(epoch).unwrap_or(i64::MAX));
-        let properties = CommitProperties::default().with_application_transaction(txn);
+        let actions: Vec<Action> = self
+            .parse_adds(adds)?
+            .into_iter()
+            .map(Action::Add)
+            .collect();
+        let properties = self.epoch_transaction(epoch);
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),

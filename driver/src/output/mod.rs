@@ -3,5 +3,6 @@
 //! (`table_commits`).
 
 pub mod delta_commit;
+pub mod merge;
 pub mod table_commits;
 pub mod upkeep;

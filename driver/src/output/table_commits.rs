@@ -16,6 +16,7 @@ use weir_storage::Fence;
 use crate::epoch::coordinator::backoff;
 use crate::ops::metrics::DriverMetrics;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::merge::OutputMerge;
 use crate::output::upkeep::{PassReport, Upkeep};
 
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
@@ -30,6 +31,8 @@ pub struct Tables {
     pub fence: Option<Fence>,
     /// Compaction and vacuum of each table, when its sink asks for them.
     pub upkeep: Vec<(TableRole, Upkeep)>,
+    /// Update mode: each epoch's rows are MERGEd into the output table, not appended.
+    pub output_merge: Option<OutputMerge>,
 }
 
 /// Which of the job's tables.
@@ -91,10 +94,36 @@ impl Tables {
             fence.check().await?;
         }
         let started = Instant::now();
-        let version = self
-            .output
-            .commit(record.epoch, &record.output_adds)
-            .await?;
+        let version = match &self.output_merge {
+            None => {
+                self.output
+                    .commit(record.epoch, &record.output_adds)
+                    .await?
+            }
+            Some(merge) => {
+                let merged = self
+                    .output
+                    .merge(
+                        record.epoch,
+                        &record.output_adds,
+                        &merge.schema,
+                        &merge.keys,
+                    )
+                    .await?;
+                merged.map(|(version, m)| {
+                    tracing::debug!(
+                        epoch = record.epoch,
+                        version,
+                        inserted = m.num_target_rows_inserted,
+                        updated = m.num_target_rows_updated,
+                        files_scanned = m.num_target_files_scanned,
+                        files_skipped = m.num_target_files_skipped_during_scan,
+                        "merged the epoch's rows into the output table"
+                    );
+                    version
+                })
+            }
+        };
         if version.is_some() {
             metrics.delta_commit("output", started.elapsed().as_secs_f64());
         }

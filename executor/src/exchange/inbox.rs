@@ -5,7 +5,9 @@
 //! A stream that breaks before its marker is dropped whole, so a sender may send again; a
 //! stream that repeats a finished one is acknowledged and ignored (its content is the same).
 //! Streams are kept per run of an epoch: after a failure the epoch runs again under a new run
-//! id, and what the abandoned run sent is dropped when the new run is collected.
+//! id, and what the abandoned run sent is dropped when the new run is collected. A run may
+//! exchange in several rounds (update mode sends distinct counts after folding); each round is
+//! collected on its own, in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -22,6 +24,8 @@ pub struct StreamId {
     pub epoch: u64,
     /// The run of the epoch the stream belongs to.
     pub run: String,
+    /// The exchange round of the run.
+    pub round: u32,
     pub sender: String,
     /// Distinguishes a resent stream from the first one.
     pub connection: u64,
@@ -29,12 +33,31 @@ pub struct StreamId {
 
 impl StreamId {
     fn run_key(&self) -> RunKey {
-        (self.epoch, self.run.clone())
+        RunKey {
+            epoch: self.epoch,
+            run: self.run.clone(),
+            round: self.round,
+        }
     }
 }
 
-/// An epoch and one run of it.
-pub type RunKey = (u64, String);
+/// An epoch, one run of it, and one exchange round of that run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunKey {
+    pub epoch: u64,
+    pub run: String,
+    pub round: u32,
+}
+
+impl RunKey {
+    /// Whether this round was abandoned or done with once `current` is collected: it belongs
+    /// to an earlier epoch, another run of the same one, or an earlier round of the same run.
+    fn superseded_by(&self, current: &RunKey) -> bool {
+        self.epoch < current.epoch
+            || (self.epoch == current.epoch
+                && (self.run != current.run || self.round < current.round))
+    }
+}
 
 pub enum InboxMsg {
     /// A record batch of a stream.
@@ -129,9 +152,10 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
                 reply,
             } => {
                 let s = open.remove(&stream).unwrap_or_default();
-                let stale = collected.as_ref().is_some_and(|(e, r)| {
-                    stream.epoch < *e || (stream.epoch == *e && stream.run == *r)
-                });
+                let key = stream.run_key();
+                let stale = collected
+                    .as_ref()
+                    .is_some_and(|c| key.superseded_by(c) || key == *c);
                 if stale {
                     let _ = reply.send(Err(format!(
                         "epoch {} was already collected; the stream from {} is stale",
@@ -139,7 +163,6 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
                     )));
                     continue;
                 }
-                let key = stream.run_key();
                 let epoch = epochs.entry(key.clone()).or_default();
                 let answer = if let Some(f) = s.failure {
                     epoch.failure = Some(format!("stream from {}: {f}", stream.sender));
@@ -180,9 +203,8 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
                 reply,
             } => {
                 // Earlier epochs and other runs of this one were abandoned.
-                let abandoned = |k: &RunKey| k.0 < run.0 || (k.0 == run.0 && k.1 != run.1);
-                epochs.retain(|k, _| !abandoned(k));
-                open.retain(|s, _| !abandoned(&s.run_key()));
+                epochs.retain(|k, _| !k.superseded_by(&run));
+                open.retain(|s, _| !s.run_key().superseded_by(&run));
                 let epoch = epochs.entry(run.clone()).or_default();
                 // What finished before the runner named the peers: merged if from a peer.
                 for (sender, received) in std::mem::take(&mut epoch.early) {
@@ -233,7 +255,7 @@ fn merge_stream(
 fn not_a_peer(sender: &str, run: &RunKey) -> String {
     format!(
         "partials from `{sender}` refused: it is not a peer of epoch {} run {}",
-        run.0, run.1
+        run.epoch, run.run
     )
 }
 
@@ -265,13 +287,16 @@ fn answer_waiter(
         None => Ok(inbox.total),
     };
     let _ = reply.send(answer);
-    if collected.as_ref().is_none_or(|c| c.0 <= run.0) {
+    if collected.as_ref().is_none_or(|c| c.epoch <= run.epoch) {
         *collected = Some(run.clone());
     }
     // Older epochs can no longer be collected. Another run of this epoch may: a run the driver
     // abandoned can still complete here after a newer run's streams arrived, and those must
-    // stay until that run collects (its Collect drops the older runs).
-    epochs.retain(|k, _| k.0 > run.0 || (k.0 == run.0 && k.1 != run.1));
+    // stay until that run collects (its Collect drops the older runs). So may a later round of
+    // this run, whose streams may have arrived already.
+    epochs.retain(|k, _| {
+        k.epoch > run.epoch || (k.epoch == run.epoch && (k.run != run.run || k.round > run.round))
+    });
 }
 
 #[cfg(test)]
@@ -298,6 +323,7 @@ mod tests {
         StreamId {
             epoch: 3,
             run: "r1".into(),
+            round: 0,
             sender: sender.into(),
             connection,
         }
@@ -309,10 +335,23 @@ mod tests {
         run: &str,
         senders: &[&str],
     ) -> oneshot::Receiver<Result<Received, String>> {
+        collect_round(inbox, run, 0, senders).await
+    }
+
+    async fn collect_round(
+        inbox: &mpsc::Sender<InboxMsg>,
+        run: &str,
+        round: u32,
+        senders: &[&str],
+    ) -> oneshot::Receiver<Result<Received, String>> {
         let (reply, collected) = oneshot::channel();
         inbox
             .send(InboxMsg::Collect {
-                run: (3, run.into()),
+                run: RunKey {
+                    epoch: 3,
+                    run: run.into(),
+                    round,
+                },
                 senders: senders.iter().map(|s| s.to_string()).collect(),
                 reply,
             })
@@ -382,6 +421,7 @@ mod tests {
         let stream = |run: &str| StreamId {
             epoch: 3,
             run: run.into(),
+            round: 0,
             sender: "a".into(),
             connection: 0,
         };
@@ -405,6 +445,7 @@ mod tests {
         let stream = |run: &str, sender: &str| StreamId {
             epoch: 3,
             run: run.into(),
+            round: 0,
             sender: sender.into(),
             connection: 0,
         };
@@ -426,6 +467,34 @@ mod tests {
             .unwrap();
         assert_eq!(received.rows, 7);
         assert_eq!(received.partials.distinct.len(), 7);
+    }
+
+    /// A fast peer's second-round stream may arrive before this executor collected the first
+    /// round: it is kept for the second, and neither round sees the other's partials.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_of_a_run_are_collected_apart_and_in_order() {
+        let inbox = spawn(4, Shape::for_tests());
+        let stream = |round: u32| StreamId {
+            round,
+            ..id("a", u64::from(round))
+        };
+        send(&inbox, stream(0), 0..4).await;
+        assert_eq!(end(&inbox, stream(0), 4).await, Ok(4));
+        send(&inbox, stream(1), 10..13).await;
+        assert_eq!(end(&inbox, stream(1), 3).await, Ok(3));
+        let first = collect_round(&inbox, "r1", 0, &["a"]).await;
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.partials.distinct.len(), 4);
+        let second = collect_round(&inbox, "r1", 1, &["a"]).await;
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("the second round's early stream was dropped")
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.partials.distinct.len(), 3);
+        // Both rounds are done: a resent stream of either is stale.
+        assert!(end(&inbox, stream(0), 0).await.is_err());
+        assert!(end(&inbox, stream(1), 0).await.is_err());
     }
 
     /// Partials are taken only from the run's peers: a stream from anyone else is refused once

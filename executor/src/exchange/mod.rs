@@ -18,7 +18,7 @@ use weir_proto::cluster_auth::Sign;
 use weir_proto::exchange::StreamHeader;
 
 use crate::aggregate::partials::Partials;
-use inbox::{InboxMsg, Received};
+use inbox::{InboxMsg, Received, RunKey};
 
 /// How many batches may wait in the inbox before senders are slowed down.
 pub const INBOX_CAPACITY: usize = 8;
@@ -113,11 +113,14 @@ impl Exchange {
     }
 
     /// Sends `outgoing[i]` to `peers[i]` (keeping its own part, at `me`) and waits for every
-    /// peer's partials of this epoch; answers everything this executor owns, merged.
+    /// peer's partials of this round of the epoch's run; answers everything this executor
+    /// owns, merged.
+    #[allow(clippy::too_many_arguments)]
     pub async fn shuffle(
         &mut self,
         epoch: u64,
         run: &str,
+        round: u32,
         peers: &[Peer],
         me: usize,
         mut outgoing: Vec<Partials>,
@@ -136,7 +139,11 @@ impl Exchange {
         let (reply, collected) = oneshot::channel();
         self.inbox
             .send(InboxMsg::Collect {
-                run: (epoch, run.to_string()),
+                run: RunKey {
+                    epoch,
+                    run: run.to_string(),
+                    round,
+                },
                 senders: expected,
                 reply,
             })
@@ -157,6 +164,7 @@ impl Exchange {
                 epoch,
                 sender: self.executor_id.clone(),
                 run: run.to_string(),
+                round,
             };
             let channel = self.channel(peer)?;
             let id = peer.executor_id.clone();
@@ -179,14 +187,14 @@ impl Exchange {
                         reason: format!("sender task failed: {join}"),
                     })
                 }
-                Err(_) => return Err(self.timed_out(epoch, run, peers).await),
+                Err(_) => return Err(self.timed_out(epoch, run, round, peers).await),
             }
         }
         let received: Received = match tokio::time::timeout_at(deadline, collected).await {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(reason))) => return Err(ExchangeError::Receive { epoch, reason }),
             Ok(Err(_)) => return Err(ExchangeError::InboxGone),
-            Err(_) => return Err(self.timed_out(epoch, run, peers).await),
+            Err(_) => return Err(self.timed_out(epoch, run, round, peers).await),
         };
         let stats = ExchangeStats {
             rows_sent,
@@ -202,12 +210,16 @@ impl Exchange {
         Ok((own, stats))
     }
 
-    async fn timed_out(&self, epoch: u64, run: &str, peers: &[Peer]) -> ExchangeError {
+    async fn timed_out(&self, epoch: u64, run: &str, round: u32, peers: &[Peer]) -> ExchangeError {
         let (reply, answer) = oneshot::channel();
         let finished = match self
             .inbox
             .send(InboxMsg::Finished {
-                run: (epoch, run.to_string()),
+                run: RunKey {
+                    epoch,
+                    run: run.to_string(),
+                    round,
+                },
                 reply,
             })
             .await

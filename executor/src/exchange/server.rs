@@ -154,6 +154,7 @@ impl FlightService for ExchangeService {
         let stream = StreamId {
             epoch: header.epoch,
             run: header.run,
+            round: header.round,
             sender: header.sender,
             connection: self.connections.fetch_add(1, Ordering::Relaxed),
         };

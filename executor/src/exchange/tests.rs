@@ -81,6 +81,7 @@ fn header(epoch: u64, sender: &str) -> StreamHeader {
         epoch,
         sender: sender.into(),
         run: "run-1".into(),
+        round: 0,
     }
 }
 
@@ -250,7 +251,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
         let peers = peers.clone();
         tasks.push(tokio::spawn(async move {
             exchange
-                .shuffle(7, "run-1", &peers, i, outgoing)
+                .shuffle(7, "run-1", 0, &peers, i, outgoing)
                 .await
                 .unwrap()
         }));

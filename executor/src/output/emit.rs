@@ -17,7 +17,7 @@ use weir_common::schema::UTC;
 use weir_common::value::{decode_group_key, group_column, GroupValue};
 
 use crate::input::Record;
-use crate::state::ClosedRow;
+use crate::state::WindowRow;
 
 fn timestamps(values: impl Iterator<Item = i64>) -> TimestampMicrosecondArray {
     TimestampMicrosecondArray::from_iter_values(values).with_timezone(UTC)
@@ -46,7 +46,7 @@ pub fn column_sums(job: &JobSpec, batch: &RecordBatch) -> HashMap<String, f64> {
 pub fn output_batch(
     job: &JobSpec,
     schema: &SchemaRef,
-    rows: &mut [ClosedRow],
+    rows: &mut [WindowRow],
     processing_time: i64,
 ) -> Result<RecordBatch, ArrowError> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());

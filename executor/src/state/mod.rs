@@ -23,7 +23,7 @@ use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partia
 use weir_common::keygroup::{key_group, KeyGroups};
 use weir_common::window::Window;
 
-use crate::aggregate::partials::{FastMap, Partials, ShardKey};
+use crate::aggregate::partials::{DistinctKeys, FastMap, Partials, ShardKey};
 use crate::state::distinct_runs::{self as runs, RunWriter};
 use crate::state::keys::StateKey;
 
@@ -50,8 +50,8 @@ pub enum StateError {
     },
 }
 
-/// A window whose watermark has passed: its group key and final partials.
-pub struct ClosedRow {
+/// A window's row of one group: its group key and partials (final once the window closed).
+pub struct WindowRow {
     pub window: Window,
     pub group: Vec<u8>,
     pub partials: Vec<Partial>,
@@ -61,17 +61,18 @@ pub struct ClosedRow {
 #[derive(Default)]
 pub struct Closed {
     /// Group rows of the closed windows, with their partials (distinct counts not yet added).
-    pub rows: Vec<ClosedRow>,
+    pub rows: Vec<WindowRow>,
     /// Distinct values this store's shards hold for closed windows, counted.
     pub shard_counts: Vec<(ShardKey, i64)>,
     /// Distinct values deleted with the closed windows.
     pub distinct_removed: u64,
 }
 
-/// Adds the shard counts of closed windows to their group rows and sorts the rows, so that
-/// a replayed epoch stages identical files.
-pub fn finish_closed_rows(
-    rows: &mut [ClosedRow],
+/// Adds distinct counts from the shards (of closed windows, or what an update-mode epoch added
+/// to each) to their group rows and sorts the rows, so that a replayed epoch stages identical
+/// files.
+pub fn add_shard_counts(
+    rows: &mut [WindowRow],
     shard_counts: &FastMap<ShardKey, i64>,
 ) -> Result<(), StateError> {
     let index: HashMap<(Window, &[u8]), usize> = rows
@@ -118,6 +119,15 @@ pub struct Folded {
     pub distinct_written: u64,
     /// Group rows and distinct values written.
     pub rows_written: u64,
+}
+
+/// What update mode's fold produced.
+pub struct CountedFold {
+    /// The epoch's group rows merged with the store's, not written yet.
+    pub rows: Vec<WindowRow>,
+    /// Distinct values each of this store's shards gained, per (window, aggregate, group).
+    pub gains: Vec<(ShardKey, i64)>,
+    pub folded: Folded,
 }
 
 /// RocksDB-backed state of the key groups this executor owns.
@@ -267,52 +277,138 @@ impl StateStore {
         let Partials {
             groups, distinct, ..
         } = partials;
-        let mut folded = Folded {
-            rows_written: groups.len() as u64,
-            ..Folded::default()
-        };
-        for ((window, group), partials) in &groups {
-            let kg = key_group(group, self.key_groups);
-            let key = keys::group_key(kg, *window, group);
-            let merged = match self.db.get_pinned(&key).map_err(|e| self.err(e))? {
-                Some(bytes) => {
-                    let mut existing = decode_partials(&bytes)
-                        .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
-                    merge_all(&mut existing, partials).map_err(|source| StateError::Merge {
-                        what: format!("folding the partials of window {window:?}"),
-                        source,
-                    })?;
-                    existing
-                }
-                None => partials.clone(),
-            };
-            let value = encode_partials(&merged)
-                .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
-            batch.put(&key, value);
+        let rows = self.merge_groups(groups)?;
+        self.write_rows(&rows, batch)?;
+        let mut folded = self.fold_distinct(&distinct, batch, None)?;
+        folded.rows_written += rows.len() as u64;
+        Ok(folded)
+    }
+
+    /// Update mode's fold: merges the group rows with what the store holds but answers them
+    /// instead of writing them (the distinct values their windows gained in every shard are
+    /// still to be added: see [`Self::write_rows`]); merges the distinct values into `batch`
+    /// and answers how many each of this store's shards gained. Unlike [`Self::fold`] it reads
+    /// every run it adds to, which is what counting new values costs.
+    pub fn fold_counting(
+        &self,
+        partials: Partials,
+        batch: &mut WriteBatch,
+    ) -> Result<CountedFold, StateError> {
+        let Partials {
+            groups, distinct, ..
+        } = partials;
+        let rows = self.merge_groups(groups)?;
+        let mut gains = Vec::new();
+        let mut folded = self.fold_distinct(&distinct, batch, Some(&mut gains))?;
+        folded.rows_written += rows.len() as u64;
+        Ok(CountedFold {
+            rows,
+            gains,
+            folded,
+        })
+    }
+
+    /// The epoch's group rows merged with what the store holds for them.
+    fn merge_groups(
+        &self,
+        groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
+    ) -> Result<Vec<WindowRow>, StateError> {
+        let mut rows = Vec::with_capacity(groups.len());
+        for ((window, group), mut partials) in groups {
+            let kg = key_group(&group, self.key_groups);
+            let key = keys::group_key(kg, window, &group);
+            if let Some(bytes) = self.db.get_pinned(&key).map_err(|e| self.err(e))? {
+                let mut existing = decode_partials(&bytes)
+                    .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
+                merge_all(&mut existing, &partials).map_err(|source| StateError::Merge {
+                    what: format!("folding the partials of window {window:?}"),
+                    source,
+                })?;
+                partials = existing;
+            }
+            rows.push(WindowRow {
+                window,
+                group,
+                partials,
+            });
         }
+        Ok(rows)
+    }
+
+    /// Puts group rows into `batch`.
+    pub fn write_rows(&self, rows: &[WindowRow], batch: &mut WriteBatch) -> Result<(), StateError> {
+        for row in rows {
+            let kg = key_group(&row.group, self.key_groups);
+            let value = encode_partials(&row.partials)
+                .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
+            batch.put(keys::group_key(kg, row.window, &row.group), value);
+        }
+        Ok(())
+    }
+
+    /// Merges the epoch's distinct values into `batch`; with `gains`, also counts how many of
+    /// each run's values the store did not hold yet.
+    fn fold_distinct(
+        &self,
+        distinct: &DistinctKeys,
+        batch: &mut WriteBatch,
+        mut gains: Option<&mut Vec<(ShardKey, i64)>>,
+    ) -> Result<Folded, StateError> {
         // Values arrive as their distinct keys: sorted and deduplicated, the values of one
         // (key group, window, aggregate, group) are adjacent and in order, and become one run
         // merged in blind (no read: RocksDB unions it with what the store holds). Looking each
         // value up to count new ones cost more than reading, decoding and aggregating the
-        // events; the counting is left to the window's close.
+        // events; append mode leaves the counting to the window's close.
         let distinct_keys = distinct.sorted_unique();
-        folded.distinct_written = distinct_keys.len() as u64;
-        folded.rows_written += folded.distinct_written;
+        let written = distinct_keys.len() as u64;
         let mut run = RunWriter::default();
+        let mut values: Vec<&[u8]> = Vec::new();
         let mut head: &[u8] = &[];
+        let mut flush = |head: &[u8], run: &mut RunWriter, values: &mut Vec<&[u8]>| {
+            let key = keys::run_key(head);
+            if let Some(gains) = gains.as_deref_mut() {
+                let gained = self.count_new(&key, values)?;
+                if gained > 0 {
+                    let Some(StateKey::Run { window, agg, group }) = keys::parse_key(&key) else {
+                        return Err(StateError::Corrupt("unparseable distinct run key".into()));
+                    };
+                    gains.push(((window, agg, group.to_vec()), gained));
+                }
+            }
+            values.clear();
+            batch.merge(key, run.finish());
+            Ok::<(), StateError>(())
+        };
         for key in &distinct_keys {
             let (key_head, value) = keys::split_distinct_key(key)
                 .ok_or_else(|| StateError::Corrupt("a distinct value's key is cut short".into()))?;
             if key_head != head && !run.is_empty() {
-                batch.merge(keys::run_key(head), run.finish());
+                flush(head, &mut run, &mut values)?;
             }
             head = key_head;
             run.push(value)?;
+            values.push(value);
         }
         if !run.is_empty() {
-            batch.merge(keys::run_key(head), run.finish());
+            flush(head, &mut run, &mut values)?;
         }
-        Ok(folded)
+        Ok(Folded {
+            distinct_written: written,
+            rows_written: written,
+        })
+    }
+
+    /// How many of `values` (in byte order, each once) the run at `key` does not hold yet.
+    fn count_new(&self, key: &[u8], values: &[&[u8]]) -> Result<i64, StateError> {
+        let Some(existing) = self.db.get_pinned(key).map_err(|e| self.err(e))? else {
+            return Ok(values.len() as i64);
+        };
+        let mut held = Vec::new();
+        runs::values_into(&existing, &mut held)?;
+        Ok(values
+            .iter()
+            .filter(|v| held.binary_search(v).is_err())
+            .count() as i64)
     }
 
     /// Reads every window of `key_groups` closed under `watermark` and adds their deletion to
@@ -360,7 +456,7 @@ impl StateStore {
                                 partials.len()
                             )));
                         }
-                        closed.rows.push(ClosedRow {
+                        closed.rows.push(WindowRow {
                             window,
                             group: group.to_vec(),
                             partials,
@@ -476,6 +572,33 @@ mod tests {
             ));
         }
         p
+    }
+
+    /// Update mode counts, per epoch, only the values a window did not hold yet, whether the
+    /// run it joins is flushed to disk or still in the memtable.
+    #[test]
+    fn update_mode_counts_what_each_epoch_adds_to_a_window() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        let gained = |names: &[&str], epoch: u64| {
+            let mut batch = WriteBatch::default();
+            let counted = store.fold_counting(values(w, names), &mut batch).unwrap();
+            store.commit_epoch(epoch, batch).unwrap();
+            assert!(counted
+                .gains
+                .iter()
+                .all(|((window, agg, group), _)| *window == w && *agg == 1 && group == b"g"));
+            counted.gains.iter().map(|(_, n)| n).sum::<i64>()
+        };
+        assert_eq!(gained(&["u1", "u2", "u1", "u3", "u2"], 0), 3);
+        store.db.flush().unwrap();
+        assert_eq!(gained(&["u3", "u4", "u1", "u4"], 1), 1);
+        assert_eq!(gained(&["u2", "u4"], 2), 0);
+        assert_eq!(gained(&["u0", "u5", "u9"], 3), 3);
+        // What the window closes with agrees with the gains' sum.
+        let mut batch = WriteBatch::default();
+        let closed = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        assert_eq!(closed.distinct_removed, 7);
     }
 
     #[test]
