@@ -180,6 +180,21 @@ pub fn job_with_source(dir: &Path, source: &str, root: &str, extra: &str) -> Pat
     path
 }
 
+/// Switches the reference job in `job` to update output mode.
+pub fn set_update_mode(job: &Path) {
+    let text = std::fs::read_to_string(job).expect("job file");
+    let last_aggregate = "    approx_unique: approx_count_distinct(event_id)\n";
+    assert!(
+        text.contains(last_aggregate),
+        "not the reference job: {text}"
+    );
+    let text = text.replace(
+        last_aggregate,
+        &format!("{last_aggregate}  output_mode: update\n"),
+    );
+    std::fs::write(job, text).expect("job file");
+}
+
 /// `weir gen` of the reference events (seeded), every record also written to `events`.
 fn gen_command(count: u64, extra: &[&str], events: &Path) -> Command {
     let mut cmd = weir();

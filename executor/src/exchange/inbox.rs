@@ -50,6 +50,14 @@ pub struct RunKey {
 }
 
 impl RunKey {
+    /// Whether a stream of this round can no longer be collected once `last` was: it belongs
+    /// to an earlier epoch, or to a round of the same run collected already. (Another run of
+    /// the same epoch may still come: the driver runs an epoch again after a failure.)
+    fn stale_after(&self, last: &RunKey) -> bool {
+        self.epoch < last.epoch
+            || (self.epoch == last.epoch && self.run == last.run && self.round <= last.round)
+    }
+
     /// Whether this round was abandoned or done with once `current` is collected: it belongs
     /// to an earlier epoch, another run of the same one, or an earlier round of the same run.
     fn superseded_by(&self, current: &RunKey) -> bool {
@@ -153,9 +161,7 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
             } => {
                 let s = open.remove(&stream).unwrap_or_default();
                 let key = stream.run_key();
-                let stale = collected
-                    .as_ref()
-                    .is_some_and(|c| key.superseded_by(c) || key == *c);
+                let stale = collected.as_ref().is_some_and(|c| key.stale_after(c));
                 if stale {
                     let _ = reply.send(Err(format!(
                         "epoch {} was already collected; the stream from {} is stale",
@@ -495,6 +501,16 @@ mod tests {
         // Both rounds are done: a resent stream of either is stale.
         assert!(end(&inbox, stream(0), 0).await.is_err());
         assert!(end(&inbox, stream(1), 0).await.is_err());
+        // The driver lost the epoch's answers and runs it again: the new run's first round
+        // is taken, though this executor collected both rounds of the old run.
+        let rerun = StreamId {
+            run: "r2".into(),
+            ..id("a", 9)
+        };
+        send(&inbox, rerun.clone(), 20..22).await;
+        assert_eq!(end(&inbox, rerun, 2).await, Ok(2));
+        let again = collect_round(&inbox, "r2", 0, &["a"]).await;
+        assert_eq!(again.await.unwrap().unwrap().partials.distinct.len(), 2);
     }
 
     /// Partials are taken only from the run's peers: a stream from anyone else is refused once
