@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
+use support::chaos::{run_with_faults, Fault};
 use support::cluster::{Cluster, Event, Role};
 use support::s3::{S3Server, CREDENTIALS};
 use support::webhook::Webhook;
@@ -25,32 +26,10 @@ fn gen_args() -> Vec<&'static str> {
     [&["--span", "4h"][..], &BAD_INPUT].concat()
 }
 
-/// A fault point where one process pauses, and the process the test stops there.
-struct Fault {
-    at: Role,
-    step: &'static str,
-    epoch: u64,
-    kill: Role,
-    /// SIGTERM (a graceful stop: the process must finish its call and exit 0) instead of SIGKILL.
-    graceful: bool,
-}
-
 /// Every step of the protocol, for the driver and for an executor, each in its own epoch.
 fn schedule() -> Vec<Fault> {
-    let driver = |step, epoch| Fault {
-        at: Role::Driver,
-        step,
-        epoch,
-        kill: Role::Driver,
-        graceful: false,
-    };
-    let at = |at, step, epoch, kill| Fault {
-        at,
-        step,
-        epoch,
-        kill,
-        graceful: false,
-    };
+    let driver = |step, epoch| Fault::kill(Role::Driver, step, epoch, Role::Driver);
+    let at = Fault::kill;
     vec![
         // The driver dies while executors execute, after all prepared, after the decision
         // record before the Delta commit, and after the Delta commit before Committed; and
@@ -74,72 +53,6 @@ fn schedule() -> Vec<Fault> {
             ..at(Role::Executor(2), "execute", 9, Role::Executor(2))
         },
     ]
-}
-
-/// Runs the cluster to the end of its input, killing and restarting processes as `faults`
-/// say; panics unless every fault fired and the driver finished with success.
-fn run_with_faults(cluster: &mut Cluster, faults: &[Fault]) {
-    let mut fired = vec![false; faults.len()];
-    let armed = |role: Role, fired: &[bool]| -> String {
-        faults
-            .iter()
-            .zip(fired)
-            .filter(|(f, done)| f.at == role && !**done)
-            .map(|(f, _)| format!("{}@{}", f.step, f.epoch))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    for role in cluster.roles() {
-        cluster.start(role, &armed(role, &fired));
-    }
-    loop {
-        let (role, event) = cluster.next_event(Duration::from_secs(300));
-        match event {
-            Event::Line(line) => {
-                let Some(point) = line.strip_prefix("weir fault point ") else {
-                    continue;
-                };
-                let i = faults
-                    .iter()
-                    .zip(&fired)
-                    .position(|(f, done)| {
-                        !done && f.at == role && format!("{}@{}", f.step, f.epoch) == point
-                    })
-                    .unwrap_or_else(|| panic!("{role} paused at unscheduled {point}"));
-                fired[i] = true;
-                let target = faults[i].kill;
-                if faults[i].graceful {
-                    eprintln!("fault {point} at {role}: SIGTERM {target}");
-                    let status = cluster.terminate(target, target == role);
-                    assert!(
-                        status.success(),
-                        "{target} did not stop cleanly ({status}):\n{}",
-                        cluster.log_tail(target)
-                    );
-                } else {
-                    eprintln!("fault {point} at {role}: SIGKILL {target}");
-                    cluster.kill(target);
-                }
-                cluster.start(target, &armed(target, &fired));
-                if target != role {
-                    cluster.release(role);
-                }
-            }
-            Event::Closed if role == Role::Driver => {
-                cluster.reap_ok(Role::Driver, "");
-                break;
-            }
-            // Executors leave when the driver shuts them down at the end.
-            Event::Closed => cluster.reap_ok(role, ""),
-        }
-    }
-    let missed: Vec<String> = faults
-        .iter()
-        .zip(&fired)
-        .filter(|(_, done)| !**done)
-        .map(|(f, _)| format!("{}@{} at {}", f.step, f.epoch, f.at))
-        .collect();
-    assert!(missed.is_empty(), "fault points never reached: {missed:?}");
 }
 
 /// Some executor restored its state from the checkpoint (not only from its own disk).

@@ -14,6 +14,7 @@ use crate::duration::{micros, parse_duration};
 use crate::schema::{build_schema, is_scalar, timestamp_type};
 use crate::window::WindowSpec;
 
+pub mod kafka_sink;
 pub mod operations;
 pub mod reference;
 pub mod scaling;
@@ -166,6 +167,8 @@ pub struct RawSink {
     pub delta: Option<RawDeltaSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushgateway: Option<RawPushgateway>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<kafka_sink::RawKafkaSink>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -276,6 +279,8 @@ pub struct JobSpec {
     /// Rows late for every window they fall in, when the job keeps them.
     pub late_rows: Option<DeltaSink>,
     pub pushgateway: Option<PushgatewaySink>,
+    /// Kafka topics that receive every emitted row.
+    pub kafka_sinks: Vec<kafka_sink::KafkaSink>,
     pub alerts: Option<AlertSpec>,
     pub executors: scaling::ExecutorBounds,
     /// The driver sizes the job itself when set (docs/operations.md, Autoscaling).
@@ -664,9 +669,27 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
 
     let mut output = None;
     let mut pushgateway = None;
+    let mut kafka_sinks: Vec<kafka_sink::KafkaSink> = Vec::new();
+    let mut output_columns = vec!["window"];
+    output_columns.extend(query.group_by.iter().map(String::as_str));
+    output_columns.extend(aggregates.iter().map(|a| a.name.as_str()));
+    output_columns.push("processing_time");
     for (i, sink) in raw.sinks.iter().enumerate() {
-        match (&sink.delta, &sink.pushgateway) {
-            (Some(d), None) => {
+        match (&sink.delta, &sink.pushgateway, &sink.kafka) {
+            (None, None, Some(k)) => {
+                let field = format!("sinks[{i}].kafka");
+                let parsed = kafka_sink::parse(&field, k, &output_columns, &query.group_by)?;
+                if kafka_sinks.iter().any(|o| {
+                    o.topic == parsed.topic && o.bootstrap_servers == parsed.bootstrap_servers
+                }) {
+                    return Err(JobError::new(
+                        format!("{field}.topic"),
+                        "another kafka sink writes this topic",
+                    ));
+                }
+                kafka_sinks.push(parsed);
+            }
+            (Some(d), None, None) => {
                 let field = format!("sinks[{i}].delta");
                 if output.is_some() {
                     return Err(JobError::new(field, "only one delta sink per job"));
@@ -681,7 +704,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
                 }
                 output = Some(delta_sink(&field, d, base_dir)?);
             }
-            (None, Some(p)) => {
+            (None, Some(p), None) => {
                 let field = format!("sinks[{i}].pushgateway");
                 if pushgateway.is_some() {
                     return Err(JobError::new(field, "only one pushgateway sink per job"));
@@ -695,7 +718,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             _ => {
                 return Err(JobError::new(
                     format!("sinks[{i}]"),
-                    "expected exactly one of delta or pushgateway",
+                    "expected exactly one of delta, kafka or pushgateway",
                 ))
             }
         }
@@ -781,6 +804,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         dead_letter,
         late_rows,
         pushgateway,
+        kafka_sinks,
         alerts,
         executors,
         autoscale,
@@ -842,6 +866,10 @@ impl JobSpec {
         raw.storage_options = raw.storage_options.blanked();
         if let Some(k) = raw.source.kafka.as_mut() {
             k.options = k.options.blanked();
+        }
+        // Only the driver writes to Kafka sinks.
+        for sink in raw.sinks.iter_mut().filter_map(|s| s.kafka.as_mut()) {
+            sink.options = sink.options.blanked();
         }
         serde_json::to_string(&raw).unwrap_or_default()
     }

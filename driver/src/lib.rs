@@ -39,6 +39,7 @@ use crate::ops::progress::QueryIdentity;
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::kafka_sink::KafkaSinkWriter;
 use crate::source::SourceReader;
 
 /// How long a stopping driver waits for its alerts to be delivered.
@@ -231,6 +232,11 @@ async fn drive(
         Some(l) => Some(open(l, format!("{}-late-rows", job.name), late_rows_schema()).await?),
         None => None,
     };
+    let kafka_sinks = job
+        .kafka_sinks
+        .iter()
+        .map(|sink| KafkaSinkWriter::new(sink, &metadata.job_id, &job.name))
+        .collect::<Result<Vec<_>, _>>()?;
     let source = SourceReader::open(&job.source, &job.storage_options)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -367,6 +373,7 @@ async fn drive(
         output,
         dead_letter,
         late_rows,
+        kafka_sinks,
         source,
         members_rx,
         membership_tx,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod chaos;
 pub mod cluster;
 pub mod http;
 pub mod local_run;

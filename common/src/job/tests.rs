@@ -340,6 +340,81 @@ fn pushgateway_sink_and_alerts() {
     );
 }
 
+#[test]
+fn kafka_sinks() {
+    let sink = "sinks:\n  - kafka: {bootstrap_servers: '127.0.0.1:9092', topic: window-counts, options: {sasl.password: hunter2}}";
+    let job = parse(&GOOD.replacen("sinks:", sink, 1)).unwrap();
+    let kafka = &job.kafka_sinks[0];
+    assert_eq!(kafka.topic, "window-counts");
+    assert_eq!(kafka.key, ["event_type"], "the group keys by default");
+    assert_eq!(kafka.delivery, kafka_sink::Delivery::ExactlyOnce);
+    assert_eq!(
+        (kafka.job_header.as_str(), kafka.epoch_header.as_str()),
+        ("weir.job", "weir.epoch")
+    );
+    // Its options are the driver's: executors see the keys only.
+    assert!(!format!("{job:?}").contains("hunter2"));
+    assert!(!job.to_public_json().contains("hunter2"));
+    let on_executor = JobSpec::from_json(&job.to_public_json()).unwrap();
+    assert_eq!(on_executor.kafka_sinks[0].topic, "window-counts");
+
+    let custom = sink.replace(
+        "topic: window-counts,",
+        "topic: window-counts, key: [window, event_type], delivery: at_least_once, headers: {job: app, epoch: batch},",
+    );
+    let job = parse(&GOOD.replacen("sinks:", &custom, 1)).unwrap();
+    let kafka = &job.kafka_sinks[0];
+    assert_eq!(kafka.key, ["window", "event_type"]);
+    assert_eq!(kafka.delivery, kafka_sink::Delivery::AtLeastOnce);
+    assert_eq!(
+        (kafka.job_header.as_str(), kafka.epoch_header.as_str()),
+        ("app", "batch")
+    );
+
+    for (from, to, field, message) in [
+        (
+            "topic: window-counts",
+            "topic: 'a b'",
+            "sinks[0].kafka.topic",
+            "expected a Kafka topic name",
+        ),
+        (
+            "topic: window-counts,",
+            "topic: t, key: [user_id],",
+            "sinks[0].kafka.key[0]",
+            "not an output column",
+        ),
+        (
+            "topic: window-counts,",
+            "topic: t, format: avro,",
+            "sinks[0].kafka.format",
+            "only json",
+        ),
+        (
+            "topic: window-counts,",
+            "topic: t, delivery: twice,",
+            "sinks[0].kafka.delivery",
+            "exactly_once or at_least_once",
+        ),
+        (
+            "sasl.password: hunter2",
+            "transactional.id: mine",
+            "sinks[0].kafka.options.transactional.id",
+            "set by weir",
+        ),
+        (
+            "topic: window-counts,",
+            "topic: t, headers: {job: x, epoch: x},",
+            "sinks[0].kafka.headers",
+            "two different",
+        ),
+    ] {
+        let e = parse(&GOOD.replacen("sinks:", &sink.replacen(from, to, 1), 1)).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+}
+
 /// The good job with a Kafka password and an S3 key.
 fn with_secret_options() -> String {
     GOOD.replace(

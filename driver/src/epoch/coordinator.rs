@@ -35,6 +35,7 @@ use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::kafka_sink::KafkaSinkWriter;
 use crate::output::merge::OutputMerge;
 use crate::output::table_commits::{Committing, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
@@ -211,6 +212,7 @@ impl Coordinator {
         output: DeltaCommitter,
         dead_letter: Option<DeltaCommitter>,
         late_rows: Option<DeltaCommitter>,
+        kafka: Vec<KafkaSinkWriter>,
         source: SourceReader,
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
@@ -222,6 +224,7 @@ impl Coordinator {
         let fence = log.fence().cloned();
         let upkeep = table_upkeep(&job, fence.as_ref());
         let output_merge = OutputMerge::of(&job);
+        let output_schema = weir_common::output::output_schema(&job);
         Self {
             controls,
             ops,
@@ -233,6 +236,8 @@ impl Coordinator {
             tables: Some(Tables {
                 upkeep,
                 output_merge,
+                kafka,
+                output_schema,
                 output,
                 dead_letter,
                 late_rows,

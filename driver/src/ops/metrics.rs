@@ -45,6 +45,8 @@ pub struct DriverMetrics {
     delta_commits: IntCounterVec,
     delta_commit_seconds: HistogramVec,
     upkeep_passes: IntCounterVec,
+    kafka_sink_records: IntCounterVec,
+    kafka_sink_seconds: HistogramVec,
     files_compacted: IntCounterVec,
     files_vacuumed: IntCounterVec,
     executors: IntGauge,
@@ -225,8 +227,29 @@ impl DriverMetrics {
                         "weir_delta_commit_duration_seconds",
                         "Time to commit an epoch's Delta transaction.",
                     )
-                    .buckets(buckets),
+                    .buckets(buckets.clone()),
                     &["table"],
+                )?,
+            )?,
+            kafka_sink_records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_kafka_sink_records_total",
+                        "Records a Kafka sink delivered (committed, under exactly_once).",
+                    ),
+                    &["topic"],
+                )?,
+            )?,
+            kafka_sink_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "weir_kafka_sink_duration_seconds",
+                        "Time to send an epoch's records to a Kafka sink and commit them.",
+                    )
+                    .buckets(buckets.clone()),
+                    &["topic"],
                 )?,
             )?,
             upkeep_passes: register(
@@ -372,6 +395,16 @@ impl DriverMetrics {
         self.delta_commits.with_label_values(&[table]).inc();
         self.delta_commit_seconds
             .with_label_values(&[table])
+            .observe(seconds);
+    }
+
+    /// Records an epoch's delivery to a Kafka sink.
+    pub fn kafka_sink(&self, topic: &str, records: u64, seconds: f64) {
+        self.kafka_sink_records
+            .with_label_values(&[topic])
+            .inc_by(records);
+        self.kafka_sink_seconds
+            .with_label_values(&[topic])
             .observe(seconds);
     }
 

@@ -170,7 +170,8 @@ impl DeltaCommitter {
         Ok(true)
     }
 
-    fn parse_adds(&self, adds: &[String]) -> Result<Vec<Add>, CommitError> {
+    /// The add actions of an epoch's staged files, from their JSON.
+    pub fn parse_adds(&self, adds: &[String]) -> Result<Vec<Add>, CommitError> {
         adds.iter()
             .map(|json| serde_json::from_str::<Add>(json))
             .collect::<Result<_, _>>()

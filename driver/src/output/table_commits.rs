@@ -4,6 +4,8 @@
 //! at a time and in epoch order.
 
 use std::sync::Arc;
+
+use deltalake::arrow::datatypes::SchemaRef;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,6 +18,7 @@ use weir_storage::Fence;
 use crate::epoch::coordinator::backoff;
 use crate::ops::metrics::DriverMetrics;
 use crate::output::delta_commit::DeltaCommitter;
+use crate::output::kafka_sink::KafkaSinkWriter;
 use crate::output::merge::OutputMerge;
 use crate::output::upkeep::{PassReport, Upkeep};
 
@@ -33,6 +36,9 @@ pub struct Tables {
     pub upkeep: Vec<(TableRole, Upkeep)>,
     /// Update mode: each epoch's rows are MERGEd into the output table, not appended.
     pub output_merge: Option<OutputMerge>,
+    /// Kafka topics that receive each epoch's output rows (read from its staged files).
+    pub kafka: Vec<KafkaSinkWriter>,
+    pub output_schema: SchemaRef,
 }
 
 /// Which of the job's tables.
@@ -92,6 +98,25 @@ impl Tables {
     ) -> anyhow::Result<Option<u64>> {
         if let Some(fence) = &self.fence {
             fence.check().await?;
+        }
+        // Kafka first: in update mode the staged files are deleted once merged, and a restart
+        // sends the last decision's rows again only if the topic's marker lacks the epoch.
+        if !self.kafka.is_empty() && !record.output_adds.is_empty() {
+            let adds = self.output.parse_adds(&record.output_adds)?;
+            for sink in &mut self.kafka {
+                let started = Instant::now();
+                let sent = sink
+                    .send(
+                        record.epoch,
+                        &adds,
+                        self.output.table(),
+                        &self.output_schema,
+                    )
+                    .await?;
+                if let Some(records) = sent {
+                    metrics.kafka_sink(sink.topic(), records, started.elapsed().as_secs_f64());
+                }
+            }
         }
         let started = Instant::now();
         let version = match &self.output_merge {
