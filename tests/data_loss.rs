@@ -9,43 +9,13 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use support::{commit_records, reference_job, run_local, run_ok, verify, weir, weir_local};
+use support::{
+    commit_records, produce_events, reference_job, run_local, run_ok, verify, weir, weir_local,
+};
 
 const EVENTS: u64 = 30_000;
-
-/// Writes the values of `weir gen --jsonl` into the topic, in order (the mock broker does not
-/// answer the CreateTopics request `weir gen` sends).
-fn produce(brokers: &str, events: &std::path::Path) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let text = std::fs::read_to_string(events).expect("events");
-    for line in text.lines() {
-        let record: serde_json::Value = serde_json::from_str(line).expect("event line");
-        let value = record["value"].as_str().expect("value");
-        loop {
-            match producer.send(
-                BaseRecord::<(), str>::to("web-events")
-                    .partition(0)
-                    .payload(value),
-            ) {
-                Ok(()) => break,
-                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => panic!("producing: {e}"),
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
 
 fn watermarks(brokers: &str) -> (i64, i64) {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -72,7 +42,7 @@ fn offsets_no_longer_retained_stop_the_job_or_are_skipped_as_configured() {
             .arg(&events),
         "weir gen",
     );
-    produce(&brokers, &events);
+    produce_events(&brokers, &events);
     let (earliest, latest) = watermarks(&brokers);
     assert_eq!(latest, EVENTS as i64);
     assert!(

@@ -17,14 +17,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use support::chaos::{run_with_faults, Fault};
 use support::cluster::{Cluster, Role};
 use support::{
-    commit_records, gen_events, python, reference_job, run_local, set_update_mode, verify, Broker,
-    BAD_INPUT,
+    commit_records, gen_events, produce_events, python, reference_job, run_local, run_ok,
+    set_update_mode, verify, weir, Broker, BAD_INPUT,
 };
 
 const TOPIC: &str = "window-counts";
@@ -296,4 +297,43 @@ fn a_broker_without_transactions_stops_exactly_once_delivery_with_a_clear_error(
             && stderr.contains("delivery: at_least_once"),
         "{stderr}"
     );
+}
+
+/// librdkafka's mock broker takes the whole transaction protocol (it checks transactional
+/// ids, producer ids and epochs, and coordinators; it does not hide aborted records or keep
+/// transactional offsets): exactly-once delivery runs it end to end, and every closed window
+/// reaches the topic once.
+#[test]
+fn exactly_once_delivery_runs_the_transaction_protocol_end_to_end() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("web-events", 1, 1).expect("source topic");
+    mock.create_topic(TOPIC, PARTITIONS, 1).expect("sink topic");
+    let brokers = mock.bootstrap_servers();
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    run_ok(
+        weir()
+            .args([
+                "gen",
+                "--partitions",
+                "1",
+                "--count",
+                "8000",
+                "--span",
+                "1h",
+            ])
+            .args(["--start", "2026-01-01T00:00:00Z", "--seed", "7"])
+            .arg("--jsonl")
+            .arg(&events),
+        "weir gen",
+    );
+    produce_events(&brokers, &events);
+    job_with_kafka_sink(tmp.path(), &brokers, "exactly_once");
+    run_local(tmp.path(), 2);
+    verify(&events, tmp.path(), &[]);
+    let sent = read_topic(&brokers);
+    let table = table_rows(&tmp.path().join("aggregated"));
+    let mut windows: Vec<_> = sent.iter().map(|r| window_key(&r.value)).collect();
+    windows.sort();
+    assert_eq!(windows, table.keys().cloned().collect::<Vec<_>>());
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use rdkafka::producer::Producer;
+
 /// Waits until a server started as `child` accepts connections on `address`; panics with its
 /// log when it exits first or does not listen within `timeout`.
 pub fn wait_for_port(child: &mut Child, address: &str, log: &Path, timeout: Duration) {
@@ -337,4 +339,37 @@ pub fn pid_of(needle: &str) -> Option<i32> {
                 .contains(needle)
                 .then_some(pid)
         })
+}
+
+/// Writes the values of `weir gen --jsonl` into partition 0 of `web-events`, in order (for
+/// librdkafka's mock broker, which does not answer the CreateTopics request `weir gen` sends).
+pub fn produce_events(brokers: &str, events: &Path) {
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let text = std::fs::read_to_string(events).expect("events");
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("event line");
+        let value = record["value"].as_str().expect("value");
+        loop {
+            match producer.send(
+                rdkafka::producer::BaseRecord::<(), str>::to("web-events")
+                    .partition(0)
+                    .payload(value),
+            ) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::error::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("producing: {e}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
 }
