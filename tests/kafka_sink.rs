@@ -337,3 +337,20 @@ fn exactly_once_delivery_runs_the_transaction_protocol_end_to_end() {
     windows.sort();
     assert_eq!(windows, table.keys().cloned().collect::<Vec<_>>());
 }
+
+/// A sink topic that does not exist stops the job at start, named, instead of waiting out
+/// librdkafka's message timeout at the first epoch.
+#[test]
+fn a_missing_sink_topic_stops_the_job_at_start() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    gen_events(&broker, tmp.path(), 1, 100, &[]);
+    job_with_kafka_sink(tmp.path(), &broker.address, "at_least_once");
+    let out = support::local_job(tmp.path(), 1).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("Kafka sink {TOPIC}: the topic does not exist")),
+        "{stderr}"
+    );
+}

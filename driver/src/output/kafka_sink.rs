@@ -67,7 +67,7 @@ pub struct KafkaSinkWriter {
 
 impl KafkaSinkWriter {
     pub fn new(spec: &KafkaSink, job_id: &str, job_name: &str) -> Result<Self, SinkError> {
-        let marker = client_config(spec)
+        let marker: BaseConsumer = client_config(spec)
             .set("group.id", format!("weir-{job_id}-sink"))
             .set("enable.auto.commit", "false")
             .create()
@@ -76,6 +76,28 @@ impl KafkaSinkWriter {
                 what: "creating the marker's client",
                 source,
             })?;
+        // A record for a topic that does not exist waits out librdkafka's message timeout
+        // (5 minutes) before it fails: refuse the job at start instead.
+        let metadata =
+            tokio::task::block_in_place(|| marker.fetch_metadata(Some(&spec.topic), CALL_TIMEOUT))
+                .map_err(|source| SinkError::Kafka {
+                    topic: spec.topic.clone(),
+                    what: "reading the topic's metadata",
+                    source,
+                })?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == spec.topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(SinkError::Rows {
+                topic: spec.topic.clone(),
+                message: format!(
+                    "the topic does not exist on {}; create it first (weir does not)",
+                    spec.bootstrap_servers
+                ),
+            });
+        }
         Ok(Self {
             spec: spec.clone(),
             job_name: job_name.to_string(),
