@@ -345,3 +345,88 @@ fn record_keys(
     }
     Ok(json_lines(&projected)?.into_iter().map(Some).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{
+        ArrayRef, Int64Array, StringArray, StructArray, TimestampMicrosecondArray,
+    };
+    use deltalake::arrow::datatypes::{Field, Fields, Schema, TimeUnit};
+
+    use super::*;
+
+    /// Two rows of the reference output shape; the second has a null group key.
+    fn rows() -> RecordBatch {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let window_fields = Fields::from(vec![
+            Field::new("start", ts.clone(), false),
+            Field::new("end", ts.clone(), false),
+        ]);
+        let micros = |v: Vec<i64>| {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef
+        };
+        let window = StructArray::new(
+            window_fields.clone(),
+            vec![
+                micros(vec![0, 300_000_000]),
+                micros(vec![300_000_000, 600_000_000]),
+            ],
+            None,
+        );
+        let schema = Schema::new(vec![
+            Field::new("window", DataType::Struct(window_fields), false),
+            Field::new("event_type", DataType::Utf8, true),
+            Field::new("event_count", DataType::Int64, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(window),
+                Arc::new(StringArray::from(vec![Some("click"), None])),
+                Arc::new(Int64Array::from(vec![5, 7])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_row_is_one_json_object_with_rfc3339_times_and_nulls_written_out() {
+        let values: Vec<String> = json_lines(&rows())
+            .unwrap()
+            .into_iter()
+            .map(|v| String::from_utf8(v).unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            [
+                r#"{"window":{"start":"1970-01-01T00:00:00Z","end":"1970-01-01T00:05:00Z"},"event_type":"click","event_count":5}"#,
+                r#"{"window":{"start":"1970-01-01T00:05:00Z","end":"1970-01-01T00:10:00Z"},"event_type":null,"event_count":7}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lone_string_key_is_its_value_and_other_keys_are_json_objects() {
+        let text = |keys: Vec<Option<Vec<u8>>>| {
+            keys.into_iter()
+                .map(|k| k.map(|k| String::from_utf8(k).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let batch = rows();
+        assert_eq!(
+            text(record_keys(&batch, &["event_type".into()]).unwrap()),
+            [Some("click".to_string()), None]
+        );
+        assert_eq!(
+            text(record_keys(&batch, &["window".into(), "event_type".into()]).unwrap())[1],
+            Some(
+                r#"{"window":{"start":"1970-01-01T00:05:00Z","end":"1970-01-01T00:10:00Z"},"event_type":null}"#
+                    .to_string()
+            )
+        );
+        assert_eq!(text(record_keys(&batch, &[]).unwrap()), [None, None]);
+        assert!(record_keys(&batch, &["user_id".into()]).is_err());
+    }
+}
