@@ -251,6 +251,10 @@ pub struct DeltaSink {
     pub partition_by: Vec<String>,
     /// Compaction and vacuum of the table, when asked for.
     pub upkeep: upkeep::TableUpkeep,
+    /// The size the table's writers aim files at (`delta.targetFileSize`), when not delta-rs's
+    /// default: an update-mode output table keeps its files small, since each MERGE rewrites
+    /// every file holding a row it changes.
+    pub file_bytes: Option<u64>,
 }
 
 /// A validated job: everything the driver and executors need, in engine units.
@@ -526,6 +530,7 @@ fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaS
         url: location_url(&format!("{field}.path"), &raw.path, base_dir)?,
         partition_by: raw.partition_by.clone(),
         upkeep: upkeep::parse(field, raw.compact.as_ref(), raw.vacuum.as_ref())?,
+        file_bytes: None,
     })
 }
 
@@ -723,7 +728,19 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             }
         }
     }
-    let output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
+    let mut output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
+    if output_mode == OutputMode::Update {
+        let asked = raw
+            .sinks
+            .iter()
+            .filter_map(|s| s.delta.as_ref()?.compact.as_ref()?.target_file_bytes)
+            .next();
+        let bytes = asked.unwrap_or(upkeep::UPDATE_MODE_FILE_BYTES);
+        output.file_bytes = Some(bytes);
+        if let Some(compact) = output.upkeep.compact.as_mut() {
+            compact.target_file_bytes = bytes;
+        }
+    }
     let alerts = match &raw.alerts {
         Some(a) => Some(operations::alerts(a, base_dir)?),
         None => None,

@@ -218,9 +218,18 @@ async fn drive(
     let open = |sink: &DeltaSink, name: String, schema: SchemaRef| {
         let (options, job_id) = (job.storage_options.clone(), metadata.job_id.clone());
         let (url, partition_by) = (sink.url.clone(), sink.partition_by.clone());
+        let file_bytes = sink.file_bytes;
         async move {
-            DeltaCommitter::open_or_create(&url, &options, &name, &schema, &partition_by, &job_id)
-                .await
+            DeltaCommitter::open_or_create(
+                &url,
+                &options,
+                &name,
+                &schema,
+                &partition_by,
+                &job_id,
+                file_bytes,
+            )
+            .await
         }
     };
     let output = open(&job.output, job.name.clone(), output_schema(&job)).await?;

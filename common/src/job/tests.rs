@@ -75,6 +75,23 @@ fn the_reference_job_parses() {
     assert_eq!(job.output_mode, OutputMode::Append);
     let update = parse(&GOOD.replace("output_mode: append", "output_mode: update")).unwrap();
     assert_eq!(update.output_mode, OutputMode::Update);
+    // Its MERGEs rewrite whole files: the table keeps them small, compacted to the same size.
+    assert_eq!(job.output.file_bytes, None);
+    assert_eq!(
+        update.output.file_bytes,
+        Some(upkeep::UPDATE_MODE_FILE_BYTES)
+    );
+    let compacted = GOOD
+        .replace("output_mode: append", "output_mode: update")
+        .replace(
+            "partition_by: [event_type]}",
+            "partition_by: [event_type], compact: {}}",
+        );
+    let compacted = parse(&compacted).unwrap();
+    assert_eq!(
+        compacted.output.upkeep.compact.map(|c| c.target_file_bytes),
+        Some(upkeep::UPDATE_MODE_FILE_BYTES)
+    );
     assert_ne!(update.fingerprint(), job.fingerprint());
     let with_s3 = GOOD.replace(
         "trigger: 30s",

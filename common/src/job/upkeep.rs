@@ -67,6 +67,10 @@ pub const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(600);
 pub const DEFAULT_MIN_FILES: u32 = 16;
 /// delta-rs's own default (`delta.targetFileSize`).
 pub const DEFAULT_TARGET_FILE_BYTES: u64 = 100 * 1024 * 1024;
+/// Files of an update-mode output table: each epoch's MERGE rewrites the files holding the
+/// rows it changes, so their size bounds what an epoch copies (about 15 000 rows of the
+/// reference output per partition; delta-rs copies about a million rows a second).
+pub const UPDATE_MODE_FILE_BYTES: u64 = 256 * 1024;
 /// Delta's `delta.deletedFileRetentionDuration` default: readers of a version up to a week
 /// old still find its files.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

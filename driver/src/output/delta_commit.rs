@@ -59,7 +59,8 @@ fn stats_columns(schema: &SchemaRef) -> Option<String> {
 }
 
 impl DeltaCommitter {
-    /// Opens the table at `url`, creating it with `schema` when it does not exist yet.
+    /// Opens the table at `url`, creating it with `schema` when it does not exist yet (with
+    /// `file_bytes` as its `delta.targetFileSize` when given).
     pub async fn open_or_create(
         url: &str,
         options: &BTreeMap<String, String>,
@@ -67,6 +68,7 @@ impl DeltaCommitter {
         schema: &SchemaRef,
         partition_by: &[String],
         app_id: &str,
+        file_bytes: Option<u64>,
     ) -> Result<Self, CommitError> {
         let err = |source| CommitError::Delta {
             url: url.to_string(),
@@ -117,6 +119,10 @@ impl DeltaCommitter {
                 .with_configuration_property(
                     deltalake::TableProperty::DataSkippingStatsColumns,
                     stats_columns(schema),
+                )
+                .with_configuration_property(
+                    deltalake::TableProperty::TargetFileSize,
+                    file_bytes.map(|b| b.to_string()),
                 )
                 .with_save_mode(SaveMode::Ignore)
                 .await
@@ -324,7 +330,7 @@ mod tests {
 
     async fn open(url: &str) -> DeltaCommitter {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-        DeltaCommitter::open_or_create(url, &BTreeMap::new(), "t", &schema, &[], "job")
+        DeltaCommitter::open_or_create(url, &BTreeMap::new(), "t", &schema, &[], "job", None)
             .await
             .unwrap()
     }

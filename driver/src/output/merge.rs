@@ -307,6 +307,47 @@ mod tests {
         out
     }
 
+    /// With a bounded file size (what update mode sets), a MERGE that changes one row rewrites
+    /// the file holding it, not the table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merge_rewrites_only_the_files_holding_changed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path())
+            .unwrap()
+            .to_string();
+        let schema = schema();
+        let mut table = DeltaCommitter::open_or_create(
+            &url,
+            &BTreeMap::new(),
+            "t",
+            &schema,
+            &["g".to_string()],
+            "job",
+            Some(16 * 1024),
+        )
+        .await
+        .unwrap();
+        let all: Vec<(i64, Option<&str>, i64)> =
+            (0..20_000).map(|i| (i * 5, Some("a"), 1)).collect();
+        let first = stage(&table, rows(&all)).await;
+        table.merge(0, &first, &schema, &keys()).await.unwrap();
+        let files = table.table().snapshot().unwrap().log_data().num_files();
+        assert!(files > 2, "the first merge wrote {files} file(s)");
+        let last = stage(&table, rows(&[(19_999 * 5, Some("a"), 2)])).await;
+        let (_, metrics) = table
+            .merge(1, &last, &schema, &keys())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(metrics.num_target_rows_updated, 1);
+        assert_eq!(metrics.num_target_files_removed, 1, "{metrics:?}");
+        assert!(
+            metrics.num_target_rows_copied < 20_000 / 2,
+            "copied {} rows",
+            metrics.num_target_rows_copied
+        );
+    }
+
     /// Each epoch's rows replace the table's rows of the same window and group (a null group
     /// included) or are added; a repeated epoch changes nothing; staged files are gone after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,6 +363,7 @@ mod tests {
             &schema(),
             &["g".to_string()],
             "job",
+            None,
         )
         .await
         .unwrap();
@@ -365,6 +407,7 @@ mod tests {
             &schema,
             &["g".to_string()],
             "job",
+            None,
         )
         .await
         .unwrap();
