@@ -161,10 +161,20 @@ os._exit(0)
 
 /// The reference job reading `broker`'s topic, in `dir`, with a Kafka sink of `delivery`.
 fn job_with_kafka_sink(dir: &Path, broker: &str, delivery: &str) -> std::path::PathBuf {
+    job_with_kafka_options(dir, broker, delivery, "{}")
+}
+
+/// The same with the sink's librdkafka `options` (a YAML map).
+fn job_with_kafka_options(
+    dir: &Path,
+    broker: &str,
+    delivery: &str,
+    options: &str,
+) -> std::path::PathBuf {
     let job = reference_job(dir, broker, 4_000);
     let text = std::fs::read_to_string(&job).unwrap();
     let sink = format!(
-        "sinks:\n  - kafka: {{bootstrap_servers: \"{broker}\", topic: {TOPIC}, delivery: {delivery}}}\n"
+        "sinks:\n  - kafka: {{bootstrap_servers: \"{broker}\", topic: {TOPIC}, delivery: {delivery}, options: {options}}}\n"
     );
     std::fs::write(&job, text.replacen("sinks:\n", &sink, 1)).unwrap();
     job
@@ -257,13 +267,19 @@ fn update_mode_rows_reach_the_topic_once_unless_the_driver_dies_between_send_and
 }
 
 #[test]
-fn append_mode_sends_every_closed_window_once() {
+fn append_mode_sends_every_closed_window_once_through_a_small_producer_queue() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let gen_args = [&["--span", "4h"][..], &BAD_INPUT].concat();
     let events = gen_events(&broker, tmp.path(), 8, 24_000, &gen_args);
     create_topic(&broker.address);
-    job_with_kafka_sink(tmp.path(), &broker.address, "at_least_once");
+    // A producer queue of 5 records: every epoch has more rows than the queue holds.
+    job_with_kafka_options(
+        tmp.path(),
+        &broker.address,
+        "at_least_once",
+        "{queue.buffering.max.messages: '5'}",
+    );
     run_local(tmp.path(), 2);
     verify(&events, tmp.path(), &[]);
     let sent = read_topic(&broker.address);

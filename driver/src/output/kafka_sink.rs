@@ -11,6 +11,7 @@
 //! with `isolation.level=read_committed` see each row once. At least once: an idempotent
 //! producer, the marker committed after the records are acknowledged.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
@@ -18,12 +19,11 @@ use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::arrow::json::writer::{LineDelimited, WriterBuilder};
 use deltalake::kernel::Add;
 use deltalake::DeltaTable;
-use futures::future::try_join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_common::fault;
 use weir_common::job::kafka_sink::{Delivery, KafkaSink};
@@ -222,7 +222,7 @@ impl KafkaSinkWriter {
                 key: &self.spec.epoch_header,
                 value: Some(epoch_text.as_bytes()),
             });
-        let mut deliveries = Vec::with_capacity(records.len());
+        let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
         for (key, value) in records {
             let mut record = FutureRecord::to(&self.spec.topic)
                 .payload(value)
@@ -230,19 +230,29 @@ impl KafkaSinkWriter {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(source, _)| self.err("queueing a record")(source))?;
-            deliveries.push(delivery);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    // An epoch with more records than the producer queues: wait for the
+                    // oldest to be acknowledged, then queue this one again.
+                    Err((e, again))
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
+                    {
+                        record = again;
+                        match pending.pop_front() {
+                            Some(oldest) => self.acknowledged(oldest).await?,
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    Err((source, _)) => return Err(self.err("queueing a record")(source)),
+                }
+            }
         }
-        let acknowledged = try_join_all(deliveries)
-            .await
-            .map_err(|_| SinkError::Rows {
-                topic: self.spec.topic.clone(),
-                message: "the producer went away before the records were acknowledged".into(),
-            })?;
-        if let Some(Err((source, _))) = acknowledged.into_iter().find(|r| r.is_err()) {
-            return Err(self.err("delivering a record")(source));
+        for delivery in pending {
+            self.acknowledged(delivery).await?;
         }
         let mut marker = TopicPartitionList::new();
         let next = i64::try_from(epoch + 1).unwrap_or(i64::MAX);
@@ -271,6 +281,18 @@ impl KafkaSinkWriter {
             .map_err(self.err("committing the epoch marker"))?;
         }
         Ok(())
+    }
+
+    /// Waits for a record's acknowledgement.
+    async fn acknowledged(&self, delivery: DeliveryFuture) -> Result<(), SinkError> {
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((source, _))) => Err(self.err("delivering a record")(source)),
+            Err(_) => Err(SinkError::Rows {
+                topic: self.spec.topic.clone(),
+                message: "the producer went away before the records were acknowledged".into(),
+            }),
+        }
     }
 
     /// Each row as (key, JSON value).
