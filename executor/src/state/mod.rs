@@ -362,12 +362,12 @@ impl StateStore {
         let distinct_keys = distinct.sorted_unique();
         let written = distinct_keys.len() as u64;
         let mut run = RunWriter::default();
-        let mut values: Vec<&[u8]> = Vec::new();
         let mut head: &[u8] = &[];
-        let mut flush = |head: &[u8], run: &mut RunWriter, values: &mut Vec<&[u8]>| {
+        let mut flush = |head: &[u8], run: &mut RunWriter| {
             let key = keys::run_key(head);
+            let operand = run.finish();
             if let Some(gains) = gains.as_deref_mut() {
-                let gained = self.count_new(&key, values)?;
+                let gained = self.count_new(&key, &operand)?;
                 if gained > 0 {
                     let Some(StateKey::Run { window, agg, group }) = keys::parse_key(&key) else {
                         return Err(StateError::Corrupt("unparseable distinct run key".into()));
@@ -375,22 +375,20 @@ impl StateStore {
                     gains.push(((window, agg, group.to_vec()), gained));
                 }
             }
-            values.clear();
-            batch.merge(key, run.finish());
+            batch.merge(key, operand);
             Ok::<(), StateError>(())
         };
         for key in &distinct_keys {
             let (key_head, value) = keys::split_distinct_key(key)
                 .ok_or_else(|| StateError::Corrupt("a distinct value's key is cut short".into()))?;
             if key_head != head && !run.is_empty() {
-                flush(head, &mut run, &mut values)?;
+                flush(head, &mut run)?;
             }
             head = key_head;
             run.push(value)?;
-            values.push(value);
         }
         if !run.is_empty() {
-            flush(head, &mut run, &mut values)?;
+            flush(head, &mut run)?;
         }
         Ok(Folded {
             distinct_written: written,
@@ -398,11 +396,14 @@ impl StateStore {
         })
     }
 
-    /// How many of `values` (in byte order, each once) the run at `key` does not hold yet.
-    fn count_new(&self, key: &[u8], values: &[&[u8]]) -> Result<i64, StateError> {
+    /// How many values of `run` (an operand about to be merged) the run at `key` does not
+    /// hold yet.
+    fn count_new(&self, key: &[u8], run: &[u8]) -> Result<i64, StateError> {
         let Some(existing) = self.db.get_pinned(key).map_err(|e| self.err(e))? else {
-            return Ok(values.len() as i64);
+            return Ok(i64::from(runs::count(run)?));
         };
+        let mut values = Vec::new();
+        runs::values_into(run, &mut values)?;
         let mut held = Vec::new();
         runs::values_into(&existing, &mut held)?;
         Ok(values
