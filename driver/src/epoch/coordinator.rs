@@ -36,7 +36,7 @@ use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::kafka_sink::KafkaSinkWriter;
-use crate::output::merge::OutputMerge;
+use crate::output::merge::MergeKeys;
 use crate::output::table_commits::{Committing, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
@@ -223,7 +223,7 @@ impl Coordinator {
     ) -> Self {
         let fence = log.fence().cloned();
         let upkeep = table_upkeep(&job, fence.as_ref());
-        let output_merge = OutputMerge::of(&job);
+        let output_merge = MergeKeys::of_output(&job);
         let output_schema = weir_common::output::output_schema(&job);
         Self {
             controls,

@@ -9,6 +9,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
 use deltalake::arrow::datatypes::{DataType, SchemaRef};
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
@@ -16,7 +17,7 @@ use deltalake::operations::merge::MergeMetrics;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
-use crate::output::merge::{merge_rows, read_staged, MergeKeys};
+use crate::output::merge::{merge_rows, MergeKeys};
 
 /// One Delta table the driver commits to.
 pub struct DeltaCommitter {
@@ -167,7 +168,7 @@ impl DeltaCommitter {
     /// Whether `epoch` still has to go into the table (it may be there already: a restarted
     /// driver commits its last decision again). Clears what this committer knows until its
     /// commit succeeds: after a failure the next attempt looks.
-    async fn needs(&mut self, epoch: u64) -> Result<bool, CommitError> {
+    pub async fn needs(&mut self, epoch: u64) -> Result<bool, CommitError> {
         let known_earlier = self.committed_through.take().is_some_and(|e| e < epoch);
         if !known_earlier && self.committed_epoch().await?.is_some_and(|e| e >= epoch) {
             tracing::info!(epoch, table = %self.url, "epoch already in the table");
@@ -193,41 +194,34 @@ impl DeltaCommitter {
         CommitProperties::default().with_application_transaction(txn)
     }
 
-    /// MERGEs the rows of the epoch's staged files into the table on `keys` (update mode), in
-    /// one commit with the epoch's transaction; the staged files are deleted once it is in.
-    /// Returns the new table version, or `None` when there was nothing to merge or the epoch
-    /// is already in the table (a staged file left behind then is swept with the files of
-    /// failed runs).
+    /// MERGEs the epoch's rows (`schema`; read from its staged files `adds`) into the table on
+    /// `keys`
+    /// (update mode), in one commit with the epoch's transaction, and deletes the staged files
+    /// once it is in. Call it for an epoch the table [`needs`](Self::needs). Returns the new
+    /// table version and what the MERGE did.
     pub async fn merge(
         &mut self,
         epoch: u64,
-        staged: &[String],
+        adds: &[Add],
+        rows: Vec<RecordBatch>,
         schema: &SchemaRef,
         keys: &MergeKeys,
-    ) -> Result<Option<(u64, MergeMetrics)>, CommitError> {
-        if staged.is_empty() || !self.needs(epoch).await? {
-            return Ok(None);
-        }
-        let adds = self.parse_adds(staged)?;
-        let rows = read_staged(&self.table, &adds, schema)
-            .await
-            .map_err(|e| self.err(e))?;
+    ) -> Result<(Option<u64>, MergeMetrics), CommitError> {
         let properties = self.epoch_transaction(epoch);
         let (table, metrics) = merge_rows(self.table.clone(), rows, schema, keys, properties)
             .await
             .map_err(|e| self.err(e))?;
         self.table = table;
         self.committed_through = Some(epoch);
-        let version = self.table.version();
         let store = self.table.log_store().object_store(None);
-        for add in &adds {
+        for add in adds {
             if let Ok(path) = Path::from_url_path(&add.path) {
                 if let Err(e) = store.delete(&path).await {
                     tracing::warn!(table = %self.url, file = %add.path, "deleting a merged staged file: {e}");
                 }
             }
         }
-        Ok(version.map(|v| (v, metrics)))
+        Ok((self.table.version(), metrics))
     }
 
     /// Commits the epoch's adds; returns the new table version, or `None` when there was

@@ -1,5 +1,5 @@
 //! A Kafka sink: the driver sends each decided epoch's rows (read from the files the executors
-//! staged for the output table) to a topic as JSON records, with the job and the epoch in
+//! staged for the output table, `table_commits`) to a topic as JSON records, with the job and the epoch in
 //! headers.
 //!
 //! Exactly once: the records go in one Kafka transaction that also commits, for the consumer
@@ -15,10 +15,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
-use deltalake::arrow::datatypes::{DataType, SchemaRef};
+use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::json::writer::{LineDelimited, WriterBuilder};
-use deltalake::kernel::Add;
-use deltalake::DeltaTable;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -27,8 +25,6 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_common::fault;
 use weir_common::job::kafka_sink::{Delivery, KafkaSink};
-
-use crate::output::merge::read_staged;
 
 /// How long one broker call (init, commit, abort, offsets) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,29 +164,19 @@ impl KafkaSinkWriter {
         Ok(producer)
     }
 
-    /// Sends the rows of the epoch's staged output files (`adds`, of `table`, as `schema`)
-    /// unless the topic holds the epoch already; answers the records sent.
-    pub async fn send(
-        &mut self,
-        epoch: u64,
-        adds: &[Add],
-        table: &DeltaTable,
-        schema: &SchemaRef,
-    ) -> Result<Option<u64>, SinkError> {
-        if adds.is_empty() {
-            return Ok(None);
-        }
+    /// Whether the topic still lacks `epoch` (its marker says which epoch it holds last).
+    pub async fn needs(&self, epoch: u64) -> Result<bool, SinkError> {
         if self.sent_epoch().await?.is_some_and(|e| e >= epoch) {
             tracing::info!(epoch, topic = %self.spec.topic, "epoch already in the topic");
-            return Ok(None);
+            return Ok(false);
         }
-        let rows = read_staged(table, adds, schema)
-            .await
-            .map_err(|e| SinkError::Rows {
-                topic: self.spec.topic.clone(),
-                message: format!("reading the epoch's rows: {e}"),
-            })?;
-        let records = self.records(&rows)?;
+        Ok(true)
+    }
+
+    /// Sends the epoch's rows, with its marker; answers the records sent. Call it for an epoch
+    /// the topic [`needs`](Self::needs).
+    pub async fn send(&mut self, epoch: u64, rows: &[RecordBatch]) -> Result<u64, SinkError> {
+        let records = self.records(rows)?;
         let result = self.deliver(epoch, &records).await;
         if result.is_err() {
             // Whatever the producer was doing is abandoned with it; the next attempt starts
@@ -201,7 +187,7 @@ impl KafkaSinkWriter {
                 }
             }
         }
-        result.map(|()| Some(records.len() as u64))
+        result.map(|()| records.len() as u64)
     }
 
     async fn deliver(&mut self, epoch: u64, records: &[KafkaRecord]) -> Result<(), SinkError> {

@@ -68,17 +68,10 @@ impl MergeKeys {
     }
 }
 
-/// How update mode MERGEs the output table: its schema, and its rows identified by window and
-/// group keys.
-#[derive(Debug, Clone)]
-pub struct OutputMerge {
-    pub schema: SchemaRef,
-    pub keys: MergeKeys,
-}
-
-impl OutputMerge {
-    /// The job's, when its output mode is update.
-    pub fn of(job: &JobSpec) -> Option<Self> {
+impl MergeKeys {
+    /// How update mode identifies the output table's rows: the window's start and end and the
+    /// group keys; `None` in append mode.
+    pub fn of_output(job: &JobSpec) -> Option<Self> {
         if job.output_mode != OutputMode::Update {
             return None;
         }
@@ -101,10 +94,7 @@ impl OutputMerge {
                 nullable,
             });
         }
-        Some(Self {
-            schema,
-            keys: MergeKeys(keys),
-        })
+        Some(Self(keys))
     }
 }
 
@@ -307,6 +297,42 @@ mod tests {
         out
     }
 
+    /// The test table at `url`, partitioned by `g`.
+    async fn open(url: &str, file_bytes: Option<u64>) -> DeltaCommitter {
+        let partition_by = ["g".to_string()];
+        DeltaCommitter::open_or_create(
+            url,
+            &BTreeMap::new(),
+            "t",
+            &schema(),
+            &partition_by,
+            "job",
+            file_bytes,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Merges an epoch's staged files as the driver's commit does; `None` when the table has
+    /// the epoch already.
+    async fn merge_epoch(
+        table: &mut DeltaCommitter,
+        epoch: u64,
+        staged: &[String],
+    ) -> Option<MergeMetrics> {
+        if !table.needs(epoch).await.unwrap() {
+            return None;
+        }
+        let adds = table.parse_adds(staged).unwrap();
+        let rows = read_staged(table.table(), &adds, &schema()).await.unwrap();
+        let (version, metrics) = table
+            .merge(epoch, &adds, rows, &schema(), &keys())
+            .await
+            .unwrap();
+        assert!(version.is_some());
+        Some(metrics)
+    }
+
     /// With a bounded file size (what update mode sets), a MERGE that changes one row rewrites
     /// the file holding it, not the table.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,30 +341,15 @@ mod tests {
         let url = url::Url::from_directory_path(dir.path())
             .unwrap()
             .to_string();
-        let schema = schema();
-        let mut table = DeltaCommitter::open_or_create(
-            &url,
-            &BTreeMap::new(),
-            "t",
-            &schema,
-            &["g".to_string()],
-            "job",
-            Some(16 * 1024),
-        )
-        .await
-        .unwrap();
+        let mut table = open(&url, Some(16 * 1024)).await;
         let all: Vec<(i64, Option<&str>, i64)> =
             (0..20_000).map(|i| (i * 5, Some("a"), 1)).collect();
         let first = stage(&table, rows(&all)).await;
-        table.merge(0, &first, &schema, &keys()).await.unwrap();
+        merge_epoch(&mut table, 0, &first).await;
         let files = table.table().snapshot().unwrap().log_data().num_files();
         assert!(files > 2, "the first merge wrote {files} file(s)");
         let last = stage(&table, rows(&[(19_999 * 5, Some("a"), 2)])).await;
-        let (_, metrics) = table
-            .merge(1, &last, &schema, &keys())
-            .await
-            .unwrap()
-            .unwrap();
+        let metrics = merge_epoch(&mut table, 1, &last).await.unwrap();
         assert_eq!(metrics.num_target_rows_updated, 1);
         assert_eq!(metrics.num_target_files_removed, 1, "{metrics:?}");
         assert!(
@@ -356,35 +367,19 @@ mod tests {
         let url = url::Url::from_directory_path(dir.path())
             .unwrap()
             .to_string();
-        let mut table = DeltaCommitter::open_or_create(
-            &url,
-            &BTreeMap::new(),
-            "t",
-            &schema(),
-            &["g".to_string()],
-            "job",
-            None,
-        )
-        .await
-        .unwrap();
-        let schema = schema();
+        let mut table = open(&url, None).await;
         let first = stage(
             &table,
             rows(&[(10, Some("a"), 5), (15, Some("a"), 1), (10, None, 2)]),
         )
         .await;
-        let merged = table.merge(0, &first, &schema, &keys()).await.unwrap();
-        assert!(merged.is_some());
+        assert!(merge_epoch(&mut table, 0, &first).await.is_some());
         let second = stage(
             &table,
             rows(&[(15, Some("a"), 2), (10, None, 3), (25, Some("b"), 1)]),
         )
         .await;
-        let (_, metrics) = table
-            .merge(1, &second, &schema, &keys())
-            .await
-            .unwrap()
-            .unwrap();
+        let metrics = merge_epoch(&mut table, 1, &second).await.unwrap();
         assert_eq!(
             (
                 metrics.num_target_rows_updated,
@@ -400,22 +395,8 @@ mod tests {
         ];
         assert_eq!(table_rows(&table).await, expected);
         // A restarted driver merges the last decision again: the table is left alone.
-        let mut again = DeltaCommitter::open_or_create(
-            &url,
-            &BTreeMap::new(),
-            "t",
-            &schema,
-            &["g".to_string()],
-            "job",
-            None,
-        )
-        .await
-        .unwrap();
-        assert!(again
-            .merge(1, &second, &schema, &keys())
-            .await
-            .unwrap()
-            .is_none());
+        let mut again = open(&url, None).await;
+        assert!(merge_epoch(&mut again, 1, &second).await.is_none());
         assert_eq!(table_rows(&again).await, expected);
         // The staged files were deleted once merged: only the table's own files remain.
         assert_eq!(again.remove_unreferenced_files().await.unwrap(), 0);

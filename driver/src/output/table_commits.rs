@@ -4,11 +4,12 @@
 //! at a time and in epoch order.
 
 use std::sync::Arc;
-
-use deltalake::arrow::datatypes::SchemaRef;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::Add;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
@@ -19,7 +20,7 @@ use crate::epoch::coordinator::backoff;
 use crate::ops::metrics::DriverMetrics;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::kafka_sink::KafkaSinkWriter;
-use crate::output::merge::OutputMerge;
+use crate::output::merge::{read_staged, MergeKeys};
 use crate::output::upkeep::{PassReport, Upkeep};
 
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
@@ -34,10 +35,12 @@ pub struct Tables {
     pub fence: Option<Fence>,
     /// Compaction and vacuum of each table, when its sink asks for them.
     pub upkeep: Vec<(TableRole, Upkeep)>,
-    /// Update mode: each epoch's rows are MERGEd into the output table, not appended.
-    pub output_merge: Option<OutputMerge>,
+    /// Update mode: each epoch's rows are MERGEd into the output table on these keys, not
+    /// appended.
+    pub output_merge: Option<MergeKeys>,
     /// Kafka topics that receive each epoch's output rows (read from its staged files).
     pub kafka: Vec<KafkaSinkWriter>,
+    /// The schema of the output table's rows.
     pub output_schema: SchemaRef,
 }
 
@@ -49,15 +52,35 @@ pub enum TableRole {
     LateRows,
 }
 
-impl Tables {
-    /// The committer of `role`'s table, when the job has one.
-    fn committer(&self, role: TableRole) -> Option<&DeltaCommitter> {
-        match role {
-            TableRole::Output => Some(&self.output),
-            TableRole::DeadLetter => self.dead_letter.as_ref(),
-            TableRole::LateRows => self.late_rows.as_ref(),
-        }
+/// The committer of `role`'s table, when the job has one (the fields, not `Tables`, so a loop
+/// over the upkeep can borrow it beside them).
+fn committer<'a>(
+    output: &'a DeltaCommitter,
+    dead_letter: &'a Option<DeltaCommitter>,
+    late_rows: &'a Option<DeltaCommitter>,
+    role: TableRole,
+) -> Option<&'a DeltaCommitter> {
+    match role {
+        TableRole::Output => Some(output),
+        TableRole::DeadLetter => dead_letter.as_ref(),
+        TableRole::LateRows => late_rows.as_ref(),
     }
+}
+
+/// The epoch's output rows, read from its staged files the first time an output needs them.
+async fn staged_rows<'a>(
+    read: &'a mut Option<Vec<RecordBatch>>,
+    output: &DeltaCommitter,
+    adds: &[Add],
+    schema: &SchemaRef,
+) -> anyhow::Result<&'a [RecordBatch]> {
+    if read.is_none() {
+        let rows = read_staged(output.table(), adds, schema)
+            .await
+            .with_context(|| format!("reading the epoch's staged rows from {}", output.url()))?;
+        *read = Some(rows);
+    }
+    Ok(read.as_deref().unwrap_or_default())
 }
 
 impl Tables {
@@ -101,52 +124,45 @@ impl Tables {
         }
         // Kafka first: in update mode the staged files are deleted once merged, and a restart
         // sends the last decision's rows again only if the topic's marker lacks the epoch.
-        if !self.kafka.is_empty() && !record.output_adds.is_empty() {
-            let adds = self.output.parse_adds(&record.output_adds)?;
-            for sink in &mut self.kafka {
-                let started = Instant::now();
-                let sent = sink
-                    .send(
-                        record.epoch,
-                        &adds,
-                        self.output.table(),
-                        &self.output_schema,
-                    )
-                    .await?;
-                if let Some(records) = sent {
-                    metrics.kafka_sink(sink.topic(), records, started.elapsed().as_secs_f64());
-                }
+        let epoch = record.epoch;
+        let needs_rows = !record.output_adds.is_empty()
+            && (!self.kafka.is_empty() || self.output_merge.is_some());
+        let adds = match needs_rows {
+            true => self.output.parse_adds(&record.output_adds)?,
+            false => Vec::new(),
+        };
+        let mut rows = None;
+        for sink in &mut self.kafka {
+            if adds.is_empty() || !sink.needs(epoch).await? {
+                continue;
             }
+            let started = Instant::now();
+            let epoch_rows =
+                staged_rows(&mut rows, &self.output, &adds, &self.output_schema).await?;
+            let records = sink.send(epoch, epoch_rows).await?;
+            metrics.kafka_sink(sink.topic(), records, started.elapsed().as_secs_f64());
         }
         let started = Instant::now();
         let version = match &self.output_merge {
-            None => {
-                self.output
-                    .commit(record.epoch, &record.output_adds)
-                    .await?
-            }
-            Some(merge) => {
-                let merged = self
+            None => self.output.commit(epoch, &record.output_adds).await?,
+            Some(_) if adds.is_empty() || !self.output.needs(epoch).await? => None,
+            Some(keys) => {
+                let epoch_rows =
+                    staged_rows(&mut rows, &self.output, &adds, &self.output_schema).await?;
+                let (version, m) = self
                     .output
-                    .merge(
-                        record.epoch,
-                        &record.output_adds,
-                        &merge.schema,
-                        &merge.keys,
-                    )
+                    .merge(epoch, &adds, epoch_rows.to_vec(), &self.output_schema, keys)
                     .await?;
-                merged.map(|(version, m)| {
-                    tracing::debug!(
-                        epoch = record.epoch,
-                        version,
-                        inserted = m.num_target_rows_inserted,
-                        updated = m.num_target_rows_updated,
-                        files_scanned = m.num_target_files_scanned,
-                        files_skipped = m.num_target_files_skipped_during_scan,
-                        "merged the epoch's rows into the output table"
-                    );
-                    version
-                })
+                tracing::debug!(
+                    epoch,
+                    version,
+                    inserted = m.num_target_rows_inserted,
+                    updated = m.num_target_rows_updated,
+                    files_scanned = m.num_target_files_scanned,
+                    files_skipped = m.num_target_files_skipped_during_scan,
+                    "merged the epoch's rows into the output table"
+                );
+                version
             }
         };
         if version.is_some() {
@@ -167,13 +183,11 @@ impl Tables {
                 metrics.delta_commit(label, started.elapsed().as_secs_f64());
             }
         }
-        let mut upkeep = std::mem::take(&mut self.upkeep);
-        for (role, u) in &mut upkeep {
-            if let Some(t) = self.committer(*role) {
+        for (role, u) in &mut self.upkeep {
+            if let Some(t) = committer(&self.output, &self.dead_letter, &self.late_rows, *role) {
                 u.after_commit(t.table(), metrics);
             }
         }
-        self.upkeep = upkeep;
         Ok(version)
     }
 
@@ -188,15 +202,13 @@ impl Tables {
         oneshot::Receiver<Result<PassReport, String>>,
     )> {
         let mut waiting = Vec::new();
-        let mut upkeep = std::mem::take(&mut self.upkeep);
-        for (role, u) in &mut upkeep {
-            if let Some(t) = self.committer(*role) {
+        for (role, u) in &mut self.upkeep {
+            if let Some(t) = committer(&self.output, &self.dead_letter, &self.late_rows, *role) {
                 let (reply, outcome) = oneshot::channel();
                 u.run_now(t.table(), metrics, reply).await;
                 waiting.push((u.label(), u.url().to_string(), outcome));
             }
         }
-        self.upkeep = upkeep;
         waiting
     }
 
