@@ -312,13 +312,6 @@ impl OutputMode {
             other => Err(format!("`{other}`: expected append or update")),
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Append => "append",
-            Self::Update => "update",
-        }
-    }
 }
 
 /// Default number of key groups (docs/architecture.md, Assignment).
