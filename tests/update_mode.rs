@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use support::{
-    commit_records, file_job_in, gen_files, python, run_local, set_update_mode, verify, BAD_INPUT,
+    commit_records, epoch_figures, file_job_in, gen_files, run_local, set_update_mode, verify,
+    write_batches, BAD_INPUT,
 };
 
 /// Spark's EventTimeWatermarkSuite "update mode": 10 s watermark delay, 5 s windows, count(*)
@@ -40,46 +41,21 @@ sinks:
     std::fs::write(dir.join("job.yaml"), job).unwrap();
 }
 
-/// The table after each commit, read with Python's deltalake: epoch (the commit's
-/// SetTransaction version) -> rows (window start in seconds, count).
+/// The table after each epoch's commit: epoch -> rows (window start in seconds, count).
 fn table_after_each_epoch(table: &Path) -> BTreeMap<u64, Vec<(i64, i64)>> {
-    let script = r#"
-import json, os, sys
-from deltalake import DeltaTable
-path = sys.argv[1]
-log = os.path.join(path, "_delta_log")
-out = {}
-versions = sorted(int(f[:-5]) for f in os.listdir(log) if f.endswith(".json"))
-for v in versions:
-    epoch = None
-    with open(os.path.join(log, "%020d.json" % v)) as f:
-        for line in f:
-            action = json.loads(line)
-            if "txn" in action:
-                epoch = action["txn"]["version"]
-    if epoch is None:
-        continue
-    rows = DeltaTable(path, version=v).to_pyarrow_table().to_pylist()
-    out[epoch] = sorted([int(r["window"]["start"].timestamp()), r["count"]] for r in rows)
-print(json.dumps(out), flush=True)
-# deltalake's runtime can abort the interpreter's exit; the answer is already out.
-os._exit(0)
-"#;
-    let out = python()
-        .args(["-c", script])
-        .arg(table)
-        .output()
-        .expect("running python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let parsed: BTreeMap<String, Vec<(i64, i64)>> =
-        serde_json::from_slice(&out.stdout).expect("the reader's JSON");
-    parsed
+    support::table_after_each_epoch(table)
         .into_iter()
-        .map(|(epoch, rows)| (epoch.parse().unwrap(), rows))
+        .map(|(epoch, rows)| {
+            let mut rows: Vec<(i64, i64)> = rows
+                .iter()
+                .map(|r| {
+                    let start = r["window"]["start"].as_i64().expect("a window start");
+                    (start, r["count"].as_i64().expect("a count"))
+                })
+                .collect();
+            rows.sort();
+            (epoch, rows)
+        })
         .collect()
 }
 
@@ -96,41 +72,25 @@ fn changed(before: &[(i64, i64)], after: &[(i64, i64)]) -> Vec<(i64, i64)> {
 fn update_mode_reproduces_sparks_watermark_trace() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut id = 0;
-    for (i, batch) in SPARK_TRACE.iter().enumerate() {
-        let lines: String = batch
-            .iter()
-            .map(|s| {
-                id += 1;
-                format!("{{\"id\": {id}, \"ts\": \"1970-01-01T00:00:{s:02}Z\"}}\n")
-            })
-            .collect();
-        std::fs::write(input.join(format!("batch-{i}.jsonl")), lines).unwrap();
-    }
+    let id = std::cell::Cell::new(0);
+    write_batches(&input, &SPARK_TRACE, |s| {
+        id.set(id.get() + 1);
+        format!(
+            "{{\"id\": {}, \"ts\": \"1970-01-01T00:00:{s:02}Z\"}}",
+            id.get()
+        )
+    });
     let dir = tmp.path().join("job");
     std::fs::create_dir_all(&dir).unwrap();
     trace_job(&dir, &input);
     run_local(&dir, 2);
 
     // Epoch i read batch i; its decision says how many rows it emitted and dropped as late.
-    let decisions = commit_records(&dir);
-    let figures: Vec<(u64, u64, u64)> = decisions
-        .iter()
-        .take(SPARK_TRACE.len())
-        .map(|d| {
-            let stats = &d["stats"];
-            (
-                stats["input_rows"].as_u64().unwrap_or(0),
-                stats["windows_emitted"].as_u64().unwrap_or(0),
-                stats["late_rows"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
+    let figures = epoch_figures(&dir, SPARK_TRACE.len());
     assert_eq!(
         figures,
         [(6, 2, 0), (1, 1, 0), (1, 0, 1), (1, 1, 0), (1, 0, 1)],
-        "(input, emitted, late) per epoch: {decisions:?}"
+        "(input, emitted, late) per epoch"
     );
 
     // What each epoch emitted, as the table's changes: Spark's CheckNewAnswer of each batch.

@@ -9,17 +9,17 @@ use arrow::datatypes::{DataType, SchemaRef};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{parse_aggregate, AggregateSpec};
 use crate::duration::{micros, parse_duration};
 use crate::schema::{build_schema, is_scalar, timestamp_type};
-use crate::window::WindowSpec;
 
 pub mod kafka_sink;
 pub mod operations;
+pub mod query;
 pub mod reference;
 pub mod scaling;
 pub mod upkeep;
 pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret, SecretMap};
+pub use query::{DedupQuery, Query, WindowQuery};
 
 /// A mistake in a job file, naming the field and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,10 +126,15 @@ fn default_starting_offsets() -> serde_yaml_ng::Value {
 #[serde(deny_unknown_fields)]
 pub struct RawQuery {
     pub watermark: RawWatermark,
-    pub window: RawWindow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<RawWindow>,
     #[serde(default)]
     pub group_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub aggregates: IndexMap<String, String>,
+    /// The raw events, each key's first arrival only, instead of window aggregates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<query::RawDedup>,
     #[serde(default = "default_output_mode")]
     pub output_mode: String,
     /// Records whose event time is further ahead of the plan's wall clock go to the dead letter.
@@ -181,6 +186,10 @@ pub struct RawDeltaSink {
     pub compact: Option<upkeep::RawCompact>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vacuum: Option<upkeep::RawVacuum>,
+    /// A dedup query's table is MERGEd on these columns (update all, insert the rest) instead
+    /// of appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -255,6 +264,8 @@ pub struct DeltaSink {
     /// default: an update-mode output table keeps its files small, since each MERGE rewrites
     /// every file holding a row it changes.
     pub file_bytes: Option<u64>,
+    /// Columns a dedup query's rows are MERGEd on, when the table is upserted.
+    pub merge_on: Vec<String>,
 }
 
 /// A validated job: everything the driver and executors need, in engine units.
@@ -267,12 +278,8 @@ pub struct JobSpec {
     pub max_record_bytes: usize,
     pub event_time_column: String,
     pub watermark_delay_micros: i64,
-    pub window: WindowSpec,
-    pub group_by: Vec<String>,
-    pub aggregates: Vec<AggregateSpec>,
+    pub query: Query,
     pub max_event_time_ahead_micros: i64,
-    /// When a window's rows are written: once at its close, or every epoch that changes them.
-    pub output_mode: OutputMode,
     pub trigger: Trigger,
     pub checkpoint_url: String,
     pub checkpoint_retention: u32,
@@ -524,7 +531,66 @@ fn delta_sink(field: &str, raw: &RawDeltaSink, base_dir: &Path) -> Result<DeltaS
         partition_by: raw.partition_by.clone(),
         upkeep: upkeep::parse(field, raw.compact.as_ref(), raw.vacuum.as_ref())?,
         file_bytes: None,
+        merge_on: Vec::new(),
     })
+}
+
+/// The query's output table: partitioned by its key columns (group keys, or any scalar source
+/// column of a dedup query), and MERGEd on `merge_on` for a dedup query that upserts.
+fn output_table(
+    field: &str,
+    raw: &RawDeltaSink,
+    query: &Query,
+    input_schema: &arrow::datatypes::Schema,
+    base_dir: &Path,
+) -> Result<DeltaSink, JobError> {
+    let scalar_source_column = |c: &str| {
+        input_schema
+            .field_with_name(c)
+            .is_ok_and(|f| is_scalar(f.data_type()))
+    };
+    for (j, col) in raw.partition_by.iter().enumerate() {
+        let allowed = match query {
+            Query::Window(w) => w.group_by.contains(col),
+            Query::Dedup(_) => scalar_source_column(col),
+        };
+        if !allowed {
+            let expected = match query {
+                Query::Window(_) => "a group_by column",
+                Query::Dedup(_) => "a scalar column of source.schema",
+            };
+            return Err(JobError::new(
+                format!("{field}.partition_by[{j}]"),
+                format!("`{col}` is not {expected}"),
+            ));
+        }
+    }
+    let mut sink = delta_sink(field, raw, base_dir)?;
+    if let Some(merge_on) = &raw.merge_on {
+        if !matches!(query, Query::Dedup(_)) {
+            return Err(JobError::new(
+                format!("{field}.merge_on"),
+                "only a dedup query's table is merged on columns of its own; a window query \
+                 in update mode merges on its window and group keys",
+            ));
+        }
+        if merge_on.is_empty() {
+            return Err(JobError::new(
+                format!("{field}.merge_on"),
+                "expected at least one column",
+            ));
+        }
+        for (j, col) in merge_on.iter().enumerate() {
+            if !scalar_source_column(col) {
+                return Err(JobError::new(
+                    format!("{field}.merge_on[{j}]"),
+                    format!("`{col}` is not a scalar column of source.schema"),
+                ));
+            }
+        }
+        sink.merge_on = merge_on.clone();
+    }
+    Ok(sink)
 }
 
 /// Checks a raw job and converts it into engine units.
@@ -577,58 +643,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         ));
     }
     let delay = duration_field("query.watermark.delay", &query.watermark.delay)?;
-    if query.window.column != event_time_column {
-        return Err(JobError::new(
-            "query.window.column",
-            format!(
-                "windows must be on the watermark column `{event_time_column}`, found `{}`",
-                query.window.column
-            ),
-        ));
-    }
-    let size = duration_field("query.window.size", &query.window.size)?;
-    let slide = match &query.window.slide {
-        Some(s) => duration_field("query.window.slide", s)?,
-        None => size,
-    };
-    let start = match &query.window.start {
-        Some(s) => duration_field("query.window.start", s)?,
-        None => Duration::ZERO,
-    };
-    let window = WindowSpec::new(micros(size), micros(slide), micros(start))
-        .map_err(|m| JobError::new("query.window", m))?;
-
-    for (i, col) in query.group_by.iter().enumerate() {
-        let field = format!("query.group_by[{i}]");
-        let t = column_type(&field, col)?;
-        if !is_scalar(&t) {
-            return Err(JobError::new(
-                field,
-                format!("cannot group by `{col}` of type {t}"),
-            ));
-        }
-    }
-    if query.aggregates.is_empty() {
-        return Err(JobError::new(
-            "query.aggregates",
-            "expected at least one aggregate",
-        ));
-    }
-    let mut aggregates = Vec::new();
-    for (name, expr) in &query.aggregates {
-        let field = format!("query.aggregates.{name}");
-        if query.group_by.contains(name) || name == "window" || name == "processing_time" {
-            return Err(JobError::new(
-                field,
-                "this output column name is already taken",
-            ));
-        }
-        let agg =
-            parse_aggregate(name, expr, &input_schema).map_err(|m| JobError::new(&field, m))?;
-        aggregates.push(agg);
-    }
-    let output_mode =
-        OutputMode::parse(&query.output_mode).map_err(|m| JobError::new("query.output_mode", m))?;
+    let parsed_query = query::parse(query, &input_schema, &event_time_column)?;
     let ahead = match &query.max_event_time_ahead {
         Some(s) => duration_field("query.max_event_time_ahead", s)?,
         None => DEFAULT_MAX_EVENT_TIME_AHEAD,
@@ -668,15 +683,17 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     let mut output = None;
     let mut pushgateway = None;
     let mut kafka_sinks: Vec<kafka_sink::KafkaSink> = Vec::new();
-    let mut output_columns = vec!["window"];
-    output_columns.extend(query.group_by.iter().map(String::as_str));
-    output_columns.extend(aggregates.iter().map(|a| a.name.as_str()));
-    output_columns.push("processing_time");
+    let output_columns = query::output_columns(&parsed_query, &input_schema);
+    let keys = parsed_query.keys();
+    let aggregate_names: Vec<&str> = match &parsed_query {
+        Query::Window(w) => w.aggregates.iter().map(|a| a.name.as_str()).collect(),
+        Query::Dedup(_) => Vec::new(),
+    };
     for (i, sink) in raw.sinks.iter().enumerate() {
         match (&sink.delta, &sink.pushgateway, &sink.kafka) {
             (None, None, Some(k)) => {
                 let field = format!("sinks[{i}].kafka");
-                let parsed = kafka_sink::parse(&field, k, &output_columns, &query.group_by)?;
+                let parsed = kafka_sink::parse(&field, k, &output_columns, keys)?;
                 if kafka_sinks.iter().any(|o| {
                     o.topic == parsed.topic && o.bootstrap_servers == parsed.bootstrap_servers
                 }) {
@@ -692,25 +709,20 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
                 if output.is_some() {
                     return Err(JobError::new(field, "only one delta sink per job"));
                 }
-                for (j, col) in d.partition_by.iter().enumerate() {
-                    if !query.group_by.contains(col) {
-                        return Err(JobError::new(
-                            format!("{field}.partition_by[{j}]"),
-                            format!("`{col}` is not a group_by column"),
-                        ));
-                    }
-                }
-                output = Some(delta_sink(&field, d, base_dir)?);
+                output = Some(output_table(
+                    &field,
+                    d,
+                    &parsed_query,
+                    &input_schema,
+                    base_dir,
+                )?);
             }
             (None, Some(p), None) => {
                 let field = format!("sinks[{i}].pushgateway");
                 if pushgateway.is_some() {
                     return Err(JobError::new(field, "only one pushgateway sink per job"));
                 }
-                operations::check_pushed_columns(
-                    &field,
-                    aggregates.iter().map(|a: &AggregateSpec| a.name.as_str()),
-                )?;
+                operations::check_pushed_columns(&field, aggregate_names.iter().copied())?;
                 pushgateway = Some(operations::pushgateway(&field, p)?);
             }
             _ => {
@@ -722,7 +734,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         }
     }
     let mut output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
-    if output_mode == OutputMode::Update {
+    if parsed_query.output_mode() == OutputMode::Update {
         let asked = raw
             .sinks
             .iter()
@@ -800,11 +812,8 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         max_record_bytes: usize::try_from(max_record_bytes).unwrap_or(usize::MAX),
         event_time_column,
         watermark_delay_micros: micros(delay),
-        window,
-        group_by: query.group_by.clone(),
-        aggregates,
+        query: parsed_query,
         max_event_time_ahead_micros: micros(ahead),
-        output_mode,
         trigger,
         checkpoint_url,
         checkpoint_retention,

@@ -1,12 +1,12 @@
-//! Schemas of the tables weir writes: the aggregate output (Spark's shape), the dead letter and
+//! Schemas of the tables weir writes: the query's output (Spark's shape), the dead letter and
 //! the late rows.
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
-use crate::job::JobSpec;
-use crate::schema::timestamp_type;
+use crate::job::{JobSpec, Query};
+use crate::schema::{delta_string_map_type, timestamp_type};
 
 /// The `window` column: `struct<start timestamp, end timestamp>`.
 pub fn window_type() -> DataType {
@@ -16,15 +16,20 @@ pub fn window_type() -> DataType {
     ]))
 }
 
-/// `window`, the group keys, one column per aggregate, `processing_time`.
+/// A window query's `window`, group keys, one column per aggregate and `processing_time`; a
+/// dedup query's source columns.
 pub fn output_schema(job: &JobSpec) -> SchemaRef {
+    let query = match &job.query {
+        Query::Window(w) => w,
+        Query::Dedup(_) => return as_written(&job.input_schema),
+    };
     let mut fields = vec![Field::new("window", window_type(), false)];
-    for col in &job.group_by {
+    for col in &query.group_by {
         if let Ok(f) = job.input_schema.field_with_name(col) {
             fields.push(Field::new(col, f.data_type().clone(), f.is_nullable()));
         }
     }
-    for agg in &job.aggregates {
+    for agg in &query.aggregates {
         fields.push(Field::new(
             &agg.name,
             agg.output_type(),
@@ -32,6 +37,19 @@ pub fn output_schema(job: &JobSpec) -> SchemaRef {
         ));
     }
     fields.push(Field::new("processing_time", timestamp_type(), false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The source's columns as a Delta table holds them: maps named as its writer names them.
+fn as_written(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Map(..) => f.as_ref().clone().with_data_type(delta_string_map_type()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
     Arc::new(Schema::new(fields))
 }
 

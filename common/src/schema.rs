@@ -12,13 +12,23 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
 }
 
-/// The Arrow map type of `map<string,string>`, laid out as arrow-json and Delta expect it.
+/// The Arrow map type of `map<string,string>`, laid out as arrow-json decodes it.
 pub fn string_map_type() -> DataType {
+    map_type(["entries", "keys", "values"])
+}
+
+/// `map<string,string>` as a Delta table's writer lays it out (its entries, key and value
+/// named as Parquet's map convention names them).
+pub fn delta_string_map_type() -> DataType {
+    map_type(["key_value", "key", "value"])
+}
+
+fn map_type([entries, key, value]: [&str; 3]) -> DataType {
     let entries = Field::new(
-        "entries",
+        entries,
         DataType::Struct(Fields::from(vec![
-            Field::new("keys", DataType::Utf8, false),
-            Field::new("values", DataType::Utf8, true),
+            Field::new(key, DataType::Utf8, false),
+            Field::new(value, DataType::Utf8, true),
         ])),
         false,
     );

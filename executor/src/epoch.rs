@@ -27,7 +27,7 @@ use crate::exchange::Exchange;
 use crate::input::{Input, Record};
 use crate::output::emit::{dead_letter_batch, late_rows_batch};
 use crate::output::staging::StagedTable;
-use crate::plan::window_aggregate::{Closing, Pending, WindowAggregate};
+use crate::plan::{Closing, Operator, Pending};
 use crate::state::restore::{restore, take_over};
 use crate::state::snapshot::{new_instance_id, Snapshots};
 use crate::state::{remove_dir, StateStore};
@@ -73,7 +73,7 @@ pub struct EpochRunner {
     /// Not ready while state is being restored (the kubelet's readiness probe).
     readiness: Readiness,
     /// The query's stateful operator, with its output table.
-    query: WindowAggregate,
+    query: Operator,
     dead_letter: Option<StagedTable>,
     /// Where late rows are kept, when the job keeps them.
     late_rows: Option<StagedTable>,
@@ -144,7 +144,7 @@ impl EpochRunner {
             current_run,
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
-            query: WindowAggregate::new(&job),
+            query: Operator::new(&job),
             late_rows: job
                 .late_rows
                 .as_ref()
@@ -335,6 +335,7 @@ impl EpochRunner {
                 closing,
                 owned,
                 &topology,
+                req.watermark_micros,
                 &mut state_batch,
                 &mut stats,
             )
@@ -467,7 +468,8 @@ impl EpochRunner {
             }
             let mut base = 0;
             for batch in &decoded.batches {
-                for (row, why) in pre.add_batch(batch) {
+                let record = |row: usize| &records[decoded.good[base + row]];
+                for (row, why) in pre.add_batch(batch, record) {
                     let record = &records[decoded.good[base + row]];
                     match why {
                         Rejected::Invalid(reason) => {
@@ -490,11 +492,12 @@ impl EpochRunner {
         stats.aggregate_ms = aggregate_time.as_millis() as u64;
         stats.malformed_rows = rejected.len() as u64;
         stats.dead_letter_rows = rejected.len() as u64;
-        stats.late_rows = pre.late_rows;
+        stats.late_rows = pre.late_rows();
         stats.valid_rows = stats.input_rows - stats.malformed_rows;
-        stats.min_event_time_micros = pre.times.min;
-        stats.max_event_time_micros = pre.times.max;
-        stats.sum_event_time_micros = pre.times.sum;
+        let times = pre.times();
+        stats.min_event_time_micros = times.min;
+        stats.max_event_time_micros = times.max;
+        stats.sum_event_time_micros = times.sum;
 
         let mut state_batch = WriteBatch::default();
         let closing_started = Instant::now();
@@ -592,7 +595,7 @@ fn event_time_at(batch: &RecordBatch, column: &str, row: usize) -> Option<i64> {
 
 /// Stages the epoch's output rows, dead letters and late rows; answers their add actions.
 async fn stage(
-    query: &mut WindowAggregate,
+    query: &mut Operator,
     dead_letter: Option<&mut StagedTable>,
     late_table: Option<&mut StagedTable>,
     emitted: Emitted<'_>,

@@ -177,6 +177,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &root,
     )?;
     let approx = job
+        .query
+        .windows()
+        .context("the reference job is a window query")?
         .aggregates
         .iter()
         .find(|a| matches!(a.kind, AggKind::ApproxCountDistinct { .. }))

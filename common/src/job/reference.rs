@@ -33,6 +33,18 @@ dead_letter: {{delta: {{path: "{root}/dead-letter"}}}}
     )
 }
 
+/// The reference job's upsert of raw events (the seed's step 4) as a job file: each
+/// `event_id`'s first arrival within an hour, MERGEd into a table partitioned by event type.
+pub fn dedup_job_file(name: &str, source: &str, root: &str) -> String {
+    let job = job_file(name, source, root);
+    let (head, _) = job.split_once("\n  window:").unwrap_or((&job, ""));
+    let (_, tail) = job.split_once("\ntrigger:").unwrap_or(("", &job));
+    format!("{head}\n  dedup: {{key: [event_id], within: 1h}}\ntrigger:{tail}").replace(
+        &format!("path: \"{root}/aggregated\", partition_by: [event_type]"),
+        &format!("path: \"{root}/events\", partition_by: [event_type], merge_on: [event_id]"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +58,17 @@ mod tests {
         );
         let job = super::super::parse_job(&text, std::path::Path::new("/")).unwrap();
         assert_eq!(job.output.url, "s3://bucket/job/aggregated");
-        assert_eq!(job.aggregates.len(), 3);
+        assert_eq!(job.query.windows().map(|w| w.aggregates.len()), Some(3));
+        let dedup = dedup_job_file(
+            "raw",
+            "  files: {path: /data/events, max_files_per_trigger: 2}\n",
+            "/job",
+        );
+        let dedup = super::super::parse_job(&dedup, std::path::Path::new("/")).unwrap();
+        assert_eq!(dedup.output.url, "file:///job/events");
+        assert_eq!(dedup.output.merge_on, ["event_id"]);
+        assert!(
+            matches!(dedup.query, super::super::Query::Dedup(ref d) if d.key == ["event_id"] && d.within_micros == 3_600_000_000)
+        );
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::window::WindowSpec;
 
 const GOOD: &str = r#"
 name: realtime-analytics
@@ -33,6 +34,10 @@ sinks:
 dead_letter: {delta: {path: file:///tmp/weir/dead-letter}}
 "#;
 
+fn windows(job: &JobSpec) -> &WindowQuery {
+    job.query.windows().expect("a window query")
+}
+
 fn env(name: &str) -> Option<String> {
     (name == "TEST_BROKERS").then(|| "127.0.0.1:9092".to_string())
 }
@@ -63,18 +68,22 @@ fn the_reference_job_parses() {
         StartingOffsets::Earliest
     );
     assert_eq!(job.watermark_delay_micros, 600_000_000);
-    assert_eq!(job.window, WindowSpec::tumbling(300_000_000));
+    assert_eq!(windows(&job).window, WindowSpec::tumbling(300_000_000));
     assert_eq!(job.trigger, Trigger::Interval(Duration::from_secs(30)));
     assert_eq!(job.checkpoint_url, "file:///tmp/weir/checkpoint");
     assert_eq!(job.output.url, "file:///tmp/weir/aggregated");
     assert_eq!(job.key_groups, DEFAULT_KEY_GROUPS);
-    let names: Vec<&str> = job.aggregates.iter().map(|a| a.name.as_str()).collect();
+    let names: Vec<&str> = windows(&job)
+        .aggregates
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
     assert_eq!(names, ["event_count", "unique_users", "approx_unique"]);
     assert_eq!(job.checkpoint_retention, DEFAULT_CHECKPOINT_RETENTION);
     assert!(job.storage_options.is_empty());
-    assert_eq!(job.output_mode, OutputMode::Append);
+    assert_eq!(job.query.output_mode(), OutputMode::Append);
     let update = parse(&GOOD.replace("output_mode: append", "output_mode: update")).unwrap();
-    assert_eq!(update.output_mode, OutputMode::Update);
+    assert_eq!(update.query.output_mode(), OutputMode::Update);
     // Its MERGEs rewrite whole files: the table keeps them small, compacted to the same size.
     assert_eq!(job.output.file_bytes, None);
     assert_eq!(
@@ -147,8 +156,8 @@ fn available_now_and_sliding_windows() {
     )
     .unwrap();
     assert_eq!(job.trigger, Trigger::AvailableNow);
-    assert_eq!(job.window.slide, 60_000_000);
-    assert_eq!(job.window.start, 30_000_000);
+    assert_eq!(windows(&job).window.slide, 60_000_000);
+    assert_eq!(windows(&job).window.start, 30_000_000);
 }
 
 #[test]
@@ -662,9 +671,110 @@ proptest::proptest! {
             Ok(job) => {
                 let back = JobSpec::from_json(&job.to_public_json());
                 proptest::prop_assert!(back.is_ok(), "{:?}", back.err());
-                proptest::prop_assert!(job.window.size > 0 && job.window.slide > 0);
+                proptest::prop_assert!(windows(&job).window.size > 0 && windows(&job).window.slide > 0);
             }
             Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
         }
     }
+}
+
+/// The reference job's upsert of raw events: a dedup query, and the mistakes it refuses.
+#[test]
+fn dedup_queries_parse_and_their_mistakes_are_named() {
+    let dedup = GOOD
+        .replace(
+            "  window: {column: timestamp, size: 5m, slide: 5m, start: 0s}\n  group_by: [event_type]\n  aggregates:\n    event_count: count(*)\n    unique_users: count(distinct user_id)\n    approx_unique: approx_count_distinct(event_id)\n",
+            "  dedup: {key: [event_id], within: 1h}\n",
+        )
+        .replace(
+            "partition_by: [event_type]}",
+            "partition_by: [event_type], merge_on: [event_id]}",
+        );
+    let job = parse(&dedup).unwrap();
+    assert_eq!(
+        job.query,
+        Query::Dedup(DedupQuery {
+            key: vec!["event_id".into()],
+            within_micros: 3_600_000_000,
+        })
+    );
+    assert_eq!(job.output.merge_on, ["event_id"]);
+    // The table holds the source's columns.
+    let columns: Vec<String> = crate::output::output_schema(&job)
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "event_id",
+            "user_id",
+            "event_type",
+            "page_url",
+            "timestamp",
+            "properties"
+        ]
+    );
+    assert_ne!(job.fingerprint(), parse(GOOD).unwrap().fingerprint());
+    let cases = [
+        ("within: 1h", "within: 0s", "query.dedup.within", "positive"),
+        (
+            "key: [event_id]",
+            "key: []",
+            "query.dedup.key",
+            "at least one",
+        ),
+        (
+            "key: [event_id]",
+            "key: [properties]",
+            "query.dedup.key[0]",
+            "cannot key on",
+        ),
+        (
+            "output_mode: append",
+            "output_mode: update",
+            "query.output_mode",
+            "append only",
+        ),
+        (
+            "  dedup:",
+            "  group_by: [event_type]\n  dedup:",
+            "query.group_by",
+            "raw events",
+        ),
+        (
+            "  dedup:",
+            "  window: {column: timestamp, size: 5m}\n  dedup:",
+            "query",
+            "exactly one of window",
+        ),
+        (
+            "merge_on: [event_id]",
+            "merge_on: [properties]",
+            "sinks[0].delta.merge_on[0]",
+            "not a scalar column",
+        ),
+        (
+            "partition_by: [event_type]",
+            "partition_by: [properties]",
+            "sinks[0].delta.partition_by[0]",
+            "not a scalar column",
+        ),
+    ];
+    for (from, to, field, message) in cases {
+        assert!(dedup.contains(from), "test bug: `{from}`");
+        let err = parse(&dedup.replacen(from, to, 1)).expect_err(to);
+        assert!(
+            err.field.contains(field) && err.message.contains(message),
+            "`{to}`: {err}"
+        );
+    }
+    // A window query's table merges on its window and group keys, never on columns given.
+    let err = parse(&GOOD.replace(
+        "partition_by: [event_type]}",
+        "partition_by: [event_type], merge_on: [event_type]}",
+    ))
+    .expect_err("merge_on on a window query");
+    assert!(err.field.ends_with("merge_on"), "{err}");
 }

@@ -1,5 +1,5 @@
-//! MERGE of an epoch's rows into a Delta table on key columns (update output mode): a row whose
-//! keys the table holds replaces it, any other is inserted. The rows come from the files the
+//! MERGE of an epoch's rows into a Delta table on key columns (update output mode, or a dedup
+//! query's upsert): a row whose keys the table holds replaces it, any other is inserted. The rows come from the files the
 //! executors staged for the epoch; delta-rs's merge writes the result and commits it with the
 //! epoch's `SetTransaction`, so a repeated epoch is recognised and changes nothing.
 
@@ -20,7 +20,7 @@ use deltalake::operations::merge::MergeMetrics;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use object_store::ObjectStoreExt;
-use weir_common::job::{JobSpec, OutputMode};
+use weir_common::job::{JobSpec, OutputMode, Query};
 use weir_common::output::output_schema;
 
 /// One key column of the MERGE: a top-level column, or a field of a struct column
@@ -69,31 +69,40 @@ impl MergeKeys {
 }
 
 impl MergeKeys {
-    /// How update mode identifies the output table's rows: the window's start and end and the
-    /// group keys; `None` in append mode.
+    /// How the output table's rows are identified when epochs MERGE into it: in update mode
+    /// by the window's start and end and the group keys; for a dedup query that upserts by
+    /// its `merge_on` columns and the table's partition columns (so each MERGE reads only the
+    /// partitions its rows fall in, and a row replaces only one of its own partition). `None`
+    /// when epochs append.
     pub fn of_output(job: &JobSpec) -> Option<Self> {
-        if job.output_mode != OutputMode::Update {
-            return None;
-        }
         let schema = output_schema(job);
-        let mut keys: Vec<MergeKey> = ["start", "end"]
-            .into_iter()
-            .map(|field| MergeKey {
-                column: "window".into(),
-                field: Some(field.into()),
-                nullable: false,
-            })
-            .collect();
-        for group in &job.group_by {
-            let nullable = schema
-                .field_with_name(group)
-                .map_or(true, |f| f.is_nullable());
-            keys.push(MergeKey {
-                column: group.clone(),
-                field: None,
-                nullable,
-            });
-        }
+        let key = |column: &str, field: Option<&str>| MergeKey {
+            column: column.to_string(),
+            field: field.map(str::to_string),
+            nullable: field.is_none()
+                && schema
+                    .field_with_name(column)
+                    .map_or(true, |f| f.is_nullable()),
+        };
+        let keys: Vec<MergeKey> = match &job.query {
+            Query::Window(w) if w.output_mode == OutputMode::Update => {
+                let window = ["start", "end"].map(|field| key("window", Some(field)));
+                window
+                    .into_iter()
+                    .chain(w.group_by.iter().map(|group| key(group, None)))
+                    .collect()
+            }
+            Query::Dedup(_) if !job.output.merge_on.is_empty() => {
+                let mut columns: Vec<&String> = job.output.merge_on.iter().collect();
+                for p in &job.output.partition_by {
+                    if !columns.contains(&p) {
+                        columns.push(p);
+                    }
+                }
+                columns.into_iter().map(|c| key(c, None)).collect()
+            }
+            _ => return None,
+        };
         Some(Self(keys))
     }
 }

@@ -154,24 +154,39 @@ pub type ShardKey = (Window, u8, Vec<u8>);
 #[derive(Debug, Clone)]
 pub struct Shape {
     aggregates: Vec<AggregateSpec>,
-    window: WindowSpec,
+    /// The query's windows; none for a dedup query, which sends rows instead.
+    window: Option<WindowSpec>,
     key_groups: u32,
 }
 
 impl Shape {
     pub fn of(job: &JobSpec) -> Self {
+        let windows = job.query.windows();
         Self {
-            aggregates: job.aggregates.clone(),
-            window: job.window,
+            aggregates: windows.map(|w| w.aggregates.clone()).unwrap_or_default(),
+            window: windows.map(|w| w.window),
             key_groups: job.key_groups,
         }
     }
 
+    /// A dedup query's row: only a dedup query takes them, at an event time in range.
+    pub fn check_first_row(&self, event_time: i64) -> Result<(), String> {
+        if self.window.is_some() {
+            return Err("a raw row sent to a window query".into());
+        }
+        check_event_time(event_time)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// A window of the query's spec: `size` long, aligned, inside the event-time range.
     pub fn check_window(&self, w: Window) -> Result<(), String> {
+        let Some(spec) = self.window else {
+            return Err(format!("{w:?}: a dedup query has no windows"));
+        };
         // The latest window holding its start ends at its end only if it starts there.
-        let end = check_event_time(w.start).and_then(|start| self.window.last_window_end(start));
-        if end == Ok(w.end) && w.end.checked_sub(w.start) == Some(self.window.size) {
+        let end = check_event_time(w.start).and_then(|start| spec.last_window_end(start));
+        if end == Ok(w.end) && w.end.checked_sub(w.start) == Some(spec.size) {
             Ok(())
         } else {
             Err(format!("{w:?} is not a window of this query"))
@@ -238,7 +253,7 @@ impl Shape {
                 spec("n", AggKind::CountStar),
                 spec("users", AggKind::CountDistinct),
             ],
-            window: WindowSpec::tumbling(300),
+            window: Some(WindowSpec::tumbling(300)),
             key_groups: 64,
         }
     }
@@ -248,7 +263,17 @@ impl Shape {
 /// matters here (every input row is hashed at least twice).
 pub type FastMap<K, V> = HashMap<K, V, RandomState>;
 
-/// Mergeable partial aggregates.
+/// A dedup query's row for its key: the record as read, from where in the epoch's input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstRow {
+    pub event_time: i64,
+    /// Where it was read (partition and offset, or file index and line): of several rows of a
+    /// key in one epoch, the first in this order is kept, whichever executor reads it.
+    pub position: (i32, i64),
+    pub record: Vec<u8>,
+}
+
+/// Mergeable partial aggregates (and a dedup query's rows, on their way to their key's owner).
 #[derive(Debug, Default)]
 pub struct Partials {
     /// Partial states of the aggregates per (window, group key).
@@ -259,12 +284,14 @@ pub struct Partials {
     /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
     /// group's owner.
     pub shard_counts: FastMap<ShardKey, i64>,
+    /// A dedup query's first row of each key (its encoded key columns) among those read.
+    pub firsts: FastMap<Vec<u8>, FirstRow>,
 }
 
 impl Partials {
     /// Entries of all kinds.
     pub fn len(&self) -> usize {
-        self.groups.len() + self.distinct.len() + self.shard_counts.len()
+        self.groups.len() + self.distinct.len() + self.shard_counts.len() + self.firsts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -300,6 +327,20 @@ impl Partials {
         Ok(())
     }
 
+    /// Keeps `row` for its dedup `key` unless a row read before it is kept already.
+    pub fn add_first(&mut self, key: Vec<u8>, row: FirstRow) {
+        match self.firsts.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if row.position < e.get().position {
+                    e.insert(row);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(row);
+            }
+        }
+    }
+
     /// Merges another set of partials into this one.
     pub fn merge(&mut self, other: Partials) -> Result<(), MergeError> {
         for (key, partials) in other.groups {
@@ -308,6 +349,9 @@ impl Partials {
         self.distinct.append(&other.distinct);
         for (key, count) in other.shard_counts {
             self.add_shard_count(key, count)?;
+        }
+        for (key, row) in other.firsts {
+            self.add_first(key, row);
         }
         Ok(())
     }
@@ -325,6 +369,9 @@ impl Partials {
         }
         for (key, count) in self.shard_counts {
             out.add_shard_count(key, count).unwrap();
+        }
+        for (key, row) in self.firsts {
+            out.add_first(key, row);
         }
         out.finish()
     }
@@ -385,6 +432,12 @@ impl<'a> ByOwner<'a> {
     pub fn add_shard_count(&mut self, key: ShardKey, count: i64) -> Result<(), MergeError> {
         let kg = key_group(&key.2, self.key_groups());
         self.owner(kg).add_shard_count(key, count)
+    }
+
+    /// Adds a dedup query's row for `key`, in the key group of the key.
+    pub fn add_first(&mut self, key: Vec<u8>, row: FirstRow) {
+        let kg = key_group(&key, self.key_groups());
+        self.owner(kg).add_first(key, row);
     }
 
     /// The partials of each owner, by index.

@@ -9,15 +9,16 @@
 
 use std::hash::BuildHasher;
 
-use arrow::array::{ArrayRef, TimestampMicrosecondArray};
+use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
 use weir_common::aggregate::{AggKind, MergeError, Partial};
-use weir_common::job::JobSpec;
+use weir_common::job::{JobSpec, WindowQuery};
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
-use weir_common::window::{check_event_time, is_closed, Window};
+use weir_common::window::{is_closed, Window};
 
 use crate::aggregate::partials::{ByOwner, FastMap};
+use crate::plan::event_time::EventTimeRules;
 
 /// Why a decoded row was not aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,7 @@ pub struct EventTimes {
 }
 
 impl EventTimes {
-    fn add(&mut self, ts: i64) {
+    pub fn add(&mut self, ts: i64) {
         self.min = Some(self.min.map_or(ts, |m| m.min(ts)));
         self.max = Some(self.max.map_or(ts, |m| m.max(ts)));
         self.sum += ts as f64;
@@ -133,10 +134,12 @@ impl DistinctValues {
 
 /// One epoch's partial aggregates.
 pub struct PreAggregation<'a> {
-    job: &'a JobSpec,
+    /// The job's key groups, for tests that take the partials all together.
+    #[cfg(test)]
+    key_groups: u32,
+    query: &'a WindowQuery,
     watermark: Option<i64>,
-    /// Rows whose event time is past this bound are rejected (too far in the future).
-    max_event_time: i64,
+    event_time: EventTimeRules<'a>,
     group_keys: GroupKeys,
     groups: FastMap<(Window, u32), GroupState>,
     values: DistinctValues,
@@ -145,12 +148,18 @@ pub struct PreAggregation<'a> {
 }
 
 impl<'a> PreAggregation<'a> {
-    pub fn new(job: &'a JobSpec, watermark: Option<i64>, planned_at: i64) -> Self {
+    pub fn new(
+        job: &'a JobSpec,
+        query: &'a WindowQuery,
+        watermark: Option<i64>,
+        planned_at: i64,
+    ) -> Self {
         Self {
-            job,
+            #[cfg(test)]
+            key_groups: job.key_groups,
+            query,
             watermark,
-            // Saturating is right here: a bound past i64 rejects nothing more.
-            max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
+            event_time: EventTimeRules::new(job, planned_at),
             group_keys: GroupKeys::default(),
             groups: FastMap::default(),
             values: DistinctValues::default(),
@@ -165,22 +174,18 @@ impl<'a> PreAggregation<'a> {
         let column = |name: &str| -> Option<&ArrayRef> {
             batch.schema().index_of(name).ok().map(|i| batch.column(i))
         };
-        let Some(ts_col) = column(&self.job.event_time_column)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        else {
-            // The decoder always produces the event-time column; without it nothing is usable.
-            return (0..batch.num_rows())
-                .map(|i| (i, Rejected::Invalid("event time column missing".into())))
-                .collect();
+        let ts_col = match self.event_time.column(batch) {
+            Ok(times) => times,
+            Err(all_rejected) => return all_rejected,
         };
         let group_cols: Vec<Option<ColumnReader<'_>>> = self
-            .job
+            .query
             .group_by
             .iter()
             .map(|g| column(g).and_then(ColumnReader::new))
             .collect();
         let agg_cols: Vec<Option<ColumnReader<'_>>> = self
-            .job
+            .query
             .aggregates
             .iter()
             .map(|a| {
@@ -190,7 +195,7 @@ impl<'a> PreAggregation<'a> {
                     .and_then(ColumnReader::new)
             })
             .collect();
-        let window_spec = self.job.window;
+        let window_spec = self.query.window;
         let watermark = self.watermark;
         let one_string_group = match group_cols.as_slice() {
             [Some(ColumnReader::Utf8(column))] => Some(*column),
@@ -199,22 +204,24 @@ impl<'a> PreAggregation<'a> {
         let mut group_values = Vec::with_capacity(group_cols.len());
         let mut key = Vec::new();
         for row in 0..batch.num_rows() {
-            if arrow::array::Array::is_null(ts_col, row) {
-                rejected.push((row, Rejected::Invalid("event time is null".into())));
-                continue;
-            }
-            let ts = ts_col.value(row);
-            // Any i64 can arrive as a time: one outside the range (or whose windows would be)
-            // is set aside before any arithmetic uses it; its windows are checked once.
-            let windows = match check_event_time(ts).and_then(|ts| window_spec.windows(ts)) {
+            let ts = match self.event_time.time(ts_col, row) {
+                Ok(ts) => ts,
+                Err(why) => {
+                    rejected.push((row, why));
+                    continue;
+                }
+            };
+            // Any i64 can arrive as a time: one whose windows would leave the range is set
+            // aside before any arithmetic uses it; its windows are checked once.
+            let windows = match window_spec.windows(ts) {
                 Ok(windows) => windows,
                 Err(out_of_range) => {
                     rejected.push((row, Rejected::Invalid(out_of_range.to_string())));
                     continue;
                 }
             };
-            if ts > self.max_event_time {
-                rejected.push((row, Rejected::Invalid(self.too_far_ahead(ts))));
+            if let Some(why) = self.event_time.too_far_ahead(ts) {
+                rejected.push((row, why));
                 continue;
             }
             self.times.add(ts);
@@ -255,7 +262,7 @@ impl<'a> PreAggregation<'a> {
         columns: &[Option<ColumnReader<'_>>],
         row: usize,
     ) {
-        let aggregates = &self.job.aggregates;
+        let aggregates = &self.query.aggregates;
         let state = self
             .groups
             .entry((window, group))
@@ -273,16 +280,6 @@ impl<'a> PreAggregation<'a> {
                 value.with_bytes(|bytes| values.insert(set, bytes));
             }
         }
-    }
-
-    fn too_far_ahead(&self, ts: i64) -> String {
-        format!(
-            "event time {} is more than {}s ahead of processing time",
-            chrono::DateTime::from_timestamp_micros(ts)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| ts.to_string()),
-            self.job.max_event_time_ahead_micros / 1_000_000
-        )
     }
 
     /// Hands the epoch's partials to the owners of their key groups.
@@ -304,7 +301,7 @@ impl<'a> PreAggregation<'a> {
     /// The epoch's partials, all together (epochs route them with [`Self::route`]).
     #[cfg(test)]
     pub fn into_partials(self) -> crate::aggregate::partials::Partials {
-        let owners = vec![0; self.job.key_groups as usize];
+        let owners = vec![0; self.key_groups as usize];
         let mut out = ByOwner::new(&owners, 1);
         self.route(&mut out).unwrap();
         out.finish().pop().unwrap_or_default()
@@ -371,7 +368,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let job = job("{column: timestamp, size: 5m}");
         let now = 1000 * MIN;
         let watermark = Some(now - 10 * MIN);
-        let mut pre = PreAggregation::new(&job, watermark, now);
+        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), watermark, now);
         let b = batch(
             &job,
             &[
@@ -411,7 +408,12 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let job = job("{column: timestamp, size: 10m, slide: 5m}");
         let now = 1000 * MIN;
         // The row at now-12m is in [now-15m, now-5m) (open) and [now-20m, now-10m) (closed).
-        let mut pre = PreAggregation::new(&job, Some(now - 10 * MIN), now);
+        let mut pre = PreAggregation::new(
+            &job,
+            job.query.windows().unwrap(),
+            Some(now - 10 * MIN),
+            now,
+        );
         let rejected = pre.add_batch(&batch(&job, &[("u1", "click", now - 12 * MIN)]));
         assert!(rejected.is_empty());
         assert_eq!(pre.late_rows, 0);
@@ -429,7 +431,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
     fn repeated_values_and_groups_are_kept_once_and_split_by_their_key_groups() {
         let job = job("{column: timestamp, size: 5m}");
         let now = 1000 * MIN;
-        let mut pre = PreAggregation::new(&job, None, now);
+        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), None, now);
         let rows: Vec<(String, &str, i64)> = (0..300)
             .map(|i| {
                 (
@@ -519,7 +521,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
             let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
             assert!(decoded.bad.is_empty(), "{:?}", decoded.bad);
-            let mut pre = PreAggregation::new(job, None, now);
+            let mut pre = PreAggregation::new(job, job.query.windows().unwrap(), None, now);
             for b in &decoded.batches {
                 assert!(pre.add_batch(b).is_empty());
             }
@@ -606,7 +608,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         }
         let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
         let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
-        let mut pre = PreAggregation::new(&job, None, now);
+        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), None, now);
         let mut set_aside: Vec<(usize, String)> = decoded.bad.clone();
         let mut base = 0;
         for b in &decoded.batches {
@@ -729,7 +731,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             let rows: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
             proptest::prop_assert_eq!(rows, decoded.good.len());
 
-            let mut pre = PreAggregation::new(&job, watermark, planned_at);
+            let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), watermark, planned_at);
             let mut set_aside = 0;
             for b in &decoded.batches {
                 set_aside += pre.add_batch(b).len();

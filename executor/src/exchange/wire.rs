@@ -1,7 +1,8 @@
 //! Partial aggregates as Arrow record batches, the form they take on an exchange stream.
 //!
-//! One schema holds all three kinds of entries; `payload` is the encoded partial states of a
-//! group row, the bytes of a distinct value, or a shard count.
+//! One schema holds all four kinds of entries; `payload` is the encoded partial states of a
+//! group row, the bytes of a distinct value, a shard count, or a dedup query's row (its
+//! position, then the record; its key in `group`, its event time in `window_start`).
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -14,11 +15,12 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::aggregate::partials::{DistinctKeys, Partials, Shape};
+use crate::aggregate::partials::{DistinctKeys, FirstRow, Partials, Shape};
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
 const KIND_SHARD_COUNT: u8 = 2;
+const KIND_FIRST_ROW: u8 = 3;
 
 /// The group column of a distinct entry, whose key holds its group.
 static NO_GROUP: Vec<u8> = Vec::new();
@@ -56,6 +58,7 @@ pub fn schema() -> SchemaRef {
 pub enum Entry {
     Group((Window, Vec<u8>), Vec<weir_common::aggregate::Partial>),
     ShardCount((Window, u8, Vec<u8>), i64),
+    FirstRow(Vec<u8>, FirstRow),
 }
 
 /// The entries of some partials, shareable so a stream can be sent again after a failure:
@@ -81,6 +84,7 @@ pub fn entries(partials: Partials) -> Arc<Entries> {
         groups,
         distinct,
         shard_counts,
+        firsts,
     } = partials;
     let rows = groups
         .into_iter()
@@ -90,6 +94,7 @@ pub fn entries(partials: Partials) -> Arc<Entries> {
                 .into_iter()
                 .map(|(k, c)| Entry::ShardCount(k, c)),
         )
+        .chain(firsts.into_iter().map(|(k, r)| Entry::FirstRow(k, r)))
         .collect();
     Arc::new(Entries { rows, distinct })
 }
@@ -130,6 +135,17 @@ impl BatchEncoder {
                 g,
                 Cow::Owned(c.to_be_bytes().to_vec()),
             )),
+            Entry::FirstRow(key, row) => {
+                let mut payload = Vec::with_capacity(12 + row.record.len());
+                payload.extend_from_slice(&row.position.0.to_be_bytes());
+                payload.extend_from_slice(&row.position.1.to_be_bytes());
+                payload.extend_from_slice(&row.record);
+                let at = Window {
+                    start: row.event_time,
+                    end: row.event_time,
+                };
+                Ok((KIND_FIRST_ROW, at, 0, key, Cow::Owned(payload)))
+            }
         })
     }
 }
@@ -275,6 +291,22 @@ fn decode_row(
             into.add_shard_count((window, agg, g.to_vec()), count)
                 .map_err(|e| e.to_string())
         }
+        KIND_FIRST_ROW => {
+            shape.check_first_row(window.start)?;
+            let (partition, rest) = p
+                .split_first_chunk::<4>()
+                .ok_or("a row without its position")?;
+            let (offset, record) = rest
+                .split_first_chunk::<8>()
+                .ok_or("a row without its position")?;
+            let row = FirstRow {
+                event_time: window.start,
+                position: (i32::from_be_bytes(*partition), i64::from_be_bytes(*offset)),
+                record: record.to_vec(),
+            };
+            into.add_first(g.to_vec(), row);
+            Ok(())
+        }
         other => Err(format!("unknown entry kind {other}")),
     }
 }
@@ -317,6 +349,45 @@ mod tests {
             Partial::Count(10_000)
         ));
         assert_eq!(back.shard_counts[&(w, 1, b"view".to_vec())], 42);
+    }
+
+    /// A dedup query's rows cross with their event time, position and bytes; of two rows of
+    /// one key the one read first is kept, whichever arrives first. A window query refuses them.
+    #[test]
+    fn dedup_rows_survive_the_round_trip_and_the_first_read_wins() {
+        let row = |partition: i32, offset: i64, record: &[u8]| FirstRow {
+            event_time: 17_000_000,
+            position: (partition, offset),
+            record: record.to_vec(),
+        };
+        let mut late = Partials::default();
+        late.add_first(b"a".to_vec(), row(1, 5, br#"{"id":"a","n":2}"#));
+        let mut early = Partials::default();
+        early.add_first(b"a".to_vec(), row(0, 9, br#"{"id":"a","n":1}"#));
+        early.add_first(b"b".to_vec(), row(0, 3, b""));
+        let dedup =
+            weir_common::job::reference::dedup_job_file("d", "  files: {path: /in}\n", "/out");
+        let dedup =
+            Shape::of(&weir_common::job::parse_job(&dedup, std::path::Path::new("/")).unwrap());
+        let mut back = Partials::default();
+        for p in [late, early] {
+            decode_into(&batch_of(p), &dedup, &mut back).unwrap();
+        }
+        assert_eq!(back.firsts.len(), 2);
+        assert_eq!(
+            back.firsts[&b"a".to_vec()],
+            row(0, 9, br#"{"id":"a","n":1}"#)
+        );
+        assert_eq!(back.firsts[&b"b".to_vec()], row(0, 3, b""));
+        let mut one = Partials::default();
+        one.add_first(b"a".to_vec(), row(0, 1, b"{}"));
+        let err = decode_into(
+            &batch_of(one),
+            &Shape::for_tests(),
+            &mut Partials::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("raw row"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::output_column;
-use weir_common::job::JobSpec;
+use weir_common::job::WindowQuery;
 use weir_common::output::{dead_letter_schema, late_rows_schema, window_type};
 use weir_common::schema::UTC;
 use weir_common::value::{decode_group_key, group_column, GroupValue};
@@ -25,8 +25,9 @@ fn timestamps(values: impl Iterator<Item = i64>) -> TimestampMicrosecondArray {
 
 /// Per aggregate column, its sum over `batch`'s rows (counts and sums; an average's sum is
 /// summed too, as a number).
-pub fn column_sums(job: &JobSpec, batch: &RecordBatch) -> HashMap<String, f64> {
-    job.aggregates
+pub fn column_sums(query: &WindowQuery, batch: &RecordBatch) -> HashMap<String, f64> {
+    query
+        .aggregates
         .iter()
         .filter_map(|agg| {
             let column = batch.column_by_name(&agg.name)?;
@@ -44,7 +45,7 @@ pub fn column_sums(job: &JobSpec, batch: &RecordBatch) -> HashMap<String, f64> {
 
 /// The output rows of the closed windows: `window`, group keys, aggregates, `processing_time`.
 pub fn output_batch(
-    job: &JobSpec,
+    query: &WindowQuery,
     schema: &SchemaRef,
     rows: &mut [WindowRow],
     processing_time: i64,
@@ -67,7 +68,7 @@ pub fn output_batch(
         .map(|r| decode_group_key(&r.group))
         .collect::<Result<_, _>>()
         .map_err(|e| ArrowError::ParseError(format!("group key in state: {e}")))?;
-    for (i, col) in job.group_by.iter().enumerate() {
+    for (i, col) in query.group_by.iter().enumerate() {
         let data_type = schema
             .field_with_name(col)
             .map(|f| f.data_type().clone())
@@ -77,7 +78,7 @@ pub fn output_batch(
             keys.iter().map(|k| k.get(i).unwrap_or(&GroupValue::Null)),
         ));
     }
-    for (i, agg) in job.aggregates.iter().enumerate() {
+    for (i, agg) in query.aggregates.iter().enumerate() {
         let mut partials: Vec<_> = rows
             .iter_mut()
             .filter_map(|r| r.partials.get_mut(i))

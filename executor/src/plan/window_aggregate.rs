@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use weir_common::aggregate::AggKind;
-use weir_common::job::{JobSpec, OutputMode};
+use weir_common::job::{JobSpec, OutputMode, WindowQuery};
 use weir_common::output::output_schema;
 use weir_proto::control::EpochStats;
 
@@ -16,14 +16,13 @@ use crate::aggregate::partials::{ByOwner, Partials};
 use crate::aggregate::preagg::PreAggregation;
 use crate::exchange::topology::Topology;
 use crate::output::emit::{column_sums, output_batch};
-use crate::output::staging::StagedTable;
 use crate::state::{add_shard_counts, CountedFold, StateStore, WindowRow};
 
 /// The query's window aggregate and the table its rows go to.
 pub struct WindowAggregate {
     job: JobSpec,
+    query: WindowQuery,
     output_schema: SchemaRef,
-    output: StagedTable,
 }
 
 /// What this executor took out of its store for the windows the epoch's watermark closes.
@@ -56,22 +55,22 @@ pub struct Folding {
 }
 
 impl WindowAggregate {
-    pub fn new(job: &JobSpec) -> Self {
+    pub fn new(job: &JobSpec, query: &WindowQuery) -> Self {
         Self {
+            query: query.clone(),
             output_schema: output_schema(job),
-            output: StagedTable::new(&job.output.url, &job.storage_options),
             job: job.clone(),
         }
     }
 
     fn update_mode(&self) -> bool {
-        self.job.output_mode == OutputMode::Update
+        self.query.output_mode == OutputMode::Update
     }
 
     /// Pre-aggregation for an epoch under `watermark`, planned at `planned_at`: the runner hands
     /// it each decoded chunk.
     pub fn begin(&self, watermark: Option<i64>, planned_at: i64) -> PreAggregation<'_> {
-        PreAggregation::new(&self.job, watermark, planned_at)
+        PreAggregation::new(&self.job, &self.query, watermark, planned_at)
     }
 
     /// Ends the epoch's reading: routes the partials to their owners, and takes the windows
@@ -97,7 +96,7 @@ impl WindowAggregate {
         if let Some(watermark) = watermark {
             for range in topology.owned() {
                 let taken =
-                    state.take_closed(range, watermark, self.job.aggregates.len(), batch)?;
+                    state.take_closed(range, watermark, self.query.aggregates.len(), batch)?;
                 closing.removed += taken.rows.len() as u64 + taken.distinct_removed;
                 closing.distinct_removed += taken.distinct_removed;
                 if self.update_mode() {
@@ -183,7 +182,7 @@ impl WindowAggregate {
     }
 
     fn has_exact_distinct(&self) -> bool {
-        self.job
+        self.query
             .aggregates
             .iter()
             .any(|a| matches!(a.kind, AggKind::CountDistinct))
@@ -214,17 +213,9 @@ impl WindowAggregate {
                 .context("writing the epoch's group rows")?;
         }
         stats.windows_emitted = rows.len() as u64;
-        let output = output_batch(&self.job, &self.output_schema, &mut rows, planned_at)
+        let output = output_batch(&self.query, &self.output_schema, &mut rows, planned_at)
             .context("building output rows")?;
-        stats.output_sums = column_sums(&self.job, &output);
+        stats.output_sums = column_sums(&self.query, &output);
         Ok(output)
-    }
-
-    /// Stages the epoch's rows into the output table; answers their add actions.
-    pub async fn stage(&mut self, rows: &RecordBatch) -> anyhow::Result<Vec<String>> {
-        self.output
-            .stage(std::slice::from_ref(rows))
-            .await
-            .context("staging output files")
     }
 }

@@ -17,6 +17,15 @@
 //! earlier versions hold such keys too, one per value, and a running count per shard
 //! (`[kg u16][end][2][start][agg u8][group key] -> i64`, ignored); both are counted or dropped
 //! with their window.
+//!
+//! A dedup query's keys (docs/architecture.md, Plan of operators) keep the layout, the time
+//! being when the key expires; a second entry per key, at the end of time, finds a key by its
+//! value:
+//!
+//! ```text
+//! expiry [kg u16][expiry][0][key]                                 -> ()
+//! lookup [kg u16][i64::MAX][1][key]                               -> expiry i64 BE
+//! ```
 
 use weir_common::keygroup::key_group_of_parts;
 use weir_common::window::Window;
@@ -25,6 +34,11 @@ pub const TAG_GROUP: u8 = 0;
 pub const TAG_DISTINCT: u8 = 1;
 pub const TAG_SHARD_COUNT: u8 = 2;
 pub const TAG_RUN: u8 = 3;
+
+/// A dedup query's tags (its operator's kinds: the tag is `operator << 2 | kind`, the
+/// operator of a one-query job being 0).
+pub const TAG_DEDUP_EXPIRY: u8 = 0;
+pub const TAG_DEDUP_LOOKUP: u8 = 1;
 
 /// Where the group key starts in a distinct key or run key.
 const GROUP_AT: usize = 24;
@@ -53,6 +67,31 @@ fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(19 + extra);
     write_head(&mut k, kg, end, tag, start);
     k
+}
+
+/// The entry that expires a dedup key at `expiry`.
+pub fn dedup_expiry_key(kg: u32, expiry: i64, key: &[u8]) -> Vec<u8> {
+    dedup_key(kg, expiry, TAG_DEDUP_EXPIRY, key)
+}
+
+/// The entry that finds a dedup key by its value; past every scan up to a watermark.
+pub fn dedup_lookup_key(kg: u32, key: &[u8]) -> Vec<u8> {
+    dedup_key(kg, i64::MAX, TAG_DEDUP_LOOKUP, key)
+}
+
+fn dedup_key(kg: u32, time: i64, tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11 + key.len());
+    k.extend_from_slice(&(kg as u16).to_be_bytes());
+    k.extend_from_slice(&encode_time(time));
+    k.push(tag);
+    k.extend_from_slice(key);
+    k
+}
+
+/// A dedup expiry entry's key group and key, when `key` is one.
+pub fn parse_dedup_expiry(key: &[u8]) -> Option<(u32, &[u8])> {
+    (key.get(10) == Some(&TAG_DEDUP_EXPIRY)).then_some(())?;
+    Some((key_group_of(key)?, key.get(11..)?))
 }
 
 pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
@@ -229,6 +268,19 @@ pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's expiry entry sorts by when it expires, so a scan up to a watermark finds it;
+    /// its lookup entry sorts after every such scan.
+    #[test]
+    fn dedup_entries_sort_by_expiry_and_lookups_past_every_watermark() {
+        let early = dedup_expiry_key(7, 19_000_000, b"zz");
+        let late = dedup_expiry_key(7, 23_000_000, b"aa");
+        assert!(early < late);
+        assert!(late < kg_closed_upper(7, 23_000_000));
+        assert!(kg_closed_upper(7, i64::MAX - 1) <= dedup_lookup_key(7, b"aa"));
+        assert_eq!(parse_dedup_expiry(&early), Some((7, &b"zz"[..])));
+        assert_eq!(parse_dedup_expiry(&dedup_lookup_key(7, b"zz")), None);
+    }
 
     #[test]
     fn time_encoding_preserves_order() {

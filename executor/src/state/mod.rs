@@ -8,6 +8,7 @@
 //! The local store is a cache of the snapshots on the checkpoint store: it starts empty or
 //! restored from them, and never needs its write-ahead log (each epoch ends in a snapshot).
 
+pub mod dedup;
 pub mod distinct_runs;
 pub mod keys;
 pub mod restore;
@@ -142,6 +143,9 @@ const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
 /// The watermark under which the store's windows were last taken out: every window ending at
 /// or before it is gone (range-deleted).
 const CLOSED_THROUGH_KEY: &[u8] = b"\xFF\xFFclosed_through";
+
+/// Keys from the first (inclusive) to the second (exclusive).
+type KeyRange = (Vec<u8>, Vec<u8>);
 
 /// A RocksDB write batch starts with its sequence number (8 bytes) and record count (4).
 const WRITE_BATCH_HEADER: usize = 12;
@@ -423,29 +427,15 @@ impl StateStore {
         batch: &mut WriteBatch,
     ) -> Result<Closed, StateError> {
         let mut closed = Closed::default();
-        // Windows taken by an earlier epoch are range-deleted, but their keys stay in the
-        // memtable until the next flush: each key group is scanned from the first window not
-        // taken yet, not over those keys again (seeking past them cost more than the count).
-        let taken = self.closed_through()?;
-        if taken.is_some_and(|t| t >= watermark) {
+        let Some(ranges) = self.closing_ranges(key_groups, watermark)? else {
             return Ok(closed);
-        }
+        };
         // Values that stores of earlier versions keep one key each, per (window, aggregate,
         // group) of the key group being scanned: counted with the run of the same shard if
         // there is one (it sorts after them), else on their own at the key group's end.
         let mut legacy: FastMap<ShardKey, Vec<Vec<u8>>> = FastMap::default();
-        for kg in key_groups {
-            let lower = match taken {
-                Some(t) => keys::kg_closed_upper(kg, t),
-                None => keys::kg_lower(kg),
-            };
-            let upper = keys::kg_closed_upper(kg, watermark);
-            let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(upper.clone());
-            let iter = self
-                .db
-                .iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro);
-            for item in iter {
+        for (lower, upper) in ranges {
+            for item in self.scan(&lower, &upper) {
                 let (key, value) = item.map_err(|e| self.err(e))?;
                 match keys::parse_key(&key) {
                     Some(StateKey::Group { window, group }) => {
@@ -501,6 +491,38 @@ impl StateStore {
         }
         batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
         Ok(closed)
+    }
+
+    /// The entries from `lower` (inclusive) to `upper` (exclusive), in key order.
+    fn scan(&self, lower: &[u8], upper: &[u8]) -> rocksdb::DBIterator<'_> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.to_vec());
+        self.db
+            .iterator_opt(IteratorMode::From(lower, Direction::Forward), ro)
+    }
+
+    /// The part of each of `key_groups` that closing under `watermark` scans and deletes:
+    /// from the first key an earlier closing left (windows taken by an earlier epoch are
+    /// range-deleted, but their keys stay in the memtable until the next flush, and seeking
+    /// past them again cost more than the count) up to the watermark. `None` when an earlier
+    /// closing went as far.
+    fn closing_ranges(
+        &self,
+        key_groups: Range<u32>,
+        watermark: i64,
+    ) -> Result<Option<Vec<KeyRange>>, StateError> {
+        let taken = self.closed_through()?;
+        if taken.is_some_and(|t| t >= watermark) {
+            return Ok(None);
+        }
+        let ranges = key_groups.map(|kg| {
+            let lower = match taken {
+                Some(t) => keys::kg_closed_upper(kg, t),
+                None => keys::kg_lower(kg),
+            };
+            (lower, keys::kg_closed_upper(kg, watermark))
+        });
+        Ok(Some(ranges.collect()))
     }
 
     /// The watermark the store's windows were last taken out under, when it knows it (a store
