@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::chaos::{run_with_faults, Fault};
+use support::chaos::{every_step, run_with_faults};
 use support::cluster::{Cluster, Event, Role};
 use support::s3::{S3Server, CREDENTIALS};
 use support::webhook::Webhook;
@@ -24,35 +24,6 @@ const PER_EPOCH: u64 = 4_000;
 /// double a late count or a dead letter either.
 fn gen_args() -> Vec<&'static str> {
     [&["--span", "4h"][..], &BAD_INPUT].concat()
-}
-
-/// Every step of the protocol, for the driver and for an executor, each in its own epoch.
-fn schedule() -> Vec<Fault> {
-    let driver = |step, epoch| Fault::kill(Role::Driver, step, epoch, Role::Driver);
-    let at = Fault::kill;
-    vec![
-        // The driver dies while executors execute, after all prepared, after the decision
-        // record before the Delta commit, and after the Delta commit before Committed; and
-        // with the commit not made yet while the next epoch is planned or executing beside it.
-        driver("execute", 1),
-        driver("prepared", 2),
-        driver("decided", 3),
-        driver("committed", 4),
-        driver("committing", 10),
-        // An executor dies during execute (read, before the exchange) and after it prepared
-        // (files staged, state uploaded, answer not sent).
-        at(Role::Executor(1), "execute", 5, Role::Executor(1)),
-        at(Role::Executor(1), "prepared", 6, Role::Executor(1)),
-        // An executor dies while the driver is between the decision record and the Delta
-        // commit, and between the Delta commit and Committed (the driver waits there).
-        at(Role::Driver, "decided", 7, Role::Executor(2)),
-        at(Role::Driver, "committed", 8, Role::Executor(0)),
-        // An executor told to stop (SIGTERM) mid-epoch finishes the epoch and exits 0.
-        Fault {
-            graceful: true,
-            ..at(Role::Executor(2), "execute", 9, Role::Executor(2))
-        },
-    ]
 }
 
 /// Some executor restored its state from the checkpoint (not only from its own disk).
@@ -97,7 +68,7 @@ fn killing_any_process_at_any_step_on_the_local_filesystem_changes_nothing() {
     );
     std::fs::write(&job, text.replace(sink, upkeep) + &keep_late).expect("job file");
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &[]);
-    run_with_faults(&mut cluster, &schedule());
+    run_with_faults(&mut cluster, &every_step());
     assert_state_was_restored(&commit_records(&dir));
     let driver_log = std::fs::read_to_string(dir.join("logs/driver.log")).expect("driver log");
     assert!(driver_log.contains("compacted "), "no compaction ran");
@@ -132,7 +103,7 @@ fn killing_any_process_at_any_step_on_s3_changes_nothing() {
         &s3.storage_options_yaml(),
     );
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
-    run_with_faults(&mut cluster, &schedule());
+    run_with_faults(&mut cluster, &every_step());
     verify_on_s3(&events, root, &expected, &s3);
 }
 
@@ -174,7 +145,7 @@ fn killing_any_process_at_any_step_reading_files_on_s3_in_update_mode_changes_no
     let job = file_job_in(&dir, "s3://weir/input", 2, root, &s3.storage_options_yaml());
     set_update_mode(&job);
     let mut cluster = Cluster::new(&job, &dir, EXECUTORS, &CREDENTIALS);
-    run_with_faults(&mut cluster, &schedule());
+    run_with_faults(&mut cluster, &every_step());
     verify_in(
         &events,
         root,

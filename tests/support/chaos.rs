@@ -28,6 +28,36 @@ impl Fault {
     }
 }
 
+/// Every step of the protocol, for the driver and for an executor, each in its own epoch
+/// (epochs 1 to 10: the job needs at least eleven).
+pub fn every_step() -> Vec<Fault> {
+    let driver = |step, epoch| Fault::kill(Role::Driver, step, epoch, Role::Driver);
+    let at = Fault::kill;
+    vec![
+        // The driver dies while executors execute, after all prepared, after the decision
+        // record before the Delta commit, and after the Delta commit before Committed; and
+        // with the commit not made yet while the next epoch is planned or executing beside it.
+        driver("execute", 1),
+        driver("prepared", 2),
+        driver("decided", 3),
+        driver("committed", 4),
+        driver("committing", 10),
+        // An executor dies during execute (read, before the exchange) and after it prepared
+        // (files staged, state uploaded, answer not sent).
+        at(Role::Executor(1), "execute", 5, Role::Executor(1)),
+        at(Role::Executor(1), "prepared", 6, Role::Executor(1)),
+        // An executor dies while the driver is between the decision record and the Delta
+        // commit, and between the Delta commit and Committed (the driver waits there).
+        at(Role::Driver, "decided", 7, Role::Executor(2)),
+        at(Role::Driver, "committed", 8, Role::Executor(0)),
+        // An executor told to stop (SIGTERM) mid-epoch finishes the epoch and exits 0.
+        Fault {
+            graceful: true,
+            ..at(Role::Executor(2), "execute", 9, Role::Executor(2))
+        },
+    ]
+}
+
 /// Runs the cluster to the end of its input, killing and restarting processes as `faults`
 /// say; panics unless every fault fired and the driver finished with success.
 pub fn run_with_faults(cluster: &mut Cluster, faults: &[Fault]) {
