@@ -80,7 +80,21 @@ fn dedup_reproduces_sparks_within_watermark_trace() {
     let dir = tmp.path().join("job");
     std::fs::create_dir_all(&dir).unwrap();
     trace_job(&dir, &input);
-    run_local(&dir, 2);
+    let progress = run_local(&dir, 2);
+    // Each epoch's progress line says what it kept and dropped: `a` at 16 is a duplicate.
+    let line = |epoch: u64| {
+        progress
+            .lines()
+            .find(|l| l.contains(&format!("] epoch {epoch} |")))
+            .unwrap_or_else(|| panic!("no progress line for epoch {epoch}: {progress}"))
+            .to_string()
+    };
+    assert!(
+        line(1).contains("| duplicates 1 | rows emitted 0 |"),
+        "{}",
+        line(1)
+    );
+    assert!(line(3).contains("| rows emitted 2 |"), "{}", line(3));
 
     // Epoch i read batch i; its decision says how many rows it kept and dropped as late.
     let figures = epoch_figures(&dir, SPARK_TRACE.len());

@@ -331,6 +331,7 @@ async fn drive(
         name: job.name.clone(),
         topic: job.source.name().to_string(),
         output_url: job.output.url.clone(),
+        dedup: matches!(job.query, weir_common::job::Query::Dedup(_)),
     };
     let (board, status) = StatusBoard::new();
     let (controls, inbox) = epoch::controls::controls(stop);

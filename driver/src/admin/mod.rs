@@ -432,6 +432,7 @@ mod tests {
                     name: "q".into(),
                     topic: "t".into(),
                     output_url: "file:///t".into(),
+                    dedup: false,
                 },
                 trigger: "1s".into(),
                 checkpoint_location: "file:///c".into(),

@@ -33,6 +33,7 @@ pub struct DriverMetrics {
     kafka_latest: IntGaugeVec,
     kafka_next: IntGaugeVec,
     late_rows: IntCounter,
+    duplicate_rows: IntCounter,
     malformed_rows: IntCounter,
     dead_letter_rows: IntCounter,
     lost_offsets: IntCounter,
@@ -169,7 +170,12 @@ impl DriverMetrics {
             late_rows: counter(
                 r,
                 "weir_late_rows_total",
-                "Events dropped because all their windows had closed.",
+                "Events dropped as late: all their windows had closed, or (a dedup query) their event time was at or before the watermark.",
+            )?,
+            duplicate_rows: counter(
+                r,
+                "weir_duplicate_rows_total",
+                "Events a dedup query dropped because a row of their key was kept already.",
             )?,
             malformed_rows: counter(
                 r,
@@ -464,6 +470,7 @@ impl DriverMetrics {
             }
         }
         self.late_rows.inc_by(p.num_late_rows);
+        self.duplicate_rows.inc_by(p.num_duplicate_rows);
         self.malformed_rows.inc_by(p.num_malformed_rows);
         self.dead_letter_rows.inc_by(p.num_dead_letter_rows);
         self.lost_offsets.inc_by(p.num_lost_offsets);

@@ -19,6 +19,9 @@ pub struct QueryIdentity {
     pub name: String,
     pub topic: String,
     pub output_url: String,
+    /// The query keeps each key's first row (a dedup query): its output rows are events, and
+    /// the rest of its valid, on-time rows are duplicates.
+    pub dedup: bool,
 }
 
 /// One committed epoch, with the driver's own timings.
@@ -169,6 +172,14 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
         num_lost_offsets: s.lost_offsets,
         runs: e.runs,
         num_key_groups_moved: s.key_groups_moved,
+        num_duplicate_rows: if query.dedup {
+            // Every valid row that was not late is kept or a duplicate.
+            s.valid_rows
+                .saturating_sub(s.late_rows)
+                .saturating_sub(s.windows_emitted)
+        } else {
+            0
+        },
         num_executors: executors.len() as u32,
         executors,
     }
@@ -200,13 +211,20 @@ pub fn line(p: &QueryProgress) -> String {
         .and_then(|t| t.watermark.clone())
         .unwrap_or_else(|| "-".into());
     let lag: i64 = p.sources.iter().map(|s| s.lag).sum();
+    // A dedup query says how many duplicates it dropped.
+    let emitted = if p.num_duplicate_rows > 0 {
+        format!("duplicates {} | rows emitted", p.num_duplicate_rows)
+    } else {
+        "rows emitted".to_string()
+    };
     let mut line = format!(
-        "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | windows emitted {} | late {} | malformed {} | executors {}, shuffled {} rows | checkpoint {} (+{}) | delta version {} | lag {} | {} ms",
+        "[{}] epoch {} | input {} rows, {:.0} rows/s | watermark {} | {} {} | late {} | malformed {} | executors {}, shuffled {} rows | checkpoint {} (+{}) | delta version {} | lag {} | {} ms",
         p.name,
         p.batch_id,
         p.num_input_rows,
         p.processed_rows_per_second,
         watermark,
+        emitted,
         sink.num_output_rows,
         p.num_late_rows,
         p.num_malformed_rows,
@@ -313,6 +331,7 @@ mod tests {
             name: "analytics".into(),
             topic: "web-events".into(),
             output_url: "file:///t".into(),
+            dedup: false,
         };
         let p = build(
             &query,
