@@ -778,3 +778,21 @@ fn dedup_queries_parse_and_their_mistakes_are_named() {
     .expect_err("merge_on on a window query");
     assert!(err.field.ends_with("merge_on"), "{err}");
 }
+
+/// Every job file in `examples/` is a valid job.
+#[test]
+fn the_examples_are_valid_jobs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = parse_job(&text, &dir) {
+                panic!("{}: {e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "{checked} examples");
+}
