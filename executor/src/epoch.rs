@@ -20,7 +20,7 @@ use weir_common::job::JobSpec;
 use weir_common::keygroup::KeyGroups;
 use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
 
-use crate::aggregate::partials::Partials;
+use crate::aggregate::partials::{Partials, PlanPartials};
 use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
@@ -36,6 +36,9 @@ use weir_telemetry::Readiness;
 
 /// Set to 1, executors skip state snapshots (benchmarks measure their cost with it).
 pub const NO_SNAPSHOTS_VAR: &str = "WEIR_UNSAFE_NO_STATE_SNAPSHOTS";
+
+/// The query's operator in the plan (a job runs one query).
+const OPERATOR: u8 = 0;
 
 /// Records decoded together: one arrow-json pass per chunk. 4 096 lines (about 1 MB of the
 /// reference events) ran 2–4 % faster than 8 192 or 16 384 in alternating runs here: what a
@@ -83,7 +86,7 @@ pub struct EpochRunner {
 /// What an epoch's reading produces before the exchange.
 struct Local {
     /// Partials per peer, by the owner of their key groups.
-    outgoing: Vec<Partials>,
+    outgoing: Vec<PlanPartials>,
     /// What the query took out of the store for the windows the epoch closes.
     closing: Closing,
     state_batch: WriteBatch,
@@ -312,7 +315,7 @@ impl EpochRunner {
         }
         tokio::task::block_in_place(|| fault::reached("execute", epoch));
         let outgoing = std::mem::take(&mut local.outgoing);
-        let (owned, exchanged) = self
+        let (mut owned, exchanged) = self
             .exchange
             .shuffle(epoch, &req.run, 0, &topology.peers, topology.me, outgoing)
             .await
@@ -333,7 +336,7 @@ impl EpochRunner {
             self.query.fold(
                 &self.state,
                 closing,
-                owned,
+                owned.take(OPERATOR),
                 &topology,
                 req.watermark_micros,
                 &mut state_batch,
@@ -345,7 +348,8 @@ impl EpochRunner {
         // their group rows in a second round before any row is emitted.
         let counts = match folding.counts {
             Some(outgoing) => {
-                let (counts, exchanged) = self
+                let outgoing = PlanPartials::by_peer(vec![outgoing], topology.peers.len());
+                let (mut counts, exchanged) = self
                     .exchange
                     .shuffle(epoch, &req.run, 1, &topology.peers, topology.me, outgoing)
                     .await
@@ -353,7 +357,7 @@ impl EpochRunner {
                 stats.exchange_ms += exchanged.elapsed.as_millis() as u64;
                 stats.shuffle_rows_sent += exchanged.rows_sent;
                 stats.shuffle_rows_received += exchanged.rows_received;
-                counts
+                counts.take(OPERATOR)
             }
             None => Partials::default(),
         };
@@ -501,7 +505,7 @@ impl EpochRunner {
 
         let mut state_batch = WriteBatch::default();
         let closing_started = Instant::now();
-        let (outgoing, closing) = self.query.close(
+        let (by_owner, closing) = self.query.close(
             pre,
             &self.state,
             topology,
@@ -510,6 +514,7 @@ impl EpochRunner {
         )?;
         // Taking closed windows out of the store is part of emitting them.
         stats.emit_ms = closing_started.elapsed().as_millis() as u64;
+        let outgoing = PlanPartials::by_peer(vec![by_owner], topology.peers.len());
         Ok(Local {
             outgoing,
             closing,

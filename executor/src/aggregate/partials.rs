@@ -15,7 +15,7 @@ use weir_common::job::JobSpec;
 use weir_common::keygroup::key_group;
 use weir_common::window::{check_event_time, Window, WindowSpec};
 
-use crate::state::keys::{distinct_key_into, key_group_of, parse_key, StateKey};
+use crate::state::keys::{distinct_key_into, key_group_of, operator_of, parse_key, StateKey};
 
 /// A distinct value as its distinct key ([`crate::state::keys::distinct_key`]: its key group,
 /// window, aggregate index, group key and value), built alone; epochs write theirs into
@@ -34,7 +34,7 @@ pub fn distinct_entry(
     key_groups: u32,
 ) -> DistinctEntry {
     let mut key = Vec::new();
-    distinct_key_into(&mut key, window, agg, group, value, key_groups);
+    distinct_key_into(&mut key, 0, window, agg, group, value, key_groups);
     key
 }
 
@@ -157,6 +157,8 @@ pub struct Shape {
     /// The query's windows; none for a dedup query, which sends rows instead.
     window: Option<WindowSpec>,
     key_groups: u32,
+    /// The operator whose entries these are.
+    operator: u8,
 }
 
 impl Shape {
@@ -166,6 +168,7 @@ impl Shape {
             aggregates: windows.map(|w| w.aggregates.clone()).unwrap_or_default(),
             window: windows.map(|w| w.window),
             key_groups: job.key_groups,
+            operator: 0,
         }
     }
 
@@ -227,6 +230,13 @@ impl Shape {
         let Some(StateKey::Distinct { window, agg, .. }) = parse_key(key) else {
             return Err("not a distinct-value key".into());
         };
+        if operator_of(key) != Some(self.operator) {
+            return Err(format!(
+                "a distinct value of operator {:?} sent to operator {}",
+                operator_of(key),
+                self.operator
+            ));
+        }
         let kg = key_group_of(key).unwrap_or(u32::MAX);
         if kg >= self.key_groups {
             return Err(format!(
@@ -255,6 +265,7 @@ impl Shape {
             ],
             window: Some(WindowSpec::tumbling(300)),
             key_groups: 64,
+            operator: 0,
         }
     }
 }
@@ -360,7 +371,7 @@ impl Partials {
     /// one of `0..n`. (Epochs route with [`ByOwner`] as partials are produced.)
     #[cfg(test)]
     pub fn split(self, owners: &[usize], n: usize) -> Vec<Partials> {
-        let mut out = ByOwner::new(owners, n);
+        let mut out = ByOwner::new(owners, n, 0);
         for (key, partials) in self.groups {
             out.add_group(key, partials).unwrap();
         }
@@ -377,19 +388,80 @@ impl Partials {
     }
 }
 
+/// Each operator's partials, by its index in the plan: what one exchange stream carries (its
+/// entries tagged with their operator).
+#[derive(Debug, Default)]
+pub struct PlanPartials(pub Vec<Partials>);
+
+impl PlanPartials {
+    /// Entries of every operator.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Partials::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Partials::is_empty)
+    }
+
+    /// Operator `op`'s partials, made empty if there were none.
+    pub fn operator(&mut self, op: u8) -> &mut Partials {
+        let i = usize::from(op);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, Partials::default);
+        }
+        &mut self.0[i]
+    }
+
+    /// Takes operator `op`'s partials out.
+    pub fn take(&mut self, op: u8) -> Partials {
+        self.0
+            .get_mut(usize::from(op))
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Merges another stream's partials in, operator by operator.
+    pub fn merge(&mut self, other: PlanPartials) -> Result<(), MergeError> {
+        for (op, partials) in other.0.into_iter().enumerate() {
+            let op = u8::try_from(op).map_err(|_| MergeError::Overflow("operator index"))?;
+            self.operator(op).merge(partials)?;
+        }
+        Ok(())
+    }
+
+    /// Per peer, what each operator sends it: `by_operator[op][peer]` regrouped by peer.
+    pub fn by_peer(by_operator: Vec<Vec<Partials>>, peers: usize) -> Vec<PlanPartials> {
+        let mut out: Vec<PlanPartials> = (0..peers).map(|_| PlanPartials::default()).collect();
+        for (op, parts) in by_operator.into_iter().enumerate() {
+            for (peer, part) in parts.into_iter().enumerate() {
+                if let Some(to) = out.get_mut(peer) {
+                    if to.0.len() <= op {
+                        to.0.resize_with(op + 1, Partials::default);
+                    }
+                    to.0[op] = part;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Partials sorted by the owner of their key groups as they are added: `owners[kg]` is the
 /// index of the owner of key group `kg`, one of `0..n`.
 pub struct ByOwner<'a> {
     owners: &'a [usize],
+    /// The operator whose partials these are (its distinct keys carry it).
+    op: u8,
     parts: Vec<Partials>,
     /// Where a distinct value's key is built before it is copied to its owner's.
     scratch: Vec<u8>,
 }
 
 impl<'a> ByOwner<'a> {
-    pub fn new(owners: &'a [usize], n: usize) -> Self {
+    pub fn new(owners: &'a [usize], n: usize, op: u8) -> Self {
         Self {
             owners,
+            op,
             parts: (0..n).map(|_| Partials::default()).collect(),
             scratch: Vec::new(),
         }
@@ -424,7 +496,15 @@ impl<'a> ByOwner<'a> {
     /// Adds a distinct value of (window, aggregate `agg`, group) as its distinct key.
     pub fn add_distinct_value(&mut self, window: Window, agg: u8, group: &[u8], value: &[u8]) {
         let mut key = std::mem::take(&mut self.scratch);
-        let kg = distinct_key_into(&mut key, window, agg, group, value, self.key_groups());
+        let kg = distinct_key_into(
+            &mut key,
+            self.op,
+            window,
+            agg,
+            group,
+            value,
+            self.key_groups(),
+        );
         self.owner(kg).distinct.push(&key);
         self.scratch = key;
     }

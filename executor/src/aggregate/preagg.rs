@@ -302,7 +302,7 @@ impl<'a> PreAggregation<'a> {
     #[cfg(test)]
     pub fn into_partials(self) -> crate::aggregate::partials::Partials {
         let owners = vec![0; self.key_groups as usize];
-        let mut out = ByOwner::new(&owners, 1);
+        let mut out = ByOwner::new(&owners, 1, 0);
         self.route(&mut out).unwrap();
         out.finish().pop().unwrap_or_default()
     }
@@ -450,7 +450,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         pre.add_batch(&batch(&job, &rows));
         let key_groups = 64;
         let owners: Vec<usize> = (0..key_groups).map(|kg| kg % 3).collect();
-        let mut out = ByOwner::new(&owners, 3);
+        let mut out = ByOwner::new(&owners, 3, 0);
         pre.route(&mut out).unwrap();
         let parts = out.finish();
         let groups: usize = parts.iter().map(|p| p.groups.len()).sum();

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::wire::decode_into;
-use crate::aggregate::partials::{Partials, Shape};
+use crate::aggregate::partials::{PlanPartials, Shape};
 
 /// Identifies one incoming stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,7 +97,7 @@ pub enum InboxMsg {
 /// What the peers sent for one epoch.
 #[derive(Debug, Default)]
 pub struct Received {
-    pub partials: Partials,
+    pub partials: PlanPartials,
     pub rows: u64,
 }
 
@@ -118,21 +118,21 @@ struct EpochInbox {
 
 #[derive(Default)]
 struct OpenStream {
-    partials: Partials,
+    partials: PlanPartials,
     rows: u64,
     failure: Option<String>,
 }
 
 /// Starts the inbox actor; `capacity` bounds the batches in its queue (the backpressure that
 /// slows senders when this executor merges more slowly than they send). What arrives is
-/// checked against the query's `shape`.
-pub fn spawn(capacity: usize, shape: Shape) -> mpsc::Sender<InboxMsg> {
+/// checked against the shape of its operator (`shapes[op]`, one per operator of the plan).
+pub fn spawn(capacity: usize, shapes: Vec<Shape>) -> mpsc::Sender<InboxMsg> {
     let (tx, rx) = mpsc::channel(capacity);
-    tokio::spawn(run(rx, shape).in_current_span());
+    tokio::spawn(run(rx, shapes).in_current_span());
     tx
 }
 
-async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
+async fn run(mut messages: mpsc::Receiver<InboxMsg>, shapes: Vec<Shape>) {
     let mut epochs: BTreeMap<RunKey, EpochInbox> = BTreeMap::new();
     let mut open: HashMap<StreamId, OpenStream> = HashMap::new();
     // The last run collected: streams of it or of earlier epochs are stale.
@@ -144,7 +144,7 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
                 if s.failure.is_none() {
                     // Decoding merges on this task; it is the work the queue meters.
                     match tokio::task::block_in_place(|| {
-                        decode_into(&batch, &shape, &mut s.partials)
+                        decode_into(&batch, &shapes, &mut s.partials)
                     }) {
                         Ok(rows) => s.rows += rows as u64,
                         Err(e) => s.failure = Some(e.to_string()),
@@ -240,7 +240,7 @@ async fn run(mut messages: mpsc::Receiver<InboxMsg>, shape: Shape) {
 fn merge_stream(
     epoch: &mut EpochInbox,
     sender: &str,
-    partials: Partials,
+    partials: PlanPartials,
     rows: u64,
 ) -> Result<u64, String> {
     match epoch.total.partials.merge(partials) {
@@ -308,6 +308,7 @@ fn answer_waiter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::partials::Partials;
     use crate::exchange::wire::{entries, BatchEncoder};
     use weir_common::window::Window;
 
@@ -322,7 +323,10 @@ mod tests {
                 16,
             ));
         }
-        BatchEncoder::new(entries(p)).next().unwrap().unwrap()
+        BatchEncoder::new(entries(PlanPartials(vec![p])))
+            .next()
+            .unwrap()
+            .unwrap()
     }
 
     fn id(sender: &str, connection: u64) -> StreamId {
@@ -396,7 +400,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn collects_when_every_sender_finished_and_drops_broken_streams() {
-        let inbox = spawn(4, Shape::for_tests());
+        let inbox = spawn(4, vec![Shape::for_tests()]);
         let collected = collect(&inbox, "r1", &["a", "b"]).await;
         // A's first attempt breaks half way; its second arrives whole.
         send(&inbox, id("a", 0), 0..10).await;
@@ -416,14 +420,14 @@ mod tests {
         assert_eq!(end(&inbox, id("b", 1), 10).await, Ok(10));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 20);
-        assert_eq!(received.partials.unique_distinct(), 15);
+        assert_eq!(received.partials.0[0].unique_distinct(), 15);
         // The epoch is gone: a straggler is told so.
         assert!(end(&inbox, id("c", 0), 0).await.is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_run_of_an_epoch_never_sees_what_the_abandoned_run_sent() {
-        let inbox = spawn(4, Shape::for_tests());
+        let inbox = spawn(4, vec![Shape::for_tests()]);
         let stream = |run: &str| StreamId {
             epoch: 3,
             run: run.into(),
@@ -440,14 +444,14 @@ mod tests {
         assert_eq!(end(&inbox, stream("r2"), 5).await, Ok(5));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 5);
-        assert_eq!(received.partials.distinct.len(), 5);
+        assert_eq!(received.partials.0[0].distinct.len(), 5);
         // Once r2 is collected, a straggler of either run is stale.
         assert!(end(&inbox, stream("r2"), 0).await.is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_run_completing_late_keeps_the_newer_runs_streams() {
-        let inbox = spawn(4, Shape::for_tests());
+        let inbox = spawn(4, vec![Shape::for_tests()]);
         let stream = |run: &str, sender: &str| StreamId {
             epoch: 3,
             run: run.into(),
@@ -472,14 +476,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(received.rows, 7);
-        assert_eq!(received.partials.distinct.len(), 7);
+        assert_eq!(received.partials.0[0].distinct.len(), 7);
     }
 
     /// A fast peer's second-round stream may arrive before this executor collected the first
     /// round: it is kept for the second, and neither round sees the other's partials.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rounds_of_a_run_are_collected_apart_and_in_order() {
-        let inbox = spawn(4, Shape::for_tests());
+        let inbox = spawn(4, vec![Shape::for_tests()]);
         let stream = |round: u32| StreamId {
             round,
             ..id("a", u64::from(round))
@@ -490,14 +494,14 @@ mod tests {
         assert_eq!(end(&inbox, stream(1), 3).await, Ok(3));
         let first = collect_round(&inbox, "r1", 0, &["a"]).await;
         let first = first.await.unwrap().unwrap();
-        assert_eq!(first.partials.distinct.len(), 4);
+        assert_eq!(first.partials.0[0].distinct.len(), 4);
         let second = collect_round(&inbox, "r1", 1, &["a"]).await;
         let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
             .await
             .expect("the second round's early stream was dropped")
             .unwrap()
             .unwrap();
-        assert_eq!(second.partials.distinct.len(), 3);
+        assert_eq!(second.partials.0[0].distinct.len(), 3);
         // Both rounds are done: a resent stream of either is stale.
         assert!(end(&inbox, stream(0), 0).await.is_err());
         assert!(end(&inbox, stream(1), 0).await.is_err());
@@ -510,14 +514,17 @@ mod tests {
         send(&inbox, rerun.clone(), 20..22).await;
         assert_eq!(end(&inbox, rerun, 2).await, Ok(2));
         let again = collect_round(&inbox, "r2", 0, &["a"]).await;
-        assert_eq!(again.await.unwrap().unwrap().partials.distinct.len(), 2);
+        assert_eq!(
+            again.await.unwrap().unwrap().partials.0[0].distinct.len(),
+            2
+        );
     }
 
     /// Partials are taken only from the run's peers: a stream from anyone else is refused once
     /// the peers are known, and dropped (never merged) when it finished before.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partials_from_a_sender_outside_the_run_are_never_merged() {
-        let inbox = spawn(4, Shape::for_tests());
+        let inbox = spawn(4, vec![Shape::for_tests()]);
         // A stranger finishes before this executor's runner names the peers; so does A.
         send(&inbox, id("stranger", 0), 0..10).await;
         assert_eq!(end(&inbox, id("stranger", 0), 10).await, Ok(10));
@@ -532,6 +539,6 @@ mod tests {
         assert_eq!(end(&inbox, id("b", 0), 2).await, Ok(2));
         let received = collected.await.unwrap().unwrap();
         assert_eq!(received.rows, 5);
-        assert_eq!(received.partials.unique_distinct(), 5);
+        assert_eq!(received.partials.0[0].unique_distinct(), 5);
     }
 }

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use weir_proto::cluster_auth::Sign;
 use weir_proto::exchange::StreamHeader;
 
-use crate::aggregate::partials::Partials;
+use crate::aggregate::partials::PlanPartials;
 use inbox::{InboxMsg, Received, RunKey};
 
 /// How many batches may wait in the inbox before senders are slowed down.
@@ -123,8 +123,8 @@ impl Exchange {
         round: u32,
         peers: &[Peer],
         me: usize,
-        mut outgoing: Vec<Partials>,
-    ) -> Result<(Partials, ExchangeStats), ExchangeError> {
+        mut outgoing: Vec<PlanPartials>,
+    ) -> Result<(PlanPartials, ExchangeStats), ExchangeError> {
         let started = Instant::now();
         let mut own = std::mem::take(&mut outgoing[me]);
         let expected: BTreeSet<String> = peers

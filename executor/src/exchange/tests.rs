@@ -17,7 +17,7 @@ use weir_proto::cluster_auth::{ClusterSecret, Guard, Sign};
 use super::server::ExchangeService;
 use super::wire::{decode_into, entries, BatchEncoder};
 use super::*;
-use crate::aggregate::partials::Shape;
+use crate::aggregate::partials::{Partials, PlanPartials, Shape};
 
 const JOB: &str = "job-1";
 
@@ -94,7 +94,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     // 300 batches of 4096 distinct values (~100 KiB each): the sender could produce them all
     // at once; it may only run ahead of the owner by what the queue and HTTP/2 windows hold.
     const BATCHES: u64 = 300;
-    let one = BatchEncoder::new(entries(distinct(0..4096)))
+    let one = BatchEncoder::new(entries(PlanPartials(vec![distinct(0..4096)])))
         .next()
         .unwrap()
         .unwrap();
@@ -118,13 +118,13 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     let mut taken = 0u64;
     let mut rows = 0u64;
     let mut most_ahead = 0u64;
-    let mut merged = Partials::default();
+    let mut merged = PlanPartials::default();
     while let Some(msg) = queue.recv().await {
         match msg {
             InboxMsg::Batch { batch, .. } => {
                 taken += 1;
                 most_ahead = most_ahead.max(pulled.load(Ordering::SeqCst) - taken);
-                rows += decode_into(&batch, &Shape::for_tests(), &mut merged).unwrap() as u64;
+                rows += decode_into(&batch, &[Shape::for_tests()], &mut merged).unwrap() as u64;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             InboxMsg::End {
@@ -142,7 +142,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     let ack = sender.await.unwrap().unwrap();
     assert_eq!(taken, BATCHES);
     assert_eq!(ack.rows, BATCHES * rows_per_batch);
-    assert_eq!(merged.unique_distinct(), 4096);
+    assert_eq!(merged.take(0).unique_distinct(), 4096);
     println!("the sender ran at most {most_ahead} batches ahead of the owner");
     assert!(
         most_ahead <= 64,
@@ -162,7 +162,7 @@ async fn a_stream_of_another_job_is_refused() {
         Sign(None),
         "owner",
         h,
-        entries(distinct(0..3)),
+        entries(PlanPartials(vec![distinct(0..3)])),
         bytes(),
     )
     .await
@@ -191,7 +191,7 @@ async fn a_stream_without_the_cluster_credential_is_refused() {
             sign,
             "owner",
             header(1, "rogue"),
-            entries(distinct(0..3)),
+            entries(PlanPartials(vec![distinct(0..3)])),
             bytes(),
         )
         .await
@@ -210,7 +210,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     let mut stops = Vec::new();
     let (sent, received) = (bytes(), bytes());
     for id in ids {
-        let inbox = inbox::spawn(INBOX_CAPACITY, Shape::for_tests());
+        let inbox = inbox::spawn(INBOX_CAPACITY, vec![Shape::for_tests()]);
         let (address, stop) = serve_guarded(
             ExchangeService::new(JOB.into(), inbox.clone(), received.clone()),
             Guard::new("executor", Some(secret()), || {}),
@@ -247,7 +247,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
             vec![Partial::Count(10), Partial::Distinct(0)],
         )
         .unwrap();
-        let outgoing = p.split(&owners, 3);
+        let outgoing = PlanPartials::by_peer(vec![p.split(&owners, 3)], 3);
         let peers = peers.clone();
         tasks.push(tokio::spawn(async move {
             exchange
@@ -258,7 +258,7 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     }
     let mut owned = Vec::new();
     for t in tasks {
-        owned.push(t.await.unwrap().0);
+        owned.push(t.await.unwrap().0.take(0));
     }
     // 0..2000 overall, each value at exactly one owner, the group row summed at its owner.
     let all: usize = owned.iter().map(Partials::unique_distinct).sum();

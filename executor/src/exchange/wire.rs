@@ -15,7 +15,8 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::aggregate::partials::{DistinctKeys, FirstRow, Partials, Shape};
+use crate::aggregate::partials::{DistinctKeys, FirstRow, Partials, PlanPartials, Shape};
+use crate::state::keys::tag;
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
@@ -62,16 +63,28 @@ pub enum Entry {
 }
 
 /// The entries of some partials, shareable so a stream can be sent again after a failure:
-/// group rows and shard counts, then the distinct values (as their distinct keys, all in
-/// `payload`).
+/// per operator, its group rows, shard counts and dedup rows, then its distinct values (as
+/// their distinct keys, all in `payload`).
 pub struct Entries {
+    parts: Vec<Part>,
+}
+
+/// One operator's entries.
+struct Part {
+    op: u8,
     rows: Vec<Entry>,
     distinct: DistinctKeys,
 }
 
+impl Part {
+    fn len(&self) -> usize {
+        self.rows.len() + self.distinct.len()
+    }
+}
+
 impl Entries {
     pub fn len(&self) -> usize {
-        self.rows.len() + self.distinct.len()
+        self.parts.iter().map(Part::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,45 +92,76 @@ impl Entries {
     }
 }
 
-pub fn entries(partials: Partials) -> Arc<Entries> {
-    let Partials {
-        groups,
-        distinct,
-        shard_counts,
-        firsts,
-    } = partials;
-    let rows = groups
+pub fn entries(partials: PlanPartials) -> Arc<Entries> {
+    let parts = partials
+        .0
         .into_iter()
-        .map(|(k, p)| Entry::Group(k, p))
-        .chain(
-            shard_counts
+        .enumerate()
+        .map(|(op, partials)| {
+            let Partials {
+                groups,
+                distinct,
+                shard_counts,
+                firsts,
+            } = partials;
+            let rows = groups
                 .into_iter()
-                .map(|(k, c)| Entry::ShardCount(k, c)),
-        )
-        .chain(firsts.into_iter().map(|(k, r)| Entry::FirstRow(k, r)))
+                .map(|(k, p)| Entry::Group(k, p))
+                .chain(
+                    shard_counts
+                        .into_iter()
+                        .map(|(k, c)| Entry::ShardCount(k, c)),
+                )
+                .chain(firsts.into_iter().map(|(k, r)| Entry::FirstRow(k, r)))
+                .collect();
+            Part {
+                // A plan's operators are numbered by u8 (state tags hold 6 bits of it).
+                op: op as u8,
+                rows,
+                distinct,
+            }
+        })
         .collect();
-    Arc::new(Entries { rows, distinct })
+    Arc::new(Entries { parts })
 }
 
 /// Turns entries into bounded record batches, lazily, so a sender builds one batch at a time.
 pub struct BatchEncoder {
     entries: Arc<Entries>,
+    /// The operator part being encoded, and the next entry of it.
+    part: usize,
     next: usize,
 }
 
 impl BatchEncoder {
     pub fn new(entries: Arc<Entries>) -> Self {
-        Self { entries, next: 0 }
+        Self {
+            entries,
+            part: 0,
+            next: 0,
+        }
     }
 
-    /// Entry `i` as (kind, window, aggregate, group, payload).
-    fn row(&self, i: usize) -> Option<Result<Row<'_>, String>> {
-        let rows = &self.entries.rows;
-        let Some(entry) = rows.get(i) else {
-            let key = self.entries.distinct.get(i - rows.len())?;
+    /// The next entry as (kind, window, aggregate, group, payload), the kind tagged with its
+    /// operator; moves past it.
+    fn take_row(&mut self) -> Option<Result<Row<'_>, String>> {
+        loop {
+            let part = self.entries.parts.get(self.part)?;
+            if self.next < part.len() {
+                break;
+            }
+            self.part += 1;
+            self.next = 0;
+        }
+        let i = self.next;
+        self.next += 1;
+        let part = &self.entries.parts[self.part];
+        let tagged = |kind: u8| tag(part.op, kind);
+        let Some(entry) = part.rows.get(i) else {
+            let key = part.distinct.get(i - part.rows.len())?;
             let window = Window { start: 0, end: 0 };
             return Some(Ok((
-                KIND_DISTINCT,
+                tagged(KIND_DISTINCT),
                 window,
                 0,
                 &NO_GROUP,
@@ -126,10 +170,10 @@ impl BatchEncoder {
         };
         Some(match entry {
             Entry::Group((window, g), partials) => encode_partials(partials)
-                .map(|p| (KIND_GROUP, *window, 0, g, Cow::Owned(p)))
+                .map(|p| (tagged(KIND_GROUP), *window, 0, g, Cow::Owned(p)))
                 .map_err(|e| format!("encoding partial states: {e}")),
             Entry::ShardCount((window, a, g), c) => Ok((
-                KIND_SHARD_COUNT,
+                tagged(KIND_SHARD_COUNT),
                 *window,
                 *a,
                 g,
@@ -144,7 +188,7 @@ impl BatchEncoder {
                     start: row.event_time,
                     end: row.event_time,
                 };
-                Ok((KIND_FIRST_ROW, at, 0, key, Cow::Owned(payload)))
+                Ok((tagged(KIND_FIRST_ROW), at, 0, key, Cow::Owned(payload)))
             }
         })
     }
@@ -165,7 +209,7 @@ impl Iterator for BatchEncoder {
         let mut rows = 0;
         let mut bytes = 0;
         while rows < MAX_BATCH_ROWS && bytes < MAX_BATCH_BYTES {
-            let (k, window, a, g, p) = match self.row(self.next) {
+            let (k, window, a, g, p) = match self.take_row() {
                 None => break,
                 Some(Ok(row)) => row,
                 Some(Err(reason)) => return Some(Err(WireError::Row { row: rows, reason })),
@@ -178,7 +222,6 @@ impl Iterator for BatchEncoder {
             group.append_value(g);
             payload.append_value(p.as_ref());
             rows += 1;
-            self.next += 1;
         }
         if rows == 0 {
             return None;
@@ -207,12 +250,12 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, W
         .ok_or_else(|| WireError::Schema(format!("column {name} is missing or mistyped")))
 }
 
-/// Merges the entries of an exchange batch into `into`, each checked against the query's
-/// `shape` first; returns the number of rows.
+/// Merges the entries of an exchange batch into `into`, each checked against the shape of its
+/// operator (`shapes[op]`) first; returns the number of rows.
 pub fn decode_into(
     batch: &RecordBatch,
-    shape: &Shape,
-    into: &mut Partials,
+    shapes: &[Shape],
+    into: &mut PlanPartials,
 ) -> Result<usize, WireError> {
     let kind = column::<UInt8Array>(batch, "kind")?;
     let start = column::<Int64Array>(batch, "window_start")?;
@@ -236,7 +279,13 @@ pub fn decode_into(
         payload,
     };
     for row in 0..batch.num_rows() {
-        decode_row(row, &columns, shape, into).map_err(|reason| WireError::Row { row, reason })?;
+        let kind = columns.kind.value(row);
+        let op = kind >> 2;
+        let decoded = match shapes.get(usize::from(op)) {
+            Some(shape) => decode_row(row, kind & 3, &columns, shape, into.operator(op)),
+            None => Err(format!("operator {op} is not in this plan")),
+        };
+        decoded.map_err(|reason| WireError::Row { row, reason })?;
     }
     Ok(batch.num_rows())
 }
@@ -254,6 +303,7 @@ struct Columns<'a> {
 /// Checks one row against `shape` and merges it into `into`.
 fn decode_row(
     row: usize,
+    kind: u8,
     c: &Columns<'_>,
     shape: &Shape,
     into: &mut Partials,
@@ -264,7 +314,7 @@ fn decode_row(
     };
     let g = c.group.value(row);
     let p = c.payload.value(row);
-    match c.kind.value(row) {
+    match kind {
         KIND_GROUP => {
             shape.check_window(window)?;
             let partials = decode_partials(p).map_err(|e| format!("partial states: {e}"))?;
@@ -314,6 +364,23 @@ fn decode_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One operator's partials as a stream's.
+    fn one(p: Partials) -> PlanPartials {
+        PlanPartials(vec![p])
+    }
+
+    /// [`decode_into`] for a plan of one operator of `shape`.
+    fn decode_one(
+        batch: &RecordBatch,
+        shape: &Shape,
+        into: &mut Partials,
+    ) -> Result<usize, WireError> {
+        let mut plan = one(std::mem::take(into));
+        let decoded = decode_into(batch, std::slice::from_ref(shape), &mut plan);
+        *into = plan.take(0);
+        decoded
+    }
     use weir_common::aggregate::Partial;
 
     #[test]
@@ -332,7 +399,7 @@ mod tests {
         p.add_group((w, b"click".to_vec()), group_row(10_000))
             .unwrap();
         p.add_shard_count((w, 1, b"view".to_vec()), 42).unwrap();
-        let batches: Vec<RecordBatch> = BatchEncoder::new(entries(p))
+        let batches: Vec<RecordBatch> = BatchEncoder::new(entries(one(p)))
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(batches.len(), 3);
@@ -340,7 +407,7 @@ mod tests {
         let mut back = Partials::default();
         let rows: usize = batches
             .iter()
-            .map(|b| decode_into(b, &Shape::for_tests(), &mut back).unwrap())
+            .map(|b| decode_one(b, &Shape::for_tests(), &mut back).unwrap())
             .sum();
         assert_eq!(rows, 10_002);
         assert_eq!(back.distinct.len(), 10_000);
@@ -371,7 +438,7 @@ mod tests {
             Shape::of(&weir_common::job::parse_job(&dedup, std::path::Path::new("/")).unwrap());
         let mut back = Partials::default();
         for p in [late, early] {
-            decode_into(&batch_of(p), &dedup, &mut back).unwrap();
+            decode_one(&batch_of(p), &dedup, &mut back).unwrap();
         }
         assert_eq!(back.firsts.len(), 2);
         assert_eq!(
@@ -381,13 +448,50 @@ mod tests {
         assert_eq!(back.firsts[&b"b".to_vec()], row(0, 3, b""));
         let mut one = Partials::default();
         one.add_first(b"a".to_vec(), row(0, 1, b"{}"));
-        let err = decode_into(
+        let err = decode_one(
             &batch_of(one),
             &Shape::for_tests(),
             &mut Partials::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("raw row"), "{err}");
+    }
+
+    /// One stream carries every operator's entries, each checked against its own operator's
+    /// shape and merged into its partials; an operator the plan lacks is refused.
+    #[test]
+    fn a_stream_carries_each_operators_entries_to_its_own_partials() {
+        let w = Window { start: 0, end: 300 };
+        let mut window_op = Partials::default();
+        window_op
+            .add_group((w, b"click".to_vec()), group_row(3))
+            .unwrap();
+        let mut dedup_op = Partials::default();
+        dedup_op.add_first(
+            b"a".to_vec(),
+            FirstRow {
+                event_time: 17_000_000,
+                position: (0, 1),
+                record: b"{}".to_vec(),
+            },
+        );
+        let dedup =
+            weir_common::job::reference::dedup_job_file("d", "  files: {path: /in}\n", "/out");
+        let dedup =
+            Shape::of(&weir_common::job::parse_job(&dedup, std::path::Path::new("/")).unwrap());
+        let batch = BatchEncoder::new(entries(PlanPartials(vec![window_op, dedup_op])))
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut back = PlanPartials::default();
+        let shapes = [Shape::for_tests(), dedup];
+        assert_eq!(decode_into(&batch, &shapes, &mut back).unwrap(), 2);
+        assert_eq!(back.0[0].groups.len(), 1);
+        assert!(back.0[0].firsts.is_empty());
+        assert_eq!(back.0[1].firsts.len(), 1);
+        assert!(back.0[1].groups.is_empty());
+        let err = decode_into(&batch, &shapes[..1], &mut PlanPartials::default()).unwrap_err();
+        assert!(err.to_string().contains("operator 1"), "{err}");
     }
 
     #[test]
@@ -401,7 +505,7 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![1]))],
         )
         .unwrap();
-        let err = decode_into(&batch, &Shape::for_tests(), &mut Partials::default()).unwrap_err();
+        let err = decode_one(&batch, &Shape::for_tests(), &mut Partials::default()).unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");
     }
 
@@ -413,9 +517,9 @@ mod tests {
         p.distinct.push(key.clone());
         // Cut inside its group key: the length it announces runs past the end.
         p.distinct.push(&key[..key.len() - 4]);
-        let batch = BatchEncoder::new(entries(p)).next().unwrap().unwrap();
+        let batch = BatchEncoder::new(entries(one(p))).next().unwrap().unwrap();
         let mut back = Partials::default();
-        let err = decode_into(&batch, &Shape::for_tests(), &mut back).unwrap_err();
+        let err = decode_one(&batch, &Shape::for_tests(), &mut back).unwrap_err();
         assert!(
             err.to_string().contains("row 1") && err.to_string().contains("distinct"),
             "{err}"
@@ -429,7 +533,7 @@ mod tests {
 
     /// One batch holding `p`'s entries.
     fn batch_of(p: Partials) -> RecordBatch {
-        BatchEncoder::new(entries(p)).next().unwrap().unwrap()
+        BatchEncoder::new(entries(one(p))).next().unwrap().unwrap()
     }
 
     /// Entries that do not fit the query, or whose counts overflow, fail with the reason; none
@@ -507,20 +611,20 @@ mod tests {
             (distinct(b"\x00\x01short".to_vec()), "not a distinct"),
         ];
         for (batch, expected) in cases {
-            let err = decode_into(&batch, &shape, &mut Partials::default()).unwrap_err();
+            let err = decode_one(&batch, &shape, &mut Partials::default()).unwrap_err();
             assert!(err.to_string().contains(expected), "{expected}: {err}");
         }
         // Counts that would wrap when merged fail the merge instead.
         let mut into = Partials::default();
-        decode_into(&group(w, group_row(i64::MAX)), &shape, &mut into).unwrap();
-        let err = decode_into(&group(w, group_row(1)), &shape, &mut into).unwrap_err();
+        decode_one(&group(w, group_row(i64::MAX)), &shape, &mut into).unwrap();
+        let err = decode_one(&group(w, group_row(1)), &shape, &mut into).unwrap_err();
         assert!(err.to_string().contains("overflows"), "{err}");
         assert!(matches!(
             into.groups[&(w, b"click".to_vec())][0],
             Partial::Count(i64::MAX)
         ));
-        decode_into(&shard(w, 1, i64::MAX), &shape, &mut into).unwrap();
-        let err = decode_into(&shard(w, 1, 1), &shape, &mut into).unwrap_err();
+        decode_one(&shard(w, 1, i64::MAX), &shape, &mut into).unwrap();
+        let err = decode_one(&shard(w, 1, 1), &shape, &mut into).unwrap_err();
         assert!(err.to_string().contains("overflows"), "{err}");
     }
 
@@ -549,7 +653,7 @@ mod tests {
                     Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.5.as_slice()))),
                 ],
             ).unwrap();
-            let _ = decode_into(&batch, &Shape::for_tests(), &mut Partials::default());
+            let _ = decode_one(&batch, &Shape::for_tests(), &mut Partials::default());
         }
 
         /// Real entries with one byte of their payload changed: decoded or refused, no panic.
@@ -575,7 +679,7 @@ mod tests {
             let mut columns = batch.columns().to_vec();
             columns[5] = Arc::new(BinaryArray::from_iter_values(values.iter().map(Vec::as_slice)));
             let batch = RecordBatch::try_new(schema(), columns).unwrap();
-            let _ = decode_into(&batch, &Shape::for_tests(), &mut Partials::default());
+            let _ = decode_one(&batch, &Shape::for_tests(), &mut Partials::default());
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::state::StateStore;
 
 /// The dedup query and the table its rows go to.
 pub struct Dedup {
+    /// Its index in the plan: its state keys carry it.
+    op: u8,
     job: JobSpec,
     query: DedupQuery,
     /// Decodes the rows kept (they travel as the records read).
@@ -52,8 +54,9 @@ pub struct Pending {
 }
 
 impl Dedup {
-    pub fn new(job: &JobSpec, query: &DedupQuery) -> Self {
+    pub fn new(op: u8, job: &JobSpec, query: &DedupQuery) -> Self {
         Self {
+            op,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
             output_schema: output_schema(job),
             query: query.clone(),
@@ -82,7 +85,7 @@ impl Dedup {
         watermark: Option<i64>,
         batch: &mut WriteBatch,
     ) -> anyhow::Result<(Vec<Partials>, Closing)> {
-        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
+        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len(), self.op);
         for (key, row) in reading.firsts.firsts {
             outgoing.add_first(key, row);
         }
@@ -90,7 +93,7 @@ impl Dedup {
         if let Some(watermark) = watermark {
             for range in topology.owned() {
                 expired += state
-                    .take_expired(range, watermark, batch)
+                    .take_expired(self.op, range, watermark, batch)
                     .context("forgetting expired dedup keys")?;
             }
         }
@@ -115,7 +118,7 @@ impl Dedup {
         arrived.sort_by(|a, b| a.1.position.cmp(&b.1.position).then(a.0.cmp(&b.0)));
         let keys: Vec<&[u8]> = arrived.iter().map(|(k, _)| k.as_slice()).collect();
         let remembered = state
-            .remembered(&keys, watermark.unwrap_or(i64::MIN))
+            .remembered(self.op, &keys, watermark.unwrap_or(i64::MIN))
             .context("looking up dedup keys")?;
         let mut rows = Vec::new();
         for ((key, row), known) in arrived.into_iter().zip(remembered) {
@@ -123,6 +126,7 @@ impl Dedup {
                 continue;
             }
             state.remember(
+                self.op,
                 &key,
                 row.event_time.saturating_add(self.query.within_micros),
                 batch,

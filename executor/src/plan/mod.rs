@@ -71,8 +71,8 @@ fn mismatch(phase: &str) -> anyhow::Error {
 impl Operator {
     pub fn new(job: &JobSpec) -> Self {
         let kind = match &job.query {
-            Query::Window(query) => Kind::Window(WindowAggregate::new(job, query)),
-            Query::Dedup(query) => Kind::Dedup(Dedup::new(job, query)),
+            Query::Window(query) => Kind::Window(WindowAggregate::new(0, job, query)),
+            Query::Dedup(query) => Kind::Dedup(Dedup::new(0, job, query)),
         };
         Self {
             kind,

@@ -20,6 +20,8 @@ use crate::state::{add_shard_counts, CountedFold, StateStore, WindowRow};
 
 /// The query's window aggregate and the table its rows go to.
 pub struct WindowAggregate {
+    /// Its index in the plan: its state keys and exchange entries carry it.
+    op: u8,
     job: JobSpec,
     query: WindowQuery,
     output_schema: SchemaRef,
@@ -55,8 +57,9 @@ pub struct Folding {
 }
 
 impl WindowAggregate {
-    pub fn new(job: &JobSpec, query: &WindowQuery) -> Self {
+    pub fn new(op: u8, job: &JobSpec, query: &WindowQuery) -> Self {
         Self {
+            op,
             query: query.clone(),
             output_schema: output_schema(job),
             job: job.clone(),
@@ -85,7 +88,7 @@ impl WindowAggregate {
         watermark: Option<i64>,
         batch: &mut WriteBatch,
     ) -> anyhow::Result<(Vec<Partials>, Closing)> {
-        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
+        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len(), self.op);
         pre.route(&mut outgoing)
             .context("routing partial aggregates")?;
         let mut closing = Closing {
@@ -95,8 +98,13 @@ impl WindowAggregate {
         };
         if let Some(watermark) = watermark {
             for range in topology.owned() {
-                let taken =
-                    state.take_closed(range, watermark, self.query.aggregates.len(), batch)?;
+                let taken = state.take_closed(
+                    self.op,
+                    range,
+                    watermark,
+                    self.query.aggregates.len(),
+                    batch,
+                )?;
                 closing.removed += taken.rows.len() as u64 + taken.distinct_removed;
                 closing.distinct_removed += taken.distinct_removed;
                 if self.update_mode() {
@@ -139,7 +147,7 @@ impl WindowAggregate {
         };
         if !self.update_mode() {
             let folded = state
-                .fold(owned, batch)
+                .fold(self.op, owned, batch)
                 .context("folding partial aggregates into state")?;
             stats.state_rows_updated = folded.rows_written;
             stats.distinct_entries_written = folded.distinct_written;
@@ -158,12 +166,12 @@ impl WindowAggregate {
             gains,
             folded,
         } = state
-            .fold_counting(owned, batch)
+            .fold_counting(self.op, owned, batch)
             .context("folding partial aggregates into state")?;
         stats.state_rows_updated = folded.rows_written;
         stats.distinct_entries_written = folded.distinct_written;
         let counts = if self.has_exact_distinct() {
-            let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len());
+            let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len(), self.op);
             for (key, gained) in gains {
                 outgoing
                     .add_shard_count(key, gained)
@@ -209,7 +217,7 @@ impl WindowAggregate {
         add_shard_counts(&mut rows, &counts.shard_counts).context("summing distinct counts")?;
         if write_back {
             state
-                .write_rows(&rows, batch)
+                .write_rows(self.op, &rows, batch)
                 .context("writing the epoch's group rows")?;
         }
         stats.windows_emitted = rows.len() as u64;

@@ -12,11 +12,14 @@ use super::keys::{self, dedup_expiry_key, dedup_lookup_key};
 use super::{StateError, StateStore, CLOSED_THROUGH_KEY};
 
 impl StateStore {
-    /// Forgets the keys of `key_groups` that expire at or before `watermark` (Spark evicts a
-    /// key once the watermark reaches its expiry), adding their deletion to `batch`; answers
-    /// how many.
+    /// Forgets dedup operator `op`'s keys of `key_groups` that expire at or before
+    /// `watermark` (Spark evicts a key once the watermark reaches its expiry), adding their
+    /// deletion to `batch`; answers how many. The range deleted holds every operator's entries
+    /// up to the watermark: each operator of the plan closes under the same watermark in the
+    /// same epoch, reading its own before the batch applies.
     pub fn take_expired(
         &self,
+        op: u8,
         key_groups: Range<u32>,
         watermark: i64,
         batch: &mut WriteBatch,
@@ -28,9 +31,12 @@ impl StateStore {
         for (lower, upper) in ranges {
             for item in self.scan(&lower, &upper) {
                 let (entry, _) = item.map_err(|e| self.err(e))?;
+                if keys::operator_of(&entry) != Some(op) {
+                    continue;
+                }
                 let (kg, key) = keys::parse_dedup_expiry(&entry)
                     .ok_or_else(|| StateError::Corrupt("not a dedup expiry entry".into()))?;
-                batch.delete(dedup_lookup_key(kg, key));
+                batch.delete(dedup_lookup_key(op, kg, key));
                 expired += 1;
             }
             batch.delete_range(&lower, &upper);
@@ -42,10 +48,15 @@ impl StateStore {
     /// Which of `keys` the store remembers under `watermark`: a key whose expiry the
     /// watermark has reached counts as forgotten even before this epoch's deletion of it is
     /// applied, as Spark evicts before the next batch reads.
-    pub fn remembered(&self, keys: &[&[u8]], watermark: i64) -> Result<Vec<bool>, StateError> {
+    pub fn remembered(
+        &self,
+        op: u8,
+        keys: &[&[u8]],
+        watermark: i64,
+    ) -> Result<Vec<bool>, StateError> {
         let lookups: Vec<Vec<u8>> = keys
             .iter()
-            .map(|key| dedup_lookup_key(key_group(key, self.key_groups), key))
+            .map(|key| dedup_lookup_key(op, key_group(key, self.key_groups), key))
             .collect();
         let mut answers = Vec::with_capacity(keys.len());
         for found in self.db.multi_get(&lookups) {
@@ -64,10 +75,10 @@ impl StateStore {
     }
 
     /// Remembers `key` until `expiry`, in `batch`.
-    pub fn remember(&self, key: &[u8], expiry: i64, batch: &mut WriteBatch) {
+    pub fn remember(&self, op: u8, key: &[u8], expiry: i64, batch: &mut WriteBatch) {
         let kg = key_group(key, self.key_groups);
-        batch.put(dedup_expiry_key(kg, expiry, key), []);
-        batch.put(dedup_lookup_key(kg, key), expiry.to_be_bytes());
+        batch.put(dedup_expiry_key(op, kg, expiry, key), []);
+        batch.put(dedup_lookup_key(op, kg, key), expiry.to_be_bytes());
     }
 }
 
@@ -87,17 +98,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = store(dir.path());
         let mut batch = WriteBatch::default();
-        state.remember(b"a", 19, &mut batch);
-        state.remember(b"b", 24, &mut batch);
+        state.remember(0, b"a", 19, &mut batch);
+        state.remember(0, b"b", 24, &mut batch);
         state.commit_epoch(1, batch).unwrap();
         assert_eq!(
-            state.remembered(&[b"a", b"b", b"c"], 15).unwrap(),
+            state.remembered(0, &[b"a", b"b", b"c"], 15).unwrap(),
             [true, true, false]
         );
         // Reached, not yet deleted: already forgotten.
-        assert_eq!(state.remembered(&[b"a"], 19).unwrap(), [false]);
+        assert_eq!(state.remembered(0, &[b"a"], 19).unwrap(), [false]);
         let mut batch = WriteBatch::default();
-        assert_eq!(state.take_expired(0..16, 20, &mut batch).unwrap(), 1);
+        assert_eq!(state.take_expired(0, 0..16, 20, &mut batch).unwrap(), 1);
         state.commit_epoch(2, batch).unwrap();
         let left: Vec<Vec<u8>> = state
             .entries()
@@ -109,6 +120,35 @@ mod tests {
         assert!(left.iter().all(|k| k.ends_with(b"b")));
         // A second closing under the same watermark scans nothing.
         let mut batch = WriteBatch::default();
-        assert_eq!(state.take_expired(0..16, 20, &mut batch).unwrap(), 0);
+        assert_eq!(state.take_expired(0, 0..16, 20, &mut batch).unwrap(), 0);
+    }
+
+    /// Two dedup operators share a store: each remembers and forgets its own keys, the same
+    /// key included, when every operator closes under the epoch's watermark (as epochs do).
+    #[test]
+    fn operators_sharing_a_store_keep_their_keys_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = store(dir.path());
+        let mut batch = WriteBatch::default();
+        state.remember(0, b"a", 24, &mut batch);
+        state.remember(1, b"a", 19, &mut batch);
+        state.commit_epoch(1, batch).unwrap();
+        assert_eq!(state.remembered(0, &[b"a"], 15).unwrap(), [true]);
+        assert_eq!(state.remembered(1, &[b"a"], 15).unwrap(), [true]);
+        assert_eq!(state.remembered(2, &[b"a"], 15).unwrap(), [false]);
+        let mut batch = WriteBatch::default();
+        assert_eq!(state.take_expired(0, 0..16, 20, &mut batch).unwrap(), 0);
+        assert_eq!(state.take_expired(1, 0..16, 20, &mut batch).unwrap(), 1);
+        state.commit_epoch(2, batch).unwrap();
+        assert_eq!(state.remembered(0, &[b"a"], 20).unwrap(), [true]);
+        assert_eq!(state.remembered(1, &[b"a"], 0).unwrap(), [false]);
+        let left: Vec<Vec<u8>> = state
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with(&keys::META_PREFIX))
+            .collect();
+        assert_eq!(left.len(), 2, "operator 0's two entries stay");
+        assert!(left.iter().all(|k| keys::operator_of(k) == Some(0)));
     }
 }

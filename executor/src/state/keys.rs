@@ -30,15 +30,32 @@
 use weir_common::keygroup::key_group_of_parts;
 use weir_common::window::Window;
 
+/// A key's tag is `operator << 2 | kind`: the kinds below are the window aggregate's and the
+/// dedup's, the operator the query's index in the job's plan (0 for a job of one query, whose
+/// keys are those stores held before plans had several operators).
 pub const TAG_GROUP: u8 = 0;
 pub const TAG_DISTINCT: u8 = 1;
 pub const TAG_SHARD_COUNT: u8 = 2;
 pub const TAG_RUN: u8 = 3;
 
-/// A dedup query's tags (its operator's kinds: the tag is `operator << 2 | kind`, the
-/// operator of a one-query job being 0).
+/// A dedup query's kinds.
 pub const TAG_DEDUP_EXPIRY: u8 = 0;
 pub const TAG_DEDUP_LOOKUP: u8 = 1;
+
+/// The tag of `kind` for `operator` (at most 63).
+pub fn tag(operator: u8, kind: u8) -> u8 {
+    operator << 2 | kind
+}
+
+/// The operator a state key belongs to.
+pub fn operator_of(key: &[u8]) -> Option<u8> {
+    key.get(10).map(|tag| tag >> 2)
+}
+
+/// A state key's kind (what the key is to its operator).
+fn kind_of(key: &[u8]) -> Option<u8> {
+    key.get(10).map(|tag| tag & 3)
+}
 
 /// Where the group key starts in a distinct key or run key.
 const GROUP_AT: usize = 24;
@@ -69,14 +86,14 @@ fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
     k
 }
 
-/// The entry that expires a dedup key at `expiry`.
-pub fn dedup_expiry_key(kg: u32, expiry: i64, key: &[u8]) -> Vec<u8> {
-    dedup_key(kg, expiry, TAG_DEDUP_EXPIRY, key)
+/// The entry that expires a dedup key of `op` at `expiry`.
+pub fn dedup_expiry_key(op: u8, kg: u32, expiry: i64, key: &[u8]) -> Vec<u8> {
+    dedup_key(kg, expiry, tag(op, TAG_DEDUP_EXPIRY), key)
 }
 
-/// The entry that finds a dedup key by its value; past every scan up to a watermark.
-pub fn dedup_lookup_key(kg: u32, key: &[u8]) -> Vec<u8> {
-    dedup_key(kg, i64::MAX, TAG_DEDUP_LOOKUP, key)
+/// The entry that finds a dedup key of `op` by its value; past every scan up to a watermark.
+pub fn dedup_lookup_key(op: u8, kg: u32, key: &[u8]) -> Vec<u8> {
+    dedup_key(kg, i64::MAX, tag(op, TAG_DEDUP_LOOKUP), key)
 }
 
 fn dedup_key(kg: u32, time: i64, tag: u8, key: &[u8]) -> Vec<u8> {
@@ -90,12 +107,12 @@ fn dedup_key(kg: u32, time: i64, tag: u8, key: &[u8]) -> Vec<u8> {
 
 /// A dedup expiry entry's key group and key, when `key` is one.
 pub fn parse_dedup_expiry(key: &[u8]) -> Option<(u32, &[u8])> {
-    (key.get(10) == Some(&TAG_DEDUP_EXPIRY)).then_some(())?;
+    (kind_of(key) == Some(TAG_DEDUP_EXPIRY)).then_some(())?;
     Some((key_group_of(key)?, key.get(11..)?))
 }
 
-pub fn group_key(kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
-    let mut k = head(kg, w.end, TAG_GROUP, w.start, group.len());
+pub fn group_key(op: u8, kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
+    let mut k = head(kg, w.end, tag(op, TAG_GROUP), w.start, group.len());
     k.extend_from_slice(group);
     k
 }
@@ -129,6 +146,7 @@ pub fn distinct_key_group_of(
 /// around the tag: they are hashed from it in two slices instead of being gathered again.
 pub fn distinct_key_into(
     key: &mut Vec<u8>,
+    op: u8,
     w: Window,
     agg: u8,
     group: &[u8],
@@ -136,7 +154,7 @@ pub fn distinct_key_into(
     key_groups: u32,
 ) -> u32 {
     key.clear();
-    write_distinct_key(key, 0, w, agg, group, value);
+    write_distinct_key(key, op, 0, w, agg, group, value);
     // [kg 0..2][end 2..10][tag 10][start 11..19][agg][len][group][value]
     let kg = key_group_of_parts(&[&key[2..10], &key[11..]], key_groups);
     key[..2].copy_from_slice(&(kg as u16).to_be_bytes());
@@ -146,12 +164,20 @@ pub fn distinct_key_into(
 #[cfg(test)]
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(24 + group.len() + value.len());
-    write_distinct_key(&mut k, kg, w, agg, group, value);
+    write_distinct_key(&mut k, 0, kg, w, agg, group, value);
     k
 }
 
-fn write_distinct_key(k: &mut Vec<u8>, kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) {
-    write_head(k, kg, w.end, TAG_DISTINCT, w.start);
+fn write_distinct_key(
+    k: &mut Vec<u8>,
+    op: u8,
+    kg: u32,
+    w: Window,
+    agg: u8,
+    group: &[u8],
+    value: &[u8],
+) {
+    write_head(k, kg, w.end, tag(op, TAG_DISTINCT), w.start);
     k.push(agg);
     k.extend_from_slice(&(group.len() as u32).to_be_bytes());
     k.extend_from_slice(group);
@@ -162,14 +188,14 @@ fn write_distinct_key(k: &mut Vec<u8>, kg: u32, w: Window, agg: u8, group: &[u8]
 /// of one run) and its value: `None` unless `key` is a whole distinct key.
 pub fn split_distinct_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = distinct_value_at(key)?;
-    (key.get(10) == Some(&TAG_DISTINCT)).then(|| key.split_at(at))
+    (kind_of(key) == Some(TAG_DISTINCT)).then(|| key.split_at(at))
 }
 
 /// The key of the run that holds the values of a distinct key's head.
 pub fn run_key(head: &[u8]) -> Vec<u8> {
     let mut run = head.to_vec();
     if let Some(tag) = run.get_mut(10) {
-        *tag = TAG_RUN;
+        *tag = (*tag & !3) | TAG_RUN;
     }
     run
 }
@@ -235,7 +261,7 @@ pub enum StateKey<'a> {
 
 pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
     let end = decode_time(key.get(2..10)?)?;
-    let tag = *key.get(10)?;
+    let tag = kind_of(key)?;
     let start = decode_time(key.get(11..19)?)?;
     let window = Window { start, end };
     match tag {
@@ -273,13 +299,19 @@ mod tests {
     /// its lookup entry sorts after every such scan.
     #[test]
     fn dedup_entries_sort_by_expiry_and_lookups_past_every_watermark() {
-        let early = dedup_expiry_key(7, 19_000_000, b"zz");
-        let late = dedup_expiry_key(7, 23_000_000, b"aa");
+        let early = dedup_expiry_key(0, 7, 19_000_000, b"zz");
+        let late = dedup_expiry_key(0, 7, 23_000_000, b"aa");
         assert!(early < late);
         assert!(late < kg_closed_upper(7, 23_000_000));
-        assert!(kg_closed_upper(7, i64::MAX - 1) <= dedup_lookup_key(7, b"aa"));
+        assert!(kg_closed_upper(7, i64::MAX - 1) <= dedup_lookup_key(0, 7, b"aa"));
         assert_eq!(parse_dedup_expiry(&early), Some((7, &b"zz"[..])));
-        assert_eq!(parse_dedup_expiry(&dedup_lookup_key(7, b"zz")), None);
+        assert_eq!(parse_dedup_expiry(&dedup_lookup_key(0, 7, b"zz")), None);
+        // Another operator's entries are told apart by their tag.
+        assert_eq!(
+            operator_of(&dedup_expiry_key(3, 7, 19_000_000, b"zz")),
+            Some(3)
+        );
+        assert_eq!(operator_of(&early), Some(0));
     }
 
     #[test]
@@ -299,14 +331,14 @@ mod tests {
         };
         let g = b"click";
         assert_eq!(
-            parse_key(&group_key(3, w, g)),
+            parse_key(&group_key(0, 3, w, g)),
             Some(StateKey::Group {
                 window: w,
                 group: g
             })
         );
         let legacy = {
-            let mut k = group_key(3, w, b"");
+            let mut k = group_key(0, 3, w, b"");
             k[10] = TAG_SHARD_COUNT;
             k.push(2);
             k.extend_from_slice(g);
@@ -335,7 +367,7 @@ mod tests {
             })
         );
         // A run key sorts with its window, after the window's group rows.
-        assert!(run > group_key(3, w, g) && run < kg_closed_upper(3, w.end));
+        assert!(run > group_key(0, 3, w, g) && run < kg_closed_upper(3, w.end));
         assert_eq!(parse_key(&[&run[..], b"u1"].concat()), None);
         assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"")).is_some());
         assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..26]).is_none());
@@ -343,7 +375,7 @@ mod tests {
         assert!(is_distinct_key(&distinct_key(3, w, 2, g, b"u1")));
         assert!(!is_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..22]));
         assert!(!is_distinct_key(&legacy));
-        assert!(!is_distinct_key(&group_key(3, w, g)));
+        assert!(!is_distinct_key(&group_key(0, 3, w, g)));
         assert_eq!(key_group_of(&distinct_key(300, w, 2, g, b"u1")), Some(300));
         // The key group computed from the key is the one its definition gives.
         for i in 0..2_000u32 {
@@ -356,6 +388,7 @@ mod tests {
             let mut key = Vec::new();
             let found = distinct_key_into(
                 &mut key,
+                0,
                 window,
                 (i % 3) as u8,
                 group.as_bytes(),
@@ -385,11 +418,11 @@ mod tests {
             start: 290,
             end: 590,
         };
-        assert!(group_key(3, w, g) < group_key(3, later, g));
-        assert!(group_key(3, later, g) < group_key(4, w, g));
+        assert!(group_key(0, 3, w, g) < group_key(0, 3, later, g));
+        assert!(group_key(0, 3, later, g) < group_key(0, 4, w, g));
         // Closed-range bounds: end <= 290 is inside, end 590 outside.
-        assert!(group_key(3, w, g) < kg_closed_upper(3, 290));
-        assert!(group_key(3, later, g) > kg_closed_upper(3, 290));
-        assert!(group_key(3, w, g) >= kg_lower(3));
+        assert!(group_key(0, 3, w, g) < kg_closed_upper(3, 290));
+        assert!(group_key(0, 3, later, g) > kg_closed_upper(3, 290));
+        assert!(group_key(0, 3, w, g) >= kg_lower(3));
     }
 }

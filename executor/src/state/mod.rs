@@ -275,14 +275,20 @@ impl StateStore {
         Ok(v.and_then(|b| b.try_into().ok().map(u64::from_be_bytes)))
     }
 
-    /// Adds the partials of the key groups this store owns to `batch`, merging with what the
-    /// store holds; a distinct value that came more than once counts once.
-    pub fn fold(&self, partials: Partials, batch: &mut WriteBatch) -> Result<Folded, StateError> {
+    /// Adds window aggregate `op`'s partials of the key groups this store owns to `batch`,
+    /// merging with what the store holds; a distinct value that came more than once counts
+    /// once.
+    pub fn fold(
+        &self,
+        op: u8,
+        partials: Partials,
+        batch: &mut WriteBatch,
+    ) -> Result<Folded, StateError> {
         let Partials {
             groups, distinct, ..
         } = partials;
-        let rows = self.merge_groups(groups)?;
-        self.write_rows(&rows, batch)?;
+        let rows = self.merge_groups(op, groups)?;
+        self.write_rows(op, &rows, batch)?;
         let mut folded = self.fold_distinct(&distinct, batch, None)?;
         folded.rows_written += rows.len() as u64;
         Ok(folded)
@@ -295,13 +301,14 @@ impl StateStore {
     /// every run it adds to, which is what counting new values costs.
     pub fn fold_counting(
         &self,
+        op: u8,
         partials: Partials,
         batch: &mut WriteBatch,
     ) -> Result<CountedFold, StateError> {
         let Partials {
             groups, distinct, ..
         } = partials;
-        let rows = self.merge_groups(groups)?;
+        let rows = self.merge_groups(op, groups)?;
         let mut gains = Vec::new();
         let mut folded = self.fold_distinct(&distinct, batch, Some(&mut gains))?;
         folded.rows_written += rows.len() as u64;
@@ -315,12 +322,13 @@ impl StateStore {
     /// The epoch's group rows merged with what the store holds for them.
     fn merge_groups(
         &self,
+        op: u8,
         groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
     ) -> Result<Vec<WindowRow>, StateError> {
         let mut rows = Vec::with_capacity(groups.len());
         for ((window, group), mut partials) in groups {
             let kg = key_group(&group, self.key_groups);
-            let key = keys::group_key(kg, window, &group);
+            let key = keys::group_key(op, kg, window, &group);
             if let Some(bytes) = self.db.get_pinned(&key).map_err(|e| self.err(e))? {
                 let mut existing = decode_partials(&bytes)
                     .map_err(|e| StateError::Corrupt(format!("group row: {e}")))?;
@@ -339,13 +347,18 @@ impl StateStore {
         Ok(rows)
     }
 
-    /// Puts group rows into `batch`.
-    pub fn write_rows(&self, rows: &[WindowRow], batch: &mut WriteBatch) -> Result<(), StateError> {
+    /// Puts window aggregate `op`'s group rows into `batch`.
+    pub fn write_rows(
+        &self,
+        op: u8,
+        rows: &[WindowRow],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
         for row in rows {
             let kg = key_group(&row.group, self.key_groups);
             let value = encode_partials(&row.partials)
                 .map_err(|e| StateError::Corrupt(format!("encoding group row: {e}")))?;
-            batch.put(keys::group_key(kg, row.window, &row.group), value);
+            batch.put(keys::group_key(op, kg, row.window, &row.group), value);
         }
         Ok(())
     }
@@ -421,6 +434,7 @@ impl StateStore {
     /// the groups' owners, counted (the owners sum the shards into their rows).
     pub fn take_closed(
         &self,
+        op: u8,
         key_groups: Range<u32>,
         watermark: i64,
         aggregates: usize,
@@ -437,6 +451,12 @@ impl StateStore {
         for (lower, upper) in ranges {
             for item in self.scan(&lower, &upper) {
                 let (key, value) = item.map_err(|e| self.err(e))?;
+                // Other operators' entries up to the watermark are theirs to read; the range
+                // deletion below ends them too, as their own closing under the same
+                // watermark does.
+                if keys::operator_of(&key) != Some(op) {
+                    continue;
+                }
                 match keys::parse_key(&key) {
                     Some(StateKey::Group { window, group }) => {
                         let partials = decode_partials(&value)
@@ -605,7 +625,9 @@ mod tests {
         let w = Window { start: 0, end: 300 };
         let gained = |names: &[&str], epoch: u64| {
             let mut batch = WriteBatch::default();
-            let counted = store.fold_counting(values(w, names), &mut batch).unwrap();
+            let counted = store
+                .fold_counting(0, values(w, names), &mut batch)
+                .unwrap();
             store.commit_epoch(epoch, batch).unwrap();
             assert!(counted
                 .gains
@@ -620,7 +642,7 @@ mod tests {
         assert_eq!(gained(&["u0", "u5", "u9"], 3), 3);
         // What the window closes with agrees with the gains' sum.
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        let closed = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
         assert_eq!(closed.distinct_removed, 7);
     }
 
@@ -630,7 +652,7 @@ mod tests {
         let w = Window { start: 0, end: 300 };
         let mut batch = WriteBatch::default();
         let folded = store
-            .fold(values(w, &["u1", "u2", "u1", "u3", "u2"]), &mut batch)
+            .fold(0, values(w, &["u1", "u2", "u1", "u3", "u2"]), &mut batch)
             .unwrap();
         assert_eq!(folded.distinct_written, 3);
         store.commit_epoch(0, batch).unwrap();
@@ -638,7 +660,7 @@ mod tests {
         store.db.flush().unwrap();
         let mut batch = WriteBatch::default();
         let folded = store
-            .fold(values(w, &["u3", "u4", "u1", "u4"]), &mut batch)
+            .fold(0, values(w, &["u3", "u4", "u1", "u4"]), &mut batch)
             .unwrap();
         assert_eq!(folded.distinct_written, 3);
         store.commit_epoch(1, batch).unwrap();
@@ -649,11 +671,11 @@ mod tests {
             end: 600,
         };
         store
-            .fold(values(later, &["u9", "u1"]), &mut batch)
+            .fold(0, values(later, &["u9", "u1"]), &mut batch)
             .unwrap();
         store.commit_epoch(2, batch).unwrap();
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        let closed = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
         let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
         assert_eq!(counted, 4);
         assert_eq!(closed.distinct_removed, 4);
@@ -666,13 +688,13 @@ mod tests {
 
         // Under the same watermark again, nothing is left to take.
         let mut batch = WriteBatch::default();
-        let again = store.take_closed(0..8, 300, 3, &mut batch).unwrap();
+        let again = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
         assert_eq!((again.shard_counts.len(), again.distinct_removed), (0, 0));
         store.commit_epoch(4, batch).unwrap();
         // The next window is counted alone, though the first one's keys are still in the
         // memtable behind their range deletion.
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0..8, 600, 3, &mut batch).unwrap();
+        let closed = store.take_closed(0, 0..8, 600, 3, &mut batch).unwrap();
         let counted: Vec<_> = closed
             .shard_counts
             .iter()
@@ -691,18 +713,20 @@ mod tests {
         // A store that does not know what was taken (key groups copied in) scans them whole.
         let copy = StateStore::create_empty(&dir.path().join("copy"), 8).unwrap();
         let mut batch = WriteBatch::default();
-        copy.fold(values(w, &["u1", "u2"]), &mut batch).unwrap();
-        copy.fold(values(later, &["u3"]), &mut batch).unwrap();
+        copy.fold(0, values(w, &["u1", "u2"]), &mut batch).unwrap();
+        copy.fold(0, values(later, &["u3"]), &mut batch).unwrap();
         copy.commit_epoch(0, batch).unwrap();
         let mut batch = WriteBatch::default();
-        let closed = copy.take_closed(0..8, 600, 3, &mut batch).unwrap();
+        let closed = copy.take_closed(0, 0..8, 600, 3, &mut batch).unwrap();
         assert_eq!(closed.distinct_removed, 3);
     }
 
     /// Distinct counts per window of `store`, all key groups, taken under `watermark`.
     fn counts(store: &StateStore, watermark: i64) -> Vec<(Window, i64)> {
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0..8, watermark, 3, &mut batch).unwrap();
+        let closed = store
+            .take_closed(0, 0..8, watermark, 3, &mut batch)
+            .unwrap();
         let mut sums: Vec<(Window, i64)> = Vec::new();
         for ((window, _, _), n) in closed.shard_counts {
             match sums.iter_mut().find(|(w, _)| *w == window) {
@@ -728,7 +752,7 @@ mod tests {
             expected.extend(users.iter().cloned());
             let names: Vec<&str> = users.iter().map(String::as_str).collect();
             let mut batch = WriteBatch::default();
-            store.fold(values(w, &names), &mut batch).unwrap();
+            store.fold(0, values(w, &names), &mut batch).unwrap();
             store.commit_epoch(epoch, batch).unwrap();
             store.db.flush().unwrap();
         }
@@ -756,7 +780,7 @@ mod tests {
         // This version adds runs to the first window only, overlapping the old values.
         let mut batch = WriteBatch::default();
         store
-            .fold(values(w, &["u2", "u3", "u4", "u5"]), &mut batch)
+            .fold(0, values(w, &["u2", "u3", "u4", "u5"]), &mut batch)
             .unwrap();
         store.commit_epoch(1, batch).unwrap();
         assert_eq!(counts(&store, 600), [(w, 5), (later, 1)]);
@@ -767,7 +791,7 @@ mod tests {
         let (_dir, store) = empty_store();
         let w = Window { start: 0, end: 300 };
         let mut batch = WriteBatch::default();
-        store.fold(values(w, &["u1"]), &mut batch).unwrap();
+        store.fold(0, values(w, &["u1"]), &mut batch).unwrap();
         store.commit_epoch(0, batch).unwrap();
         let (run_key, _) = store
             .entries()
@@ -778,6 +802,6 @@ mod tests {
         batch.merge(&run_key, [1, 0, 0, 0, 9]);
         store.commit_epoch(1, batch).unwrap();
         let mut batch = WriteBatch::default();
-        assert!(store.take_closed(0..8, 300, 3, &mut batch).is_err());
+        assert!(store.take_closed(0, 0..8, 300, 3, &mut batch).is_err());
     }
 }

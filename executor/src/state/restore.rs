@@ -150,7 +150,7 @@ mod tests {
     /// The distinct values `store` holds in the window that closes at 300.
     fn distinct_values(store: &StateStore) -> u64 {
         let mut batch = rocksdb::WriteBatch::default();
-        let closed = store.take_closed(0..K, 300, 1, &mut batch).unwrap();
+        let closed = store.take_closed(0, 0..K, 300, 1, &mut batch).unwrap();
         let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
         assert_eq!(counted as u64, closed.distinct_removed);
         closed.distinct_removed
@@ -168,7 +168,7 @@ mod tests {
             partials.distinct.push(entry);
         }
         let mut batch = rocksdb::WriteBatch::default();
-        store.fold(partials, &mut batch).unwrap();
+        store.fold(0, partials, &mut batch).unwrap();
         let changelog = store.commit_epoch(3, batch).unwrap();
         let mut snapshots = Snapshots::new(location.clone(), "a");
         let snapshot = snapshots
@@ -337,9 +337,9 @@ mod tests {
             );
         }
         if e == 4 {
-            store.take_closed(0..K, 300, 1, &mut batch).unwrap();
+            store.take_closed(0, 0..K, 300, 1, &mut batch).unwrap();
         }
-        store.fold(partials, &mut batch).unwrap();
+        store.fold(0, partials, &mut batch).unwrap();
         batch
     }
 
