@@ -90,6 +90,16 @@ mod tests {
         StateStore::create_empty(&dir.join("db"), 16).unwrap()
     }
 
+    /// The keys the store holds, bookkeeping aside.
+    fn entries_left(state: &StateStore) -> Vec<Vec<u8>> {
+        state
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with(&keys::META_PREFIX))
+            .collect()
+    }
+
     /// Spark's trace (StreamingDeduplicationWithinWatermarkSuite): `a` first at 17 s with a
     /// 2 s bound expires at 19; it is remembered under watermark 15 and forgotten under 20,
     /// which also deletes both its entries.
@@ -110,12 +120,7 @@ mod tests {
         let mut batch = WriteBatch::default();
         assert_eq!(state.take_expired(0, 0..16, 20, &mut batch).unwrap(), 1);
         state.commit_epoch(2, batch).unwrap();
-        let left: Vec<Vec<u8>> = state
-            .entries()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !k.starts_with(&keys::META_PREFIX))
-            .collect();
+        let left = entries_left(&state);
         assert_eq!(left.len(), 2, "b's two entries stay");
         assert!(left.iter().all(|k| k.ends_with(b"b")));
         // A second closing under the same watermark scans nothing.
@@ -142,12 +147,7 @@ mod tests {
         state.commit_epoch(2, batch).unwrap();
         assert_eq!(state.remembered(0, &[b"a"], 20).unwrap(), [true]);
         assert_eq!(state.remembered(1, &[b"a"], 0).unwrap(), [false]);
-        let left: Vec<Vec<u8>> = state
-            .entries()
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !k.starts_with(&keys::META_PREFIX))
-            .collect();
+        let left = entries_left(&state);
         assert_eq!(left.len(), 2, "operator 0's two entries stay");
         assert!(left.iter().all(|k| keys::operator_of(k) == Some(0)));
     }
