@@ -380,12 +380,16 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the driver failed ({status})");
     }
-    let table = job
-        .output
-        .url
-        .strip_prefix("file://")
-        .unwrap_or(&job.output.url);
-    println!("done: the output table is at {table}");
+    let path = |url: &str| url.strip_prefix("file://").unwrap_or(url).to_string();
+    match job.queries.as_slice() {
+        [one] => println!("done: the output table is at {}", path(&one.output.url)),
+        queries => {
+            println!("done: the output tables are at");
+            for q in queries {
+                println!("      {}: {}", q.name, path(&q.output.url));
+            }
+        }
+    }
     if let Some(dl) = &job.dead_letter {
         let path = dl.url.strip_prefix("file://").unwrap_or(&dl.url);
         println!("      dead letters are at {path}");

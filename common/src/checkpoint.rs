@@ -144,6 +144,20 @@ pub struct EpochStats {
     /// Per aggregate output column, its sum over the rows the epoch emitted.
     #[serde(default)]
     pub output_sums: BTreeMap<String, f64>,
+    /// Each query's own figures, in the job's order, when the job has several queries (the
+    /// figures above are then the job's: rows emitted by all of them, rows late for every
+    /// one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<QueryFigures>,
+}
+
+/// One query's figures of an epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueryFigures {
+    pub rows_emitted: u64,
+    pub late_rows: u64,
+    #[serde(default)]
+    pub output_sums: BTreeMap<String, f64>,
 }
 
 /// Figures summed over every decided epoch of the checkpoint.
@@ -290,8 +304,11 @@ pub struct CommitRecord {
     pub files_through: Option<String>,
     /// Watermark in force for the next epoch.
     pub next_watermark_micros: Option<i64>,
-    /// Delta add actions (JSON) for the output table.
+    /// Delta add actions (JSON) for the output table (the first query's).
     pub output_adds: Vec<String>,
+    /// The output tables' add actions of the job's queries after the first, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_output_adds: Vec<Vec<String>>,
     /// Delta add actions (JSON) for the dead-letter table.
     pub dead_letter_adds: Vec<String>,
     /// Delta add actions (JSON) for the late-rows table.
@@ -311,6 +328,16 @@ pub struct CommitRecord {
     #[serde(default)]
     pub totals: Totals,
     pub decided_at_micros: i64,
+}
+
+impl CommitRecord {
+    /// The add actions of query `query`'s output table.
+    pub fn output_adds_of(&self, query: usize) -> &[String] {
+        match query {
+            0 => &self.output_adds,
+            n => self.more_output_adds.get(n - 1).map_or(&[], Vec::as_slice),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,12 @@ impl JobError {
 pub struct RawJob {
     pub name: String,
     pub source: RawSource,
-    pub query: RawQuery,
+    /// The job's query; or, with `queries`, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<RawQuery>,
+    /// Several named queries over the one source, each with its own sinks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<RawQuery>,
     #[serde(default = "default_trigger")]
     pub trigger: String,
     pub checkpoint_location: String,
@@ -57,6 +62,8 @@ pub struct RawJob {
     pub storage_options: SecretMap,
     #[serde(default)]
     pub key_groups: Option<u32>,
+    /// The sinks of `query` (with `queries`, each has its own).
+    #[serde(default)]
     pub sinks: Vec<RawSink>,
     #[serde(default)]
     pub dead_letter: Option<RawDeadLetter>,
@@ -125,6 +132,9 @@ fn default_starting_offsets() -> serde_yaml_ng::Value {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuery {
+    /// An entry of `queries`: its name, unique in the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub watermark: RawWatermark,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<RawWindow>,
@@ -140,6 +150,9 @@ pub struct RawQuery {
     /// Records whose event time is further ahead of the plan's wall clock go to the dead letter.
     #[serde(default)]
     pub max_event_time_ahead: Option<String>,
+    /// An entry of `queries`: its sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinks: Option<Vec<RawSink>>,
 }
 
 fn default_output_mode() -> String {
@@ -268,6 +281,18 @@ pub struct DeltaSink {
     pub merge_on: Vec<String>,
 }
 
+/// One query of a job: what it computes from the source and where its rows go.
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    /// Its name in `queries`, or the job's name for a job of one `query`.
+    pub name: String,
+    pub query: Query,
+    pub output: DeltaSink,
+    pub pushgateway: Option<PushgatewaySink>,
+    /// Kafka topics that receive every emitted row.
+    pub kafka_sinks: Vec<kafka_sink::KafkaSink>,
+}
+
 /// A validated job: everything the driver and executors need, in engine units.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -278,20 +303,18 @@ pub struct JobSpec {
     pub max_record_bytes: usize,
     pub event_time_column: String,
     pub watermark_delay_micros: i64,
-    pub query: Query,
+    /// The job's queries, in the order of the job file (a query's index is its operator in
+    /// the executors' plan).
+    pub queries: Vec<QuerySpec>,
     pub max_event_time_ahead_micros: i64,
     pub trigger: Trigger,
     pub checkpoint_url: String,
     pub checkpoint_retention: u32,
     pub storage_options: SecretMap,
     pub key_groups: u32,
-    pub output: DeltaSink,
     pub dead_letter: Option<DeltaSink>,
-    /// Rows late for every window they fall in, when the job keeps them.
+    /// Rows late for every query, when the job keeps them.
     pub late_rows: Option<DeltaSink>,
-    pub pushgateway: Option<PushgatewaySink>,
-    /// Kafka topics that receive every emitted row.
-    pub kafka_sinks: Vec<kafka_sink::KafkaSink>,
     pub alerts: Option<AlertSpec>,
     pub executors: scaling::ExecutorBounds,
     /// The driver sizes the job itself when set (docs/operations.md, Autoscaling).
@@ -593,6 +616,160 @@ fn output_table(
     Ok(sink)
 }
 
+/// A query of the job file: the field it is written under, the query, its sinks.
+type NamedQuery<'a> = (String, &'a RawQuery, &'a [RawSink]);
+
+/// The job's queries with the field each is written under and its sinks: its one `query`
+/// (named as the job, with the job's `sinks`), or its `queries`, each named and with sinks
+/// of its own.
+fn named_queries(raw: &RawJob) -> Result<Vec<NamedQuery<'_>>, JobError> {
+    match (&raw.query, raw.queries.as_slice()) {
+        (Some(query), []) => {
+            if query.name.is_some() {
+                return Err(JobError::new(
+                    "query.name",
+                    "only an entry of `queries` is named (a single query takes the job's name)",
+                ));
+            }
+            if query.sinks.is_some() {
+                return Err(JobError::new(
+                    "query.sinks",
+                    "a single query's sinks are the job's `sinks`",
+                ));
+            }
+            Ok(vec![("query".to_string(), query, raw.sinks.as_slice())])
+        }
+        (None, [_, ..]) => {
+            if !raw.sinks.is_empty() {
+                return Err(JobError::new(
+                    "sinks",
+                    "with `queries`, each query has its own `sinks`",
+                ));
+            }
+            if raw.queries.len() > 64 {
+                return Err(JobError::new("queries", "at most 64 queries per job"));
+            }
+            raw.queries
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    let field = format!("queries[{i}]");
+                    match (&q.name, &q.sinks) {
+                        (Some(name), Some(sinks)) if !name.trim().is_empty() => {
+                            Ok((field, q, sinks.as_slice()))
+                        }
+                        (Some(_), Some(_)) | (None, _) => Err(JobError::new(
+                            format!("{field}.name"),
+                            "expected a non-empty name for each of the queries",
+                        )),
+                        (Some(_), None) => Err(JobError::new(
+                            format!("{field}.sinks"),
+                            "expected the query's sinks (a delta sink at least)",
+                        )),
+                    }
+                })
+                .collect()
+        }
+        _ => Err(JobError::new(
+            "query",
+            "expected exactly one of `query` or `queries`",
+        )),
+    }
+}
+
+/// One query and its sinks, checked against the source's columns.
+fn query_spec(
+    field: &str,
+    raw: &RawQuery,
+    sinks: &[RawSink],
+    input_schema: &arrow::datatypes::Schema,
+    event_time_column: &str,
+    base_dir: &Path,
+) -> Result<QuerySpec, JobError> {
+    let parsed_query = query::parse(field, raw, input_schema, event_time_column)?;
+    // A single query's sinks are the job's: their fields are `sinks[i]`.
+    let sink_field = |i: usize| match field {
+        "query" => format!("sinks[{i}]"),
+        f => format!("{f}.sinks[{i}]"),
+    };
+    let mut output = None;
+    let mut pushgateway = None;
+    let mut kafka_sinks: Vec<kafka_sink::KafkaSink> = Vec::new();
+    let output_columns = query::output_columns(&parsed_query, input_schema);
+    let keys = parsed_query.keys();
+    let aggregate_names: Vec<&str> = match &parsed_query {
+        Query::Window(w) => w.aggregates.iter().map(|a| a.name.as_str()).collect(),
+        Query::Dedup(_) => Vec::new(),
+    };
+    for (i, sink) in sinks.iter().enumerate() {
+        match (&sink.delta, &sink.pushgateway, &sink.kafka) {
+            (None, None, Some(k)) => {
+                let field = format!("{}.kafka", sink_field(i));
+                let parsed = kafka_sink::parse(&field, k, &output_columns, keys)?;
+                if kafka_sinks.iter().any(|o| {
+                    o.topic == parsed.topic && o.bootstrap_servers == parsed.bootstrap_servers
+                }) {
+                    return Err(JobError::new(
+                        format!("{field}.topic"),
+                        "another kafka sink writes this topic",
+                    ));
+                }
+                kafka_sinks.push(parsed);
+            }
+            (Some(d), None, None) => {
+                let field = format!("{}.delta", sink_field(i));
+                if output.is_some() {
+                    return Err(JobError::new(field, "only one delta sink per query"));
+                }
+                output = Some(output_table(
+                    &field,
+                    d,
+                    &parsed_query,
+                    input_schema,
+                    base_dir,
+                )?);
+            }
+            (None, Some(p), None) => {
+                let field = format!("{}.pushgateway", sink_field(i));
+                if pushgateway.is_some() {
+                    return Err(JobError::new(field, "only one pushgateway sink per query"));
+                }
+                operations::check_pushed_columns(&field, aggregate_names.iter().copied())?;
+                pushgateway = Some(operations::pushgateway(&field, p)?);
+            }
+            _ => {
+                return Err(JobError::new(
+                    sink_field(i),
+                    "expected exactly one of delta, kafka or pushgateway",
+                ))
+            }
+        }
+    }
+    let sinks_field = match field {
+        "query" => "sinks".to_string(),
+        f => format!("{f}.sinks"),
+    };
+    let mut output = output.ok_or_else(|| JobError::new(sinks_field, "expected a delta sink"))?;
+    if parsed_query.output_mode() == OutputMode::Update {
+        let asked = sinks
+            .iter()
+            .filter_map(|s| s.delta.as_ref()?.compact.as_ref()?.target_file_bytes)
+            .next();
+        let bytes = asked.unwrap_or(upkeep::UPDATE_MODE_FILE_BYTES);
+        output.file_bytes = Some(bytes);
+        if let Some(compact) = output.upkeep.compact.as_mut() {
+            compact.target_file_bytes = bytes;
+        }
+    }
+    Ok(QuerySpec {
+        name: raw.name.clone().unwrap_or_default(),
+        query: parsed_query,
+        output,
+        pushgateway,
+        kafka_sinks,
+    })
+}
+
 /// Checks a raw job and converts it into engine units.
 pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     if raw.name.trim().is_empty() {
@@ -634,20 +811,36 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
             .map_err(|_| JobError::new(field, format!("column `{name}` is not in source.schema")))
     };
 
-    let query = &raw.query;
-    let event_time_column = query.watermark.column.clone();
-    if column_type("query.watermark.column", &event_time_column)? != timestamp_type() {
+    let named = named_queries(&raw)?;
+    let (first_field, first, _) = &named[0];
+    let event_time_column = first.watermark.column.clone();
+    let watermark_field = format!("{first_field}.watermark.column");
+    if column_type(&watermark_field, &event_time_column)? != timestamp_type() {
         return Err(JobError::new(
-            "query.watermark.column",
+            watermark_field,
             format!("column `{event_time_column}` must be a timestamp"),
         ));
     }
-    let delay = duration_field("query.watermark.delay", &query.watermark.delay)?;
-    let parsed_query = query::parse(query, &input_schema, &event_time_column)?;
-    let ahead = match &query.max_event_time_ahead {
-        Some(s) => duration_field("query.max_event_time_ahead", s)?,
+    let delay = duration_field(
+        &format!("{first_field}.watermark.delay"),
+        &first.watermark.delay,
+    )?;
+    let ahead = match &first.max_event_time_ahead {
+        Some(s) => duration_field(&format!("{first_field}.max_event_time_ahead"), s)?,
         None => DEFAULT_MAX_EVENT_TIME_AHEAD,
     };
+    // One read, one watermark: the executors check each row's event time once.
+    for (field, q, _) in &named[1..] {
+        if q.watermark != first.watermark || q.max_event_time_ahead != first.max_event_time_ahead {
+            return Err(JobError::new(
+                format!("{field}.watermark"),
+                format!(
+                    "the queries over one source share its watermark and max_event_time_ahead: \
+                     expected those of {first_field}"
+                ),
+            ));
+        }
+    }
 
     let trigger = match raw.trigger.trim() {
         "available-now" | "available_now" | "availableNow" => Trigger::AvailableNow,
@@ -680,72 +873,53 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         ));
     }
 
-    let mut output = None;
-    let mut pushgateway = None;
-    let mut kafka_sinks: Vec<kafka_sink::KafkaSink> = Vec::new();
-    let output_columns = query::output_columns(&parsed_query, &input_schema);
-    let keys = parsed_query.keys();
-    let aggregate_names: Vec<&str> = match &parsed_query {
-        Query::Window(w) => w.aggregates.iter().map(|a| a.name.as_str()).collect(),
-        Query::Dedup(_) => Vec::new(),
-    };
-    for (i, sink) in raw.sinks.iter().enumerate() {
-        match (&sink.delta, &sink.pushgateway, &sink.kafka) {
-            (None, None, Some(k)) => {
-                let field = format!("sinks[{i}].kafka");
-                let parsed = kafka_sink::parse(&field, k, &output_columns, keys)?;
-                if kafka_sinks.iter().any(|o| {
-                    o.topic == parsed.topic && o.bootstrap_servers == parsed.bootstrap_servers
-                }) {
-                    return Err(JobError::new(
-                        format!("{field}.topic"),
-                        "another kafka sink writes this topic",
-                    ));
-                }
-                kafka_sinks.push(parsed);
-            }
-            (Some(d), None, None) => {
-                let field = format!("sinks[{i}].delta");
-                if output.is_some() {
-                    return Err(JobError::new(field, "only one delta sink per job"));
-                }
-                output = Some(output_table(
-                    &field,
-                    d,
-                    &parsed_query,
-                    &input_schema,
-                    base_dir,
-                )?);
-            }
-            (None, Some(p), None) => {
-                let field = format!("sinks[{i}].pushgateway");
-                if pushgateway.is_some() {
-                    return Err(JobError::new(field, "only one pushgateway sink per job"));
-                }
-                operations::check_pushed_columns(&field, aggregate_names.iter().copied())?;
-                pushgateway = Some(operations::pushgateway(&field, p)?);
-            }
-            _ => {
+    let mut queries: Vec<QuerySpec> = Vec::new();
+    for (field, raw_query, sinks) in &named {
+        let mut spec = query_spec(
+            field,
+            raw_query,
+            sinks,
+            &input_schema,
+            &event_time_column,
+            base_dir,
+        )?;
+        if field == "query" {
+            spec.name = raw.name.clone();
+        }
+        let name = spec.name.clone();
+        if queries.iter().any(|q| q.name == name) {
+            return Err(JobError::new(
+                format!("{field}.name"),
+                format!("another query is named `{name}`"),
+            ));
+        }
+        if queries.iter().any(|q| q.output.url == spec.output.url) {
+            return Err(JobError::new(
+                format!("{field}.sinks"),
+                "another query writes this delta table",
+            ));
+        }
+        if spec.pushgateway.is_some() && queries.iter().any(|q| q.pushgateway.is_some()) {
+            return Err(JobError::new(
+                format!("{field}.sinks"),
+                "one pushgateway sink per job: it pushes the job's figures",
+            ));
+        }
+        for k in &spec.kafka_sinks {
+            let taken = queries
+                .iter()
+                .flat_map(|q| &q.kafka_sinks)
+                .any(|o| o.topic == k.topic && o.bootstrap_servers == k.bootstrap_servers);
+            if taken {
                 return Err(JobError::new(
-                    format!("sinks[{i}]"),
-                    "expected exactly one of delta, kafka or pushgateway",
-                ))
+                    format!("{field}.sinks"),
+                    format!("another query's kafka sink writes topic `{}`", k.topic),
+                ));
             }
         }
+        queries.push(spec);
     }
-    let mut output = output.ok_or_else(|| JobError::new("sinks", "expected a delta sink"))?;
-    if parsed_query.output_mode() == OutputMode::Update {
-        let asked = raw
-            .sinks
-            .iter()
-            .filter_map(|s| s.delta.as_ref()?.compact.as_ref()?.target_file_bytes)
-            .next();
-        let bytes = asked.unwrap_or(upkeep::UPDATE_MODE_FILE_BYTES);
-        output.file_bytes = Some(bytes);
-        if let Some(compact) = output.upkeep.compact.as_mut() {
-            compact.target_file_bytes = bytes;
-        }
-    }
+    let output_urls: Vec<&str> = queries.iter().map(|q| q.output.url.as_str()).collect();
     let alerts = match &raw.alerts {
         Some(a) => Some(operations::alerts(a, base_dir)?),
         None => None,
@@ -754,10 +928,13 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         Some(d) => Some(delta_sink("dead_letter.delta", &d.delta, base_dir)?),
         None => None,
     };
-    if dead_letter.as_ref().is_some_and(|d| d.url == output.url) {
+    if dead_letter
+        .as_ref()
+        .is_some_and(|d| output_urls.contains(&d.url.as_str()))
+    {
         return Err(JobError::new(
             "dead_letter.delta.path",
-            "must differ from the output table",
+            "must differ from the output tables",
         ));
     }
     let late_rows = match &raw.late_rows {
@@ -765,7 +942,9 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         None => None,
     };
     if let Some(l) = &late_rows {
-        if l.url == output.url || dead_letter.as_ref().is_some_and(|d| d.url == l.url) {
+        if output_urls.contains(&l.url.as_str())
+            || dead_letter.as_ref().is_some_and(|d| d.url == l.url)
+        {
             return Err(JobError::new(
                 "late_rows.delta.path",
                 "must differ from the output and dead-letter tables",
@@ -779,9 +958,17 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
     // Absolute locations travel to executors, which may run elsewhere.
     raw.checkpoint_location = checkpoint_url.clone();
-    for sink in raw.sinks.iter_mut() {
-        if let Some(d) = sink.delta.as_mut() {
-            d.path = output.url.clone();
+    let raw_sinks = match raw.query.as_mut() {
+        Some(_) => vec![&mut raw.sinks],
+        None => raw
+            .queries
+            .iter_mut()
+            .filter_map(|q| q.sinks.as_mut())
+            .collect(),
+    };
+    for (sinks, query) in raw_sinks.into_iter().zip(&queries) {
+        for d in sinks.iter_mut().filter_map(|s| s.delta.as_mut()) {
+            d.path = query.output.url.clone();
         }
     }
     if let (Some(d), Some(sink)) = (raw.dead_letter.as_mut(), dead_letter.as_ref()) {
@@ -812,18 +999,15 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         max_record_bytes: usize::try_from(max_record_bytes).unwrap_or(usize::MAX),
         event_time_column,
         watermark_delay_micros: micros(delay),
-        query: parsed_query,
+        queries,
         max_event_time_ahead_micros: micros(ahead),
         trigger,
         checkpoint_url,
         checkpoint_retention,
         storage_options: raw.storage_options.clone(),
         key_groups,
-        output,
         dead_letter,
         late_rows,
-        pushgateway,
-        kafka_sinks,
         alerts,
         executors,
         autoscale,
@@ -887,8 +1071,11 @@ impl JobSpec {
             k.options = k.options.blanked();
         }
         // Only the driver writes to Kafka sinks.
-        for sink in raw.sinks.iter_mut().filter_map(|s| s.kafka.as_mut()) {
-            sink.options = sink.options.blanked();
+        let query_sinks = raw.queries.iter_mut().filter_map(|q| q.sinks.as_mut());
+        for sinks in std::iter::once(&mut raw.sinks).chain(query_sinks) {
+            for sink in sinks.iter_mut().filter_map(|s| s.kafka.as_mut()) {
+                sink.options = sink.options.blanked();
+            }
         }
         serde_json::to_string(&raw).unwrap_or_default()
     }
@@ -924,7 +1111,11 @@ impl JobSpec {
 
     /// A fingerprint of what determines the output: a checkpoint from another query is refused.
     pub fn fingerprint(&self) -> String {
-        let query = serde_json::to_string(&self.raw.query).unwrap_or_default();
+        let query = match &self.raw.query {
+            Some(query) => serde_json::to_string(query),
+            None => serde_json::to_string(&self.raw.queries),
+        }
+        .unwrap_or_default();
         let schema = serde_json::to_string(&self.raw.source.schema).unwrap_or_default();
         // A file source's position is not a Kafka offset: its checkpoints are its own. (Kafka
         // jobs keep the fingerprint they had before file sources existed.)

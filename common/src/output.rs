@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
-use crate::job::{JobSpec, Query};
+use crate::job::Query;
 use crate::schema::{delta_string_map_type, timestamp_type};
 
 /// The `window` column: `struct<start timestamp, end timestamp>`.
@@ -18,14 +18,14 @@ pub fn window_type() -> DataType {
 
 /// A window query's `window`, group keys, one column per aggregate and `processing_time`; a
 /// dedup query's source columns.
-pub fn output_schema(job: &JobSpec) -> SchemaRef {
-    let query = match &job.query {
+pub fn output_schema(query: &Query, input_schema: &Schema) -> SchemaRef {
+    let query = match query {
         Query::Window(w) => w,
-        Query::Dedup(_) => return as_written(&job.input_schema),
+        Query::Dedup(_) => return as_written(input_schema),
     };
     let mut fields = vec![Field::new("window", window_type(), false)];
     for col in &query.group_by {
-        if let Ok(f) = job.input_schema.field_with_name(col) {
+        if let Ok(f) = input_schema.field_with_name(col) {
             fields.push(Field::new(col, f.data_type().clone(), f.is_nullable()));
         }
     }

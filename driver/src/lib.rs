@@ -35,11 +35,13 @@ use crate::cluster::service::DriverService;
 use crate::epoch::coordinator::{Coordinator, Operations};
 use crate::ops::alerts::{AlertKind, AlertSender, Alerts};
 use crate::ops::metrics::DriverMetrics;
-use crate::ops::progress::QueryIdentity;
+use crate::ops::progress::{QueryIdentity, QueryTable};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::kafka_sink::KafkaSinkWriter;
+use crate::output::merge::MergeKeys;
+use crate::output::table_commits::QueryOutput;
 use crate::source::SourceReader;
 
 /// How long a stopping driver waits for its alerts to be delivered.
@@ -232,7 +234,30 @@ async fn drive(
             .await
         }
     };
-    let output = open(&job.output, job.name.clone(), output_schema(&job)).await?;
+    // Each query's output table; a job of several queries names each table after its query.
+    let mut outputs = Vec::with_capacity(job.queries.len());
+    for spec in &job.queries {
+        let (name, label) = match job.queries.len() {
+            1 => (job.name.clone(), "output".to_string()),
+            _ => (
+                format!("{}-{}", job.name, spec.name),
+                format!("output:{}", spec.name),
+            ),
+        };
+        let schema = output_schema(&spec.query, &job.input_schema);
+        let kafka = spec
+            .kafka_sinks
+            .iter()
+            .map(|sink| KafkaSinkWriter::new(sink, &metadata.job_id, &job.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        outputs.push(QueryOutput {
+            table: open(&spec.output, name, schema.clone()).await?,
+            merge: MergeKeys::of_output(&spec.query, &spec.output, &schema),
+            kafka,
+            schema,
+            label,
+        });
+    }
     let dead_letter = match &job.dead_letter {
         Some(d) => Some(open(d, format!("{}-dead-letter", job.name), dead_letter_schema()).await?),
         None => None,
@@ -241,11 +266,6 @@ async fn drive(
         Some(l) => Some(open(l, format!("{}-late-rows", job.name), late_rows_schema()).await?),
         None => None,
     };
-    let kafka_sinks = job
-        .kafka_sinks
-        .iter()
-        .map(|sink| KafkaSinkWriter::new(sink, &metadata.job_id, &job.name))
-        .collect::<Result<Vec<_>, _>>()?;
     let source = SourceReader::open(&job.source, &job.storage_options)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -330,8 +350,15 @@ async fn drive(
         run_id,
         name: job.name.clone(),
         topic: job.source.name().to_string(),
-        output_url: job.output.url.clone(),
-        dedup: matches!(job.query, weir_common::job::Query::Dedup(_)),
+        queries: job
+            .queries
+            .iter()
+            .map(|q| QueryTable {
+                name: q.name.clone(),
+                output_url: q.output.url.clone(),
+                dedup: matches!(q.query, weir_common::job::Query::Dedup(_)),
+            })
+            .collect(),
     };
     let (board, status) = StatusBoard::new();
     let (controls, inbox) = epoch::controls::controls(stop);
@@ -372,7 +399,7 @@ async fn drive(
                 let _ = admin_closing.wait_for(|c| *c).await;
             }),
     );
-    let pushgateway = match &job.pushgateway {
+    let pushgateway = match job.queries.iter().find_map(|q| q.pushgateway.as_ref()) {
         Some(sink) => Some(Pushgateway::start(sink, metrics.clone())?),
         None => None,
     };
@@ -380,10 +407,9 @@ async fn drive(
     let mut coordinator = Coordinator::new(
         job,
         log,
-        output,
+        outputs,
         dead_letter,
         late_rows,
-        kafka_sinks,
         source,
         members_rx,
         membership_tx,

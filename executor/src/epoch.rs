@@ -18,16 +18,16 @@ use weir_common::decode::JsonDecoder;
 use weir_common::fault;
 use weir_common::job::JobSpec;
 use weir_common::keygroup::KeyGroups;
-use weir_proto::control::{EpochStats, ExecuteRequest, Prepared};
+use weir_proto::control::{AddActions, EpochStats, ExecuteRequest, Prepared};
 
-use crate::aggregate::partials::{Partials, PlanPartials};
+use crate::aggregate::partials::PlanPartials;
 use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
 use crate::input::{Input, Record};
 use crate::output::emit::{dead_letter_batch, late_rows_batch};
 use crate::output::staging::StagedTable;
-use crate::plan::{Closing, Operator, Pending};
+use crate::plan::operators::{Plan, PlanClosing, PlanPending};
 use crate::state::restore::{restore, take_over};
 use crate::state::snapshot::{new_instance_id, Snapshots};
 use crate::state::{remove_dir, StateStore};
@@ -36,9 +36,6 @@ use weir_telemetry::Readiness;
 
 /// Set to 1, executors skip state snapshots (benchmarks measure their cost with it).
 pub const NO_SNAPSHOTS_VAR: &str = "WEIR_UNSAFE_NO_STATE_SNAPSHOTS";
-
-/// The query's operator in the plan (a job runs one query).
-const OPERATOR: u8 = 0;
 
 /// Records decoded together: one arrow-json pass per chunk. 4 096 lines (about 1 MB of the
 /// reference events) ran 2–4 % faster than 8 192 or 16 384 in alternating runs here: what a
@@ -75,8 +72,8 @@ pub struct EpochRunner {
     log: CheckpointLog,
     /// Not ready while state is being restored (the kubelet's readiness probe).
     readiness: Readiness,
-    /// The query's stateful operator, with its output table.
-    query: Operator,
+    /// The queries' stateful operators, with their output tables.
+    plan: Plan,
     dead_letter: Option<StagedTable>,
     /// Where late rows are kept, when the job keeps them.
     late_rows: Option<StagedTable>,
@@ -87,8 +84,8 @@ pub struct EpochRunner {
 struct Local {
     /// Partials per peer, by the owner of their key groups.
     outgoing: Vec<PlanPartials>,
-    /// What the query took out of the store for the windows the epoch closes.
-    closing: Closing,
+    /// What the queries took out of the store under the epoch's watermark.
+    closing: PlanClosing,
     state_batch: WriteBatch,
     rejected: Vec<(Record, String)>,
     /// Late rows with their event time, when the job keeps them.
@@ -98,8 +95,8 @@ struct Local {
 
 /// An epoch after folding: what its rows still need before they are emitted.
 struct Folded {
-    pending: Pending,
-    counts: Partials,
+    pending: PlanPending,
+    counts: PlanPartials,
     state_batch: WriteBatch,
     rejected: Vec<(Record, String)>,
     late: Vec<(Record, i64)>,
@@ -109,7 +106,8 @@ struct Folded {
 /// What an epoch leaves to stage and apply.
 struct Computed {
     state_batch: WriteBatch,
-    output: RecordBatch,
+    /// Each query's rows, in the job's order.
+    outputs: Vec<RecordBatch>,
     dead_letters: RecordBatch,
     late_rows: Option<RecordBatch>,
     stats: EpochStats,
@@ -147,7 +145,7 @@ impl EpochRunner {
             current_run,
             executor_id,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
-            query: Operator::new(&job),
+            plan: Plan::new(&job),
             late_rows: job
                 .late_rows
                 .as_ref()
@@ -315,7 +313,7 @@ impl EpochRunner {
         }
         tokio::task::block_in_place(|| fault::reached("execute", epoch));
         let outgoing = std::mem::take(&mut local.outgoing);
-        let (mut owned, exchanged) = self
+        let (owned, exchanged) = self
             .exchange
             .shuffle(epoch, &req.run, 0, &topology.peers, topology.me, outgoing)
             .await
@@ -332,11 +330,11 @@ impl EpochRunner {
             mut stats,
             ..
         } = local;
-        let folding = tokio::task::block_in_place(|| {
-            self.query.fold(
+        let (pending, counts) = tokio::task::block_in_place(|| {
+            self.plan.fold(
                 &self.state,
                 closing,
-                owned.take(OPERATOR),
+                owned,
                 &topology,
                 req.watermark_micros,
                 &mut state_batch,
@@ -346,10 +344,9 @@ impl EpochRunner {
         stats.emit_ms += fold_started.elapsed().as_millis() as u64;
         // Update mode with exact distinct aggregates: the shards' gains go to the owners of
         // their group rows in a second round before any row is emitted.
-        let counts = match folding.counts {
+        let counts = match counts {
             Some(outgoing) => {
-                let outgoing = PlanPartials::by_peer(vec![outgoing], topology.peers.len());
-                let (mut counts, exchanged) = self
+                let (counts, exchanged) = self
                     .exchange
                     .shuffle(epoch, &req.run, 1, &topology.peers, topology.me, outgoing)
                     .await
@@ -357,12 +354,12 @@ impl EpochRunner {
                 stats.exchange_ms += exchanged.elapsed.as_millis() as u64;
                 stats.shuffle_rows_sent += exchanged.rows_sent;
                 stats.shuffle_rows_received += exchanged.rows_received;
-                counts.take(OPERATOR)
+                counts
             }
-            None => Partials::default(),
+            None => PlanPartials::default(),
         };
         let folded = Folded {
-            pending: folding.pending,
+            pending,
             counts,
             state_batch,
             rejected,
@@ -383,11 +380,11 @@ impl EpochRunner {
         // slower of the two, not for both in turn.
         let started = Instant::now();
         let staging = stage(
-            &mut self.query,
+            &mut self.plan,
             self.dead_letter.as_mut(),
             self.late_rows.as_mut(),
             Emitted {
-                output: &computed.output,
+                outputs: &computed.outputs,
                 dead_letters: &computed.dead_letters,
                 late_rows: computed.late_rows.as_ref(),
             },
@@ -424,7 +421,13 @@ impl EpochRunner {
         Ok(Prepared {
             epoch,
             executor_id: self.executor_id.clone(),
-            output_adds: staged.output,
+            output_adds: staged.outputs.first().cloned().unwrap_or_default(),
+            more_output_adds: staged
+                .outputs
+                .into_iter()
+                .skip(1)
+                .map(|adds| AddActions { adds })
+                .collect(),
             dead_letter_adds: staged.dead_letter,
             late_rows_adds: staged.late_rows,
             stats: Some(stats),
@@ -438,9 +441,7 @@ impl EpochRunner {
     fn read(&mut self, req: &ExecuteRequest, topology: &Topology) -> anyhow::Result<Local> {
         let mut stats = EpochStats::default();
         let read_started = Instant::now();
-        let mut pre = self
-            .query
-            .begin(req.watermark_micros, req.planned_at_micros);
+        let mut pre = self.plan.begin(req.watermark_micros, req.planned_at_micros);
         let mut rejected: Vec<(Record, String)> = Vec::new();
         let mut late: Vec<(Record, i64)> = Vec::new();
         let keep_late = self.late_rows.is_some();
@@ -505,16 +506,16 @@ impl EpochRunner {
 
         let mut state_batch = WriteBatch::default();
         let closing_started = Instant::now();
-        let (by_owner, closing) = self.query.close(
+        let (outgoing, closing) = self.plan.close(
             pre,
             &self.state,
             topology,
             req.watermark_micros,
             &mut state_batch,
+            &mut stats,
         )?;
         // Taking closed windows out of the store is part of emitting them.
         stats.emit_ms = closing_started.elapsed().as_millis() as u64;
-        let outgoing = PlanPartials::by_peer(vec![by_owner], topology.peers.len());
         Ok(Local {
             outgoing,
             closing,
@@ -536,7 +537,7 @@ impl EpochRunner {
             mut stats,
         } = folded;
         let emit_started = Instant::now();
-        let output = self.query.emit(
+        let outputs = self.plan.emit(
             &self.state,
             pending,
             counts,
@@ -568,7 +569,7 @@ impl EpochRunner {
         stats.emit_ms += emit_started.elapsed().as_millis() as u64;
         Ok(Computed {
             state_batch,
-            output,
+            outputs,
             dead_letters,
             late_rows,
             stats,
@@ -578,14 +579,15 @@ impl EpochRunner {
 
 /// An epoch's rows, per table.
 struct Emitted<'a> {
-    output: &'a RecordBatch,
+    outputs: &'a [RecordBatch],
     dead_letters: &'a RecordBatch,
     late_rows: Option<&'a RecordBatch>,
 }
 
 /// The add actions of an epoch's staged files, per table.
 struct Staged {
-    output: Vec<String>,
+    /// Each query's, in the job's order.
+    outputs: Vec<Vec<String>>,
     dead_letter: Vec<String>,
     late_rows: Vec<String>,
 }
@@ -600,13 +602,13 @@ fn event_time_at(batch: &RecordBatch, column: &str, row: usize) -> Option<i64> {
 
 /// Stages the epoch's output rows, dead letters and late rows; answers their add actions.
 async fn stage(
-    query: &mut Operator,
+    plan: &mut Plan,
     dead_letter: Option<&mut StagedTable>,
     late_table: Option<&mut StagedTable>,
     emitted: Emitted<'_>,
     epoch: u64,
 ) -> anyhow::Result<Staged> {
-    let output_adds = query.stage(emitted.output).await?;
+    let outputs = plan.stage(emitted.outputs).await?;
     let dead_letters = emitted.dead_letters;
     let dead_letter_adds = match dead_letter {
         Some(table) => table
@@ -632,7 +634,7 @@ async fn stage(
         _ => Vec::new(),
     };
     Ok(Staged {
-        output: output_adds,
+        outputs,
         dead_letter: dead_letter_adds,
         late_rows,
     })

@@ -504,7 +504,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY, vec![Shape::of(&job)]);
+    let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY, Shape::all(&job));
     let exchange = Exchange::new(
         registration.job_id.clone(),
         config.executor_id.clone(),

@@ -176,7 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &runs::job_text(&runs::files_source(&input, 1), &root),
         &root,
     )?;
-    let approx = job
+    let approx = job.queries[0]
         .query
         .windows()
         .context("the reference job is a window query")?

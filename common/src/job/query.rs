@@ -72,6 +72,7 @@ impl Query {
 
 /// Checks `query` against the source's columns; the watermark column is checked already.
 pub(super) fn parse(
+    f: &str,
     query: &RawQuery,
     input_schema: &Schema,
     event_time_column: &str,
@@ -95,14 +96,14 @@ pub(super) fn parse(
         }
         Ok(())
     };
-    let output_mode =
-        OutputMode::parse(&query.output_mode).map_err(|m| JobError::new("query.output_mode", m))?;
+    let output_mode = OutputMode::parse(&query.output_mode)
+        .map_err(|m| JobError::new(format!("{f}.output_mode"), m))?;
     let window = match (&query.window, &query.dedup) {
         (Some(window), None) => window,
         (None, Some(dedup)) => {
             for (field, given) in [
-                ("query.group_by", !query.group_by.is_empty()),
-                ("query.aggregates", !query.aggregates.is_empty()),
+                (format!("{f}.group_by"), !query.group_by.is_empty()),
+                (format!("{f}.aggregates"), !query.aggregates.is_empty()),
             ] {
                 if given {
                     return Err(JobError::new(
@@ -113,21 +114,21 @@ pub(super) fn parse(
             }
             if output_mode != OutputMode::Append {
                 return Err(JobError::new(
-                    "query.output_mode",
+                    format!("{f}.output_mode"),
                     "a dedup query writes each key's first row once: append only",
                 ));
             }
             if dedup.key.is_empty() {
                 return Err(JobError::new(
-                    "query.dedup.key",
+                    format!("{f}.dedup.key"),
                     "expected at least one column",
                 ));
             }
-            scalar_columns("query.dedup.key", &dedup.key)?;
-            let within = duration_field("query.dedup.within", &dedup.within)?;
+            scalar_columns(&format!("{f}.dedup.key"), &dedup.key)?;
+            let within = duration_field(&format!("{f}.dedup.within"), &dedup.within)?;
             if within.is_zero() {
                 return Err(JobError::new(
-                    "query.dedup.within",
+                    format!("{f}.dedup.within"),
                     "expected a positive duration: how long after its first event time a key is remembered",
                 ));
             }
@@ -138,33 +139,33 @@ pub(super) fn parse(
         }
         _ => {
             return Err(JobError::new(
-                "query",
+                f,
                 "expected exactly one of window (with group_by and aggregates) or dedup",
             ))
         }
     };
     if window.column != event_time_column {
         return Err(JobError::new(
-            "query.window.column",
+            format!("{f}.window.column"),
             format!(
                 "windows must be on the watermark column `{event_time_column}`, found `{}`",
                 window.column
             ),
         ));
     }
-    let size = duration_field("query.window.size", &window.size)?;
+    let size = duration_field(&format!("{f}.window.size"), &window.size)?;
     let slide = match &window.slide {
-        Some(s) => duration_field("query.window.slide", s)?,
+        Some(s) => duration_field(&format!("{f}.window.slide"), s)?,
         None => size,
     };
     let start = match &window.start {
-        Some(s) => duration_field("query.window.start", s)?,
+        Some(s) => duration_field(&format!("{f}.window.start"), s)?,
         None => std::time::Duration::ZERO,
     };
     let window = WindowSpec::new(micros(size), micros(slide), micros(start))
-        .map_err(|m| JobError::new("query.window", m))?;
+        .map_err(|m| JobError::new(format!("{f}.window"), m))?;
     for (i, col) in query.group_by.iter().enumerate() {
-        let field = format!("query.group_by[{i}]");
+        let field = format!("{f}.group_by[{i}]");
         let t = column_type(&field, col)?;
         if !is_scalar(&t) {
             return Err(JobError::new(
@@ -175,13 +176,13 @@ pub(super) fn parse(
     }
     if query.aggregates.is_empty() {
         return Err(JobError::new(
-            "query.aggregates",
+            format!("{f}.aggregates"),
             "expected at least one aggregate",
         ));
     }
     let mut aggregates = Vec::new();
     for (name, expr) in &query.aggregates {
-        let field = format!("query.aggregates.{name}");
+        let field = format!("{f}.aggregates.{name}");
         if query.group_by.contains(name) || name == "window" || name == "processing_time" {
             return Err(JobError::new(
                 field,

@@ -45,6 +45,34 @@ pub fn dedup_job_file(name: &str, source: &str, root: &str) -> String {
     )
 }
 
+/// The seed job's two outputs as two queries over one read (`queries:`): the reference job's
+/// windows (`windows`, into `<root>/aggregated`) and its upsert of raw events (`raw-events`,
+/// into `<root>/events`), with the checkpoint and dead letter of the reference job.
+pub fn seed_job_file(name: &str, source: &str, root: &str) -> String {
+    let job = job_file(name, source, root);
+    let (head, rest) = job.split_once("query:\n").unwrap_or((&job, ""));
+    let (query, tail) = rest.split_once("trigger:").unwrap_or((rest, ""));
+    let windows: String = query.lines().map(|l| format!("  {l}\n")).collect();
+    // The reference job's sinks become the windows query's own.
+    let tail: String = tail
+        .lines()
+        .filter(|l| !l.starts_with("sinks:") && !l.starts_with("  - delta:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!(
+        r#"{head}queries:
+  - name: windows
+{windows}    sinks:
+      - delta: {{path: "{root}/aggregated", partition_by: [event_type]}}
+  - name: raw-events
+    watermark: {{column: timestamp, delay: 10m}}
+    dedup: {{key: [event_id], within: 1h}}
+    sinks:
+      - delta: {{path: "{root}/events", partition_by: [event_type], merge_on: [event_id]}}
+trigger:{tail}"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,18 +85,36 @@ mod tests {
             "s3://bucket/job",
         );
         let job = super::super::parse_job(&text, std::path::Path::new("/")).unwrap();
-        assert_eq!(job.output.url, "s3://bucket/job/aggregated");
-        assert_eq!(job.query.windows().map(|w| w.aggregates.len()), Some(3));
+        assert_eq!(job.queries[0].output.url, "s3://bucket/job/aggregated");
+        assert_eq!(
+            job.queries[0].query.windows().map(|w| w.aggregates.len()),
+            Some(3)
+        );
         let dedup = dedup_job_file(
             "raw",
             "  files: {path: /data/events, max_files_per_trigger: 2}\n",
             "/job",
         );
         let dedup = super::super::parse_job(&dedup, std::path::Path::new("/")).unwrap();
-        assert_eq!(dedup.output.url, "file:///job/events");
-        assert_eq!(dedup.output.merge_on, ["event_id"]);
+        assert_eq!(dedup.queries[0].output.url, "file:///job/events");
+        assert_eq!(dedup.queries[0].output.merge_on, ["event_id"]);
+        let seed = seed_job_file("seed", "  files: {path: /data/events}\n", "/job");
+        let seed = super::super::parse_job(&seed, std::path::Path::new("/")).unwrap();
+        let tables: Vec<(&str, &str)> = seed
+            .queries
+            .iter()
+            .map(|q| (q.name.as_str(), q.output.url.as_str()))
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                ("windows", "file:///job/aggregated"),
+                ("raw-events", "file:///job/events")
+            ]
+        );
+        assert!(seed.dead_letter.is_some());
         assert!(
-            matches!(dedup.query, super::super::Query::Dedup(ref d) if d.key == ["event_id"] && d.within_micros == 3_600_000_000)
+            matches!(dedup.queries[0].query, super::super::Query::Dedup(ref d) if d.key == ["event_id"] && d.within_micros == 3_600_000_000)
         );
     }
 }

@@ -35,7 +35,7 @@ dead_letter: {delta: {path: file:///tmp/weir/dead-letter}}
 "#;
 
 fn windows(job: &JobSpec) -> &WindowQuery {
-    job.query.windows().expect("a window query")
+    job.queries[0].query.windows().expect("a window query")
 }
 
 fn env(name: &str) -> Option<String> {
@@ -71,7 +71,7 @@ fn the_reference_job_parses() {
     assert_eq!(windows(&job).window, WindowSpec::tumbling(300_000_000));
     assert_eq!(job.trigger, Trigger::Interval(Duration::from_secs(30)));
     assert_eq!(job.checkpoint_url, "file:///tmp/weir/checkpoint");
-    assert_eq!(job.output.url, "file:///tmp/weir/aggregated");
+    assert_eq!(job.queries[0].output.url, "file:///tmp/weir/aggregated");
     assert_eq!(job.key_groups, DEFAULT_KEY_GROUPS);
     let names: Vec<&str> = windows(&job)
         .aggregates
@@ -81,13 +81,13 @@ fn the_reference_job_parses() {
     assert_eq!(names, ["event_count", "unique_users", "approx_unique"]);
     assert_eq!(job.checkpoint_retention, DEFAULT_CHECKPOINT_RETENTION);
     assert!(job.storage_options.is_empty());
-    assert_eq!(job.query.output_mode(), OutputMode::Append);
+    assert_eq!(job.queries[0].query.output_mode(), OutputMode::Append);
     let update = parse(&GOOD.replace("output_mode: append", "output_mode: update")).unwrap();
-    assert_eq!(update.query.output_mode(), OutputMode::Update);
+    assert_eq!(update.queries[0].query.output_mode(), OutputMode::Update);
     // Its MERGEs rewrite whole files: the table keeps them small, compacted to the same size.
-    assert_eq!(job.output.file_bytes, None);
+    assert_eq!(job.queries[0].output.file_bytes, None);
     assert_eq!(
-        update.output.file_bytes,
+        update.queries[0].output.file_bytes,
         Some(upkeep::UPDATE_MODE_FILE_BYTES)
     );
     let compacted = GOOD
@@ -98,7 +98,11 @@ fn the_reference_job_parses() {
         );
     let compacted = parse(&compacted).unwrap();
     assert_eq!(
-        compacted.output.upkeep.compact.map(|c| c.target_file_bytes),
+        compacted.queries[0]
+            .output
+            .upkeep
+            .compact
+            .map(|c| c.target_file_bytes),
         Some(upkeep::UPDATE_MODE_FILE_BYTES)
     );
     assert_ne!(update.fingerprint(), job.fingerprint());
@@ -111,7 +115,7 @@ fn the_reference_job_parses() {
     assert_eq!(s3.storage_options["aws_endpoint"], "http://127.0.0.1:9000");
     // What executors receive rebuilds the same job.
     let again = JobSpec::from_json(&job.to_public_json()).unwrap();
-    assert_eq!(again.output, job.output);
+    assert_eq!(again.queries[0].output, job.queries[0].output);
     assert_eq!(again.fingerprint(), job.fingerprint());
 }
 
@@ -339,7 +343,7 @@ fn pushgateway_sink_and_alerts() {
         1,
     );
     let job = parse(&text).unwrap();
-    let push = job.pushgateway.as_ref().unwrap();
+    let push = job.queries[0].pushgateway.as_ref().unwrap();
     assert_eq!(push.url.as_str(), "http://127.0.0.1:9091/");
     assert_eq!(push.job, "weir-streaming");
     assert_eq!(push.grouping["instance"], "eu");
@@ -355,7 +359,10 @@ fn pushgateway_sink_and_alerts() {
     assert!(!job.to_public_json().contains("secret-token"));
     let on_executor = JobSpec::from_json(&job.to_public_json()).unwrap();
     assert!(on_executor.alerts.is_none());
-    assert_eq!(on_executor.pushgateway, job.pushgateway);
+    assert_eq!(
+        on_executor.queries[0].pushgateway,
+        job.queries[0].pushgateway
+    );
 
     // Aggregate columns are pushed as gauges of their name.
     let clash = text.replacen("event_count: count(*)", "total_events: count(*)", 1);
@@ -370,7 +377,7 @@ fn pushgateway_sink_and_alerts() {
 fn kafka_sinks() {
     let sink = "sinks:\n  - kafka: {bootstrap_servers: '127.0.0.1:9092', topic: window-counts, options: {sasl.password: hunter2}}";
     let job = parse(&GOOD.replacen("sinks:", sink, 1)).unwrap();
-    let kafka = &job.kafka_sinks[0];
+    let kafka = &job.queries[0].kafka_sinks[0];
     assert_eq!(kafka.topic, "window-counts");
     assert_eq!(kafka.key, ["event_type"], "the group keys by default");
     assert_eq!(kafka.delivery, kafka_sink::Delivery::ExactlyOnce);
@@ -382,14 +389,14 @@ fn kafka_sinks() {
     assert!(!format!("{job:?}").contains("hunter2"));
     assert!(!job.to_public_json().contains("hunter2"));
     let on_executor = JobSpec::from_json(&job.to_public_json()).unwrap();
-    assert_eq!(on_executor.kafka_sinks[0].topic, "window-counts");
+    assert_eq!(on_executor.queries[0].kafka_sinks[0].topic, "window-counts");
 
     let custom = sink.replace(
         "topic: window-counts,",
         "topic: window-counts, key: [window, event_type], delivery: at_least_once, headers: {job: app, epoch: batch},",
     );
     let job = parse(&GOOD.replacen("sinks:", &custom, 1)).unwrap();
-    let kafka = &job.kafka_sinks[0];
+    let kafka = &job.queries[0].kafka_sinks[0];
     assert_eq!(kafka.key, ["window", "event_type"]);
     assert_eq!(kafka.delivery, kafka_sink::Delivery::AtLeastOnce);
     assert_eq!(
@@ -692,19 +699,20 @@ fn dedup_queries_parse_and_their_mistakes_are_named() {
         );
     let job = parse(&dedup).unwrap();
     assert_eq!(
-        job.query,
+        job.queries[0].query,
         Query::Dedup(DedupQuery {
             key: vec!["event_id".into()],
             within_micros: 3_600_000_000,
         })
     );
-    assert_eq!(job.output.merge_on, ["event_id"]);
+    assert_eq!(job.queries[0].output.merge_on, ["event_id"]);
     // The table holds the source's columns.
-    let columns: Vec<String> = crate::output::output_schema(&job)
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns: Vec<String> =
+        crate::output::output_schema(&job.queries[0].query, &job.input_schema)
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
     assert_eq!(
         columns,
         [
@@ -795,4 +803,123 @@ fn the_examples_are_valid_jobs() {
         }
     }
     assert!(checked >= 2, "{checked} examples");
+}
+
+/// The reference job's two outputs as two queries over one source.
+const TWO_QUERIES: &str = r#"
+name: seed
+source:
+  files: {path: /data/events}
+  format: json
+  schema:
+    event_id: string not null
+    event_type: string not null
+    timestamp: timestamp not null
+queries:
+  - name: windows
+    watermark: {column: timestamp, delay: 10m}
+    window: {column: timestamp, size: 5m}
+    group_by: [event_type]
+    aggregates: {events: count(*)}
+    sinks:
+      - delta: {path: /t/windows}
+      - kafka: {bootstrap_servers: "127.0.0.1:9092", topic: windows}
+  - name: raw-events
+    watermark: {column: timestamp, delay: 10m}
+    dedup: {key: [event_id], within: 1h}
+    sinks:
+      - delta: {path: /t/events, merge_on: [event_id]}
+checkpoint_location: /t/checkpoint
+"#;
+
+#[test]
+fn several_queries_over_one_source_parse_each_with_its_sinks() {
+    let job = parse(TWO_QUERIES).unwrap();
+    let names: Vec<&str> = job.queries.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["windows", "raw-events"]);
+    assert_eq!(job.queries[0].output.url, "file:///t/windows");
+    assert_eq!(job.queries[0].kafka_sinks[0].topic, "windows");
+    assert_eq!(job.queries[1].output.merge_on, ["event_id"]);
+    assert!(matches!(job.queries[1].query, Query::Dedup(_)));
+    assert_eq!(job.watermark_delay_micros, 600_000_000);
+    // What executors get holds every query, locations absolute.
+    let back = JobSpec::from_json(&job.to_public_json()).unwrap();
+    assert_eq!(back.queries.len(), 2);
+    assert_eq!(back.queries[1].output.url, "file:///t/events");
+    // A one-query job is named after the job, and keeps the fingerprint it had.
+    let one = parse(GOOD).unwrap();
+    assert_eq!(one.queries[0].name, "realtime-analytics");
+    assert_eq!(
+        serde_json::to_string(&one.raw.query).unwrap(),
+        r#"{"watermark":{"column":"timestamp","delay":"10m"},"window":{"column":"timestamp","size":"5m","slide":"5m","start":"0s"},"group_by":["event_type"],"aggregates":{"event_count":"count(*)","unique_users":"count(distinct user_id)","approx_unique":"approx_count_distinct(event_id)"},"output_mode":"append","max_event_time_ahead":null}"#
+    );
+    assert_ne!(job.fingerprint(), one.fingerprint());
+}
+
+#[test]
+fn mistakes_in_several_queries_name_the_query() {
+    let cases: [(&str, &str, &str, &str); 7] = [
+        (
+            "  - name: raw-events\n",
+            "  - \n",
+            "queries[1].name",
+            "non-empty name",
+        ),
+        (
+            "  - name: raw-events\n",
+            "  - name: windows\n",
+            "queries[1].name",
+            "another query is named",
+        ),
+        (
+            "path: /t/events,",
+            "path: /t/windows,",
+            "queries[1].sinks",
+            "another query writes this delta table",
+        ),
+        (
+            "    dedup: {key: [event_id], within: 1h}\n",
+            "    dedup: {key: [event_id], within: 1h}\n    max_event_time_ahead: 1h\n",
+            "queries[1].watermark",
+            "share its watermark",
+        ),
+        (
+            "within: 1h",
+            "within: 0s",
+            "queries[1].dedup.within",
+            "positive",
+        ),
+        (
+            "checkpoint_location: /t/checkpoint\n",
+            "checkpoint_location: /t/checkpoint\nsinks:\n  - delta: {path: /t/other}\n",
+            "sinks",
+            "each query has its own",
+        ),
+        (
+            "      - delta: {path: /t/windows}\n",
+            "",
+            "queries[0].sinks",
+            "expected a delta sink",
+        ),
+    ];
+    for (from, to, field, message) in cases {
+        assert!(TWO_QUERIES.contains(from), "test bug: `{from}`");
+        let err = parse(&TWO_QUERIES.replacen(from, to, 1)).expect_err(to);
+        assert!(
+            err.field == field && err.message.contains(message),
+            "`{to}`: {err}"
+        );
+    }
+    // The second query's sinks, named as such.
+    let err = parse(&TWO_QUERIES.replace("merge_on: [event_id]", "merge_on: [nope]"))
+        .expect_err("an unknown merge_on column");
+    assert_eq!(err.field, "queries[1].sinks[0].delta.merge_on[0]");
+    // Both forms at once, or a name on the single form.
+    let both = GOOD.replace(
+        "trigger: 30s",
+        "queries:\n  - name: x\n    watermark: {column: timestamp, delay: 10m}\n    dedup: {key: [event_id], within: 1h}\n    sinks: [{delta: {path: /t/x}}]\ntrigger: 30s",
+    );
+    assert_eq!(parse(&both).unwrap_err().field, "query");
+    let named = GOOD.replace("  output_mode: append", "  output_mode: append\n  name: x");
+    assert_eq!(parse(&named).unwrap_err().field, "query.name");
 }

@@ -113,7 +113,12 @@ impl AdminService {
             autoscale: self.autoscale_status(),
             trigger: self.facts.trigger.clone(),
             checkpoint_location: self.facts.checkpoint_location.clone(),
-            output_table: id.output_url.clone(),
+            output_table: id
+                .queries
+                .iter()
+                .map(|q| q.output_url.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             started_at: rfc3339(self.facts.started_at_micros).unwrap_or_default(),
         }
     }
@@ -431,8 +436,11 @@ mod tests {
                     run_id: "run".into(),
                     name: "q".into(),
                     topic: "t".into(),
-                    output_url: "file:///t".into(),
-                    dedup: false,
+                    queries: vec![crate::ops::progress::QueryTable {
+                        name: "q".into(),
+                        output_url: "file:///t".into(),
+                        dedup: false,
+                    }],
                 },
                 trigger: "1s".into(),
                 checkpoint_location: "file:///c".into(),

@@ -35,9 +35,7 @@ use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
 use crate::output::delta_commit::DeltaCommitter;
-use crate::output::kafka_sink::KafkaSinkWriter;
-use crate::output::merge::MergeKeys;
-use crate::output::table_commits::{Committing, TableRole, Tables};
+use crate::output::table_commits::{Committing, QueryOutput, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
 
@@ -176,7 +174,12 @@ impl Drop for AbortOnDrop {
 
 /// The upkeep the job's sinks ask for, per table.
 fn table_upkeep(job: &JobSpec, fence: Option<&Fence>) -> Vec<(TableRole, Upkeep)> {
-    let tables = std::iter::once((TableRole::Output, "output", &job.output))
+    let outputs = job
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (TableRole::Output(i), "output", &q.output));
+    let tables = outputs
         .chain(
             job.dead_letter
                 .iter()
@@ -209,10 +212,9 @@ impl Coordinator {
     pub fn new(
         job: JobSpec,
         log: CheckpointLog,
-        output: DeltaCommitter,
+        outputs: Vec<QueryOutput>,
         dead_letter: Option<DeltaCommitter>,
         late_rows: Option<DeltaCommitter>,
-        kafka: Vec<KafkaSinkWriter>,
         source: SourceReader,
         members: watch::Receiver<Vec<Member>>,
         membership: mpsc::Sender<MembershipMsg>,
@@ -223,8 +225,6 @@ impl Coordinator {
     ) -> Self {
         let fence = log.fence().cloned();
         let upkeep = table_upkeep(&job, fence.as_ref());
-        let output_merge = MergeKeys::of_output(&job);
-        let output_schema = weir_common::output::output_schema(&job);
         Self {
             controls,
             ops,
@@ -235,10 +235,7 @@ impl Coordinator {
             log,
             tables: Some(Tables {
                 upkeep,
-                output_merge,
-                kafka,
-                output_schema,
-                output,
+                outputs,
                 dead_letter,
                 late_rows,
                 fence,
@@ -967,7 +964,7 @@ impl Coordinator {
         self.report(
             &pending.plan,
             &pending.record,
-            done.version,
+            &done.versions,
             triggered,
             pending.previous_trigger_micros,
             pending.decide_ms + done.took.as_millis() as u64,
@@ -992,7 +989,7 @@ impl Coordinator {
             let _ = reply.send(Ok(CheckpointOutcome {
                 epoch: Some(epoch),
                 ran: true,
-                delta_version: done.version,
+                delta_version: done.versions.first().copied().flatten(),
             }));
         }
         Ok(())
@@ -1005,7 +1002,7 @@ impl Coordinator {
         &mut self,
         plan: &EpochPlan,
         record: &CommitRecord,
-        version: Option<u64>,
+        versions: &[Option<u64>],
         triggered: &Triggered,
         previous_trigger_micros: Option<i64>,
         commit_ms: u64,
@@ -1017,7 +1014,7 @@ impl Coordinator {
             &CommittedEpoch {
                 plan,
                 record,
-                version,
+                versions,
                 latest: &triggered.latest,
                 triggered_at_micros: triggered.at_micros,
                 previous_trigger_micros,

@@ -24,6 +24,7 @@ pub fn decide(
 ) -> anyhow::Result<CommitRecord> {
     let mut stats = EpochStats::default();
     let mut output_adds = Vec::new();
+    let mut more_output_adds: Vec<Vec<String>> = Vec::new();
     let mut dead_letter_adds = Vec::new();
     let mut late_rows_adds = Vec::new();
     let mut event_time_sum = 0.0;
@@ -33,6 +34,12 @@ pub fn decide(
         let snapshot: StateSnapshot = serde_json::from_str(&p.state_snapshot_json)
             .with_context(|| format!("state snapshot of executor {}", p.executor_id))?;
         output_adds.extend(p.output_adds);
+        for (i, more) in p.more_output_adds.into_iter().enumerate() {
+            if more_output_adds.len() <= i {
+                more_output_adds.resize_with(i + 1, Vec::new);
+            }
+            more_output_adds[i].extend(more.adds);
+        }
         dead_letter_adds.extend(p.dead_letter_adds);
         late_rows_adds.extend(p.late_rows_adds);
         let s = p.stats.unwrap_or_default();
@@ -77,6 +84,19 @@ pub fn decide(
         for (column, sum) in &s.output_sums {
             *stats.output_sums.entry(column.clone()).or_default() += sum;
         }
+        // Per query only when the job has several (one query's are the epoch's).
+        if s.queries.len() > 1 {
+            if stats.queries.len() < s.queries.len() {
+                stats.queries.resize_with(s.queries.len(), Default::default);
+            }
+            for (into, q) in stats.queries.iter_mut().zip(&s.queries) {
+                into.rows_emitted += q.rows_emitted;
+                into.late_rows += q.late_rows;
+                for (column, sum) in &q.output_sums {
+                    *into.output_sums.entry(column.clone()).or_default() += sum;
+                }
+            }
+        }
         stats.checkpoint_bytes += snapshot.bytes();
         stats.checkpoint_uploaded_bytes += snapshot.uploaded_bytes;
         stats.min_event_time_micros = min_opt(stats.min_event_time_micros, s.min_event_time_micros);
@@ -108,6 +128,7 @@ pub fn decide(
             watermark_delay_micros,
         ),
         output_adds,
+        more_output_adds,
         dead_letter_adds,
         late_rows_adds,
         stats,

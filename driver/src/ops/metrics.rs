@@ -47,6 +47,8 @@ pub struct DriverMetrics {
     delta_commit_seconds: HistogramVec,
     upkeep_passes: IntCounterVec,
     kafka_sink_records: IntCounterVec,
+    /// Per query of a job of several: rows emitted, late and (dedup) duplicate.
+    query_rows: IntCounterVec,
     kafka_sink_seconds: HistogramVec,
     files_compacted: IntCounterVec,
     files_vacuumed: IntCounterVec,
@@ -235,6 +237,16 @@ impl DriverMetrics {
                     )
                     .buckets(buckets.clone()),
                     &["table"],
+                )?,
+            )?,
+            query_rows: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "weir_query_rows_total",
+                        "Per query of a job of several queries: rows it emitted (kind=\"emitted\"), dropped as late for it (\"late\"), and dropped as duplicates (\"duplicate\", a dedup query).",
+                    ),
+                    &["query", "kind"],
                 )?,
             )?,
             kafka_sink_records: register(
@@ -471,6 +483,18 @@ impl DriverMetrics {
         }
         self.late_rows.inc_by(p.num_late_rows);
         self.duplicate_rows.inc_by(p.num_duplicate_rows);
+        for q in &p.queries {
+            let emitted = q.sink.as_ref().map_or(0, |s| s.num_output_rows);
+            for (kind, rows) in [
+                ("emitted", emitted),
+                ("late", q.num_late_rows),
+                ("duplicate", q.num_duplicate_rows),
+            ] {
+                self.query_rows
+                    .with_label_values(&[&q.name, kind])
+                    .inc_by(rows);
+            }
+        }
         self.malformed_rows.inc_by(p.num_malformed_rows);
         self.dead_letter_rows.inc_by(p.num_dead_letter_rows);
         self.lost_offsets.inc_by(p.num_lost_offsets);
@@ -484,6 +508,48 @@ impl DriverMetrics {
             set_count(&self.checkpoint_bytes, s.checkpoint_bytes);
             self.checkpoint_uploaded_bytes
                 .inc_by(s.checkpoint_uploaded_bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Encoder;
+    use weir_proto::admin::{QueryOutputProgress, SinkProgress};
+
+    use super::*;
+
+    /// A job of several queries counts each query's rows under its name.
+    #[test]
+    fn each_query_of_a_job_has_its_own_row_counts() {
+        let metrics = DriverMetrics::new(1).unwrap();
+        let query = |name: &str, emitted, late, duplicates| QueryOutputProgress {
+            name: name.into(),
+            sink: Some(SinkProgress {
+                num_output_rows: emitted,
+                ..SinkProgress::default()
+            }),
+            num_late_rows: late,
+            num_duplicate_rows: duplicates,
+        };
+        let progress = QueryProgress {
+            queries: vec![query("windows", 12, 3, 0), query("raw-events", 900, 5, 40)],
+            ..QueryProgress::default()
+        };
+        metrics.record(&progress, 0, None);
+        metrics.record(&progress, 0, None);
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&metrics.registry().gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for expected in [
+            r#"weir_query_rows_total{kind="emitted",query="windows"} 24"#,
+            r#"weir_query_rows_total{kind="late",query="windows"} 6"#,
+            r#"weir_query_rows_total{kind="emitted",query="raw-events"} 1800"#,
+            r#"weir_query_rows_total{kind="duplicate",query="raw-events"} 80"#,
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
         }
     }
 }

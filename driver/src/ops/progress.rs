@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use weir_common::checkpoint::{CommitRecord, EpochPlan};
 use weir_common::keygroup::KeyGroups;
 use weir_proto::admin::{
-    DurationMs, EventTime, ExecutorProgress, PartitionOffsets, QueryProgress, SinkProgress,
-    SourceProgress, StateProgress,
+    DurationMs, EventTime, ExecutorProgress, PartitionOffsets, QueryOutputProgress, QueryProgress,
+    SinkProgress, SourceProgress, StateProgress,
 };
 
 /// What stays the same for every epoch of this driver's run.
@@ -18,6 +18,14 @@ pub struct QueryIdentity {
     pub run_id: String,
     pub name: String,
     pub topic: String,
+    /// The job's queries and their tables, in the job's order.
+    pub queries: Vec<QueryTable>,
+}
+
+/// One query of the job and where its rows go.
+#[derive(Debug, Clone)]
+pub struct QueryTable {
+    pub name: String,
     pub output_url: String,
     /// The query keeps each key's first row (a dedup query): its output rows are events, and
     /// the rest of its valid, on-time rows are duplicates.
@@ -28,7 +36,8 @@ pub struct QueryIdentity {
 pub struct CommittedEpoch<'a> {
     pub plan: &'a EpochPlan,
     pub record: &'a CommitRecord,
-    pub version: Option<u64>,
+    /// Each query's output table's new version.
+    pub versions: &'a [Option<u64>],
     /// Each partition's end offset when the epoch was planned.
     pub latest: &'a BTreeMap<i32, i64>,
     pub triggered_at_micros: i64,
@@ -162,27 +171,68 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
             partitions,
         }],
         sink: Some(SinkProgress {
-            description: format!("delta[{}]", query.output_url),
+            description: query
+                .queries
+                .iter()
+                .map(|q| format!("delta[{}]", q.output_url))
+                .collect::<Vec<_>>()
+                .join(", "),
             num_output_rows: s.windows_emitted,
-            delta_version: e.version,
+            delta_version: e.versions.first().copied().flatten(),
         }),
+        queries: query_outputs(query, e),
         num_malformed_rows: s.malformed_rows,
         num_late_rows: s.late_rows,
         num_dead_letter_rows: s.dead_letter_rows,
         num_lost_offsets: s.lost_offsets,
         runs: e.runs,
         num_key_groups_moved: s.key_groups_moved,
-        num_duplicate_rows: if query.dedup {
-            // Every valid row that was not late is kept or a duplicate.
-            s.valid_rows
-                .saturating_sub(s.late_rows)
-                .saturating_sub(s.windows_emitted)
-        } else {
-            0
+        num_duplicate_rows: match (query.queries.as_slice(), s.queries.as_slice()) {
+            ([one], _) if one.dedup => duplicates(s.valid_rows, s.late_rows, s.windows_emitted),
+            (tables, figures) => tables
+                .iter()
+                .zip(figures)
+                .filter(|(t, _)| t.dedup)
+                .map(|(_, f)| duplicates(s.valid_rows, f.late_rows, f.rows_emitted))
+                .sum(),
         },
         num_executors: executors.len() as u32,
         executors,
     }
+}
+
+/// A dedup query's duplicates: every valid row it did not find late is kept or a duplicate.
+fn duplicates(valid: u64, late: u64, kept: u64) -> u64 {
+    valid.saturating_sub(late).saturating_sub(kept)
+}
+
+/// Each query's output, when the job has several.
+fn query_outputs(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> Vec<QueryOutputProgress> {
+    let s = &e.record.stats;
+    if query.queries.len() < 2 {
+        return Vec::new();
+    }
+    query
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, table)| {
+            let figures = s.queries.get(i).cloned().unwrap_or_default();
+            QueryOutputProgress {
+                name: table.name.clone(),
+                sink: Some(SinkProgress {
+                    description: format!("delta[{}]", table.output_url),
+                    num_output_rows: figures.rows_emitted,
+                    delta_version: e.versions.get(i).copied().flatten(),
+                }),
+                num_late_rows: figures.late_rows,
+                num_duplicate_rows: match table.dedup {
+                    true => duplicates(s.valid_rows, figures.late_rows, figures.rows_emitted),
+                    false => 0,
+                },
+            }
+        })
+        .collect()
 }
 
 /// Bytes in B, KiB, MiB or GiB, for people.
@@ -237,6 +287,20 @@ pub fn line(p: &QueryProgress) -> String {
         lag,
         p.duration_ms.as_ref().map_or(0, |d| d.total),
     );
+    // A job of several queries: what each one emitted.
+    for q in &p.queries {
+        let sink = q.sink.clone().unwrap_or_default();
+        line.push_str(&format!(
+            " | {}: rows emitted {}, late {}",
+            q.name, sink.num_output_rows, q.num_late_rows
+        ));
+        if q.num_duplicate_rows > 0 {
+            line.push_str(&format!(", duplicates {}", q.num_duplicate_rows));
+        }
+        if let Some(v) = sink.delta_version {
+            line.push_str(&format!(", delta version {v}"));
+        }
+    }
     if p.num_lost_offsets > 0 {
         line.push_str(&format!(
             " | lost {} offsets no longer retained",
@@ -330,15 +394,18 @@ mod tests {
             run_id: "run".into(),
             name: "analytics".into(),
             topic: "web-events".into(),
-            output_url: "file:///t".into(),
-            dedup: false,
+            queries: vec![QueryTable {
+                name: "analytics".into(),
+                output_url: "file:///t".into(),
+                dedup: false,
+            }],
         };
         let p = build(
             &query,
             &CommittedEpoch {
                 plan: &plan,
                 record: &record,
-                version: Some(7),
+                versions: &[Some(7)],
                 latest: &latest,
                 triggered_at_micros: 10_000_000,
                 previous_trigger_micros: Some(8_000_000),

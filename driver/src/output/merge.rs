@@ -20,8 +20,7 @@ use deltalake::operations::merge::MergeMetrics;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use object_store::ObjectStoreExt;
-use weir_common::job::{JobSpec, OutputMode, Query};
-use weir_common::output::output_schema;
+use weir_common::job::{DeltaSink, OutputMode, Query};
 
 /// One key column of the MERGE: a top-level column, or a field of a struct column
 /// (`window.start`).
@@ -74,8 +73,7 @@ impl MergeKeys {
     /// its `merge_on` columns and the table's partition columns (so each MERGE reads only the
     /// partitions its rows fall in, and a row replaces only one of its own partition). `None`
     /// when epochs append.
-    pub fn of_output(job: &JobSpec) -> Option<Self> {
-        let schema = output_schema(job);
+    pub fn of_output(query: &Query, table: &DeltaSink, schema: &SchemaRef) -> Option<Self> {
         let key = |column: &str, field: Option<&str>| MergeKey {
             column: column.to_string(),
             field: field.map(str::to_string),
@@ -84,7 +82,7 @@ impl MergeKeys {
                     .field_with_name(column)
                     .map_or(true, |f| f.is_nullable()),
         };
-        let keys: Vec<MergeKey> = match &job.query {
+        let keys: Vec<MergeKey> = match query {
             Query::Window(w) if w.output_mode == OutputMode::Update => {
                 let window = ["start", "end"].map(|field| key("window", Some(field)));
                 window
@@ -92,9 +90,9 @@ impl MergeKeys {
                     .chain(w.group_by.iter().map(|group| key(group, None)))
                     .collect()
             }
-            Query::Dedup(_) if !job.output.merge_on.is_empty() => {
-                let mut columns: Vec<&String> = job.output.merge_on.iter().collect();
-                for p in &job.output.partition_by {
+            Query::Dedup(_) if !table.merge_on.is_empty() => {
+                let mut columns: Vec<&String> = table.merge_on.iter().collect();
+                for p in &table.partition_by {
                     if !columns.contains(&p) {
                         columns.push(p);
                     }

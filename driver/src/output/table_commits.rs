@@ -26,28 +26,38 @@ use crate::output::upkeep::{PassReport, Upkeep};
 /// Attempts at committing a decision to the tables before the job stops (a restart retries).
 const COMMIT_ATTEMPTS: u32 = 5;
 
-/// The output table and, when the job has one, the dead-letter table.
+/// One query's output: its table, how epochs reach it, and its Kafka topics.
+pub struct QueryOutput {
+    pub table: DeltaCommitter,
+    /// Update mode, or a dedup query's upsert: each epoch's rows are MERGEd into the table
+    /// on these keys, not appended.
+    pub merge: Option<MergeKeys>,
+    /// Kafka topics that receive each epoch's rows (read from its staged files).
+    pub kafka: Vec<KafkaSinkWriter>,
+    /// The schema of the table's rows.
+    pub schema: SchemaRef,
+    /// How metrics name the table: `output`, or `output:<query>` in a job of several queries.
+    pub label: String,
+}
+
+/// Every query's output table and, when the job has them, the dead-letter and late-rows
+/// tables.
 pub struct Tables {
-    pub output: DeltaCommitter,
+    /// Each query's, in the job's order.
+    pub outputs: Vec<QueryOutput>,
     pub dead_letter: Option<DeltaCommitter>,
     pub late_rows: Option<DeltaCommitter>,
     /// The driver's hold on the checkpoint: a fenced driver neither commits nor cleans up.
     pub fence: Option<Fence>,
     /// Compaction and vacuum of each table, when its sink asks for them.
     pub upkeep: Vec<(TableRole, Upkeep)>,
-    /// Update mode: each epoch's rows are MERGEd into the output table on these keys, not
-    /// appended.
-    pub output_merge: Option<MergeKeys>,
-    /// Kafka topics that receive each epoch's output rows (read from its staged files).
-    pub kafka: Vec<KafkaSinkWriter>,
-    /// The schema of the output table's rows.
-    pub output_schema: SchemaRef,
 }
 
 /// Which of the job's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableRole {
-    Output,
+    /// The output table of the job's query of this index.
+    Output(usize),
     DeadLetter,
     LateRows,
 }
@@ -55,13 +65,13 @@ pub enum TableRole {
 /// The committer of `role`'s table, when the job has one (the fields, not `Tables`, so a loop
 /// over the upkeep can borrow it beside them).
 fn committer<'a>(
-    output: &'a DeltaCommitter,
+    outputs: &'a [QueryOutput],
     dead_letter: &'a Option<DeltaCommitter>,
     late_rows: &'a Option<DeltaCommitter>,
     role: TableRole,
 ) -> Option<&'a DeltaCommitter> {
     match role {
-        TableRole::Output => Some(output),
+        TableRole::Output(query) => outputs.get(query).map(|o| &o.table),
         TableRole::DeadLetter => dead_letter.as_ref(),
         TableRole::LateRows => late_rows.as_ref(),
     }
@@ -83,15 +93,71 @@ async fn staged_rows<'a>(
     Ok(read.as_deref().unwrap_or_default())
 }
 
+impl QueryOutput {
+    /// Puts `epoch`'s rows (the files of `adds`) into the table, and first into the query's
+    /// Kafka topics: in update mode the staged files are deleted once merged, and a restart
+    /// sends the last decision's rows again only if a topic's marker lacks the epoch.
+    /// Answers the table's new version.
+    async fn commit(
+        &mut self,
+        epoch: u64,
+        added: &[String],
+        metrics: &DriverMetrics,
+    ) -> anyhow::Result<Option<u64>> {
+        let needs_rows = !added.is_empty() && (!self.kafka.is_empty() || self.merge.is_some());
+        let adds = match needs_rows {
+            true => self.table.parse_adds(added)?,
+            false => Vec::new(),
+        };
+        let mut rows = None;
+        for sink in &mut self.kafka {
+            if adds.is_empty() || !sink.needs(epoch).await? {
+                continue;
+            }
+            let started = Instant::now();
+            let epoch_rows = staged_rows(&mut rows, &self.table, &adds, &self.schema).await?;
+            let records = sink.send(epoch, epoch_rows).await?;
+            metrics.kafka_sink(sink.topic(), records, started.elapsed().as_secs_f64());
+        }
+        let started = Instant::now();
+        let version = match &self.merge {
+            None => self.table.commit(epoch, added).await?,
+            Some(_) if adds.is_empty() || !self.table.needs(epoch).await? => None,
+            Some(keys) => {
+                let epoch_rows = staged_rows(&mut rows, &self.table, &adds, &self.schema).await?;
+                let (version, m) = self
+                    .table
+                    .merge(epoch, &adds, epoch_rows.to_vec(), &self.schema, keys)
+                    .await?;
+                tracing::debug!(
+                    epoch,
+                    version,
+                    table = %self.table.url(),
+                    inserted = m.num_target_rows_inserted,
+                    updated = m.num_target_rows_updated,
+                    files_scanned = m.num_target_files_scanned,
+                    files_skipped = m.num_target_files_skipped_during_scan,
+                    "merged the epoch's rows into the output table"
+                );
+                version
+            }
+        };
+        if version.is_some() {
+            metrics.delta_commit(&self.label, started.elapsed().as_secs_f64());
+        }
+        Ok(version)
+    }
+}
+
 impl Tables {
-    /// Puts the decision's adds into both tables (each commit is idempotent: a table that holds
-    /// the epoch already is left alone), retrying with backoff; answers the output table's new
-    /// version.
+    /// Puts the decision's adds into every table (each commit is idempotent: a table that
+    /// holds the epoch already is left alone), retrying with backoff; answers each query's
+    /// output table's new version.
     pub async fn commit(
         &mut self,
         record: &CommitRecord,
         metrics: &DriverMetrics,
-    ) -> anyhow::Result<Option<u64>> {
+    ) -> anyhow::Result<Vec<Option<u64>>> {
         let mut failures = 0;
         loop {
             match self.commit_once(record, metrics).await {
@@ -118,55 +184,16 @@ impl Tables {
         &mut self,
         record: &CommitRecord,
         metrics: &DriverMetrics,
-    ) -> anyhow::Result<Option<u64>> {
+    ) -> anyhow::Result<Vec<Option<u64>>> {
         if let Some(fence) = &self.fence {
             fence.check().await?;
         }
-        // Kafka first: in update mode the staged files are deleted once merged, and a restart
-        // sends the last decision's rows again only if the topic's marker lacks the epoch.
-        let epoch = record.epoch;
-        let needs_rows = !record.output_adds.is_empty()
-            && (!self.kafka.is_empty() || self.output_merge.is_some());
-        let adds = match needs_rows {
-            true => self.output.parse_adds(&record.output_adds)?,
-            false => Vec::new(),
-        };
-        let mut rows = None;
-        for sink in &mut self.kafka {
-            if adds.is_empty() || !sink.needs(epoch).await? {
-                continue;
-            }
-            let started = Instant::now();
-            let epoch_rows =
-                staged_rows(&mut rows, &self.output, &adds, &self.output_schema).await?;
-            let records = sink.send(epoch, epoch_rows).await?;
-            metrics.kafka_sink(sink.topic(), records, started.elapsed().as_secs_f64());
-        }
-        let started = Instant::now();
-        let version = match &self.output_merge {
-            None => self.output.commit(epoch, &record.output_adds).await?,
-            Some(_) if adds.is_empty() || !self.output.needs(epoch).await? => None,
-            Some(keys) => {
-                let epoch_rows =
-                    staged_rows(&mut rows, &self.output, &adds, &self.output_schema).await?;
-                let (version, m) = self
-                    .output
-                    .merge(epoch, &adds, epoch_rows.to_vec(), &self.output_schema, keys)
-                    .await?;
-                tracing::debug!(
-                    epoch,
-                    version,
-                    inserted = m.num_target_rows_inserted,
-                    updated = m.num_target_rows_updated,
-                    files_scanned = m.num_target_files_scanned,
-                    files_skipped = m.num_target_files_skipped_during_scan,
-                    "merged the epoch's rows into the output table"
-                );
-                version
-            }
-        };
-        if version.is_some() {
-            metrics.delta_commit("output", started.elapsed().as_secs_f64());
+        let mut versions = Vec::with_capacity(self.outputs.len());
+        for (query, output) in self.outputs.iter_mut().enumerate() {
+            let version = output
+                .commit(record.epoch, record.output_adds_of(query), metrics)
+                .await?;
+            versions.push(version);
         }
         let side_tables = [
             (
@@ -184,11 +211,11 @@ impl Tables {
             }
         }
         for (role, u) in &mut self.upkeep {
-            if let Some(t) = committer(&self.output, &self.dead_letter, &self.late_rows, *role) {
+            if let Some(t) = committer(&self.outputs, &self.dead_letter, &self.late_rows, *role) {
                 u.after_commit(t.table(), metrics);
             }
         }
-        Ok(version)
+        Ok(versions)
     }
 
     /// Starts a compaction pass of every table now (`weir admin compact`); answers, per table,
@@ -203,7 +230,7 @@ impl Tables {
     )> {
         let mut waiting = Vec::new();
         for (role, u) in &mut self.upkeep {
-            if let Some(t) = committer(&self.output, &self.dead_letter, &self.late_rows, *role) {
+            if let Some(t) = committer(&self.outputs, &self.dead_letter, &self.late_rows, *role) {
                 let (reply, outcome) = oneshot::channel();
                 u.run_now(t.table(), metrics, reply).await;
                 waiting.push((u.label(), u.url().to_string(), outcome));
@@ -230,7 +257,9 @@ impl Tables {
         if let Some(fence) = &self.fence {
             fence.check().await?;
         }
-        self.output.remove_unreferenced_files().await?;
+        for output in &mut self.outputs {
+            output.table.remove_unreferenced_files().await?;
+        }
         if let Some(dl) = self.dead_letter.as_mut() {
             dl.remove_unreferenced_files().await?;
         }
@@ -244,8 +273,9 @@ impl Tables {
 /// What a finished commit answers.
 pub struct Committed {
     pub tables: Tables,
-    /// The output table's new version (`None`: nothing added, or the epoch was there).
-    pub version: Option<u64>,
+    /// Each query's output table's new version (`None`: nothing added, or the epoch was
+    /// there).
+    pub versions: Vec<Option<u64>>,
     /// How long the commit took, retries included.
     pub took: Duration,
     pub finished_at: Instant,
@@ -263,12 +293,12 @@ impl Committing {
             // Here the decision is written and the next epoch may be running already.
             tokio::task::block_in_place(|| fault::reached("committing", record.epoch));
             let started = Instant::now();
-            let version = tables.commit(&record, &metrics).await?;
+            let versions = tables.commit(&record, &metrics).await?;
             let took = started.elapsed();
             tokio::task::block_in_place(|| fault::reached("committed", record.epoch));
             Ok(Committed {
                 tables,
-                version,
+                versions,
                 took,
                 finished_at: Instant::now(),
             })

@@ -162,14 +162,28 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape of each of the job's queries' entries, by operator.
+    pub fn all(job: &JobSpec) -> Vec<Self> {
+        job.queries
+            .iter()
+            .enumerate()
+            .map(|(op, spec)| {
+                let windows = spec.query.windows();
+                Self {
+                    aggregates: windows.map(|w| w.aggregates.clone()).unwrap_or_default(),
+                    window: windows.map(|w| w.window),
+                    key_groups: job.key_groups,
+                    // At most 64 queries: the index fits.
+                    operator: op as u8,
+                }
+            })
+            .collect()
+    }
+
+    /// The shape of a one-query job's entries.
+    #[cfg(test)]
     pub fn of(job: &JobSpec) -> Self {
-        let windows = job.query.windows();
-        Self {
-            aggregates: windows.map(|w| w.aggregates.clone()).unwrap_or_default(),
-            window: windows.map(|w| w.window),
-            key_groups: job.key_groups,
-            operator: 0,
-        }
+        Self::all(job).remove(0)
     }
 
     /// A dedup query's row: only a dedup query takes them, at an event time in range.

@@ -368,7 +368,12 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         let job = job("{column: timestamp, size: 5m}");
         let now = 1000 * MIN;
         let watermark = Some(now - 10 * MIN);
-        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), watermark, now);
+        let mut pre = PreAggregation::new(
+            &job,
+            job.queries[0].query.windows().unwrap(),
+            watermark,
+            now,
+        );
         let b = batch(
             &job,
             &[
@@ -410,7 +415,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         // The row at now-12m is in [now-15m, now-5m) (open) and [now-20m, now-10m) (closed).
         let mut pre = PreAggregation::new(
             &job,
-            job.query.windows().unwrap(),
+            job.queries[0].query.windows().unwrap(),
             Some(now - 10 * MIN),
             now,
         );
@@ -431,7 +436,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
     fn repeated_values_and_groups_are_kept_once_and_split_by_their_key_groups() {
         let job = job("{column: timestamp, size: 5m}");
         let now = 1000 * MIN;
-        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), None, now);
+        let mut pre = PreAggregation::new(&job, job.queries[0].query.windows().unwrap(), None, now);
         let rows: Vec<(String, &str, i64)> = (0..300)
             .map(|i| {
                 (
@@ -521,7 +526,8 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
             let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
             assert!(decoded.bad.is_empty(), "{:?}", decoded.bad);
-            let mut pre = PreAggregation::new(job, job.query.windows().unwrap(), None, now);
+            let mut pre =
+                PreAggregation::new(job, job.queries[0].query.windows().unwrap(), None, now);
             for b in &decoded.batches {
                 assert!(pre.add_batch(b).is_empty());
             }
@@ -608,7 +614,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         }
         let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
         let decoded = JsonDecoder::new(job.input_schema.clone(), 1 << 20).decode(&bytes);
-        let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), None, now);
+        let mut pre = PreAggregation::new(&job, job.queries[0].query.windows().unwrap(), None, now);
         let mut set_aside: Vec<(usize, String)> = decoded.bad.clone();
         let mut base = 0;
         for b in &decoded.batches {
@@ -731,7 +737,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             let rows: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
             proptest::prop_assert_eq!(rows, decoded.good.len());
 
-            let mut pre = PreAggregation::new(&job, job.query.windows().unwrap(), watermark, planned_at);
+            let mut pre = PreAggregation::new(&job, job.queries[0].query.windows().unwrap(), watermark, planned_at);
             let mut set_aside = 0;
             for b in &decoded.batches {
                 set_aside += pre.add_batch(b).len();

@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use weir_common::decode::JsonDecoder;
-use weir_common::job::{DedupQuery, JobSpec};
+use weir_common::job::{DedupQuery, JobSpec, Query};
 use weir_common::output::output_schema;
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_proto::control::EpochStats;
@@ -58,7 +58,7 @@ impl Dedup {
         Self {
             op,
             decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
-            output_schema: output_schema(job),
+            output_schema: output_schema(&Query::Dedup(query.clone()), &job.input_schema),
             query: query.clone(),
             job: job.clone(),
         }

@@ -6,16 +6,17 @@
 //! letters, the epoch's one state batch and its snapshot.
 //!
 //! The operators are a window aggregate and a dedup; [`Operator`] hands each phase to the
-//! query's own.
+//! query's own, and [`operators::Plan`] runs the phases of every query of the job.
 
 pub mod dedup;
 pub mod event_time;
+pub mod operators;
 pub mod window_aggregate;
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
-use weir_common::job::{JobSpec, Query};
+use weir_common::job::{JobSpec, Query, QuerySpec};
 use weir_proto::control::EpochStats;
 
 use crate::aggregate::partials::Partials;
@@ -69,14 +70,15 @@ fn mismatch(phase: &str) -> anyhow::Error {
 }
 
 impl Operator {
-    pub fn new(job: &JobSpec) -> Self {
-        let kind = match &job.query {
-            Query::Window(query) => Kind::Window(WindowAggregate::new(0, job, query)),
-            Query::Dedup(query) => Kind::Dedup(Dedup::new(0, job, query)),
+    /// The operator of query `op` of `job`.
+    pub fn new(job: &JobSpec, op: u8, spec: &QuerySpec) -> Self {
+        let kind = match &spec.query {
+            Query::Window(query) => Kind::Window(WindowAggregate::new(op, job, query)),
+            Query::Dedup(query) => Kind::Dedup(Dedup::new(op, job, query)),
         };
         Self {
             kind,
-            output: StagedTable::new(&job.output.url, &job.storage_options),
+            output: StagedTable::new(&spec.output.url, &job.storage_options),
         }
     }
 

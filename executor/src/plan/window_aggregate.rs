@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use weir_common::aggregate::AggKind;
-use weir_common::job::{JobSpec, OutputMode, WindowQuery};
+use weir_common::job::{JobSpec, OutputMode, Query, WindowQuery};
 use weir_common::output::output_schema;
 use weir_proto::control::EpochStats;
 
@@ -61,7 +61,7 @@ impl WindowAggregate {
         Self {
             op,
             query: query.clone(),
-            output_schema: output_schema(job),
+            output_schema: output_schema(&Query::Window(query.clone()), &job.input_schema),
             job: job.clone(),
         }
     }
