@@ -4,8 +4,10 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use support::chaos::{every_step, run_with_faults};
+use support::cluster::Cluster;
 use support::{commit_records, gen_files, python, repo_path, run_local, verify};
 
 /// The seed job's two outputs as two queries over one file source (two files an epoch), the
@@ -21,28 +23,12 @@ fn two_queries_job(dir: &Path, input: &Path) {
     std::fs::write(dir.join("job.yaml"), job).unwrap();
 }
 
-#[test]
-fn two_queries_over_one_read_each_write_their_own_exact_table() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Four hours of events, 1 % of them an hour late.
-    let (input, events) = gen_files(
-        tmp.path(),
-        20_000,
-        12,
-        &["--span", "4h", "--late-fraction", "0.01", "--late-by", "1h"],
-    );
-    let dir = tmp.path().join("job");
-    std::fs::create_dir_all(&dir).unwrap();
-    two_queries_job(&dir, &input);
-    let progress = run_local(&dir, 2);
-
-    // The windows: what the reference job alone writes, checked against the ground truth.
-    verify(&events, &dir, &[]);
-    // The raw events: every on-time event once, checked against the rules replayed in Python.
+/// The raw events: every on-time event once, checked against the rules replayed in Python.
+fn verify_raw_events(dir: &Path, input: &Path) {
     let out = python()
         .arg(repo_path("tests/verify_dedup.py"))
         .arg("--input")
-        .arg(&input)
+        .arg(input)
         .args(["--per-epoch", "2", "--delay-seconds", "600"])
         .args(["--within-seconds", "900", "--merge", "--table"])
         .arg(dir.join("events"))
@@ -54,6 +40,42 @@ fn two_queries_over_one_read_each_write_their_own_exact_table() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Four hours of events in `files` files, 1 % of them an hour late.
+fn events(tmp: &Path, files: u64) -> (PathBuf, PathBuf) {
+    let late = ["--span", "4h", "--late-fraction", "0.01", "--late-by", "1h"];
+    gen_files(tmp, 20_000, files, &late)
+}
+
+/// Killing the driver or an executor at every step of the epoch protocol leaves both
+/// queries' tables exact: each query's state restored, each table's commit made once.
+#[test]
+fn killing_any_process_at_any_step_keeps_every_querys_table_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Twelve epochs of two files, as many as the schedule needs.
+    let (input, events) = events(tmp.path(), 24);
+    let dir = tmp.path().join("chaos");
+    std::fs::create_dir_all(&dir).unwrap();
+    two_queries_job(&dir, &input);
+    let mut cluster = Cluster::new(&dir.join("job.yaml"), &dir, 3, &[]);
+    run_with_faults(&mut cluster, &every_step());
+    verify(&events, &dir, &[]);
+    verify_raw_events(&dir, &input);
+}
+
+#[test]
+fn two_queries_over_one_read_each_write_their_own_exact_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, events) = events(tmp.path(), 12);
+    let dir = tmp.path().join("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    two_queries_job(&dir, &input);
+    let progress = run_local(&dir, 2);
+
+    // The windows: what the reference job alone writes, checked against the ground truth.
+    verify(&events, &dir, &[]);
+    verify_raw_events(&dir, &input);
 
     // The source was read once: each epoch's input is its files' lines, not twice that.
     let decisions = commit_records(&dir);
