@@ -174,21 +174,24 @@ impl Drop for AbortOnDrop {
 
 /// The upkeep the job's sinks ask for, per table.
 fn table_upkeep(job: &JobSpec, fence: Option<&Fence>) -> Vec<(TableRole, Upkeep)> {
-    let outputs = job
-        .queries
-        .iter()
-        .enumerate()
-        .map(|(i, q)| (TableRole::Output(i), "output", &q.output));
+    // In a job of several queries each output table is named after its query.
+    let outputs = job.queries.iter().enumerate().map(|(i, q)| {
+        let label = match job.queries.len() {
+            1 => "output".to_string(),
+            _ => format!("output:{}", q.name),
+        };
+        (TableRole::Output(i), label, &q.output)
+    });
     let tables = outputs
         .chain(
             job.dead_letter
                 .iter()
-                .map(|d| (TableRole::DeadLetter, "dead_letter", d)),
+                .map(|d| (TableRole::DeadLetter, "dead_letter".to_string(), d)),
         )
         .chain(
             job.late_rows
                 .iter()
-                .map(|l| (TableRole::LateRows, "late_rows", l)),
+                .map(|l| (TableRole::LateRows, "late_rows".to_string(), l)),
         );
     tables
         .map(|(role, label, sink)| {
@@ -679,7 +682,7 @@ impl Coordinator {
                     }
                 };
                 tables.push(TableCompaction {
-                    table: label.to_string(),
+                    table: label,
                     url,
                     files_before: pass.files_before,
                     files_after: pass.files_after,

@@ -224,7 +224,7 @@ impl Tables {
         &mut self,
         metrics: &DriverMetrics,
     ) -> Vec<(
-        &'static str,
+        String,
         String,
         oneshot::Receiver<Result<PassReport, String>>,
     )> {
@@ -233,7 +233,7 @@ impl Tables {
             if let Some(t) = committer(&self.outputs, &self.dead_letter, &self.late_rows, *role) {
                 let (reply, outcome) = oneshot::channel();
                 u.run_now(t.table(), metrics, reply).await;
-                waiting.push((u.label(), u.url().to_string(), outcome));
+                waiting.push((u.label().to_string(), u.url().to_string(), outcome));
             }
         }
         waiting

@@ -36,7 +36,7 @@ pub struct PassReport {
 /// The upkeep of one table.
 pub struct Upkeep {
     /// `output` or `dead_letter` (metrics and logs).
-    label: &'static str,
+    label: String,
     url: String,
     spec: TableUpkeep,
     fence: Option<Fence>,
@@ -60,7 +60,7 @@ impl Upkeep {
     /// The upkeep `spec` asks for (when it asks for nothing, only passes on demand). The first
     /// pass comes one interval after start: a driver that took over from one still compacting
     /// leaves it time to finish.
-    pub fn new(label: &'static str, url: &str, spec: TableUpkeep, fence: Option<Fence>) -> Self {
+    pub fn new(label: String, url: &str, spec: TableUpkeep, fence: Option<Fence>) -> Self {
         let now = Instant::now();
         Self {
             label,
@@ -73,8 +73,8 @@ impl Upkeep {
         }
     }
 
-    pub fn label(&self) -> &'static str {
-        self.label
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     pub fn url(&self) -> &str {
@@ -172,17 +172,17 @@ impl Upkeep {
                 if r.vacuumed > 0 {
                     tracing::info!(table = %self.url, files = r.vacuumed, "vacuumed files the table no longer references");
                 }
-                metrics.table_upkeep(self.label, "ok", &r);
+                metrics.table_upkeep(&self.label, "ok", &r);
             }
             // The next pass tries again; what this one wrote without committing is deleted
             // with the files of failed runs.
             Some(Ok(Err(e))) => {
                 tracing::warn!(table = %self.url, "table upkeep failed, trying again later: {e:#}");
-                metrics.table_upkeep(self.label, "error", &PassReport::default());
+                metrics.table_upkeep(&self.label, "error", &PassReport::default());
             }
             Some(Err(e)) => {
                 tracing::warn!(table = %self.url, "table upkeep's task ended: {e}");
-                metrics.table_upkeep(self.label, "error", &PassReport::default());
+                metrics.table_upkeep(&self.label, "error", &PassReport::default());
             }
             None => {}
         }
