@@ -5,10 +5,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use support::admin::{admin, admin_json};
 use support::chaos::{every_step, run_with_faults};
 use support::cluster::Cluster;
-use support::{commit_records, gen_files, python, repo_path, run_local, verify};
+use support::local_run::LocalRun;
+use support::{commit_records, gen_files, python, repo_path, run_local, verify, weir_local};
 
 /// The seed job's two outputs as two queries over one file source (two files an epoch), the
 /// dedup bound at 15 minutes, tables under `dir`.
@@ -131,4 +134,62 @@ fn two_queries_over_one_read_each_write_their_own_exact_table() {
     for table in ["aggregated", "events"] {
         assert!(dir.join(table).join("_delta_log").is_dir(), "{table}");
     }
+}
+
+/// `weir admin progress` reports each query of a running job on its own: its name, its table's
+/// rows and version, its late rows; the job's sink sums them.
+#[test]
+fn weir_admin_reports_each_query_on_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _) = events(tmp.path(), 4);
+    let dir = tmp.path().join("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    two_queries_job(&dir, &input);
+    let mut cmd = weir_local();
+    cmd.arg("--job")
+        .arg(dir.join("job.yaml"))
+        .args(["--executors", "2", "--work-dir"])
+        .arg(dir.join("work"));
+    let mut local = LocalRun::start(cmd, &dir.join("local.log"));
+    let url = local.wait_for_line("weir driver admin on ", Duration::from_secs(60));
+    // The job keeps running after its input: wait until every event was read.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let recent = loop {
+        let recent = admin_json(&url, &["recent-progress"], None);
+        let read: u64 = recent
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["numInputRows"].as_u64().unwrap_or(0))
+            .sum();
+        if read >= 20_000 {
+            break recent;
+        }
+        assert!(Instant::now() < deadline, "not all read: {recent}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut emitted = [0u64; 2];
+    for p in recent.as_array().unwrap() {
+        let queries = p["queries"].as_array().expect("each query's progress");
+        let names: Vec<&str> = queries.iter().filter_map(|q| q["name"].as_str()).collect();
+        assert_eq!(names, ["windows", "raw-events"], "{p}");
+        let mut sum = 0;
+        for (i, q) in queries.iter().enumerate() {
+            let rows = q["sink"]["numOutputRows"].as_u64().expect("rows");
+            emitted[i] += rows;
+            sum += rows;
+            assert!(q["numLateRows"].is_u64(), "{q}");
+        }
+        assert_eq!(p["sink"]["numOutputRows"].as_u64(), Some(sum), "{p}");
+    }
+    assert!(emitted[0] > 0 && emitted[1] > 10_000, "{emitted:?}");
+    let status = admin_json(&url, &["status"], None);
+    let tables = status[0]["outputTable"].as_str().unwrap_or_default();
+    assert!(
+        tables.contains("/aggregated") && tables.contains("/events"),
+        "both tables in the status: {status}"
+    );
+    let stop = admin(&url, &["stop"], None);
+    assert!(stop.status.success(), "{stop:?}");
+    assert!(local.wait(Duration::from_secs(60)).success());
 }
