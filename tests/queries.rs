@@ -11,7 +11,12 @@ use support::admin::{admin, admin_json};
 use support::chaos::{every_step, run_with_faults};
 use support::cluster::Cluster;
 use support::local_run::LocalRun;
-use support::{commit_records, gen_files, python, repo_path, run_local, verify, weir_local};
+use support::prometheus::Pushgateway;
+use support::webhook::Webhook;
+use support::{
+    commit_records, gen_events, gen_files, python, repo_path, run_local, run_ok, verify, weir,
+    weir_local, Broker, BAD_INPUT,
+};
 
 /// The seed job's two outputs as two queries over one file source (two files an epoch), the
 /// dedup bound at 15 minutes, tables under `dir`.
@@ -28,20 +33,15 @@ fn two_queries_job(dir: &Path, input: &Path) {
 
 /// The raw events: every on-time event once, checked against the rules replayed in Python.
 fn verify_raw_events(dir: &Path, input: &Path) {
-    let out = python()
-        .arg(repo_path("tests/verify_dedup.py"))
-        .arg("--input")
-        .arg(input)
-        .args(["--per-epoch", "2", "--delay-seconds", "600"])
-        .args(["--within-seconds", "900", "--merge", "--table"])
-        .arg(dir.join("events"))
-        .output()
-        .expect("running python3");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        python()
+            .arg(repo_path("tests/verify_dedup.py"))
+            .arg("--input")
+            .arg(input)
+            .args(["--per-epoch", "2", "--delay-seconds", "600"])
+            .args(["--within-seconds", "900", "--merge", "--table"])
+            .arg(dir.join("events")),
+        "the comparison with the ground truth",
     );
 }
 
@@ -192,4 +192,112 @@ fn weir_admin_reports_each_query_on_its_own() {
     let stop = admin(&url, &["stop"], None);
     assert!(stop.status.success(), "{stop:?}");
     assert!(local.wait(Duration::from_secs(60)).success());
+}
+
+/// The seed job whole, as `examples/seed-local.yaml` writes it, against the broker: the windows
+/// appended (their figures pushed to a Pushgateway) equal the ground truth; the same windows in
+/// update mode hold every closed window's final values and reach the Kafka topic; the raw
+/// events are each event once.
+#[test]
+fn the_seed_job_runs_whole_against_the_broker() {
+    let broker = Broker::start();
+    let pushgateway = Pushgateway::start();
+    let webhook = Webhook::start("/alerts", 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let late = [&["--span", "4h"][..], &BAD_INPUT].concat();
+    let events = gen_events(&broker, tmp.path(), 4, 30_000, &late);
+    run_ok(
+        weir()
+            .args([
+                "gen",
+                "--brokers",
+                &broker.address,
+                "--topic",
+                "window-updates",
+            ])
+            .args(["--partitions", "1", "--count", "0"]),
+        "creating the sink's topic",
+    );
+    // The example, in epochs of 4 000 offsets: late events are late only once a watermark
+    // passed them, and one epoch of everything has none.
+    let example = std::fs::read_to_string(repo_path("examples/seed-local.yaml")).unwrap();
+    let capped = example.replace(
+        "max_offsets_per_trigger: 50000",
+        "max_offsets_per_trigger: 4000",
+    );
+    assert_ne!(capped, example, "the example's cap moved");
+    let job = tmp.path().join("seed.yaml");
+    std::fs::write(&job, capped).unwrap();
+    let mut local = weir_local();
+    local
+        .current_dir(tmp.path())
+        .arg("--job")
+        .arg(&job)
+        .args(["--executors", "2", "--trigger", "available-now"])
+        .env("KAFKA_BROKERS", &broker.address)
+        .env("PROMETHEUS_PUSHGATEWAY", pushgateway.url())
+        .env("SLACK_WEBHOOK_URL", &webhook.url);
+    run_ok(&mut local, "weir local with the seed job");
+    let root = tmp.path().join(".weir/demo/seed");
+
+    verify(&events, &root, &[]);
+    let decisions = commit_records(&root);
+    let dropped_late: u64 = decisions
+        .iter()
+        .map(|d| d["stats"]["queries"][2]["late_rows"].as_u64().unwrap_or(0))
+        .sum();
+    run_ok(
+        python()
+            .arg(repo_path("tests/verify_dedup.py"))
+            .arg("--events")
+            .arg(&events)
+            .args(["--late", &dropped_late.to_string(), "--table"])
+            .arg(root.join("events")),
+        "the comparison with the ground truth",
+    );
+
+    // Update mode's table holds every window the append table has, with the same values, and
+    // the windows still open when the job stopped; its rows reached the topic.
+    let script = r#"
+import json, os, sys
+from deltalake import DeltaTable
+def rows(path):
+    out = {}
+    for r in DeltaTable(path).to_pyarrow_table().to_pylist():
+        key = (r["window"]["start"].isoformat(), r["event_type"])
+        out[key] = (r["event_count"], r["unique_users"], r["approx_unique"])
+    return out
+closed, updated = rows(sys.argv[1]), rows(sys.argv[2])
+differ = [k for k, v in closed.items() if updated.get(k) != v]
+print(json.dumps({"closed": len(closed), "updated": len(updated), "differ": [list(k) for k in differ[:5]]}), flush=True)
+os._exit(0 if not differ and len(updated) >= len(closed) > 0 else 1)
+"#;
+    run_ok(
+        python()
+            .args(["-c", script])
+            .arg(root.join("aggregated"))
+            .arg(root.join("window-updates")),
+        "the comparison with the ground truth",
+    );
+    let sent = read_all(&broker.address, "window-updates");
+    assert!(sent > 0, "no row reached the topic");
+    let pushed = pushgateway
+        .groups()
+        .iter()
+        .any(|g| g["labels"]["job"] == "weir-streaming");
+    assert!(pushed, "no push: {:?}", pushgateway.groups());
+}
+
+/// How many records a topic of one partition holds.
+fn read_all(broker: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "seed-test")
+        .create()
+        .expect("a consumer");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("the topic's offsets");
+    high - low
 }

@@ -75,15 +75,48 @@ def expected_rows(files, per_epoch, delay, within):
     return kept, late, duplicates
 
 
+def check_events(args):
+    events = {}
+    with open(args.events) as f:
+        for line in f:
+            record = json.loads(line)
+            if record["kind"] not in ("valid", "late"):
+                continue
+            row = row_of(json.loads(record["value"]))
+            events[row[0]] = row
+    table = [row_of(r) for r in DeltaTable(args.table).to_pyarrow_table().to_pylist()]
+    keys = collections.Counter(r[0] for r in table)
+    twice = [k for k, n in keys.items() if n > 1]
+    unknown = [r[:5] for r in table if events.get(r[0]) != r]
+    report = {
+        "events": len(events),
+        "late": args.late,
+        "table_rows": len(table),
+        "twice": twice[:5],
+        "not_an_event": unknown[:5],
+    }
+    print(json.dumps(report, default=str), flush=True)
+    return not twice and not unknown and len(table) == len(events) - args.late
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--per-epoch", type=int, required=True)
-    ap.add_argument("--delay-seconds", type=int, required=True)
-    ap.add_argument("--within-seconds", type=int, required=True)
+    ap.add_argument("--input", help="the input files, replayed by the rules")
+    ap.add_argument("--per-epoch", type=int)
+    ap.add_argument("--delay-seconds", type=int)
+    ap.add_argument("--within-seconds", type=int)
+    ap.add_argument(
+        "--events",
+        help="instead of --input: weir gen's ground truth of events without duplicates, read "
+        "from a broker in epochs this check does not know; every row must be one of its events "
+        "and every event but the --late ones the job dropped must be there once",
+    )
+    ap.add_argument("--late", type=int, default=0)
     ap.add_argument("--table", required=True)
     ap.add_argument("--merge", action="store_true")
     args = ap.parse_args()
+    if args.events:
+        os._exit(0 if check_events(args) else 1)
 
     files = sorted(
         os.path.join(args.input, name)
