@@ -214,6 +214,12 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Print the plan a job file runs: what is read and decoded, the watermark, and per query
+    /// its operator, aggregates with their partial and state form, exchange, output and sinks.
+    Explain {
+        #[arg(long)]
+        job: PathBuf,
+    },
     /// Generate web events into a Kafka topic and/or a JSON-lines file.
     Gen(gen::GenArgs),
     /// Inspect and steer a running query through the driver's admin API.
@@ -338,6 +344,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stop,
             )
             .await
+        }
+        Command::Explain { job } => {
+            print!("{}", weir_common::job::explain::explain(&load_job(&job)?));
+            Ok(())
         }
         Command::Gen(args) => gen::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::{micros, parse_duration};
 use crate::schema::{build_schema, is_scalar, timestamp_type};
 
+pub mod explain;
 pub mod kafka_sink;
 pub mod operations;
 pub mod query;
