@@ -18,6 +18,7 @@ pub mod operations;
 pub mod query;
 pub mod reference;
 pub mod scaling;
+pub mod sql;
 pub mod upkeep;
 pub use operations::{AlertSpec, PushgatewaySink, RawAlerts, RawPushgateway, Secret, SecretMap};
 pub use query::{DedupQuery, Query, WindowQuery};
@@ -154,6 +155,12 @@ pub struct RawQuery {
     /// An entry of `queries`: its sinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinks: Option<Vec<RawSink>>,
+    /// The query as SQL, instead of `window`, `group_by` and `aggregates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// A file holding the query's SQL (relative to the job file's directory), read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_file: Option<String>,
 }
 
 fn default_output_mode() -> String {
@@ -617,6 +624,36 @@ fn output_table(
     Ok(sink)
 }
 
+/// Puts the text of each query's `sql_file` in its `sql`, so the job travels whole.
+fn read_sql_files(raw: &mut RawJob, base_dir: &Path) -> Result<(), JobError> {
+    let single = raw.query.iter_mut().map(|q| ("query".to_string(), q));
+    let named = raw
+        .queries
+        .iter_mut()
+        .enumerate()
+        .map(|(i, q)| (format!("queries[{i}]"), q));
+    for (field, query) in single.chain(named) {
+        let Some(file) = query.sql_file.take() else {
+            continue;
+        };
+        if query.sql.is_some() {
+            return Err(JobError::new(
+                format!("{field}.sql_file"),
+                "give the SQL either inline (`sql`) or in a file (`sql_file`), not both",
+            ));
+        }
+        let path = base_dir.join(&file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            JobError::new(
+                format!("{field}.sql_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        query.sql = Some(text);
+    }
+    Ok(())
+}
+
 /// A query of the job file: the field it is written under, the query, its sinks.
 type NamedQuery<'a> = (String, &'a RawQuery, &'a [RawSink]);
 
@@ -679,15 +716,17 @@ fn named_queries(raw: &RawJob) -> Result<Vec<NamedQuery<'_>>, JobError> {
 }
 
 /// One query and its sinks, checked against the source's columns.
+#[allow(clippy::too_many_arguments)]
 fn query_spec(
     field: &str,
     raw: &RawQuery,
     sinks: &[RawSink],
+    sources: &[&str],
     input_schema: &arrow::datatypes::Schema,
     event_time_column: &str,
     base_dir: &Path,
 ) -> Result<QuerySpec, JobError> {
-    let parsed_query = query::parse(field, raw, input_schema, event_time_column)?;
+    let parsed_query = query::parse(field, raw, input_schema, event_time_column, sources)?;
     // A single query's sinks are the job's: their fields are `sinks[i]`.
     let sink_field = |i: usize| match field {
         "query" => format!("sinks[{i}]"),
@@ -776,6 +815,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     if raw.name.trim().is_empty() {
         return Err(JobError::new("name", "expected a non-empty job name"));
     }
+    read_sql_files(&mut raw, base_dir)?;
     let source = match (&raw.source.kafka, &raw.source.files) {
         (Some(kafka), None) => Source::Kafka(kafka_source(kafka)?),
         (None, Some(files)) => Source::Files(file_source(files, base_dir)?),
@@ -874,12 +914,18 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         ));
     }
 
+    // A query's SQL reads the source as `source`, or by its topic's name.
+    let sources: Vec<&str> = match &source {
+        Source::Kafka(k) => vec!["source", k.topic.as_str()],
+        Source::Files(_) => vec!["source"],
+    };
     let mut queries: Vec<QuerySpec> = Vec::new();
     for (field, raw_query, sinks) in &named {
         let mut spec = query_spec(
             field,
             raw_query,
             sinks,
+            &sources,
             &input_schema,
             &event_time_column,
             base_dir,

@@ -76,7 +76,33 @@ pub(super) fn parse(
     query: &RawQuery,
     input_schema: &Schema,
     event_time_column: &str,
+    sources: &[&str],
 ) -> Result<Query, JobError> {
+    if let Some(sql) = &query.sql {
+        if query.window.is_some()
+            || query.dedup.is_some()
+            || !query.group_by.is_empty()
+            || !query.aggregates.is_empty()
+        {
+            return Err(JobError::new(
+                format!("{f}.sql"),
+                "give the query either as sql or as window, group_by and aggregates (or dedup)",
+            ));
+        }
+        let compiled =
+            super::sql::compile(sql, sources).map_err(|m| JobError::new(format!("{f}.sql"), m))?;
+        let from_sql = RawQuery {
+            window: Some(compiled.window),
+            group_by: compiled.group_by,
+            aggregates: compiled.aggregates,
+            output_mode: compiled
+                .output_mode
+                .unwrap_or_else(|| query.output_mode.clone()),
+            sql: None,
+            ..query.clone()
+        };
+        return parse(f, &from_sql, input_schema, event_time_column, sources);
+    }
     let column_type = |field: &str, name: &str| -> Result<DataType, JobError> {
         input_schema
             .field_with_name(name)

@@ -923,3 +923,51 @@ fn mistakes_in_several_queries_name_the_query() {
     let named = GOOD.replace("  output_mode: append", "  output_mode: append\n  name: x");
     assert_eq!(parse(&named).unwrap_err().field, "query.name");
 }
+
+/// The reference query in SQL (Spark's `window()` form) is the same query as in YAML, inline
+/// or from a file; a mistake in it names the field, line and column.
+#[test]
+fn the_reference_query_in_sql_is_the_yaml_query() {
+    let yaml_query = "  window: {column: timestamp, size: 5m, slide: 5m, start: 0s}\n  group_by: [event_type]\n  aggregates:\n    event_count: count(*)\n    unique_users: count(distinct user_id)\n    approx_unique: approx_count_distinct(event_id)\n";
+    assert!(GOOD.contains(yaml_query));
+    let sql = "  sql: |\n    SELECT window, event_type, count(*) AS event_count,\n           count(DISTINCT user_id) AS unique_users,\n           approx_count_distinct(event_id) AS approx_unique\n    FROM `web-events`\n    GROUP BY window(timestamp, '5 minutes', '5 minutes', '0 seconds'), event_type\n";
+    let from_sql = parse(&GOOD.replace(yaml_query, sql)).unwrap();
+    let from_yaml = parse(GOOD).unwrap();
+    assert_eq!(from_sql.queries[0].query, from_yaml.queries[0].query);
+    // In a file next to the job file, and with EMIT ON UPDATE choosing update mode.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("q.sql"),
+        "SELECT event_type, count(*) AS event_count FROM source\nGROUP BY window(timestamp, '5 minutes'), event_type\nEMIT ON UPDATE\n",
+    )
+    .unwrap();
+    let text = GOOD.replace(yaml_query, "  sql_file: q.sql\n");
+    let raw: RawJob = serde_yaml_ng::from_str(&substitute_env(&text, env).unwrap()).unwrap();
+    let job = validate(raw, dir.path()).unwrap();
+    assert_eq!(job.queries[0].query.output_mode(), OutputMode::Update);
+    // What executors get carries the SQL itself.
+    assert!(job.to_public_json().contains("EMIT ON UPDATE"));
+    let err = parse(&GOOD.replace(
+        yaml_query,
+        &sql.replace(
+            "FROM `web-events`",
+            "FROM `web-events` WHERE user_id = 'u1'",
+        ),
+    ))
+    .unwrap_err();
+    assert_eq!(err.field, "query.sql");
+    assert!(
+        err.message
+            .contains("line 4 column 25: WHERE is not supported"),
+        "{err}"
+    );
+    let both = parse(&GOOD.replace(
+        "  group_by: [event_type]\n",
+        &format!("  group_by: [event_type]\n{sql}"),
+    ))
+    .unwrap_err();
+    assert!(
+        both.message.contains("either as sql or as window"),
+        "{both}"
+    );
+}

@@ -1,0 +1,431 @@
+//! `query: {sql: ...}`: a windowed aggregate written in SQL, compiled to the same query as the
+//! YAML form (`window`, `group_by`, `aggregates`, `output_mode`). Spark's form is accepted:
+//! `GROUP BY window(ts, '5 minutes'[, slide[, start]]), keys`, with the aggregates selected
+//! under a name (`count(*) AS event_count`), `FROM source` (or the topic's name), and an
+//! optional trailing `EMIT ON WINDOW CLOSE` (append) or `EMIT ON UPDATE` (update). A construct
+//! outside that is refused with its line and column and what is supported.
+
+use indexmap::IndexMap;
+use sqlparser::ast::{
+    DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    ObjectName, ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor, Value,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Span;
+
+use super::RawWindow;
+
+/// What the SQL of a query compiles to: the YAML form's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledSql {
+    pub window: RawWindow,
+    pub group_by: Vec<String>,
+    pub aggregates: IndexMap<String, String>,
+    /// From `EMIT ON ...`, when given.
+    pub output_mode: Option<String>,
+}
+
+const SUPPORTED: &str = "supported: SELECT [window,] keys, aggregates AS names FROM source \
+    GROUP BY window(time_column, 'size'[, 'slide'[, 'start']]), keys [EMIT ON WINDOW CLOSE | \
+    EMIT ON UPDATE], with count(*), count(col), count(DISTINCT col), approx_count_distinct(col[, \
+    rsd]), sum, min, max and avg of a column";
+
+/// Compiles `sql`, read from source `sources` (the names the query may read it by).
+pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
+    let (sql, output_mode) = strip_emit(sql);
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Err(format!("expected one SELECT statement; {SUPPORTED}"));
+    };
+    let refuse =
+        |what: &str, span: Span| Err(format!("{}{what} is not supported; {SUPPORTED}", at(span)));
+    if let Some(with) = &query.with {
+        return refuse("WITH", with.span());
+    }
+    if let Some(order) = &query.order_by {
+        return refuse("ORDER BY", order.span());
+    }
+    if let Some(limit) = &query.limit_clause {
+        return refuse("LIMIT", limit.span());
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return refuse("a query other than one SELECT", query.body.span());
+    };
+    if let Some(selection) = &select.selection {
+        return refuse("WHERE", selection.span());
+    }
+    if let Some(having) = &select.having {
+        return refuse("HAVING", having.span());
+    }
+    if select.distinct.is_some() {
+        return refuse("SELECT DISTINCT", select.span());
+    }
+    if !select.named_window.is_empty() || select.qualify.is_some() {
+        return refuse("WINDOW or QUALIFY", select.span());
+    }
+    match select.from.as_slice() {
+        [from] if from.joins.is_empty() => match &from.relation {
+            TableFactor::Table {
+                name, args: None, ..
+            } => {
+                let table = object_name(name);
+                if !sources.iter().any(|s| *s == table) {
+                    return Err(format!(
+                        "{}FROM `{table}`: the query reads its source as {}",
+                        at(name.span()),
+                        sources
+                            .iter()
+                            .map(|s| format!("`{s}`"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ));
+                }
+            }
+            other => return refuse("this FROM", other.span()),
+        },
+        [from] => return refuse("a join", from.span()),
+        _ => return refuse("reading other than one source", select.span()),
+    }
+
+    let GroupByExpr::Expressions(groups, modifiers) = &select.group_by else {
+        return refuse("GROUP BY ALL", select.span());
+    };
+    if !modifiers.is_empty() {
+        return refuse("GROUP BY modifiers", select.span());
+    }
+    let mut window = None;
+    let mut keys: Vec<String> = Vec::new();
+    for group in groups {
+        match group {
+            Expr::Identifier(ident) => keys.push(ident.value.clone()),
+            Expr::Function(f) if object_name(&f.name).eq_ignore_ascii_case("window") => {
+                if window.is_some() {
+                    return refuse("a second window", group.span());
+                }
+                window = Some(spark_window(f, group.span())?);
+            }
+            other => return refuse("this GROUP BY expression", other.span()),
+        }
+    }
+    let Some(window) = window else {
+        return Err(format!(
+            "{}a streaming aggregate needs GROUP BY window(...) (a non-windowed aggregation would \
+             keep its state forever); {SUPPORTED}",
+            at(select.span())
+        ));
+    };
+
+    let mut selected_keys = Vec::new();
+    let mut aggregates = IndexMap::new();
+    for item in &select.projection {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            other => return refuse("this select item", other.span()),
+        };
+        match expr {
+            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("window") => {}
+            Expr::Identifier(ident) => {
+                if !keys.contains(&ident.value) {
+                    return Err(format!(
+                        "{}`{}` is selected but neither grouped by nor aggregated",
+                        at(ident.span),
+                        ident.value
+                    ));
+                }
+                if alias.as_ref().is_some_and(|a| *a != ident.value) {
+                    return refuse("renaming a group key", expr.span());
+                }
+                selected_keys.push(ident.value.clone());
+            }
+            Expr::Function(f) => {
+                let Some(name) = alias else {
+                    return Err(format!(
+                        "{}name the aggregate: `{expr} AS name`",
+                        at(expr.span())
+                    ));
+                };
+                if aggregates.contains_key(&name) {
+                    return Err(format!("{}`{name}` is selected twice", at(expr.span())));
+                }
+                aggregates.insert(name, aggregate(f, expr.span())?);
+            }
+            other => return refuse("this expression", other.span()),
+        }
+    }
+    // The output's group keys: those selected, in their order, then the others grouped by.
+    let mut group_by = selected_keys;
+    for key in keys {
+        if !group_by.contains(&key) {
+            group_by.push(key);
+        }
+    }
+    Ok(CompiledSql {
+        window,
+        group_by,
+        aggregates,
+        output_mode,
+    })
+}
+
+/// `sql` without a trailing `EMIT ON WINDOW CLOSE` / `EMIT ON UPDATE`, and the output mode it
+/// selects.
+fn strip_emit(sql: &str) -> (&str, Option<String>) {
+    let trimmed = sql.trim_end().trim_end_matches(';').trim_end();
+    let upper = trimmed.to_ascii_uppercase();
+    for (clause, mode) in [
+        ("EMIT ON WINDOW CLOSE", "append"),
+        ("EMIT ON UPDATE", "update"),
+    ] {
+        if let Some(head) = upper.strip_suffix(clause) {
+            if head.ends_with(char::is_whitespace) {
+                return (&trimmed[..head.len()], Some(mode.to_string()));
+            }
+        }
+    }
+    (sql, None)
+}
+
+/// `window(time, 'size'[, 'slide'[, 'start']])`.
+fn spark_window(f: &sqlparser::ast::Function, span: Span) -> Result<RawWindow, String> {
+    let args = plain_args(f, span)?;
+    let (column, rest) = match args.as_slice() {
+        [Expr::Identifier(column), rest @ ..] if (1..=3).contains(&rest.len()) => {
+            (column.value.clone(), rest)
+        }
+        _ => {
+            return Err(format!(
+                "{}expected window(time_column, 'size'[, 'slide'[, 'start']])",
+                at(span)
+            ))
+        }
+    };
+    let mut durations = Vec::new();
+    for arg in rest {
+        match arg {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(text) => {
+                    durations.push(spark_interval(text).map_err(|m| format!("{}{m}", at(v.span)))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "{}expected a duration such as '5 minutes'",
+                        at(v.span)
+                    ))
+                }
+            },
+            other => {
+                return Err(format!(
+                    "{}expected a duration such as '5 minutes'",
+                    at(other.span())
+                ))
+            }
+        }
+    }
+    let mut durations = durations.into_iter();
+    Ok(RawWindow {
+        column,
+        size: durations.next().unwrap_or_default(),
+        slide: durations.next(),
+        start: durations.next(),
+    })
+}
+
+/// Spark's interval text (`5 minutes`, `1 hour 30 minutes`, `10 seconds`) as a duration the job
+/// file reads (`5m`, `1h30m`, `10s`).
+fn spark_interval(text: &str) -> Result<String, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || !words.len().is_multiple_of(2) {
+        return Err(format!("`{text}`: expected a duration such as '5 minutes'"));
+    }
+    let mut out = String::new();
+    for pair in words.chunks(2) {
+        let number: u64 = pair[0]
+            .parse()
+            .map_err(|_| format!("`{text}`: `{}` is not a whole number", pair[0]))?;
+        let unit = match pair[1].to_ascii_lowercase().trim_end_matches('s') {
+            "millisecond" => "ms",
+            "second" => "s",
+            "minute" => "m",
+            "hour" => "h",
+            "day" => "d",
+            other => {
+                return Err(format!(
+                "`{text}`: unknown unit `{other}` (milliseconds, seconds, minutes, hours or days)"
+            ))
+            }
+        };
+        out.push_str(&format!("{number}{unit}"));
+    }
+    Ok(out)
+}
+
+/// An aggregate call as the YAML form writes it (`count(distinct user_id)`).
+fn aggregate(f: &sqlparser::ast::Function, span: Span) -> Result<String, String> {
+    if f.over.is_some() {
+        return Err(format!("{}OVER is not supported; {SUPPORTED}", at(span)));
+    }
+    if f.filter.is_some() {
+        return Err(format!("{}FILTER is not supported; {SUPPORTED}", at(span)));
+    }
+    let name = object_name(&f.name).to_ascii_lowercase();
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(format!("{}expected {name}(...)", at(span)));
+    };
+    let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+    if !list.clauses.is_empty() {
+        return Err(format!(
+            "{}clauses inside {name}(...) are not supported",
+            at(span)
+        ));
+    }
+    let mut args = Vec::new();
+    for arg in &list.args {
+        match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => args.push("*".to_string()),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i))) => {
+                args.push(i.value.clone())
+            }
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+                Value::Number(n, _) => args.push(n.clone()),
+                _ => return Err(format!("{}expected a column or a number", at(v.span))),
+            },
+            other => {
+                return Err(format!(
+                    "{}expressions as aggregate arguments are not supported yet: give a column",
+                    at(other.span())
+                ))
+            }
+        }
+    }
+    let distinct = if distinct { "distinct " } else { "" };
+    Ok(format!("{name}({distinct}{})", args.join(", ")))
+}
+
+/// The arguments of a call, each a plain expression.
+fn plain_args(f: &sqlparser::ast::Function, span: Span) -> Result<Vec<Expr>, String> {
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(format!("{}expected arguments", at(span)));
+    };
+    list.args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+            other => Err(format!("{}expected an expression", at(other.span()))),
+        })
+        .collect()
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => ident.value.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `line L column C: ` of a span, when the parser recorded one.
+fn at(span: Span) -> String {
+    match span.start.line {
+        0 => String::new(),
+        line => format!("line {line} column {}: ", span.start.column),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "SELECT window, event_type, count(*) AS event_count,
+       count(DISTINCT user_id) AS unique_users,
+       approx_count_distinct(event_id) AS approx_unique
+FROM source
+GROUP BY window(timestamp, '5 minutes'), event_type";
+
+    #[test]
+    fn the_seed_query_compiles_to_the_yaml_forms_fields() {
+        let compiled = compile(SEED, &["source", "web-events"]).unwrap();
+        assert_eq!(compiled.window.column, "timestamp");
+        assert_eq!(compiled.window.size, "5m");
+        assert_eq!(compiled.window.slide, None);
+        assert_eq!(compiled.group_by, ["event_type"]);
+        let aggregates: Vec<(&str, &str)> = compiled
+            .aggregates
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            aggregates,
+            [
+                ("event_count", "count(*)"),
+                ("unique_users", "count(distinct user_id)"),
+                ("approx_unique", "approx_count_distinct(event_id)")
+            ]
+        );
+        assert_eq!(compiled.output_mode, None);
+        // The topic's name, sliding windows, a start, and an emit clause.
+        let sliding = compile(
+            "SELECT count(*) AS n FROM \"web-events\" GROUP BY window(ts, '10 minutes', '5 minutes', '1 minute') EMIT ON UPDATE;",
+            &["source", "web-events"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                sliding.window.size.as_str(),
+                sliding.window.slide.as_deref(),
+                sliding.window.start.as_deref()
+            ),
+            ("10m", Some("5m"), Some("1m"))
+        );
+        assert_eq!(sliding.output_mode.as_deref(), Some("update"));
+    }
+
+    #[test]
+    fn unsupported_constructs_are_refused_with_their_place() {
+        let cases = [
+            (
+                SEED.replace("FROM source", "FROM source WHERE event_type = 'click'"),
+                "line 4 column 19: WHERE is not supported",
+            ),
+            (
+                SEED.replace("FROM source", "FROM source JOIN users ON true"),
+                "a join is not supported",
+            ),
+            (
+                SEED.replace("count(*) AS event_count", "count(*) OVER () AS event_count"),
+                "OVER is not supported",
+            ),
+            (
+                SEED.replace(
+                    "GROUP BY window(timestamp, '5 minutes'), event_type",
+                    "GROUP BY event_type",
+                ),
+                "needs GROUP BY window(...)",
+            ),
+            (SEED.replace("FROM source", "FROM clicks"), "FROM `clicks`"),
+            (
+                SEED.replace("count(*) AS event_count", "count(*)"),
+                "name the aggregate",
+            ),
+            (
+                SEED.replace("'5 minutes'", "'5 fortnights'"),
+                "unknown unit `fortnight`",
+            ),
+            (
+                SEED.replace("SELECT window,", "SELECT window, user_id,"),
+                "`user_id` is selected but neither grouped by nor aggregated",
+            ),
+        ];
+        for (sql, expected) in cases {
+            let err = compile(&sql, &["source"]).expect_err(&sql);
+            assert!(err.contains(expected), "`{expected}` not in `{err}`");
+            if !err.starts_with("sql parser error") {
+                assert!(err.contains("supported") || err.contains("line"), "{err}");
+            }
+        }
+    }
+}
