@@ -2,13 +2,17 @@
 //! YAML form (`window`, `group_by`, `aggregates`, `output_mode`). Spark's form is accepted:
 //! `GROUP BY window(ts, '5 minutes'[, slide[, start]]), keys`, with the aggregates selected
 //! under a name (`count(*) AS event_count`), `FROM source` (or the topic's name), and an
-//! optional trailing `EMIT ON WINDOW CLOSE` (append) or `EMIT ON UPDATE` (update). A construct
-//! outside that is refused with its line and column and what is supported.
+//! optional trailing `EMIT ON WINDOW CLOSE` (append) or `EMIT ON UPDATE` (update). Flink's and
+//! RisingWave's window table functions are too: `FROM TABLE(TUMBLE(TABLE source,
+//! DESCRIPTOR(ts), INTERVAL '5' MINUTES))` (or `HOP(..., slide, size)`) with `GROUP BY
+//! window_start, window_end, keys`. A construct outside that is refused with its line and
+//! column and what is supported.
 
 use indexmap::IndexMap;
 use sqlparser::ast::{
-    DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
-    ObjectName, ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor, Value,
+    DateTimeField, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    GroupByExpr, ObjectName, ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor,
+    Value,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -27,14 +31,17 @@ pub struct CompiledSql {
 }
 
 const SUPPORTED: &str = "supported: SELECT [window,] keys, aggregates AS names FROM source \
-    GROUP BY window(time_column, 'size'[, 'slide'[, 'start']]), keys [EMIT ON WINDOW CLOSE | \
-    EMIT ON UPDATE], with count(*), count(col), count(DISTINCT col), approx_count_distinct(col[, \
-    rsd]), sum, min, max and avg of a column";
+    GROUP BY window(time_column, 'size'[, 'slide'[, 'start']]), keys; or SELECT window_start, \
+    window_end, keys, aggregates AS names FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(time_column), \
+    INTERVAL '5' MINUTES)) (or HOP(..., slide, size)) GROUP BY window_start, window_end, keys; \
+    [EMIT ON WINDOW CLOSE | EMIT ON UPDATE]; with count(*), count(col), count(DISTINCT col), \
+    approx_count_distinct(col[, rsd]), sum, min, max and avg of a column";
 
 /// Compiles `sql`, read from source `sources` (the names the query may read it by).
 pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
     let (sql, output_mode) = strip_emit(sql);
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
+    let sql = without_table_keyword_in_tvfs(sql);
+    let statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     let [Statement::Query(query)] = statements.as_slice() else {
         return Err(format!("expected one SELECT statement; {SUPPORTED}"));
     };
@@ -64,23 +71,15 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
     if !select.named_window.is_empty() || select.qualify.is_some() {
         return refuse("WINDOW or QUALIFY", select.span());
     }
+    // A window table function in FROM gives the window; `window(...)` in GROUP BY otherwise.
+    let mut window = None;
     match select.from.as_slice() {
         [from] if from.joins.is_empty() => match &from.relation {
             TableFactor::Table {
                 name, args: None, ..
-            } => {
-                let table = object_name(name);
-                if !sources.iter().any(|s| *s == table) {
-                    return Err(format!(
-                        "{}FROM `{table}`: the query reads its source as {}",
-                        at(name.span()),
-                        sources
-                            .iter()
-                            .map(|s| format!("`{s}`"))
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    ));
-                }
+            } => check_source(name, sources)?,
+            TableFactor::TableFunction { expr, alias: None } => {
+                window = Some(table_function(expr, sources)?);
             }
             other => return refuse("this FROM", other.span()),
         },
@@ -94,19 +93,28 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
     if !modifiers.is_empty() {
         return refuse("GROUP BY modifiers", select.span());
     }
-    let mut window = None;
+    let tvf = window.is_some();
+    let mut bounds = 0;
     let mut keys: Vec<String> = Vec::new();
     for group in groups {
         match group {
+            Expr::Identifier(ident) if tvf && is_window_bound(&ident.value) => bounds += 1,
             Expr::Identifier(ident) => keys.push(ident.value.clone()),
             Expr::Function(f) if object_name(&f.name).eq_ignore_ascii_case("window") => {
-                if window.is_some() {
+                if window.is_some() || tvf {
                     return refuse("a second window", group.span());
                 }
                 window = Some(spark_window(f, group.span())?);
             }
             other => return refuse("this GROUP BY expression", other.span()),
         }
+    }
+    if tvf && bounds != 2 {
+        return Err(format!(
+            "{}a window table function's rows are grouped by window_start and window_end; \
+             {SUPPORTED}",
+            at(select.span())
+        ));
     }
     let Some(window) = window else {
         return Err(format!(
@@ -125,7 +133,8 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
             other => return refuse("this select item", other.span()),
         };
         match expr {
-            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("window") => {}
+            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("window") && !tvf => {}
+            Expr::Identifier(ident) if tvf && is_window_bound(&ident.value) => {}
             Expr::Identifier(ident) => {
                 if !keys.contains(&ident.value) {
                     return Err(format!(
@@ -167,6 +176,173 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
         aggregates,
         output_mode,
     })
+}
+
+/// `window_start` or `window_end`: a window table function's columns.
+fn is_window_bound(column: &str) -> bool {
+    column.eq_ignore_ascii_case("window_start") || column.eq_ignore_ascii_case("window_end")
+}
+
+/// Refuses a FROM that names neither `source` nor the topic.
+fn check_source(name: &ObjectName, sources: &[&str]) -> Result<(), String> {
+    let table = object_name(name);
+    if sources.iter().any(|s| *s == table) {
+        return Ok(());
+    }
+    Err(format!(
+        "{}FROM `{table}`: the query reads its source as {}",
+        at(name.span()),
+        sources
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
+}
+
+/// The window of `TUMBLE(source, DESCRIPTOR(ts), size)` or `HOP(source, DESCRIPTOR(ts), slide,
+/// size)` (the `TABLE` before the source taken out by [`without_table_keyword_in_tvfs`]).
+fn table_function(expr: &Expr, sources: &[&str]) -> Result<RawWindow, String> {
+    let span = expr.span();
+    let Expr::Function(f) = expr else {
+        return Err(format!(
+            "{}expected TUMBLE(...) or HOP(...); {SUPPORTED}",
+            at(span)
+        ));
+    };
+    let name = object_name(&f.name).to_ascii_uppercase();
+    let args = plain_args(f, span)?;
+    let (source, column, durations) = match args.as_slice() {
+        [Expr::Identifier(source), Expr::Function(descriptor), rest @ ..]
+            if object_name(&descriptor.name).eq_ignore_ascii_case("descriptor") =>
+        {
+            let column = match plain_args(descriptor, descriptor.span())?.as_slice() {
+                [Expr::Identifier(c)] => c.value.clone(),
+                _ => {
+                    return Err(format!(
+                        "{}expected DESCRIPTOR(time_column)",
+                        at(descriptor.span())
+                    ))
+                }
+            };
+            (source, column, rest)
+        }
+        _ => {
+            return Err(format!(
+                "{}expected {name}(TABLE source, DESCRIPTOR(time_column), INTERVAL ...)",
+                at(span)
+            ))
+        }
+    };
+    check_source(&ObjectName::from(vec![source.clone()]), sources)?;
+    let durations = durations
+        .iter()
+        .map(interval)
+        .collect::<Result<Vec<_>, _>>()?;
+    match (name.as_str(), durations.as_slice()) {
+        ("TUMBLE", [size]) => Ok(RawWindow {
+            column,
+            size: size.clone(),
+            slide: None,
+            start: None,
+        }),
+        ("HOP", [slide, size]) => Ok(RawWindow {
+            column,
+            size: size.clone(),
+            slide: Some(slide.clone()),
+            start: None,
+        }),
+        ("TUMBLE" | "HOP", _) => Err(format!(
+            "{}expected TUMBLE(..., size) or HOP(..., slide, size)",
+            at(span)
+        )),
+        _ => Err(format!(
+            "{}`{name}` is not a window table function; {SUPPORTED}",
+            at(span)
+        )),
+    }
+}
+
+/// `INTERVAL '5' MINUTES` (or `INTERVAL '5 minutes'`) as a duration the job file reads.
+fn interval(expr: &Expr) -> Result<String, String> {
+    let Expr::Interval(i) = expr else {
+        return Err(format!("{}expected an INTERVAL", at(expr.span())));
+    };
+    let text = match i.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(t) | Value::Number(t, _) => t.clone(),
+            _ => return Err(format!("{}expected INTERVAL '5' MINUTES", at(expr.span()))),
+        },
+        other => return Err(format!("{}expected INTERVAL '5' MINUTES", at(other.span()))),
+    };
+    let unit = match &i.leading_field {
+        None => return spark_interval(&text).map_err(|m| format!("{}{m}", at(expr.span()))),
+        Some(DateTimeField::Millisecond | DateTimeField::Milliseconds) => "milliseconds",
+        Some(DateTimeField::Second | DateTimeField::Seconds) => "seconds",
+        Some(DateTimeField::Minute | DateTimeField::Minutes) => "minutes",
+        Some(DateTimeField::Hour | DateTimeField::Hours) => "hours",
+        Some(DateTimeField::Day | DateTimeField::Days) => "days",
+        Some(other) => {
+            return Err(format!(
+                "{}INTERVAL in {other} is not supported",
+                at(expr.span())
+            ))
+        }
+    };
+    spark_interval(&format!("{text} {unit}")).map_err(|m| format!("{}{m}", at(expr.span())))
+}
+
+/// `sql` with the `TABLE` keyword before a window table function's source blanked out
+/// (`TUMBLE(TABLE source, ...)`: sqlparser takes no table as an argument), the same length of
+/// spaces so that lines and columns stay where they were. Quoted text is left alone.
+fn without_table_keyword_in_tvfs(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = sql.to_string().into_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if matches!(c, b'\'' | b'"' | b'`') {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        for function in ["TUMBLE", "HOP"] {
+            let end = i + function.len();
+            let starts_word =
+                i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+            if starts_word && bytes.len() > end && sql[i..end].eq_ignore_ascii_case(function) {
+                let mut j = end;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if bytes.get(j) != Some(&b'(') {
+                    continue;
+                }
+                j += 1;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let after = j + 5;
+                if bytes.len() > after
+                    && sql[j..after].eq_ignore_ascii_case("TABLE")
+                    && bytes[after].is_ascii_whitespace()
+                {
+                    out[j..after].fill(b' ');
+                }
+            }
+        }
+        i += 1;
+    }
+    // Only ASCII bytes were replaced by ASCII spaces.
+    String::from_utf8(out).unwrap_or_else(|_| sql.to_string())
 }
 
 /// `sql` without a trailing `EMIT ON WINDOW CLOSE` / `EMIT ON UPDATE`, and the output mode it
@@ -382,6 +558,46 @@ GROUP BY window(timestamp, '5 minutes'), event_type";
             ("10m", Some("5m"), Some("1m"))
         );
         assert_eq!(sliding.output_mode.as_deref(), Some("update"));
+    }
+
+    /// Flink's and RisingWave's window table functions compile to the same fields as Spark's
+    /// `window()`.
+    #[test]
+    fn window_table_functions_compile_like_sparks_window() {
+        let tumble = compile(
+            "SELECT window_start, window_end, event_type, count(*) AS event_count,
+       count(DISTINCT user_id) AS unique_users,
+       approx_count_distinct(event_id) AS approx_unique
+FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(timestamp), INTERVAL '5' MINUTES))
+GROUP BY window_start, window_end, event_type",
+            &["source"],
+        )
+        .unwrap();
+        assert_eq!(tumble, compile(SEED, &["source"]).unwrap());
+        let hop = compile(
+            "select window_start, window_end, count(*) as n from table(hop(table \"web-events\", descriptor(ts), interval '1' minute, interval '5' minutes)) group by window_start, window_end emit on update",
+            &["source", "web-events"],
+        )
+        .unwrap();
+        assert_eq!(
+            (hop.window.size.as_str(), hop.window.slide.as_deref()),
+            ("5m", Some("1m"))
+        );
+        assert_eq!(hop.output_mode.as_deref(), Some("update"));
+        // `TABLE` in a quoted string is not the keyword.
+        assert_eq!(
+            without_table_keyword_in_tvfs("SELECT 'TUMBLE(TABLE x' FROM TABLE(TUMBLE(TABLE s, d))"),
+            "SELECT 'TUMBLE(TABLE x' FROM TABLE(TUMBLE(      s, d))"
+        );
+        let err = compile(
+            "SELECT window_start, count(*) AS n FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(ts), INTERVAL '5' MINUTES)) GROUP BY window_start",
+            &["source"],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("grouped by window_start and window_end"),
+            "{err}"
+        );
     }
 
     #[test]
