@@ -137,7 +137,9 @@ pub struct RawQuery {
     /// An entry of `queries`: its name, unique in the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub watermark: RawWatermark,
+    /// `{column, delay}`; a query in SQL may give it in a `CREATE TABLE` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<RawWatermark>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<RawWindow>,
     #[serde(default)]
@@ -624,15 +626,20 @@ fn output_table(
     Ok(sink)
 }
 
-/// Puts the text of each query's `sql_file` in its `sql`, so the job travels whole.
-fn read_sql_files(raw: &mut RawJob, base_dir: &Path) -> Result<(), JobError> {
+/// Each query of the job file with the field it is written under.
+fn raw_queries_mut(raw: &mut RawJob) -> impl Iterator<Item = (String, &mut RawQuery)> {
     let single = raw.query.iter_mut().map(|q| ("query".to_string(), q));
     let named = raw
         .queries
         .iter_mut()
         .enumerate()
         .map(|(i, q)| (format!("queries[{i}]"), q));
-    for (field, query) in single.chain(named) {
+    single.chain(named)
+}
+
+/// Puts the text of each query's `sql_file` in its `sql`, so the job travels whole.
+fn read_sql_files(raw: &mut RawJob, base_dir: &Path) -> Result<(), JobError> {
+    for (field, query) in raw_queries_mut(raw) {
         let Some(file) = query.sql_file.take() else {
             continue;
         };
@@ -650,6 +657,37 @@ fn read_sql_files(raw: &mut RawJob, base_dir: &Path) -> Result<(), JobError> {
             )
         })?;
         query.sql = Some(text);
+    }
+    Ok(())
+}
+
+/// Gives each query written in SQL with a `CREATE TABLE ... WATERMARK FOR` the watermark it
+/// declares (so the query travels with it), and refuses a query without a watermark.
+fn resolve_watermarks(raw: &mut RawJob) -> Result<(), JobError> {
+    for (field, query) in raw_queries_mut(raw) {
+        let declared = match &query.sql {
+            Some(sql) => sql::create_table_watermark(sql)
+                .map_err(|m| JobError::new(format!("{field}.sql"), m))?,
+            None => None,
+        };
+        match (declared, &query.watermark) {
+            (Some(_), Some(_)) => {
+                return Err(JobError::new(
+                    format!("{field}.watermark"),
+                    "the SQL's CREATE TABLE declares the watermark already: give it once",
+                ))
+            }
+            (Some((column, delay)), None) => {
+                query.watermark = Some(RawWatermark { column, delay });
+            }
+            (None, None) => {
+                return Err(JobError::new(
+                    format!("{field}.watermark"),
+                    "expected {column, delay} (or, in SQL, a CREATE TABLE with WATERMARK FOR)",
+                ))
+            }
+            (None, Some(_)) => {}
+        }
     }
     Ok(())
 }
@@ -816,6 +854,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
         return Err(JobError::new("name", "expected a non-empty job name"));
     }
     read_sql_files(&mut raw, base_dir)?;
+    resolve_watermarks(&mut raw)?;
     let source = match (&raw.source.kafka, &raw.source.files) {
         (Some(kafka), None) => Source::Kafka(kafka_source(kafka)?),
         (None, Some(files)) => Source::Files(file_source(files, base_dir)?),
@@ -854,7 +893,13 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
 
     let named = named_queries(&raw)?;
     let (first_field, first, _) = &named[0];
-    let event_time_column = first.watermark.column.clone();
+    let Some(first_watermark) = &first.watermark else {
+        return Err(JobError::new(
+            format!("{first_field}.watermark"),
+            "expected {column, delay}",
+        ));
+    };
+    let event_time_column = first_watermark.column.clone();
     let watermark_field = format!("{first_field}.watermark.column");
     if column_type(&watermark_field, &event_time_column)? != timestamp_type() {
         return Err(JobError::new(
@@ -864,7 +909,7 @@ pub fn validate(mut raw: RawJob, base_dir: &Path) -> Result<JobSpec, JobError> {
     }
     let delay = duration_field(
         &format!("{first_field}.watermark.delay"),
-        &first.watermark.delay,
+        &first_watermark.delay,
     )?;
     let ahead = match &first.max_event_time_ahead {
         Some(s) => duration_field(&format!("{first_field}.max_event_time_ahead"), s)?,

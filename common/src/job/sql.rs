@@ -37,8 +37,112 @@ const SUPPORTED: &str = "supported: SELECT [window,] keys, aggregates AS names F
     [EMIT ON WINDOW CLOSE | EMIT ON UPDATE]; with count(*), count(col), count(DISTINCT col), \
     approx_count_distinct(col[, rsd]), sum, min, max and avg of a column";
 
+/// The watermark of a Flink `CREATE TABLE <source> (..., WATERMARK FOR ts AS ts - INTERVAL
+/// '10' MINUTE)` statement before the query, when there is one, as (column, delay).
+pub fn create_table_watermark(sql: &str) -> Result<Option<(String, String)>, String> {
+    Ok(create_table(sql)?.and_then(|t| t.watermark))
+}
+
+/// A `CREATE TABLE` statement before the query: its table, its watermark, and the SQL with the
+/// statement blanked out (spaces, newlines kept, so lines and columns stay where they were).
+struct CreateTable {
+    table: String,
+    watermark: Option<(String, String)>,
+    rest: String,
+}
+
+fn create_table(sql: &str) -> Result<Option<CreateTable>, String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let trimmed = sql.trim_start();
+    if !trimmed
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("create"))
+    {
+        return Ok(None);
+    }
+    let start = sql.len() - trimmed.len();
+    // The statement ends at the first `;` outside quotes.
+    let mut quote = None;
+    let mut end = None;
+    for (i, c) in sql[start..].char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, ';') => {
+                end = Some(start + i + 1);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end.ok_or("the CREATE TABLE statement must end with `;` before the query")?;
+    let tokens = Tokenizer::new(&GenericDialect {}, &sql[start..end])
+        .tokenize()
+        .map_err(|e| e.to_string())?;
+    let tokens: Vec<Token> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let word = |i: usize| match tokens.get(i) {
+        Some(Token::Word(w)) => Some(w.value.clone()),
+        _ => None,
+    };
+    let is = |i: usize, keyword: &str| word(i).is_some_and(|w| w.eq_ignore_ascii_case(keyword));
+    if !(is(0, "create") && is(1, "table")) {
+        return Err("expected CREATE TABLE <source> (...) before the query".into());
+    }
+    let mut at = 2;
+    if is(2, "if") && is(3, "not") && is(4, "exists") {
+        at = 5;
+    }
+    let table = word(at).ok_or("expected the source's name after CREATE TABLE")?;
+    let mut watermark = None;
+    if let Some(w) = (at..tokens.len()).find(|&i| is(i, "watermark") && is(i + 1, "for")) {
+        let column =
+            word(w + 2).ok_or("expected WATERMARK FOR <column> AS <column> - INTERVAL ...")?;
+        let shape = is(w + 3, "as")
+            && word(w + 4).is_some_and(|c| c == column)
+            && matches!(tokens.get(w + 5), Some(Token::Minus))
+            && is(w + 6, "interval");
+        let amount = match tokens.get(w + 7) {
+            Some(Token::SingleQuotedString(text)) if shape => text.clone(),
+            _ => {
+                return Err(format!(
+                    "expected WATERMARK FOR {column} AS {column} - INTERVAL '10' MINUTE"
+                ))
+            }
+        };
+        let text = match word(w + 8) {
+            Some(unit) if !unit.eq_ignore_ascii_case("with") => format!("{amount} {unit}"),
+            _ => amount,
+        };
+        watermark = Some((column, spark_interval(&text)?));
+    }
+    let rest: String = sql
+        .char_indices()
+        .map(|(i, c)| match (start..end).contains(&i) && c != '\n' {
+            true => ' ',
+            false => c,
+        })
+        .collect();
+    Ok(Some(CreateTable {
+        table,
+        watermark,
+        rest,
+    }))
+}
+
 /// Compiles `sql`, read from source `sources` (the names the query may read it by).
 pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
+    let created = create_table(sql)?;
+    if let Some(t) = &created {
+        check_source(
+            &ObjectName::from(vec![sqlparser::ast::Ident::new(&t.table)]),
+            sources,
+        )?;
+    }
+    let sql = created.as_ref().map_or(sql, |t| t.rest.as_str());
     let (sql, output_mode) = strip_emit(sql);
     let sql = without_table_keyword_in_tvfs(sql);
     let statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
@@ -558,6 +662,35 @@ GROUP BY window(timestamp, '5 minutes'), event_type";
             ("10m", Some("5m"), Some("1m"))
         );
         assert_eq!(sliding.output_mode.as_deref(), Some("update"));
+    }
+
+    /// Flink's `CREATE TABLE` gives the watermark; the statement is cut out of the query,
+    /// which keeps its lines and columns.
+    #[test]
+    fn a_create_table_watermark_is_read_and_the_query_compiles() {
+        let sql = format!(
+            "CREATE TABLE source (\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '10' MINUTE\n) WITH ('connector' = 'kafka');\n{SEED}"
+        );
+        assert_eq!(
+            create_table_watermark(&sql).unwrap(),
+            Some(("ts".to_string(), "10m".to_string()))
+        );
+        assert_eq!(
+            compile(&sql, &["source"]).unwrap(),
+            compile(SEED, &["source"]).unwrap()
+        );
+        let err = compile(
+            &sql.replace("FROM source", "FROM source WHERE x = 1"),
+            &["source"],
+        )
+        .unwrap_err();
+        assert!(err.starts_with("line 8 column 19: WHERE"), "{err}");
+        assert!(
+            compile(&sql.replace("TABLE source", "TABLE clicks"), &["source"])
+                .unwrap_err()
+                .contains("FROM `clicks`")
+        );
+        assert_eq!(create_table_watermark(SEED).unwrap(), None);
     }
 
     /// Flink's and RisingWave's window table functions compile to the same fields as Spark's

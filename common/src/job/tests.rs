@@ -971,3 +971,26 @@ fn the_reference_query_in_sql_is_the_yaml_query() {
         "{both}"
     );
 }
+
+/// Flink's `CREATE TABLE ... WATERMARK FOR` gives a SQL query its watermark instead of the
+/// job file's `watermark`; giving it both ways, or neither, is refused.
+#[test]
+fn a_sql_query_takes_its_watermark_from_create_table() {
+    let yaml = "  watermark: {column: timestamp, delay: 10m}\n  window: {column: timestamp, size: 5m, slide: 5m, start: 0s}\n  group_by: [event_type]\n  aggregates:\n    event_count: count(*)\n    unique_users: count(distinct user_id)\n    approx_unique: approx_count_distinct(event_id)\n";
+    assert!(GOOD.contains(yaml));
+    let sql = "  sql: |\n    CREATE TABLE source (timestamp TIMESTAMP(3), WATERMARK FOR timestamp AS timestamp - INTERVAL '10' MINUTE);\n    SELECT window, event_type, count(*) AS event_count,\n           count(DISTINCT user_id) AS unique_users,\n           approx_count_distinct(event_id) AS approx_unique\n    FROM source GROUP BY window(timestamp, '5 minutes'), event_type\n";
+    let job = parse(&GOOD.replace(yaml, sql)).unwrap();
+    let reference = parse(GOOD).unwrap();
+    assert_eq!(job.queries[0].query, reference.queries[0].query);
+    assert_eq!(job.watermark_delay_micros, reference.watermark_delay_micros);
+    assert_eq!(job.event_time_column, "timestamp");
+    let both = parse(&GOOD.replace(
+        yaml,
+        &format!("  watermark: {{column: timestamp, delay: 10m}}\n{sql}"),
+    ))
+    .unwrap_err();
+    assert_eq!(both.field, "query.watermark");
+    let neither =
+        parse(&GOOD.replace("  watermark: {column: timestamp, delay: 10m}\n", "")).unwrap_err();
+    assert_eq!(neither.field, "query.watermark");
+}
