@@ -2,6 +2,7 @@
 
 mod admin_cli;
 mod bench;
+mod cases;
 mod gen;
 mod local;
 mod table;
@@ -220,6 +221,9 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
     },
+    /// Run a job against the scripted input and expectations of a cases file, on this
+    /// machine (no broker, no object store); exits 1 when a case fails.
+    Test(cases::TestArgs),
     /// Generate web events into a Kafka topic and/or a JSON-lines file.
     Gen(gen::GenArgs),
     /// Inspect and steer a running query through the driver's admin API.
@@ -348,6 +352,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain { job } => {
             print!("{}", weir_common::job::explain::explain(&load_job(&job)?));
             Ok(())
+        }
+        Command::Test(args) => {
+            if cases::run(args).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("some cases failed")
+            }
         }
         Command::Gen(args) => gen::run(args).await,
         Command::Bench(args) => bench::run(args).await,

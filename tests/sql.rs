@@ -1,11 +1,12 @@
 //! `query: {sql: ...}`: the reference query in SQL, end to end, writes the table its YAML form
-//! writes.
+//! writes; a query with WHERE, a CASE key, map access, an expression aggregate and HAVING
+//! writes what plain Python computes from the same events.
 
 mod support;
 
 use std::ffi::OsStr;
 
-use support::{file_job_in, gen_files, run_local, verify, BAD_INPUT};
+use support::{file_job_in, gen_files, python, repo_path, run_local, run_ok, verify, BAD_INPUT};
 
 /// The reference query's YAML lines, replaced by its SQL.
 const YAML_QUERY: &str = "  window: {column: timestamp, size: 5m}
@@ -66,4 +67,88 @@ fn the_reference_query_in_sql_writes_the_table_of_its_yaml_form() {
             &[OsStr::new("--same-as"), OsStr::new(&yaml_table)],
         );
     }
+}
+
+/// The query tests/verify_sql_rows.py computes (its minimum count in HAVING is 12).
+const ROWS_QUERY: &str = "  sql: |
+    SELECT window,
+           CASE WHEN event_type IN ('click', 'add_to_cart') THEN 'engaged'
+                ELSE event_type END AS kind,
+           properties['country'] AS country,
+           count(*) AS events,
+           count(DISTINCT user_id) AS users,
+           sum(CAST(substr(page_url, 28) AS BIGINT)) AS page_sum
+    FROM source
+    WHERE properties['browser'] <> 'edge'
+    GROUP BY window(timestamp, '5 minutes'), kind, country
+    HAVING count(*) >= 12
+";
+
+/// Events whose page is not a number: `CAST` fails on them, and they go to the dead letter
+/// with the expression's error while the rest of their batch goes through. Their event time
+/// is the stream's first, so they move no watermark.
+fn bad_pages(events: &std::path::Path, input: &std::path::Path) {
+    let all = std::fs::read_to_string(events).unwrap();
+    let first = all
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["kind"] == "valid")
+        .expect("a valid event");
+    let ts = serde_json::from_str::<serde_json::Value>(first["value"].as_str().unwrap()).unwrap()
+        ["timestamp"]
+        .clone();
+    let mut lines = String::new();
+    let mut truth = String::new();
+    for i in 0..3 {
+        let value = serde_json::json!({
+            "event_id": format!("bad-page-{i}"),
+            "user_id": "user-1",
+            "event_type": "click",
+            "page_url": format!("https://shop.example.com/p/none-{i}"),
+            "timestamp": ts,
+            "properties": {"browser": "chrome", "country": "DE"},
+        })
+        .to_string();
+        lines.push_str(&format!("{value}\n"));
+        truth.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"partition": 0, "kind": "malformed", "value": value})
+        ));
+    }
+    std::fs::write(input.join("events-bad-pages.jsonl"), lines).unwrap();
+    std::fs::write(events, all + &truth).unwrap();
+}
+
+#[test]
+fn where_case_map_access_and_having_give_what_python_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gen_args = [&["--span", "3h"][..], &BAD_INPUT].concat();
+    let (input, events) = gen_files(tmp.path(), 30_000, 6, &gen_args);
+    bad_pages(&events, &input);
+    let root = tmp.path().display().to_string();
+    let job = file_job_in(tmp.path(), &input.display().to_string(), 1, &root, "");
+    let text = std::fs::read_to_string(&job).unwrap();
+    assert!(
+        text.contains(YAML_QUERY),
+        "the reference job changed: {text}"
+    );
+    let text = text
+        .replace(YAML_QUERY, ROWS_QUERY)
+        .replace("partition_by: [event_type]", "partition_by: [kind]");
+    std::fs::write(&job, text).unwrap();
+    run_local(tmp.path(), 2);
+    let out = run_ok(
+        python()
+            .arg(repo_path("tests/verify_sql_rows.py"))
+            .arg("--events")
+            .arg(&events)
+            .args(["--table", &format!("{root}/aggregated")])
+            .args(["--dead-letter", &format!("{root}/dead-letter")])
+            .args(["--min-events", "12"])
+            // The reason names the expression and the value it could not take.
+            .args(["--expect-reason", "CAST(SUBSTR(page_url, 28) AS BIGINT)"])
+            .args(["--expect-reason", "Cannot cast string 'none-"]),
+        "ground truth of the SQL query",
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
 }

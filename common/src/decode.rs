@@ -256,6 +256,15 @@ fn friendly(message: &str) -> String {
             }
         }
     }
+    // A field absent from the record reaches arrow as a null struct child, named in the
+    // field's debug form (`Field { "user_id": Utf8 }` or `Field { name: "user_id", .. }`).
+    if let Some(rest) =
+        trimmed.strip_prefix("Encountered unmasked nulls in non-nullable StructArray child: ")
+    {
+        if let Some(col) = rest.split('"').nth(1) {
+            return format!("required field `{col}` is missing or null");
+        }
+    }
     trimmed.to_string()
 }
 
@@ -387,8 +396,8 @@ mod tests {
         let expected: Vec<String> = out.good.iter().map(|i| format!("e{i}")).collect();
         assert_eq!(ids, expected);
         let reason = |i: usize| out.bad.iter().find(|(j, _)| *j == i).unwrap().1.clone();
-        assert!(reason(7).contains("event_type"), "{}", reason(7));
-        assert!(reason(9).contains("user_id"), "{}", reason(9));
+        assert_eq!(reason(7), "required field `event_type` is missing or null");
+        assert_eq!(reason(9), "required field `user_id` is missing or null");
         assert!(reason(15).contains("max_record_bytes"), "{}", reason(15));
         assert!(reason(14).contains("more than one"), "{}", reason(14));
     }

@@ -17,6 +17,7 @@ pub mod kafka_sink;
 pub mod operations;
 pub mod query;
 pub mod reference;
+pub mod rows;
 pub mod scaling;
 pub mod sql;
 pub mod upkeep;

@@ -23,6 +23,8 @@ pub fn output_schema(query: &Query, input_schema: &Schema) -> SchemaRef {
         Query::Window(w) => w,
         Query::Dedup(_) => return as_written(input_schema),
     };
+    // Group keys may be columns the query computes.
+    let input_schema = query.rows.as_ref().map_or(input_schema, |r| r.schema());
     let mut fields = vec![Field::new("window", window_type(), false)];
     for col in &query.group_by {
         if let Ok(f) = input_schema.field_with_name(col) {

@@ -13,7 +13,6 @@ pub mod s3;
 pub mod server;
 pub mod webhook;
 
-use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -326,77 +325,6 @@ pub fn record_epoch(path: &Path) -> Option<u64> {
 /// The decision records of the checkpoint in `dir`, in epoch order.
 pub fn commit_records(dir: &Path) -> Vec<serde_json::Value> {
     checkpoint_records(dir, "commits")
-}
-
-/// Input rows, rows emitted and rows dropped as late, per epoch, from the first `epochs`
-/// decision records of the job in `dir`.
-pub fn epoch_figures(dir: &Path, epochs: usize) -> Vec<(u64, u64, u64)> {
-    commit_records(dir)
-        .iter()
-        .take(epochs)
-        .map(|d| {
-            let stats = &d["stats"];
-            (
-                stats["input_rows"].as_u64().unwrap_or(0),
-                stats["windows_emitted"].as_u64().unwrap_or(0),
-                stats["late_rows"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-/// The rows of the Delta table at `table` after each commit that carries an epoch (its
-/// SetTransaction version), read with Python's deltalake: epoch -> rows as JSON objects, times
-/// in whole seconds since the Unix epoch.
-pub fn table_after_each_epoch(table: &Path) -> BTreeMap<u64, Vec<serde_json::Value>> {
-    let script = r#"
-import json, os, sys
-from datetime import datetime
-from deltalake import DeltaTable
-path = sys.argv[1]
-log = os.path.join(path, "_delta_log")
-out = {}
-versions = sorted(int(f[:-5]) for f in os.listdir(log) if f.endswith(".json"))
-for v in versions:
-    epoch = None
-    with open(os.path.join(log, "%020d.json" % v)) as f:
-        for line in f:
-            action = json.loads(line)
-            if "txn" in action:
-                epoch = action["txn"]["version"]
-    if epoch is not None:
-        out[epoch] = DeltaTable(path, version=v).to_pyarrow_table().to_pylist()
-seconds = lambda t: int(t.timestamp()) if isinstance(t, datetime) else str(t)
-print(json.dumps(out, default=seconds), flush=True)
-# deltalake's runtime can abort the interpreter's exit; the answer is already out.
-os._exit(0)
-"#;
-    let out = python()
-        .args(["-c", script])
-        .arg(table)
-        .output()
-        .expect("running python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let parsed: BTreeMap<String, Vec<serde_json::Value>> =
-        serde_json::from_slice(&out.stdout).expect("the reader's JSON");
-    parsed
-        .into_iter()
-        .map(|(epoch, rows)| (epoch.parse().expect("an epoch number"), rows))
-        .collect()
-}
-
-/// Writes one input file per batch into `input` (`batch-<i>.jsonl`, in batch order), each
-/// line made by `line`: with one file per trigger, batch `i` is epoch `i`'s input.
-pub fn write_batches<T>(input: &Path, batches: &[&[T]], line: impl Fn(&T) -> String) {
-    std::fs::create_dir_all(input).expect("creating the input directory");
-    for (i, batch) in batches.iter().enumerate() {
-        let lines: String = batch.iter().map(|item| line(item) + "\n").collect();
-        std::fs::write(input.join(format!("batch-{i}.jsonl")), lines).expect("writing a batch");
-    }
 }
 
 /// The pid of the process whose command line contains `needle`.

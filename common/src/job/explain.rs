@@ -90,6 +90,19 @@ fn query(out: &mut String, job: &JobSpec, op: usize, spec: &QuerySpec) {
                 job.event_time_column,
                 micros(w.window.start)
             );
+            if let Some(rows) = &w.rows {
+                let _ = writeln!(
+                    out,
+                    "  row expressions (DataFusion, over each decoded batch, after the \
+                     event-time checks):"
+                );
+                if let Some(filter) = &rows.filter {
+                    let _ = writeln!(out, "    where {}", filter.sql);
+                }
+                for (name, expr) in &rows.columns {
+                    let _ = writeln!(out, "    {name} = {}", expr.sql);
+                }
+            }
             let _ = writeln!(out, "  group keys: {}", list(&w.group_by));
             let _ = writeln!(out, "  aggregates:");
             for agg in &w.aggregates {
@@ -118,6 +131,9 @@ fn query(out: &mut String, job: &JobSpec, op: usize, spec: &QuerySpec) {
                 }
             };
             let _ = writeln!(out, "  output: {mode}");
+            if let Some(filter) = w.having.as_ref().and_then(|h| h.filter.as_ref()) {
+                let _ = writeln!(out, "  having: {} (over the output rows)", filter.sql);
+            }
         }
         Query::Dedup(d) => {
             let _ = writeln!(
@@ -222,6 +238,9 @@ fn columns_read(job: &JobSpec) -> Vec<&str> {
     for spec in &job.queries {
         match &spec.query {
             Query::Window(w) => {
+                if let Some(rows) = &w.rows {
+                    rows.columns_read().into_iter().for_each(&mut add);
+                }
                 w.group_by.iter().for_each(|c| add(c));
                 w.aggregates
                     .iter()
@@ -308,6 +327,32 @@ mod tests {
             "output: append: a window's row once",
             "output schema: window struct<start timestamp, end timestamp> not null, event_type string not null, event_count long not null",
             "sink: delta file:///job/aggregated, partitioned by event_type",
+        ] {
+            assert!(text.contains(expected), "`{expected}` not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_sql_query_explains_its_row_expressions_and_having() {
+        let job =
+            super::super::reference::job_file("rows", "  files: {path: /data/events}\n", "/job");
+        let (head, rest) = job.split_once("  window:").unwrap();
+        let (_, tail) = rest.split_once("trigger:").unwrap();
+        let job = format!(
+            "{head}  sql: |\n    SELECT CASE WHEN event_type = 'click' THEN 'c' ELSE 'o' END AS kind,\n      count(*) AS n, sum(length(page_url)) AS url_length\n    FROM source WHERE properties['browser'] <> 'edge'\n    GROUP BY window(timestamp, '5 minutes'), kind HAVING count(*) > 2\ntrigger:{tail}"
+        )
+        .replace("partition_by: [event_type]", "partition_by: [kind]");
+        let job = super::super::parse_job(&job, std::path::Path::new("/")).unwrap();
+        let text = explain(&job);
+        for expected in [
+            "columns the queries read: timestamp, event_type, page_url, properties",
+            "row expressions (DataFusion, over each decoded batch, after the event-time checks):",
+            "    where properties['browser'] <> 'edge'",
+            "    kind = CASE WHEN event_type = 'click' THEN 'c' ELSE 'o' END",
+            "    url_length__input = length(page_url)",
+            "group keys: kind",
+            "url_length = sum(url_length__input)",
+            "having: n > 2 (over the output rows)",
         ] {
             assert!(text.contains(expected), "`{expected}` not in:\n{text}");
         }

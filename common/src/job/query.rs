@@ -1,12 +1,16 @@
 //! The query of a job file: a window aggregate (`window`, `group_by`, `aggregates`), or the
 //! deduplication of raw events on a key (`dedup`), both under the job's watermark.
 
-use arrow::datatypes::{DataType, Schema};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use super::rows::{ExprPlanner, RowStage};
 use super::{duration_field, JobError, OutputMode, RawQuery};
 use crate::aggregate::{parse_aggregate, AggregateSpec};
 use crate::duration::micros;
+use crate::output::output_schema;
 use crate::schema::is_scalar;
 use crate::window::WindowSpec;
 
@@ -33,6 +37,11 @@ pub struct WindowQuery {
     pub aggregates: Vec<AggregateSpec>,
     /// When a window's rows are written: once at its close, or every epoch that changes them.
     pub output_mode: OutputMode,
+    /// The SQL form's `WHERE` and computed columns, before the aggregate: it reads their
+    /// output as it reads the source's columns.
+    pub rows: Option<RowStage>,
+    /// The SQL form's `HAVING`, over the output rows.
+    pub having: Option<RowStage>,
 }
 
 /// The raw events themselves, each key's first arrival only (Spark's
@@ -89,8 +98,18 @@ pub(super) fn parse(
                 "give the query either as sql or as window, group_by and aggregates (or dedup)",
             ));
         }
+        let sql_field = format!("{f}.sql");
         let compiled =
-            super::sql::compile(sql, sources).map_err(|m| JobError::new(format!("{f}.sql"), m))?;
+            super::sql::compile(sql, sources).map_err(|m| JobError::new(&sql_field, m))?;
+        let planner = ExprPlanner::default();
+        let source: SchemaRef = Arc::new(input_schema.clone());
+        let rows = match (&compiled.filter, compiled.computed.is_empty()) {
+            (None, true) => None,
+            (filter, _) => Some(
+                RowStage::plan(&planner, filter.as_ref(), &compiled.computed, &source)
+                    .map_err(|m| JobError::new(&sql_field, m))?,
+            ),
+        };
         let from_sql = RawQuery {
             window: Some(compiled.window),
             group_by: compiled.group_by,
@@ -101,7 +120,21 @@ pub(super) fn parse(
             sql: None,
             ..query.clone()
         };
-        return parse(f, &from_sql, input_schema, event_time_column, sources);
+        // The aggregate reads the computed columns as it reads the source's.
+        let read = rows.as_ref().map_or(&source, |r| r.schema());
+        let mut parsed = parse(f, &from_sql, read, event_time_column, sources)
+            .map_err(|e| JobError::new(&sql_field, e.message))?;
+        if let Query::Window(w) = &mut parsed {
+            w.rows = rows;
+            if let Some(having) = &compiled.having {
+                let output = output_schema(&Query::Window(w.clone()), input_schema);
+                w.having = Some(
+                    RowStage::plan(&planner, Some(having), &[], &output)
+                        .map_err(|m| JobError::new(&sql_field, m))?,
+                );
+            }
+        }
+        return Ok(parsed);
     }
     let column_type = |field: &str, name: &str| -> Result<DataType, JobError> {
         input_schema
@@ -224,6 +257,8 @@ pub(super) fn parse(
         group_by: query.group_by.clone(),
         aggregates,
         output_mode,
+        rows: None,
+        having: None,
     }))
 }
 

@@ -9,15 +9,18 @@
 //! column and what is supported.
 
 use indexmap::IndexMap;
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
-    DateTimeField, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, ObjectName, ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor,
-    Value,
+    visit_expressions, visit_expressions_mut, DateTimeField, DuplicateTreatment, Expr, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem,
+    SetExpr, Spanned, Statement, TableFactor, Value,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Span;
 
+use super::rows::Placed;
 use super::RawWindow;
 
 /// What the SQL of a query compiles to: the YAML form's fields.
@@ -28,14 +31,24 @@ pub struct CompiledSql {
     pub aggregates: IndexMap<String, String>,
     /// From `EMIT ON ...`, when given.
     pub output_mode: Option<String>,
+    /// `WHERE`, over the source's columns.
+    pub filter: Option<Placed>,
+    /// Columns computed from the source's before the aggregate: group keys and aggregate
+    /// arguments that are expressions, by the name the aggregate reads them by.
+    pub computed: Vec<(String, Placed)>,
+    /// `HAVING`, over the output's columns.
+    pub having: Option<Placed>,
 }
 
 const SUPPORTED: &str = "supported: SELECT [window,] keys, aggregates AS names FROM source \
-    GROUP BY window(time_column, 'size'[, 'slide'[, 'start']]), keys; or SELECT window_start, \
-    window_end, keys, aggregates AS names FROM TABLE(TUMBLE(TABLE source, DESCRIPTOR(time_column), \
-    INTERVAL '5' MINUTES)) (or HOP(..., slide, size)) GROUP BY window_start, window_end, keys; \
-    [EMIT ON WINDOW CLOSE | EMIT ON UPDATE]; with count(*), count(col), count(DISTINCT col), \
-    approx_count_distinct(col[, rsd]), sum, min, max and avg of a column";
+    [WHERE condition] GROUP BY window(time_column, 'size'[, 'slide'[, 'start']]), keys \
+    [HAVING condition]; or SELECT window_start, window_end, keys, aggregates AS names FROM \
+    TABLE(TUMBLE(TABLE source, DESCRIPTOR(time_column), INTERVAL '5' MINUTES)) (or HOP(..., \
+    slide, size)) GROUP BY window_start, window_end, keys; [EMIT ON WINDOW CLOSE | EMIT ON \
+    UPDATE]; a key is a column or an expression selected under a name; aggregates are \
+    count(*), count(x), count(DISTINCT x), approx_count_distinct(x[, rsd]), sum, min, max and \
+    avg of a column or an expression; joins, OVER and aggregations without a window are not \
+    supported";
 
 /// The watermark of a Flink `CREATE TABLE <source> (..., WATERMARK FOR ts AS ts - INTERVAL
 /// '10' MINUTE)` statement before the query, when there is one, as (column, delay).
@@ -163,12 +176,6 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
     let SetExpr::Select(select) = query.body.as_ref() else {
         return refuse("a query other than one SELECT", query.body.span());
     };
-    if let Some(selection) = &select.selection {
-        return refuse("WHERE", selection.span());
-    }
-    if let Some(having) = &select.having {
-        return refuse("HAVING", having.span());
-    }
     if select.distinct.is_some() {
         return refuse("SELECT DISTINCT", select.span());
     }
@@ -190,6 +197,28 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
         [from] => return refuse("a join", from.span()),
         _ => return refuse("reading other than one source", select.span()),
     }
+    let filter = match &select.selection {
+        Some(condition) => {
+            if let Some(span) = first_aggregate(condition) {
+                return Err(format!(
+                    "{}an aggregate in WHERE: WHERE filters the source's rows; a condition on \
+                     aggregates goes in HAVING",
+                    at(span)
+                ));
+            }
+            Some(placed(condition))
+        }
+        None => None,
+    };
+
+    let mut items = Vec::with_capacity(select.projection.len());
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => items.push((e, None)),
+            SelectItem::ExprWithAlias { expr, alias } => items.push((expr, Some(alias))),
+            other => return refuse("this select item", other.span()),
+        }
+    }
 
     let GroupByExpr::Expressions(groups, modifiers) = &select.group_by else {
         return refuse("GROUP BY ALL", select.span());
@@ -200,17 +229,51 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
     let tvf = window.is_some();
     let mut bounds = 0;
     let mut keys: Vec<String> = Vec::new();
+    let mut computed: Vec<(String, Placed)> = Vec::new();
     for group in groups {
         match group {
             Expr::Identifier(ident) if tvf && is_window_bound(&ident.value) => bounds += 1,
-            Expr::Identifier(ident) => keys.push(ident.value.clone()),
             Expr::Function(f) if object_name(&f.name).eq_ignore_ascii_case("window") => {
                 if window.is_some() || tvf {
                     return refuse("a second window", group.span());
                 }
                 window = Some(spark_window(f, group.span())?);
             }
-            other => return refuse("this GROUP BY expression", other.span()),
+            // A selected expression's alias (Spark's group-by alias), or a source column.
+            Expr::Identifier(ident) => {
+                let aliased = items.iter().find(|(e, alias)| {
+                    alias.is_some_and(|a| a.value == ident.value)
+                        && !matches!(e, Expr::Identifier(i) if i.value == ident.value)
+                });
+                if let Some((expr, _)) = aliased {
+                    if let Some(span) = first_aggregate(expr) {
+                        return Err(format!(
+                            "{}`{}` is an aggregate: it cannot be grouped by",
+                            at(span),
+                            ident.value
+                        ));
+                    }
+                    computed.push((ident.value.clone(), placed(expr)));
+                }
+                keys.push(ident.value.clone());
+            }
+            other => {
+                if let Some(span) = first_aggregate(other) {
+                    return refuse("an aggregate in GROUP BY", span);
+                }
+                let text = other.to_string().to_lowercase();
+                let Some((expr, Some(alias))) = items
+                    .iter()
+                    .find(|(e, a)| a.is_some() && e.to_string().to_lowercase() == text)
+                else {
+                    return Err(format!(
+                        "{}select `{other}` under a name (`{other} AS name`) to group by it",
+                        at(other.span())
+                    ));
+                };
+                computed.push((alias.value.clone(), placed(expr)));
+                keys.push(alias.value.clone());
+            }
         }
     }
     if tvf && bounds != 2 {
@@ -230,13 +293,18 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
 
     let mut selected_keys = Vec::new();
     let mut aggregates = IndexMap::new();
-    for item in &select.projection {
-        let (expr, alias) = match item {
-            SelectItem::UnnamedExpr(e) => (e, None),
-            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
-            other => return refuse("this select item", other.span()),
-        };
+    // Each aggregate's call as written (lowercase), for HAVING to name it by.
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (expr, alias) in &items {
+        let alias = alias.map(|a| a.value.clone());
+        // A group key computed from an expression, selected under its name.
+        let computed_key = alias.as_ref().is_some_and(|a| {
+            computed
+                .iter()
+                .any(|(n, p)| n == a && p.expr.to_string() == expr.to_string())
+        });
         match expr {
+            _ if computed_key => selected_keys.extend(alias),
             Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("window") && !tvf => {}
             Expr::Identifier(ident) if tvf && is_window_bound(&ident.value) => {}
             Expr::Identifier(ident) => {
@@ -252,21 +320,39 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
                 }
                 selected_keys.push(ident.value.clone());
             }
-            Expr::Function(f) => {
+            Expr::Function(f) if is_aggregate(f) => {
                 let Some(name) = alias else {
                     return Err(format!(
                         "{}name the aggregate: `{expr} AS name`",
                         at(expr.span())
                     ));
                 };
-                if aggregates.contains_key(&name) {
+                if aggregates.contains_key(&name) || keys.contains(&name) {
                     return Err(format!("{}`{name}` is selected twice", at(expr.span())));
                 }
-                aggregates.insert(name, aggregate(f, expr.span())?);
+                let call = aggregate(f, expr.span(), &name, &mut computed)?;
+                calls.push((expr.to_string().to_lowercase(), name.clone()));
+                aggregates.insert(name, call);
             }
-            other => return refuse("this expression", other.span()),
+            _ if first_aggregate(expr).is_some() => {
+                return refuse(
+                    "an expression over aggregates (select the aggregates and compute it \
+                     downstream)",
+                    expr.span(),
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "{}`{expr}` is selected but neither grouped by nor aggregated",
+                    at(expr.span())
+                ))
+            }
         }
     }
+    let having = match &select.having {
+        Some(condition) => Some(having(condition, &calls)?),
+        None => None,
+    };
     // The output's group keys: those selected, in their order, then the others grouped by.
     let mut group_by = selected_keys;
     for key in keys {
@@ -279,7 +365,69 @@ pub fn compile(sql: &str, sources: &[&str]) -> Result<CompiledSql, String> {
         group_by,
         aggregates,
         output_mode,
+        filter,
+        computed,
+        having,
     })
+}
+
+/// `HAVING condition` over the output's columns: each aggregate call in it is the selected
+/// aggregate's column (`count(*) > 10` reads `event_count`).
+fn having(condition: &Expr, calls: &[(String, String)]) -> Result<Placed, String> {
+    let mut rewritten = condition.clone();
+    let flow = visit_expressions_mut(&mut rewritten, |e| {
+        let Expr::Function(f) = e else {
+            return ControlFlow::Continue(());
+        };
+        if !is_aggregate(f) {
+            return ControlFlow::Continue(());
+        }
+        let call = e.to_string().to_lowercase();
+        match calls.iter().find(|(c, _)| *c == call) {
+            Some((_, name)) => {
+                *e = Expr::Identifier(Ident::new(name));
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(format!(
+                "{}HAVING reads `{e}`, which is not selected: select it under a name",
+                at(e.span())
+            )),
+        }
+    });
+    if let ControlFlow::Break(err) = flow {
+        return Err(err);
+    }
+    Ok(Placed {
+        expr: rewritten,
+        at: at(condition.span()),
+    })
+}
+
+/// The place of the first aggregate call in `expr`, if it has one.
+fn first_aggregate(expr: &Expr) -> Option<Span> {
+    let mut found = None;
+    let _ = visit_expressions(expr, |e| match e {
+        Expr::Function(f) if is_aggregate(f) => {
+            found = Some(e.span());
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    found
+}
+
+/// An aggregate function's call (any other call is a row expression).
+fn is_aggregate(f: &sqlparser::ast::Function) -> bool {
+    const AGGREGATES: [&str; 6] = ["count", "approx_count_distinct", "sum", "min", "max", "avg"];
+    let name = object_name(&f.name);
+    AGGREGATES.iter().any(|a| a.eq_ignore_ascii_case(&name))
+}
+
+fn placed(expr: &Expr) -> Placed {
+    Placed {
+        expr: expr.clone(),
+        at: at(expr.span()),
+    }
 }
 
 /// `window_start` or `window_end`: a window table function's columns.
@@ -541,46 +689,64 @@ fn spark_interval(text: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// An aggregate call as the YAML form writes it (`count(distinct user_id)`).
-fn aggregate(f: &sqlparser::ast::Function, span: Span) -> Result<String, String> {
+/// An aggregate call as the YAML form writes it (`count(distinct user_id)`); an argument that
+/// is an expression becomes a column computed before the aggregate (`<name>__input`), added to
+/// `computed`.
+fn aggregate(
+    f: &sqlparser::ast::Function,
+    span: Span,
+    name: &str,
+    computed: &mut Vec<(String, Placed)>,
+) -> Result<String, String> {
     if f.over.is_some() {
         return Err(format!("{}OVER is not supported; {SUPPORTED}", at(span)));
     }
     if f.filter.is_some() {
         return Err(format!("{}FILTER is not supported; {SUPPORTED}", at(span)));
     }
-    let name = object_name(&f.name).to_ascii_lowercase();
+    let function = object_name(&f.name).to_ascii_lowercase();
     let FunctionArguments::List(list) = &f.args else {
-        return Err(format!("{}expected {name}(...)", at(span)));
+        return Err(format!("{}expected {function}(...)", at(span)));
     };
     let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
     if !list.clauses.is_empty() {
         return Err(format!(
-            "{}clauses inside {name}(...) are not supported",
+            "{}clauses inside {function}(...) are not supported",
             at(span)
         ));
     }
     let mut args = Vec::new();
-    for arg in &list.args {
+    for (i, arg) in list.args.iter().enumerate() {
         match arg {
             FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => args.push("*".to_string()),
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i))) => {
-                args.push(i.value.clone())
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(ident))) => {
+                args.push(ident.value.clone())
             }
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
-                Value::Number(n, _) => args.push(n.clone()),
-                _ => return Err(format!("{}expected a column or a number", at(v.span))),
-            },
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) if i > 0 => {
+                match &v.value {
+                    Value::Number(n, _) => args.push(n.clone()),
+                    _ => return Err(format!("{}expected a number", at(v.span))),
+                }
+            }
+            // The first argument may be any row expression: the column it computes is read.
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) if i == 0 => {
+                if let Some(inner) = first_aggregate(e) {
+                    return Err(format!("{}an aggregate inside an aggregate", at(inner)));
+                }
+                let column = format!("{name}__input");
+                computed.push((column.clone(), placed(e)));
+                args.push(column);
+            }
             other => {
                 return Err(format!(
-                    "{}expressions as aggregate arguments are not supported yet: give a column",
+                    "{}expected a column or an expression, then constant arguments",
                     at(other.span())
                 ))
             }
         }
     }
     let distinct = if distinct { "distinct " } else { "" };
-    Ok(format!("{name}({distinct}{})", args.join(", ")))
+    Ok(format!("{function}({distinct}{})", args.join(", ")))
 }
 
 /// The arguments of a call, each a plain expression.
@@ -680,11 +846,14 @@ GROUP BY window(timestamp, '5 minutes'), event_type";
             compile(SEED, &["source"]).unwrap()
         );
         let err = compile(
-            &sql.replace("FROM source", "FROM source WHERE x = 1"),
+            &sql.replace("FROM source", "FROM source WHERE count(*) > 1"),
             &["source"],
         )
         .unwrap_err();
-        assert!(err.starts_with("line 8 column 19: WHERE"), "{err}");
+        assert!(
+            err.starts_with("line 8 column 19: an aggregate in WHERE"),
+            "{err}"
+        );
         assert!(
             compile(&sql.replace("TABLE source", "TABLE clicks"), &["source"])
                 .unwrap_err()
@@ -733,12 +902,78 @@ GROUP BY window_start, window_end, event_type",
         );
     }
 
+    /// WHERE, keys computed from expressions (by their alias or by the expression itself),
+    /// an aggregate over an expression, and HAVING over the aggregates' columns.
+    #[test]
+    fn row_expressions_compile_to_computed_columns_a_filter_and_having() {
+        let compiled = compile(
+            "SELECT window,
+       CASE WHEN event_type IN ('click', 'tap') THEN 'touch' ELSE event_type END AS kind,
+       upper(properties['device']) AS device,
+       count(*) AS events,
+       sum(CAST(properties['amount'] AS DOUBLE)) AS amount
+FROM source
+WHERE user_id IS NOT NULL AND page_url LIKE '/shop%'
+GROUP BY window(timestamp, '5 minutes'), kind, upper(properties['device'])
+HAVING COUNT(*) > 1 AND amount > 0",
+            &["source"],
+        )
+        .unwrap();
+        assert_eq!(compiled.group_by, ["kind", "device"]);
+        let computed: Vec<(&str, String)> = compiled
+            .computed
+            .iter()
+            .map(|(name, p)| (name.as_str(), p.expr.to_string()))
+            .collect();
+        assert_eq!(
+            computed,
+            [
+                (
+                    "kind",
+                    "CASE WHEN event_type IN ('click', 'tap') THEN 'touch' ELSE event_type END"
+                        .to_string()
+                ),
+                ("device", "upper(properties['device'])".to_string()),
+                (
+                    "amount__input",
+                    "CAST(properties['amount'] AS DOUBLE)".to_string()
+                ),
+            ]
+        );
+        assert_eq!(compiled.aggregates["amount"], "sum(amount__input)");
+        assert_eq!(
+            compiled.filter.map(|p| p.expr.to_string()).as_deref(),
+            Some("user_id IS NOT NULL AND page_url LIKE '/shop%'")
+        );
+        let having = compiled.having.unwrap();
+        assert_eq!(having.expr.to_string(), "events > 1 AND amount > 0");
+        assert_eq!(having.at, "line 9 column 8: ");
+    }
+
     #[test]
     fn unsupported_constructs_are_refused_with_their_place() {
         let cases = [
             (
-                SEED.replace("FROM source", "FROM source WHERE event_type = 'click'"),
-                "line 4 column 19: WHERE is not supported",
+                SEED.replace("FROM source", "FROM source WHERE count(*) > 1"),
+                "line 4 column 19: an aggregate in WHERE",
+            ),
+            (
+                SEED.replace("count(*) AS event_count", "count(*) * 2 AS event_count"),
+                "an expression over aggregates",
+            ),
+            (
+                SEED.replace("FROM source", "FROM source GROUP BY upper(page_url)")
+                    .replace("GROUP BY window", ", window"),
+                "select `upper(page_url)` under a name",
+            ),
+            (
+                format!("{SEED} HAVING count(user_id) > 1"),
+                "HAVING reads `count(user_id)`, which is not selected",
+            ),
+            (
+                SEED.replace("event_type\n", "count(*)\n")
+                    .replace("), event_type", "), count(*)"),
+                "an aggregate in GROUP BY",
             ),
             (
                 SEED.replace("FROM source", "FROM source JOIN users ON true"),

@@ -9,13 +9,14 @@
 
 use std::hash::BuildHasher;
 
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, TimestampMicrosecondArray, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
 use weir_common::aggregate::{AggKind, MergeError, Partial};
 use weir_common::job::{JobSpec, WindowQuery};
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
-use weir_common::window::{is_closed, Window};
+use weir_common::window::{is_closed, Window, WindowsOf};
 
 use crate::aggregate::partials::{ByOwner, FastMap};
 use crate::plan::event_time::EventTimeRules;
@@ -27,6 +28,22 @@ pub enum Rejected {
     Late,
     /// The row must go to the dead letter, with this reason.
     Invalid(String),
+}
+
+/// Every row of `valid` rejected with `reason` (a batch the row expressions could not be
+/// applied to at all), beside those `rejected` already.
+fn all_rejected(
+    valid: &[usize],
+    reason: &str,
+    mut rejected: Vec<(usize, Rejected)>,
+) -> Vec<(usize, Rejected)> {
+    rejected.extend(
+        valid
+            .iter()
+            .map(|&row| (row, Rejected::Invalid(reason.to_string()))),
+    );
+    rejected.sort_by_key(|(row, _)| *row);
+    rejected
 }
 
 /// Event-time figures of the accepted rows.
@@ -168,8 +185,88 @@ impl<'a> PreAggregation<'a> {
         }
     }
 
-    /// Folds a decoded batch in; returns the rows it rejected, by row index.
+    /// Folds a decoded batch in, through the query's row expressions when it has them;
+    /// returns the rows it rejected, by row index.
     pub fn add_batch(&mut self, batch: &RecordBatch) -> Vec<(usize, Rejected)> {
+        let Some(stage) = &self.query.rows else {
+            return self.add_rows(batch, true);
+        };
+        // The watermark follows every row of the source, not only those the WHERE keeps (as
+        // Spark's and Flink's do): event times are checked and taken before the expressions.
+        let (mut rejected, valid) = self.take_times(batch);
+        let valid_rows = if valid.len() == batch.num_rows() {
+            batch.clone()
+        } else {
+            let indices = UInt32Array::from_iter_values(valid.iter().map(|&i| i as u32));
+            match take_record_batch(batch, &indices) {
+                Ok(rows) => rows,
+                Err(e) => return all_rejected(&valid, &e.to_string(), rejected),
+            }
+        };
+        let staged = match stage.apply(&valid_rows) {
+            Ok(staged) => staged,
+            Err(e) => return all_rejected(&valid, &e, rejected),
+        };
+        rejected.extend(
+            staged
+                .rejected
+                .into_iter()
+                .map(|(i, why)| (valid[i], Rejected::Invalid(why))),
+        );
+        let aggregated = self.add_rows(&staged.batch, false);
+        rejected.extend(
+            aggregated
+                .into_iter()
+                .map(|(i, why)| (valid[staged.origin[i]], why)),
+        );
+        rejected.sort_by_key(|(row, _)| *row);
+        rejected
+    }
+
+    /// Checks the event time of every row of `batch` and takes the valid ones into the
+    /// epoch's figures; answers the rows rejected and the valid ones.
+    fn take_times(&mut self, batch: &RecordBatch) -> (Vec<(usize, Rejected)>, Vec<usize>) {
+        let ts_col = match self.event_time.column(batch) {
+            Ok(times) => times,
+            Err(all_rejected) => return (all_rejected, Vec::new()),
+        };
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            match self.accept_time(ts_col, row) {
+                Ok((ts, _)) => {
+                    self.times.add(ts);
+                    valid.push(row);
+                }
+                Err(why) => rejected.push((row, why)),
+            }
+        }
+        (rejected, valid)
+    }
+
+    /// Row `row`'s event time and windows, or why it goes to the dead letter.
+    fn accept_time(
+        &self,
+        ts_col: &TimestampMicrosecondArray,
+        row: usize,
+    ) -> Result<(i64, WindowsOf), Rejected> {
+        let ts = self.event_time.time(ts_col, row)?;
+        // Any i64 can arrive as a time: one whose windows would leave the range is set
+        // aside before any arithmetic uses it; its windows are checked once.
+        let windows = self
+            .query
+            .window
+            .windows(ts)
+            .map_err(|out_of_range| Rejected::Invalid(out_of_range.to_string()))?;
+        if let Some(why) = self.event_time.too_far_ahead(ts) {
+            return Err(why);
+        }
+        Ok((ts, windows))
+    }
+
+    /// Folds `batch`'s rows in (their event times into the epoch's figures when
+    /// `take_times`); returns the rows it rejected, by row index.
+    fn add_rows(&mut self, batch: &RecordBatch, take_times: bool) -> Vec<(usize, Rejected)> {
         let mut rejected = Vec::new();
         let column = |name: &str| -> Option<&ArrayRef> {
             batch.schema().index_of(name).ok().map(|i| batch.column(i))
@@ -195,7 +292,6 @@ impl<'a> PreAggregation<'a> {
                     .and_then(ColumnReader::new)
             })
             .collect();
-        let window_spec = self.query.window;
         let watermark = self.watermark;
         let one_string_group = match group_cols.as_slice() {
             [Some(ColumnReader::Utf8(column))] => Some(*column),
@@ -204,27 +300,16 @@ impl<'a> PreAggregation<'a> {
         let mut group_values = Vec::with_capacity(group_cols.len());
         let mut key = Vec::new();
         for row in 0..batch.num_rows() {
-            let ts = match self.event_time.time(ts_col, row) {
-                Ok(ts) => ts,
+            let (ts, windows) = match self.accept_time(ts_col, row) {
+                Ok(accepted) => accepted,
                 Err(why) => {
                     rejected.push((row, why));
                     continue;
                 }
             };
-            // Any i64 can arrive as a time: one whose windows would leave the range is set
-            // aside before any arithmetic uses it; its windows are checked once.
-            let windows = match window_spec.windows(ts) {
-                Ok(windows) => windows,
-                Err(out_of_range) => {
-                    rejected.push((row, Rejected::Invalid(out_of_range.to_string())));
-                    continue;
-                }
-            };
-            if let Some(why) = self.event_time.too_far_ahead(ts) {
-                rejected.push((row, why));
-                continue;
+            if take_times {
+                self.times.add(ts);
             }
-            self.times.add(ts);
             if is_closed(windows.last_end(), watermark) {
                 self.late_rows += 1;
                 rejected.push((row, Rejected::Late));

@@ -8,6 +8,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
 use weir_common::aggregate::AggKind;
+use weir_common::job::rows::RowStage;
 use weir_common::job::{JobSpec, OutputMode, Query, WindowQuery};
 use weir_common::output::output_schema;
 use weir_proto::control::EpochStats;
@@ -220,10 +221,31 @@ impl WindowAggregate {
                 .write_rows(self.op, &rows, batch)
                 .context("writing the epoch's group rows")?;
         }
-        stats.windows_emitted = rows.len() as u64;
         let output = output_batch(&self.query, &self.output_schema, &mut rows, planned_at)
             .context("building output rows")?;
+        let output = match &self.query.having {
+            Some(having) => having_rows(having, output)?,
+            None => output,
+        };
+        stats.windows_emitted = output.num_rows() as u64;
         stats.output_sums = column_sums(&self.query, &output);
         Ok(output)
     }
+}
+
+/// The output rows `HAVING` keeps. A row it cannot be evaluated on (a division by zero over
+/// an aggregate) is not emitted, and logged: it is a result, not an input record, so it has no
+/// dead letter.
+fn having_rows(having: &RowStage, output: RecordBatch) -> anyhow::Result<RecordBatch> {
+    let staged = having
+        .apply(&output)
+        .map_err(|e| anyhow::anyhow!("applying HAVING: {e}"))?;
+    if let Some((_, reason)) = staged.rejected.first() {
+        tracing::warn!(
+            rows = staged.rejected.len(),
+            %reason,
+            "HAVING could not be evaluated on some output rows; they are not emitted"
+        );
+    }
+    Ok(staged.batch)
 }
