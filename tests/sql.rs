@@ -1,5 +1,6 @@
-//! `query: {sql: ...}`: the reference query in SQL, end to end, writes the table its YAML form
-//! writes; a query with WHERE, a CASE key, map access, an expression aggregate and HAVING
+//! `query: {sql: ...}` and `{sql_file: ...}`: the reference query in Spark's and Flink's SQL
+//! (with the watermark in the job file or in Flink's `CREATE TABLE`), end to end, writes the
+//! table its YAML form writes; a query with WHERE, a CASE key, map access, an expression aggregate and HAVING
 //! writes what plain Python computes from the same events.
 
 mod support;
@@ -37,6 +38,24 @@ const TVF_QUERY: &str = "  sql: |
     GROUP BY window_start, window_end, event_type
 ";
 
+/// The job's watermark line, which Flink's form gives in SQL instead.
+const YAML_WATERMARK: &str = "  watermark: {column: timestamp, delay: 10m}\n";
+
+/// Flink's whole form in a file of its own: the watermark in `CREATE TABLE`, hopping windows
+/// of one size and slide (tumbling ones), and `EMIT ON WINDOW CLOSE`.
+const FLINK_SQL_FILE: &str = "CREATE TABLE source (
+  event_id STRING, user_id STRING, event_type STRING, `timestamp` TIMESTAMP(3),
+  WATERMARK FOR `timestamp` AS `timestamp` - INTERVAL '10' MINUTE
+);
+SELECT window_start, window_end, event_type,
+       count(*) AS event_count,
+       count(DISTINCT user_id) AS unique_users,
+       approx_count_distinct(event_id) AS approx_unique
+FROM TABLE(HOP(TABLE source, DESCRIPTOR(`timestamp`), INTERVAL '5' MINUTES, INTERVAL '5' MINUTES))
+GROUP BY window_start, window_end, event_type
+EMIT ON WINDOW CLOSE;
+";
+
 #[test]
 fn the_reference_query_in_sql_writes_the_table_of_its_yaml_form() {
     let tmp = tempfile::tempdir().unwrap();
@@ -54,12 +73,21 @@ fn the_reference_query_in_sql_writes_the_table_of_its_yaml_form() {
     run_local(&yaml_dir, 2);
     verify(&events, &yaml_dir, &[]);
     let yaml_table = yaml_dir.join("aggregated").display().to_string();
-    for (name, query) in [("spark", SQL_QUERY), ("flink", TVF_QUERY)] {
+    let sql_file = tmp.path().join("reference.sql");
+    std::fs::write(&sql_file, FLINK_SQL_FILE).unwrap();
+    let flink_ddl = format!("  sql_file: {}\n", sql_file.display());
+    for (name, watermark, query) in [
+        ("spark", YAML_WATERMARK, SQL_QUERY),
+        ("flink", YAML_WATERMARK, TVF_QUERY),
+        ("flink-ddl", "", flink_ddl.as_str()),
+    ] {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let job = file_job_in(&dir, &input, 1, &dir.display().to_string(), "");
         let text = std::fs::read_to_string(&job).unwrap();
-        std::fs::write(&job, text.replace(YAML_QUERY, query)).unwrap();
+        let yaml = format!("{YAML_WATERMARK}{YAML_QUERY}");
+        assert!(text.contains(&yaml), "{text}");
+        std::fs::write(&job, text.replace(&yaml, &format!("{watermark}{query}"))).unwrap();
         run_local(&dir, 2);
         verify(
             &events,

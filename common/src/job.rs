@@ -1170,6 +1170,17 @@ impl JobSpec {
                 sink.options = sink.options.blanked();
             }
         }
+        // A watermark the SQL declares travels in the SQL; the executor resolves it again, as
+        // it would refuse a query that gives it both ways.
+        for (_, query) in raw_queries_mut(&mut raw) {
+            let declared = query
+                .sql
+                .as_deref()
+                .is_some_and(|s| matches!(sql::create_table_watermark(s), Ok(Some(_))));
+            if declared {
+                query.watermark = None;
+            }
+        }
         serde_json::to_string(&raw).unwrap_or_default()
     }
 

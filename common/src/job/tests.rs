@@ -983,6 +983,10 @@ fn a_sql_query_takes_its_watermark_from_create_table() {
     assert_eq!(job.queries[0].query, reference.queries[0].query);
     assert_eq!(job.watermark_delay_micros, reference.watermark_delay_micros);
     assert_eq!(job.event_time_column, "timestamp");
+    // The job as the driver sends it to executors reads the same.
+    let on_executor = JobSpec::from_json(&job.to_public_json()).unwrap();
+    assert_eq!(on_executor.queries[0].query, reference.queries[0].query);
+    assert_eq!(on_executor.fingerprint(), job.fingerprint());
     let both = parse(&GOOD.replace(
         yaml,
         &format!("  watermark: {{column: timestamp, delay: 10m}}\n{sql}"),
