@@ -117,3 +117,52 @@ os._exit(0)
     let cut: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(cut > 0, "no line was cut");
 }
+
+/// The executors' decoder builds only the columns the reference query reads, scanning the
+/// common record itself and leaving every other one to arrow-json: over the generator's
+/// stream with its malformed and hostile records, it sets aside the same records for the same
+/// reasons as arrow-json decoding every field, and reads the same values.
+#[test]
+fn the_projected_decoder_judges_the_generators_records_as_arrow_json_does() {
+    use weir_common::decode::JsonDecoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let gen_args = [&["--span", "4h"][..], &hostile_input()].concat();
+    let (input, _) = gen_files(tmp.path(), 40_000, 4, &gen_args);
+    let root = tmp.path().display().to_string();
+    let job_file = file_job_in(tmp.path(), &input.display().to_string(), 1, &root, "");
+    let text = std::fs::read_to_string(job_file).unwrap();
+    let job = weir_common::job::parse_job(&text, tmp.path()).unwrap();
+    let max: usize = MAX_RECORD_BYTES.parse().unwrap();
+    let read = job.columns_read();
+    assert_eq!(read, ["timestamp", "event_type", "user_id", "event_id"]);
+    let projected = JsonDecoder::reading(job.input_schema.clone(), &read, max);
+    let whole = JsonDecoder::new(job.input_schema.clone(), max).without_scanner();
+    let columns: Vec<usize> = projected
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| job.input_schema.index_of(f.name()).unwrap())
+        .collect();
+    let (mut rows, mut bad) = (0, 0);
+    for file in std::fs::read_dir(&input).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        let lines: Vec<&[u8]> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for chunk in lines.chunks(4096) {
+            let expected = whole.decode(chunk);
+            let actual = projected.decode_within(chunk, &[&bytes]);
+            assert_eq!(actual.bad, expected.bad);
+            assert_eq!(actual.good, expected.good);
+            let concat = |d: &weir_common::decode::Decoded, schema| {
+                arrow::compute::concat_batches(schema, &d.batches).unwrap()
+            };
+            let want = concat(&expected, whole.schema()).project(&columns).unwrap();
+            assert_eq!(concat(&actual, projected.schema()), want);
+            rows += actual.good.len();
+            bad += actual.bad.len();
+        }
+    }
+    assert!(rows > 30_000 && bad > 300, "{rows} rows, {bad} set aside");
+}

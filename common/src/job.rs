@@ -1143,6 +1143,40 @@ fn fill_secrets(
 }
 
 impl JobSpec {
+    /// The source columns the job's queries read, the only ones the executors' decoder builds:
+    /// the event time, group keys, aggregate inputs and what row expressions read (a dedup
+    /// query's output is every column).
+    pub fn columns_read(&self) -> Vec<&str> {
+        let mut read: Vec<&str> = vec![self.event_time_column.as_str()];
+        let mut add = |c: &'_ str| {
+            if let Some(field) = self.input_schema.fields().iter().find(|f| f.name() == c) {
+                if !read.contains(&field.name().as_str()) {
+                    read.push(field.name().as_str());
+                }
+            }
+        };
+        for spec in &self.queries {
+            match &spec.query {
+                Query::Window(w) => {
+                    if let Some(rows) = &w.rows {
+                        rows.columns_read().into_iter().for_each(&mut add);
+                    }
+                    w.group_by.iter().for_each(|c| add(c));
+                    w.aggregates
+                        .iter()
+                        .filter_map(|a| a.column.as_deref())
+                        .for_each(&mut add);
+                }
+                Query::Dedup(_) => self
+                    .input_schema
+                    .fields()
+                    .iter()
+                    .for_each(|f| add(f.name())),
+            }
+        }
+        read
+    }
+
     /// The Kafka source, when the job reads one.
     pub fn kafka(&self) -> Option<&KafkaSource> {
         match &self.source {

@@ -144,7 +144,13 @@ impl EpochRunner {
             skip_snapshots,
             current_run,
             executor_id,
-            decoder: JsonDecoder::new(job.input_schema.clone(), job.max_record_bytes),
+            // Only the columns the queries read are built; every record is still checked
+            // against the whole schema.
+            decoder: JsonDecoder::reading(
+                job.input_schema.clone(),
+                &job.columns_read(),
+                job.max_record_bytes,
+            ),
             plan: Plan::new(&job),
             late_rows: job
                 .late_rows

@@ -1,7 +1,11 @@
-//! The ceiling weir's throughput is measured against: one thread decoding the same JSON lines
-//! with arrow-json and hash-aggregating them (count, exact distinct users, approximate distinct
-//! events per 5-minute window and event type), with no exchange, state store, files or
-//! checkpoint.
+//! The ceilings weir's throughput is measured against, each one thread over the same JSON lines
+//! in memory, with no exchange, state store, files or checkpoint:
+//! - arrow-json decoding every field, alone and then hash-aggregating what the reference query
+//!   needs (count, exact distinct users, approximate distinct events per 5-minute window and
+//!   event type);
+//! - weir's decoder (the projected scanner, building only the four columns the query reads),
+//!   alone and with the same aggregation;
+//! - the physical one: splitting the lines and finding the four fields' values, nothing built.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
@@ -11,6 +15,7 @@ use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use weir_common::aggregate::{AggregateSpec, Partial};
+use weir_common::decode::JsonDecoder;
 use weir_common::keygroup::stable_hash;
 use weir_common::value::Scalar;
 
@@ -33,8 +38,14 @@ impl Pass {
 
 #[derive(Debug)]
 pub struct Ceiling {
+    /// arrow-json, every field.
     pub decode: Pass,
     pub decode_and_aggregate: Pass,
+    /// weir's decoder, the columns read.
+    pub scan: Pass,
+    pub scan_and_aggregate: Pass,
+    /// Lines split and the four fields found.
+    pub find_fields: Pass,
     /// (window, event type) groups the aggregation found: a check that it did the work.
     pub groups: usize,
 }
@@ -63,45 +74,142 @@ fn decode(
     Ok(rows)
 }
 
-/// Runs both passes over `files` (JSON lines, every line a valid event of `schema`).
+/// Decodes `file` with weir's decoder, in the executors' chunks, handing each batch to `each`.
+fn scan(
+    decoder: &JsonDecoder,
+    file: &[u8],
+    mut each: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let lines: Vec<&[u8]> = file
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut rows = 0;
+    for chunk in lines.chunks(BATCH) {
+        let decoded = decoder.decode_within(chunk, &[file]);
+        anyhow::ensure!(decoded.bad.is_empty(), "bad records: {:?}", decoded.bad);
+        for batch in &decoded.batches {
+            rows += batch.num_rows() as u64;
+            each(batch)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The physical ceiling: each line split off and the value of each of `fields` found (its
+/// bytes summed, so the search cannot be skipped); nothing decoded or built.
+fn find_fields(fields: &[&str], file: &[u8]) -> (u64, u64) {
+    let finders: Vec<memchr::memmem::Finder<'_>> = fields
+        .iter()
+        .map(|f| format!("\"{f}\":"))
+        .map(|key| memchr::memmem::Finder::new(key.as_bytes()).into_owned())
+        .collect();
+    let (mut rows, mut found) = (0u64, 0u64);
+    for line in file.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        rows += 1;
+        for (finder, key_len) in finders.iter().zip(fields.iter().map(|f| f.len() + 3)) {
+            if let Some(at) = finder.find(line) {
+                let value = &line[at + key_len..];
+                let value = value.strip_prefix(b"\"").unwrap_or(value);
+                found += memchr::memchr(b'"', value).unwrap_or(0) as u64;
+            }
+        }
+    }
+    (rows, found)
+}
+
+/// Times `pass` (which answers the events it went through).
+fn timed(pass: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<Pass> {
+    let started = Instant::now();
+    let events = pass()?;
+    Ok(Pass {
+        events,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Runs every pass over `files` (JSON lines, every line a valid event of `schema`).
 pub fn measure(
     schema: &SchemaRef,
     approx: &AggregateSpec,
     files: &[Vec<u8>],
 ) -> anyhow::Result<Ceiling> {
-    let started = Instant::now();
-    let mut events = 0;
-    for file in files {
-        events += decode(schema, file, |_| Ok(()))?;
-    }
-    let decode_pass = Pass {
-        events,
-        elapsed: started.elapsed(),
-    };
-
-    let started = Instant::now();
+    let decode_pass = timed(|| {
+        files
+            .iter()
+            .map(|file| decode(schema, file, |_| Ok(())))
+            .sum()
+    })?;
     let mut groups: HashMap<i64, HashMap<String, Group>> = HashMap::new();
-    let mut events = 0;
-    for file in files {
-        events += decode(schema, file, |batch| aggregate(batch, approx, &mut groups))?;
-    }
-    let aggregate_pass = Pass {
-        events,
-        elapsed: started.elapsed(),
-    };
-    let found = groups.values().map(HashMap::len).sum();
-    // The results are read, so the work cannot be skipped.
+    let aggregate_pass = timed(|| {
+        files
+            .iter()
+            .map(|file| decode(schema, file, |batch| aggregate(batch, approx, &mut groups)))
+            .sum()
+    })?;
+    let found = check(&groups, aggregate_pass.events)?;
+
+    let decoder = JsonDecoder::reading(schema.clone(), &READ, 1 << 20);
+    let scan_pass = timed(|| {
+        files
+            .iter()
+            .map(|file| scan(&decoder, file, |_| Ok(())))
+            .sum()
+    })?;
+    let mut scanned: HashMap<i64, HashMap<String, Group>> = HashMap::new();
+    let scan_aggregate_pass = timed(|| {
+        files
+            .iter()
+            .map(|file| {
+                scan(&decoder, file, |batch| {
+                    aggregate(batch, approx, &mut scanned)
+                })
+            })
+            .sum()
+    })?;
+    check(&scanned, scan_aggregate_pass.events)?;
+    anyhow::ensure!(
+        scanned.len() == groups.len(),
+        "weir's decoder and arrow-json found different windows"
+    );
+
+    let mut found_bytes = 0;
+    let fields_pass = timed(|| {
+        let mut rows = 0;
+        for file in files {
+            let (r, b) = find_fields(&READ, file);
+            rows += r;
+            found_bytes += b;
+        }
+        Ok(rows)
+    })?;
+    anyhow::ensure!(
+        found_bytes > fields_pass.events,
+        "the fields were not found"
+    );
+    Ok(Ceiling {
+        decode: decode_pass,
+        decode_and_aggregate: aggregate_pass,
+        scan: scan_pass,
+        scan_and_aggregate: scan_aggregate_pass,
+        find_fields: fields_pass,
+        groups: found,
+    })
+}
+
+/// The columns the reference query reads.
+const READ: [&str; 4] = ["event_id", "user_id", "event_type", "timestamp"];
+
+/// The (window, event type) groups found, after checking that no row was lost (the results
+/// are read, so the work cannot be skipped).
+fn check(groups: &HashMap<i64, HashMap<String, Group>>, events: u64) -> anyhow::Result<usize> {
     let total: u64 = groups
         .values()
         .flat_map(|g| g.values())
         .map(|g| g.count + g.users.len() as u64)
         .sum();
     anyhow::ensure!(total >= events, "the aggregation lost rows");
-    Ok(Ceiling {
-        decode: decode_pass,
-        decode_and_aggregate: aggregate_pass,
-        groups: found,
-    })
+    Ok(groups.values().map(HashMap::len).sum())
 }
 
 fn aggregate(

@@ -473,9 +473,27 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
     );
     row(
         &mut out,
-        "ceiling: decode + hash aggregate, 1 thread",
+        "ceiling: arrow-json decode + hash aggregate, 1 thread",
         ceiling.decode_and_aggregate.events_per_second(),
         &format!("{} (window, event type) groups", ceiling.groups),
+    );
+    row(
+        &mut out,
+        "weir's decoder (projected scanner, 4 columns), 1 thread",
+        ceiling.scan.events_per_second(),
+        "",
+    );
+    row(
+        &mut out,
+        "weir's decoder + hash aggregate, 1 thread",
+        ceiling.scan_and_aggregate.events_per_second(),
+        "",
+    );
+    row(
+        &mut out,
+        "physical ceiling: split lines, find the 4 fields, 1 thread",
+        ceiling.find_fields.events_per_second(),
+        "nothing decoded",
     );
     for repeated in results {
         let r = repeated.median();
@@ -532,19 +550,17 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             .collect();
         let listed: Vec<String> = costs.iter().map(|c| format!("{c:.1}")).collect();
         let cost = runs::median(costs).unwrap_or(f64::NAN);
+        let physical = 100.0 * per_core / ceiling.find_fields.events_per_second();
+        writeln!(out, "| target | measured | |\n| --- | --- | --- |")?;
         writeln!(
             out,
-            "| target (issue #6) | measured | |\n| --- | --- | --- |"
+            "| files → Delta, 2 executors: ≥ 4 000 000 events/s | {rate:.0} events/s | {} |",
+            verdict(rate >= 4e6)
         )?;
         writeln!(
             out,
-            "| files → Delta, 2 executors: ≥ 1 000 000 events/s | {rate:.0} events/s | {} |",
-            verdict(rate >= 1e6)
-        )?;
-        writeln!(
-            out,
-            "| per core ≥ 50 % of the decode + aggregate ceiling | {share:.1} % ({per_core:.0} events/s per core, {cores} cores) | {} |",
-            verdict(share >= 50.0)
+            "| per core ≥ the arrow-json decode + aggregate ceiling | {share:.1} % of it ({per_core:.0} events/s per core, {cores} cores); {physical:.1} % of the physical ceiling | {} |",
+            verdict(share >= 100.0)
         )?;
         writeln!(
             out,

@@ -45,7 +45,7 @@ pub fn explain(job: &JobSpec) -> String {
             None => " (counted and dropped: no dead_letter table)".into(),
         }
     );
-    let read: Vec<&str> = columns_read(job);
+    let read: Vec<&str> = job.columns_read();
     let _ = writeln!(out, "columns the queries read: {}", read.join(", "));
     let _ = writeln!(
         out,
@@ -222,35 +222,6 @@ fn aggregate(agg: &AggregateSpec) -> String {
         agg.name,
         type_name(&agg.output_type())
     )
-}
-
-/// The source columns a query reads: event time, keys, aggregate inputs (a dedup query's
-/// output is every column).
-fn columns_read(job: &JobSpec) -> Vec<&str> {
-    let mut read: Vec<&str> = vec![job.event_time_column.as_str()];
-    let mut add = |c: &'_ str| {
-        if let Some(field) = job.input_schema.fields().iter().find(|f| f.name() == c) {
-            if !read.contains(&field.name().as_str()) {
-                read.push(field.name().as_str());
-            }
-        }
-    };
-    for spec in &job.queries {
-        match &spec.query {
-            Query::Window(w) => {
-                if let Some(rows) = &w.rows {
-                    rows.columns_read().into_iter().for_each(&mut add);
-                }
-                w.group_by.iter().for_each(|c| add(c));
-                w.aggregates
-                    .iter()
-                    .filter_map(|a| a.column.as_deref())
-                    .for_each(&mut add);
-            }
-            Query::Dedup(_) => job.input_schema.fields().iter().for_each(|f| add(f.name())),
-        }
-    }
-    read
 }
 
 fn columns(schema: &Schema) -> String {

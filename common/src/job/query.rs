@@ -39,9 +39,9 @@ pub struct WindowQuery {
     pub output_mode: OutputMode,
     /// The SQL form's `WHERE` and computed columns, before the aggregate: it reads their
     /// output as it reads the source's columns.
-    pub rows: Option<RowStage>,
+    pub rows: Option<Box<RowStage>>,
     /// The SQL form's `HAVING`, over the output rows.
-    pub having: Option<RowStage>,
+    pub having: Option<Box<RowStage>>,
 }
 
 /// The raw events themselves, each key's first arrival only (Spark's
@@ -105,10 +105,10 @@ pub(super) fn parse(
         let source: SchemaRef = Arc::new(input_schema.clone());
         let rows = match (&compiled.filter, compiled.computed.is_empty()) {
             (None, true) => None,
-            (filter, _) => Some(
+            (filter, _) => Some(Box::new(
                 RowStage::plan(&planner, filter.as_ref(), &compiled.computed, &source)
                     .map_err(|m| JobError::new(&sql_field, m))?,
-            ),
+            )),
         };
         let from_sql = RawQuery {
             window: Some(compiled.window),
@@ -128,10 +128,10 @@ pub(super) fn parse(
             w.rows = rows;
             if let Some(having) = &compiled.having {
                 let output = output_schema(&Query::Window(w.clone()), input_schema);
-                w.having = Some(
+                w.having = Some(Box::new(
                     RowStage::plan(&planner, Some(having), &[], &output)
                         .map_err(|m| JobError::new(&sql_field, m))?,
-                );
+                ));
             }
         }
         return Ok(parsed);

@@ -105,12 +105,19 @@ impl ExprPlanner {
 }
 
 /// Rows through a filter and computed columns: the batch holds the input's columns then the
-/// computed ones, of the rows the filter kept.
+/// computed ones, of the rows the filter kept. The expressions are planned against the input
+/// columns they read, so a batch holding those (and any others: the decoder builds only the
+/// columns the job's queries read) will do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowStage {
     pub filter: Option<RowExpr>,
     pub columns: Vec<(String, RowExpr)>,
+    /// The source's columns then the computed ones.
     schema: SchemaRef,
+    /// The source columns the expressions read, in the source's order.
+    reads: Vec<String>,
+    /// The computed columns' fields.
+    computed: Vec<Field>,
 }
 
 /// What a [`RowStage`] made of a batch.
@@ -133,6 +140,37 @@ impl RowStage {
     /// Plans `filter` and the named `columns` against `input` (each column reads the input's
     /// columns, not another computed one).
     pub fn plan(
+        planner: &ExprPlanner,
+        filter: Option<&Placed>,
+        columns: &[(String, Placed)],
+        input: &SchemaRef,
+    ) -> Result<Self, String> {
+        // Planned against the whole source first, for the types and the errors a user reads;
+        // then again against only the columns read.
+        let whole = Self::plan_against(planner, filter, columns, input)?;
+        let mut read = std::collections::HashSet::new();
+        for planned in whole
+            .filter
+            .iter()
+            .chain(whole.columns.iter().map(|(_, e)| e))
+        {
+            read.extend(collect_columns(&planned.expr).iter().map(|c| c.index()));
+        }
+        let positions: Vec<usize> = (0..input.fields().len())
+            .filter(|i| read.contains(i))
+            .collect();
+        let narrow = Arc::new(input.project(&positions).map_err(|e| e.to_string())?);
+        let mut stage = Self::plan_against(planner, filter, columns, &narrow)?;
+        stage.computed = stage.schema.fields()[narrow.fields().len()..]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        stage.reads = narrow.fields().iter().map(|f| f.name().clone()).collect();
+        stage.schema = whole.schema;
+        Ok(stage)
+    }
+
+    fn plan_against(
         planner: &ExprPlanner,
         filter: Option<&Placed>,
         columns: &[(String, Placed)],
@@ -172,28 +210,14 @@ impl RowStage {
             filter,
             columns: planned_columns,
             schema: Arc::new(Schema::new(fields)),
+            reads: Vec::new(),
+            computed: Vec::new(),
         })
     }
 
     /// The input columns the expressions read, in the input's order.
     pub fn columns_read(&self) -> Vec<&str> {
-        let mut read = std::collections::HashSet::new();
-        for planned in self
-            .filter
-            .iter()
-            .chain(self.columns.iter().map(|(_, e)| e))
-        {
-            for column in collect_columns(&planned.expr) {
-                read.insert(column.index());
-            }
-        }
-        self.schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| read.contains(i))
-            .map(|(_, f)| f.name().as_str())
-            .collect()
+        self.reads.iter().map(String::as_str).collect()
     }
 
     /// The schema of what [`Self::apply`] makes: the input's columns, then the computed ones.
@@ -205,6 +229,20 @@ impl RowStage {
     /// fails on are found by splitting a failing range in halves, so a batch with a few bad
     /// rows costs a few extra evaluations, and every other row goes through.
     pub fn apply(&self, batch: &RecordBatch) -> Result<StagedRows, String> {
+        let positions = self
+            .reads
+            .iter()
+            .map(|name| batch.schema().index_of(name))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|e| format!("the decoded rows lack a column an expression reads: {e}"))?;
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(self.computed.iter().cloned());
+        let schema = Arc::new(Schema::new(fields));
         let mut batches = Vec::new();
         let mut origin = Vec::new();
         let mut rejected = Vec::new();
@@ -213,7 +251,7 @@ impl RowStage {
             if len == 0 {
                 continue;
             }
-            match self.evaluate(&batch.slice(offset, len)) {
+            match self.evaluate(&batch.slice(offset, len), &positions, &schema) {
                 Ok((rows, kept)) => {
                     batches.push(rows);
                     origin.extend(kept.into_iter().map(|i| i + offset));
@@ -230,7 +268,7 @@ impl RowStage {
                 }
             }
         }
-        let batch = concat_batches(&self.schema, &batches).map_err(|e| e.to_string())?;
+        let batch = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
         Ok(StagedRows {
             batch,
             origin,
@@ -239,10 +277,21 @@ impl RowStage {
     }
 
     /// The filter then the columns over `batch`: the rows kept, and their indices in `batch`.
-    fn evaluate(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<usize>), Failed> {
+    fn evaluate(
+        &self,
+        batch: &RecordBatch,
+        reads: &[usize],
+        schema: &SchemaRef,
+    ) -> Result<(RecordBatch, Vec<usize>), Failed> {
+        let read = |batch: &RecordBatch| {
+            batch.project(reads).map_err(|e| Failed {
+                sql: "the columns read".into(),
+                error: e.to_string(),
+            })
+        };
         let (kept_rows, kept) = match &self.filter {
             Some(filter) => {
-                let mask = evaluate(filter, batch)?;
+                let mask = evaluate(filter, &read(batch)?)?;
                 let mask = mask.as_boolean_opt().cloned().unwrap_or_else(|| {
                     // A condition of type NULL keeps nothing.
                     BooleanArray::from(vec![false; batch.num_rows()])
@@ -261,12 +310,9 @@ impl RowStage {
             None => (batch.clone(), (0..batch.num_rows()).collect()),
         };
         let mut columns = kept_rows.columns().to_vec();
-        for ((_, planned), field) in self
-            .columns
-            .iter()
-            .zip(&self.schema.fields()[kept_rows.num_columns()..])
-        {
-            let values = evaluate(planned, &kept_rows)?;
+        let kept_reads = read(&kept_rows)?;
+        for ((_, planned), field) in self.columns.iter().zip(&self.computed) {
+            let values = evaluate(planned, &kept_reads)?;
             let values = if values.data_type() == field.data_type() {
                 values
             } else {
@@ -277,7 +323,7 @@ impl RowStage {
             };
             columns.push(values);
         }
-        let rows = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| Failed {
+        let rows = RecordBatch::try_new(schema.clone(), columns).map_err(|e| Failed {
             sql: "computed columns".into(),
             error: e.to_string(),
         })?;
@@ -409,6 +455,22 @@ mod tests {
                 .unwrap(),
             &Int64Array::from(vec![2, 4, 8])
         );
+        // The decoder builds only the columns the job reads, in the source's order: a batch
+        // without `amount` (read by nothing here) gives the same columns.
+        assert_eq!(stage.columns_read(), ["event_type", "n", "properties"]);
+        let narrow = batch.project(&[0, 2, 3]).unwrap();
+        let again = stage.apply(&narrow).unwrap();
+        assert_eq!(again.origin, out.origin);
+        for name in ["kind", "device", "twice", "event_type"] {
+            assert_eq!(
+                again.batch.column_by_name(name),
+                out.batch.column_by_name(name)
+            );
+        }
+        let without = stage
+            .apply(&batch.project(&[0, 1, 2]).unwrap())
+            .unwrap_err();
+        assert!(without.contains("properties"), "{without}");
     }
 
     #[test]

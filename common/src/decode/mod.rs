@@ -1,5 +1,8 @@
-//! JSON records to Arrow with arrow-json, one batch per fetch, with every bad record set aside
-//! with its reason and no good record lost.
+//! JSON records to Arrow: the columns a query reads, with every bad record set aside with its
+//! reason and no good record lost. Records of the common shape are read by a projected scanner
+//! ([`scan`]); every other record by arrow-json, which decides what is bad.
+
+mod scan;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -8,12 +11,14 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow_json::ReaderBuilder;
 
+use scan::Scanner;
+
 /// The outcome of decoding a slice of records.
 #[derive(Debug, Default)]
 pub struct Decoded {
     /// The good records, in input order.
     pub batches: Vec<RecordBatch>,
-    /// Input index of each row of `batches`, in the same order.
+    /// Input index of each row of `batches`, in the same order (ascending).
     pub good: Vec<usize>,
     /// Input index and reason of each bad record.
     pub bad: Vec<(usize, String)>,
@@ -22,18 +27,58 @@ pub struct Decoded {
 /// Decodes JSON records against the job's input schema.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
+    /// What every record is checked against.
+    input: SchemaRef,
+    /// The columns built (indices into `input`, in its order) and their schema.
+    projection: Vec<usize>,
     schema: SchemaRef,
+    scanner: Option<Scanner>,
     max_record_bytes: usize,
 }
 
 impl JsonDecoder {
+    /// A decoder building every column of `schema`.
     pub fn new(schema: SchemaRef, max_record_bytes: usize) -> Self {
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        Self::projected(schema, &all, max_record_bytes)
+    }
+
+    /// A decoder that checks every record against `schema` as [`JsonDecoder::new`]'s does (the
+    /// same records are bad, for the same reasons) but builds only the `columns` named (in the
+    /// schema's order; names it does not hold are ignored).
+    pub fn reading(schema: SchemaRef, columns: &[&str], max_record_bytes: usize) -> Self {
+        let projection: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        Self::projected(schema, &projection, max_record_bytes)
+    }
+
+    fn projected(schema: SchemaRef, projection: &[usize], max_record_bytes: usize) -> Self {
+        let built = std::sync::Arc::new(
+            schema
+                .project(projection)
+                .expect("projection indices come from the schema"),
+        );
         Self {
-            schema,
+            scanner: Scanner::new(&schema, projection),
+            input: schema,
+            projection: projection.to_vec(),
+            schema: built,
             max_record_bytes,
         }
     }
 
+    /// The same decoder reading every record with arrow-json, for comparing the two.
+    pub fn without_scanner(mut self) -> Self {
+        self.scanner = None;
+        self
+    }
+
+    /// The schema of the batches decoded: the columns built.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -56,11 +101,77 @@ impl JsonDecoder {
                 Err(reason) => out.bad.push((i, reason)),
             }
         }
-        for (buffer, run) in runs(records, &candidates, buffers) {
-            self.decode_range(records, buffer, &candidates[run], &mut out);
+        let (scanned, rest) = match &self.scanner {
+            Some(scanner) => scan_all(scanner, records, candidates),
+            None => (None, candidates),
+        };
+        let mut slow = Decoded::default();
+        for (buffer, run) in runs(records, &rest, buffers) {
+            self.decode_range(records, buffer, &rest[run], &mut slow);
         }
+        out.bad.append(&mut slow.bad);
         out.bad.sort_by_key(|(i, _)| *i);
+        let slow_batches: Vec<RecordBatch> = slow
+            .batches
+            .iter()
+            .filter_map(|b| b.project(&self.projection).ok())
+            .collect();
+        match scanned {
+            Some((batch, good)) if !slow.good.is_empty() => {
+                match self.in_order(&batch, &good, &slow_batches, &slow.good) {
+                    Ok((batch, good)) => {
+                        out.batches.push(batch);
+                        out.good = good;
+                    }
+                    Err(reason) => {
+                        // Cannot happen (both sides have the output schema); were it to, no
+                        // record may be lost silently.
+                        let lost = good.iter().chain(&slow.good);
+                        out.bad.extend(lost.map(|&i| (i, reason.clone())));
+                        out.bad.sort_by_key(|(i, _)| *i);
+                    }
+                }
+            }
+            Some((batch, good)) => {
+                out.batches.push(batch);
+                out.good = good;
+            }
+            None => {
+                out.batches = slow_batches;
+                out.good = slow.good;
+            }
+        }
         out
+    }
+
+    /// The scanned rows and those arrow-json decoded, merged in input order.
+    fn in_order(
+        &self,
+        scanned: &RecordBatch,
+        scanned_good: &[usize],
+        slow: &[RecordBatch],
+        slow_good: &[usize],
+    ) -> Result<(RecordBatch, Vec<usize>), String> {
+        let slow = arrow::compute::concat_batches(&self.schema, slow).map_err(|e| e.to_string())?;
+        let mut picks = Vec::with_capacity(scanned_good.len() + slow_good.len());
+        let mut good = Vec::with_capacity(picks.capacity());
+        let (mut a, mut b) = (0, 0);
+        while a < scanned_good.len() || b < slow_good.len() {
+            let take_scanned =
+                b == slow_good.len() || (a < scanned_good.len() && scanned_good[a] < slow_good[b]);
+            if take_scanned {
+                picks.push((0, a));
+                good.push(scanned_good[a]);
+                a += 1;
+            } else {
+                picks.push((1, b));
+                good.push(slow_good[b]);
+                b += 1;
+            }
+        }
+        let batch = arrow::compute::interleave_record_batch(&[scanned, &slow], &picks)
+            .map_err(|e| e.to_string())?;
+        Ok((batch, good))
     }
 
     /// The reason a record of `length` bytes is refused when that is more than
@@ -140,7 +251,7 @@ impl JsonDecoder {
                 Cow::Owned(joined)
             }
         };
-        let mut decoder = ReaderBuilder::new(self.schema.clone())
+        let mut decoder = ReaderBuilder::new(self.input.clone())
             .with_batch_size(idx.len() + 1)
             .build_decoder()
             .map_err(|e| e.to_string())?;
@@ -163,6 +274,38 @@ impl JsonDecoder {
             return Err("record holds more than one JSON value".into());
         }
         Ok(batch)
+    }
+}
+
+/// Scans the `candidates` the scanner is sure of into one batch (with their indices); answers
+/// it, or None when it took none, and the candidates left to arrow-json.
+fn scan_all(
+    scanner: &Scanner,
+    records: &[&[u8]],
+    candidates: Vec<usize>,
+) -> (Option<(RecordBatch, Vec<usize>)>, Vec<usize>) {
+    let mut rows = scanner.rows(candidates.len());
+    let mut values = Vec::new();
+    let (mut scanned, mut rest) = (Vec::with_capacity(candidates.len()), Vec::new());
+    for i in candidates {
+        if scanner.scan(records[i], &mut values, &mut rows) {
+            scanned.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    if scanned.is_empty() {
+        return (None, rest);
+    }
+    match scanner.finish(rows) {
+        Ok(batch) => (Some((batch, scanned)), rest),
+        // The builders hold only values of their columns' types; should that ever fail,
+        // arrow-json decodes the records instead.
+        Err(_) => {
+            rest.extend(scanned);
+            rest.sort_unstable();
+            (None, rest)
+        }
     }
 }
 
@@ -514,6 +657,148 @@ mod tests {
             assert_eq!(read.good, copied.good, "case {case}");
             assert_eq!(read.bad, copied.bad, "case {case}");
             assert_eq!(concat(&read), concat(&copied), "case {case}");
+        }
+    }
+
+    /// The reference query's columns: what the executors build.
+    const READ: [&str; 4] = ["event_id", "user_id", "event_type", "timestamp"];
+
+    /// Decodes `records` with the scanner, reading `READ`, and with arrow-json alone, building
+    /// every column: the same records must be bad for the same reasons, and the rows the same
+    /// in the columns read.
+    fn same_as_arrow_json(records: &[&[u8]]) -> Decoded {
+        let full = decoder().without_scanner();
+        let projected = JsonDecoder::reading(full.schema().clone(), &READ, 300);
+        let expected = full.decode(records);
+        let actual = projected.decode(records);
+        assert_eq!(actual.bad, expected.bad, "{records:?}");
+        assert_eq!(actual.good, expected.good, "{records:?}");
+        let columns: Vec<usize> = READ
+            .iter()
+            .map(|c| full.schema().index_of(c).unwrap())
+            .collect();
+        let want = arrow::compute::concat_batches(full.schema(), &expected.batches)
+            .unwrap()
+            .project(&columns)
+            .unwrap();
+        let got = arrow::compute::concat_batches(projected.schema(), &actual.batches).unwrap();
+        assert_eq!(got, want, "{records:?}");
+        actual
+    }
+
+    /// Records of the common shape, and of every shape around it the scanner leaves to
+    /// arrow-json (or must refuse as arrow-json does).
+    fn corpus() -> Vec<String> {
+        let ts = "2026-11-24T10:00:00Z";
+        let with = |fields: &str| format!(r#"{{{fields}}}"#);
+        let base = |extra: &str| {
+            with(&format!(
+                r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"{ts}"{extra}"#
+            ))
+        };
+        vec![
+            good(1),
+            base(""),
+            base(r#","page_url":"https:\/\/shop\/p\/1""#),
+            base(r#","page_url":"caf\u00e9""#),
+            base(r#","page_url":"bad \x escape""#),
+            base(r#","page_url":null"#),
+            base(r#","page_url":42"#),
+            base(r#","properties":{}"#),
+            base(r#","properties":null"#),
+            base(r#","properties":{"a":"b","c":"d\"q"}"#),
+            base(r#","properties":{"a":null}"#),
+            base(r#","properties":{"a":1}"#),
+            base(r#","properties":["a"]"#),
+            base(r#","extra":{"deep":[1,2.5e3,-0,true,false,null,"x",{"y":[]}]}"#),
+            base(r#","extra":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]"#),
+            base(r#","extra":01"#),
+            base(r#","extra":"\ud83d\ude00""#),
+            base(r#","extra":1.}"#),
+            base(r#","user_id":"again""#),
+            base(","),
+            base(r#" , "page_url" : "spaced" "#),
+            with(r#""event_id":"e\"q","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            with(r#""event_id":"e","user_id":null,"event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            with(r#""event_id":"e","event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            with(r#""event_id":"e","user_id":7,"event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            with(r#""event_id":"é ü 中","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00.123456789Z""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"2026-11-24 10:00:00""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00+02:00""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"2026-02-30T10:00:00Z""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"0001-01-01T00:00:00Z""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":1764000000000000"#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":null"#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"yesterday""#),
+            with(r#""Event_id":"e","event_id":"e","user_id":"u","event_type":"c","timestamp":"2026-11-24T10:00:00Z""#),
+            format!("{} trailing", base("")),
+            format!("{}{}", base(""), base("")),
+            format!(" \t{}\r", base("")),
+            "{}".into(),
+            "{\"event_id\": \"x\"".into(),
+            "[1,2]".into(),
+            "nul".into(),
+            "{\"event_id\":\"a\u{1}b\",\"user_id\":\"u\",\"event_type\":\"c\",\"timestamp\":\"2026-11-24T10:00:00Z\"}".into(),
+        ]
+    }
+
+    /// The scanner takes the generator's shape of record (so the comparisons below compare
+    /// something), and every record of the corpus decodes as arrow-json decodes it, alone and
+    /// mixed into batches.
+    #[test]
+    fn the_scanner_decodes_every_record_as_arrow_json_does() {
+        let schema = decoder().schema().clone();
+        let projection: Vec<usize> = READ.iter().map(|c| schema.index_of(c).unwrap()).collect();
+        let scanner = scan::Scanner::new(&schema, &projection).expect("the reference schema");
+        let mut rows = scanner.rows(4);
+        assert!(scanner.scan(good(1).as_bytes(), &mut Vec::new(), &mut rows));
+        let corpus = corpus();
+        for record in &corpus {
+            same_as_arrow_json(&[record.as_bytes()]);
+        }
+        let all: Vec<&[u8]> = corpus.iter().map(|r| r.as_bytes()).collect();
+        let decoded = same_as_arrow_json(&all);
+        assert!(
+            decoded.good.len() > 10 && decoded.bad.len() > 10,
+            "{decoded:?}"
+        );
+        // Bytes that are not UTF-8, in a string the query reads and in one it does not.
+        let mut latin1 = good(2).into_bytes();
+        latin1[10] = 0xe9;
+        let mut unread = corpus[2].clone().into_bytes();
+        let at = unread.len() - 5;
+        unread[at] = 0xff;
+        same_as_arrow_json(&[&latin1, &unread, good(3).as_bytes()]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config(2_000))]
+
+        /// Records of the corpus with bytes changed, inserted or cut, alone and in batches of
+        /// good ones: the scanner never takes a record arrow-json refuses, nor reads one
+        /// otherwise.
+        #[test]
+        fn mutated_records_decode_as_arrow_json_decodes_them(
+            picks in proptest::collection::vec((0usize..64, 0usize..400, 0usize..3, proptest::prelude::any::<u8>()), 1..12)
+        ) {
+            let corpus = corpus();
+            let punctuation = b"{}[]\",:\\ -0123456789.eEtfnul\x01\xff";
+            let records: Vec<Vec<u8>> = picks
+                .iter()
+                .map(|&(which, at, how, byte)| {
+                    let mut r = corpus[which % corpus.len()].clone().into_bytes();
+                    let at = at % (r.len() + 1);
+                    let byte = if byte % 2 == 0 { punctuation[byte as usize % punctuation.len()] } else { byte };
+                    match how {
+                        0 if at < r.len() => r[at] = byte,
+                        1 => r.insert(at, byte),
+                        _ => r.truncate(at.max(1)),
+                    }
+                    r
+                })
+                .collect();
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+            same_as_arrow_json(&refs);
         }
     }
 }
