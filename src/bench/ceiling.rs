@@ -80,10 +80,7 @@ fn scan(
     file: &[u8],
     mut each: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let lines: Vec<&[u8]> = file
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = lines(file);
     let mut rows = 0;
     for chunk in lines.chunks(BATCH) {
         let decoded = decoder.decode_within(chunk, &[file]);
@@ -96,6 +93,22 @@ fn scan(
     Ok(rows)
 }
 
+/// The lines of `file`, found as the executors' reader finds them.
+fn lines(file: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::with_capacity(file.len() / 200);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', file) {
+        if end > start {
+            lines.push(&file[start..end]);
+        }
+        start = end + 1;
+    }
+    if start < file.len() {
+        lines.push(&file[start..]);
+    }
+    lines
+}
+
 /// The physical ceiling: each line split off and the value of each of `fields` found (its
 /// bytes summed, so the search cannot be skipped); nothing decoded or built.
 fn find_fields(fields: &[&str], file: &[u8]) -> (u64, u64) {
@@ -105,7 +118,7 @@ fn find_fields(fields: &[&str], file: &[u8]) -> (u64, u64) {
         .map(|key| memchr::memmem::Finder::new(key.as_bytes()).into_owned())
         .collect();
     let (mut rows, mut found) = (0u64, 0u64);
-    for line in file.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    for line in lines(file) {
         rows += 1;
         for (finder, key_len) in finders.iter().zip(fields.iter().map(|f| f.len() + 3)) {
             if let Some(at) = finder.find(line) {
