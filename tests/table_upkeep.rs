@@ -36,6 +36,9 @@ print(json.dumps({
     "live": live, "on_disk": len(on_disk),
     "operations": [h["operation"] for h in dt.history()],
 }))
+sys.stdout.flush()
+# deltalake's native runtime can abort the interpreter's teardown; the answer is out.
+os._exit(0)
 "#;
 
 #[test]
