@@ -304,10 +304,14 @@ def main():
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def exit_now(code):
+    """Exits with `code` once the output is out, without the interpreter's teardown:
+    deltalake's native runtime can abort while it tears down its threads ("terminate called
+    without an active exception"), and the verdict is already made."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # deltalake's native runtime can abort while the interpreter tears down its threads
-    # ("terminate called without an active exception"); the verdict is already made.
     os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_now(main())

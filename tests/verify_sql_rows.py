@@ -11,14 +11,13 @@ the Delta tables weir wrote with the `deltalake` package and compares them row f
 of kind "malformed" must be in the dead letter, each once. Exits non-zero with a report.
 """
 import argparse
-import os
 import collections
 import json
 import sys
 
 from deltalake import DeltaTable
 
-from verify_reference import parse_duration, to_micros, windows_of
+from verify_reference import exit_now, parse_duration, to_micros, windows_of
 
 ENGAGED = ("click", "add_to_cart")
 # `substr(page_url, 28)`: SQL counts from 1; the generator's URLs are
@@ -122,9 +121,4 @@ def main():
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # deltalake's native runtime can abort while the interpreter tears down its threads
-    # ("terminate called without an active exception"); the verdict is already made.
-    os._exit(code)
+    exit_now(main())
