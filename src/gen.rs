@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
@@ -27,6 +28,14 @@ pub struct GenArgs {
     /// Partitions of the topic when gen creates it.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// The producer's compression codec (librdkafka's `compression.type`: none, gzip,
+    /// snappy, lz4, zstd).
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// How long the producer waits to fill a batch (librdkafka's `linger.ms`): more makes
+    /// larger batches, as a bulk load would send them.
+    #[arg(long, default_value_t = 20)]
+    pub linger_ms: u64,
     /// Number of events.
     #[arg(long, default_value_t = 100_000)]
     pub count: u64,
@@ -410,7 +419,12 @@ impl EventGenerator {
     }
 }
 
+/// Creates `topic` unless the broker has it already. A broker without CreateTopics, such as
+/// librdkafka's mock cluster, is given its topics beforehand.
 async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    if topic_exists(config, topic).await? {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = config.create().context("Kafka admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
@@ -429,9 +443,33 @@ async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> an
     Ok(())
 }
 
+/// Whether the broker has `topic` (asked without letting the request create it).
+async fn topic_exists(config: &ClientConfig, topic: &str) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .context("Kafka client")?;
+    let name = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&name), Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await?
+    .context("reading the topic's metadata")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Deliveries gen lets be in flight (the producer's queue holds 200 000).
+const MAX_IN_FLIGHT: usize = 150_000;
 
 /// Runs `weir gen`.
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
@@ -454,10 +492,11 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             config.set("bootstrap.servers", b);
             ensure_topic(&config, &args.topic, args.partitions).await?;
             config
-                .set("linger.ms", "20")
+                .set("linger.ms", args.linger_ms.to_string())
                 .set("batch.num.messages", "10000")
                 .set("queue.buffering.max.messages", "200000")
-                .set("message.timeout.ms", "60000");
+                .set("message.timeout.ms", "60000")
+                .set("compression.type", &args.compression);
             Some(config.create().context("Kafka producer")?)
         }
         None => None,
@@ -466,7 +505,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     let topic = args.topic.clone();
     let generator = EventGenerator::new(args)?;
     let started = Instant::now();
-    let mut pending = Vec::new();
+    // Deliveries in flight, oldest first: waiting for the oldest one at a time keeps the
+    // producer's queue full, where waiting for all of them would empty it at every wait.
+    let mut pending = std::collections::VecDeque::new();
     let mut counts = [0u64; 3];
     for (n, mut event) in generator.enumerate() {
         counts[event.kind as usize] += 1;
@@ -500,21 +541,28 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             loop {
                 match p.send_result(record) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push_back(delivery);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
-                        for d in pending.drain(..) {
-                            d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
-                        }
+                        let Some(oldest) = pending.pop_front() else {
+                            bail!("the producer's queue is full with nothing in flight");
+                        };
+                        oldest
+                            .await
+                            .context("delivery cancelled")?
+                            .map_err(|(e, _)| e)?;
                     }
                     Err((e, _)) => return Err(e).context("producing"),
                 }
             }
-            if pending.len() >= 50_000 {
-                for d in pending.drain(..) {
-                    d.await.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+            while pending.len() >= MAX_IN_FLIGHT {
+                if let Some(oldest) = pending.pop_front() {
+                    oldest
+                        .await
+                        .context("delivery cancelled")?
+                        .map_err(|(e, _)| e)?;
                 }
             }
         }

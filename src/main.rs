@@ -231,6 +231,13 @@ enum Command {
     /// Measure throughput, the single-threaded ceiling, checkpoint cost and memory on this
     /// machine (build with --release first).
     Bench(bench::BenchArgs),
+    /// Host librdkafka's mock cluster for `weir bench` (a broker that serves from memory).
+    #[command(hide = true)]
+    BenchBroker(bench::BrokerArgs),
+    /// One timed run of the reference job over existing files, as JSON (for
+    /// scripts/bench-peers.sh).
+    #[command(hide = true)]
+    BenchRun(bench::OneRunArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -362,6 +369,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gen(args) => gen::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchBroker(args) => bench::serve_broker(args),
+        Command::BenchRun(args) => bench::run_one(args).await,
         Command::Admin(args) => admin_cli::run(args).await,
     }
 }

@@ -23,7 +23,9 @@ fn weir_bench_reports_every_measurement() {
                 "2",
             ])
             .args(["--window-users", "500", "--rescale-events", "8000"])
+            .args(["--user-cases", "300,3000", "--user-case-events", "5000"])
             .args(["--kafka-events", "3000", "--offsets-per-epoch", "1000"])
+            .args(["--mock-kafka-events", "4000", "--mock-partitions", "4"])
             .args(["--latency-seconds", "3", "--work-dir"])
             .arg(dir.path().join("work"))
             .arg("--report")
@@ -45,8 +47,15 @@ fn weir_bench_reports_every_measurement() {
         "per core ≥ the arrow-json decode + aggregate ceiling",
         "state snapshots cost ≤ 10 % of throughput",
         "executor peak RSS ≤ 256 MB",
-        "Kafka → Delta, 1 executor |",
-        "Kafka → Delta, 2 executors |",
+        "files → Delta, 300 users, exact distinct users, 2 executors |",
+        "files → Delta, 300 users, approximate distinct users, 2 executors |",
+        "files → Delta, 3 000 users, exact distinct users, 2 executors |",
+        "| 3 000 users, exact distinct, 2 executors: ≥ 2 500 000 events/s |",
+        "| 3 000 users: exact distinct costs ≤ 25 % against approximate |",
+        "Kafka (tansu, SQLite storage) → Delta, 1 executor |",
+        "Kafka (tansu, SQLite storage) → Delta, 2 executors |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, 1 executor |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, 2 executors |",
         "p99 produce-to-commit latency",
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
@@ -75,6 +84,19 @@ fn weir_bench_reports_every_measurement() {
             "{written}"
         );
     }
+    // Each user-scale case read all its events with both jobs.
+    for run in [
+        "users-300-exact",
+        "users-300-approx",
+        "users-3000-exact",
+        "users-3000-approx",
+    ] {
+        let line = written
+            .lines()
+            .find(|l| l.starts_with(&format!("Peak RSS, {run}: driver ")))
+            .unwrap_or_else(|| panic!("no peak RSS of {run} in:\n{written}"));
+        assert!(line.ends_with("(5000 input rows)."), "{line}");
+    }
     assert!(written.contains("executor-1 "), "{written}");
     // The memory run's window closed, and its exact-distinct users were counted: 500 users
     // with three events each, so several hundred (event type, user) pairs.
@@ -87,15 +109,26 @@ fn weir_bench_reports_every_measurement() {
     assert!((400..=1500).contains(&pairs), "{pairs} pairs:\n{written}");
     // The Kafka runs read every produced event, and every record of the paced run was
     // matched with the epoch that read it.
-    for run in ["kafka-1-executor", "kafka-2-executors"] {
-        assert!(
-            written.contains(&format!("Peak RSS, {run}: driver ")),
-            "{written}"
-        );
+    for (run, events) in [
+        ("kafka-1-executor", 3000),
+        ("kafka-2-executors", 3000),
+        ("kafka-mock-1-executor", 4000),
+        ("kafka-mock-2-executors", 4000),
+    ] {
+        let line = written
+            .lines()
+            .find(|l| l.starts_with(&format!("Peak RSS, {run}: driver ")))
+            .unwrap_or_else(|| panic!("no peak RSS of {run} in:\n{written}"));
+        assert!(line.ends_with(&format!("({events} input rows).")), "{line}");
     }
     assert!(
-        written.contains("(3000 input rows)") && written.contains("3000 events, first plan"),
+        written.contains("3000 events in 8 partitions, first plan")
+            && written.contains("4000 events in 4 partitions, first plan"),
         "{written}"
+    );
+    assert!(
+        written.contains("(librdkafka mock cluster, in memory: "),
+        "the latency run was not on the mock cluster:\n{written}"
     );
     assert!(
         written.contains("Peak RSS, kafka-latency: driver "),

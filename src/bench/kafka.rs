@@ -83,8 +83,8 @@ pub fn tansu_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Produces `count` reference events into `topic` (8 partitions), at `rate` events/s (0: as
-/// fast as the broker takes them).
+/// Produces `count` reference events into `topic` at `rate` events/s (0: as fast as the broker
+/// takes them); `extra` holds `weir gen`'s other arguments (partitions, compression, seed...).
 pub async fn produce(
     brokers: &str,
     topic: &str,
@@ -95,8 +95,6 @@ pub async fn produce(
     let mut argv: Vec<String> = [
         "--topic",
         topic,
-        "--partitions",
-        "8",
         "--count",
         &count.to_string(),
         "--rate",
@@ -228,12 +226,14 @@ pub async fn latency(
     rate: f64,
     seconds: u64,
     executors: usize,
+    producer: &[&str],
 ) -> anyhow::Result<Latency> {
     // A few records first, so that the topic exists and the job is running steadily when the
     // measured records start.
-    produce(brokers, topic, 1000, 0.0, &["--seed", "3", "--span", "1m"]).await?;
+    let warm_up = [producer, &["--seed", "3", "--span", "1m"]].concat();
+    produce(brokers, topic, 1000, 0.0, &warm_up).await?;
     let source = runs::kafka_source(brokers, topic, 10_000_000);
-    let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source)?;
+    let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source, runs::Distinct::Exact)?;
     let mut child = runs::local_command(&job, executors, None)?
         .kill_on_drop(true)
         .spawn()
@@ -249,14 +249,8 @@ pub async fn latency(
     .await?;
     let count = (rate * seconds as f64).round() as u64;
     let span = format!("{seconds}s");
-    produce(
-        brokers,
-        topic,
-        count,
-        rate,
-        &["--seed", "4", "--span", &span],
-    )
-    .await?;
+    let measured = [producer, &["--seed", "4", "--span", &span]].concat();
+    produce(brokers, topic, count, rate, &measured).await?;
     let end = end_offsets(brokers, topic).await?;
     runs::wait_for_decision(
         &checkpoint,

@@ -4,13 +4,21 @@
 //! `weir local` on 1 and 2 executors, with and without state snapshots, in rounds (each figure
 //! is the median round's); a last run keeps about
 //! a million distinct users of one window in state and reports every process's peak memory.
-//! Then the same events go through a tansu broker into Delta on 1 and 2 executors, and a paced
-//! run at half of the measured Kafka peak gives the produce-to-commit latency.
+//! Two user-scale cases run the exact and the approximate job over events of more users. Then
+//! the events go through Kafka into Delta on 1 and 2 executors: from librdkafka's mock cluster,
+//! which serves from memory (weir's Kafka path), and from a tansu broker (its SQLite storage's
+//! pace); a paced run at half of the mock cluster's peak gives the produce-to-commit latency.
 
+mod broker;
 mod ceiling;
 mod kafka;
+mod kafka_runs;
+mod one_run;
 mod rescale;
 mod runs;
+
+pub use broker::{serve as serve_broker, BrokerArgs};
+pub use one_run::{run as run_one, OneRunArgs};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +28,7 @@ use anyhow::Context;
 use weir_common::aggregate::AggKind;
 
 use crate::gen;
-use runs::{Repeated, RunResult, RunSpec};
+use runs::{Distinct, Repeated, RunResult, RunSpec};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -42,13 +50,29 @@ pub struct BenchArgs {
     /// the throughput runs' size.
     #[arg(long, default_value_t = 1_000_000)]
     pub window_users: u64,
+    /// Distinct users of the user-scale cases: each runs the exact and the approximate job
+    /// on 2 executors over --user-case-events events of that many users (0 skips them).
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    pub user_cases: Vec<u64>,
+    /// Events of each user-scale case, in --files files over one hour.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub user_case_events: u64,
     /// Events of the rescale run (0 skips it), in 120 files read --files-per-epoch at a
     /// time: scaled from 1 to 2 executors and back while it runs.
     #[arg(long, default_value_t = 6_000_000)]
     pub rescale_events: u64,
-    /// Events of the Kafka runs (0 skips them).
+    /// Events of the runs from tansu (0 skips them).
     #[arg(long, default_value_t = 400_000)]
     pub kafka_events: u64,
+    /// Events of the runs from librdkafka's mock cluster, a broker that serves from memory
+    /// (0 skips them). It keeps 5 MB of batches per partition, so they are lz4-compressed
+    /// and spread over --mock-partitions; a run that reads fewer events than were produced
+    /// stops the bench.
+    #[arg(long, default_value_t = 3_000_000)]
+    pub mock_kafka_events: u64,
+    /// Partitions of the mock cluster's topics.
+    #[arg(long, default_value_t = 64)]
+    pub mock_partitions: i32,
     /// Offsets an epoch of the Kafka runs reads (`max_offsets_per_trigger`).
     #[arg(long, default_value_t = 200_000)]
     pub offsets_per_epoch: u64,
@@ -80,6 +104,28 @@ async fn generate(out: &Path, argv: &[String]) -> anyhow::Result<()> {
     args.brokers = None;
     args.jsonl = None;
     gen::run(args).await
+}
+
+/// Generates `count` reference events of `users` users over the hour from [`START`] into
+/// `files` files in `out`.
+async fn generate_hour(
+    out: &Path,
+    count: u64,
+    users: u64,
+    files: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let argv = [
+        ("--count", count),
+        ("--users", users),
+        ("--files", files),
+        ("--seed", seed),
+    ]
+    .iter()
+    .flat_map(|(flag, n)| [flag.to_string(), n.to_string()])
+    .chain(strings(&["--start", START, "--span", "1h"]))
+    .collect::<Vec<_>>();
+    generate(out, &argv).await
 }
 
 /// The contents of the files in `dir`, in name order (the ceiling reads them from memory).
@@ -124,6 +170,19 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {memory}")
 }
 
+/// `n` with its thousands apart, as the report writes counts: `1 000 000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
@@ -152,28 +211,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("weir bench: generating {} events", args.events);
     let input = root.join("events");
-    generate(
-        &input,
-        &strings(&[
-            "--count",
-            &args.events.to_string(),
-            "--files",
-            &args.files.to_string(),
-            "--start",
-            START,
-            "--span",
-            "1h",
-            "--seed",
-            "1",
-        ]),
-    )
-    .await?;
+    generate_hour(&input, args.events, 10_000, args.files, 1).await?;
     let files = read_files(&input)?;
     let bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
 
     eprintln!("weir bench: the single-threaded ceiling");
     let job = weir_common::job::parse_job(
-        &runs::job_text(&runs::files_source(&input, 1), &root),
+        &runs::job_text(&runs::files_source(&input, 1), &root, Distinct::Exact),
         &root,
     )?;
     let approx = job.queries[0]
@@ -205,11 +249,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 source: runs::files_source(&input, args.files_per_epoch),
                 executors,
                 snapshots,
+                distinct: Distinct::Exact,
             };
             rounds[i].push(runs::run(&spec, &root).await?);
         }
     }
     let results: Vec<Repeated> = rounds.into_iter().map(Repeated::new).collect();
+
+    let mut user_cases = Vec::new();
+    for &users in args.user_cases.iter().filter(|&&u| u > 0) {
+        user_cases.push(user_case(&args, &root, users).await?);
+    }
 
     let memory = if args.window_users > 0 {
         let count = args.window_users * 3;
@@ -262,6 +312,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             source: runs::files_source(&window_input, 2),
             executors: 2,
             snapshots: true,
+            distinct: Distinct::Exact,
         };
         Some(runs::run(&spec, &root).await?)
     } else {
@@ -303,11 +354,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Vec::new()
     };
 
-    let kafka = if args.kafka_events > 0 {
-        kafka_runs(&args, &root).await?
-    } else {
-        KafkaRuns::Skipped("--kafka-events 0".into())
-    };
+    let kafka = kafka_runs::measure(&args, &root).await?;
 
     let report = report(
         &args,
@@ -316,6 +363,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             cores,
             ceiling,
             results,
+            user_cases,
             memory,
             rescaled,
             kafka,
@@ -328,86 +376,62 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the Kafka half measured.
-enum KafkaRuns {
-    Skipped(String),
-    Measured {
-        /// Events/s the broker took while the topic was filled.
-        produce_rate: f64,
-        runs: Vec<RunResult>,
-        latency: kafka::Latency,
-    },
+/// One user-scale case: the exact and the approximate job over the same events.
+struct UserCase {
+    users: u64,
+    exact: Repeated,
+    approx: Repeated,
 }
 
-async fn kafka_runs(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns> {
-    let _started;
-    let brokers = match &args.brokers {
-        Some(b) => b.clone(),
-        None if kafka::tansu_available() => {
-            let broker = kafka::Broker::start(&root.join("broker")).await?;
-            let address = broker.address.clone();
-            _started = broker;
-            address
-        }
-        None => {
-            return Ok(KafkaRuns::Skipped(
-                "no `tansu` on PATH (scripts/setup.sh installs it) and no --brokers".into(),
-            ))
-        }
-    };
-    let stamp = chrono::Utc::now().timestamp();
-    let topic = format!("bench-{stamp}-events");
-    eprintln!(
-        "weir bench: producing {} events into Kafka",
-        args.kafka_events
-    );
-    let started = std::time::Instant::now();
-    kafka::produce(
-        &brokers,
-        &topic,
-        args.kafka_events,
-        0.0,
-        &["--start", START, "--span", "1h", "--seed", "1"],
-    )
-    .await?;
-    let produce_rate = args.kafka_events as f64 / started.elapsed().as_secs_f64();
-    let mut runs = Vec::new();
-    for executors in [1, 2] {
-        let name = format!(
-            "kafka-{executors}-executor{}",
-            if executors > 1 { "s" } else { "" }
-        );
-        eprintln!("weir bench: {name}");
-        let spec = RunSpec {
-            name,
-            source: runs::kafka_source(&brokers, &topic, args.offsets_per_epoch),
-            executors,
-            snapshots: true,
-        };
-        runs.push(runs::run(&spec, root).await?);
+impl UserCase {
+    /// What exact distinct costs against approximate, in % of the approximate job's rate: the
+    /// median of the rounds' pairs, which ran back to back.
+    fn exact_cost(&self) -> (f64, Vec<f64>) {
+        let costs: Vec<f64> = self
+            .exact
+            .runs
+            .iter()
+            .zip(&self.approx.runs)
+            .map(|(e, a)| {
+                100.0 * (1.0 - e.engine_events_per_second() / a.engine_events_per_second())
+            })
+            .collect();
+        (runs::median(costs.clone()).unwrap_or(f64::NAN), costs)
     }
-    let peak = runs
-        .iter()
-        .map(RunResult::engine_events_per_second)
-        .fold(0.0, f64::max);
-    let rate = (peak / 2.0).max(1.0);
+}
+
+/// Runs the exact and the approximate job in turns over events of `users` distinct users.
+async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<UserCase> {
     eprintln!(
-        "weir bench: latency at {rate:.0} events/s for {} s",
-        args.latency_seconds
+        "weir bench: {} events of {users} users",
+        args.user_case_events
     );
-    let latency = kafka::latency(
-        root,
-        &brokers,
-        &format!("bench-{stamp}-latency"),
-        rate,
-        args.latency_seconds,
-        2,
-    )
-    .await?;
-    Ok(KafkaRuns::Measured {
-        produce_rate,
-        runs,
-        latency,
+    let input = root.join(format!("events-{users}-users"));
+    generate_hour(&input, args.user_case_events, users, args.files, 4).await?;
+    let mut exact = Vec::new();
+    let mut approx = Vec::new();
+    for round in 1..=args.rounds {
+        for (distinct, runs) in [
+            (Distinct::Exact, &mut exact),
+            (Distinct::Approx, &mut approx),
+        ] {
+            let name = format!("users-{users}-{distinct:?}").to_lowercase();
+            eprintln!("weir bench: {name}, round {round} of {}", args.rounds);
+            let spec = RunSpec {
+                name,
+                source: runs::files_source(&input, args.files_per_epoch),
+                executors: 2,
+                snapshots: true,
+                distinct,
+            };
+            runs.push(runs::run(&spec, root).await?);
+        }
+    }
+    std::fs::remove_dir_all(&input).with_context(|| format!("removing {}", input.display()))?;
+    Ok(UserCase {
+        users,
+        exact: Repeated::new(exact),
+        approx: Repeated::new(approx),
     })
 }
 
@@ -418,9 +442,10 @@ struct Measured {
     cores: usize,
     ceiling: ceiling::Ceiling,
     results: Vec<Repeated>,
+    user_cases: Vec<UserCase>,
     memory: Option<RunResult>,
     rescaled: Vec<rescale::Step>,
-    kafka: KafkaRuns,
+    kafka: kafka_runs::KafkaRuns,
 }
 
 fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
@@ -429,6 +454,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         cores,
         ceiling,
         results,
+        user_cases,
         memory,
         rescaled,
         kafka,
@@ -512,18 +538,38 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             ),
         );
     }
-    if let KafkaRuns::Measured { runs, .. } = kafka {
-        for r in runs {
+    for case in user_cases {
+        for (repeated, what) in [(&case.exact, "exact"), (&case.approx, "approximate")] {
+            let r = repeated.median();
+            let (lo, hi) = repeated.range();
             row(
                 &mut out,
                 &format!(
-                    "Kafka → Delta, {}",
-                    r.name.trim_start_matches("kafka-").replace('-', " ")
+                    "files → Delta, {} users, {what} distinct users, 2 executors",
+                    thousands(case.users)
                 ),
                 r.engine_events_per_second(),
                 &format!(
-                    "{} events, first plan to last decision {:.2} s over {} epochs",
+                    "{} events; median of {} rounds ({lo:.0}–{hi:.0}); {} epochs",
                     r.input_rows,
+                    repeated.runs.len(),
+                    r.epochs
+                ),
+            );
+        }
+    }
+    for broker in &kafka.brokers {
+        for r in &broker.runs {
+            let executors = r.name.rsplit_once("kafka-").map_or("", |(_, n)| n);
+            let executors = executors.trim_start_matches("mock-").replace('-', " ");
+            row(
+                &mut out,
+                &format!("Kafka ({}) → Delta, {executors}", broker.broker.label()),
+                r.engine_events_per_second(),
+                &format!(
+                    "{} events in {} partitions, first plan to last decision {:.2} s over {} epochs",
+                    r.input_rows,
+                    broker.partitions,
                     r.engine.as_secs_f64(),
                     r.epochs,
                 ),
@@ -568,6 +614,24 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             listed.join(", "),
             verdict(cost <= 10.0)
         )?;
+        for case in user_cases {
+            let rate = case.exact.median().engine_events_per_second();
+            let (cost, costs) = case.exact_cost();
+            let listed: Vec<String> = costs.iter().map(|c| format!("{c:.1}")).collect();
+            writeln!(
+                out,
+                "| {} users, exact distinct, 2 executors: ≥ 2 500 000 events/s | {rate:.0} events/s | {} |",
+                thousands(case.users),
+                verdict(rate >= 2.5e6)
+            )?;
+            writeln!(
+                out,
+                "| {} users: exact distinct costs ≤ 25 % against approximate | {cost:.1} % (median of the rounds' {} %) | {} |",
+                thousands(case.users),
+                listed.join(", "),
+                verdict(cost <= 25.0)
+            )?;
+        }
         if let Some(m) = memory {
             let executor_peak = m
                 .peak_rss
@@ -589,18 +653,19 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
                 m.unique_users,
             )?;
         }
-        if let KafkaRuns::Measured { latency: l, .. } = kafka {
+        if let Some((broker, l)) = &kafka.latency {
             writeln!(
                 out,
-                "| p99 produce-to-commit latency ≤ trigger + 1 s (2 000 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({} records at {:.0} events/s for {} s, {} epochs) | {} |",
+                "| p99 produce-to-commit latency ≤ trigger + 0.5 s (1 500 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({}: {} records at {:.0} events/s for {} s, {} epochs) | {} |",
                 l.p99_ms,
                 l.p50_ms,
                 l.max_ms,
+                broker.label(),
                 l.records,
                 l.rate,
                 l.seconds,
                 l.epochs,
-                verdict(l.records > 0 && l.p99_ms <= 2000.0)
+                verdict(l.records > 0 && l.p99_ms <= 1500.0)
             )?;
         }
         writeln!(out)?;
@@ -639,31 +704,40 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         }
         writeln!(out)?;
     }
-    match kafka {
-        KafkaRuns::Skipped(why) => writeln!(out, "Kafka runs skipped: {why}.\n")?,
-        KafkaRuns::Measured { produce_rate, .. } => writeln!(
-            out,
-            "Kafka: the broker took the events at {produce_rate:.0} events/s while the topic was filled; \
-             latency is from each record's produce call (its CreateTime) to the decision of the epoch that read it.\n"
-        )?,
+    for why in &kafka.skipped {
+        writeln!(out, "Skipped: {why}.\n")?;
     }
-    let kafka_runs = match kafka {
-        KafkaRuns::Measured { runs, latency, .. } => {
-            let mut v: Vec<(String, &BTreeMap<String, u64>, u64)> = runs
-                .iter()
-                .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows))
-                .collect();
-            v.push((
-                "kafka-latency".into(),
-                &latency.peak_rss,
-                latency.records as u64,
-            ));
-            v
-        }
-        KafkaRuns::Skipped(_) => Vec::new(),
-    };
+    for broker in &kafka.brokers {
+        writeln!(
+            out,
+            "Kafka ({}): the broker took the {} events at {:.0} events/s while the topic was filled.\n",
+            broker.broker.label(),
+            broker.events,
+            broker.produce_rate,
+        )?;
+    }
+    if kafka.latency.is_some() {
+        writeln!(
+            out,
+            "Latency is from each record's produce call (its CreateTime) to the decision of the epoch that read it.\n"
+        )?;
+    }
+    let mut kafka_runs: Vec<(String, &BTreeMap<String, u64>, u64)> = kafka
+        .brokers
+        .iter()
+        .flat_map(|b| &b.runs)
+        .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows))
+        .collect();
+    if let Some((_, latency)) = &kafka.latency {
+        kafka_runs.push((
+            "kafka-latency".into(),
+            &latency.peak_rss,
+            latency.records as u64,
+        ));
+    }
     let file_runs = results
         .iter()
+        .chain(user_cases.iter().flat_map(|c| [&c.exact, &c.approx]))
         .map(Repeated::median)
         .chain(memory)
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));

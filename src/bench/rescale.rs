@@ -76,7 +76,7 @@ pub async fn measure(
     events: u64,
 ) -> anyhow::Result<Vec<Step>> {
     let source = runs::files_source(input, per_epoch);
-    let (job, checkpoint) = runs::prepare(root, "rescale", &source)?;
+    let (job, checkpoint) = runs::prepare(root, "rescale", &source, runs::Distinct::Exact)?;
     // Epochs back to back: the trigger never waits for its interval.
     let mut child = runs::local_command(&job, 1, Some("10ms"))?
         .stdout(std::process::Stdio::piped())

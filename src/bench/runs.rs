@@ -21,6 +21,15 @@ pub struct RunSpec {
     pub source: String,
     pub executors: usize,
     pub snapshots: bool,
+    pub distinct: Distinct,
+}
+
+/// How the job counts distinct users: the reference job's exact `count(distinct user_id)`, or
+/// `approx_count_distinct(user_id)` as a Spark stream must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distinct {
+    Exact,
+    Approx,
 }
 
 #[derive(Debug)]
@@ -108,8 +117,12 @@ pub fn kafka_source(brokers: &str, topic: &str, max_offsets: u64) -> String {
 /// The reference job's text for `source` with its checkpoint and tables under `dir`. The log
 /// keeps every decision (the figures are read from them after the run), so no run's state
 /// snapshots are deleted either: a bench run's checkpoint is small.
-pub fn job_text(source: &str, dir: &Path) -> String {
-    let job = weir_common::job::reference::job_file("bench", source, &dir.display().to_string());
+pub fn job_text(source: &str, dir: &Path, distinct: Distinct) -> String {
+    let root = dir.display().to_string();
+    let job = match distinct {
+        Distinct::Exact => weir_common::job::reference::job_file("bench", source, &root),
+        Distinct::Approx => weir_common::job::reference::approx_job_file("bench", source, &root),
+    };
     format!("{job}checkpoint_retention: 100000\n")
 }
 
@@ -156,14 +169,19 @@ pub fn peak_rss(log: &str) -> BTreeMap<String, u64> {
 
 /// A fresh directory for the run `name` under `root`, with its job file; answers the job file
 /// and the checkpoint's URL.
-pub fn prepare(root: &Path, name: &str, source: &str) -> anyhow::Result<(PathBuf, String)> {
+pub fn prepare(
+    root: &Path,
+    name: &str,
+    source: &str,
+    distinct: Distinct,
+) -> anyhow::Result<(PathBuf, String)> {
     let dir = root.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
     let job = dir.join("job.yaml");
-    let text = job_text(source, &dir);
+    let text = job_text(source, &dir, distinct);
     let checkpoint = weir_common::job::parse_job(&text, &dir)?.checkpoint_url;
     std::fs::write(&job, text)?;
     Ok((job, checkpoint))
@@ -196,7 +214,7 @@ pub fn local_command(
 
 /// Runs the job once to the end of its input (`--trigger available-now`).
 pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
-    let (job, checkpoint) = prepare(root, &spec.name, &spec.source)?;
+    let (job, checkpoint) = prepare(root, &spec.name, &spec.source, spec.distinct)?;
     let mut cmd = local_command(&job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");

@@ -33,6 +33,16 @@ dead_letter: {{delta: {{path: "{root}/dead-letter"}}}}
     )
 }
 
+/// The reference job with `approx_count_distinct` for its distinct users too: the query Spark
+/// can run as a stream (it rejects exact distinct), which the bench and `scripts/bench-peers.sh`
+/// compare with the exact one.
+pub fn approx_job_file(name: &str, source: &str, root: &str) -> String {
+    job_file(name, source, root).replace(
+        "unique_users: count(distinct user_id)",
+        "unique_users: approx_count_distinct(user_id)",
+    )
+}
+
 /// The reference job's upsert of raw events (the seed's step 4) as a job file: each
 /// `event_id`'s first arrival within an hour, MERGEd into a table partitioned by event type.
 pub fn dedup_job_file(name: &str, source: &str, root: &str) -> String {
@@ -115,6 +125,20 @@ mod tests {
         assert!(seed.dead_letter.is_some());
         assert!(
             matches!(dedup.queries[0].query, super::super::Query::Dedup(ref d) if d.key == ["event_id"] && d.within_micros == 3_600_000_000)
+        );
+        let approx = approx_job_file("approx", "  files: {path: /data/events}\n", "/job");
+        let approx = super::super::parse_job(&approx, std::path::Path::new("/")).unwrap();
+        let kinds: Vec<_> = approx.queries[0]
+            .query
+            .windows()
+            .map(|w| w.aggregates.iter().map(|a| a.kind).collect())
+            .unwrap_or_default();
+        assert_eq!(kinds.len(), 3);
+        assert!(
+            kinds[1..]
+                .iter()
+                .all(|k| matches!(k, crate::aggregate::AggKind::ApproxCountDistinct { .. })),
+            "{kinds:?}"
         );
     }
 }

@@ -1,0 +1,255 @@
+//! The Kafka half of the bench: the same job from a topic on each broker there is (tansu, whose
+//! figure is its SQLite storage's, and librdkafka's mock cluster, which keeps up), then the
+//! produce-to-commit latency at half of the fastest broker's peak, on that broker.
+
+use std::path::Path;
+
+use anyhow::bail;
+
+use super::broker::MockBroker;
+use super::runs::{self, Distinct, RunResult, RunSpec};
+use super::{kafka, BenchArgs, START};
+
+/// The broker a run read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Tansu,
+    Mock,
+}
+
+impl BrokerKind {
+    /// What the report calls it, and what its figure measures.
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerKind::Tansu => "tansu, SQLite storage",
+            BrokerKind::Mock => "librdkafka mock cluster, in memory",
+        }
+    }
+
+    fn run_prefix(self) -> &'static str {
+        match self {
+            BrokerKind::Tansu => "kafka",
+            BrokerKind::Mock => "kafka-mock",
+        }
+    }
+}
+
+/// One broker's runs on 1 and 2 executors.
+pub struct BrokerRuns {
+    pub broker: BrokerKind,
+    pub events: u64,
+    pub partitions: i32,
+    /// Events/s the broker took while the topic was filled.
+    pub produce_rate: f64,
+    pub runs: Vec<RunResult>,
+}
+
+/// What the Kafka half measured, and why any part of it was skipped.
+#[derive(Default)]
+pub struct KafkaRuns {
+    pub brokers: Vec<BrokerRuns>,
+    pub latency: Option<(BrokerKind, kafka::Latency)>,
+    pub skipped: Vec<String>,
+}
+
+/// Partitions of the tansu topic.
+const TANSU_PARTITIONS: i32 = 8;
+
+pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns> {
+    let mut out = KafkaRuns::default();
+    let stamp = chrono::Utc::now().timestamp();
+    let events_topic = format!("bench-{stamp}-events");
+    let latency_topic = format!("bench-{stamp}-latency");
+
+    if args.mock_kafka_events == 0 {
+        out.skipped
+            .push("the mock cluster's runs (--mock-kafka-events 0)".into());
+    } else {
+        let topics = [events_topic.clone(), latency_topic.clone()];
+        let broker = MockBroker::start(&topics, args.mock_partitions).await?;
+        let runs = broker_runs(
+            args,
+            root,
+            BrokerKind::Mock,
+            &broker.address,
+            &events_topic,
+            args.mock_kafka_events,
+            args.mock_partitions,
+        )
+        .await?;
+        let rate = half_of_peak(&runs);
+        out.brokers.push(runs);
+        out.latency = Some((
+            BrokerKind::Mock,
+            latency(
+                args,
+                root,
+                &broker.address,
+                &latency_topic,
+                rate,
+                BrokerKind::Mock,
+            )
+            .await?,
+        ));
+    }
+
+    if args.kafka_events == 0 {
+        out.skipped.push("tansu's runs (--kafka-events 0)".into());
+        return Ok(out);
+    }
+    let _started;
+    let brokers = match &args.brokers {
+        Some(b) => b.clone(),
+        None if kafka::tansu_available() => {
+            let broker = kafka::Broker::start(&root.join("broker")).await?;
+            let address = broker.address.clone();
+            _started = broker;
+            address
+        }
+        None => {
+            out.skipped.push(
+                "tansu's runs: no `tansu` on PATH (scripts/setup.sh installs it) and no --brokers"
+                    .into(),
+            );
+            return Ok(out);
+        }
+    };
+    let runs = broker_runs(
+        args,
+        root,
+        BrokerKind::Tansu,
+        &brokers,
+        &events_topic,
+        args.kafka_events,
+        TANSU_PARTITIONS,
+    )
+    .await?;
+    let rate = half_of_peak(&runs);
+    out.brokers.push(runs);
+    if out.latency.is_none() {
+        out.latency = Some((
+            BrokerKind::Tansu,
+            latency(
+                args,
+                root,
+                &brokers,
+                &latency_topic,
+                rate,
+                BrokerKind::Tansu,
+            )
+            .await?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The producer's settings for `broker`. The mock cluster keeps 5 MB of batches per
+/// partition, so its batches are compressed; and it answers a fetch with one batch per
+/// partition, so a bulk load (`bulk`) lingers a second to send large batches, as a bulk
+/// producer would. The latency run's producer keeps gen's 20 ms.
+fn producer_args(broker: BrokerKind, partitions: i32, bulk: bool) -> Vec<String> {
+    let mut args = vec!["--partitions".to_string(), partitions.to_string()];
+    if broker == BrokerKind::Mock {
+        args.extend(["--compression", "lz4"].map(String::from));
+        if bulk {
+            args.extend(["--linger-ms", "1000"].map(String::from));
+        }
+    }
+    args
+}
+
+async fn broker_runs(
+    args: &BenchArgs,
+    root: &Path,
+    broker: BrokerKind,
+    address: &str,
+    topic: &str,
+    events: u64,
+    partitions: i32,
+) -> anyhow::Result<BrokerRuns> {
+    eprintln!(
+        "weir bench: producing {events} events into {}",
+        broker.label()
+    );
+    let started = std::time::Instant::now();
+    let mut producer = producer_args(broker, partitions, true);
+    producer.extend(["--start", START, "--span", "1h", "--seed", "1"].map(String::from));
+    let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
+    kafka::produce(address, topic, events, 0.0, &producer).await?;
+    let produce_rate = events as f64 / started.elapsed().as_secs_f64();
+    let mut runs = Vec::new();
+    for executors in [1, 2] {
+        let name = format!(
+            "{}-{executors}-executor{}",
+            broker.run_prefix(),
+            if executors > 1 { "s" } else { "" }
+        );
+        eprintln!("weir bench: {name}");
+        let spec = RunSpec {
+            name,
+            source: runs::kafka_source(address, topic, args.offsets_per_epoch),
+            executors,
+            snapshots: true,
+            distinct: Distinct::Exact,
+        };
+        let run = runs::run(&spec, root).await?;
+        if run.input_rows != events {
+            bail!(
+                "{} read {} of the {events} events produced: the broker no longer held the \
+                 rest (the mock cluster keeps 5 MB per partition; produce fewer events or use \
+                 more partitions)",
+                run.name,
+                run.input_rows
+            );
+        }
+        runs.push(run);
+    }
+    Ok(BrokerRuns {
+        broker,
+        events,
+        partitions,
+        produce_rate,
+        runs,
+    })
+}
+
+/// Half of the fastest run's rate: the latency run's pace.
+fn half_of_peak(runs: &BrokerRuns) -> f64 {
+    let peak = runs
+        .runs
+        .iter()
+        .map(RunResult::engine_events_per_second)
+        .fold(0.0, f64::max);
+    (peak / 2.0).max(1.0)
+}
+
+async fn latency(
+    args: &BenchArgs,
+    root: &Path,
+    address: &str,
+    topic: &str,
+    rate: f64,
+    broker: BrokerKind,
+) -> anyhow::Result<kafka::Latency> {
+    eprintln!(
+        "weir bench: latency on the {} at {rate:.0} events/s for {} s",
+        broker.label(),
+        args.latency_seconds
+    );
+    let partitions = match broker {
+        BrokerKind::Tansu => TANSU_PARTITIONS,
+        BrokerKind::Mock => args.mock_partitions,
+    };
+    let producer = producer_args(broker, partitions, false);
+    let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
+    kafka::latency(
+        root,
+        address,
+        topic,
+        rate,
+        args.latency_seconds,
+        2,
+        &producer,
+    )
+    .await
+}
