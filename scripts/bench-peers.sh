@@ -25,7 +25,7 @@ SPARK_CAPS=${SPARK_CAPS:-"$PER_EPOCH 10 0"}
 ROUNDS=${ROUNDS:-3}
 SPARK_VERSION=4.3.0
 VENV=${WEIR_PEERS_VENV:-$HOME/.cache/weir/peers-venv}
-DIR=.weir/bench-peers
+DIR="$(pwd)/.weir/bench-peers"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -56,8 +56,8 @@ RESULTS="$DIR/results.jsonl"
 : > "$RESULTS"
 for cap in $SPARK_CAPS; do
   echo "bench-peers: Spark, maxFilesPerTrigger $cap"
-  "$VENV/bin/python" scripts/bench_peers_spark.py --input "$(pwd)/$DIR/events" \
-    --work-dir "$(pwd)/$DIR/spark-$cap" --max-files-per-trigger "$cap" 2>"$DIR/spark-$cap.log" \
+  "$VENV/bin/python" scripts/bench_peers_spark.py --input "$DIR/events" \
+    --work-dir "$DIR/spark-$cap" --max-files-per-trigger "$cap" 2>"$DIR/spark-$cap.log" \
     | python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(peer='spark', cap=$cap); print(json.dumps(r))" \
     >> "$RESULTS"
 done

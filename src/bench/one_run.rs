@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use super::runs::{self, Distinct, RunSpec};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -26,14 +28,18 @@ pub struct OneRunArgs {
 
 pub async fn run(args: OneRunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work_dir)?;
+    // The job file resolves relative paths against its own directory, not this one.
+    let input = std::fs::canonicalize(&args.input)
+        .with_context(|| format!("finding {}", args.input.display()))?;
+    let work_dir = std::fs::canonicalize(&args.work_dir)?;
     let spec = RunSpec {
         name: format!("{:?}-{}", args.distinct, args.executors).to_lowercase(),
-        source: runs::files_source(&args.input, args.files_per_epoch),
+        source: runs::files_source(&input, args.files_per_epoch),
         executors: args.executors,
         snapshots: true,
         distinct: args.distinct,
     };
-    let r = runs::run(&spec, &args.work_dir).await?;
+    let r = runs::run(&spec, &work_dir).await?;
     println!(
         "{}",
         serde_json::json!({

@@ -1,18 +1,19 @@
 //! Reads exactly the planned offset ranges: partitions are assigned (no consumer group, no
 //! committed offsets), so a replay of an epoch reads the same records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use weir_common::checkpoint::PartitionRange;
 use weir_common::job::KafkaSource;
 
+use crate::input::consumer_queue::{ConsumerQueue, Polled};
 use crate::input::Record;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,17 @@ pub enum ReadError {
     #[error("the run was abandoned")]
     Abandoned,
 }
+
+/// Bytes of records kept past the ranges being read (half of librdkafka's own prefetch, 64 MB by
+/// default). Past it, records after the ranges are dropped and the next read assigns its
+/// partitions afresh, fetching them again: a backlog read at full speed reaches it every few
+/// epochs, and it keeps a stalled partition from making the others' records pile up.
+/// (Pausing the partitions instead cost about a second an epoch in librdkafka's restart of
+/// their fetches.)
+const MAX_AHEAD_BYTES: usize = 32 << 20;
+
+/// Messages taken from the consumer's queue per call.
+const POLL_BATCH: usize = 4096;
 
 /// How long a read may see no record before the epoch fails.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,10 +79,51 @@ impl ClientContext for ReaderContext {
 impl ConsumerContext for ReaderContext {}
 
 pub struct KafkaReader {
+    /// Declared before `consumer`: it is dropped first.
+    state: Mutex<Reading>,
     consumer: BaseConsumer<ReaderContext>,
     topic: String,
     /// Larger values are copied cut to this size (they go to the dead letter).
     max_record_bytes: usize,
+}
+
+/// The consumer's queue and where the last read left the assignment.
+struct Reading {
+    queue: ConsumerQueue,
+    /// The end of the range each assigned partition was last read to; empty when the
+    /// assignment must be made afresh.
+    read_to: HashMap<i32, i64>,
+    /// Records taken from the queue past the range being read, in offset order: a record of a
+    /// partition that comes after its end is the start of its next range.
+    ahead: HashMap<i32, VecDeque<Record>>,
+    /// Bytes of the records in `ahead`.
+    ahead_bytes: usize,
+    /// Whether records past the ranges were dropped (`ahead` was full): the next read must
+    /// assign afresh.
+    overflowed: bool,
+}
+
+/// Whether `ranges` pick up exactly where the last read ended (`read_to`), on the same
+/// partitions.
+fn continues(read_to: &HashMap<i32, i64>, ranges: &[PartitionRange]) -> bool {
+    !read_to.is_empty()
+        && read_to.len() == ranges.len()
+        && ranges
+            .iter()
+            .all(|r| read_to.get(&r.partition) == Some(&r.start))
+}
+
+/// Adds `record` to the chunk being filled, handing the chunk over when full.
+fn push(
+    buffer: &mut Vec<Record>,
+    record: Record,
+    chunk: usize,
+    on_chunk: &mut impl FnMut(Vec<Record>),
+) {
+    buffer.push(record);
+    if buffer.len() >= chunk {
+        on_chunk(std::mem::replace(buffer, Vec::with_capacity(chunk)));
+    }
 }
 
 /// A fetched message as a record; a value larger than `max_bytes` keeps its first `max_bytes`.
@@ -100,6 +153,11 @@ impl KafkaReader {
         max_record_bytes: usize,
     ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
+        // librdkafka waits a second before fetching again for a partition whose prefetch is
+        // full. Reads here drain that queue within the epoch, and the second was most of an
+        // epoch's time against a broker that keeps up (docs/benchmarks.md). The job's
+        // options may set it otherwise.
+        config.set("fetch.queue.backoff.ms", "10");
         for (k, v) in &source.options {
             config.set(k, v);
         }
@@ -110,8 +168,19 @@ impl KafkaReader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
+        let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
+        let queue = ConsumerQueue::of(&consumer, POLL_BATCH).ok_or(KafkaError::ClientCreation(
+            "the consumer has no queue".into(),
+        ))?;
         Ok(Self {
-            consumer: config.create_with_context(ReaderContext)?,
+            state: Mutex::new(Reading {
+                queue,
+                read_to: HashMap::new(),
+                ahead: HashMap::new(),
+                ahead_bytes: 0,
+                overflowed: false,
+            }),
+            consumer,
             topic: source.topic.clone(),
             max_record_bytes,
         })
@@ -119,6 +188,11 @@ impl KafkaReader {
 
     /// Reads `[start, end)` of every range, handing records over in chunks of up to `chunk`,
     /// while `keep_going` answers true (it is asked at least every 200 ms).
+    ///
+    /// When the ranges continue where the last read ended, on the same partitions (the next
+    /// epoch of a steady run), the assignment stays: what librdkafka fetched meanwhile is read
+    /// from its queue instead of being dropped and fetched again. Anything else (the first
+    /// read, a replay, a rescale) assigns the partitions at the ranges' starts.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
@@ -126,69 +200,137 @@ impl KafkaReader {
         keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Vec<Record>),
     ) -> Result<(), ReadError> {
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for r in ranges.iter().filter(|r| r.end > r.start) {
-            tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))?;
-            remaining.insert(r.partition, r.end);
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = &mut *guard;
+        if !continues(&state.read_to, ranges) {
+            let mut tpl = TopicPartitionList::new();
+            for r in ranges {
+                tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))?;
+            }
+            state.read_to.clear();
+            state.ahead.clear();
+            state.ahead_bytes = 0;
+            if ranges.is_empty() {
+                self.consumer.unassign()?;
+            } else {
+                self.consumer.assign(&tpl)?;
+            }
         }
-        if remaining.is_empty() {
-            return Ok(());
+        let mut remaining: HashMap<i32, i64> = ranges
+            .iter()
+            .filter(|r| r.end > r.start)
+            .map(|r| (r.partition, r.end))
+            .collect();
+        let mut buffer = Vec::with_capacity(chunk);
+        // Records taken from the queue by the last read, beyond its ranges.
+        for r in ranges {
+            let Some(ahead) = state.ahead.get_mut(&r.partition) else {
+                continue;
+            };
+            while let Some(next) = ahead.front() {
+                if next.offset >= r.end {
+                    // Everything before the end is in hand.
+                    remaining.remove(&r.partition);
+                    break;
+                }
+                if let Some(record) = ahead.pop_front() {
+                    state.ahead_bytes -= record.size();
+                    if record.offset + 1 >= r.end {
+                        remaining.remove(&r.partition);
+                    }
+                    push(&mut buffer, record, chunk, &mut on_chunk);
+                }
+            }
         }
-        self.consumer.assign(&tpl)?;
-        let result = self.poll_until_done(&mut remaining, chunk, &keep_going, &mut on_chunk);
-        self.consumer.unassign()?;
+        // A failed read leaves the queue somewhere unknown: the next one assigns afresh.
+        state.read_to.clear();
+        let result = self.poll_until_done(
+            state,
+            &mut remaining,
+            &mut buffer,
+            chunk,
+            &keep_going,
+            &mut on_chunk,
+        );
+        if result.is_ok() && !state.overflowed {
+            state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
+        } else {
+            state.overflowed = false;
+            state.ahead.clear();
+            state.ahead_bytes = 0;
+        }
         result
     }
 
     fn poll_until_done(
         &self,
+        state: &mut Reading,
         remaining: &mut HashMap<i32, i64>,
+        buffer: &mut Vec<Record>,
         chunk: usize,
         keep_going: &impl Fn() -> bool,
         on_chunk: &mut impl FnMut(Vec<Record>),
     ) -> Result<(), ReadError> {
-        let mut buffer = Vec::with_capacity(chunk);
         let mut last_progress = Instant::now();
+        // Partitions whose end was reached, checked against their position after the batch.
+        let mut at_eof = Vec::new();
+        let Reading {
+            queue,
+            ahead,
+            ahead_bytes,
+            overflowed,
+            ..
+        } = state;
         while !remaining.is_empty() {
             if !keep_going() {
                 return Err(ReadError::Abandoned);
             }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Ok(msg)) => {
-                    let p = msg.partition();
-                    let Some(&end) = remaining.get(&p) else {
-                        continue;
-                    };
-                    let offset = msg.offset();
-                    if offset < end {
-                        buffer.push(record(
-                            p,
-                            offset,
-                            msg.key(),
-                            msg.payload(),
-                            self.max_record_bytes,
-                        ));
-                        last_progress = Instant::now();
-                        if buffer.len() >= chunk {
-                            on_chunk(std::mem::replace(&mut buffer, Vec::with_capacity(chunk)));
+            let mut progressed = false;
+            queue.poll_batch(200, |polled| match polled {
+                Polled::Message {
+                    partition: p,
+                    offset,
+                    key,
+                    payload,
+                } => {
+                    let record = record(p, offset, key, payload, self.max_record_bytes);
+                    match remaining.get(&p) {
+                        Some(&end) if offset < end => {
+                            if offset + 1 >= end {
+                                remaining.remove(&p);
+                            }
+                            push(buffer, record, chunk, on_chunk);
+                            progressed = true;
+                        }
+                        // Past this read's end (or of a partition already read to its end):
+                        // the next read's, most likely.
+                        _ => {
+                            remaining.remove(&p);
+                            if *ahead_bytes + record.size() > MAX_AHEAD_BYTES {
+                                *overflowed = true;
+                            } else {
+                                *ahead_bytes += record.size();
+                                ahead.entry(p).or_default().push_back(record);
+                            }
                         }
                     }
-                    if offset + 1 >= end {
+                }
+                Polled::PartitionEof(p) => at_eof.push(p),
+            })?;
+            if progressed {
+                last_progress = Instant::now();
+            }
+            // Gaps (compaction, transaction markers) end a partition early: the broker has
+            // nothing between the last record and the planned end.
+            for p in at_eof.drain(..) {
+                if let Some(&end) = remaining.get(&p) {
+                    if self.position(p)? >= end {
                         remaining.remove(&p);
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // Gaps (compaction, transaction markers) end a partition early: the broker
-                    // has nothing between the last record and the planned end.
-                    if let Some(&end) = remaining.get(&p) {
-                        if self.position(p)? >= end {
-                            remaining.remove(&p);
-                        }
-                    }
-                }
-                Some(Err(e)) => return Err(e.into()),
             }
             if last_progress.elapsed() > STALL_TIMEOUT {
                 let mut partitions: Vec<i32> = remaining.keys().copied().collect();
@@ -201,7 +343,7 @@ impl KafkaReader {
             }
         }
         if !buffer.is_empty() {
-            on_chunk(buffer);
+            on_chunk(std::mem::take(buffer));
         }
         Ok(())
     }
@@ -212,5 +354,34 @@ impl KafkaReader {
             .find_partition(&self.topic, partition)
             .and_then(|e| e.offset().to_raw())
             .unwrap_or(-1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, start: i64, end: i64) -> PartitionRange {
+        PartitionRange {
+            partition,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn only_ranges_starting_where_every_partition_was_read_to_keep_the_assignment() {
+        let read_to: HashMap<i32, i64> = [(0, 100), (1, 50)].into();
+        assert!(continues(&read_to, &[range(0, 100, 200), range(1, 50, 50)]));
+        // A replay of the epoch just read.
+        assert!(!continues(&read_to, &[range(0, 0, 100), range(1, 0, 50)]));
+        // A partition moved away, or one more to read (a rescale).
+        assert!(!continues(&read_to, &[range(0, 100, 200)]));
+        assert!(!continues(
+            &read_to,
+            &[range(0, 100, 200), range(1, 50, 60), range(2, 0, 10)]
+        ));
+        // Nothing read yet, or a failed read.
+        assert!(!continues(&HashMap::new(), &[range(0, 0, 10)]));
     }
 }

@@ -1,5 +1,6 @@
 //! The records an epoch reads: the planned Kafka ranges, or the planned files of a file source.
 
+mod consumer_queue;
 pub mod file_reader;
 pub mod kafka_reader;
 pub mod range_fetch;
@@ -39,6 +40,11 @@ impl Record {
                 .map(|v| Bytes::copy_from_slice(&v[..v.len().min(max_bytes)])),
             ..self.clone()
         }
+    }
+
+    /// The bytes the record holds (its key and value).
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Bytes::len)
     }
 
     /// What the decoder reads: nothing for a line that was cut (it is refused as too large
