@@ -179,8 +179,9 @@ fn random_kills_of_random_processes_change_nothing() {
 
     let broker = Broker::start();
     let tmp = tempfile::tempdir().expect("temp dir");
-    // Twice the data of the scheduled test: about 24 epochs.
-    let events = gen_events(&broker, tmp.path(), 8, 2 * EVENTS, &gen_args());
+    // Three times the data of the scheduled test: about 36 epochs, room for the 10 kills
+    // below, each of which takes one to three epochs.
+    let events = gen_events(&broker, tmp.path(), 8, 3 * EVENTS, &gen_args());
     let expected = baseline(&broker, &tmp.path().join("baseline"));
     let dir = tmp.path().join("chaos");
     std::fs::create_dir_all(&dir).expect("chaos dir");
@@ -189,19 +190,33 @@ fn random_kills_of_random_processes_change_nothing() {
     for role in cluster.roles() {
         cluster.start(role, "");
     }
-    // Each kill comes at a random moment (up to 1.5 s) after an epoch committed, so the kills
-    // spread over the whole run instead of piling up before the first commit.
+    // Each kill comes at a random moment after an epoch committed, within about the next two
+    // epochs (twice the median time between commits, at most 1.5 s), so the kills land at
+    // any phase of an epoch and spread over the whole run, however fast its epochs are.
     const KILLS: usize = 10;
     let mut kills = Vec::new();
     let mut next_kill: Option<std::time::Instant> = None;
     let mut seen = 0;
+    let mut last_commit: Option<std::time::Instant> = None;
+    let mut between_commits: Vec<Duration> = Vec::new();
     loop {
         if cluster.progress.len() > seen {
             seen = cluster.progress.len();
+            let now = std::time::Instant::now();
+            if let Some(last) = last_commit {
+                between_commits.push(now - last);
+                between_commits.sort_unstable();
+            }
+            last_commit = Some(now);
             if next_kill.is_none() && kills.len() < KILLS {
-                next_kill = Some(
-                    std::time::Instant::now() + Duration::from_millis(rng.random_range(0..1500)),
-                );
+                let median = between_commits
+                    .get(between_commits.len() / 2)
+                    .copied()
+                    .unwrap_or(Duration::from_millis(750));
+                let within =
+                    (2 * median).clamp(Duration::from_millis(50), Duration::from_millis(1500));
+                let delay = rng.random_range(0..within.as_millis() as u64);
+                next_kill = Some(now + Duration::from_millis(delay));
             }
         }
         let timeout = next_kill.map_or(Duration::from_secs(300), |at| {
