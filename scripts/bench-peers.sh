@@ -41,16 +41,20 @@ if ! "$VENV/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ !=
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "pyspark==$SPARK_VERSION"
 fi
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --quiet --release --bin weir
-WEIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/weir"
+source scripts/bench-common.sh
+bench_build
 
 rm -rf "$DIR"
 mkdir -p "$DIR"
 echo "bench-peers: generating $EVENTS events of $USERS users into $FILES files"
 $WEIR gen --out-dir "$DIR/events" --files "$FILES" --count "$EVENTS" --users "$USERS" \
   --start 2026-01-01T00:00:00Z --span 1h --seed 1 >/dev/null
-HARDWARE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+HARDWARE="$(bench_hardware)"
+
+# Adds the JSON object $1's fields to the JSON line on stdin: which peer and settings it was.
+tag() {
+  python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(json.loads(sys.argv[1])); print(json.dumps(r))" "$1"
+}
 
 RESULTS="$DIR/results.jsonl"
 : > "$RESULTS"
@@ -58,16 +62,14 @@ for cap in $SPARK_CAPS; do
   echo "bench-peers: Spark, maxFilesPerTrigger $cap"
   "$VENV/bin/python" scripts/bench_peers_spark.py --input "$DIR/events" \
     --work-dir "$DIR/spark-$cap" --max-files-per-trigger "$cap" 2>"$DIR/spark-$cap.log" \
-    | python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(peer='spark', cap=$cap); print(json.dumps(r))" \
-    >> "$RESULTS"
+    | tag "{\"peer\": \"spark\", \"cap\": $cap}" >> "$RESULTS"
 done
 for distinct in approx exact; do
   for round in $(seq "$ROUNDS"); do
     echo "bench-peers: weir, $distinct distinct, round $round of $ROUNDS"
     $WEIR bench-run --input "$DIR/events" --distinct "$distinct" --executors 2 \
       --files-per-epoch "$PER_EPOCH" --work-dir "$DIR/weir" \
-      | python3 -c "import json, sys; r = json.loads(sys.stdin.read()); r.update(peer='weir', distinct='$distinct'); print(json.dumps(r))" \
-      >> "$RESULTS"
+      | tag "{\"peer\": \"weir\", \"distinct\": \"$distinct\"}" >> "$RESULTS"
   done
 done
 

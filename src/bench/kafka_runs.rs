@@ -14,6 +14,8 @@ use super::{kafka, BenchArgs, START};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
     Tansu,
+    /// The broker `--brokers` names, in tansu's place.
+    Given,
     Mock,
 }
 
@@ -22,13 +24,14 @@ impl BrokerKind {
     pub fn label(self) -> &'static str {
         match self {
             BrokerKind::Tansu => "tansu, SQLite storage",
+            BrokerKind::Given => "the broker of --brokers",
             BrokerKind::Mock => "librdkafka mock cluster, in memory",
         }
     }
 
     fn run_prefix(self) -> &'static str {
         match self {
-            BrokerKind::Tansu => "kafka",
+            BrokerKind::Tansu | BrokerKind::Given => "kafka",
             BrokerKind::Mock => "kafka-mock",
         }
     }
@@ -52,7 +55,7 @@ pub struct KafkaRuns {
     pub skipped: Vec<String>,
 }
 
-/// Partitions of the tansu topic.
+/// Partitions of the tansu (or --brokers) topic.
 const TANSU_PARTITIONS: i32 = 8;
 
 pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns> {
@@ -94,17 +97,18 @@ pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns>
     }
 
     if args.kafka_events == 0 {
-        out.skipped.push("tansu's runs (--kafka-events 0)".into());
+        out.skipped
+            .push("tansu's (or --brokers') runs (--kafka-events 0)".into());
         return Ok(out);
     }
     let _started;
-    let brokers = match &args.brokers {
-        Some(b) => b.clone(),
+    let (kind, brokers) = match &args.brokers {
+        Some(b) => (BrokerKind::Given, b.clone()),
         None if kafka::tansu_available() => {
             let broker = kafka::Broker::start(&root.join("broker")).await?;
             let address = broker.address.clone();
             _started = broker;
-            address
+            (BrokerKind::Tansu, address)
         }
         None => {
             out.skipped.push(
@@ -117,7 +121,7 @@ pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns>
     let runs = broker_runs(
         args,
         root,
-        BrokerKind::Tansu,
+        kind,
         &brokers,
         &events_topic,
         args.kafka_events,
@@ -128,16 +132,8 @@ pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns>
     out.brokers.push(runs);
     if out.latency.is_none() {
         out.latency = Some((
-            BrokerKind::Tansu,
-            latency(
-                args,
-                root,
-                &brokers,
-                &latency_topic,
-                rate,
-                BrokerKind::Tansu,
-            )
-            .await?,
+            kind,
+            latency(args, root, &brokers, &latency_topic, rate, kind).await?,
         ));
     }
     Ok(out)
@@ -237,7 +233,7 @@ async fn latency(
         args.latency_seconds
     );
     let partitions = match broker {
-        BrokerKind::Tansu => TANSU_PARTITIONS,
+        BrokerKind::Tansu | BrokerKind::Given => TANSU_PARTITIONS,
         BrokerKind::Mock => args.mock_partitions,
     };
     let producer = producer_args(broker, partitions, false);

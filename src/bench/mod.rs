@@ -28,7 +28,7 @@ use anyhow::Context;
 use weir_common::aggregate::AggKind;
 
 use crate::gen;
-use runs::{Distinct, Repeated, RunResult, RunSpec};
+use runs::{Distinct, PairedCost, Repeated, RunResult, RunSpec};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -383,23 +383,6 @@ struct UserCase {
     approx: Repeated,
 }
 
-impl UserCase {
-    /// What exact distinct costs against approximate, in % of the approximate job's rate: the
-    /// median of the rounds' pairs, which ran back to back.
-    fn exact_cost(&self) -> (f64, Vec<f64>) {
-        let costs: Vec<f64> = self
-            .exact
-            .runs
-            .iter()
-            .zip(&self.approx.runs)
-            .map(|(e, a)| {
-                100.0 * (1.0 - e.engine_events_per_second() / a.engine_events_per_second())
-            })
-            .collect();
-        (runs::median(costs.clone()).unwrap_or(f64::NAN), costs)
-    }
-}
-
 /// Runs the exact and the approximate job in turns over events of `users` distinct users.
 async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<UserCase> {
     eprintln!(
@@ -586,16 +569,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         let per_core = rate / cores.max(1) as f64;
         let share = 100.0 * per_core / ceiling.decode_and_aggregate.events_per_second();
         // Each round's runs with and without snapshots ran back to back: compared in pairs.
-        let costs: Vec<f64> = two
-            .runs
-            .iter()
-            .zip(&bare.runs)
-            .map(|(on, off)| {
-                100.0 * (1.0 - on.engine_events_per_second() / off.engine_events_per_second())
-            })
-            .collect();
-        let listed: Vec<String> = costs.iter().map(|c| format!("{c:.1}")).collect();
-        let cost = runs::median(costs).unwrap_or(f64::NAN);
+        let snapshots = PairedCost::of(two, bare);
         let physical = 100.0 * per_core / ceiling.find_fields.events_per_second();
         writeln!(out, "| target | measured | |\n| --- | --- | --- |")?;
         writeln!(
@@ -610,14 +584,14 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         )?;
         writeln!(
             out,
-            "| state snapshots cost ≤ 10 % of throughput | {cost:.1} % (median of the rounds' {} %) | {} |",
-            listed.join(", "),
-            verdict(cost <= 10.0)
+            "| state snapshots cost ≤ 10 % of throughput | {:.1} % (median of the rounds' {} %) | {} |",
+            snapshots.median,
+            snapshots.listed(),
+            verdict(snapshots.median <= 10.0)
         )?;
         for case in user_cases {
             let rate = case.exact.median().engine_events_per_second();
-            let (cost, costs) = case.exact_cost();
-            let listed: Vec<String> = costs.iter().map(|c| format!("{c:.1}")).collect();
+            let exact = PairedCost::of(&case.exact, &case.approx);
             writeln!(
                 out,
                 "| {} users, exact distinct, 2 executors: ≥ 2 500 000 events/s | {rate:.0} events/s | {} |",
@@ -626,10 +600,11 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             )?;
             writeln!(
                 out,
-                "| {} users: exact distinct costs ≤ 25 % against approximate | {cost:.1} % (median of the rounds' {} %) | {} |",
+                "| {} users: exact distinct costs ≤ 25 % against approximate | {:.1} % (median of the rounds' {} %) | {} |",
                 thousands(case.users),
-                listed.join(", "),
-                verdict(cost <= 25.0)
+                exact.median,
+                exact.listed(),
+                verdict(exact.median <= 25.0)
             )?;
         }
         if let Some(m) = memory {

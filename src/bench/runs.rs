@@ -86,6 +86,36 @@ impl Repeated {
     }
 }
 
+/// What one configuration costs against another whose rounds ran back to back with its own:
+/// each round's `1 - rate / other's rate` in %, and their median.
+pub struct PairedCost {
+    pub median: f64,
+    pub rounds: Vec<f64>,
+}
+
+impl PairedCost {
+    pub fn of(this: &Repeated, against: &Repeated) -> Self {
+        let rounds: Vec<f64> = this
+            .runs
+            .iter()
+            .zip(&against.runs)
+            .map(|(a, b)| {
+                100.0 * (1.0 - a.engine_events_per_second() / b.engine_events_per_second())
+            })
+            .collect();
+        Self {
+            median: median(rounds.clone()).unwrap_or(f64::NAN),
+            rounds,
+        }
+    }
+
+    /// The rounds' costs as the report lists them: `5.5, 0.7, -2.3`.
+    pub fn listed(&self) -> String {
+        let listed: Vec<String> = self.rounds.iter().map(|c| format!("{c:.1}")).collect();
+        listed.join(", ")
+    }
+}
+
 /// The median of `values` (the upper one of an even count); `None` when there are none.
 pub fn median(values: Vec<f64>) -> Option<f64> {
     median_by(values, |v| *v)
