@@ -304,9 +304,14 @@ pub fn checkpoint_records(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
     records.sort();
     records
         .iter()
-        .map(|(_, p)| {
-            serde_json::from_str(&std::fs::read_to_string(p).expect("checkpoint record"))
-                .expect("checkpoint record is JSON")
+        .filter_map(|(_, p)| {
+            // A running driver prunes records past its retention: one listed a moment ago
+            // may be gone by the time it is read.
+            let text = match std::fs::read_to_string(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                read => read.expect("checkpoint record"),
+            };
+            Some(serde_json::from_str(&text).expect("checkpoint record is JSON"))
         })
         .collect()
 }

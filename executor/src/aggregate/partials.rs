@@ -15,133 +15,40 @@ use weir_common::job::JobSpec;
 use weir_common::keygroup::key_group;
 use weir_common::window::{check_event_time, Window, WindowSpec};
 
-use crate::state::keys::{distinct_key_into, key_group_of, operator_of, parse_key, StateKey};
-
-/// A distinct value as its distinct key ([`crate::state::keys::distinct_key`]: its key group,
-/// window, aggregate index, group key and value), built alone; epochs write theirs into
-/// [`DistinctKeys`] instead.
 #[cfg(test)]
-pub type DistinctEntry = Vec<u8>;
-
-/// The entry of a distinct value of (window, aggregate `agg`, group) among `key_groups` key
-/// groups: its shard is the key group of all four.
+use crate::aggregate::distinct_set::DistinctSet;
+use crate::aggregate::distinct_set::Shards;
+use crate::state::distinct_runs::{self as runs, RunWriter};
 #[cfg(test)]
-pub fn distinct_entry(
+use crate::state::keys::ValueShards;
+use crate::state::keys::{self, key_group_of, operator_of, parse_key, StateKey};
+
+/// The exact-distinct values of one (key group, window, aggregate, group) as one run (in byte
+/// order, each once; `crate::state::distinct_runs`) under the run's key: how pre-aggregation
+/// hands a set's values on, how they travel, and the merge operand the owner's fold writes.
+/// One per value cost a key, a copy and a sort step per value from routing to the fold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistinctRun {
+    pub key: Vec<u8>,
+    pub run: Vec<u8>,
+}
+
+/// The runs of the distinct values `values` of (window, aggregate `agg`, group) of operator
+/// `op` among `key_groups` key groups, as pre-aggregation makes them.
+#[cfg(test)]
+pub fn distinct_runs(
+    op: u8,
     window: Window,
     agg: u8,
     group: &[u8],
-    value: &[u8],
+    values: &[&[u8]],
     key_groups: u32,
-) -> DistinctEntry {
-    let mut key = Vec::new();
-    distinct_key_into(&mut key, 0, window, agg, group, value, key_groups);
-    key
-}
-
-/// Distinct values as their distinct keys, one after another in one buffer: a buffer per key
-/// was an allocation and a free per value at every step from the reader to the owner's fold.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct DistinctKeys {
-    bytes: Vec<u8>,
-    /// Where each key ends in `bytes`.
-    ends: Vec<usize>,
-}
-
-impl DistinctKeys {
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn push(&mut self, key: impl AsRef<[u8]>) {
-        self.bytes.extend_from_slice(key.as_ref());
-        self.ends.push(self.bytes.len());
-    }
-
-    /// Key `i`, if there is one.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.bytes.get(start..end)
-    }
-
-    pub fn iter(&self) -> DistinctIter<'_> {
-        DistinctIter {
-            keys: self,
-            next: 0,
-        }
-    }
-
-    pub fn append(&mut self, other: &DistinctKeys) {
-        let base = self.bytes.len();
-        self.bytes.extend_from_slice(&other.bytes);
-        self.ends.extend(other.ends.iter().map(|e| e + base));
-    }
-
-    /// The keys in order, each once (what the owner's fold makes its runs of).
-    pub fn sorted_unique(&self) -> Vec<&[u8]> {
-        // Distinct keys start with their big-endian key group: placed by their first two bytes
-        // (a counting pass), each key group's keys are then sorted on their own, which takes
-        // about half the comparisons of one sort over all of them. Missing bytes count as
-        // zeros, so the buckets are in byte order and the sort within one settles the rest.
-        let bucket = |k: &[u8]| {
-            usize::from(u16::from_be_bytes([
-                k.first().copied().unwrap_or(0),
-                k.get(1).copied().unwrap_or(0),
-            ]))
-        };
-        let Some(last) = self.iter().map(bucket).max() else {
-            return Vec::new();
-        };
-        // starts[b] is where bucket b begins in `keys`, once summed.
-        let mut starts = vec![0usize; last + 2];
-        for k in self {
-            starts[bucket(k) + 1] += 1;
-        }
-        for b in 1..starts.len() {
-            starts[b] += starts[b - 1];
-        }
-        let mut keys: Vec<&[u8]> = vec![&[]; self.len()];
-        let mut next = starts.clone();
-        for k in self {
-            let b = bucket(k);
-            keys[next[b]] = k;
-            next[b] += 1;
-        }
-        for range in starts.windows(2) {
-            keys[range[0]..range[1]].sort_unstable();
-        }
-        keys.dedup();
-        keys
-    }
-}
-
-/// The keys of a [`DistinctKeys`], in the order they were added.
-pub struct DistinctIter<'a> {
-    keys: &'a DistinctKeys,
-    next: usize,
-}
-
-impl<'a> Iterator for DistinctIter<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let key = self.keys.get(self.next)?;
-        self.next += 1;
-        Some(key)
-    }
-}
-
-impl<'a> IntoIterator for &'a DistinctKeys {
-    type Item = &'a [u8];
-    type IntoIter = DistinctIter<'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
+) -> Vec<DistinctRun> {
+    let owners = vec![0; key_groups as usize];
+    let mut out = ByOwner::new(&owners, 1, op);
+    out.add_distinct_set(window, agg, group, values.iter().copied())
+        .expect("a set of test values");
+    out.finish().pop().map(|p| p.distinct).unwrap_or_default()
 }
 
 /// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate
@@ -239,14 +146,15 @@ impl Shape {
         }
     }
 
-    /// A whole distinct key of this query: its key group, window and aggregate.
-    pub fn check_distinct_key(&self, key: &[u8]) -> Result<(), String> {
-        let Some(StateKey::Distinct { window, agg, .. }) = parse_key(key) else {
-            return Err("not a distinct-value key".into());
+    /// A distinct run of this query: a run key of one of its key groups, windows and
+    /// `count(distinct)` aggregates, and a whole run in byte order without repeats.
+    pub fn check_distinct_run(&self, key: &[u8], run: &[u8]) -> Result<(), String> {
+        let Some(StateKey::Run { window, agg, .. }) = parse_key(key) else {
+            return Err("not a distinct run's key".into());
         };
         if operator_of(key) != Some(self.operator) {
             return Err(format!(
-                "a distinct value of operator {:?} sent to operator {}",
+                "a distinct run of operator {:?} sent to operator {}",
                 operator_of(key),
                 self.operator
             ));
@@ -254,12 +162,13 @@ impl Shape {
         let kg = key_group_of(key).unwrap_or(u32::MAX);
         if kg >= self.key_groups {
             return Err(format!(
-                "key group {kg} of a distinct value is not one of {}",
+                "key group {kg} of a distinct run is not one of {}",
                 self.key_groups
             ));
         }
         self.check_window(window)?;
-        self.check_distinct_aggregate(agg)
+        self.check_distinct_aggregate(agg)?;
+        runs::check(run).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// The shape of what tests send: windows of 300 µs, `count(*)` then
@@ -303,9 +212,9 @@ pub struct FirstRow {
 pub struct Partials {
     /// Partial states of the aggregates per (window, group key).
     pub groups: FastMap<(Window, Vec<u8>), Vec<Partial>>,
-    /// Exact-distinct values. One may be here more than once (each sender dedups its own,
-    /// not across senders); the owner's fold keeps and counts each once.
-    pub distinct: DistinctKeys,
+    /// Exact-distinct values, as runs. Several senders may send a run of one key, and a value
+    /// may be in more than one of them; the owner's fold unions them.
+    pub distinct: Vec<DistinctRun>,
     /// Distinct counts of windows that closed, summed per (window, aggregate, group) for the
     /// group's owner.
     pub shard_counts: FastMap<ShardKey, i64>,
@@ -323,10 +232,26 @@ impl Partials {
         self.len() == 0
     }
 
-    /// Distinct values, each counted once (what the owner's fold keeps).
+    /// Distinct values, each counted once per run key (what the owner's fold keeps).
     #[cfg(test)]
     pub fn unique_distinct(&self) -> usize {
-        self.distinct.sorted_unique().len()
+        let mut by_key: std::collections::BTreeMap<&[u8], Vec<&[u8]>> = Default::default();
+        for r in &self.distinct {
+            by_key.entry(&r.key).or_default().push(&r.run);
+        }
+        by_key
+            .values()
+            .map(|rs| runs::count(&runs::union(rs.iter().copied()).unwrap()).unwrap() as usize)
+            .sum()
+    }
+
+    /// Distinct values over all runs (a value counts once for each run that holds it).
+    #[cfg(test)]
+    pub fn distinct_values(&self) -> usize {
+        self.distinct
+            .iter()
+            .map(|r| runs::count(&r.run).unwrap() as usize)
+            .sum()
     }
 
     /// Merges one group row in.
@@ -371,7 +296,11 @@ impl Partials {
         for (key, partials) in other.groups {
             self.add_group(key, partials)?;
         }
-        self.distinct.append(&other.distinct);
+        if self.distinct.is_empty() {
+            self.distinct = other.distinct;
+        } else {
+            self.distinct.extend(other.distinct);
+        }
         for (key, count) in other.shard_counts {
             self.add_shard_count(key, count)?;
         }
@@ -389,8 +318,8 @@ impl Partials {
         for (key, partials) in self.groups {
             out.add_group(key, partials).unwrap();
         }
-        for key in &self.distinct {
-            out.add_distinct(key);
+        for run in self.distinct {
+            out.add_run(run);
         }
         for (key, count) in self.shard_counts {
             out.add_shard_count(key, count).unwrap();
@@ -467,8 +396,6 @@ pub struct ByOwner<'a> {
     /// The operator whose partials these are (its distinct keys carry it).
     op: u8,
     parts: Vec<Partials>,
-    /// Where a distinct value's key is built before it is copied to its owner's.
-    scratch: Vec<u8>,
 }
 
 impl<'a> ByOwner<'a> {
@@ -477,7 +404,6 @@ impl<'a> ByOwner<'a> {
             owners,
             op,
             parts: (0..n).map(|_| Partials::default()).collect(),
-            scratch: Vec::new(),
         }
     }
 
@@ -501,26 +427,52 @@ impl<'a> ByOwner<'a> {
         self.owner(kg).add_group(key, partials)
     }
 
-    /// Adds a distinct value's distinct key.
+    /// Adds a run to its key group's owner.
     #[cfg(test)]
-    pub fn add_distinct(&mut self, key: &[u8]) {
-        self.owner(distinct_key_group(key)).distinct.push(key);
+    pub fn add_run(&mut self, run: DistinctRun) {
+        let kg = key_group_of(&run.key).unwrap_or(0);
+        self.owner(kg).distinct.push(run);
     }
 
-    /// Adds a distinct value of (window, aggregate `agg`, group) as its distinct key.
-    pub fn add_distinct_value(&mut self, window: Window, agg: u8, group: &[u8], value: &[u8]) {
-        let mut key = std::mem::take(&mut self.scratch);
-        let kg = distinct_key_into(
-            &mut key,
-            self.op,
-            window,
-            agg,
-            group,
-            value,
-            self.key_groups(),
-        );
-        self.owner(kg).distinct.push(&key);
-        self.scratch = key;
+    /// Adds the distinct values `values` of (window, aggregate `agg`, group) as one run per
+    /// key group they fall in.
+    #[cfg(test)]
+    pub fn add_distinct_set<'v>(
+        &mut self,
+        window: Window,
+        agg: u8,
+        group: &[u8],
+        values: impl IntoIterator<Item = &'v [u8]>,
+    ) -> Result<(), MergeError> {
+        let mut set = DistinctSet::new(window, agg, group, self.key_groups());
+        for value in values {
+            set.add(value);
+        }
+        self.add_distinct_shards(window, agg, group, set.into_shards())
+    }
+
+    /// Adds a set's values of (window, aggregate `agg`, group), sorted by key group and value,
+    /// as one run per key group: an owner writes each run as it receives it.
+    pub fn add_distinct_shards(
+        &mut self,
+        window: Window,
+        agg: u8,
+        group: &[u8],
+        shards: Shards,
+    ) -> Result<(), MergeError> {
+        for shard in shards.iter() {
+            let mut run = RunWriter::with_capacity(shard.run_bytes());
+            for value in shard.values() {
+                run.push(value)
+                    .map_err(|_| MergeError::Overflow("values of a distinct run"))?;
+            }
+            let key = keys::run_key(self.op, shard.kg, window, agg, group);
+            self.owner(shard.kg).distinct.push(DistinctRun {
+                key,
+                run: run.finish(),
+            });
+        }
+        Ok(())
     }
 
     pub fn add_shard_count(&mut self, key: ShardKey, count: i64) -> Result<(), MergeError> {
@@ -540,13 +492,6 @@ impl<'a> ByOwner<'a> {
     }
 }
 
-/// The key group of a distinct value: its shard. Entries are whole keys (the wire checks those
-/// it receives), so the key group is always there.
-#[cfg(test)]
-pub fn distinct_key_group(key: &[u8]) -> u32 {
-    key_group_of(key).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,27 +503,11 @@ mod tests {
         }
     }
 
+    /// A set's values leave as one run per key group they fall in: each value once, in the
+    /// run of its own key group, in byte order, under the run key of (window, aggregate,
+    /// group) of the operator.
     #[test]
-    fn distinct_keys_keep_each_key_whole_and_sort_them_once() {
-        let mut a = DistinctKeys::default();
-        for key in [&b"b2"[..], b"", b"a", b"b2"] {
-            a.push(key);
-        }
-        let mut b = DistinctKeys::default();
-        b.push(b"a1");
-        b.push(b"b");
-        a.append(&b);
-        let all: Vec<&[u8]> = a.iter().collect();
-        assert_eq!(all, [&b"b2"[..], b"", b"a", b"b2", b"a1", b"b"]);
-        assert_eq!((a.len(), a.get(6)), (6, None));
-        assert_eq!(a.sorted_unique(), [&b""[..], b"a", b"a1", b"b", b"b2"]);
-    }
-
-    #[test]
-    fn keys_sort_in_byte_order_whatever_their_length_and_first_bytes() {
-        // Keys from a small alphabet with zeros, empty and one-byte ones among them, many
-        // sharing their first two bytes (the buckets) and longer prefixes: the sort must equal
-        // the plain byte sort.
+    fn a_set_becomes_one_sorted_run_per_key_group() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move |n: u64| {
             state ^= state << 13;
@@ -586,22 +515,43 @@ mod tests {
             state ^= state << 17;
             state % n
         };
-        let mut keys = DistinctKeys::default();
-        let mut plain: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..5_000 {
-            let len = [0, 1, 2, 3, 8, 20, 45][next(7) as usize];
-            let key: Vec<u8> = (0..len)
-                .map(|i| if i < 2 { next(3) as u8 } else { next(4) as u8 })
-                .collect();
-            keys.push(&key);
-            plain.push(key);
+        // Values from a small alphabet, empty ones and repeats among them.
+        let values: Vec<Vec<u8>> = (0..3_000)
+            .map(|_| {
+                let len = [0, 1, 2, 3, 8, 20][next(6) as usize];
+                (0..len).map(|_| next(4) as u8).collect()
+            })
+            .collect();
+        let borrowed: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        let runs = distinct_runs(2, w(600), 1, b"click", &borrowed, 16);
+        let shards = ValueShards::new(w(600), 1, b"click", 16);
+        let mut seen = Vec::new();
+        let mut kgs = Vec::new();
+        for r in &runs {
+            assert_eq!(
+                parse_key(&r.key),
+                Some(StateKey::Run {
+                    window: w(600),
+                    agg: 1,
+                    group: b"click"
+                })
+            );
+            assert_eq!(operator_of(&r.key), Some(2));
+            let kg = key_group_of(&r.key).unwrap();
+            kgs.push(kg);
+            let mut in_run = Vec::new();
+            runs::values_into(&r.run, &mut in_run).unwrap();
+            assert_eq!(runs::check(&r.run), Ok(in_run.len() as u32));
+            assert!(in_run.iter().all(|v| shards.of(v) == kg));
+            seen.extend(in_run.iter().map(|v| v.to_vec()));
         }
-        plain.sort();
-        plain.dedup();
-        let sorted: Vec<&[u8]> = keys.sorted_unique();
-        assert_eq!(sorted.len(), plain.len());
-        assert!(sorted.iter().zip(&plain).all(|(a, b)| *a == &b[..]));
-        assert!(DistinctKeys::default().sorted_unique().is_empty());
+        // One run per key group, in key-group order.
+        assert!(kgs.windows(2).all(|pair| pair[0] < pair[1]), "{kgs:?}");
+        seen.sort();
+        let mut expected = values.clone();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(seen, expected);
     }
 
     #[test]
@@ -609,17 +559,13 @@ mod tests {
         let mut a = Partials::default();
         a.add_group((w(0), b"click".to_vec()), vec![Partial::Count(2)])
             .unwrap();
-        a.distinct
-            .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
+        a.distinct = distinct_runs(0, w(0), 1, b"click", &[b"u1"], 16);
         a.add_shard_count((w(-300), 1, b"click".to_vec()), 5)
             .unwrap();
         let mut b = Partials::default();
         b.add_group((w(0), b"click".to_vec()), vec![Partial::Count(3)])
             .unwrap();
-        b.distinct
-            .push(distinct_entry(w(0), 1, b"click", b"u1", 16));
-        b.distinct
-            .push(distinct_entry(w(0), 1, b"click", b"u2", 16));
+        b.distinct = distinct_runs(0, w(0), 1, b"click", &[b"u1", b"u2"], 16);
         b.add_shard_count((w(-300), 1, b"click".to_vec()), 7)
             .unwrap();
         a.merge(b).unwrap();
@@ -628,7 +574,7 @@ mod tests {
             Partial::Count(5)
         ));
         // u1 came from both: the fold keeps it once (state.rs).
-        assert_eq!(a.distinct.len(), 3);
+        assert_eq!(a.distinct_values(), 3);
         assert_eq!(a.unique_distinct(), 2);
         assert_eq!(a.shard_counts[&(w(-300), 1, b"click".to_vec())], 12);
     }
@@ -639,11 +585,9 @@ mod tests {
         // Owner 0 holds key groups 0..8, owner 1 holds 8..16.
         let owners: Vec<usize> = (0..key_groups).map(|kg| usize::from(kg >= 8)).collect();
         let mut p = Partials::default();
-        for i in 0..200u32 {
-            let value = format!("user-{i}").into_bytes();
-            p.distinct
-                .push(distinct_entry(w(0), 1, b"click", &value, key_groups));
-        }
+        let values: Vec<Vec<u8>> = (0..200).map(|i| format!("user-{i}").into_bytes()).collect();
+        let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        p.distinct = distinct_runs(0, w(0), 1, b"click", &values, key_groups);
         p.add_group((w(0), b"click".to_vec()), vec![Partial::Count(200)])
             .unwrap();
         p.add_shard_count((w(-300), 1, b"click".to_vec()), 9)
@@ -655,14 +599,14 @@ mod tests {
         assert_eq!(parts[group_owner].groups.len(), 1);
         assert_eq!(parts[group_owner].shard_counts.len(), 1);
         for (i, part) in parts.iter().enumerate() {
-            for entry in &part.distinct {
-                assert_eq!(owners[distinct_key_group(entry) as usize], i);
+            for run in &part.distinct {
+                assert_eq!(owners[key_group_of(&run.key).unwrap() as usize], i);
             }
             // One group key, yet its distinct values land on both owners.
             assert!(
-                part.distinct.len() > 50,
+                part.distinct_values() > 50,
                 "owner {i}: {}",
-                part.distinct.len()
+                part.distinct_values()
             );
         }
     }

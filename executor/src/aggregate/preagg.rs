@@ -1,23 +1,21 @@
 //! Pre-aggregation of one epoch's rows in memory, per (window, group key), before anything
 //! touches RocksDB: each (window, group) is read and written once per epoch, not once per row.
 //!
-//! A row of a group and a distinct value already seen allocates nothing: group keys are
-//! encoded into a reused buffer and interned (a query grouping by one string column finds the
-//! id by the value itself, without encoding), aggregate inputs are read from their columns as
-//! each is folded, distinct values are looked up by borrowed bytes, and a new one is copied
-//! into one buffer shared by the epoch's values.
-
-use std::hash::BuildHasher;
+//! A row of a group already seen allocates nothing: group keys are encoded into a reused
+//! buffer and interned (a query grouping by one string column finds the id by the value
+//! itself, without encoding), aggregate inputs are read from their columns as each is folded,
+//! and an exact-distinct value is appended to its set (`distinct_set`), which sorts and
+//! deduplicates once.
 
 use arrow::array::{ArrayRef, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
-use foldhash::fast::RandomState;
 use weir_common::aggregate::{AggKind, MergeError, Partial};
 use weir_common::job::{JobSpec, WindowQuery};
 use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window, WindowsOf};
 
+use crate::aggregate::distinct_set::DistinctSet;
 use crate::aggregate::partials::{ByOwner, FastMap};
 use crate::plan::event_time::EventTimeRules;
 
@@ -99,67 +97,21 @@ impl GroupKeys {
 }
 
 /// The epoch's state of one (window, group): its aggregates' partials, and the exact-distinct
-/// values of each `count(distinct)` aggregate (empty for the others), hashed by their bytes
-/// alone since the set already belongs to one (window, group, aggregate).
+/// values of each `count(distinct)` aggregate (none for the others).
 struct GroupState {
     partials: Vec<Partial>,
-    distinct: Vec<hashbrown::HashTable<StoredValue>>,
-}
-
-/// A distinct value kept in [`DistinctValues`]: where its bytes are, and their hash (kept so
-/// that growing a set rehashes no bytes, and most mismatches compare no bytes).
-#[derive(Clone, Copy)]
-struct StoredValue {
-    hash: u64,
-    start: usize,
-    len: usize,
-}
-
-/// The bytes of the epoch's distinct values, one after another: a value new to its set is
-/// copied here, not into an allocation of its own.
-#[derive(Default)]
-struct DistinctValues {
-    bytes: Vec<u8>,
-    hasher: RandomState,
-}
-
-impl DistinctValues {
-    fn get(&self, v: &StoredValue) -> &[u8] {
-        &self.bytes[v.start..v.start + v.len]
-    }
-
-    /// Adds `value` to `set` unless it is there already.
-    fn insert(&mut self, set: &mut hashbrown::HashTable<StoredValue>, value: &[u8]) {
-        let hash = self.hasher.hash_one(value);
-        let bytes = &self.bytes;
-        let entry = set.entry(
-            hash,
-            |v| v.hash == hash && &bytes[v.start..v.start + v.len] == value,
-            |v| v.hash,
-        );
-        if let hashbrown::hash_table::Entry::Vacant(vacant) = entry {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(value);
-            vacant.insert(StoredValue {
-                hash,
-                start,
-                len: value.len(),
-            });
-        }
-    }
+    distinct: Vec<Option<DistinctSet>>,
 }
 
 /// One epoch's partial aggregates.
 pub struct PreAggregation<'a> {
-    /// The job's key groups, for tests that take the partials all together.
-    #[cfg(test)]
+    /// The job's key groups: a distinct value's is found as it is added.
     key_groups: u32,
     query: &'a WindowQuery,
     watermark: Option<i64>,
     event_time: EventTimeRules<'a>,
     group_keys: GroupKeys,
     groups: FastMap<(Window, u32), GroupState>,
-    values: DistinctValues,
     pub times: EventTimes,
     pub late_rows: u64,
 }
@@ -172,14 +124,12 @@ impl<'a> PreAggregation<'a> {
         planned_at: i64,
     ) -> Self {
         Self {
-            #[cfg(test)]
             key_groups: job.key_groups,
             query,
             watermark,
             event_time: EventTimeRules::new(job, planned_at),
             group_keys: GroupKeys::default(),
             groups: FastMap::default(),
-            values: DistinctValues::default(),
             times: EventTimes::default(),
             late_rows: 0,
         }
@@ -348,21 +298,27 @@ impl<'a> PreAggregation<'a> {
         row: usize,
     ) {
         let aggregates = &self.query.aggregates;
+        let (keys, key_groups) = (&self.group_keys.keys, self.key_groups);
         let state = self
             .groups
             .entry((window, group))
             .or_insert_with(|| GroupState {
                 partials: aggregates.iter().map(|a| a.new_partial()).collect(),
-                distinct: aggregates.iter().map(|_| Default::default()).collect(),
+                distinct: (aggregates.iter().enumerate())
+                    .map(|(i, a)| {
+                        (a.kind == AggKind::CountDistinct).then(|| {
+                            // At most 64 aggregates: the index fits.
+                            DistinctSet::new(window, i as u8, &keys[group as usize], key_groups)
+                        })
+                    })
+                    .collect(),
             });
         for (i, (agg, column)) in aggregates.iter().zip(columns).enumerate() {
             let value = column.as_ref().map_or(Scalar::Null, |c| c.get(row));
             if agg.kind != AggKind::CountDistinct {
                 state.partials[i].update(agg.kind, value);
-            } else if !value.is_null() {
-                let set = &mut state.distinct[i];
-                let values = &mut self.values;
-                value.with_bytes(|bytes| values.insert(set, bytes));
+            } else if let (false, Some(set)) = (value.is_null(), &mut state.distinct[i]) {
+                value.with_bytes(|bytes| set.add(bytes));
             }
         }
     }
@@ -370,12 +326,11 @@ impl<'a> PreAggregation<'a> {
     /// Hands the epoch's partials to the owners of their key groups.
     pub fn route(self, out: &mut ByOwner<'_>) -> Result<(), MergeError> {
         let keys = self.group_keys.keys;
-        let values = self.values;
         for ((window, group), state) in self.groups {
             let key = &keys[group as usize];
-            for (agg, set) in state.distinct.iter().enumerate() {
-                for value in set {
-                    out.add_distinct_value(window, agg as u8, key, values.get(value));
+            for (agg, set) in state.distinct.into_iter().enumerate() {
+                if let Some(set) = set {
+                    out.add_distinct_shards(window, agg as u8, key, set.into_shards())?;
                 }
             }
             out.add_group((window, key.clone()), state.partials)?;
@@ -403,7 +358,8 @@ mod tests {
     use weir_common::keygroup::key_group;
     use weir_common::window::Window;
 
-    use crate::aggregate::partials::distinct_key_group;
+    use crate::state::distinct_runs;
+    use crate::state::keys::{key_group_of, parse_key, StateKey, ValueShards};
 
     const MIN: i64 = 60_000_000;
 
@@ -490,7 +446,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert!(matches!(group[0], Partial::Count(3)));
         assert!(matches!(group[2], Partial::SumF(Some(s)) if s == 4.5));
         // Two distinct users in the one window, kept apart from the partials.
-        assert_eq!(partials.distinct.len(), 2);
+        assert_eq!(partials.distinct_values(), 2);
     }
 
     #[test]
@@ -538,7 +494,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         // The same rows twice, in two batches: nothing new the second time.
         pre.add_batch(&batch(&job, &rows));
         pre.add_batch(&batch(&job, &rows));
-        let key_groups = 64;
+        let key_groups = job.key_groups as usize;
         let owners: Vec<usize> = (0..key_groups).map(|kg| kg % 3).collect();
         let mut out = ByOwner::new(&owners, 3, 0);
         pre.route(&mut out).unwrap();
@@ -556,11 +512,21 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
         assert_eq!(counts, 600);
         // u0..u99 with view only for i % 3 == 0: every user clicks, 100 users view (i and
         // i + 100 * k cover all residues), so 200 (group, user) pairs.
-        let distinct: usize = parts.iter().map(|p| p.distinct.len()).sum();
+        let distinct: usize = parts.iter().map(|p| p.distinct_values()).sum();
         assert_eq!(distinct, 200);
         for (i, part) in parts.iter().enumerate() {
-            for entry in &part.distinct {
-                assert_eq!(owners[distinct_key_group(entry) as usize], i);
+            for run in &part.distinct {
+                let kg = key_group_of(&run.key).unwrap();
+                assert_eq!(owners[kg as usize], i);
+                // Each value is in the run of its own key group, and a run is in byte order.
+                let Some(StateKey::Run { window, agg, group }) = parse_key(&run.key) else {
+                    panic!("not a run key")
+                };
+                let shards = ValueShards::new(window, agg, group, key_groups as u32);
+                let mut values = Vec::new();
+                distinct_runs::values_into(&run.run, &mut values).unwrap();
+                assert!(values.iter().all(|v| shards.of(v) == kg));
+                assert!(values.windows(2).all(|pair| pair[0] < pair[1]));
             }
             for (window, group) in part.groups.keys() {
                 assert_eq!(

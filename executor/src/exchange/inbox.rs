@@ -312,14 +312,17 @@ mod tests {
     use crate::exchange::wire::{entries, BatchEncoder};
     use weir_common::window::Window;
 
+    /// A batch of distinct values `values`, each in a run of its own (as if from a sender
+    /// of its own), so that a batch holds one row per value.
     fn batch(values: std::ops::Range<u32>) -> RecordBatch {
         let mut p = Partials::default();
         for i in values {
-            p.distinct.push(crate::aggregate::partials::distinct_entry(
+            p.distinct.extend(crate::aggregate::partials::distinct_runs(
+                0,
                 Window { start: 0, end: 300 },
                 1,
                 b"g",
-                &i.to_be_bytes(),
+                &[&i.to_be_bytes()],
                 16,
             ));
         }

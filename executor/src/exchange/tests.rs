@@ -60,19 +60,21 @@ fn window() -> Window {
     Window { start: 0, end: 300 }
 }
 
-/// Distinct-value entries numbered `from..to`, as one wire batch per 4096.
+/// Distinct values numbered `from..to`, as pre-aggregation sends them: a run per key group.
 fn distinct(range: std::ops::Range<u32>) -> Partials {
-    let mut p = Partials::default();
-    for i in range {
-        p.distinct.push(crate::aggregate::partials::distinct_entry(
+    let values: Vec<Vec<u8>> = range.map(|i| format!("user-{i:08}").into_bytes()).collect();
+    let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    Partials {
+        distinct: crate::aggregate::partials::distinct_runs(
+            0,
             window(),
             1,
             b"click",
-            format!("user-{i:08}").as_bytes(),
+            &values,
             KEY_GROUPS,
-        ));
+        ),
+        ..Partials::default()
     }
-    p
 }
 
 fn header(epoch: u64, sender: &str) -> StreamHeader {
@@ -91,7 +93,7 @@ async fn a_slow_owner_slows_its_sender_without_loss() {
     let (address, _stop) = serve(ExchangeService::new(JOB.into(), inbox, bytes())).await;
     let channel = Endpoint::from_shared(address).unwrap().connect_lazy();
 
-    // 300 batches of 4096 distinct values (~100 KiB each): the sender could produce them all
+    // 300 batches of 4096 distinct values (~60 KiB each): the sender could produce them all
     // at once; it may only run ahead of the owner by what the queue and HTTP/2 windows hold.
     const BATCHES: u64 = 300;
     let one = BatchEncoder::new(entries(PlanPartials(vec![distinct(0..4096)])))
@@ -264,11 +266,9 @@ async fn three_executors_shuffle_every_entry_to_its_owner() {
     let all: usize = owned.iter().map(Partials::unique_distinct).sum();
     assert_eq!(all, 2000);
     for (i, p) in owned.iter().enumerate() {
-        for entry in &p.distinct {
-            assert_eq!(
-                owners[crate::aggregate::partials::distinct_key_group(entry) as usize],
-                i
-            );
+        for run in &p.distinct {
+            let kg = crate::state::keys::key_group_of(&run.key).unwrap();
+            assert_eq!(owners[kg as usize], i);
         }
     }
     let group_owner = owners[key_group(b"click", KEY_GROUPS) as usize];

@@ -1,8 +1,9 @@
 //! Partial aggregates as Arrow record batches, the form they take on an exchange stream.
 //!
 //! One schema holds all four kinds of entries; `payload` is the encoded partial states of a
-//! group row, the bytes of a distinct value, a shard count, or a dedup query's row (its
-//! position, then the record; its key in `group`, its event time in `window_start`).
+//! group row, a run of distinct values (its run key in `group`), a shard count, or a dedup
+//! query's row (its position, then the record; its key in `group`, its event time in
+//! `window_start`).
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -15,16 +16,13 @@ use arrow::record_batch::RecordBatch;
 use weir_common::aggregate::{decode_partials, encode_partials};
 use weir_common::window::Window;
 
-use crate::aggregate::partials::{DistinctKeys, FirstRow, Partials, PlanPartials, Shape};
+use crate::aggregate::partials::{DistinctRun, FirstRow, Partials, PlanPartials, Shape};
 use crate::state::keys::tag;
 
 const KIND_GROUP: u8 = 0;
 const KIND_DISTINCT: u8 = 1;
 const KIND_SHARD_COUNT: u8 = 2;
 const KIND_FIRST_ROW: u8 = 3;
-
-/// The group column of a distinct entry, whose key holds its group.
-static NO_GROUP: Vec<u8> = Vec::new();
 
 /// Rows per batch, and payload bytes after which a batch is cut early (sketches are large).
 pub const MAX_BATCH_ROWS: usize = 4096;
@@ -63,8 +61,7 @@ pub enum Entry {
 }
 
 /// The entries of some partials, shareable so a stream can be sent again after a failure:
-/// per operator, its group rows, shard counts and dedup rows, then its distinct values (as
-/// their distinct keys, all in `payload`).
+/// per operator, its group rows, shard counts and dedup rows, then its distinct runs.
 pub struct Entries {
     parts: Vec<Part>,
 }
@@ -73,7 +70,7 @@ pub struct Entries {
 struct Part {
     op: u8,
     rows: Vec<Entry>,
-    distinct: DistinctKeys,
+    distinct: Vec<DistinctRun>,
 }
 
 impl Part {
@@ -158,14 +155,14 @@ impl BatchEncoder {
         let part = &self.entries.parts[self.part];
         let tagged = |kind: u8| tag(part.op, kind);
         let Some(entry) = part.rows.get(i) else {
-            let key = part.distinct.get(i - part.rows.len())?;
+            let run = part.distinct.get(i - part.rows.len())?;
             let window = Window { start: 0, end: 0 };
             return Some(Ok((
                 tagged(KIND_DISTINCT),
                 window,
                 0,
-                &NO_GROUP,
-                Cow::Borrowed(key),
+                &run.key,
+                Cow::Borrowed(&run.run),
             )));
         };
         Some(match entry {
@@ -323,8 +320,11 @@ fn decode_row(
                 .map_err(|e| e.to_string())
         }
         KIND_DISTINCT => {
-            shape.check_distinct_key(p)?;
-            into.distinct.push(p);
+            shape.check_distinct_run(g, p)?;
+            into.distinct.push(DistinctRun {
+                key: g.to_vec(),
+                run: p.to_vec(),
+            });
             Ok(())
         }
         KIND_SHARD_COUNT => {
@@ -364,6 +364,8 @@ fn decode_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::partials::distinct_runs;
+    use crate::state::distinct_runs::RunWriter;
 
     /// One operator's partials as a stream's.
     fn one(p: Partials) -> PlanPartials {
@@ -387,33 +389,33 @@ mod tests {
     fn partials_survive_the_round_trip_in_bounded_batches() {
         let w = Window { start: 0, end: 300 };
         let mut p = Partials::default();
-        for i in 0..10_000u32 {
-            p.distinct.push(crate::aggregate::partials::distinct_entry(
-                w,
-                1,
-                b"click",
-                &i.to_be_bytes(),
-                64,
-            ));
+        let values: Vec<[u8; 4]> = (0..10_000u32).map(u32::to_be_bytes).collect();
+        let values: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+        p.distinct = distinct_runs(0, w, 1, b"click", &values, 64);
+        let runs = p.distinct.clone();
+        for g in 0..5_000 {
+            p.add_group((w, format!("g{g}").into_bytes()), group_row(2))
+                .unwrap();
         }
-        p.add_group((w, b"click".to_vec()), group_row(10_000))
-            .unwrap();
         p.add_shard_count((w, 1, b"view".to_vec()), 42).unwrap();
+        let sent = p.len();
         let batches: Vec<RecordBatch> = BatchEncoder::new(entries(one(p)))
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(batches.len(), 3);
+        assert_eq!(batches.len(), sent.div_ceil(MAX_BATCH_ROWS));
         assert!(batches.iter().all(|b| b.num_rows() <= MAX_BATCH_ROWS));
         let mut back = Partials::default();
         let rows: usize = batches
             .iter()
             .map(|b| decode_one(b, &Shape::for_tests(), &mut back).unwrap())
             .sum();
-        assert_eq!(rows, 10_002);
-        assert_eq!(back.distinct.len(), 10_000);
+        assert_eq!(rows, sent);
+        assert_eq!(back.distinct, runs);
+        assert_eq!(back.unique_distinct(), 10_000);
+        assert_eq!(back.groups.len(), 5_000);
         assert!(matches!(
-            back.groups[&(w, b"click".to_vec())][0],
-            Partial::Count(10_000)
+            back.groups[&(w, b"g17".to_vec())][0],
+            Partial::Count(2)
         ));
         assert_eq!(back.shard_counts[&(w, 1, b"view".to_vec())], 42);
     }
@@ -509,21 +511,47 @@ mod tests {
         assert!(err.to_string().contains("kind"), "{err}");
     }
 
+    /// A run must be whole, in byte order and without repeats, under a whole run key: the
+    /// fold writes it as it is, and counts its values by its header.
     #[test]
-    fn a_distinct_entry_that_is_not_a_whole_key_is_refused() {
+    fn a_distinct_run_that_is_cut_or_out_of_order_is_refused() {
         let w = Window { start: 0, end: 300 };
-        let mut p = Partials::default();
-        let key = crate::aggregate::partials::distinct_entry(w, 1, b"click", b"u1", 64);
-        p.distinct.push(key.clone());
+        let good = distinct_runs(0, w, 1, b"click", &[b"u1"], 64).remove(0);
+        let refused = |run: DistinctRun| {
+            let p = Partials {
+                distinct: vec![good.clone(), run],
+                ..Partials::default()
+            };
+            decode_one(&batch_of(p), &Shape::for_tests(), &mut Partials::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let mut cut_key = good.clone();
         // Cut inside its group key: the length it announces runs past the end.
-        p.distinct.push(&key[..key.len() - 4]);
-        let batch = BatchEncoder::new(entries(one(p))).next().unwrap().unwrap();
-        let mut back = Partials::default();
-        let err = decode_one(&batch, &Shape::for_tests(), &mut back).unwrap_err();
-        assert!(
-            err.to_string().contains("row 1") && err.to_string().contains("distinct"),
-            "{err}"
-        );
+        cut_key.key.truncate(good.key.len() - 2);
+        let mut cut_run = good.clone();
+        cut_run.run.pop();
+        let two = |a: &[u8], b: &[u8]| {
+            let mut run = RunWriter::default();
+            run.push(a).unwrap();
+            run.push(b).unwrap();
+            DistinctRun {
+                key: good.key.clone(),
+                run: run.finish(),
+            }
+        };
+        for (run, expected) in [
+            (cut_key, "not a distinct run"),
+            (cut_run, "cut short"),
+            (two(b"u2", b"u1"), "not after"),
+            (two(b"u1", b"u1"), "not after"),
+        ] {
+            let err = refused(run);
+            assert!(
+                err.contains("row 1") && err.contains(expected),
+                "{expected}: {err}"
+            );
+        }
     }
 
     /// The partial states of a group row of [`Shape::for_tests`] with `n` rows.
@@ -557,12 +585,15 @@ mod tests {
             batch_of(p)
         };
         let distinct = |key: Vec<u8>| {
-            let mut p = Partials::default();
-            p.distinct.push(key);
+            let mut p = Partials {
+                distinct: distinct_runs(0, w, 1, b"click", &[b"u1"], 16),
+                ..Partials::default()
+            };
+            p.distinct[0].key = key;
             batch_of(p)
         };
-        let key = |window: Window, agg: u8, key_groups: u32| {
-            crate::aggregate::partials::distinct_entry(window, agg, b"click", b"u1", key_groups)
+        let key = |window: Window, agg: u8, kg: u32| {
+            crate::state::keys::run_key(0, kg, window, agg, b"click")
         };
         let cases = [
             (
@@ -602,11 +633,15 @@ mod tests {
             (shard(w, 9, 3), "not a count(distinct)"),
             (shard(w, 1, -3), "negative"),
             (shard(Window { start: 0, end: 299 }, 1, 3), "not a window"),
-            (distinct(key(w, 0, 16)), "not a count(distinct)"),
-            (distinct(key(w, 1, 1000)), "key group"),
+            (distinct(key(w, 0, 3)), "not a count(distinct)"),
+            (distinct(key(w, 1, 64)), "key group"),
             (
-                distinct(key(Window { start: 5, end: 305 }, 1, 16)),
+                distinct(key(Window { start: 5, end: 305 }, 1, 3)),
                 "not a window",
+            ),
+            (
+                distinct(crate::state::keys::run_key(1, 3, w, 1, b"click")),
+                "operator",
             ),
             (distinct(b"\x00\x01short".to_vec()), "not a distinct"),
         ];
@@ -663,7 +698,7 @@ mod tests {
             let w = Window { start: 0, end: 300 };
             p.add_group((w, b"click".to_vec()), group_row(7)).unwrap();
             p.add_shard_count((w, 1, b"view".to_vec()), 3).unwrap();
-            p.distinct.push(crate::aggregate::partials::distinct_entry(w, 1, b"click", b"u1", 64));
+            p.distinct = distinct_runs(0, w, 1, b"click", &[b"u1", b"u2"], 64);
             let batch = batch_of(p);
             let payload = batch.column_by_name("payload").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
             let mut values: Vec<Vec<u8>> = payload.iter().map(|v| v.unwrap().to_vec()).collect();

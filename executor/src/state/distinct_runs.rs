@@ -25,6 +25,8 @@ pub enum RunError {
     Trailing(u32),
     #[error("a distinct run would hold more than {} values", u32::MAX)]
     TooMany,
+    #[error("a distinct run's value {0} is not after the one before it")]
+    Unsorted(u32),
 }
 
 /// Builds a run from values given in byte order, each once.
@@ -35,6 +37,13 @@ pub struct RunWriter {
 }
 
 impl RunWriter {
+    /// A writer with room for `bytes` of lengths and values.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER + bytes);
+        buf.extend_from_slice(&[0; HEADER]);
+        Self { buf, count: 0 }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -73,8 +82,10 @@ pub fn count(run: &[u8]) -> Result<u32, RunError> {
 /// Appends a run's values to `out`, in the run's order.
 pub fn values_into<'a>(run: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), RunError> {
     let count = count(run)?;
-    out.reserve(count as usize);
     let mut rest = &run[HEADER..];
+    // Each value takes at least its length's byte: a header that claims more (a corrupt or
+    // hostile run) reserves no more than the bytes could hold.
+    out.reserve((count as usize).min(rest.len()));
     for index in 0..count {
         let cut = RunError::Truncated { index, count };
         let len = decode_varint(&mut rest).map_err(|_| cut.clone())?;
@@ -87,6 +98,18 @@ pub fn values_into<'a>(run: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), Run
         return Err(RunError::Trailing(count));
     }
     Ok(())
+}
+
+/// How many values a run from elsewhere (an exchange stream) holds, once it is known to be
+/// whole and to hold its values in byte order, each once, as a run written here does: the
+/// fold writes such a run as it is, and counts its values by its header.
+pub fn check(run: &[u8]) -> Result<u32, RunError> {
+    let mut values = Vec::new();
+    values_into(run, &mut values)?;
+    match values.windows(2).position(|pair| pair[0] >= pair[1]) {
+        Some(at) => Err(RunError::Unsorted(at as u32 + 1)),
+        None => Ok(values.len() as u32),
+    }
 }
 
 /// The union of runs, as one run.
@@ -177,5 +200,28 @@ mod tests {
         let mut extra = r.clone();
         extra.push(0);
         assert_eq!(union([&extra[..]]), Err(RunError::Trailing(2)));
+        // A header claiming billions of values is refused, not believed.
+        let mut huge = r.clone();
+        huge[..HEADER].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            check(&huge),
+            Err(RunError::Truncated {
+                index: 2,
+                count: u32::MAX
+            })
+        );
+    }
+
+    #[test]
+    fn a_run_from_elsewhere_must_be_whole_sorted_and_without_repeats() {
+        assert_eq!(check(&run(&["", "a", "ab", "b"])), Ok(4));
+        assert_eq!(check(&run(&[])), Ok(0));
+        assert_eq!(check(&run(&["b", "a"])), Err(RunError::Unsorted(1)));
+        assert_eq!(check(&run(&["a", "b", "b"])), Err(RunError::Unsorted(2)));
+        let r = run(&["a", "b"]);
+        assert_eq!(
+            check(&r[..r.len() - 1]),
+            Err(RunError::Truncated { index: 1, count: 2 })
+        );
     }
 }

@@ -12,11 +12,11 @@
 //! without reading first, and a window's distinct count is the size of its runs in each key
 //! group (a shard), summed at the group's owner when the window closes.
 //!
-//! Values travel between executors as distinct keys, `[kg u16][end][1][start][agg u8][len u32]
-//! [group key][value]`: the run key's bytes with the value after them. Stores written by
-//! earlier versions hold such keys too, one per value, and a running count per shard
-//! (`[kg u16][end][2][start][agg u8][group key] -> i64`, ignored); both are counted or dropped
-//! with their window.
+//! Values travel between executors as runs too, each with its run key: pre-aggregation sorts
+//! each set's values by key group and value, so an owner writes what it receives as it is.
+//! Stores written by earlier versions hold a key per value (`[kg u16][end][1][start][agg u8]
+//! [len u32][group key][value] -> ()`) and a running count per shard (`[kg u16][end][2][start]
+//! [agg u8][group key] -> i64`, ignored); both are counted or dropped with their window.
 //!
 //! A dedup query's keys (docs/architecture.md, Plan of operators) keep the layout, the time
 //! being when the key expires; a second entry per key, at the end of time, finds a key by its
@@ -73,16 +73,12 @@ pub fn decode_time(b: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
 }
 
-fn write_head(k: &mut Vec<u8>, kg: u32, end: i64, tag: u8, start: i64) {
+fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + extra);
     k.extend_from_slice(&(kg as u16).to_be_bytes());
     k.extend_from_slice(&encode_time(end));
     k.push(tag);
     k.extend_from_slice(&encode_time(start));
-}
-
-fn head(kg: u32, end: i64, tag: u8, start: i64, extra: usize) -> Vec<u8> {
-    let mut k = Vec::with_capacity(19 + extra);
-    write_head(&mut k, kg, end, tag, start);
     k
 }
 
@@ -117,87 +113,55 @@ pub fn group_key(op: u8, kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The key group (shard) of a distinct value among `key_groups`: the stable hash of its window
-/// end and start, aggregate index, group key length and group key, and value, in that order.
-/// (The definition; [`distinct_key_into`] computes it from the key's own bytes.)
-#[cfg(test)]
-pub fn distinct_key_group_of(
-    w: Window,
-    agg: u8,
-    group: &[u8],
-    value: &[u8],
+/// The key groups (shards) of the distinct values of one (window, aggregate, group) among
+/// `key_groups`: a value's is the stable hash of the window's end and start, the aggregate
+/// index, the group key's length and the group key, then the value, in that order. The parts
+/// before the value are the same for the whole set, so they are encoded once.
+pub struct ValueShards {
+    prefix: Vec<u8>,
     key_groups: u32,
-) -> u32 {
-    key_group_of_parts(
-        &[
-            &encode_time(w.end),
-            &encode_time(w.start),
-            &[agg],
-            &(group.len() as u32).to_be_bytes(),
-            group,
-            value,
-        ],
-        key_groups,
-    )
 }
 
-/// Writes into `key` (cleared first) the distinct key of a value in its key group among
-/// `key_groups`, and answers the key group. The key holds the hashed parts in hash order,
-/// around the tag: they are hashed from it in two slices instead of being gathered again.
-pub fn distinct_key_into(
-    key: &mut Vec<u8>,
-    op: u8,
-    w: Window,
-    agg: u8,
-    group: &[u8],
-    value: &[u8],
-    key_groups: u32,
-) -> u32 {
-    key.clear();
-    write_distinct_key(key, op, 0, w, agg, group, value);
-    // [kg 0..2][end 2..10][tag 10][start 11..19][agg][len][group][value]
-    let kg = key_group_of_parts(&[&key[2..10], &key[11..]], key_groups);
-    key[..2].copy_from_slice(&(kg as u16).to_be_bytes());
-    kg
+impl ValueShards {
+    pub fn new(w: Window, agg: u8, group: &[u8], key_groups: u32) -> Self {
+        let mut prefix = Vec::with_capacity(21 + group.len());
+        prefix.extend_from_slice(&encode_time(w.end));
+        prefix.extend_from_slice(&encode_time(w.start));
+        prefix.push(agg);
+        prefix.extend_from_slice(&(group.len() as u32).to_be_bytes());
+        prefix.extend_from_slice(group);
+        Self { prefix, key_groups }
+    }
+
+    /// The key group of `value`.
+    pub fn of(&self, value: &[u8]) -> u32 {
+        key_group_of_parts(&[&self.prefix, value], self.key_groups)
+    }
 }
 
+/// A distinct key of the layout stores of earlier versions hold: one per value, its run's
+/// key (under tag 1) with the value after it.
 #[cfg(test)]
 pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24 + group.len() + value.len());
-    write_distinct_key(&mut k, 0, kg, w, agg, group, value);
+    let mut k = set_key(kg, w, tag(0, TAG_DISTINCT), agg, group, value.len());
+    k.extend_from_slice(value);
     k
 }
 
-fn write_distinct_key(
-    k: &mut Vec<u8>,
-    op: u8,
-    kg: u32,
-    w: Window,
-    agg: u8,
-    group: &[u8],
-    value: &[u8],
-) {
-    write_head(k, kg, w.end, tag(op, TAG_DISTINCT), w.start);
+/// The key of the run that holds the distinct values of (window, aggregate `agg`, group) of
+/// operator `op` in key group `kg`.
+pub fn run_key(op: u8, kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
+    set_key(kg, w, tag(op, TAG_RUN), agg, group, 0)
+}
+
+/// The key of (window, aggregate `agg`, group) in key group `kg` under `tag`, with room for
+/// `extra` bytes after it.
+fn set_key(kg: u32, w: Window, tag: u8, agg: u8, group: &[u8], extra: usize) -> Vec<u8> {
+    let mut k = head(kg, w.end, tag, w.start, 5 + group.len() + extra);
     k.push(agg);
     k.extend_from_slice(&(group.len() as u32).to_be_bytes());
     k.extend_from_slice(group);
-    k.extend_from_slice(value);
-}
-
-/// Splits a distinct key into its head (everything but the value: the same for every value
-/// of one run) and its value: `None` unless `key` is a whole distinct key.
-pub fn split_distinct_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
-    let at = distinct_value_at(key)?;
-    (kind_of(key) == Some(TAG_DISTINCT)).then(|| key.split_at(at))
-}
-
-/// The key of the run that holds the values of a distinct key's head.
-pub fn run_key(head: &[u8]) -> Vec<u8> {
-    let mut run = head.to_vec();
-    if let Some(tag) = run.get_mut(10) {
-        *tag = (*tag & !3) | TAG_RUN;
-    }
-    run
+    k
 }
 
 /// Where the value starts in a distinct key, or in a run key its end.
@@ -212,13 +176,6 @@ pub fn key_group_of(key: &[u8]) -> Option<u32> {
     Some(u32::from(u16::from_be_bytes(
         key.get(..2)?.try_into().ok()?,
     )))
-}
-
-/// Whether `key` is a whole key of [`distinct_key`]'s layout (the exchange checks more:
-/// `partials::Shape::check_distinct_key`).
-#[cfg(test)]
-pub fn is_distinct_key(key: &[u8]) -> bool {
-    matches!(parse_key(key), Some(StateKey::Distinct { .. }))
 }
 
 /// Lower bound of key group `kg` (inclusive).
@@ -354,10 +311,7 @@ mod tests {
                 value: b"u1"
             })
         );
-        let key = distinct_key(3, w, 2, g, b"u1");
-        let (head, value) = split_distinct_key(&key).unwrap();
-        assert_eq!(value, b"u1");
-        let run = run_key(head);
+        let run = run_key(0, 3, w, 2, g);
         assert_eq!(
             parse_key(&run),
             Some(StateKey::Run {
@@ -366,18 +320,14 @@ mod tests {
                 group: g
             })
         );
+        assert_eq!(key_group_of(&run), Some(3));
+        assert_eq!(operator_of(&run_key(5, 3, w, 2, g)), Some(5));
         // A run key sorts with its window, after the window's group rows.
         assert!(run > group_key(0, 3, w, g) && run < kg_closed_upper(3, w.end));
         assert_eq!(parse_key(&[&run[..], b"u1"].concat()), None);
-        assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"")).is_some());
-        assert!(split_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..26]).is_none());
-        assert!(split_distinct_key(&run).is_none());
-        assert!(is_distinct_key(&distinct_key(3, w, 2, g, b"u1")));
-        assert!(!is_distinct_key(&distinct_key(3, w, 2, g, b"u1")[..22]));
-        assert!(!is_distinct_key(&legacy));
-        assert!(!is_distinct_key(&group_key(0, 3, w, g)));
         assert_eq!(key_group_of(&distinct_key(300, w, 2, g, b"u1")), Some(300));
-        // The key group computed from the key is the one its definition gives.
+        // A value's key group is the stable hash of its parts laid end to end: the layout's
+        // definition, which the runs in every checkpoint were placed by.
         for i in 0..2_000u32 {
             let value = format!("user-{i}");
             let group = format!("type-{}", i % 7);
@@ -385,33 +335,20 @@ mod tests {
                 start: i64::from(i) * 300 - 600_000,
                 end: i64::from(i) * 300 - 599_700,
             };
-            let mut key = Vec::new();
-            let found = distinct_key_into(
-                &mut key,
-                0,
-                window,
-                (i % 3) as u8,
+            let agg = (i % 3) as u8;
+            let joined = [
+                &encode_time(window.end)[..],
+                &encode_time(window.start),
+                &[agg],
+                &(group.len() as u32).to_be_bytes(),
                 group.as_bytes(),
                 value.as_bytes(),
-                128,
-            );
-            let kg = distinct_key_group_of(
-                window,
-                (i % 3) as u8,
-                group.as_bytes(),
-                value.as_bytes(),
-                128,
-            );
-            assert_eq!(found, kg);
+            ]
+            .concat();
+            let shards = ValueShards::new(window, agg, group.as_bytes(), 128);
             assert_eq!(
-                key,
-                distinct_key(
-                    kg,
-                    window,
-                    (i % 3) as u8,
-                    group.as_bytes(),
-                    value.as_bytes()
-                )
+                shards.of(value.as_bytes()),
+                weir_common::keygroup::key_group(&joined, 128)
             );
         }
         let later = Window {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod restore;
 pub mod snapshot;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
@@ -24,8 +25,8 @@ use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partia
 use weir_common::keygroup::{key_group, KeyGroups};
 use weir_common::window::Window;
 
-use crate::aggregate::partials::{DistinctKeys, FastMap, Partials, ShardKey};
-use crate::state::distinct_runs::{self as runs, RunWriter};
+use crate::aggregate::partials::{DistinctRun, FastMap, Partials, ShardKey};
+use crate::state::distinct_runs as runs;
 use crate::state::keys::StateKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +290,7 @@ impl StateStore {
         } = partials;
         let rows = self.merge_groups(op, groups)?;
         self.write_rows(op, &rows, batch)?;
-        let mut folded = self.fold_distinct(&distinct, batch, None)?;
+        let mut folded = self.fold_distinct(distinct, batch, None)?;
         folded.rows_written += rows.len() as u64;
         Ok(folded)
     }
@@ -310,7 +311,7 @@ impl StateStore {
         } = partials;
         let rows = self.merge_groups(op, groups)?;
         let mut gains = Vec::new();
-        let mut folded = self.fold_distinct(&distinct, batch, Some(&mut gains))?;
+        let mut folded = self.fold_distinct(distinct, batch, Some(&mut gains))?;
         folded.rows_written += rows.len() as u64;
         Ok(CountedFold {
             rows,
@@ -367,45 +368,34 @@ impl StateStore {
     /// each run's values the store did not hold yet.
     fn fold_distinct(
         &self,
-        distinct: &DistinctKeys,
+        mut distinct: Vec<DistinctRun>,
         batch: &mut WriteBatch,
         mut gains: Option<&mut Vec<(ShardKey, i64)>>,
     ) -> Result<Folded, StateError> {
-        // Values arrive as their distinct keys: sorted and deduplicated, the values of one
-        // (key group, window, aggregate, group) are adjacent and in order, and become one run
-        // merged in blind (no read: RocksDB unions it with what the store holds). Looking each
+        // Values arrive as runs, in byte order under their run keys: a run that came from one
+        // sender is merged in as it came, blind (no read: RocksDB unions it with what the store
+        // holds); the runs of one key from several senders are unioned first. Looking each
         // value up to count new ones cost more than reading, decoding and aggregating the
         // events; append mode leaves the counting to the window's close.
-        let distinct_keys = distinct.sorted_unique();
-        let written = distinct_keys.len() as u64;
-        let mut run = RunWriter::default();
-        let mut head: &[u8] = &[];
-        let mut flush = |head: &[u8], run: &mut RunWriter| {
-            let key = keys::run_key(head);
-            let operand = run.finish();
+        distinct.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let mut written = 0u64;
+        for same in distinct.chunk_by(|a, b| a.key == b.key) {
+            let key = &same[0].key;
+            let operand = match same {
+                [one] => Cow::Borrowed(&one.run[..]),
+                _ => Cow::Owned(runs::union(same.iter().map(|r| &r.run[..]))?),
+            };
+            written += u64::from(runs::count(&operand)?);
             if let Some(gains) = gains.as_deref_mut() {
-                let gained = self.count_new(&key, &operand)?;
+                let gained = self.count_new(key, &operand)?;
                 if gained > 0 {
-                    let Some(StateKey::Run { window, agg, group }) = keys::parse_key(&key) else {
+                    let Some(StateKey::Run { window, agg, group }) = keys::parse_key(key) else {
                         return Err(StateError::Corrupt("unparseable distinct run key".into()));
                     };
                     gains.push(((window, agg, group.to_vec()), gained));
                 }
             }
             batch.merge(key, operand);
-            Ok::<(), StateError>(())
-        };
-        for key in &distinct_keys {
-            let (key_head, value) = keys::split_distinct_key(key)
-                .ok_or_else(|| StateError::Corrupt("a distinct value's key is cut short".into()))?;
-            if key_head != head && !run.is_empty() {
-                flush(head, &mut run)?;
-            }
-            head = key_head;
-            run.push(value)?;
-        }
-        if !run.is_empty() {
-            flush(head, &mut run)?;
         }
         Ok(Folded {
             distinct_written: written,
@@ -603,18 +593,30 @@ mod tests {
         (dir, store)
     }
 
+    /// Distinct values of (w, aggregate 1, group "g"), each as if from a sender of its own: a
+    /// value named twice arrives in two runs of one key.
     fn values(w: Window, names: &[&str]) -> Partials {
         let mut p = Partials::default();
         for v in names {
-            p.distinct.push(crate::aggregate::partials::distinct_entry(
+            p.distinct.extend(crate::aggregate::partials::distinct_runs(
+                0,
                 w,
                 1,
                 b"g",
-                v.as_bytes(),
+                &[v.as_bytes()],
                 8,
             ));
         }
         p
+    }
+
+    /// The keys an earlier version kept for values of (w, aggregate 1, group "g"), one each.
+    fn legacy_keys(w: Window, names: &[&str]) -> Vec<Vec<u8>> {
+        let shards = keys::ValueShards::new(w, 1, b"g", 8);
+        names
+            .iter()
+            .map(|v| keys::distinct_key(shards.of(v.as_bytes()), w, 1, b"g", v.as_bytes()))
+            .collect()
     }
 
     /// Update mode counts, per epoch, only the values a window did not hold yet, whether the
@@ -770,10 +772,10 @@ mod tests {
         };
         // What an earlier version left: a key per value, in both windows.
         let mut batch = WriteBatch::default();
-        for key in values(w, &["u1", "u2", "u3"]).distinct.iter() {
+        for key in legacy_keys(w, &["u1", "u2", "u3"]) {
             batch.put(key, []);
         }
-        for key in values(later, &["u7"]).distinct.iter() {
+        for key in legacy_keys(later, &["u7"]) {
             batch.put(key, []);
         }
         store.commit_epoch(0, batch).unwrap();

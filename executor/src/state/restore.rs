@@ -139,8 +139,9 @@ async fn copy_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::partials::{distinct_entry, distinct_key_group, Partials};
+    use crate::aggregate::partials::{distinct_runs, Partials};
     use crate::state::keys::kg_lower;
+    use crate::state::keys::ValueShards;
     use crate::state::snapshot::Snapshots;
     use std::collections::BTreeMap;
     use weir_common::window::Window;
@@ -162,11 +163,13 @@ mod tests {
         let mut partials = Partials::default();
         let w = Window { start: 0, end: 300 };
         let mut per_kg: BTreeMap<u32, u64> = BTreeMap::new();
-        for i in 0..200u32 {
-            let entry = distinct_entry(w, 1, b"g", &i.to_be_bytes(), K);
-            *per_kg.entry(distinct_key_group(&entry)).or_default() += 1;
-            partials.distinct.push(entry);
+        let values: Vec<[u8; 4]> = (0..200u32).map(u32::to_be_bytes).collect();
+        let shards = ValueShards::new(w, 1, b"g", K);
+        for v in &values {
+            *per_kg.entry(shards.of(v)).or_default() += 1;
         }
+        let values: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+        partials.distinct = distinct_runs(0, w, 1, b"g", &values, K);
         let mut batch = rocksdb::WriteBatch::default();
         store.fold(0, partials, &mut batch).unwrap();
         let changelog = store.commit_epoch(3, batch).unwrap();
@@ -322,15 +325,13 @@ mod tests {
             if e >= 4 && end == 300 {
                 continue;
             }
-            for i in 0..400 * (e as u32 + 1) {
-                partials.distinct.push(distinct_entry(
-                    w,
-                    1,
-                    b"g",
-                    &(i * 7 + e as u32).to_be_bytes(),
-                    K,
-                ));
-            }
+            let values: Vec<[u8; 4]> = (0..400 * (e as u32 + 1))
+                .map(|i| (i * 7 + e as u32).to_be_bytes())
+                .collect();
+            let values: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+            partials
+                .distinct
+                .extend(distinct_runs(0, w, 1, b"g", &values, K));
             partials.groups.insert(
                 (w, b"g".to_vec()),
                 vec![weir_common::aggregate::Partial::Count(e as i64 + 1)],

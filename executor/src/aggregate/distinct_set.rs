@@ -1,0 +1,201 @@
+//! One (window, group, aggregate)'s exact-distinct values in an epoch, collected instead of
+//! looked up: each row appends its value with its key group, and the set is sorted by (key
+//! group, value) and deduplicated once, when it leaves as runs (one per key group) or when
+//! repeats have made it long. Nearly every row of a large set brings a value new to the
+//! epoch, so a hash table paid a probe that missed the cache and its growth for each row,
+//! and the runs needed the sort anyway.
+
+use weir_common::window::Window;
+
+use crate::state::keys::ValueShards;
+
+/// Appended values after which a set is sorted and deduplicated in place, when they also
+/// outnumber its sorted part: the set's memory stays within twice its distinct values plus
+/// this many, and each value is sorted a logarithmic number of times.
+const COMPACT_AFTER: usize = 1 << 16;
+
+/// Where a value's bytes are in the set, and its key group.
+#[derive(Clone, Copy)]
+struct Placed {
+    kg: u32,
+    len: u32,
+    start: usize,
+}
+
+impl Placed {
+    fn value<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        &bytes[self.start..self.start + self.len as usize]
+    }
+}
+
+pub struct DistinctSet {
+    shards: ValueShards,
+    placed: Vec<Placed>,
+    bytes: Vec<u8>,
+    /// `placed[..sorted]` is in (key group, value) order, each value once.
+    sorted: usize,
+}
+
+impl DistinctSet {
+    pub fn new(window: Window, agg: u8, group: &[u8], key_groups: u32) -> Self {
+        Self {
+            shards: ValueShards::new(window, agg, group, key_groups),
+            placed: Vec::new(),
+            bytes: Vec::new(),
+            sorted: 0,
+        }
+    }
+
+    pub fn add(&mut self, value: &[u8]) {
+        let Ok(len) = u32::try_from(value.len()) else {
+            // Values come from Arrow string columns, whose i32 offsets keep each under 2 GiB,
+            // or are numbers: none reaches here.
+            return;
+        };
+        let kg = self.shards.of(value);
+        self.placed.push(Placed {
+            kg,
+            len,
+            start: self.bytes.len(),
+        });
+        self.bytes.extend_from_slice(value);
+        let appended = self.placed.len() - self.sorted;
+        if appended >= COMPACT_AFTER && appended >= self.sorted {
+            self.compact();
+        }
+    }
+
+    /// Sorts by (key group, value) and keeps each value once, its bytes laid out anew in that
+    /// order.
+    fn compact(&mut self) {
+        let bytes = &self.bytes;
+        // Stable: the sorted part is one run the sort finds and merges with the rest.
+        self.placed
+            .sort_by(|a, b| (a.kg.cmp(&b.kg)).then_with(|| a.value(bytes).cmp(b.value(bytes))));
+        self.placed
+            .dedup_by(|a, b| a.kg == b.kg && a.value(bytes) == b.value(bytes));
+        let mut laid = Vec::with_capacity(self.placed.iter().map(|p| p.len as usize).sum());
+        for p in &mut self.placed {
+            let start = laid.len();
+            laid.extend_from_slice(p.value(&self.bytes));
+            p.start = start;
+        }
+        self.bytes = laid;
+        self.sorted = self.placed.len();
+    }
+
+    /// The set's values, by key group in key-group order, each group's in byte order and each
+    /// value once.
+    pub fn into_shards(mut self) -> Shards {
+        if self.sorted < self.placed.len() {
+            self.compact();
+        }
+        Shards {
+            placed: self.placed,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// A set's values, sorted and deduplicated.
+pub struct Shards {
+    placed: Vec<Placed>,
+    bytes: Vec<u8>,
+}
+
+impl Shards {
+    /// Each key group's values, key groups in order.
+    pub fn iter(&self) -> impl Iterator<Item = Shard<'_>> {
+        self.placed
+            .chunk_by(|a, b| a.kg == b.kg)
+            .map(|placed| Shard {
+                kg: placed[0].kg,
+                placed,
+                bytes: &self.bytes,
+            })
+    }
+}
+
+/// The values of one key group of a set.
+pub struct Shard<'a> {
+    pub kg: u32,
+    placed: &'a [Placed],
+    bytes: &'a [u8],
+}
+
+impl<'a> Shard<'a> {
+    /// The values, in byte order, each once.
+    pub fn values(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.placed.iter().map(|p| p.value(self.bytes))
+    }
+
+    /// The values' bytes, with a byte each for the length a run gives it.
+    pub fn run_bytes(&self) -> usize {
+        self.placed.iter().map(|p| p.len as usize + 1).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected(values: &[Vec<u8>]) -> Vec<(u32, Vec<Vec<u8>>)> {
+        let w = Window { start: 0, end: 300 };
+        let mut set = DistinctSet::new(w, 1, b"click", 16);
+        for v in values {
+            set.add(v);
+        }
+        let shards = set.into_shards();
+        shards
+            .iter()
+            .map(|shard| (shard.kg, shard.values().map(<[u8]>::to_vec).collect()))
+            .collect()
+    }
+
+    /// Whatever the repeats and however often the set compacts on the way, what leaves is
+    /// each value once, in its own key group, key groups in order and values in byte order.
+    #[test]
+    fn values_leave_once_each_by_key_group_in_byte_order() {
+        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
+        for (n, alphabet) in [(100, 1000u64), (300_000, 50), (300_000, 1 << 40)] {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64;
+            let values: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    format!("user-{}", state % alphabet).into_bytes()
+                })
+                .collect();
+            let out = collected(&values);
+            let mut expected: Vec<(u32, Vec<u8>)> =
+                values.iter().map(|v| (shards.of(v), v.clone())).collect();
+            expected.sort();
+            expected.dedup();
+            let flat: Vec<(u32, Vec<u8>)> = out
+                .iter()
+                .flat_map(|(kg, vs)| vs.iter().map(move |v| (*kg, v.clone())))
+                .collect();
+            assert_eq!(flat, expected, "{n} values of {alphabet}");
+            assert!(out.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        }
+        assert!(collected(&[]).is_empty());
+    }
+
+    /// Repeats do not make the set hold every row: it compacts as they come.
+    #[test]
+    fn a_set_of_few_values_stays_small_however_many_rows_repeat_them() {
+        let mut set = DistinctSet::new(Window { start: 0, end: 300 }, 1, b"g", 16);
+        for i in 0..1_000_000u32 {
+            set.add(format!("user-{}", i % 10).as_bytes());
+        }
+        assert!(
+            set.placed.len() <= 10 + COMPACT_AFTER,
+            "{}",
+            set.placed.len()
+        );
+        let shards = set.into_shards();
+        let kept: usize = shards.iter().map(|shard| shard.values().count()).sum();
+        assert_eq!(kept, 10);
+    }
+}
