@@ -2,17 +2,17 @@
 # Installs what weir builds with and what its tests run against, on a fresh Debian machine
 # with a Rust toolchain: C build tools for rdkafka and RocksDB, protoc, the tansu Kafka broker,
 # Python's deltalake reader, moto's S3 API server, Prometheus and its Pushgateway (the
-# operations tests start them on ports they pick), podman with runc (the container test), and
-# the Kubernetes manifest checkers (kubectl for kustomize, kubernetes-validate, checkov) in a
-# virtualenv of their own under WEIR_TOOLS, linked into WEIR_TOOLS/bin (checkov pins boto
-# versions moto does not take).
+# operations tests start them on ports they pick), podman with runc (the container test),
+# Chromium and ChromeDriver (the dashboard test runs it headless), and the Kubernetes manifest
+# checkers (kubectl for kustomize, kubernetes-validate, checkov) in a virtualenv of their own
+# under WEIR_TOOLS, linked into WEIR_TOOLS/bin (checkov pins boto versions moto does not take).
 # Idempotent: what is there already is kept.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(cmake protobuf-compiler libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev
               zlib1g-dev pkg-config build-essential openssl prometheus prometheus-pushgateway
-              podman runc)
+              podman runc chromium chromium-driver)
 PY_PACKAGES=(deltalake pyarrow "moto[server]")
 
 SUDO=""

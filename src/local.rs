@@ -34,6 +34,9 @@ pub struct LocalArgs {
     /// 0: every process picks one), or `off`.
     #[arg(long, default_value = "127.0.0.1:9400")]
     pub metrics_listen: crate::Listen,
+    /// The driver's web dashboard, or `off`.
+    #[arg(long, visible_alias = "ui", default_value = "127.0.0.1:7420")]
+    pub ui_listen: crate::Listen,
 }
 
 /// Where executor `i` of `weir local` serves its metrics.
@@ -138,6 +141,15 @@ impl Driver {
     }
 }
 
+/// Reports on the processes on stderr, which the driver and executors write to too: the whole
+/// line in one write, so that theirs cannot land inside it (a pipe keeps writes of up to 4 KiB
+/// whole; `eprintln!` writes a line in pieces).
+fn say(message: String) {
+    use std::io::Write;
+    let line = format!("weir local: {message}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// Runs executor `i` until `stop` or until the driver shuts it down, starting it again whenever
 /// it dies before that.
 async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -146,7 +158,7 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("weir local: cannot start executor-{i}: {e}");
+                say(format!("cannot start executor-{i}: {e}"));
                 return;
             }
         };
@@ -166,12 +178,12 @@ async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Rec
             return;
         }
         let wait = backoff.next(started.elapsed());
-        eprintln!(
-            "weir local: executor-{i} exited ({}); starting it again in {wait:?}",
+        say(format!(
+            "executor-{i} exited ({}); starting it again in {wait:?}",
             status
                 .map(|s| s.to_string())
                 .unwrap_or_else(|e| e.to_string())
-        );
+        ));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -203,7 +215,9 @@ impl Fleet {
             let i = self.next;
             self.next += 1;
             if i > 0 {
-                eprintln!("weir local: starting executor-{i} (the driver's target is {target})");
+                say(format!(
+                    "starting executor-{i} (the driver's target is {target})"
+                ));
             }
             let cmd = (self.command)(i);
             self.running
@@ -293,6 +307,7 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             .args(["--executors", &args.executors.to_string()])
             .args(["--admin-listen", &args.admin_listen.to_string()])
             .args(["--metrics-listen", &args.metrics_listen.to_string()])
+            .args(["--ui-listen", &args.ui_listen.to_string()])
             .env(crate::CLUSTER_SECRET_ENV, &secret)
             .env_remove("WEIR_CLUSTER_SECRET_FILE")
             .stdout(Stdio::piped())
@@ -365,7 +380,9 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             break status;
         }
         let wait = backoff.next(driver.started.elapsed());
-        eprintln!("weir local: the driver exited ({status}); starting it again in {wait:?}");
+        say(format!(
+            "the driver exited ({status}); starting it again in {wait:?}"
+        ));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = term.recv() => break status,

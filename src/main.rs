@@ -91,6 +91,10 @@ pub struct DriverOpsArgs {
     /// Address of the Prometheus /metrics endpoint, or `off`.
     #[arg(long, default_value = "0.0.0.0:9400")]
     metrics_listen: Listen,
+    /// Address of the web dashboard, or `off` (loopback by default: reach it through a tunnel
+    /// or `kubectl port-forward`, or listen wider with an admin token).
+    #[arg(long, visible_alias = "ui", default_value = "127.0.0.1:7420")]
+    ui_listen: Listen,
 }
 
 impl DriverOpsArgs {
@@ -315,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     admin_token: ops.token()?,
                     admin_tls: ops.tls()?,
                     metrics_listen: ops.metrics_listen.0,
+                    ui_listen: ops.ui_listen.0,
                     cluster_secret: cluster.secret()?,
                     open_cluster: cluster.insecure_open_cluster,
                     kubernetes,

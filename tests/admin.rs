@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::admin::{admin, admin_json};
-use support::local_run::LocalRun;
-use support::{reference_job, weir, weir_local, Broker};
+use support::local_run::{start_with_token, LocalRun};
+use support::{reference_job, weir, Broker};
 
 const TOKEN: &str = "s3cret-admin-token";
 
@@ -61,14 +61,7 @@ fn weir_admin_reports_progress_and_steers_a_running_query() {
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let wrong = dir.path().join("wrong-token");
     std::fs::write(&wrong, "not-the-token").unwrap();
-    let mut cmd = weir_local();
-    cmd.arg("--job")
-        .arg(dir.path().join("job.yaml"))
-        .args(["--executors", "2", "--work-dir"])
-        .arg(dir.path().join("work"))
-        .arg("--admin-token-file")
-        .arg(&token);
-    let mut local = LocalRun::start(cmd, &dir.path().join("local.log"));
+    let mut local = start_with_token(dir.path(), &dir.path().join("job.yaml"), &token, 2);
     let url = local.wait_for_line("weir driver admin on ", Duration::from_secs(60));
 
     // Progress: at least Spark's fields, and the epochs add up to what was produced.
@@ -339,7 +332,13 @@ fn weir_admin_talks_tls_to_a_driver_that_serves_it() {
         .args(["driver", "--job"])
         .arg(dir.path().join("job.yaml"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "off", "--admin-tls-cert"])
+        .args([
+            "--metrics-listen",
+            "off",
+            "--ui-listen",
+            "off",
+            "--admin-tls-cert",
+        ])
         .arg(&cert)
         .arg("--admin-tls-key")
         .arg(&key);

@@ -34,7 +34,7 @@ fn a_query_failure_alerts_the_webhook_once_without_logging_its_url() {
         .args(["driver", "--job"])
         .arg(dir.path().join("job.yaml"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "off"])
+        .args(["--metrics-listen", "off", "--ui-listen", "off"])
         .env("TEST_WEBHOOK_URL", &hook.url)
         .output()
         .unwrap();

@@ -254,6 +254,7 @@ fn containers_run_the_job_and_a_paused_driver_is_fenced() {
                 ("--listen", any_port),
                 ("--admin-listen", any_port),
                 ("--metrics-listen", any_port),
+                ("--ui-listen", any_port),
                 // No Kubernetes API runs here (the scaler is tested against a mocked one).
                 ("--kubernetes-deployment", ""),
             ]),

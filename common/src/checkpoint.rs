@@ -229,6 +229,14 @@ pub struct ExecutorEpochStats {
     pub state_memory_bytes: u64,
     #[serde(default)]
     pub state_disk_bytes: u64,
+    #[serde(default)]
+    pub input_bytes: u64,
+    /// Of `emit_ms`: folding the partials into state and applying the epoch to the store.
+    #[serde(default)]
+    pub state_ms: u64,
+    /// The executor's resident memory when it finished the epoch.
+    #[serde(default)]
+    pub memory_rss_bytes: u64,
 }
 
 /// Checks a path that a record names relative to a location (a plan's input file, a
@@ -291,6 +299,36 @@ impl StateSnapshot {
     pub fn overlaps(&self, key_groups: &KeyGroups) -> bool {
         self.key_groups.overlaps(key_groups)
     }
+
+    /// The base this snapshot builds on and the changelogs on top of it: a changelog lives
+    /// under `.../changelog/`, the files a base rewrote under `.../<epoch>/`, shared SSTs
+    /// directly under the store's instance.
+    pub fn parts(&self) -> SnapshotParts {
+        let mut parts = SnapshotParts::default();
+        for f in &self.files {
+            let parent = f.path.rsplit('/').nth(1);
+            if parent == Some("changelog") {
+                parts.changelogs += 1;
+                parts.changelog_bytes = parts.changelog_bytes.saturating_add(f.bytes);
+                continue;
+            }
+            parts.base_bytes = parts.base_bytes.saturating_add(f.bytes);
+            if let Some(epoch) = parent.and_then(|p| p.parse::<u64>().ok()) {
+                parts.base_epoch = Some(parts.base_epoch.map_or(epoch, |e| e.max(epoch)));
+            }
+        }
+        parts
+    }
+}
+
+/// What a [`StateSnapshot`] is made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotParts {
+    /// The epoch after which its base was taken (none before a first base).
+    pub base_epoch: Option<u64>,
+    pub base_bytes: u64,
+    pub changelogs: u32,
+    pub changelog_bytes: u64,
 }
 
 /// `commits/<epoch>`: the decision. Once written, the epoch's output reaches the table.
@@ -373,6 +411,37 @@ mod tests {
         assert!(check_file_name("a/b").is_err());
         assert!(check_file_name("..").is_err());
         assert_eq!(check_file_name("000012.sst"), Ok(()));
+    }
+
+    #[test]
+    fn a_snapshot_names_its_base_and_counts_its_changelogs() {
+        let file = |path: &str, bytes| StateFile {
+            name: path.rsplit('/').next().unwrap().into(),
+            path: path.into(),
+            bytes,
+        };
+        let instance = "state/e1/0123456789abcdef0123456789abcdef";
+        let snapshot = StateSnapshot {
+            executor_id: "e1".into(),
+            key_groups: KeyGroups::range(0, 8),
+            files: vec![
+                file(&format!("{instance}/000012.sst"), 1000),
+                file(&format!("{instance}/40/MANIFEST-000014"), 10),
+                file(&format!("{instance}/40/CURRENT"), 1),
+                file(&format!("{instance}/changelog/00000000000000000041"), 100),
+                file(&format!("{instance}/changelog/00000000000000000042"), 50),
+            ],
+            uploaded_bytes: 50,
+        };
+        assert_eq!(
+            snapshot.parts(),
+            SnapshotParts {
+                base_epoch: Some(40),
+                base_bytes: 1011,
+                changelogs: 2,
+                changelog_bytes: 150,
+            }
+        );
     }
 
     /// A plan and a decision with every kind of field filled in.

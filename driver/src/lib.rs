@@ -7,6 +7,7 @@ pub mod epoch;
 pub mod ops;
 pub mod output;
 pub mod source;
+pub mod ui;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use crate::ops::metrics::DriverMetrics;
 use crate::ops::progress::{QueryIdentity, QueryTable};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
+use crate::ops::timeline::Timeline;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::kafka_sink::KafkaSinkWriter;
 use crate::output::merge::MergeKeys;
@@ -77,6 +79,8 @@ pub struct DriverConfig {
     pub admin_tls: Option<TlsIdentity>,
     /// Where the Prometheus endpoint listens; none serves no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the web dashboard listens; none serves no dashboard.
+    pub ui_listen: Option<SocketAddr>,
     /// The secret every call between the driver and its executors is signed with.
     pub cluster_secret: Option<ClusterSecret>,
     /// Listen beyond loopback without a cluster secret (the operator trusts the network).
@@ -154,12 +158,21 @@ pub async fn run(config: DriverConfig, stop: watch::Receiver<bool>) -> anyhow::R
     )
     .map_err(anyhow::Error::msg)?;
     let metrics = DriverMetrics::new(config.executors).context("creating the metrics")?;
+    let timeline = Timeline::default();
     let alerts = Alerts::start(
         config.job.alerts.as_ref(),
         &config.job.name,
         metrics.clone(),
+        timeline.clone(),
     )?;
-    let result = drive(config, stop, metrics, alerts.sender(), alerts.epoch_budget).await;
+    let result = drive(
+        config,
+        stop,
+        metrics,
+        (alerts.sender(), alerts.epoch_budget),
+        timeline,
+    )
+    .await;
     match &result {
         // The query goes on under the newer driver: nothing failed.
         Err(e) if fenced(e) => tracing::warn!("{e:#}"),
@@ -178,8 +191,8 @@ async fn drive(
     config: DriverConfig,
     stop: watch::Receiver<bool>,
     metrics: DriverMetrics,
-    alerts: AlertSender,
-    epoch_budget: Option<Duration>,
+    (alerts, epoch_budget): (AlertSender, Option<Duration>),
+    timeline: Timeline,
 ) -> anyhow::Result<()> {
     let started_at_micros = now_micros();
     let mut scaler = Scaler::new(config.executors, config.job.executors, config.job.autoscale)
@@ -284,6 +297,25 @@ async fn drive(
         );
     }
 
+    let ui_listener = match config.ui_listen {
+        Some(listen) => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the dashboard port {listen}"))?,
+        ),
+        None => None,
+    };
+    if let Some(ui) = &ui_listener {
+        let addr = ui.local_addr()?;
+        if !addr.ip().is_loopback() && !config.admin_token.is_set() {
+            tracing::warn!(
+                "the dashboard {addr} listens beyond loopback without an admin token: whoever \
+                 reaches it reads the query's progress; give --admin-token-file or \
+                 WEIR_ADMIN_TOKEN (docs/operations.md, Dashboard)"
+            );
+        }
+    }
+
     let (members_tx, members_rx) = watch::channel(Vec::new());
     let readiness = Readiness::new("starting");
     let _metrics_endpoint = match config.metrics_listen {
@@ -309,6 +341,9 @@ async fn drive(
         "http"
     };
     announce(&format!("weir driver admin on {scheme}://{admin_bound}"))?;
+    if let Some(ui) = &ui_listener {
+        announce(&format!("weir driver ui on http://{}/", ui.local_addr()?))?;
+    }
     // `weir local` reads this line to learn the port; it comes last, once all are bound.
     announce(&format!("weir driver listening on http://{bound}"))?;
     tracing::info!(job = %job.name, job_id = %metadata.job_id, checkpoint = %job.checkpoint_url, "driver started");
@@ -360,11 +395,11 @@ async fn drive(
             })
             .collect(),
     };
-    let (board, status) = StatusBoard::new();
+    let (board, status) = StatusBoard::with_timeline(timeline);
     let (controls, inbox) = epoch::controls::controls(stop);
     let mut stopping = inbox.stop.clone();
     let (closing_tx, closing_rx) = watch::channel(false);
-    let admin = AdminService {
+    let admin = std::sync::Arc::new(AdminService {
         facts: QueryFacts {
             identity: identity.clone(),
             trigger: match job.trigger {
@@ -381,7 +416,11 @@ async fn drive(
         members: members_rx.clone(),
         token: config.admin_token,
         closing: closing_rx,
-    };
+    });
+    let _ui = ui_listener.map(|listener| {
+        let facts = ui::JobFacts::of(&job);
+        ui::Dashboard::serve(listener, admin.clone(), facts, closing_tx.subscribe())
+    });
     let mut admin_server = tonic::transport::Server::builder();
     if let Some(tls) = &config.admin_tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
@@ -394,7 +433,7 @@ async fn drive(
         tonic::transport::server::TcpIncoming::from(admin_listener).with_nodelay(Some(true));
     let admin_server = tokio::spawn(
         admin_server
-            .add_service(AdminServer::new(admin))
+            .add_service(AdminServer::from_arc(admin))
             .serve_with_incoming_shutdown(admin_incoming, async move {
                 let _ = admin_closing.wait_for(|c| *c).await;
             }),

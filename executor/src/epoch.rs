@@ -347,7 +347,9 @@ impl EpochRunner {
                 &mut stats,
             )
         })?;
-        stats.emit_ms += fold_started.elapsed().as_millis() as u64;
+        let folding = fold_started.elapsed().as_millis() as u64;
+        stats.emit_ms += folding;
+        stats.state_ms += folding;
         // Update mode with exact distinct aggregates: the shards' gains go to the owners of
         // their group rows in a second round before any row is emitted.
         let counts = match counts {
@@ -379,7 +381,9 @@ impl EpochRunner {
                 .context("applying the epoch to the state store")?;
         let mut stats = computed.stats;
         // Applying the epoch's batch belongs to folding, which emitting's time includes.
-        stats.emit_ms += applying_started.elapsed().as_millis() as u64;
+        let applying = applying_started.elapsed().as_millis() as u64;
+        stats.emit_ms += applying;
+        stats.state_ms += applying;
         stats.state_rows = self.state.estimated_rows();
         // The output files and the state snapshot do not depend on each other: written at
         // the same time (each staged write runs in its own task), the epoch waits for the
@@ -423,6 +427,7 @@ impl EpochRunner {
         // The epochs since the last base are in memtables until the next base flushes them.
         stats.state_memory_bytes = self.state.memory_bytes();
         stats.state_disk_bytes = self.state.disk_bytes();
+        stats.memory_rss_bytes = weir_telemetry::process::rss_bytes().unwrap_or(0);
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
         Ok(Prepared {
             epoch,
@@ -522,6 +527,7 @@ impl EpochRunner {
         )?;
         // Taking closed windows out of the store is part of emitting them.
         stats.emit_ms = closing_started.elapsed().as_millis() as u64;
+        stats.state_ms = stats.emit_ms;
         Ok(Local {
             outgoing,
             closing,

@@ -236,6 +236,7 @@ pub fn local_command(
     cmd.arg("--work-dir")
         .arg(dir.join("work"))
         .args(["--admin-listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--ui-listen", "off"])
         .env("RUST_LOG", "warn,weir_driver=info,weir_executor=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -303,6 +303,7 @@ impl CaseRun<'_> {
             .args(["--trigger", "available-now", "--work-dir"])
             .arg(self.dir.path().join("work"))
             .args(["--admin-listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--ui-listen", "off"])
             .stdin(Stdio::null())
             .output()
             .await

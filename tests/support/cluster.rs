@@ -109,6 +109,7 @@ impl Cluster {
                     .args(["--trigger", &self.trigger])
                     .args(["--admin-listen", "127.0.0.1:0"])
                     .args(["--metrics-listen", "127.0.0.1:0"])
+                    .args(["--ui-listen", "127.0.0.1:0"])
                     .args(&self.driver_args);
             }
             Role::Executor(i) => {

@@ -100,6 +100,19 @@ impl LocalRun {
     }
 }
 
+/// `weir local` of `job` on `executors` executors, with its work dir and log under `dir`, and
+/// the admin token in the file `token`.
+pub fn start_with_token(dir: &Path, job: &Path, token: &Path, executors: usize) -> LocalRun {
+    let mut cmd = super::weir_local();
+    cmd.arg("--job")
+        .arg(job)
+        .args(["--executors", &executors.to_string(), "--work-dir"])
+        .arg(dir.join("work"))
+        .arg("--admin-token-file")
+        .arg(token);
+    LocalRun::start(cmd, &dir.join("local.log"))
+}
+
 impl Drop for LocalRun {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -121,15 +134,8 @@ impl ScalingRun {
     pub fn start(dir: &Path, job: &Path, executors: usize) -> Self {
         let token = dir.join("token");
         std::fs::write(&token, "scaling-token\n").expect("token file");
-        let mut cmd = super::weir_local();
-        cmd.arg("--job")
-            .arg(job)
-            .args(["--executors", &executors.to_string(), "--work-dir"])
-            .arg(dir.join("work"))
-            .arg("--admin-token-file")
-            .arg(&token);
         let log = dir.join("local.log");
-        let mut local = LocalRun::start(cmd, &log);
+        let mut local = start_with_token(dir, job, &token, executors);
         let url = local.wait_for_line("weir driver admin on ", Duration::from_secs(60));
         Self {
             local,

@@ -11,6 +11,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod s3;
 pub mod server;
+pub mod webdriver;
 pub mod webhook;
 
 use std::net::{TcpListener, TcpStream};
@@ -103,6 +104,8 @@ pub fn weir_local() -> Command {
         "--admin-listen",
         "127.0.0.1:0",
         "--metrics-listen",
+        "127.0.0.1:0",
+        "--ui-listen",
         "127.0.0.1:0",
     ]);
     cmd

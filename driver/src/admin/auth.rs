@@ -66,13 +66,19 @@ impl AdminToken {
 
     /// Accepts the request when no token is configured or it carries `Bearer <token>`.
     pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.check_header(header)
+    }
+
+    /// Accepts an `authorization` header (gRPC metadata or HTTP) as [`Self::check`] does.
+    pub fn check_header(&self, header: Option<&str>) -> Result<(), Status> {
         let Some(expected) = &self.token else {
             return Ok(());
         };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        let given = header
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match given {
@@ -80,7 +86,7 @@ impl AdminToken {
             Some(_) => Err(Status::permission_denied("the admin token is not valid")),
             None => Err(Status::unauthenticated(
                 "this call needs the admin token \
-                 (weir admin --token-file FILE, or WEIR_ADMIN_TOKEN)",
+                 (weir admin --token-file FILE, or WEIR_ADMIN_TOKEN; the dashboard asks for it)",
             )),
         }
     }

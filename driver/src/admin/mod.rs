@@ -120,6 +120,7 @@ impl AdminService {
                 .collect::<Vec<_>>()
                 .join(", "),
             started_at: rfc3339(self.facts.started_at_micros).unwrap_or_default(),
+            watermark: s.watermark_micros.and_then(rfc3339),
         }
     }
 
@@ -408,14 +409,14 @@ impl Admin for AdminService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::query_status::StatusBoard;
     use proptest::prelude::*;
     use weir_proto::admin::admin_server::Admin;
 
     /// A service whose membership answers every list with no member, with `token`.
-    fn service(token: Option<&str>) -> (AdminService, StatusBoard) {
+    pub(crate) fn service(token: Option<&str>) -> (AdminService, StatusBoard) {
         let (board, status) = StatusBoard::new();
         let (_external_tx, external) = watch::channel(false);
         let (controls, _inbox) = crate::epoch::controls::controls(external);

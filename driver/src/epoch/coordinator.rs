@@ -34,6 +34,7 @@ use crate::ops::metrics::DriverMetrics;
 use crate::ops::progress::{self, CommittedEpoch, QueryIdentity};
 use crate::ops::pushgateway::Pushgateway;
 use crate::ops::query_status::StatusBoard;
+use crate::ops::timeline::now_ms;
 use crate::output::delta_commit::DeltaCommitter;
 use crate::output::table_commits::{Committing, QueryOutput, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
@@ -321,7 +322,11 @@ impl Coordinator {
             if pruned > 0 {
                 tracing::info!(pruned, "deleted the plans and decisions of old epochs");
             }
-            self.ops.board.recovered(Some(epoch), &position.assignment);
+            self.ops.board.recovered(
+                Some(epoch),
+                &position.assignment,
+                record.next_watermark_micros,
+            );
             tracing::info!(epoch, "resuming after the last decided epoch");
             self.ops.alerts.raise(
                 AlertKind::Recovered,
@@ -825,8 +830,9 @@ impl Coordinator {
             let alert = self.ops.alerts.clone();
             AbortOnDrop(tokio::spawn(async move {
                 tokio::time::sleep_until((started + budget).into()).await;
-                alert.raise(
+                alert.raise_about(
                     AlertKind::EpochOverBudget,
+                    Some(epoch),
                     &format!(
                         "epoch {epoch} has been running for more than {budget:?}, its time budget"
                     ),
@@ -971,14 +977,14 @@ impl Coordinator {
             triggered,
             pending.previous_trigger_micros,
             pending.decide_ms + done.took.as_millis() as u64,
-            done.finished_at
-                .saturating_duration_since(triggered.started)
-                .as_millis() as u64,
+            pending.decide_ms,
+            done.finished_at,
             pending.runs,
         );
         if let Some(first) = pending.first_failure {
-            self.ops.alerts.raise(
+            self.ops.alerts.raise_about(
                 AlertKind::Recovered,
+                Some(epoch),
                 &format!(
                     "epoch {epoch} committed after {} failed run(s); recovered in {:.1} s",
                     pending.runs - 1,
@@ -1009,9 +1015,16 @@ impl Coordinator {
         triggered: &Triggered,
         previous_trigger_micros: Option<i64>,
         commit_ms: u64,
-        total_ms: u64,
+        decide_ms: u64,
+        finished_at: Instant,
         runs: u32,
     ) {
+        let total_ms = finished_at
+            .saturating_duration_since(triggered.started)
+            .as_millis() as u64;
+        // Epochs run back to back report epoch N after N + 1 has run: the timeline takes when
+        // N committed, not when it is reported.
+        let committed_at_ms = now_ms() - finished_at.elapsed().as_millis() as i64;
         let progress = progress::build(
             &self.ops.identity,
             &CommittedEpoch {
@@ -1023,6 +1036,7 @@ impl Coordinator {
                 previous_trigger_micros,
                 plan_ms: triggered.plan_ms,
                 commit_ms,
+                decide_ms,
                 total_ms,
                 runs,
             },
@@ -1041,7 +1055,12 @@ impl Coordinator {
             push.push(record);
         }
         self.autoscale(&Observation::epoch(&progress, triggered.at_micros));
-        self.ops.board.committed(progress, &record.assignment);
+        self.ops.board.committed(
+            progress,
+            &record.assignment,
+            record.next_watermark_micros,
+            committed_at_ms,
+        );
     }
 
     /// Shows the autoscaler what a trigger found; a change of the target it decides is logged,
@@ -1101,8 +1120,9 @@ impl Coordinator {
     async fn abandon(&mut self, epoch: u64, run: &str, failure: &RunFailure, members: &[Member]) {
         tracing::warn!(epoch, %run, "run failed, aborting it: {failure}");
         if let Some(id) = &failure.executor {
-            self.ops.alerts.raise(
+            self.ops.alerts.raise_about(
                 AlertKind::ExecutorLost,
+                Some(epoch),
                 &format!("executor `{id}` failed or was lost in epoch {epoch} ({failure}); the epoch runs again"),
             );
             if let Some(m) = members.iter().find(|m| m.id == *id) {

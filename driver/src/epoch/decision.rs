@@ -65,6 +65,9 @@ pub fn decide(
                 state_rows_removed: s.state_rows_removed,
                 state_memory_bytes: s.state_memory_bytes,
                 state_disk_bytes: s.state_disk_bytes,
+                input_bytes: s.input_bytes,
+                state_ms: s.state_ms,
+                memory_rss_bytes: s.memory_rss_bytes,
             },
         );
         stats.input_rows += s.input_rows;

@@ -1,5 +1,6 @@
 //! Webhook alerts (Slack-compatible `{"text": ...}`): query failed, executor lost, epoch over
-//! its time budget, recovered, autoscaled. A task sends them in order, retrying with backoff; the
+//! its time budget, recovered, autoscaled. Each alert is also an event of the query's timeline
+//! (the dashboard marks it on its charts), with or without a webhook. A task sends them in order, retrying with backoff; the
 //! coordinator never waits for it. The URL is a credential: it never reaches a log line
 //! (reqwest errors are logged `without_url`).
 
@@ -11,6 +12,7 @@ use weir_common::job::AlertSpec;
 
 use crate::ops::http_post::post_with_retries;
 use crate::ops::metrics::DriverMetrics;
+use crate::ops::timeline::Timeline;
 
 /// Alerts waiting to be sent; more are dropped (and counted).
 const QUEUE: usize = 64;
@@ -59,6 +61,7 @@ pub struct AlertSender {
     query: String,
     tx: Option<mpsc::Sender<Alert>>,
     metrics: DriverMetrics,
+    timeline: Timeline,
 }
 
 /// The alert sender and the task that delivers what it raises.
@@ -75,6 +78,7 @@ impl Alerts {
         spec: Option<&AlertSpec>,
         query: &str,
         metrics: DriverMetrics,
+        timeline: Timeline,
     ) -> anyhow::Result<Self> {
         let Some(spec) = spec else {
             return Ok(Self {
@@ -82,6 +86,7 @@ impl Alerts {
                     query: query.to_string(),
                     tx: None,
                     metrics,
+                    timeline,
                 },
                 task: None,
                 epoch_budget: None,
@@ -99,6 +104,7 @@ impl Alerts {
                 query: query.to_string(),
                 tx: Some(tx),
                 metrics,
+                timeline,
             },
             task: Some(task),
             epoch_budget: Some(spec.epoch_budget),
@@ -128,6 +134,12 @@ impl Alerts {
 impl AlertSender {
     /// Queues an alert about this query.
     pub fn raise(&self, kind: AlertKind, details: &str) {
+        self.raise_about(kind, None, details);
+    }
+
+    /// Queues an alert about this query, and about one epoch of it when `epoch` says which.
+    pub fn raise_about(&self, kind: AlertKind, epoch: Option<u64>, details: &str) {
+        self.timeline.add_event(kind.label(), details, epoch);
         let text = format!("{} weir query `{}`: {details}", kind.icon(), self.query);
         tracing::info!(alert = kind.label(), "{text}");
         let Some(tx) = &self.tx else { return };

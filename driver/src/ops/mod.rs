@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod progress;
 pub mod pushgateway;
 pub mod query_status;
+pub mod timeline;

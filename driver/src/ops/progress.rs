@@ -11,6 +11,8 @@ use weir_proto::admin::{
     SinkProgress, SourceProgress, StateProgress,
 };
 
+use crate::cluster::autoscale::busy_ms;
+
 /// What stays the same for every epoch of this driver's run.
 #[derive(Debug, Clone)]
 pub struct QueryIdentity {
@@ -43,7 +45,9 @@ pub struct CommittedEpoch<'a> {
     pub triggered_at_micros: i64,
     pub previous_trigger_micros: Option<i64>,
     pub plan_ms: u64,
+    /// Writing the decision, the table commits, telling the executors; of which the decision.
     pub commit_ms: u64,
+    pub decide_ms: u64,
     pub total_ms: u64,
     pub runs: u32,
 }
@@ -99,7 +103,9 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
         .iter()
         .map(|(id, x)| {
             let assigned = e.record.assignment.iter().find(|a| &a.executor_id == id);
-            ExecutorProgress {
+            let snapshot = e.record.state.iter().find(|s| &s.executor_id == id);
+            let parts = snapshot.map(|s| s.parts()).unwrap_or_default();
+            let mut progress = ExecutorProgress {
                 executor_id: id.clone(),
                 partitions: assigned.map(|a| a.partitions.clone()).unwrap_or_default(),
                 key_groups: assigned
@@ -121,7 +127,20 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
                 exchange_ms: x.exchange_ms,
                 emit_ms: x.emit_ms,
                 checkpoint_ms: x.checkpoint_ms,
-            }
+                input_bytes: x.input_bytes,
+                state_rows_written: x.state_rows_updated,
+                snapshot_bytes: snapshot.map_or(0, |s| s.bytes()),
+                snapshot_uploaded_bytes: snapshot.map_or(0, |s| s.uploaded_bytes),
+                snapshot_base_epoch: parts.base_epoch,
+                snapshot_base_bytes: parts.base_bytes,
+                snapshot_changelogs: parts.changelogs,
+                busy_ms: 0,
+                memory_rss_bytes: x.memory_rss_bytes,
+                state_ms: x.state_ms,
+            };
+            // One definition of busy, the autoscaler's.
+            progress.busy_ms = busy_ms(&progress);
+            progress
         })
         .collect();
     QueryProgress {
@@ -142,6 +161,9 @@ pub fn build(query: &QueryIdentity, e: &CommittedEpoch<'_>) -> QueryProgress {
             checkpoint: slowest(|x| x.checkpoint_ms),
             commit: e.commit_ms,
             total: e.total_ms,
+            state: slowest(|x| x.state_ms),
+            stage: slowest(|x| x.emit_ms.saturating_sub(x.state_ms)),
+            decide: e.decide_ms,
         }),
         event_time: Some(EventTime {
             min: s.min_event_time_micros.and_then(rfc3339),
@@ -411,6 +433,7 @@ mod tests {
                 previous_trigger_micros: Some(8_000_000),
                 plan_ms: 5,
                 commit_ms: 40,
+                decide_ms: 15,
                 total_ms: 1000,
                 runs: 1,
             },

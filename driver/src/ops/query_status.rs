@@ -1,6 +1,7 @@
-//! What the admin API reads about the query: its state (written by the coordinator as it goes)
-//! and the progress of recent epochs (a ring of the last 100, and a broadcast of each new one).
-//! Watch and broadcast channels, so readers never hold up the coordinator.
+//! What the admin API and the dashboard read about the query: its state (written by the
+//! coordinator as it goes), the progress of recent epochs (a ring of the last 100, and a
+//! broadcast of each new one) and the last hour of samples and events (`timeline`). Watch and
+//! broadcast channels and short locks, so readers never hold up the coordinator.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use weir_common::checkpoint::Assignment;
 use weir_proto::admin::{QueryProgress, QueryState};
+
+use crate::ops::timeline::{Sample, Timeline};
 
 /// Epochs of progress the driver keeps (Spark keeps 100 too).
 pub const RECENT_PROGRESS: usize = 100;
@@ -24,6 +27,8 @@ pub struct Status {
     pub retiring: Vec<String>,
     /// Executors told to exit since the last epoch ran (the assignment may still name them).
     pub retired: Vec<String>,
+    /// The watermark in force for the next epoch.
+    pub watermark_micros: Option<i64>,
 }
 
 /// The coordinator's side.
@@ -31,6 +36,9 @@ pub struct StatusBoard {
     status: watch::Sender<Status>,
     history: watch::Sender<Arc<VecDeque<Arc<QueryProgress>>>>,
     events: broadcast::Sender<Arc<QueryProgress>>,
+    pub timeline: Timeline,
+    /// Executors the last epoch started with (a change is a rescale).
+    started_executors: std::sync::atomic::AtomicUsize,
 }
 
 /// The admin service's side.
@@ -39,10 +47,16 @@ pub struct StatusReader {
     pub status: watch::Receiver<Status>,
     pub history: watch::Receiver<Arc<VecDeque<Arc<QueryProgress>>>>,
     events: broadcast::Sender<Arc<QueryProgress>>,
+    pub timeline: Timeline,
 }
 
 impl StatusBoard {
     pub fn new() -> (Self, StatusReader) {
+        Self::with_timeline(Timeline::default())
+    }
+
+    /// A board whose samples and events go to `timeline` (the alerts' events go there too).
+    pub fn with_timeline(timeline: Timeline) -> (Self, StatusReader) {
         let (status, status_rx) = watch::channel(Status {
             state: QueryState::Recovering,
             message: "reading the checkpoint".into(),
@@ -51,6 +65,7 @@ impl StatusBoard {
             assignment: Vec::new(),
             retiring: Vec::new(),
             retired: Vec::new(),
+            watermark_micros: None,
         });
         let (history, history_rx) = watch::channel(Arc::new(VecDeque::new()));
         let (events, _) = broadcast::channel(RECENT_PROGRESS);
@@ -58,12 +73,15 @@ impl StatusBoard {
             status: status_rx,
             history: history_rx,
             events: events.clone(),
+            timeline: timeline.clone(),
         };
         (
             Self {
                 status,
                 history,
                 events,
+                timeline,
+                started_executors: Default::default(),
             },
             reader,
         )
@@ -86,6 +104,21 @@ impl StatusBoard {
 
     /// An epoch starts with `assignment`.
     pub fn epoch_started(&self, epoch: u64, assignment: &[Assignment]) {
+        // The executors of the last epoch started, not of the last committed: epochs run back
+        // to back commit N after N + 1 has started.
+        let before = self
+            .started_executors
+            .swap(assignment.len(), std::sync::atomic::Ordering::Relaxed);
+        if before > 0 && before != assignment.len() {
+            self.timeline.add_event(
+                "rescaled",
+                &format!(
+                    "epoch {epoch} runs on {} executors (was {before})",
+                    assignment.len()
+                ),
+                Some(epoch),
+            );
+        }
         self.status.send_modify(|s| {
             s.state = QueryState::Active;
             s.message = format!("running epoch {epoch}");
@@ -113,17 +146,33 @@ impl StatusBoard {
         });
     }
 
-    /// The last decided epoch, known at recovery.
-    pub fn recovered(&self, epoch: Option<u64>, assignment: &[Assignment]) {
+    /// The last decided epoch and the watermark after it, known at recovery.
+    pub fn recovered(
+        &self,
+        epoch: Option<u64>,
+        assignment: &[Assignment],
+        watermark_micros: Option<i64>,
+    ) {
         self.status.send_modify(|s| {
             s.last_epoch = epoch;
             s.assignment = assignment.to_vec();
+            s.watermark_micros = watermark_micros;
         });
     }
 
-    /// An epoch is committed: its progress joins the ring and goes to the watchers.
-    pub fn committed(&self, progress: QueryProgress, assignment: &[Assignment]) {
+    /// An epoch is committed: its progress joins the ring, the timeline and goes to the
+    /// watchers; `watermark_micros` is the watermark it leaves for the next epoch,
+    /// `committed_at_ms` when it committed (it may be reported an epoch later).
+    pub fn committed(
+        &self,
+        progress: QueryProgress,
+        assignment: &[Assignment],
+        watermark_micros: Option<i64>,
+        committed_at_ms: i64,
+    ) {
         let epoch = progress.batch_id;
+        self.timeline
+            .add_sample(Sample::of(&progress, committed_at_ms));
         let progress = Arc::new(progress);
         self.history.send_modify(|h| {
             let ring = Arc::make_mut(h);
@@ -138,6 +187,7 @@ impl StatusBoard {
             s.last_epoch = Some(epoch);
             s.current_epoch = None;
             s.assignment = assignment.to_vec();
+            s.watermark_micros = watermark_micros;
         });
     }
 }
@@ -168,7 +218,7 @@ mod tests {
         let (board, reader) = StatusBoard::new();
         let mut watch = reader.subscribe();
         for epoch in 0..150 {
-            board.committed(progress(epoch), &[]);
+            board.committed(progress(epoch), &[], None, 0);
         }
         let history = reader.history.borrow().clone();
         assert_eq!(history.len(), RECENT_PROGRESS);
