@@ -151,6 +151,10 @@ pub struct Coordinator {
     /// Since when fewer executors than the target are there (they run with fewer after the
     /// job's `executors.wait`).
     short_since: Option<Instant>,
+    /// Whether this driver has run epochs yet: a restarted one waits for its whole target like
+    /// a new one, rather than going on on the executors of the checkpoint's last assignment
+    /// (those did not run anything for it).
+    running: bool,
     /// Registered executors beyond the target, retired once an epoch without them is decided.
     retiring: Vec<Member>,
     controls: ControlInbox,
@@ -254,6 +258,7 @@ impl Coordinator {
             replicas: None,
             scaler,
             short_since: None,
+            running: false,
             retiring: Vec::new(),
             clients,
         }
@@ -382,8 +387,8 @@ impl Coordinator {
     /// The executors the next epoch runs on: up to the target's worth of registered ones, those
     /// of the `previous` assignment first. Short of the target, it waits for the missing ones up
     /// to the job's `executors.wait`: meanwhile, when all that ran the last epoch are still there
-    /// (the target went up), epochs go on on those; else (one was lost, or no epoch ran yet)
-    /// epochs wait. Once the wait is over it runs with those there, if at least
+    /// (the target went up), epochs go on on those; else (one was lost, or this driver ran no
+    /// epoch yet, even when it resumes a checkpoint) epochs wait. Once the wait is over it runs with those there, if at least
     /// `executors.min`. Registered executors beyond the target are marked for retirement.
     /// `None` when the driver is asked to stop first.
     async fn wait_for_executors(
@@ -410,7 +415,10 @@ impl Coordinator {
                 Some(selection)
             } else {
                 let waited = self.short_since.get_or_insert_with(Instant::now).elapsed();
-                let ran = previous.len().min(goal.executors);
+                let ran = match self.running {
+                    true => previous.len().min(goal.executors),
+                    false => 0,
+                };
                 if waited >= bounds.wait && have >= bounds.min {
                     let message = format!(
                         "running with {have} of {} executors: no more came within {:?} \
@@ -452,6 +460,7 @@ impl Coordinator {
                 self.ops
                     .board
                     .retiring(self.retiring.iter().map(|m| m.id.clone()).collect());
+                self.running = true;
                 return Ok(Some(selection.run_on));
             }
             // No epoch runs until they come: the last commit is finished and reported first.
