@@ -104,7 +104,7 @@ fn weir_bench_reports_every_measurement() {
         .split(" exact-distinct (event type, user) pairs counted when it closed")
         .next()
         .and_then(|head| head.rsplit('(').next())
-        .and_then(|n| n.trim().parse().ok())
+        .and_then(|n| n.replace(' ', "").parse().ok())
         .unwrap_or_else(|| panic!("no closed-window count in:\n{written}"));
     assert!((400..=1500).contains(&pairs), "{pairs} pairs:\n{written}");
     // The Kafka runs read every produced event, and every record of the paced run was
@@ -134,10 +134,24 @@ fn weir_bench_reports_every_measurement() {
         written.contains("Peak RSS, kafka-latency: driver "),
         "{written}"
     );
-    // The memory run: 500 users' 1 500 events and the one that closes their window.
+    // The memory run: 500 users' 1 500 events, then, on executors that lost their disks,
+    // the one that closes their window; its state came back from the snapshots.
+    for (run, rows) in [
+        ("memory-2-executors", "(1500 input rows)."),
+        ("memory-2-executors, restored", "(1 input rows)."),
+    ] {
+        let line = written
+            .lines()
+            .find(|l| l.starts_with(&format!("Peak RSS, {run}: driver ")))
+            .unwrap_or_else(|| panic!("no peak RSS of {run} in:\n{written}"));
+        assert!(line.ends_with(rows), "{line}");
+    }
+    let state = written
+        .lines()
+        .find(|l| l.starts_with("| that window's state: snapshot, and an executor's restore |"))
+        .unwrap_or_else(|| panic!("no state line in:\n{written}"));
     assert!(
-        written.contains("Peak RSS, memory-2-executors: driver ")
-            && written.contains("(1501 input rows)"),
-        "{written}"
+        state.contains(" files (") && state.contains("the slowest executor restored in "),
+        "{state}"
     );
 }

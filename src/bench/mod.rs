@@ -2,8 +2,9 @@
 //! are generated (seeded) as JSON-lines files; a single-threaded decode(+aggregate) loop over
 //! them gives the ceiling; the reference job then runs from those files into Delta tables with
 //! `weir local` on 1 and 2 executors, with and without state snapshots, in rounds (each figure
-//! is the median round's); a last run keeps about
-//! a million distinct users of one window in state and reports every process's peak memory.
+//! is the median round's); a memory run keeps about a million distinct users of one window in
+//! state, reports every process's peak memory, and restores that state from its snapshots
+//! into executors that lost their disks.
 //! Two user-scale cases run the exact and the approximate job over events of more users. Then
 //! the events go through Kafka into Delta on 1 and 2 executors: from librdkafka's mock cluster,
 //! which serves from memory (weir's Kafka path), and from a tansu broker (its SQLite storage's
@@ -13,6 +14,7 @@ mod broker;
 mod ceiling;
 mod kafka;
 mod kafka_runs;
+mod memory;
 mod one_run;
 mod rescale;
 mod runs;
@@ -261,62 +263,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         user_cases.push(user_case(&args, &root, users).await?);
     }
 
-    let memory = if args.window_users > 0 {
-        let count = args.window_users * 3;
-        eprintln!(
-            "weir bench: memory with {} users in one window",
-            args.window_users
-        );
-        let window_input = root.join("window-events");
-        generate(
-            &window_input,
-            &strings(&[
-                "--count",
-                &count.to_string(),
-                "--users",
-                &args.window_users.to_string(),
-                "--files",
-                "24",
-                "--start",
-                START,
-                "--span",
-                "5m",
-                "--out-of-order",
-                "0s",
-                "--seed",
-                "2",
-            ]),
-        )
-        .await?;
-        // One event 30 minutes later moves the watermark past the window, so the run's last
-        // epoch closes it and counts its exact-distinct values (the event's own window stays
-        // open): the count is read from the output, not estimated.
-        let closes_at = (chrono::DateTime::parse_from_rfc3339(START)?
-            + chrono::Duration::minutes(30))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let closer = serde_json::json!({
-            "event_id": "closes-the-window",
-            "user_id": "user-closer",
-            "event_type": "page_view",
-            "page_url": null,
-            "timestamp": closes_at,
-            "properties": {},
-        });
-        std::fs::write(
-            window_input.join("zz-closes-the-window.jsonl"),
-            format!("{closer}\n"),
-        )
-        .context("writing the event that closes the window")?;
-        let spec = RunSpec {
-            name: "memory-2-executors".into(),
-            source: runs::files_source(&window_input, 2),
-            executors: 2,
-            snapshots: true,
-            distinct: Distinct::Exact,
-        };
-        Some(runs::run(&spec, &root).await?)
-    } else {
-        None
+    let memory = match args.window_users {
+        0 => None,
+        users => Some(memory::measure(&root, users).await?),
     };
 
     let rescaled = if args.rescale_events > 0 {
@@ -426,7 +375,7 @@ struct Measured {
     ceiling: ceiling::Ceiling,
     results: Vec<Repeated>,
     user_cases: Vec<UserCase>,
-    memory: Option<RunResult>,
+    memory: Option<memory::MemoryRun>,
     rescaled: Vec<rescale::Step>,
     kafka: kafka_runs::KafkaRuns,
 }
@@ -608,24 +557,27 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             )?;
         }
         if let Some(m) = memory {
-            let executor_peak = m
-                .peak_rss
-                .iter()
-                .filter(|(k, _)| k.starts_with("executor"))
-                .map(|(_, v)| *v)
-                .max()
-                .unwrap_or(0);
-            let judged = if args.window_users >= 1_000_000 {
+            let executor_peak = m.executor_peak_rss();
+            let judged = if m.users >= 1_000_000 {
                 verdict(executor_peak > 0 && executor_peak <= 256_000_000)
             } else {
-                "not judged: fewer users"
+                "not judged: fewer than 1 000 000 users"
             };
             writeln!(
                 out,
-                "| executor peak RSS ≤ 256 MB with 1 000 000 distinct users per window | {:.0} MB with {} users in one window ({} exact-distinct (event type, user) pairs counted when it closed) | {judged} |",
+                "| executor peak RSS ≤ 256 MB with {} distinct users in one window | {:.0} MB, filling the window and restoring it ({} exact-distinct (event type, user) pairs counted when it closed) | {judged} |",
+                thousands(m.users),
                 mb(executor_peak),
-                args.window_users,
-                m.unique_users,
+                thousands(m.closed.unique_users),
+            )?;
+            writeln!(
+                out,
+                "| that window's state: snapshot, and an executor's restore | snapshots {:.0} MB in {} files ({} entries); the slowest executor restored in {:.2} s, the two read {:.0} MB | reported |",
+                mb(m.snapshot_bytes),
+                m.snapshot_files,
+                thousands(m.state_rows),
+                m.slowest_restore.as_secs_f64(),
+                mb(m.restored_bytes),
             )?;
         }
         if let Some((broker, l)) = &kafka.latency {
@@ -714,7 +666,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         .iter()
         .chain(user_cases.iter().flat_map(|c| [&c.exact, &c.approx]))
         .map(Repeated::median)
-        .chain(memory)
+        .chain(memory.into_iter().flat_map(|m| [&m.filled, &m.closed]))
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));
     for (name, peak_rss, input_rows) in file_runs.chain(kafka_runs) {
         let peaks: Vec<String> = peak_rss

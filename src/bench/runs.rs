@@ -243,10 +243,16 @@ pub fn local_command(
     Ok(cmd)
 }
 
-/// Runs the job once to the end of its input (`--trigger available-now`).
+/// Runs the job once to the end of its input (`--trigger available-now`), from scratch.
 pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
     let (job, checkpoint) = prepare(root, &spec.name, &spec.source, spec.distinct)?;
-    let mut cmd = local_command(&job, spec.executors, Some("available-now"))?;
+    run_job(spec, &job, &checkpoint).await
+}
+
+/// Runs the job file `job` (as [`prepare`] wrote it, its checkpoint at `checkpoint`) to the
+/// end of its input, resuming from whatever its checkpoint already holds.
+pub async fn run_job(spec: &RunSpec, job: &Path, checkpoint: &str) -> anyhow::Result<RunResult> {
+    let mut cmd = local_command(job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
     }
@@ -263,7 +269,7 @@ pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
             tail.join("\n")
         );
     }
-    RunResult::read(&spec.name, wall, &checkpoint, &log).await
+    RunResult::read(&spec.name, wall, checkpoint, &log).await
 }
 
 impl RunResult {
