@@ -114,7 +114,20 @@ pub fn start_with_token(dir: &Path, job: &Path, token: &Path, executors: usize) 
 }
 
 impl Drop for LocalRun {
+    /// Stops it as a user would (SIGTERM: it stops its driver and executors) and kills it
+    /// only if it is still there after a while: a SIGKILL would leave its executors running,
+    /// waiting for a driver that does not come back.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
