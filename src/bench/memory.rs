@@ -13,6 +13,9 @@ use anyhow::{bail, Context};
 use super::runs::{self, Distinct, RunResult, RunSpec};
 use super::{generate, strings, START};
 
+/// Events of each input file; an epoch reads two.
+const EVENTS_PER_FILE: u64 = 125_000;
+
 /// What the memory run measured.
 pub struct MemoryRun {
     /// Distinct users generated into the window.
@@ -47,15 +50,19 @@ impl MemoryRun {
 pub async fn measure(root: &Path, users: u64) -> anyhow::Result<MemoryRun> {
     eprintln!("weir bench: memory with {users} users in one window");
     let input = root.join("window-events");
+    // Epochs of 250 000 events (two files of 125 000), about the throughput runs' size,
+    // whatever the users: the run measures the state, not larger epochs.
+    let events = users * 3;
+    let files = events.div_ceil(EVENTS_PER_FILE).max(1);
     generate(
         &input,
         &strings(&[
             "--count",
-            &(users * 3).to_string(),
+            &events.to_string(),
             "--users",
             &users.to_string(),
             "--files",
-            "24",
+            &files.to_string(),
             "--start",
             START,
             "--span",

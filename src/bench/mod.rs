@@ -48,8 +48,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub rounds: u64,
     /// Distinct users in the single window of the memory run, three events each (0 skips it),
-    /// in 24 files read two per epoch: with a million users, epochs of 250 000 events, about
-    /// the throughput runs' size.
+    /// in files of 125 000 events read two per epoch: epochs of 250 000 events, about the
+    /// throughput runs' size, whatever the users.
     #[arg(long, default_value_t = 1_000_000)]
     pub window_users: u64,
     /// Distinct users of the user-scale cases: each runs the exact and the approximate job
@@ -565,10 +565,12 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             };
             writeln!(
                 out,
-                "| executor peak RSS ≤ 256 MB with {} distinct users in one window | {:.0} MB, filling the window and restoring it ({} exact-distinct (event type, user) pairs counted when it closed) | {judged} |",
+                "| executor peak RSS ≤ 256 MB with {} distinct users in one window | {:.0} MB, filling the window and restoring it ({} exact-distinct (event type, user) pairs counted when it closed); filled at {:.0} events/s over {} epochs | {judged} |",
                 thousands(m.users),
                 mb(executor_peak),
                 thousands(m.closed.unique_users),
+                m.filled.engine_events_per_second(),
+                m.filled.epochs,
             )?;
             writeln!(
                 out,
