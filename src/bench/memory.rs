@@ -20,7 +20,7 @@ const EVENTS_PER_FILE: u64 = 125_000;
 pub struct MemoryRun {
     /// Distinct users generated into the window.
     pub users: u64,
-    /// Both parts, the second's figures its own (its rows, epochs and output).
+    /// Both parts, each with the figures of the epochs it decided.
     pub filled: RunResult,
     pub closed: RunResult,
     /// The executors' state snapshots after the window was filled: all their files, and how
@@ -87,7 +87,6 @@ pub async fn measure(root: &Path, users: u64) -> anyhow::Result<MemoryRun> {
     let last = decisions
         .last()
         .context("the filling part decided nothing")?;
-    let filled_epochs = decisions.len();
 
     // The executors' disks are lost: all they had must come back from the snapshots.
     let work = root.join(&spec.name).join("work");
@@ -95,18 +94,11 @@ pub async fn measure(root: &Path, users: u64) -> anyhow::Result<MemoryRun> {
     write_closer(&input)?;
     let mut closed = runs::run_job(&spec, &job, &checkpoint).await?;
     closed.name = format!("{}, restored", spec.name);
-    let (_, decisions) = runs::decisions(&checkpoint).await?;
-    let after = decisions.get(filled_epochs..).unwrap_or_default();
+    let (_, after) = runs::decisions_from(&checkpoint, last.epoch + 1).await?;
     let first = after.first().context("the closing part decided nothing")?;
     if first.executors.values().all(|e| e.restored_bytes == 0) {
         bail!("the closing part's first epoch restored no state");
     }
-    closed.input_rows = after.iter().map(|d| d.stats.input_rows).sum();
-    closed.epochs = after.len();
-    closed.unique_users = after
-        .iter()
-        .filter_map(|d| d.stats.output_sums.get("unique_users"))
-        .sum::<f64>() as u64;
     std::fs::remove_dir_all(&input).with_context(|| format!("removing {}", input.display()))?;
     Ok(MemoryRun {
         users,

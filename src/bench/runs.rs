@@ -159,18 +159,23 @@ pub fn job_text(source: &str, dir: &Path, distinct: Distinct) -> String {
 /// The decisions of the checkpoint at `url` in epoch order, and the first plan's time: read
 /// with the checkpoint log, as the driver reads them.
 pub async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
+    decisions_from(url, 0).await
+}
+
+/// The decisions of epoch `from` on, and the time of that epoch's plan.
+pub async fn decisions_from(url: &str, from: u64) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
     let log = CheckpointLog::open(url, &BTreeMap::new())?;
     let first_plan = log
-        .plan(0)
+        .plan(from)
         .await?
-        .context("no plan in the checkpoint")?
+        .with_context(|| format!("no plan of epoch {from} in the checkpoint"))?
         .planned_at_micros;
     let last = log
         .latest("commits")
         .await?
         .context("no decision in the checkpoint")?;
     let mut records = Vec::new();
-    for epoch in 0..=last {
+    for epoch in from..=last {
         records.push(
             log.commit(epoch)
                 .await?
@@ -178,6 +183,12 @@ pub async fn decisions(url: &str) -> anyhow::Result<(i64, Vec<CommitRecord>)> {
         );
     }
     Ok((first_plan, records))
+}
+
+/// The epoch a run of the job at `url` starts with: the one after its last decision.
+async fn next_epoch(url: &str) -> anyhow::Result<u64> {
+    let log = CheckpointLog::open(url, &BTreeMap::new())?;
+    Ok(log.latest("commits").await?.map_or(0, |last| last + 1))
 }
 
 /// Peak RSS by process from the JSON log lines of `weir local`'s processes.
@@ -250,8 +261,10 @@ pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
 }
 
 /// Runs the job file `job` (as [`prepare`] wrote it, its checkpoint at `checkpoint`) to the
-/// end of its input, resuming from whatever its checkpoint already holds.
+/// end of its input, resuming from whatever its checkpoint already holds; its figures are
+/// those of the epochs this run decided.
 pub async fn run_job(spec: &RunSpec, job: &Path, checkpoint: &str) -> anyhow::Result<RunResult> {
+    let from = next_epoch(checkpoint).await?;
     let mut cmd = local_command(job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
@@ -269,18 +282,20 @@ pub async fn run_job(spec: &RunSpec, job: &Path, checkpoint: &str) -> anyhow::Re
             tail.join("\n")
         );
     }
-    RunResult::read(&spec.name, wall, checkpoint, &log).await
+    RunResult::read(&spec.name, wall, checkpoint, from, &log).await
 }
 
 impl RunResult {
-    /// What the run `name` measured, from its checkpoint and its processes' log.
+    /// What the run `name` measured, from its checkpoint's decisions of epoch `from` on and
+    /// its processes' log.
     pub async fn read(
         name: &str,
         wall: Duration,
         checkpoint: &str,
+        from: u64,
         log: &str,
     ) -> anyhow::Result<RunResult> {
-        let (first_plan, decisions) = decisions(checkpoint).await?;
+        let (first_plan, decisions) = decisions_from(checkpoint, from).await?;
         let last_decision = decisions.last().map_or(first_plan, |d| d.decided_at_micros);
         Ok(RunResult {
             name: name.to_string(),
