@@ -1,8 +1,8 @@
 //! Webhook alerts (Slack-compatible `{"text": ...}`): query failed, executor lost, epoch over
 //! its time budget, recovered, autoscaled. Each alert is also an event of the query's timeline
-//! (the dashboard marks it on its charts), with or without a webhook. A task sends them in order, retrying with backoff; the
-//! coordinator never waits for it. The URL is a credential: it never reaches a log line
-//! (reqwest errors are logged `without_url`).
+//! (the dashboard marks it on its charts), with or without a webhook. A task sends them in
+//! order, retrying with backoff; the coordinator never waits for it. The URL is a credential:
+//! it never reaches a log line (reqwest errors are logged `without_url`).
 
 use std::time::Duration;
 
