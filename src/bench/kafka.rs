@@ -197,7 +197,12 @@ async fn produce_times(
 /// Produce-to-commit latency of a paced run.
 #[derive(Debug)]
 pub struct Latency {
+    /// The pace asked of the producer.
     pub rate: f64,
+    /// The pace it kept: its records over the time it took to produce them.
+    pub produced_rate: f64,
+    /// Half of the broker's peak: the pace the target names (`rate` may be lower).
+    pub half_of_peak: f64,
     pub seconds: u64,
     pub records: usize,
     pub epochs: usize,
@@ -216,25 +221,28 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
-/// Runs the reference job from `topic` with its 1 s trigger on `executors` executors while
-/// `rate` events/s are produced for `seconds`, and measures, for every record produced,
-/// the time from its produce call to the decision of the epoch that read it.
+/// Executors of the latency run.
+const LATENCY_EXECUTORS: usize = 2;
+
+/// Runs the reference job from `topic` (its reader given `options`) with its 1 s trigger on 2
+/// executors while `rate` events/s are produced for `seconds`, and measures, for every record
+/// produced, the time from its produce call to the decision of the epoch that read it.
 pub async fn latency(
     root: &Path,
     brokers: &str,
     topic: &str,
+    options: &[(&str, &str)],
     rate: f64,
     seconds: u64,
-    executors: usize,
     producer: &[&str],
 ) -> anyhow::Result<Latency> {
     // A few records first, so that the topic exists and the job is running steadily when the
     // measured records start.
     let warm_up = [producer, &["--seed", "3", "--span", "1m"]].concat();
     produce(brokers, topic, 1000, 0.0, &warm_up).await?;
-    let source = runs::kafka_source(brokers, topic, 10_000_000);
+    let source = runs::kafka_source_with(brokers, topic, 10_000_000, options);
     let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source, runs::Distinct::Exact)?;
-    let mut child = runs::local_command(&job, executors, None)?
+    let mut child = runs::local_command(&job, LATENCY_EXECUTORS, None)?
         .kill_on_drop(true)
         .spawn()
         .context("starting weir local")?;
@@ -250,7 +258,9 @@ pub async fn latency(
     let count = (rate * seconds as f64).round() as u64;
     let span = format!("{seconds}s");
     let measured = [producer, &["--seed", "4", "--span", &span]].concat();
+    let producing = Instant::now();
     produce(brokers, topic, count, rate, &measured).await?;
+    let produced_rate = count as f64 / producing.elapsed().as_secs_f64();
     let end = end_offsets(brokers, topic).await?;
     runs::wait_for_decision(
         &checkpoint,
@@ -292,6 +302,8 @@ pub async fn latency(
     latencies.sort_by(f64::total_cmp);
     Ok(Latency {
         rate,
+        produced_rate,
+        half_of_peak: rate,
         seconds,
         records: latencies.len(),
         epochs: decisions.len(),

@@ -209,8 +209,14 @@ async fn broker_runs(
     })
 }
 
+/// The latency run's `fetch.wait.max.ms` on the mock cluster.
+const MOCK_FETCH_WAIT_MS: &str = "10";
+
+/// Records the mock cluster keeps per partition (librdkafka's limit, beside 5 MB).
+const MOCK_RECORDS_PER_PARTITION: f64 = 100_000.0;
+
 /// Half of the fastest run's rate: the latency run's pace.
-fn half_of_peak(runs: &BrokerRuns) -> f64 {
+pub fn half_of_peak(runs: &BrokerRuns) -> f64 {
     let peak = runs
         .runs
         .iter()
@@ -227,25 +233,45 @@ async fn latency(
     rate: f64,
     broker: BrokerKind,
 ) -> anyhow::Result<kafka::Latency> {
+    let partitions = match broker {
+        BrokerKind::Tansu | BrokerKind::Given => TANSU_PARTITIONS,
+        BrokerKind::Mock => args.mock_partitions,
+    };
+    let half_of_peak = rate;
+    let rate = match broker {
+        BrokerKind::Mock => rate.min(mock_retained_rate(partitions, args.latency_seconds)),
+        BrokerKind::Tansu | BrokerKind::Given => rate,
+    };
     eprintln!(
         "weir bench: latency on the {} at {rate:.0} events/s for {} s",
         broker.label(),
         args.latency_seconds
     );
-    let partitions = match broker {
-        BrokerKind::Tansu | BrokerKind::Given => TANSU_PARTITIONS,
-        BrokerKind::Mock => args.mock_partitions,
-    };
     let producer = producer_args(broker, partitions, false);
     let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
-    kafka::latency(
+    // The mock cluster holds a fetch that finds nothing for the whole `fetch.wait.max.ms`
+    // (500 ms by default), records arriving meanwhile or not; Kafka answers as soon as
+    // `fetch.min.bytes` are there. A short wait makes the mock answer about as soon.
+    let options: &[(&str, &str)] = match broker {
+        BrokerKind::Mock => &[("fetch.wait.max.ms", MOCK_FETCH_WAIT_MS)],
+        BrokerKind::Tansu | BrokerKind::Given => &[],
+    };
+    let mut latency = kafka::latency(
         root,
         address,
         topic,
+        options,
         rate,
         args.latency_seconds,
-        2,
         &producer,
     )
-    .await
+    .await?;
+    latency.half_of_peak = half_of_peak;
+    Ok(latency)
+}
+
+/// The fastest pace whose records the mock cluster still holds when the latency run reads
+/// their produce times back: half of what its partitions keep, over the run.
+fn mock_retained_rate(partitions: i32, seconds: u64) -> f64 {
+    f64::from(partitions.max(1)) * MOCK_RECORDS_PER_PARTITION / 2.0 / seconds.max(1) as f64
 }

@@ -8,7 +8,8 @@
 //! Two user-scale cases run the exact and the approximate job over events of more users. Then
 //! the events go through Kafka into Delta on 1 and 2 executors: from librdkafka's mock cluster,
 //! which serves from memory (weir's Kafka path), and from a tansu broker (its SQLite storage's
-//! pace); a paced run at half of the mock cluster's peak gives the produce-to-commit latency.
+//! pace); a paced run at half of the mock cluster's peak (or the fastest pace whose records it
+//! keeps) gives the produce-to-commit latency.
 
 mod broker;
 mod ceiling;
@@ -78,7 +79,8 @@ pub struct BenchArgs {
     /// Offsets an epoch of the Kafka runs reads (`max_offsets_per_trigger`).
     #[arg(long, default_value_t = 200_000)]
     pub offsets_per_epoch: u64,
-    /// How long the latency run produces (at half of the Kafka peak rate).
+    /// How long the latency run produces (at half of the Kafka peak rate; on the mock cluster at
+    /// most at the pace whose records it still holds afterwards).
     #[arg(long, default_value_t = 15)]
     pub latency_seconds: u64,
     /// A Kafka broker to use instead of starting tansu (`host:port`); its topics are named
@@ -583,18 +585,26 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             )?;
         }
         if let Some((broker, l)) = &kafka.latency {
+            // The producer shares the cores with the broker and the job: it may not keep up.
+            let at_half = l.produced_rate >= 0.9 * l.half_of_peak;
+            let within = l.records > 0 && l.p99_ms <= 1500.0;
             writeln!(
                 out,
-                "| p99 produce-to-commit latency ≤ trigger + 0.5 s (1 500 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({}: {} records at {:.0} events/s for {} s, {} epochs) | {} |",
+                "| p99 produce-to-commit latency ≤ trigger + 0.5 s (1 500 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({}: {} records produced at {:.0} events/s for {} s, {} epochs; half of peak: {:.0} events/s) | {} |",
                 l.p99_ms,
                 l.p50_ms,
                 l.max_ms,
                 broker.label(),
                 l.records,
-                l.rate,
+                l.produced_rate,
                 l.seconds,
                 l.epochs,
-                verdict(l.records > 0 && l.p99_ms <= 1500.0)
+                l.half_of_peak,
+                match (within, at_half) {
+                    (true, true) => "met",
+                    (true, false) => "met below half of peak",
+                    (false, _) => "not met",
+                }
             )?;
         }
         writeln!(out)?;
@@ -645,11 +655,18 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             broker.produce_rate,
         )?;
     }
-    if kafka.latency.is_some() {
+    if let Some((_, l)) = &kafka.latency {
         writeln!(
             out,
             "Latency is from each record's produce call (its CreateTime) to the decision of the epoch that read it.\n"
         )?;
+        if l.produced_rate < 0.9 * l.half_of_peak {
+            writeln!(
+                out,
+                "The latency run asked {:.0} events/s of the producer and it kept {:.0}, below half of peak ({:.0}): the pace is capped so that the mock cluster (100 000 records a partition) still holds the records when their produce times are read back, and `weir gen` shares the cores with the broker and the job.\n",
+                l.rate, l.produced_rate, l.half_of_peak
+            )?;
+        }
     }
     let mut kafka_runs: Vec<(String, &BTreeMap<String, u64>, u64)> = kafka
         .brokers

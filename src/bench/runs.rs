@@ -138,9 +138,24 @@ pub fn files_source(input: &Path, max_files: u64) -> String {
 
 /// A Kafka source over `topic` from its earliest offsets.
 pub fn kafka_source(brokers: &str, topic: &str, max_offsets: u64) -> String {
+    kafka_source_with(brokers, topic, max_offsets, &[])
+}
+
+/// The same with librdkafka `options` for the reader.
+pub fn kafka_source_with(
+    brokers: &str,
+    topic: &str,
+    max_offsets: u64,
+    options: &[(&str, &str)],
+) -> String {
+    let options: Vec<String> = options
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": \"{v}\""))
+        .collect();
     format!(
         "  kafka: {{bootstrap_servers: \"{brokers}\", topic: {topic}, starting_offsets: earliest, \
-         max_offsets_per_trigger: {max_offsets}}}\n"
+         max_offsets_per_trigger: {max_offsets}, options: {{{}}}}}\n",
+        options.join(", ")
     )
 }
 

@@ -2,6 +2,7 @@
 //! committed offsets), so a replay of an epoch reads the same records.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::{CStr, CString};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use weir_common::checkpoint::PartitionRange;
 use weir_common::job::KafkaSource;
 
-use crate::input::consumer_queue::{ConsumerQueue, Polled};
+use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
 use crate::input::Record;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,20 +27,23 @@ pub enum ReadError {
         partitions: Vec<i32>,
         waited: Duration,
     },
+    #[error("waiting for records: {0}")]
+    Wait(std::io::Error),
     #[error("the run was abandoned")]
     Abandoned,
 }
 
-/// Bytes of records kept past the ranges being read (half of librdkafka's own prefetch, 64 MB by
-/// default). Past it, records after the ranges are dropped and the next read assigns its
-/// partitions afresh, fetching them again: a backlog read at full speed reaches it every few
-/// epochs, and it keeps a stalled partition from making the others' records pile up.
-/// (Pausing the partitions instead cost about a second an epoch in librdkafka's restart of
-/// their fetches.)
-const MAX_AHEAD_BYTES: usize = 32 << 20;
+/// Bytes of records librdkafka fetches ahead for an executor, split evenly over the partitions
+/// it reads (the size of its one consumer queue by default). A partition's share may be
+/// overshot by one fetch (`max.partition.fetch.bytes`). The job's `options` may set
+/// `queued.max.messages.kbytes`, per partition, instead.
+const PREFETCH_BYTES: usize = 64 << 20;
 
-/// Messages taken from the consumer's queue per call.
+/// Messages taken from a queue per call.
 const POLL_BATCH: usize = 4096;
+
+/// How long a read waits for any of its queues before asking whether to go on.
+const WAIT: Duration = Duration::from_millis(200);
 
 /// How long a read may see no record before the epoch fails.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,28 +83,44 @@ impl ClientContext for ReaderContext {
 impl ConsumerContext for ReaderContext {}
 
 pub struct KafkaReader {
-    /// Declared before `consumer`: it is dropped first.
     state: Mutex<Reading>,
-    consumer: BaseConsumer<ReaderContext>,
+    /// The consumer's settings, but for the prefetch limit, which follows the assignment.
+    config: ClientConfig,
+    /// Whether the job's options set the prefetch limit themselves.
+    prefetch_set: bool,
     topic: String,
+    topic_c: CString,
     /// Larger values are copied cut to this size (they go to the dead letter).
     max_record_bytes: usize,
 }
 
-/// The consumer's queue and where the last read left the assignment.
+/// A consumer assigned once, and the queues a read takes its partitions from. A new
+/// assignment gets a new consumer: assigning a consumer's partitions again before librdkafka
+/// had started the last assignment's fetches was seen to send their records to the consumer's
+/// own queue, not the partitions' (librdkafka 2.12); and the prefetch limit, per partition,
+/// is set when a consumer is made.
+struct Session {
+    /// Declared before `consumer`: queues are dropped first.
+    partitions: HashMap<i32, Queue>,
+    /// The client's errors.
+    errors: Queue,
+    consumer: BaseConsumer<ReaderContext>,
+}
+
+/// The consumer and where the last read left the assignment.
 struct Reading {
-    queue: ConsumerQueue,
+    /// None only while it is being replaced.
+    session: Option<Session>,
     /// The end of the range each assigned partition was last read to; empty when the
     /// assignment must be made afresh.
     read_to: HashMap<i32, i64>,
-    /// Records taken from the queue past the range being read, in offset order: a record of a
-    /// partition that comes after its end is the start of its next range.
-    ahead: HashMap<i32, VecDeque<Record>>,
-    /// Bytes of the records in `ahead`.
-    ahead_bytes: usize,
-    /// Whether records past the ranges were dropped (`ahead` was full): the next read must
-    /// assign afresh.
-    overflowed: bool,
+    /// Records a read took past its end, in offset order: a partition's batch is cut at the
+    /// offsets left to read, but offsets missing in the log (compaction, transaction markers)
+    /// let it reach beyond. They start the partition's next range.
+    held: HashMap<i32, VecDeque<Record>>,
+    slots: Slots,
+    /// Declared after `session`: its queues write to it until dropped.
+    wake: Wake,
 }
 
 /// Whether `ranges` pick up exactly where the last read ended (`read_to`), on the same
@@ -111,6 +131,11 @@ fn continues(read_to: &HashMap<i32, i64>, ranges: &[PartitionRange]) -> bool {
         && ranges
             .iter()
             .all(|r| read_to.get(&r.partition) == Some(&r.start))
+}
+
+/// Kilobytes of prefetch each of `partitions` gets.
+fn prefetch_kbytes(partitions: usize) -> usize {
+    (PREFETCH_BYTES / 1024 / partitions.max(1)).max(1)
 }
 
 /// Adds `record` to the chunk being filled, handing the chunk over when full.
@@ -146,12 +171,131 @@ fn record(
     }
 }
 
+/// A partition a read still takes records from.
+#[derive(Debug, PartialEq)]
+struct Pending {
+    partition: i32,
+    /// The offset the next record has at least.
+    next: i64,
+    end: i64,
+}
+
+impl Pending {
+    /// The most records to take in one batch: offsets only grow, so no more than are left come
+    /// before the end, unless offsets are missing in the log (then the batch reaches beyond).
+    fn batch(&self) -> usize {
+        usize::try_from(self.end - self.next)
+            .unwrap_or(0)
+            .clamp(1, POLL_BATCH)
+    }
+
+    /// Takes a record at `offset` into account: whether it is this range's (else it starts the
+    /// next range, and this one is done).
+    fn take(&mut self, offset: i64) -> bool {
+        if offset < self.end {
+            self.next = offset + 1;
+            true
+        } else {
+            self.next = self.end;
+            false
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.next >= self.end
+    }
+}
+
+/// The partitions of `ranges` a read must still poll, after handing over (`push`) the records
+/// the last read took beyond its ranges (`held`, in offset order per partition).
+fn after_held(
+    ranges: &[PartitionRange],
+    held: &mut HashMap<i32, VecDeque<Record>>,
+    mut push: impl FnMut(Record),
+) -> Vec<Pending> {
+    let mut pending = Vec::with_capacity(ranges.len());
+    for r in ranges.iter().filter(|r| r.end > r.start) {
+        let mut p = Pending {
+            partition: r.partition,
+            next: r.start,
+            end: r.end,
+        };
+        if let Some(held) = held.get_mut(&r.partition) {
+            while held.front().is_some_and(|h| h.offset < r.end) {
+                if let Some(record) = held.pop_front() {
+                    p.take(record.offset);
+                    push(record);
+                }
+            }
+            if !held.is_empty() {
+                // A record at or past the end came: everything before it is in hand.
+                continue;
+            }
+        }
+        if !p.done() {
+            pending.push(p);
+        }
+    }
+    pending
+}
+
+impl Session {
+    /// A consumer of `config`, with the ranges' partitions assigned at their starts, each
+    /// read from its own queue.
+    fn assigned(
+        config: &ClientConfig,
+        prefetch_set: bool,
+        topic: (&str, &CStr),
+        ranges: &[PartitionRange],
+        wake: &Wake,
+    ) -> Result<Self, KafkaError> {
+        let mut config = config.clone();
+        if !prefetch_set {
+            config.set(
+                "queued.max.messages.kbytes",
+                prefetch_kbytes(ranges.len()).to_string(),
+            );
+        }
+        let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
+        let errors = Queue::consumer(&consumer, wake).ok_or(no_queue("the consumer"))?;
+        let mut partitions = HashMap::with_capacity(ranges.len());
+        let mut tpl = TopicPartitionList::new();
+        for r in ranges {
+            // Taken before the assignment, which keeps them as they are.
+            let queue = Queue::partition(&consumer, topic.1, r.partition, wake)
+                .ok_or_else(|| no_queue(&format!("partition {} of {}", r.partition, topic.0)))?;
+            partitions.insert(r.partition, queue);
+            tpl.add_partition_offset(topic.0, r.partition, Offset::Offset(r.start))?;
+        }
+        if !ranges.is_empty() {
+            consumer.assign(&tpl)?;
+        }
+        Ok(Self {
+            partitions,
+            errors,
+            consumer,
+        })
+    }
+
+    fn position(&self, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+        let positions = self.consumer.position()?;
+        Ok(positions
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .unwrap_or(-1))
+    }
+}
+
+fn no_queue(of: &str) -> KafkaError {
+    KafkaError::ClientCreation(format!("librdkafka gave no queue for {of}"))
+}
+
 impl KafkaReader {
     pub fn new(
         source: &KafkaSource,
         job_id: &str,
         max_record_bytes: usize,
-    ) -> Result<Self, KafkaError> {
+    ) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         // librdkafka waits a second before fetching again for a partition whose prefetch is
         // full. Reads here drain that queue within the epoch, and the second was most of an
@@ -168,20 +312,25 @@ impl KafkaReader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
-        let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
-        let queue = ConsumerQueue::of(&consumer, POLL_BATCH).ok_or(KafkaError::ClientCreation(
-            "the consumer has no queue".into(),
-        ))?;
+        let prefetch_set = source.options.contains_key("queued.max.messages.kbytes");
+        let topic_c = CString::new(source.topic.as_str())
+            .map_err(|_| anyhow::anyhow!("the topic name {:?} holds a NUL byte", source.topic))?;
+        let wake = Wake::new().map_err(|e| anyhow::anyhow!("a socket to wait on: {e}"))?;
+        // Made now so that bad settings fail here; the first read makes its own.
+        let session =
+            Session::assigned(&config, prefetch_set, (&source.topic, &topic_c), &[], &wake)?;
         Ok(Self {
             state: Mutex::new(Reading {
-                queue,
+                session: Some(session),
                 read_to: HashMap::new(),
-                ahead: HashMap::new(),
-                ahead_bytes: 0,
-                overflowed: false,
+                held: HashMap::new(),
+                slots: Slots::new(POLL_BATCH),
+                wake,
             }),
-            consumer,
+            config,
+            prefetch_set,
             topic: source.topic.clone(),
+            topic_c,
             max_record_bytes,
         })
     }
@@ -191,8 +340,9 @@ impl KafkaReader {
     ///
     /// When the ranges continue where the last read ended, on the same partitions (the next
     /// epoch of a steady run), the assignment stays: what librdkafka fetched meanwhile is read
-    /// from its queue instead of being dropped and fetched again. Anything else (the first
-    /// read, a replay, a rescale) assigns the partitions at the ranges' starts.
+    /// from its queues instead of being dropped and fetched again. Anything else (the first
+    /// read, a replay, a rescale) assigns the partitions at the ranges' starts, to a new
+    /// consumer.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
@@ -206,134 +356,115 @@ impl KafkaReader {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = &mut *guard;
         if !continues(&state.read_to, ranges) {
-            let mut tpl = TopicPartitionList::new();
-            for r in ranges {
-                tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))?;
-            }
             state.read_to.clear();
-            state.ahead.clear();
-            state.ahead_bytes = 0;
-            if ranges.is_empty() {
-                self.consumer.unassign()?;
-            } else {
-                self.consumer.assign(&tpl)?;
-            }
+            state.held.clear();
+            // The old consumer goes before the new one comes.
+            state.session = None;
+            state.session = Some(Session::assigned(
+                &self.config,
+                self.prefetch_set,
+                (&self.topic, &self.topic_c),
+                ranges,
+                &state.wake,
+            )?);
         }
-        let mut remaining: HashMap<i32, i64> = ranges
-            .iter()
-            .filter(|r| r.end > r.start)
-            .map(|r| (r.partition, r.end))
-            .collect();
         let mut buffer = Vec::with_capacity(chunk);
-        // Records taken from the queue by the last read, beyond its ranges.
-        for r in ranges {
-            let Some(ahead) = state.ahead.get_mut(&r.partition) else {
-                continue;
-            };
-            while let Some(next) = ahead.front() {
-                if next.offset >= r.end {
-                    // Everything before the end is in hand.
-                    remaining.remove(&r.partition);
-                    break;
-                }
-                if let Some(record) = ahead.pop_front() {
-                    state.ahead_bytes -= record.size();
-                    if record.offset + 1 >= r.end {
-                        remaining.remove(&r.partition);
-                    }
-                    push(&mut buffer, record, chunk, &mut on_chunk);
-                }
-            }
-        }
-        // A failed read leaves the queue somewhere unknown: the next one assigns afresh.
+        let pending = after_held(ranges, &mut state.held, |record| {
+            push(&mut buffer, record, chunk, &mut on_chunk)
+        });
+        // A failed read leaves the queues somewhere unknown: the next one assigns afresh.
         state.read_to.clear();
-        let result = self.poll_until_done(
+        self.poll_until_done(
             state,
-            &mut remaining,
+            pending,
             &mut buffer,
             chunk,
             &keep_going,
             &mut on_chunk,
-        );
-        if result.is_ok() && !state.overflowed {
-            state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
-        } else {
-            state.overflowed = false;
-            state.ahead.clear();
-            state.ahead_bytes = 0;
-        }
-        result
+        )?;
+        state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
+        Ok(())
     }
 
     fn poll_until_done(
         &self,
         state: &mut Reading,
-        remaining: &mut HashMap<i32, i64>,
+        mut pending: Vec<Pending>,
         buffer: &mut Vec<Record>,
         chunk: usize,
         keep_going: &impl Fn() -> bool,
         on_chunk: &mut impl FnMut(Vec<Record>),
     ) -> Result<(), ReadError> {
-        let mut last_progress = Instant::now();
-        // Partitions whose end was reached, checked against their position after the batch.
-        let mut at_eof = Vec::new();
         let Reading {
-            queue,
-            ahead,
-            ahead_bytes,
-            overflowed,
+            session,
+            held,
+            slots,
+            wake,
             ..
         } = state;
-        while !remaining.is_empty() {
-            if !keep_going() {
-                return Err(ReadError::Abandoned);
-            }
-            let mut progressed = false;
-            queue.poll_batch(200, |polled| match polled {
-                Polled::Message {
-                    partition: p,
-                    offset,
-                    key,
-                    payload,
-                } => {
-                    let record = record(p, offset, key, payload, self.max_record_bytes);
-                    match remaining.get(&p) {
-                        Some(&end) if offset < end => {
-                            if offset + 1 >= end {
-                                remaining.remove(&p);
-                            }
-                            push(buffer, record, chunk, on_chunk);
-                            progressed = true;
-                        }
-                        // Past this read's end (or of a partition already read to its end):
-                        // the next read's, most likely.
-                        _ => {
-                            remaining.remove(&p);
-                            if *ahead_bytes + record.size() > MAX_AHEAD_BYTES {
-                                *overflowed = true;
-                            } else {
-                                *ahead_bytes += record.size();
-                                ahead.entry(p).or_default().push_back(record);
-                            }
-                        }
-                    }
+        let session = session.as_mut().ok_or_else(|| no_queue("the consumer"))?;
+        let mut last_progress = Instant::now();
+        let mut last_asked = Instant::now();
+        while !pending.is_empty() {
+            if last_asked.elapsed() >= WAIT {
+                if !keep_going() {
+                    return Err(ReadError::Abandoned);
                 }
-                Polled::PartitionEof(p) => at_eof.push(p),
-            })?;
+                last_asked = Instant::now();
+            }
+            // What the client reports as errors ends the read.
+            session.errors.poll_batch(slots, POLL_BATCH, 0, |_| {})?;
+            // Whether anything came (then the queues are polled again before waiting), and
+            // whether a record of a range did.
+            let (mut polled_any, mut progressed) = (false, false);
+            let mut i = 0;
+            while i < pending.len() {
+                let p = &mut pending[i];
+                let Some(queue) = session.partitions.get_mut(&p.partition) else {
+                    return Err(no_queue(&format!("partition {}", p.partition)).into());
+                };
+                let mut at_eof = false;
+                let max_bytes = self.max_record_bytes;
+                queue.poll_batch(slots, p.batch(), 0, |polled| {
+                    polled_any = true;
+                    match polled {
+                        Polled::Message {
+                            partition,
+                            offset,
+                            key,
+                            payload,
+                        } => {
+                            let record = record(partition, offset, key, payload, max_bytes);
+                            if p.take(offset) {
+                                progressed = true;
+                                push(buffer, record, chunk, on_chunk);
+                            } else {
+                                held.entry(partition).or_default().push_back(record);
+                            }
+                        }
+                        Polled::PartitionEof => at_eof = true,
+                    }
+                })?;
+                // Gaps (compaction, transaction markers) end a partition early: the broker
+                // has nothing between the last record and the planned end.
+                if !p.done() && at_eof && session.position(&self.topic, p.partition)? >= p.end {
+                    p.next = p.end;
+                }
+                if p.done() {
+                    progressed = true;
+                    pending.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
             if progressed {
                 last_progress = Instant::now();
             }
-            // Gaps (compaction, transaction markers) end a partition early: the broker has
-            // nothing between the last record and the planned end.
-            for p in at_eof.drain(..) {
-                if let Some(&end) = remaining.get(&p) {
-                    if self.position(p)? >= end {
-                        remaining.remove(&p);
-                    }
-                }
+            if polled_any {
+                continue;
             }
             if last_progress.elapsed() > STALL_TIMEOUT {
-                let mut partitions: Vec<i32> = remaining.keys().copied().collect();
+                let mut partitions: Vec<i32> = pending.iter().map(|p| p.partition).collect();
                 partitions.sort_unstable();
                 return Err(ReadError::Stalled {
                     topic: self.topic.clone(),
@@ -341,25 +472,207 @@ impl KafkaReader {
                     waited: STALL_TIMEOUT,
                 });
             }
+            wake.wait(WAIT).map_err(ReadError::Wait)?;
         }
         if !buffer.is_empty() {
             on_chunk(std::mem::take(buffer));
         }
         Ok(())
     }
-
-    fn position(&self, partition: i32) -> Result<i64, KafkaError> {
-        let positions = self.consumer.position()?;
-        Ok(positions
-            .find_partition(&self.topic, partition)
-            .and_then(|e| e.offset().to_raw())
-            .unwrap_or(-1))
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use weir_common::job::{SecretMap, StartingOffsets};
+
     use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Produces `count` records into each of `partitions`: `"{partition}-{offset}"`.
+    fn topic(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        topic: &str,
+        partitions: i32,
+        count: i64,
+    ) {
+        mock.create_topic(topic, partitions, 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for p in 0..partitions {
+            for o in 0..count {
+                let value = format!("{p}-{o}");
+                producer
+                    .send(BaseRecord::<(), _>::to(topic).partition(p).payload(&value))
+                    .expect("send");
+            }
+        }
+        producer.flush(TIMEOUT).expect("flush");
+    }
+
+    fn reader(bootstrap: &str, topic: &str) -> KafkaReader {
+        let source = KafkaSource {
+            bootstrap_servers: bootstrap.into(),
+            topic: topic.into(),
+            starting_offsets: StartingOffsets::Earliest,
+            fail_on_data_loss: true,
+            max_offsets_per_trigger: None,
+            options: SecretMap::default(),
+        };
+        KafkaReader::new(&source, "reader-test", 1 << 20).expect("reader")
+    }
+
+    /// (partition, offset, value) of every record one read hands over, in the order of each
+    /// partition.
+    fn read(reader: &KafkaReader, ranges: &[PartitionRange]) -> Vec<(i32, i64, String)> {
+        let mut got = Vec::new();
+        reader
+            .read(
+                ranges,
+                7,
+                || true,
+                |chunk| {
+                    got.extend(chunk.into_iter().map(|r| {
+                        let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or(&[]));
+                        (r.partition, r.offset, value.into_owned())
+                    }))
+                },
+            )
+            .expect("read");
+        got.sort();
+        got
+    }
+
+    fn expected(p: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
+        (start..end).map(|o| (p, o, format!("{p}-{o}"))).collect()
+    }
+
+    fn ranges(partitions: i32, start: i64, end: i64) -> Vec<PartitionRange> {
+        (0..partitions).map(|p| range(p, start, end)).collect()
+    }
+
+    fn all(partitions: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
+        (0..partitions)
+            .flat_map(|p| expected(p, start, end))
+            .collect()
+    }
+
+    #[test]
+    fn epochs_read_exactly_their_ranges_whatever_came_before() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let partitions = 3;
+        topic(&mock, "events", partitions, 55);
+        let reader = reader(&mock.bootstrap_servers(), "events");
+        // A first epoch with nothing to read, then one planned from elsewhere: assigned again
+        // at once, before librdkafka started the first assignment's fetches.
+        assert_eq!(read(&reader, &ranges(partitions, 5, 5)), vec![]);
+        // Epochs one after the other keep the assignment, and what was fetched meanwhile.
+        let cuts = [0, 16, 33, 55];
+        for w in cuts.windows(2) {
+            assert_eq!(
+                read(&reader, &ranges(partitions, w[0], w[1])),
+                all(partitions, w[0], w[1]),
+                "the read of [{}, {})",
+                w[0],
+                w[1]
+            );
+        }
+        // A replay assigns afresh and reads the same records; so does a read of one partition
+        // (fewer partitions: a consumer sized for them).
+        assert_eq!(
+            read(&reader, &ranges(partitions, 16, 33)),
+            all(partitions, 16, 33)
+        );
+        assert_eq!(read(&reader, &[range(1, 20, 45)]), expected(1, 20, 45));
+        // Empty ranges read nothing, and the next read still starts where it is told.
+        assert_eq!(read(&reader, &ranges(partitions, 55, 55)), vec![]);
+        assert_eq!(
+            read(&reader, &ranges(partitions, 0, 11)),
+            all(partitions, 0, 11)
+        );
+    }
+
+    fn at(partition: i32, offset: i64) -> Record {
+        record(partition, offset, None, Some(b"{}"), 1 << 10)
+    }
+
+    /// Offsets missing in the log (compaction, transaction markers) let a batch reach past the
+    /// range's end: the record there starts the next range.
+    #[test]
+    fn a_record_past_a_gap_and_the_end_waits_for_the_next_range() {
+        // [16, 33) of a log with no offsets 21 and 32: 16..=20, 22..=31, then 33.
+        let mut p = Pending {
+            partition: 0,
+            next: 16,
+            end: 33,
+        };
+        assert_eq!(p.batch(), 17);
+        for offset in (16..=20).chain(22..=31) {
+            assert!(p.take(offset), "{offset} is in the range");
+        }
+        assert!(!p.done());
+        assert_eq!(p.batch(), 1, "one offset (32) is left");
+        assert!(!p.take(33), "33 is past the end");
+        assert!(p.done());
+
+        let mut held: HashMap<i32, VecDeque<Record>> = [(0, VecDeque::from([at(0, 33)]))].into();
+        let mut got = Vec::new();
+        let pending = after_held(&[range(0, 33, 55)], &mut held, |r| got.push(r.offset));
+        assert_eq!(got, vec![33]);
+        assert_eq!(
+            pending,
+            vec![Pending {
+                partition: 0,
+                next: 34,
+                end: 55
+            }]
+        );
+    }
+
+    #[test]
+    fn records_held_past_the_end_settle_the_ranges_they_pass() {
+        let mut held: HashMap<i32, VecDeque<Record>> = [
+            (0, VecDeque::from([at(0, 40), at(0, 60)])),
+            (1, VecDeque::from([at(1, 70)])),
+        ]
+        .into();
+        let mut got = Vec::new();
+        let pending = after_held(
+            &[range(0, 33, 45), range(1, 50, 60), range(2, 5, 9)],
+            &mut held,
+            |r| got.push((r.partition, r.offset)),
+        );
+        // Partition 0: 40 is handed over, and 60 shows nothing else lies before 45; partition
+        // 1: 70 shows [50, 60) holds nothing; partition 2 has no record in hand.
+        assert_eq!(got, vec![(0, 40)]);
+        assert_eq!(
+            pending,
+            vec![Pending {
+                partition: 2,
+                next: 5,
+                end: 9
+            }]
+        );
+        assert_eq!(held[&0].len(), 1, "60 stays for the range that holds it");
+    }
+
+    #[test]
+    fn a_planned_offset_the_broker_no_longer_holds_fails_the_read() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        topic(&mock, "events", 1, 5);
+        let reader = reader(&mock.bootstrap_servers(), "events");
+        let err = reader
+            .read(&[range(0, 100, 110)], 7, || true, |_| {})
+            .expect_err("offsets past the log's end");
+        assert!(
+            matches!(err, ReadError::Kafka(_)),
+            "an error from the broker, not a stall: {err}"
+        );
+    }
 
     fn range(partition: i32, start: i64, end: i64) -> PartitionRange {
         PartitionRange {

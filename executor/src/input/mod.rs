@@ -76,7 +76,10 @@ impl Chunk {
 }
 
 pub enum Input {
-    Kafka { reader: KafkaReader, topic: String },
+    Kafka {
+        reader: Box<KafkaReader>,
+        topic: String,
+    },
     Files(FileReader),
 }
 
@@ -84,8 +87,10 @@ impl Input {
     pub fn open(job: &JobSpec, job_id: &str) -> anyhow::Result<Self> {
         Ok(match &job.source {
             Source::Kafka(kafka) => Input::Kafka {
-                reader: KafkaReader::new(kafka, job_id, job.max_record_bytes)
-                    .context("creating the Kafka consumer")?,
+                reader: Box::new(
+                    KafkaReader::new(kafka, job_id, job.max_record_bytes)
+                        .context("creating the Kafka consumer")?,
+                ),
                 topic: kafka.topic.clone(),
             },
             Source::Files(files) => Input::Files(FileReader::new(
