@@ -201,8 +201,6 @@ pub struct Latency {
     pub rate: f64,
     /// The pace it kept: its records over the time it took to produce them.
     pub produced_rate: f64,
-    /// Half of the broker's peak: the pace the target names (`rate` may be lower).
-    pub half_of_peak: f64,
     pub seconds: u64,
     pub records: usize,
     pub epochs: usize,
@@ -303,7 +301,6 @@ pub async fn latency(
     Ok(Latency {
         rate,
         produced_rate,
-        half_of_peak: rate,
         seconds,
         records: latencies.len(),
         epochs: decisions.len(),

@@ -55,6 +55,18 @@ pub struct KafkaRuns {
     pub skipped: Vec<String>,
 }
 
+impl KafkaRuns {
+    /// Half of the peak of the broker the latency run was on: the pace its target names (the
+    /// run may have been asked less, or kept less).
+    pub fn latency_half_of_peak(&self) -> Option<f64> {
+        let (kind, _) = self.latency.as_ref()?;
+        self.brokers
+            .iter()
+            .find(|b| b.broker == *kind)
+            .map(half_of_peak)
+    }
+}
+
 /// Partitions of the tansu (or --brokers) topic.
 const TANSU_PARTITIONS: i32 = 8;
 
@@ -237,7 +249,6 @@ async fn latency(
         BrokerKind::Tansu | BrokerKind::Given => TANSU_PARTITIONS,
         BrokerKind::Mock => args.mock_partitions,
     };
-    let half_of_peak = rate;
     let rate = match broker {
         BrokerKind::Mock => rate.min(mock_retained_rate(partitions, args.latency_seconds)),
         BrokerKind::Tansu | BrokerKind::Given => rate,
@@ -256,7 +267,7 @@ async fn latency(
         BrokerKind::Mock => &[("fetch.wait.max.ms", MOCK_FETCH_WAIT_MS)],
         BrokerKind::Tansu | BrokerKind::Given => &[],
     };
-    let mut latency = kafka::latency(
+    kafka::latency(
         root,
         address,
         topic,
@@ -265,9 +276,7 @@ async fn latency(
         args.latency_seconds,
         &producer,
     )
-    .await?;
-    latency.half_of_peak = half_of_peak;
-    Ok(latency)
+    .await
 }
 
 /// The fastest pace whose records the mock cluster still holds when the latency run reads

@@ -39,6 +39,9 @@ pub enum ReadError {
 /// `queued.max.messages.kbytes`, per partition, instead.
 const PREFETCH_BYTES: usize = 64 << 20;
 
+/// librdkafka's per-partition prefetch limit when each partition has its own queue.
+const PREFETCH_KBYTES: &str = "queued.max.messages.kbytes";
+
 /// Messages taken from a queue per call.
 const POLL_BATCH: usize = 4096;
 
@@ -84,10 +87,9 @@ impl ConsumerContext for ReaderContext {}
 
 pub struct KafkaReader {
     state: Mutex<Reading>,
-    /// The consumer's settings, but for the prefetch limit, which follows the assignment.
+    /// The consumer's settings; the prefetch limit, unless the job's options set it, follows
+    /// the assignment.
     config: ClientConfig,
-    /// Whether the job's options set the prefetch limit themselves.
-    prefetch_set: bool,
     topic: String,
     topic_c: CString,
     /// Larger values are copied cut to this size (they go to the dead letter).
@@ -244,17 +246,13 @@ impl Session {
     /// read from its own queue.
     fn assigned(
         config: &ClientConfig,
-        prefetch_set: bool,
         topic: (&str, &CStr),
         ranges: &[PartitionRange],
         wake: &Wake,
     ) -> Result<Self, KafkaError> {
         let mut config = config.clone();
-        if !prefetch_set {
-            config.set(
-                "queued.max.messages.kbytes",
-                prefetch_kbytes(ranges.len()).to_string(),
-            );
+        if config.get(PREFETCH_KBYTES).is_none() {
+            config.set(PREFETCH_KBYTES, prefetch_kbytes(ranges.len()).to_string());
         }
         let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
         let errors = Queue::consumer(&consumer, wake).ok_or(no_queue("the consumer"))?;
@@ -312,13 +310,11 @@ impl KafkaReader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
-        let prefetch_set = source.options.contains_key("queued.max.messages.kbytes");
         let topic_c = CString::new(source.topic.as_str())
             .map_err(|_| anyhow::anyhow!("the topic name {:?} holds a NUL byte", source.topic))?;
         let wake = Wake::new().map_err(|e| anyhow::anyhow!("a socket to wait on: {e}"))?;
         // Made now so that bad settings fail here; the first read makes its own.
-        let session =
-            Session::assigned(&config, prefetch_set, (&source.topic, &topic_c), &[], &wake)?;
+        let session = Session::assigned(&config, (&source.topic, &topic_c), &[], &wake)?;
         Ok(Self {
             state: Mutex::new(Reading {
                 session: Some(session),
@@ -328,7 +324,6 @@ impl KafkaReader {
                 wake,
             }),
             config,
-            prefetch_set,
             topic: source.topic.clone(),
             topic_c,
             max_record_bytes,
@@ -362,7 +357,6 @@ impl KafkaReader {
             state.session = None;
             state.session = Some(Session::assigned(
                 &self.config,
-                self.prefetch_set,
                 (&self.topic, &self.topic_c),
                 ranges,
                 &state.wake,
