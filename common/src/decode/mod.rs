@@ -96,15 +96,24 @@ impl JsonDecoder {
         let mut out = Decoded::default();
         let mut candidates = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            match self.precheck(r) {
+            match self.check_size(r) {
                 Ok(()) => candidates.push(i),
                 Err(reason) => out.bad.push((i, reason)),
             }
         }
-        let (scanned, rest) = match &self.scanner {
+        let (scanned, candidates) = match &self.scanner {
             Some(scanner) => scan_all(scanner, records, candidates),
             None => (None, candidates),
         };
+        // What the scanner took is an object of known depth; the rest are checked before
+        // arrow-json sees them.
+        let mut rest = Vec::with_capacity(candidates.len());
+        for i in candidates {
+            match Self::check_shape(records[i]) {
+                Ok(()) => rest.push(i),
+                Err(reason) => out.bad.push((i, reason)),
+            }
+        }
         let mut slow = Decoded::default();
         for (buffer, run) in runs(records, &rest, buffers) {
             self.decode_range(records, buffer, &rest[run], &mut slow);
@@ -183,10 +192,16 @@ impl JsonDecoder {
         )
     }
 
-    fn precheck(&self, record: &[u8]) -> Result<(), String> {
+    fn check_size(&self, record: &[u8]) -> Result<(), String> {
         if record.len() > self.max_record_bytes {
             return Err(self.too_large(record.len() as u64));
         }
+        Ok(())
+    }
+
+    /// Refuses a record arrow-json must not be given: one nested too deep for it, an empty
+    /// one, or one that is not an object.
+    fn check_shape(record: &[u8]) -> Result<(), String> {
         // arrow-json describes a value it cannot take by printing it recursively, so a value
         // nested thousands deep overflows the stack. Counting brackets is cheap (few records
         // have many); only those get the exact, string-aware depth.
@@ -285,10 +300,10 @@ fn scan_all(
     candidates: Vec<usize>,
 ) -> (Option<(RecordBatch, Vec<usize>)>, Vec<usize>) {
     let mut rows = scanner.rows(candidates.len());
-    let mut values = Vec::new();
+    let mut scratch = scan::Scratch::default();
     let (mut scanned, mut rest) = (Vec::with_capacity(candidates.len()), Vec::new());
     for i in candidates {
-        if scanner.scan(records[i], &mut values, &mut rows) {
+        if scanner.scan(records[i], &mut scratch, &mut rows) {
             scanned.push(i);
         } else {
             rest.push(i);
@@ -660,6 +675,96 @@ mod tests {
         }
     }
 
+    /// Numbers and booleans, in every form around the ones the scanner takes: decoded as
+    /// arrow-json decodes them, each record alone and all together.
+    #[test]
+    fn numbers_decode_as_arrow_json_decodes_them() {
+        let schema = build_schema([
+            ("id", "string not null"),
+            ("n", "long"),
+            ("i", "int"),
+            ("f", "double"),
+            ("b", "boolean"),
+        ])
+        .unwrap();
+        let full = JsonDecoder::new(schema.clone(), 300).without_scanner();
+        let scanned = JsonDecoder::new(schema.clone(), 300);
+        let numbers = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "01",
+            "1.0",
+            "1.5",
+            "-2.5e3",
+            "1e2",
+            "1E-2",
+            "2.",
+            ".5",
+            "+1",
+            "999999999",
+            "1000000000",
+            "-999999999",
+            "2147483647",
+            "2147483648",
+            "-2147483649",
+            "999999999999999999",
+            "1000000000000000000",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "18446744073709551616",
+            "9007199254740993",
+            "0.1",
+            "0.30000000000000004",
+            "1e308",
+            "1e309",
+            "-1e309",
+            "4.9e-324",
+            "1e-400",
+            "123456789012345678901234567890",
+            "0.1000000000000000055511151231257827",
+            "-0.0",
+            "-0e1",
+            "0.0",
+            "-1.0",
+            "1.5e-7",
+            "\"3\"",
+            "true",
+            "false",
+            "null",
+            "[1]",
+            "{}",
+            "NaN",
+            "Infinity",
+        ];
+        let mut records = Vec::new();
+        for (k, v) in numbers.iter().enumerate() {
+            for field in ["n", "i", "f", "b"] {
+                records.push(format!(r#"{{"id":"r{k}{field}","{field}":{v}}}"#));
+            }
+        }
+        records.push(r#"{"id":"all","n":-12,"i":34,"f":5.25,"b":true}"#.into());
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        let concat = |d: &Decoded| arrow::compute::concat_batches(&schema, &d.batches).unwrap();
+        for chunk in refs.chunks(1).chain([&refs[..]]) {
+            let (want, got) = (full.decode(chunk), scanned.decode(chunk));
+            let text = String::from_utf8_lossy(chunk[0]);
+            assert_eq!(got.bad, want.bad, "{text} and after");
+            assert_eq!(got.good, want.good, "{text} and after");
+            assert_eq!(concat(&got), concat(&want), "{text} and after");
+        }
+        // The scanner took the plain forms itself (so the comparison compared something).
+        let scanner = scan::Scanner::new(&schema, &[0, 1, 2, 3, 4]).expect("plain columns");
+        let mut rows = scanner.rows(1);
+        assert!(scanner.scan(
+            records.last().unwrap().as_bytes(),
+            &mut scan::Scratch::default(),
+            &mut rows
+        ));
+    }
+
     /// The reference query's columns: what the executors build.
     const READ: [&str; 4] = ["event_id", "user_id", "event_type", "timestamp"];
 
@@ -716,6 +821,11 @@ mod tests {
             base(r#","extra":"\ud83d\ude00""#),
             base(r#","extra":1.}"#),
             base(r#","user_id":"again""#),
+            with(r#""event_id":"a\\b\/c\n\t","user_id":"u\"","event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            with(r#""event_id":"caf\u00e9","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
+            base(r#","extra":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]"#),
+            base(r#","extra":{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":{"j":{"k":{"l":{"m":{"n":{"o":{"p":{"q":1}}}}}}}}}}}}}}}}}"#),
+            base(",\t\"page_url\":\t\"tabbed\""),
             base(","),
             base(r#" , "page_url" : "spaced" "#),
             with(r#""event_id":"e\"q","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00Z""#),
@@ -751,7 +861,7 @@ mod tests {
         let projection: Vec<usize> = READ.iter().map(|c| schema.index_of(c).unwrap()).collect();
         let scanner = scan::Scanner::new(&schema, &projection).expect("the reference schema");
         let mut rows = scanner.rows(4);
-        assert!(scanner.scan(good(1).as_bytes(), &mut Vec::new(), &mut rows));
+        assert!(scanner.scan(good(1).as_bytes(), &mut scan::Scratch::default(), &mut rows));
         let corpus = corpus();
         for record in &corpus {
             same_as_arrow_json(&[record.as_bytes()]);

@@ -1,7 +1,9 @@
 //! A projected scanner for the common record: one JSON object of the schema's fields with plain
-//! values. It builds only the columns a query reads and checks the others' values without
-//! building them. Anything it is not sure of (an escape in a string it reads, a key given
-//! twice, a missing required field, a value of another shape, a time in another format) it
+//! values. simd-json parses the record into a tape (finding its structure and checking its
+//! UTF-8 with vector instructions); the scanner walks the tape's top-level fields, builds only
+//! the columns a query reads and checks the others' values without building them. Anything it
+//! is not sure of (a `\u` escape, a control character, a key given twice, a missing required
+//! field, a value of another shape, a time in another format, anything simd-json refuses) it
 //! leaves to arrow-json, which decodes that record as it always did. A record's fate is so
 //! always arrow-json's: this takes only records arrow-json takes, with the values it gives.
 
@@ -14,6 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use simd_json::{Node, StaticNode};
 
 use crate::schema::string_map_type;
 
@@ -44,7 +47,7 @@ struct Column {
 pub(super) enum Value {
     Absent,
     Null,
-    /// A string without escapes: its bytes' range in the record.
+    /// A string read: its range in the scratch's strings.
     Span(u32, u32),
     Int(i64),
     Float(f64),
@@ -135,16 +138,40 @@ impl Scanner {
     }
 
     /// Scans `record` and adds it to `rows` when it is one the scanner is sure of; answers
-    /// whether it did. `values` is scratch space, reused between records.
-    pub(super) fn scan(&self, record: &[u8], values: &mut Vec<Value>, rows: &mut Rows) -> bool {
-        // arrow-json refuses text that is not UTF-8; checking it here once lets the strings
-        // read be sliced out of the record as they are.
-        let Ok(text) = std::str::from_utf8(record) else {
+    /// whether it did. `scratch` is reused between records.
+    pub(super) fn scan(&self, record: &[u8], scratch: &mut Scratch, rows: &mut Rows) -> bool {
+        // Control characters (raw in a string, or whitespace other than spaces between
+        // tokens) and `\u` escapes (lone surrogates among them) are arrow-json's to judge.
+        // One pass without an early exit compiles to vector instructions; only a record with a
+        // backslash is searched for `\u`.
+        let (control, backslash) = record
+            .iter()
+            .fold((false, false), |(control, backslash), &c| {
+                (control | (c < 0x20), backslash | (c == b'\\'))
+            });
+        if control || (backslash && memchr::memmem::find(record, b"\\u").is_some()) {
             return false;
-        };
+        }
+        let Scratch {
+            text,
+            buffers,
+            tape,
+            values,
+            strings,
+        } = scratch;
+        text.clear();
+        text.extend_from_slice(record);
+        text.resize(record.len() + simd_json::INPUT_PADDING, b' ');
         values.clear();
         values.resize(self.columns.len(), Value::Absent);
-        if !self.fields(record, values) {
+        strings.clear();
+        let mut nodes = std::mem::replace(tape, simd_json::Tape::null()).reset();
+        // simd-json checks the whole record (structure, UTF-8, escapes); the strings read are
+        // copied out of its tape, which borrows `text`.
+        let taken = simd_json::fill_tape_padded(text, record.len(), buffers, &mut nodes).is_ok()
+            && self.fields(&nodes.0, values, strings);
+        *tape = nodes.reset();
+        if !taken {
             return false;
         }
         let complete = self
@@ -157,141 +184,107 @@ impl Scanner {
         }
         for (column, value) in self.columns.iter().zip(values.iter()) {
             if let Some(out) = column.out {
-                rows.builders[out].append(text, *value);
+                rows.builders[out].append(strings, *value);
             }
         }
         true
     }
 
-    /// Reads the record's object into `values`; false when it is not one the scanner takes.
-    fn fields(&self, record: &[u8], values: &mut [Value]) -> bool {
-        let mut c = Cursor { b: record, i: 0 };
-        let mut next = 0;
-        c.ws();
-        if !c.eat(b'{') {
+    /// Reads the record's object, as simd-json's tape of it, into `values`; false when it is
+    /// not one the scanner takes.
+    fn fields(&self, nodes: &[Node<'_>], values: &mut [Value], strings: &mut String) -> bool {
+        let Some(&Node::Object { len: pairs, .. }) = nodes.first() else {
             return false;
-        }
-        c.ws();
-        if !c.eat(b'}') {
-            loop {
-                c.ws();
-                if !c.eat(b'"') {
-                    return false;
-                }
-                let Some((start, end)) = c.plain_string() else {
-                    return false;
-                };
-                c.ws();
-                if !c.eat(b':') {
-                    return false;
-                }
-                c.ws();
-                let key = &record[start..end];
-                // Producers write their keys in one order: the column after the last one
-                // found is tried first.
-                let found = match self.columns.get(next) {
-                    Some(col) if *col.name == *key => Some(next),
-                    _ => self.columns.iter().position(|col| *col.name == *key),
-                };
-                if let Some(i) = found {
-                    next = i + 1;
-                }
-                match found {
-                    Some(i) => {
-                        if !matches!(values[i], Value::Absent) {
-                            return false;
-                        }
-                        match self.value(&mut c, &self.columns[i]) {
-                            Some(v) => values[i] = v,
-                            None => return false,
-                        }
-                    }
-                    // arrow-json skips fields the schema does not name.
-                    None => {
-                        if c.skip_value(0).is_none() {
-                            return false;
-                        }
-                    }
-                }
-                c.ws();
-                if c.eat(b',') {
-                    continue;
-                }
-                if c.eat(b'}') {
-                    break;
-                }
+        };
+        let mut at = 1;
+        let mut next = 0;
+        for _ in 0..pairs {
+            let Some(Node::String(key)) = nodes.get(at) else {
                 return false;
+            };
+            let key = key.as_bytes();
+            // Producers write their keys in one order: the column after the last one found
+            // is tried first.
+            let found = match self.columns.get(next) {
+                Some(col) if *col.name == *key => Some(next),
+                _ => self.columns.iter().position(|col| *col.name == *key),
+            };
+            // Most values are scalars: their depth and end are known without the walk.
+            let (depth, after) = match nodes.get(at + 1) {
+                Some(Node::Object { .. } | Node::Array { .. }) => match nesting(nodes, at + 1) {
+                    Some(found) => found,
+                    None => return false,
+                },
+                Some(_) => (0, at + 2),
+                None => return false,
+            };
+            match found {
+                Some(i) => {
+                    next = i + 1;
+                    if !matches!(values[i], Value::Absent) {
+                        return false;
+                    }
+                    match self.value(nodes, at + 1, &self.columns[i], strings) {
+                        Some(v) => values[i] = v,
+                        None => return false,
+                    }
+                }
+                // arrow-json skips fields the schema does not name.
+                None if depth <= MAX_DEPTH => {}
+                None => return false,
             }
+            at = after;
         }
-        c.ws();
-        c.i == record.len()
+        // One JSON value, nothing after it.
+        at == nodes.len()
     }
 
-    fn value(&self, c: &mut Cursor<'_>, column: &Column) -> Option<Value> {
-        if c.peek() == Some(b'n') {
-            return c.literal(b"null").then_some(Value::Null);
+    /// The value of `column` at `nodes[at]`; a string read is copied to the end of `strings`.
+    fn value(
+        &self,
+        nodes: &[Node<'_>],
+        at: usize,
+        column: &Column,
+        strings: &mut String,
+    ) -> Option<Value> {
+        let node = nodes.get(at)?;
+        if matches!(node, Node::Static(StaticNode::Null)) {
+            return Some(Value::Null);
         }
-        match column.kind {
-            Kind::Str => {
-                c.expect(b'"')?;
-                if column.out.is_some() {
-                    let (start, end) = c.plain_string()?;
-                    Some(Value::Span(start as u32, end as u32))
-                } else {
-                    c.skip_string()?;
-                    Some(Value::Checked)
-                }
+        match (column.kind, node) {
+            (Kind::Str, Node::String(s)) if column.out.is_some() => {
+                let start = u32::try_from(strings.len()).ok()?;
+                strings.push_str(s);
+                Some(Value::Span(start, u32::try_from(strings.len()).ok()?))
             }
+            (Kind::Str, Node::String(_)) => Some(Value::Checked),
             // A time is parsed whether it is read or not: one arrow-json cannot parse makes
             // the record bad.
-            Kind::Timestamp => {
-                c.expect(b'"')?;
-                let (start, end) = c.plain_string()?;
-                utc_micros(&c.b[start..end]).map(Value::Time)
-            }
-            Kind::Int64 => c.integer(18).map(Value::Int),
-            Kind::Int32 => c.integer(9).map(Value::Int),
-            Kind::Float64 => {
-                let (start, end) = c.number()?;
-                // Long texts and huge exponents are arrow-json's to judge.
-                if end - start > 24 {
-                    return None;
-                }
-                let v: f64 = std::str::from_utf8(&c.b[start..end]).ok()?.parse().ok()?;
+            (Kind::Timestamp, Node::String(s)) => utc_micros(s.as_bytes()).map(Value::Time),
+            (Kind::Int64, Node::Static(n)) => integer(n, 1_000_000_000_000_000_000).map(Value::Int),
+            (Kind::Int32, Node::Static(n)) => integer(n, 1_000_000_000).map(Value::Int),
+            (Kind::Float64, Node::Static(n)) => {
+                let v = match *n {
+                    StaticNode::F64(v) => v,
+                    // The tape does not keep the sign of an integer zero ("-0" is -0.0 to
+                    // arrow-json): that one is arrow-json's. Others become the nearest float,
+                    // as parsing the text would.
+                    StaticNode::I64(0) | StaticNode::U64(0) => return None,
+                    StaticNode::I64(v) => v as f64,
+                    StaticNode::U64(v) => v as f64,
+                    _ => return None,
+                };
                 v.is_finite().then_some(Value::Float(v))
             }
-            Kind::Bool => {
-                if c.literal(b"true") {
-                    Some(Value::Bool(true))
-                } else if c.literal(b"false") {
-                    Some(Value::Bool(false))
-                } else {
-                    None
-                }
+            (Kind::Bool, Node::Static(StaticNode::Bool(b))) => Some(Value::Bool(*b)),
+            (Kind::StringMap, &Node::Object { len, .. }) => {
+                // Keys and values alternate while the values are strings; the first value that
+                // is not one ends the check before anything after it is taken for a key.
+                let strings =
+                    (0..len).all(|i| matches!(nodes.get(at + 2 + 2 * i), Some(Node::String(_))));
+                strings.then_some(Value::Checked)
             }
-            Kind::StringMap => {
-                c.expect(b'{')?;
-                c.ws();
-                if c.eat(b'}') {
-                    return Some(Value::Checked);
-                }
-                loop {
-                    c.ws();
-                    c.expect(b'"')?;
-                    c.skip_string()?;
-                    c.ws();
-                    c.expect(b':')?;
-                    c.ws();
-                    c.expect(b'"')?;
-                    c.skip_string()?;
-                    c.ws();
-                    if c.eat(b',') {
-                        continue;
-                    }
-                    c.expect(b'}')?;
-                    return Some(Value::Checked);
-                }
-            }
+            _ => None,
         }
     }
 
@@ -334,187 +327,56 @@ impl Builder {
     }
 }
 
-/// A position in a record.
-struct Cursor<'a> {
-    b: &'a [u8],
-    i: usize,
+/// Scratch space of the scanner, reused between records: the record copied with the padding
+/// simd-json reads past its end, simd-json's buffers and tape, the columns' values and the
+/// strings read.
+pub(super) struct Scratch {
+    text: Vec<u8>,
+    buffers: simd_json::Buffers,
+    tape: simd_json::Tape<'static>,
+    values: Vec<Value>,
+    strings: String,
 }
 
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        let found = self.peek() == Some(c);
-        self.i += usize::from(found);
-        found
-    }
-
-    fn expect(&mut self, c: u8) -> Option<()> {
-        self.eat(c).then_some(())
-    }
-
-    fn literal(&mut self, word: &[u8]) -> bool {
-        let found = self.b[self.i..].starts_with(word);
-        if found {
-            self.i += word.len();
-        }
-        found
-    }
-
-    /// After an opening quote: a string without escapes or control characters, as the range
-    /// of its contents.
-    fn plain_string(&mut self) -> Option<(usize, usize)> {
-        let start = self.i;
-        let end = start + memchr::memchr(b'"', &self.b[start..])?;
-        if !plain(&self.b[start..end]) {
-            return None;
-        }
-        self.i = end + 1;
-        Some((start, end))
-    }
-
-    /// After an opening quote: steps over a string whose escapes are the one-letter ones
-    /// (`\u` escapes are arrow-json's to judge).
-    fn skip_string(&mut self) -> Option<()> {
-        // Most strings have no escape: one search for the quote and one pass over the bytes.
-        if self.plain_string().is_some() {
-            return Some(());
-        }
-        loop {
-            let at = self.i + memchr::memchr2(b'"', b'\\', &self.b[self.i..])?;
-            if self.b[self.i..at].iter().any(|&c| c < 0x20) {
-                return None;
-            }
-            if self.b[at] == b'"' {
-                self.i = at + 1;
-                return Some(());
-            }
-            match self.b.get(at + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i = at + 2,
-                _ => return None,
-            }
-        }
-    }
-
-    /// A JSON number: its text's range.
-    fn number(&mut self) -> Option<(usize, usize)> {
-        let start = self.i;
-        self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => self.digits(),
-            _ => return None,
-        }
-        if self.eat(b'.') {
-            let before = self.i;
-            self.digits();
-            if self.i == before {
-                return None;
-            }
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            let before = self.i;
-            self.digits();
-            if self.i == before {
-                return None;
-            }
-        }
-        Some((start, self.i))
-    }
-
-    fn digits(&mut self) {
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.i += 1;
-        }
-    }
-
-    /// An integer of at most `max_digits` digits, written as JSON writes integers.
-    fn integer(&mut self, max_digits: usize) -> Option<i64> {
-        let (start, end) = self.number()?;
-        let text = &self.b[start..end];
-        let digits = text.strip_prefix(b"-").unwrap_or(text);
-        if digits.is_empty() || digits.len() > max_digits || !digits.iter().all(u8::is_ascii_digit)
-        {
-            return None;
-        }
-        std::str::from_utf8(text).ok()?.parse().ok()
-    }
-
-    /// Steps over any JSON value the scanner is sure arrow-json takes.
-    fn skip_value(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => {
-                self.i += 1;
-                self.skip_string()
-            }
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.eat(b'}') {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.expect(b'"')?;
-                    self.skip_string()?;
-                    self.ws();
-                    self.expect(b':')?;
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.expect(b'}');
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.eat(b']') {
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
-                        continue;
-                    }
-                    return self.expect(b']');
-                }
-            }
-            b'-' | b'0'..=b'9' => self.number().map(|_| ()),
-            b't' => self.literal(b"true").then_some(()),
-            b'f' => self.literal(b"false").then_some(()),
-            b'n' => self.literal(b"null").then_some(()),
-            _ => None,
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            text: Vec::new(),
+            // A record nested deeper is refused by simd-json and left to the decoder's own
+            // depth check; the tape's walk recurses no deeper than this.
+            buffers: simd_json::Buffers::with_max_depth(1024, super::MAX_NESTING),
+            tape: simd_json::Tape::null(),
+            values: Vec::new(),
+            strings: String::new(),
         }
     }
 }
 
-/// Whether `bytes` (a string's contents up to its closing quote) hold no backslash and no
-/// control character. Written as a fold over every byte, without an early exit, so that it
-/// compiles to vector instructions: a string is short, and one pass beats a branch per byte.
-fn plain(bytes: &[u8]) -> bool {
-    bytes.iter().fold(0u8, |bad, &c| {
-        bad | u8::from(c < 0x20) | u8::from(c == b'\\')
-    }) == 0
+/// An integer below `limit` in magnitude, written as JSON writes integers (simd-json makes a
+/// number with a fraction or an exponent a float).
+fn integer(n: &StaticNode, limit: u64) -> Option<i64> {
+    match *n {
+        StaticNode::I64(v) if v.unsigned_abs() < limit => Some(v),
+        StaticNode::U64(v) if v < limit => i64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+/// How deep the value at `nodes[at]` nests (0 for a scalar) and where the node after it is.
+fn nesting(nodes: &[Node<'_>], at: usize) -> Option<(usize, usize)> {
+    let (len, keyed) = match *nodes.get(at)? {
+        Node::Object { len, .. } => (len, 1),
+        Node::Array { len, .. } => (len, 0),
+        _ => return Some((0, at + 1)),
+    };
+    let (mut deepest, mut next) = (0, at + 1);
+    for _ in 0..len {
+        // An object's key comes before each value.
+        let (depth, after) = nesting(nodes, next + keyed)?;
+        deepest = deepest.max(depth);
+        next = after;
+    }
+    Some((deepest + 1, next))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as microseconds since the epoch (a fraction past the
