@@ -4,6 +4,9 @@
 
 mod scan;
 
+/// The time form the projected scanner reads, also for tools that measure it beside others.
+pub use scan::utc_micros;
+
 use std::borrow::Cow;
 use std::ops::Range;
 

@@ -382,7 +382,7 @@ fn nesting(nodes: &[Node<'_>], at: usize) -> Option<(usize, usize)> {
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as microseconds since the epoch (a fraction past the
 /// microsecond cut off, as arrow's parser does); None for any other form, or a date or time
 /// that does not exist.
-pub(super) fn utc_micros(t: &[u8]) -> Option<i64> {
+pub fn utc_micros(t: &[u8]) -> Option<i64> {
     if t.len() < 20 || t[4] != b'-' || t[7] != b'-' || t[10] != b'T' || t[13] != b':' {
         return None;
     }

@@ -13,13 +13,14 @@
 //!   (each field of the schema once and of its type, the map's values strings);
 //! - arrow-json building every column.
 //!
-//! The SIMD contenders parse the time with a fixed-format parser of the generator's one form.
+//! The other contenders parse the time with weir's own parser (`weir_common::decode::utc_micros`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use weir_common::decode::utc_micros as micros;
 
 const CHUNK: usize = 4096;
 
@@ -61,34 +62,6 @@ fn lines(file: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// "2026-12-05T03:13:43.534937Z" -> micros since the epoch (the generator's one form).
-fn micros(s: &[u8]) -> Option<i64> {
-    if s.len() != 27 || s[4] != b'-' || s[10] != b'T' || s[26] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| -> Option<i64> {
-        let mut v = 0i64;
-        for &c in &s[r] {
-            if !c.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + (c - b'0') as i64;
-        }
-        Some(v)
-    };
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss, us) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..26)?);
-    // days from civil (Howard Hinnant)
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
-}
-
 struct Cols {
     id: StringBuilder,
     user: StringBuilder,
@@ -116,79 +89,75 @@ impl Cols {
     }
 }
 
-fn sonic_iter(lines: &[&[u8]]) -> u64 {
+/// Runs `per_line` over every line into columns of `CHUNK` rows, as the executors decode;
+/// the rows built.
+fn by_chunks(lines: &[&[u8]], mut per_line: impl FnMut(&[u8], &mut Cols)) -> u64 {
     let mut rows = 0;
     for chunk in lines.chunks(CHUNK) {
         let mut c = Cols::new();
-        for line in chunk {
-            let (mut id, mut user, mut ty, mut ts) = (None, None, None, None);
-            let mut ok = true;
-            for kv in sonic_rs::to_object_iter(*line) {
-                let Ok((k, v)) = kv else {
-                    ok = false;
-                    break;
-                };
-                use sonic_rs::JsonValueTrait;
-                match &*k {
-                    "event_id" => id = v.as_str().map(str::to_owned),
-                    "user_id" => user = v.as_str().map(str::to_owned),
-                    "event_type" => ty = v.as_str().map(str::to_owned),
-                    "timestamp" => ts = v.as_str().and_then(|s| micros(s.as_bytes())),
-                    _ => {}
-                }
-            }
-            if let (true, Some(id), Some(user), Some(ty), Some(ts)) = (ok, id, user, ty, ts) {
-                c.id.append_value(id);
-                c.user.append_value(user);
-                c.ty.append_value(ty);
-                c.ts.append_value(ts);
-            } else {
-                panic!("bad record");
-            }
+        for &line in chunk {
+            per_line(line, &mut c);
         }
         rows += c.finish() as u64;
     }
     rows
 }
 
+fn sonic_iter(lines: &[&[u8]]) -> u64 {
+    by_chunks(lines, |line, c| {
+        let (mut id, mut user, mut ty, mut ts) = (None, None, None, None);
+        for kv in sonic_rs::to_object_iter(line) {
+            let (k, v) = kv.expect("valid");
+            use sonic_rs::JsonValueTrait;
+            match &*k {
+                "event_id" => id = v.as_str().map(str::to_owned),
+                "user_id" => user = v.as_str().map(str::to_owned),
+                "event_type" => ty = v.as_str().map(str::to_owned),
+                "timestamp" => ts = v.as_str().and_then(|s| micros(s.as_bytes())),
+                _ => {}
+            }
+        }
+        let (Some(id), Some(user), Some(ty), Some(ts)) = (id, user, ty, ts) else {
+            panic!("bad record");
+        };
+        c.id.append_value(id);
+        c.user.append_value(user);
+        c.ty.append_value(ty);
+        c.ts.append_value(ts);
+    })
+}
+
 /// sonic-rs's lazy iterator without allocating each value (raw borrowed slices); strings with
 /// escapes would need the owned path.
 fn sonic_iter_raw(lines: &[&[u8]]) -> u64 {
-    let mut rows = 0;
-    for chunk in lines.chunks(CHUNK) {
-        let mut c = Cols::new();
-        for line in chunk {
-            let mut got = 0u8;
-            let mut iter = sonic_rs::to_object_iter(*line);
-            for kv in &mut iter {
-                let (k, v) = kv.expect("valid");
-                let raw = v.as_raw_str();
-                let inner = &raw[1..raw.len() - 1];
-                match &*k {
-                    "event_id" => {
-                        c.id.append_value(inner);
-                        got |= 1
-                    }
-                    "user_id" => {
-                        c.user.append_value(inner);
-                        got |= 2
-                    }
-                    "event_type" => {
-                        c.ty.append_value(inner);
-                        got |= 4
-                    }
-                    "timestamp" => {
-                        c.ts.append_value(micros(inner.as_bytes()).expect("time"));
-                        got |= 8
-                    }
-                    _ => {}
+    by_chunks(lines, |line, c| {
+        let mut got = 0u8;
+        for kv in sonic_rs::to_object_iter(line) {
+            let (k, v) = kv.expect("valid");
+            let raw = v.as_raw_str();
+            let inner = &raw[1..raw.len() - 1];
+            match &*k {
+                "event_id" => {
+                    c.id.append_value(inner);
+                    got |= 1
                 }
+                "user_id" => {
+                    c.user.append_value(inner);
+                    got |= 2
+                }
+                "event_type" => {
+                    c.ty.append_value(inner);
+                    got |= 4
+                }
+                "timestamp" => {
+                    c.ts.append_value(micros(inner.as_bytes()).expect("time"));
+                    got |= 8
+                }
+                _ => {}
             }
-            assert_eq!(got, 15);
         }
-        rows += c.finish() as u64;
-    }
-    rows
+        assert_eq!(got, 15);
+    })
 }
 
 fn sonic_get_many(lines: &[&[u8]]) -> u64 {
@@ -196,51 +165,39 @@ fn sonic_get_many(lines: &[&[u8]]) -> u64 {
     for k in ["event_id", "user_id", "event_type", "timestamp"] {
         tree.add_path(&[k]);
     }
-    let mut rows = 0;
-    for chunk in lines.chunks(CHUNK) {
-        let mut c = Cols::new();
-        for line in chunk {
-            let got = sonic_rs::get_many(*line, &tree).expect("valid");
-            use sonic_rs::JsonValueTrait;
-            let s = |i: usize| {
-                got[i]
-                    .as_ref()
-                    .and_then(|v| v.as_str())
-                    .expect("field")
-                    .to_owned()
-            };
-            c.id.append_value(s(0));
-            c.user.append_value(s(1));
-            c.ty.append_value(s(2));
-            c.ts.append_value(micros(s(3).as_bytes()).expect("time"));
-        }
-        rows += c.finish() as u64;
-    }
-    rows
+    by_chunks(lines, |line, c| {
+        let got = sonic_rs::get_many(line, &tree).expect("valid");
+        use sonic_rs::JsonValueTrait;
+        let s = |i: usize| {
+            got[i]
+                .as_ref()
+                .and_then(|v| v.as_str())
+                .expect("field")
+                .to_owned()
+        };
+        c.id.append_value(s(0));
+        c.user.append_value(s(1));
+        c.ty.append_value(s(2));
+        c.ts.append_value(micros(s(3).as_bytes()).expect("time"));
+    })
 }
 
 fn simd_tape(lines: &[&[u8]]) -> u64 {
     use simd_json::prelude::*;
     let mut buffers = simd_json::Buffers::new(512);
     let mut scratch: Vec<u8> = Vec::with_capacity(1024);
-    let mut rows = 0;
-    for chunk in lines.chunks(CHUNK) {
-        let mut c = Cols::new();
-        for line in chunk {
-            scratch.clear();
-            scratch.extend_from_slice(line);
-            let tape = simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).expect("valid");
-            let v = tape.as_value();
-            let obj = v.as_object().expect("object");
-            let s = |k: &str| obj.get(k).and_then(|v| v.into_string()).expect("field");
-            c.id.append_value(s("event_id"));
-            c.user.append_value(s("user_id"));
-            c.ty.append_value(s("event_type"));
-            c.ts.append_value(micros(s("timestamp").as_bytes()).expect("time"));
-        }
-        rows += c.finish() as u64;
-    }
-    rows
+    by_chunks(lines, |line, c| {
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        let tape = simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).expect("valid");
+        let v = tape.as_value();
+        let obj = v.as_object().expect("object");
+        let s = |k: &str| obj.get(k).and_then(|v| v.into_string()).expect("field");
+        c.id.append_value(s("event_id"));
+        c.user.append_value(s("user_id"));
+        c.ty.append_value(s("event_type"));
+        c.ts.append_value(micros(s("timestamp").as_bytes()).expect("time"));
+    })
 }
 
 /// simd-json's tape with what weir's scanner checks: every top-level field matched to the
@@ -258,68 +215,59 @@ fn simd_full(lines: &[&[u8]]) -> u64 {
     let mut buffers = simd_json::Buffers::new(1024);
     let mut scratch: Vec<u8> = Vec::with_capacity(2048);
     let mut spare = simd_json::Tape::null();
-    let mut rows = 0;
-    for chunk in lines.chunks(CHUNK) {
-        let mut c = Cols::new();
-        for line in chunk {
-            scratch.clear();
-            scratch.extend_from_slice(line);
-            let len = scratch.len();
-            scratch.resize(len + simd_json::INPUT_PADDING, 0);
-            let mut tape = std::mem::replace(&mut spare, simd_json::Tape::null()).reset();
-            simd_json::fill_tape_padded(&mut scratch, len, &mut buffers, &mut tape).expect("valid");
-            let nodes = &tape.0;
-            let Node::Object { len: pairs, .. } = nodes[0] else {
-                panic!("object")
+    by_chunks(lines, |line, c| {
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        let len = scratch.len();
+        scratch.resize(len + simd_json::INPUT_PADDING, 0);
+        let mut tape = std::mem::replace(&mut spare, simd_json::Tape::null()).reset();
+        simd_json::fill_tape_padded(&mut scratch, len, &mut buffers, &mut tape).expect("valid");
+        let nodes = &tape.0;
+        let Node::Object { len: pairs, .. } = nodes[0] else {
+            panic!("object")
+        };
+        let mut seen = 0u8;
+        let mut vals: [&str; 4] = [""; 4];
+        let mut i = 1;
+        let mut next = 0;
+        for _ in 0..pairs {
+            let Node::String(k) = nodes[i] else {
+                panic!("key")
             };
-            let mut seen = 0u8;
-            let mut vals: [&str; 4] = [""; 4];
-            let mut i = 1;
-            let mut next = 0;
-            for _ in 0..pairs {
-                let Node::String(k) = nodes[i] else {
-                    panic!("key")
-                };
-                let v = i + 1;
-                let skip = match nodes[v] {
-                    Node::Object { count, .. } | Node::Array { count, .. } => count,
-                    _ => 0,
-                };
-                let col = if NAMES.get(next) == Some(&k) {
-                    Some(next)
-                } else {
-                    NAMES.iter().position(|n| *n == k)
-                };
-                if let Some(col) = col {
-                    next = col + 1;
-                    assert!(seen & (1 << col) == 0, "twice");
-                    seen |= 1 << col;
-                    match (col, nodes[v]) {
-                        (0..=3, Node::String(s)) => vals[col] = s,
-                        (4, Node::String(_)) | (4, Node::Static(StaticNode::Null)) => {}
-                        (5, Node::Object { len: n, .. }) => {
-                            for j in 0..n {
-                                assert!(
-                                    matches!(nodes[v + 2 + 2 * j], Node::String(_)),
-                                    "map value"
-                                );
-                            }
+            let v = i + 1;
+            let skip = match nodes[v] {
+                Node::Object { count, .. } | Node::Array { count, .. } => count,
+                _ => 0,
+            };
+            let col = if NAMES.get(next) == Some(&k) {
+                Some(next)
+            } else {
+                NAMES.iter().position(|n| *n == k)
+            };
+            if let Some(col) = col {
+                next = col + 1;
+                assert!(seen & (1 << col) == 0, "twice");
+                seen |= 1 << col;
+                match (col, nodes[v]) {
+                    (0..=3, Node::String(s)) => vals[col] = s,
+                    (4, Node::String(_)) | (4, Node::Static(StaticNode::Null)) => {}
+                    (5, Node::Object { len: n, .. }) => {
+                        for j in 0..n {
+                            assert!(matches!(nodes[v + 2 + 2 * j], Node::String(_)), "map value");
                         }
-                        _ => panic!("type"),
                     }
+                    _ => panic!("type"),
                 }
-                i = v + 1 + skip;
             }
-            assert!(seen & 15 == 15);
-            c.id.append_value(vals[0]);
-            c.user.append_value(vals[1]);
-            c.ty.append_value(vals[2]);
-            c.ts.append_value(micros(vals[3].as_bytes()).expect("time"));
-            spare = tape.reset();
+            i = v + 1 + skip;
         }
-        rows += c.finish() as u64;
-    }
-    rows
+        assert!(seen & 15 == 15);
+        c.id.append_value(vals[0]);
+        c.user.append_value(vals[1]);
+        c.ty.append_value(vals[2]);
+        c.ts.append_value(micros(vals[3].as_bytes()).expect("time"));
+        spare = tape.reset();
+    })
 }
 
 fn weir_scanner(file: &[u8], lines: &[&[u8]]) -> u64 {
