@@ -295,6 +295,9 @@ fn arrow_json(file: &[u8], _lines: &[&[u8]]) -> u64 {
         .sum()
 }
 
+/// A contender's name and one pass of it over every line (the rows it built).
+type Contender<'a> = (&'static str, Box<dyn Fn() -> u64 + 'a>);
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args
@@ -306,7 +309,7 @@ fn main() {
     let only = args.next();
     let file = std::fs::read(&path).expect("reading FILE");
     let lines = lines(&file);
-    let mut contenders: Vec<(&str, Box<dyn Fn() -> u64 + '_>)> = vec![
+    let mut contenders: Vec<Contender<'_>> = vec![
         (
             "weir's decoder (JsonDecoder::reading)",
             Box::new(|| weir_scanner(&file, &lines)),
