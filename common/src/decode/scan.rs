@@ -209,15 +209,10 @@ impl Scanner {
                 Some(col) if *col.name == *key => Some(next),
                 _ => self.columns.iter().position(|col| *col.name == *key),
             };
-            // Most values are scalars: their depth and end are known without the walk.
-            let (depth, after) = match nodes.get(at + 1) {
-                Some(Node::Object { .. } | Node::Array { .. }) => match nesting(nodes, at + 1) {
-                    Some(found) => found,
-                    None => return false,
-                },
-                Some(_) => (0, at + 2),
-                None => return false,
+            let Some(value) = nodes.get(at + 1) else {
+                return false;
             };
+            let after = at + 1 + span(value);
             match found {
                 Some(i) => {
                     next = i + 1;
@@ -229,8 +224,9 @@ impl Scanner {
                         None => return false,
                     }
                 }
-                // arrow-json skips fields the schema does not name.
-                None if depth <= MAX_DEPTH => {}
+                // arrow-json skips fields the schema does not name; only their depth is
+                // walked, and only theirs.
+                None if nesting(nodes, at + 1).is_some_and(|depth| depth <= MAX_DEPTH) => {}
                 None => return false,
             }
             at = after;
@@ -362,21 +358,30 @@ fn integer(n: &StaticNode, limit: u64) -> Option<i64> {
     }
 }
 
-/// How deep the value at `nodes[at]` nests (0 for a scalar) and where the node after it is.
-fn nesting(nodes: &[Node<'_>], at: usize) -> Option<(usize, usize)> {
+/// The nodes the value `node` heads on the tape, itself and everything nested in it included:
+/// the next key is that far after it.
+fn span(node: &Node<'_>) -> usize {
+    match *node {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+/// How deep the value at `nodes[at]` nests (0 for a scalar).
+fn nesting(nodes: &[Node<'_>], at: usize) -> Option<usize> {
     let (len, keyed) = match *nodes.get(at)? {
         Node::Object { len, .. } => (len, 1),
         Node::Array { len, .. } => (len, 0),
-        _ => return Some((0, at + 1)),
+        _ => return Some(0),
     };
     let (mut deepest, mut next) = (0, at + 1);
     for _ in 0..len {
         // An object's key comes before each value.
-        let (depth, after) = nesting(nodes, next + keyed)?;
-        deepest = deepest.max(depth);
-        next = after;
+        let child = next + keyed;
+        deepest = deepest.max(nesting(nodes, child)?);
+        next = child + span(nodes.get(child)?);
     }
-    Some((deepest + 1, next))
+    Some(deepest + 1)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` as microseconds since the epoch (a fraction past the
