@@ -98,6 +98,17 @@ fn weir_bench_reports_every_measurement() {
         assert!(line.ends_with("(5000 input rows)."), "{line}");
     }
     assert!(written.contains("executor-1 "), "{written}");
+    // How much of a core each executor of a file run kept busy over its lifetime.
+    let cpu = written
+        .lines()
+        .find(|l| l.starts_with("CPU time, files-2-executors: executor-0 "))
+        .unwrap_or_else(|| panic!("no CPU time of files-2-executors in:\n{written}"));
+    let shares: Vec<u32> = cpu
+        .split(" %")
+        .filter_map(|part| part.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(shares.len(), 2, "{cpu}");
+    assert!(shares.iter().all(|&s| s > 0), "{cpu}");
     // The memory run's window closed, and its exact-distinct users were counted: 500 users
     // with three events each, so several hundred (event type, user) pairs.
     let pairs: u64 = written

@@ -237,6 +237,9 @@ pub struct ExecutorEpochStats {
     /// The executor's resident memory when it finished the epoch.
     #[serde(default)]
     pub memory_rss_bytes: u64,
+    /// Records of the epoch read and decoded ahead, beside the epoch before.
+    #[serde(default)]
+    pub read_ahead_rows: u64,
 }
 
 /// Checks a path that a record names relative to a location (a plan's input file, a

@@ -5,6 +5,7 @@
 //! the checkpoint.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -24,7 +25,8 @@ use crate::aggregate::partials::PlanPartials;
 use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
-use crate::input::{Input, Record};
+use crate::input::read_ahead::ReadAhead;
+use crate::input::{DecodedChunk, Input, Record};
 use crate::output::emit::{dead_letter_batch, late_rows_batch};
 use crate::output::staging::StagedTable;
 use crate::plan::operators::{Plan, PlanClosing, PlanPending};
@@ -56,7 +58,9 @@ pub struct EpochRunner {
     pub executor_id: String,
     job: JobSpec,
     input: Input,
-    decoder: JsonDecoder,
+    /// The next epoch's files being read ahead, when the last plan named them.
+    read_ahead: Option<ReadAhead>,
+    decoder: Arc<JsonDecoder>,
     state: StateStore,
     /// Where the current store lives (`<state dir>/stores/<instance>`).
     store_dir: PathBuf,
@@ -146,11 +150,12 @@ impl EpochRunner {
             executor_id,
             // Only the columns the queries read are built; every record is still checked
             // against the whole schema.
-            decoder: JsonDecoder::reading(
+            decoder: Arc::new(JsonDecoder::reading(
                 job.input_schema.clone(),
                 &job.columns_read(),
                 job.max_record_bytes,
-            ),
+            )),
+            read_ahead: None,
             plan: Plan::new(&job),
             late_rows: job
                 .late_rows
@@ -309,6 +314,8 @@ impl EpochRunner {
         let ready = self.prepare_state(req.base_epoch, &key_groups).await?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
         let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
+        // The next epoch's files are read beside what is left of this one.
+        self.read_ahead = self.input.read_ahead(&req, &self.decoder, CHUNK);
         match ready {
             StateReady::InPlace => {}
             StateReady::Restored { key_groups, bytes } => {
@@ -463,48 +470,55 @@ impl EpochRunner {
         // A run the driver abandoned stops reading at once instead of at its next await.
         let current = self.current_run.clone();
         let keep_going = || *current.borrow() == req.run;
-        self.input.read(req, CHUNK, keep_going, |chunk| {
-            let t = Instant::now();
-            let records = chunk.records;
-            stats.input_rows += records.len() as u64;
-            stats.input_bytes += records
-                .iter()
-                .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
-                .sum::<u64>();
-            let payloads: Vec<&[u8]> = records.iter().map(Record::payload).collect();
-            let buffers: Vec<&[u8]> = chunk.buffers.iter().map(|b| &b[..]).collect();
-            let decoded = decoder.decode_within(&payloads, &buffers);
-            for (i, reason) in decoded.bad {
-                let record = &records[i];
-                let reason = match record.cut_from {
-                    Some(length) => decoder.too_large(length),
-                    None => reason,
-                };
-                rejected.push((record.detached(max_record_bytes), reason));
-            }
-            let mut base = 0;
-            for batch in &decoded.batches {
-                let record = |row: usize| &records[decoded.good[base + row]];
-                for (row, why) in pre.add_batch(batch, record) {
-                    let record = &records[decoded.good[base + row]];
-                    match why {
-                        Rejected::Invalid(reason) => {
-                            rejected.push((record.detached(max_record_bytes), reason));
-                        }
-                        Rejected::Late if keep_late => {
-                            // A late row's event time was read: it is what made it late.
-                            if let Some(at) = event_time_at(batch, event_time_column, row) {
-                                late.push((record.detached(max_record_bytes), at));
-                            }
-                        }
-                        Rejected::Late => {}
-                    }
+        let ahead = self.read_ahead.take();
+        let taken = self
+            .input
+            .read(req, ahead, decoder, CHUNK, keep_going, |chunk| {
+                let t = Instant::now();
+                let DecodedChunk { chunk, decoded } = chunk;
+                let records = chunk.records;
+                stats.input_rows += records.len() as u64;
+                stats.input_bytes += records
+                    .iter()
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+                    .sum::<u64>();
+                for (i, reason) in decoded.bad {
+                    let record = &records[i];
+                    let reason = match record.cut_from {
+                        Some(length) => decoder.too_large(length),
+                        None => reason,
+                    };
+                    rejected.push((record.detached(max_record_bytes), reason));
                 }
-                base += batch.num_rows();
-            }
-            aggregate_time += t.elapsed();
-        })?;
-        stats.read_ms = (read_started.elapsed().saturating_sub(aggregate_time)).as_millis() as u64;
+                let mut base = 0;
+                for batch in &decoded.batches {
+                    let record = |row: usize| &records[decoded.good[base + row]];
+                    for (row, why) in pre.add_batch(batch, record) {
+                        let record = &records[decoded.good[base + row]];
+                        match why {
+                            Rejected::Invalid(reason) => {
+                                rejected.push((record.detached(max_record_bytes), reason));
+                            }
+                            Rejected::Late if keep_late => {
+                                // A late row's event time was read: it is what made it late.
+                                if let Some(at) = event_time_at(batch, event_time_column, row) {
+                                    late.push((record.detached(max_record_bytes), at));
+                                }
+                            }
+                            Rejected::Late => {}
+                        }
+                    }
+                    base += batch.num_rows();
+                }
+                aggregate_time += t.elapsed();
+            })?;
+        // Reading and decoding, by this thread and ahead of the epoch.
+        let mut reading = read_started.elapsed().saturating_sub(aggregate_time);
+        if let Some(ahead) = taken {
+            stats.read_ahead_rows = ahead.records;
+            reading += ahead.read;
+        }
+        stats.read_ms = reading.as_millis() as u64;
         stats.aggregate_ms = aggregate_time.as_millis() as u64;
         stats.malformed_rows = rejected.len() as u64;
         stats.dead_letter_rows = rejected.len() as u64;

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -448,6 +448,7 @@ pub async fn run(config: ExecutorConfig, stop: watch::Receiver<bool>) -> anyhow:
 }
 
 async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let started = Instant::now();
     let readiness = Readiness::new("registering with the driver");
     check_exposure(
         "executor",
@@ -628,9 +629,12 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     if let Some(reason) = fatal.borrow().clone() {
         anyhow::bail!(reason);
     }
+    // What the executor cost while it served: `weir bench` reports how busy each one was.
     tracing::info!(
         executor = %config.executor_id,
         peak_rss_bytes = weir_telemetry::process::peak_rss_bytes(),
+        cpu_seconds = weir_telemetry::process::cpu_time().map(|t| t.as_secs_f64()),
+        wall_seconds = started.elapsed().as_secs_f64(),
         "executor stopped"
     );
     Ok(())

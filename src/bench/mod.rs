@@ -699,6 +699,27 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         .map(Repeated::median)
         .chain(memory.into_iter().flat_map(|m| [&m.filled, &m.closed]))
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));
+    // Median rounds of the file runs: how busy each executor kept its core.
+    let busy: Vec<(String, &BTreeMap<String, f64>)> = results
+        .iter()
+        .chain(user_cases.iter().flat_map(|c| [&c.exact, &c.approx]))
+        .map(Repeated::median)
+        .map(|r| (r.name.clone(), &r.cpu_use))
+        .collect();
+    for (name, cpu_use) in busy {
+        let shares: Vec<String> = cpu_use
+            .iter()
+            .filter(|(who, _)| who.starts_with("executor"))
+            .map(|(who, share)| format!("{who} {:.0} %", share * 100.0))
+            .collect();
+        if !shares.is_empty() {
+            writeln!(
+                out,
+                "CPU time, {name}: {} of a core over the executor's lifetime.",
+                shares.join(", ")
+            )?;
+        }
+    }
     for (name, peak_rss, input_rows) in file_runs.chain(kafka_runs) {
         let peaks: Vec<String> = peak_rss
             .iter()

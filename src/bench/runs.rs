@@ -44,6 +44,8 @@ pub struct RunResult {
     pub unique_users: u64,
     /// Peak resident memory by process (`driver`, `executor-0`, ...).
     pub peak_rss: BTreeMap<String, u64>,
+    /// Each executor's CPU time as a share of one core over its lifetime.
+    pub cpu_use: BTreeMap<String, f64>,
 }
 
 impl RunResult {
@@ -208,17 +210,30 @@ async fn next_epoch(url: &str) -> anyhow::Result<u64> {
 
 /// Peak RSS by process from the JSON log lines of `weir local`'s processes.
 pub fn peak_rss(log: &str) -> BTreeMap<String, u64> {
+    at_stop(log, |fields| fields["peak_rss_bytes"].as_u64())
+}
+
+/// Each executor's CPU time over its lifetime, as a share of one core (above 1 when its
+/// threads overlapped), from the JSON log lines of `weir local`'s processes.
+pub fn cpu_use(log: &str) -> BTreeMap<String, f64> {
+    at_stop(log, |fields| {
+        Some(fields["cpu_seconds"].as_f64()? / fields["wall_seconds"].as_f64()?.max(1e-9))
+    })
+}
+
+/// A figure by process (`driver`, `executor-0`, ...) from the log lines in which `weir
+/// local`'s processes say they stopped.
+fn at_stop<T>(log: &str, figure: impl Fn(&Value) -> Option<T>) -> BTreeMap<String, T> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|line| {
             let fields = &line["fields"];
-            let peak = fields["peak_rss_bytes"].as_u64()?;
             let who = match fields["message"].as_str()? {
                 "driver stopped" => "driver".to_string(),
                 "executor stopped" => fields["executor"].as_str()?.to_string(),
                 _ => return None,
             };
-            Some((who, peak))
+            Some((who, figure(fields)?))
         })
         .collect()
 }
@@ -323,6 +338,7 @@ impl RunResult {
                 .filter_map(|d| d.stats.output_sums.get("unique_users"))
                 .sum::<f64>() as u64,
             peak_rss: peak_rss(log),
+            cpu_use: cpu_use(log),
         })
     }
 }

@@ -9,7 +9,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use weir_common::checkpoint::{Assignment, EpochPlan};
+use weir_common::checkpoint::{Assignment, EpochPlan, InputFile};
 use weir_common::fault;
 use weir_proto::cluster_auth::Sign;
 use weir_proto::control::executor_client::ExecutorClient;
@@ -49,6 +49,41 @@ fn first_lost(ran_on: &[Member], now: &[Member]) -> Option<String> {
         .iter()
         .find(|r| !now.iter().any(|m| m.id == r.id && m.address == r.address))
         .map(|r| r.id.clone())
+}
+
+/// The files the epoch after a run would read, and how its plan would split them: each
+/// executor is told its share, to read ahead (none for a Kafka source, whose next ranges end
+/// where the next plan finds the partitions' ends).
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    pub files: Vec<InputFile>,
+    /// By the indexes of `files`.
+    pub assignment: Vec<Assignment>,
+}
+
+impl ReadAhead {
+    fn files_of(&self, executor_id: &str) -> Vec<ProtoFile> {
+        let Some(a) = self
+            .assignment
+            .iter()
+            .find(|a| a.executor_id == executor_id)
+        else {
+            return Vec::new();
+        };
+        self.files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| a.partitions.contains(&(*i as i32)))
+            .map(|(_, f)| proto_file(f))
+            .collect()
+    }
+}
+
+fn proto_file(f: &InputFile) -> ProtoFile {
+    ProtoFile {
+        path: f.path.clone(),
+        bytes: f.bytes,
+    }
 }
 
 type Client = ExecutorClient<InterceptedService<Channel, Sign>>;
@@ -92,11 +127,12 @@ impl ExecutorClients {
 
     /// Runs `plan` with `assignment` as run `run` on the members, and answers every executor's
     /// `Prepared`, or the first failure. An executor of the run leaving the membership (its
-    /// heartbeats stopped) fails the run too.
+    /// heartbeats stopped) fails the run too. Each executor is told what it may read ahead.
     pub async fn execute(
         &mut self,
         plan: &EpochPlan,
         assignment: &[Assignment],
+        read_ahead: &ReadAhead,
         run: &str,
         members: &[Member],
         membership: &mut watch::Receiver<Vec<Member>>,
@@ -156,12 +192,10 @@ impl ExecutorClients {
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| a.partitions.contains(&(*i as i32)))
-                    .map(|(_, f)| ProtoFile {
-                        path: f.path.clone(),
-                        bytes: f.bytes,
-                    })
+                    .map(|(_, f)| proto_file(f))
                     .collect(),
                 generation: self.generation,
+                read_ahead: read_ahead.files_of(&a.executor_id),
             };
             let id = member.id.clone();
             // Spawned, so the requests go out even while this task waits (or pauses).
@@ -251,5 +285,43 @@ impl ExecutorClients {
                 let _ = c.shutdown(request).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_common::keygroup::KeyGroups;
+
+    use super::*;
+
+    /// Each executor is told the files at the indexes the next epoch's assignment gives it.
+    #[test]
+    fn each_executor_reads_ahead_its_share() {
+        let files: Vec<InputFile> = (0..3)
+            .map(|i| InputFile {
+                path: format!("{i}.jsonl"),
+                bytes: 10 + i,
+            })
+            .collect();
+        let share = |id: &str, partitions: Vec<i32>| Assignment {
+            executor_id: id.into(),
+            partitions,
+            key_groups: KeyGroups::from_ranges([(0, 1)]),
+        };
+        let ahead = ReadAhead {
+            files,
+            assignment: vec![share("a", vec![0, 2]), share("b", vec![1])],
+        };
+        let paths = |id| {
+            ahead
+                .files_of(id)
+                .into_iter()
+                .map(|f| (f.path, f.bytes))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths("a"), [("0.jsonl".into(), 10), ("2.jsonl".into(), 12)]);
+        assert_eq!(paths("b"), [("1.jsonl".to_string(), 11)]);
+        assert!(paths("c").is_empty());
+        assert!(ReadAhead::default().files_of("a").is_empty());
     }
 }

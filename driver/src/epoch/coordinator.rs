@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, Totals};
+use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, InputFile, Totals};
 use weir_common::fault;
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
@@ -22,7 +22,7 @@ use weir_storage::{CheckpointLog, Fence};
 
 use crate::cluster::assignment::{assign, moved_key_groups};
 use crate::cluster::autoscale::{Autoscaler, Observation};
-use crate::cluster::executors::{ExecutorClients, RunFailure};
+use crate::cluster::executors::{ExecutorClients, ReadAhead, RunFailure};
 use crate::cluster::kubernetes::ReplicaFollower;
 use crate::cluster::membership::{Member, MembershipMsg};
 use crate::cluster::scale::{select, Scaler, Target};
@@ -40,9 +40,10 @@ use crate::output::table_commits::{Committing, QueryOutput, TableRole, Tables};
 use crate::output::upkeep::Upkeep;
 use crate::source::{InputEnd, SourcePosition, SourceReader};
 
-/// What a trigger finds: an epoch to run, or nothing to read; with each partition's end.
+/// What a trigger finds: an epoch to run, with the files after its own (those the epoch after
+/// it would read), or nothing to read; with each partition's end.
 enum Next {
-    Plan(EpochPlan, BTreeMap<i32, i64>),
+    Plan(EpochPlan, Vec<InputFile>, BTreeMap<i32, i64>),
     Idle(BTreeMap<i32, i64>),
 }
 
@@ -597,7 +598,7 @@ impl Coordinator {
             lost: planned.lost,
         };
         plan.assignment = self.assignment_for(&plan.partitions(), members, &position.assignment)?;
-        Ok(Next::Plan(plan, planned.latest))
+        Ok(Next::Plan(plan, planned.following, planned.latest))
     }
 
     /// Assigns `partitions` (Kafka partitions or file indexes) and key groups to `members`.
@@ -613,6 +614,26 @@ impl Coordinator {
             bail!("no executor registered");
         }
         Ok(assignment)
+    }
+
+    /// `following`, the files the epoch after one run with `assignment` would read, split as
+    /// that epoch's plan would split them if the members stay.
+    fn read_ahead(
+        &self,
+        following: &[InputFile],
+        members: &[Member],
+        assignment: &[Assignment],
+    ) -> anyhow::Result<ReadAhead> {
+        if following.is_empty() {
+            return Ok(ReadAhead::default());
+        }
+        let indexes: Vec<i32> = (0..following.len())
+            .filter_map(|i| i32::try_from(i).ok())
+            .collect();
+        Ok(ReadAhead {
+            files: following.to_vec(),
+            assignment: self.assignment_for(&indexes, members, assignment)?,
+        })
     }
 
     /// Waits for the next trigger; a checkpoint request cuts the wait short, a pause makes it
@@ -735,7 +756,7 @@ impl Coordinator {
         };
         let mut next_trigger = Instant::now();
         while !self.stopping() {
-            let (plan, triggered) = match pending.take() {
+            let (plan, following, triggered) = match pending.take() {
                 Some(p) => {
                     // A plan a previous driver left: its ends as they are now.
                     let latest = self.source.end().await?.offsets;
@@ -745,7 +766,8 @@ impl Coordinator {
                         plan_ms: 0,
                         latest,
                     };
-                    (p, triggered)
+                    // Nothing is read ahead of the plan after it.
+                    (p, Vec::new(), triggered)
                 }
                 None => {
                     if !self.wait_for_trigger(next_trigger).await? {
@@ -762,11 +784,12 @@ impl Coordinator {
                         .plan_next(&mut position, target.as_ref(), &members)
                         .await?
                     {
-                        Next::Plan(p, latest) => {
+                        Next::Plan(p, following, latest) => {
                             self.log.write_plan(&p).await?;
                             let plan_ms = started.elapsed().as_millis() as u64;
                             (
                                 p,
+                                following,
                                 Triggered {
                                     at_micros,
                                     started,
@@ -798,7 +821,7 @@ impl Coordinator {
             };
             let span = tracing::info_span!("epoch", epoch = plan.epoch);
             match self
-                .run_epoch(plan, members, &mut position, triggered)
+                .run_epoch(plan, &following, members, &mut position, triggered)
                 .instrument(span)
                 .await?
             {
@@ -822,11 +845,13 @@ impl Coordinator {
     }
 
     /// Runs a plan until one run of it succeeds, then decides it and starts its commit, which
-    /// runs beside the next epoch. Answers the members it ran on, or `None` when the driver was
+    /// runs beside the next epoch; the executors may read `following` (the files the next
+    /// epoch would read) ahead. Answers the members it ran on, or `None` when the driver was
     /// stopped while a failed run waited for executors (the plan stays without a decision).
     async fn run_epoch(
         &mut self,
         plan: EpochPlan,
+        following: &[InputFile],
         mut members: Vec<Member>,
         position: &mut Position,
         triggered: Triggered,
@@ -854,11 +879,19 @@ impl Coordinator {
         let (assignment, prepared) = loop {
             // The plan's assignment where its executors are here, else the closest one.
             let assignment = self.assignment_for(&plan.partitions(), &members, &previous)?;
+            let read_ahead = self.read_ahead(following, &members, &assignment)?;
             let run = uuid::Uuid::new_v4().simple().to_string();
             let mut membership = self.members.clone();
             match self
                 .clients
-                .execute(&plan, &assignment, &run, &members, &mut membership)
+                .execute(
+                    &plan,
+                    &assignment,
+                    &read_ahead,
+                    &run,
+                    &members,
+                    &mut membership,
+                )
                 .await
             {
                 Ok(prepared) => break (assignment, prepared),

@@ -68,6 +68,7 @@ pub fn decide(
                 input_bytes: s.input_bytes,
                 state_ms: s.state_ms,
                 memory_rss_bytes: s.memory_rss_bytes,
+                read_ahead_rows: s.read_ahead_rows,
             },
         );
         stats.input_rows += s.input_rows;

@@ -51,6 +51,9 @@ pub struct Planned {
     /// Offsets skipped because they are no longer retained.
     pub lost: Vec<PartitionRange>,
     pub files: Vec<InputFile>,
+    /// A file source's files after `files`, as many as the next epoch may read: what it would
+    /// read were it planned now (executors read them ahead).
+    pub following: Vec<InputFile>,
     /// The partitions' latest offsets now (progress shows them with the lag).
     pub latest: BTreeMap<i32, i64>,
     /// The offsets the epoch starts from.
@@ -151,6 +154,7 @@ impl SourceReader {
                         })
                         .collect(),
                     files: Vec::new(),
+                    following: Vec::new(),
                     latest: bounds.iter().map(|(p, b)| (*p, b.latest)).collect(),
                     start: Some(start),
                 })
@@ -164,14 +168,64 @@ impl SourceReader {
                     let last = t.last_file.as_deref();
                     files.retain(|f| last.is_some_and(|l| f.path.as_str() <= l));
                 }
+                let mut following = Vec::new();
                 if let Some(cap) = spec.max_files_per_trigger {
-                    files.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+                    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+                    if files.len() > cap {
+                        following = files.split_off(cap);
+                        following.truncate(cap);
+                    }
                 }
                 Ok(Planned {
                     files,
+                    following,
                     ..Planned::default()
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(files: &[InputFile]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    /// A file source plans the next files under the cap, and names the ones after them that
+    /// the epoch after would read; an available-now target ends both.
+    #[tokio::test]
+    async fn files_planned_and_the_files_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.path().join(format!("{i}.jsonl")), b"{}\n").unwrap();
+        }
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let spec = FileSource {
+            url: url.as_str().trim_end_matches('/').to_string(),
+            max_files_per_trigger: Some(2),
+        };
+        let source = SourceReader::open(&Source::Files(spec), &BTreeMap::new()).unwrap();
+        let at = |through: Option<&str>| SourcePosition {
+            offsets: None,
+            files_through: through.map(str::to_string),
+        };
+
+        let planned = source.plan(&at(None), None).await.unwrap();
+        assert_eq!(names(&planned.files), ["0.jsonl", "1.jsonl"]);
+        assert_eq!(names(&planned.following), ["2.jsonl", "3.jsonl"]);
+        let planned = source.plan(&at(Some("2.jsonl")), None).await.unwrap();
+        assert_eq!(names(&planned.files), ["3.jsonl", "4.jsonl"]);
+        assert!(planned.following.is_empty());
+
+        let target = InputEnd {
+            offsets: BTreeMap::new(),
+            last_file: Some("2.jsonl".into()),
+        };
+        let planned = source.plan(&at(None), Some(&target)).await.unwrap();
+        assert_eq!(names(&planned.files), ["0.jsonl", "1.jsonl"]);
+        assert_eq!(names(&planned.following), ["2.jsonl"]);
     }
 }

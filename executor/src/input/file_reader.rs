@@ -17,6 +17,7 @@ pub enum FileReadError {
     Abandoned,
 }
 
+#[derive(Clone)]
 pub struct FileReader {
     location: Location,
     /// Lines longer than this are cut to it (they go to the dead letter).
@@ -34,11 +35,35 @@ const REMOTE_AHEAD: usize = 2;
 /// reads, zeroed and faulted in afresh each time, cost 5 % more CPU per event).
 const LOCAL_RANGE: u64 = 1 << 20;
 
+/// Where reading a list of files goes on from: the start of a line of one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The file's index in the list.
+    pub file: usize,
+    /// The line's first byte.
+    pub byte: u64,
+    /// The line's number.
+    pub line: i64,
+}
+
+impl Resume {
+    pub const START: Resume = Resume {
+        file: 0,
+        byte: 0,
+        line: 1,
+    };
+}
+
 /// Cuts a file's bytes into lines as they arrive. A line longer than `max` bytes keeps its
 /// first `max` (for the dead letter) and counts the rest as it streams by: however long a
-/// line, no more than `max` bytes of it are ever held beyond the range being read.
+/// line, no more than `max` bytes of it are ever held beyond the range being read. Each line
+/// is handed on with where the line after it starts.
 struct Lines {
+    /// The file's index in the list, and as a record's partition.
+    index: usize,
     file: i32,
+    /// The offset in the file of the next byte fed.
+    at: u64,
     max: usize,
     /// The start of a line whose end has not arrived yet (at most `max` bytes of it).
     pending: Vec<u8>,
@@ -49,19 +74,36 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(file: i32, max: usize) -> Self {
+    /// Lines of the file at `index` of the list, from `from` (the start of a line).
+    fn new(index: usize, max: usize, from: Resume) -> Self {
+        let from = if from.file == index {
+            from
+        } else {
+            Resume {
+                file: index,
+                ..Resume::START
+            }
+        };
         Self {
-            file,
+            index,
+            file: file_number(index),
+            at: from.byte,
             max,
             pending: Vec::new(),
             dropped: 0,
-            next: 1,
+            next: from.line,
         }
     }
 
     /// Hands on a line of `length` bytes, of which `line` holds the first (all of them unless
-    /// the line is longer than `max`).
-    fn line(&mut self, mut line: Bytes, length: u64, out: &mut impl FnMut(Record)) {
+    /// the line is longer than `max`), and the next line starting at `end`.
+    fn line(
+        &mut self,
+        mut line: Bytes,
+        length: u64,
+        end: u64,
+        out: &mut impl FnMut(Record, Resume),
+    ) {
         let number = self.next;
         self.next += 1;
         let cut_from = (length > self.max as u64).then_some(length);
@@ -75,13 +117,19 @@ impl Lines {
                 return;
             }
         }
-        out(Record {
+        let next = Resume {
+            file: self.index,
+            byte: end,
+            line: number + 1,
+        };
+        let record = Record {
             partition: self.file,
             offset: number,
             key: None,
             value: Some(line),
             cut_from,
-        });
+        };
+        out(record, next);
     }
 
     /// Adds `bytes` to the pending line, keeping no more than `max` of it.
@@ -91,30 +139,36 @@ impl Lines {
         self.dropped += (bytes.len() - room) as u64;
     }
 
-    /// Hands on the pending line with `tail` (the rest of it) added.
-    fn end_pending(&mut self, tail: &[u8], out: &mut impl FnMut(Record)) {
+    /// Hands on the pending line with `tail` (the rest of it) added; the next line starts
+    /// at `end`.
+    fn end_pending(&mut self, tail: &[u8], end: u64, out: &mut impl FnMut(Record, Resume)) {
         self.keep(tail);
         let whole = std::mem::take(&mut self.pending);
         let length = whole.len() as u64 + std::mem::take(&mut self.dropped);
-        self.line(Bytes::from(whole), length, out);
+        self.line(Bytes::from(whole), length, end, out);
     }
 
-    /// Cuts `piece` into lines; a line inside it is a slice of it, not a copy.
-    fn feed(&mut self, piece: &Bytes, out: &mut impl FnMut(Record)) {
+    /// Cuts `piece` (the file's bytes from `at` on) into lines; a line inside it is a slice
+    /// of it, not a copy.
+    fn feed(&mut self, piece: &Bytes, out: &mut impl FnMut(Record, Resume)) {
+        let base = self.at;
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', piece) {
+            let next = base + end as u64 + 1;
             if self.pending.is_empty() && self.dropped == 0 {
-                self.line(piece.slice(start..end), (end - start) as u64, out);
+                self.line(piece.slice(start..end), (end - start) as u64, next, out);
             } else {
-                self.end_pending(&piece[start..end], out);
+                self.end_pending(&piece[start..end], next, out);
             }
             start = end + 1;
         }
         self.keep(&piece[start..]);
+        self.at = base + piece.len() as u64;
     }
 
-    fn finish(mut self, out: &mut impl FnMut(Record)) {
-        self.end_pending(&[], out);
+    fn finish(mut self, out: &mut impl FnMut(Record, Resume)) {
+        let end = self.at;
+        self.end_pending(&[], end, out);
     }
 }
 
@@ -143,8 +197,10 @@ impl<F: FnMut(Chunk)> Chunker<F> {
         self.piece = Some(piece.clone());
     }
 
-    fn push(&mut self, record: Record) {
+    /// Adds `record`, after which reading goes on from `next`.
+    fn push(&mut self, record: Record, next: Resume) {
         self.current.records.push(record);
+        self.current.end = Some(next);
         if self.current.records.len() >= self.size {
             self.flush();
         }
@@ -184,6 +240,18 @@ impl FileReader {
         keep_going: impl Fn() -> bool,
         on_chunk: impl FnMut(Chunk),
     ) -> Result<(), FileReadError> {
+        self.read_from(files, Resume::START, chunk, keep_going, on_chunk)
+    }
+
+    /// [`Self::read`] from `from` on (a chunk's `end`): the lines before it are not read.
+    pub fn read_from(
+        &self,
+        files: &[InputFile],
+        from: Resume,
+        chunk: usize,
+        keep_going: impl Fn() -> bool,
+        on_chunk: impl FnMut(Chunk),
+    ) -> Result<(), FileReadError> {
         let (range, fetch) = if self.location.local_file("").is_some() {
             (LOCAL_RANGE, Fetch::Local)
         } else {
@@ -194,26 +262,31 @@ impl FileReader {
                 },
             )
         };
-        self.read_in_ranges(files, chunk, range, fetch, keep_going, on_chunk)
+        self.read_in_ranges(files, from, chunk, (range, fetch), keep_going, on_chunk)
     }
 
-    /// [`Self::read`] in ranges of `range` bytes, fetched as `fetch` says.
+    /// [`Self::read_from`] in ranges of `range` bytes, fetched as `fetch` says.
     fn read_in_ranges(
         &self,
         files: &[InputFile],
+        from: Resume,
         chunk: usize,
-        range: u64,
-        fetch: Fetch,
+        (range, fetch): (u64, Fetch),
         keep_going: impl Fn() -> bool,
         on_chunk: impl FnMut(Chunk),
     ) -> Result<(), FileReadError> {
         // The planned size, read in ranges: a replay reads the same bytes even if the file
         // grew since.
-        let ranges = files.iter().enumerate().flat_map(|(index, file)| {
-            (0..file.bytes)
-                .step_by(range as usize)
-                .map(move |start| (index, start..file.bytes.min(start + range)))
-        });
+        let ranges = files
+            .iter()
+            .enumerate()
+            .skip(from.file)
+            .flat_map(move |(index, file)| {
+                let first = if index == from.file { from.byte } else { 0 };
+                (first..file.bytes)
+                    .step_by(range as usize)
+                    .map(move |start| (index, start..file.bytes.min(start + range)))
+            });
         let mut fetched = Ranges::new(fetch, &self.location, files, ranges, &self.pool);
         let mut chunks = Chunker::new(chunk, on_chunk);
         let mut lines: Option<Lines> = None;
@@ -222,18 +295,17 @@ impl FileReader {
                 return Err(FileReadError::Abandoned);
             }
             let piece = piece?;
-            if lines.as_ref().is_some_and(|l| l.file != file_number(index)) {
+            if lines.as_ref().is_some_and(|l| l.index != index) {
                 if let Some(done) = lines.take() {
-                    done.finish(&mut |r| chunks.push(r));
+                    done.finish(&mut |r, next| chunks.push(r, next));
                 }
             }
-            let current =
-                lines.get_or_insert_with(|| Lines::new(file_number(index), self.max_line));
+            let current = lines.get_or_insert_with(|| Lines::new(index, self.max_line, from));
             chunks.start_piece(&piece);
-            current.feed(&piece, &mut |r| chunks.push(r));
+            current.feed(&piece, &mut |r, next| chunks.push(r, next));
         }
         if let Some(done) = lines.take() {
-            done.finish(&mut |r| chunks.push(r));
+            done.finish(&mut |r, next| chunks.push(r, next));
         }
         chunks.flush();
         Ok(())
@@ -250,11 +322,13 @@ mod tests {
 
     fn split(pieces: &[&str]) -> Vec<(i64, String)> {
         let mut out = Vec::new();
-        let mut lines = Lines::new(0, 1 << 20);
+        let mut lines = Lines::new(0, 1 << 20, Resume::START);
         for p in pieces {
-            lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut |r| out.push(r));
+            lines.feed(&Bytes::copy_from_slice(p.as_bytes()), &mut |r, _| {
+                out.push(r)
+            });
         }
-        lines.finish(&mut |r| out.push(r));
+        lines.finish(&mut |r, _| out.push(r));
         out.into_iter()
             .map(|r| {
                 (
@@ -293,12 +367,12 @@ mod tests {
         );
         for piece_size in [1, 3, 7, 16, 17, 64, 5000] {
             let mut out = Vec::new();
-            let mut lines = Lines::new(0, max);
+            let mut lines = Lines::new(0, max, Resume::START);
             for piece in text.as_bytes().chunks(piece_size) {
-                lines.feed(&Bytes::copy_from_slice(piece), &mut |r| out.push(r));
+                lines.feed(&Bytes::copy_from_slice(piece), &mut |r, _| out.push(r));
                 assert!(lines.pending.len() <= max, "pieces of {piece_size}");
             }
-            lines.finish(&mut |r| out.push(r));
+            lines.finish(&mut |r, _| out.push(r));
             let got: Vec<(i64, String, Option<u64>)> = out
                 .into_iter()
                 .map(|r| {
@@ -360,13 +434,13 @@ mod tests {
             at.push(text.len());
             at.sort_unstable();
             let mut out = Vec::new();
-            let mut lines = Lines::new(0, max);
+            let mut lines = Lines::new(0, max, Resume::START);
             for pair in at.windows(2) {
                 let piece = Bytes::copy_from_slice(&text[pair[0]..pair[1]]);
-                lines.feed(&piece, &mut |r| out.push(r));
+                lines.feed(&piece, &mut |r, _| out.push(r));
                 proptest::prop_assert!(lines.pending.len() <= max);
             }
-            lines.finish(&mut |r| out.push(r));
+            lines.finish(&mut |r, _| out.push(r));
             let got: Vec<(i64, Vec<u8>, Option<u64>)> = out
                 .into_iter()
                 .map(|r| (r.offset, r.value.unwrap_or_default().to_vec(), r.cut_from))
@@ -422,9 +496,9 @@ mod tests {
             tokio::task::block_in_place(|| {
                 reader.read_in_ranges(
                     &files,
+                    Resume::START,
                     512,
-                    range,
-                    fetch,
+                    (range, fetch),
                     || true,
                     |c| {
                         read.extend(c.records.into_iter().map(|r| {
@@ -443,9 +517,9 @@ mod tests {
             let calls = std::cell::Cell::new(0);
             reader.read_in_ranges(
                 &files,
+                Resume::START,
                 64,
-                4096,
-                store(3),
+                (4096, store(3)),
                 || {
                     calls.set(calls.get() + 1);
                     calls.get() < 5
@@ -461,10 +535,73 @@ mod tests {
         planned[3].bytes += 10;
         for fetch in [Fetch::Local, store(1)] {
             let short = tokio::task::block_in_place(|| {
-                reader.read_in_ranges(&planned, 512, 4096, fetch, || true, |_| {})
+                reader.read_in_ranges(&planned, Resume::START, 512, (4096, fetch), || true, |_| {})
             });
             let message = short.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(message.contains("f3.jsonl"), "{fetch:?}: {message}");
+        }
+    }
+
+    /// Reading on from where any record ends finds exactly the records after it: across
+    /// read ranges and files, past blank lines, CRLF, cut lines and a last line without a
+    /// newline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_on_from_a_records_end_finds_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(40);
+        let texts = [
+            format!("{{\"a\":1}}\n\n{long}\r\n{{\"b\":2}}\r\n  \n{{\"c\":3}}"),
+            String::new(),
+            format!("{long}\n{{\"d\":4}}\n{{\"e\":5}}\n\n"),
+        ];
+        let mut files = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let name = format!("f{i}.jsonl");
+            std::fs::write(dir.path().join(&name), text).unwrap();
+            files.push(InputFile {
+                path: name,
+                bytes: text.len() as u64,
+            });
+        }
+        let reader = FileReader::new(local(dir.path()), 16);
+        type Read = (i32, i64, Vec<u8>, Option<u64>);
+        let read = |from: Resume, (range, fetch): (u64, Fetch)| {
+            let mut out: Vec<(Read, Resume)> = Vec::new();
+            tokio::task::block_in_place(|| {
+                reader.read_in_ranges(
+                    &files,
+                    from,
+                    1,
+                    (range, fetch),
+                    || true,
+                    |c| {
+                        let end = c.end.unwrap();
+                        for r in c.records {
+                            let value = r.value.unwrap().to_vec();
+                            out.push(((r.partition, r.offset, value, r.cut_from), end));
+                        }
+                    },
+                )
+            })
+            .unwrap();
+            out
+        };
+        for how in [
+            (7, Fetch::Local),
+            (LOCAL_RANGE, Fetch::Local),
+            (5, Fetch::Store { ahead: 1 }),
+        ] {
+            let all = read(Resume::START, how);
+            let lines: Vec<(i32, i64)> = all.iter().map(|(r, _)| (r.0, r.1)).collect();
+            assert_eq!(
+                lines,
+                [(0, 1), (0, 3), (0, 4), (0, 6), (2, 1), (2, 2), (2, 3)]
+            );
+            for (i, (_, end)) in all.iter().enumerate() {
+                let on: Vec<Read> = read(*end, how).into_iter().map(|(r, _)| r).collect();
+                let rest: Vec<Read> = all[i + 1..].iter().map(|(r, _)| r.clone()).collect();
+                assert_eq!(on, rest, "from {end:?}, {how:?}");
+            }
         }
     }
 

@@ -1,18 +1,24 @@
-//! The records an epoch reads: the planned Kafka ranges, or the planned files of a file source.
+//! The records an epoch reads, decoded: the planned Kafka ranges, or the planned files of a
+//! file source (those read ahead, beside the epoch before, when the plan names them).
 
 mod consumer_queue;
 pub mod file_reader;
 pub mod kafka_reader;
 pub mod range_fetch;
+pub mod read_ahead;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
 use weir_common::checkpoint::{check_relative_path, InputFile, PartitionRange};
+use weir_common::decode::{Decoded, JsonDecoder};
 use weir_common::job::{JobSpec, Source};
-use weir_proto::control::ExecuteRequest;
+use weir_proto::control::{ExecuteRequest, InputFile as ProtoFile};
 
-use crate::input::file_reader::FileReader;
+use crate::input::file_reader::{FileReader, Resume};
 use crate::input::kafka_reader::KafkaReader;
+use crate::input::read_ahead::{ReadAhead, TakenAhead};
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
 /// a line of a file (partition: the file's index in the epoch's list; offset: its line number).
@@ -64,6 +70,8 @@ impl Record {
 pub struct Chunk {
     pub records: Vec<Record>,
     pub buffers: Vec<Bytes>,
+    /// Where a file source's reading goes on after the chunk's records.
+    pub end: Option<Resume>,
 }
 
 impl Chunk {
@@ -71,8 +79,40 @@ impl Chunk {
         Self {
             records: Vec::with_capacity(records),
             buffers: Vec::new(),
+            end: None,
         }
     }
+}
+
+/// A chunk with what the decoder made of its records.
+pub struct DecodedChunk {
+    pub chunk: Chunk,
+    pub decoded: Decoded,
+}
+
+impl DecodedChunk {
+    pub fn decode(chunk: Chunk, decoder: &JsonDecoder) -> Self {
+        let payloads: Vec<&[u8]> = chunk.records.iter().map(Record::payload).collect();
+        let buffers: Vec<&[u8]> = chunk.buffers.iter().map(|b| &b[..]).collect();
+        let decoded = decoder.decode_within(&payloads, &buffers);
+        Self { chunk, decoded }
+    }
+}
+
+/// The files a plan names, refused when one would leave the source's location: only the
+/// driver plans files, under it, whoever sent the plan.
+fn planned_files(files: &[ProtoFile]) -> anyhow::Result<Vec<InputFile>> {
+    files
+        .iter()
+        .map(|f| {
+            check_relative_path(&f.path)
+                .map(|()| InputFile {
+                    path: f.path.clone(),
+                    bytes: f.bytes,
+                })
+                .map_err(|e| anyhow::anyhow!("the plan names a file outside the source: {e}"))
+        })
+        .collect()
 }
 
 pub enum Input {
@@ -101,15 +141,19 @@ impl Input {
         })
     }
 
-    /// Reads what `req` plans for this executor, in chunks of up to `chunk` records, while
-    /// `keep_going` answers true. Blocks: call it inside `block_in_place`.
+    /// Reads what `req` plans for this executor and decodes it with `decoder`, in chunks of up
+    /// to `chunk` records, while `keep_going` answers true; first takes what `ahead` decoded
+    /// when it read the planned files, and then answers what it took. Blocks: call it inside
+    /// `block_in_place`.
     pub fn read(
         &self,
         req: &ExecuteRequest,
+        ahead: Option<ReadAhead>,
+        decoder: &JsonDecoder,
         chunk: usize,
         keep_going: impl Fn() -> bool,
-        mut on_chunk: impl FnMut(Chunk),
-    ) -> anyhow::Result<()> {
+        mut on_chunk: impl FnMut(DecodedChunk),
+    ) -> anyhow::Result<Option<TakenAhead>> {
         match self {
             Input::Kafka { reader, .. } => {
                 let ranges: Vec<PartitionRange> = req
@@ -123,33 +167,61 @@ impl Input {
                     .collect();
                 reader
                     .read(&ranges, chunk, keep_going, |records| {
-                        on_chunk(Chunk {
+                        let records = Chunk {
                             records,
-                            buffers: Vec::new(),
-                        })
+                            ..Chunk::default()
+                        };
+                        on_chunk(DecodedChunk::decode(records, decoder))
                     })
-                    .context("reading the planned Kafka ranges")
+                    .context("reading the planned Kafka ranges")?;
+                Ok(None)
             }
             Input::Files(reader) => {
-                // Only the driver plans files, under the source's location: a path that
-                // would leave it is refused, whoever sent it.
-                let files = req
-                    .files
-                    .iter()
-                    .map(|f| {
-                        check_relative_path(&f.path)
-                            .map(|()| InputFile {
-                                path: f.path.clone(),
-                                bytes: f.bytes,
-                            })
-                            .map_err(|e| {
-                                anyhow::anyhow!("the plan names a file outside the source: {e}")
-                            })
-                    })
-                    .collect::<anyhow::Result<Vec<InputFile>>>()?;
+                let files = planned_files(&req.files)?;
+                let taken = ahead
+                    .filter(|a| a.reads(&files))
+                    .map(|a| a.take(&mut on_chunk));
+                let from = taken.map_or(Resume::START, |t| t.resume);
                 reader
-                    .read(&files, chunk, keep_going, on_chunk)
-                    .context("reading the planned files")
+                    .read_from(&files, from, chunk, keep_going, |records| {
+                        on_chunk(DecodedChunk::decode(records, decoder))
+                    })
+                    .context("reading the planned files")?;
+                Ok(taken)
+            }
+        }
+    }
+
+    /// Starts reading the files `req` says this executor would read in the next epoch, when
+    /// it names any (a file source's); none is started when they cannot be read ahead.
+    pub fn read_ahead(
+        &self,
+        req: &ExecuteRequest,
+        decoder: &Arc<JsonDecoder>,
+        chunk: usize,
+    ) -> Option<ReadAhead> {
+        let Input::Files(reader) = self else {
+            return None;
+        };
+        if req.read_ahead.is_empty() {
+            return None;
+        }
+        let started = planned_files(&req.read_ahead).and_then(|files| {
+            ReadAhead::start(
+                reader.clone(),
+                decoder.clone(),
+                files,
+                chunk,
+                tokio::runtime::Handle::current(),
+            )
+            .context("starting a thread")
+        });
+        match started {
+            Ok(ahead) => Some(ahead),
+            Err(e) => {
+                // The next epoch reads its files itself.
+                tracing::warn!("not reading the next epoch's files ahead: {e:#}");
+                None
             }
         }
     }

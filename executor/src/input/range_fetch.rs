@@ -13,6 +13,8 @@ use object_store::ObjectStoreExt;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
 
+use crate::input::read_ahead::READ_AHEAD_CHUNKS;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error(transparent)]
@@ -87,8 +89,9 @@ impl<'a, I: Iterator<Item = FileRange>> Ranges<'a, I> {
 #[derive(Debug, Clone, Default)]
 pub struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
-/// Buffers kept for reuse: a chunk holds slices of two ranges at most.
-const POOLED: usize = 4;
+/// Buffers kept for reuse: a chunk holds slices of two ranges at most, and the chunks read
+/// ahead of the next epoch wait with theirs.
+const POOLED: usize = 4 + READ_AHEAD_CHUNKS;
 
 impl BufferPool {
     /// A buffer of `len` initialized bytes.
