@@ -22,7 +22,8 @@ use crate::input::read_ahead::{ReadAhead, TakenAhead};
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
 /// a line of a file (partition: the file's index in the epoch's list; offset: its line number).
-/// A line's value is a slice of the fetched range, not a copy.
+/// A value is a slice of its chunk's buffer (a file's fetched range, a Kafka chunk's values),
+/// not a copy of its own.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
@@ -63,9 +64,9 @@ impl Record {
     }
 }
 
-/// Records handed over together, with the fetched ranges their values are slices of (a file's
-/// lines; Kafka records are copies and name none): the decoder reads lines lying side by side in
-/// a range from it in place.
+/// Records handed over together, with the buffers their values are slices of (a file's
+/// fetched ranges; the copy of a Kafka chunk's values, each followed by a newline): the decoder
+/// reads records lying side by side in a buffer from it in place.
 #[derive(Debug, Default)]
 pub struct Chunk {
     pub records: Vec<Record>,
@@ -167,10 +168,6 @@ impl Input {
                     .collect();
                 reader
                     .read(&ranges, chunk, keep_going, |records| {
-                        let records = Chunk {
-                            records,
-                            ..Chunk::default()
-                        };
                         on_chunk(DecodedChunk::decode(records, decoder))
                     })
                     .context("reading the planned Kafka ranges")?;
