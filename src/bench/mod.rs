@@ -693,21 +693,21 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             latency.records as u64,
         ));
     }
-    let file_runs = results
+    // The median rounds of the file runs.
+    let medians: Vec<&RunResult> = results
         .iter()
         .chain(user_cases.iter().flat_map(|c| [&c.exact, &c.approx]))
         .map(Repeated::median)
+        .collect();
+    let file_runs = medians
+        .iter()
+        .copied()
         .chain(memory.into_iter().flat_map(|m| [&m.filled, &m.closed]))
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows));
-    // Median rounds of the file runs: how busy each executor kept its core.
-    let busy: Vec<(String, &BTreeMap<String, f64>)> = results
-        .iter()
-        .chain(user_cases.iter().flat_map(|c| [&c.exact, &c.approx]))
-        .map(Repeated::median)
-        .map(|r| (r.name.clone(), &r.cpu_use))
-        .collect();
-    for (name, cpu_use) in busy {
-        let shares: Vec<String> = cpu_use
+    // How busy each executor kept its core.
+    for r in &medians {
+        let shares: Vec<String> = r
+            .cpu_use
             .iter()
             .filter(|(who, _)| who.starts_with("executor"))
             .map(|(who, share)| format!("{who} {:.0} %", share * 100.0))
@@ -715,7 +715,8 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         if !shares.is_empty() {
             writeln!(
                 out,
-                "CPU time, {name}: {} of a core over the executor's lifetime.",
+                "CPU time, {}: {} of a core over the executor's lifetime.",
+                r.name,
                 shares.join(", ")
             )?;
         }

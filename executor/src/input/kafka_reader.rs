@@ -174,9 +174,10 @@ impl Gathering {
     ) {
         let mut record = record(partition, offset, key, None, max_bytes);
         let placed = value.map(|v| {
-            record.cut_from = (v.len() > max_bytes).then_some(v.len() as u64);
+            let (v, cut_from) = kept(v, max_bytes);
+            record.cut_from = cut_from;
             let start = self.values.len();
-            self.values.extend_from_slice(&v[..v.len().min(max_bytes)]);
+            self.values.extend_from_slice(v);
             let end = self.values.len();
             self.values.push(b'\n');
             start..end
@@ -233,16 +234,21 @@ fn record(
     value: Option<&[u8]>,
     max_bytes: usize,
 ) -> Record {
-    let cut_from = value
-        .filter(|v| v.len() > max_bytes)
-        .map(|v| v.len() as u64);
+    let kept = value.map(|v| kept(v, max_bytes));
     Record {
         partition,
         offset,
         key: key.map(<[u8]>::to_vec),
-        value: value.map(|v| Bytes::copy_from_slice(&v[..v.len().min(max_bytes)])),
-        cut_from,
+        value: kept.map(|(v, _)| Bytes::copy_from_slice(v)),
+        cut_from: kept.and_then(|(_, cut_from)| cut_from),
     }
+}
+
+/// What a record keeps of `value`: its first `max_bytes`, and its whole length when it was
+/// longer (a record cut so goes to the dead letter).
+fn kept(value: &[u8], max_bytes: usize) -> (&[u8], Option<u64>) {
+    let cut_from = (value.len() > max_bytes).then_some(value.len() as u64);
+    (&value[..value.len().min(max_bytes)], cut_from)
 }
 
 /// A partition a read still takes records from.

@@ -142,22 +142,6 @@ fn lowest_priority() {
     }
 }
 
-/// The CPU time the calling thread has used (zero where the clock cannot be read).
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the struct it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
-}
-
 /// The reading thread: reads and decodes `files` chunk by chunk into `sender` until done,
 /// stopped, or no one takes them any more. An error ends it: the epoch reads the rest itself
 /// and meets the error there, if it is one still.
@@ -170,6 +154,7 @@ fn read(
     sender: &SyncSender<Item>,
 ) {
     // CPU time, not wall time: at the lowest priority the thread waits for cores often.
+    let thread_cpu_time = || weir_telemetry::process::thread_cpu_time().unwrap_or_default();
     let mut since = thread_cpu_time();
     let keep_going = || !stop.load(Ordering::Relaxed);
     let read = reader.read(files, chunk, keep_going, |records| {
