@@ -372,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("some cases failed")
             }
         }
-        Command::Gen(args) => gen::run(args).await,
+        Command::Gen(args) => gen::run(args).await.map(|_| ()),
         Command::Bench(args) => bench::run(args).await,
         Command::BenchBroker(args) => bench::serve_broker(args),
         Command::BenchRun(args) => bench::run_one(args).await,

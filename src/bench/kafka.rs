@@ -1,7 +1,7 @@
 //! Kafka in the bench: a tansu broker on a loopback port, the reference events produced into a
-//! topic, and the produce-to-commit latency of a paced run, read back from every record's
-//! produce time (its Kafka CreateTime, set by the producer) and the decision of the epoch that
-//! read it.
+//! topic, and the produce-to-commit latency of a paced run, from every record's produce time
+//! (its Kafka CreateTime, set by the producer and read from its delivery report) and the
+//! decision of the epoch that read it.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use tokio::process::{Child, Command};
 use weir_common::checkpoint::CommitRecord;
 use weir_storage::CheckpointLog;
@@ -85,13 +85,15 @@ pub fn tansu_available() -> bool {
 
 /// Produces `count` reference events into `topic` at `rate` events/s (0: as fast as the broker
 /// takes them); `extra` holds `weir gen`'s other arguments (partitions, compression, seed...).
+/// Returns every record's produce time when `produce_times` asks for them.
 pub async fn produce(
     brokers: &str,
     topic: &str,
     count: u64,
     rate: f64,
     extra: &[&str],
-) -> anyhow::Result<()> {
+    produce_times: bool,
+) -> anyhow::Result<Option<gen::ProduceTimes>> {
     let mut argv: Vec<String> = [
         "--topic",
         topic,
@@ -108,6 +110,7 @@ pub async fn produce(
     let mut args = gen::GenArgs::from_argv(&argv)?;
     args.out_dir = None;
     args.jsonl = None;
+    args.produce_times = produce_times;
     gen::run(args).await
 }
 
@@ -139,57 +142,6 @@ async fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<BTreeMap<i32,
             .into_iter()
             .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, timeout)?.1)))
             .collect()
-    })
-    .await?
-}
-
-/// The produce time (ms since the epoch) of every record of `topic` in `[from, to)`, by
-/// (partition, offset).
-async fn produce_times(
-    brokers: &str,
-    topic: &str,
-    from: &BTreeMap<i32, i64>,
-    to: &BTreeMap<i32, i64>,
-) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    let (from, to) = (from.clone(), to.clone());
-    tokio::task::spawn_blocking(move || {
-        let consumer = consumer(&brokers)?;
-        let mut tpl = TopicPartitionList::new();
-        let mut open: BTreeMap<i32, i64> = BTreeMap::new();
-        for (&p, &end) in &to {
-            let start = from.get(&p).copied().unwrap_or(0);
-            if end > start {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(start))?;
-                open.insert(p, end);
-            }
-        }
-        consumer.assign(&tpl)?;
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !open.is_empty() {
-            if Instant::now() > deadline {
-                bail!("reading the latency run's records back took over 5 minutes");
-            }
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-                continue;
-            };
-            let message = message?;
-            let (p, offset) = (message.partition(), message.offset());
-            let Some(&end) = open.get(&p) else { continue };
-            if offset >= end {
-                continue;
-            }
-            let at = message
-                .timestamp()
-                .to_millis()
-                .context("a record without a produce time")?;
-            out.push((p, offset, at));
-            if offset + 1 >= end {
-                open.remove(&p);
-            }
-        }
-        Ok(out)
     })
     .await?
 }
@@ -237,7 +189,7 @@ pub async fn latency(
     // A few records first, so that the topic exists and the job is running steadily when the
     // measured records start.
     let warm_up = [producer, &["--seed", "3", "--span", "1m"]].concat();
-    produce(brokers, topic, 1000, 0.0, &warm_up).await?;
+    produce(brokers, topic, 1000, 0.0, &warm_up, false).await?;
     let source = runs::kafka_source_with(brokers, topic, 10_000_000, options);
     let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source, runs::Distinct::Exact)?;
     let mut child = runs::local_command(&job, LATENCY_EXECUTORS, None)?
@@ -257,7 +209,9 @@ pub async fn latency(
     let span = format!("{seconds}s");
     let measured = [producer, &["--seed", "4", "--span", &span]].concat();
     let producing = Instant::now();
-    produce(brokers, topic, count, rate, &measured).await?;
+    let produced = produce(brokers, topic, count, rate, &measured, true)
+        .await?
+        .context("the producer kept no produce times")?;
     let produced_rate = count as f64 / producing.elapsed().as_secs_f64();
     let end = end_offsets(brokers, topic).await?;
     runs::wait_for_decision(
@@ -287,15 +241,16 @@ pub async fn latency(
             ));
         }
     }
-    let produced = produce_times(brokers, topic, &warm, &end).await?;
-    let mut latencies = Vec::with_capacity(produced.len());
-    for (p, offset, at) in produced {
-        let decided = ranges
-            .get(&p)
-            .and_then(|rs| rs.iter().find(|(s, e, _)| (*s..*e).contains(&offset)))
-            .map(|r| r.2)
-            .with_context(|| format!("no decided epoch read partition {p} offset {offset}"))?;
-        latencies.push(decided - at as f64);
+    let mut latencies = Vec::with_capacity(count as usize);
+    for (p, times) in &produced.by_partition {
+        for &(offset, at) in times {
+            let decided = ranges
+                .get(p)
+                .and_then(|rs| rs.iter().find(|(s, e, _)| (*s..*e).contains(&offset)))
+                .map(|r| r.2)
+                .with_context(|| format!("no decided epoch read partition {p} offset {offset}"))?;
+            latencies.push(decided - at as f64);
+        }
     }
     latencies.sort_by(f64::total_cmp);
     Ok(Latency {

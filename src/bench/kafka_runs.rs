@@ -183,7 +183,7 @@ async fn broker_runs(
     let mut producer = producer_args(broker, partitions, true);
     producer.extend(["--start", START, "--span", "1h", "--seed", "1"].map(String::from));
     let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
-    kafka::produce(address, topic, events, 0.0, &producer).await?;
+    kafka::produce(address, topic, events, 0.0, &producer, false).await?;
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
     let mut runs = Vec::new();
     for executors in [1, 2] {
@@ -224,9 +224,6 @@ async fn broker_runs(
 /// The latency run's `fetch.wait.max.ms` on the mock cluster.
 const MOCK_FETCH_WAIT_MS: &str = "10";
 
-/// Records the mock cluster keeps per partition (librdkafka's limit, beside 5 MB).
-const MOCK_RECORDS_PER_PARTITION: f64 = 100_000.0;
-
 /// Half of the fastest run's rate: the latency run's pace.
 pub fn half_of_peak(runs: &BrokerRuns) -> f64 {
     let peak = runs
@@ -248,10 +245,6 @@ async fn latency(
     let partitions = match broker {
         BrokerKind::Tansu | BrokerKind::Given => TANSU_PARTITIONS,
         BrokerKind::Mock => args.mock_partitions,
-    };
-    let rate = match broker {
-        BrokerKind::Mock => rate.min(mock_retained_rate(partitions, args.latency_seconds)),
-        BrokerKind::Tansu | BrokerKind::Given => rate,
     };
     eprintln!(
         "weir bench: latency on the {} at {rate:.0} events/s for {} s",
@@ -277,10 +270,4 @@ async fn latency(
         &producer,
     )
     .await
-}
-
-/// The fastest pace whose records the mock cluster still holds when the latency run reads
-/// their produce times back: half of what its partitions keep, over the run.
-fn mock_retained_rate(partitions: i32, seconds: u64) -> f64 {
-    f64::from(partitions.max(1)) * MOCK_RECORDS_PER_PARTITION / 2.0 / seconds.max(1) as f64
 }
