@@ -113,7 +113,7 @@ struct Session {
 
 /// The consumer and where the last read left the assignment.
 struct Reading {
-    /// None only while it is being replaced.
+    /// None before the first read and while it is being replaced.
     session: Option<Session>,
     /// The end of the range each assigned partition was last read to; empty when the
     /// assignment must be made afresh.
@@ -391,11 +391,17 @@ impl KafkaReader {
         let topic_c = CString::new(source.topic.as_str())
             .map_err(|_| anyhow::anyhow!("the topic name {:?} holds a NUL byte", source.topic))?;
         let wake = Wake::new().map_err(|e| anyhow::anyhow!("a socket to wait on: {e}"))?;
-        // Made now so that bad settings fail here; the first read makes its own.
-        let session = Session::assigned(&config, (&source.topic, &topic_c), &[], &wake)?;
+        // Made now so that bad settings fail here, and closed on a thread of its own: a
+        // consumer takes about 100 ms to close, which the first epoch waited for. The first
+        // read makes the consumer for its partitions.
+        let probe: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext)?;
+        std::thread::Builder::new()
+            .name("kafka-probe".into())
+            .spawn(move || drop(probe))
+            .map_err(|e| anyhow::anyhow!("a thread to close the Kafka consumer: {e}"))?;
         Ok(Self {
             state: Mutex::new(Reading {
-                session: Some(session),
+                session: None,
                 read_to: HashMap::new(),
                 held: HashMap::new(),
                 slots: Slots::new(POLL_BATCH),
