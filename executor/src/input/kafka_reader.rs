@@ -143,14 +143,23 @@ fn prefetch_kbytes(partitions: usize) -> usize {
 }
 
 /// The chunk being filled. The values of the messages polled into it are copied side by side
-/// into one buffer, each followed by a newline: a chunk costs one allocation instead of one
-/// per record, and the decoder reads runs of them in place, as it does a file's lines.
+/// into one buffer, each followed by a newline, and their keys into another: a chunk costs
+/// two allocations instead of two per record, and the decoder reads runs of values in place,
+/// as it does a file's lines.
 struct Gathering {
     size: usize,
     records: Vec<Record>,
-    /// Where each record's value lies in `values`: none for a record that holds its own.
-    placed: Vec<Option<Range<usize>>>,
+    /// Where each record's value lies in `values` and its key in `keys`: none for a record
+    /// that holds its own.
+    placed: Vec<Placed>,
     values: Vec<u8>,
+    keys: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Placed {
+    value: Option<Range<usize>>,
+    key: Option<Range<usize>>,
 }
 
 impl Gathering {
@@ -160,6 +169,7 @@ impl Gathering {
             records: Vec::with_capacity(size),
             placed: Vec::with_capacity(size),
             values: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -172,8 +182,8 @@ impl Gathering {
         max_bytes: usize,
         on_chunk: &mut impl FnMut(Chunk),
     ) {
-        let mut record = record(partition, offset, key, None, max_bytes);
-        let placed = value.map(|v| {
+        let mut record = record(partition, offset, None, None, max_bytes);
+        let value = value.map(|v| {
             let (v, cut_from) = kept(v, max_bytes);
             record.cut_from = cut_from;
             let start = self.values.len();
@@ -182,15 +192,20 @@ impl Gathering {
             self.values.push(b'\n');
             start..end
         });
+        let key = key.map(|k| {
+            let start = self.keys.len();
+            self.keys.extend_from_slice(k);
+            start..self.keys.len()
+        });
         self.records.push(record);
-        self.placed.push(placed);
+        self.placed.push(Placed { value, key });
         self.hand_over_when_full(on_chunk);
     }
 
-    /// Adds a record that holds its own value (one held back by an earlier read).
+    /// Adds a record that holds its own key and value (one held back by an earlier read).
     fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
         self.records.push(record);
-        self.placed.push(None);
+        self.placed.push(Placed::default());
         self.hand_over_when_full(on_chunk);
     }
 
@@ -205,16 +220,19 @@ impl Gathering {
         if self.records.is_empty() {
             return;
         }
-        // The next chunk's values take about as much room as this one's.
-        let room = self.values.len();
-        let values = Bytes::from(std::mem::replace(
-            &mut self.values,
-            Vec::with_capacity(room),
-        ));
+        // The next chunk's values and keys take about as much room as this one's.
+        let taken = |buffer: &mut Vec<u8>| {
+            let room = buffer.len();
+            Bytes::from(std::mem::replace(buffer, Vec::with_capacity(room)))
+        };
+        let (values, keys) = (taken(&mut self.values), taken(&mut self.keys));
         let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(self.size));
         for (record, placed) in records.iter_mut().zip(self.placed.drain(..)) {
-            if let Some(range) = placed {
+            if let Some(range) = placed.value {
                 record.value = Some(values.slice(range));
+            }
+            if let Some(range) = placed.key {
+                record.key = Some(keys.slice(range));
             }
         }
         on_chunk(Chunk {
@@ -238,7 +256,7 @@ fn record(
     Record {
         partition,
         offset,
-        key: key.map(<[u8]>::to_vec),
+        key: key.map(Bytes::copy_from_slice),
         value: kept.map(|(v, _)| Bytes::copy_from_slice(v)),
         cut_from: kept.and_then(|(_, cut_from)| cut_from),
     }
@@ -575,8 +593,9 @@ mod tests {
         for p in 0..partitions {
             for o in 0..count {
                 let value = format!("{p}-{o}");
+                let key = format!("key {p}-{o}");
                 producer
-                    .send(BaseRecord::<(), _>::to(topic).partition(p).payload(&value))
+                    .send(BaseRecord::to(topic).partition(p).key(&key).payload(&value))
                     .expect("send");
             }
         }
@@ -668,7 +687,7 @@ mod tests {
     /// A chunk's values are slices of one buffer, side by side in order, each followed by a
     /// newline: one copy per chunk, which the decoder reads runs of in place.
     #[test]
-    fn a_chunks_values_lie_side_by_side_in_its_buffer() {
+    fn a_chunks_values_lie_side_by_side_in_its_buffer_and_its_keys_in_another() {
         let mock = MockCluster::new(1).expect("mock cluster");
         topic(&mock, "events", 2, 20);
         let reader = reader(&mock.bootstrap_servers(), "events");
@@ -682,12 +701,22 @@ mod tests {
                 panic!("{} buffers", chunk.buffers.len());
             };
             let mut laid = Vec::new();
+            let mut key_after: Option<*const u8> = None;
             for r in &chunk.records {
                 let value = r.value.as_deref().expect("a value");
                 let within = buffer.as_ptr_range();
                 assert!(within.contains(&value.as_ptr()), "{:?}", r.offset);
                 laid.extend_from_slice(value);
                 laid.push(b'\n');
+                let key = r.key.as_deref().expect("a key");
+                assert_eq!(
+                    key,
+                    format!("key {}", String::from_utf8_lossy(value)).as_bytes()
+                );
+                if let Some(after) = key_after {
+                    assert_eq!(key.as_ptr(), after, "keys side by side");
+                }
+                key_after = Some(key.as_ptr_range().end);
             }
             assert_eq!(&buffer[..], &laid[..]);
         }

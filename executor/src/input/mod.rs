@@ -28,7 +28,7 @@ use crate::input::read_ahead::{ReadAhead, TakenAhead};
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     /// The length of a line longer than `max_record_bytes`, whose `value` holds only its first
     /// `max_record_bytes` bytes: the rest was counted as it streamed by, never buffered.
@@ -45,13 +45,14 @@ impl Record {
                 .value
                 .as_deref()
                 .map(|v| Bytes::copy_from_slice(&v[..v.len().min(max_bytes)])),
+            key: self.key.as_deref().map(Bytes::copy_from_slice),
             ..self.clone()
         }
     }
 
     /// The bytes the record holds (its key and value).
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Bytes::len)
+        self.key.as_ref().map_or(0, Bytes::len) + self.value.as_ref().map_or(0, Bytes::len)
     }
 
     /// What the decoder reads: nothing for a line that was cut (it is refused as too large
