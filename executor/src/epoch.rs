@@ -314,7 +314,8 @@ impl EpochRunner {
         let ready = self.prepare_state(req.base_epoch, &key_groups).await?;
         let restore_ms = restore_started.elapsed().as_millis() as u64;
         let mut local = tokio::task::block_in_place(|| self.read(&req, &topology))?;
-        // The next epoch's files are read beside what is left of this one.
+        // The next epoch's input is read beside what is left of this one (docs/architecture.md,
+        // One epoch).
         self.read_ahead = self.input.read_ahead(&req, &self.decoder, CHUNK);
         match ready {
             StateReady::InPlace => {}

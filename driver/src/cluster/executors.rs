@@ -51,14 +51,17 @@ fn first_lost(ran_on: &[Member], now: &[Member]) -> Option<String> {
         .map(|r| r.id.clone())
 }
 
-/// The files the epoch after a run would read, and how its plan would split them: each
-/// executor is told its share, to read ahead (none for a Kafka source, whose next ranges end
-/// where the next plan finds the partitions' ends).
+/// What executors may read ahead of the next plan: the files the epoch after a run would
+/// read, and how its plan would split them (each executor is told its share); for a Kafka
+/// source, whose next ranges end where the next plan finds the partitions' ends, whether
+/// reading ahead what is fetched meanwhile fills a wait.
 #[derive(Debug, Default)]
 pub struct ReadAhead {
     pub files: Vec<InputFile>,
     /// By the indexes of `files`.
     pub assignment: Vec<Assignment>,
+    /// Whether executors may read a Kafka source's records ahead (`read_ahead_records`).
+    pub records: bool,
 }
 
 impl ReadAhead {
@@ -196,6 +199,7 @@ impl ExecutorClients {
                     .collect(),
                 generation: self.generation,
                 read_ahead: read_ahead.files_of(&a.executor_id),
+                read_ahead_records: read_ahead.records,
             };
             let id = member.id.clone();
             // Spawned, so the requests go out even while this task waits (or pauses).
@@ -311,6 +315,7 @@ mod tests {
         let ahead = ReadAhead {
             files,
             assignment: vec![share("a", vec![0, 2]), share("b", vec![1])],
+            records: false,
         };
         let paths = |id| {
             ahead

@@ -633,6 +633,7 @@ impl Coordinator {
         Ok(ReadAhead {
             files: following.to_vec(),
             assignment: self.assignment_for(&indexes, members, assignment)?,
+            records: false,
         })
     }
 
@@ -879,7 +880,8 @@ impl Coordinator {
         let (assignment, prepared) = loop {
             // The plan's assignment where its executors are here, else the closest one.
             let assignment = self.assignment_for(&plan.partitions(), &members, &previous)?;
-            let read_ahead = self.read_ahead(following, &members, &assignment)?;
+            let mut read_ahead = self.read_ahead(following, &members, &assignment)?;
+            read_ahead.records = reads_to_the_end(&self.job.trigger, &plan, &triggered.latest);
             let run = uuid::Uuid::new_v4().simple().to_string();
             let mut membership = self.members.clone();
             match self
@@ -1177,9 +1179,74 @@ impl Coordinator {
     }
 }
 
+/// Whether the epoch after `plan` waits for its trigger with nothing of `plan`'s source left
+/// behind: `plan` reads a Kafka source to the partitions' ends (`latest`, when it was
+/// planned), and the trigger is an interval. Then the executors may read ahead what is
+/// fetched meanwhile; epochs that run back to back (a backlog, available-now) leave no wait to
+/// fill.
+fn reads_to_the_end(trigger: &Trigger, plan: &EpochPlan, latest: &BTreeMap<i32, i64>) -> bool {
+    let interval = matches!(trigger, Trigger::Interval(d) if !d.is_zero());
+    interval
+        && !plan.ranges.is_empty()
+        && plan
+            .ranges
+            .iter()
+            .all(|r| latest.get(&r.partition).is_none_or(|end| r.end >= *end))
+}
+
 #[cfg(test)]
 mod tests {
+    use weir_common::checkpoint::PartitionRange;
+
     use super::*;
+
+    #[test]
+    fn records_are_read_ahead_only_of_an_epoch_that_reads_to_the_end_before_a_wait() {
+        let plan = |ends: &[(i32, i64)]| EpochPlan {
+            epoch: 1,
+            topic: "events".into(),
+            ranges: ends
+                .iter()
+                .map(|&(partition, end)| PartitionRange {
+                    partition,
+                    start: 0,
+                    end,
+                })
+                .collect(),
+            files: Vec::new(),
+            watermark_micros: None,
+            planned_at_micros: 0,
+            assignment: Vec::new(),
+            lost: Vec::new(),
+        };
+        let latest = BTreeMap::from([(0, 100), (1, 50)]);
+        let second = Trigger::Interval(Duration::from_secs(1));
+        assert!(reads_to_the_end(
+            &second,
+            &plan(&[(0, 100), (1, 50)]),
+            &latest
+        ));
+        // A partition with nothing new is not in the plan.
+        assert!(reads_to_the_end(&second, &plan(&[(0, 100)]), &latest));
+        // max_offsets_per_trigger cut a range: the next epoch runs at once.
+        assert!(!reads_to_the_end(
+            &second,
+            &plan(&[(0, 100), (1, 40)]),
+            &latest
+        ));
+        assert!(!reads_to_the_end(
+            &Trigger::AvailableNow,
+            &plan(&[(0, 100)]),
+            &latest
+        ));
+        assert!(!reads_to_the_end(
+            &Trigger::Interval(Duration::ZERO),
+            &plan(&[(0, 100)]),
+            &latest
+        ));
+        // A file source's plan has no ranges.
+        assert!(!reads_to_the_end(&second, &plan(&[]), &latest));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

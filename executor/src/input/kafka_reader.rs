@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,10 +14,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_common::checkpoint::PartitionRange;
+use weir_common::decode::JsonDecoder;
 use weir_common::job::KafkaSource;
 
 use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
-use crate::input::{Chunk, Record};
+use crate::input::kafka_ahead::{Ahead, KafkaAhead};
+use crate::input::read_ahead::TakenAhead;
+use crate::input::{Chunk, DecodedChunk, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -45,7 +48,7 @@ const PREFETCH_BYTES: usize = 64 << 20;
 const PREFETCH_KBYTES: &str = "queued.max.messages.kbytes";
 
 /// Messages taken from a queue per call.
-const POLL_BATCH: usize = 4096;
+pub(super) const POLL_BATCH: usize = 4096;
 
 /// How long a read waits for any of its queues before asking whether to go on.
 const WAIT: Duration = Duration::from_millis(200);
@@ -88,7 +91,10 @@ impl ClientContext for ReaderContext {
 impl ConsumerContext for ReaderContext {}
 
 pub struct KafkaReader {
-    state: Mutex<Reading>,
+    /// Shared with the thread reading ahead, which holds it while it runs.
+    state: Arc<Mutex<Reading>>,
+    /// The thread reading ahead since the last read, if one is.
+    ahead: Mutex<Option<KafkaAhead>>,
     /// The consumer's settings; the prefetch limit, unless the job's options set it, follows
     /// the assignment.
     config: ClientConfig,
@@ -103,28 +109,31 @@ pub struct KafkaReader {
 /// had started the last assignment's fetches was seen to send their records to the consumer's
 /// own queue, not the partitions' (librdkafka 2.12); and the prefetch limit, per partition,
 /// is set when a consumer is made.
-struct Session {
+pub(super) struct Session {
     /// Declared before `consumer`: queues are dropped first.
-    partitions: HashMap<i32, Queue>,
+    pub(super) partitions: HashMap<i32, Queue>,
     /// The client's errors.
     errors: Queue,
     consumer: BaseConsumer<ReaderContext>,
 }
 
 /// The consumer and where the last read left the assignment.
-struct Reading {
+pub(super) struct Reading {
     /// None before the first read and while it is being replaced.
-    session: Option<Session>,
+    pub(super) session: Option<Session>,
     /// The end of the range each assigned partition was last read to; empty when the
     /// assignment must be made afresh.
-    read_to: HashMap<i32, i64>,
+    pub(super) read_to: HashMap<i32, i64>,
+    /// How many offsets each partition's range of the last read held: reading ahead takes no
+    /// more, as the next epoch of a steady run reads as many.
+    pub(super) last_lengths: HashMap<i32, i64>,
     /// Records a read took past its end, in offset order: a partition's batch is cut at the
     /// offsets left to read, but offsets missing in the log (compaction, transaction markers)
     /// let it reach beyond. They start the partition's next range.
     held: HashMap<i32, VecDeque<Record>>,
-    slots: Slots,
+    pub(super) slots: Slots,
     /// Declared after `session`: its queues write to it until dropped.
-    wake: Wake,
+    pub(super) wake: Wake,
 }
 
 /// Whether `ranges` pick up exactly where the last read ended (`read_to`), on the same
@@ -146,7 +155,7 @@ fn prefetch_kbytes(partitions: usize) -> usize {
 /// into one buffer, each followed by a newline, and their keys into another: a chunk costs
 /// two allocations instead of two per record, and the decoder reads runs of values in place,
 /// as it does a file's lines.
-struct Gathering {
+pub(super) struct Gathering {
     size: usize,
     records: Vec<Record>,
     /// Where each record's value lies in `values` and its key in `keys`: none for a record
@@ -163,7 +172,7 @@ struct Placed {
 }
 
 impl Gathering {
-    fn new(size: usize) -> Self {
+    pub(super) fn new(size: usize) -> Self {
         Self {
             size,
             records: Vec::with_capacity(size),
@@ -174,7 +183,7 @@ impl Gathering {
     }
 
     /// Adds a polled message (its value kept up to `max_bytes`).
-    fn add_polled(
+    pub(super) fn add_polled(
         &mut self,
         (partition, offset): (i32, i64),
         key: Option<&[u8]>,
@@ -216,7 +225,7 @@ impl Gathering {
     }
 
     /// Hands over the records gathered so far, if any.
-    fn hand_over(&mut self, on_chunk: &mut impl FnMut(Chunk)) {
+    pub(super) fn hand_over(&mut self, on_chunk: &mut impl FnMut(Chunk)) {
         if self.records.is_empty() {
             return;
         }
@@ -267,6 +276,63 @@ fn record(
 fn kept(value: &[u8], max_bytes: usize) -> (&[u8], Option<u64>) {
     let cut_from = (value.len() > max_bytes).then_some(value.len() as u64);
     (&value[..value.len().min(max_bytes)], cut_from)
+}
+
+/// What a read hands on: records it polled, or a chunk the thread reading ahead decoded.
+pub enum Gathered {
+    Records(Chunk),
+    Decoded(DecodedChunk),
+}
+
+/// Takes `read` (what was read ahead) into the ranges `pending` still reads: a decoded chunk
+/// whose records all lie in them is answered as it is (counted in `taken`); the records of
+/// any other are taken one by one, as polled ones are: those in a range are answered, to be
+/// decoded again, and those past its end go to `held`.
+fn taken_ahead(
+    read: Ahead,
+    pending: &mut [Pending],
+    held: &mut HashMap<i32, VecDeque<Record>>,
+    max_bytes: usize,
+    taken: &mut TakenAhead,
+) -> Gathered {
+    let records = match read {
+        Ahead::Decoded(chunk, worked) => {
+            let within = chunk.chunk.records.iter().all(|r| {
+                pending
+                    .iter()
+                    .any(|p| p.partition == r.partition && p.next <= r.offset && r.offset < p.end)
+            });
+            if !within {
+                chunk.chunk.records
+            } else {
+                for r in &chunk.chunk.records {
+                    if let Some(p) = pending.iter_mut().find(|p| p.partition == r.partition) {
+                        p.take(r.offset);
+                    }
+                }
+                taken.read += worked;
+                taken.records += chunk.chunk.records.len() as u64;
+                return Gathered::Decoded(chunk);
+            }
+        }
+        Ahead::Records(chunk) => chunk.records,
+    };
+    let mut within = Chunk::with_capacity(records.len());
+    for record in records {
+        let in_range = pending
+            .iter_mut()
+            .find(|p| p.partition == record.partition && !p.done())
+            .is_some_and(|p| p.take(record.offset));
+        if in_range {
+            within.records.push(record);
+        } else {
+            // Past the range, or its partition is done: it starts the next range.
+            held.entry(record.partition)
+                .or_default()
+                .push_back(record.detached(max_bytes));
+        }
+    }
+    Gathered::Records(within)
 }
 
 /// A partition a read still takes records from.
@@ -418,13 +484,15 @@ impl KafkaReader {
             .spawn(move || drop(probe))
             .map_err(|e| anyhow::anyhow!("a thread to close the Kafka consumer: {e}"))?;
         Ok(Self {
-            state: Mutex::new(Reading {
+            state: Arc::new(Mutex::new(Reading {
                 session: None,
                 read_to: HashMap::new(),
+                last_lengths: HashMap::new(),
                 held: HashMap::new(),
                 slots: Slots::new(POLL_BATCH),
                 wake,
-            }),
+            })),
+            ahead: Mutex::new(None),
             config,
             topic: source.topic.clone(),
             topic_c,
@@ -440,18 +508,20 @@ impl KafkaReader {
     /// from its queues instead of being dropped and fetched again. Anything else (the first
     /// read, a replay, a rescale) assigns the partitions at the ranges' starts, to a new
     /// consumer.
+    ///
+    /// What was read ahead since the last read (see [`KafkaReader::read_ahead`]) comes first,
+    /// decoded; answers how much of it was taken.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
         chunk: usize,
         keep_going: impl Fn() -> bool,
-        mut on_chunk: impl FnMut(Chunk),
-    ) -> Result<(), ReadError> {
-        let mut guard = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        mut on_chunk: impl FnMut(Gathered),
+    ) -> Result<TakenAhead, ReadError> {
+        let ahead = self.lock_ahead().take().map(KafkaAhead::finish);
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
+        let mut taken = TakenAhead::default();
         if !continues(&state.read_to, ranges) {
             state.read_to.clear();
             state.held.clear();
@@ -465,14 +535,62 @@ impl KafkaReader {
             )?);
         }
         let mut gathering = Gathering::new(chunk);
-        let pending = after_held(ranges, &mut state.held, |record| {
-            gathering.add(record, &mut on_chunk)
+        let mut records = |c| on_chunk(Gathered::Records(c));
+        let mut pending = after_held(ranges, &mut state.held, |record| {
+            gathering.add(record, &mut records)
         });
+        if !state.read_to.is_empty() {
+            for read in ahead.into_iter().flatten() {
+                let max_bytes = self.max_record_bytes;
+                match taken_ahead(read, &mut pending, &mut state.held, max_bytes, &mut taken) {
+                    Gathered::Decoded(chunk) => on_chunk(Gathered::Decoded(chunk)),
+                    Gathered::Records(chunk) => {
+                        for record in chunk.records {
+                            gathering.add(record, &mut |c| on_chunk(Gathered::Records(c)));
+                        }
+                    }
+                }
+            }
+            pending.retain(|p| !p.done());
+        }
         // A failed read leaves the queues somewhere unknown: the next one assigns afresh.
         state.read_to.clear();
-        self.poll_until_done(state, pending, &mut gathering, &keep_going, &mut on_chunk)?;
+        let mut records = |c| on_chunk(Gathered::Records(c));
+        self.poll_until_done(state, pending, &mut gathering, &keep_going, &mut records)?;
         state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
+        state.last_lengths = ranges
+            .iter()
+            .map(|r| (r.partition, r.end - r.start))
+            .collect();
+        Ok(taken)
+    }
+
+    /// Starts reading ahead what librdkafka fetches beyond the last read's ranges, decoding it
+    /// with `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
+    /// first read or after one that failed.
+    pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
+        let mut ahead = self.lock_ahead();
+        // Stopped before another starts: the new one takes the state once the old lets go.
+        drop(ahead.take());
+        let assigned = !self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read_to
+            .is_empty();
+        if assigned {
+            *ahead = Some(KafkaAhead::start(
+                self.state.clone(),
+                decoder,
+                chunk,
+                self.max_record_bytes,
+            )?);
+        }
         Ok(())
+    }
+
+    fn lock_ahead(&self) -> std::sync::MutexGuard<'_, Option<KafkaAhead>> {
+        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn poll_until_done(
@@ -586,12 +704,22 @@ mod tests {
         count: i64,
     ) {
         mock.create_topic(topic, partitions, 1).expect("topic");
+        produce(mock, topic, partitions, 0..count);
+    }
+
+    /// Produces the records at `offsets` into each of `partitions`: `"{partition}-{offset}"`.
+    fn produce(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        topic: &str,
+        partitions: i32,
+        offsets: Range<i64>,
+    ) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
             .create()
             .expect("producer");
         for p in 0..partitions {
-            for o in 0..count {
+            for o in offsets.clone() {
                 let value = format!("{p}-{o}");
                 let key = format!("key {p}-{o}");
                 producer
@@ -619,20 +747,25 @@ mod tests {
     fn read(reader: &KafkaReader, ranges: &[PartitionRange]) -> Vec<(i32, i64, String)> {
         let mut got = Vec::new();
         reader
-            .read(
-                ranges,
-                7,
-                || true,
-                |chunk| {
-                    got.extend(chunk.records.into_iter().map(|r| {
-                        let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or(&[]));
-                        (r.partition, r.offset, value.into_owned())
-                    }))
-                },
-            )
+            .read(ranges, 7, || true, |read| got.extend(seen(read)))
             .expect("read");
         got.sort();
         got
+    }
+
+    /// (partition, offset, value) of every record of what a read hands on.
+    fn seen(read: Gathered) -> Vec<(i32, i64, String)> {
+        let records = match read {
+            Gathered::Records(chunk) => chunk.records,
+            Gathered::Decoded(decoded) => decoded.chunk.records,
+        };
+        records
+            .into_iter()
+            .map(|r| {
+                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or(&[]));
+                (r.partition, r.offset, value.into_owned())
+            })
+            .collect()
     }
 
     fn expected(p: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
@@ -693,7 +826,15 @@ mod tests {
         let reader = reader(&mock.bootstrap_servers(), "events");
         let mut chunks = Vec::new();
         reader
-            .read(&ranges(2, 0, 20), 7, || true, |c| chunks.push(c))
+            .read(
+                &ranges(2, 0, 20),
+                7,
+                || true,
+                |read| match read {
+                    Gathered::Records(c) => chunks.push(c),
+                    Gathered::Decoded(_) => panic!("nothing was read ahead"),
+                },
+            )
             .expect("read");
         assert_eq!(chunks.iter().map(|c| c.records.len()).sum::<usize>(), 40);
         for chunk in &chunks {
@@ -822,5 +963,87 @@ mod tests {
         ));
         // Nothing read yet, or a failed read.
         assert!(!continues(&HashMap::new(), &[range(0, 0, 10)]));
+    }
+
+    /// A decoder of `{"n": ...}` events: the test topic's values are not, so each is decoded
+    /// to a dead letter, which the read hands on with its record all the same.
+    fn decoder() -> Arc<JsonDecoder> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        Arc::new(JsonDecoder::new(schema, 1 << 10))
+    }
+
+    /// Waits until the thread reading ahead has handed on `chunks` decoded chunks.
+    fn wait_for_chunks_ahead(reader: &KafkaReader, chunks: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded) < chunks {
+            assert!(Instant::now() < deadline, "reading ahead did not get on");
+            std::thread::yield_now();
+        }
+    }
+
+    /// What one read hands on, sorted, and how many of its records were read ahead.
+    fn read_taking(
+        reader: &KafkaReader,
+        ranges: &[PartitionRange],
+    ) -> (Vec<(i32, i64, String)>, u64) {
+        let mut got = Vec::new();
+        let taken = reader
+            .read(ranges, 7, || true, |read| got.extend(seen(read)))
+            .expect("read");
+        got.sort();
+        (got, taken.records)
+    }
+
+    #[test]
+    fn the_next_epoch_takes_what_was_read_ahead_exactly_within_its_ranges() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let partitions = 3;
+        topic(&mock, "events", partitions, 60);
+        let reader = reader(&mock.bootstrap_servers(), "events");
+        assert_eq!(
+            read(&reader, &ranges(partitions, 0, 10)),
+            all(partitions, 0, 10)
+        );
+
+        // As many records of each partition as the last range held are read ahead (30, in 4
+        // chunks of 7 and one of 2), and a next range as long takes them all as decoded.
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        wait_for_chunks_ahead(&reader, 5);
+        assert_eq!(
+            read_taking(&reader, &ranges(partitions, 10, 20)),
+            (all(partitions, 10, 20), 30)
+        );
+        // A shorter one takes those within it, and those past it start the next.
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        wait_for_chunks_ahead(&reader, 5);
+        assert_eq!(
+            read_taking(&reader, &ranges(partitions, 20, 25)).0,
+            all(partitions, 20, 25)
+        );
+        assert_eq!(
+            read_taking(&reader, &ranges(partitions, 25, 60)).0,
+            all(partitions, 25, 60)
+        );
+
+        // Taken wherever the thread is: the epochs read their ranges exactly all the same.
+        produce(&mock, "events", partitions, 60..260);
+        let mut from = 60;
+        for to in (70..=260).step_by(10) {
+            reader.read_ahead(decoder(), 7).expect("read ahead");
+            assert_eq!(
+                read_taking(&reader, &ranges(partitions, from, to)).0,
+                all(partitions, from, to),
+                "the read of [{from}, {to})"
+            );
+            from = to;
+        }
+
+        // A replay after reading ahead assigns afresh and reads exactly its ranges.
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        assert_eq!(
+            read(&reader, &ranges(partitions, 20, 40)),
+            all(partitions, 20, 40)
+        );
     }
 }

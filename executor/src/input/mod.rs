@@ -3,6 +3,7 @@
 
 mod consumer_queue;
 pub mod file_reader;
+mod kafka_ahead;
 pub mod kafka_reader;
 pub mod range_fetch;
 pub mod read_ahead;
@@ -17,7 +18,7 @@ use weir_common::job::{JobSpec, Source};
 use weir_proto::control::{ExecuteRequest, InputFile as ProtoFile};
 
 use crate::input::file_reader::{FileReader, Resume};
-use crate::input::kafka_reader::KafkaReader;
+use crate::input::kafka_reader::{Gathered, KafkaReader};
 use crate::input::read_ahead::{ReadAhead, TakenAhead};
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
@@ -145,7 +146,8 @@ impl Input {
 
     /// Reads what `req` plans for this executor and decodes it with `decoder`, in chunks of up
     /// to `chunk` records, while `keep_going` answers true; first takes what `ahead` decoded
-    /// when it read the planned files, and then answers what it took. Blocks: call it inside
+    /// when it read the planned files, or what a Kafka reader read ahead, and then answers
+    /// what it took. Blocks: call it inside
     /// `block_in_place`.
     pub fn read(
         &self,
@@ -167,39 +169,54 @@ impl Input {
                         end: r.end_offset,
                     })
                     .collect();
-                reader
-                    .read(&ranges, chunk, keep_going, |records| {
-                        on_chunk(DecodedChunk::decode(records, decoder))
+                let taken = reader
+                    .read(&ranges, chunk, keep_going, |read| match read {
+                        Gathered::Records(records) => {
+                            on_chunk(DecodedChunk::decode(records, decoder))
+                        }
+                        Gathered::Decoded(decoded) => on_chunk(decoded),
                     })
                     .context("reading the planned Kafka ranges")?;
-                Ok(None)
+                Ok(Some(taken))
             }
             Input::Files(reader) => {
                 let files = planned_files(&req.files)?;
                 let taken = ahead
                     .filter(|a| a.reads(&files))
                     .map(|a| a.take(&mut on_chunk));
-                let from = taken.map_or(Resume::START, |t| t.resume);
+                let from = taken.map_or(Resume::START, |(_, resume)| resume);
                 reader
                     .read_from(&files, from, chunk, keep_going, |records| {
                         on_chunk(DecodedChunk::decode(records, decoder))
                     })
                     .context("reading the planned files")?;
-                Ok(taken)
+                Ok(taken.map(|(taken, _)| taken))
             }
         }
     }
 
-    /// Starts reading the files `req` says this executor would read in the next epoch, when
-    /// it names any (a file source's); none is started when they cannot be read ahead.
+    /// Starts reading ahead for the next epoch: the files `req` says this executor would read
+    /// then, when it names any (a file source's, answered), or what librdkafka fetches past
+    /// this epoch's ranges when `req` allows it (a Kafka source's, kept by its reader).
+    /// Nothing is started when it cannot be read ahead.
     pub fn read_ahead(
         &self,
         req: &ExecuteRequest,
         decoder: &Arc<JsonDecoder>,
         chunk: usize,
     ) -> Option<ReadAhead> {
-        let Input::Files(reader) = self else {
-            return None;
+        let reader = match self {
+            Input::Files(reader) => reader,
+            Input::Kafka { reader, .. } => {
+                if !req.read_ahead_records {
+                    return None;
+                }
+                if let Err(e) = reader.read_ahead(decoder.clone(), chunk) {
+                    // The next epoch polls its records itself.
+                    tracing::warn!("not reading the Kafka source ahead: {e}");
+                }
+                return None;
+            }
         };
         if req.read_ahead.is_empty() {
             return None;

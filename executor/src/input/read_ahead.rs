@@ -40,15 +40,13 @@ pub struct ReadAhead {
     done: Arc<AtomicBool>,
 }
 
-/// What the epoch took of what was read ahead.
-#[derive(Debug, Clone, Copy)]
+/// What the epoch took of what was read ahead (of files or of a Kafka source).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct TakenAhead {
     /// CPU time the reading thread spent on the chunks taken.
     pub read: Duration,
     /// Records in the chunks taken.
     pub records: u64,
-    /// Where the epoch's own reading goes on.
-    pub resume: Resume,
 }
 
 impl ReadAhead {
@@ -100,15 +98,12 @@ impl ReadAhead {
         self.files == files
     }
 
-    /// Hands on, in order, the chunks decoded so far, and stops the reading: answers where
-    /// the epoch reads on from. Never waits for the thread.
-    pub fn take(self, mut on_chunk: impl FnMut(DecodedChunk)) -> TakenAhead {
+    /// Hands on, in order, the chunks decoded so far, and stops the reading: answers what
+    /// was taken and where the epoch reads on from. Never waits for the thread.
+    pub fn take(self, mut on_chunk: impl FnMut(DecodedChunk)) -> (TakenAhead, Resume) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut taken = TakenAhead {
-            read: Duration::ZERO,
-            records: 0,
-            resume: Resume::START,
-        };
+        let mut taken = TakenAhead::default();
+        let mut resume = Resume::START;
         let chunks = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
         while let Ok((chunk, worked)) = chunks.try_recv() {
             let Some(end) = chunk.chunk.end else {
@@ -116,10 +111,10 @@ impl ReadAhead {
             };
             taken.read += worked;
             taken.records += chunk.chunk.records.len() as u64;
-            taken.resume = end;
+            resume = end;
             on_chunk(chunk);
         }
-        taken
+        (taken, resume)
     }
 }
 
@@ -130,7 +125,7 @@ impl Drop for ReadAhead {
 }
 
 /// Puts the calling thread under `SCHED_IDLE`: it runs only when nothing else would.
-fn lowest_priority() {
+pub(super) fn lowest_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the parameter it is given; pid 0 is this thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
@@ -284,11 +279,11 @@ mod tests {
     /// What an epoch sees taking what `ahead` read and reading the rest of `f`'s files.
     fn take_and_read_on(f: &Files, ahead: ReadAhead, chunk: usize) -> (Vec<Seen>, TakenAhead) {
         let mut got = Vec::new();
-        let taken = ahead.take(|c| got.push(seen(c)));
+        let (taken, resume) = ahead.take(|c| got.push(seen(c)));
         f.reader
             .read_from(
                 &f.files,
-                taken.resume,
+                resume,
                 chunk,
                 || true,
                 |c| got.push(seen(DecodedChunk::decode(c, &f.decoder))),
@@ -344,12 +339,12 @@ mod tests {
         let ahead = f.ahead(planned.clone(), 64);
         wait_until_done(&ahead);
         let mut chunks = 0;
-        let taken = ahead.take(|_| chunks += 1);
+        let (taken, resume) = ahead.take(|_| chunks += 1);
         // The first file's first 64 lines, then the error.
         assert_eq!((chunks, taken.records), (1, 64));
         let short = f
             .reader
-            .read_from(&planned, taken.resume, 64, || true, |_| {})
+            .read_from(&planned, resume, 64, || true, |_| {})
             .unwrap_err();
         assert!(short.to_string().contains("f1.jsonl"), "{short}");
     }

@@ -1,0 +1,248 @@
+//! Reading a Kafka source ahead (docs/architecture.md, One epoch): once an epoch's own reading
+//! is done, a thread of the lowest priority goes on taking the records librdkafka fetched for
+//! the assigned partitions, from where the epoch's ranges ended, and decodes them while the
+//! epoch exchanges, folds, stages and waits for its decision, and while the trigger waits for
+//! the next plan.
+//!
+//! What the next epoch reads is planned after this starts: it begins where the last ranges
+//! ended and ends at what the broker held when it was planned, which takes in every record
+//! fetched by then, unless `max_offsets_per_trigger` cuts it shorter. The thread takes no more
+//! of a partition than the last range of it held: a steady run's next range, under that cap
+//! or at a steady pace, is about as long. The next read takes
+//! the decoded chunks whose records all lie in its ranges as they are, and goes through the
+//! records of any other chunk one by one, as it does records polled itself: those within its
+//! ranges are decoded again, and those past them are held for the range they start. A read
+//! that does not continue where the last ended (a replay, a rescale) drops them all.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use weir_common::decode::JsonDecoder;
+
+use crate::input::consumer_queue::Polled;
+use crate::input::kafka_reader::{Gathering, Reading, POLL_BATCH};
+use crate::input::read_ahead::lowest_priority;
+use crate::input::{Chunk, DecodedChunk};
+
+/// Bytes of record values read ahead and not yet taken: reading stops there, and what
+/// librdkafka fetches waits in its queues (as much again, `PREFETCH_BYTES`).
+pub const AHEAD_BYTES: usize = 64 << 20;
+
+/// How long the thread waits for records before looking whether it is to stop.
+const AHEAD_WAIT: Duration = Duration::from_millis(10);
+
+/// What the thread hands on: a decoded chunk, or the records it had gathered when it was
+/// stopped (handed on as they are so that it stops at once). Each with the CPU time it took.
+pub enum Ahead {
+    Decoded(DecodedChunk, Duration),
+    Records(Chunk),
+}
+
+/// A thread reading ahead, and what it read.
+pub struct KafkaAhead {
+    stop: Arc<AtomicBool>,
+    /// The thread's id, once it runs: it is raised to normal priority when stopped.
+    tid: Arc<AtomicI32>,
+    /// Decoded chunks handed on: tests wait for them.
+    #[cfg(test)]
+    decoded: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+    chunks: Receiver<Ahead>,
+}
+
+impl KafkaAhead {
+    /// Starts taking records from `state`'s assigned partitions, cutting values at
+    /// `max_bytes`, and decoding them with `decoder` in chunks of `chunk`.
+    pub fn start(
+        state: Arc<Mutex<Reading>>,
+        decoder: Arc<JsonDecoder>,
+        chunk: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Self> {
+        let (sender, chunks) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let tid = Arc::new(AtomicI32::new(0));
+        let thread_tid = tid.clone();
+        #[cfg(test)]
+        let (decoded, sent) = {
+            let decoded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            (decoded.clone(), decoded)
+        };
+        let thread = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || {
+                lowest_priority();
+                // SAFETY: gettid has no preconditions.
+                let id = unsafe { libc::gettid() };
+                thread_tid.store(id, Ordering::SeqCst);
+                // Stopped before the id was there to be raised: raised here.
+                if thread_stop.load(Ordering::SeqCst) {
+                    normal_priority(id);
+                }
+                let on_sent = || {
+                    #[cfg(test)]
+                    sent.fetch_add(1, Ordering::Release);
+                };
+                read(
+                    &state,
+                    &decoder,
+                    chunk,
+                    max_bytes,
+                    &thread_stop,
+                    &sender,
+                    on_sent,
+                );
+            })?;
+        Ok(Self {
+            stop,
+            tid,
+            #[cfg(test)]
+            decoded,
+            thread: Some(thread),
+            chunks,
+        })
+    }
+
+    /// Stops the thread, waits for it (at most one batch polled and one chunk decoded), and
+    /// answers everything it read, in order.
+    pub fn finish(mut self) -> Vec<Ahead> {
+        self.halt();
+        self.chunks.try_iter().collect()
+    }
+
+    /// Decoded chunks handed on so far.
+    #[cfg(test)]
+    pub fn decoded(&self) -> usize {
+        self.decoded.load(Ordering::Acquire)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // At the lowest priority the thread could wait long for a core while the epoch waits
+        // for it (the other executor, or a producer, keeps the cores busy): it finishes at
+        // normal priority.
+        let tid = self.tid.load(Ordering::SeqCst);
+        if tid != 0 {
+            normal_priority(tid);
+        }
+        if let Some(thread) = self.thread.take() {
+            // A thread that panicked read nothing more; the next read polls on itself.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for KafkaAhead {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Puts thread `tid` back under the normal policy.
+fn normal_priority(tid: i32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the parameter it is given; a thread that has ended
+    // makes it fail, which changes nothing.
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
+}
+
+/// The thread: polls every assigned partition's queue, up to as many records as its last
+/// range held, decodes each full chunk and hands it on, until it has them all, is stopped, or
+/// `AHEAD_BYTES` are waiting. It holds the reader's state throughout: the next read stops it
+/// before it reads.
+fn read(
+    state: &Mutex<Reading>,
+    decoder: &JsonDecoder,
+    chunk: usize,
+    max_bytes: usize,
+    stop: &AtomicBool,
+    sender: &Sender<Ahead>,
+    on_sent: impl Fn(),
+) {
+    // CPU time, not wall time: at the lowest priority the thread waits for cores often.
+    let thread_cpu_time = || weir_telemetry::process::thread_cpu_time().unwrap_or_default();
+    let mut since = thread_cpu_time();
+    let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let Reading {
+        session,
+        slots,
+        wake,
+        last_lengths,
+        ..
+    } = &mut *guard;
+    let Some(session) = session.as_mut() else {
+        return;
+    };
+    // Records each partition has left to take.
+    let mut left: Vec<(i32, i64)> = last_lengths.iter().map(|(p, n)| (*p, *n)).collect();
+    let mut gathering = Gathering::new(chunk);
+    let waiting_bytes = Cell::new(0);
+    let mut on_chunk = |records: Chunk| {
+        let bytes = records.buffers.iter().map(|b| b.len()).sum::<usize>();
+        waiting_bytes.set(waiting_bytes.get() + bytes);
+        let decoded = DecodedChunk::decode(records, decoder);
+        let now = thread_cpu_time();
+        // The reader is gone when no one receives: stop.
+        let sent = sender.send(Ahead::Decoded(decoded, now.saturating_sub(since)));
+        since = now;
+        on_sent();
+        sent.is_ok()
+    };
+    let mut going = true;
+    loop {
+        left.retain(|(_, n)| *n > 0);
+        if !going || left.is_empty() || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if waiting_bytes.get() >= AHEAD_BYTES {
+            break;
+        }
+        let mut polled_any = false;
+        for (partition, left) in &mut left {
+            let Some(queue) = session.partitions.get_mut(partition) else {
+                going = false;
+                break;
+            };
+            let batch = usize::try_from(*left).unwrap_or(0).clamp(1, POLL_BATCH);
+            let polled = queue.poll_batch(slots, batch, 0, |polled| {
+                if let Polled::Message {
+                    partition,
+                    offset,
+                    key,
+                    payload,
+                } = polled
+                {
+                    polled_any = true;
+                    *left -= 1;
+                    gathering.add_polled((partition, offset), key, payload, max_bytes, &mut |c| {
+                        going &= on_chunk(c);
+                    });
+                }
+            });
+            if polled.is_err() {
+                // The next read meets the error itself, if it is one still.
+                going = false;
+                break;
+            }
+        }
+        if going && !polled_any && wake.wait(AHEAD_WAIT).is_err() {
+            break;
+        }
+    }
+    // Records polled and not yet in a chunk must reach the next read: they are no longer in
+    // librdkafka's queues. Decoded when all were taken, as they are when stopped.
+    if left.is_empty() && going {
+        gathering.hand_over(&mut |c| {
+            on_chunk(c);
+        });
+    } else {
+        gathering.hand_over(&mut |records| {
+            let _ = sender.send(Ahead::Records(records));
+        });
+    }
+}
