@@ -195,7 +195,12 @@ async fn broker_runs(
         eprintln!("weir bench: {name}");
         let spec = RunSpec {
             name,
-            source: runs::kafka_source(address, topic, args.offsets_per_epoch),
+            source: runs::kafka_source_with(
+                address,
+                topic,
+                args.offsets_per_epoch,
+                reader_options(broker),
+            ),
             executors,
             snapshots: true,
             distinct: Distinct::Exact,
@@ -221,8 +226,21 @@ async fn broker_runs(
     })
 }
 
-/// The latency run's `fetch.wait.max.ms` on the mock cluster.
+/// The reader's `fetch.wait.max.ms` on the mock cluster.
 const MOCK_FETCH_WAIT_MS: &str = "10";
+
+/// The reader's librdkafka options for `broker`. The mock cluster holds a fetch that finds
+/// nothing for the whole `fetch.wait.max.ms` (500 ms by default), records arriving meanwhile
+/// or not, and librdkafka has one fetch in flight per broker: a reader at the end of the log,
+/// or whose other partitions wait for their queues to drain, waited that long for the last
+/// records of its range. Kafka answers as soon as `fetch.min.bytes` are there; a short wait
+/// makes the mock answer about as soon.
+fn reader_options(broker: BrokerKind) -> &'static [(&'static str, &'static str)] {
+    match broker {
+        BrokerKind::Mock => &[("fetch.wait.max.ms", MOCK_FETCH_WAIT_MS)],
+        BrokerKind::Tansu | BrokerKind::Given => &[],
+    }
+}
 
 /// Half of the fastest run's rate: the latency run's pace.
 pub fn half_of_peak(runs: &BrokerRuns) -> f64 {
@@ -253,18 +271,11 @@ async fn latency(
     );
     let producer = producer_args(broker, partitions, false);
     let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
-    // The mock cluster holds a fetch that finds nothing for the whole `fetch.wait.max.ms`
-    // (500 ms by default), records arriving meanwhile or not; Kafka answers as soon as
-    // `fetch.min.bytes` are there. A short wait makes the mock answer about as soon.
-    let options: &[(&str, &str)] = match broker {
-        BrokerKind::Mock => &[("fetch.wait.max.ms", MOCK_FETCH_WAIT_MS)],
-        BrokerKind::Tansu | BrokerKind::Given => &[],
-    };
     kafka::latency(
         root,
         address,
         topic,
-        options,
+        reader_options(broker),
         rate,
         args.latency_seconds,
         &producer,

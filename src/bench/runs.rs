@@ -138,12 +138,8 @@ pub fn files_source(input: &Path, max_files: u64) -> String {
     )
 }
 
-/// A Kafka source over `topic` from its earliest offsets.
-pub fn kafka_source(brokers: &str, topic: &str, max_offsets: u64) -> String {
-    kafka_source_with(brokers, topic, max_offsets, &[])
-}
-
-/// The same with librdkafka `options` for the reader.
+/// A Kafka source over `topic` from its earliest offsets, with librdkafka `options` for the
+/// reader.
 pub fn kafka_source_with(
     brokers: &str,
     topic: &str,
