@@ -8,11 +8,12 @@
 //! ended and ends at what the broker held when it was planned, which takes in every record
 //! fetched by then, unless `max_offsets_per_trigger` cuts it shorter. The thread takes no more
 //! of a partition than the last range of it held: a steady run's next range, under that cap
-//! or at a steady pace, is about as long. The next read takes
-//! the decoded chunks whose records all lie in its ranges as they are, and goes through the
-//! records of any other chunk one by one, as it does records polled itself: those within its
-//! ranges are decoded again, and those past them are held for the range they start. A read
-//! that does not continue where the last ended (a replay, a rescale) drops them all.
+//! or at a steady pace, is about as long. The next read takes the decoded chunks whose records
+//! all lie in its ranges as they are, and goes through the records of any other chunk one by
+//! one, as it does records polled itself: those within its ranges are decoded again, and those
+//! past them are held for the range they start. A read that does not continue where the last
+//! ended (a replay, a rescale) drops them all, and so does one after a thread that panicked:
+//! it assigns the partitions afresh, since the records that thread took are lost with it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -109,10 +110,11 @@ impl KafkaAhead {
     }
 
     /// Stops the thread, waits for it (at most one batch polled and one chunk decoded), and
-    /// answers everything it read, in order.
-    pub fn finish(mut self) -> Vec<Ahead> {
-        self.halt();
-        self.chunks.try_iter().collect()
+    /// answers everything it read, in order; none when it panicked, having taken records out
+    /// of librdkafka's queues that it did not hand on.
+    pub fn finish(mut self) -> Option<Vec<Ahead>> {
+        let ended = self.halt();
+        ended.then(|| self.chunks.try_iter().collect())
     }
 
     /// Decoded chunks handed on so far.
@@ -121,7 +123,8 @@ impl KafkaAhead {
         self.decoded.load(Ordering::Acquire)
     }
 
-    fn halt(&mut self) {
+    /// Stops the thread and waits for it: whether it ended without panicking.
+    fn halt(&mut self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         // At the lowest priority the thread could wait long for a core while the epoch waits
         // for it (the other executor, or a producer, keeps the cores busy): it finishes at
@@ -130,16 +133,16 @@ impl KafkaAhead {
         if tid != 0 {
             normal_priority(tid);
         }
-        if let Some(thread) = self.thread.take() {
-            // A thread that panicked read nothing more; the next read polls on itself.
-            let _ = thread.join();
-        }
+        self.thread
+            .take()
+            .is_none_or(|thread| thread.join().is_ok())
     }
 }
 
 impl Drop for KafkaAhead {
     fn drop(&mut self) {
-        self.halt();
+        // Dropped unread: the next read, if any, assigns afresh or continues after it.
+        let _ = self.halt();
     }
 }
 
@@ -235,7 +238,8 @@ fn read(
         }
     }
     // Records polled and not yet in a chunk must reach the next read: they are no longer in
-    // librdkafka's queues. Decoded when all were taken, as they are when stopped.
+    // librdkafka's queues. They are decoded when the thread took all it was to, and handed on
+    // as they are when it was stopped (the read waits for it).
     if left.is_empty() && going {
         gathering.hand_over(&mut |c| {
             on_chunk(c);

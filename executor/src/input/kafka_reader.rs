@@ -521,6 +521,11 @@ impl KafkaReader {
         let ahead = self.lock_ahead().take().map(KafkaAhead::finish);
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
+        if matches!(ahead, Some(None)) {
+            // The thread panicked with records it took from the queues: assign afresh.
+            state.read_to.clear();
+        }
+        let ahead = ahead.flatten();
         let mut taken = TakenAhead::default();
         if !continues(&state.read_to, ranges) {
             state.read_to.clear();
@@ -570,14 +575,17 @@ impl KafkaReader {
     /// first read or after one that failed.
     pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
         let mut ahead = self.lock_ahead();
-        // Stopped before another starts: the new one takes the state once the old lets go.
-        drop(ahead.take());
-        let assigned = !self
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .read_to
-            .is_empty();
+        // One that no read took is stopped first (it holds the state until then), and what it
+        // took from the queues goes with it: the next read assigns afresh, and nothing is
+        // read ahead of it.
+        let unread = ahead.take().is_some();
+        let assigned = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if unread {
+                state.read_to.clear();
+            }
+            !state.read_to.is_empty()
+        };
         if assigned {
             *ahead = Some(KafkaAhead::start(
                 self.state.clone(),
@@ -1039,6 +1047,16 @@ mod tests {
             from = to;
         }
 
+        // Reading ahead started again before a read took what was read: what the first took
+        // goes with it, so the next read assigns afresh and reads exactly its ranges.
+        produce(&mock, "events", partitions, 260..300);
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        wait_for_chunks_ahead(&reader, 1);
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        assert_eq!(
+            read(&reader, &ranges(partitions, 260, 300)),
+            all(partitions, 260, 300)
+        );
         // A replay after reading ahead assigns afresh and reads exactly its ranges.
         reader.read_ahead(decoder(), 7).expect("read ahead");
         assert_eq!(
