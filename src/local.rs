@@ -150,6 +150,30 @@ fn say(message: String) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// Makes the process `cmd` starts die with this one. `kill_on_drop` covers every way `weir
+/// local` ends on its own; killed (SIGKILL, or a crash), it would leave a driver and executors
+/// running with nothing to supervise or stop them, holding their ports and the checkpoint.
+/// They get SIGKILL then, as if the machine went down: the checkpoint makes that safe. The
+/// signal follows the thread that started the process, and these are started from the
+/// runtime's worker threads, which live as long as the process.
+fn dies_with_this_process(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-
+    // safe calls are allowed: prctl and getppid are, and it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // This process died before the signal was asked for: the child must not run.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs executor `i` until `stop` or until the driver shuts it down, starting it again whenever
 /// it dies before that.
 async fn supervise(i: usize, mut cmd: Command, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -312,6 +336,7 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
             .env_remove("WEIR_CLUSTER_SECRET_FILE")
             .stdout(Stdio::piped())
             .kill_on_drop(true);
+        dies_with_this_process(&mut cmd);
         if let Some(t) = &args.trigger {
             cmd.args(["--trigger", t]);
         }
@@ -349,6 +374,7 @@ pub async fn run(args: LocalArgs, log_format: &str) -> anyhow::Result<()> {
                 .env(crate::CLUSTER_SECRET_ENV, &secret)
                 .env_remove("WEIR_CLUSTER_SECRET_FILE")
                 .kill_on_drop(true);
+            dies_with_this_process(&mut cmd);
             cmd
         }
     };

@@ -391,3 +391,75 @@ fn weir_local_starts_a_killed_driver_again_from_a_pruned_log_and_the_output_stay
         &[OsStr::new("--state-retention"), OsStr::new("3")],
     );
 }
+
+/// `weir local` killed with SIGKILL takes its driver and executors with it: none is left
+/// running with nothing to supervise or stop it, holding ports and the checkpoint.
+#[test]
+fn weir_local_killed_takes_its_driver_and_executors_with_it() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = gen_files(dir.path(), 2_000, 2, &[]);
+    let root = dir.path().display().to_string();
+    file_job_in(dir.path(), &input.display().to_string(), 1, &root, "");
+    // The job's own 1 s trigger: it runs until stopped.
+    let mut local = support::weir_local()
+        .arg("--job")
+        .arg(dir.path().join("job.yaml"))
+        .args(["--executors", "2", "--work-dir"])
+        .arg(dir.path().join("work"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weir local");
+    let stdout = local.stdout.take().expect("stdout");
+    // Its first epoch is decided: the driver and both executors run.
+    let decided = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("] epoch 0 |"));
+    assert!(decided, "weir local ended before its first epoch");
+    let pid = local.id() as i32;
+    let children = children_of(pid);
+    assert_eq!(
+        children.len(),
+        3,
+        "the driver and two executors: {children:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    local.wait().expect("weir local");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while children.iter().any(|&child| running(child)) {
+        let left: Vec<i32> = children.iter().copied().filter(|&c| running(c)).collect();
+        assert!(Instant::now() < deadline, "still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, parent, ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| stat_fields(p).is_some_and(|f| f.get(1) == Some(&parent)))
+        .collect()
+}
+
+/// Whether `pid` runs: neither gone nor a zombie waiting to be reaped.
+fn running(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z" | "X")))
+}
