@@ -403,13 +403,7 @@ fn weir_local_killed_takes_its_driver_and_executors_with_it() {
     let root = dir.path().display().to_string();
     file_job_in(dir.path(), &input.display().to_string(), 1, &root, "");
     // The job's own 1 s trigger: it runs until stopped.
-    let mut local = support::weir_local()
-        .arg("--job")
-        .arg(dir.path().join("job.yaml"))
-        .args(["--executors", "2", "--work-dir"])
-        .arg(dir.path().join("work"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+    let mut local = support::local_job_running(dir.path(), 2)
         .spawn()
         .expect("weir local");
     let stdout = local.stdout.take().expect("stdout");

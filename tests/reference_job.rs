@@ -169,15 +169,7 @@ fn a_job_stopped_with_sigterm_resumes_on_more_executors_without_emitting_anythin
         "checkpoint_retention: 50\n",
     );
     // The job's own trigger (1 s) would run forever; SIGTERM once two epochs are committed.
-    let mut child = weir_local()
-        .arg("--job")
-        .arg(dir.path().join("job.yaml"))
-        .args(["--executors", "2", "--work-dir"])
-        .arg(dir.path().join("work"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = local_job_running(dir.path(), 2).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
@@ -275,13 +267,8 @@ fn records_read_ahead_between_triggers_make_the_same_table() {
     let root = dir.path().display().to_string();
     let retention = "checkpoint_retention: 100000\n";
     reference_job_in(dir.path(), &broker.address, 1_000_000, &root, retention);
-    let mut job = weir_local()
-        .arg("--job")
-        .arg(dir.path().join("job.yaml"))
-        .args(["--executors", "2", "--work-dir"])
-        .arg(dir.path().join("work"))
+    let mut job = local_job_running(dir.path(), 2)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // Half an hour of event time over six seconds while the job runs: each epoch reads to

@@ -245,6 +245,21 @@ pub fn gen_files(dir: &Path, count: u64, files: u64, extra: &[&str]) -> (PathBuf
     (input, events)
 }
 
+/// `weir local` for the job in `dir/job.yaml` on `executors` executors on the job's own
+/// trigger (it runs until stopped), working in `dir/work`, its log on stdout and nothing on
+/// stderr.
+pub fn local_job_running(dir: &Path, executors: usize) -> Command {
+    let mut cmd = weir_local();
+    cmd.arg("--job")
+        .arg(dir.join("job.yaml"))
+        .args(["--executors", &executors.to_string()])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
 /// `weir local` for the job in `dir/job.yaml` on `executors` executors until the input is
 /// consumed, working in `dir/work`.
 pub fn local_job(dir: &Path, executors: usize) -> Command {
