@@ -153,6 +153,9 @@ impl StatusBoard {
         assignment: &[Assignment],
         watermark_micros: Option<i64>,
     ) {
+        // The first epoch of this driver on another count is a rescale too.
+        self.started_executors
+            .store(assignment.len(), std::sync::atomic::Ordering::Relaxed);
         self.status.send_modify(|s| {
             s.last_epoch = epoch;
             s.assignment = assignment.to_vec();
@@ -204,6 +207,8 @@ impl StatusReader {
 
 #[cfg(test)]
 mod tests {
+    use weir_common::keygroup::KeyGroups;
+
     use super::*;
 
     fn progress(epoch: u64) -> QueryProgress {
@@ -235,5 +240,41 @@ mod tests {
             .map(|p| p.batch_id)
             .collect();
         assert_eq!(rest, (skipped..150).collect::<Vec<_>>());
+    }
+
+    fn on(executors: usize) -> Vec<Assignment> {
+        (0..executors)
+            .map(|i| Assignment {
+                executor_id: format!("executor-{i}"),
+                partitions: Vec::new(),
+                key_groups: KeyGroups::from_ranges([(i as u32, i as u32 + 1)]),
+            })
+            .collect()
+    }
+
+    fn rescales(reader: &StatusReader) -> Vec<String> {
+        reader
+            .timeline
+            .events()
+            .into_iter()
+            .filter(|e| e.kind == "rescaled")
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[test]
+    fn the_first_epoch_after_a_restart_on_another_count_is_a_rescale() {
+        let (board, reader) = StatusBoard::new();
+        board.recovered(Some(4), &on(2), None);
+        board.epoch_started(5, &on(2));
+        assert!(rescales(&reader).is_empty());
+        let (board, reader) = StatusBoard::new();
+        board.recovered(Some(4), &on(2), None);
+        board.epoch_started(5, &on(3));
+        assert_eq!(rescales(&reader), ["epoch 5 runs on 3 executors (was 2)"]);
+        // A driver that starts on an empty checkpoint has nothing to compare with.
+        let (board, reader) = StatusBoard::new();
+        board.epoch_started(0, &on(3));
+        assert!(rescales(&reader).is_empty());
     }
 }
