@@ -81,13 +81,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `args.brokers`, creating `args.topic` when the broker lacks it; keeps every
-    /// record's produce time when `produce_times` is set.
-    pub async fn connect(
-        brokers: &str,
-        args: &GenArgs,
-        produce_times: bool,
-    ) -> anyhow::Result<Self> {
+    /// Connects to `brokers`, creating `args.topic` when the broker lacks it; keeps every
+    /// record's produce time when `args.produce_times` asks for them.
+    pub async fn connect(brokers: &str, args: &GenArgs) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", brokers);
         ensure_topic(&config, &args.topic, args.partitions).await?;
@@ -98,7 +94,7 @@ impl Producer {
             .set("message.timeout.ms", "60000")
             .set("compression.type", &args.compression);
         let reports = Reports {
-            times: produce_times.then(ProduceTimes::default),
+            times: args.produce_times.then(ProduceTimes::default),
             ..Reports::default()
         };
         let inner = config

@@ -187,7 +187,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Option<ProduceTimes>> {
         bail!("nowhere to write: give --brokers (or KAFKA_BROKERS), --out-dir and/or --jsonl");
     }
     let producer = match &args.brokers {
-        Some(b) => Some(Producer::connect(b, &args, args.produce_times).await?),
+        Some(b) => Some(Producer::connect(b, &args).await?),
         None => None,
     };
     tokio::task::spawn_blocking(move || generate(args, producer))

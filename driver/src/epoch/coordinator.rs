@@ -616,16 +616,21 @@ impl Coordinator {
         Ok(assignment)
     }
 
-    /// `following`, the files the epoch after one run with `assignment` would read, split as
-    /// that epoch's plan would split them if the members stay.
+    /// What a run with `assignment` may read ahead: `following`, the files the epoch after it
+    /// would read, split as that epoch's plan would split them if the members stay; and
+    /// Kafka records when `records` (see [`reads_to_the_end`]).
     fn read_ahead(
         &self,
         following: &[InputFile],
+        records: bool,
         members: &[Member],
         assignment: &[Assignment],
     ) -> anyhow::Result<ReadAhead> {
         if following.is_empty() {
-            return Ok(ReadAhead::default());
+            return Ok(ReadAhead {
+                records,
+                ..ReadAhead::default()
+            });
         }
         let indexes: Vec<i32> = (0..following.len())
             .filter_map(|i| i32::try_from(i).ok())
@@ -633,7 +638,7 @@ impl Coordinator {
         Ok(ReadAhead {
             files: following.to_vec(),
             assignment: self.assignment_for(&indexes, members, assignment)?,
-            records: false,
+            records,
         })
     }
 
@@ -877,11 +882,11 @@ impl Coordinator {
         let mut failures = 0;
         let mut first_failure: Option<Instant> = None;
         let mut previous = plan.assignment.clone();
+        let read_records = reads_to_the_end(&self.job.trigger, &plan, &triggered.latest);
         let (assignment, prepared) = loop {
             // The plan's assignment where its executors are here, else the closest one.
             let assignment = self.assignment_for(&plan.partitions(), &members, &previous)?;
-            let mut read_ahead = self.read_ahead(following, &members, &assignment)?;
-            read_ahead.records = reads_to_the_end(&self.job.trigger, &plan, &triggered.latest);
+            let read_ahead = self.read_ahead(following, read_records, &members, &assignment)?;
             let run = uuid::Uuid::new_v4().simple().to_string();
             let mut membership = self.members.clone();
             match self

@@ -31,13 +31,13 @@ use crate::input::{Chunk, DecodedChunk};
 
 /// Bytes of record values read ahead and not yet taken: reading stops there, and what
 /// librdkafka fetches waits in its queues (as much again, `PREFETCH_BYTES`).
-pub const AHEAD_BYTES: usize = 64 << 20;
+const AHEAD_BYTES: usize = 64 << 20;
 
 /// How long the thread waits for records before looking whether it is to stop.
 const AHEAD_WAIT: Duration = Duration::from_millis(10);
 
-/// What the thread hands on: a decoded chunk, or the records it had gathered when it was
-/// stopped (handed on as they are so that it stops at once). Each with the CPU time it took.
+/// What the thread hands on: a decoded chunk with the thread's CPU time for it, or the records
+/// it had gathered when it was stopped (handed on as they are so that it stops at once).
 pub enum Ahead {
     Decoded(DecodedChunk, Duration),
     Records(Chunk),

@@ -284,30 +284,31 @@ pub enum Gathered {
     Decoded(DecodedChunk),
 }
 
-/// Takes `read` (what was read ahead) into the ranges `pending` still reads: a decoded chunk
-/// whose records all lie in them is answered as it is (counted in `taken`); the records of
-/// any other are taken one by one, as polled ones are: those in a range are answered, to be
-/// decoded again, and those past its end go to `held`.
+/// Takes `read` (what was read ahead) into the ranges `pending` still reads (`index`: where
+/// each partition's is): a decoded chunk whose records all lie in them is answered as it is
+/// (counted in `taken`); the records of any other are taken one by one, as polled ones are:
+/// those in a range are answered, to be decoded again, and those past its end go to `held`.
 fn taken_ahead(
     read: Ahead,
     pending: &mut [Pending],
+    index: &HashMap<i32, usize>,
     held: &mut HashMap<i32, VecDeque<Record>>,
     max_bytes: usize,
     taken: &mut TakenAhead,
 ) -> Gathered {
+    let range_of = |r: &Record| index.get(&r.partition).copied();
     let records = match read {
         Ahead::Decoded(chunk, worked) => {
             let within = chunk.chunk.records.iter().all(|r| {
-                pending
-                    .iter()
-                    .any(|p| p.partition == r.partition && p.next <= r.offset && r.offset < p.end)
+                range_of(r)
+                    .is_some_and(|i| pending[i].next <= r.offset && r.offset < pending[i].end)
             });
             if !within {
                 chunk.chunk.records
             } else {
                 for r in &chunk.chunk.records {
-                    if let Some(p) = pending.iter_mut().find(|p| p.partition == r.partition) {
-                        p.take(r.offset);
+                    if let Some(i) = range_of(r) {
+                        pending[i].take(r.offset);
                     }
                 }
                 taken.read += worked;
@@ -319,9 +320,9 @@ fn taken_ahead(
     };
     let mut within = Chunk::with_capacity(records.len());
     for record in records {
-        let in_range = pending
-            .iter_mut()
-            .find(|p| p.partition == record.partition && !p.done())
+        let in_range = range_of(&record)
+            .map(|i| &mut pending[i])
+            .filter(|p| !p.done())
             .is_some_and(|p| p.take(record.offset));
         if in_range {
             within.records.push(record);
@@ -545,9 +546,16 @@ impl KafkaReader {
             gathering.add(record, &mut records)
         });
         if !state.read_to.is_empty() {
+            // Looked up for every record read ahead.
+            let index: HashMap<i32, usize> = pending
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.partition, i))
+                .collect();
+            let max_bytes = self.max_record_bytes;
             for read in ahead.into_iter().flatten() {
-                let max_bytes = self.max_record_bytes;
-                match taken_ahead(read, &mut pending, &mut state.held, max_bytes, &mut taken) {
+                let held = &mut state.held;
+                match taken_ahead(read, &mut pending, &index, held, max_bytes, &mut taken) {
                     Gathered::Decoded(chunk) => on_chunk(Gathered::Decoded(chunk)),
                     Gathered::Records(chunk) => {
                         for record in chunk.records {
@@ -753,12 +761,7 @@ mod tests {
     /// (partition, offset, value) of every record one read hands over, in the order of each
     /// partition.
     fn read(reader: &KafkaReader, ranges: &[PartitionRange]) -> Vec<(i32, i64, String)> {
-        let mut got = Vec::new();
-        reader
-            .read(ranges, 7, || true, |read| got.extend(seen(read)))
-            .expect("read");
-        got.sort();
-        got
+        read_taking(reader, ranges).0
     }
 
     /// (partition, offset, value) of every record of what a read hands on.
@@ -990,7 +993,8 @@ mod tests {
         }
     }
 
-    /// What one read hands on, sorted, and how many of its records were read ahead.
+    /// What one read hands on, sorted by partition and offset, and how many of its records
+    /// were read ahead.
     fn read_taking(
         reader: &KafkaReader,
         ranges: &[PartitionRange],
