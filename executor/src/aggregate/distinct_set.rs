@@ -7,6 +7,7 @@
 
 use weir_common::window::Window;
 
+use crate::state::distinct_runs as runs;
 use crate::state::keys::ValueShards;
 
 /// Appended values after which a set is sorted and deduplicated in place, when they also
@@ -14,12 +15,14 @@ use crate::state::keys::ValueShards;
 /// this many, and each value is sorted a logarithmic number of times.
 const COMPACT_AFTER: usize = 1 << 16;
 
-/// Where a value's bytes are in the set, and its key group.
+/// Where a value's bytes are in the set, its key group, and its first eight bytes as a
+/// number: most comparisons of a sort end there, without reaching for the bytes.
 #[derive(Clone, Copy)]
 struct Placed {
     kg: u32,
     len: u32,
     start: usize,
+    head: u64,
 }
 
 impl Placed {
@@ -59,6 +62,7 @@ impl DistinctSet {
             kg,
             len,
             start: self.bytes.len(),
+            head: runs::word(value),
         });
         self.bytes.extend_from_slice(value);
         let appended = self.placed.len() - self.sorted;
@@ -71,7 +75,10 @@ impl DistinctSet {
     /// order.
     fn compact(&mut self) {
         let bytes = &self.bytes;
-        let by_value = |a: &Placed, b: &Placed| a.value(bytes).cmp(b.value(bytes));
+        // Heads that differ order their values as the bytes do (see `runs::word`).
+        let by_value = |a: &Placed, b: &Placed| {
+            (a.head.cmp(&b.head)).then_with(|| runs::byte_order(a.value(bytes), b.value(bytes)))
+        };
         // Stable sorts: the sorted part is a run each sort finds and merges with the rest.
         if self.placed.len() >= BUCKETS_FROM * self.key_groups as usize {
             // Many values a key group: placed in their key group's bucket first (counting
@@ -85,7 +92,7 @@ impl DistinctSet {
                 .sort_by(|a, b| (a.kg.cmp(&b.kg)).then_with(|| by_value(a, b)));
         }
         self.placed
-            .dedup_by(|a, b| a.kg == b.kg && a.value(bytes) == b.value(bytes));
+            .dedup_by(|a, b| a.kg == b.kg && a.head == b.head && a.value(bytes) == b.value(bytes));
         let mut laid = Vec::with_capacity(self.placed.iter().map(|p| p.len as usize).sum());
         for p in &mut self.placed {
             let start = laid.len();
@@ -224,6 +231,47 @@ mod tests {
             assert!(out.windows(2).all(|pair| pair[0].0 < pair[1].0));
         }
         assert!(collected(&[]).is_empty());
+    }
+
+    /// Values shorter than their eight-byte head, zero bytes and prefixes of each other sort
+    /// as their bytes do (heads alike fall back to the bytes).
+    #[test]
+    fn short_values_and_zero_bytes_keep_byte_order() {
+        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
+        let mut values: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0\0\0\0\0\0\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefghi".to_vec(),
+            b"abcdefg".to_vec(),
+            vec![255; 9],
+        ];
+        // Enough copies to take the key-group buckets' path too.
+        let many: Vec<Vec<u8>> = (0..2000u32)
+            .flat_map(|i| {
+                values
+                    .iter()
+                    .map(move |v| [v.as_slice(), &i.to_be_bytes()].concat())
+            })
+            .collect();
+        values.extend(values.clone());
+        for values in [values, many] {
+            let out = collected(&values);
+            let mut expected: Vec<(u32, Vec<u8>)> =
+                values.iter().map(|v| (shards.of(v), v.clone())).collect();
+            expected.sort();
+            expected.dedup();
+            let flat: Vec<(u32, Vec<u8>)> = out
+                .iter()
+                .flat_map(|(kg, vs)| vs.iter().map(move |v| (*kg, v.clone())))
+                .collect();
+            assert_eq!(flat, expected);
+        }
     }
 
     /// Repeats do not make the set hold every row: it compacts as they come.
