@@ -588,6 +588,37 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
                 mb(m.restored_bytes),
             )?;
         }
+        if let Some(mock) = kafka
+            .brokers
+            .iter()
+            .find(|b| b.broker == kafka_runs::BrokerKind::Mock)
+            .and_then(|b| b.runs.iter().find(|r| r.name.ends_with("-2-executors")))
+        {
+            let files = two.median();
+            let rate = mock.engine_events_per_second();
+            writeln!(
+                out,
+                "| Kafka → Delta from a broker that keeps up, 2 executors: ≥ 1 500 000 events/s | {rate:.0} events/s ({}) | {} |",
+                kafka_runs::BrokerKind::Mock.label(),
+                verdict(rate >= 1.5e6)
+            )?;
+            let share = 100.0 * rate / files.engine_events_per_second();
+            let per_cpu = match (
+                mock.events_per_executor_cpu_second(),
+                files.events_per_executor_cpu_second(),
+            ) {
+                (Some(k), Some(f)) => format!(
+                    "; per second of executor CPU {:.1} % ({k:.0} against {f:.0} events)",
+                    100.0 * k / f
+                ),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "| Kafka → Delta per core within 25 % of files → Delta (2 executors on the same cores) | {share:.1} % of files → Delta's events/s{per_cpu} | {} |",
+                verdict(share >= 75.0)
+            )?;
+        }
         if let Some((broker, l)) = &kafka.latency {
             let half = kafka.latency_half_of_peak().unwrap_or(l.rate);
             let at_half = kept_half_of_peak(l, half);

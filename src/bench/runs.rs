@@ -46,6 +46,8 @@ pub struct RunResult {
     pub peak_rss: BTreeMap<String, u64>,
     /// Each executor's CPU time as a share of one core over its lifetime.
     pub cpu_use: BTreeMap<String, f64>,
+    /// Each process's CPU time over its lifetime, in seconds.
+    pub cpu_seconds: BTreeMap<String, f64>,
 }
 
 impl RunResult {
@@ -55,6 +57,18 @@ impl RunResult {
 
     pub fn wall_events_per_second(&self) -> f64 {
         self.input_rows as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Events per second of CPU time its executors used together: what a core of executor
+    /// work does, whatever the cores waited for or gave to other processes.
+    pub fn events_per_executor_cpu_second(&self) -> Option<f64> {
+        let cpu: f64 = self
+            .cpu_seconds
+            .iter()
+            .filter(|(who, _)| who.starts_with("executor"))
+            .map(|(_, s)| s)
+            .sum();
+        (cpu > 0.0).then(|| self.input_rows as f64 / cpu)
     }
 }
 
@@ -217,6 +231,12 @@ pub fn cpu_use(log: &str) -> BTreeMap<String, f64> {
     })
 }
 
+/// Each process's CPU time over its lifetime, in seconds, from the JSON log lines of `weir
+/// local`'s processes.
+pub fn cpu_seconds(log: &str) -> BTreeMap<String, f64> {
+    at_stop(log, |fields| fields["cpu_seconds"].as_f64())
+}
+
 /// A figure by process (`driver`, `executor-0`, ...) from the log lines in which `weir
 /// local`'s processes say they stopped.
 fn at_stop<T>(log: &str, figure: impl Fn(&Value) -> Option<T>) -> BTreeMap<String, T> {
@@ -335,6 +355,7 @@ impl RunResult {
                 .sum::<f64>() as u64,
             peak_rss: peak_rss(log),
             cpu_use: cpu_use(log),
+            cpu_seconds: cpu_seconds(log),
         })
     }
 }
