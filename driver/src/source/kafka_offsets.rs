@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
 use weir_common::job::KafkaSource;
 
 /// Earliest retained and next (latest) offset of one partition.
@@ -29,6 +30,12 @@ pub enum OffsetError {
     Kafka { servers: String, source: KafkaError },
     #[error("topic `{0}` does not exist or has no partitions")]
     NoTopic(String),
+    #[error("the broker gave no {which} offset of partition {partition} of `{topic}`")]
+    NoOffset {
+        which: &'static str,
+        topic: String,
+        partition: i32,
+    },
 }
 
 impl OffsetReader {
@@ -70,14 +77,122 @@ impl OffsetReader {
         if partitions.is_empty() {
             return Err(OffsetError::NoTopic(self.topic.clone()));
         }
+        let earliest = self.offsets(&partitions, Offset::Beginning, "earliest")?;
+        let latest = self.offsets(&partitions, Offset::End, "latest")?;
         let mut out = BTreeMap::new();
         for p in partitions {
-            let (earliest, latest) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, TIMEOUT)
-                .map_err(err)?;
+            let (Some(&earliest), Some(&latest)) = (earliest.get(&p), latest.get(&p)) else {
+                return Err(OffsetError::NoOffset {
+                    which: "earliest or latest",
+                    topic: self.topic.clone(),
+                    partition: p,
+                });
+            };
             out.insert(p, Bounds { earliest, latest });
         }
         Ok(out)
+    }
+
+    /// The earliest (`Offset::Beginning`) or latest (`Offset::End`) offset of each of
+    /// `partitions`, in one ListOffsets request per leader: asking partition by partition
+    /// (two round trips each) kept the executors waiting between epochs for milliseconds per
+    /// dozen partitions (docs/benchmarks.md).
+    fn offsets(
+        &self,
+        partitions: &[i32],
+        at: Offset,
+        which: &'static str,
+    ) -> Result<BTreeMap<i32, i64>, OffsetError> {
+        let err = |source: KafkaError| OffsetError::Kafka {
+            servers: String::new(),
+            source,
+        };
+        let mut asked = TopicPartitionList::with_capacity(partitions.len());
+        for &p in partitions {
+            // ListOffsets takes the special times -2 (earliest) and -1 (latest).
+            asked
+                .add_partition_offset(&self.topic, p, at)
+                .map_err(err)?;
+        }
+        let answered = self
+            .consumer
+            .offsets_for_times(asked, TIMEOUT)
+            .map_err(err)?;
+        let mut out = BTreeMap::new();
+        for e in answered.elements() {
+            e.error().map_err(err)?;
+            // A partition the broker did not answer for keeps the time it was asked at.
+            let Offset::Offset(offset) = e.offset() else {
+                return Err(OffsetError::NoOffset {
+                    which,
+                    topic: self.topic.clone(),
+                    partition: e.partition(),
+                });
+            };
+            out.insert(e.partition(), offset);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use weir_common::job::{SecretMap, StartingOffsets};
+
+    use super::*;
+
+    /// Every partition's bounds, from one request for all of them, are where its log begins
+    /// and ends, as librdkafka's query of one partition answers them: an empty partition
+    /// included, and one whose first records the broker no longer keeps.
+    #[test]
+    fn bounds_are_where_each_partition_begins_and_ends() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 4, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("batch.num.messages", "1")
+            .create()
+            .unwrap();
+        // The mock cluster keeps about 5 MB of a partition: partition 0 gets 8 MB.
+        let large = vec![b'x'; 100_000];
+        let counts = [(0, 80), (1, 0), (2, 12), (3, 1)];
+        for (partition, count) in counts {
+            for _ in 0..count {
+                let value: &[u8] = if partition == 0 { &large } else { b"v" };
+                producer
+                    .send(
+                        BaseRecord::<(), _>::to("t")
+                            .partition(partition)
+                            .payload(value),
+                    )
+                    .unwrap();
+                producer.poll(Duration::ZERO);
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let source = KafkaSource {
+            bootstrap_servers: mock.bootstrap_servers(),
+            topic: "t".into(),
+            starting_offsets: StartingOffsets::Earliest,
+            fail_on_data_loss: true,
+            max_offsets_per_trigger: None,
+            options: SecretMap::default(),
+        };
+        let reader = OffsetReader::new(&source).unwrap();
+        let bounds = reader.bounds().unwrap();
+        let one_by_one: BTreeMap<i32, Bounds> = counts
+            .iter()
+            .map(|&(p, _)| {
+                let (earliest, latest) = reader.consumer.fetch_watermarks("t", p, TIMEOUT).unwrap();
+                (p, Bounds { earliest, latest })
+            })
+            .collect();
+        assert_eq!(bounds, one_by_one);
+        let latest: Vec<(i32, i64)> = bounds.iter().map(|(p, b)| (*p, b.latest)).collect();
+        assert_eq!(latest, [(0, 80), (1, 0), (2, 12), (3, 1)]);
+        assert!(bounds[&0].earliest > 0, "{bounds:?}");
+        assert!(bounds.values().skip(1).all(|b| b.earliest == 0));
     }
 }
