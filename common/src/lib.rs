@@ -3,6 +3,7 @@
 //! Nothing here touches the network or starts a process.
 
 pub mod aggregate;
+pub mod byte_order;
 pub mod checkpoint;
 pub mod decode;
 pub mod duration;

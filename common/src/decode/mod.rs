@@ -844,6 +844,11 @@ mod tests {
             with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":null"#),
             with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"yesterday""#),
             with(r#""Event_id":"e","event_id":"e","user_id":"u","event_type":"c","timestamp":"2026-11-24T10:00:00Z""#),
+            // Fields in other orders, an unknown one where a known one was, and one given twice.
+            with(r#""timestamp":"2026-11-24T10:00:00Z","event_type":"click","user_id":"u","event_id":"e""#),
+            with(r#""user_id":"u","event_id":"e","timestamp":"2026-11-24T10:00:00Z","event_type":"click""#),
+            with(r#""evnt_id":"x","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00Z","event_id":"e""#),
+            with(r#""event_id":"e","user_id":"u","event_type":"click","timestamp":"2026-11-24T10:00:00Z","event_id":"twice""#),
             format!("{} trailing", base("")),
             format!("{}{}", base(""), base("")),
             format!(" \t{}\r", base("")),

@@ -5,9 +5,9 @@
 //! epoch, so a hash table paid a probe that missed the cache and its growth for each row,
 //! and the runs needed the sort anyway.
 
+use weir_common::byte_order::{byte_order, word};
 use weir_common::window::Window;
 
-use crate::state::distinct_runs as runs;
 use crate::state::keys::ValueShards;
 
 /// Appended values after which a set is sorted and deduplicated in place, when they also
@@ -62,7 +62,7 @@ impl DistinctSet {
             kg,
             len,
             start: self.bytes.len(),
-            head: runs::word(value),
+            head: word(value),
         });
         self.bytes.extend_from_slice(value);
         let appended = self.placed.len() - self.sorted;
@@ -75,9 +75,9 @@ impl DistinctSet {
     /// order.
     fn compact(&mut self) {
         let bytes = &self.bytes;
-        // Heads that differ order their values as the bytes do (see `runs::word`).
+        // Heads that differ order their values as the bytes do (see `word`).
         let by_value = |a: &Placed, b: &Placed| {
-            (a.head.cmp(&b.head)).then_with(|| runs::byte_order(a.value(bytes), b.value(bytes)))
+            (a.head.cmp(&b.head)).then_with(|| byte_order(a.value(bytes), b.value(bytes)))
         };
         // Stable sorts: the sorted part is a run each sort finds and merges with the rest.
         if self.placed.len() >= BUCKETS_FROM * self.key_groups as usize {

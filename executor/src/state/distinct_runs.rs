@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use prost::encoding::{decode_varint, encode_varint};
+use weir_common::byte_order::byte_order;
 
 /// RocksDB knows the operator by this name; a store written with it cannot be read without it.
 pub const MERGE_OPERATOR_NAME: &str = "weir.distinct-union.v1";
@@ -129,31 +130,6 @@ impl<'a> Values<'a> {
     }
 }
 
-/// Byte order, as `<[u8]>::cmp` answers it, eight bytes a step: the values of a set or a run
-/// are mostly short, where a call to `memcmp` for each comparison cost more than comparing.
-pub fn byte_order(a: &[u8], b: &[u8]) -> Ordering {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        match word(&a[i..i + 8]).cmp(&word(&b[i..i + 8])) {
-            Ordering::Equal => i += 8,
-            unequal => return unequal,
-        }
-    }
-    word(&a[i..n])
-        .cmp(&word(&b[i..n]))
-        .then(a.len().cmp(&b.len()))
-}
-
-/// Up to eight bytes as a big-endian number, zeros after them: numbers of slices of one
-/// length compare as the slices do.
-pub fn word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    let n = bytes.len().min(8);
-    w[..n].copy_from_slice(&bytes[..n]);
-    u64::from_be_bytes(w)
-}
-
 /// Appends a run's values to `out`, in the run's order.
 pub fn values_into<'a>(run: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), RunError> {
     let mut values = Values::of(run)?;
@@ -260,8 +236,6 @@ pub fn merge(
 mod tests {
     use std::collections::BTreeSet;
 
-    use proptest::prelude::Just;
-
     use super::*;
 
     fn run(values: &[&str]) -> Vec<u8> {
@@ -304,26 +278,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Byte order eight bytes a step is the slices' own order, zero bytes, prefixes and
-        /// lengths around eight included; so is the order of two values' heads where they
-        /// differ.
-        #[test]
-        fn byte_order_is_the_order_of_the_slices(
-            a in proptest::collection::vec(proptest::prop_oneof![Just(0u8), Just(1u8), Just(255u8), proptest::num::u8::ANY], 0..20),
-            b in proptest::collection::vec(proptest::prop_oneof![Just(0u8), Just(1u8), Just(255u8), proptest::num::u8::ANY], 0..20),
-            shared in 0usize..20,
-        ) {
-            // Often one a prefix of the other, or the two alike up to a point.
-            let b: Vec<u8> = a.iter().take(shared).chain(&b).copied().collect();
-            for (x, y) in [(&a, &b), (&b, &a), (&a, &a)] {
-                proptest::prop_assert_eq!(byte_order(x, y), x.cmp(y));
-                let (hx, hy) = (word(x), word(y));
-                if hx != hy {
-                    proptest::prop_assert_eq!(hx.cmp(&hy), x.cmp(y));
-                }
-            }
-        }
-
         /// The union of any runs is each of their values once, in byte order, whatever their
         /// number (merged two at a time) and overlap.
         #[test]
