@@ -195,12 +195,28 @@ mod tests {
             .collect()
     }
 
+    /// Collects `values` and checks that what leaves is each value once, in its own key group,
+    /// in (key group, value) order; answers what left.
+    fn leave_once_in_order(values: &[Vec<u8>], what: &str) -> Vec<(u32, Vec<Vec<u8>>)> {
+        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
+        let out = collected(values);
+        let mut expected: Vec<(u32, Vec<u8>)> =
+            values.iter().map(|v| (shards.of(v), v.clone())).collect();
+        expected.sort();
+        expected.dedup();
+        let flat: Vec<(u32, Vec<u8>)> = out
+            .iter()
+            .flat_map(|(kg, vs)| vs.iter().map(move |v| (*kg, v.clone())))
+            .collect();
+        assert_eq!(flat, expected, "{what}");
+        out
+    }
+
     /// Whatever the repeats, however often the set compacts on the way and however it sorts,
     /// what leaves is each value once, in its own key group, key groups in order and values in
     /// byte order.
     #[test]
     fn values_leave_once_each_by_key_group_in_byte_order() {
-        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
         // Sorted whole below 8 values a key group (128 here), by key group first from there.
         let cases = [
             (127, 1000u64),
@@ -218,16 +234,7 @@ mod tests {
                     format!("user-{}", state % alphabet).into_bytes()
                 })
                 .collect();
-            let out = collected(&values);
-            let mut expected: Vec<(u32, Vec<u8>)> =
-                values.iter().map(|v| (shards.of(v), v.clone())).collect();
-            expected.sort();
-            expected.dedup();
-            let flat: Vec<(u32, Vec<u8>)> = out
-                .iter()
-                .flat_map(|(kg, vs)| vs.iter().map(move |v| (*kg, v.clone())))
-                .collect();
-            assert_eq!(flat, expected, "{n} values of {alphabet}");
+            let out = leave_once_in_order(&values, &format!("{n} values of {alphabet}"));
             assert!(out.windows(2).all(|pair| pair[0].0 < pair[1].0));
         }
         assert!(collected(&[]).is_empty());
@@ -237,7 +244,6 @@ mod tests {
     /// as their bytes do (heads alike fall back to the bytes).
     #[test]
     fn short_values_and_zero_bytes_keep_byte_order() {
-        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
         let mut values: Vec<Vec<u8>> = vec![
             vec![],
             vec![0],
@@ -261,16 +267,7 @@ mod tests {
             .collect();
         values.extend(values.clone());
         for values in [values, many] {
-            let out = collected(&values);
-            let mut expected: Vec<(u32, Vec<u8>)> =
-                values.iter().map(|v| (shards.of(v), v.clone())).collect();
-            expected.sort();
-            expected.dedup();
-            let flat: Vec<(u32, Vec<u8>)> = out
-                .iter()
-                .flat_map(|(kg, vs)| vs.iter().map(move |v| (*kg, v.clone())))
-                .collect();
-            assert_eq!(flat, expected);
+            leave_once_in_order(&values, "short values");
         }
     }
 
