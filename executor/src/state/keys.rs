@@ -27,7 +27,7 @@
 //! lookup [kg u16][i64::MAX][1][key]                               -> expiry i64 BE
 //! ```
 
-use weir_common::keygroup::key_group_of_parts;
+use weir_common::keygroup::{key_group, key_group_of_parts};
 use weir_common::window::Window;
 
 /// A key's tag is `operator << 2 | kind`: the kinds below are the window aggregate's and the
@@ -119,8 +119,14 @@ pub fn group_key(op: u8, kg: u32, w: Window, group: &[u8]) -> Vec<u8> {
 /// before the value are the same for the whole set, so they are encoded once.
 pub struct ValueShards {
     prefix: Vec<u8>,
+    /// The prefix, then room for a value that fits: a value's bytes are hashed in one piece
+    /// without the prefix being copied for each value.
+    short: [u8; SHORT],
     key_groups: u32,
 }
+
+/// Bytes of prefix and value hashed from a copy of `ValueShards::short`.
+const SHORT: usize = 64;
 
 impl ValueShards {
     pub fn new(w: Window, agg: u8, group: &[u8], key_groups: u32) -> Self {
@@ -130,12 +136,27 @@ impl ValueShards {
         prefix.push(agg);
         prefix.extend_from_slice(&(group.len() as u32).to_be_bytes());
         prefix.extend_from_slice(group);
-        Self { prefix, key_groups }
+        let mut short = [0; SHORT];
+        if let Some(room) = short.get_mut(..prefix.len()) {
+            room.copy_from_slice(&prefix);
+        }
+        Self {
+            prefix,
+            short,
+            key_groups,
+        }
     }
 
     /// The key group of `value`.
     pub fn of(&self, value: &[u8]) -> u32 {
-        key_group_of_parts(&[&self.prefix, value], self.key_groups)
+        let end = self.prefix.len() + value.len();
+        if end <= SHORT {
+            let mut bytes = self.short;
+            bytes[self.prefix.len()..end].copy_from_slice(value);
+            key_group(&bytes[..end], self.key_groups)
+        } else {
+            key_group_of_parts(&[&self.prefix, value], self.key_groups)
+        }
     }
 }
 
@@ -329,7 +350,8 @@ mod tests {
         // A value's key group is the stable hash of its parts laid end to end: the layout's
         // definition, which the runs in every checkpoint were placed by.
         for i in 0..2_000u32 {
-            let value = format!("user-{i}");
+            // Values that fit beside the parts before them in 64 bytes, and longer ones.
+            let value = format!("user-{i}{}", "x".repeat((i % 60) as usize));
             let group = format!("type-{}", i % 7);
             let window = Window {
                 start: i64::from(i) * 300 - 600_000,
