@@ -1107,6 +1107,7 @@ impl Coordinator {
         self.ops.board.committed(
             progress,
             &record.assignment,
+            plan.watermark_micros,
             record.next_watermark_micros,
             committed_at_ms,
         );

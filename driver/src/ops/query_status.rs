@@ -164,18 +164,20 @@ impl StatusBoard {
     }
 
     /// An epoch is committed: its progress joins the ring, the timeline and goes to the
-    /// watchers; `watermark_micros` is the watermark it leaves for the next epoch,
-    /// `committed_at_ms` when it committed (it may be reported an epoch later).
+    /// watchers; `ran_with_micros` is the watermark it ran with, `watermark_micros` the one it
+    /// leaves for the next epoch, `committed_at_ms` when it committed (it may be reported an
+    /// epoch later).
     pub fn committed(
         &self,
         progress: QueryProgress,
         assignment: &[Assignment],
+        ran_with_micros: Option<i64>,
         watermark_micros: Option<i64>,
         committed_at_ms: i64,
     ) {
         let epoch = progress.batch_id;
         self.timeline
-            .add_sample(Sample::of(&progress, committed_at_ms));
+            .add_sample(Sample::of(&progress, ran_with_micros, committed_at_ms));
         let progress = Arc::new(progress);
         self.history.send_modify(|h| {
             let ring = Arc::make_mut(h);
@@ -223,7 +225,7 @@ mod tests {
         let (board, reader) = StatusBoard::new();
         let mut watch = reader.subscribe();
         for epoch in 0..150 {
-            board.committed(progress(epoch), &[], None, 0);
+            board.committed(progress(epoch), &[], None, None, 0);
         }
         let history = reader.history.borrow().clone();
         assert_eq!(history.len(), RECENT_PROGRESS);

@@ -62,15 +62,12 @@ pub struct Phases {
 }
 
 impl Sample {
-    pub fn of(p: &QueryProgress, at_ms: i64) -> Self {
+    /// The sample of an epoch's progress `p`, which ran with the watermark
+    /// `watermark_micros`, committed at `at_ms`.
+    pub fn of(p: &QueryProgress, watermark_micros: Option<i64>, at_ms: i64) -> Self {
         let d = p.duration_ms.unwrap_or_default();
         let state = p.state.unwrap_or_default();
-        let watermark = p
-            .event_time
-            .as_ref()
-            .and_then(|t| t.watermark.as_deref())
-            .and_then(|w| chrono::DateTime::parse_from_rfc3339(w).ok())
-            .map(|w| w.timestamp_millis());
+        let watermark = watermark_micros.map(|w| w.div_euclid(1000));
         let mut backlog: BTreeMap<i32, i64> = p
             .sources
             .iter()
@@ -238,7 +235,10 @@ mod tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:12Z")
             .unwrap()
             .timestamp_millis();
-        let s = Sample::of(&progress(3), at);
+        let watermark = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .timestamp_micros();
+        let s = Sample::of(&progress(3), Some(watermark), at);
         assert_eq!(s.epoch, 3);
         assert_eq!(s.input_rows, 30);
         assert_eq!(s.watermark_gap_ms, Some(12_000));
@@ -256,7 +256,11 @@ mod tests {
         let start = now_ms() - 120 * 60_000 + 30_000;
         // One epoch a minute for two hours: the last hour's 61 remain.
         for epoch in 0..=120 {
-            timeline.add_sample(Sample::of(&progress(epoch), start + epoch as i64 * 60_000));
+            timeline.add_sample(Sample::of(
+                &progress(epoch),
+                None,
+                start + epoch as i64 * 60_000,
+            ));
         }
         let all = timeline.samples_after(None);
         assert_eq!(all.len(), 61);

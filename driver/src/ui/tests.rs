@@ -116,6 +116,7 @@ async fn progress_and_the_timeline_follow_the_committed_epochs() {
                 ..Default::default()
             },
             &[],
+            None,
             Some(1_767_225_600_000_000),
             crate::ops::timeline::now_ms(),
         );
