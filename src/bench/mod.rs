@@ -731,7 +731,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
     // How busy each executor kept its core.
     for r in &medians {
         let shares: Vec<String> = r
-            .cpu_use
+            .cpu_use()
             .iter()
             .filter(|(who, _)| who.starts_with("executor"))
             .map(|(who, share)| format!("{who} {:.0} %", share * 100.0))

@@ -49,7 +49,7 @@ pub async fn run(args: OneRunArgs) -> anyhow::Result<()> {
             "events_per_second": r.engine_events_per_second(),
             "wall_seconds": r.wall.as_secs_f64(),
             // Each executor's CPU time as a share of one core over its lifetime.
-            "executor_cpu": r.cpu_use,
+            "executor_cpu": r.cpu_use(),
         })
     );
     Ok(())

@@ -44,10 +44,15 @@ pub struct RunResult {
     pub unique_users: u64,
     /// Peak resident memory by process (`driver`, `executor-0`, ...).
     pub peak_rss: BTreeMap<String, u64>,
-    /// Each executor's CPU time as a share of one core over its lifetime.
-    pub cpu_use: BTreeMap<String, f64>,
-    /// Each process's CPU time over its lifetime, in seconds.
-    pub cpu_seconds: BTreeMap<String, f64>,
+    /// Each process's CPU time and its lifetime.
+    pub cpu: BTreeMap<String, CpuTime>,
+}
+
+/// A process's CPU time over its lifetime, from the line in which it says it stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTime {
+    pub seconds: f64,
+    pub wall_seconds: f64,
 }
 
 impl RunResult {
@@ -59,14 +64,23 @@ impl RunResult {
         self.input_rows as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Each process's CPU time over its lifetime as a share of one core (above 1 when its
+    /// threads overlapped).
+    pub fn cpu_use(&self) -> BTreeMap<String, f64> {
+        self.cpu
+            .iter()
+            .map(|(who, t)| (who.clone(), t.seconds / t.wall_seconds.max(1e-9)))
+            .collect()
+    }
+
     /// Events per second of CPU time its executors used together: what a core of executor
     /// work does, whatever the cores waited for or gave to other processes.
     pub fn events_per_executor_cpu_second(&self) -> Option<f64> {
         let cpu: f64 = self
-            .cpu_seconds
+            .cpu
             .iter()
             .filter(|(who, _)| who.starts_with("executor"))
-            .map(|(_, s)| s)
+            .map(|(_, t)| t.seconds)
             .sum();
         (cpu > 0.0).then(|| self.input_rows as f64 / cpu)
     }
@@ -223,18 +237,15 @@ pub fn peak_rss(log: &str) -> BTreeMap<String, u64> {
     at_stop(log, |fields| fields["peak_rss_bytes"].as_u64())
 }
 
-/// Each executor's CPU time over its lifetime, as a share of one core (above 1 when its
-/// threads overlapped), from the JSON log lines of `weir local`'s processes.
-pub fn cpu_use(log: &str) -> BTreeMap<String, f64> {
+/// Each process's CPU time over its lifetime, from the JSON log lines of `weir local`'s
+/// processes.
+pub fn cpu_times(log: &str) -> BTreeMap<String, CpuTime> {
     at_stop(log, |fields| {
-        Some(fields["cpu_seconds"].as_f64()? / fields["wall_seconds"].as_f64()?.max(1e-9))
+        Some(CpuTime {
+            seconds: fields["cpu_seconds"].as_f64()?,
+            wall_seconds: fields["wall_seconds"].as_f64()?,
+        })
     })
-}
-
-/// Each process's CPU time over its lifetime, in seconds, from the JSON log lines of `weir
-/// local`'s processes.
-pub fn cpu_seconds(log: &str) -> BTreeMap<String, f64> {
-    at_stop(log, |fields| fields["cpu_seconds"].as_f64())
 }
 
 /// A figure by process (`driver`, `executor-0`, ...) from the log lines in which `weir
@@ -354,8 +365,7 @@ impl RunResult {
                 .filter_map(|d| d.stats.output_sums.get("unique_users"))
                 .sum::<f64>() as u64,
             peak_rss: peak_rss(log),
-            cpu_use: cpu_use(log),
-            cpu_seconds: cpu_seconds(log),
+            cpu: cpu_times(log),
         })
     }
 }

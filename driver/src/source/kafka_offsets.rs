@@ -38,6 +38,14 @@ pub enum OffsetError {
     },
 }
 
+/// A client error of a request to the broker.
+fn kafka_error(source: KafkaError) -> OffsetError {
+    OffsetError::Kafka {
+        servers: String::new(),
+        source,
+    }
+}
+
 impl OffsetReader {
     pub fn new(source: &KafkaSource) -> Result<Self, OffsetError> {
         let mut config = ClientConfig::new();
@@ -60,14 +68,10 @@ impl OffsetReader {
 
     /// Bounds of every partition of the topic (blocking; call from a blocking context).
     pub fn bounds(&self) -> Result<BTreeMap<i32, Bounds>, OffsetError> {
-        let err = |source: KafkaError| OffsetError::Kafka {
-            servers: String::new(),
-            source,
-        };
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), TIMEOUT)
-            .map_err(err)?;
+            .map_err(kafka_error)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -103,24 +107,20 @@ impl OffsetReader {
         at: Offset,
         which: &'static str,
     ) -> Result<BTreeMap<i32, i64>, OffsetError> {
-        let err = |source: KafkaError| OffsetError::Kafka {
-            servers: String::new(),
-            source,
-        };
         let mut asked = TopicPartitionList::with_capacity(partitions.len());
         for &p in partitions {
             // ListOffsets takes the special times -2 (earliest) and -1 (latest).
             asked
                 .add_partition_offset(&self.topic, p, at)
-                .map_err(err)?;
+                .map_err(kafka_error)?;
         }
         let answered = self
             .consumer
             .offsets_for_times(asked, TIMEOUT)
-            .map_err(err)?;
+            .map_err(kafka_error)?;
         let mut out = BTreeMap::new();
         for e in answered.elements() {
-            e.error().map_err(err)?;
+            e.error().map_err(kafka_error)?;
             // A partition the broker did not answer for keeps the time it was asked at.
             let Offset::Offset(offset) = e.offset() else {
                 return Err(OffsetError::NoOffset {
