@@ -165,7 +165,8 @@ impl Scanner {
         values.clear();
         values.resize(self.columns.len(), Value::Absent);
         strings.clear();
-        let mut nodes = std::mem::replace(tape, simd_json::Tape::null()).reset();
+        // The placeholder is empty: `Tape::null()` would allocate a node for every record.
+        let mut nodes = std::mem::replace(tape, simd_json::Tape(Vec::new())).reset();
         // simd-json checks the whole record (structure, UTF-8, escapes); the strings read are
         // copied out of its tape, which borrows `text`.
         let taken = simd_json::fill_tape_padded(text, record.len(), buffers, &mut nodes).is_ok()
@@ -341,7 +342,7 @@ impl Default for Scratch {
             // A record nested deeper is refused by simd-json and left to the decoder's own
             // depth check; the tape's walk recurses no deeper than this.
             buffers: simd_json::Buffers::with_max_depth(1024, super::MAX_NESTING),
-            tape: simd_json::Tape::null(),
+            tape: simd_json::Tape(Vec::new()),
             values: Vec::new(),
             strings: String::new(),
         }

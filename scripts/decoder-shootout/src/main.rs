@@ -24,6 +24,7 @@ use weir_common::decode::utc_micros as micros;
 
 const CHUNK: usize = 4096;
 
+
 fn schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let map = DataType::Map(
@@ -214,13 +215,13 @@ fn simd_full(lines: &[&[u8]]) -> u64 {
     ];
     let mut buffers = simd_json::Buffers::new(1024);
     let mut scratch: Vec<u8> = Vec::with_capacity(2048);
-    let mut spare = simd_json::Tape::null();
+    let mut spare = simd_json::Tape(Vec::new());
     by_chunks(lines, |line, c| {
         scratch.clear();
         scratch.extend_from_slice(line);
         let len = scratch.len();
         scratch.resize(len + simd_json::INPUT_PADDING, 0);
-        let mut tape = std::mem::replace(&mut spare, simd_json::Tape::null()).reset();
+        let mut tape = std::mem::replace(&mut spare, simd_json::Tape(Vec::new())).reset();
         simd_json::fill_tape_padded(&mut scratch, len, &mut buffers, &mut tape).expect("valid");
         let nodes = &tape.0;
         let Node::Object { len: pairs, .. } = nodes[0] else {
