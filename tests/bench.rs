@@ -38,6 +38,7 @@ fn weir_bench_reports_every_measurement() {
     for line in [
         "ceiling: arrow-json decode, 1 thread",
         "ceiling: arrow-json decode + hash aggregate, 1 thread",
+        "threads at once, per thread |",
         "weir's decoder (projected scanner, 4 columns), 1 thread",
         "weir's decoder + hash aggregate, 1 thread",
         "physical ceiling: split lines, find the 4 fields, 1 thread",
