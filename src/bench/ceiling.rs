@@ -58,6 +58,16 @@ pub struct Ceiling {
     pub groups: usize,
 }
 
+/// The aggregation's groups: by window start, then by event type.
+type Groups = HashMap<i64, HashMap<String, Group>>;
+
+impl Ceiling {
+    /// The decode + aggregate pass's rate per thread with every core at once.
+    pub fn together_per_thread(&self) -> f64 {
+        self.decode_and_aggregate_together.events_per_second() / self.threads as f64
+    }
+}
+
 struct Group {
     count: u64,
     users: HashSet<u64>,
@@ -149,6 +159,19 @@ fn timed(pass: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<Pass> {
     })
 }
 
+/// Decodes every file with arrow-json and aggregates it into `groups`; the events decoded.
+fn decode_and_aggregate(
+    schema: &SchemaRef,
+    approx: &AggregateSpec,
+    files: &[Vec<u8>],
+    groups: &mut Groups,
+) -> anyhow::Result<u64> {
+    files
+        .iter()
+        .map(|file| decode(schema, file, |batch| aggregate(batch, approx, groups)))
+        .sum()
+}
+
 /// Runs every pass over `files` (JSON lines, every line a valid event of `schema`).
 pub fn measure(
     schema: &SchemaRef,
@@ -162,26 +185,17 @@ pub fn measure(
             .map(|file| decode(schema, file, |_| Ok(())))
             .sum()
     })?;
-    let mut groups: HashMap<i64, HashMap<String, Group>> = HashMap::new();
-    let aggregate_pass = timed(|| {
-        files
-            .iter()
-            .map(|file| decode(schema, file, |batch| aggregate(batch, approx, &mut groups)))
-            .sum()
-    })?;
+    let mut groups = Groups::new();
+    let aggregate_pass = timed(|| decode_and_aggregate(schema, approx, files, &mut groups))?;
     let found = check(&groups, aggregate_pass.events)?;
+    let threads = threads.max(1);
     let together_pass = timed(|| {
         std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads.max(1))
+            let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
-                        let mut groups = HashMap::new();
-                        let events: u64 = files
-                            .iter()
-                            .map(|file| {
-                                decode(schema, file, |batch| aggregate(batch, approx, &mut groups))
-                            })
-                            .sum::<anyhow::Result<u64>>()?;
+                        let mut groups = Groups::new();
+                        let events = decode_and_aggregate(schema, approx, files, &mut groups)?;
                         check(&groups, events)?;
                         Ok::<_, anyhow::Error>(events)
                     })
@@ -204,7 +218,7 @@ pub fn measure(
             .map(|file| scan(&decoder, file, |_| Ok(())))
             .sum()
     })?;
-    let mut scanned: HashMap<i64, HashMap<String, Group>> = HashMap::new();
+    let mut scanned = Groups::new();
     let scan_aggregate_pass = timed(|| {
         files
             .iter()
@@ -239,7 +253,7 @@ pub fn measure(
         decode: decode_pass,
         decode_and_aggregate: aggregate_pass,
         decode_and_aggregate_together: together_pass,
-        threads: threads.max(1),
+        threads,
         scan: scan_pass,
         scan_and_aggregate: scan_aggregate_pass,
         find_fields: fields_pass,
@@ -252,7 +266,7 @@ const READ: [&str; 4] = ["event_id", "user_id", "event_type", "timestamp"];
 
 /// The (window, event type) groups found, after checking that no row was lost (the results
 /// are read, so the work cannot be skipped).
-fn check(groups: &HashMap<i64, HashMap<String, Group>>, events: u64) -> anyhow::Result<usize> {
+fn check(groups: &Groups, events: u64) -> anyhow::Result<usize> {
     let total: u64 = groups
         .values()
         .flat_map(|g| g.values())
@@ -265,7 +279,7 @@ fn check(groups: &HashMap<i64, HashMap<String, Group>>, events: u64) -> anyhow::
 fn aggregate(
     batch: &RecordBatch,
     approx: &AggregateSpec,
-    groups: &mut HashMap<i64, HashMap<String, Group>>,
+    groups: &mut Groups,
 ) -> anyhow::Result<()> {
     let column = |name: &str| {
         batch

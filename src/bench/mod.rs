@@ -442,8 +442,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         ceiling.decode_and_aggregate.events_per_second(),
         &format!("{} (window, event type) groups", ceiling.groups),
     );
-    let together =
-        ceiling.decode_and_aggregate_together.events_per_second() / ceiling.threads as f64;
+    let together = ceiling.together_per_thread();
     row(
         &mut out,
         &format!(
@@ -541,8 +540,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         // Each round's runs with and without snapshots ran back to back: compared in pairs.
         let snapshots = PairedCost::of(two, bare);
         let physical = 100.0 * per_core / ceiling.find_fields.events_per_second();
-        let together = 100.0 * per_core * ceiling.threads as f64
-            / ceiling.decode_and_aggregate_together.events_per_second();
+        let together = 100.0 * per_core / ceiling.together_per_thread();
         writeln!(out, "| target | measured | |\n| --- | --- | --- |")?;
         writeln!(
             out,

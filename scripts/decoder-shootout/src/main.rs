@@ -24,7 +24,6 @@ use weir_common::decode::utc_micros as micros;
 
 const CHUNK: usize = 4096;
 
-
 fn schema() -> Arc<Schema> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let map = DataType::Map(
