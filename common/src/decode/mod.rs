@@ -3,6 +3,7 @@
 //! ([`scan`]); every other record by arrow-json, which decides what is bad.
 
 mod scan;
+mod shape;
 
 /// The time form the projected scanner reads, also for tools that measure it beside others.
 pub use scan::utc_micros;
@@ -889,8 +890,64 @@ mod tests {
         same_as_arrow_json(&[&latin1, &unread, good(3).as_bytes()]);
     }
 
+    /// Records of the shapes the scanner learns (keys in one order, strings only, nested maps
+    /// and arrays), as a producer writes them.
+    fn shaped(i: usize) -> [String; 3] {
+        [
+            format!(
+                r#"{{"event_id":"e{i}","event_type":"click","page_url":"https://shop/p/{i}","properties":{{"browser":"firefox","country":"IN"}},"timestamp":"2026-11-24T10:00:0{}.123456Z","user_id":"user-{i}"}}"#,
+                i % 10
+            ),
+            format!(
+                r#"{{ "user_id" : "u{i}", "event_id" : "", "event_type" : "view", "timestamp" : "2026-11-24T10:00:00Z", "tags" : ["a", [], {{"b": ["c"]}}], "properties" : {{}} }}"#
+            ),
+            format!(
+                r#"{{"event_id":"é{i}","user_id":"中","event_type":"x","timestamp":"2026-11-24T10:00:00Z","more":{{"a":{{"b":"c"}}}}}}"#
+            ),
+        ]
+    }
+
     proptest::proptest! {
         #![proptest_config(crate::fuzzing::config(2_000))]
+
+        /// Records of a learned shape with other strings in its string values, and with bytes
+        /// changed, inserted or cut: each decodes as arrow-json decodes it, whether the shape
+        /// reads it or not.
+        #[test]
+        fn records_near_a_learned_shape_decode_as_arrow_json_decodes_them(
+            which in 0usize..3,
+            edits in proptest::collection::vec(
+                (0usize..400, 0usize..4, proptest::prelude::any::<u8>(), "[a-z0-9:. \\\"é\\x01-]{0,10}"),
+                1..12,
+            )
+        ) {
+            let punctuation = b"{}[]\",:\\ -0123456789.TZ\x01\x7f\xff\xc3";
+            let mut records: Vec<Vec<u8>> = vec![shaped(0)[which].clone().into_bytes()];
+            for (i, (at, how, byte, text)) in edits.into_iter().enumerate() {
+                let mut r = shaped(i + 1)[which].clone().into_bytes();
+                let at = at % (r.len() + 1);
+                let byte = if byte % 2 == 0 { punctuation[byte as usize % punctuation.len()] } else { byte };
+                match how {
+                    0 if at < r.len() => r[at] = byte,
+                    1 => r.insert(at, byte),
+                    2 => r.truncate(at.max(1)),
+                    // Another string in a value: the `at`-th of those following `":"`.
+                    _ => {
+                        let starts: Vec<usize> = r.windows(3).enumerate()
+                            .filter(|(_, w)| w == b"\":\"")
+                            .map(|(k, _)| k + 3)
+                            .collect();
+                        if let Some(&start) = starts.get(at % starts.len().max(1)) {
+                            let len = r[start..].iter().position(|&b| b == b'"').unwrap_or(0);
+                            r.splice(start..start + len, text.bytes());
+                        }
+                    }
+                }
+                records.push(r);
+            }
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+            same_as_arrow_json(&refs);
+        }
 
         /// Records of the corpus with bytes changed, inserted or cut, alone and in batches of
         /// good ones: the scanner never takes a record arrow-json refuses, nor reads one

@@ -1,7 +1,9 @@
 //! A projected scanner for the common record: one JSON object of the schema's fields with plain
 //! values. simd-json parses the record into a tape (finding its structure and checking its
 //! UTF-8 with vector instructions); the scanner walks the tape's top-level fields, builds only
-//! the columns a query reads and checks the others' values without building them. Anything it
+//! the columns a query reads and checks the others' values without building them. A record of
+//! a shape it learned from one it took ([`super::shape`]) is read from that shape's cuts
+//! instead, without simd-json. Anything it
 //! is not sure of (a `\u` escape, a control character, a key given twice, a missing required
 //! field, a value of another shape, a time in another format, anything simd-json refuses) it
 //! leaves to arrow-json, which decodes that record as it always did. A record's fate is so
@@ -18,6 +20,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use simd_json::{Node, StaticNode};
 
+use super::shape::{Cut, Shape};
 use crate::schema::string_map_type;
 
 /// What a column holds, as far as the scanner is concerned.
@@ -81,6 +84,15 @@ enum Builder {
 /// How deep an unknown field's value may nest for the scanner (deeper ones go to arrow-json,
 /// which the decoder's own depth check guards).
 const MAX_DEPTH: usize = 16;
+
+/// Shapes kept: a producer writing a few kinds of record (events with different properties)
+/// has each of them held.
+const SHAPES: usize = 4;
+
+/// Of the records taken without a shape, one in this many is learned from: a stream of
+/// records no shape holds (a field that is a number, an array of varying length) pays little
+/// for trying.
+const LEARN_EVERY: u32 = 32;
 
 impl Scanner {
     /// The scanner for `schema` building the columns `projection` (indices in schema order), or
@@ -152,16 +164,28 @@ impl Scanner {
         if control || (backslash && memchr::memmem::find(record, b"\\u").is_some()) {
             return false;
         }
+        // A record without escapes may be of a shape seen before: read from its cuts.
+        let text = (!backslash && !scratch.shapes.is_empty())
+            .then(|| simdutf8::basic::from_utf8(record).ok())
+            .flatten();
+        if let Some(text) = text {
+            if self.by_shape(text, scratch) {
+                return self.take(scratch, rows);
+            }
+        }
         let Scratch {
             text,
             buffers,
             tape,
             values,
             strings,
+            shapes,
+            unlearned,
         } = scratch;
         text.clear();
         text.extend_from_slice(record);
         text.resize(record.len() + simd_json::INPUT_PADDING, b' ');
+        let base = text.as_ptr() as usize;
         values.clear();
         values.resize(self.columns.len(), Value::Absent);
         strings.clear();
@@ -171,10 +195,68 @@ impl Scanner {
         // copied out of its tape, which borrows `text`.
         let taken = simd_json::fill_tape_padded(text, record.len(), buffers, &mut nodes).is_ok()
             && self.fields(&nodes.0, values, strings);
-        *tape = nodes.reset();
-        if !taken {
-            return false;
+        // Learning costs a walk of the tape: the first record taken learns, and then one in
+        // LEARN_EVERY of those no shape held.
+        if taken && !backslash {
+            if *unlearned == 0 {
+                *unlearned = LEARN_EVERY;
+                let column = |key: &[u8]| self.columns.iter().position(|c| *c.name == *key);
+                if let Some(shape) = Shape::learn(record, base, &nodes.0, column) {
+                    shapes.insert(0, shape);
+                    shapes.truncate(SHAPES);
+                }
+            } else {
+                *unlearned -= 1;
+            }
         }
+        *tape = nodes.reset();
+        taken && self.take(scratch, rows)
+    }
+
+    /// Reads `record` into the scratch's values when it has one of the shapes learned, the
+    /// shape it had tried first next time.
+    fn by_shape(&self, record: &str, scratch: &mut Scratch) -> bool {
+        let Scratch {
+            values,
+            strings,
+            shapes,
+            ..
+        } = scratch;
+        let found = shapes.iter().position(|shape| {
+            values.clear();
+            values.resize(self.columns.len(), Value::Absent);
+            for &field in shape.objects() {
+                values[field] = Value::Checked;
+            }
+            strings.clear();
+            shape.read(record, |cut, value| {
+                let Cut::Column(field) = cut else {
+                    return true;
+                };
+                match self.string(&self.columns[field], value, strings) {
+                    Some(v) => {
+                        values[field] = v;
+                        true
+                    }
+                    None => false,
+                }
+            })
+        });
+        match found {
+            Some(i) => {
+                shapes[..=i].rotate_right(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds the record read into the scratch's values to `rows` when every required column
+    /// has a value; answers whether it did.
+    fn take(&self, scratch: &Scratch, rows: &mut Rows) -> bool {
+        let Scratch {
+            values, strings, ..
+        } = scratch;
         let complete = self
             .columns
             .iter()
@@ -249,15 +331,7 @@ impl Scanner {
             return Some(Value::Null);
         }
         match (column.kind, node) {
-            (Kind::Str, Node::String(s)) if column.out.is_some() => {
-                let start = u32::try_from(strings.len()).ok()?;
-                strings.push_str(s);
-                Some(Value::Span(start, u32::try_from(strings.len()).ok()?))
-            }
-            (Kind::Str, Node::String(_)) => Some(Value::Checked),
-            // A time is parsed whether it is read or not: one arrow-json cannot parse makes
-            // the record bad.
-            (Kind::Timestamp, Node::String(s)) => utc_micros(s.as_bytes()).map(Value::Time),
+            (_, Node::String(s)) => self.string(column, s, strings),
             (Kind::Int64, Node::Static(n)) => integer(n, 1_000_000_000_000_000_000).map(Value::Int),
             (Kind::Int32, Node::Static(n)) => integer(n, 1_000_000_000).map(Value::Int),
             (Kind::Float64, Node::Static(n)) => {
@@ -281,6 +355,23 @@ impl Scanner {
                     (0..len).all(|i| matches!(nodes.get(at + 2 + 2 * i), Some(Node::String(_))));
                 strings.then_some(Value::Checked)
             }
+            _ => None,
+        }
+    }
+
+    /// The value of `column` given as the string `s`; a string read is copied to the end of
+    /// `strings`.
+    fn string(&self, column: &Column, s: &str, strings: &mut String) -> Option<Value> {
+        match column.kind {
+            Kind::Str if column.out.is_some() => {
+                let start = u32::try_from(strings.len()).ok()?;
+                strings.push_str(s);
+                Some(Value::Span(start, u32::try_from(strings.len()).ok()?))
+            }
+            Kind::Str => Some(Value::Checked),
+            // A time is parsed whether it is read or not: one arrow-json cannot parse makes
+            // the record bad.
+            Kind::Timestamp => utc_micros(s.as_bytes()).map(Value::Time),
             _ => None,
         }
     }
@@ -333,6 +424,10 @@ pub(super) struct Scratch {
     tape: simd_json::Tape<'static>,
     values: Vec<Value>,
     strings: String,
+    /// The shapes learned, the one that last held a record first.
+    shapes: Vec<Shape>,
+    /// Records taken without a shape before the next is learned from.
+    unlearned: u32,
 }
 
 impl Default for Scratch {
@@ -345,6 +440,8 @@ impl Default for Scratch {
             tape: simd_json::Tape(Vec::new()),
             values: Vec::new(),
             strings: String::new(),
+            shapes: Vec::new(),
+            unlearned: 0,
         }
     }
 }
@@ -456,6 +553,92 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::build_schema;
+
+    fn reference() -> Scanner {
+        let schema = build_schema([
+            ("event_id", "string not null"),
+            ("user_id", "string not null"),
+            ("event_type", "string not null"),
+            ("page_url", "string"),
+            ("timestamp", "timestamp not null"),
+            ("properties", "map<string,string>"),
+        ])
+        .unwrap();
+        Scanner::new(&schema, &[0, 1, 2, 4]).expect("the reference schema")
+    }
+
+    fn event(id: &str, properties: &str) -> String {
+        format!(
+            r#"{{"event_id":"{id}","event_type":"click","page_url":"https://x/p/{id}","properties":{properties},"timestamp":"2026-11-24T10:00:00.5Z","user_id":"u-{id}","tags":["a",{{"b":"c"}}]}}"#
+        )
+    }
+
+    /// The first record taken teaches its shape; records of that shape with other strings are
+    /// read by it, with their own values; a record with a number, or escapes, teaches none.
+    #[test]
+    fn records_of_a_learned_shape_are_read_by_it() {
+        let scanner = reference();
+        let mut scratch = Scratch::default();
+        let mut rows = scanner.rows(4);
+        assert!(scanner.scan(
+            event("1", r#"{"k":"v"}"#).as_bytes(),
+            &mut scratch,
+            &mut rows
+        ));
+        assert_eq!(scratch.shapes.len(), 1);
+        let second = event("second é", r#"{"k":""}"#);
+        assert!(scanner.by_shape(&second, &mut scratch));
+        assert!(scanner.take(&scratch, &mut rows));
+        let batch = scanner.finish(rows).unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>();
+        assert_eq!(ids.unwrap().value(1), "second é");
+        // Another shape, a time no one can parse, a quote ending a string early: not read.
+        let mut scratch_after = Scratch::default();
+        let mut rows = scanner.rows(1);
+        assert!(scanner.scan(
+            event("1", r#"{"k":"v"}"#).as_bytes(),
+            &mut scratch_after,
+            &mut rows
+        ));
+        assert!(!scanner.by_shape(&event("2", r#"{"k":"v","l":"w"}"#), &mut scratch_after));
+        let bad_time = event("3", r#"{"k":"v"}"#).replace("10:00:00.5Z", "10:00:60.5Z");
+        assert!(!scanner.by_shape(&bad_time, &mut scratch_after));
+        assert!(!scanner.by_shape(&event("4\",5", r#"{"k":"v"}"#), &mut scratch_after));
+        for no_shape in [
+            event("5", r#"{"k":"v"}"#).replace(r#""tags""#, r#""n":1,"tags""#),
+            event("6", r#"{"k":"v"}"#).replace("https:", "https:\\/"),
+        ] {
+            let mut fresh = Scratch::default();
+            assert!(scanner.scan(no_shape.as_bytes(), &mut fresh, &mut scanner.rows(1)));
+            assert!(fresh.shapes.is_empty(), "{no_shape}");
+        }
+    }
+
+    /// A producer writing a few shapes in turn has each of them learned, and then read by it.
+    #[test]
+    fn a_few_shapes_in_turn_are_each_learned() {
+        let scanner = reference();
+        let mut scratch = Scratch::default();
+        let mut rows = scanner.rows(1024);
+        let shapes = [
+            r#"{}"#,
+            r#"{"a":"b"}"#,
+            r#"{"a":"b","c":"d"}"#,
+            r#"{"c":"d"}"#,
+        ];
+        for i in 0..(SHAPES * LEARN_EVERY as usize * 2) {
+            let record = event(&i.to_string(), shapes[i % shapes.len()]);
+            assert!(scanner.scan(record.as_bytes(), &mut scratch, &mut rows));
+        }
+        assert_eq!(scratch.shapes.len(), shapes.len());
+        for (i, properties) in shapes.iter().enumerate() {
+            assert!(scanner.by_shape(&event(&format!("x{i}"), properties), &mut scratch));
+        }
+    }
 
     /// Times in the scanner's one form give what arrow's parser gives; other forms are left
     /// to it.
