@@ -178,7 +178,7 @@ impl Scanner {
             buffers,
             tape,
             values,
-            strings,
+            reading,
             shapes,
             unlearned,
         } = scratch;
@@ -188,13 +188,13 @@ impl Scanner {
         let base = text.as_ptr() as usize;
         values.clear();
         values.resize(self.columns.len(), Value::Absent);
-        strings.clear();
+        reading.strings.clear();
         // The placeholder is empty: `Tape::null()` would allocate a node for every record.
         let mut nodes = std::mem::replace(tape, simd_json::Tape(Vec::new())).reset();
         // simd-json checks the whole record (structure, UTF-8, escapes); the strings read are
         // copied out of its tape, which borrows `text`.
         let taken = simd_json::fill_tape_padded(text, record.len(), buffers, &mut nodes).is_ok()
-            && self.fields(&nodes.0, values, strings);
+            && self.fields(&nodes.0, values, reading);
         // Learning costs a walk of the tape: the first record taken learns, and then one in
         // LEARN_EVERY of those no shape held.
         if taken && !backslash {
@@ -218,7 +218,7 @@ impl Scanner {
     fn by_shape(&self, record: &str, scratch: &mut Scratch) -> bool {
         let Scratch {
             values,
-            strings,
+            reading,
             shapes,
             ..
         } = scratch;
@@ -228,12 +228,12 @@ impl Scanner {
             for &field in shape.objects() {
                 values[field] = Value::Checked;
             }
-            strings.clear();
+            reading.strings.clear();
             shape.read(record, |cut, value| {
                 let Cut::Column(field) = cut else {
                     return true;
                 };
-                match self.string(&self.columns[field], value, strings) {
+                match self.string(&self.columns[field], value, reading) {
                     Some(v) => {
                         values[field] = v;
                         true
@@ -255,7 +255,7 @@ impl Scanner {
     /// has a value; answers whether it did.
     fn take(&self, scratch: &Scratch, rows: &mut Rows) -> bool {
         let Scratch {
-            values, strings, ..
+            values, reading, ..
         } = scratch;
         let complete = self
             .columns
@@ -267,7 +267,7 @@ impl Scanner {
         }
         for (column, value) in self.columns.iter().zip(values.iter()) {
             if let Some(out) = column.out {
-                rows.builders[out].append(strings, *value);
+                rows.builders[out].append(&reading.strings, *value);
             }
         }
         true
@@ -275,7 +275,7 @@ impl Scanner {
 
     /// Reads the record's object, as simd-json's tape of it, into `values`; false when it is
     /// not one the scanner takes.
-    fn fields(&self, nodes: &[Node<'_>], values: &mut [Value], strings: &mut String) -> bool {
+    fn fields(&self, nodes: &[Node<'_>], values: &mut [Value], reading: &mut Reading) -> bool {
         let Some(&Node::Object { len: pairs, .. }) = nodes.first() else {
             return false;
         };
@@ -302,7 +302,7 @@ impl Scanner {
                     if !matches!(values[i], Value::Absent) {
                         return false;
                     }
-                    match self.value(nodes, at + 1, &self.columns[i], strings) {
+                    match self.value(nodes, at + 1, &self.columns[i], reading) {
                         Some(v) => values[i] = v,
                         None => return false,
                     }
@@ -318,20 +318,21 @@ impl Scanner {
         at == nodes.len()
     }
 
-    /// The value of `column` at `nodes[at]`; a string read is copied to the end of `strings`.
+    /// The value of `column` at `nodes[at]`; a string read is copied to the end of the
+    /// strings `reading` holds.
     fn value(
         &self,
         nodes: &[Node<'_>],
         at: usize,
         column: &Column,
-        strings: &mut String,
+        reading: &mut Reading,
     ) -> Option<Value> {
         let node = nodes.get(at)?;
         if matches!(node, Node::Static(StaticNode::Null)) {
             return Some(Value::Null);
         }
         match (column.kind, node) {
-            (_, Node::String(s)) => self.string(column, s, strings),
+            (_, Node::String(s)) => self.string(column, s, reading),
             (Kind::Int64, Node::Static(n)) => integer(n, 1_000_000_000_000_000_000).map(Value::Int),
             (Kind::Int32, Node::Static(n)) => integer(n, 1_000_000_000).map(Value::Int),
             (Kind::Float64, Node::Static(n)) => {
@@ -360,8 +361,9 @@ impl Scanner {
     }
 
     /// The value of `column` given as the string `s`; a string read is copied to the end of
-    /// `strings`.
-    fn string(&self, column: &Column, s: &str, strings: &mut String) -> Option<Value> {
+    /// the strings `reading` holds.
+    fn string(&self, column: &Column, s: &str, reading: &mut Reading) -> Option<Value> {
+        let strings = &mut reading.strings;
         match column.kind {
             Kind::Str if column.out.is_some() => {
                 let start = u32::try_from(strings.len()).ok()?;
@@ -371,7 +373,7 @@ impl Scanner {
             Kind::Str => Some(Value::Checked),
             // A time is parsed whether it is read or not: one arrow-json cannot parse makes
             // the record bad.
-            Kind::Timestamp => utc_micros(s.as_bytes()).map(Value::Time),
+            Kind::Timestamp => utc_micros_after(s.as_bytes(), &mut reading.day).map(Value::Time),
             _ => None,
         }
     }
@@ -415,6 +417,14 @@ impl Builder {
     }
 }
 
+/// What reading a record's values writes to: the strings read, one after another, and the
+/// last date a time was read on.
+#[derive(Default)]
+pub(super) struct Reading {
+    strings: String,
+    day: LastDay,
+}
+
 /// Scratch space of the scanner, reused between records: the record copied with the padding
 /// simd-json reads past its end, simd-json's buffers and tape, the columns' values and the
 /// strings read.
@@ -423,7 +433,7 @@ pub(super) struct Scratch {
     buffers: simd_json::Buffers,
     tape: simd_json::Tape<'static>,
     values: Vec<Value>,
-    strings: String,
+    reading: Reading,
     /// The shapes learned, the one that last held a record first.
     shapes: Vec<Shape>,
     /// Records taken without a shape before the next is learned from.
@@ -439,7 +449,7 @@ impl Default for Scratch {
             buffers: simd_json::Buffers::with_max_depth(1024, super::MAX_NESTING),
             tape: simd_json::Tape(Vec::new()),
             values: Vec::new(),
-            strings: String::new(),
+            reading: Reading::default(),
             shapes: Vec::new(),
             unlearned: 0,
         }
@@ -486,6 +496,15 @@ fn nesting(nodes: &[Node<'_>], at: usize) -> Option<usize> {
 /// microsecond cut off, as arrow's parser does); None for any other form, or a date or time
 /// that does not exist.
 pub fn utc_micros(t: &[u8]) -> Option<i64> {
+    utc_micros_after(t, &mut None)
+}
+
+/// The last date [`utc_micros_after`] read: its ten bytes and its day since the epoch.
+pub(super) type LastDay = Option<([u8; 10], i64)>;
+
+/// [`utc_micros`], the day of a date the same as `last`'s taken from it: a stream's times
+/// mostly share their date.
+pub(super) fn utc_micros_after(t: &[u8], last: &mut LastDay) -> Option<i64> {
     if t.len() < 20 || t[4] != b'-' || t[7] != b'-' || t[10] != b'T' || t[13] != b':' {
         return None;
     }
@@ -497,12 +516,25 @@ pub fn utc_micros(t: &[u8]) -> Option<i64> {
             d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
         })
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let days = match last {
+        Some((date, days)) if *date == t[..10] => *days,
+        _ => {
+            let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+            if !(1000..=9999).contains(&year) || !(1..=12).contains(&month) || day < 1 {
+                return None;
+            }
+            if day > days_in_month(year, month) {
+                return None;
+            }
+            let days = days_from_civil(year, month, day);
+            let mut date = [0; 10];
+            date.copy_from_slice(&t[..10]);
+            *last = Some((date, days));
+            days
+        }
+    };
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1000..=9999).contains(&year) || !(1..=12).contains(&month) || day < 1 {
-        return None;
-    }
-    if day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+    if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
     let fraction = &t[19..t.len() - 1];
@@ -525,7 +557,7 @@ pub fn utc_micros(t: &[u8]) -> Option<i64> {
         }
         _ => return None,
     };
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
     Some(seconds * 1_000_000 + micros)
 }
 
@@ -679,6 +711,33 @@ mod tests {
             "2026-1-24T10:00:00Z",
         ] {
             assert_eq!(utc_micros(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    /// A time read after another, on its date or not, reads as it does alone.
+    #[test]
+    fn a_time_reads_the_same_after_any_other() {
+        let times = [
+            "2026-11-24T10:00:00Z",
+            "2026-11-24T23:59:59.999999Z",
+            "2026-11-24T24:00:00Z",
+            "2026-11-24T10:60:00Z",
+            "2026-11-24T10:00:00.1a2Z",
+            "2026-11-24X10:00:00Z",
+            "2026-11-25T00:00:00Z",
+            "2024-02-29T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+            "1969-12-31T23:59:59.5Z",
+            "0999-11-24T10:00:00Z",
+            "2026-11-24",
+        ];
+        for first in times {
+            for then in times {
+                let mut last = None;
+                utc_micros_after(first.as_bytes(), &mut last);
+                let after = utc_micros_after(then.as_bytes(), &mut last);
+                assert_eq!(after, utc_micros(then.as_bytes()), "{then} after {first}");
+            }
         }
     }
 }
