@@ -110,7 +110,7 @@ impl Shape {
         let mut at = 0;
         for (i, &cut) in self.cuts.iter().enumerate() {
             let literal = self.literal(i);
-            if !bytes[at..].starts_with(literal) {
+            if !begins_with(&bytes[at..], literal) {
                 return false;
             }
             at += literal.len();
@@ -126,7 +126,8 @@ impl Shape {
             }
             at += len;
         }
-        bytes[at..] == *self.literal(self.cuts.len())
+        let last = self.literal(self.cuts.len());
+        bytes.len() - at == last.len() && begins_with(&bytes[at..], last)
     }
 }
 
@@ -140,9 +141,7 @@ fn next_quote(bytes: &[u8]) -> Option<usize> {
     let mut words = bytes.chunks_exact(8);
     let mut at = 0;
     for word in &mut words {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(word);
-        let x = u64::from_le_bytes(eight) ^ QUOTES;
+        let x = eight(word) ^ QUOTES;
         // The lowest byte flagged is the first zero byte (a borrow flags only bytes above one).
         let zeros = x.wrapping_sub(LOW) & !x & HIGH;
         if zeros != 0 {
@@ -152,6 +151,34 @@ fn next_quote(bytes: &[u8]) -> Option<usize> {
     }
     let rest = words.remainder().iter().position(|&b| b == b'"');
     rest.map(|i| at + i)
+}
+
+/// Whether `bytes` begins with `prefix`, compared eight bytes a step: a literal is short, and
+/// a call to `memcmp` costs more than comparing a few words.
+fn begins_with(bytes: &[u8], prefix: &[u8]) -> bool {
+    let n = prefix.len();
+    let Some(head) = bytes.get(..n) else {
+        return false;
+    };
+    if n < 8 {
+        return head == prefix;
+    }
+    // Whole words, then the last eight bytes (overlapping the last word compared).
+    let mut at = 0;
+    while at + 8 < n {
+        if eight(&head[at..at + 8]) != eight(&prefix[at..at + 8]) {
+            return false;
+        }
+        at += 8;
+    }
+    eight(&head[n - 8..]) == eight(&prefix[n - 8..])
+}
+
+/// Eight bytes as one number.
+fn eight(word: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(word);
+    u64::from_le_bytes(bytes)
 }
 
 /// Where the string at `node` lies in `record` (the tape's copy of it at `base`), cut out as
@@ -206,6 +233,22 @@ fn nested(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prefix is found whole or not at all, whatever its length and wherever it differs.
+    #[test]
+    fn prefixes_compare_as_slices_do() {
+        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..=text.len() {
+            let prefix = &text[..len];
+            assert!(begins_with(&text, prefix));
+            assert!(!begins_with(&text[..len.saturating_sub(1)], prefix) || len == 0);
+            for at in 0..len {
+                let mut other = prefix.to_vec();
+                other[at] ^= 0x20;
+                assert!(!begins_with(&text, &other), "{len} {at}");
+            }
+        }
+    }
 
     /// The first quote is found wherever it is in a word or the tail, after any other byte
     /// (high bytes and bytes one away from a quote included), or not at all.
