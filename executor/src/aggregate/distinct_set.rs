@@ -79,13 +79,19 @@ impl DistinctSet {
         let by_value = |a: &Placed, b: &Placed| {
             (a.head.cmp(&b.head)).then_with(|| byte_order(a.value(bytes), b.value(bytes)))
         };
-        // Stable sorts: the sorted part is a run each sort finds and merges with the rest.
+        // Stable sorts: the sorted part is a run each sort finds and merges with the rest. A
+        // set with no sorted part has no run to find, and an unstable sort of it is quicker;
+        // equal values are the same bytes, so which copy dedup keeps does not matter.
         if self.placed.len() >= BUCKETS_FROM * self.key_groups as usize {
             // Many values a key group: placed in their key group's bucket first (counting
             // sort), then each bucket sorted by value, a small sort that stays in the cache.
             let buckets = by_key_group(&mut self.placed, self.key_groups);
             for bucket in buckets.windows(2) {
-                self.placed[bucket[0]..bucket[1]].sort_by(by_value);
+                let bucket = &mut self.placed[bucket[0]..bucket[1]];
+                match self.sorted {
+                    0 => bucket.sort_unstable_by(by_value),
+                    _ => bucket.sort_by(by_value),
+                }
             }
         } else {
             self.placed
