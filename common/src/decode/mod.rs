@@ -759,6 +759,25 @@ mod tests {
             assert_eq!(got.good, want.good, "{text} and after");
             assert_eq!(concat(&got), concat(&want), "{text} and after");
         }
+        // The same values in records of one shape, after one that teaches it: read from the
+        // shape's cuts, they decode as arrow-json decodes them too.
+        let learned = r#"{"id":"all","n":-12,"i":34,"f":5.25,"b":true}"#;
+        let mut shaped = vec![learned.to_string()];
+        for (k, v) in numbers.iter().enumerate() {
+            for j in 0..4 {
+                let mut values = ["-12", "34", "5.25", "true"];
+                values[j] = v;
+                let [n, i, f, b] = values;
+                shaped.push(format!(
+                    r#"{{"id":"s{k}{j}","n":{n},"i":{i},"f":{f},"b":{b}}}"#
+                ));
+            }
+        }
+        let refs: Vec<&[u8]> = shaped.iter().map(|r| r.as_bytes()).collect();
+        let (want, got) = (full.decode(&refs), scanned.decode(&refs));
+        assert_eq!(got.bad, want.bad);
+        assert_eq!(got.good, want.good);
+        assert_eq!(concat(&got), concat(&want));
         // The scanner took the plain forms itself (so the comparison compared something).
         let scanner = scan::Scanner::new(&schema, &[0, 1, 2, 3, 4]).expect("plain columns");
         let mut rows = scanner.rows(1);
@@ -890,9 +909,9 @@ mod tests {
         same_as_arrow_json(&[&latin1, &unread, good(3).as_bytes()]);
     }
 
-    /// Records of the shapes the scanner learns (keys in one order, strings only, nested maps
-    /// and arrays), as a producer writes them.
-    fn shaped(i: usize) -> [String; 3] {
+    /// Records of the shapes the scanner learns (keys in one order, strings, numbers and
+    /// literals, nested maps and arrays), as a producer writes them.
+    fn shaped(i: usize) -> [String; 4] {
         [
             format!(
                 r#"{{"event_id":"e{i}","event_type":"click","page_url":"https://shop/p/{i}","properties":{{"browser":"firefox","country":"IN"}},"timestamp":"2026-11-24T10:00:0{}.123456Z","user_id":"user-{i}"}}"#,
@@ -903,6 +922,9 @@ mod tests {
             ),
             format!(
                 r#"{{"event_id":"é{i}","user_id":"中","event_type":"x","timestamp":"2026-11-24T10:00:00Z","more":{{"a":{{"b":"c"}}}}}}"#
+            ),
+            format!(
+                r#"{{"event_id":"e{i}","n":{i},"user_id":"u","f":-{i}.5e-3,"event_type":"x","ok":true,"timestamp":"2026-11-24T10:00:00Z","none":null,"page_url":null,"arr":[1, 2.0,{{"k":false}}, -0]}}"#
             ),
         ]
     }
@@ -915,9 +937,9 @@ mod tests {
         /// reads it or not.
         #[test]
         fn records_near_a_learned_shape_decode_as_arrow_json_decodes_them(
-            which in 0usize..3,
+            which in 0usize..4,
             edits in proptest::collection::vec(
-                (0usize..400, 0usize..4, proptest::prelude::any::<u8>(), "[a-z0-9:. \\\"é\\x01-]{0,10}"),
+                (0usize..400, 0usize..5, proptest::prelude::any::<u8>(), "[a-z0-9:. \\\"é\\x01-]{0,10}"),
                 1..12,
             )
         ) {
@@ -931,6 +953,19 @@ mod tests {
                     0 if at < r.len() => r[at] = byte,
                     1 => r.insert(at, byte),
                     2 => r.truncate(at.max(1)),
+                    // Another number or literal: the `at`-th value that is not a string.
+                    3 => {
+                        let tokens = ["0", "-0", "1.5", "1e9", "01", "1.", "tru", "null", "true",
+                            "false", "-", "9223372036854775808", " 1", "1 ", "\"1\"", "1e", "-1E+2"];
+                        let starts: Vec<usize> = r.windows(2).enumerate()
+                            .filter(|&(k, w)| w == b"\":" && r.get(k + 2) != Some(&b'"'))
+                            .map(|(k, _)| k + 2)
+                            .collect();
+                        if let Some(&start) = starts.get(at % starts.len().max(1)) {
+                            let len = r[start..].iter().position(|b| b",]} ".contains(b)).unwrap_or(0);
+                            r.splice(start..start + len, tokens[byte as usize % tokens.len()].bytes());
+                        }
+                    }
                     // Another string in a value: the `at`-th of those following `":"`.
                     _ => {
                         let starts: Vec<usize> = r.windows(3).enumerate()

@@ -20,7 +20,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use simd_json::{Node, StaticNode};
 
-use super::shape::{Cut, Shape};
+use super::shape::{Cut, Piece, Shape};
 use crate::schema::string_map_type;
 
 /// What a column holds, as far as the scanner is concerned.
@@ -229,11 +229,16 @@ impl Scanner {
                 values[field] = Value::Checked;
             }
             reading.strings.clear();
-            shape.read(record, |cut, value| {
+            shape.read(record, |cut, piece| {
                 let Cut::Column(field) = cut else {
                     return true;
                 };
-                match self.string(&self.columns[field], value, reading) {
+                let column = &self.columns[field];
+                let value = match piece {
+                    Piece::Text(s) => self.string(column, s, reading),
+                    token => self.token(column, token),
+                };
+                match value {
                     Some(v) => {
                         values[field] = v;
                         true
@@ -356,6 +361,32 @@ impl Scanner {
                     (0..len).all(|i| matches!(nodes.get(at + 2 + 2 * i), Some(Node::String(_))));
                 strings.then_some(Value::Checked)
             }
+            _ => None,
+        }
+    }
+
+    /// The value of `column` given as a shape's cut holds a number or literal, as
+    /// [`Self::value`] takes it from the tape: the same values of the same kinds, the rest
+    /// refused.
+    fn token(&self, column: &Column, token: Piece<'_>) -> Option<Value> {
+        let integer = |text: &str, limit: u64| {
+            let v = text.parse::<i64>().ok()?;
+            (v.unsigned_abs() < limit).then_some(Value::Int(v))
+        };
+        match (column.kind, token) {
+            (_, Piece::Null) => Some(Value::Null),
+            (Kind::Int64, Piece::Integer(t)) => integer(t, 1_000_000_000_000_000_000),
+            (Kind::Int32, Piece::Integer(t)) => integer(t, 1_000_000_000),
+            // An integer zero is left to arrow-json, as the tape leaves it (it keeps no sign);
+            // other numbers are the nearest float, as the text is.
+            (Kind::Float64, Piece::Integer(t)) if t.bytes().all(|b| matches!(b, b'0' | b'-')) => {
+                None
+            }
+            (Kind::Float64, Piece::Integer(t) | Piece::Float(t)) => {
+                let v = t.parse::<f64>().ok()?;
+                v.is_finite().then_some(Value::Float(v))
+            }
+            (Kind::Bool, Piece::Bool(b)) => Some(Value::Bool(b)),
             _ => None,
         }
     }
@@ -606,8 +637,8 @@ mod tests {
         )
     }
 
-    /// The first record taken teaches its shape; records of that shape with other strings are
-    /// read by it, with their own values; a record with a number, or escapes, teaches none.
+    /// The first record taken teaches its shape; records of that shape with other values are
+    /// read by it, with their own values; a record with escapes teaches none.
     #[test]
     fn records_of_a_learned_shape_are_read_by_it() {
         let scanner = reference();
@@ -640,13 +671,32 @@ mod tests {
         let bad_time = event("3", r#"{"k":"v"}"#).replace("10:00:00.5Z", "10:00:60.5Z");
         assert!(!scanner.by_shape(&bad_time, &mut scratch_after));
         assert!(!scanner.by_shape(&event("4\",5", r#"{"k":"v"}"#), &mut scratch_after));
-        for no_shape in [
-            event("5", r#"{"k":"v"}"#).replace(r#""tags""#, r#""n":1,"tags""#),
-            event("6", r#"{"k":"v"}"#).replace("https:", "https:\\/"),
+        let escaped = event("6", r#"{"k":"v"}"#).replace("https:", "https:\\/");
+        let mut fresh = Scratch::default();
+        assert!(scanner.scan(escaped.as_bytes(), &mut fresh, &mut scanner.rows(1)));
+        assert!(fresh.shapes.is_empty(), "{escaped}");
+        // Numbers and literals are cut out too, each ending where a value may end.
+        let with = |tokens: &str| {
+            event("7", r#"{"k":"v"}"#).replace(r#""tags""#, &format!("{tokens},\"tags\""))
+        };
+        let mut numbers = Scratch::default();
+        let learned = with(r#""n":1,"m":[true,null, -2.5e3 ],"z":{"f":false}"#);
+        assert!(scanner.scan(learned.as_bytes(), &mut numbers, &mut scanner.rows(1)));
+        assert_eq!(numbers.shapes.len(), 1);
+        for other in [
+            r#""n":-0.5,"m":[false,1, null ],"z":{"f":1e2}"#,
+            r#""n":null,"m":[0,0, 0 ],"z":{"f":true}"#,
         ] {
-            let mut fresh = Scratch::default();
-            assert!(scanner.scan(no_shape.as_bytes(), &mut fresh, &mut scanner.rows(1)));
-            assert!(fresh.shapes.is_empty(), "{no_shape}");
+            assert!(scanner.by_shape(&with(other), &mut numbers), "{other}");
+        }
+        for not in [
+            r#""n":01,"m":[true,null, -2.5e3 ],"z":{"f":false}"#,
+            r#""n":1,"m":[tru,null, -2.5e3 ],"z":{"f":false}"#,
+            r#""n":1,"m":[true,null, - ],"z":{"f":false}"#,
+            r#""n":"1","m":[true,null, -2.5e3 ],"z":{"f":false}"#,
+            r#""n":1.,"m":[true,null, -2.5e3 ],"z":{"f":false}"#,
+        ] {
+            assert!(!scanner.by_shape(&with(not), &mut numbers), "{not}");
         }
     }
 

@@ -1,25 +1,36 @@
-//! The shape of a producer's records, learned from one the scanner took: its bytes with the
-//! contents of its string values cut out. A producer writes its records with the same keys in
-//! the same order, the same nesting and the same spacing, so most of a stream's records are
-//! those bytes with other strings in the cuts. A record that matches a shape byte for byte,
-//! whose cut strings hold no quote (ending each at the next one), no backslash and no control
-//! character, and which is UTF-8, is a JSON document of exactly the learned structure: its
-//! values are read from the cuts without parsing it again.
-//!
-//! Only records whose every value (nested ones included) is a string, an object or an array
-//! give a shape: a number, `true`, `false` or `null` varies in its own grammar, which a cut
-//! between quotes does not hold.
+//! The shape of a producer's records, learned from one the scanner took: its bytes with its
+//! values cut out (the contents of its strings, and its numbers, `true`, `false` and `null`).
+//! A producer writes its records with the same keys in the same order, the same nesting and
+//! the same spacing, so most of a stream's records are those bytes with other values in the
+//! cuts. A record free of backslashes and control characters, and UTF-8, that matches a shape
+//! byte for byte outside its cuts, where each string's cut ends at the next quote and each
+//! other value's at the next `,`, `]`, `}` or space and is a JSON number or literal, is a JSON
+//! document of exactly the learned structure: its values are read from the cuts without
+//! parsing it again.
 
 use simd_json::Node;
 
-/// What a cut's string is to the scanner.
+/// What a cut's value is to the scanner.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Cut {
     /// The value of the schema's column of that index (a top-level field).
     Column(usize),
-    /// A string no column is built from: a field the schema does not name, a key's value in
-    /// a map, an element of an array.
+    /// A value no column is built from: a field the schema does not name, a key's value in a
+    /// map, an element of an array.
     Other,
+}
+
+/// A cut's value in a record read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Piece<'a> {
+    /// A string's contents.
+    Text(&'a str),
+    /// A number written without a fraction or an exponent.
+    Integer(&'a str),
+    /// A number with either.
+    Float(&'a str),
+    Bool(bool),
+    Null,
 }
 
 /// A learned shape: `literals[0]`, cut 0, `literals[1]`, cut 1, ..., the last literal.
@@ -28,7 +39,8 @@ pub(super) struct Shape {
     /// The literal bytes, back to back; `ends[i]` is where literal `i` ends.
     bytes: Vec<u8>,
     ends: Vec<u32>,
-    cuts: Vec<Cut>,
+    /// Each cut, and whether it holds a string (else a number or literal).
+    cuts: Vec<(Cut, bool)>,
     /// The schema's top-level fields the shape holds as objects (maps, checked once, when the
     /// shape was learned).
     objects: Vec<usize>,
@@ -36,16 +48,20 @@ pub(super) struct Shape {
 
 impl Shape {
     /// The shape of `record`, of which `nodes` is simd-json's tape (parsed from a copy of it at
-    /// address `base`, whose unescaped strings the tape points into), or None when a value in
-    /// it is not a string, an object or an array. `column` names the schema's column of a
-    /// top-level key.
+    /// address `base`, whose unescaped strings the tape points into), or None when it is not
+    /// one a shape holds. `column` names the schema's column of a top-level key.
     pub(super) fn learn(
         record: &[u8],
         base: usize,
         nodes: &[Node<'_>],
         column: impl Fn(&[u8]) -> Option<usize>,
     ) -> Option<Shape> {
-        let mut cuts: Vec<(usize, usize, Cut)> = Vec::new();
+        let mut walk = Walk {
+            record,
+            base,
+            next: 0,
+            cuts: Vec::new(),
+        };
         let mut objects = Vec::new();
         let Some(&Node::Object { len: pairs, .. }) = nodes.first() else {
             return None;
@@ -55,29 +71,22 @@ impl Shape {
             let Some(Node::String(key)) = nodes.get(at) else {
                 return None;
             };
+            walk.key(key)?;
             let field = column(key.as_bytes());
             at += 1;
-            match nodes.get(at)? {
-                Node::String(_) => {
-                    let what = field.map_or(Cut::Other, Cut::Column);
-                    cuts.push(cut(record, base, nodes.get(at)?, what)?);
-                    at += 1;
-                }
-                _ => {
-                    if let Some(field) = field {
-                        objects.push(field);
-                    }
-                    at = nested(record, base, nodes, at, &mut cuts)?;
-                }
+            if let (Some(field), Node::Object { .. } | Node::Array { .. }) = (field, nodes.get(at)?)
+            {
+                objects.push(field);
             }
+            at = walk.value(nodes, at, field.map_or(Cut::Other, Cut::Column))?;
         }
         if at != nodes.len() {
             return None;
         }
         let mut bytes = Vec::with_capacity(record.len());
-        let mut ends = Vec::with_capacity(cuts.len() + 1);
+        let mut ends = Vec::with_capacity(walk.cuts.len() + 1);
         let mut from = 0;
-        for &(start, end, _) in &cuts {
+        for &(start, end, _, _) in &walk.cuts {
             bytes.extend_from_slice(record.get(from..start)?);
             ends.push(u32::try_from(bytes.len()).ok()?);
             from = end;
@@ -87,7 +96,7 @@ impl Shape {
         Some(Shape {
             bytes,
             ends,
-            cuts: cuts.into_iter().map(|(_, _, c)| c).collect(),
+            cuts: walk.cuts.into_iter().map(|(_, _, c, s)| (c, s)).collect(),
             objects,
         })
     }
@@ -103,31 +112,163 @@ impl Shape {
     }
 
     /// Whether `record` (free of backslashes and control characters, and UTF-8) has this
-    /// shape; hands `read` each cut's string with what it is, and answers false as soon as
+    /// shape; hands `read` each cut's value with what it is, and answers false as soon as
     /// `read` does.
-    pub(super) fn read(&self, record: &str, mut read: impl FnMut(Cut, &str) -> bool) -> bool {
+    pub(super) fn read(&self, record: &str, mut read: impl FnMut(Cut, Piece<'_>) -> bool) -> bool {
         let bytes = record.as_bytes();
         let mut at = 0;
-        for (i, &cut) in self.cuts.iter().enumerate() {
+        for (i, &(cut, string)) in self.cuts.iter().enumerate() {
             let literal = self.literal(i);
             if !begins_with(&bytes[at..], literal) {
                 return false;
             }
             at += literal.len();
-            let Some(len) = next_quote(&bytes[at..]) else {
+            // A string's cut ends at the next quote, a token's where a value may end; both
+            // ends are then next to ASCII: character boundaries.
+            let len = match string {
+                true => next_quote(&bytes[at..]),
+                false => token_end(&bytes[at..]),
+            };
+            let Some(value) = len.and_then(|len| record.get(at..at + len)) else {
                 return false;
             };
-            // Both ends are next to a quote: character boundaries.
-            let Some(value) = record.get(at..at + len) else {
-                return false;
+            let piece = match string {
+                true => Piece::Text(value),
+                false => match token(value) {
+                    Some(piece) => piece,
+                    None => return false,
+                },
             };
-            if cut != Cut::Other && !read(cut, value) {
+            if cut != Cut::Other && !read(cut, piece) {
                 return false;
             }
-            at += len;
+            at += value.len();
         }
         let last = self.literal(self.cuts.len());
         bytes.len() - at == last.len() && begins_with(&bytes[at..], last)
+    }
+}
+
+/// The learning walk through a record and its tape, in document order: where it is in the
+/// record, and the cuts found so far (start, end, what, whether a string).
+struct Walk<'r> {
+    record: &'r [u8],
+    base: usize,
+    next: usize,
+    cuts: Vec<(usize, usize, Cut, bool)>,
+}
+
+impl Walk<'_> {
+    /// Where the tape's string `s` lies in the record, if between two quotes at or after the
+    /// walk's place, as an unescaped string does; the walk goes on after it.
+    fn string(&mut self, s: &str) -> Option<(usize, usize)> {
+        let start = (s.as_ptr() as usize).checked_sub(self.base)?;
+        let end = start.checked_add(s.len())?;
+        let quoted = start > self.next
+            && end < self.record.len()
+            && self.record.get(start - 1) == Some(&b'"')
+            && self.record.get(end) == Some(&b'"');
+        self.next = end + 1;
+        quoted.then_some((start, end))
+    }
+
+    /// A key: not cut, only passed.
+    fn key(&mut self, key: &str) -> Option<()> {
+        self.string(key).map(|_| ())
+    }
+
+    /// Cuts out the value at `nodes[at]` as `what` (the strings and tokens inside it when it
+    /// is an object or an array); answers the index after it.
+    fn value(&mut self, nodes: &[Node<'_>], at: usize, what: Cut) -> Option<usize> {
+        let (len, keyed) = match *nodes.get(at)? {
+            Node::String(s) => {
+                let (start, end) = self.string(s)?;
+                self.cuts.push((start, end, what, true));
+                return Some(at + 1);
+            }
+            Node::Static(_) => {
+                // Between the walk's place and a token there are only structural characters
+                // and spaces; a token is what the tape says it is.
+                let rest = self.record.get(self.next..)?;
+                let start = self.next + rest.iter().position(|b| b"-0123456789tfn".contains(b))?;
+                let end = start + token_end(self.record.get(start..)?)?;
+                std::str::from_utf8(self.record.get(start..end)?)
+                    .ok()
+                    .and_then(token)?;
+                self.cuts.push((start, end, what, false));
+                self.next = end;
+                return Some(at + 1);
+            }
+            Node::Object { len, .. } => (len, true),
+            Node::Array { len, .. } => (len, false),
+        };
+        let mut next = at + 1;
+        for _ in 0..len {
+            if keyed {
+                let Some(Node::String(key)) = nodes.get(next) else {
+                    return None;
+                };
+                self.key(key)?;
+                next += 1;
+            }
+            next = self.value(nodes, next, Cut::Other)?;
+        }
+        Some(next)
+    }
+}
+
+/// Where a token (a number or literal) starting `bytes` ends: at the first `,`, `]`, `}` or
+/// space, what may follow a value in a record free of control characters.
+fn token_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .iter()
+        .position(|b| matches!(b, b',' | b']' | b'}' | b' '))
+}
+
+/// The token `text` as JSON reads it, or None when it is not a number or literal.
+fn token(text: &str) -> Option<Piece<'_>> {
+    match text {
+        "true" => return Some(Piece::Bool(true)),
+        "false" => return Some(Piece::Bool(false)),
+        "null" => return Some(Piece::Null),
+        _ => {}
+    }
+    let t = text.as_bytes();
+    let digits = |mut i: usize| {
+        while t.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    i = match t.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i + 1),
+        _ => return None,
+    };
+    let integer = i == t.len();
+    if t.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    match (i == t.len(), integer) {
+        (false, _) => None,
+        (true, true) => Some(Piece::Integer(text)),
+        (true, false) => Some(Piece::Float(text)),
     }
 }
 
@@ -179,55 +320,6 @@ fn eight(word: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(word);
     u64::from_le_bytes(bytes)
-}
-
-/// Where the string at `node` lies in `record` (the tape's copy of it at `base`), cut out as
-/// `what`; None unless it lies between two quotes within the record, as an unescaped string
-/// does.
-fn cut(record: &[u8], base: usize, node: &Node<'_>, what: Cut) -> Option<(usize, usize, Cut)> {
-    let Node::String(s) = node else {
-        return None;
-    };
-    let start = (s.as_ptr() as usize).checked_sub(base)?;
-    let end = start.checked_add(s.len())?;
-    let quoted = start > 0
-        && end < record.len()
-        && record.get(start - 1) == Some(&b'"')
-        && record.get(end) == Some(&b'"');
-    quoted.then_some((start, end, what))
-}
-
-/// Walks the object or array at `nodes[at]`, cutting out its strings (an object's values, not
-/// its keys); answers the index after it, or None when it holds a value of another kind.
-fn nested(
-    record: &[u8],
-    base: usize,
-    nodes: &[Node<'_>],
-    at: usize,
-    cuts: &mut Vec<(usize, usize, Cut)>,
-) -> Option<usize> {
-    let (len, keyed) = match *nodes.get(at)? {
-        Node::Object { len, .. } => (len, true),
-        Node::Array { len, .. } => (len, false),
-        _ => return None,
-    };
-    let mut next = at + 1;
-    for _ in 0..len {
-        if keyed {
-            if !matches!(nodes.get(next), Some(Node::String(_))) {
-                return None;
-            }
-            next += 1;
-        }
-        match nodes.get(next)? {
-            node @ Node::String(_) => {
-                cuts.push(cut(record, base, node, Cut::Other)?);
-                next += 1;
-            }
-            _ => next = nested(record, base, nodes, next, cuts)?,
-        }
-    }
-    Some(next)
 }
 
 #[cfg(test)]
