@@ -90,8 +90,7 @@ const MAX_DEPTH: usize = 16;
 const SHAPES: usize = 4;
 
 /// Of the records taken without a shape, one in this many is learned from: a stream of
-/// records no shape holds (a field that is a number, an array of varying length) pays little
-/// for trying.
+/// records no shape holds (arrays of varying length, say) pays little for trying.
 const LEARN_EVERY: u32 = 32;
 
 impl Scanner {
