@@ -430,6 +430,20 @@ fn friendly(message: &str) -> String {
     trimmed.to_string()
 }
 
+/// The reference events' schema, for the decoder's tests.
+#[cfg(test)]
+fn reference_schema() -> SchemaRef {
+    crate::schema::build_schema([
+        ("event_id", "string not null"),
+        ("user_id", "string not null"),
+        ("event_type", "string not null"),
+        ("page_url", "string"),
+        ("timestamp", "timestamp not null"),
+        ("properties", "map<string,string>"),
+    ])
+    .expect("the reference schema")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,16 +451,7 @@ mod tests {
     use arrow::array::{Array, StringArray};
 
     fn decoder() -> JsonDecoder {
-        let schema = build_schema([
-            ("event_id", "string not null"),
-            ("user_id", "string not null"),
-            ("event_type", "string not null"),
-            ("page_url", "string"),
-            ("timestamp", "timestamp not null"),
-            ("properties", "map<string,string>"),
-        ])
-        .unwrap();
-        JsonDecoder::new(schema, 300)
+        JsonDecoder::new(reference_schema(), 300)
     }
 
     fn good(i: usize) -> String {

@@ -615,19 +615,10 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::build_schema;
 
     fn reference() -> Scanner {
-        let schema = build_schema([
-            ("event_id", "string not null"),
-            ("user_id", "string not null"),
-            ("event_type", "string not null"),
-            ("page_url", "string"),
-            ("timestamp", "timestamp not null"),
-            ("properties", "map<string,string>"),
-        ])
-        .unwrap();
-        Scanner::new(&schema, &[0, 1, 2, 4]).expect("the reference schema")
+        Scanner::new(&super::super::reference_schema(), &[0, 1, 2, 4])
+            .expect("the reference schema")
     }
 
     fn event(id: &str, properties: &str) -> String {
@@ -636,51 +627,45 @@ mod tests {
         )
     }
 
+    /// Scratch space after `record` was scanned (and taken).
+    fn after(scanner: &Scanner, record: &str) -> Scratch {
+        let mut scratch = Scratch::default();
+        assert!(scanner.scan(record.as_bytes(), &mut scratch, &mut scanner.rows(1)));
+        scratch
+    }
+
     /// The first record taken teaches its shape; records of that shape with other values are
     /// read by it, with their own values; a record with escapes teaches none.
     #[test]
     fn records_of_a_learned_shape_are_read_by_it() {
         let scanner = reference();
-        let mut scratch = Scratch::default();
-        let mut rows = scanner.rows(4);
-        assert!(scanner.scan(
-            event("1", r#"{"k":"v"}"#).as_bytes(),
-            &mut scratch,
-            &mut rows
-        ));
+        let mut scratch = after(&scanner, &event("1", r#"{"k":"v"}"#));
         assert_eq!(scratch.shapes.len(), 1);
         let second = event("second é", r#"{"k":""}"#);
         assert!(scanner.by_shape(&second, &mut scratch));
+        let mut rows = scanner.rows(1);
         assert!(scanner.take(&scratch, &mut rows));
         let batch = scanner.finish(rows).unwrap();
         let ids = batch
             .column(0)
             .as_any()
             .downcast_ref::<arrow::array::StringArray>();
-        assert_eq!(ids.unwrap().value(1), "second é");
+        assert_eq!(ids.unwrap().value(0), "second é");
         // Another shape, a time no one can parse, a quote ending a string early: not read.
-        let mut scratch_after = Scratch::default();
-        let mut rows = scanner.rows(1);
-        assert!(scanner.scan(
-            event("1", r#"{"k":"v"}"#).as_bytes(),
-            &mut scratch_after,
-            &mut rows
-        ));
-        assert!(!scanner.by_shape(&event("2", r#"{"k":"v","l":"w"}"#), &mut scratch_after));
+        assert!(!scanner.by_shape(&event("2", r#"{"k":"v","l":"w"}"#), &mut scratch));
         let bad_time = event("3", r#"{"k":"v"}"#).replace("10:00:00.5Z", "10:00:60.5Z");
-        assert!(!scanner.by_shape(&bad_time, &mut scratch_after));
-        assert!(!scanner.by_shape(&event("4\",5", r#"{"k":"v"}"#), &mut scratch_after));
+        assert!(!scanner.by_shape(&bad_time, &mut scratch));
+        assert!(!scanner.by_shape(&event("4\",5", r#"{"k":"v"}"#), &mut scratch));
         let escaped = event("6", r#"{"k":"v"}"#).replace("https:", "https:\\/");
-        let mut fresh = Scratch::default();
-        assert!(scanner.scan(escaped.as_bytes(), &mut fresh, &mut scanner.rows(1)));
-        assert!(fresh.shapes.is_empty(), "{escaped}");
+        assert!(after(&scanner, &escaped).shapes.is_empty(), "{escaped}");
         // Numbers and literals are cut out too, each ending where a value may end.
         let with = |tokens: &str| {
             event("7", r#"{"k":"v"}"#).replace(r#""tags""#, &format!("{tokens},\"tags\""))
         };
-        let mut numbers = Scratch::default();
-        let learned = with(r#""n":1,"m":[true,null, -2.5e3 ],"z":{"f":false}"#);
-        assert!(scanner.scan(learned.as_bytes(), &mut numbers, &mut scanner.rows(1)));
+        let mut numbers = after(
+            &scanner,
+            &with(r#""n":1,"m":[true,null, -2.5e3 ],"z":{"f":false}"#),
+        );
         assert_eq!(numbers.shapes.len(), 1);
         for other in [
             r#""n":-0.5,"m":[false,1, null ],"z":{"f":1e2}"#,
