@@ -24,6 +24,7 @@ pub enum Scalar<'a> {
 }
 
 impl Scalar<'_> {
+    #[inline]
     pub fn is_null(&self) -> bool {
         matches!(self, Scalar::Null)
     }
@@ -80,6 +81,10 @@ impl<'a> ColumnReader<'a> {
         })
     }
 
+    /// The value of `row`. Inlined into the callers of other crates: built in place, the value
+    /// is not passed through the stack a byte and then sixteen at a time (a stall per row in
+    /// the pre-aggregation's profile).
+    #[inline]
     pub fn get(&self, row: usize) -> Scalar<'a> {
         macro_rules! read {
             ($a:expr, $wrap:expr) => {

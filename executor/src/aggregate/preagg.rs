@@ -314,7 +314,16 @@ impl<'a> PreAggregation<'a> {
                     .collect(),
             });
         for (i, (agg, column)) in aggregates.iter().zip(columns).enumerate() {
-            let value = column.as_ref().map_or(Scalar::Null, |c| c.get(row));
+            // An aggregate without a column (`count(*)`) takes a null; one with a column reads
+            // it. Choosing before reading keeps a default null from being built for every
+            // aggregate and then overwritten (a stall on the stack copy, in profiles).
+            let Some(column) = column else {
+                if agg.kind != AggKind::CountDistinct {
+                    state.partials[i].update(agg.kind, Scalar::Null);
+                }
+                continue;
+            };
+            let value = column.get(row);
             if agg.kind != AggKind::CountDistinct {
                 state.partials[i].update(agg.kind, value);
             } else if let (false, Some(set)) = (value.is_null(), &mut state.distinct[i]) {
