@@ -85,6 +85,11 @@ enum Builder {
 /// which the decoder's own depth check guards).
 const MAX_DEPTH: usize = 16;
 
+/// Integers the scanner takes into a long and an int column are below these in magnitude,
+/// read from the tape or from a shape's cut alike; larger ones are arrow-json's to judge.
+const INT64_BELOW: u64 = 1_000_000_000_000_000_000;
+const INT32_BELOW: u64 = 1_000_000_000;
+
 /// Shapes kept: a producer writing a few kinds of record (events with different properties)
 /// has each of them held.
 const SHAPES: usize = 4;
@@ -337,8 +342,8 @@ impl Scanner {
         }
         match (column.kind, node) {
             (_, Node::String(s)) => self.string(column, s, reading),
-            (Kind::Int64, Node::Static(n)) => integer(n, 1_000_000_000_000_000_000).map(Value::Int),
-            (Kind::Int32, Node::Static(n)) => integer(n, 1_000_000_000).map(Value::Int),
+            (Kind::Int64, Node::Static(n)) => integer(n, INT64_BELOW).map(Value::Int),
+            (Kind::Int32, Node::Static(n)) => integer(n, INT32_BELOW).map(Value::Int),
             (Kind::Float64, Node::Static(n)) => {
                 let v = match *n {
                     StaticNode::F64(v) => v,
@@ -374,8 +379,8 @@ impl Scanner {
         };
         match (column.kind, token) {
             (_, Piece::Null) => Some(Value::Null),
-            (Kind::Int64, Piece::Integer(t)) => integer(t, 1_000_000_000_000_000_000),
-            (Kind::Int32, Piece::Integer(t)) => integer(t, 1_000_000_000),
+            (Kind::Int64, Piece::Integer(t)) => integer(t, INT64_BELOW),
+            (Kind::Int32, Piece::Integer(t)) => integer(t, INT32_BELOW),
             // An integer zero is left to arrow-json, as the tape leaves it (it keeps no sign);
             // other numbers are the nearest float, as the text is.
             (Kind::Float64, Piece::Integer(t)) if t.bytes().all(|b| matches!(b, b'0' | b'-')) => {

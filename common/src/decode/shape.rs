@@ -33,7 +33,7 @@ pub(super) enum Piece<'a> {
     Null,
 }
 
-/// A learned shape: `literals[0]`, cut 0, `literals[1]`, cut 1, ..., the last literal.
+/// A learned shape: literal 0, cut 0, literal 1, cut 1, ..., the last literal.
 #[derive(Debug, Clone)]
 pub(super) struct Shape {
     /// The literal bytes, back to back; `ends[i]` is where literal `i` ends.
