@@ -154,9 +154,14 @@ pub async fn measure(args: &BenchArgs, root: &Path) -> anyhow::Result<KafkaRuns>
 /// The producer's settings for `broker`. The mock cluster keeps 5 MB of batches per
 /// partition, so its batches are compressed; and it answers a fetch with one batch per
 /// partition, so a bulk load (`bulk`) lingers a second to send large batches, as a bulk
-/// producer would. The latency run's producer keeps gen's 20 ms.
+/// producer would. The latency run's producer keeps gen's 20 ms, and is gen's light one: it
+/// shares the machine with the job, and librdkafka's producer would take most of a core at
+/// the pace asked.
 fn producer_args(broker: BrokerKind, partitions: i32, bulk: bool) -> Vec<String> {
     let mut args = vec!["--partitions".to_string(), partitions.to_string()];
+    if !bulk {
+        args.extend(["--producer", "light"].map(String::from));
+    }
     if broker == BrokerKind::Mock {
         args.extend(["--compression", "lz4"].map(String::from));
         if bulk {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -81,13 +81,12 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `brokers`, creating `args.topic` when the broker lacks it; keeps every
-    /// record's produce time when `args.produce_times` asks for them.
-    pub async fn connect(brokers: &str, args: &GenArgs) -> anyhow::Result<Self> {
+    /// Connects to `brokers`; keeps every record's produce time when `args.produce_times`
+    /// asks for them.
+    pub fn connect(brokers: &str, args: &GenArgs) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", brokers);
-        ensure_topic(&config, &args.topic, args.partitions).await?;
         config
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", args.linger_ms.to_string())
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
@@ -107,12 +106,15 @@ impl Producer {
         })
     }
 
-    /// Hands one record to librdkafka, serving delivery reports while its queue is full.
-    pub fn send(&mut self, partition: i32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .context("the clock is before 1970")?;
-        let at = i64::try_from(now.as_millis()).context("the clock is past what i64 holds")?;
+    /// Hands one record stamped `at` (ms since the epoch) to librdkafka, serving delivery
+    /// reports while its queue is full.
+    pub fn send(
+        &mut self,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        at: i64,
+    ) -> anyhow::Result<()> {
         let mut record = BaseRecord::with_opaque_to(&self.topic, at as usize)
             .partition(partition)
             .key(key)
@@ -178,7 +180,10 @@ impl Producer {
 
 /// Creates `topic` unless the broker has it already. A broker without CreateTopics, such as
 /// librdkafka's mock cluster, is given its topics beforehand.
-async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let config = &config;
     if topic_exists(config, topic).await? {
         return Ok(());
     }
