@@ -36,12 +36,12 @@ pub struct GenArgs {
     /// Partitions of the topic when gen creates it.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// The producer's compression codec (librdkafka's `compression.type`: none, gzip,
-    /// snappy, lz4, zstd).
+    /// The producer's compression codec: none, gzip, snappy, lz4 or zstd with librdkafka
+    /// (its `compression.type`), none or lz4 with the light producer.
     #[arg(long, default_value = "none")]
     pub compression: String,
-    /// How long the producer waits to fill a batch (librdkafka's `linger.ms`): more makes
-    /// larger batches, as a bulk load would send them.
+    /// How long the producer waits to fill a batch (librdkafka's `linger.ms`; the light
+    /// producer's the same way): more makes larger batches, as a bulk load would send them.
     #[arg(long, default_value_t = 20)]
     pub linger_ms: u64,
     /// Number of events.
