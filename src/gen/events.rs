@@ -75,10 +75,13 @@ impl TimeText {
         let of_day = seconds.rem_euclid(86_400);
         let mut text = String::with_capacity(self.date.len() + 16);
         text.push_str(&self.date);
-        let digits = |text: &mut String, v: i64, width: usize| {
-            let v = itoa::Buffer::new().format(v).to_string();
-            text.extend(std::iter::repeat_n('0', width.saturating_sub(v.len())));
-            text.push_str(&v);
+        // `v` has at most `width` digits here; written zero-padded, most significant first.
+        let digits = |text: &mut String, v: i64, width: u32| {
+            text.extend(
+                (0..width)
+                    .rev()
+                    .map(|i| char::from(b'0' + (v / 10i64.pow(i) % 10) as u8)),
+            );
         };
         digits(&mut text, of_day / 3600, 2);
         text.push(':');

@@ -183,8 +183,7 @@ impl Producer {
 pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
-    let config = &config;
-    if topic_exists(config, topic).await? {
+    if topic_exists(&config, topic).await? {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = config.create().context("Kafka admin client")?;

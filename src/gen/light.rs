@@ -160,8 +160,6 @@ pub struct LightProducer {
     oldest: Option<Instant>,
     linger: Duration,
     codec: Codec,
-    /// A batch being written; kept for its buffer.
-    batch: Vec<u8>,
     times: Option<ProduceTimes>,
     sent: u64,
     delivered: u64,
@@ -246,7 +244,6 @@ impl LightProducer {
             oldest: None,
             linger,
             codec,
-            batch: Vec::new(),
             times: keep_times.then(ProduceTimes::default),
             sent: 0,
             delivered: 0,
@@ -298,13 +295,13 @@ impl LightProducer {
                     continue;
                 }
                 batches.push((p, records.len(), std::mem::take(times)));
-                records
-                    .finish(self.codec, &mut self.batch)
+                let batch = records
+                    .finish(self.codec)
                     .with_context(|| format!("writing partition {p}'s batch"))?;
                 data.push(
                     PartitionProduceData::default()
                         .with_index(p)
-                        .with_records(Some(Bytes::copy_from_slice(&self.batch))),
+                        .with_records(Some(Bytes::from(batch))),
                 );
             }
             if data.is_empty() {
