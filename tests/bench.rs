@@ -53,10 +53,13 @@ fn weir_bench_reports_every_measurement() {
         "files → Delta, 3 000 users, exact distinct users, 2 executors |",
         "| 3 000 users, exact distinct, 2 executors: ≥ 2 500 000 events/s |",
         "| 3 000 users: exact distinct costs ≤ 25 % against approximate |",
-        "Kafka (tansu, SQLite storage) → Delta, 1 executor |",
-        "Kafka (tansu, SQLite storage) → Delta, 2 executors |",
-        "Kafka (librdkafka mock cluster, in memory) → Delta, 1 executor |",
-        "Kafka (librdkafka mock cluster, in memory) → Delta, 2 executors |",
+        "Kafka (tansu, SQLite storage) → Delta, `client: librdkafka`, 1 executor |",
+        "Kafka (tansu, SQLite storage) → Delta, `client: librdkafka`, 2 executors |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, `client: weir`, 1 executor |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, `client: weir`, 2 executors |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, `client: librdkafka`, 1 executor |",
+        "Kafka (librdkafka mock cluster, in memory) → Delta, `client: librdkafka`, 2 executors |",
+        "`client: weir`) |",
         "p99 produce-to-commit latency",
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
@@ -122,10 +125,12 @@ fn weir_bench_reports_every_measurement() {
     // The Kafka runs read every produced event, and every record of the paced run was
     // matched with the epoch that read it.
     for (run, events) in [
-        ("kafka-1-executor", 3000),
-        ("kafka-2-executors", 3000),
-        ("kafka-mock-1-executor", 4000),
-        ("kafka-mock-2-executors", 4000),
+        ("kafka-librdkafka-1-executor", 3000),
+        ("kafka-librdkafka-2-executors", 3000),
+        ("kafka-mock-weir-1-executor", 4000),
+        ("kafka-mock-weir-2-executors", 4000),
+        ("kafka-mock-librdkafka-1-executor", 4000),
+        ("kafka-mock-librdkafka-2-executors", 4000),
     ] {
         let line = written
             .lines()
@@ -139,7 +144,7 @@ fn weir_bench_reports_every_measurement() {
         "{written}"
     );
     assert!(
-        written.contains("(librdkafka mock cluster, in memory: "),
+        written.contains("(librdkafka mock cluster, in memory, `client: librdkafka`: "),
         "the latency run was not on the mock cluster:\n{written}"
     );
     assert!(

@@ -13,6 +13,7 @@ use crate::duration::{micros, parse_duration};
 use crate::schema::{build_schema, is_scalar, timestamp_type};
 
 pub mod explain;
+pub mod kafka_client;
 pub mod kafka_sink;
 pub mod operations;
 pub mod query;
@@ -117,6 +118,9 @@ pub struct RawKafka {
     pub max_offsets_per_trigger: Option<u64>,
     #[serde(default)]
     pub options: SecretMap,
+    /// `librdkafka` (the default) or `weir`.
+    #[serde(default)]
+    pub client: Option<String>,
 }
 
 /// JSON-lines files under a directory or object-store prefix, taken in name order.
@@ -249,6 +253,8 @@ pub struct KafkaSource {
     pub fail_on_data_loss: bool,
     pub max_offsets_per_trigger: Option<u64>,
     pub options: SecretMap,
+    /// Which client the executors read with.
+    pub client: kafka_client::KafkaClient,
 }
 
 /// The file source, validated.
@@ -543,6 +549,7 @@ fn kafka_source(kafka: &RawKafka) -> Result<KafkaSource, JobError> {
         fail_on_data_loss: kafka.fail_on_data_loss,
         max_offsets_per_trigger: kafka.max_offsets_per_trigger,
         options: kafka.options.clone(),
+        client: kafka_client::parse(kafka.client.as_deref(), &kafka.options)?,
     })
 }
 
@@ -1234,6 +1241,8 @@ impl JobSpec {
             let options = fill_secrets("source.kafka.options", &k.options, own_kafka)?;
             k.options = options.clone();
             if let Source::Kafka(source) = &mut self.source {
+                // Read again with the values: weir's client takes its settings from them.
+                source.client = kafka_client::parse(k.client.as_deref(), &options)?;
                 source.options = options;
             }
         }

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod epoch;
 pub mod exchange;
 pub mod input;
+pub mod kafka_wire;
 pub mod metrics;
 pub mod output;
 pub mod plan;

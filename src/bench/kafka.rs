@@ -174,14 +174,14 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 /// Executors of the latency run.
 const LATENCY_EXECUTORS: usize = 2;
 
-/// Runs the reference job from `topic` (its reader given `options`) with its 1 s trigger on 2
+/// Runs the reference job from `topic` (read with `reader`: a client and its options) with its 1 s trigger on 2
 /// executors while `rate` events/s are produced for `seconds`, and measures, for every record
 /// produced, the time from its produce call to the decision of the epoch that read it.
 pub async fn latency(
     root: &Path,
     brokers: &str,
     topic: &str,
-    options: &[(&str, &str)],
+    (client, options): (&str, &[(&str, &str)]),
     rate: f64,
     seconds: u64,
     producer: &[&str],
@@ -190,7 +190,7 @@ pub async fn latency(
     // measured records start.
     let warm_up = [producer, &["--seed", "3", "--span", "1m"]].concat();
     produce(brokers, topic, 1000, 0.0, &warm_up, false).await?;
-    let source = runs::kafka_source_with(brokers, topic, 10_000_000, options);
+    let source = runs::kafka_source_with(brokers, topic, 10_000_000, client, options);
     let (job, checkpoint) = runs::prepare(root, "kafka-latency", &source, runs::Distinct::Exact)?;
     let mut child = runs::local_command(&job, LATENCY_EXECUTORS, None)?
         .kill_on_drop(true)

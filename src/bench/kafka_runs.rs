@@ -37,7 +37,39 @@ impl BrokerKind {
     }
 }
 
-/// One broker's runs on 1 and 2 executors.
+/// The client a Kafka run reads with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Librdkafka,
+    /// weir's own fetch client (`client: weir`).
+    Weir,
+}
+
+impl Client {
+    /// Its name in a job file and in run names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Librdkafka => "librdkafka",
+            Client::Weir => "weir",
+        }
+    }
+}
+
+/// The clients each broker's runs read with: both from the mock cluster (the throughput
+/// targets are judged on weir's runs); librdkafka's from tansu, whose figure is its storage's.
+fn clients(broker: BrokerKind) -> &'static [Client] {
+    match broker {
+        BrokerKind::Mock => &[Client::Weir, Client::Librdkafka],
+        BrokerKind::Tansu | BrokerKind::Given => &[Client::Librdkafka],
+    }
+}
+
+/// The client the latency run reads with, at half of its own runs' peak: librdkafka's, whose
+/// reader decodes the next epoch's records while the executors wait for the trigger (weir's
+/// client fetches ahead but decodes nothing ahead; docs/benchmarks.md).
+pub const LATENCY_CLIENT: Client = Client::Librdkafka;
+
+/// One broker's runs on 1 and 2 executors, with each of its clients.
 pub struct BrokerRuns {
     pub broker: BrokerKind,
     pub events: u64,
@@ -191,10 +223,11 @@ async fn broker_runs(
     kafka::produce(address, topic, events, 0.0, &producer, false).await?;
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
     let mut runs = Vec::new();
-    for executors in [1, 2] {
+    for (client, executors) in clients(broker).iter().flat_map(|c| [(*c, 1), (*c, 2)]) {
         let name = format!(
-            "{}-{executors}-executor{}",
+            "{}-{}-{executors}-executor{}",
             broker.run_prefix(),
+            client.name(),
             if executors > 1 { "s" } else { "" }
         );
         eprintln!("weir bench: {name}");
@@ -204,6 +237,7 @@ async fn broker_runs(
                 address,
                 topic,
                 args.offsets_per_epoch,
+                client.name(),
                 reader_options(broker),
             ),
             executors,
@@ -234,7 +268,7 @@ async fn broker_runs(
 /// The reader's `fetch.wait.max.ms` on the mock cluster.
 const MOCK_FETCH_WAIT_MS: &str = "10";
 
-/// The reader's librdkafka options for `broker`. The mock cluster holds a fetch that finds
+/// The reader's options for `broker` (both clients take them). The mock cluster holds a fetch that finds
 /// nothing for the whole `fetch.wait.max.ms` (500 ms by default), records arriving meanwhile
 /// or not, and librdkafka has one fetch in flight per broker: a reader at the end of the log,
 /// or whose other partitions wait for their queues to drain, waited that long for the last
@@ -247,11 +281,13 @@ fn reader_options(broker: BrokerKind) -> &'static [(&'static str, &'static str)]
     }
 }
 
-/// Half of the fastest run's rate: the latency run's pace.
+/// Half of the fastest rate of the runs with the latency run's client: its pace.
 pub fn half_of_peak(runs: &BrokerRuns) -> f64 {
+    let client = format!("-{}-", LATENCY_CLIENT.name());
     let peak = runs
         .runs
         .iter()
+        .filter(|r| r.name.contains(&client))
         .map(RunResult::engine_events_per_second)
         .fold(0.0, f64::max);
     (peak / 2.0).max(1.0)
@@ -280,7 +316,7 @@ async fn latency(
         root,
         address,
         topic,
-        reader_options(broker),
+        (LATENCY_CLIENT.name(), reader_options(broker)),
         rate,
         args.latency_seconds,
         &producer,

@@ -512,11 +512,19 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
     }
     for broker in &kafka.brokers {
         for r in &broker.runs {
-            let executors = r.name.rsplit_once("kafka-").map_or("", |(_, n)| n);
-            let executors = executors.trim_start_matches("mock-").replace('-', " ");
+            // `kafka[-mock]-<client>-<n>-executor[s]`
+            let rest = r
+                .name
+                .trim_start_matches("kafka-")
+                .trim_start_matches("mock-");
+            let (client, executors) = rest.split_once('-').unwrap_or(("", rest));
+            let executors = executors.replace('-', " ");
             row(
                 &mut out,
-                &format!("Kafka ({}) → Delta, {executors}", broker.broker.label()),
+                &format!(
+                    "Kafka ({}) → Delta, `client: {client}`, {executors}",
+                    broker.broker.label()
+                ),
                 r.engine_events_per_second(),
                 &format!(
                     "{} events in {} partitions, first plan to last decision {:.2} s over {} epochs",
@@ -608,13 +616,17 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             .brokers
             .iter()
             .find(|b| b.broker == kafka_runs::BrokerKind::Mock)
-            .and_then(|b| b.runs.iter().find(|r| r.name.ends_with("-2-executors")))
+            .and_then(|b| {
+                let client = kafka_runs::Client::Weir.name();
+                let name = format!("-{client}-2-executors");
+                b.runs.iter().find(|r| r.name.ends_with(&name))
+            })
         {
             let files = two.median();
             let rate = mock.engine_events_per_second();
             writeln!(
                 out,
-                "| Kafka → Delta from a broker that keeps up, 2 executors: ≥ 1 500 000 events/s | {rate:.0} events/s ({}) | {} |",
+                "| Kafka → Delta from a broker that keeps up, 2 executors: ≥ 1 500 000 events/s | {rate:.0} events/s ({}, `client: weir`) | {} |",
                 kafka_runs::BrokerKind::Mock.label(),
                 verdict(rate >= 1.5e6)
             )?;
@@ -641,11 +653,12 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             let within = l.records > 0 && l.p99_ms <= 1500.0;
             writeln!(
                 out,
-                "| p99 produce-to-commit latency ≤ trigger + 0.5 s (1 500 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({}: {} records produced at {:.0} events/s for {} s, {} epochs; half of peak: {:.0} events/s) | {} |",
+                "| p99 produce-to-commit latency ≤ trigger + 0.5 s (1 500 ms) at half of peak rate | p99 {:.0} ms, p50 {:.0} ms, max {:.0} ms ({}, `client: {}`: {} records produced at {:.0} events/s for {} s, {} epochs; half of its runs' peak: {:.0} events/s) | {} |",
                 l.p99_ms,
                 l.p50_ms,
                 l.max_ms,
                 broker.label(),
+                kafka_runs::LATENCY_CLIENT.name(),
                 l.records,
                 l.produced_rate,
                 l.seconds,

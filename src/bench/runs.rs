@@ -166,12 +166,13 @@ pub fn files_source(input: &Path, max_files: u64) -> String {
     )
 }
 
-/// A Kafka source over `topic` from its earliest offsets, with librdkafka `options` for the
-/// reader.
+/// A Kafka source over `topic` from its earliest offsets, read with `client` (`librdkafka`
+/// or `weir`) given `options`.
 pub fn kafka_source_with(
     brokers: &str,
     topic: &str,
     max_offsets: u64,
+    client: &str,
     options: &[(&str, &str)],
 ) -> String {
     let options: Vec<String> = options
@@ -180,7 +181,7 @@ pub fn kafka_source_with(
         .collect();
     format!(
         "  kafka: {{bootstrap_servers: \"{brokers}\", topic: {topic}, starting_offsets: earliest, \
-         max_offsets_per_trigger: {max_offsets}, options: {{{}}}}}\n",
+         max_offsets_per_trigger: {max_offsets}, client: {client}, options: {{{}}}}}\n",
         options.join(", ")
     )
 }

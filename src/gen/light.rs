@@ -7,25 +7,17 @@
 //! batch's first offset: about 0.25 µs. Plaintext only, acks from the leader, no retries: a
 //! request the broker refuses fails gen.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::error::ParseResponseErrorCode;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{
-    Decodable, Encodable, HeaderVersion, Message, StrBytes, VersionRange,
-};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
+use weir_executor::kafka_wire::connection::{self, refusal, Connection};
+use weir_executor::kafka_wire::record_batch::{Codec, Records};
 
 use super::kafka::ProduceTimes;
-use super::record_batch::{Codec, Records};
 
 /// A partition's records are sent once they reach this many bytes, linger or not: Kafka
 /// refuses a batch over `message.max.bytes` (1 MB by default).
@@ -34,126 +26,15 @@ const BATCH_BYTES: usize = 512 * 1024;
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The highest request versions used: Produce 13 names topics by id only.
 const PRODUCE_VERSIONS: VersionRange = VersionRange { min: 3, max: 12 };
-const METADATA_VERSIONS: VersionRange = VersionRange { min: 1, max: 12 };
-
-/// One broker connection; requests are answered in turn.
-struct Connection {
-    address: String,
-    stream: TcpStream,
-    correlation: i32,
-    out: BytesMut,
-    produce_version: i16,
-    metadata_version: i16,
-}
-
-impl Connection {
-    /// Connects to `address` and agrees on the Produce and Metadata versions both sides know.
-    fn open(address: &str) -> anyhow::Result<Self> {
-        let stream =
-            TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(PRODUCE_TIMEOUT + Duration::from_secs(10)))?;
-        let mut connection = Connection {
-            address: address.to_string(),
-            stream,
-            correlation: 0,
-            out: BytesMut::new(),
-            produce_version: 0,
-            metadata_version: 0,
-        };
-        // Version 0 of ApiVersions is the one every broker answers.
-        let versions: ApiVersionsResponse =
-            connection.call(ApiKey::ApiVersions, &ApiVersionsRequest::default(), 0)?;
-        if let Some(error) = refusal(versions.error_code) {
-            bail!("{address} refused ApiVersions: {error}");
-        }
-        let agree = |key: ApiKey, ours: VersionRange| -> anyhow::Result<i16> {
-            let theirs = versions
-                .api_keys
-                .iter()
-                .find(|k| k.api_key == key as i16)
-                .map(|k| VersionRange {
-                    min: k.min_version,
-                    max: k.max_version,
-                })
-                .with_context(|| format!("{address} does not serve {key:?}"))?;
-            let both = ours.intersect(&theirs);
-            if both.is_empty() {
-                bail!("{address} serves {key:?} {theirs}, this producer {ours}");
-            }
-            Ok(both.max)
-        };
-        connection.produce_version = agree(
-            ApiKey::Produce,
-            PRODUCE_VERSIONS.intersect(&ProduceRequest::VERSIONS),
-        )?;
-        connection.metadata_version = agree(
-            ApiKey::Metadata,
-            METADATA_VERSIONS.intersect(&MetadataRequest::VERSIONS),
-        )?;
-        Ok(connection)
-    }
-
-    /// Sends `request`, the `key` API's request as `version`, and reads its answer.
-    fn call<Q, A>(&mut self, key: ApiKey, request: &Q, version: i16) -> anyhow::Result<A>
-    where
-        Q: Encodable + HeaderVersion,
-        A: Decodable + HeaderVersion,
-    {
-        self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("weir-gen")));
-        self.out.clear();
-        self.out.put_i32(0);
-        header.encode(&mut self.out, Q::header_version(version))?;
-        request.encode(&mut self.out, version)?;
-        let size = i32::try_from(self.out.len() - 4).context("a request over 2 GiB")?;
-        self.out[..4].copy_from_slice(&size.to_be_bytes());
-        let address = &self.address;
-        self.stream
-            .write_all(&self.out)
-            .with_context(|| format!("sending to {address}"))?;
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .with_context(|| format!("reading {address}'s answer"))?;
-        let size = usize::try_from(i32::from_be_bytes(size))
-            .with_context(|| format!("{address} answered a negative size"))?;
-        let mut body = vec![0u8; size];
-        self.stream
-            .read_exact(&mut body)
-            .with_context(|| format!("reading {address}'s answer"))?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, A::header_version(version))?;
-        if header.correlation_id != self.correlation {
-            bail!(
-                "{address} answered request {} to request {}",
-                header.correlation_id,
-                self.correlation
-            );
-        }
-        // Bytes past what this version holds are left unread, as Kafka's clients leave them
-        // (librdkafka's mock cluster ends ApiVersions 0 with one).
-        A::decode(&mut body, version).with_context(|| format!("decoding {address}'s answer"))
-    }
-}
-
-/// What an error code in an answer says, if it is one.
-fn refusal(code: i16) -> Option<String> {
-    (code != 0).then(|| match code.err() {
-        Some(error) => error.to_string(),
-        None => format!("error code {code}"),
-    })
-}
+/// How long an answer may take: the broker's own Produce timeout, and some.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
+const CLIENT_ID: &str = "weir-gen";
 
 /// A producer into one topic; blocking.
 pub struct LightProducer {
     topic: TopicName,
-    /// Per leader: its connection and its partitions.
-    leaders: Vec<(Connection, Vec<i32>)>,
+    /// Per leader: its connection, the Produce version it takes, and its partitions.
+    leaders: Vec<(Connection, i16, Vec<i32>)>,
     /// Per partition: the records waiting, and their produce times when kept.
     pending: Vec<(Records, Vec<i64>)>,
     /// When the oldest record waiting was handed over.
@@ -181,62 +62,20 @@ impl LightProducer {
             "lz4" => Codec::Lz4,
             other => bail!("the light producer compresses with none or lz4, not {other}"),
         };
-        let first = bootstrap
-            .split(',')
-            .map(str::trim)
-            .find(|b| !b.is_empty())
-            .context("no bootstrap server given")?;
-        let mut bootstrap = Connection::open(first)?;
+        let first = connection::first_server(bootstrap)?;
+        let mut bootstrap = Connection::open(first, CLIENT_ID, ANSWER_TIMEOUT)?;
+        let found = connection::leaders(&mut bootstrap, topic)?;
+        let count = found.partitions;
+        let mut leaders = Vec::with_capacity(found.leaders.len());
+        for (address, partitions) in found.leaders {
+            let connection = Connection::open(&address, CLIENT_ID, ANSWER_TIMEOUT)?;
+            let version = connection.version(
+                ApiKey::Produce,
+                PRODUCE_VERSIONS.intersect(&ProduceRequest::VERSIONS),
+            )?;
+            leaders.push((connection, version, partitions));
+        }
         let name = TopicName(StrBytes::from_string(topic.to_string()));
-        let request = MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(name.clone()))
-            ]))
-            .with_allow_auto_topic_creation(false);
-        let version = bootstrap.metadata_version;
-        let metadata: MetadataResponse = bootstrap.call(ApiKey::Metadata, &request, version)?;
-        let found = metadata
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref() == Some(&name))
-            .with_context(|| format!("the broker did not describe topic {topic}"))?;
-        if let Some(error) = refusal(found.error_code) {
-            bail!("topic {topic}: {error}");
-        }
-        let count = found.partitions.len();
-        let mut leaders: Vec<(Connection, Vec<i32>)> = Vec::new();
-        let mut leader_ids = Vec::new();
-        for p in &found.partitions {
-            if let Some(error) = refusal(p.error_code) {
-                bail!("topic {topic} partition {}: {error}", p.partition_index);
-            }
-            if !usize::try_from(p.partition_index).is_ok_and(|i| i < count) {
-                bail!(
-                    "topic {topic} has a partition {} of {count}",
-                    p.partition_index
-                );
-            }
-            let slot = match leader_ids.iter().position(|id| *id == p.leader_id) {
-                Some(slot) => slot,
-                None => {
-                    let broker = metadata
-                        .brokers
-                        .iter()
-                        .find(|b| b.node_id == p.leader_id)
-                        .with_context(|| {
-                            format!(
-                                "partition {}'s leader is not a known broker",
-                                p.partition_index
-                            )
-                        })?;
-                    let address = format!("{}:{}", broker.host.as_str(), broker.port);
-                    leaders.push((Connection::open(&address)?, Vec::new()));
-                    leader_ids.push(p.leader_id);
-                    leaders.len() - 1
-                }
-            };
-            leaders[slot].1.push(p.partition_index);
-        }
         Ok(Self {
             topic: name,
             leaders,
@@ -286,7 +125,7 @@ impl LightProducer {
     /// Sends every partition's records, one request per leader, and waits for the answers.
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.oldest = None;
-        for (connection, partitions) in &mut self.leaders {
+        for (connection, version, partitions) in &mut self.leaders {
             let mut data = Vec::new();
             let mut batches = Vec::new();
             for &p in partitions.iter() {
@@ -313,8 +152,7 @@ impl LightProducer {
                 .with_topic_data(vec![TopicProduceData::default()
                     .with_name(self.topic.clone())
                     .with_partition_data(data)]);
-            let version = connection.produce_version;
-            let response: ProduceResponse = connection.call(ApiKey::Produce, &request, version)?;
+            let response: ProduceResponse = connection.call(ApiKey::Produce, &request, *version)?;
             for (p, count, sent_at) in batches {
                 let answer = response
                     .responses

@@ -5,7 +5,6 @@ mod events;
 mod kafka;
 mod light;
 mod producer;
-mod record_batch;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

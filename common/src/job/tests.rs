@@ -520,6 +520,31 @@ fn executors_take_secret_values_from_their_own_job_file() {
     assert!(plain.with_secrets_from(None).is_ok());
 }
 
+/// weir's fetch client reads its settings from the options: an executor has them once it
+/// filled in their values from its own job file.
+#[test]
+fn executors_read_with_weirs_client_as_its_options_set_it() {
+    let text = GOOD.replacen(
+        "    max_offsets_per_trigger: 1000\n",
+        "    max_offsets_per_trigger: 1000\n    client: weir\n    options: {fetch.wait.max.ms: \"10\", isolation.level: read_uncommitted}\n",
+        1,
+    );
+    let driver = parse(&text).unwrap();
+    let filled = JobSpec::from_json(&driver.to_public_json())
+        .unwrap()
+        .with_secrets_from(Some(&driver))
+        .unwrap();
+    let kafka_client::KafkaClient::Weir(settings) = &filled.kafka().unwrap().client else {
+        panic!("not weir's client");
+    };
+    assert_eq!(settings.max_wait_ms, 10);
+    assert!(!settings.read_committed);
+    assert_eq!(
+        filled.kafka().unwrap().client,
+        driver.kafka().unwrap().client
+    );
+}
+
 #[test]
 fn a_bad_webhook_url_is_refused_without_repeating_it() {
     let text = GOOD.replacen(

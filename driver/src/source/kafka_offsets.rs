@@ -179,6 +179,7 @@ mod tests {
             fail_on_data_loss: true,
             max_offsets_per_trigger: None,
             options: SecretMap::default(),
+            client: weir_common::job::kafka_client::KafkaClient::Librdkafka,
         };
         let reader = OffsetReader::new(&source).unwrap();
         let bounds = reader.bounds().unwrap();

@@ -36,6 +36,9 @@ pub enum ReadError {
     Wait(std::io::Error),
     #[error("the run was abandoned")]
     Abandoned,
+    /// weir's fetch client's failures.
+    #[error("Kafka: {0}")]
+    Fetch(String),
 }
 
 /// Bytes of records librdkafka fetches ahead for an executor, split evenly over the partitions
@@ -51,10 +54,10 @@ const PREFETCH_KBYTES: &str = "queued.max.messages.kbytes";
 pub(super) const POLL_BATCH: usize = 4096;
 
 /// How long a read waits for any of its queues before asking whether to go on.
-const WAIT: Duration = Duration::from_millis(200);
+pub(super) const WAIT: Duration = Duration::from_millis(200);
 
 /// How long a read may see no record before the epoch fails.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Routes librdkafka's reports into `tracing`; reaching the end of a partition is expected here.
 pub struct ReaderContext;
@@ -138,7 +141,7 @@ pub(super) struct Reading {
 
 /// Whether `ranges` pick up exactly where the last read ended (`read_to`), on the same
 /// partitions.
-fn continues(read_to: &HashMap<i32, i64>, ranges: &[PartitionRange]) -> bool {
+pub(super) fn continues(read_to: &HashMap<i32, i64>, ranges: &[PartitionRange]) -> bool {
     !read_to.is_empty()
         && read_to.len() == ranges.len()
         && ranges
@@ -338,11 +341,11 @@ fn taken_ahead(
 
 /// A partition a read still takes records from.
 #[derive(Debug, PartialEq)]
-struct Pending {
-    partition: i32,
+pub(super) struct Pending {
+    pub(super) partition: i32,
     /// The offset the next record has at least.
-    next: i64,
-    end: i64,
+    pub(super) next: i64,
+    pub(super) end: i64,
 }
 
 impl Pending {
@@ -356,7 +359,7 @@ impl Pending {
 
     /// Takes a record at `offset` into account: whether it is this range's (else it starts the
     /// next range, and this one is done).
-    fn take(&mut self, offset: i64) -> bool {
+    pub(super) fn take(&mut self, offset: i64) -> bool {
         if offset < self.end {
             self.next = offset + 1;
             true
@@ -366,8 +369,13 @@ impl Pending {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.next >= self.end
+    }
+
+    /// Passes offsets below `offset` that held no record of the range (up to its end).
+    pub(super) fn skip_to(&mut self, offset: i64) {
+        self.next = self.next.max(offset.min(self.end));
     }
 }
 
@@ -703,17 +711,18 @@ impl KafkaReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use weir_common::job::kafka_client::KafkaClient;
     use weir_common::job::{SecretMap, StartingOffsets};
 
     use super::*;
 
-    const TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Produces `count` records into each of `partitions`: `"{partition}-{offset}"`.
-    fn topic(
+    pub(crate) fn topic(
         mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
         topic: &str,
         partitions: i32,
@@ -724,7 +733,7 @@ mod tests {
     }
 
     /// Produces the records at `offsets` into each of `partitions`: `"{partition}-{offset}"`.
-    fn produce(
+    pub(crate) fn produce(
         mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
         topic: &str,
         partitions: i32,
@@ -754,6 +763,7 @@ mod tests {
             fail_on_data_loss: true,
             max_offsets_per_trigger: None,
             options: SecretMap::default(),
+            client: KafkaClient::Librdkafka,
         };
         KafkaReader::new(&source, "reader-test", 1 << 20).expect("reader")
     }
@@ -779,15 +789,15 @@ mod tests {
             .collect()
     }
 
-    fn expected(p: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
+    pub(crate) fn expected(p: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
         (start..end).map(|o| (p, o, format!("{p}-{o}"))).collect()
     }
 
-    fn ranges(partitions: i32, start: i64, end: i64) -> Vec<PartitionRange> {
+    pub(crate) fn ranges(partitions: i32, start: i64, end: i64) -> Vec<PartitionRange> {
         (0..partitions).map(|p| range(p, start, end)).collect()
     }
 
-    fn all(partitions: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
+    pub(crate) fn all(partitions: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
         (0..partitions)
             .flat_map(|p| expected(p, start, end))
             .collect()
@@ -952,7 +962,7 @@ mod tests {
         );
     }
 
-    fn range(partition: i32, start: i64, end: i64) -> PartitionRange {
+    pub(crate) fn range(partition: i32, start: i64, end: i64) -> PartitionRange {
         PartitionRange {
             partition,
             start,

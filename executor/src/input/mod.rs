@@ -2,6 +2,8 @@
 //! file source (those read ahead, beside the epoch before, when the plan names them).
 
 mod consumer_queue;
+pub mod fetch_reader;
+mod fetcher;
 pub mod file_reader;
 mod kafka_ahead;
 pub mod kafka_reader;
@@ -14,9 +16,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use weir_common::checkpoint::{check_relative_path, InputFile, PartitionRange};
 use weir_common::decode::{Decoded, JsonDecoder};
+use weir_common::job::kafka_client::KafkaClient;
 use weir_common::job::{JobSpec, Source};
 use weir_proto::control::{ExecuteRequest, InputFile as ProtoFile};
 
+use crate::input::fetch_reader::FetchReader;
 use crate::input::file_reader::{FileReader, Resume};
 use crate::input::kafka_reader::{Gathered, KafkaReader};
 use crate::input::read_ahead::{ReadAhead, TakenAhead};
@@ -120,20 +124,31 @@ fn planned_files(files: &[ProtoFile]) -> anyhow::Result<Vec<InputFile>> {
 
 pub enum Input {
     Kafka {
-        reader: Box<KafkaReader>,
+        reader: Box<KafkaInput>,
         topic: String,
     },
     Files(FileReader),
+}
+
+/// A Kafka source's reader: librdkafka's consumer, or weir's own fetch client.
+pub enum KafkaInput {
+    Librdkafka(KafkaReader),
+    Weir(FetchReader),
 }
 
 impl Input {
     pub fn open(job: &JobSpec, job_id: &str) -> anyhow::Result<Self> {
         Ok(match &job.source {
             Source::Kafka(kafka) => Input::Kafka {
-                reader: Box::new(
-                    KafkaReader::new(kafka, job_id, job.max_record_bytes)
-                        .context("creating the Kafka consumer")?,
-                ),
+                reader: Box::new(match &kafka.client {
+                    KafkaClient::Librdkafka => KafkaInput::Librdkafka(
+                        KafkaReader::new(kafka, job_id, job.max_record_bytes)
+                            .context("creating the Kafka consumer")?,
+                    ),
+                    KafkaClient::Weir(settings) => {
+                        KafkaInput::Weir(FetchReader::new(kafka, settings, job.max_record_bytes))
+                    }
+                }),
                 topic: kafka.topic.clone(),
             },
             Source::Files(files) => Input::Files(FileReader::new(
@@ -169,14 +184,24 @@ impl Input {
                         end: r.end_offset,
                     })
                     .collect();
-                let taken = reader
-                    .read(&ranges, chunk, keep_going, |read| match read {
-                        Gathered::Records(records) => {
-                            on_chunk(DecodedChunk::decode(records, decoder))
-                        }
-                        Gathered::Decoded(decoded) => on_chunk(decoded),
-                    })
-                    .context("reading the planned Kafka ranges")?;
+                let taken = match &**reader {
+                    KafkaInput::Librdkafka(reader) => reader
+                        .read(&ranges, chunk, keep_going, |read| match read {
+                            Gathered::Records(records) => {
+                                on_chunk(DecodedChunk::decode(records, decoder))
+                            }
+                            Gathered::Decoded(decoded) => on_chunk(decoded),
+                        })
+                        .context("reading the planned Kafka ranges")?,
+                    KafkaInput::Weir(reader) => {
+                        reader
+                            .read(&ranges, chunk, keep_going, |records| {
+                                on_chunk(DecodedChunk::decode(records, decoder))
+                            })
+                            .context("reading the planned Kafka ranges")?;
+                        TakenAhead::default()
+                    }
+                };
                 Ok(Some(taken))
             }
             Input::Files(reader) => {
@@ -208,6 +233,11 @@ impl Input {
         let reader = match self {
             Input::Files(reader) => reader,
             Input::Kafka { reader, .. } => {
+                // weir's client fetches ahead all along; records are decoded ahead only
+                // from librdkafka's queues.
+                let KafkaInput::Librdkafka(reader) = &**reader else {
+                    return None;
+                };
                 if !req.read_ahead_records {
                     return None;
                 }

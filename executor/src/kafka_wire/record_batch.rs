@@ -1,4 +1,4 @@
-//! Kafka record batches (format 2) as the light producer sends them: each record written into
+//! Kafka record batches (format 2) as `weir gen --producer light` sends them: each record written into
 //! its partition's buffer when it is handed over, the batch's header and its compression
 //! added when the batch is sent. kafka-protocol's encoder takes a struct and two reference
 //! counts a record and grows a fresh buffer for every batch (its reallocations and page faults

@@ -1,0 +1,460 @@
+//! Reading Kafka record batches (format 2, Kafka 0.11 and later) out of a fetched record set:
+//! their headers, decompressed (gzip, snappy, lz4, zstd), and their records' offsets, keys and
+//! values as slices, with nothing allocated a record.
+
+use std::io::Read;
+
+/// A batch's bytes before its records (base offset to record count).
+pub const BATCH_HEADER: usize = 61;
+
+/// The most a batch may decompress to: a broker refuses batches over `message.max.bytes`
+/// (1 MB by default), so this bounds a corrupt or hostile one, not a real one.
+const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("a record batch of message format v{0}: weir's client reads format v2 (Kafka 0.11 and later); `client: librdkafka` reads older ones")]
+    Format(i8),
+    #[error("a record batch compressed with codec {0}, which Kafka does not define")]
+    Codec(u8),
+    #[error("decompressing a {codec} record batch: {source}")]
+    Decompress {
+        codec: &'static str,
+        source: std::io::Error,
+    },
+    #[error("a record batch decompresses past {} bytes", MAX_DECOMPRESSED)]
+    TooLarge,
+    #[error("a record batch is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// What a batch's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// The offset of its last record (records compacted away or a transaction's marker may
+    /// leave gaps below it).
+    pub last_offset: i64,
+    pub attributes: i16,
+    pub producer_id: i64,
+    pub count: i32,
+    /// The batch's whole length, header included.
+    pub size: usize,
+}
+
+impl BatchHeader {
+    /// Reads the header at the start of `bytes`; None when `bytes` do not hold the whole
+    /// batch (a fetch answer may end with a part of one).
+    pub fn read(bytes: &[u8]) -> Result<Option<Self>, BatchError> {
+        if bytes.len() < 17 {
+            return Ok(None);
+        }
+        let magic = bytes[16] as i8;
+        if magic != 2 {
+            return Err(BatchError::Format(magic));
+        }
+        if bytes.len() < BATCH_HEADER {
+            return Ok(None);
+        }
+        let length = i32_at(bytes, 8);
+        let size = usize::try_from(length)
+            .ok()
+            .filter(|l| *l >= BATCH_HEADER - 12)
+            .ok_or(BatchError::Corrupt("its length is shorter than its header"))?
+            + 12;
+        if bytes.len() < size {
+            return Ok(None);
+        }
+        let base_offset = i64_at(bytes, 0);
+        Ok(Some(Self {
+            base_offset,
+            last_offset: base_offset + i64::from(i32_at(bytes, 23)),
+            attributes: i16::from_be_bytes([bytes[21], bytes[22]]),
+            producer_id: i64_at(bytes, 43),
+            count: i32_at(bytes, 57),
+            size,
+        }))
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+
+    fn codec(&self) -> u8 {
+        (self.attributes & 0x07) as u8
+    }
+}
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut eight = [0u8; 8];
+    eight.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(eight)
+}
+
+/// How much of a fetched record set is whole batches, and the last offset they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Whole {
+    pub bytes: usize,
+    pub last_offset: Option<i64>,
+}
+
+/// Walks the batch headers of `records` (nothing decompressed).
+pub fn whole(records: &[u8]) -> Result<Whole, BatchError> {
+    let mut at = 0;
+    let mut last_offset = None;
+    while let Some(header) = BatchHeader::read(&records[at..])? {
+        at += header.size;
+        last_offset = Some(header.last_offset);
+    }
+    Ok(Whole {
+        bytes: at,
+        last_offset,
+    })
+}
+
+/// One record of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// The records of the whole batch `batch` (its header read as `header`), decompressed into
+/// `scratch` when compressed.
+pub fn records<'a>(
+    header: &BatchHeader,
+    batch: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<Records<'a>, BatchError> {
+    let body = &batch[BATCH_HEADER..header.size];
+    let body: &'a [u8] = match header.codec() {
+        0 => body,
+        codec => {
+            scratch.clear();
+            decompress(codec, body, scratch)?;
+            scratch
+        }
+    };
+    Ok(Records {
+        body,
+        at: 0,
+        base_offset: header.base_offset,
+        left: header.count.max(0),
+    })
+}
+
+fn decompress(codec: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
+    let (name, read) = match codec {
+        1 => (
+            "gzip",
+            read_bounded(flate2::read::GzDecoder::new(body), out),
+        ),
+        2 => ("snappy", snappy(body, out)),
+        3 => (
+            "lz4",
+            read_bounded(lz4_flex::frame::FrameDecoder::new(body), out),
+        ),
+        4 => (
+            "zstd",
+            zstd::stream::read::Decoder::with_buffer(body).and_then(|d| read_bounded(d, out)),
+        ),
+        other => return Err(BatchError::Codec(other)),
+    };
+    match read {
+        Ok(()) if out.len() as u64 > MAX_DECOMPRESSED => Err(BatchError::TooLarge),
+        Ok(()) => Ok(()),
+        Err(source) => Err(BatchError::Decompress {
+            codec: name,
+            source,
+        }),
+    }
+}
+
+/// Reads `reader` to its end into `out`, stopping one byte past the bound.
+fn read_bounded(reader: impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
+    reader.take(MAX_DECOMPRESSED + 1).read_to_end(out).map(drop)
+}
+
+/// Kafka's snappy: raw snappy, or the Java client's framing (xerial's snappy-java): a 16-byte
+/// header, then blocks each preceded by its length.
+fn snappy(body: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\0";
+    let corrupt = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let block = |raw: &[u8], out: &mut Vec<u8>| -> std::io::Result<()> {
+        let len = snap::raw::decompress_len(raw)?;
+        if (out.len() + len) as u64 > MAX_DECOMPRESSED {
+            return Err(corrupt("a block past the bound"));
+        }
+        let at = out.len();
+        out.resize(at + len, 0);
+        snap::raw::Decoder::new().decompress(raw, &mut out[at..])?;
+        Ok(())
+    };
+    if !body.starts_with(XERIAL) {
+        return block(body, out);
+    }
+    let mut rest = body.get(16..).ok_or_else(|| corrupt("a short header"))?;
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .map(|b| i32_at(b, 0))
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| corrupt("a block's length"))?;
+        let raw = rest
+            .get(4..4 + len)
+            .ok_or_else(|| corrupt("a block past the end"))?;
+        block(raw, out)?;
+        rest = &rest[4 + len..];
+    }
+    Ok(())
+}
+
+/// The records of one batch, in order.
+pub struct Records<'a> {
+    body: &'a [u8],
+    at: usize,
+    base_offset: i64,
+    left: i32,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<RawRecord<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let read = self.read();
+        if read.is_err() {
+            self.left = 0;
+        }
+        Some(read)
+    }
+}
+
+impl<'a> Records<'a> {
+    fn read(&mut self) -> Result<RawRecord<'a>, BatchError> {
+        let truncated = BatchError::Corrupt("a record runs past its batch");
+        let body = self.body;
+        let length = varint(body, &mut self.at)?;
+        let start = self.at;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .filter(|e| *e <= body.len())
+            .ok_or(truncated)?;
+        let record = &body[..end];
+        let mut at = start + 1; // attributes: unused
+        varint(record, &mut at)?; // timestamp delta
+        let offset_delta = varint(record, &mut at)?;
+        let key = bytes(record, &mut at)?;
+        let value = bytes(record, &mut at)?;
+        // Headers are skipped with the record's length.
+        self.at = end;
+        Ok(RawRecord {
+            offset: self.base_offset + offset_delta,
+            key,
+            value,
+        })
+    }
+}
+
+/// A zigzag varint at `*at`, which moves past it.
+fn varint(b: &[u8], at: &mut usize) -> Result<i64, BatchError> {
+    let mut z: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let byte = *b
+            .get(*at)
+            .ok_or(BatchError::Corrupt("a varint runs past its record"))?;
+        *at += 1;
+        z |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    Err(BatchError::Corrupt("a varint over ten bytes"))
+}
+
+/// A length-prefixed byte string at `*at` (−1: none).
+fn bytes<'a>(b: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, BatchError> {
+    let length = varint(b, at)?;
+    if length < 0 {
+        return Ok(None);
+    }
+    let start = *at;
+    let end = usize::try_from(length)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+        .filter(|e| *e <= b.len())
+        .ok_or(BatchError::Corrupt("a key or value runs past its record"))?;
+    *at = end;
+    Ok(Some(&b[start..end]))
+}
+
+/// Whether a control batch's record (`key`) marks a transaction's abort (else its commit).
+pub fn marks_abort(key: Option<&[u8]>) -> Result<bool, BatchError> {
+    match key {
+        Some([_, _, a, b, ..]) => Ok(i16::from_be_bytes([*a, *b]) == 0),
+        _ => Err(BatchError::Corrupt("a control record without its type")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    use super::*;
+
+    fn written(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: offset as i32,
+            timestamp: 1_700_000_000_000 + offset,
+            key: key.map(|k| bytes::Bytes::from(k.to_string())),
+            value: value.map(|v| bytes::Bytes::from(v.to_string())),
+            headers: [(
+                StrBytes::from_static_str("h"),
+                Some(bytes::Bytes::from_static(b"header value")),
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn encoded(records: &[Record], compression: Compression) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut out, records, &options).unwrap();
+        out.to_vec()
+    }
+
+    /// kafka-protocol's encoder, a writer made apart from this reader, writes batches with
+    /// every codec, headers and missing keys or values; every record reads back.
+    #[test]
+    fn batches_of_every_codec_read_back_whole() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let records: Vec<Record> = (0..500i64)
+                .map(|i| {
+                    let key = (i % 3 != 0).then(|| format!("key-{i}"));
+                    let value = (i % 7 != 0).then(|| "v".repeat((i % 50) as usize));
+                    written(1000 + i, key.as_deref(), value.as_deref())
+                })
+                .collect();
+            let set = encoded(&records, compression);
+            let header = BatchHeader::read(&set).unwrap().unwrap();
+            assert_eq!(header.size, set.len(), "{compression:?}");
+            assert_eq!((header.base_offset, header.last_offset), (1000, 1499));
+            assert_eq!(
+                whole(&set).unwrap(),
+                Whole {
+                    bytes: set.len(),
+                    last_offset: Some(1499)
+                }
+            );
+            let mut scratch = Vec::new();
+            let read: Vec<_> = super::records(&header, &set, &mut scratch)
+                .unwrap()
+                .map(|r| r.unwrap())
+                .map(|r| {
+                    (
+                        r.offset,
+                        r.key.map(<[u8]>::to_vec),
+                        r.value.map(<[u8]>::to_vec),
+                    )
+                })
+                .collect();
+            let expected: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    let text = |b: &Option<bytes::Bytes>| b.as_ref().map(|b| b.to_vec());
+                    (r.offset, text(&r.key), text(&r.value))
+                })
+                .collect();
+            assert_eq!(read, expected, "{compression:?}");
+        }
+    }
+
+    /// A fetch answer may end in the middle of a batch: only whole batches count.
+    #[test]
+    fn a_batch_cut_short_is_not_read() {
+        let first = encoded(&[written(0, Some("k"), Some("a"))], Compression::None);
+        let second = encoded(&[written(1, Some("k"), Some("b"))], Compression::Lz4);
+        let mut set = first.clone();
+        set.extend_from_slice(&second[..second.len() - 1]);
+        assert_eq!(
+            whole(&set).unwrap(),
+            Whole {
+                bytes: first.len(),
+                last_offset: Some(0)
+            }
+        );
+        for cut in [0, 5, 16, 17, 40] {
+            assert_eq!(BatchHeader::read(&second[..cut]).unwrap(), None, "{cut}");
+        }
+    }
+
+    #[test]
+    fn old_formats_and_corrupt_records_are_errors_not_panics() {
+        let mut set = encoded(&[written(0, Some("k"), Some("value"))], Compression::None);
+        let mut old = set.clone();
+        old[16] = 1;
+        let error = BatchHeader::read(&old).unwrap_err().to_string();
+        assert!(error.contains("format v1"), "{error}");
+        let mut codec = set.clone();
+        codec[22] |= 0x07;
+        let header = BatchHeader::read(&codec).unwrap().unwrap();
+        let mut scratch = Vec::new();
+        assert!(matches!(
+            super::records(&header, &codec, &mut scratch).err(),
+            Some(BatchError::Codec(7))
+        ));
+        // Every byte of the record's part made as large as it goes: an error, never a panic.
+        let header = BatchHeader::read(&set).unwrap().unwrap();
+        for at in BATCH_HEADER..set.len() {
+            let kept = set[at];
+            set[at] = 0xff;
+            let read: Vec<_> = super::records(&header, &set, &mut scratch)
+                .unwrap()
+                .collect();
+            assert_eq!(read.len(), 1);
+            set[at] = kept;
+        }
+    }
+
+    #[test]
+    fn a_control_records_key_says_abort_or_commit() {
+        assert!(marks_abort(Some(&[0, 0, 0, 0])).unwrap());
+        assert!(!marks_abort(Some(&[0, 0, 0, 1])).unwrap());
+        assert!(marks_abort(None).is_err());
+    }
+}
