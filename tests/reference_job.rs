@@ -21,12 +21,18 @@ fn three_executors_write_the_same_table_as_one_and_both_match_ground_truth() {
         .concat(),
     );
     // 50 000 records per epoch cover 24 minutes of event time, well under the hour by which
-    // late events trail the stream, so every late event meets an advanced watermark.
+    // late events trail the stream, so every late event meets an advanced watermark. One
+    // executor reads with librdkafka's consumer, three with weir's own fetch client.
     let mut runs = Vec::new();
     for executors in [1, 3] {
         let run_dir = dir.path().join(format!("run-{executors}"));
         std::fs::create_dir_all(&run_dir).unwrap();
-        reference_job(&run_dir, &broker.address, 50_000);
+        let mut source = kafka_source(&broker.address, 50_000);
+        if executors == 3 {
+            source.push_str("    client: weir\n");
+        }
+        let root = run_dir.display().to_string();
+        job_with_source(&run_dir, &source, &root, "");
         let stdout = run_local(&run_dir, executors);
         assert!(stdout.contains("epoch 0 | input 50000 rows"), "{stdout}");
         assert!(

@@ -21,8 +21,10 @@ use weir_common::job::kafka_client::FetchSettings;
 use crate::kafka_wire::batches;
 use crate::kafka_wire::connection::{self, refusal, Connection};
 
-/// Fetch 13 names topics by id only.
-const FETCH_VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
+/// Fetch 11 at the most: 12 is the first with tagged fields, which kafka-protocol refuses
+/// where a broker sends one before its version (tansu sends Fetch 16's node endpoints at 12),
+/// and 13 names topics by id only. 11 has all this client reads.
+const FETCH_VERSIONS: VersionRange = VersionRange { min: 4, max: 11 };
 
 /// Bytes fetched ahead for an executor, split evenly over the partitions it reads, unless
 /// the job's options set `queued.max.messages.kbytes` (per partition). A partition's share
@@ -318,7 +320,14 @@ impl Leader {
         let answer: FetchResponse = self
             .connection
             .call(ApiKey::Fetch, &request, self.version)
-            .map_err(|e| Failure::Retry(format!("fetching from {address}: {e:#}")))?;
+            .map_err(|e| {
+                let message = format!("fetching from {address}: {e:#}");
+                // A broken connection may mend; an answer that does not decode will not.
+                match e.root_cause().downcast_ref::<std::io::Error>() {
+                    Some(_) => Failure::Retry(message),
+                    None => Failure::Fatal(message),
+                }
+            })?;
         if let Some(error) = refusal(answer.error_code) {
             return Err(failure(answer.error_code, format!("{address}: {error}")));
         }
