@@ -262,7 +262,9 @@ mod tests {
     use weir_common::job::{SecretMap, StartingOffsets};
 
     use super::*;
-    use crate::input::kafka_reader::tests::{all, expected, produce, range, ranges, topic};
+    use crate::input::kafka_reader::tests::{
+        all, epochs_then_a_replay, produce, range, ranges, topic,
+    };
 
     fn reader(bootstrap: &str, topic: &str, settings: FetchSettings) -> FetchReader {
         let source = KafkaSource {
@@ -314,24 +316,9 @@ mod tests {
         topic(&mock, "events", partitions, 55);
         let reader = reader(&mock.bootstrap_servers(), "events", settings());
         assert_eq!(read(&reader, &ranges(partitions, 5, 5)), vec![]);
-        // Epochs one after the other read on from what was fetched meanwhile.
-        let cuts = [0, 16, 33, 55];
-        for w in cuts.windows(2) {
-            assert_eq!(
-                read(&reader, &ranges(partitions, w[0], w[1])),
-                all(partitions, w[0], w[1]),
-                "the read of [{}, {})",
-                w[0],
-                w[1]
-            );
-        }
-        // A replay fetches afresh and reads the same records; so does a read of one
-        // partition.
-        assert_eq!(
-            read(&reader, &ranges(partitions, 16, 33)),
-            all(partitions, 16, 33)
-        );
-        assert_eq!(read(&reader, &[range(1, 20, 45)]), expected(1, 20, 45));
+        // Epochs one after the other read on from what was fetched meanwhile; a replay, or a
+        // read of fewer partitions, fetches afresh.
+        epochs_then_a_replay(partitions, |ranges| read(&reader, ranges));
         // Records produced after the fetcher caught up reach the next epoch.
         assert_eq!(
             read(&reader, &ranges(partitions, 0, 55)),

@@ -789,6 +789,27 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// What a reader of the 55 records of each of `partitions` must hand over (`read`
+    /// answers one read's records): epochs one after the other, then a replay and a read of
+    /// one partition, each exactly its ranges.
+    pub(crate) fn epochs_then_a_replay(
+        partitions: i32,
+        read: impl Fn(&[PartitionRange]) -> Vec<(i32, i64, String)>,
+    ) {
+        let cuts = [0, 16, 33, 55];
+        for w in cuts.windows(2) {
+            assert_eq!(
+                read(&ranges(partitions, w[0], w[1])),
+                all(partitions, w[0], w[1]),
+                "the read of [{}, {})",
+                w[0],
+                w[1]
+            );
+        }
+        assert_eq!(read(&ranges(partitions, 16, 33)), all(partitions, 16, 33));
+        assert_eq!(read(&[range(1, 20, 45)]), expected(1, 20, 45));
+    }
+
     pub(crate) fn expected(p: i32, start: i64, end: i64) -> Vec<(i32, i64, String)> {
         (start..end).map(|o| (p, o, format!("{p}-{o}"))).collect()
     }
@@ -812,24 +833,9 @@ pub(super) mod tests {
         // A first epoch with nothing to read, then one planned from elsewhere: assigned again
         // at once, before librdkafka started the first assignment's fetches.
         assert_eq!(read(&reader, &ranges(partitions, 5, 5)), vec![]);
-        // Epochs one after the other keep the assignment, and what was fetched meanwhile.
-        let cuts = [0, 16, 33, 55];
-        for w in cuts.windows(2) {
-            assert_eq!(
-                read(&reader, &ranges(partitions, w[0], w[1])),
-                all(partitions, w[0], w[1]),
-                "the read of [{}, {})",
-                w[0],
-                w[1]
-            );
-        }
-        // A replay assigns afresh and reads the same records; so does a read of one partition
-        // (fewer partitions: a consumer sized for them).
-        assert_eq!(
-            read(&reader, &ranges(partitions, 16, 33)),
-            all(partitions, 16, 33)
-        );
-        assert_eq!(read(&reader, &[range(1, 20, 45)]), expected(1, 20, 45));
+        // Epochs one after the other keep the assignment, and what was fetched meanwhile; a
+        // replay, or a read of fewer partitions, gets a new consumer sized for them.
+        epochs_then_a_replay(partitions, |ranges| read(&reader, ranges));
         // Empty ranges read nothing, and the next read still starts where it is told.
         assert_eq!(read(&reader, &ranges(partitions, 55, 55)), vec![]);
         assert_eq!(
