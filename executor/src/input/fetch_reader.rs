@@ -80,10 +80,9 @@ impl FetchReader {
                 end: r.end,
             })
             .collect();
-        if !continues(&state.read_to, ranges) || state.fetcher.is_none() {
+        if !continues(&state.read_to, ranges) {
+            // Fetched afresh from the ranges' starts, below.
             state.fetcher = None;
-            let starts: Vec<(i32, i64)> = ranges.iter().map(|r| (r.partition, r.start)).collect();
-            state.fetcher = Some(self.start(&starts)?);
         }
         // A failed read leaves the queues somewhere unknown: the next one fetches afresh.
         state.read_to.clear();
@@ -97,8 +96,32 @@ impl FetchReader {
                 }
                 last_asked = Instant::now();
             }
+            if state.fetcher.is_none() {
+                // Every assigned partition from where its reading stands.
+                let positions: Vec<(i32, i64)> = ranges
+                    .iter()
+                    .map(|r| {
+                        let at = pending.iter().find(|p| p.partition == r.partition);
+                        (r.partition, at.map_or(r.end.max(r.start), |p| p.next))
+                    })
+                    .collect();
+                match Fetcher::start(&self.settings, &self.bootstrap, &self.topic, &positions) {
+                    Ok(fetcher) => state.fetcher = Some(fetcher),
+                    // A broker that cannot be reached may come back (a restart), as with
+                    // librdkafka's reader, until the read stalls; a refusal will not.
+                    Err(e)
+                        if e.root_cause().is::<std::io::Error>()
+                            && last_progress.elapsed() <= STALL_TIMEOUT =>
+                    {
+                        tracing::warn!("fetching {}: {e:#}; trying again", self.topic);
+                        std::thread::sleep(RETRY_BACKOFF);
+                        continue;
+                    }
+                    Err(e) => return Err(ReadError::Fetch(format!("{e:#}"))),
+                }
+            }
             let Some(fetcher) = state.fetcher.as_ref() else {
-                return Err(ReadError::Fetch("no fetcher".into()));
+                continue;
             };
             let mut took = false;
             let mut i = 0;
@@ -143,21 +166,10 @@ impl FetchReader {
                 None => {}
                 Some(Failure::Fatal(message)) => return Err(ReadError::Fetch(message)),
                 Some(Failure::Retry(message)) => {
+                    // Fetched again above, after a fresh look at the leaders.
                     tracing::warn!("fetching {} again: {message}", self.topic);
                     state.fetcher = None;
                     std::thread::sleep(RETRY_BACKOFF);
-                    // Every assigned partition from where its reading stands.
-                    let positions: Vec<(i32, i64)> = ranges
-                        .iter()
-                        .map(|r| {
-                            let at = pending.iter().find(|p| p.partition == r.partition);
-                            (r.partition, at.map_or(r.end.max(r.start), |p| p.next))
-                        })
-                        .collect();
-                    match self.start(&positions) {
-                        Ok(fetcher) => state.fetcher = Some(fetcher),
-                        Err(e) => tracing::warn!("fetching {} again: {e}", self.topic),
-                    }
                 }
             }
         }
@@ -169,11 +181,6 @@ impl FetchReader {
             state.read_to.clear();
         }
         Ok(())
-    }
-
-    fn start(&self, positions: &[(i32, i64)]) -> Result<Fetcher, ReadError> {
-        Fetcher::start(&self.settings, &self.bootstrap, &self.topic, positions)
-            .map_err(|e| ReadError::Fetch(format!("{e:#}")))
     }
 
     /// Gathers the records of `p`'s range that `fetched` holds, skipping aborted
