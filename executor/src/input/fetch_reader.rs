@@ -162,7 +162,7 @@ impl FetchReader {
                     waited: STALL_TIMEOUT,
                 });
             }
-            match fetcher.wait(WAIT) {
+            match fetcher.wait(pending.iter().map(|p| p.partition), WAIT) {
                 None => {}
                 Some(Failure::Fatal(message)) => return Err(ReadError::Fetch(message)),
                 Some(Failure::Retry(message)) => {

@@ -200,12 +200,26 @@ impl Fetcher {
         }
     }
 
-    /// Waits up to `timeout` for an answer to be queued; answers why fetching stopped, if it
-    /// did.
-    pub fn wait(&self, timeout: Duration) -> Option<Failure> {
+    /// Waits up to `timeout` for an answer to be queued for one of `partitions`, unless one
+    /// is already (it may have come since the caller last looked: its signal is gone); answers
+    /// why fetching stopped, if it did.
+    pub fn wait(
+        &self,
+        partitions: impl IntoIterator<Item = i32>,
+        timeout: Duration,
+    ) -> Option<Failure> {
         let queues = self.shared.lock();
         if let Some(failure) = &queues.failure {
             return Some(failure.clone());
+        }
+        let queued = |p: i32| {
+            queues
+                .partitions
+                .get(&p)
+                .is_some_and(|q| !q.queued.is_empty())
+        };
+        if partitions.into_iter().any(queued) {
+            return None;
         }
         let (queues, _) = self
             .shared

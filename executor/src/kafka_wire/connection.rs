@@ -102,8 +102,7 @@ impl Connection {
         self.receive(version)
     }
 
-    /// Sends `request` without waiting for its answer (`receive` reads it).
-    pub fn send<Q>(&mut self, key: ApiKey, request: &Q, version: i16) -> anyhow::Result<()>
+    fn send<Q>(&mut self, key: ApiKey, request: &Q, version: i16) -> anyhow::Result<()>
     where
         Q: Encodable + HeaderVersion,
     {
@@ -127,7 +126,7 @@ impl Connection {
 
     /// Reads the answer to the request sent last, as `version`. What it holds of the answer's
     /// bytes (a fetch's records) are slices of one buffer.
-    pub fn receive<A>(&mut self, version: i16) -> anyhow::Result<A>
+    fn receive<A>(&mut self, version: i16) -> anyhow::Result<A>
     where
         A: Decodable + HeaderVersion,
     {
