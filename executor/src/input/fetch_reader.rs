@@ -1,19 +1,26 @@
 //! Reads exactly the planned offset ranges with weir's own fetch client (`client: weir`):
 //! the records of each range are copied out of the fetched batches straight into the chunk
-//! being gathered, with no message object, queue operation or lock a record.
+//! being gathered, with no message object, queue operation or lock a record. Between reads, a
+//! thread reads the next epoch's records ahead out of the same queues (`kafka_ahead`).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_common::checkpoint::PartitionRange;
+use weir_common::decode::JsonDecoder;
 use weir_common::job::kafka_client::FetchSettings;
 use weir_common::job::KafkaSource;
 
 use crate::input::fetcher::{Failure, Fetched, Fetcher};
-use crate::input::kafka_reader::{continues, Gathering, Pending, ReadError, STALL_TIMEOUT, WAIT};
-use crate::input::Chunk;
+use crate::input::kafka_ahead::{Ended, KafkaAhead, Out, AHEAD_WAIT};
+use crate::input::kafka_reader::{
+    after_held, continues, take_ahead, Gathered, Gathering, Pending, ReadError, STALL_TIMEOUT, WAIT,
+};
+use crate::input::read_ahead::TakenAhead;
+use crate::input::{Chunk, Record};
 use crate::kafka_wire::batches::{self, BatchHeader};
 
 /// How long to wait before fetching again after a failure that may pass.
@@ -22,10 +29,20 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 pub struct FetchReader {
     settings: FetchSettings,
     bootstrap: String,
+    batches: BatchReader,
+    /// Shared with the thread reading ahead, which holds it while it runs.
+    state: Arc<Mutex<State>>,
+    /// The thread reading ahead since the last read, if one is.
+    ahead: Mutex<Option<KafkaAhead>>,
+}
+
+/// How the records of a range are read out of fetched batches.
+#[derive(Clone)]
+struct BatchReader {
     topic: String,
+    read_committed: bool,
     /// Larger values are copied cut to this size (they go to the dead letter).
     max_record_bytes: usize,
-    state: Mutex<State>,
 }
 
 #[derive(Default)]
@@ -35,6 +52,16 @@ struct State {
     /// The end of the range each assigned partition was last read to; empty when the
     /// assignment must be made afresh.
     read_to: HashMap<i32, i64>,
+    /// How many offsets each partition's range of the last read held: reading ahead takes no
+    /// more, as the next epoch of a steady run reads as many.
+    last_lengths: HashMap<i32, i64>,
+    /// Records read ahead past the range a read took them into, in offset order: they start
+    /// the partition's next range.
+    held: HashMap<i32, VecDeque<Record>>,
+    /// Where reading ahead left each partition: every record before it was handed on (read
+    /// in, or held). Offsets before it that hold no record to read (aborted transactions,
+    /// their markers) are passed by the reads after it without waiting for the log to grow.
+    reached: HashMap<i32, i64>,
     /// Where compressed batches are decompressed.
     scratch: Vec<u8>,
 }
@@ -50,9 +77,13 @@ impl FetchReader {
         Self {
             settings: settings.clone(),
             bootstrap: source.bootstrap_servers.clone(),
-            topic: source.topic.clone(),
-            max_record_bytes,
-            state: Mutex::new(State::default()),
+            batches: BatchReader {
+                topic: source.topic.clone(),
+                read_committed: settings.read_committed,
+                max_record_bytes,
+            },
+            state: Arc::default(),
+            ahead: Mutex::new(None),
         }
     }
 
@@ -60,33 +91,114 @@ impl FetchReader {
     /// while `keep_going` answers true (it is asked at least every 200 ms).
     ///
     /// When the ranges continue where the last read ended, on the same partitions, what was
-    /// fetched meanwhile is read; anything else (the first read, a replay, a rescale) fetches
-    /// afresh from the ranges' starts.
+    /// fetched meanwhile is read, after what was read ahead (see [`FetchReader::read_ahead`]),
+    /// which comes decoded; anything else (the first read, a replay, a rescale) fetches afresh
+    /// from the ranges' starts. Answers how much was taken decoded.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
         chunk: usize,
         keep_going: impl Fn() -> bool,
-        mut on_chunk: impl FnMut(Chunk),
-    ) -> Result<(), ReadError> {
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        mut on_chunk: impl FnMut(Gathered),
+    ) -> Result<TakenAhead, ReadError> {
+        let ahead = self.lock_ahead().take().map(KafkaAhead::finish);
+        let mut guard = lock(&self.state);
         let state = &mut *guard;
-        let mut pending: Vec<Pending> = ranges
-            .iter()
-            .filter(|r| r.end > r.start)
-            .map(|r| Pending {
-                partition: r.partition,
-                next: r.start,
-                end: r.end,
-            })
-            .collect();
+        if matches!(ahead, Some(None)) {
+            // The thread lost records it took from the queues: fetch afresh.
+            state.read_to.clear();
+        }
         if !continues(&state.read_to, ranges) {
             // Fetched afresh from the ranges' starts, below.
             state.fetcher = None;
+            state.held.clear();
+            state.reached.clear();
         }
+        let mut gathering = Gathering::new(chunk);
+        let mut records = |c| on_chunk(Gathered::Records(c));
+        let mut pending = after_held(ranges, &mut state.held, |record| {
+            gathering.add(record, &mut records)
+        });
+        let taken = match ahead.flatten() {
+            Some(ahead) if !state.read_to.is_empty() => {
+                let (held, max_bytes) = (&mut state.held, self.batches.max_record_bytes);
+                let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
+                take_ahead(ahead, &mut pending, held, max_bytes, gathering, on_chunk)
+            }
+            _ => TakenAhead::default(),
+        };
+        for p in &mut pending {
+            if let Some(&reached) = state.reached.get(&p.partition) {
+                p.skip_to(reached);
+            }
+        }
+        pending.retain(|p| !p.done());
         // A failed read leaves the queues somewhere unknown: the next one fetches afresh.
         state.read_to.clear();
-        let mut gathering = Gathering::new(chunk);
+        let mut records = |c| on_chunk(Gathered::Records(c));
+        self.fetch_until_done(
+            state,
+            ranges,
+            pending,
+            &mut gathering,
+            keep_going,
+            &mut records,
+        )?;
+        gathering.hand_over(&mut records);
+        state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
+        state.last_lengths = ranges
+            .iter()
+            .map(|r| (r.partition, r.end - r.start))
+            .collect();
+        if let Some(failure) = state.fetcher.as_ref().and_then(Fetcher::failure) {
+            // Fetching ahead failed after the ranges were in: the next read starts afresh.
+            tracing::debug!("fetching {} ahead stopped: {failure:?}", self.batches.topic);
+            state.read_to.clear();
+        }
+        Ok(taken)
+    }
+
+    /// Starts reading ahead what is fetched beyond the last read's ranges, decoding it with
+    /// `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
+    /// first read or after one that failed.
+    pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
+        let mut ahead = self.lock_ahead();
+        // One that no read took is stopped first (it holds the state until then), and what it
+        // took from the queues goes with it: the next read fetches afresh, and nothing is
+        // read ahead of it.
+        let unread = ahead.take().is_some();
+        let assigned = {
+            let mut state = lock(&self.state);
+            if unread {
+                state.read_to.clear();
+            }
+            !state.read_to.is_empty()
+        };
+        if assigned {
+            let (state, batches) = (self.state.clone(), self.batches.clone());
+            *ahead = Some(KafkaAhead::start(decoder, move |out| {
+                batches.read_ahead(&mut lock(&state), chunk, out)
+            })?);
+        }
+        Ok(())
+    }
+
+    fn lock_ahead(&self) -> MutexGuard<'_, Option<KafkaAhead>> {
+        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads what `pending` still lacks of `ranges` from the fetcher's queues, fetching
+    /// afresh when there is no fetcher or it failed in a way that may pass.
+    fn fetch_until_done(
+        &self,
+        state: &mut State,
+        ranges: &[PartitionRange],
+        mut pending: Vec<Pending>,
+        gathering: &mut Gathering,
+        keep_going: impl Fn() -> bool,
+        on_chunk: &mut impl FnMut(Chunk),
+    ) -> Result<(), ReadError> {
+        let topic = &self.batches.topic;
         let mut last_progress = Instant::now();
         let mut last_asked = Instant::now();
         while !pending.is_empty() {
@@ -105,7 +217,7 @@ impl FetchReader {
                         (r.partition, at.map_or(r.end.max(r.start), |p| p.next))
                     })
                     .collect();
-                match Fetcher::start(&self.settings, &self.bootstrap, &self.topic, &positions) {
+                match Fetcher::start(&self.settings, &self.bootstrap, topic, &positions) {
                     Ok(fetcher) => state.fetcher = Some(fetcher),
                     // A broker that cannot be reached may come back (a restart), as with
                     // librdkafka's reader, until the read stalls; a refusal will not.
@@ -113,7 +225,7 @@ impl FetchReader {
                         if e.root_cause().is::<std::io::Error>()
                             && last_progress.elapsed() <= STALL_TIMEOUT =>
                     {
-                        tracing::warn!("fetching {}: {e:#}; trying again", self.topic);
+                        tracing::warn!("fetching {topic}: {e:#}; trying again");
                         std::thread::sleep(RETRY_BACKOFF);
                         continue;
                     }
@@ -132,13 +244,10 @@ impl FetchReader {
                         break;
                     };
                     took = true;
-                    let read = self.read_fetched(
-                        fetched,
-                        p,
-                        &mut state.scratch,
-                        &mut gathering,
-                        &mut on_chunk,
-                    )?;
+                    let scratch = &mut state.scratch;
+                    let read = self
+                        .batches
+                        .read_fetched(fetched, p, scratch, gathering, on_chunk)?;
                     if let Read::Rest(rest) = read {
                         fetcher.put_back(p.partition, rest);
                     }
@@ -157,7 +266,7 @@ impl FetchReader {
                 let mut partitions: Vec<i32> = pending.iter().map(|p| p.partition).collect();
                 partitions.sort_unstable();
                 return Err(ReadError::Stalled {
-                    topic: self.topic.clone(),
+                    topic: topic.clone(),
                     partitions,
                     waited: STALL_TIMEOUT,
                 });
@@ -167,20 +276,89 @@ impl FetchReader {
                 Some(Failure::Fatal(message)) => return Err(ReadError::Fetch(message)),
                 Some(Failure::Retry(message)) => {
                     // Fetched again above, after a fresh look at the leaders.
-                    tracing::warn!("fetching {} again: {message}", self.topic);
+                    tracing::warn!("fetching {topic} again: {message}");
                     state.fetcher = None;
                     std::thread::sleep(RETRY_BACKOFF);
                 }
             }
         }
-        gathering.hand_over(&mut on_chunk);
-        state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
-        if let Some(failure) = state.fetcher.as_ref().and_then(Fetcher::failure) {
-            // Fetching ahead failed after the ranges were in: the next read starts afresh.
-            tracing::debug!("fetching {} ahead stopped: {failure:?}", self.topic);
-            state.read_to.clear();
-        }
         Ok(())
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl BatchReader {
+    /// The thread reading ahead: takes every assigned partition's queued answers, from where
+    /// the last read (or reading ahead before it) left it, up to as many offsets as its last
+    /// range held, and hands their records on in decoded chunks of `chunk`, until it has them
+    /// all or is stopped. It holds the reader's state throughout: the next read stops it
+    /// before it reads.
+    fn read_ahead(&self, state: &mut State, chunk: usize, out: &Out<'_>) -> Ended {
+        let State {
+            fetcher,
+            read_to,
+            last_lengths,
+            reached,
+            scratch,
+            ..
+        } = state;
+        let Some(fetcher) = fetcher.as_ref() else {
+            return Ended::Whole;
+        };
+        let mut pending: Vec<Pending> = read_to
+            .iter()
+            .map(|(&partition, &end)| Pending {
+                partition,
+                next: reached.get(&partition).map_or(end, |&at| at.max(end)),
+                end: end + last_lengths.get(&partition).copied().unwrap_or(0),
+            })
+            .filter(|p| !p.done())
+            .collect();
+        let mut gathering = Gathering::new(chunk);
+        let going = Cell::new(true);
+        let mut on_chunk = |c| going.set(going.get() & out.decoded(c));
+        loop {
+            pending.retain(|p| !p.done());
+            if !going.get() || pending.is_empty() || out.stopped() {
+                break;
+            }
+            let mut took = false;
+            for p in &mut pending {
+                while !p.done() && !out.stopped() {
+                    let Some(fetched) = fetcher.take(p.partition) else {
+                        break;
+                    };
+                    took = true;
+                    match self.read_fetched(fetched, p, scratch, &mut gathering, &mut on_chunk) {
+                        Ok(Read::Whole) => {}
+                        Ok(Read::Rest(rest)) => fetcher.put_back(p.partition, rest),
+                        Err(e) => {
+                            // The rest of the answer is gone: the next read fetches afresh,
+                            // and meets the error itself if it is one still.
+                            tracing::debug!("reading {} ahead: {e}", self.topic);
+                            return Ended::Lost;
+                        }
+                    }
+                    reached.insert(p.partition, p.next);
+                }
+            }
+            // Fetching stopped: the next read fetches again.
+            if !took
+                && fetcher
+                    .wait(pending.iter().map(|p| p.partition), AHEAD_WAIT)
+                    .is_some()
+            {
+                break;
+            }
+        }
+        // Records taken from the queues and not yet in a chunk must reach the next read: they
+        // are decoded when the thread took all it was to, and handed on as they are when it
+        // was stopped (the read waits for it).
+        out.hand_over(&mut gathering, pending.is_empty() && going.get());
+        Ended::Whole
     }
 
     /// Gathers the records of `p`'s range that `fetched` holds, skipping aborted
@@ -221,7 +399,7 @@ impl FetchReader {
                 fetched.aborting.insert(producer);
                 fetched.reached += 1;
             }
-            let committed = self.settings.read_committed;
+            let committed = self.read_committed;
             if header.is_control() {
                 for record in batches::records(&header, batch, scratch).map_err(corrupt)? {
                     let record = record.map_err(corrupt)?;
@@ -269,8 +447,9 @@ mod tests {
     use weir_common::job::{SecretMap, StartingOffsets};
 
     use super::*;
+    use crate::input::kafka_reader;
     use crate::input::kafka_reader::tests::{
-        all, epochs_then_a_replay, produce, range, ranges, topic,
+        all, decoder, epochs_read_ahead, epochs_then_a_replay, produce, range, ranges, topic,
     };
 
     fn reader(bootstrap: &str, topic: &str, settings: FetchSettings) -> FetchReader {
@@ -286,26 +465,33 @@ mod tests {
         FetchReader::new(&source, &settings, 1 << 20)
     }
 
-    /// (partition, offset, value) of every record a read hands over, with the chunks' sizes.
-    fn read(reader: &FetchReader, ranges: &[PartitionRange]) -> Vec<(i32, i64, String)> {
+    /// (partition, offset, value) of every record a read hands over, and how many of them
+    /// were read ahead.
+    fn read_taking(
+        reader: &FetchReader,
+        ranges: &[PartitionRange],
+    ) -> (Vec<(i32, i64, String)>, u64) {
         let mut seen = Vec::new();
-        reader
+        let taken = reader
             .read(
                 ranges,
                 7,
                 || true,
-                |chunk| {
-                    assert!(chunk.records.len() <= 7);
-                    for r in chunk.records {
-                        let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or(&[]));
-                        seen.push((r.partition, r.offset, value.into_owned()));
+                |read| {
+                    if let Gathered::Records(chunk) = &read {
+                        assert!(chunk.records.len() <= 7);
                     }
+                    seen.extend(kafka_reader::tests::seen(read));
                 },
             )
             .expect("read");
         // Each partition's records come in order; partitions interleave as they arrive.
         seen.sort();
-        seen
+        (seen, taken.records)
+    }
+
+    fn read(reader: &FetchReader, ranges: &[PartitionRange]) -> Vec<(i32, i64, String)> {
+        read_taking(reader, ranges).0
     }
 
     /// Short waits: a read that has caught up gets the last records sooner.
@@ -335,6 +521,18 @@ mod tests {
         assert_eq!(
             read(&reader, &ranges(partitions, 55, 80)),
             all(partitions, 55, 80)
+        );
+    }
+
+    #[test]
+    fn the_next_epoch_takes_what_was_read_ahead_exactly_within_its_ranges() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let reader = reader(&mock.bootstrap_servers(), "events", settings());
+        epochs_read_ahead(
+            &mock,
+            || reader.read_ahead(decoder(), 7).expect("read ahead"),
+            || reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded),
+            |ranges| read_taking(&reader, ranges),
         );
     }
 
@@ -427,6 +625,7 @@ mod tests {
             let mut on_chunk = |chunk: Chunk| seen.extend(chunk.records.iter().map(|r| r.offset));
             let part = fetched.take().expect("records left");
             let read = reader
+                .batches
                 .read_fetched(part, &mut p, &mut scratch, &mut gathering, &mut on_chunk)
                 .expect("read");
             gathering.hand_over(&mut on_chunk);
@@ -436,6 +635,85 @@ mod tests {
             }
         }
         seen
+    }
+
+    /// Appends each of `batches` to partition 0 of `topic` as it is, one Produce request a
+    /// batch (the mock cluster gives each its offsets; it checks no producer state when the
+    /// request names no transaction).
+    fn append(bootstrap: &str, topic: &str, batches: &[&[Record]]) {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+        use kafka_protocol::protocol::{Message, StrBytes};
+
+        use crate::kafka_wire::connection::Connection;
+        let mut connection =
+            Connection::open(bootstrap, "test", Duration::from_secs(30)).expect("connect");
+        let version = connection
+            .version(ApiKey::Produce, ProduceRequest::VERSIONS)
+            .expect("Produce version");
+        for records in batches {
+            let mut batch = BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            RecordBatchEncoder::encode(&mut batch, *records, &options).expect("encode");
+            let request = ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.into())))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.freeze()))])]);
+            let answer: ProduceResponse = connection
+                .call(ApiKey::Produce, &request, version)
+                .expect("produce");
+            let code = answer.responses[0].partition_responses[0].error_code;
+            assert_eq!(code, 0, "the mock cluster took the batch");
+        }
+    }
+
+    /// A transaction whose commit marker is the log's last offset, read ahead: the next read
+    /// ends on the marker without waiting for the log to grow past it.
+    #[test]
+    fn a_range_ending_on_a_marker_read_ahead_is_done_at_once() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("txn", 1, 1).expect("topic");
+        let bootstrap = mock.bootstrap_servers();
+        let transaction = |from: i64| (from..from + 4).map(|o| record(o, 7, true, false));
+        let (first, second): (Vec<Record>, Vec<Record>) =
+            (transaction(0).collect(), transaction(5).collect());
+        append(
+            &bootstrap,
+            "txn",
+            &[
+                &first,
+                &[marker(4, 7, false)],
+                &second,
+                &[marker(9, 7, false)],
+            ],
+        );
+        let reader = reader(&bootstrap, "txn", settings());
+        let offsets = |(read, taken): (Vec<(i32, i64, String)>, u64)| {
+            (read.iter().map(|r| r.1).collect::<Vec<_>>(), taken)
+        };
+        assert_eq!(
+            offsets(read_taking(&reader, &[range(0, 0, 5)])),
+            (vec![0, 1, 2, 3], 0)
+        );
+        reader.read_ahead(decoder(), 7).expect("read ahead");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded) < 1 {
+            assert!(Instant::now() < deadline, "reading ahead did not get on");
+            std::thread::yield_now();
+        }
+        // Without where reading ahead left the partition, this read would wait for an offset
+        // past 9 until it stalled.
+        assert_eq!(
+            offsets(read_taking(&reader, &[range(0, 5, 10)])),
+            (vec![5, 6, 7, 8], 4)
+        );
     }
 
     #[test]

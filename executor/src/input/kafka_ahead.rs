@@ -1,8 +1,9 @@
 //! Reading a Kafka source ahead (docs/architecture.md, One epoch): once an epoch's own reading
-//! is done, a thread of the lowest priority goes on taking the records librdkafka fetched for
+//! is done, a thread of the lowest priority goes on taking the records the client fetched for
 //! the assigned partitions, from where the epoch's ranges ended, and decodes them while the
 //! epoch exchanges, folds, stages and waits for its decision, and while the trigger waits for
-//! the next plan.
+//! the next plan. Both clients read ahead so: librdkafka's reader from its consumer's queues
+//! (here), weir's from its fetcher's (`fetch_reader`).
 //!
 //! What the next epoch reads is planned after this starts: it begins where the last ranges
 //! ended and ends at what the broker held when it was planned, which takes in every record
@@ -12,8 +13,9 @@
 //! all lie in its ranges as they are, and goes through the records of any other chunk one by
 //! one, as it does records polled itself: those within its ranges are decoded again, and those
 //! past them are held for the range they start. A read that does not continue where the last
-//! ended (a replay, a rescale) drops them all, and so does one after a thread that panicked:
-//! it assigns the partitions afresh, since the records that thread took are lost with it.
+//! ended (a replay, a rescale) drops them all, and so does one after a thread that panicked
+//! or lost records: it assigns the partitions afresh, since the records that thread took are
+//! lost with it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -29,18 +31,28 @@ use crate::input::kafka_reader::{Gathering, Reading, POLL_BATCH};
 use crate::input::read_ahead::lowest_priority;
 use crate::input::{Chunk, DecodedChunk};
 
-/// Bytes of record values read ahead and not yet taken: reading stops there, and what
-/// librdkafka fetches waits in its queues (as much again, `PREFETCH_BYTES`).
+/// Bytes of record values read ahead and not yet taken: reading stops there, and what the
+/// client fetches waits in its queues (as much again, its prefetch).
 const AHEAD_BYTES: usize = 64 << 20;
 
 /// How long the thread waits for records before looking whether it is to stop.
-const AHEAD_WAIT: Duration = Duration::from_millis(10);
+pub(super) const AHEAD_WAIT: Duration = Duration::from_millis(10);
 
 /// What the thread hands on: a decoded chunk with the thread's CPU time for it, or the records
 /// it had gathered when it was stopped (handed on as they are so that it stops at once).
 pub enum Ahead {
     Decoded(DecodedChunk, Duration),
     Records(Chunk),
+}
+
+/// How a thread reading ahead ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Every record it took from the client's queues was handed on.
+    Whole,
+    /// Records it took were not handed on (an answer that did not decode): the next read
+    /// must fetch afresh.
+    Lost,
 }
 
 /// A thread reading ahead, and what it read.
@@ -51,18 +63,69 @@ pub struct KafkaAhead {
     /// Decoded chunks handed on: tests wait for them.
     #[cfg(test)]
     decoded: Arc<std::sync::atomic::AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Ended>>,
     chunks: Receiver<Ahead>,
 }
 
+/// Where the thread's body hands on what it read, and learns whether to stop.
+pub(super) struct Out<'a> {
+    stop: &'a AtomicBool,
+    sender: Sender<Ahead>,
+    decoder: &'a JsonDecoder,
+    /// Bytes of values handed on.
+    waiting_bytes: Cell<usize>,
+    /// The thread's CPU time when it last handed on a chunk.
+    since: Cell<Duration>,
+    #[cfg(test)]
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// CPU time, not wall time: at the lowest priority the thread waits for cores often.
+fn thread_cpu_time() -> Duration {
+    weir_telemetry::process::thread_cpu_time().unwrap_or_default()
+}
+
+impl Out<'_> {
+    /// Whether the read is to stop: it was asked to, or `AHEAD_BYTES` are waiting.
+    pub(super) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.waiting_bytes.get() >= AHEAD_BYTES
+    }
+
+    /// Decodes `records` and hands them on: false when no one takes them any more (the reader
+    /// is gone).
+    pub(super) fn decoded(&self, records: Chunk) -> bool {
+        let bytes = records.buffers.iter().map(|b| b.len()).sum::<usize>();
+        self.waiting_bytes.set(self.waiting_bytes.get() + bytes);
+        let decoded = DecodedChunk::decode(records, self.decoder);
+        let now = thread_cpu_time();
+        let worked = now.saturating_sub(self.since.replace(now));
+        let sent = self.sender.send(Ahead::Decoded(decoded, worked)).is_ok();
+        #[cfg(test)]
+        self.sent.fetch_add(1, Ordering::Release);
+        sent
+    }
+
+    /// Hands on the records gathered when the read was stopped, as they are, or decoded when
+    /// it took all it was to (`whole`).
+    pub(super) fn hand_over(&self, gathering: &mut Gathering, whole: bool) {
+        if whole {
+            gathering.hand_over(&mut |c| {
+                self.decoded(c);
+            });
+        } else {
+            gathering.hand_over(&mut |records| {
+                let _ = self.sender.send(Ahead::Records(records));
+            });
+        }
+    }
+}
+
 impl KafkaAhead {
-    /// Starts taking records from `state`'s assigned partitions, cutting values at
-    /// `max_bytes`, and decoding them with `decoder` in chunks of `chunk`.
-    pub fn start(
-        state: Arc<Mutex<Reading>>,
+    /// Starts `read` on a thread of the lowest priority, decoding with `decoder` what it
+    /// hands on.
+    pub(super) fn start(
         decoder: Arc<JsonDecoder>,
-        chunk: usize,
-        max_bytes: usize,
+        read: impl FnOnce(&Out<'_>) -> Ended + Send + 'static,
     ) -> std::io::Result<Self> {
         let (sender, chunks) = channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,19 +148,15 @@ impl KafkaAhead {
                 if thread_stop.load(Ordering::SeqCst) {
                     normal_priority(id);
                 }
-                let on_sent = || {
+                read(&Out {
+                    stop: &thread_stop,
+                    sender,
+                    decoder: &decoder,
+                    waiting_bytes: Cell::new(0),
+                    since: Cell::new(thread_cpu_time()),
                     #[cfg(test)]
-                    sent.fetch_add(1, Ordering::Release);
-                };
-                read(
-                    &state,
-                    &decoder,
-                    chunk,
-                    max_bytes,
-                    &thread_stop,
-                    &sender,
-                    on_sent,
-                );
+                    sent,
+                })
             })?;
         Ok(Self {
             stop,
@@ -110,11 +169,11 @@ impl KafkaAhead {
     }
 
     /// Stops the thread, waits for it (at most one batch polled and one chunk decoded), and
-    /// answers everything it read, in order; none when it panicked, having taken records out
-    /// of librdkafka's queues that it did not hand on.
+    /// answers everything it read, in order; none when it panicked or lost records it took
+    /// out of the client's queues.
     pub fn finish(mut self) -> Option<Vec<Ahead>> {
         let ended = self.halt();
-        ended.then(|| self.chunks.try_iter().collect())
+        (ended == Some(Ended::Whole)).then(|| self.chunks.try_iter().collect())
     }
 
     /// Decoded chunks handed on so far.
@@ -123,8 +182,8 @@ impl KafkaAhead {
         self.decoded.load(Ordering::Acquire)
     }
 
-    /// Stops the thread and waits for it: whether it ended without panicking.
-    fn halt(&mut self) -> bool {
+    /// Stops the thread and waits for it: how it ended, none when it panicked.
+    fn halt(&mut self) -> Option<Ended> {
         self.stop.store(true, Ordering::SeqCst);
         // At the lowest priority the thread could wait long for a core while the epoch waits
         // for it (the other executor, or a producer, keeps the cores busy): it finishes at
@@ -133,9 +192,10 @@ impl KafkaAhead {
         if tid != 0 {
             normal_priority(tid);
         }
-        self.thread
-            .take()
-            .is_none_or(|thread| thread.join().is_ok())
+        match self.thread.take() {
+            Some(thread) => thread.join().ok(),
+            None => Some(Ended::Whole),
+        }
     }
 }
 
@@ -154,22 +214,16 @@ fn normal_priority(tid: i32) {
     unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
 }
 
-/// The thread: polls every assigned partition's queue, up to as many records as its last
-/// range held, decodes each full chunk and hands it on, until it has them all, is stopped, or
-/// `AHEAD_BYTES` are waiting. It holds the reader's state throughout: the next read stops it
-/// before it reads.
-fn read(
+/// librdkafka's reader's thread: polls every assigned partition's queue, up to as many records
+/// as its last range held, decodes each full chunk and hands it on, until it has them all, is
+/// stopped, or `AHEAD_BYTES` are waiting. It holds the reader's state throughout: the next
+/// read stops it before it reads.
+pub(super) fn from_librdkafka(
     state: &Mutex<Reading>,
-    decoder: &JsonDecoder,
     chunk: usize,
     max_bytes: usize,
-    stop: &AtomicBool,
-    sender: &Sender<Ahead>,
-    on_sent: impl Fn(),
-) {
-    // CPU time, not wall time: at the lowest priority the thread waits for cores often.
-    let thread_cpu_time = || weir_telemetry::process::thread_cpu_time().unwrap_or_default();
-    let mut since = thread_cpu_time();
+    out: &Out<'_>,
+) -> Ended {
     let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
     let Reading {
         session,
@@ -179,30 +233,15 @@ fn read(
         ..
     } = &mut *guard;
     let Some(session) = session.as_mut() else {
-        return;
+        return Ended::Whole;
     };
     // Records each partition has left to take.
     let mut left: Vec<(i32, i64)> = last_lengths.iter().map(|(p, n)| (*p, *n)).collect();
     let mut gathering = Gathering::new(chunk);
-    let waiting_bytes = Cell::new(0);
-    let mut on_chunk = |records: Chunk| {
-        let bytes = records.buffers.iter().map(|b| b.len()).sum::<usize>();
-        waiting_bytes.set(waiting_bytes.get() + bytes);
-        let decoded = DecodedChunk::decode(records, decoder);
-        let now = thread_cpu_time();
-        // The reader is gone when no one receives: stop.
-        let sent = sender.send(Ahead::Decoded(decoded, now.saturating_sub(since)));
-        since = now;
-        on_sent();
-        sent.is_ok()
-    };
     let mut going = true;
     loop {
         left.retain(|(_, n)| *n > 0);
-        if !going || left.is_empty() || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if waiting_bytes.get() >= AHEAD_BYTES {
+        if !going || left.is_empty() || out.stopped() {
             break;
         }
         let mut polled_any = false;
@@ -223,7 +262,7 @@ fn read(
                     polled_any = true;
                     *left -= 1;
                     gathering.add_polled((partition, offset), key, payload, max_bytes, &mut |c| {
-                        going &= on_chunk(c);
+                        going &= out.decoded(c);
                     });
                 }
             });
@@ -240,13 +279,6 @@ fn read(
     // Records polled and not yet in a chunk must reach the next read: they are no longer in
     // librdkafka's queues. They are decoded when the thread took all it was to, and handed on
     // as they are when it was stopped (the read waits for it).
-    if left.is_empty() && going {
-        gathering.hand_over(&mut |c| {
-            on_chunk(c);
-        });
-    } else {
-        gathering.hand_over(&mut |records| {
-            let _ = sender.send(Ahead::Records(records));
-        });
-    }
+    out.hand_over(&mut gathering, left.is_empty() && going);
+    Ended::Whole
 }

@@ -18,7 +18,7 @@ use weir_common::decode::JsonDecoder;
 use weir_common::job::KafkaSource;
 
 use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
-use crate::input::kafka_ahead::{Ahead, KafkaAhead};
+use crate::input::kafka_ahead::{self, Ahead, KafkaAhead};
 use crate::input::read_ahead::TakenAhead;
 use crate::input::{Chunk, DecodedChunk, Record};
 
@@ -215,7 +215,7 @@ impl Gathering {
     }
 
     /// Adds a record that holds its own key and value (one held back by an earlier read).
-    fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
+    pub(super) fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
         self.records.push(record);
         self.placed.push(Placed::default());
         self.hand_over_when_full(on_chunk);
@@ -285,6 +285,39 @@ fn kept(value: &[u8], max_bytes: usize) -> (&[u8], Option<u64>) {
 pub enum Gathered {
     Records(Chunk),
     Decoded(DecodedChunk),
+}
+
+/// Takes what was read ahead (`ahead`, in order) into the ranges `pending` still reads, as
+/// [`taken_ahead`] says: decoded chunks are handed on (`on_chunk`), records to be decoded
+/// again go into `gathering`; the ranges it settles leave `pending`.
+/// Answers how much was taken decoded.
+pub(super) fn take_ahead(
+    ahead: impl IntoIterator<Item = Ahead>,
+    pending: &mut Vec<Pending>,
+    held: &mut HashMap<i32, VecDeque<Record>>,
+    max_bytes: usize,
+    gathering: &mut Gathering,
+    on_chunk: &mut impl FnMut(Gathered),
+) -> TakenAhead {
+    let mut taken = TakenAhead::default();
+    // Looked up for every record read ahead.
+    let index: HashMap<i32, usize> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.partition, i))
+        .collect();
+    for read in ahead {
+        match taken_ahead(read, pending, &index, held, max_bytes, &mut taken) {
+            Gathered::Decoded(chunk) => on_chunk(Gathered::Decoded(chunk)),
+            Gathered::Records(chunk) => {
+                for record in chunk.records {
+                    gathering.add(record, &mut |c| on_chunk(Gathered::Records(c)));
+                }
+            }
+        }
+    }
+    pending.retain(|p| !p.done());
+    taken
 }
 
 /// Takes `read` (what was read ahead) into the ranges `pending` still reads (`index`: where
@@ -381,7 +414,7 @@ impl Pending {
 
 /// The partitions of `ranges` a read must still poll, after handing over (`push`) the records
 /// the last read took beyond its ranges (`held`, in offset order per partition).
-fn after_held(
+pub(super) fn after_held(
     ranges: &[PartitionRange],
     held: &mut HashMap<i32, VecDeque<Record>>,
     mut push: impl FnMut(Record),
@@ -535,7 +568,6 @@ impl KafkaReader {
             state.read_to.clear();
         }
         let ahead = ahead.flatten();
-        let mut taken = TakenAhead::default();
         if !continues(&state.read_to, ranges) {
             state.read_to.clear();
             state.held.clear();
@@ -553,27 +585,14 @@ impl KafkaReader {
         let mut pending = after_held(ranges, &mut state.held, |record| {
             gathering.add(record, &mut records)
         });
-        if !state.read_to.is_empty() {
-            // Looked up for every record read ahead.
-            let index: HashMap<i32, usize> = pending
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.partition, i))
-                .collect();
-            let max_bytes = self.max_record_bytes;
-            for read in ahead.into_iter().flatten() {
-                let held = &mut state.held;
-                match taken_ahead(read, &mut pending, &index, held, max_bytes, &mut taken) {
-                    Gathered::Decoded(chunk) => on_chunk(Gathered::Decoded(chunk)),
-                    Gathered::Records(chunk) => {
-                        for record in chunk.records {
-                            gathering.add(record, &mut |c| on_chunk(Gathered::Records(c)));
-                        }
-                    }
-                }
+        let taken = match ahead {
+            Some(ahead) if !state.read_to.is_empty() => {
+                let (held, max_bytes) = (&mut state.held, self.max_record_bytes);
+                let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
+                take_ahead(ahead, &mut pending, held, max_bytes, gathering, on_chunk)
             }
-            pending.retain(|p| !p.done());
-        }
+            _ => TakenAhead::default(),
+        };
         // A failed read leaves the queues somewhere unknown: the next one assigns afresh.
         state.read_to.clear();
         let mut records = |c| on_chunk(Gathered::Records(c));
@@ -603,12 +622,11 @@ impl KafkaReader {
             !state.read_to.is_empty()
         };
         if assigned {
-            *ahead = Some(KafkaAhead::start(
-                self.state.clone(),
-                decoder,
-                chunk,
-                self.max_record_bytes,
-            )?);
+            let state = self.state.clone();
+            let max_bytes = self.max_record_bytes;
+            *ahead = Some(KafkaAhead::start(decoder, move |out| {
+                kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
+            })?);
         }
         Ok(())
     }
@@ -775,7 +793,7 @@ pub(super) mod tests {
     }
 
     /// (partition, offset, value) of every record of what a read hands on.
-    fn seen(read: Gathered) -> Vec<(i32, i64, String)> {
+    pub(crate) fn seen(read: Gathered) -> Vec<(i32, i64, String)> {
         let records = match read {
             Gathered::Records(chunk) => chunk.records,
             Gathered::Decoded(decoded) => decoded.chunk.records,
@@ -994,19 +1012,10 @@ pub(super) mod tests {
 
     /// A decoder of `{"n": ...}` events: the test topic's values are not, so each is decoded
     /// to a dead letter, which the read hands on with its record all the same.
-    fn decoder() -> Arc<JsonDecoder> {
+    pub(crate) fn decoder() -> Arc<JsonDecoder> {
         use arrow::datatypes::{DataType, Field, Schema};
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         Arc::new(JsonDecoder::new(schema, 1 << 10))
-    }
-
-    /// Waits until the thread reading ahead has handed on `chunks` decoded chunks.
-    fn wait_for_chunks_ahead(reader: &KafkaReader, chunks: usize) {
-        let deadline = Instant::now() + TIMEOUT;
-        while reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded) < chunks {
-            assert!(Instant::now() < deadline, "reading ahead did not get on");
-            std::thread::yield_now();
-        }
     }
 
     /// What one read hands on, sorted by partition and offset, and how many of its records
@@ -1026,41 +1035,59 @@ pub(super) mod tests {
     #[test]
     fn the_next_epoch_takes_what_was_read_ahead_exactly_within_its_ranges() {
         let mock = MockCluster::new(1).expect("mock cluster");
-        let partitions = 3;
-        topic(&mock, "events", partitions, 60);
         let reader = reader(&mock.bootstrap_servers(), "events");
-        assert_eq!(
-            read(&reader, &ranges(partitions, 0, 10)),
-            all(partitions, 0, 10)
+        epochs_read_ahead(
+            &mock,
+            || reader.read_ahead(decoder(), 7).expect("read ahead"),
+            || reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded),
+            |ranges| read_taking(&reader, ranges),
         );
+    }
+
+    /// What a reader of topic `events` must hand over when the thread reading ahead
+    /// (`read_ahead` starts it, `decoded_ahead` answers how many chunks it decoded) runs
+    /// between reads (`read_taking` answers one read's records and how many were taken
+    /// decoded): each read exactly its ranges, whatever was read ahead.
+    pub(crate) fn epochs_read_ahead(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        read_ahead: impl Fn(),
+        decoded_ahead: impl Fn() -> usize,
+        read_taking: impl Fn(&[PartitionRange]) -> (Vec<(i32, i64, String)>, u64),
+    ) {
+        let partitions = 3;
+        topic(mock, "events", partitions, 60);
+        let read = |ranges: &[PartitionRange]| read_taking(ranges).0;
+        // Waits until the thread reading ahead has handed on `chunks` decoded chunks.
+        let wait_for_chunks_ahead = |chunks: usize| {
+            let deadline = Instant::now() + TIMEOUT;
+            while decoded_ahead() < chunks {
+                assert!(Instant::now() < deadline, "reading ahead did not get on");
+                std::thread::yield_now();
+            }
+        };
+        assert_eq!(read(&ranges(partitions, 0, 10)), all(partitions, 0, 10));
 
         // As many records of each partition as the last range held are read ahead (30, in 4
         // chunks of 7 and one of 2), and a next range as long takes them all as decoded.
-        reader.read_ahead(decoder(), 7).expect("read ahead");
-        wait_for_chunks_ahead(&reader, 5);
+        read_ahead();
+        wait_for_chunks_ahead(5);
         assert_eq!(
-            read_taking(&reader, &ranges(partitions, 10, 20)),
+            read_taking(&ranges(partitions, 10, 20)),
             (all(partitions, 10, 20), 30)
         );
         // A shorter one takes those within it, and those past it start the next.
-        reader.read_ahead(decoder(), 7).expect("read ahead");
-        wait_for_chunks_ahead(&reader, 5);
-        assert_eq!(
-            read_taking(&reader, &ranges(partitions, 20, 25)).0,
-            all(partitions, 20, 25)
-        );
-        assert_eq!(
-            read_taking(&reader, &ranges(partitions, 25, 60)).0,
-            all(partitions, 25, 60)
-        );
+        read_ahead();
+        wait_for_chunks_ahead(5);
+        assert_eq!(read(&ranges(partitions, 20, 25)), all(partitions, 20, 25));
+        assert_eq!(read(&ranges(partitions, 25, 60)), all(partitions, 25, 60));
 
         // Taken wherever the thread is: the epochs read their ranges exactly all the same.
-        produce(&mock, "events", partitions, 60..260);
+        produce(mock, "events", partitions, 60..260);
         let mut from = 60;
         for to in (70..=260).step_by(10) {
-            reader.read_ahead(decoder(), 7).expect("read ahead");
+            read_ahead();
             assert_eq!(
-                read_taking(&reader, &ranges(partitions, from, to)).0,
+                read(&ranges(partitions, from, to)),
                 all(partitions, from, to),
                 "the read of [{from}, {to})"
             );
@@ -1068,20 +1095,17 @@ pub(super) mod tests {
         }
 
         // Reading ahead started again before a read took what was read: what the first took
-        // goes with it, so the next read assigns afresh and reads exactly its ranges.
-        produce(&mock, "events", partitions, 260..300);
-        reader.read_ahead(decoder(), 7).expect("read ahead");
-        wait_for_chunks_ahead(&reader, 1);
-        reader.read_ahead(decoder(), 7).expect("read ahead");
+        // goes with it, so the next read starts afresh and reads exactly its ranges.
+        produce(mock, "events", partitions, 260..300);
+        read_ahead();
+        wait_for_chunks_ahead(1);
+        read_ahead();
         assert_eq!(
-            read(&reader, &ranges(partitions, 260, 300)),
+            read(&ranges(partitions, 260, 300)),
             all(partitions, 260, 300)
         );
-        // A replay after reading ahead assigns afresh and reads exactly its ranges.
-        reader.read_ahead(decoder(), 7).expect("read ahead");
-        assert_eq!(
-            read(&reader, &ranges(partitions, 20, 40)),
-            all(partitions, 20, 40)
-        );
+        // A replay after reading ahead starts afresh and reads exactly its ranges.
+        read_ahead();
+        assert_eq!(read(&ranges(partitions, 20, 40)), all(partitions, 20, 40));
     }
 }

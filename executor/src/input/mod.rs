@@ -184,25 +184,17 @@ impl Input {
                         end: r.end_offset,
                     })
                     .collect();
-                let taken = match &**reader {
-                    KafkaInput::Librdkafka(reader) => reader
-                        .read(&ranges, chunk, keep_going, |read| match read {
-                            Gathered::Records(records) => {
-                                on_chunk(DecodedChunk::decode(records, decoder))
-                            }
-                            Gathered::Decoded(decoded) => on_chunk(decoded),
-                        })
-                        .context("reading the planned Kafka ranges")?,
-                    KafkaInput::Weir(reader) => {
-                        reader
-                            .read(&ranges, chunk, keep_going, |records| {
-                                on_chunk(DecodedChunk::decode(records, decoder))
-                            })
-                            .context("reading the planned Kafka ranges")?;
-                        TakenAhead::default()
-                    }
+                let on_read = |read| match read {
+                    Gathered::Records(records) => on_chunk(DecodedChunk::decode(records, decoder)),
+                    Gathered::Decoded(decoded) => on_chunk(decoded),
                 };
-                Ok(Some(taken))
+                let taken = match &**reader {
+                    KafkaInput::Librdkafka(reader) => {
+                        reader.read(&ranges, chunk, keep_going, on_read)
+                    }
+                    KafkaInput::Weir(reader) => reader.read(&ranges, chunk, keep_going, on_read),
+                };
+                Ok(Some(taken.context("reading the planned Kafka ranges")?))
             }
             Input::Files(reader) => {
                 let files = planned_files(&req.files)?;
@@ -221,8 +213,8 @@ impl Input {
     }
 
     /// Starts reading ahead for the next epoch: the files `req` says this executor would read
-    /// then, when it names any (a file source's, answered), or what librdkafka fetches past
-    /// this epoch's ranges when `req` allows it (a Kafka source's, kept by its reader).
+    /// then, when it names any (a file source's, answered), or what the Kafka client fetches
+    /// past this epoch's ranges when `req` allows it (a Kafka source's, kept by its reader).
     /// Nothing is started when it cannot be read ahead.
     pub fn read_ahead(
         &self,
@@ -233,15 +225,14 @@ impl Input {
         let reader = match self {
             Input::Files(reader) => reader,
             Input::Kafka { reader, .. } => {
-                // weir's client fetches ahead all along; records are decoded ahead only
-                // from librdkafka's queues.
-                let KafkaInput::Librdkafka(reader) = &**reader else {
-                    return None;
-                };
                 if !req.read_ahead_records {
                     return None;
                 }
-                if let Err(e) = reader.read_ahead(decoder.clone(), chunk) {
+                let started = match &**reader {
+                    KafkaInput::Librdkafka(reader) => reader.read_ahead(decoder.clone(), chunk),
+                    KafkaInput::Weir(reader) => reader.read_ahead(decoder.clone(), chunk),
+                };
+                if let Err(e) = started {
                     // The next epoch polls its records itself.
                     tracing::warn!("not reading the Kafka source ahead: {e}");
                 }
