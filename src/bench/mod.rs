@@ -658,7 +658,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
                 l.p50_ms,
                 l.max_ms,
                 broker.label(),
-                kafka_runs::LATENCY_CLIENT.name(),
+                kafka_runs::latency_client(*broker).name(),
                 l.records,
                 l.produced_rate,
                 l.seconds,
