@@ -144,8 +144,8 @@ fn weir_bench_reports_every_measurement() {
         "{written}"
     );
     assert!(
-        written.contains("(librdkafka mock cluster, in memory, `client: librdkafka`: "),
-        "the latency run was not on the mock cluster:\n{written}"
+        written.contains("(librdkafka mock cluster, in memory, `client: weir`: "),
+        "the latency run did not read the mock cluster with weir's client:\n{written}"
     );
     assert!(
         written.contains("Peak RSS, kafka-latency: driver "),
