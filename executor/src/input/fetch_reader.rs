@@ -109,7 +109,8 @@ impl FetchReader {
             state.read_to.clear();
         }
         if !continues(&state.read_to, ranges) {
-            // Fetched afresh from the ranges' starts, below.
+            // Fetched afresh from the ranges' starts, below; what was read ahead is dropped.
+            state.read_to.clear();
             state.fetcher = None;
             state.held.clear();
             state.reached.clear();

@@ -1104,8 +1104,11 @@ pub(super) mod tests {
             read(&ranges(partitions, 260, 300)),
             all(partitions, 260, 300)
         );
-        // A replay after reading ahead starts afresh and reads exactly its ranges.
+        // A replay after reading ahead, with records read ahead waiting, starts afresh and
+        // reads exactly its ranges.
+        produce(mock, "events", partitions, 300..310);
         read_ahead();
+        wait_for_chunks_ahead(1);
         assert_eq!(read(&ranges(partitions, 20, 40)), all(partitions, 20, 40));
     }
 }
