@@ -79,18 +79,17 @@ impl DistinctSet {
         let by_value = |a: &Placed, b: &Placed| {
             (a.head.cmp(&b.head)).then_with(|| byte_order(a.value(bytes), b.value(bytes)))
         };
-        // Stable sorts: the sorted part is a run each sort finds and merges with the rest. A
-        // set with no sorted part has no run to find, and an unstable sort of it is quicker;
-        // equal values are the same bytes, so which copy dedup keeps does not matter.
         if self.placed.len() >= BUCKETS_FROM * self.key_groups as usize {
-            // Many values a key group: placed in their key group's bucket first (counting
-            // sort), then each bucket sorted by value, a small sort that stays in the cache.
-            let buckets = by_key_group(&mut self.placed, self.key_groups);
-            for bucket in buckets.windows(2) {
-                let bucket = &mut self.placed[bucket[0]..bucket[1]];
-                match self.sorted {
-                    0 => bucket.sort_unstable_by(by_value),
-                    _ => bucket.sort_by(by_value),
+            // Many values a key group: counting sorts on the heads' leading bytes and the key
+            // group leave only values alike in those bytes to compare (see `by_digits`).
+            let sorted_bits = by_digits(&mut self.placed, self.key_groups);
+            let alike =
+                |a: &Placed, b: &Placed| a.kg == b.kg && (a.head ^ b.head) & sorted_bits == 0;
+            // Unstable: equal values are the same bytes, so which copy dedup keeps does not
+            // matter.
+            for alike in self.placed.chunk_by_mut(alike) {
+                if alike.len() > 1 {
+                    alike.sort_unstable_by(by_value);
                 }
             }
         } else {
@@ -122,28 +121,61 @@ impl DistinctSet {
     }
 }
 
-/// Values a key group on average from which a set is sorted by key group first.
+/// Values a key group on average from which a set is sorted by counting (`by_digits`).
 const BUCKETS_FROM: usize = 8;
 
-/// Reorders `placed` by key group, keeping the order within each (a stable counting sort);
-/// answers where each key group's values start, and their end.
-fn by_key_group(placed: &mut Vec<Placed>, key_groups: u32) -> Vec<usize> {
-    let mut starts = vec![0usize; key_groups as usize + 1];
-    for p in placed.iter() {
-        starts[p.kg as usize + 1] += 1;
+/// Head bytes a set is sorted on by counting before values alike in them are compared.
+const HEAD_DIGITS: u32 = 3;
+
+/// Sorts `placed` by key group and, within each, by the `HEAD_DIGITS` most significant bytes
+/// of the heads that differ anywhere in the set: a stable counting sort on each of those
+/// bytes, least significant first, then on each byte of the key group. Answers the head bits
+/// sorted on: values of a key group alike in them are in arrival order, still to be compared,
+/// and there are few (user ids of a set share their first bytes, so the bytes that differ are
+/// the ones that sort). A comparison sort of each key group's values mispredicted most of its
+/// branches.
+fn by_digits(placed: &mut Vec<Placed>, key_groups: u32) -> u64 {
+    let first = placed.first().map_or(0, |p| p.head);
+    let differ = placed.iter().fold(0, |d, p| d | (p.head ^ first));
+    // The byte the highest differing bit is in, and the digits below it down to the last.
+    let top = (63 - differ.leading_zeros().min(63)) / 8;
+    let last = top.saturating_sub(HEAD_DIGITS - 1);
+    let mut from = std::mem::take(placed);
+    let mut to = from.clone();
+    for byte in last..=top {
+        let shift = 8 * byte;
+        if (differ >> shift) & 0xFF != 0 {
+            counting_pass(&from, &mut to, |p| (p.head >> shift) as u8);
+            std::mem::swap(&mut from, &mut to);
+        }
     }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
+    let mut shift = 0;
+    while shift < 32 && (key_groups.saturating_sub(1) >> shift) != 0 {
+        counting_pass(&from, &mut to, |p| (p.kg >> shift) as u8);
+        std::mem::swap(&mut from, &mut to);
+        shift += 8;
     }
-    let mut next = starts.clone();
-    let mut ordered = placed.clone();
-    for p in placed.iter() {
-        let at = &mut next[p.kg as usize];
-        ordered[*at] = *p;
+    *placed = from;
+    u64::MAX << (8 * last)
+}
+
+/// Places `from` into `to` (as long) ordered by `digit`, keeping the order of equal digits.
+fn counting_pass(from: &[Placed], to: &mut [Placed], digit: impl Fn(&Placed) -> u8) {
+    let mut next = [0usize; 256];
+    for p in from {
+        next[usize::from(digit(p))] += 1;
+    }
+    let mut start = 0;
+    for slot in &mut next {
+        let count = *slot;
+        *slot = start;
+        start += count;
+    }
+    for p in from {
+        let at = &mut next[usize::from(digit(p))];
+        to[*at] = *p;
         *at += 1;
     }
-    *placed = ordered;
-    starts
 }
 
 /// A set's values, sorted and deduplicated.
@@ -188,9 +220,9 @@ impl<'a> Shard<'a> {
 mod tests {
     use super::*;
 
-    fn collected(values: &[Vec<u8>]) -> Vec<(u32, Vec<Vec<u8>>)> {
+    fn collected(values: &[Vec<u8>], key_groups: u32) -> Vec<(u32, Vec<Vec<u8>>)> {
         let w = Window { start: 0, end: 300 };
-        let mut set = DistinctSet::new(w, 1, b"click", 16);
+        let mut set = DistinctSet::new(w, 1, b"click", key_groups);
         for v in values {
             set.add(v);
         }
@@ -203,9 +235,13 @@ mod tests {
 
     /// Collects `values` and checks that what leaves is each value once, in its own key group,
     /// in (key group, value) order; answers what left.
-    fn leave_once_in_order(values: &[Vec<u8>], what: &str) -> Vec<(u32, Vec<Vec<u8>>)> {
-        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", 16);
-        let out = collected(values);
+    fn leave_once_in_order(
+        values: &[Vec<u8>],
+        key_groups: u32,
+        what: &str,
+    ) -> Vec<(u32, Vec<Vec<u8>>)> {
+        let shards = ValueShards::new(Window { start: 0, end: 300 }, 1, b"click", key_groups);
+        let out = collected(values, key_groups);
         let mut expected: Vec<(u32, Vec<u8>)> =
             values.iter().map(|v| (shards.of(v), v.clone())).collect();
         expected.sort();
@@ -223,27 +259,40 @@ mod tests {
     /// byte order.
     #[test]
     fn values_leave_once_each_by_key_group_in_byte_order() {
-        // Sorted whole below 8 values a key group (128 here), by key group first from there.
+        // Sorted whole below 8 values a key group (128 of 16 key groups), by counting sorts
+        // from there; 1 000 key groups take two counting passes on the key group. Values
+        // differ in their heads' last bytes ("user-" and numbers), in every byte of them (hex)
+        // or past them only.
         let cases = [
-            (127, 1000u64),
-            (128, 1000),
-            (300_000, 50),
-            (300_000, 1 << 40),
+            (127, 1000u64, 16, "user-"),
+            (128, 1000, 16, "user-"),
+            (300_000, 50, 16, "user-"),
+            (300_000, 1 << 40, 16, "user-"),
+            (100_000, 1 << 62, 16, ""),
+            (100_000, 1 << 62, 1000, ""),
+            (100_000, 30_000, 1000, "user-"),
+            (50_000, 30_000, 16, "a-shared-prefix-"),
         ];
-        for (n, alphabet) in cases {
+        for (n, alphabet, key_groups, prefix) in cases {
             let mut state = 0x9E37_79B9_7F4A_7C15u64;
             let values: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    format!("user-{}", state % alphabet).into_bytes()
+                    let v = state % alphabet;
+                    match prefix {
+                        "" => format!("{v:016x}").into_bytes(),
+                        _ => format!("{prefix}{v}").into_bytes(),
+                    }
                 })
                 .collect();
-            let out = leave_once_in_order(&values, &format!("{n} values of {alphabet}"));
+            let what =
+                format!("{n} values of {alphabet} after {prefix:?}, {key_groups} key groups");
+            let out = leave_once_in_order(&values, key_groups, &what);
             assert!(out.windows(2).all(|pair| pair[0].0 < pair[1].0));
         }
-        assert!(collected(&[]).is_empty());
+        assert!(collected(&[], 16).is_empty());
     }
 
     /// Values shorter than their eight-byte head, zero bytes and prefixes of each other sort
@@ -273,7 +322,7 @@ mod tests {
             .collect();
         values.extend(values.clone());
         for values in [values, many] {
-            leave_once_in_order(&values, "short values");
+            leave_once_in_order(&values, 16, "short values");
         }
     }
 

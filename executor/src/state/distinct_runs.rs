@@ -57,7 +57,7 @@ impl RunWriter {
             self.buf.extend_from_slice(&[0; HEADER]);
         }
         self.count = self.count.checked_add(1).ok_or(RunError::TooMany)?;
-        encode_varint(value.len() as u64, &mut self.buf);
+        write_len(value.len(), &mut self.buf);
         self.buf.extend_from_slice(value);
         Ok(())
     }
@@ -71,6 +71,16 @@ impl RunWriter {
         run[..HEADER].copy_from_slice(&self.count.to_le_bytes());
         self.count = 0;
         run
+    }
+}
+
+/// Writes a value's length as a run holds it (a varint): most values are shorter than 128
+/// bytes, one byte without the general encoder's loop.
+#[inline]
+fn write_len(len: usize, buf: &mut Vec<u8>) {
+    match u8::try_from(len) {
+        Ok(byte) if byte < 0x80 => buf.push(byte),
+        _ => encode_varint(len as u64, buf),
     }
 }
 
@@ -110,8 +120,17 @@ impl<'a> Values<'a> {
             index: self.index,
             count: self.count,
         };
-        let len = decode_varint(&mut self.rest).map_err(|_| cut())?;
-        let len = usize::try_from(len).map_err(|_| cut())?;
+        // One byte for most lengths, without the general decoder.
+        let len = match self.rest.split_first() {
+            Some((&byte, after)) if byte < 0x80 => {
+                self.rest = after;
+                usize::from(byte)
+            }
+            _ => {
+                let len = decode_varint(&mut self.rest).map_err(|_| cut())?;
+                usize::try_from(len).map_err(|_| cut())?
+            }
+        };
         let value = self.rest.get(..len).ok_or_else(cut)?;
         self.rest = &self.rest[len..];
         self.index += 1;
@@ -127,6 +146,12 @@ impl<'a> Values<'a> {
             }
         }
         Ok(value)
+    }
+
+    /// How many bytes of the run are still to be read: where the next value's entry (its
+    /// length, then its bytes) starts, counted from the run's end.
+    fn left(&self) -> usize {
+        self.rest.len()
     }
 }
 
@@ -179,40 +204,102 @@ pub fn union<'a>(runs: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, Ru
     })
 }
 
-/// The union of two runs, each in byte order and each value once.
+/// One input of [`merge_two`]: its values, and where the entries taken from it but not yet
+/// copied out begin (offsets from the run's end, as [`Values::left`] counts).
+struct Side<'a> {
+    run: &'a [u8],
+    values: Values<'a>,
+    /// The value read last and not yet taken or skipped, and the offset of its entry.
+    head: Option<&'a [u8]>,
+    head_at: usize,
+    /// Where the entries taken since the last copy begin.
+    taken_from: usize,
+}
+
+impl<'a> Side<'a> {
+    fn of(run: &'a [u8]) -> Result<Self, RunError> {
+        let mut values = Values::of(run)?;
+        let at = values.left();
+        let head = values.next_after(None)?;
+        Ok(Self {
+            run,
+            values,
+            head,
+            head_at: at,
+            taken_from: at,
+        })
+    }
+
+    /// Moves past the head, after checking the next value comes after it.
+    fn advance(&mut self) -> Result<(), RunError> {
+        self.head_at = self.values.left();
+        self.head = self.values.next_after(self.head)?;
+        Ok(())
+    }
+
+    /// Copies the entries taken since the last copy (up to the head's) to `out`.
+    fn copy_taken(&mut self, out: &mut Vec<u8>) {
+        let end = self.run.len();
+        out.extend_from_slice(&self.run[end - self.taken_from..end - self.head_at]);
+        self.taken_from = self.head_at;
+    }
+}
+
+/// The union of two runs, each in byte order and each value once. A value's entry (its
+/// length and bytes) is copied as it is, and the entries taken one after another from one
+/// run lie side by side there: they leave in one copy when the other run's turn comes.
 fn merge_two(a: &[u8], b: &[u8]) -> Result<Vec<u8>, RunError> {
-    let mut out = RunWriter::with_capacity(a.len() + b.len());
-    let (mut xs, mut ys) = (Values::of(a)?, Values::of(b)?);
-    let (mut x, mut y) = (xs.next_after(None)?, ys.next_after(None)?);
-    while let (Some(u), Some(v)) = (x, y) {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    out.extend_from_slice(&[0; HEADER]);
+    let mut count = 0u32;
+    let (mut xs, mut ys) = (Side::of(a)?, Side::of(b)?);
+    // The side whose taken entries wait to be copied.
+    let mut taking_x = true;
+    while let (Some(u), Some(v)) = (xs.head, ys.head) {
+        count = count.checked_add(1).ok_or(RunError::TooMany)?;
         match byte_order(u, v) {
             Ordering::Less => {
-                out.push(u)?;
-                x = xs.next_after(x)?;
+                if !taking_x {
+                    ys.copy_taken(&mut out);
+                    taking_x = true;
+                }
+                xs.advance()?;
             }
             Ordering::Greater => {
-                out.push(v)?;
-                y = ys.next_after(y)?;
+                if taking_x {
+                    xs.copy_taken(&mut out);
+                    taking_x = false;
+                }
+                ys.advance()?;
             }
             Ordering::Equal => {
-                out.push(u)?;
-                x = xs.next_after(x)?;
-                y = ys.next_after(y)?;
+                // Taken from one side, skipped on the other.
+                let (taken, skipped) = if taking_x {
+                    (&mut xs, &mut ys)
+                } else {
+                    (&mut ys, &mut xs)
+                };
+                skipped.copy_taken(&mut out);
+                taken.advance()?;
+                skipped.advance()?;
+                skipped.taken_from = skipped.head_at;
             }
         }
     }
-    let (mut last, mut rest) = match (x, y) {
-        (Some(u), None) => (u, xs),
-        (None, Some(v)) => (v, ys),
-        _ => return Ok(out.finish()),
+    // One run is spent: the rest of the other is checked and copied whole.
+    let (mut done, mut rest) = if xs.head.is_none() {
+        (xs, ys)
+    } else {
+        (ys, xs)
     };
-    loop {
-        out.push(last)?;
-        match rest.next_after(Some(last))? {
-            Some(value) => last = value,
-            None => return Ok(out.finish()),
-        }
+    done.copy_taken(&mut out);
+    while rest.head.is_some() {
+        count = count.checked_add(1).ok_or(RunError::TooMany)?;
+        rest.advance()?;
     }
+    rest.copy_taken(&mut out);
+    out[..HEADER].copy_from_slice(&count.to_le_bytes());
+    Ok(out)
 }
 
 /// RocksDB's merge operator (full and partial): the union of what the key holds and the
@@ -242,6 +329,15 @@ mod tests {
         let mut w = RunWriter::default();
         for v in values {
             w.push(v.as_bytes()).unwrap();
+        }
+        w.finish()
+    }
+
+    /// A run of `values` as they come, in whatever order.
+    fn written<'a>(values: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+        let mut w = RunWriter::default();
+        for v in values {
+            w.push(v).unwrap();
         }
         w.finish()
     }
@@ -284,16 +380,7 @@ mod tests {
         fn the_union_of_any_runs_is_their_sorted_values_once(
             sets in proptest::collection::vec(proptest::collection::btree_set(proptest::collection::vec(0u8..4, 0..10), 0..40), 0..9),
         ) {
-            let runs: Vec<Vec<u8>> = sets
-                .iter()
-                .map(|set| {
-                    let mut w = RunWriter::default();
-                    for v in set {
-                        w.push(v).unwrap();
-                    }
-                    w.finish()
-                })
-                .collect();
+            let runs: Vec<Vec<u8>> = sets.iter().map(written).collect();
             let expected: BTreeSet<&Vec<u8>> = sets.iter().flatten().collect();
             let u = union(runs.iter().map(Vec::as_slice)).unwrap();
             let mut got = Vec::new();
@@ -301,6 +388,42 @@ mod tests {
             let expected: Vec<&[u8]> = expected.into_iter().map(Vec::as_slice).collect();
             proptest::prop_assert_eq!(&got, &expected);
             proptest::prop_assert_eq!(check(&u), Ok(expected.len() as u32));
+        }
+    }
+
+    proptest::proptest! {
+        /// Runs as anything may write them (out of order, repeats, lengths past a varint's
+        /// first byte): the union answers their values once each, in byte order, when every
+        /// run holds its values in byte order and once; an error when any does not.
+        #[test]
+        fn the_union_checks_every_run_it_merges(
+            lists in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::collection::vec(0u8..3, 0..4),
+                        proptest::collection::vec(0u8..2, 126..131),
+                    ],
+                    0..12,
+                ),
+                0..5,
+            ),
+        ) {
+            let runs: Vec<Vec<u8>> = lists.iter().map(written).collect();
+            let in_order = lists.iter().all(|l| l.windows(2).all(|p| p[0] < p[1]));
+            match union(runs.iter().map(Vec::as_slice)) {
+                Ok(u) => {
+                    proptest::prop_assert!(in_order, "{lists:?} merged");
+                    let expected: BTreeSet<&[u8]> =
+                        lists.iter().flatten().map(Vec::as_slice).collect();
+                    let mut got = Vec::new();
+                    values_into(&u, &mut got).unwrap();
+                    proptest::prop_assert_eq!(got, expected.into_iter().collect::<Vec<_>>());
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!in_order, "{lists:?}: {e}");
+                    proptest::prop_assert!(matches!(e, RunError::Unsorted(_)), "{e}");
+                }
+            }
         }
     }
 
