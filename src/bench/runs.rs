@@ -318,11 +318,23 @@ pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
     run_job(spec, &job, &checkpoint).await
 }
 
+/// Writes what the bench wrote so far (generated events, earlier runs' tables and state) to
+/// disk before a timed run starts. The kernel writes dirty pages back about 30 s after they
+/// were written: without this, the 450 MB of a case's events went to disk in the middle of a
+/// later case's rounds, on the same two cores.
+async fn settle_disk() -> anyhow::Result<()> {
+    // SAFETY: sync(2) takes no arguments, touches no memory of this process and cannot fail.
+    tokio::task::spawn_blocking(|| unsafe { libc::sync() })
+        .await
+        .context("writing the bench's files to disk")
+}
+
 /// Runs the job file `job` (as [`prepare`] wrote it, its checkpoint at `checkpoint`) to the
 /// end of its input, resuming from whatever its checkpoint already holds; its figures are
 /// those of the epochs this run decided.
 pub async fn run_job(spec: &RunSpec, job: &Path, checkpoint: &str) -> anyhow::Result<RunResult> {
     let from = next_epoch(checkpoint).await?;
+    settle_disk().await?;
     let mut cmd = local_command(job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
