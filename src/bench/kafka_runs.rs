@@ -242,6 +242,7 @@ async fn broker_runs(
                 client.name(),
                 reader_options(broker),
             ),
+            input: None,
             executors,
             snapshots: true,
             distinct: Distinct::Exact,

@@ -77,6 +77,7 @@ pub async fn measure(root: &Path, users: u64) -> anyhow::Result<MemoryRun> {
     let spec = RunSpec {
         name: "memory-2-executors".into(),
         source: runs::files_source(&input, 2),
+        input: Some(input.clone()),
         executors: 2,
         snapshots: true,
         distinct: Distinct::Exact,

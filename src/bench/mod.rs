@@ -256,6 +256,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let spec = RunSpec {
                 name,
                 source: runs::files_source(&input, args.files_per_epoch),
+                input: Some(input.clone()),
                 executors,
                 snapshots,
                 distinct: Distinct::Exact,
@@ -359,6 +360,7 @@ async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<
             let spec = RunSpec {
                 name,
                 source: runs::files_source(&input, args.files_per_epoch),
+                input: Some(input.clone()),
                 executors: 2,
                 snapshots: true,
                 distinct,

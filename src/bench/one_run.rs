@@ -35,6 +35,7 @@ pub async fn run(args: OneRunArgs) -> anyhow::Result<()> {
     let spec = RunSpec {
         name: format!("{:?}-{}", args.distinct, args.executors).to_lowercase(),
         source: runs::files_source(&input, args.files_per_epoch),
+        input: Some(input.clone()),
         executors: args.executors,
         snapshots: true,
         distinct: args.distinct,

@@ -19,6 +19,8 @@ pub struct RunSpec {
     pub name: String,
     /// The job's `source:` lines naming its input ([`files_source`], [`kafka_source`]).
     pub source: String,
+    /// The directory of a file source's input, read once before the run is timed.
+    pub input: Option<PathBuf>,
     pub executors: usize,
     pub snapshots: bool,
     pub distinct: Distinct,
@@ -318,15 +320,35 @@ pub async fn run(spec: &RunSpec, root: &Path) -> anyhow::Result<RunResult> {
     run_job(spec, &job, &checkpoint).await
 }
 
-/// Writes what the bench wrote so far (generated events, earlier runs' tables and state) to
-/// disk before a timed run starts. The kernel writes dirty pages back about 30 s after they
-/// were written: without this, the 450 MB of a case's events went to disk in the middle of a
-/// later case's rounds, on the same two cores.
-async fn settle_disk() -> anyhow::Result<()> {
-    // SAFETY: sync(2) takes no arguments, touches no memory of this process and cannot fail.
-    tokio::task::spawn_blocking(|| unsafe { libc::sync() })
-        .await
-        .context("writing the bench's files to disk")
+/// Settles the machine before a timed run: what the bench wrote so far (generated events,
+/// earlier runs' tables and state) goes to disk, and the run's input files are read once.
+/// The kernel writes dirty pages back about 30 s after they were written, which put a case's
+/// 450 MB of events on disk in the middle of a later case's rounds; and a machine may page
+/// out page-cache memory left idle (the bench's VM: DAMON's pageout scheme, after about a
+/// minute), which made the first run over events generated earlier read them from disk.
+async fn settle(input: Option<&Path>) -> anyhow::Result<()> {
+    let input = input.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        // SAFETY: sync(2) takes no arguments, touches no memory of this process and cannot
+        // fail.
+        unsafe { libc::sync() };
+        if let Some(dir) = input {
+            let entries =
+                std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_file() {
+                    let mut file = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    std::io::copy(&mut file, &mut std::io::sink())
+                        .with_context(|| format!("reading {}", path.display()))?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("settling the machine before a run")?
 }
 
 /// Runs the job file `job` (as [`prepare`] wrote it, its checkpoint at `checkpoint`) to the
@@ -334,7 +356,7 @@ async fn settle_disk() -> anyhow::Result<()> {
 /// those of the epochs this run decided.
 pub async fn run_job(spec: &RunSpec, job: &Path, checkpoint: &str) -> anyhow::Result<RunResult> {
     let from = next_epoch(checkpoint).await?;
-    settle_disk().await?;
+    settle(spec.input.as_deref()).await?;
     let mut cmd = local_command(job, spec.executors, Some("available-now"))?;
     if !spec.snapshots {
         cmd.env(weir_executor::epoch::NO_SNAPSHOTS_VAR, "1");
