@@ -15,7 +15,7 @@ use weir_common::job::kafka_client::FetchSettings;
 use weir_common::job::KafkaSource;
 
 use crate::input::fetcher::{Failure, Fetched, Fetcher};
-use crate::input::kafka_ahead::{Ended, KafkaAhead, Out, AHEAD_WAIT};
+use crate::input::kafka_ahead::{AheadSlot, Ended, Out, ReadTo, AHEAD_WAIT};
 use crate::input::kafka_reader::{
     after_held, continues, take_ahead, Gathered, Gathering, Pending, ReadError, STALL_TIMEOUT, WAIT,
 };
@@ -33,7 +33,7 @@ pub struct FetchReader {
     /// Shared with the thread reading ahead, which holds it while it runs.
     state: Arc<Mutex<State>>,
     /// The thread reading ahead since the last read, if one is.
-    ahead: Mutex<Option<KafkaAhead>>,
+    ahead: AheadSlot,
 }
 
 /// How the records of a range are read out of fetched batches.
@@ -66,6 +66,12 @@ struct State {
     scratch: Vec<u8>,
 }
 
+impl ReadTo for State {
+    fn read_to(&mut self) -> &mut HashMap<i32, i64> {
+        &mut self.read_to
+    }
+}
+
 /// Whether a fetched answer was read to its end, or the range ended in it (the rest is kept).
 enum Read {
     Whole,
@@ -83,7 +89,7 @@ impl FetchReader {
                 max_record_bytes,
             },
             state: Arc::default(),
-            ahead: Mutex::new(None),
+            ahead: AheadSlot::default(),
         }
     }
 
@@ -101,13 +107,8 @@ impl FetchReader {
         keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Gathered),
     ) -> Result<TakenAhead, ReadError> {
-        let ahead = self.lock_ahead().take().map(KafkaAhead::finish);
-        let mut guard = lock(&self.state);
+        let (mut guard, ahead) = self.ahead.take(&self.state);
         let state = &mut *guard;
-        if matches!(ahead, Some(None)) {
-            // The thread lost records it took from the queues: fetch afresh.
-            state.read_to.clear();
-        }
         if !continues(&state.read_to, ranges) {
             // Fetched afresh from the ranges' starts, below; what was read ahead is dropped.
             state.read_to.clear();
@@ -120,7 +121,7 @@ impl FetchReader {
         let mut pending = after_held(ranges, &mut state.held, |record| {
             gathering.add(record, &mut records)
         });
-        let taken = match ahead.flatten() {
+        let taken = match ahead {
             Some(ahead) if !state.read_to.is_empty() => {
                 let (held, max_bytes) = (&mut state.held, self.batches.max_record_bytes);
                 let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
@@ -163,29 +164,10 @@ impl FetchReader {
     /// `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
     /// first read or after one that failed.
     pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
-        let mut ahead = self.lock_ahead();
-        // One that no read took is stopped first (it holds the state until then), and what it
-        // took from the queues goes with it: the next read fetches afresh, and nothing is
-        // read ahead of it.
-        let unread = ahead.take().is_some();
-        let assigned = {
-            let mut state = lock(&self.state);
-            if unread {
-                state.read_to.clear();
-            }
-            !state.read_to.is_empty()
-        };
-        if assigned {
-            let (state, batches) = (self.state.clone(), self.batches.clone());
-            *ahead = Some(KafkaAhead::start(decoder, move |out| {
-                batches.read_ahead(&mut lock(&state), chunk, out)
-            })?);
-        }
-        Ok(())
-    }
-
-    fn lock_ahead(&self) -> MutexGuard<'_, Option<KafkaAhead>> {
-        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+        let (state, batches) = (self.state.clone(), self.batches.clone());
+        self.ahead.restart(&self.state, decoder, move |out| {
+            batches.read_ahead(&mut lock(&state), chunk, out)
+        })
     }
 
     /// Reads what `pending` still lacks of `ranges` from the fetcher's queues, fetching
@@ -532,7 +514,7 @@ mod tests {
         epochs_read_ahead(
             &mock,
             || reader.read_ahead(decoder(), 7).expect("read ahead"),
-            || reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded),
+            || reader.ahead.decoded(),
             |ranges| read_taking(&reader, ranges),
         );
     }
@@ -705,7 +687,7 @@ mod tests {
         );
         reader.read_ahead(decoder(), 7).expect("read ahead");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded) < 1 {
+        while reader.ahead.decoded() < 1 {
             assert!(Instant::now() < deadline, "reading ahead did not get on");
             std::thread::yield_now();
         }

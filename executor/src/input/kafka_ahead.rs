@@ -18,9 +18,10 @@
 //! lost with it.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -53,6 +54,67 @@ pub(super) enum Ended {
     /// Records it took were not handed on (an answer that did not decode): the next read
     /// must fetch afresh.
     Lost,
+}
+
+/// What a reader's state tells reading ahead: where its last read ended in each partition,
+/// empty when the next read starts afresh (both clients' readers keep it so).
+pub(super) trait ReadTo {
+    fn read_to(&mut self) -> &mut HashMap<i32, i64>;
+}
+
+/// Where a reader keeps its thread reading ahead between reads.
+#[derive(Default)]
+pub(super) struct AheadSlot(Mutex<Option<KafkaAhead>>);
+
+impl AheadSlot {
+    fn lock(&self) -> MutexGuard<'_, Option<KafkaAhead>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts `read` ahead when the last read left partitions to go on from. A thread that no
+    /// read took is stopped first (it holds the reader's state until then), and what it took
+    /// from the queues goes with it: the next read starts afresh, with nothing read ahead.
+    pub(super) fn restart<S: ReadTo>(
+        &self,
+        state: &Mutex<S>,
+        decoder: Arc<JsonDecoder>,
+        read: impl FnOnce(&Out<'_>) -> Ended + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut ahead = self.lock();
+        let unread = ahead.take().is_some();
+        let assigned = {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if unread {
+                state.read_to().clear();
+            }
+            !state.read_to().is_empty()
+        };
+        if assigned {
+            *ahead = Some(KafkaAhead::start(decoder, read)?);
+        }
+        Ok(())
+    }
+
+    /// Stops the thread for a read that starts: the reader's state (which the thread held),
+    /// and what the thread read, none when there was no thread or it lost records it took
+    /// from the queues (the read then starts afresh).
+    pub(super) fn take<'s, S: ReadTo>(
+        &self,
+        state: &'s Mutex<S>,
+    ) -> (MutexGuard<'s, S>, Option<Vec<Ahead>>) {
+        let ahead = self.lock().take().map(KafkaAhead::finish);
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(ahead, Some(None)) {
+            state.read_to().clear();
+        }
+        (state, ahead.flatten())
+    }
+
+    /// Chunks the thread decoded so far.
+    #[cfg(test)]
+    pub(super) fn decoded(&self) -> usize {
+        self.lock().as_ref().map_or(0, KafkaAhead::decoded)
+    }
 }
 
 /// A thread reading ahead, and what it read.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use weir_common::decode::JsonDecoder;
 use weir_common::job::KafkaSource;
 
 use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
-use crate::input::kafka_ahead::{self, Ahead, KafkaAhead};
+use crate::input::kafka_ahead::{self, Ahead, AheadSlot, ReadTo};
 use crate::input::read_ahead::TakenAhead;
 use crate::input::{Chunk, DecodedChunk, Record};
 
@@ -97,7 +97,7 @@ pub struct KafkaReader {
     /// Shared with the thread reading ahead, which holds it while it runs.
     state: Arc<Mutex<Reading>>,
     /// The thread reading ahead since the last read, if one is.
-    ahead: Mutex<Option<KafkaAhead>>,
+    ahead: AheadSlot,
     /// The consumer's settings; the prefetch limit, unless the job's options set it, follows
     /// the assignment.
     config: ClientConfig,
@@ -137,6 +137,12 @@ pub(super) struct Reading {
     pub(super) slots: Slots,
     /// Declared after `session`: its queues write to it until dropped.
     pub(super) wake: Wake,
+}
+
+impl ReadTo for Reading {
+    fn read_to(&mut self) -> &mut HashMap<i32, i64> {
+        &mut self.read_to
+    }
 }
 
 /// Whether `ranges` pick up exactly where the last read ended (`read_to`), on the same
@@ -534,7 +540,7 @@ impl KafkaReader {
                 slots: Slots::new(POLL_BATCH),
                 wake,
             })),
-            ahead: Mutex::new(None),
+            ahead: AheadSlot::default(),
             config,
             topic: source.topic.clone(),
             topic_c,
@@ -560,14 +566,8 @@ impl KafkaReader {
         keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Gathered),
     ) -> Result<TakenAhead, ReadError> {
-        let ahead = self.lock_ahead().take().map(KafkaAhead::finish);
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut guard, ahead) = self.ahead.take(&self.state);
         let state = &mut *guard;
-        if matches!(ahead, Some(None)) {
-            // The thread panicked with records it took from the queues: assign afresh.
-            state.read_to.clear();
-        }
-        let ahead = ahead.flatten();
         if !continues(&state.read_to, ranges) {
             state.read_to.clear();
             state.held.clear();
@@ -609,30 +609,10 @@ impl KafkaReader {
     /// with `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
     /// first read or after one that failed.
     pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
-        let mut ahead = self.lock_ahead();
-        // One that no read took is stopped first (it holds the state until then), and what it
-        // took from the queues goes with it: the next read assigns afresh, and nothing is
-        // read ahead of it.
-        let unread = ahead.take().is_some();
-        let assigned = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if unread {
-                state.read_to.clear();
-            }
-            !state.read_to.is_empty()
-        };
-        if assigned {
-            let state = self.state.clone();
-            let max_bytes = self.max_record_bytes;
-            *ahead = Some(KafkaAhead::start(decoder, move |out| {
-                kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
-            })?);
-        }
-        Ok(())
-    }
-
-    fn lock_ahead(&self) -> std::sync::MutexGuard<'_, Option<KafkaAhead>> {
-        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+        let (state, max_bytes) = (self.state.clone(), self.max_record_bytes);
+        self.ahead.restart(&self.state, decoder, move |out| {
+            kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
+        })
     }
 
     fn poll_until_done(
@@ -1039,7 +1019,7 @@ pub(super) mod tests {
         epochs_read_ahead(
             &mock,
             || reader.read_ahead(decoder(), 7).expect("read ahead"),
-            || reader.lock_ahead().as_ref().map_or(0, KafkaAhead::decoded),
+            || reader.ahead.decoded(),
             |ranges| read_taking(&reader, ranges),
         );
     }
