@@ -246,7 +246,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rounds: Vec<Vec<RunResult>> = configurations.iter().map(|_| Vec::new()).collect();
     // In turns, so that a slow spell of the machine touches every configuration alike.
     for round in 1..=args.rounds {
-        for (i, &(executors, snapshots)) in configurations.iter().enumerate() {
+        for (i, &(executors, snapshots)) in in_turns(&configurations, round) {
             let name = format!(
                 "files-{executors}-executor{}{}",
                 if executors > 1 { "s" } else { "" },
@@ -340,6 +340,18 @@ struct UserCase {
     approx: Repeated,
 }
 
+/// `items` with their indices in the order round `round` (from 1) runs them: as they are in
+/// odd rounds, the other way round in even ones. The machine's speed drifts (other tenants of
+/// the host): with a fixed order, the run after another one of its pair always met the later
+/// speed, and the pair's paired cost took the drift for a cost.
+fn in_turns<T>(items: &[T], round: u64) -> Vec<(usize, &T)> {
+    let mut turns: Vec<(usize, &T)> = items.iter().enumerate().collect();
+    if round.is_multiple_of(2) {
+        turns.reverse();
+    }
+    turns
+}
+
 /// Runs the exact and the approximate job in turns over events of `users` distinct users.
 async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<UserCase> {
     eprintln!(
@@ -351,10 +363,11 @@ async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<
     let mut exact = Vec::new();
     let mut approx = Vec::new();
     for round in 1..=args.rounds {
-        for (distinct, runs) in [
-            (Distinct::Exact, &mut exact),
-            (Distinct::Approx, &mut approx),
-        ] {
+        for (_, &distinct) in in_turns(&[Distinct::Exact, Distinct::Approx], round) {
+            let runs = match distinct {
+                Distinct::Exact => &mut exact,
+                Distinct::Approx => &mut approx,
+            };
             let name = format!("users-{users}-{distinct:?}").to_lowercase();
             eprintln!("weir bench: {name}, round {round} of {}", args.rounds);
             let spec = RunSpec {
@@ -788,4 +801,25 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_turns;
+
+    /// Each round runs the other way round from the one before, so that neither run of a pair
+    /// is always the later one.
+    #[test]
+    fn rounds_take_their_runs_in_turns_both_ways() {
+        let order = |round| -> Vec<usize> {
+            in_turns(&["a", "b", "c"], round)
+                .iter()
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        assert_eq!(order(1), [0, 1, 2]);
+        assert_eq!(order(2), [2, 1, 0]);
+        assert_eq!(order(3), [0, 1, 2]);
+        assert_eq!(in_turns(&["a", "b"], 2)[0], (1, &"b"));
+    }
 }
