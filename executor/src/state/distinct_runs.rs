@@ -237,6 +237,13 @@ impl<'a> Side<'a> {
         Ok(())
     }
 
+    /// Moves past the head without taking it: the side must have no entries waiting.
+    fn skip(&mut self) -> Result<(), RunError> {
+        self.advance()?;
+        self.taken_from = self.head_at;
+        Ok(())
+    }
+
     /// Copies the entries taken since the last copy (up to the head's) to `out`.
     fn copy_taken(&mut self, out: &mut Vec<u8>) {
         let end = self.run.len();
@@ -273,16 +280,15 @@ fn merge_two(a: &[u8], b: &[u8]) -> Result<Vec<u8>, RunError> {
                 ys.advance()?;
             }
             Ordering::Equal => {
-                // Taken from one side, skipped on the other.
+                // Taken from the side whose entries wait to be copied, skipped on the other
+                // (which has none waiting).
                 let (taken, skipped) = if taking_x {
                     (&mut xs, &mut ys)
                 } else {
                     (&mut ys, &mut xs)
                 };
-                skipped.copy_taken(&mut out);
                 taken.advance()?;
-                skipped.advance()?;
-                skipped.taken_from = skipped.head_at;
+                skipped.skip()?;
             }
         }
     }
