@@ -21,7 +21,7 @@ use crate::input::kafka_reader::{
 };
 use crate::input::read_ahead::TakenAhead;
 use crate::input::{Chunk, Record};
-use crate::kafka_wire::batches::{self, BatchHeader};
+use crate::kafka_wire::batches::{self, BatchHeader, BodyPool};
 
 /// How long to wait before fetching again after a failure that may pass.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
@@ -43,6 +43,9 @@ struct BatchReader {
     read_committed: bool,
     /// Larger values are copied cut to this size (they go to the dead letter).
     max_record_bytes: usize,
+    /// Buffers compressed batches are decompressed into, their records' values sliced from
+    /// them (shared with the thread reading ahead).
+    bodies: BodyPool,
 }
 
 #[derive(Default)]
@@ -87,6 +90,7 @@ impl FetchReader {
                 topic: source.topic.clone(),
                 read_committed: settings.read_committed,
                 max_record_bytes,
+                bodies: BodyPool::default(),
             },
             state: Arc::default(),
             ahead: AheadSlot::default(),
@@ -394,7 +398,12 @@ impl BatchReader {
                 && header.is_transactional()
                 && fetched.aborting.contains(&header.producer_id))
             {
-                for record in batches::records(&header, batch, scratch).map_err(corrupt)? {
+                // Keys and values are slices of the batch's body, not copies.
+                let batch = records.slice(at..at + header.size);
+                let batches::SharedBody { bytes: body, held } =
+                    batches::shared_body(&header, &batch, &self.bodies).map_err(corrupt)?;
+                gathering.slicing(held);
+                for record in batches::records_of(&header, &body) {
                     let record = record.map_err(corrupt)?;
                     if record.offset < p.next {
                         continue;
@@ -405,8 +414,11 @@ impl BatchReader {
                         return Ok(Read::Rest(fetched));
                     }
                     let place = (partition, record.offset);
-                    let max_bytes = self.max_record_bytes;
-                    gathering.add_polled(place, record.key, record.value, max_bytes, on_chunk);
+                    let (key, value) = (
+                        record.key.map(|k| body.slice_ref(k)),
+                        record.value.map(|v| body.slice_ref(v)),
+                    );
+                    gathering.add_shared(place, key, value, self.max_record_bytes, on_chunk);
                 }
             }
             // Offsets missing in the batch (compacted away, or skipped above) are passed.

@@ -156,8 +156,8 @@ impl Out<'_> {
     /// Decodes `records` and hands them on: false when no one takes them any more (the reader
     /// is gone).
     pub(super) fn decoded(&self, records: Chunk) -> bool {
-        let bytes = records.buffers.iter().map(|b| b.len()).sum::<usize>();
-        self.waiting_bytes.set(self.waiting_bytes.get() + bytes);
+        self.waiting_bytes
+            .set(self.waiting_bytes.get() + records.bytes());
         let decoded = DecodedChunk::decode(records, self.decoder);
         let now = thread_cpu_time();
         let worked = now.saturating_sub(self.since.replace(now));
@@ -343,4 +343,64 @@ pub(super) fn from_librdkafka(
     // as they are when it was stopped (the read waits for it).
     out.hand_over(&mut gathering, left.is_empty() && going);
     Ended::Whole
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::input::kafka_reader::tests::decoder;
+    use crate::input::Record;
+
+    /// Reading ahead stops once `AHEAD_BYTES` wait, counted by what the chunks keep alive:
+    /// records of weir's client slice whole batch bodies, far larger than their own bytes.
+    #[test]
+    fn reading_ahead_stops_at_the_bytes_its_records_keep_alive() {
+        const CHUNK: usize = 4 << 20;
+        let body = Bytes::from(vec![b'x'; CHUNK]);
+        let handed = Arc::new(AtomicUsize::new(0));
+        let (ended, stopped_by_itself) = mpsc::channel();
+        let counted = handed.clone();
+        let ahead = KafkaAhead::start(decoder(), move |out| {
+            // Bounded for the test's sake, should reading ahead never stop by itself.
+            while !out.stopped() && counted.load(Ordering::SeqCst) < 16 * AHEAD_BYTES {
+                let records = (0..4)
+                    .map(|offset| Record {
+                        partition: 0,
+                        offset,
+                        key: None,
+                        value: Some(body.slice(offset as usize * 100..(offset as usize + 1) * 100)),
+                        cut_from: None,
+                    })
+                    .collect();
+                let chunk = Chunk {
+                    records,
+                    buffers: Vec::new(),
+                    held: CHUNK,
+                    end: None,
+                };
+                if !out.decoded(chunk) {
+                    break;
+                }
+                counted.fetch_add(CHUNK, Ordering::SeqCst);
+            }
+            let _ = ended.send(());
+            Ended::Whole
+        })
+        .unwrap();
+        stopped_by_itself
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the thread ends");
+        let handed = handed.load(Ordering::SeqCst);
+        assert!(
+            (AHEAD_BYTES..AHEAD_BYTES + CHUNK).contains(&handed),
+            "{handed} bytes handed on"
+        );
+        let chunks = ahead.finish().expect("whole");
+        assert_eq!(chunks.len(), handed / CHUNK);
+    }
 }

@@ -160,13 +160,19 @@ fn prefetch_kbytes(partitions: usize) -> usize {
     (PREFETCH_BYTES / 1024 / partitions.max(1)).max(1)
 }
 
-/// The chunk being filled. The values of the messages polled into it are copied side by side
-/// into one buffer, each followed by a newline, and their keys into another: a chunk costs
-/// two allocations instead of two per record, and the decoder reads runs of values in place,
-/// as it does a file's lines.
+/// The chunk being filled. The values of the messages polled into it (librdkafka's) are
+/// copied side by side into one buffer, each followed by a newline, and their keys into
+/// another: a chunk costs two allocations instead of two per record, and the decoder reads
+/// runs of values in place, as it does a file's lines. Records of weir's client come as
+/// slices of their batch and are kept as they are.
 pub(super) struct Gathering {
     size: usize,
     records: Vec<Record>,
+    /// Bytes of the batch bodies the records gathered slice.
+    held: usize,
+    /// What the body records are sliced from now holds, and whether the chunk counts it.
+    body: usize,
+    body_counted: bool,
     /// Where each record's value lies in `values` and its key in `keys`: none for a record
     /// that holds its own.
     placed: Vec<Placed>,
@@ -185,6 +191,9 @@ impl Gathering {
         Self {
             size,
             records: Vec::with_capacity(size),
+            held: 0,
+            body: 0,
+            body_counted: false,
             placed: Vec::with_capacity(size),
             values: Vec::new(),
             keys: Vec::new(),
@@ -220,6 +229,41 @@ impl Gathering {
         self.hand_over_when_full(on_chunk);
     }
 
+    /// The records [`Gathering::add_shared`] adds next slice a batch body that keeps `held`
+    /// bytes alive: counted once in each chunk they land in.
+    pub(super) fn slicing(&mut self, held: usize) {
+        self.body = held;
+        self.body_counted = false;
+    }
+
+    /// Adds a fetched record whose key and value are slices of its batch (shared, not
+    /// copied); a value over `max_bytes` is kept cut, as a polled one is.
+    pub(super) fn add_shared(
+        &mut self,
+        (partition, offset): (i32, i64),
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        max_bytes: usize,
+        on_chunk: &mut impl FnMut(Chunk),
+    ) {
+        if value.as_ref().is_some_and(|v| v.len() > max_bytes) {
+            let (key, value) = (key.as_deref(), value.as_deref());
+            return self.add_polled((partition, offset), key, value, max_bytes, on_chunk);
+        }
+        let record = Record {
+            partition,
+            offset,
+            key,
+            value,
+            cut_from: None,
+        };
+        if !self.body_counted {
+            self.held += self.body;
+            self.body_counted = true;
+        }
+        self.add(record, on_chunk);
+    }
+
     /// Adds a record that holds its own key and value (one held back by an earlier read).
     pub(super) fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
         self.records.push(record);
@@ -253,9 +297,12 @@ impl Gathering {
                 record.key = Some(keys.slice(range));
             }
         }
+        // The next chunk counts the body records are sliced from again.
+        self.body_counted = false;
         on_chunk(Chunk {
             records,
             buffers: vec![values],
+            held: std::mem::take(&mut self.held),
             end: None,
         });
     }
@@ -839,6 +886,36 @@ pub(super) mod tests {
         assert_eq!(
             read(&reader, &ranges(partitions, 0, 11)),
             all(partitions, 0, 11)
+        );
+    }
+
+    /// A chunk counts each batch body its records slice once, and again in the next chunk
+    /// when the body's records run on into it; a record cut to size is a copy of its own.
+    #[test]
+    fn a_chunk_counts_the_batch_bodies_its_records_slice() {
+        let body = Bytes::from(vec![b'x'; 1000]);
+        let mut chunks = Vec::new();
+        {
+            let mut on_chunk = |c: Chunk| chunks.push(c);
+            let mut gathering = Gathering::new(3);
+            gathering.slicing(4000);
+            for offset in 0..4 {
+                let value = Some(body.slice(..10));
+                gathering.add_shared((0, offset), None, value, 100, &mut on_chunk);
+            }
+            gathering.slicing(8000);
+            let value = Some(body.slice(10..20));
+            gathering.add_shared((0, 4), None, value, 100, &mut on_chunk);
+            gathering.slicing(16000);
+            gathering.add_shared((0, 5), None, Some(body.clone()), 100, &mut on_chunk);
+            gathering.hand_over(&mut on_chunk);
+        }
+        let held: Vec<usize> = chunks.iter().map(|c| c.held).collect();
+        assert_eq!(held, [4000, 4000 + 8000]);
+        assert_eq!(
+            chunks[1].bytes(),
+            4000 + 8000 + 100 + 1,
+            "the cut value and its newline"
         );
     }
 

@@ -71,12 +71,15 @@ impl Record {
 }
 
 /// Records handed over together, with the buffers their values are slices of (a file's
-/// fetched ranges; the copy of a Kafka chunk's values, each followed by a newline): the decoder
+/// fetched ranges; the copy of the values librdkafka's reader polled, each followed by a
+/// newline; none for weir's Kafka client, whose records slice their batches): the decoder
 /// reads records lying side by side in a buffer from it in place.
 #[derive(Debug, Default)]
 pub struct Chunk {
     pub records: Vec<Record>,
     pub buffers: Vec<Bytes>,
+    /// Bytes of the batch bodies weir's Kafka client's records slice, kept alive by them.
+    pub held: usize,
     /// Where a file source's reading goes on after the chunk's records.
     pub end: Option<Resume>,
 }
@@ -86,8 +89,14 @@ impl Chunk {
         Self {
             records: Vec::with_capacity(records),
             buffers: Vec::new(),
+            held: 0,
             end: None,
         }
+    }
+
+    /// The bytes the chunk keeps alive: its buffers and the batch bodies its records slice.
+    pub fn bytes(&self) -> usize {
+        self.held + self.buffers.iter().map(Bytes::len).sum::<usize>()
     }
 }
 

@@ -3,6 +3,9 @@
 //! values as slices, with nothing allocated a record.
 
 use std::io::Read;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
 
 /// A batch's bytes before its records (base offset to record count).
 pub const BATCH_HEADER: usize = 61;
@@ -135,28 +138,126 @@ pub fn records<'a>(
     batch: &'a [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Result<Records<'a>, BatchError> {
-    let body = &batch[BATCH_HEADER..header.size];
-    let body: &'a [u8] = match header.codec() {
-        0 => body,
-        LZ4 => {
-            let length = lz4(body, scratch).map_err(|source| BatchError::Decompress {
-                codec: "lz4",
-                source,
-            })?;
-            &scratch[..length]
-        }
-        codec => {
-            scratch.clear();
-            decompress(codec, body, scratch)?;
-            scratch
-        }
-    };
-    Ok(Records {
+    Ok(records_of(header, body(header, batch, scratch)?))
+}
+
+/// The records of a batch whose body (as [`shared_body`] answers it) is `body`.
+pub fn records_of<'a>(header: &BatchHeader, body: &'a [u8]) -> Records<'a> {
+    Records {
         body,
         at: 0,
         base_offset: header.base_offset,
         left: header.count.max(0),
+    }
+}
+
+/// The records' part of batch `batch`, decompressed into `out` when compressed (then a prefix
+/// of it).
+fn body<'a>(
+    header: &BatchHeader,
+    batch: &'a [u8],
+    out: &'a mut Vec<u8>,
+) -> Result<&'a [u8], BatchError> {
+    let body = &batch[BATCH_HEADER..header.size];
+    Ok(match header.codec() {
+        0 => body,
+        LZ4 => {
+            let length = lz4(body, out).map_err(|source| BatchError::Decompress {
+                codec: "lz4",
+                source,
+            })?;
+            &out[..length]
+        }
+        codec => {
+            out.clear();
+            decompress(codec, body, out)?;
+            out
+        }
     })
+}
+
+/// A batch's records' part as bytes its records' keys and values are sliced from, and how
+/// many bytes any slice of it keeps alive.
+pub struct SharedBody {
+    pub bytes: Bytes,
+    pub held: usize,
+}
+
+/// The records' part of batch `batch` (a slice of a fetched answer) as bytes its records'
+/// keys and values can be sliced from, so that they reach the decoder without a copy: a slice
+/// of `batch` itself when it is not compressed, else the buffer from `pool` it was
+/// decompressed into (which goes back to `pool` when the last slice of it is dropped).
+pub fn shared_body(
+    header: &BatchHeader,
+    batch: &Bytes,
+    pool: &BodyPool,
+) -> Result<SharedBody, BatchError> {
+    if header.codec() == 0 {
+        // Its slices keep the fetched answer alive: counted by the batch's part of it.
+        return Ok(SharedBody {
+            bytes: batch.slice(BATCH_HEADER..header.size),
+            held: header.size,
+        });
+    }
+    let mut buf = pool.take();
+    let len = body(header, batch, &mut buf)?.len();
+    // The whole buffer stays while a record lives (LZ4 makes room for a block past the end,
+    // and a pooled buffer keeps the size of the largest batch it held).
+    let held = buf.capacity();
+    let bytes = Bytes::from_owner(Pooled {
+        buf,
+        len,
+        pool: pool.clone(),
+    });
+    Ok(SharedBody { bytes, held })
+}
+
+/// Buffers that batches are decompressed into, kept for the next batches once nothing slices
+/// them: a fresh buffer a batch faulted in as many new pages as the copy of its values it
+/// replaces wrote.
+#[derive(Clone, Default)]
+pub struct BodyPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers a pool keeps, and the largest it keeps (a batch of a few MB decompressed is usual).
+const POOLED: usize = 8;
+const POOLED_BYTES: usize = 8 << 20;
+
+impl BodyPool {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() <= POOLED_BYTES {
+            let mut kept = self.lock();
+            if kept.len() < POOLED {
+                kept.push(buf);
+            }
+        }
+    }
+}
+
+/// A batch decompressed into a pooled buffer: its first `len` bytes.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    pool: BodyPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
 }
 
 fn decompress(codec: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
@@ -496,6 +597,58 @@ mod tests {
                 })
                 .collect();
             assert_eq!(read, expected, "{compression:?}");
+        }
+    }
+
+    /// Values sliced from a batch's shared body stay whole while later batches are
+    /// decompressed, whatever the codec: a pooled buffer is reused only once nothing slices
+    /// it, and then it is. What a body says it holds covers all it keeps alive.
+    #[test]
+    fn values_sliced_from_a_pooled_body_outlive_the_batches_after_them() {
+        for (compression, count) in [
+            (Compression::None, 20_000),
+            (Compression::Lz4, 20_000),
+            (Compression::Zstd, 20_000),
+            (Compression::Lz4, 200),
+        ] {
+            let pool = BodyPool::default();
+            let batch = |n: i64| {
+                let records: Vec<Record> = (0..count)
+                    .map(|i| written(i, None, Some(&format!("batch {n} value {i}"))))
+                    .collect();
+                Bytes::from(encoded(&records, compression))
+            };
+            let values = |set: &Bytes| -> Vec<Bytes> {
+                let header = BatchHeader::read(set).unwrap().unwrap();
+                let body = shared_body(&header, set, &pool).unwrap();
+                if compression == Compression::None {
+                    assert_eq!(body.held, header.size);
+                } else {
+                    assert!(body.held >= body.bytes.len() && body.bytes.len() > set.len());
+                }
+                records_of(&header, &body.bytes)
+                    .map(|r| body.bytes.slice_ref(r.unwrap().value.unwrap()))
+                    .collect()
+            };
+            let first = values(&batch(1));
+            for n in 2..6 {
+                let later = values(&batch(n));
+                assert_eq!(later[7], format!("batch {n} value 7").as_bytes());
+            }
+            for (i, v) in first.iter().enumerate() {
+                assert_eq!(
+                    v,
+                    format!("batch 1 value {i}").as_bytes(),
+                    "{compression:?}"
+                );
+            }
+            // The later batches took turns in one buffer; the first batch's goes back with
+            // its last value. An uncompressed batch has none.
+            let pooled = || pool.lock().len();
+            let compressed = usize::from(compression != Compression::None);
+            assert_eq!(pooled(), compressed, "{compression:?}, {count}");
+            drop(first);
+            assert_eq!(pooled(), 2 * compressed, "{compression:?}, {count}");
         }
     }
 
