@@ -64,6 +64,11 @@ fn weir_bench_reports_every_measurement() {
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
     }
+    // The mock cluster's runs are medians of the rounds, as the file runs; tansu's ran once.
+    for row in written.lines().filter(|l| l.starts_with("| Kafka (")) {
+        let rounds = row.contains("median of 2 rounds (");
+        assert_eq!(rounds, row.contains("mock cluster"), "{row}");
+    }
     // The job was scaled 1 → 2 → 1 while it ran: each step moved key groups and restored
     // their state.
     for step in ["| rescale 1 → 2 (epoch ", "| rescale 2 → 1 (epoch "] {

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::broker::MockBroker;
-use super::runs::{self, Distinct, RunResult, RunSpec};
-use super::{kafka, BenchArgs, START};
+use super::runs::{self, Distinct, Repeated, RunResult, RunSpec};
+use super::{in_turns, kafka, BenchArgs, START};
 
 /// The broker a run read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub struct BrokerRuns {
     pub partitions: i32,
     /// Events/s the broker took while the topic was filled.
     pub produce_rate: f64,
-    pub runs: Vec<RunResult>,
+    pub runs: Vec<Repeated>,
 }
 
 /// What the Kafka half measured, and why any part of it was skipped.
@@ -205,6 +205,9 @@ fn producer_args(broker: BrokerKind, partitions: i32, bulk: bool) -> Vec<String>
     args
 }
 
+/// The runs from one broker over the same topic: on the mock cluster each configuration
+/// `--rounds` times, taken in turns as the file runs are; on tansu once (its figure is its
+/// storage's, and a run takes about 10 s).
 async fn broker_runs(
     args: &BenchArgs,
     root: &Path,
@@ -214,6 +217,10 @@ async fn broker_runs(
     events: u64,
     partitions: i32,
 ) -> anyhow::Result<BrokerRuns> {
+    let rounds = match broker {
+        BrokerKind::Mock => args.rounds,
+        BrokerKind::Tansu | BrokerKind::Given => 1,
+    };
     eprintln!(
         "weir bench: producing {events} events into {}",
         broker.label()
@@ -224,47 +231,53 @@ async fn broker_runs(
     let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
     kafka::produce(address, topic, events, 0.0, &producer, false).await?;
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
-    let mut runs = Vec::new();
-    for (client, executors) in clients(broker).iter().flat_map(|c| [(*c, 1), (*c, 2)]) {
-        let name = format!(
-            "{}-{}-{executors}-executor{}",
-            broker.run_prefix(),
-            client.name(),
-            if executors > 1 { "s" } else { "" }
-        );
-        eprintln!("weir bench: {name}");
-        let spec = RunSpec {
-            name,
-            source: runs::kafka_source_with(
-                address,
-                topic,
-                args.offsets_per_epoch,
+    let configurations: Vec<(Client, usize)> = clients(broker)
+        .iter()
+        .flat_map(|c| [(*c, 1), (*c, 2)])
+        .collect();
+    let mut results: Vec<Vec<RunResult>> = configurations.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (i, &(client, executors)) in in_turns(&configurations, round) {
+            let name = format!(
+                "{}-{}-{executors}-executor{}",
+                broker.run_prefix(),
                 client.name(),
-                reader_options(broker),
-            ),
-            input: None,
-            executors,
-            snapshots: true,
-            distinct: Distinct::Exact,
-        };
-        let run = runs::run(&spec, root).await?;
-        if run.input_rows != events {
-            bail!(
-                "{} read {} of the {events} events produced: the broker no longer held the \
-                 rest (the mock cluster keeps 5 MB per partition; produce fewer events or use \
-                 more partitions)",
-                run.name,
-                run.input_rows
+                if executors > 1 { "s" } else { "" }
             );
+            eprintln!("weir bench: {name}, round {round} of {rounds}");
+            let spec = RunSpec {
+                name,
+                source: runs::kafka_source_with(
+                    address,
+                    topic,
+                    args.offsets_per_epoch,
+                    client.name(),
+                    reader_options(broker),
+                ),
+                input: None,
+                executors,
+                snapshots: true,
+                distinct: Distinct::Exact,
+            };
+            let run = runs::run(&spec, root).await?;
+            if run.input_rows != events {
+                bail!(
+                    "{} read {} of the {events} events produced: the broker no longer held the \
+                     rest (the mock cluster keeps 5 MB per partition; produce fewer events or use \
+                     more partitions)",
+                    run.name,
+                    run.input_rows
+                );
+            }
+            results[i].push(run);
         }
-        runs.push(run);
     }
     Ok(BrokerRuns {
         broker,
         events,
         partitions,
         produce_rate,
-        runs,
+        runs: results.into_iter().map(Repeated::new).collect(),
     })
 }
 
@@ -284,14 +297,14 @@ fn reader_options(broker: BrokerKind) -> &'static [(&'static str, &'static str)]
     }
 }
 
-/// Half of the fastest rate of the runs with the latency run's client: its pace.
+/// Half of the fastest median rate of the runs with the latency run's client: its pace.
 pub fn half_of_peak(runs: &BrokerRuns) -> f64 {
     let client = format!("-{}-", latency_client(runs.broker).name());
     let peak = runs
         .runs
         .iter()
-        .filter(|r| r.name.contains(&client))
-        .map(RunResult::engine_events_per_second)
+        .filter(|r| r.name().contains(&client))
+        .map(|r| r.median().engine_events_per_second())
         .fold(0.0, f64::max);
     (peak / 2.0).max(1.0)
 }

@@ -7,8 +7,9 @@
 //! into executors that lost their disks.
 //! Two user-scale cases run the exact and the approximate job over events of more users. Then
 //! the events go through Kafka into Delta on 1 and 2 executors: from librdkafka's mock cluster,
-//! which serves from memory (weir's Kafka path), and from a tansu broker (its SQLite storage's
-//! pace); a paced run at half of the mock cluster's peak gives the produce-to-commit latency.
+//! which serves from memory (weir's Kafka path, in rounds as the file runs), and from a tansu
+//! broker (its SQLite storage's pace, once); a paced run at half of the mock cluster's peak
+//! gives the produce-to-commit latency.
 
 mod broker;
 mod ceiling;
@@ -43,8 +44,9 @@ pub struct BenchArgs {
     /// Files an epoch reads (`max_files_per_trigger`).
     #[arg(long, default_value_t = 4)]
     pub files_per_epoch: u64,
-    /// Rounds of the file runs (1 and 2 executors, 2 without snapshots, taken in turn): each
-    /// figure is the median round, since one run varies by ±5 % on a shared machine.
+    /// Rounds of the file runs (1 and 2 executors, 2 without snapshots, taken in turn) and of
+    /// the mock cluster's runs: each figure is the median round, since one run varies by ±5 %
+    /// on a shared machine.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub rounds: u64,
     /// Distinct users in the single window of the memory run, three events each (0 skips it),
@@ -344,7 +346,7 @@ struct UserCase {
 /// odd rounds, the other way round in even ones. The machine's speed drifts (other tenants of
 /// the host): with a fixed order, the run after another one of its pair always met the later
 /// speed, and the pair's paired cost took the drift for a cost.
-fn in_turns<T>(items: &[T], round: u64) -> Vec<(usize, &T)> {
+pub(super) fn in_turns<T>(items: &[T], round: u64) -> Vec<(usize, &T)> {
     let mut turns: Vec<(usize, &T)> = items.iter().enumerate().collect();
     if round.is_multiple_of(2) {
         turns.reverse();
@@ -526,7 +528,13 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         }
     }
     for broker in &kafka.brokers {
-        for r in &broker.runs {
+        for repeated in &broker.runs {
+            let r = repeated.median();
+            let (lo, hi) = repeated.range();
+            let rounds = match repeated.runs.len() {
+                1 => String::new(),
+                n => format!("median of {n} rounds ({lo:.0}–{hi:.0}); "),
+            };
             // `kafka[-mock]-<client>-<n>-executor[s]`
             let rest = r
                 .name
@@ -542,7 +550,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
                 ),
                 r.engine_events_per_second(),
                 &format!(
-                    "{} events in {} partitions, first plan to last decision {:.2} s over {} epochs",
+                    "{rounds}{} events in {} partitions, first plan to last decision {:.2} s over {} epochs",
                     r.input_rows,
                     broker.partitions,
                     r.engine.as_secs_f64(),
@@ -634,8 +642,9 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
             .and_then(|b| {
                 let client = kafka_runs::Client::Weir.name();
                 let name = format!("-{client}-2-executors");
-                b.runs.iter().find(|r| r.name.ends_with(&name))
+                b.runs.iter().find(|r| r.name().ends_with(&name))
             })
+            .map(Repeated::median)
         {
             let files = two.median();
             let rate = mock.engine_events_per_second();
@@ -752,6 +761,7 @@ fn report(args: &BenchArgs, m: &Measured) -> anyhow::Result<String> {
         .brokers
         .iter()
         .flat_map(|b| &b.runs)
+        .map(Repeated::median)
         .map(|r| (r.name.clone(), &r.peak_rss, r.input_rows))
         .collect();
     if let Some((_, latency)) = &kafka.latency {
