@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::broker::MockBroker;
-use super::runs::{self, Distinct, Repeated, RunResult, RunSpec};
-use super::{in_turns, kafka, BenchArgs, START};
+use super::runs::{self, Distinct, Repeated, RunSpec};
+use super::{kafka, BenchArgs, START};
 
 /// The broker a run read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,53 +231,48 @@ async fn broker_runs(
     let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
     kafka::produce(address, topic, events, 0.0, &producer, false).await?;
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
-    let configurations: Vec<(Client, usize)> = clients(broker)
+    let specs: Vec<RunSpec> = clients(broker)
         .iter()
         .flat_map(|c| [(*c, 1), (*c, 2)])
-        .collect();
-    let mut results: Vec<Vec<RunResult>> = configurations.iter().map(|_| Vec::new()).collect();
-    for round in 1..=rounds {
-        for (i, &(client, executors)) in in_turns(&configurations, round) {
-            let name = format!(
+        .map(|(client, executors)| RunSpec {
+            name: format!(
                 "{}-{}-{executors}-executor{}",
                 broker.run_prefix(),
                 client.name(),
                 if executors > 1 { "s" } else { "" }
+            ),
+            source: runs::kafka_source_with(
+                address,
+                topic,
+                args.offsets_per_epoch,
+                client.name(),
+                reader_options(broker),
+            ),
+            input: None,
+            executors,
+            snapshots: true,
+            distinct: Distinct::Exact,
+        })
+        .collect();
+    let runs = runs::in_rounds(&specs, rounds, root, |run| {
+        if run.input_rows != events {
+            bail!(
+                "{} read {} of the {events} events produced: the broker no longer held the \
+                 rest (the mock cluster keeps 5 MB per partition; produce fewer events or use \
+                 more partitions)",
+                run.name,
+                run.input_rows
             );
-            eprintln!("weir bench: {name}, round {round} of {rounds}");
-            let spec = RunSpec {
-                name,
-                source: runs::kafka_source_with(
-                    address,
-                    topic,
-                    args.offsets_per_epoch,
-                    client.name(),
-                    reader_options(broker),
-                ),
-                input: None,
-                executors,
-                snapshots: true,
-                distinct: Distinct::Exact,
-            };
-            let run = runs::run(&spec, root).await?;
-            if run.input_rows != events {
-                bail!(
-                    "{} read {} of the {events} events produced: the broker no longer held the \
-                     rest (the mock cluster keeps 5 MB per partition; produce fewer events or use \
-                     more partitions)",
-                    run.name,
-                    run.input_rows
-                );
-            }
-            results[i].push(run);
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(BrokerRuns {
         broker,
         events,
         partitions,
         produce_rate,
-        runs: results.into_iter().map(Repeated::new).collect(),
+        runs,
     })
 }
 

@@ -244,29 +244,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || ceiling::measure(&schema, &approx, &files, cores))
             .await??;
 
-    let configurations = [(1, true), (2, true), (2, false)];
-    let mut rounds: Vec<Vec<RunResult>> = configurations.iter().map(|_| Vec::new()).collect();
-    // In turns, so that a slow spell of the machine touches every configuration alike.
-    for round in 1..=args.rounds {
-        for (i, &(executors, snapshots)) in in_turns(&configurations, round) {
-            let name = format!(
+    let specs: Vec<RunSpec> = [(1, true), (2, true), (2, false)]
+        .into_iter()
+        .map(|(executors, snapshots)| RunSpec {
+            name: format!(
                 "files-{executors}-executor{}{}",
                 if executors > 1 { "s" } else { "" },
                 if snapshots { "" } else { "-no-snapshots" }
-            );
-            eprintln!("weir bench: {name}, round {round} of {}", args.rounds);
-            let spec = RunSpec {
-                name,
-                source: runs::files_source(&input, args.files_per_epoch),
-                input: Some(input.clone()),
-                executors,
-                snapshots,
-                distinct: Distinct::Exact,
-            };
-            rounds[i].push(runs::run(&spec, &root).await?);
-        }
-    }
-    let results: Vec<Repeated> = rounds.into_iter().map(Repeated::new).collect();
+            ),
+            source: runs::files_source(&input, args.files_per_epoch),
+            input: Some(input.clone()),
+            executors,
+            snapshots,
+            distinct: Distinct::Exact,
+        })
+        .collect();
+    // In turns, so that a slow spell of the machine touches every configuration alike.
+    let results = runs::in_rounds(&specs, args.rounds, &root, |_| Ok(())).await?;
 
     let mut user_cases = Vec::new();
     for &users in args.user_cases.iter().filter(|&&u| u > 0) {
@@ -362,32 +356,26 @@ async fn user_case(args: &BenchArgs, root: &Path, users: u64) -> anyhow::Result<
     );
     let input = root.join(format!("events-{users}-users"));
     generate_hour(&input, args.user_case_events, users, args.files, 4).await?;
-    let mut exact = Vec::new();
-    let mut approx = Vec::new();
-    for round in 1..=args.rounds {
-        for (_, &distinct) in in_turns(&[Distinct::Exact, Distinct::Approx], round) {
-            let runs = match distinct {
-                Distinct::Exact => &mut exact,
-                Distinct::Approx => &mut approx,
-            };
-            let name = format!("users-{users}-{distinct:?}").to_lowercase();
-            eprintln!("weir bench: {name}, round {round} of {}", args.rounds);
-            let spec = RunSpec {
-                name,
-                source: runs::files_source(&input, args.files_per_epoch),
-                input: Some(input.clone()),
-                executors: 2,
-                snapshots: true,
-                distinct,
-            };
-            runs.push(runs::run(&spec, root).await?);
-        }
-    }
+    let specs: Vec<RunSpec> = [Distinct::Exact, Distinct::Approx]
+        .into_iter()
+        .map(|distinct| RunSpec {
+            name: format!("users-{users}-{distinct:?}").to_lowercase(),
+            source: runs::files_source(&input, args.files_per_epoch),
+            input: Some(input.clone()),
+            executors: 2,
+            snapshots: true,
+            distinct,
+        })
+        .collect();
+    let [exact, approx]: [Repeated; 2] = runs::in_rounds(&specs, args.rounds, root, |_| Ok(()))
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("in_rounds answers one figure a spec"))?;
     std::fs::remove_dir_all(&input).with_context(|| format!("removing {}", input.display()))?;
     Ok(UserCase {
         users,
-        exact: Repeated::new(exact),
-        approx: Repeated::new(approx),
+        exact,
+        approx,
     })
 }
 

@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 use weir_common::checkpoint::CommitRecord;
 use weir_storage::CheckpointLog;
 
+use super::in_turns;
+
 /// How a run is set up.
 pub struct RunSpec {
     pub name: String,
@@ -312,6 +314,26 @@ pub fn local_command(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     Ok(cmd)
+}
+
+/// Runs each of `specs` `rounds` times, in turns (`in_turns`), `accept` checking each run as
+/// it ends: each spec's rounds, in the order of `specs`.
+pub async fn in_rounds(
+    specs: &[RunSpec],
+    rounds: u64,
+    root: &Path,
+    accept: impl Fn(&RunResult) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Repeated>> {
+    let mut results: Vec<Vec<RunResult>> = specs.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (i, spec) in in_turns(specs, round) {
+            eprintln!("weir bench: {}, round {round} of {rounds}", spec.name);
+            let run = run(spec, root).await?;
+            accept(&run)?;
+            results[i].push(run);
+        }
+    }
+    Ok(results.into_iter().map(Repeated::new).collect())
 }
 
 /// Runs the job once to the end of its input (`--trigger available-now`), from scratch.
