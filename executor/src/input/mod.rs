@@ -55,11 +55,6 @@ impl Record {
         }
     }
 
-    /// The bytes the record holds (its key and value).
-    pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len) + self.value.as_ref().map_or(0, Bytes::len)
-    }
-
     /// What the decoder reads: nothing for a line that was cut (it is refused as too large
     /// before decoding), else the value.
     pub fn payload(&self) -> &[u8] {
