@@ -11,8 +11,8 @@
 #     mode, runs the query with the exact count(DISTINCT user_id) (Flink's streaming SQL has no
 #     approximate distinct, so approx_count_distinct(event_id) is left out), once with its
 #     defaults and once with the aggregation settings its documentation gives; its file
-#     source hands files out in no set order, so its watermark waits
-#     70 minutes instead of 10, the input's hour and the query's delay: no event is late;
+#     source hands files out in no set order, so its watermark waits 70 minutes instead of
+#     10 (the input's hour and the query's delay): no event is late;
 #  4. weir, 2 executors, PER_EPOCH files an epoch, into Delta: the same approximate query,
 #     then the reference (exact-distinct) query, ROUNDS rounds each, the median round counted.
 # Each figure is input rows over the engine's own time: Spark's from its first batch's start
@@ -81,7 +81,7 @@ done
 for tuned in "" --tuned; do
   echo "bench-peers: Flink${tuned:+, tuned}"
   "$VENV/bin/python" scripts/bench_peers_flink.py --input "$DIR/events" --parallelism 2 \
-    --watermark-delay-minutes 70 $tuned 2>"$DIR/flink${tuned}.log" \
+    --watermark-delay-minutes 70 $tuned 2>"$DIR/flink${tuned:+-tuned}.log" \
     | tag '{"peer": "flink"}' >> "$RESULTS"
 done
 for distinct in approx exact; do
