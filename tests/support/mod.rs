@@ -58,8 +58,9 @@ pub struct Broker {
 
 /// A free loopback port for a server a test starts. Taken below the kernel's ephemeral range,
 /// where binding port 0 and outgoing connections get theirs: a port from that range, found
-/// free and closed again, was at times taken by a connection before the server bound it. No
-/// port is handed out twice in one test process, whose tests run side by side.
+/// free and closed again, was at times taken by another server's port-0 bind or a connection
+/// before the server bound it. No port is handed out twice in one test process, whose tests
+/// run side by side.
 pub fn free_port() -> u16 {
     static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
     const LOWEST: u32 = 10_000;
