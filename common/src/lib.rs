@@ -12,6 +12,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod job;
 pub mod keygroup;
+pub mod loopback;
 pub mod output;
 pub mod schema;
 pub mod value;

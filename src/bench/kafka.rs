@@ -4,7 +4,6 @@
 //! decision of the epoch that read it.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -30,27 +29,8 @@ impl Broker {
     /// Starts `tansu` (or what `WEIR_TANSU` names) and returns once it accepts connections.
     pub async fn start(dir: &Path) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(dir)?;
-        // tansu cannot listen on port 0 and say which it got (it advertises the port it is
-        // given): the port is found free first, and another process may take it before tansu
-        // binds it. Then tansu exits, and it starts again on another.
-        let mut attempts = 3;
-        loop {
-            attempts -= 1;
-            match Self::start_once(dir).await? {
-                Started::Listening(broker) => return Ok(broker),
-                Started::PortTaken(_) if attempts > 0 => continue,
-                Started::PortTaken(address) => {
-                    bail!(
-                        "tansu found {address} taken, three times; see {}",
-                        dir.display()
-                    )
-                }
-            }
-        }
-    }
-
-    async fn start_once(dir: &Path) -> anyhow::Result<Started> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // tansu cannot listen on port 0 and say which it got: it advertises the port given.
+        let port = weir_common::loopback::free_port()?;
         let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
         let log_path = dir.join("tansu.log");
@@ -75,10 +55,6 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&address).await.is_err() {
             if let Some(status) = child.try_wait()? {
-                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if said.contains("in use") {
-                    return Ok(Started::PortTaken(address));
-                }
                 bail!("tansu exited ({status}); see {}", log_path.display());
             }
             if Instant::now() > deadline {
@@ -89,18 +65,11 @@ impl Broker {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Started::Listening(Broker {
+        Ok(Broker {
             address,
             _child: child,
-        }))
+        })
     }
-}
-
-/// How one start of tansu went.
-enum Started {
-    Listening(Broker),
-    /// Another process bound the port first.
-    PortTaken(String),
 }
 
 /// Whether a tansu binary can be started.

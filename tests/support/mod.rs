@@ -14,10 +14,9 @@ pub mod server;
 pub mod webdriver;
 pub mod webhook;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::Producer;
@@ -56,34 +55,9 @@ pub struct Broker {
     pub address: String,
 }
 
-/// A free loopback port for a server a test starts. Taken below the kernel's ephemeral range,
-/// where binding port 0 and outgoing connections get theirs: a port from that range, found
-/// free and closed again, was at times taken by another server's port-0 bind or a connection
-/// before the server bound it. No port is handed out twice in one test process, whose tests
-/// run side by side.
+/// A free loopback port for a server a test starts (`weir_common::loopback`).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
-    const LOWEST: u32 = 10_000;
-    let below = ephemeral_ports_start().max(LOWEST + 1_000);
-    let span = below - LOWEST;
-    // Processes of one run (test binaries, one after the other) start at different places.
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    for _ in 0..span {
-        let port = LOWEST + (start + HANDED_OUT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = u16::try_from(port).expect("ports are below 65536");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below {below}");
-}
-
-/// The first port of the kernel's ephemeral range (32768 unless configured otherwise).
-fn ephemeral_ports_start() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+    weir_common::loopback::free_port().expect("a free loopback port")
 }
 
 impl Broker {
