@@ -5,6 +5,7 @@
 //! the staged tables), the exchange inbox (merges what peers send) and the heartbeat task.
 
 pub mod aggregate;
+pub mod buffer_pool;
 pub mod epoch;
 pub mod exchange;
 pub mod input;

@@ -14,6 +14,7 @@ use weir_common::decode::JsonDecoder;
 use weir_common::job::kafka_client::FetchSettings;
 use weir_common::job::KafkaSource;
 
+use crate::buffer_pool::BufferPool;
 use crate::input::fetcher::{Failure, Fetched, Fetcher};
 use crate::input::kafka_ahead::{AheadSlot, Ended, Out, ReadTo, AHEAD_WAIT};
 use crate::input::kafka_reader::{
@@ -21,7 +22,7 @@ use crate::input::kafka_reader::{
 };
 use crate::input::read_ahead::TakenAhead;
 use crate::input::{Chunk, Record};
-use crate::kafka_wire::batches::{self, BatchHeader, BodyPool};
+use crate::kafka_wire::batches::{self, BatchHeader};
 
 /// How long to wait before fetching again after a failure that may pass.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
@@ -45,7 +46,7 @@ struct BatchReader {
     max_record_bytes: usize,
     /// Buffers compressed batches are decompressed into, their records' values sliced from
     /// them (shared with the thread reading ahead).
-    bodies: BodyPool,
+    bodies: BufferPool,
 }
 
 #[derive(Default)]
@@ -90,7 +91,7 @@ impl FetchReader {
                 topic: source.topic.clone(),
                 read_committed: settings.read_committed,
                 max_record_bytes,
-                bodies: BodyPool::default(),
+                bodies: batches::body_pool(),
             },
             state: Arc::default(),
             ahead: AheadSlot::default(),

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::Location;
 
-use crate::input::range_fetch::{BufferPool, Fetch, FetchError, Ranges};
+use crate::buffer_pool::BufferPool;
+use crate::input::range_fetch::{local_read_pool, Fetch, FetchError, Ranges};
 use crate::input::{Chunk, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +222,7 @@ impl FileReader {
         Self {
             location,
             max_line,
-            pool: BufferPool::default(),
+            pool: local_read_pool(),
         }
     }
 

@@ -6,13 +6,13 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
 
+use crate::buffer_pool::BufferPool;
 use crate::input::read_ahead::READ_AHEAD_CHUNKS;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,52 +84,10 @@ impl<'a, I: Iterator<Item = FileRange>> Ranges<'a, I> {
     }
 }
 
-/// Buffers of local reads, each taken back when the last slice of it is dropped: a fresh
-/// buffer per read was zeroed, faulted in and cache-cold for the kernel's copy every time.
-#[derive(Debug, Clone, Default)]
-pub struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// Buffers kept for reuse: a chunk holds slices of two ranges at most, and the chunks read
-/// ahead of the next epoch wait with theirs.
-const POOLED: usize = 4 + READ_AHEAD_CHUNKS;
-
-impl BufferPool {
-    /// A buffer of `len` initialized bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buffer = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default();
-        buffer.resize(len, 0);
-        buffer
-    }
-
-    fn give_back(&self, buffer: Vec<u8>) {
-        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < POOLED {
-            pool.push(buffer);
-        }
-    }
-}
-
-/// A buffer of the pool while slices of it live.
-struct Pooled {
-    buffer: Vec<u8>,
-    pool: BufferPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buffer));
-    }
+/// The pool of a file source's local reads: a chunk holds slices of two ranges at most, and
+/// the chunks read ahead of the next epoch wait with theirs.
+pub fn local_read_pool() -> BufferPool {
+    BufferPool::new(4 + READ_AHEAD_CHUNKS, usize::MAX)
 }
 
 pub struct LocalRanges<'a, I> {
@@ -168,7 +126,9 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
         };
         let len = usize::try_from(range.end - range.start)
             .map_err(|e| FetchError::Task(e.to_string()))?;
-        let mut buffer = self.pool.take(len);
+        let mut buffer = self.pool.take();
+        // Only what the buffer did not hold before is zeroed: the read overwrites it all.
+        buffer.resize(len, 0);
         if let Err(source) = file.read_exact_at(&mut buffer, range.start) {
             self.pool.give_back(buffer);
             let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -181,10 +141,7 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
                 source,
             });
         }
-        Ok(Bytes::from_owner(Pooled {
-            buffer,
-            pool: self.pool.clone(),
-        }))
+        Ok(self.pool.share(buffer, len))
     }
 }
 

@@ -3,9 +3,10 @@
 //! values as slices, with nothing allocated a record.
 
 use std::io::Read;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+
+use crate::buffer_pool::BufferPool;
 
 /// A batch's bytes before its records (base offset to record count).
 pub const BATCH_HEADER: usize = 61;
@@ -190,7 +191,7 @@ pub struct SharedBody {
 pub fn shared_body(
     header: &BatchHeader,
     batch: &Bytes,
-    pool: &BodyPool,
+    pool: &BufferPool,
 ) -> Result<SharedBody, BatchError> {
     if header.codec() == 0 {
         // Its slices keep the fetched answer alive: counted by the batch's part of it.
@@ -204,60 +205,15 @@ pub fn shared_body(
     // The whole buffer stays while a record lives (LZ4 makes room for a block past the end,
     // and a pooled buffer keeps the size of the largest batch it held).
     let held = buf.capacity();
-    let bytes = Bytes::from_owner(Pooled {
-        buf,
-        len,
-        pool: pool.clone(),
-    });
+    let bytes = pool.share(buf, len);
     Ok(SharedBody { bytes, held })
 }
 
-/// Buffers that batches are decompressed into, kept for the next batches once nothing slices
-/// them: a fresh buffer a batch faulted in as many new pages as the copy of its values it
-/// replaces wrote.
-#[derive(Clone, Default)]
-pub struct BodyPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// Buffers a pool keeps, and the largest it keeps (a batch of a few MB decompressed is usual).
-const POOLED: usize = 8;
-const POOLED_BYTES: usize = 8 << 20;
-
-impl BodyPool {
-    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn take(&self) -> Vec<u8> {
-        self.lock().pop().unwrap_or_default()
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        if buf.capacity() <= POOLED_BYTES {
-            let mut kept = self.lock();
-            if kept.len() < POOLED {
-                kept.push(buf);
-            }
-        }
-    }
-}
-
-/// A batch decompressed into a pooled buffer: its first `len` bytes.
-struct Pooled {
-    buf: Vec<u8>,
-    len: usize,
-    pool: BodyPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
-    }
+/// The pool batches are decompressed into: a fresh buffer a batch faulted in as many new
+/// pages as the copy of its values it replaces wrote. A batch of a few MB decompressed is
+/// usual.
+pub fn body_pool() -> BufferPool {
+    BufferPool::new(8, 8 << 20)
 }
 
 fn decompress(codec: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
@@ -611,7 +567,7 @@ mod tests {
             (Compression::Zstd, 20_000),
             (Compression::Lz4, 200),
         ] {
-            let pool = BodyPool::default();
+            let pool = body_pool();
             let batch = |n: i64| {
                 let records: Vec<Record> = (0..count)
                     .map(|i| written(i, None, Some(&format!("batch {n} value {i}"))))
@@ -644,7 +600,7 @@ mod tests {
             }
             // The later batches took turns in one buffer; the first batch's goes back with
             // its last value. An uncompressed batch has none.
-            let pooled = || pool.lock().len();
+            let pooled = || pool.kept();
             let compressed = usize::from(compression != Compression::None);
             assert_eq!(pooled(), compressed, "{compression:?}, {count}");
             drop(first);
