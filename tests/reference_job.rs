@@ -167,12 +167,13 @@ fn a_job_stopped_with_sigterm_resumes_on_more_executors_without_emitting_anythin
         ],
     );
     // The log keeps every decision of the run: the test reads the first after the restart.
+    let kept = 50.to_string();
     reference_job_in(
         dir.path(),
         &broker.address,
         20_000,
         &dir.path().display().to_string(),
-        "checkpoint_retention: 50\n",
+        &format!("checkpoint_retention: {kept}\n"),
     );
     // The job's own trigger (1 s) would run forever; SIGTERM once two epochs are committed.
     let mut child = local_job_running(dir.path(), 2).spawn().unwrap();
@@ -239,7 +240,7 @@ fn a_job_stopped_with_sigterm_resumes_on_more_executors_without_emitting_anythin
     verify(
         &events,
         dir.path(),
-        &["--state-retention".as_ref(), "50".as_ref()],
+        &["--state-retention".as_ref(), kept.as_ref()],
     );
 }
 
@@ -271,8 +272,9 @@ fn records_read_ahead_between_triggers_make_the_same_table() {
     );
     // Every decision is kept: the test sums them.
     let root = dir.path().display().to_string();
-    let retention = "checkpoint_retention: 100000\n";
-    reference_job_in(dir.path(), &broker.address, 1_000_000, &root, retention);
+    let kept = 100_000.to_string();
+    let retention = format!("checkpoint_retention: {kept}\n");
+    reference_job_in(dir.path(), &broker.address, 1_000_000, &root, &retention);
     let mut job = local_job_running(dir.path(), 2)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -324,7 +326,7 @@ fn records_read_ahead_between_triggers_make_the_same_table() {
     verify(
         &events,
         dir.path(),
-        &["--state-retention".as_ref(), "100000".as_ref()],
+        &["--state-retention".as_ref(), kept.as_ref()],
     );
     let read_ahead: u64 = commit_records(dir.path())
         .iter()

@@ -14,7 +14,7 @@ const LOWEST: u32 = 10_000;
 /// it. No port is handed out twice in one process, whose servers start side by side.
 pub fn free_port() -> std::io::Result<u16> {
     static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
-    let below = ephemeral_ports_start().max(LOWEST + 1_000);
+    let below = handed_out_below();
     let span = below - LOWEST;
     // Processes started one after the other (test binaries, benches) start at different
     // places.
@@ -34,7 +34,12 @@ pub fn free_port() -> std::io::Result<u16> {
     ))
 }
 
-/// The first port of the kernel's ephemeral range (32768 unless configured otherwise).
+/// The port the ports handed out are below: the start of the kernel's ephemeral range (32768
+/// unless configured otherwise), leaving at least a thousand.
+fn handed_out_below() -> u32 {
+    ephemeral_ports_start().max(LOWEST + 1_000)
+}
+
 fn ephemeral_ports_start() -> u32 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -49,7 +54,7 @@ mod tests {
     #[test]
     fn ports_are_free_below_the_ephemeral_range_and_never_handed_out_twice() {
         let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
-        let below = ephemeral_ports_start().max(LOWEST + 1_000);
+        let below = handed_out_below();
         for &port in &ports {
             assert!((LOWEST..below).contains(&u32::from(port)), "{port}");
             TcpListener::bind(("127.0.0.1", port)).unwrap();
