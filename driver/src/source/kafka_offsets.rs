@@ -2,6 +2,8 @@
 //! partitions begin and end; it never reads a record.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -22,6 +24,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct OffsetReader {
     consumer: BaseConsumer,
     topic: String,
+    /// The topic's partitions as the last look found them: their offsets are asked while
+    /// the broker is asked again for the partitions, so that planning an epoch waits for one
+    /// round trip instead of three.
+    known: Mutex<Vec<i32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,13 @@ pub enum OffsetError {
         topic: String,
         partition: i32,
     },
+}
+
+/// What a scoped thread answered; its panic goes on in the thread that waited for it.
+fn joined<T>(thread: ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// A client error of a request to the broker.
@@ -63,28 +76,69 @@ impl OffsetReader {
         Ok(Self {
             consumer,
             topic: source.topic.clone(),
+            known: Mutex::new(Vec::new()),
         })
     }
 
     /// Bounds of every partition of the topic (blocking; call from a blocking context).
     pub fn bounds(&self) -> Result<BTreeMap<i32, Bounds>, OffsetError> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let (partitions, bounds) = if known.is_empty() {
+            let partitions = self.partitions()?;
+            let bounds = self.bounds_of(&partitions)?;
+            (partitions, bounds)
+        } else {
+            let (partitions, bounds) = std::thread::scope(|s| {
+                let listed = s.spawn(|| self.partitions());
+                let bounds = self.bounds_of(&known);
+                (joined(listed), bounds)
+            });
+            let partitions = partitions?;
+            if partitions == known {
+                (partitions, bounds?)
+            } else {
+                // Partitions were added since (or the topic made again): asked for them all.
+                let bounds = self.bounds_of(&partitions)?;
+                (partitions, bounds)
+            }
+        };
+        *self.known.lock().unwrap_or_else(PoisonError::into_inner) = partitions;
+        Ok(bounds)
+    }
+
+    /// The topic's partitions, as the broker's metadata lists them.
+    fn partitions(&self) -> Result<Vec<i32>, OffsetError> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), TIMEOUT)
             .map_err(kafka_error)?;
-        let partitions: Vec<i32> = metadata
+        let mut partitions: Vec<i32> = metadata
             .topics()
             .iter()
             .filter(|t| t.name() == self.topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
+        partitions.sort_unstable();
         if partitions.is_empty() {
             return Err(OffsetError::NoTopic(self.topic.clone()));
         }
-        let earliest = self.offsets(&partitions, Offset::Beginning, "earliest")?;
-        let latest = self.offsets(&partitions, Offset::End, "latest")?;
+        Ok(partitions)
+    }
+
+    /// The bounds of `partitions`: their earliest and latest offsets, asked at the same time.
+    fn bounds_of(&self, partitions: &[i32]) -> Result<BTreeMap<i32, Bounds>, OffsetError> {
+        let (earliest, latest) = std::thread::scope(|s| {
+            let earliest = s.spawn(|| self.offsets(partitions, Offset::Beginning, "earliest"));
+            let latest = self.offsets(partitions, Offset::End, "latest");
+            (joined(earliest), latest)
+        });
+        let (earliest, latest) = (earliest?, latest?);
         let mut out = BTreeMap::new();
-        for p in partitions {
+        for &p in partitions {
             let (Some(&earliest), Some(&latest)) = (earliest.get(&p), latest.get(&p)) else {
                 return Err(OffsetError::NoOffset {
                     which: "earliest or latest",
@@ -195,5 +249,12 @@ mod tests {
         assert_eq!(latest, [(0, 80), (1, 0), (2, 12), (3, 1)]);
         assert!(bounds[&0].earliest > 0, "{bounds:?}");
         assert!(bounds.values().skip(1).all(|b| b.earliest == 0));
+
+        // Asked again, the offsets are asked beside the partitions: the same answer.
+        assert_eq!(reader.bounds().unwrap(), bounds);
+        // Partitions the last look did not find (added since) are in the answer too.
+        *reader.known.lock().unwrap() = vec![1, 2];
+        assert_eq!(reader.bounds().unwrap(), bounds);
+        assert_eq!(*reader.known.lock().unwrap(), [0, 1, 2, 3]);
     }
 }
