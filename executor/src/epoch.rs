@@ -290,6 +290,18 @@ impl EpochRunner {
         })
     }
 
+    /// Starts opening the tables the epochs stage files into (outputs, dead letters, late
+    /// rows), so that the first epoch to write one does not wait for its log to be read.
+    pub fn open_tables(&mut self) {
+        self.plan.open_outputs();
+        for table in [self.dead_letter.as_mut(), self.late_rows.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            table.open_in_background();
+        }
+    }
+
     /// The decision record of `epoch`.
     async fn decision(&self, epoch: u64) -> anyhow::Result<CommitRecord> {
         self.log

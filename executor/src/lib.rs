@@ -517,7 +517,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         Sign(config.cluster_secret.clone()),
     );
     let (run_tx, run_rx) = watch::channel(String::new());
-    let runner = EpochRunner::new(
+    let mut runner = EpochRunner::new(
         config.executor_id.clone(),
         job,
         &config.state_dir,
@@ -526,6 +526,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         run_rx.clone(),
         readiness.clone(),
     )?;
+    runner.open_tables();
     readiness.set_ready();
 
     let (commands_tx, commands_rx) = mpsc::channel(4);

@@ -164,6 +164,11 @@ impl Operator {
         }
     }
 
+    /// Starts opening the output table ahead of the first epoch that stages rows.
+    pub fn open_output(&mut self) {
+        self.output.open_in_background();
+    }
+
     /// Stages the epoch's rows into the output table; answers their add actions.
     pub async fn stage(&mut self, rows: &RecordBatch) -> anyhow::Result<Vec<String>> {
         self.output

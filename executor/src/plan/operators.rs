@@ -165,6 +165,13 @@ impl Plan {
         Ok(outputs)
     }
 
+    /// Starts opening every query's output table ahead of the first epoch that stages rows.
+    pub fn open_outputs(&mut self) {
+        for operator in &mut self.operators {
+            operator.open_output();
+        }
+    }
+
     /// Stages each query's rows into its table; answers their add actions, per query.
     pub async fn stage(&mut self, outputs: &[RecordBatch]) -> anyhow::Result<Vec<Vec<String>>> {
         let mut adds = Vec::with_capacity(outputs.len());
