@@ -97,7 +97,13 @@ impl Records {
         match codec {
             Codec::None => out.extend_from_slice(&self.body),
             Codec::Lz4 => {
-                let mut frame = lz4_flex::frame::FrameEncoder::new(&mut out);
+                use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+                // Independent blocks of 64 KB, as Kafka's own clients write them: a reader
+                // makes room for a whole block past what it has decompressed.
+                let blocks = FrameInfo::new()
+                    .block_size(BlockSize::Max64KB)
+                    .block_mode(BlockMode::Independent);
+                let mut frame = FrameEncoder::with_frame_info(blocks, &mut out);
                 frame.write_all(&self.body)?;
                 frame.finish().context("compressing a batch")?;
             }
@@ -156,6 +162,30 @@ mod tests {
         for v in [i64::MAX, i64::MIN, 1 << 40, -(1 << 40)] {
             assert_eq!(varint_len(v), put_varint(&mut buf, v), "{v}");
         }
+    }
+
+    /// An LZ4 batch is one frame of independent blocks of at most 64 KB, as Kafka's own
+    /// clients write it (lz4_flex alone would size blocks after the first write: 256 KB or
+    /// 4 MB for a whole batch), and a batch of several blocks reads back whole.
+    #[test]
+    fn lz4_batches_are_frames_of_independent_64_kb_blocks() {
+        let mut records = Records::default();
+        let value = "y".repeat(100);
+        for i in 0..2000i64 {
+            records.push(b"k", value.as_bytes(), i).unwrap();
+        }
+        let out = records.finish(Codec::Lz4).unwrap();
+        // After the batch's 61-byte header: the frame's magic, its flags and block sizes.
+        let frame = &out[61..];
+        assert_eq!(frame[..4], 0x184D_2204u32.to_le_bytes());
+        assert_ne!(frame[4] & 0x20, 0, "independent blocks");
+        assert_eq!((frame[5] >> 4) & 0x07, 4, "blocks of 64 KB");
+        let set = RecordBatchDecoder::decode(&mut Bytes::from(out)).unwrap();
+        assert_eq!(set.records.len(), 2000);
+        assert!(set
+            .records
+            .iter()
+            .all(|r| r.value.as_deref() == Some(value.as_bytes())));
     }
 
     /// kafka-protocol's decoder, a reader written apart from this one, reads back every
