@@ -6,7 +6,7 @@
 //! references after the next commit, and this makes sure every such file is there by then.
 //!
 //! The table is opened (its log read) in the background as soon as the executor has its job,
-//! so that the first epoch that closes a window does not wait for it.
+//! so that the first epoch that stages rows does not wait for it.
 
 use std::collections::{BTreeMap, HashMap};
 
