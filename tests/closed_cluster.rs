@@ -71,6 +71,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
         executor_id: id.into(),
         address: "http://127.0.0.1:9".into(),
         incarnation: 1,
+        preparing: false,
     };
     answers.push(answer("register", d.register(register("rogue")).await));
     answers.push(answer(
@@ -82,6 +83,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
         d.heartbeat(HeartbeatRequest {
             executor_id: "executor-0".into(),
             incarnation: 1,
+            ready: true,
         })
         .await,
     ));

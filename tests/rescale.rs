@@ -4,7 +4,8 @@
 //! are not started again), the target survives in the status, and the table equals the ground
 //! truth. A scale-down whose driver is killed between the decision and the retirement, with a
 //! leaving and a staying executor killed too, still ends exact; an executor stopped by SIGTERM
-//! leaves without failing a run.
+//! leaves without failing a run; an executor still starting is assigned nothing until it says
+//! it is ready.
 
 mod support;
 
@@ -267,4 +268,85 @@ fn a_stopped_executor_is_let_go_while_the_job_waits_for_its_trigger() {
         "{executors}"
     );
     run.stop();
+}
+
+/// An executor is assigned nothing until it says it is ready: one held after registering,
+/// before it opens its store and input, is listed as `STARTING` while epochs go on on the
+/// executor that is ready; let go, it joins the next epoch, no run fails, and the table is exact.
+#[test]
+fn an_executor_joins_once_it_is_ready_and_no_epoch_waits_for_it() {
+    const EVENTS: u64 = 12_000;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen_events(&broker, dir.path(), 4, EVENTS, &[]);
+    let root = dir.path().display().to_string();
+    // 1 000 offsets an epoch at a 1 s trigger: a backlog of 12 s.
+    let job = reference_job_in(
+        dir.path(),
+        &broker.address,
+        1_000,
+        &root,
+        "executors: {wait: 1s}\n",
+    );
+    let mut cluster = Cluster::new(&job, dir.path(), 2, &[]);
+    cluster.trigger = "1s".into();
+    cluster.start(Role::Driver, "");
+    let url = cluster.wait_for_line(Role::Driver, "weir driver admin on ");
+    cluster.start(Role::Executor(0), "");
+    cluster.start(Role::Executor(1), "registered@0");
+    cluster.wait_for_line(Role::Executor(1), "weir fault point registered@0");
+
+    // executors.wait passes and the job runs on executor-0 alone, epoch after epoch.
+    let first = wait_for_epoch_on(&url, 1, None);
+    let later = wait_for_epoch_on(&url, 1, first["batchId"].as_u64());
+    let executors = admin_json(&url, &["executors"], None);
+    let states: Vec<(&str, &str)> = executors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["executorId"].as_str().unwrap(),
+                e["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![("executor-0", "ACTIVE"), ("executor-1", "STARTING")],
+        "{executors}"
+    );
+
+    cluster.release(Role::Executor(1));
+    let two = wait_for_epoch_on(&url, 2, later["batchId"].as_u64());
+    assert!(
+        two["numInputRows"].as_u64().unwrap() > 0,
+        "the backlog was read to its end before executor-1 joined: {two}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_through(&url) < EVENTS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not read: {}",
+            admin_json(&url, &["progress"], None)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The epoch after the last records closes the windows their watermark passed.
+    let read = admin_json(&url, &["progress"], None)["batchId"].as_u64();
+    wait_for_epoch_on(&url, 2, read);
+    let recent = admin_json(&url, &["recent-progress"], None);
+    assert!(
+        recent.as_array().unwrap().iter().all(|p| p["runs"] == 1),
+        "an epoch was run again: {recent}"
+    );
+    let stop = admin(&url, &["stop"], None);
+    assert!(stop.status.success(), "{stop:?}");
+    let exit = cluster.wait_for_driver(Duration::from_secs(60));
+    assert!(
+        exit.success(),
+        "driver: {exit}\n{}",
+        cluster.log_tail(Role::Driver)
+    );
+    verify(&events, dir.path(), &[]);
 }

@@ -28,6 +28,7 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
+use weir_common::fault;
 use weir_common::job::JobSpec;
 use weir_proto::cluster_auth::{check_exposure, ClusterSecret, Guard, Sign, PROOF_HEADER};
 use weir_proto::control::driver_client::DriverClient;
@@ -210,8 +211,10 @@ struct Refused(String);
 
 /// Registers with the driver, retrying while it is not reachable yet. A driver that refuses
 /// this executor (another credential, its id held by a live executor) or that cannot prove it
-/// knows the cluster secret ends it with [`Refused`].
-async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
+/// knows the cluster secret ends it with [`Refused`]. `preparing`: the executor still opens
+/// its store, input and tables with the job the driver answers, and its heartbeats say when
+/// it is ready; the driver assigns it nothing until then.
+async fn register(me: &Identity, preparing: bool) -> anyhow::Result<RegisterResponse> {
     let config = &me.config;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -221,6 +224,7 @@ async fn register(me: &Identity) -> anyhow::Result<RegisterResponse> {
                 executor_id: config.executor_id.clone(),
                 address: me.address.clone(),
                 incarnation: me.incarnation,
+                preparing,
             });
             let nonce = config
                 .cluster_secret
@@ -288,7 +292,8 @@ async fn driver_client(
 /// How long one heartbeat (connecting included) may take.
 const HEARTBEAT_CALL_LIMIT: Duration = Duration::from_secs(3);
 
-/// Keeps telling the driver this executor is alive; registers again if the driver forgot it
+/// Keeps telling the driver this executor is alive and ready (it starts once the executor
+/// can run epochs, and its first beat goes at once); registers again if the driver forgot it
 /// (it restarted). A driver that now runs another job, or that gave this executor's id to
 /// another process, gets an error into `fatal`.
 async fn heartbeat(
@@ -310,6 +315,7 @@ async fn heartbeat(
                 .heartbeat(HeartbeatRequest {
                     executor_id: config.executor_id.clone(),
                     incarnation: me.incarnation,
+                    ready: true,
                 })
                 .await?;
             anyhow::Ok(r.into_inner().known)
@@ -325,7 +331,7 @@ async fn heartbeat(
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("driver does not know this executor; registering again");
-                match register(&me).await {
+                match register(&me, false).await {
                     Ok(r) if r.job_id != job_id => {
                         fatal.send_replace(Some(format!(
                             "the driver at {} now runs job {} instead of {job_id}; restart the executor",
@@ -498,13 +504,15 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
     };
     let mut stopped = stop.clone();
     let registration = tokio::select! {
-        r = register(&me) => r?,
+        r = register(&me, true) => r?,
         _ = stopped.wait_for(|s| *s) => return Ok(()),
     };
     let job = JobSpec::from_json(&registration.job_json)
         .context("job from the driver")?
         .with_secrets_from(config.job.as_ref())?;
     tracing::info!(executor = %config.executor_id, %address, job = %job.name, "registered with the driver");
+    // Registered, not ready: the driver assigns this executor nothing until it says so.
+    tokio::task::block_in_place(|| fault::reached("registered", 0));
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let inbox = exchange::inbox::spawn(exchange::INBOX_CAPACITY, Shape::all(&job));
@@ -545,6 +553,7 @@ async fn serve(config: ExecutorConfig, mut stop: watch::Receiver<bool>) -> anyho
         .in_current_span(),
     );
     let (fatal_tx, mut fatal_rx) = watch::channel(None);
+    // Its first beat tells the driver this executor is ready: epochs are assigned from then on.
     let beats = tokio::spawn(
         heartbeat(
             me.clone(),

@@ -281,6 +281,8 @@ impl Admin for AdminService {
                         ExecutorState::Retired
                     } else if assigned.is_some() {
                         ExecutorState::Active
+                    } else if !m.ready {
+                        ExecutorState::Starting
                     } else {
                         ExecutorState::Joining
                     } as i32,

@@ -20,23 +20,31 @@ pub struct Member {
     /// It said it is stopping: no later epoch runs on it, and it is retired like an executor
     /// beyond the target.
     pub leaving: bool,
+    /// It can run epochs: it has opened its state store, input and tables since it registered
+    /// (it needs the job the registration answers for that). No epoch is assigned to it before.
+    pub ready: bool,
 }
 
 pub enum MembershipMsg {
     /// Adds an executor, or takes its id over from the incarnation `replaces` (which the caller
     /// found no longer answers). Answers the member that holds the id instead when it is
-    /// another incarnation than `replaces`.
+    /// another incarnation than `replaces`. `ready`: it can run epochs now (else a heartbeat
+    /// says when).
     Register {
         id: String,
         address: String,
         incarnation: u64,
         replaces: Option<u64>,
+        ready: bool,
         reply: oneshot::Sender<Result<(), Member>>,
     },
-    /// Answers whether the executor is a member under that incarnation (its beat counts).
+    /// Answers whether the executor is a member under that incarnation (its beat counts);
+    /// `ready` makes it ready (a beat never makes it unready: an executor that registered
+    /// ready may predate the field).
     Heartbeat {
         id: String,
         incarnation: u64,
+        ready: bool,
         reply: oneshot::Sender<bool>,
     },
     /// The executor under that incarnation is stopping; answers whether it is a member.
@@ -58,8 +66,8 @@ pub enum MembershipMsg {
         address: String,
         failed: bool,
     },
-    /// The table as it is now, last heartbeats included (the watch changes on joins and leaves
-    /// only).
+    /// The table as it is now, last heartbeats included (the watch changes on joins, readiness
+    /// and leaves only).
     List { reply: oneshot::Sender<Vec<Member>> },
 }
 
@@ -111,6 +119,7 @@ pub async fn run(
                 address,
                 incarnation,
                 replaces,
+                ready,
                 reply,
             } => {
                 if let Some(held) = table.get(&id) {
@@ -124,7 +133,11 @@ pub async fn run(
                     }
                 }
                 let now = Instant::now();
-                tracing::info!(executor = %id, %address, "executor registered");
+                match ready {
+                    true => tracing::info!(executor = %id, %address, "executor registered"),
+                    false => tracing::info!(executor = %id, %address,
+                        "executor registered; it joins once it says it is ready"),
+                }
                 table.insert(
                     id.clone(),
                     Member {
@@ -134,6 +147,7 @@ pub async fn run(
                         registered_at: now,
                         last_heartbeat: now,
                         leaving: false,
+                        ready,
                     },
                 );
                 members.send_replace(table.values().cloned().collect());
@@ -142,12 +156,20 @@ pub async fn run(
             MembershipMsg::Heartbeat {
                 id,
                 incarnation,
+                ready,
                 reply,
             } => {
                 let member = incarnation_of(&mut table, &id, incarnation);
                 let known = member.is_some();
+                let mut joined = false;
                 if let Some(m) = member {
                     m.last_heartbeat = Instant::now();
+                    joined = ready && !m.ready;
+                    m.ready |= ready;
+                }
+                if joined {
+                    tracing::info!(executor = %id, "executor ready");
+                    members.send_replace(table.values().cloned().collect());
                 }
                 let _ = reply.send(known);
             }
@@ -200,12 +222,23 @@ mod tests {
         incarnation: u64,
         replaces: Option<u64>,
     ) -> Result<(), Member> {
+        register_with(tx, id, incarnation, replaces, true).await
+    }
+
+    async fn register_with(
+        tx: &mpsc::Sender<MembershipMsg>,
+        id: &str,
+        incarnation: u64,
+        replaces: Option<u64>,
+        ready: bool,
+    ) -> Result<(), Member> {
         let (reply, done) = oneshot::channel();
         tx.send(MembershipMsg::Register {
             id: id.into(),
             address: format!("http://{id}/{incarnation}"),
             incarnation,
             replaces,
+            ready,
             reply,
         })
         .await
@@ -218,15 +251,68 @@ mod tests {
     }
 
     async fn beat(tx: &mpsc::Sender<MembershipMsg>, id: &str, incarnation: u64) -> bool {
+        beat_with(tx, id, incarnation, true).await
+    }
+
+    async fn beat_with(
+        tx: &mpsc::Sender<MembershipMsg>,
+        id: &str,
+        incarnation: u64,
+        ready: bool,
+    ) -> bool {
         let (reply, known) = oneshot::channel();
         tx.send(MembershipMsg::Heartbeat {
             id: id.into(),
             incarnation,
+            ready,
             reply,
         })
         .await
         .unwrap();
         known.await.unwrap()
+    }
+
+    fn readiness(members: &mut watch::Receiver<Vec<Member>>) -> Vec<(String, bool)> {
+        members
+            .borrow_and_update()
+            .iter()
+            .map(|m| (m.id.clone(), m.ready))
+            .collect()
+    }
+
+    /// An executor that registers preparing is a member, not ready, until a beat says it is
+    /// ready; that beat changes the watch, and no later beat makes it unready. One that
+    /// registers again (the driver restarted) registers ready.
+    #[tokio::test]
+    async fn a_preparing_executor_is_ready_once_a_beat_says_so() {
+        let (tx, rx) = mpsc::channel(8);
+        let (members_tx, mut members) = watch::channel(Vec::new());
+        tokio::spawn(run(rx, members_tx, Duration::from_secs(60)));
+        register_with(&tx, "a", 1, None, false).await.unwrap();
+        register(&tx, "b").await;
+        assert_eq!(
+            readiness(&mut members),
+            vec![("a".into(), false), ("b".into(), true)]
+        );
+        assert!(beat_with(&tx, "a", 1, false).await);
+        assert!(
+            !members.has_changed().unwrap(),
+            "a beat alone changes nothing"
+        );
+        assert!(
+            !beat_with(&tx, "a", 2, true).await,
+            "another incarnation's beat does not count"
+        );
+        assert!(!members.has_changed().unwrap());
+        assert!(beat_with(&tx, "a", 1, true).await);
+        assert!(members.has_changed().unwrap());
+        assert_eq!(
+            readiness(&mut members),
+            vec![("a".into(), true), ("b".into(), true)]
+        );
+        assert!(beat_with(&tx, "a", 1, false).await);
+        assert!(!members.has_changed().unwrap());
+        assert_eq!(readiness(&mut members)[0], ("a".into(), true));
     }
 
     #[tokio::test(start_paused = true)]

@@ -179,11 +179,15 @@ pub struct Selection {
 
 /// Picks at most `target` of `registered`: those `previous` assigned first (in id order, so
 /// the ones retired are the last ids), then the longest registered. Executors that are
-/// leaving (stopping) are never picked: they are retired.
+/// leaving (stopping) are never picked: they are retired. Executors not ready yet (still
+/// opening their store and input) are neither: they join once ready, so that no epoch waits
+/// for one to start.
 pub fn select(registered: &[Member], target: usize, previous: &[Assignment]) -> Selection {
     let assigned = |m: &Member| previous.iter().any(|a| a.executor_id == m.id);
-    let (leaving, staying): (Vec<&Member>, Vec<&Member>) =
-        registered.iter().partition(|m| m.leaving);
+    let (leaving, staying): (Vec<&Member>, Vec<&Member>) = registered
+        .iter()
+        .filter(|m| m.ready || m.leaving)
+        .partition(|m| m.leaving);
     let mut order = staying;
     order.sort_by(|a, b| match (assigned(a), assigned(b)) {
         (true, true) => a.id.cmp(&b.id),
@@ -217,6 +221,7 @@ mod tests {
             registered_at,
             last_heartbeat: registered_at,
             leaving: false,
+            ready: true,
         }
     }
 
@@ -263,6 +268,36 @@ mod tests {
         let s = select(&stopping, 4, &previous);
         assert_eq!(ids(&s.run_on), vec!["e1", "e2", "e3"]);
         assert_eq!(ids(&s.retire), vec!["e0"]);
+    }
+
+    #[test]
+    fn executors_not_ready_are_neither_picked_nor_retired() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        let mut registered = vec![
+            member("e0", later(1)),
+            member("e1", later(2)),
+            member("e2", later(3)),
+        ];
+        registered[1].ready = false;
+        let previous = assigned(&["e0"]);
+        let s = select(&registered, 2, &previous);
+        assert_eq!(ids(&s.run_on), vec!["e0", "e2"]);
+        assert!(s.retire.is_empty());
+        let s = select(&registered, 1, &previous);
+        assert_eq!(ids(&s.run_on), vec!["e0"]);
+        assert_eq!(ids(&s.retire), vec!["e2"]);
+        // Once ready it joins, before those registered after it.
+        registered[1].ready = true;
+        let s = select(&registered, 2, &previous);
+        assert_eq!(ids(&s.run_on), vec!["e0", "e1"]);
+        assert_eq!(ids(&s.retire), vec!["e2"]);
+        // A stopping executor is retired whether it was ready or not.
+        registered[1].ready = false;
+        registered[1].leaving = true;
+        let s = select(&registered, 3, &previous);
+        assert_eq!(ids(&s.run_on), vec!["e0", "e2"]);
+        assert_eq!(ids(&s.retire), vec!["e1"]);
     }
 
     #[test]

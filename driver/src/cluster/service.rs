@@ -107,6 +107,7 @@ impl Driver for DriverService {
             address: req.address,
             incarnation: req.incarnation,
             replaces,
+            ready: !req.preparing,
             reply,
         })
         .await?
@@ -127,11 +128,13 @@ impl Driver for DriverService {
         let HeartbeatRequest {
             executor_id,
             incarnation,
+            ready,
         } = request.into_inner();
         let known = self
             .ask(|reply| MembershipMsg::Heartbeat {
                 id: executor_id,
                 incarnation,
+                ready,
                 reply,
             })
             .await?;

@@ -385,8 +385,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The executors the next epoch runs on: up to the target's worth of registered ones, those
-    /// of the `previous` assignment first. Short of the target, it waits for the missing ones up
+    /// The executors the next epoch runs on: up to the target's worth of registered ones that
+    /// are ready (an executor registers, opens its store, input and tables, then says it is
+    /// ready), those of the `previous` assignment first. Short of the target, it waits for the missing ones up
     /// to the job's `executors.wait`: meanwhile, when all that ran the last epoch are still there
     /// (the target went up), epochs go on on those; else (one was lost, or this driver ran no
     /// epoch yet, even when it resumes a checkpoint) epochs wait. Once the wait is over it runs with those there, if at least
@@ -467,16 +468,20 @@ impl Coordinator {
             // No epoch runs until they come: the last commit is finished and reported first.
             self.finish_commit().await?;
             let waited = self.short_since.map(|s| s.elapsed()).unwrap_or_default();
+            let starting = match registered.iter().filter(|m| !m.ready).count() {
+                0 => String::new(),
+                n => format!(" ({n} more starting)"),
+            };
             let message = if have < bounds.min {
                 format!(
-                    "waiting for executors: {have} registered, the target is {} and at least {} \
-                     are needed (executors.min)",
+                    "waiting for executors: {have} ready{starting}, the target is {} and at \
+                     least {} are needed (executors.min)",
                     goal.executors, bounds.min
                 )
             } else {
                 format!(
-                    "waiting for executors: {have} registered, the target is {}; running with \
-                     {have} if no more come within {:?} (executors.wait)",
+                    "waiting for executors: {have} ready{starting}, the target is {}; running \
+                     with {have} if no more come within {:?} (executors.wait)",
                     goal.executors, bounds.wait
                 )
             };
