@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,6 +33,29 @@ fn scale(url: &str, token: &Path, executors: u64) -> Value {
     assert_eq!(status["executorsTarget"], executors, "{status}");
     assert_eq!(status["targetReason"], "weir admin scale", "{status}");
     wait_for_epoch_on(url, executors, last)
+}
+
+/// `events` on the broker, and the reference job reading them 1 000 offsets an epoch, whose
+/// epochs wait `wait` for missing executors: the events' file and the job's.
+fn backlog_waiting(broker: &Broker, dir: &Path, events: u64, wait: &str) -> (PathBuf, PathBuf) {
+    let events = gen_events(broker, dir, 4, events, &[]);
+    let root = dir.display().to_string();
+    let wait = format!("executors: {{wait: {wait}}}\n");
+    let job = reference_job_in(dir, &broker.address, 1_000, &root, &wait);
+    (events, job)
+}
+
+/// Waits until the committed epochs have read the backlog's `events` offsets.
+fn wait_until_read(url: &str, events: u64) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while read_through(url) < events as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not read: {}",
+            admin_json(url, &["progress"], None)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Key groups the first epoch on a new count moved, with its executors' restored key groups.
@@ -105,15 +128,7 @@ fn a_running_job_scales_from_1_to_3_to_2_to_1_moving_only_what_it_must() {
     );
 
     // The rest of the backlog, then a stop; every epoch ran once (no run was abandoned).
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while read_through(&url) < EVENTS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was not read: {}",
-            admin_json(&url, &["progress"], None)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_read(&url, EVENTS);
     let recent = admin_json(&url, &["recent-progress"], None);
     let epochs = recent.as_array().unwrap();
     assert!(
@@ -195,15 +210,7 @@ fn a_scale_down_killed_between_decision_and_retirement_stays_exact() {
 fn a_stopped_executor_leaves_without_failing_a_run() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let events = gen_events(&broker, dir.path(), 4, 30_000, &[]);
-    let root = dir.path().display().to_string();
-    let job = reference_job_in(
-        dir.path(),
-        &broker.address,
-        1_000,
-        &root,
-        "executors: {wait: 2s}\n",
-    );
+    let (events, job) = backlog_waiting(&broker, dir.path(), 30_000, "2s");
     let mut cluster = Cluster::new(&job, dir.path(), 3, &[]);
     cluster.start(Role::Driver, "");
     for i in 0..3 {
@@ -278,16 +285,8 @@ fn an_executor_joins_once_it_is_ready_and_no_epoch_waits_for_it() {
     const EVENTS: u64 = 12_000;
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let events = gen_events(&broker, dir.path(), 4, EVENTS, &[]);
-    let root = dir.path().display().to_string();
     // 1 000 offsets an epoch at a 1 s trigger: a backlog of 12 s.
-    let job = reference_job_in(
-        dir.path(),
-        &broker.address,
-        1_000,
-        &root,
-        "executors: {wait: 1s}\n",
-    );
+    let (events, job) = backlog_waiting(&broker, dir.path(), EVENTS, "1s");
     let mut cluster = Cluster::new(&job, dir.path(), 2, &[]);
     cluster.trigger = "1s".into();
     cluster.start(Role::Driver, "");
@@ -323,15 +322,7 @@ fn an_executor_joins_once_it_is_ready_and_no_epoch_waits_for_it() {
         two["numInputRows"].as_u64().unwrap() > 0,
         "the backlog was read to its end before executor-1 joined: {two}"
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while read_through(&url) < EVENTS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was not read: {}",
-            admin_json(&url, &["progress"], None)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_read(&url, EVENTS);
     // The epoch after the last records closes the windows their watermark passed.
     let read = admin_json(&url, &["progress"], None)["batchId"].as_u64();
     wait_for_epoch_on(&url, 2, read);
