@@ -11,6 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use weir_proto::admin::admin_client::AdminClient;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalArgs {
@@ -261,16 +263,26 @@ impl Fleet {
         let mut stop = self.stop.clone();
         let mut tick = tokio::time::interval(TARGET_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The admin service's address and a connection to it, kept from one look to the next.
+        let mut driver: Option<(String, AdminClient<Channel>)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            let url = admin.borrow_and_update().clone();
-            if let Some(url) = url {
-                if let Ok(target) = driver_target(&url, token.as_deref()).await {
-                    self.grow_to(target);
-                }
+            let Some(url) = admin.borrow_and_update().clone() else {
+                continue;
+            };
+            if driver.as_ref().is_none_or(|(at, _)| *at != url) {
+                driver = connect_admin(&url).await.ok().map(|c| (url, c));
+            }
+            let Some((_, client)) = driver.as_mut() else {
+                continue;
+            };
+            match driver_target(client, token.as_deref()).await {
+                Ok(target) => self.grow_to(target),
+                // Connected afresh at the next look (a driver restarted on the same address).
+                Err(_) => driver = None,
             }
         }
         for h in self.running {
@@ -279,26 +291,30 @@ impl Fleet {
     }
 }
 
-/// How often `weir local` reads the driver's executor target.
-const TARGET_POLL: Duration = Duration::from_millis(500);
+/// How often `weir local` reads the driver's executor target: a scale-up's executor starts
+/// up to this long after the target went up (a look is one call on a kept connection).
+const TARGET_POLL: Duration = Duration::from_millis(100);
 
-/// The driver's executor target, from its admin service.
-async fn driver_target(url: &str, token: Option<&str>) -> anyhow::Result<usize> {
-    use weir_proto::admin::admin_client::AdminClient;
+/// A connection to the driver's admin service at `url`.
+async fn connect_admin(url: &str) -> anyhow::Result<AdminClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await?;
+    Ok(AdminClient::new(channel))
+}
+
+/// The driver's executor target, from its admin service.
+async fn driver_target(
+    client: &mut AdminClient<Channel>,
+    token: Option<&str>,
+) -> anyhow::Result<usize> {
     let request = crate::admin_cli::request(
         weir_proto::admin::ListQueriesRequest {},
         token,
         Duration::from_secs(5),
     )?;
-    let queries = AdminClient::new(channel)
-        .list_queries(request)
-        .await?
-        .into_inner()
-        .queries;
+    let queries = client.list_queries(request).await?.into_inner().queries;
     let q = queries.first().context("the driver runs no query")?;
     Ok(q.executors_target as usize)
 }
