@@ -280,9 +280,10 @@ mod tests {
             .collect()
     }
 
-    /// An executor that registers preparing is a member, not ready, until a beat says it is
-    /// ready; that beat changes the watch, and no later beat makes it unready. One that
-    /// registers again (the driver restarted) registers ready.
+    /// An executor that registers preparing is a member, not ready, until a beat of its own
+    /// incarnation says it is ready; that beat changes the watch, and no later beat makes it
+    /// unready. One that registers ready (registering again after a driver restart) is ready
+    /// at once.
     #[tokio::test]
     async fn a_preparing_executor_is_ready_once_a_beat_says_so() {
         let (tx, rx) = mpsc::channel(8);

@@ -387,12 +387,13 @@ impl Coordinator {
 
     /// The executors the next epoch runs on: up to the target's worth of registered ones that
     /// are ready (an executor registers, opens its store, input and tables, then says it is
-    /// ready), those of the `previous` assignment first. Short of the target, it waits for the missing ones up
-    /// to the job's `executors.wait`: meanwhile, when all that ran the last epoch are still there
-    /// (the target went up), epochs go on on those; else (one was lost, or this driver ran no
-    /// epoch yet, even when it resumes a checkpoint) epochs wait. Once the wait is over it runs with those there, if at least
-    /// `executors.min`. Registered executors beyond the target are marked for retirement.
-    /// `None` when the driver is asked to stop first.
+    /// ready), those of the `previous` assignment first. Short of the target, it waits for the
+    /// missing ones up to the job's `executors.wait`: meanwhile, when all that ran the last
+    /// epoch are still there (the target went up), epochs go on on those; else (one was lost,
+    /// or this driver ran no epoch yet, even when it resumes a checkpoint) epochs wait. Once
+    /// the wait is over it runs with those there, if at least `executors.min`. Registered
+    /// executors beyond the target are marked for retirement. `None` when the driver is asked
+    /// to stop first.
     async fn wait_for_executors(
         &mut self,
         previous: &[Assignment],
