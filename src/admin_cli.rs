@@ -103,11 +103,26 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Strin
 }
 
 async fn connect(args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
-    let mut endpoint = Endpoint::from_shared(args.admin.clone())
-        .with_context(|| format!("`{}` is not an admin address", args.admin))?
-        .connect_timeout(Duration::from_secs(10));
-    if args.admin.starts_with("https://") {
-        let tls = match &args.ca_cert {
+    connect_to(
+        &args.admin,
+        args.ca_cert.as_deref(),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// A connection to the driver's admin service at `admin` (TLS for `https://`, trusting
+/// `ca_cert` or the system's roots), given `timeout` to connect.
+pub async fn connect_to(
+    admin: &str,
+    ca_cert: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<AdminClient<Channel>> {
+    let mut endpoint = Endpoint::from_shared(admin.to_string())
+        .with_context(|| format!("`{admin}` is not an admin address"))?
+        .connect_timeout(timeout);
+    if admin.starts_with("https://") {
+        let tls = match ca_cert {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("reading the CA certificate {}", path.display()))?;
@@ -120,7 +135,7 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<AdminClient<Channel>> {
     let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to the driver's admin service at {}", args.admin))?;
+        .with_context(|| format!("connecting to the driver's admin service at {admin}"))?;
     Ok(AdminClient::new(channel))
 }
 

@@ -274,7 +274,8 @@ impl Fleet {
                 continue;
             };
             if driver.as_ref().is_none_or(|(at, _)| *at != url) {
-                driver = connect_admin(&url).await.ok().map(|c| (url, c));
+                let connected = crate::admin_cli::connect_to(&url, None, Duration::from_secs(2));
+                driver = connected.await.ok().map(|c| (url, c));
             }
             let Some((_, client)) = driver.as_mut() else {
                 continue;
@@ -294,15 +295,6 @@ impl Fleet {
 /// How often `weir local` reads the driver's executor target: a scale-up's executor starts
 /// up to this long after the target went up (a look is one call on a kept connection).
 const TARGET_POLL: Duration = Duration::from_millis(100);
-
-/// A connection to the driver's admin service at `url`.
-async fn connect_admin(url: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
-    Ok(AdminClient::new(channel))
-}
 
 /// The driver's executor target, from its admin service.
 async fn driver_target(

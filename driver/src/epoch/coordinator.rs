@@ -469,7 +469,7 @@ impl Coordinator {
             // No epoch runs until they come: the last commit is finished and reported first.
             self.finish_commit().await?;
             let waited = self.short_since.map(|s| s.elapsed()).unwrap_or_default();
-            let starting = match registered.iter().filter(|m| !m.ready).count() {
+            let starting = match registered.iter().filter(|m| !m.ready && !m.leaving).count() {
                 0 => String::new(),
                 n => format!(" ({n} more starting)"),
             };
