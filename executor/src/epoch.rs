@@ -488,13 +488,15 @@ impl EpochRunner {
             .input
             .read(req, ahead, decoder, CHUNK, keep_going, |chunk| {
                 let t = Instant::now();
-                let DecodedChunk { chunk, decoded } = chunk;
+                let DecodedChunk {
+                    chunk,
+                    decoded,
+                    value_bytes,
+                    ..
+                } = chunk;
                 let records = chunk.records;
                 stats.input_rows += records.len() as u64;
-                stats.input_bytes += records
-                    .iter()
-                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
-                    .sum::<u64>();
+                stats.input_bytes += value_bytes;
                 for (i, reason) in decoded.bad {
                     let record = &records[i];
                     let reason = match record.cut_from {

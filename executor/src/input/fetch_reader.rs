@@ -18,9 +18,11 @@ use crate::buffer_pool::BufferPool;
 use crate::input::fetcher::{Failure, Fetched, Fetcher};
 use crate::input::kafka_ahead::{AheadSlot, Ended, Out, ReadTo, AHEAD_WAIT};
 use crate::input::kafka_reader::{
-    after_held, continues, take_ahead, Gathered, Gathering, Pending, ReadError, STALL_TIMEOUT, WAIT,
+    after_held, continues, take_ahead, Gathered, Gathering, Past, Pending, ReadError,
+    STALL_TIMEOUT, WAIT,
 };
 use crate::input::read_ahead::TakenAhead;
+use crate::input::shed::Shedding;
 use crate::input::{Chunk, Record};
 use crate::kafka_wire::batches::{self, BatchHeader};
 
@@ -35,6 +37,8 @@ pub struct FetchReader {
     state: Arc<Mutex<State>>,
     /// The thread reading ahead since the last read, if one is.
     ahead: AheadSlot,
+    /// What lets rows read ahead give up their raw records, when the job allows it.
+    shedding: Option<Arc<Shedding>>,
 }
 
 /// How the records of a range are read out of fetched batches.
@@ -83,7 +87,12 @@ enum Read {
 }
 
 impl FetchReader {
-    pub fn new(source: &KafkaSource, settings: &FetchSettings, max_record_bytes: usize) -> Self {
+    pub fn new(
+        source: &KafkaSource,
+        settings: &FetchSettings,
+        max_record_bytes: usize,
+        shedding: Option<Shedding>,
+    ) -> Self {
         Self {
             settings: settings.clone(),
             bootstrap: source.bootstrap_servers.clone(),
@@ -95,6 +104,7 @@ impl FetchReader {
             },
             state: Arc::default(),
             ahead: AheadSlot::default(),
+            shedding: shedding.map(Arc::new),
         }
     }
 
@@ -104,10 +114,12 @@ impl FetchReader {
     /// When the ranges continue where the last read ended, on the same partitions, what was
     /// fetched meanwhile is read, after what was read ahead (see [`FetchReader::read_ahead`]),
     /// which comes decoded; anything else (the first read, a replay, a rescale) fetches afresh
-    /// from the ranges' starts. Answers how much was taken decoded.
+    /// from the ranges' starts. A read planned at `planned_at` takes no rows read ahead that
+    /// were judged against a later time. Answers how much was taken decoded.
     pub fn read(
         &self,
         ranges: &[PartitionRange],
+        planned_at: i64,
         chunk: usize,
         keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Gathered),
@@ -126,11 +138,28 @@ impl FetchReader {
         let mut pending = after_held(ranges, &mut state.held, |record| {
             gathering.add(record, &mut records)
         });
+        let mut dropped = false;
         let taken = match ahead {
             Some(ahead) if !state.read_to.is_empty() => {
-                let (held, max_bytes) = (&mut state.held, self.batches.max_record_bytes);
+                let past = Past {
+                    held: &mut state.held,
+                    max_bytes: self.batches.max_record_bytes,
+                };
                 let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
-                take_ahead(ahead, &mut pending, held, max_bytes, gathering, on_chunk)
+                let took = take_ahead(ahead, &mut pending, planned_at, past, gathering, on_chunk);
+                dropped = took.dropped;
+                if dropped {
+                    // What the fetcher holds lies past rows that were dropped: fetched afresh
+                    // from where each partition's reading stands, below.
+                    tracing::debug!(
+                        "rows read ahead of {} lay past the plan: fetching afresh",
+                        self.batches.topic
+                    );
+                    state.fetcher = None;
+                    state.held.clear();
+                    state.reached.clear();
+                }
+                took.taken
             }
             _ => TakenAhead::default(),
         };
@@ -152,6 +181,19 @@ impl FetchReader {
             &mut records,
         )?;
         gathering.hand_over(&mut records);
+        if dropped && state.fetcher.is_none() {
+            // Everything planned was in hand when what was read ahead was dropped: fetching
+            // goes on from the ranges' ends, for the next read to read on from.
+            let ends: Vec<(i32, i64)> = ranges
+                .iter()
+                .map(|r| (r.partition, r.end.max(r.start)))
+                .collect();
+            match Fetcher::start(&self.settings, &self.bootstrap, &self.batches.topic, &ends) {
+                Ok(fetcher) => state.fetcher = Some(fetcher),
+                // The next read fetches from where it starts, as after any failure.
+                Err(e) => tracing::debug!("fetching {} ahead: {e:#}", self.batches.topic),
+            }
+        }
         state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
         state.last_lengths = ranges
             .iter()
@@ -168,11 +210,18 @@ impl FetchReader {
     /// Starts reading ahead what is fetched beyond the last read's ranges, decoding it with
     /// `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
     /// first read or after one that failed.
-    pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
+    pub fn read_ahead(
+        &self,
+        decoder: Arc<JsonDecoder>,
+        chunk: usize,
+        planned_at: i64,
+    ) -> std::io::Result<()> {
         let (state, batches) = (self.state.clone(), self.batches.clone());
-        self.ahead.restart(&self.state, decoder, move |out| {
-            batches.read_ahead(&mut lock(&state), chunk, out)
-        })
+        let shedding = self.shedding.clone().map(|s| (s, planned_at));
+        self.ahead
+            .restart(&self.state, decoder, shedding, move |out| {
+                batches.read_ahead(&mut lock(&state), chunk, out)
+            })
     }
 
     /// Reads what `pending` still lacks of `ranges` from the fetcher's queues, fetching
@@ -458,7 +507,7 @@ mod tests {
             options: SecretMap::default(),
             client: KafkaClient::Weir(settings.clone()),
         };
-        FetchReader::new(&source, &settings, 1 << 20)
+        FetchReader::new(&source, &settings, 1 << 20, None)
     }
 
     /// (partition, offset, value) of every record a read hands over, and how many of them
@@ -471,6 +520,7 @@ mod tests {
         let taken = reader
             .read(
                 ranges,
+                0,
                 7,
                 || true,
                 |read| {
@@ -526,10 +576,144 @@ mod tests {
         let reader = reader(&mock.bootstrap_servers(), "events", settings());
         epochs_read_ahead(
             &mock,
-            || reader.read_ahead(decoder(), 7).expect("read ahead"),
+            || reader.read_ahead(decoder(), 7, 0).expect("read ahead"),
             || reader.ahead.decoded(),
             |ranges| read_taking(&reader, ranges),
         );
+    }
+
+    /// A job whose rows may give up their raw records once read ahead, its decoder, and its
+    /// events: the value at `offset` of `partition` (every tenth at 3 is no JSON, every tenth
+    /// at 7 is two hours ahead of the plans below, which a later rule may refuse).
+    fn shedding_job() -> (Shedding, Arc<JsonDecoder>, impl Fn(i32, i64) -> String) {
+        let job = crate::input::shed::tests::job("");
+        let decoder = Arc::new(JsonDecoder::new(job.input_schema.clone(), 1 << 20));
+        let value = |p: i32, o: i64| match o % 10 {
+            3 => "not json".to_string(),
+            7 => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T18:00:00Z"}}"#),
+            _ => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T15:59:00Z"}}"#),
+        };
+        (Shedding::for_job(&job).expect("shedding"), decoder, value)
+    }
+
+    /// Each row a read hands on, by partition and offset: its decoded user, or the raw value
+    /// of a record that did not decode; and the offsets of the rows without their record.
+    type Rows = (Vec<(i32, i64, String)>, Vec<(i32, i64)>);
+
+    fn rows(read: Gathered, decoder: &JsonDecoder, into: &mut Rows) {
+        use arrow::array::AsArray;
+        let chunk = match read {
+            Gathered::Records(records) => crate::input::DecodedChunk::decode(records, decoder),
+            Gathered::Decoded(decoded) => decoded,
+        };
+        let records = &chunk.chunk.records;
+        let mut good = chunk.decoded.good.iter();
+        for batch in &chunk.decoded.batches {
+            let users = batch
+                .column_by_name("user_id")
+                .expect("users")
+                .as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                let r = &records[*good.next().expect("a record for every row")];
+                into.0
+                    .push((r.partition, r.offset, users.value(row).to_string()));
+            }
+        }
+        for (i, _) in &chunk.decoded.bad {
+            let r = &records[*i];
+            let raw = String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"(shed)"));
+            into.0.push((r.partition, r.offset, raw.into_owned()));
+        }
+        into.1.extend(
+            records
+                .iter()
+                .filter(|r| r.value.is_none())
+                .map(|r| (r.partition, r.offset)),
+        );
+    }
+
+    /// Rows read ahead give up their raw records, yet each read hands on exactly its ranges:
+    /// when a plan ends before what was read ahead, or was made before the time the rows were
+    /// judged against, what was read ahead is dropped and fetched again.
+    #[test]
+    fn rows_read_ahead_without_their_records_still_read_exactly_their_ranges() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let (shedding, decoder, value) = shedding_job();
+        let partitions = 2;
+        mock.create_topic("json", partitions, 1).expect("topic");
+        kafka_reader::tests::produce_values(&mock, "json", partitions, 0..60, &value);
+        let source = KafkaSource {
+            bootstrap_servers: mock.bootstrap_servers(),
+            topic: "json".into(),
+            starting_offsets: StartingOffsets::Earliest,
+            fail_on_data_loss: true,
+            max_offsets_per_trigger: None,
+            options: SecretMap::default(),
+            client: KafkaClient::Weir(settings()),
+        };
+        let reader = FetchReader::new(&source, &settings(), 1 << 20, Some(shedding));
+        let expected = |start: i64, end: i64| {
+            let mut rows: Vec<(i32, i64, String)> = (0..partitions)
+                .flat_map(|p| (start..end).map(move |o| (p, o)))
+                .map(|(p, o)| match o % 10 {
+                    3 => (p, o, value(p, o)),
+                    _ => (p, o, format!("{p}-{o}")),
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        // 2025-11-24T16:00:00Z
+        let planned = 1_764_000_000_000_000;
+        let read = |start: i64, end: i64, planned_at: i64| {
+            let mut got = Rows::default();
+            let taken = reader
+                .read(
+                    &ranges(partitions, start, end),
+                    planned_at,
+                    7,
+                    || true,
+                    |r| rows(r, &decoder, &mut got),
+                )
+                .expect("read");
+            got.0.sort();
+            assert_eq!(got.0, expected(start, end), "the read of [{start}, {end})");
+            (taken.records, got.1)
+        };
+        let read_ahead = |planned_at: i64, chunks: usize| {
+            reader
+                .read_ahead(decoder.clone(), 7, planned_at)
+                .expect("read ahead");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while reader.ahead.decoded() < chunks {
+                assert!(Instant::now() < deadline, "reading ahead did not get on");
+                std::thread::yield_now();
+            }
+        };
+
+        assert_eq!(read(0, 10, planned), (0, vec![]));
+        // The next 10 of each partition, read ahead in 3 chunks and taken whole: all but the
+        // rows that did not decode or lie too far ahead gave up their records.
+        read_ahead(planned, 3);
+        let (taken, mut shed) = read(10, 20, planned + 1);
+        assert_eq!(taken, 20);
+        shed.sort();
+        let kept = |o: i64| o % 10 == 3 || o % 10 == 7;
+        let expected_shed: Vec<(i32, i64)> = (0..partitions)
+            .flat_map(|p| (10..20).filter(|&o| !kept(o)).map(move |o| (p, o)))
+            .collect();
+        assert_eq!(shed, expected_shed);
+
+        // A shorter range than what was read ahead: fetched again from where it stands, and
+        // the reads after it read on.
+        read_ahead(planned + 1, 3);
+        assert!(read(20, 25, planned + 2).0 < 10);
+        read_ahead(planned + 2, 1);
+        read(25, 40, planned + 3);
+        // Rows judged against a later plan time than the read's: none taken.
+        read_ahead(planned + 10, 3);
+        assert_eq!(read(40, 55, planned + 4), (0, vec![]));
+        read(55, 60, planned + 5);
     }
 
     #[test]
@@ -538,11 +722,11 @@ mod tests {
         topic(&mock, "events", 1, 5);
         let reader = reader(&mock.bootstrap_servers(), "events", settings());
         let err = reader
-            .read(&[range(0, 100, 110)], 7, || true, |_| {})
+            .read(&[range(0, 100, 110)], 0, 7, || true, |_| {})
             .expect_err("offsets past the log's end");
         assert!(err.to_string().contains("out of range"), "{err}");
         let missing = self::reader(&mock.bootstrap_servers(), "nowhere", settings())
-            .read(&[range(0, 0, 1)], 7, || true, |_| {})
+            .read(&[range(0, 0, 1)], 0, 7, || true, |_| {})
             .expect_err("no such topic");
         assert!(missing.to_string().contains("nowhere"), "{missing}");
     }
@@ -698,7 +882,7 @@ mod tests {
             offsets(read_taking(&reader, &[range(0, 0, 5)])),
             (vec![0, 1, 2, 3], 0)
         );
-        reader.read_ahead(decoder(), 7).expect("read ahead");
+        reader.read_ahead(decoder(), 7, 0).expect("read ahead");
         let deadline = Instant::now() + Duration::from_secs(30);
         while reader.ahead.decoded() < 1 {
             assert!(Instant::now() < deadline, "reading ahead did not get on");

@@ -30,11 +30,13 @@ use weir_common::decode::JsonDecoder;
 use crate::input::consumer_queue::Polled;
 use crate::input::kafka_reader::{Gathering, Reading, POLL_BATCH};
 use crate::input::read_ahead::lowest_priority;
+use crate::input::shed::Shedding;
 use crate::input::{Chunk, DecodedChunk};
 
-/// Bytes of record values read ahead and not yet taken: reading stops there, and what the
-/// client fetches waits in its queues (as much again, its prefetch).
-const AHEAD_BYTES: usize = 64 << 20;
+/// Memory read ahead and not yet taken (`DecodedChunk::memory`: records, decoded columns, and
+/// the buffers the records' values slice or, once shed, the raw bytes kept): reading stops
+/// there, and what the client fetches waits in its queues (64 MB more, its prefetch).
+const AHEAD_BYTES: usize = 96 << 20;
 
 /// How long the thread waits for records before looking whether it is to stop.
 pub(super) const AHEAD_WAIT: Duration = Duration::from_millis(10);
@@ -78,6 +80,7 @@ impl AheadSlot {
         &self,
         state: &Mutex<S>,
         decoder: Arc<JsonDecoder>,
+        shedding: Option<Shed>,
         read: impl FnOnce(&Out<'_>) -> Ended + Send + 'static,
     ) -> std::io::Result<()> {
         let mut ahead = self.lock();
@@ -90,7 +93,7 @@ impl AheadSlot {
             !state.read_to().is_empty()
         };
         if assigned {
-            *ahead = Some(KafkaAhead::start(decoder, read)?);
+            *ahead = Some(KafkaAhead::start(decoder, shedding, read)?);
         }
         Ok(())
     }
@@ -129,11 +132,16 @@ pub struct KafkaAhead {
     chunks: Receiver<Ahead>,
 }
 
+/// The rules that let decoded rows give up their raw records, and the plan time they are
+/// judged against (the last plan's: the next one is no earlier).
+pub(super) type Shed = (Arc<Shedding>, i64);
+
 /// Where the thread's body hands on what it read, and learns whether to stop.
 pub(super) struct Out<'a> {
     stop: &'a AtomicBool,
     sender: Sender<Ahead>,
     decoder: &'a JsonDecoder,
+    shedding: Option<Shed>,
     /// Bytes of values handed on.
     waiting_bytes: Cell<usize>,
     /// The thread's CPU time when it last handed on a chunk.
@@ -156,9 +164,12 @@ impl Out<'_> {
     /// Decodes `records` and hands them on: false when no one takes them any more (the reader
     /// is gone).
     pub(super) fn decoded(&self, records: Chunk) -> bool {
+        let mut decoded = DecodedChunk::decode(records, self.decoder);
+        if let Some((shedding, planned_at)) = &self.shedding {
+            shedding.shed(&mut decoded, *planned_at);
+        }
         self.waiting_bytes
-            .set(self.waiting_bytes.get() + records.bytes());
-        let decoded = DecodedChunk::decode(records, self.decoder);
+            .set(self.waiting_bytes.get() + decoded.memory());
         let now = thread_cpu_time();
         let worked = now.saturating_sub(self.since.replace(now));
         let sent = self.sender.send(Ahead::Decoded(decoded, worked)).is_ok();
@@ -187,6 +198,7 @@ impl KafkaAhead {
     /// hands on.
     pub(super) fn start(
         decoder: Arc<JsonDecoder>,
+        shedding: Option<Shed>,
         read: impl FnOnce(&Out<'_>) -> Ended + Send + 'static,
     ) -> std::io::Result<Self> {
         let (sender, chunks) = channel();
@@ -214,6 +226,7 @@ impl KafkaAhead {
                     stop: &thread_stop,
                     sender,
                     decoder: &decoder,
+                    shedding,
                     waiting_bytes: Cell::new(0),
                     since: Cell::new(thread_cpu_time()),
                     #[cfg(test)]
@@ -365,7 +378,7 @@ mod tests {
         let handed = Arc::new(AtomicUsize::new(0));
         let (ended, stopped_by_itself) = mpsc::channel();
         let counted = handed.clone();
-        let ahead = KafkaAhead::start(decoder(), move |out| {
+        let ahead = KafkaAhead::start(decoder(), None, move |out| {
             // Bounded for the test's sake, should reading ahead never stop by itself.
             while !out.stopped() && counted.load(Ordering::SeqCst) < 16 * AHEAD_BYTES {
                 let records = (0..4)

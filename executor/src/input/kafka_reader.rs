@@ -340,19 +340,37 @@ pub enum Gathered {
     Decoded(DecodedChunk),
 }
 
+/// Where a read keeps the records it took past its ranges (for the ranges they start), and
+/// the size a kept value is cut to.
+pub(super) struct Past<'a> {
+    pub(super) held: &'a mut HashMap<i32, VecDeque<Record>>,
+    pub(super) max_bytes: usize,
+}
+
+/// What a read took of what was read ahead.
+#[derive(Debug, Default)]
+pub(super) struct TakenKafka {
+    pub(super) taken: TakenAhead,
+    /// A chunk whose rows gave up their raw records lay partly past the ranges (or was judged
+    /// against a later plan time than the read's): it and all that came after it were dropped,
+    /// so the records from where each partition's reading stands must be fetched afresh.
+    pub(super) dropped: bool,
+}
+
 /// Takes what was read ahead (`ahead`, in order) into the ranges `pending` still reads, as
 /// [`taken_ahead`] says: decoded chunks are handed on (`on_chunk`), records to be decoded
-/// again go into `gathering`; the ranges it settles leave `pending`.
-/// Answers how much was taken decoded.
+/// again go into `gathering`, and those past the ranges into `past`; the ranges it settles
+/// leave `pending`. A read planned at `planned_at` takes no shed chunk judged against a later
+/// time. Answers how much was taken decoded, and whether the rest was dropped.
 pub(super) fn take_ahead(
     ahead: impl IntoIterator<Item = Ahead>,
     pending: &mut Vec<Pending>,
-    held: &mut HashMap<i32, VecDeque<Record>>,
-    max_bytes: usize,
+    planned_at: i64,
+    mut past: Past<'_>,
     gathering: &mut Gathering,
     on_chunk: &mut impl FnMut(Gathered),
-) -> TakenAhead {
-    let mut taken = TakenAhead::default();
+) -> TakenKafka {
+    let mut taken = TakenKafka::default();
     // Looked up for every record read ahead.
     let index: HashMap<i32, usize> = pending
         .iter()
@@ -360,9 +378,18 @@ pub(super) fn take_ahead(
         .map(|(i, p)| (p.partition, i))
         .collect();
     for read in ahead {
-        match taken_ahead(read, pending, &index, held, max_bytes, &mut taken) {
-            Gathered::Decoded(chunk) => on_chunk(Gathered::Decoded(chunk)),
-            Gathered::Records(chunk) => {
+        let took = taken_ahead(read, pending, planned_at, &index, &mut past);
+        match took {
+            Took::Whole(chunk, worked) => {
+                taken.taken.read += worked;
+                taken.taken.records += chunk.chunk.records.len() as u64;
+                on_chunk(Gathered::Decoded(chunk));
+            }
+            Took::Dropped => {
+                taken.dropped = true;
+                break;
+            }
+            Took::Records(chunk) => {
                 for record in chunk.records {
                     gathering.add(record, &mut |c| on_chunk(Gathered::Records(c)));
                 }
@@ -373,18 +400,28 @@ pub(super) fn take_ahead(
     taken
 }
 
+/// What a read takes of one thing read ahead.
+enum Took {
+    /// A decoded chunk, whole, with the CPU time that read it.
+    Whole(DecodedChunk, Duration),
+    /// Records to decode again.
+    Records(Chunk),
+    /// A shed chunk it cannot take.
+    Dropped,
+}
+
 /// Takes `read` (what was read ahead) into the ranges `pending` still reads (`index`: where
-/// each partition's is): a decoded chunk whose records all lie in them is answered as it is
-/// (counted in `taken`); the records of any other are taken one by one, as polled ones are:
-/// those in a range are answered, to be decoded again, and those past its end go to `held`.
+/// each partition's is): a decoded chunk whose records all lie in them is taken as it is; the
+/// records of any other are taken one by one, as polled ones are: those in a range are
+/// answered, to be decoded again, and those past its end go to `past`. A chunk whose rows
+/// gave up their raw records cannot be decoded again: unless it is taken whole, it is dropped.
 fn taken_ahead(
     read: Ahead,
     pending: &mut [Pending],
+    planned_at: i64,
     index: &HashMap<i32, usize>,
-    held: &mut HashMap<i32, VecDeque<Record>>,
-    max_bytes: usize,
-    taken: &mut TakenAhead,
-) -> Gathered {
+    past: &mut Past<'_>,
+) -> Took {
     let range_of = |r: &Record| index.get(&r.partition).copied();
     let records = match read {
         Ahead::Decoded(chunk, worked) => {
@@ -392,18 +429,19 @@ fn taken_ahead(
                 range_of(r)
                     .is_some_and(|i| pending[i].next <= r.offset && r.offset < pending[i].end)
             });
-            if !within {
-                chunk.chunk.records
-            } else {
+            let judged = chunk.judged_at.is_none_or(|at| at <= planned_at);
+            if within && judged {
                 for r in &chunk.chunk.records {
                     if let Some(i) = range_of(r) {
                         pending[i].take(r.offset);
                     }
                 }
-                taken.read += worked;
-                taken.records += chunk.chunk.records.len() as u64;
-                return Gathered::Decoded(chunk);
+                return Took::Whole(chunk, worked);
             }
+            if chunk.judged_at.is_some() {
+                return Took::Dropped;
+            }
+            chunk.chunk.records
         }
         Ahead::Records(chunk) => chunk.records,
     };
@@ -417,12 +455,13 @@ fn taken_ahead(
             within.records.push(record);
         } else {
             // Past the range, or its partition is done: it starts the next range.
-            held.entry(record.partition)
+            past.held
+                .entry(record.partition)
                 .or_default()
-                .push_back(record.detached(max_bytes));
+                .push_back(record.detached(past.max_bytes));
         }
     }
-    Gathered::Records(within)
+    Took::Records(within)
 }
 
 /// A partition a read still takes records from.
@@ -609,6 +648,7 @@ impl KafkaReader {
     pub fn read(
         &self,
         ranges: &[PartitionRange],
+        planned_at: i64,
         chunk: usize,
         keep_going: impl Fn() -> bool,
         mut on_chunk: impl FnMut(Gathered),
@@ -634,9 +674,13 @@ impl KafkaReader {
         });
         let taken = match ahead {
             Some(ahead) if !state.read_to.is_empty() => {
-                let (held, max_bytes) = (&mut state.held, self.max_record_bytes);
+                let past = Past {
+                    held: &mut state.held,
+                    max_bytes: self.max_record_bytes,
+                };
                 let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
-                take_ahead(ahead, &mut pending, held, max_bytes, gathering, on_chunk)
+                // Nothing this reader reads ahead gives up its raw records: none is dropped.
+                take_ahead(ahead, &mut pending, planned_at, past, gathering, on_chunk).taken
             }
             _ => TakenAhead::default(),
         };
@@ -657,7 +701,7 @@ impl KafkaReader {
     /// first read or after one that failed.
     pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
         let (state, max_bytes) = (self.state.clone(), self.max_record_bytes);
-        self.ahead.restart(&self.state, decoder, move |out| {
+        self.ahead.restart(&self.state, decoder, None, move |out| {
             kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
         })
     }
@@ -784,13 +828,25 @@ pub(super) mod tests {
         partitions: i32,
         offsets: Range<i64>,
     ) {
+        produce_values(mock, topic, partitions, offsets, |p, o| format!("{p}-{o}"));
+    }
+
+    /// Produces the records at `offsets` into each of `partitions`, `value(partition, offset)`
+    /// the value of each.
+    pub(crate) fn produce_values(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        topic: &str,
+        partitions: i32,
+        offsets: Range<i64>,
+        value: impl Fn(i32, i64) -> String,
+    ) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
             .create()
             .expect("producer");
         for p in 0..partitions {
             for o in offsets.clone() {
-                let value = format!("{p}-{o}");
+                let value = value(p, o);
                 let key = format!("key {p}-{o}");
                 producer
                     .send(BaseRecord::to(topic).partition(p).key(&key).payload(&value))
@@ -930,6 +986,7 @@ pub(super) mod tests {
         reader
             .read(
                 &ranges(2, 0, 20),
+                0,
                 7,
                 || true,
                 |read| match read {
@@ -1035,7 +1092,7 @@ pub(super) mod tests {
         topic(&mock, "events", 1, 5);
         let reader = reader(&mock.bootstrap_servers(), "events");
         let err = reader
-            .read(&[range(0, 100, 110)], 7, || true, |_| {})
+            .read(&[range(0, 100, 110)], 0, 7, || true, |_| {})
             .expect_err("offsets past the log's end");
         assert!(
             matches!(err, ReadError::Kafka(_)),
@@ -1083,7 +1140,7 @@ pub(super) mod tests {
     ) -> (Vec<(i32, i64, String)>, u64) {
         let mut got = Vec::new();
         let taken = reader
-            .read(ranges, 7, || true, |read| got.extend(seen(read)))
+            .read(ranges, 0, 7, || true, |read| got.extend(seen(read)))
             .expect("read");
         got.sort();
         (got, taken.records)

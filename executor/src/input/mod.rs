@@ -9,6 +9,7 @@ mod kafka_ahead;
 pub mod kafka_reader;
 pub mod range_fetch;
 pub mod read_ahead;
+pub mod shed;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::input::fetch_reader::FetchReader;
 use crate::input::file_reader::{FileReader, Resume};
 use crate::input::kafka_reader::{Gathered, KafkaReader};
 use crate::input::read_ahead::{ReadAhead, TakenAhead};
+use crate::input::shed::Shedding;
 
 /// One input record, as much of it as the engine and the dead letter need: a Kafka record, or
 /// a line of a file (partition: the file's index in the epoch's list; offset: its line number).
@@ -99,6 +101,11 @@ impl Chunk {
 pub struct DecodedChunk {
     pub chunk: Chunk,
     pub decoded: Decoded,
+    /// Bytes of the records' values as read (they may be shed since).
+    pub value_bytes: u64,
+    /// Set when its rows gave up their raw records (`shed`): the plan time they were judged
+    /// against, which the epoch that takes them must not precede.
+    pub judged_at: Option<i64>,
 }
 
 impl DecodedChunk {
@@ -106,7 +113,44 @@ impl DecodedChunk {
         let payloads: Vec<&[u8]> = chunk.records.iter().map(Record::payload).collect();
         let buffers: Vec<&[u8]> = chunk.buffers.iter().map(|b| &b[..]).collect();
         let decoded = decoder.decode_within(&payloads, &buffers);
-        Self { chunk, decoded }
+        let value_bytes = chunk
+            .records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+            .sum();
+        Self {
+            chunk,
+            decoded,
+            value_bytes,
+            judged_at: None,
+        }
+    }
+
+    /// The memory the chunk holds: its records, the buffers their values slice (or, once
+    /// shed, the raw bytes its rows kept) and the decoded columns.
+    pub fn memory(&self) -> usize {
+        let records = &self.chunk.records;
+        let kept: usize = match self.judged_at {
+            Some(_) => records
+                .iter()
+                .map(|r| {
+                    r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len)
+                })
+                .sum(),
+            // Values are slices of the buffers the chunk counts.
+            None => 0,
+        };
+        let columns: usize = self
+            .decoded
+            .batches
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum();
+        records.len() * std::mem::size_of::<Record>()
+            + self.decoded.good.len() * std::mem::size_of::<usize>()
+            + self.chunk.bytes()
+            + kept
+            + columns
     }
 }
 
@@ -149,9 +193,12 @@ impl Input {
                         KafkaReader::new(kafka, job_id, job.max_record_bytes)
                             .context("creating the Kafka consumer")?,
                     ),
-                    KafkaClient::Weir(settings) => {
-                        KafkaInput::Weir(FetchReader::new(kafka, settings, job.max_record_bytes))
-                    }
+                    KafkaClient::Weir(settings) => KafkaInput::Weir(FetchReader::new(
+                        kafka,
+                        settings,
+                        job.max_record_bytes,
+                        Shedding::for_job(job),
+                    )),
                 }),
                 topic: kafka.topic.clone(),
             },
@@ -188,15 +235,18 @@ impl Input {
                         end: r.end_offset,
                     })
                     .collect();
+                let planned_at = req.planned_at_micros;
                 let on_read = |read| match read {
                     Gathered::Records(records) => on_chunk(DecodedChunk::decode(records, decoder)),
                     Gathered::Decoded(decoded) => on_chunk(decoded),
                 };
                 let taken = match &**reader {
                     KafkaInput::Librdkafka(reader) => {
-                        reader.read(&ranges, chunk, keep_going, on_read)
+                        reader.read(&ranges, planned_at, chunk, keep_going, on_read)
                     }
-                    KafkaInput::Weir(reader) => reader.read(&ranges, chunk, keep_going, on_read),
+                    KafkaInput::Weir(reader) => {
+                        reader.read(&ranges, planned_at, chunk, keep_going, on_read)
+                    }
                 };
                 Ok(Some(taken.context("reading the planned Kafka ranges")?))
             }
@@ -234,7 +284,9 @@ impl Input {
                 }
                 let started = match &**reader {
                     KafkaInput::Librdkafka(reader) => reader.read_ahead(decoder.clone(), chunk),
-                    KafkaInput::Weir(reader) => reader.read_ahead(decoder.clone(), chunk),
+                    KafkaInput::Weir(reader) => {
+                        reader.read_ahead(decoder.clone(), chunk, req.planned_at_micros)
+                    }
                 };
                 if let Err(e) = started {
                     // The next epoch polls its records itself.
