@@ -224,6 +224,12 @@ impl FetchReader {
             })
     }
 
+    /// Chunks the thread reading ahead decoded so far.
+    #[cfg(test)]
+    pub(super) fn decoded_ahead(&self) -> usize {
+        self.ahead.decoded()
+    }
+
     /// Reads what `pending` still lacks of `ranges` from the fetcher's queues, fetching
     /// afresh when there is no fetcher or it failed in a way that may pass.
     fn fetch_until_done(
@@ -582,138 +588,16 @@ mod tests {
         );
     }
 
-    /// A job whose rows may give up their raw records once read ahead, its decoder, and its
-    /// events: the value at `offset` of `partition` (every tenth at 3 is no JSON, every tenth
-    /// at 7 is two hours ahead of the plans below, which a later rule may refuse).
-    fn shedding_job() -> (Shedding, Arc<JsonDecoder>, impl Fn(i32, i64) -> String) {
-        let job = crate::input::shed::tests::job("");
-        let decoder = Arc::new(JsonDecoder::new(job.input_schema.clone(), 1 << 20));
-        let value = |p: i32, o: i64| match o % 10 {
-            3 => "not json".to_string(),
-            7 => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T18:00:00Z"}}"#),
-            _ => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T15:59:00Z"}}"#),
-        };
-        (Shedding::for_job(&job).expect("shedding"), decoder, value)
-    }
-
-    /// Each row a read hands on, by partition and offset: its decoded user, or the raw value
-    /// of a record that did not decode; and the offsets of the rows without their record.
-    type Rows = (Vec<(i32, i64, String)>, Vec<(i32, i64)>);
-
-    fn rows(read: Gathered, decoder: &JsonDecoder, into: &mut Rows) {
-        use arrow::array::AsArray;
-        let chunk = match read {
-            Gathered::Records(records) => crate::input::DecodedChunk::decode(records, decoder),
-            Gathered::Decoded(decoded) => decoded,
-        };
-        let records = &chunk.chunk.records;
-        let mut good = chunk.decoded.good.iter();
-        for batch in &chunk.decoded.batches {
-            let users = batch
-                .column_by_name("user_id")
-                .expect("users")
-                .as_string::<i32>();
-            for row in 0..batch.num_rows() {
-                let r = &records[*good.next().expect("a record for every row")];
-                into.0
-                    .push((r.partition, r.offset, users.value(row).to_string()));
-            }
-        }
-        for (i, _) in &chunk.decoded.bad {
-            let r = &records[*i];
-            let raw = String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"(shed)"));
-            into.0.push((r.partition, r.offset, raw.into_owned()));
-        }
-        into.1.extend(
-            records
-                .iter()
-                .filter(|r| r.value.is_none())
-                .map(|r| (r.partition, r.offset)),
-        );
-    }
-
-    /// Rows read ahead give up their raw records, yet each read hands on exactly its ranges:
-    /// when a plan ends before what was read ahead, or was made before the time the rows were
-    /// judged against, what was read ahead is dropped and fetched again.
     #[test]
     fn rows_read_ahead_without_their_records_still_read_exactly_their_ranges() {
         let mock = MockCluster::new(1).expect("mock cluster");
-        let (shedding, decoder, value) = shedding_job();
-        let partitions = 2;
-        mock.create_topic("json", partitions, 1).expect("topic");
-        kafka_reader::tests::produce_values(&mock, "json", partitions, 0..60, &value);
-        let source = KafkaSource {
-            bootstrap_servers: mock.bootstrap_servers(),
-            topic: "json".into(),
-            starting_offsets: StartingOffsets::Earliest,
-            fail_on_data_loss: true,
-            max_offsets_per_trigger: None,
-            options: SecretMap::default(),
-            client: KafkaClient::Weir(settings()),
+        let (shedding, decoder) = kafka_reader::tests::shedding_job();
+        let reader = FetchReader {
+            shedding: Some(Arc::new(shedding)),
+            ..reader(&mock.bootstrap_servers(), "json", settings())
         };
-        let reader = FetchReader::new(&source, &settings(), 1 << 20, Some(shedding));
-        let expected = |start: i64, end: i64| {
-            let mut rows: Vec<(i32, i64, String)> = (0..partitions)
-                .flat_map(|p| (start..end).map(move |o| (p, o)))
-                .map(|(p, o)| match o % 10 {
-                    3 => (p, o, value(p, o)),
-                    _ => (p, o, format!("{p}-{o}")),
-                })
-                .collect();
-            rows.sort();
-            rows
-        };
-        // 2025-11-24T16:00:00Z
-        let planned = 1_764_000_000_000_000;
-        let read = |start: i64, end: i64, planned_at: i64| {
-            let mut got = Rows::default();
-            let taken = reader
-                .read(
-                    &ranges(partitions, start, end),
-                    planned_at,
-                    7,
-                    || true,
-                    |r| rows(r, &decoder, &mut got),
-                )
-                .expect("read");
-            got.0.sort();
-            assert_eq!(got.0, expected(start, end), "the read of [{start}, {end})");
-            (taken.records, got.1)
-        };
-        let read_ahead = |planned_at: i64, chunks: usize| {
-            reader
-                .read_ahead(decoder.clone(), 7, planned_at)
-                .expect("read ahead");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while reader.ahead.decoded() < chunks {
-                assert!(Instant::now() < deadline, "reading ahead did not get on");
-                std::thread::yield_now();
-            }
-        };
-
-        assert_eq!(read(0, 10, planned), (0, vec![]));
-        // The next 10 of each partition, read ahead in 3 chunks and taken whole: all but the
-        // rows that did not decode or lie too far ahead gave up their records.
-        read_ahead(planned, 3);
-        let (taken, mut shed) = read(10, 20, planned + 1);
-        assert_eq!(taken, 20);
-        shed.sort();
-        let kept = |o: i64| o % 10 == 3 || o % 10 == 7;
-        let expected_shed: Vec<(i32, i64)> = (0..partitions)
-            .flat_map(|p| (10..20).filter(|&o| !kept(o)).map(move |o| (p, o)))
-            .collect();
-        assert_eq!(shed, expected_shed);
-
-        // A shorter range than what was read ahead: fetched again from where it stands, and
-        // the reads after it read on.
-        read_ahead(planned + 1, 3);
-        assert!(read(20, 25, planned + 2).0 < 10);
-        read_ahead(planned + 2, 1);
-        read(25, 40, planned + 3);
-        // Rows judged against a later plan time than the read's: none taken.
-        read_ahead(planned + 10, 3);
-        assert_eq!(read(40, 55, planned + 4), (0, vec![]));
-        read(55, 60, planned + 5);
+        let reader = crate::input::KafkaInput::Weir(reader);
+        kafka_reader::tests::epochs_read_shed_rows_ahead(&mock, reader, decoder);
     }
 
     #[test]

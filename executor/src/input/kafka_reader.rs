@@ -20,6 +20,7 @@ use weir_common::job::KafkaSource;
 use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
 use crate::input::kafka_ahead::{self, Ahead, AheadSlot, ReadTo};
 use crate::input::read_ahead::TakenAhead;
+use crate::input::shed::Shedding;
 use crate::input::{Chunk, DecodedChunk, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,8 @@ pub struct KafkaReader {
     topic_c: CString,
     /// Larger values are copied cut to this size (they go to the dead letter).
     max_record_bytes: usize,
+    /// What lets rows read ahead give up their raw records, when the job allows it.
+    shedding: Option<Arc<Shedding>>,
 }
 
 /// A consumer assigned once, and the queues a read takes its partitions from. A new
@@ -589,6 +592,7 @@ impl KafkaReader {
         source: &KafkaSource,
         job_id: &str,
         max_record_bytes: usize,
+        shedding: Option<Shedding>,
     ) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         // librdkafka waits a second before fetching again for a partition whose prefetch is
@@ -631,6 +635,7 @@ impl KafkaReader {
             topic: source.topic.clone(),
             topic_c,
             max_record_bytes,
+            shedding: shedding.map(Arc::new),
         })
     }
 
@@ -679,8 +684,34 @@ impl KafkaReader {
                     max_bytes: self.max_record_bytes,
                 };
                 let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
-                // Nothing this reader reads ahead gives up its raw records: none is dropped.
-                take_ahead(ahead, &mut pending, planned_at, past, gathering, on_chunk).taken
+                let took = take_ahead(ahead, &mut pending, planned_at, past, gathering, on_chunk);
+                if took.dropped {
+                    // The queues hold what lies past rows that were dropped: a new consumer
+                    // reads on from where each partition's reading stands.
+                    tracing::debug!(
+                        "rows read ahead of {} lay past the plan: assigning afresh",
+                        self.topic
+                    );
+                    state.held.clear();
+                    let from: Vec<PartitionRange> = ranges
+                        .iter()
+                        .map(|r| PartitionRange {
+                            start: pending
+                                .iter()
+                                .find(|p| p.partition == r.partition)
+                                .map_or(r.end.max(r.start), |p| p.next),
+                            ..*r
+                        })
+                        .collect();
+                    state.session = None;
+                    state.session = Some(Session::assigned(
+                        &self.config,
+                        (&self.topic, &self.topic_c),
+                        &from,
+                        &state.wake,
+                    )?);
+                }
+                took.taken
             }
             _ => TakenAhead::default(),
         };
@@ -699,11 +730,24 @@ impl KafkaReader {
     /// Starts reading ahead what librdkafka fetches beyond the last read's ranges, decoding it
     /// with `decoder` in chunks of `chunk`: the next read takes it. Nothing is started before a
     /// first read or after one that failed.
-    pub fn read_ahead(&self, decoder: Arc<JsonDecoder>, chunk: usize) -> std::io::Result<()> {
+    pub fn read_ahead(
+        &self,
+        decoder: Arc<JsonDecoder>,
+        chunk: usize,
+        planned_at: i64,
+    ) -> std::io::Result<()> {
         let (state, max_bytes) = (self.state.clone(), self.max_record_bytes);
-        self.ahead.restart(&self.state, decoder, None, move |out| {
-            kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
-        })
+        let shedding = self.shedding.clone().map(|s| (s, planned_at));
+        self.ahead
+            .restart(&self.state, decoder, shedding, move |out| {
+                kafka_ahead::from_librdkafka(&state, chunk, max_bytes, out)
+            })
+    }
+
+    /// Chunks the thread reading ahead decoded so far.
+    #[cfg(test)]
+    pub(super) fn decoded_ahead(&self) -> usize {
+        self.ahead.decoded()
     }
 
     fn poll_until_done(
@@ -866,7 +910,7 @@ pub(super) mod tests {
             options: SecretMap::default(),
             client: KafkaClient::Librdkafka,
         };
-        KafkaReader::new(&source, "reader-test", 1 << 20).expect("reader")
+        KafkaReader::new(&source, "reader-test", 1 << 20, None).expect("reader")
     }
 
     /// (partition, offset, value) of every record one read hands over, in the order of each
@@ -1146,13 +1190,155 @@ pub(super) mod tests {
         (got, taken.records)
     }
 
+    /// A job whose rows may give up their raw records once read ahead, and its decoder.
+    pub(crate) fn shedding_job() -> (Shedding, Arc<JsonDecoder>) {
+        let job = crate::input::shed::tests::job("");
+        let decoder = Arc::new(JsonDecoder::new(job.input_schema.clone(), 1 << 20));
+        (Shedding::for_job(&job).expect("shedding"), decoder)
+    }
+
+    /// The event at `offset` of `partition` in [`epochs_read_shed_rows_ahead`]'s topic: every
+    /// tenth at 3 is no JSON, every tenth at 7 is two hours ahead of its plans (a later rule
+    /// may refuse it), the rest are the user `"{partition}-{offset}"`.
+    fn json_event(p: i32, o: i64) -> String {
+        match o % 10 {
+            3 => "not json".to_string(),
+            7 => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T18:00:00Z"}}"#),
+            _ => format!(r#"{{"user_id":"{p}-{o}","timestamp":"2025-11-24T15:59:00Z"}}"#),
+        }
+    }
+
+    /// Each row a read hands on, by partition and offset: its decoded user, or the raw value
+    /// of a record that did not decode; and the offsets of the rows without their record.
+    type Rows = (Vec<(i32, i64, String)>, Vec<(i32, i64)>);
+
+    fn rows(read: Gathered, decoder: &JsonDecoder, into: &mut Rows) {
+        use arrow::array::AsArray;
+        let chunk = match read {
+            Gathered::Records(records) => DecodedChunk::decode(records, decoder),
+            Gathered::Decoded(decoded) => decoded,
+        };
+        let records = &chunk.chunk.records;
+        let mut good = chunk.decoded.good.iter();
+        for batch in &chunk.decoded.batches {
+            let users = batch
+                .column_by_name("user_id")
+                .expect("users")
+                .as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                let r = &records[*good.next().expect("a record for every row")];
+                into.0
+                    .push((r.partition, r.offset, users.value(row).to_string()));
+            }
+        }
+        for (i, _) in &chunk.decoded.bad {
+            let r = &records[*i];
+            let raw = String::from_utf8_lossy(r.value.as_deref().unwrap_or(b"(shed)"));
+            into.0.push((r.partition, r.offset, raw.into_owned()));
+        }
+        into.1.extend(
+            records
+                .iter()
+                .filter(|r| r.value.is_none())
+                .map(|r| (r.partition, r.offset)),
+        );
+    }
+
+    /// What `reader`, reading topic `json` of `mock` with its rows read ahead giving up their
+    /// raw records (made with [`shedding_job`]), must hand over: each read exactly its ranges,
+    /// and only rows no later rule can refuse without their records; when a plan ends before
+    /// what was read ahead, or was made before the time its rows were judged against, what was
+    /// read ahead is dropped and read again.
+    pub(crate) fn epochs_read_shed_rows_ahead(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        reader: crate::input::KafkaInput,
+        decoder: Arc<JsonDecoder>,
+    ) {
+        let partitions = 2;
+        mock.create_topic("json", partitions, 1).expect("topic");
+        produce_values(mock, "json", partitions, 0..60, json_event);
+        let expected = |start: i64, end: i64| {
+            let mut rows: Vec<(i32, i64, String)> = (0..partitions)
+                .flat_map(|p| (start..end).map(move |o| (p, o)))
+                .map(|(p, o)| match o % 10 {
+                    3 => (p, o, json_event(p, o)),
+                    _ => (p, o, format!("{p}-{o}")),
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        // 2025-11-24T16:00:00Z
+        let planned = 1_764_000_000_000_000;
+        let read = |start: i64, end: i64, planned_at: i64| {
+            let mut got = Rows::default();
+            let taken = reader
+                .read(
+                    &ranges(partitions, start, end),
+                    planned_at,
+                    7,
+                    || true,
+                    |r| rows(r, &decoder, &mut got),
+                )
+                .expect("read");
+            got.0.sort();
+            assert_eq!(got.0, expected(start, end), "the read of [{start}, {end})");
+            (taken.records, got.1)
+        };
+        let read_ahead = |planned_at: i64, chunks: usize| {
+            reader
+                .read_ahead(decoder.clone(), 7, planned_at)
+                .expect("read ahead");
+            let deadline = Instant::now() + TIMEOUT;
+            while reader.decoded_ahead() < chunks {
+                assert!(Instant::now() < deadline, "reading ahead did not get on");
+                std::thread::yield_now();
+            }
+        };
+
+        assert_eq!(read(0, 10, planned), (0, vec![]));
+        // The next 10 of each partition, read ahead in 3 chunks and taken whole: all but the
+        // rows that did not decode or lie too far ahead gave up their records.
+        read_ahead(planned, 3);
+        let (taken, mut shed) = read(10, 20, planned + 1);
+        assert_eq!(taken, 20);
+        shed.sort();
+        let kept = |o: i64| o % 10 == 3 || o % 10 == 7;
+        let expected_shed: Vec<(i32, i64)> = (0..partitions)
+            .flat_map(|p| (10..20).filter(|&o| !kept(o)).map(move |o| (p, o)))
+            .collect();
+        assert_eq!(shed, expected_shed);
+
+        // A shorter range than what was read ahead: read again from where it stands, and the
+        // reads after it read on.
+        read_ahead(planned + 1, 3);
+        assert!(read(20, 25, planned + 2).0 < 10);
+        read_ahead(planned + 2, 1);
+        read(25, 40, planned + 3);
+        // Rows judged against a later plan time than the read's: none taken.
+        read_ahead(planned + 10, 3);
+        assert_eq!(read(40, 55, planned + 4), (0, vec![]));
+        read(55, 60, planned + 5);
+    }
+
+    #[test]
+    fn rows_read_ahead_without_their_records_still_read_exactly_their_ranges() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let (shedding, decoder) = shedding_job();
+        let reader = KafkaReader {
+            shedding: Some(Arc::new(shedding)),
+            ..reader(&mock.bootstrap_servers(), "json")
+        };
+        epochs_read_shed_rows_ahead(&mock, crate::input::KafkaInput::Librdkafka(reader), decoder);
+    }
+
     #[test]
     fn the_next_epoch_takes_what_was_read_ahead_exactly_within_its_ranges() {
         let mock = MockCluster::new(1).expect("mock cluster");
         let reader = reader(&mock.bootstrap_servers(), "events");
         epochs_read_ahead(
             &mock,
-            || reader.read_ahead(decoder(), 7).expect("read ahead"),
+            || reader.read_ahead(decoder(), 7, 0).expect("read ahead"),
             || reader.ahead.decoded(),
             |ranges| read_taking(&reader, ranges),
         );

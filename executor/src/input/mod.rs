@@ -23,7 +23,7 @@ use weir_proto::control::{ExecuteRequest, InputFile as ProtoFile};
 
 use crate::input::fetch_reader::FetchReader;
 use crate::input::file_reader::{FileReader, Resume};
-use crate::input::kafka_reader::{Gathered, KafkaReader};
+use crate::input::kafka_reader::{Gathered, KafkaReader, ReadError};
 use crate::input::read_ahead::{ReadAhead, TakenAhead};
 use crate::input::shed::Shedding;
 
@@ -184,14 +184,62 @@ pub enum KafkaInput {
     Weir(FetchReader),
 }
 
+impl KafkaInput {
+    /// Reads exactly `ranges`, planned at `planned_at`, handing on what it read (see each
+    /// client's reader).
+    pub fn read(
+        &self,
+        ranges: &[PartitionRange],
+        planned_at: i64,
+        chunk: usize,
+        keep_going: impl Fn() -> bool,
+        on_read: impl FnMut(Gathered),
+    ) -> Result<TakenAhead, ReadError> {
+        match self {
+            KafkaInput::Librdkafka(reader) => {
+                reader.read(ranges, planned_at, chunk, keep_going, on_read)
+            }
+            KafkaInput::Weir(reader) => reader.read(ranges, planned_at, chunk, keep_going, on_read),
+        }
+    }
+
+    /// Starts reading ahead of the next read, rows judged against `planned_at` (the last
+    /// plan's time).
+    pub fn read_ahead(
+        &self,
+        decoder: Arc<JsonDecoder>,
+        chunk: usize,
+        planned_at: i64,
+    ) -> std::io::Result<()> {
+        match self {
+            KafkaInput::Librdkafka(reader) => reader.read_ahead(decoder, chunk, planned_at),
+            KafkaInput::Weir(reader) => reader.read_ahead(decoder, chunk, planned_at),
+        }
+    }
+
+    /// Chunks the thread reading ahead decoded so far.
+    #[cfg(test)]
+    pub fn decoded_ahead(&self) -> usize {
+        match self {
+            KafkaInput::Librdkafka(reader) => reader.decoded_ahead(),
+            KafkaInput::Weir(reader) => reader.decoded_ahead(),
+        }
+    }
+}
+
 impl Input {
     pub fn open(job: &JobSpec, job_id: &str) -> anyhow::Result<Self> {
         Ok(match &job.source {
             Source::Kafka(kafka) => Input::Kafka {
                 reader: Box::new(match &kafka.client {
                     KafkaClient::Librdkafka => KafkaInput::Librdkafka(
-                        KafkaReader::new(kafka, job_id, job.max_record_bytes)
-                            .context("creating the Kafka consumer")?,
+                        KafkaReader::new(
+                            kafka,
+                            job_id,
+                            job.max_record_bytes,
+                            Shedding::for_job(job),
+                        )
+                        .context("creating the Kafka consumer")?,
                     ),
                     KafkaClient::Weir(settings) => KafkaInput::Weir(FetchReader::new(
                         kafka,
@@ -240,14 +288,7 @@ impl Input {
                     Gathered::Records(records) => on_chunk(DecodedChunk::decode(records, decoder)),
                     Gathered::Decoded(decoded) => on_chunk(decoded),
                 };
-                let taken = match &**reader {
-                    KafkaInput::Librdkafka(reader) => {
-                        reader.read(&ranges, planned_at, chunk, keep_going, on_read)
-                    }
-                    KafkaInput::Weir(reader) => {
-                        reader.read(&ranges, planned_at, chunk, keep_going, on_read)
-                    }
-                };
+                let taken = reader.read(&ranges, planned_at, chunk, keep_going, on_read);
                 Ok(Some(taken.context("reading the planned Kafka ranges")?))
             }
             Input::Files(reader) => {
@@ -282,12 +323,7 @@ impl Input {
                 if !req.read_ahead_records {
                     return None;
                 }
-                let started = match &**reader {
-                    KafkaInput::Librdkafka(reader) => reader.read_ahead(decoder.clone(), chunk),
-                    KafkaInput::Weir(reader) => {
-                        reader.read_ahead(decoder.clone(), chunk, req.planned_at_micros)
-                    }
-                };
+                let started = reader.read_ahead(decoder.clone(), chunk, req.planned_at_micros);
                 if let Err(e) = started {
                     // The next epoch polls its records itself.
                     tracing::warn!("not reading the Kafka source ahead: {e}");
