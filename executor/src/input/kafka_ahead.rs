@@ -12,10 +12,12 @@
 //! or at a steady pace, is about as long. The next read takes the decoded chunks whose records
 //! all lie in its ranges as they are, and goes through the records of any other chunk one by
 //! one, as it does records polled itself: those within its ranges are decoded again, and those
-//! past them are held for the range they start. A read that does not continue where the last
-//! ended (a replay, a rescale) drops them all, and so does one after a thread that panicked
-//! or lost records: it assigns the partitions afresh, since the records that thread took are
-//! lost with it.
+//! past them are held for the range they start. Decoded rows may have given up their raw
+//! records (`shed`): a chunk of those that does not lie wholly within the ranges cannot be
+//! decoded again, so the read drops it and what came after it, and reads afresh from where
+//! each partition stands. A read that does not continue where the last ended (a replay, a
+//! rescale) drops them all, and so does one after a thread that panicked or lost records: it
+//! assigns the partitions afresh, since the records that thread took are lost with it.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -142,7 +144,7 @@ pub(super) struct Out<'a> {
     sender: Sender<Ahead>,
     decoder: &'a JsonDecoder,
     shedding: Option<Shed>,
-    /// Bytes of values handed on.
+    /// Memory of the chunks handed on (`DecodedChunk::memory`).
     waiting_bytes: Cell<usize>,
     /// The thread's CPU time when it last handed on a chunk.
     since: Cell<Duration>,
