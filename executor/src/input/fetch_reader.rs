@@ -18,7 +18,7 @@ use crate::buffer_pool::BufferPool;
 use crate::input::fetcher::{Failure, Fetched, Fetcher};
 use crate::input::kafka_ahead::{AheadSlot, Ended, Out, ReadTo, AHEAD_WAIT};
 use crate::input::kafka_reader::{
-    after_held, continues, take_ahead, Gathered, Gathering, Past, Pending, ReadError,
+    after_held, continues, standing, take_ahead, Gathered, Gathering, Past, Pending, ReadError,
     STALL_TIMEOUT, WAIT,
 };
 use crate::input::read_ahead::TakenAhead;
@@ -138,7 +138,6 @@ impl FetchReader {
         let mut pending = after_held(ranges, &mut state.held, |record| {
             gathering.add(record, &mut records)
         });
-        let mut dropped = false;
         let taken = match ahead {
             Some(ahead) if !state.read_to.is_empty() => {
                 let past = Past {
@@ -147,17 +146,22 @@ impl FetchReader {
                 };
                 let (gathering, on_chunk) = (&mut gathering, &mut on_chunk);
                 let took = take_ahead(ahead, &mut pending, planned_at, past, gathering, on_chunk);
-                dropped = took.dropped;
-                if dropped {
-                    // What the fetcher holds lies past rows that were dropped: fetched afresh
-                    // from where each partition's reading stands, below.
+                if took.dropped {
+                    // What the fetcher holds lies past rows that were dropped: a new one
+                    // fetches from where each partition's reading stands (or, should it not
+                    // start, the read's own fetching starts one, as after any failure).
+                    let topic = &self.batches.topic;
                     tracing::debug!(
-                        "rows read ahead of {} lay past the plan: fetching afresh",
-                        self.batches.topic
+                        "rows read ahead of {topic} lay past the plan: fetching afresh"
                     );
                     state.fetcher = None;
                     state.held.clear();
                     state.reached.clear();
+                    let positions = standing(ranges, &pending);
+                    match Fetcher::start(&self.settings, &self.bootstrap, topic, &positions) {
+                        Ok(fetcher) => state.fetcher = Some(fetcher),
+                        Err(e) => tracing::debug!("fetching {topic} afresh: {e:#}"),
+                    }
                 }
                 took.taken
             }
@@ -181,19 +185,6 @@ impl FetchReader {
             &mut records,
         )?;
         gathering.hand_over(&mut records);
-        if dropped && state.fetcher.is_none() {
-            // Everything planned was in hand when what was read ahead was dropped: fetching
-            // goes on from the ranges' ends, for the next read to read on from.
-            let ends: Vec<(i32, i64)> = ranges
-                .iter()
-                .map(|r| (r.partition, r.end.max(r.start)))
-                .collect();
-            match Fetcher::start(&self.settings, &self.bootstrap, &self.batches.topic, &ends) {
-                Ok(fetcher) => state.fetcher = Some(fetcher),
-                // The next read fetches from where it starts, as after any failure.
-                Err(e) => tracing::debug!("fetching {} ahead: {e:#}", self.batches.topic),
-            }
-        }
         state.read_to = ranges.iter().map(|r| (r.partition, r.end)).collect();
         state.last_lengths = ranges
             .iter()
@@ -253,13 +244,7 @@ impl FetchReader {
             }
             if state.fetcher.is_none() {
                 // Every assigned partition from where its reading stands.
-                let positions: Vec<(i32, i64)> = ranges
-                    .iter()
-                    .map(|r| {
-                        let at = pending.iter().find(|p| p.partition == r.partition);
-                        (r.partition, at.map_or(r.end.max(r.start), |p| p.next))
-                    })
-                    .collect();
+                let positions = standing(ranges, &pending);
                 match Fetcher::start(&self.settings, &self.bootstrap, topic, &positions) {
                     Ok(fetcher) => state.fetcher = Some(fetcher),
                     // A broker that cannot be reached may come back (a restart), as with

@@ -467,6 +467,18 @@ fn taken_ahead(
     Took::Records(within)
 }
 
+/// Where each of `ranges` stands in a read that still takes `pending`: a pending partition
+/// at the next offset it takes, any other at its range's end.
+pub(super) fn standing(ranges: &[PartitionRange], pending: &[Pending]) -> Vec<(i32, i64)> {
+    ranges
+        .iter()
+        .map(|r| {
+            let at = pending.iter().find(|p| p.partition == r.partition);
+            (r.partition, at.map_or(r.end.max(r.start), |p| p.next))
+        })
+        .collect()
+}
+
 /// A partition a read still takes records from.
 #[derive(Debug, PartialEq)]
 pub(super) struct Pending {
@@ -695,13 +707,8 @@ impl KafkaReader {
                     state.held.clear();
                     let from: Vec<PartitionRange> = ranges
                         .iter()
-                        .map(|r| PartitionRange {
-                            start: pending
-                                .iter()
-                                .find(|p| p.partition == r.partition)
-                                .map_or(r.end.max(r.start), |p| p.next),
-                            ..*r
-                        })
+                        .zip(standing(ranges, &pending))
+                        .map(|(r, (_, start))| PartitionRange { start, ..*r })
                         .collect();
                     state.session = None;
                     state.session = Some(Session::assigned(

@@ -4,12 +4,11 @@
 //! its raw record only when a rule after decoding may still send it to the dead letter (the
 //! record goes there whole), so reading ahead holds an epoch's rows in a third of the memory.
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::TimestampMicrosecondType;
 use weir_common::job::JobSpec;
-use weir_common::window::{check_event_time, WindowSpec};
+use weir_common::window::WindowSpec;
 
 use crate::input::DecodedChunk;
+use crate::plan::event_time::EventTimeRules;
 
 /// The rules a decoded row passes through after reading, as far as they may set a row aside:
 /// its event time against the range a time may hold, every query's windows and the epoch's
@@ -52,19 +51,23 @@ impl Shedding {
     /// those can go. The chunk records `planned_at`: an epoch planned before it must not
     /// take it.
     pub fn shed(&self, chunk: &mut DecodedChunk, planned_at: i64) {
-        let latest = planned_at.saturating_add(self.max_event_time_ahead_micros);
+        // The rules every operator checks a row's event time by (`plan::event_time`).
+        let rules = EventTimeRules::of(
+            &self.event_time_column,
+            self.max_event_time_ahead_micros,
+            planned_at,
+        );
         let mut keep = vec![true; chunk.chunk.records.len()];
         let mut rows = chunk.decoded.good.iter();
         for batch in &chunk.decoded.batches {
-            let times = batch
-                .column_by_name(&self.event_time_column)
-                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+            let times = rules.column(batch).ok();
             for row in 0..batch.num_rows() {
                 let Some(&record) = rows.next() else {
                     break;
                 };
-                let accepted =
-                    times.is_some_and(|t| t.is_valid(row) && self.accepts(t.value(row), latest));
+                let accepted = times
+                    .and_then(|times| rules.time(times, row).ok())
+                    .is_some_and(|ts| rules.too_far_ahead(ts).is_none() && self.windowed(ts));
                 if accepted {
                     keep[record] = false;
                 }
@@ -84,11 +87,9 @@ impl Shedding {
         chunk.judged_at = Some(planned_at);
     }
 
-    /// Whether every rule accepts event time `ts`, up to `latest`.
-    fn accepts(&self, ts: i64, latest: i64) -> bool {
-        check_event_time(ts).is_ok()
-            && ts <= latest
-            && self.windows.iter().all(|w| w.windows(ts).is_ok())
+    /// Whether every query's windows of event time `ts` lie in the range a time may hold.
+    fn windowed(&self, ts: i64) -> bool {
+        self.windows.iter().all(|w| w.windows(ts).is_ok())
     }
 }
 

@@ -21,11 +21,21 @@ pub struct EventTimeRules<'a> {
 impl<'a> EventTimeRules<'a> {
     /// The rules of an epoch of `job` planned at `planned_at`.
     pub fn new(job: &'a JobSpec, planned_at: i64) -> Self {
+        Self::of(
+            &job.event_time_column,
+            job.max_event_time_ahead_micros,
+            planned_at,
+        )
+    }
+
+    /// The rules for event times in `column`, at most `max_ahead_micros` ahead of
+    /// `planned_at`.
+    pub fn of(column: &'a str, max_ahead_micros: i64, planned_at: i64) -> Self {
         Self {
-            column: &job.event_time_column,
+            column,
             // Saturating is right here: a bound past i64 rejects nothing more.
-            max_event_time: planned_at.saturating_add(job.max_event_time_ahead_micros),
-            ahead_secs: job.max_event_time_ahead_micros / 1_000_000,
+            max_event_time: planned_at.saturating_add(max_ahead_micros),
+            ahead_secs: max_ahead_micros / 1_000_000,
         }
     }
 
