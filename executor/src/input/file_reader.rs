@@ -8,7 +8,7 @@ use weir_storage::location::Location;
 
 use crate::buffer_pool::BufferPool;
 use crate::input::range_fetch::{local_read_pool, Fetch, FetchError, Ranges};
-use crate::input::{Chunk, Record};
+use crate::input::{Chunk, Record, CHUNK_VALUE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileReadError {
@@ -173,10 +173,13 @@ impl Lines {
     }
 }
 
-/// Gathers records into chunks of a fixed size, each with the ranges its lines were cut from.
+/// Gathers records into chunks of `size` records or [`CHUNK_VALUE_BYTES`] of lines, whichever
+/// comes first, each with the ranges its lines were cut from.
 struct Chunker<F> {
     size: usize,
     current: Chunk,
+    /// Bytes of the lines in `current`.
+    value_bytes: usize,
     /// The range being cut into lines.
     piece: Option<Bytes>,
     on_chunk: F,
@@ -187,6 +190,7 @@ impl<F: FnMut(Chunk)> Chunker<F> {
         Self {
             size,
             current: Chunk::with_capacity(size),
+            value_bytes: 0,
             piece: None,
             on_chunk,
         }
@@ -200,9 +204,10 @@ impl<F: FnMut(Chunk)> Chunker<F> {
 
     /// Adds `record`, after which reading goes on from `next`.
     fn push(&mut self, record: Record, next: Resume) {
+        self.value_bytes += record.value.as_ref().map_or(0, Bytes::len);
         self.current.records.push(record);
         self.current.end = Some(next);
-        if self.current.records.len() >= self.size {
+        if self.current.records.len() >= self.size || self.value_bytes >= CHUNK_VALUE_BYTES {
             self.flush();
         }
     }
@@ -213,6 +218,7 @@ impl<F: FnMut(Chunk)> Chunker<F> {
         }
         let mut next = Chunk::with_capacity(self.size);
         next.buffers.extend(self.piece.clone());
+        self.value_bytes = 0;
         (self.on_chunk)(std::mem::replace(&mut self.current, next));
     }
 }
@@ -454,6 +460,50 @@ mod tests {
         let url = url::Url::from_directory_path(dir).unwrap();
         weir_storage::location::open(url.as_str().trim_end_matches('/'), &Default::default())
             .unwrap()
+    }
+
+    /// Long lines end a chunk at `CHUNK_VALUE_BYTES` of lines, short of its count: a chunk
+    /// holds a bounded amount whatever the lines' size, and every line arrives once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_lines_end_a_chunk_at_its_bytes_before_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let line_bytes = 300_000;
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    "{{\"n\":{i:02},\"pad\":\"{}\"}}",
+                    "x".repeat(line_bytes - 20)
+                )
+            })
+            .collect();
+        let text = lines.join("\n");
+        std::fs::write(dir.path().join("long.jsonl"), &text).unwrap();
+        let files = vec![InputFile {
+            path: "long.jsonl".into(),
+            bytes: text.len() as u64,
+        }];
+        let reader = FileReader::new(local(dir.path()), 1 << 20);
+        let mut chunks: Vec<Vec<String>> = Vec::new();
+        tokio::task::block_in_place(|| {
+            reader.read(
+                &files,
+                4096,
+                || true,
+                |c| {
+                    chunks.push(
+                        (c.records.into_iter())
+                            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+                            .collect(),
+                    )
+                },
+            )
+        })
+        .unwrap();
+        // Each chunk ends with the line that reaches the bound.
+        let per_chunk = CHUNK_VALUE_BYTES.div_ceil(line_bytes);
+        assert_eq!(chunks.len(), 40usize.div_ceil(per_chunk));
+        assert!(chunks.iter().all(|c| c.len() <= per_chunk));
+        assert!(chunks.concat() == lines);
     }
 
     /// Files of many read ranges, fetched ahead or not: every line arrives whole, in order,

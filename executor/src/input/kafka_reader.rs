@@ -21,7 +21,7 @@ use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
 use crate::input::kafka_ahead::{self, Ahead, AheadSlot, ReadTo};
 use crate::input::read_ahead::TakenAhead;
 use crate::input::shed::Shedding;
-use crate::input::{Chunk, DecodedChunk, Record};
+use crate::input::{Chunk, DecodedChunk, Record, CHUNK_VALUE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -171,6 +171,9 @@ fn prefetch_kbytes(partitions: usize) -> usize {
 pub(super) struct Gathering {
     size: usize,
     records: Vec<Record>,
+    /// Bytes of the gathered records' values: the chunk is handed over at
+    /// [`CHUNK_VALUE_BYTES`] short of `size` records.
+    value_bytes: usize,
     /// Bytes of the batch bodies the records gathered slice.
     held: usize,
     /// What the body records are sliced from now holds, and whether the chunk counts it.
@@ -194,6 +197,7 @@ impl Gathering {
         Self {
             size,
             records: Vec::with_capacity(size),
+            value_bytes: 0,
             held: 0,
             body: 0,
             body_counted: false,
@@ -216,6 +220,7 @@ impl Gathering {
         let value = value.map(|v| {
             let (v, cut_from) = kept(v, max_bytes);
             record.cut_from = cut_from;
+            self.value_bytes += v.len();
             let start = self.values.len();
             self.values.extend_from_slice(v);
             let end = self.values.len();
@@ -269,13 +274,14 @@ impl Gathering {
 
     /// Adds a record that holds its own key and value (one held back by an earlier read).
     pub(super) fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
+        self.value_bytes += record.value.as_ref().map_or(0, Bytes::len);
         self.records.push(record);
         self.placed.push(Placed::default());
         self.hand_over_when_full(on_chunk);
     }
 
     fn hand_over_when_full(&mut self, on_chunk: &mut impl FnMut(Chunk)) {
-        if self.records.len() >= self.size {
+        if self.records.len() >= self.size || self.value_bytes >= CHUNK_VALUE_BYTES {
             self.hand_over(on_chunk);
         }
     }
@@ -302,6 +308,7 @@ impl Gathering {
         }
         // The next chunk counts the body records are sliced from again.
         self.body_counted = false;
+        self.value_bytes = 0;
         on_chunk(Chunk {
             records,
             buffers: vec![values],
@@ -1024,6 +1031,35 @@ pub(super) mod tests {
             4000 + 8000 + 100 + 1,
             "the cut value and its newline"
         );
+    }
+
+    /// Large records end a chunk at `CHUNK_VALUE_BYTES` of values, short of its count, polled
+    /// (copied) or sliced from their batch alike; every record is handed on once, in order.
+    #[test]
+    fn large_records_end_a_chunk_at_its_bytes_before_its_count() {
+        let megabyte = Bytes::from(vec![b'x'; 1 << 20]);
+        let mut chunks: Vec<Vec<i64>> = Vec::new();
+        {
+            let mut on_chunk = |c: Chunk| chunks.push(c.records.iter().map(|r| r.offset).collect());
+            let mut gathering = Gathering::new(4096);
+            for offset in 0..6 {
+                gathering.add_polled((0, offset), None, Some(&megabyte), 2 << 20, &mut on_chunk);
+            }
+            gathering.slicing(megabyte.len());
+            for offset in 6..12 {
+                let value = Some(megabyte.clone());
+                gathering.add_shared((0, offset), None, value, 2 << 20, &mut on_chunk);
+            }
+            gathering.hand_over(&mut on_chunk);
+        }
+        let per_chunk = CHUNK_VALUE_BYTES / (1 << 20);
+        assert_eq!(per_chunk, 4);
+        let expected: Vec<Vec<i64>> = (0..12)
+            .collect::<Vec<i64>>()
+            .chunks(per_chunk)
+            .map(<[i64]>::to_vec)
+            .collect();
+        assert_eq!(chunks, expected);
     }
 
     /// A chunk's values are slices of one buffer, side by side in order, each followed by a

@@ -67,12 +67,20 @@ impl Record {
     }
 }
 
+/// Value bytes at which a reader hands a chunk over short of its count of records: what a
+/// chunk holds (and what reading ahead holds, a few chunks) stays bounded whatever the
+/// records' size. A count alone let 4 096 records of a megabyte each, within the default
+/// `max_record_bytes`, hold 4 GiB. The reference events reach the count first (about 1 MB).
+pub const CHUNK_VALUE_BYTES: usize = 4 << 20;
+
 /// Records handed over together, with the buffers their values are slices of (a file's
 /// fetched ranges; the copy of the values librdkafka's reader polled, each followed by a
 /// newline; none for weir's Kafka client, whose records slice their batches): the decoder
 /// reads records lying side by side in a buffer from it in place.
 #[derive(Debug, Default)]
 pub struct Chunk {
+    /// At most the reader's count, and handed over once their values reach
+    /// [`CHUNK_VALUE_BYTES`] if that comes first.
     pub records: Vec<Record>,
     pub buffers: Vec<Bytes>,
     /// Bytes of the batch bodies weir's Kafka client's records slice, kept alive by them.
