@@ -8,7 +8,7 @@ use weir_storage::location::Location;
 
 use crate::buffer_pool::BufferPool;
 use crate::input::range_fetch::{local_read_pool, Fetch, FetchError, Ranges};
-use crate::input::{Chunk, Record, CHUNK_VALUE_BYTES};
+use crate::input::{Chunk, ChunkFill, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileReadError {
@@ -173,13 +173,12 @@ impl Lines {
     }
 }
 
-/// Gathers records into chunks of `size` records or [`CHUNK_VALUE_BYTES`] of lines, whichever
-/// comes first, each with the ranges its lines were cut from.
+/// Gathers records into chunks as full as [`ChunkFill`] allows, each with the ranges its lines
+/// were cut from.
 struct Chunker<F> {
     size: usize,
     current: Chunk,
-    /// Bytes of the lines in `current`.
-    value_bytes: usize,
+    fill: ChunkFill,
     /// The range being cut into lines.
     piece: Option<Bytes>,
     on_chunk: F,
@@ -190,7 +189,7 @@ impl<F: FnMut(Chunk)> Chunker<F> {
         Self {
             size,
             current: Chunk::with_capacity(size),
-            value_bytes: 0,
+            fill: ChunkFill::new(size),
             piece: None,
             on_chunk,
         }
@@ -204,10 +203,10 @@ impl<F: FnMut(Chunk)> Chunker<F> {
 
     /// Adds `record`, after which reading goes on from `next`.
     fn push(&mut self, record: Record, next: Resume) {
-        self.value_bytes += record.value.as_ref().map_or(0, Bytes::len);
+        let full = self.fill.add(record.bytes());
         self.current.records.push(record);
         self.current.end = Some(next);
-        if self.current.records.len() >= self.size || self.value_bytes >= CHUNK_VALUE_BYTES {
+        if full {
             self.flush();
         }
     }
@@ -218,7 +217,7 @@ impl<F: FnMut(Chunk)> Chunker<F> {
         }
         let mut next = Chunk::with_capacity(self.size);
         next.buffers.extend(self.piece.clone());
-        self.value_bytes = 0;
+        self.fill.clear();
         (self.on_chunk)(std::mem::replace(&mut self.current, next));
     }
 }
@@ -326,6 +325,7 @@ fn file_number(index: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::CHUNK_BYTES;
 
     fn split(pieces: &[&str]) -> Vec<(i64, String)> {
         let mut out = Vec::new();
@@ -462,7 +462,7 @@ mod tests {
             .unwrap()
     }
 
-    /// Long lines end a chunk at `CHUNK_VALUE_BYTES` of lines, short of its count: a chunk
+    /// Long lines end a chunk at `CHUNK_BYTES` of lines, short of its count: a chunk
     /// holds a bounded amount whatever the lines' size, and every line arrives once, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn long_lines_end_a_chunk_at_its_bytes_before_its_count() {
@@ -500,7 +500,7 @@ mod tests {
         })
         .unwrap();
         // Each chunk ends with the line that reaches the bound.
-        let per_chunk = CHUNK_VALUE_BYTES.div_ceil(line_bytes);
+        let per_chunk = CHUNK_BYTES.div_ceil(line_bytes);
         assert_eq!(chunks.len(), 40usize.div_ceil(per_chunk));
         assert!(chunks.iter().all(|c| c.len() <= per_chunk));
         assert!(chunks.concat() == lines);

@@ -21,7 +21,7 @@ use crate::input::consumer_queue::{Polled, Queue, Slots, Wake};
 use crate::input::kafka_ahead::{self, Ahead, AheadSlot, ReadTo};
 use crate::input::read_ahead::TakenAhead;
 use crate::input::shed::Shedding;
-use crate::input::{Chunk, DecodedChunk, Record, CHUNK_VALUE_BYTES};
+use crate::input::{Chunk, ChunkFill, DecodedChunk, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -171,9 +171,8 @@ fn prefetch_kbytes(partitions: usize) -> usize {
 pub(super) struct Gathering {
     size: usize,
     records: Vec<Record>,
-    /// Bytes of the gathered records' values: the chunk is handed over at
-    /// [`CHUNK_VALUE_BYTES`] short of `size` records.
-    value_bytes: usize,
+    /// How full the chunk is: it is handed over when full.
+    fill: ChunkFill,
     /// Bytes of the batch bodies the records gathered slice.
     held: usize,
     /// What the body records are sliced from now holds, and whether the chunk counts it.
@@ -197,7 +196,7 @@ impl Gathering {
         Self {
             size,
             records: Vec::with_capacity(size),
-            value_bytes: 0,
+            fill: ChunkFill::new(size),
             held: 0,
             body: 0,
             body_counted: false,
@@ -220,7 +219,6 @@ impl Gathering {
         let value = value.map(|v| {
             let (v, cut_from) = kept(v, max_bytes);
             record.cut_from = cut_from;
-            self.value_bytes += v.len();
             let start = self.values.len();
             self.values.extend_from_slice(v);
             let end = self.values.len();
@@ -232,9 +230,12 @@ impl Gathering {
             self.keys.extend_from_slice(k);
             start..self.keys.len()
         });
+        let bytes = value.as_ref().map_or(0, Range::len) + key.as_ref().map_or(0, Range::len);
         self.records.push(record);
         self.placed.push(Placed { value, key });
-        self.hand_over_when_full(on_chunk);
+        if self.fill.add(bytes) {
+            self.hand_over(on_chunk);
+        }
     }
 
     /// The records [`Gathering::add_shared`] adds next slice a batch body that keeps `held`
@@ -274,14 +275,10 @@ impl Gathering {
 
     /// Adds a record that holds its own key and value (one held back by an earlier read).
     pub(super) fn add(&mut self, record: Record, on_chunk: &mut impl FnMut(Chunk)) {
-        self.value_bytes += record.value.as_ref().map_or(0, Bytes::len);
+        let full = self.fill.add(record.bytes());
         self.records.push(record);
         self.placed.push(Placed::default());
-        self.hand_over_when_full(on_chunk);
-    }
-
-    fn hand_over_when_full(&mut self, on_chunk: &mut impl FnMut(Chunk)) {
-        if self.records.len() >= self.size || self.value_bytes >= CHUNK_VALUE_BYTES {
+        if full {
             self.hand_over(on_chunk);
         }
     }
@@ -308,7 +305,7 @@ impl Gathering {
         }
         // The next chunk counts the body records are sliced from again.
         self.body_counted = false;
-        self.value_bytes = 0;
+        self.fill.clear();
         on_chunk(Chunk {
             records,
             buffers: vec![values],
@@ -865,6 +862,7 @@ pub(super) mod tests {
     use weir_common::job::{SecretMap, StartingOffsets};
 
     use super::*;
+    use crate::input::CHUNK_BYTES;
 
     pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1033,33 +1031,48 @@ pub(super) mod tests {
         );
     }
 
-    /// Large records end a chunk at `CHUNK_VALUE_BYTES` of values, short of its count, polled
-    /// (copied) or sliced from their batch alike; every record is handed on once, in order.
+    /// Large records end a chunk at `CHUNK_BYTES` of keys and values, short of its count,
+    /// polled (copied) or sliced from their batch alike; every record is handed on once, in
+    /// order.
     #[test]
     fn large_records_end_a_chunk_at_its_bytes_before_its_count() {
         let megabyte = Bytes::from(vec![b'x'; 1 << 20]);
-        let mut chunks: Vec<Vec<i64>> = Vec::new();
-        {
-            let mut on_chunk = |c: Chunk| chunks.push(c.records.iter().map(|r| r.offset).collect());
-            let mut gathering = Gathering::new(4096);
-            for offset in 0..6 {
-                gathering.add_polled((0, offset), None, Some(&megabyte), 2 << 20, &mut on_chunk);
-            }
-            gathering.slicing(megabyte.len());
-            for offset in 6..12 {
-                let value = Some(megabyte.clone());
-                gathering.add_shared((0, offset), None, value, 2 << 20, &mut on_chunk);
-            }
-            gathering.hand_over(&mut on_chunk);
-        }
-        let per_chunk = CHUNK_VALUE_BYTES / (1 << 20);
+        let per_chunk = CHUNK_BYTES / megabyte.len();
         assert_eq!(per_chunk, 4);
         let expected: Vec<Vec<i64>> = (0..12)
             .collect::<Vec<i64>>()
             .chunks(per_chunk)
             .map(<[i64]>::to_vec)
             .collect();
-        assert_eq!(chunks, expected);
+        let small = Bytes::from_static(b"{}");
+        // Large values, then large keys: librdkafka's reader copies keys into a buffer of
+        // their own, which the bound must cover as well.
+        for (key, value) in [(None, megabyte.clone()), (Some(megabyte.clone()), small)] {
+            assert_eq!(
+                gathered_offsets(key, value),
+                expected,
+                "chunks of {per_chunk}"
+            );
+        }
+    }
+
+    /// The offsets of each chunk a gathering of 4 096 hands over for 12 records of `key` and
+    /// `value`: 6 polled, then 6 sliced from a batch.
+    fn gathered_offsets(key: Option<Bytes>, value: Bytes) -> Vec<Vec<i64>> {
+        let mut chunks: Vec<Vec<i64>> = Vec::new();
+        let mut on_chunk = |c: Chunk| chunks.push(c.records.iter().map(|r| r.offset).collect());
+        let mut gathering = Gathering::new(4096);
+        for offset in 0..6 {
+            let (k, v) = (key.as_deref(), Some(&value[..]));
+            gathering.add_polled((0, offset), k, v, 2 << 20, &mut on_chunk);
+        }
+        gathering.slicing(value.len());
+        for offset in 6..12 {
+            let (k, v) = (key.clone(), Some(value.clone()));
+            gathering.add_shared((0, offset), k, v, 2 << 20, &mut on_chunk);
+        }
+        gathering.hand_over(&mut on_chunk);
+        chunks
     }
 
     /// A chunk's values are slices of one buffer, side by side in order, each followed by a

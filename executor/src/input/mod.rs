@@ -57,6 +57,12 @@ impl Record {
         }
     }
 
+    /// Bytes of its key and value: what it counts toward a chunk's bound, and what it holds
+    /// once it holds its own.
+    pub fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len) + self.value.as_ref().map_or(0, Bytes::len)
+    }
+
     /// What the decoder reads: nothing for a line that was cut (it is refused as too large
     /// before decoding), else the value.
     pub fn payload(&self) -> &[u8] {
@@ -67,11 +73,45 @@ impl Record {
     }
 }
 
-/// Value bytes at which a reader hands a chunk over short of its count of records: what a
-/// chunk holds (and what reading ahead holds, a few chunks) stays bounded whatever the
-/// records' size. A count alone let 4 096 records of a megabyte each, within the default
-/// `max_record_bytes`, hold 4 GiB. The reference events reach the count first (about 1 MB).
-pub const CHUNK_VALUE_BYTES: usize = 4 << 20;
+/// Bytes of keys and values at which a reader hands a chunk over short of its count of
+/// records: what a chunk holds (and what reading ahead holds, a few chunks) stays bounded
+/// whatever the records' size. A count alone let 4 096 records of a megabyte each, within the
+/// default `max_record_bytes`, hold 4 GiB. The reference events reach the count first (about
+/// 1 MB).
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// How full the chunk a reader gathers is: full at `size` records, or at [`CHUNK_BYTES`] of
+/// their keys and values if that comes first. Every reader (files, both Kafka clients) counts
+/// its records here, so they all hand over by the same rule.
+#[derive(Debug)]
+pub struct ChunkFill {
+    size: usize,
+    records: usize,
+    bytes: usize,
+}
+
+impl ChunkFill {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size,
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts a record of `bytes` (key and value); true once the chunk is full.
+    pub fn add(&mut self, bytes: usize) -> bool {
+        self.records += 1;
+        self.bytes += bytes;
+        self.records >= self.size || self.bytes >= CHUNK_BYTES
+    }
+
+    /// Starts counting the next chunk.
+    pub fn clear(&mut self) {
+        self.records = 0;
+        self.bytes = 0;
+    }
+}
 
 /// Records handed over together, with the buffers their values are slices of (a file's
 /// fetched ranges; the copy of the values librdkafka's reader polled, each followed by a
@@ -79,8 +119,8 @@ pub const CHUNK_VALUE_BYTES: usize = 4 << 20;
 /// reads records lying side by side in a buffer from it in place.
 #[derive(Debug, Default)]
 pub struct Chunk {
-    /// At most the reader's count, and handed over once their values reach
-    /// [`CHUNK_VALUE_BYTES`] if that comes first.
+    /// At most the reader's count, and handed over once their keys and values reach
+    /// [`CHUNK_BYTES`] if that comes first ([`ChunkFill`]).
     pub records: Vec<Record>,
     pub buffers: Vec<Bytes>,
     /// Bytes of the batch bodies weir's Kafka client's records slice, kept alive by them.
@@ -139,12 +179,7 @@ impl DecodedChunk {
     pub fn memory(&self) -> usize {
         let records = &self.chunk.records;
         let kept: usize = match self.judged_at {
-            Some(_) => records
-                .iter()
-                .map(|r| {
-                    r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len)
-                })
-                .sum(),
+            Some(_) => records.iter().map(Record::bytes).sum(),
             // Values are slices of the buffers the chunk counts.
             None => 0,
         };
