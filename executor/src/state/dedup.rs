@@ -9,7 +9,7 @@ use rocksdb::WriteBatch;
 use weir_common::keygroup::key_group;
 
 use super::keys::{self, dedup_expiry_key, dedup_lookup_key};
-use super::{StateError, StateStore, CLOSED_THROUGH_KEY};
+use super::{Scanned, StateError, StateStore, CLOSED_THROUGH_KEY};
 
 impl StateStore {
     /// Forgets dedup operator `op`'s keys of `key_groups` that expire at or before
@@ -28,19 +28,19 @@ impl StateStore {
             return Ok(0);
         };
         let mut expired = 0;
-        for (lower, upper) in ranges {
-            for item in self.scan(&lower, &upper) {
-                let (entry, _) = item.map_err(|e| self.err(e))?;
-                if keys::operator_of(&entry) != Some(op) {
-                    continue;
+        self.scan_ranges(&ranges, |scanned| {
+            match scanned {
+                Scanned::Entry { key: entry, .. } if keys::operator_of(entry) == Some(op) => {
+                    let (kg, key) = keys::parse_dedup_expiry(entry)
+                        .ok_or_else(|| StateError::Corrupt("not a dedup expiry entry".into()))?;
+                    batch.delete(dedup_lookup_key(op, kg, key));
+                    expired += 1;
                 }
-                let (kg, key) = keys::parse_dedup_expiry(&entry)
-                    .ok_or_else(|| StateError::Corrupt("not a dedup expiry entry".into()))?;
-                batch.delete(dedup_lookup_key(op, kg, key));
-                expired += 1;
+                Scanned::Entry { .. } => {}
+                Scanned::RangeEnd((lower, upper)) => batch.delete_range(lower, upper),
             }
-            batch.delete_range(&lower, &upper);
-        }
+            Ok(())
+        })?;
         batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
         Ok(expired)
     }
