@@ -17,8 +17,9 @@ use weir_common::window::{check_event_time, Window, WindowSpec};
 
 #[cfg(test)]
 use crate::aggregate::distinct_set::DistinctSet;
-use crate::aggregate::distinct_set::Shards;
-use crate::state::distinct_runs::{self as runs, RunWriter};
+use crate::aggregate::distinct_set::{Shard, Shards};
+use crate::state::distinct_runs::{self as runs, RunError};
+use crate::state::group_runs::{self, GroupRunsWriter};
 #[cfg(test)]
 use crate::state::keys::ValueShards;
 use crate::state::keys::{self, key_group_of, operator_of, parse_key, StateKey};
@@ -50,6 +51,10 @@ pub fn distinct_runs(
         .expect("a set of test values");
     out.finish().pop().map(|p| p.distinct).unwrap_or_default()
 }
+
+/// The exact-distinct sets of one (window, aggregate), one a group: its group key and its
+/// values sorted by key group and value.
+pub type GroupSets<'a> = Vec<(&'a [u8], Shards)>;
 
 /// The shard count of one exact-distinct aggregate of one (window, group): (window, aggregate
 /// index, group key).
@@ -146,11 +151,16 @@ impl Shape {
         }
     }
 
-    /// A distinct run of this query: a run key of one of its key groups, windows and
-    /// `count(distinct)` aggregates, and a whole run in byte order without repeats.
+    /// Distinct values of this query: group runs (or a run of one group, as a peer of an
+    /// earlier version sends) under the key of one of its key groups, windows and
+    /// `count(distinct)` aggregates, whole, each group's values in byte order without repeats.
     pub fn check_distinct_run(&self, key: &[u8], run: &[u8]) -> Result<(), String> {
-        let Some(StateKey::Run { window, agg, .. }) = parse_key(key) else {
-            return Err("not a distinct run's key".into());
+        let (window, agg, checked) = match parse_key(key) {
+            Some(StateKey::GroupRuns { window, agg }) => {
+                (window, agg, group_runs::check(run).map(|_| ()))
+            }
+            Some(StateKey::Run { window, agg, .. }) => (window, agg, runs::check(run).map(|_| ())),
+            _ => return Err("not a distinct run's key".into()),
         };
         if operator_of(key) != Some(self.operator) {
             return Err(format!(
@@ -168,7 +178,7 @@ impl Shape {
         }
         self.check_window(window)?;
         self.check_distinct_aggregate(agg)?;
-        runs::check(run).map(|_| ()).map_err(|e| e.to_string())
+        checked.map_err(|e: RunError| e.to_string())
     }
 
     /// The shape of what tests send: windows of 300 µs, `count(*)` then
@@ -232,7 +242,8 @@ impl Partials {
         self.len() == 0
     }
 
-    /// Distinct values, each counted once per run key (what the owner's fold keeps).
+    /// Distinct values, each counted once per run key and group (what the owner's fold
+    /// keeps).
     #[cfg(test)]
     pub fn unique_distinct(&self) -> usize {
         let mut by_key: std::collections::BTreeMap<&[u8], Vec<&[u8]>> = Default::default();
@@ -240,8 +251,11 @@ impl Partials {
             by_key.entry(&r.key).or_default().push(&r.run);
         }
         by_key
-            .values()
-            .map(|rs| runs::count(&runs::union(rs.iter().copied()).unwrap()).unwrap() as usize)
+            .iter()
+            .map(|(key, rs)| {
+                let union = runs::union_at(key, rs.iter().copied()).unwrap();
+                group_runs::total(&union).unwrap() as usize
+            })
             .sum()
     }
 
@@ -250,7 +264,7 @@ impl Partials {
     pub fn distinct_values(&self) -> usize {
         self.distinct
             .iter()
-            .map(|r| runs::count(&r.run).unwrap() as usize)
+            .map(|r| group_runs::total(&r.run).unwrap() as usize)
             .sum()
     }
 
@@ -449,28 +463,41 @@ impl<'a> ByOwner<'a> {
         for value in values {
             set.add(value);
         }
-        self.add_distinct_shards(window, agg, group, set.into_shards())
+        self.add_distinct_sets(window, agg, vec![(group, set.into_shards())])
     }
 
-    /// Adds a set's values of (window, aggregate `agg`, group), sorted by key group and value,
-    /// as one run per key group: an owner writes each run as it receives it.
-    pub fn add_distinct_shards(
+    /// Adds the sets of (window, aggregate `agg`) of every group (group key, its values sorted
+    /// by key group and value) as one group runs value per key group: an owner writes each as
+    /// it receives it.
+    pub fn add_distinct_sets(
         &mut self,
         window: Window,
         agg: u8,
-        group: &[u8],
-        shards: Shards,
+        mut sets: GroupSets<'_>,
     ) -> Result<(), MergeError> {
-        for shard in shards.iter() {
-            let mut run = RunWriter::with_capacity(shard.run_bytes());
-            for value in shard.values() {
-                run.push(value)
-                    .map_err(|_| MergeError::Overflow("values of a distinct run"))?;
+        // Group runs hold their groups in byte order.
+        sets.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut shards: Vec<(usize, Shard<'_>)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, set))| set.iter().map(move |shard| (i, shard)))
+            .collect();
+        shards.sort_by_key(|(i, shard)| (shard.kg, *i));
+        let overflow = |_| MergeError::Overflow("values of a distinct run");
+        for same_kg in shards.chunk_by(|a, b| a.1.kg == b.1.kg) {
+            let kg = same_kg[0].1.kg;
+            let bytes = same_kg
+                .iter()
+                .map(|(i, shard)| sets[*i].0.len() + 10 + shard.run_bytes())
+                .sum();
+            let mut runs = GroupRunsWriter::with_capacity(bytes);
+            for (i, shard) in same_kg {
+                runs.push(sets[*i].0, shard.values()).map_err(overflow)?;
             }
-            let key = keys::run_key(self.op, shard.kg, window, agg, group);
-            self.owner(shard.kg).distinct.push(DistinctRun {
+            let key = keys::group_runs_key(self.op, kg, window, agg);
+            self.owner(kg).distinct.push(DistinctRun {
                 key,
-                run: run.finish(),
+                run: runs.finish(),
             });
         }
         Ok(())
@@ -495,6 +522,8 @@ impl<'a> ByOwner<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn w(start: i64) -> Window {
@@ -504,11 +533,12 @@ mod tests {
         }
     }
 
-    /// A set's values leave as one run per key group they fall in: each value once, in the
-    /// run of its own key group, in byte order, under the run key of (window, aggregate,
-    /// group) of the operator.
+    /// The sets of every group of a (window, aggregate) leave as one group runs value per key
+    /// group their values fall in: each value once, in its group's run in the value of its own
+    /// key group, in byte order, the groups in byte order, under the key of (window,
+    /// aggregate) of the operator.
     #[test]
-    fn a_set_becomes_one_sorted_run_per_key_group() {
+    fn sets_become_one_value_of_sorted_runs_per_key_group() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move |n: u64| {
             state ^= state << 13;
@@ -516,43 +546,75 @@ mod tests {
             state ^= state << 17;
             state % n
         };
-        // Values from a small alphabet, empty ones and repeats among them.
-        let values: Vec<Vec<u8>> = (0..3_000)
+        // Values from a small alphabet, empty ones and repeats among them; groups out of
+        // order, the empty group among them.
+        let groups: [&[u8]; 3] = [b"view", b"click", b""];
+        let values: Vec<Vec<Vec<u8>>> = groups
+            .iter()
             .map(|_| {
-                let len = [0, 1, 2, 3, 8, 20][next(6) as usize];
-                (0..len).map(|_| next(4) as u8).collect()
+                (0..3_000)
+                    .map(|_| {
+                        let len = [0, 1, 2, 3, 8, 20][next(6) as usize];
+                        (0..len).map(|_| next(4) as u8).collect()
+                    })
+                    .collect()
             })
             .collect();
-        let borrowed: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-        let runs = distinct_runs(2, w(600), 1, b"click", &borrowed, 16);
-        let shards = ValueShards::new(w(600), 1, b"click", 16);
-        let mut seen = Vec::new();
+        let owners = vec![0; 16];
+        let mut out = ByOwner::new(&owners, 1, 2);
+        let sets = groups
+            .iter()
+            .zip(&values)
+            .map(|(group, values)| {
+                let mut set = DistinctSet::new(w(600), 1, group, 16);
+                for v in values {
+                    set.add(v);
+                }
+                (*group, set.into_shards())
+            })
+            .collect();
+        out.add_distinct_sets(w(600), 1, sets).unwrap();
+        let mut seen: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
         let mut kgs = Vec::new();
-        for r in &runs {
+        for r in out.finish().remove(0).distinct {
+            let key = parse_key(&r.key);
             assert_eq!(
-                parse_key(&r.key),
-                Some(StateKey::Run {
+                key,
+                Some(StateKey::GroupRuns {
                     window: w(600),
-                    agg: 1,
-                    group: b"click"
+                    agg: 1
                 })
             );
             assert_eq!(operator_of(&r.key), Some(2));
             let kg = key_group_of(&r.key).unwrap();
             kgs.push(kg);
-            let mut in_run = Vec::new();
-            runs::values_into(&r.run, &mut in_run).unwrap();
-            assert_eq!(runs::check(&r.run), Ok(in_run.len() as u32));
-            assert!(in_run.iter().all(|v| shards.of(v) == kg));
-            seen.extend(in_run.iter().map(|v| v.to_vec()));
+            let in_value: Vec<_> = group_runs::iter(&r.run)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(in_value.windows(2).all(|p| p[0].group < p[1].group));
+            let mut count = 0;
+            for run in in_value {
+                let shards = ValueShards::new(w(600), 1, run.group, 16);
+                let mut in_run = Vec::new();
+                runs::values_into(run.run, &mut in_run).unwrap();
+                assert!(in_run.iter().all(|v| shards.of(v) == kg));
+                count += in_run.len() as u64;
+                let seen = seen.entry(run.group.to_vec()).or_default();
+                seen.extend(in_run.iter().map(|v| v.to_vec()));
+            }
+            assert_eq!(group_runs::check(&r.run), Ok(count));
         }
-        // One run per key group, in key-group order.
+        // One value per key group, in key-group order.
         assert!(kgs.windows(2).all(|pair| pair[0] < pair[1]), "{kgs:?}");
-        seen.sort();
-        let mut expected = values.clone();
-        expected.sort();
-        expected.dedup();
-        assert_eq!(seen, expected);
+        for (group, values) in groups.iter().zip(values) {
+            let mut expected = values.clone();
+            expected.sort();
+            expected.dedup();
+            let mut got = seen.remove(*group).unwrap();
+            got.sort();
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::window::{is_closed, Window, WindowsOf};
 
 use crate::aggregate::distinct_set::DistinctSet;
-use crate::aggregate::partials::{ByOwner, FastMap};
+use crate::aggregate::partials::{ByOwner, FastMap, GroupSets};
 use crate::plan::event_time::EventTimeRules;
 
 /// Why a decoded row was not aggregated.
@@ -335,14 +335,22 @@ impl<'a> PreAggregation<'a> {
     /// Hands the epoch's partials to the owners of their key groups.
     pub fn route(self, out: &mut ByOwner<'_>) -> Result<(), MergeError> {
         let keys = self.group_keys.keys;
+        // Every group's set of a (window, aggregate) leaves together: one value per key group.
+        let mut sets: FastMap<(Window, u8), GroupSets<'_>> = FastMap::default();
         for ((window, group), state) in self.groups {
             let key = &keys[group as usize];
             for (agg, set) in state.distinct.into_iter().enumerate() {
                 if let Some(set) = set {
-                    out.add_distinct_shards(window, agg as u8, key, set.into_shards())?;
+                    let shards = set.into_shards();
+                    sets.entry((window, agg as u8))
+                        .or_default()
+                        .push((key, shards));
                 }
             }
             out.add_group((window, key.clone()), state.partials)?;
+        }
+        for ((window, agg), sets) in sets {
+            out.add_distinct_sets(window, agg, sets)?;
         }
         Ok(())
     }
@@ -367,8 +375,8 @@ mod tests {
     use weir_common::keygroup::key_group;
     use weir_common::window::Window;
 
-    use crate::state::distinct_runs;
     use crate::state::keys::{key_group_of, parse_key, StateKey, ValueShards};
+    use crate::state::{distinct_runs, group_runs};
 
     const MIN: i64 = 60_000_000;
 
@@ -527,15 +535,19 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             for run in &part.distinct {
                 let kg = key_group_of(&run.key).unwrap();
                 assert_eq!(owners[kg as usize], i);
-                // Each value is in the run of its own key group, and a run is in byte order.
-                let Some(StateKey::Run { window, agg, group }) = parse_key(&run.key) else {
-                    panic!("not a run key")
+                // Each value is in its group's run in the group runs of its own key group,
+                // and a run is in byte order.
+                let Some(StateKey::GroupRuns { window, agg }) = parse_key(&run.key) else {
+                    panic!("not a group runs key")
                 };
-                let shards = ValueShards::new(window, agg, group, key_groups as u32);
-                let mut values = Vec::new();
-                distinct_runs::values_into(&run.run, &mut values).unwrap();
-                assert!(values.iter().all(|v| shards.of(v) == kg));
-                assert!(values.windows(2).all(|pair| pair[0] < pair[1]));
+                for group_run in group_runs::iter(&run.run).unwrap() {
+                    let group_run = group_run.unwrap();
+                    let shards = ValueShards::new(window, agg, group_run.group, key_groups as u32);
+                    let mut values = Vec::new();
+                    distinct_runs::values_into(group_run.run, &mut values).unwrap();
+                    assert!(values.iter().all(|v| shards.of(v) == kg));
+                    assert!(values.windows(2).all(|pair| pair[0] < pair[1]));
+                }
             }
             for (window, group) in part.groups.keys() {
                 assert_eq!(

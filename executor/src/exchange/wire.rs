@@ -366,6 +366,7 @@ mod tests {
     use super::*;
     use crate::aggregate::partials::distinct_runs;
     use crate::state::distinct_runs::RunWriter;
+    use crate::state::group_runs::GroupRunsWriter;
 
     /// One operator's partials as a stream's.
     fn one(p: Partials) -> PlanPartials {
@@ -531,20 +532,28 @@ mod tests {
         cut_key.key.truncate(good.key.len() - 2);
         let mut cut_run = good.clone();
         cut_run.run.pop();
-        let two = |a: &[u8], b: &[u8]| {
-            let mut run = RunWriter::default();
-            run.push(a).unwrap();
-            run.push(b).unwrap();
+        // Two values of one group, or one value of each of two groups.
+        let two = |(g, a): (&[u8], &[u8]), (h, b): (&[u8], &[u8])| {
+            let mut runs = GroupRunsWriter::with_capacity(0);
+            match g == h {
+                true => runs.push(g, [a, b]).unwrap(),
+                false => {
+                    runs.push(g, [a]).unwrap();
+                    runs.push(h, [b]).unwrap();
+                }
+            }
             DistinctRun {
                 key: good.key.clone(),
-                run: run.finish(),
+                run: runs.finish(),
             }
         };
+        let click = &b"click"[..];
         for (run, expected) in [
             (cut_key, "not a distinct run"),
             (cut_run, "cut short"),
-            (two(b"u2", b"u1"), "not after"),
-            (two(b"u1", b"u1"), "not after"),
+            (two((click, b"u2"), (click, b"u1")), "not after"),
+            (two((click, b"u1"), (click, b"u1")), "not after"),
+            (two((b"view", b"u1"), (click, b"u2")), "not after"),
         ] {
             let err = refused(run);
             assert!(
@@ -552,6 +561,22 @@ mod tests {
                 "{expected}: {err}"
             );
         }
+        // A run of one group under a key of its own, as a peer of an earlier version sends
+        // it, is taken as it is.
+        let mut run = RunWriter::default();
+        run.push(b"u1").unwrap();
+        let kg = crate::state::keys::key_group_of(&good.key).unwrap();
+        let earlier = DistinctRun {
+            key: crate::state::keys::run_key(0, kg, w, 1, b"click"),
+            run: run.finish(),
+        };
+        let p = Partials {
+            distinct: vec![earlier.clone()],
+            ..Partials::default()
+        };
+        let mut into = Partials::default();
+        decode_one(&batch_of(p), &Shape::for_tests(), &mut into).unwrap();
+        assert_eq!(into.distinct, [earlier]);
     }
 
     /// The partial states of a group row of [`Shape::for_tests`] with `n` rows.
@@ -593,7 +618,7 @@ mod tests {
             batch_of(p)
         };
         let key = |window: Window, agg: u8, kg: u32| {
-            crate::state::keys::run_key(0, kg, window, agg, b"click")
+            crate::state::keys::group_runs_key(0, kg, window, agg)
         };
         let cases = [
             (
@@ -640,7 +665,7 @@ mod tests {
                 "not a window",
             ),
             (
-                distinct(crate::state::keys::run_key(1, 3, w, 1, b"click")),
+                distinct(crate::state::keys::group_runs_key(1, 3, w, 1)),
                 "operator",
             ),
             (distinct(b"\x00\x01short".to_vec()), "not a distinct"),

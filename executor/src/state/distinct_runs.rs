@@ -1,18 +1,22 @@
-//! Runs: the exact-distinct values of one (key group, window, aggregate, group) kept as one
-//! RocksDB value instead of one key per value.
+//! Runs: the exact-distinct values of one (key group, window, aggregate, group), in byte order
+//! and each once, instead of one key per value. A key group's runs of every group of a
+//! (window, aggregate) are one RocksDB value (`group_runs`).
 //!
 //! A run is `[count u32 LE]` then, per value in byte order and each once, `[varint length]
-//! [bytes]`. An epoch's fold writes its values of each (key group, window, aggregate, group)
-//! as one merge operand; RocksDB unions the operands with [`merge`] when it flushes, compacts
-//! or reads, so a value sent in several epochs is kept once after compaction and counted once
+//! [bytes]`. An epoch's fold writes its values of each (key group, window, aggregate) as one
+//! merge operand; RocksDB unions the operands with [`merge`] when it flushes, compacts or
+//! reads, so a value sent in several epochs is kept once after compaction and counted once
 //! when its window closes. One key per value cost a memtable insert, a flush and a scan step
-//! per value and epoch: about a fifth of an executor's CPU.
+//! per value and epoch: about a fifth of an executor's CPU. Stores of earlier versions hold a
+//! run of one group as a RocksDB value of its own, which the merge operator unions too.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use prost::encoding::{decode_varint, encode_varint};
 use weir_common::byte_order::byte_order;
+
+use crate::state::{group_runs, keys};
 
 /// RocksDB knows the operator by this name; a store written with it cannot be read without it.
 pub const MERGE_OPERATOR_NAME: &str = "weir.distinct-union.v1";
@@ -31,6 +35,12 @@ pub enum RunError {
     TooMany,
     #[error("a distinct run's value {0} is not after the one before it")]
     Unsorted(u32),
+    #[error("a key group's distinct runs are cut short at group {0}")]
+    GroupCut(u32),
+    #[error("a key group's distinct runs hold bytes after their {0} groups")]
+    GroupsTrailing(u32),
+    #[error("a key group's distinct run of group {0} is not after the one before it")]
+    GroupsUnsorted(u32),
 }
 
 /// Builds a run from values given in byte order, each once.
@@ -77,7 +87,7 @@ impl RunWriter {
 /// Writes a value's length as a run holds it (a varint): most values are shorter than 128
 /// bytes, one byte without the general encoder's loop.
 #[inline]
-fn write_len(len: usize, buf: &mut Vec<u8>) {
+pub(crate) fn write_len(len: usize, buf: &mut Vec<u8>) {
     match u8::try_from(len) {
         Ok(byte) if byte < 0x80 => buf.push(byte),
         _ => encode_varint(len as u64, buf),
@@ -183,15 +193,27 @@ pub fn check(run: &[u8]) -> Result<u32, RunError> {
 /// every run written here does; one that does not is an error): the union merges them, two
 /// at a time, instead of sorting their values.
 pub fn union<'a>(runs: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, RunError> {
-    let mut level: Vec<Cow<'a, [u8]>> = runs.into_iter().map(Cow::Borrowed).collect();
+    pairwise(runs, check, merge_two, || RunWriter::default().finish())
+}
+
+/// The union of `values` merged two at a time by `merge_two` (a lone one checked by `check`,
+/// none giving `empty`): each level halves their number, so a value is copied a logarithmic
+/// number of times however many there are.
+pub(crate) fn pairwise<'a, C>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+    check: impl Fn(&[u8]) -> Result<C, RunError>,
+    merge_two: impl Fn(&[u8], &[u8]) -> Result<Vec<u8>, RunError>,
+    empty: impl FnOnce() -> Vec<u8>,
+) -> Result<Vec<u8>, RunError> {
+    let mut level: Vec<Cow<'a, [u8]>> = values.into_iter().map(Cow::Borrowed).collect();
     if let [one] = &level[..] {
         check(one)?;
     }
     while level.len() > 1 {
         let mut next = Vec::with_capacity(level.len().div_ceil(2));
-        let mut runs = level.into_iter();
-        while let Some(a) = runs.next() {
-            next.push(match runs.next() {
+        let mut values = level.into_iter();
+        while let Some(a) = values.next() {
+            next.push(match values.next() {
                 Some(b) => Cow::Owned(merge_two(&a, &b)?),
                 None => a,
             });
@@ -199,8 +221,8 @@ pub fn union<'a>(runs: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, Ru
         level = next;
     }
     Ok(match level.pop() {
-        Some(run) => run.into_owned(),
-        None => RunWriter::default().finish(),
+        Some(value) => value.into_owned(),
+        None => empty(),
     })
 }
 
@@ -257,6 +279,13 @@ impl<'a> Side<'a> {
 /// run lie side by side there: they leave in one copy when the other run's turn comes.
 fn merge_two(a: &[u8], b: &[u8]) -> Result<Vec<u8>, RunError> {
     let mut out = Vec::with_capacity(a.len() + b.len());
+    merge_two_into(a, b, &mut out)?;
+    Ok(out)
+}
+
+/// [`merge_two`], appending the union to `out`.
+pub(crate) fn merge_two_into(a: &[u8], b: &[u8], out: &mut Vec<u8>) -> Result<(), RunError> {
+    let at = out.len();
     out.extend_from_slice(&[0; HEADER]);
     let mut count = 0u32;
     let (mut xs, mut ys) = (Side::of(a)?, Side::of(b)?);
@@ -267,14 +296,14 @@ fn merge_two(a: &[u8], b: &[u8]) -> Result<Vec<u8>, RunError> {
         match byte_order(u, v) {
             Ordering::Less => {
                 if !taking_x {
-                    ys.copy_taken(&mut out);
+                    ys.copy_taken(out);
                     taking_x = true;
                 }
                 xs.advance()?;
             }
             Ordering::Greater => {
                 if taking_x {
-                    xs.copy_taken(&mut out);
+                    xs.copy_taken(out);
                     taking_x = false;
                 }
                 ys.advance()?;
@@ -298,25 +327,37 @@ fn merge_two(a: &[u8], b: &[u8]) -> Result<Vec<u8>, RunError> {
     } else {
         (ys, xs)
     };
-    done.copy_taken(&mut out);
+    done.copy_taken(out);
     while rest.head.is_some() {
         count = count.checked_add(1).ok_or(RunError::TooMany)?;
         rest.advance()?;
     }
-    rest.copy_taken(&mut out);
-    out[..HEADER].copy_from_slice(&count.to_le_bytes());
-    Ok(out)
+    rest.copy_taken(out);
+    out[at..at + HEADER].copy_from_slice(&count.to_le_bytes());
+    Ok(())
+}
+
+/// The union of the values of `key`: group runs (`group_runs`) or, under a key of the layout
+/// of earlier versions, runs of one group.
+pub fn union_at<'a>(
+    key: &[u8],
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, RunError> {
+    match keys::is_group_runs_key(key) {
+        true => group_runs::union(values),
+        false => union(values),
+    }
 }
 
 /// RocksDB's merge operator (full and partial): the union of what the key holds and the
 /// operands. `None` (a corrupt run) makes RocksDB fail the read, flush or compaction with a
 /// corruption error rather than lose values.
 pub fn merge(
-    _key: &[u8],
+    key: &[u8],
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    match union(existing.into_iter().chain(operands)) {
+    match union_at(key, existing.into_iter().chain(operands)) {
         Ok(run) => Some(run),
         Err(e) => {
             tracing::error!(error = %e, "merging distinct runs");

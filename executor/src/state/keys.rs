@@ -4,19 +4,22 @@
 //!
 //! ```text
 //! group row    [kg u16][end][0][start][group key]                        -> partials
-//! distinct run [kg u16][end][3][start][agg u8][len u32][group key]        -> run of values
+//! group runs   [kg u16][end][3][start][agg u8][FF FF FF FF]               -> each group's run
 //! ```
-//! A distinct value lives in the key group of (window, group, value), so a group key with few
-//! values spreads its distinct state over every key group. The values of one (key group,
-//! window, aggregate, group) are one run (`distinct_runs`): each epoch merges its own in
-//! without reading first, and a window's distinct count is the size of its runs in each key
-//! group (a shard), summed at the group's owner when the window closes.
+//! A distinct value lives in the key group of (window, aggregate, group, value), so a group key
+//! with few values spreads its distinct state over every key group. The values of one (key
+//! group, window, aggregate) are one value, a run (`distinct_runs`) per group (`group_runs`):
+//! each epoch merges its own in without reading first, and a window's distinct count is the
+//! size of its group's run in each key group (a shard), summed at the group's owner when the
+//! window closes.
 //!
-//! Values travel between executors as runs too, each with its run key: pre-aggregation sorts
+//! Values travel between executors as group runs too, each with its key: pre-aggregation sorts
 //! each set's values by key group and value, so an owner writes what it receives as it is.
-//! Stores written by earlier versions hold a key per value (`[kg u16][end][1][start][agg u8]
-//! [len u32][group key][value] -> ()`) and a running count per shard (`[kg u16][end][2][start]
-//! [agg u8][group key] -> i64`, ignored); both are counted or dropped with their window.
+//! Stores written by earlier versions hold a run per group (`[kg u16][end][3][start][agg u8]
+//! [len u32][group key] -> run`, sorting before the group runs of its key group, window and
+//! aggregate), a key per value (`[kg u16][end][1][start][agg u8][len u32][group key][value] ->
+//! ()`) and a running count per shard (`[kg u16][end][2][start][agg u8][group key] -> i64`,
+//! ignored); all are counted or dropped with their window.
 //!
 //! A dedup query's keys (docs/architecture.md, Plan of operators) keep the layout, the time
 //! being when the key expires; a second entry per key, at the end of time, finds a key by its
@@ -170,13 +173,45 @@ pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> 
 }
 
 /// The key of the run that holds the distinct values of (window, aggregate `agg`, group) of
-/// operator `op` in key group `kg`.
+/// operator `op` in key group `kg`, as stores of earlier versions hold them.
+#[cfg(test)]
 pub fn run_key(op: u8, kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
     set_key(kg, w, tag(op, TAG_RUN), agg, group, 0)
 }
 
+/// Marks a run key that holds every group's runs (`group_runs`) where a run key of one group
+/// has its group key's length: past any length, so it sorts after the runs of one group that
+/// stores of earlier versions hold for the same (key group, window, aggregate).
+const ALL_GROUPS: [u8; 4] = [0xFF; 4];
+
+/// The key of the group runs (`group_runs`) that hold the distinct values of every group of
+/// (window, aggregate `agg`) of operator `op` in key group `kg`.
+pub fn group_runs_key(op: u8, kg: u32, w: Window, agg: u8) -> Vec<u8> {
+    let mut k = head(kg, w.end, tag(op, TAG_RUN), w.start, 5);
+    k.push(agg);
+    k.extend_from_slice(&ALL_GROUPS);
+    k
+}
+
+/// Whether `key` is a group runs key (its value is `group_runs`, not a run of one group).
+pub fn is_group_runs_key(key: &[u8]) -> bool {
+    kind_of(key) == Some(TAG_RUN) && key.len() == GROUP_AT && key[20..GROUP_AT] == ALL_GROUPS
+}
+
+/// The keys that hold the values of the same (key group, window, aggregate) as `key` (group
+/// runs, or a run of one group): the runs of one group that earlier versions wrote, then the
+/// group runs. `None` for a key that is neither.
+pub fn runs_of_key_range(key: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    (kind_of(key) == Some(TAG_RUN)).then_some(())?;
+    let lower = key.get(..20)?.to_vec();
+    let mut upper = [&lower[..], &ALL_GROUPS].concat();
+    upper.push(0);
+    Some((lower, upper))
+}
+
 /// The key of (window, aggregate `agg`, group) in key group `kg` under `tag`, with room for
 /// `extra` bytes after it.
+#[cfg(test)]
 fn set_key(kg: u32, w: Window, tag: u8, agg: u8, group: &[u8], extra: usize) -> Vec<u8> {
     let mut k = head(kg, w.end, tag, w.start, 5 + group.len() + extra);
     k.push(agg);
@@ -227,7 +262,13 @@ pub enum StateKey<'a> {
         group: &'a [u8],
         value: &'a [u8],
     },
-    /// The exact-distinct values of (window, aggregate, group) in one key group.
+    /// The exact-distinct values of every group of (window, aggregate) in one key group.
+    GroupRuns {
+        window: Window,
+        agg: u8,
+    },
+    /// The exact-distinct values of (window, aggregate, group) in one key group, as stores of
+    /// earlier versions keep them.
     Run {
         window: Window,
         agg: u8,
@@ -256,6 +297,10 @@ pub fn parse_key(key: &[u8]) -> Option<StateKey<'_>> {
                 value: &key[at..],
             })
         }
+        TAG_RUN if is_group_runs_key(key) => Some(StateKey::GroupRuns {
+            window,
+            agg: *key.get(19)?,
+        }),
         TAG_RUN => {
             let at = distinct_value_at(key)?;
             (at == key.len()).then_some(StateKey::Run {

@@ -10,6 +10,7 @@
 
 pub mod dedup;
 pub mod distinct_runs;
+pub mod group_runs;
 pub mod keys;
 pub mod restore;
 pub mod snapshot;
@@ -105,6 +106,21 @@ pub fn add_shard_counts(
     }
     rows.sort_by(|a, b| (a.window, &a.group).cmp(&(b.window, &b.group)));
     Ok(())
+}
+
+/// Runs by group: (group key, run).
+type ByGroup<'v> = Vec<(&'v [u8], &'v [u8])>;
+
+/// Each group's run in `value`, the value of `key`: group runs, or a run of one group under a
+/// key of the layout of earlier versions.
+fn operand_runs<'v>(key: &'v [u8], value: &'v [u8]) -> Result<ByGroup<'v>, StateError> {
+    match keys::parse_key(key) {
+        Some(StateKey::GroupRuns { .. }) => Ok(group_runs::iter(value)?
+            .map(|r| r.map(|r| (r.group, r.run)))
+            .collect::<Result<_, _>>()?),
+        Some(StateKey::Run { group, .. }) => Ok(vec![(group, value)]),
+        _ => Err(StateError::Corrupt("unparseable distinct run key".into())),
+    }
 }
 
 /// How many different values `values` holds (it is left sorted).
@@ -390,15 +406,21 @@ impl StateStore {
             let key = &same[0].key;
             let operand = match same {
                 [one] => Cow::Borrowed(&one.run[..]),
-                _ => Cow::Owned(runs::union(same.iter().map(|r| &r.run[..]))?),
+                _ => Cow::Owned(runs::union_at(key, same.iter().map(|r| &r.run[..]))?),
             };
-            written += u64::from(runs::count(&operand)?);
+            let by_group = operand_runs(key, &operand)?;
+            written += by_group
+                .iter()
+                .map(|(_, run)| runs::count(run).map(u64::from))
+                .sum::<Result<u64, _>>()?;
             if let Some(gains) = gains.as_deref_mut() {
-                let gained = self.count_new(key, &operand)?;
-                if gained > 0 {
-                    let Some(StateKey::Run { window, agg, group }) = keys::parse_key(key) else {
-                        return Err(StateError::Corrupt("unparseable distinct run key".into()));
-                    };
+                let (window, agg) = match keys::parse_key(key) {
+                    Some(
+                        StateKey::GroupRuns { window, agg } | StateKey::Run { window, agg, .. },
+                    ) => (window, agg),
+                    _ => return Err(StateError::Corrupt("unparseable distinct run key".into())),
+                };
+                for (group, gained) in self.count_new(key, &by_group)? {
                     gains.push(((window, agg, group.to_vec()), gained));
                 }
             }
@@ -410,20 +432,49 @@ impl StateStore {
         })
     }
 
-    /// How many values of `run` (an operand about to be merged) the run at `key` does not
-    /// hold yet.
-    fn count_new(&self, key: &[u8], run: &[u8]) -> Result<i64, StateError> {
-        let Some(existing) = self.db.get_pinned(key).map_err(|e| self.err(e))? else {
-            return Ok(i64::from(runs::count(run)?));
-        };
-        let mut values = Vec::new();
-        runs::values_into(run, &mut values)?;
-        let mut held = Vec::new();
-        runs::values_into(&existing, &mut held)?;
-        Ok(values
-            .iter()
-            .filter(|v| held.binary_search(v).is_err())
-            .count() as i64)
+    /// How many values of each group's run of `by_group` (an operand about to be merged at
+    /// `key`) the store does not hold yet, for the groups that gain any: the store holds a
+    /// (key group, window, aggregate)'s values in its group runs, and those a store of an
+    /// earlier version wrote in runs of one group beside them (sorting just before).
+    fn count_new<'g>(
+        &self,
+        key: &[u8],
+        by_group: &[(&'g [u8], &[u8])],
+    ) -> Result<Vec<(&'g [u8], i64)>, StateError> {
+        let (lower, upper) = keys::runs_of_key_range(key)
+            .ok_or_else(|| StateError::Corrupt("unparseable distinct run key".into()))?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper);
+        let entries = self
+            .db
+            .iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut held: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
+        for (key, value) in &entries {
+            for (group, run) in operand_runs(key, value)? {
+                runs::values_into(run, held.entry(group).or_default())?;
+            }
+        }
+        let mut gains = Vec::new();
+        for (group, run) in by_group {
+            let mut values = Vec::new();
+            runs::values_into(run, &mut values)?;
+            let gained = match held.get_mut(group) {
+                None => values.len(),
+                Some(held) => {
+                    held.sort_unstable();
+                    values
+                        .iter()
+                        .filter(|v| held.binary_search(v).is_err())
+                        .count()
+                }
+            };
+            if gained > 0 {
+                gains.push((*group, gained as i64));
+            }
+        }
+        Ok(gains)
     }
 
     /// Reads every window of `key_groups` closed under `watermark` and adds their deletion to
@@ -441,9 +492,10 @@ impl StateStore {
         let Some(ranges) = self.closing_ranges(key_groups, watermark)? else {
             return Ok(closed);
         };
-        // Values that stores of earlier versions keep one key each, per (window, aggregate,
-        // group) of the key group being scanned: counted with the run of the same shard if
-        // there is one (it sorts after them), else on their own at the key group's end.
+        // Values that stores of earlier versions keep one key each or in runs of one group,
+        // per (window, aggregate, group) of the key group being scanned: counted with the
+        // group's run in the group runs of the same (window, aggregate) if there is one (they
+        // sort after them), else on their own at the key group's end.
         let mut legacy: FastMap<ShardKey, Vec<Vec<u8>>> = FastMap::default();
         self.scan_ranges(&ranges, |scanned| {
             let (key, value) = match scanned {
@@ -480,24 +532,37 @@ impl StateStore {
                         partials,
                     });
                 }
+                Some(StateKey::GroupRuns { window, agg }) => {
+                    for run in group_runs::iter(value)? {
+                        let run = run?;
+                        let shard = (window, agg, run.group.to_vec());
+                        // Stores of this version hold no values of the layouts before.
+                        let old = match legacy.is_empty() {
+                            true => None,
+                            false => legacy.remove(&shard),
+                        };
+                        let count = match old {
+                            None => u64::from(runs::count(run.run)?),
+                            Some(old) => {
+                                let mut values = Vec::new();
+                                runs::values_into(run.run, &mut values)?;
+                                values.extend(old.iter().map(Vec::as_slice));
+                                count_unique(&mut values)
+                            }
+                        };
+                        closed.distinct_removed += count;
+                        closed.shard_counts.push((shard, count as i64));
+                    }
+                }
+                // A run of one group (earlier versions): counted with the group's run in the
+                // group runs after it, if any, else at the key group's end.
                 Some(StateKey::Run { window, agg, group }) => {
-                    let shard = (window, agg, group.to_vec());
-                    // Stores of this version hold no values one key each.
-                    let old = match legacy.is_empty() {
-                        true => None,
-                        false => legacy.remove(&shard),
-                    };
-                    let count = match old {
-                        None => u64::from(runs::count(value)?),
-                        Some(old) => {
-                            let mut values = Vec::new();
-                            runs::values_into(value, &mut values)?;
-                            values.extend(old.iter().map(Vec::as_slice));
-                            count_unique(&mut values)
-                        }
-                    };
-                    closed.distinct_removed += count;
-                    closed.shard_counts.push((shard, count as i64));
+                    let mut values = Vec::new();
+                    runs::values_into(value, &mut values)?;
+                    legacy
+                        .entry((window, agg, group.to_vec()))
+                        .or_default()
+                        .extend(values.iter().map(|v| v.to_vec()));
                 }
                 Some(StateKey::Distinct {
                     window,
@@ -802,7 +867,7 @@ mod tests {
         // The next window is counted alone, though the first one's keys are still in the
         // memtable behind their range deletion.
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0, 0..8, 600, 3, &mut batch).unwrap();
+        let closed = store.take_closed(0, 0..8, 900, 3, &mut batch).unwrap();
         let counted: Vec<_> = closed
             .shard_counts
             .iter()
@@ -868,30 +933,80 @@ mod tests {
         assert_eq!(counts(&store, 300), [(w, expected.len() as i64)]);
     }
 
+    /// The runs of one group that an earlier version wrote for (window, aggregate 1, `group`):
+    /// one a key group, as merge operands under their own keys.
+    fn earlier_runs(batch: &mut WriteBatch, w: Window, group: &[u8], names: &[&str]) {
+        let shards = keys::ValueShards::new(w, 1, group, 8);
+        let mut by_kg: std::collections::BTreeMap<u32, Vec<&[u8]>> = Default::default();
+        for v in names {
+            by_kg
+                .entry(shards.of(v.as_bytes()))
+                .or_default()
+                .push(v.as_bytes());
+        }
+        for (kg, mut values) in by_kg {
+            values.sort();
+            let mut run = runs::RunWriter::default();
+            for v in values {
+                run.push(v).unwrap();
+            }
+            batch.merge(keys::run_key(0, kg, w, 1, group), run.finish());
+        }
+    }
+
+    /// A store of an earlier version holds runs of one group (and values one key each); this
+    /// version's group runs join them: a window's count is each group's values once, whether
+    /// they are in the runs of one group, the group runs or both, and update mode counts as
+    /// new only what neither holds.
     #[test]
-    fn values_kept_one_key_each_by_earlier_versions_are_counted_with_runs() {
+    fn runs_of_one_group_written_by_earlier_versions_are_counted_with_group_runs() {
         let (_dir, store) = empty_store();
         let w = Window { start: 0, end: 300 };
         let later = Window {
             start: 300,
             end: 600,
         };
-        // What an earlier version left: a key per value, in both windows.
+        let last = Window {
+            start: 600,
+            end: 900,
+        };
         let mut batch = WriteBatch::default();
-        for key in legacy_keys(w, &["u1", "u2", "u3"]) {
+        earlier_runs(&mut batch, w, b"g", &["u1", "u2", "u3"]);
+        earlier_runs(&mut batch, w, b"h", &["x1", "x2"]);
+        earlier_runs(&mut batch, later, b"g", &["u7"]);
+        // Values one key each: with runs of their group, and in a window of their own.
+        for key in legacy_keys(w, &["u3", "u9"]) {
             batch.put(key, []);
         }
-        for key in legacy_keys(later, &["u7"]) {
+        for key in legacy_keys(last, &["u6", "u8"]) {
             batch.put(key, []);
         }
         store.commit_epoch(0, batch).unwrap();
-        // This version adds runs to the first window only, overlapping the old values.
         let mut batch = WriteBatch::default();
-        store
-            .fold(0, values(w, &["u2", "u3", "u4", "u5"]), &mut batch)
+        let counted = store
+            .fold_counting(0, values(w, &["u2", "u3", "u4", "u5"]), &mut batch)
             .unwrap();
+        // u2 and u3 are in the runs of one group: u4 and u5 are new (u9, held one key each,
+        // is not looked up by update mode, which stores of those versions did not run).
+        let gained: i64 = counted.gains.iter().map(|(_, n)| n).sum();
+        assert_eq!(gained, 2);
         store.commit_epoch(1, batch).unwrap();
-        assert_eq!(counts(&store, 600), [(w, 5), (later, 1)]);
+        let mut batch = WriteBatch::default();
+        let closed = store.take_closed(0, 0..8, 900, 3, &mut batch).unwrap();
+        let mut by_group: std::collections::BTreeMap<(Window, Vec<u8>), i64> = Default::default();
+        for ((window, agg, group), n) in closed.shard_counts {
+            assert_eq!(agg, 1);
+            *by_group.entry((window, group)).or_default() += n;
+        }
+        let expected: std::collections::BTreeMap<(Window, Vec<u8>), i64> = [
+            ((w, b"g".to_vec()), 6),
+            ((w, b"h".to_vec()), 2),
+            ((later, b"g".to_vec()), 1),
+            ((last, b"g".to_vec()), 2),
+        ]
+        .into();
+        assert_eq!(by_group, expected);
+        assert_eq!(closed.distinct_removed, 11);
     }
 
     #[test]
@@ -904,7 +1019,7 @@ mod tests {
         let (run_key, _) = store
             .entries()
             .into_iter()
-            .find(|(k, _)| matches!(keys::parse_key(k), Some(StateKey::Run { .. })))
+            .find(|(k, _)| keys::is_group_runs_key(k))
             .unwrap();
         let mut batch = WriteBatch::default();
         batch.merge(&run_key, [1, 0, 0, 0, 9]);
