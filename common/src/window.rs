@@ -126,6 +126,15 @@ impl WindowSpec {
     pub fn last_window_end(&self, ts: i64) -> Result<i64, OutOfRange> {
         self.windows(ts).map(|w| w.last_end())
     }
+
+    /// The latest time at or before `t` at which a window ends (windows end at `start +
+    /// size`, give or take whole slides): closing under a watermark takes nothing new when
+    /// this is not past the watermark it last closed under.
+    pub fn last_end_at_or_before(&self, t: i64) -> i64 {
+        let (t, slide) = (i128::from(t), i128::from(self.slide));
+        let phase = i128::from(self.start) + i128::from(self.size);
+        i64::try_from(t - (t - phase).rem_euclid(slide)).unwrap_or(i64::MIN)
+    }
 }
 
 /// The windows of one event time whose arithmetic [`WindowSpec::windows`] checked.
@@ -181,6 +190,31 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000_000;
+
+    /// The latest end at or before a time is a window's end, within a slide of the time, for
+    /// tumbling, sliding and offset windows, before and after zero.
+    #[test]
+    fn the_latest_window_end_at_or_before_a_time_is_a_windows_end() {
+        let specs = [
+            WindowSpec::tumbling(300),
+            WindowSpec::new(600, 200, 50).unwrap(),
+            WindowSpec::new(5 * MIN, MIN, 7).unwrap(),
+        ];
+        assert_eq!(specs[0].last_end_at_or_before(299), 0);
+        assert_eq!(specs[0].last_end_at_or_before(300), 300);
+        assert_eq!(specs[0].last_end_at_or_before(-1), -300);
+        assert_eq!(specs[1].last_end_at_or_before(449), 250);
+        assert_eq!(specs[1].last_end_at_or_before(450), 450);
+        for spec in specs {
+            for t in (-3 * spec.size..3 * spec.size).step_by(7) {
+                let end = spec.last_end_at_or_before(t);
+                assert!(end <= t && end > t - spec.slide, "{spec:?} {t}: {end}");
+                let windows = spec.windows_of(end - 1).unwrap();
+                assert!(windows.iter().any(|w| w.end == end), "{spec:?} {t}: {end}");
+            }
+        }
+        assert_eq!(specs[0].last_end_at_or_before(i64::MIN), i64::MIN);
+    }
 
     #[test]
     fn tumbling_start_inclusive_end_exclusive() {

@@ -103,6 +103,7 @@ impl WindowAggregate {
                     self.op,
                     range,
                     watermark,
+                    &self.query.window,
                     self.query.aggregates.len(),
                     batch,
                 )?;

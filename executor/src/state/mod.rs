@@ -24,7 +24,7 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partial};
 use weir_common::keygroup::{key_group, KeyGroups};
-use weir_common::window::Window;
+use weir_common::window::{Window, WindowSpec};
 
 use crate::aggregate::partials::{DistinctRun, FastMap, Partials, ShardKey};
 use crate::state::distinct_runs as runs;
@@ -485,10 +485,20 @@ impl StateStore {
         op: u8,
         key_groups: Range<u32>,
         watermark: i64,
+        windows: &WindowSpec,
         aggregates: usize,
         batch: &mut WriteBatch,
     ) -> Result<Closed, StateError> {
         let mut closed = Closed::default();
+        // No window ended since the last closing: nothing closed. The scan would only seek
+        // onto the first key of each key group's open window, and merging a run there (a
+        // window holding millions of values) each epoch cost more than the epoch's work.
+        let taken = self.closed_through()?;
+        let last_end = windows.last_end_at_or_before(watermark);
+        if taken.is_some_and(|t| t >= last_end && t < watermark) {
+            batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
+            return Ok(closed);
+        }
         let Some(ranges) = self.closing_ranges(key_groups, watermark)? else {
             return Ok(closed);
         };
@@ -690,6 +700,13 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    /// The windows of the tests: 300 long, one after another from 0.
+    const TUMBLING: WindowSpec = WindowSpec {
+        size: 300,
+        slide: 300,
+        start: 0,
+    };
+
     /// An empty store of 8 key groups, in a directory removed when the first is dropped.
     fn empty_store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -754,7 +771,7 @@ mod tests {
         let taken = |store: &StateStore, key_groups: Range<u32>, watermark: i64| {
             let mut batch = WriteBatch::default();
             let closed = store
-                .take_closed(0, key_groups, watermark, 1, &mut batch)
+                .take_closed(0, key_groups, watermark, &TUMBLING, 1, &mut batch)
                 .unwrap();
             store.commit_epoch(1, batch).unwrap();
             let mut rows: Vec<(Window, Vec<u8>)> = closed
@@ -815,7 +832,9 @@ mod tests {
         assert_eq!(gained(&["u0", "u5", "u9"], 3), 3);
         // What the window closes with agrees with the gains' sum.
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
+        let closed = store
+            .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
+            .unwrap();
         assert_eq!(closed.distinct_removed, 7);
     }
 
@@ -848,7 +867,9 @@ mod tests {
             .unwrap();
         store.commit_epoch(2, batch).unwrap();
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
+        let closed = store
+            .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
+            .unwrap();
         let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
         assert_eq!(counted, 4);
         assert_eq!(closed.distinct_removed, 4);
@@ -861,13 +882,17 @@ mod tests {
 
         // Under the same watermark again, nothing is left to take.
         let mut batch = WriteBatch::default();
-        let again = store.take_closed(0, 0..8, 300, 3, &mut batch).unwrap();
+        let again = store
+            .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
+            .unwrap();
         assert_eq!((again.shard_counts.len(), again.distinct_removed), (0, 0));
         store.commit_epoch(4, batch).unwrap();
         // The next window is counted alone, though the first one's keys are still in the
         // memtable behind their range deletion.
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0, 0..8, 900, 3, &mut batch).unwrap();
+        let closed = store
+            .take_closed(0, 0..8, 900, &TUMBLING, 3, &mut batch)
+            .unwrap();
         let counted: Vec<_> = closed
             .shard_counts
             .iter()
@@ -890,7 +915,9 @@ mod tests {
         copy.fold(0, values(later, &["u3"]), &mut batch).unwrap();
         copy.commit_epoch(0, batch).unwrap();
         let mut batch = WriteBatch::default();
-        let closed = copy.take_closed(0, 0..8, 600, 3, &mut batch).unwrap();
+        let closed = copy
+            .take_closed(0, 0..8, 600, &TUMBLING, 3, &mut batch)
+            .unwrap();
         assert_eq!(closed.distinct_removed, 3);
     }
 
@@ -898,7 +925,7 @@ mod tests {
     fn counts(store: &StateStore, watermark: i64) -> Vec<(Window, i64)> {
         let mut batch = WriteBatch::default();
         let closed = store
-            .take_closed(0, 0..8, watermark, 3, &mut batch)
+            .take_closed(0, 0..8, watermark, &TUMBLING, 3, &mut batch)
             .unwrap();
         let mut sums: Vec<(Window, i64)> = Vec::new();
         for ((window, _, _), n) in closed.shard_counts {
@@ -992,7 +1019,9 @@ mod tests {
         assert_eq!(gained, 2);
         store.commit_epoch(1, batch).unwrap();
         let mut batch = WriteBatch::default();
-        let closed = store.take_closed(0, 0..8, 900, 3, &mut batch).unwrap();
+        let closed = store
+            .take_closed(0, 0..8, 900, &TUMBLING, 3, &mut batch)
+            .unwrap();
         let mut by_group: std::collections::BTreeMap<(Window, Vec<u8>), i64> = Default::default();
         for ((window, agg, group), n) in closed.shard_counts {
             assert_eq!(agg, 1);
@@ -1007,6 +1036,50 @@ mod tests {
         .into();
         assert_eq!(by_group, expected);
         assert_eq!(closed.distinct_removed, 11);
+    }
+
+    /// A watermark that reached no window's end since the last closing closes nothing and
+    /// reads nothing: not even the open window's runs (made unreadable here), which only the
+    /// closing under their end reads.
+    #[test]
+    fn closing_reads_nothing_until_a_window_ends() {
+        let (_dir, store) = empty_store();
+        let (first, open) = (
+            Window { start: 0, end: 300 },
+            Window {
+                start: 300,
+                end: 600,
+            },
+        );
+        for (epoch, w) in [(0, first), (1, open)] {
+            let mut batch = WriteBatch::default();
+            store.fold(0, values(w, &["u1", "u2"]), &mut batch).unwrap();
+            store.commit_epoch(epoch, batch).unwrap();
+        }
+        let close = |watermark: i64, epoch: u64| {
+            let mut batch = WriteBatch::default();
+            let closed = store.take_closed(0, 0..8, watermark, &TUMBLING, 3, &mut batch);
+            store.commit_epoch(epoch, batch).unwrap();
+            closed.map(|c| c.shard_counts.len())
+        };
+        assert!(close(300, 2).unwrap() > 0);
+        let mut batch = WriteBatch::default();
+        for (key, _) in store.entries() {
+            if keys::is_group_runs_key(&key)
+                && keys::parse_key(&key).is_some_and(|k| {
+                    k == StateKey::GroupRuns {
+                        window: open,
+                        agg: 1,
+                    }
+                })
+            {
+                batch.merge(&key, [1, 0, 0, 0, 9]);
+            }
+        }
+        store.commit_epoch(3, batch).unwrap();
+        assert_eq!(close(450, 4).unwrap(), 0);
+        assert_eq!(close(599, 5).unwrap(), 0);
+        assert!(close(600, 6).is_err());
     }
 
     #[test]
@@ -1025,6 +1098,8 @@ mod tests {
         batch.merge(&run_key, [1, 0, 0, 0, 9]);
         store.commit_epoch(1, batch).unwrap();
         let mut batch = WriteBatch::default();
-        assert!(store.take_closed(0, 0..8, 300, 3, &mut batch).is_err());
+        assert!(store
+            .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
+            .is_err());
     }
 }

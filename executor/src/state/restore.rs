@@ -148,10 +148,19 @@ mod tests {
 
     const K: u32 = 8;
 
+    /// Takes the window that closes at 300 (of windows 300 long) out of `store`, in `batch`.
+    fn take_first_window(
+        store: &StateStore,
+        batch: &mut rocksdb::WriteBatch,
+    ) -> crate::state::Closed {
+        let windows = weir_common::window::WindowSpec::tumbling(300);
+        store.take_closed(0, 0..K, 300, &windows, 1, batch).unwrap()
+    }
+
     /// The distinct values `store` holds in the window that closes at 300.
     fn distinct_values(store: &StateStore) -> u64 {
         let mut batch = rocksdb::WriteBatch::default();
-        let closed = store.take_closed(0, 0..K, 300, 1, &mut batch).unwrap();
+        let closed = take_first_window(store, &mut batch);
         let counted: i64 = closed.shard_counts.iter().map(|(_, c)| *c).sum();
         assert_eq!(counted as u64, closed.distinct_removed);
         closed.distinct_removed
@@ -338,7 +347,7 @@ mod tests {
             );
         }
         if e == 4 {
-            store.take_closed(0, 0..K, 300, 1, &mut batch).unwrap();
+            take_first_window(store, &mut batch);
         }
         store.fold(0, partials, &mut batch).unwrap();
         batch
