@@ -52,6 +52,10 @@ pub fn distinct_runs(
     out.finish().pop().map(|p| p.distinct).unwrap_or_default()
 }
 
+/// Bytes of runs after which a key group's group runs of one (window, aggregate) go on in
+/// another value under the same key.
+const GROUP_RUNS_BYTES: usize = 256 << 10;
+
 /// The exact-distinct sets of one (window, aggregate), one a group: its group key and its
 /// values sorted by key group and value.
 pub type GroupSets<'a> = Vec<(&'a [u8], Shards)>;
@@ -486,19 +490,35 @@ impl<'a> ByOwner<'a> {
         let overflow = |_| MergeError::Overflow("values of a distinct run");
         for same_kg in shards.chunk_by(|a, b| a.1.kg == b.1.kg) {
             let kg = same_kg[0].1.kg;
-            let bytes = same_kg
-                .iter()
-                .map(|(i, shard)| sets[*i].0.len() + 10 + shard.run_bytes())
-                .sum();
-            let mut runs = GroupRunsWriter::with_capacity(bytes);
-            for (i, shard) in same_kg {
-                runs.push(sets[*i].0, shard.values()).map_err(overflow)?;
-            }
             let key = keys::group_runs_key(self.op, kg, window, agg);
-            self.owner(kg).distinct.push(DistinctRun {
-                key,
-                run: runs.finish(),
-            });
+            // Whole groups at a time, up to GROUP_RUNS_BYTES a value: an exchange row (and
+            // message) stays about the size of one group's run, as when each group had its
+            // own key; the owner's fold unions the values of one key.
+            let group_bytes =
+                |(i, shard): &(usize, Shard<'_>)| sets[*i].0.len() + 10 + shard.run_bytes();
+            let mut groups = same_kg;
+            while !groups.is_empty() {
+                // The groups that start below the bound (at least one).
+                let mut start = 0;
+                let taken = groups
+                    .iter()
+                    .take_while(|group| {
+                        let below = start < GROUP_RUNS_BYTES;
+                        start += group_bytes(group);
+                        below
+                    })
+                    .count();
+                let bytes = groups[..taken].iter().map(group_bytes).sum();
+                let mut runs = GroupRunsWriter::with_capacity(bytes);
+                for (i, shard) in &groups[..taken] {
+                    runs.push(sets[*i].0, shard.values()).map_err(overflow)?;
+                }
+                self.owner(kg).distinct.push(DistinctRun {
+                    key: key.clone(),
+                    run: runs.finish(),
+                });
+                groups = &groups[taken..];
+            }
         }
         Ok(())
     }
@@ -615,6 +635,56 @@ mod tests {
             got.sort();
             assert_eq!(got, expected);
         }
+    }
+
+    /// A key group's sets too large for one value go in several under its key, whole groups
+    /// each, in order, none past the bound by more than its last group; together they hold
+    /// every value once.
+    #[test]
+    fn large_sets_of_a_key_group_go_in_values_of_whole_groups() {
+        let groups: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
+        let values: Vec<Vec<u8>> = (0..30_000)
+            .map(|i| format!("user-{i:07}").into_bytes())
+            .collect();
+        let owners = vec![0; 1];
+        let mut out = ByOwner::new(&owners, 1, 0);
+        let sets = groups
+            .iter()
+            .map(|group| {
+                let mut set = DistinctSet::new(w(0), 1, group, 1);
+                // Each group a different share of the values: 30 000, 15 000, 10 000, 7 500.
+                let every = groups.iter().position(|g| g == group).unwrap() + 1;
+                for v in values.iter().step_by(every) {
+                    set.add(v);
+                }
+                (*group, set.into_shards())
+            })
+            .collect();
+        out.add_distinct_sets(w(0), 1, sets).unwrap();
+        let runs = out.finish().remove(0).distinct;
+        assert!(runs.len() > 1, "{} values", runs.len());
+        let key = keys::group_runs_key(0, 0, w(0), 1);
+        let mut seen: Vec<(Vec<u8>, u32)> = Vec::new();
+        for r in &runs {
+            assert_eq!(r.key, key);
+            let counts = group_runs::counts(&r.run).unwrap();
+            let last = group_runs::iter(&r.run).unwrap().last().unwrap().unwrap();
+            assert!(
+                r.run.len() - last.run.len() <= GROUP_RUNS_BYTES + 64,
+                "{}",
+                r.run.len()
+            );
+            seen.extend(counts.into_iter().map(|(g, n)| (g.to_vec(), n)));
+        }
+        let expected: Vec<(Vec<u8>, u32)> = vec![
+            (b"a".to_vec(), 30_000),
+            (b"b".to_vec(), 15_000),
+            (b"c".to_vec(), 10_000),
+            (b"d".to_vec(), 7_500),
+        ];
+        assert_eq!(seen, expected);
+        let union = runs::union_at(&key, runs.iter().map(|r| &r.run[..])).unwrap();
+        assert_eq!(group_runs::total(&union), Ok(62_500));
     }
 
     #[test]
