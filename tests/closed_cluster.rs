@@ -72,6 +72,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
         address: "http://127.0.0.1:9".into(),
         incarnation: 1,
         preparing: false,
+        exchange_format: 1,
     };
     answers.push(answer("register", d.register(register("rogue")).await));
     answers.push(answer(
@@ -100,6 +101,7 @@ async fn rogue(driver: &str, executors: &[String], admin: &str, job_id: &str) ->
             executor_id: format!("executor-{i}"),
             address: a.clone(),
             key_groups: vec![KeyGroupRange { start: 0, end: 1 }],
+            exchange_format: 1,
         })
         .collect();
     for address in executors {

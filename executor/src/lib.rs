@@ -225,6 +225,7 @@ async fn register(me: &Identity, preparing: bool) -> anyhow::Result<RegisterResp
                 address: me.address.clone(),
                 incarnation: me.incarnation,
                 preparing,
+                exchange_format: exchange::EXCHANGE_FORMAT,
             });
             let nonce = config
                 .cluster_secret

@@ -162,6 +162,7 @@ impl ExecutorClients {
                         end: *end,
                     })
                     .collect(),
+                exchange_format: member.exchange_format,
             });
             targets.push((a, member.clone()));
         }

@@ -23,6 +23,9 @@ pub struct Member {
     /// It can run epochs: it has opened its state store, input and tables since it registered
     /// (it needs the job the registration answers for that). No epoch is assigned to it before.
     pub ready: bool,
+    /// The exchange format it declared (0 when it predates the field): its peers send it
+    /// what it reads.
+    pub exchange_format: u32,
 }
 
 pub enum MembershipMsg {
@@ -36,6 +39,7 @@ pub enum MembershipMsg {
         incarnation: u64,
         replaces: Option<u64>,
         ready: bool,
+        exchange_format: u32,
         reply: oneshot::Sender<Result<(), Member>>,
     },
     /// Answers whether the executor is a member under that incarnation (its beat counts);
@@ -120,6 +124,7 @@ pub async fn run(
                 incarnation,
                 replaces,
                 ready,
+                exchange_format,
                 reply,
             } => {
                 if let Some(held) = table.get(&id) {
@@ -148,6 +153,7 @@ pub async fn run(
                         last_heartbeat: now,
                         leaving: false,
                         ready,
+                        exchange_format,
                     },
                 );
                 members.send_replace(table.values().cloned().collect());
@@ -239,6 +245,7 @@ mod tests {
             incarnation,
             replaces,
             ready,
+            exchange_format: 1,
             reply,
         })
         .await
@@ -295,6 +302,8 @@ mod tests {
             readiness(&mut members),
             vec![("a".into(), false), ("b".into(), true)]
         );
+        // What each declared it reads comes with it (its peers are sent that).
+        assert!(members.borrow().iter().all(|m| m.exchange_format == 1));
         assert!(beat_with(&tx, "a", 1, false).await);
         assert!(
             !members.has_changed().unwrap(),

@@ -222,6 +222,7 @@ mod tests {
             last_heartbeat: registered_at,
             leaving: false,
             ready: true,
+            exchange_format: 1,
         }
     }
 

@@ -108,6 +108,7 @@ impl Driver for DriverService {
             incarnation: req.incarnation,
             replaces,
             ready: !req.preparing,
+            exchange_format: req.exchange_format,
             reply,
         })
         .await?

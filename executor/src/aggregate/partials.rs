@@ -18,7 +18,7 @@ use weir_common::window::{check_event_time, Window, WindowSpec};
 #[cfg(test)]
 use crate::aggregate::distinct_set::DistinctSet;
 use crate::aggregate::distinct_set::{Shard, Shards};
-use crate::state::distinct_runs::{self as runs, RunError};
+use crate::state::distinct_runs::{self as runs, RunError, RunWriter};
 use crate::state::group_runs::{self, GroupRunsWriter};
 #[cfg(test)]
 use crate::state::keys::ValueShards;
@@ -411,6 +411,8 @@ impl PlanPartials {
 /// index of the owner of key group `kg`, one of `0..n`.
 pub struct ByOwner<'a> {
     owners: &'a [usize],
+    /// By owner: it takes only runs of one group (`Topology::one_group_runs`).
+    one_group_runs: &'a [bool],
     /// The operator whose partials these are (its distinct keys carry it).
     op: u8,
     parts: Vec<Partials>,
@@ -420,9 +422,17 @@ impl<'a> ByOwner<'a> {
     pub fn new(owners: &'a [usize], n: usize, op: u8) -> Self {
         Self {
             owners,
+            one_group_runs: &[],
             op,
             parts: (0..n).map(|_| Partials::default()).collect(),
         }
+    }
+
+    /// Sends the owners marked in `one_group_runs` their distinct values as runs of one group
+    /// under a key each, the format of executors that predate group runs.
+    pub fn with_one_group_runs(mut self, one_group_runs: &'a [bool]) -> Self {
+        self.one_group_runs = one_group_runs;
+        self
     }
 
     /// The job's number of key groups.
@@ -430,9 +440,13 @@ impl<'a> ByOwner<'a> {
         self.owners.len() as u32
     }
 
-    fn owner(&mut self, kg: u32) -> &mut Partials {
+    fn owner_of(&self, kg: u32) -> usize {
         let last = self.parts.len() - 1;
-        let to = self.owners.get(kg as usize).copied().unwrap_or(0).min(last);
+        self.owners.get(kg as usize).copied().unwrap_or(0).min(last)
+    }
+
+    fn owner(&mut self, kg: u32) -> &mut Partials {
+        let to = self.owner_of(kg);
         &mut self.parts[to]
     }
 
@@ -490,6 +504,20 @@ impl<'a> ByOwner<'a> {
         let overflow = |_| MergeError::Overflow("values of a distinct run");
         for same_kg in shards.chunk_by(|a, b| a.1.kg == b.1.kg) {
             let kg = same_kg[0].1.kg;
+            if self.one_group_runs.get(self.owner_of(kg)) == Some(&true) {
+                for (i, shard) in same_kg {
+                    let mut run = RunWriter::with_capacity(shard.run_bytes());
+                    for value in shard.values() {
+                        run.push(value).map_err(overflow)?;
+                    }
+                    let key = keys::run_key(self.op, kg, window, agg, sets[*i].0);
+                    self.owner(kg).distinct.push(DistinctRun {
+                        key,
+                        run: run.finish(),
+                    });
+                }
+                continue;
+            }
             let key = keys::group_runs_key(self.op, kg, window, agg);
             // Whole groups at a time, up to GROUP_RUNS_BYTES a value: an exchange row (and
             // message) stays about the size of one group's run, as when each group had its
@@ -685,6 +713,61 @@ mod tests {
         assert_eq!(seen, expected);
         let union = runs::union_at(&key, runs.iter().map(|r| &r.run[..])).unwrap();
         assert_eq!(group_runs::total(&union), Ok(62_500));
+    }
+
+    /// An owner that predates group runs is sent runs of one group under a key each (as it
+    /// reads them); the others get group runs. Every value reaches its key group's owner once,
+    /// in its group.
+    #[test]
+    fn an_owner_that_predates_group_runs_is_sent_runs_of_one_group() {
+        let key_groups = 16u32;
+        let owners: Vec<usize> = (0..key_groups).map(|kg| usize::from(kg >= 8)).collect();
+        let one_group_runs = [false, true];
+        let mut out = ByOwner::new(&owners, 2, 0).with_one_group_runs(&one_group_runs);
+        let groups: [&[u8]; 2] = [b"view", b"click"];
+        let values: Vec<Vec<u8>> = (0..500).map(|i| format!("user-{i}").into_bytes()).collect();
+        let sets = groups
+            .iter()
+            .map(|group| {
+                let mut set = DistinctSet::new(w(0), 1, group, key_groups);
+                for v in &values {
+                    set.add(v);
+                }
+                (*group, set.into_shards())
+            })
+            .collect();
+        out.add_distinct_sets(w(0), 1, sets).unwrap();
+        let mut seen: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+        for (owner, part) in out.finish().into_iter().enumerate() {
+            assert!(!part.distinct.is_empty());
+            for r in part.distinct {
+                assert_eq!(owners[key_group_of(&r.key).unwrap() as usize], owner);
+                let by_group: Vec<(Vec<u8>, &[u8])> = match parse_key(&r.key) {
+                    Some(StateKey::Run { group, .. }) if owner == 1 => {
+                        vec![(group.to_vec(), &r.run[..])]
+                    }
+                    Some(StateKey::GroupRuns { .. }) if owner == 0 => group_runs::iter(&r.run)
+                        .unwrap()
+                        .map(|g| g.map(|g| (g.group.to_vec(), g.run)).unwrap())
+                        .collect(),
+                    other => panic!("owner {owner}: {other:?}"),
+                };
+                for (group, run) in by_group {
+                    let mut in_run = Vec::new();
+                    runs::values_into(run, &mut in_run).unwrap();
+                    seen.entry(group)
+                        .or_default()
+                        .extend(in_run.iter().map(|v| v.to_vec()));
+                }
+            }
+        }
+        for group in groups {
+            let mut got = seen.remove(group).unwrap();
+            got.sort();
+            let mut expected = values.clone();
+            expected.sort();
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@ use inbox::{InboxMsg, Received, RunKey};
 /// How many batches may wait in the inbox before senders are slowed down.
 pub const INBOX_CAPACITY: usize = 8;
 
+/// The exchange format this executor reads and writes (`RegisterRequest.exchange_format`):
+/// exact-distinct values as group runs. A peer that declares none (it predates group runs)
+/// takes only runs of one group, and is sent those.
+pub const EXCHANGE_FORMAT: u32 = 1;
+
 /// One executor of an epoch, as the exchange sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {

@@ -5,7 +5,7 @@ use std::ops::Range;
 use weir_common::keygroup::KeyGroups;
 use weir_proto::control::ExecuteRequest;
 
-use crate::exchange::Peer;
+use crate::exchange::{Peer, EXCHANGE_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -31,6 +31,9 @@ pub struct Topology {
     pub me: usize,
     /// `owners[kg]`: index in `peers` of the owner of key group `kg`.
     pub owners: Vec<usize>,
+    /// By index in `peers`: it takes only runs of one group (it declared no exchange format,
+    /// predating group runs). Never this executor.
+    pub one_group_runs: Vec<bool>,
 }
 
 impl Topology {
@@ -48,6 +51,7 @@ impl Topology {
                 }],
                 me: 0,
                 owners: vec![0; key_groups as usize],
+                one_group_runs: vec![false],
             });
         }
         let mut owners: Vec<Option<usize>> = vec![None; key_groups as usize];
@@ -86,7 +90,15 @@ impl Topology {
             .iter()
             .position(|p| p.executor_id == executor_id)
             .ok_or_else(|| TopologyError::NotAPeer(executor_id.to_string()))?;
-        Ok(Topology { peers, me, owners })
+        let one_group_runs = (req.peers.iter().enumerate())
+            .map(|(i, p)| i != me && p.exchange_format < EXCHANGE_FORMAT)
+            .collect();
+        Ok(Topology {
+            peers,
+            me,
+            owners,
+            one_group_runs,
+        })
     }
 
     /// The key groups this executor owns, as contiguous ranges.
@@ -127,6 +139,7 @@ mod tests {
                     end: *end,
                 })
                 .collect(),
+            exchange_format: EXCHANGE_FORMAT,
         }
     }
 
@@ -144,6 +157,23 @@ mod tests {
         assert_eq!(t.me, 1);
         assert_eq!(t.owners, vec![0, 0, 0, 1, 1, 1, 1, 1]);
         assert_eq!(t.owned(), vec![3..8]);
+    }
+
+    /// A peer that declared no exchange format (it predates group runs) is marked to be sent
+    /// runs of one group; this executor never is, whatever the plan says of it.
+    #[test]
+    fn peers_without_an_exchange_format_are_sent_runs_of_one_group() {
+        let old = |id, ranges| ProtoPeer {
+            exchange_format: 0,
+            ..peer(id, ranges)
+        };
+        let req = request(vec![
+            peer("a", &[(0, 3)]),
+            old("b", &[(3, 6)]),
+            old("c", &[(6, 8)]),
+        ]);
+        let t = Topology::from_request(&req, "c", 8).unwrap();
+        assert_eq!(t.one_group_runs, [false, true, false]);
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl WindowAggregate {
         watermark: Option<i64>,
         batch: &mut WriteBatch,
     ) -> anyhow::Result<(Vec<Partials>, Closing)> {
-        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len(), self.op);
+        let mut outgoing = ByOwner::new(&topology.owners, topology.peers.len(), self.op)
+            .with_one_group_runs(&topology.one_group_runs);
         pre.route(&mut outgoing)
             .context("routing partial aggregates")?;
         let mut closing = Closing {

@@ -173,8 +173,8 @@ pub fn distinct_key(kg: u32, w: Window, agg: u8, group: &[u8], value: &[u8]) -> 
 }
 
 /// The key of the run that holds the distinct values of (window, aggregate `agg`, group) of
-/// operator `op` in key group `kg`, as stores of earlier versions hold them.
-#[cfg(test)]
+/// operator `op` in key group `kg`, as stores of earlier versions hold them and executors of
+/// earlier versions take them.
 pub fn run_key(op: u8, kg: u32, w: Window, agg: u8, group: &[u8]) -> Vec<u8> {
     set_key(kg, w, tag(op, TAG_RUN), agg, group, 0)
 }
@@ -211,7 +211,6 @@ pub fn runs_of_key_range(key: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 /// The key of (window, aggregate `agg`, group) in key group `kg` under `tag`, with room for
 /// `extra` bytes after it.
-#[cfg(test)]
 fn set_key(kg: u32, w: Window, tag: u8, agg: u8, group: &[u8], extra: usize) -> Vec<u8> {
     let mut k = head(kg, w.end, tag, w.start, 5 + group.len() + extra);
     k.push(agg);
