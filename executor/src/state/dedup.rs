@@ -24,7 +24,8 @@ impl StateStore {
         watermark: i64,
         batch: &mut WriteBatch,
     ) -> Result<u64, StateError> {
-        let Some(ranges) = self.closing_ranges(key_groups, watermark)? else {
+        // An expiry may be any time up to the watermark.
+        let Some(ranges) = self.closing_ranges(key_groups, watermark, watermark)? else {
             return Ok(0);
         };
         let mut expired = 0;

@@ -490,16 +490,8 @@ impl StateStore {
         batch: &mut WriteBatch,
     ) -> Result<Closed, StateError> {
         let mut closed = Closed::default();
-        // No window ended since the last closing: nothing closed. The scan would only seek
-        // onto the first key of each key group's open window, and merging a run there (a
-        // window holding millions of values) each epoch cost more than the epoch's work.
-        let taken = self.closed_through()?;
         let last_end = windows.last_end_at_or_before(watermark);
-        if taken.is_some_and(|t| t >= last_end && t < watermark) {
-            batch.put(CLOSED_THROUGH_KEY, watermark.to_be_bytes());
-            return Ok(closed);
-        }
-        let Some(ranges) = self.closing_ranges(key_groups, watermark)? else {
+        let Some(ranges) = self.closing_ranges(key_groups, watermark, last_end)? else {
             return Ok(closed);
         };
         // Values that stores of earlier versions keep one key each or in runs of one group,
@@ -629,15 +621,22 @@ impl StateStore {
     /// from the first key an earlier closing left (windows taken by an earlier epoch are
     /// range-deleted, but their keys stay in the memtable until the next flush, and seeking
     /// past them again cost more than the count) up to the watermark. `None` when an earlier
-    /// closing went as far.
+    /// closing went as far; none when nothing can have ended since it: entries end only at
+    /// or before `last_end` (the latest window end up to the watermark, or the watermark
+    /// itself). A scan would then only seek onto the first key past each range, an open
+    /// window's, and merging a large window's runs there every epoch cost more than the epoch.
     fn closing_ranges(
         &self,
         key_groups: Range<u32>,
         watermark: i64,
+        last_end: i64,
     ) -> Result<Option<Vec<KeyRange>>, StateError> {
         let taken = self.closed_through()?;
         if taken.is_some_and(|t| t >= watermark) {
             return Ok(None);
+        }
+        if taken.is_some_and(|t| t >= last_end) {
+            return Ok(Some(Vec::new()));
         }
         let ranges = key_groups.map(|kg| {
             let lower = match taken {
