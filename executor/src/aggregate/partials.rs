@@ -18,7 +18,7 @@ use weir_common::window::{check_event_time, Window, WindowSpec};
 #[cfg(test)]
 use crate::aggregate::distinct_set::DistinctSet;
 use crate::aggregate::distinct_set::{Shard, Shards};
-use crate::state::distinct_runs::{self as runs, RunError, RunWriter};
+use crate::state::distinct_runs::{self as runs, RunError};
 use crate::state::group_runs::{self, GroupRunsWriter};
 #[cfg(test)]
 use crate::state::keys::ValueShards;
@@ -506,15 +506,10 @@ impl<'a> ByOwner<'a> {
             let kg = same_kg[0].1.kg;
             if self.one_group_runs.get(self.owner_of(kg)) == Some(&true) {
                 for (i, shard) in same_kg {
-                    let mut run = RunWriter::with_capacity(shard.run_bytes());
-                    for value in shard.values() {
-                        run.push(value).map_err(overflow)?;
-                    }
+                    let mut run = Vec::with_capacity(4 + shard.run_bytes());
+                    runs::append_run(shard.values(), &mut run).map_err(overflow)?;
                     let key = keys::run_key(self.op, kg, window, agg, sets[*i].0);
-                    self.owner(kg).distinct.push(DistinctRun {
-                        key,
-                        run: run.finish(),
-                    });
+                    self.owner(kg).distinct.push(DistinctRun { key, run });
                 }
                 continue;
             }

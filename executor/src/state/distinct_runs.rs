@@ -84,6 +84,24 @@ impl RunWriter {
     }
 }
 
+/// Appends a whole run of `values` (in byte order, each once) to `out`: its header, then each
+/// value's entry.
+pub(crate) fn append_run<'v>(
+    values: impl IntoIterator<Item = &'v [u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), RunError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    let mut count = 0u32;
+    for value in values {
+        count = count.checked_add(1).ok_or(RunError::TooMany)?;
+        write_len(value.len(), out);
+        out.extend_from_slice(value);
+    }
+    out[at..at + HEADER].copy_from_slice(&count.to_le_bytes());
+    Ok(())
+}
+
 /// Writes a value's length as a run holds it (a varint): most values are shorter than 128
 /// bytes, one byte without the general encoder's loop.
 #[inline]

@@ -45,15 +45,7 @@ impl GroupRunsWriter {
         values: impl IntoIterator<Item = &'v [u8]>,
     ) -> Result<(), RunError> {
         let len_at = self.start_group(group)?;
-        let run_at = self.buf.len();
-        self.buf.extend_from_slice(&[0; HEADER]);
-        let mut count = 0u32;
-        for value in values {
-            count = count.checked_add(1).ok_or(RunError::TooMany)?;
-            runs::write_len(value.len(), &mut self.buf);
-            self.buf.extend_from_slice(value);
-        }
-        self.buf[run_at..run_at + HEADER].copy_from_slice(&count.to_le_bytes());
+        runs::append_run(values, &mut self.buf)?;
         self.end_group(len_at)
     }
 
