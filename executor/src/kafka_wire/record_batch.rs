@@ -5,8 +5,6 @@
 //! were a third of gen's time); this keeps each partition's buffer of records from batch to
 //! batch, and writes a batch once, into a buffer of its size.
 
-use std::io::Write;
-
 use anyhow::Context;
 
 /// The codecs the light producer writes (the batch attributes' low bits).
@@ -96,17 +94,7 @@ impl Records {
         out.extend_from_slice(&self.count.to_be_bytes());
         match codec {
             Codec::None => out.extend_from_slice(&self.body),
-            Codec::Lz4 => {
-                use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
-                // Independent blocks of 64 KB, as Kafka's own clients write them: a reader
-                // makes room for a whole block past what it has decompressed.
-                let blocks = FrameInfo::new()
-                    .block_size(BlockSize::Max64KB)
-                    .block_mode(BlockMode::Independent);
-                let mut frame = FrameEncoder::with_frame_info(blocks, &mut out);
-                frame.write_all(&self.body)?;
-                frame.finish().context("compressing a batch")?;
-            }
+            Codec::Lz4 => lz4_frame(&self.body, &mut out)?,
         }
         let length = i32::try_from(out.len() - 12).context("a batch over 2 GiB")?;
         out[8..12].copy_from_slice(&length.to_be_bytes());
@@ -116,6 +104,44 @@ impl Records {
         self.count = 0;
         Ok(out)
     }
+}
+
+/// Most bytes of a block of an LZ4 frame.
+const LZ4_BLOCK: usize = 64 << 10;
+
+/// Writes `body` as one LZ4 frame of independent blocks of at most 64 KB, as Kafka's own
+/// clients write it (a reader makes room for a whole block past what it has decompressed).
+/// Each block is compressed by the LZ4 library at its default speed, as Kafka's clients
+/// compress: one and a half times as fast as lz4_flex's frame encoder on the reference events
+/// (1.19 against 0.81 GB/s), which took half of the light producer's CPU.
+fn lz4_frame(body: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    // The magic number; version 1, independent blocks, no checksums or content size; blocks
+    // of at most 64 KB; and the descriptor's checksum, the second byte of the xxHash32 of the
+    // two bytes before it.
+    out.extend_from_slice(&[0x04, 0x22, 0x4D, 0x18, 0x60, 0x40, 0x82]);
+    let bound = lz4::block::compress_bound(LZ4_BLOCK).context("LZ4's bound of a block")?;
+    for block in body.chunks(LZ4_BLOCK) {
+        let at = out.len();
+        out.resize(at + 4 + bound, 0);
+        let mode = Some(lz4::block::CompressionMode::DEFAULT);
+        let written = lz4::block::compress_to_buffer(block, mode, false, &mut out[at + 4..])
+            .context("compressing a batch")?;
+        // A block that does not shrink is stored as it is, flagged by its size's high bit.
+        let size = match written < block.len() {
+            true => {
+                out.truncate(at + 4 + written);
+                written as u32
+            }
+            false => {
+                out.truncate(at + 4);
+                out.extend_from_slice(block);
+                block.len() as u32 | 0x8000_0000
+            }
+        };
+        out[at..at + 4].copy_from_slice(&size.to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes()); // the end mark
+    Ok(())
 }
 
 /// Writes `v` zigzag-encoded as a varint, as Kafka's records hold their fields; returns its
@@ -186,6 +212,39 @@ mod tests {
             .records
             .iter()
             .all(|r| r.value.as_deref() == Some(value.as_bytes())));
+    }
+
+    /// Any LZ4 reader takes the frames: lz4_flex's decoder, which checks the descriptor's
+    /// checksum, reads back empty, short, compressible and incompressible bodies, and blocks
+    /// that do not shrink are stored as they are.
+    #[test]
+    fn lz4_frames_read_back_with_another_decoder() {
+        use std::io::Read;
+        let mut noise = Vec::with_capacity(150_000);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        while noise.len() < 150_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.extend_from_slice(&x.to_le_bytes());
+        }
+        let text = "{\"event_type\":\"click\"} ".repeat(20_000).into_bytes();
+        for body in [Vec::new(), b"x".to_vec(), text.clone(), noise.clone()] {
+            let mut frame = Vec::new();
+            lz4_frame(&body, &mut frame).unwrap();
+            let mut back = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&frame[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, body);
+        }
+        let size_of_first_block = |body: &[u8]| {
+            let mut frame = Vec::new();
+            lz4_frame(body, &mut frame).unwrap();
+            u32::from_le_bytes(frame[7..11].try_into().unwrap())
+        };
+        assert_eq!(size_of_first_block(&noise), 0x8000_0000 | (64 << 10));
+        assert!(size_of_first_block(&text) < 64 << 10);
     }
 
     /// kafka-protocol's decoder, a reader written apart from this one, reads back every
