@@ -107,6 +107,20 @@ fn weir_bench_reports_every_measurement() {
         assert!(line.ends_with("(5000 input rows)."), "{line}");
     }
     assert!(written.contains("executor-1 "), "{written}");
+    // The share of the ceiling per core is taken round by round, each round's run against the
+    // ceiling's pass run just before that round: one share for each of the 2 rounds.
+    let per_core = written
+        .lines()
+        .find(|l| l.starts_with("| per core ≥ the arrow-json decode + aggregate ceiling"))
+        .unwrap_or_else(|| panic!("no per-core row in:\n{written}"));
+    let listed = per_core
+        .split("median of the rounds' ")
+        .nth(1)
+        .and_then(|rest| rest.split(" %").next())
+        .unwrap_or_else(|| panic!("no rounds' shares in: {per_core}"));
+    let shares: Vec<f64> = listed.split(", ").filter_map(|s| s.parse().ok()).collect();
+    assert_eq!(shares.len(), 2, "{per_core}");
+    assert!(shares.iter().all(|&s| s > 0.0), "{per_core}");
     // How much of a core each executor of a file run kept busy over its lifetime.
     let cpu = written
         .lines()

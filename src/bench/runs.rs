@@ -324,8 +324,20 @@ pub async fn in_rounds(
     root: &Path,
     accept: impl Fn(&RunResult) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<Repeated>> {
+    in_rounds_after(specs, rounds, root, accept, || Ok(())).await
+}
+
+/// [`in_rounds`], running `before` before each round.
+pub async fn in_rounds_after(
+    specs: &[RunSpec],
+    rounds: u64,
+    root: &Path,
+    accept: impl Fn(&RunResult) -> anyhow::Result<()>,
+    mut before: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Repeated>> {
     let mut results: Vec<Vec<RunResult>> = specs.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
+        before()?;
         for (i, spec) in in_turns(specs, round) {
             eprintln!("weir bench: {}, round {round} of {rounds}", spec.name);
             let run = run(spec, root).await?;
