@@ -244,7 +244,7 @@ pub fn measure(
     let scanned_found = check(&scanned, scan_aggregate_pass.events)?;
     anyhow::ensure!(
         scanned_found == found,
-        "weir's decoder and arrow-json found different windows"
+        "weir's decoder and arrow-json found different (window, event type) groups"
     );
 
     let mut found_bytes = 0;
