@@ -16,7 +16,7 @@ pub mod restore;
 pub mod snapshot;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 
@@ -450,10 +450,15 @@ impl StateStore {
             .iterator_opt(IteratorMode::From(&lower, Direction::Forward), ro)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
+        // A key group's value holds the runs of every group of its window and aggregate; only
+        // the groups the operand brings values to are read.
+        let wanted: HashSet<&[u8]> = by_group.iter().map(|(group, _)| *group).collect();
         let mut held: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
         for (key, value) in &entries {
             for (group, run) in operand_runs(key, value)? {
-                runs::values_into(run, held.entry(group).or_default())?;
+                if wanted.contains(group) {
+                    runs::values_into(run, held.entry(group).or_default())?;
+                }
             }
         }
         let mut gains = Vec::new();
@@ -835,6 +840,43 @@ mod tests {
             .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
             .unwrap();
         assert_eq!(closed.distinct_removed, 7);
+    }
+
+    /// Update mode counts a group's values against that group's own only, while a key group's
+    /// value holds the runs of other groups too, and an epoch that brings values to one group
+    /// gains nothing for the others.
+    #[test]
+    fn update_mode_counts_a_group_against_its_own_values_only() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        let of = |group: &[u8], names: &[&str]| -> Vec<DistinctRun> {
+            names
+                .iter()
+                .flat_map(|v| {
+                    crate::aggregate::partials::distinct_runs(0, w, 1, group, &[v.as_bytes()], 8)
+                })
+                .collect()
+        };
+        let gains = |runs: Vec<DistinctRun>, epoch: u64| {
+            let mut partials = Partials::default();
+            partials.distinct.extend(runs);
+            let mut batch = WriteBatch::default();
+            let counted = store.fold_counting(0, partials, &mut batch).unwrap();
+            store.commit_epoch(epoch, batch).unwrap();
+            let mut by_group = std::collections::BTreeMap::new();
+            for ((_, _, group), gained) in counted.gains {
+                *by_group
+                    .entry(String::from_utf8(group).unwrap())
+                    .or_insert(0) += gained;
+            }
+            by_group
+        };
+        let names = ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"];
+        let first = gains([of(b"a", &names[..4]), of(b"b", &names[2..])].concat(), 0);
+        assert_eq!(first, [("a".into(), 4), ("b".into(), 6)].into());
+        // Group a again: two values it holds, two only group b holds, one new to both.
+        let second = gains(of(b"a", &["u1", "u2", "u5", "u6", "u9"]), 1);
+        assert_eq!(second, [("a".into(), 3)].into());
     }
 
     #[test]
