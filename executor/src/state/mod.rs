@@ -111,14 +111,20 @@ pub fn add_shard_counts(
 /// Runs by group: (group key, run).
 type ByGroup<'v> = Vec<(&'v [u8], &'v [u8])>;
 
-/// Each group's run in `value`, the value of `key`: group runs, or a run of one group under a
-/// key of the layout of earlier versions.
-fn operand_runs<'v>(key: &'v [u8], value: &'v [u8]) -> Result<ByGroup<'v>, StateError> {
+/// The (window, aggregate) of `key`, a distinct run's key, and each group's run in `value`,
+/// its value: group runs, or a run of one group under a key of the layout of earlier versions.
+fn operand_runs<'v>(
+    key: &'v [u8],
+    value: &'v [u8],
+) -> Result<((Window, u8), ByGroup<'v>), StateError> {
     match keys::parse_key(key) {
-        Some(StateKey::GroupRuns { .. }) => Ok(group_runs::iter(value)?
-            .map(|r| r.map(|r| (r.group, r.run)))
-            .collect::<Result<_, _>>()?),
-        Some(StateKey::Run { group, .. }) => Ok(vec![(group, value)]),
+        Some(StateKey::GroupRuns { window, agg }) => Ok((
+            (window, agg),
+            group_runs::iter(value)?
+                .map(|r| r.map(|r| (r.group, r.run)))
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(StateKey::Run { window, agg, group }) => Ok(((window, agg), vec![(group, value)])),
         _ => Err(StateError::Corrupt("unparseable distinct run key".into())),
     }
 }
@@ -408,18 +414,12 @@ impl StateStore {
                 [one] => Cow::Borrowed(&one.run[..]),
                 _ => Cow::Owned(runs::union_at(key, same.iter().map(|r| &r.run[..]))?),
             };
-            let by_group = operand_runs(key, &operand)?;
+            let ((window, agg), by_group) = operand_runs(key, &operand)?;
             written += by_group
                 .iter()
                 .map(|(_, run)| runs::count(run).map(u64::from))
                 .sum::<Result<u64, _>>()?;
             if let Some(gains) = gains.as_deref_mut() {
-                let (window, agg) = match keys::parse_key(key) {
-                    Some(
-                        StateKey::GroupRuns { window, agg } | StateKey::Run { window, agg, .. },
-                    ) => (window, agg),
-                    _ => return Err(StateError::Corrupt("unparseable distinct run key".into())),
-                };
                 for (group, gained) in self.count_new(key, &by_group)? {
                     gains.push(((window, agg, group.to_vec()), gained));
                 }
@@ -455,7 +455,8 @@ impl StateStore {
         let wanted: HashSet<&[u8]> = by_group.iter().map(|(group, _)| *group).collect();
         let mut held: HashMap<&[u8], Vec<&[u8]>> = HashMap::new();
         for (key, value) in &entries {
-            for (group, run) in operand_runs(key, value)? {
+            let (_, by_group) = operand_runs(key, value)?;
+            for (group, run) in by_group {
                 if wanted.contains(group) {
                     runs::values_into(run, held.entry(group).or_default())?;
                 }
