@@ -241,6 +241,9 @@ fn decompress(codec: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), BatchErro
 
 const LZ4: u8 = 3;
 
+/// The first four bytes of an LZ4 frame (little-endian).
+pub(crate) const LZ4_MAGIC: u32 = 0x184D_2204;
+
 /// Decompresses an LZ4 frame (or frames one after the other) into `out`, whose length is kept
 /// as the room it has (so a buffer reused for batch after batch is not cleared each time);
 /// answers the length decompressed. Each block is decompressed straight into its place, the
@@ -248,7 +251,6 @@ const LZ4: u8 = 3;
 /// (Kafka's own clients leave that to the batch's CRC).
 fn lz4(mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
     use std::io::{Error, ErrorKind};
-    const MAGIC: u32 = 0x184D_2204;
     let corrupt = |what: &'static str| Error::new(ErrorKind::InvalidData, what);
     let mut length = 0usize;
     while !input.is_empty() {
@@ -257,7 +259,7 @@ fn lz4(mut input: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .ok_or_else(|| corrupt("a frame cut short"))
         };
-        if u32_at(input, 0)? != MAGIC {
+        if u32_at(input, 0)? != LZ4_MAGIC {
             return Err(corrupt("not an LZ4 frame"));
         }
         let (flags, bd) = match input.get(4..6) {
