@@ -14,7 +14,7 @@ use super::{Scanned, StateError, StateStore, CLOSED_THROUGH_KEY};
 impl StateStore {
     /// Forgets dedup operator `op`'s keys of `key_groups` that expire at or before
     /// `watermark` (Spark evicts a key once the watermark reaches its expiry), adding their
-    /// deletion to `batch`; answers how many. The range deleted holds every operator's entries
+    /// deletion to `batch`; answers how many. The entries deleted are every operator's
     /// up to the watermark: each operator of the plan closes under the same watermark in the
     /// same epoch, reading its own before the batch applies.
     pub fn take_expired(
@@ -29,7 +29,7 @@ impl StateStore {
             return Ok(0);
         };
         let mut expired = 0;
-        self.scan_ranges(&ranges, |scanned| {
+        self.take_ranges(&ranges, batch, |scanned, batch| {
             match scanned {
                 Scanned::Entry { key: entry, .. } if keys::operator_of(entry) == Some(op) => {
                     let (kg, key) = keys::parse_dedup_expiry(entry)
@@ -37,8 +37,7 @@ impl StateStore {
                     batch.delete(dedup_lookup_key(op, kg, key));
                     expired += 1;
                 }
-                Scanned::Entry { .. } => {}
-                Scanned::RangeEnd((lower, upper)) => batch.delete_range(lower, upper),
+                Scanned::Entry { .. } | Scanned::RangeEnd => {}
             }
             Ok(())
         })?;

@@ -164,17 +164,20 @@ pub struct StateStore {
 const LAST_EPOCH_KEY: &[u8] = b"\xFF\xFFlast_epoch";
 
 /// The watermark under which the store's windows were last taken out: every window ending at
-/// or before it is gone (range-deleted).
+/// or before it is gone (deleted).
 const CLOSED_THROUGH_KEY: &[u8] = b"\xFF\xFFclosed_through";
 
 /// Keys from the first (inclusive) to the second (exclusive).
 type KeyRange = (Vec<u8>, Vec<u8>);
 
-/// What [`StateStore::scan_ranges`] visits: an entry, or the end of a range once its entries
+/// Entries of one closing range deleted one by one; past them, the range is deleted whole.
+const POINT_DELETES_PER_RANGE: usize = 1024;
+
+/// What [`StateStore::take_ranges`] visits: an entry, or the end of a range once its entries
 /// were visited.
 enum Scanned<'a> {
     Entry { key: &'a [u8], value: &'a [u8] },
-    RangeEnd(&'a KeyRange),
+    RangeEnd,
 }
 
 /// A RocksDB write batch starts with its sequence number (8 bytes) and record count (4).
@@ -505,22 +508,21 @@ impl StateStore {
         // group's run in the group runs of the same (window, aggregate) if there is one (they
         // sort after them), else on their own at the key group's end.
         let mut legacy: FastMap<ShardKey, Vec<Vec<u8>>> = FastMap::default();
-        self.scan_ranges(&ranges, |scanned| {
+        self.take_ranges(&ranges, batch, |scanned, _| {
             let (key, value) = match scanned {
                 Scanned::Entry { key, value } => (key, value),
-                Scanned::RangeEnd((lower, upper)) => {
+                Scanned::RangeEnd => {
                     for (shard, old) in legacy.drain() {
                         let mut values: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
                         let count = count_unique(&mut values);
                         closed.distinct_removed += count;
                         closed.shard_counts.push((shard, count as i64));
                     }
-                    batch.delete_range(lower, upper);
                     return Ok(());
                 }
             };
-            // Other operators' entries up to the watermark are theirs to read; the range
-            // deletion ends them too, as their own closing under the same watermark does.
+            // Other operators' entries up to the watermark are theirs to read; their
+            // deletion here ends them too, as their own closing under the same watermark does.
             if keys::operator_of(key) != Some(op) {
                 return Ok(());
             }
@@ -592,14 +594,23 @@ impl StateStore {
     }
 
     /// Visits the entries of `ranges` (in key order, ranges one after another in key order),
-    /// each range's end after its entries. One iterator seeks from range to range: opening
-    /// one a range (128 key groups an executor of 2) cost about as much as reading the
-    /// closed windows' entries, since each opening builds iterators over the memtable, its
-    /// range deletions and every SST file.
-    fn scan_ranges(
+    /// each range's end after its entries, and adds the deletion of every entry visited to
+    /// `batch`. One iterator seeks from range to range: opening one a range (128 key groups
+    /// an executor of 2) cost about as much as reading the closed windows' entries, since
+    /// each opening builds iterators over the memtable, its range deletions and every SST
+    /// file.
+    ///
+    /// Each entry gets a deletion of its own, and a range holding more than
+    /// [`POINT_DELETES_PER_RANGE`] entries (values of a store of an earlier version, one key
+    /// each) one range deletion instead: range deletions stay in the memtable until it
+    /// flushes, and each later iterator reads them all: one a key group at each closing
+    /// made closing about four times as costly (docs/benchmarks.md), where a closing
+    /// deletes a few keys a key group.
+    fn take_ranges(
         &self,
         ranges: &[KeyRange],
-        mut visit: impl FnMut(Scanned<'_>) -> Result<(), StateError>,
+        batch: &mut WriteBatch,
+        mut visit: impl FnMut(Scanned<'_>, &mut WriteBatch) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
         let Some((_, last_upper)) = ranges.last() else {
             return Ok(());
@@ -610,23 +621,31 @@ impl StateStore {
         for range in ranges {
             let (lower, upper) = range;
             entries.seek(lower);
+            let mut in_range = 0usize;
             while let (Some(key), Some(value)) = (entries.key(), entries.value()) {
                 if key >= upper.as_slice() {
                     break;
                 }
-                visit(Scanned::Entry { key, value })?;
+                if in_range < POINT_DELETES_PER_RANGE {
+                    batch.delete(key);
+                }
+                in_range += 1;
+                visit(Scanned::Entry { key, value }, batch)?;
                 entries.next();
             }
             entries.status().map_err(|e| self.err(e))?;
-            visit(Scanned::RangeEnd(range))?;
+            if in_range > POINT_DELETES_PER_RANGE {
+                batch.delete_range(lower, upper);
+            }
+            visit(Scanned::RangeEnd, batch)?;
         }
         Ok(())
     }
 
     /// The part of each of `key_groups` that closing under `watermark` scans and deletes:
     /// from the first key an earlier closing left (windows taken by an earlier epoch are
-    /// range-deleted, but their keys stay in the memtable until the next flush, and seeking
-    /// past them again cost more than the count) up to the watermark. `None` when an earlier
+    /// deleted, but their keys stay in the memtable until the next flush, and seeking past
+    /// them again cost more than the count) up to the watermark. `None` when an earlier
     /// closing went as far; none when nothing can have ended since it: entries end only at
     /// or before `last_end` (the latest window end up to the watermark, or the watermark
     /// itself). A scan would then only seek onto the first key past each range, an open
@@ -930,7 +949,7 @@ mod tests {
         assert_eq!((again.shard_counts.len(), again.distinct_removed), (0, 0));
         store.commit_epoch(4, batch).unwrap();
         // The next window is counted alone, though the first one's keys are still in the
-        // memtable behind their range deletion.
+        // memtable behind their deletions.
         let mut batch = WriteBatch::default();
         let closed = store
             .take_closed(0, 0..8, 900, &TUMBLING, 3, &mut batch)
@@ -1078,6 +1097,79 @@ mod tests {
         .into();
         assert_eq!(by_group, expected);
         assert_eq!(closed.distinct_removed, 11);
+    }
+
+    /// Closing deletes every entry it took: a key group's few keys one by one, and the
+    /// values of a store of an earlier version (one key each, more than
+    /// `POINT_DELETES_PER_RANGE` in a key group) with their range whole. The open window
+    /// stays, and is counted alone when it closes.
+    #[test]
+    fn closing_deletes_what_it_took_however_many_keys_a_key_group_holds() {
+        let (_dir, store) = empty_store();
+        let w = Window { start: 0, end: 300 };
+        let open = Window {
+            start: 300,
+            end: 600,
+        };
+        let names: Vec<String> = (0..12_000).map(|i| format!("user-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut batch = WriteBatch::default();
+        for key in legacy_keys(w, &names) {
+            batch.put(key, []);
+        }
+        store.commit_epoch(0, batch).unwrap();
+        let mut batch = WriteBatch::default();
+        store
+            .fold(0, values(w, &["new-1", "user-1"]), &mut batch)
+            .unwrap();
+        store
+            .fold(0, values(open, &["user-1", "user-2"]), &mut batch)
+            .unwrap();
+        store.commit_epoch(1, batch).unwrap();
+        let window_of = |key: &[u8]| match keys::parse_key(key) {
+            Some(StateKey::Distinct { window, .. } | StateKey::GroupRuns { window, .. }) => {
+                Some(window)
+            }
+            _ => None,
+        };
+        let per_kg = |window: Window| {
+            let mut n = [0usize; 8];
+            for (key, _) in store.entries() {
+                if window_of(&key) == Some(window) {
+                    n[usize::from(u16::from_be_bytes([key[0], key[1]]))] += 1;
+                }
+            }
+            n
+        };
+        // The first closing deletes key groups past the bound, the second a few keys each.
+        let before = per_kg(w);
+        assert!(
+            before.iter().all(|&n| n > POINT_DELETES_PER_RANGE),
+            "{before:?}"
+        );
+
+        let mut batch = WriteBatch::default();
+        let closed = store
+            .take_closed(0, 0..8, 300, &TUMBLING, 3, &mut batch)
+            .unwrap();
+        assert_eq!(closed.distinct_removed, 12_001);
+        store.commit_epoch(2, batch).unwrap();
+        assert_eq!(per_kg(w), [0; 8]);
+        assert_ne!(per_kg(open), [0; 8]);
+
+        let mut batch = WriteBatch::default();
+        let closed = store
+            .take_closed(0, 0..8, 600, &TUMBLING, 3, &mut batch)
+            .unwrap();
+        assert_eq!(closed.distinct_removed, 2);
+        store.commit_epoch(3, batch).unwrap();
+        assert_eq!(per_kg(open), [0; 8]);
+        let left: Vec<_> = store
+            .entries()
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with(b"\xFF\xFF"))
+            .collect();
+        assert!(left.is_empty(), "{} entries left", left.len());
     }
 
     /// A watermark that reached no window's end since the last closing closes nothing and
