@@ -322,7 +322,7 @@ mod tests {
     }
 
     /// Epoch `e`'s changes: distinct values and a group row in the windows ending at 300 and
-    /// 600, and from epoch 4 on the first window closed (a range deletion per key group).
+    /// 600, and from epoch 4 on the first window closed (its keys deleted).
     fn epoch_batch(store: &StateStore, e: u64) -> rocksdb::WriteBatch {
         let mut batch = rocksdb::WriteBatch::default();
         let mut partials = Partials::default();
