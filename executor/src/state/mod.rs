@@ -1136,7 +1136,7 @@ mod tests {
             let mut n = [0usize; 8];
             for (key, _) in store.entries() {
                 if window_of(&key) == Some(window) {
-                    n[usize::from(u16::from_be_bytes([key[0], key[1]]))] += 1;
+                    n[keys::key_group_of(&key).unwrap() as usize] += 1;
                 }
             }
             n
