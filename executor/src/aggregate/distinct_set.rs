@@ -72,8 +72,20 @@ impl DistinctSet {
     }
 
     /// Sorts by (key group, value) and keeps each value once, its bytes laid out anew in that
-    /// order.
+    /// order: the repeats' bytes go.
     fn compact(&mut self) {
+        self.sort_dedup();
+        let mut laid = Vec::with_capacity(self.placed.iter().map(|p| p.len as usize).sum());
+        for p in &mut self.placed {
+            let start = laid.len();
+            laid.extend_from_slice(p.value(&self.bytes));
+            p.start = start;
+        }
+        self.bytes = laid;
+    }
+
+    /// Sorts by (key group, value) and keeps each value once, its bytes where they are.
+    fn sort_dedup(&mut self) {
         let bytes = &self.bytes;
         // Heads that differ order their values as the bytes do (see `word`).
         let by_value = |a: &Placed, b: &Placed| {
@@ -98,21 +110,15 @@ impl DistinctSet {
         }
         self.placed
             .dedup_by(|a, b| a.kg == b.kg && a.head == b.head && a.value(bytes) == b.value(bytes));
-        let mut laid = Vec::with_capacity(self.placed.iter().map(|p| p.len as usize).sum());
-        for p in &mut self.placed {
-            let start = laid.len();
-            laid.extend_from_slice(p.value(&self.bytes));
-            p.start = start;
-        }
-        self.bytes = laid;
         self.sorted = self.placed.len();
     }
 
     /// The set's values, by key group in key-group order, each group's in byte order and each
     /// value once.
     pub fn into_shards(mut self) -> Shards {
+        // The runs copy the values out: laying them out anew first would copy them twice.
         if self.sorted < self.placed.len() {
-            self.compact();
+            self.sort_dedup();
         }
         Shards {
             placed: self.placed,
@@ -272,6 +278,9 @@ mod tests {
             (100_000, 1 << 62, 1000, ""),
             (100_000, 30_000, 1000, "user-"),
             (50_000, 30_000, 16, "a-shared-prefix-"),
+            // One key group sorts on the heads only; 257 need a second byte of key group.
+            (100_000, 30_000, 1, "user-"),
+            (100_000, 1 << 62, 257, ""),
         ];
         for (n, alphabet, key_groups, prefix) in cases {
             let mut state = 0x9E37_79B9_7F4A_7C15u64;
