@@ -25,6 +25,7 @@ use crate::aggregate::partials::PlanPartials;
 use crate::aggregate::preagg::Rejected;
 use crate::exchange::topology::Topology;
 use crate::exchange::Exchange;
+use crate::input::mapped::FaultWatch;
 use crate::input::read_ahead::ReadAhead;
 use crate::input::{DecodedChunk, Input, Record};
 use crate::output::emit::{dead_letter_batch, late_rows_batch};
@@ -60,6 +61,8 @@ pub struct EpochRunner {
     input: Input,
     /// The next epoch's files being read ahead, when the last plan named them.
     read_ahead: Option<ReadAhead>,
+    /// Faults of mapped input files: records read from a file that shrank since it was listed.
+    mapped_faults: FaultWatch,
     decoder: Arc<JsonDecoder>,
     state: StateStore,
     /// Where the current store lives (`<state dir>/stores/<instance>`).
@@ -156,6 +159,7 @@ impl EpochRunner {
                 job.max_record_bytes,
             )),
             read_ahead: None,
+            mapped_faults: FaultWatch::default(),
             plan: Plan::new(&job),
             late_rows: job
                 .late_rows
@@ -448,6 +452,15 @@ impl EpochRunner {
         stats.state_memory_bytes = self.state.memory_bytes();
         stats.state_disk_bytes = self.state.disk_bytes();
         stats.memory_rss_bytes = weir_telemetry::process::rss_bytes().unwrap_or(0);
+        // Every record of the epoch was read by now; the ones read ahead are checked by the
+        // epoch that takes them.
+        if self.mapped_faults.moved() {
+            self.read_ahead = None;
+            anyhow::bail!(
+                "an input file shrank while it was read (files must not change once listed): \
+                 epoch {epoch} fails rather than commit what it read"
+            );
+        }
         tokio::task::block_in_place(|| fault::reached("prepared", epoch));
         Ok(Prepared {
             epoch,

@@ -7,6 +7,7 @@ mod fetcher;
 pub mod file_reader;
 mod kafka_ahead;
 pub mod kafka_reader;
+pub mod mapped;
 pub mod range_fetch;
 pub mod read_ahead;
 pub mod shed;

@@ -1,5 +1,6 @@
-//! The byte ranges of a file source's files, fetched in order: from a local directory with
-//! positioned reads into reused buffers, from an object store as requests running ahead.
+//! The byte ranges of a file source's files, fetched in order: from a local directory mapped
+//! into memory (else with positioned reads into reused buffers), from an object store as
+//! requests running ahead.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -13,6 +14,7 @@ use weir_common::checkpoint::InputFile;
 use weir_storage::location::{Location, StorageError};
 
 use crate::buffer_pool::BufferPool;
+use crate::input::mapped;
 use crate::input::read_ahead::READ_AHEAD_CHUNKS;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,17 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
         };
         let len = usize::try_from(range.end - range.start)
             .map_err(|e| FetchError::Task(e.to_string()))?;
+        let io = |source| FetchError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        // A range past the file's end would map pages that fault when read.
+        if file.metadata().map_err(io)?.len() < range.end {
+            return Err(io(shorter_than_planned(range.end)));
+        }
+        if let Some(bytes) = mapped::map(file, range.clone()).map_err(io)? {
+            return Ok(bytes);
+        }
         let mut buffer = self.pool.take();
         // Only what the buffer did not hold before is zeroed: the read overwrites it all.
         buffer.resize(len, 0);
@@ -136,10 +149,7 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
             } else {
                 source
             };
-            return Err(FetchError::Io {
-                path: path.display().to_string(),
-                source,
-            });
+            return Err(io(source));
         }
         Ok(self.pool.share(buffer, len))
     }
