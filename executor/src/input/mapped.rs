@@ -39,22 +39,30 @@ static PAGE: AtomicUsize = AtomicUsize::new(0);
 /// The `SIGBUS` action before ours, to which faults outside mapped ranges go.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
-/// The bytes of `range` of `file`, mapped: `None` when it cannot be mapped that way (the
-/// handler could not be installed, the range is empty, every slot is taken), and the caller
-/// reads it instead. The caller has checked that the file holds the range.
-pub fn map(file: &File, range: Range<u64>) -> std::io::Result<Option<Bytes>> {
-    let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
+/// The bytes of `range` of `file`, mapped: `None` when it cannot be mapped (the handler could
+/// not be installed, the range is empty, the file system does not map files, every slot is
+/// taken), and the caller reads it instead. The caller has checked that the file holds the
+/// range.
+pub fn map(file: &File, range: Range<u64>) -> Option<Bytes> {
+    let len = usize::try_from(range.end - range.start).ok()?;
     if len == 0 || !handler_installed() {
-        return Ok(None);
+        return None;
     }
     // SAFETY: a file of the source is not written while listed; one that shrinks anyway
     // faults into the handler, which maps zeros there and makes the epoch fail.
-    let map = unsafe {
+    let mapped = unsafe {
         memmap2::MmapOptions::new()
             .offset(range.start)
             .len(len)
             .populate()
-            .map(file)?
+            .map(file)
+    };
+    let map = match mapped {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::debug!(error = %e, "a file range could not be mapped: read instead");
+            return None;
+        }
     };
     let start = map.as_ptr() as usize;
     for (slot, span) in RANGES.iter().enumerate() {
@@ -64,10 +72,10 @@ pub fn map(file: &File, range: Range<u64>) -> std::io::Result<Option<Bytes>> {
             .is_ok()
         {
             span.end.store(start + len, Ordering::Release);
-            return Ok(Some(Bytes::from_owner(Mapped { map, slot })));
+            return Some(Bytes::from_owner(Mapped { map, slot }));
         }
     }
-    Ok(None)
+    None
 }
 
 /// A mapped range, registered with the handler while it lives.
@@ -226,13 +234,16 @@ mod tests {
     fn a_range_maps_to_the_files_bytes() {
         let (file, bytes) = file_of(4);
         for range in [0..16_384u64, 100..5_000, 4_096..8_192, 16_383..16_384] {
-            let mapped = map(file.as_file(), range.clone()).unwrap().unwrap();
+            let mapped = map(file.as_file(), range.clone()).unwrap();
             assert_eq!(
                 &mapped[..],
                 &bytes[range.start as usize..range.end as usize]
             );
         }
-        assert!(map(file.as_file(), 7..7).unwrap().is_none());
+        assert!(map(file.as_file(), 7..7).is_none());
+        // What cannot be mapped is read instead.
+        let proc_file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(map(&proc_file, 0..16).is_none());
     }
 
     /// Runs the ignored test `name` in a child process (a fault is process-wide: counted in
@@ -261,7 +272,7 @@ mod tests {
     fn child_reads_a_file_cut_short() {
         let (file, bytes) = file_of(4);
         let mut watch = FaultWatch::default();
-        let mapped = map(file.as_file(), 10..16_000).unwrap().unwrap();
+        let mapped = map(file.as_file(), 10..16_000).unwrap();
         assert!(!watch.moved());
         file.as_file().set_len(4_096).unwrap();
         let read = mapped.to_vec();
@@ -290,7 +301,7 @@ mod tests {
         let (file, _) = file_of(4);
         // Our handler is installed by a mapped range of another file.
         let (other, _) = file_of(1);
-        let _ours = map(other.as_file(), 0..4_096).unwrap().unwrap();
+        let _ours = map(other.as_file(), 0..4_096).unwrap();
         // SAFETY: the test's point is the fault this mapping takes.
         let theirs = unsafe { memmap2::Mmap::map(file.as_file()).unwrap() };
         file.as_file().set_len(0).unwrap();

@@ -136,7 +136,7 @@ impl<I: Iterator<Item = FileRange>> LocalRanges<'_, I> {
         if file.metadata().map_err(io)?.len() < range.end {
             return Err(io(shorter_than_planned(range.end)));
         }
-        if let Some(bytes) = mapped::map(file, range.clone()).map_err(io)? {
+        if let Some(bytes) = mapped::map(file, range.clone()) {
             return Ok(bytes);
         }
         let mut buffer = self.pool.take();
