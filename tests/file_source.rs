@@ -5,7 +5,9 @@
 mod support;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use support::cluster::{Cluster, Role};
 use support::{
     checkpoint_records, commit_records, file_job_in, gen_files, python, run_local, run_ok, verify,
     BAD_INPUT,
@@ -106,4 +108,56 @@ os._exit(0)
     );
     let checked: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(checked > 100, "{checked} dead letters");
+}
+
+/// A file cut short while its epoch holds records read from it (the executor pauses with its
+/// first chunk decoded, before the bad records' bytes are copied into dead letters): the pages
+/// past the file's new end fault where the executor maps the file. The executor lives on, that
+/// run fails instead of committing what it read, and once the file is whole again the job ends
+/// with every row and dead letter once.
+#[test]
+fn a_file_cut_short_under_a_running_epoch_fails_the_run_not_the_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One chunk of one file, about 40 of its lines malformed.
+    let (input, events) = gen_files(tmp.path(), 4_000, 1, &BAD_INPUT);
+    let file = input.join("events-00000.jsonl");
+    let whole = std::fs::read(&file).unwrap();
+    let dir = tmp.path().join("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = dir.display().to_string();
+    let job = file_job_in(&dir, &input.display().to_string(), 1, &root, "");
+    let mut cluster = Cluster::new(&job, &dir, 1, &[]);
+    cluster.start(Role::Driver, "");
+    cluster.start(Role::Executor(0), "chunk@0");
+    cluster.wait_for_line(Role::Executor(0), "weir fault point chunk@0");
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    cluster.release(Role::Executor(0));
+
+    let message = "an input file shrank while it was read";
+    let driver_log = dir.join("logs/driver.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&driver_log)
+        .unwrap_or_default()
+        .contains(message)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no run failed on the shrunk file:\n{}",
+            cluster.log_tail(Role::Executor(0))
+        );
+        // Waiting for the processes' next output, not for a set time.
+        cluster.try_next_event(Duration::from_millis(100));
+    }
+    assert!(cluster.is_running(Role::Executor(0)));
+    std::fs::write(&file, &whole).unwrap();
+
+    // An executor that died would fail here: the driver's end reaps it as exited with success.
+    let status = cluster.wait_for_driver(Duration::from_secs(120));
+    assert!(status.success(), "{}", cluster.log_tail(Role::Driver));
+    verify(&events, &dir, &[]);
 }

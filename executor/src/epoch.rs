@@ -500,6 +500,9 @@ impl EpochRunner {
         let taken = self
             .input
             .read(req, ahead, decoder, CHUNK, keep_going, |chunk| {
+                // Chaos tests pause here, the chunk's records still as read (a local file's
+                // mapped pages).
+                fault::reached("chunk", req.epoch);
                 let t = Instant::now();
                 let DecodedChunk {
                     chunk,
