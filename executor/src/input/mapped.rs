@@ -75,6 +75,7 @@ pub fn map(file: &File, range: Range<u64>) -> Option<Bytes> {
             return Some(Bytes::from_owner(Mapped { map, slot }));
         }
     }
+    tracing::debug!("every mapped range's slot is taken: a file range is read instead");
     None
 }
 
