@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-/// Mapped ranges alive at once, at most: the ranges of the chunks being read, read ahead and
-/// held by dead letters until staged. Past it a range is read as before.
+/// Mapped ranges alive at once, at most: those of the chunks being read and read ahead (dead
+/// letters copy their records out). Past it a range is read as before.
 const SLOTS: usize = 1024;
 
 /// The address span of one live mapped range; free while `start` is 0.
