@@ -24,6 +24,7 @@ fn weir_bench_reports_every_measurement() {
             ])
             .args(["--window-users", "500", "--rescale-events", "8000"])
             .args(["--user-cases", "300,3000", "--user-case-events", "5000"])
+            .args(["--user-case-rounds", "3"])
             .args(["--kafka-events", "3000", "--offsets-per-epoch", "1000"])
             .args(["--mock-kafka-events", "4000", "--mock-partitions", "4"])
             .args(["--latency-seconds", "3", "--work-dir"])
@@ -63,6 +64,19 @@ fn weir_bench_reports_every_measurement() {
         "p99 produce-to-commit latency",
     ] {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
+    }
+    // The user-scale cases run their own number of rounds; the cost is their median.
+    for row in written
+        .lines()
+        .filter(|l| l.contains("exact distinct costs ≤ 25 %"))
+    {
+        assert!(row.contains("(median of 3 rounds; quartiles "), "{row}");
+    }
+    for row in written
+        .lines()
+        .filter(|l| l.contains(" users, exact distinct users, 2 executors |"))
+    {
+        assert!(row.contains("median of 3 rounds ("), "{row}");
     }
     // The mock cluster's runs are medians of the rounds, as the file runs; tansu's ran once.
     for row in written.lines().filter(|l| l.starts_with("| Kafka (")) {

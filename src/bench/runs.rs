@@ -143,6 +143,31 @@ impl PairedCost {
         }
     }
 
+    /// The lower and the upper quartile of the rounds' costs (nearest rank).
+    pub fn quartiles(&self) -> (f64, f64) {
+        let mut sorted = self.rounds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: usize| {
+            let rank = (q * sorted.len()).div_ceil(4).max(1);
+            sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+        };
+        (at(1), at(3))
+    }
+
+    /// The least and the greatest of the rounds' costs.
+    pub fn range(&self) -> (f64, f64) {
+        let least = self.rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let greatest = self
+            .rounds
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        match self.rounds.is_empty() {
+            true => (f64::NAN, f64::NAN),
+            false => (least, greatest),
+        }
+    }
+
     /// The rounds' costs as the report lists them: `5.5, 0.7, -2.3`.
     pub fn listed(&self) -> String {
         let listed: Vec<String> = self.rounds.iter().map(|c| format!("{c:.1}")).collect();
