@@ -66,16 +66,15 @@ fn weir_bench_reports_every_measurement() {
         assert!(written.contains(line), "no `{line}` in:\n{written}");
     }
     // The user-scale cases run their own number of rounds; the cost is their median.
-    for row in written
-        .lines()
-        .filter(|l| l.contains("exact distinct costs ≤ 25 %"))
-    {
+    let rows =
+        |having: &str| -> Vec<&str> { written.lines().filter(|l| l.contains(having)).collect() };
+    let costs = rows("exact distinct costs ≤ 25 %");
+    let exact_runs = rows(" users, exact distinct users, 2 executors |");
+    assert_eq!((costs.len(), exact_runs.len()), (2, 2), "{written}");
+    for row in costs {
         assert!(row.contains("(median of 3 rounds; quartiles "), "{row}");
     }
-    for row in written
-        .lines()
-        .filter(|l| l.contains(" users, exact distinct users, 2 executors |"))
-    {
+    for row in exact_runs {
         assert!(row.contains("median of 3 rounds ("), "{row}");
     }
     // The mock cluster's runs are medians of the rounds, as the file runs; tansu's ran once.

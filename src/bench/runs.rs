@@ -156,16 +156,14 @@ impl PairedCost {
 
     /// The least and the greatest of the rounds' costs.
     pub fn range(&self) -> (f64, f64) {
-        let least = self.rounds.iter().copied().fold(f64::INFINITY, f64::min);
-        let greatest = self
-            .rounds
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        match self.rounds.is_empty() {
-            true => (f64::NAN, f64::NAN),
-            false => (least, greatest),
+        if self.rounds.is_empty() {
+            return (f64::NAN, f64::NAN);
         }
+        let rounds = self.rounds.iter().copied();
+        (
+            rounds.clone().fold(f64::INFINITY, f64::min),
+            rounds.fold(f64::NEG_INFINITY, f64::max),
+        )
     }
 
     /// The rounds' costs as the report lists them: `5.5, 0.7, -2.3`.
