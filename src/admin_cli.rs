@@ -84,7 +84,7 @@ enum AdminCommand {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    weir_common::duration::parse_duration(s)
+    weir_common::job::duration::parse_duration(s)
 }
 
 /// The admin token from `file` (a mounted Secret), else `WEIR_ADMIN_TOKEN`, without the
@@ -516,7 +516,7 @@ fn executors_table(executors: &[ExecutorInfo]) -> String {
                 } else {
                     partitions.join(",")
                 },
-                weir_common::keygroup::KeyGroups::from_ranges(
+                weir_common::query::keygroup::KeyGroups::from_ranges(
                     e.key_groups.iter().map(|r| (r.start, r.end)),
                 )
                 .to_string(),

@@ -275,7 +275,7 @@ pub fn job_with_trigger(path: &std::path::Path, trigger: Option<&str>) -> anyhow
         job.trigger = match t {
             "available-now" | "available_now" => Trigger::AvailableNow,
             other => Trigger::Interval(
-                weir_common::duration::parse_duration(other)
+                weir_common::job::duration::parse_duration(other)
                     .map_err(|e| anyhow::anyhow!("--trigger: {e}"))?,
             ),
         };

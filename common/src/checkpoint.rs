@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keygroup::KeyGroups;
+use crate::query::keygroup::KeyGroups;
 
 /// `metadata.json`: what a checkpoint belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -497,7 +497,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzzing::config(1_000))]
+        #![proptest_config(crate::testing::fuzzing::config(1_000))]
 
         /// A plan or decision read back after any corruption of its bytes: an error, or a
         /// record whose figures can be computed and whose paths are checked, never a panic.

@@ -9,9 +9,10 @@ use arrow::datatypes::{DataType, SchemaRef};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::{micros, parse_duration};
-use crate::schema::{build_schema, is_scalar, timestamp_type};
+use crate::data::schema::{build_schema, is_scalar, timestamp_type};
+use crate::job::duration::{micros, parse_duration};
 
+pub mod duration;
 pub mod explain;
 pub mod kafka_client;
 pub mod kafka_sink;
@@ -1272,7 +1273,7 @@ impl JobSpec {
         };
         format!(
             "{:016x}",
-            crate::keygroup::stable_hash(
+            crate::query::keygroup::stable_hash(
                 format!("{query}|{schema}|{}{kind}", self.key_groups).as_bytes()
             )
         )

@@ -16,9 +16,9 @@ use rocksdb::WriteBatch;
 use tokio::sync::watch;
 use weir_common::checkpoint::CommitRecord;
 use weir_common::decode::JsonDecoder;
-use weir_common::fault;
 use weir_common::job::JobSpec;
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
+use weir_common::testing::fault;
 use weir_proto::control::{AddActions, EpochStats, ExecuteRequest, Prepared};
 
 use crate::aggregate::partials::PlanPartials;

@@ -504,7 +504,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(weir_common::fuzzing::config(2000))]
+        #![proptest_config(weir_common::testing::fuzzing::config(2000))]
         /// Whatever a caller puts in the header, without the secret it is refused, never
         /// admitted and never a panic; a real credential with any one character changed is
         /// refused too.

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
-use weir_common::aggregate::{AggregateSpec, Partial};
+use weir_common::data::value::Scalar;
 use weir_common::decode::JsonDecoder;
-use weir_common::keygroup::stable_hash;
-use weir_common::value::Scalar;
+use weir_common::query::aggregate::{AggregateSpec, Partial};
+use weir_common::query::keygroup::stable_hash;
 
 /// The executors' chunk size, so that both decode in batches of the same size.
 const BATCH: usize = weir_executor::epoch::CHUNK;

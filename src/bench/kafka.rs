@@ -30,7 +30,7 @@ impl Broker {
     pub async fn start(dir: &Path) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(dir)?;
         // tansu cannot listen on port 0 and say which it got: it advertises the port given.
-        let port = weir_common::loopback::free_port()?;
+        let port = weir_common::testing::loopback::free_port()?;
         let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
         let log_path = dir.join("tansu.log");

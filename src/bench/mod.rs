@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use weir_common::aggregate::AggKind;
+use weir_common::query::aggregate::AggKind;
 
 use crate::gen;
 use runs::{Distinct, PairedCost, Repeated, RunResult, RunSpec};

@@ -177,7 +177,7 @@ impl FileOutput {
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    weir_common::duration::parse_duration(s)
+    weir_common::job::duration::parse_duration(s)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,5 +1,5 @@
 //! A driver and executors as separate `weir` processes that a test can SIGKILL and restart,
-//! with fault points armed through `WEIR_FAULT` (see common/src/fault.rs).
+//! with fault points armed through `WEIR_FAULT` (see common/src/testing/fault.rs).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

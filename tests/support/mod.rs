@@ -55,9 +55,9 @@ pub struct Broker {
     pub address: String,
 }
 
-/// A free loopback port for a server a test starts (`weir_common::loopback`).
+/// A free loopback port for a server a test starts (`weir_common::testing::loopback`).
 pub fn free_port() -> u16 {
-    weir_common::loopback::free_port().expect("a free loopback port")
+    weir_common::testing::loopback::free_port().expect("a free loopback port")
 }
 
 impl Broker {

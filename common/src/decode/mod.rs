@@ -433,7 +433,7 @@ fn friendly(message: &str) -> String {
 /// The reference events' schema, for the decoder's tests.
 #[cfg(test)]
 fn reference_schema() -> SchemaRef {
-    crate::schema::build_schema([
+    crate::data::schema::build_schema([
         ("event_id", "string not null"),
         ("user_id", "string not null"),
         ("event_type", "string not null"),
@@ -447,7 +447,7 @@ fn reference_schema() -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::build_schema;
+    use crate::data::schema::build_schema;
     use arrow::array::{Array, StringArray};
 
     fn decoder() -> JsonDecoder {
@@ -935,7 +935,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::fuzzing::config(2_000))]
+        #![proptest_config(crate::testing::fuzzing::config(2_000))]
 
         /// Records of a learned shape with other strings in its string values, and with bytes
         /// changed, inserted or cut: each decodes as arrow-json decodes it, whether the shape

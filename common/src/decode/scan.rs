@@ -21,7 +21,7 @@ use arrow::record_batch::RecordBatch;
 use simd_json::{Node, StaticNode};
 
 use super::shape::{Cut, Piece, Shape};
-use crate::schema::string_map_type;
+use crate::data::schema::string_map_type;
 
 /// What a column holds, as far as the scanner is concerned.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,7 +141,7 @@ impl Scanner {
                 Kind::Str => Builder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
                 Kind::Timestamp => Builder::Time(
                     TimestampMicrosecondBuilder::with_capacity(capacity)
-                        .with_timezone(crate::schema::UTC),
+                        .with_timezone(crate::data::schema::UTC),
                 ),
                 Kind::Int64 => Builder::Int64(Int64Builder::with_capacity(capacity)),
                 Kind::Int32 => Builder::Int32(Int32Builder::with_capacity(capacity)),

@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Schema};
 
 use super::kafka_sink::Delivery;
 use super::{JobSpec, OutputMode, Query, QuerySpec, Source, Trigger};
-use crate::aggregate::{AggKind, AggregateSpec};
-use crate::output::output_schema;
+use crate::data::output::output_schema;
+use crate::query::aggregate::{AggKind, AggregateSpec};
 
 /// The plan of `job`, one line per fact.
 pub fn explain(job: &JobSpec) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::JobError;
-use crate::duration::parse_duration;
+use crate::job::duration::parse_duration;
 
 /// A value that must not reach logs (a webhook URL is a credential): prints as `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

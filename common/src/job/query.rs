@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::rows::{ExprPlanner, RowStage};
 use super::{duration_field, JobError, OutputMode, RawQuery};
-use crate::aggregate::{parse_aggregate, AggregateSpec};
-use crate::duration::micros;
-use crate::output::output_schema;
-use crate::schema::is_scalar;
-use crate::window::WindowSpec;
+use crate::data::output::output_schema;
+use crate::data::schema::is_scalar;
+use crate::job::duration::micros;
+use crate::query::aggregate::{parse_aggregate, AggregateSpec};
+use crate::query::window::WindowSpec;
 
 /// `query.dedup` as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

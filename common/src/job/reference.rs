@@ -135,9 +135,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(kinds.len(), 3);
         assert!(
-            kinds[1..]
-                .iter()
-                .all(|k| matches!(k, crate::aggregate::AggKind::ApproxCountDistinct { .. })),
+            kinds[1..].iter().all(|k| matches!(
+                k,
+                crate::query::aggregate::AggKind::ApproxCountDistinct { .. }
+            )),
             "{kinds:?}"
         );
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::JobError;
-use crate::duration::parse_duration;
+use crate::job::duration::parse_duration;
 
 /// `executors: {min, max, wait}` as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::window::WindowSpec;
+use crate::query::window::WindowSpec;
 
 const GOOD: &str = r#"
 name: realtime-analytics
@@ -674,7 +674,7 @@ fn hostile_value() -> impl proptest::strategy::Strategy<Value = String> {
 }
 
 proptest::proptest! {
-    #![proptest_config(crate::fuzzing::config(400))]
+    #![proptest_config(crate::testing::fuzzing::config(400))]
 
     /// The job-file parser on the reference job with any value replaced by a hostile one, or
     /// any byte changed: a job or an error naming where, never a panic; a job it accepts
@@ -733,7 +733,7 @@ fn dedup_queries_parse_and_their_mistakes_are_named() {
     assert_eq!(job.queries[0].output.merge_on, ["event_id"]);
     // The table holds the source's columns.
     let columns: Vec<String> =
-        crate::output::output_schema(&job.queries[0].query, &job.input_schema)
+        crate::data::output::output_schema(&job.queries[0].query, &job.input_schema)
             .fields()
             .iter()
             .map(|f| f.name().clone())
@@ -1056,7 +1056,7 @@ fn row_expressions_are_planned_and_checked_when_the_job_is_read() {
         rows.columns_read(),
         ["event_type", "page_url", "properties"]
     );
-    let output = crate::output::output_schema(&good.queries[0].query, &good.input_schema);
+    let output = crate::data::output::output_schema(&good.queries[0].query, &good.input_schema);
     assert_eq!(
         output.field_with_name("country").unwrap().data_type(),
         &DataType::Utf8

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::JobError;
-use crate::duration::parse_duration;
+use crate::job::duration::parse_duration;
 
 /// `compact: {every, min_files, target_file_bytes}` as written (`compact: {}` takes the
 /// defaults).

@@ -480,7 +480,7 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        #![proptest_config(weir_common::fuzzing::config(300))]
+        #![proptest_config(weir_common::testing::fuzzing::config(300))]
 
         /// Every handler with any query name, limit and authorization header: an answer or a
         /// status, never a panic; without the token, no call changes the query.

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weir_common::checkpoint::Assignment;
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
 
 /// Assigns `partitions` and `key_groups` to `executors`, keeping `previous` where it can.
 pub fn assign(

@@ -256,7 +256,7 @@ fn push_capped<T>(queue: &mut VecDeque<T>, item: T, cap: usize) {
 }
 
 fn micros(d: std::time::Duration) -> i64 {
-    weir_common::duration::micros(d)
+    weir_common::job::duration::micros(d)
 }
 
 #[cfg(test)]

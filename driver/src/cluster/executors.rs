@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use weir_common::checkpoint::{Assignment, EpochPlan, InputFile};
-use weir_common::fault;
+use weir_common::testing::fault;
 use weir_proto::cluster_auth::Sign;
 use weir_proto::control::executor_client::ExecutorClient;
 use weir_proto::control::{
@@ -295,7 +295,7 @@ impl ExecutorClients {
 
 #[cfg(test)]
 mod tests {
-    use weir_common::keygroup::KeyGroups;
+    use weir_common::query::keygroup::KeyGroups;
 
     use super::*;
 

@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::time::Instant;
-    use weir_common::keygroup::KeyGroups;
+    use weir_common::query::keygroup::KeyGroups;
 
     fn member(id: &str, registered_at: Instant) -> Member {
         Member {

@@ -14,9 +14,9 @@ use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use weir_common::checkpoint::{Assignment, CommitRecord, EpochPlan, InputFile, Totals};
-use weir_common::fault;
 use weir_common::job::{JobSpec, Trigger};
 use weir_common::now_micros;
+use weir_common::testing::fault;
 use weir_proto::admin::{QueryState, TableCompaction};
 use weir_storage::{CheckpointLog, Fence};
 

@@ -9,7 +9,7 @@ use weir_common::checkpoint::{
     Assignment, CommitRecord, EpochPlan, EpochStats, ExecutorEpochStats, StateSnapshot, Totals,
 };
 use weir_common::now_micros;
-use weir_common::window::next_watermark;
+use weir_common::query::window::next_watermark;
 use weir_proto::control::Prepared;
 
 /// Builds the decision record of `plan` run with `assignment` from the executors' answers;

@@ -100,7 +100,7 @@ mod tests {
     use object_store::PutPayload;
     use std::collections::BTreeMap;
     use weir_common::checkpoint::{StateFile, StateSnapshot};
-    use weir_common::keygroup::KeyGroups;
+    use weir_common::query::keygroup::KeyGroups;
 
     fn record(epoch: u64, paths: &[&str]) -> CommitRecord {
         CommitRecord {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use weir_common::checkpoint::{CommitRecord, EpochPlan};
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
 use weir_proto::admin::{
     DurationMs, EventTime, ExecutorProgress, PartitionOffsets, QueryOutputProgress, QueryProgress,
     SinkProgress, SourceProgress, StateProgress,

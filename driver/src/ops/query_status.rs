@@ -209,7 +209,7 @@ impl StatusReader {
 
 #[cfg(test)]
 mod tests {
-    use weir_common::keygroup::KeyGroups;
+    use weir_common::query::keygroup::KeyGroups;
 
     use super::*;
 

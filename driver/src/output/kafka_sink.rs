@@ -23,8 +23,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use weir_common::fault;
 use weir_common::job::kafka_sink::{Delivery, KafkaSink};
+use weir_common::testing::fault;
 
 /// How long one broker call (init, commit, abort, offsets) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -13,7 +13,7 @@ use deltalake::kernel::Add;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weir_common::checkpoint::CommitRecord;
-use weir_common::fault;
+use weir_common::testing::fault;
 use weir_storage::Fence;
 
 use crate::epoch::coordinator::backoff;

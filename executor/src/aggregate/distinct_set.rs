@@ -5,8 +5,8 @@
 //! epoch, so a hash table paid a probe that missed the cache and its growth for each row,
 //! and the runs needed the sort anyway.
 
-use weir_common::byte_order::{byte_order, word};
-use weir_common::window::Window;
+use weir_common::data::byte_order::{byte_order, word};
+use weir_common::query::window::Window;
 
 use crate::state::keys::ValueShards;
 

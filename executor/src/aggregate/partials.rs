@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use weir_common::aggregate::{merge_all, AggKind, AggregateSpec, MergeError, Partial};
 use weir_common::job::JobSpec;
-use weir_common::keygroup::key_group;
-use weir_common::window::{check_event_time, Window, WindowSpec};
+use weir_common::query::aggregate::{merge_all, AggKind, AggregateSpec, MergeError, Partial};
+use weir_common::query::keygroup::key_group;
+use weir_common::query::window::{check_event_time, Window, WindowSpec};
 
 #[cfg(test)]
 use crate::aggregate::distinct_set::DistinctSet;

@@ -10,10 +10,10 @@
 use arrow::array::{ArrayRef, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
-use weir_common::aggregate::{AggKind, MergeError, Partial};
+use weir_common::data::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::job::{JobSpec, WindowQuery};
-use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
-use weir_common::window::{is_closed, Window, WindowsOf};
+use weir_common::query::aggregate::{AggKind, MergeError, Partial};
+use weir_common::query::window::{is_closed, Window, WindowsOf};
 
 use crate::aggregate::distinct_set::DistinctSet;
 use crate::aggregate::partials::{ByOwner, FastMap, GroupSets};
@@ -369,11 +369,11 @@ impl<'a> PreAggregation<'a> {
 mod tests {
     use super::*;
     use std::path::Path;
-    use weir_common::aggregate::Partial;
     use weir_common::decode::JsonDecoder;
     use weir_common::job::{parse_job, JobSpec};
-    use weir_common::keygroup::key_group;
-    use weir_common::window::Window;
+    use weir_common::query::aggregate::Partial;
+    use weir_common::query::keygroup::key_group;
+    use weir_common::query::window::Window;
 
     use crate::state::keys::{key_group_of, parse_key, StateKey, ValueShards};
     use crate::state::{distinct_runs, group_runs};
@@ -563,7 +563,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
     /// encoding gives, nulls included, and a second group column takes the general way.
     #[test]
     fn group_keys_are_the_same_whichever_way_a_row_finds_them() {
-        use weir_common::value::{decode_group_key, GroupValue};
+        use weir_common::data::value::{decode_group_key, GroupValue};
         let job_with = |group_by: &str| {
             let text = format!(
                 r#"
@@ -645,7 +645,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
     /// window leaves the supported range.
     #[test]
     fn times_at_every_edge_are_set_aside_and_change_no_other_window() {
-        use weir_common::window::{MAX_EVENT_TIME, MIN_EVENT_TIME};
+        use weir_common::query::window::{MAX_EVENT_TIME, MIN_EVENT_TIME};
         let job = job("{column: timestamp, size: 5m}");
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:01:00Z")
             .unwrap()
@@ -769,7 +769,7 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
     }
 
     proptest::proptest! {
-        #![proptest_config(weir_common::fuzzing::config(300))]
+        #![proptest_config(weir_common::testing::fuzzing::config(300))]
 
         /// The record decoder, JSON to Arrow to window rows, on records built from any mix of
         /// field values and then corrupted at any byte: every record is decoded or set aside
@@ -823,8 +823,8 @@ sinks: [{{delta: {{path: /tmp/y}}}}]
             proptest::prop_assert!(counted <= 2 * (rows - set_aside) as i64);
             for (w, _) in partials.groups.keys() {
                 proptest::prop_assert!(w.end - w.start == 10 * MIN);
-                proptest::prop_assert!(weir_common::window::MIN_EVENT_TIME - 10 * MIN <= w.start);
-                proptest::prop_assert!(w.end <= weir_common::window::MAX_EVENT_TIME + 10 * MIN);
+                proptest::prop_assert!(weir_common::query::window::MIN_EVENT_TIME - 10 * MIN <= w.start);
+                proptest::prop_assert!(w.end <= weir_common::query::window::MAX_EVENT_TIME + 10 * MIN);
             }
         }
     }

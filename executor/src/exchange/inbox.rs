@@ -310,7 +310,7 @@ mod tests {
     use super::*;
     use crate::aggregate::partials::Partials;
     use crate::exchange::wire::{entries, BatchEncoder};
-    use weir_common::window::Window;
+    use weir_common::query::window::Window;
 
     /// A batch of distinct values `values`, each in a run of its own (as if from a sender
     /// of its own), so that a batch holds one row per value.

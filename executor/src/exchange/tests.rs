@@ -8,9 +8,9 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use futures::StreamExt;
 use prometheus::IntCounter;
 use tokio::sync::oneshot;
-use weir_common::aggregate::Partial;
-use weir_common::keygroup::{key_group, range_for_owner};
-use weir_common::window::Window;
+use weir_common::query::aggregate::Partial;
+use weir_common::query::keygroup::{key_group, range_for_owner};
+use weir_common::query::window::Window;
 
 use weir_proto::cluster_auth::{ClusterSecret, Guard, Sign};
 

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
 use weir_proto::control::ExecuteRequest;
 
 use crate::exchange::{Peer, EXCHANGE_FORMAT};

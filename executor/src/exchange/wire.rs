@@ -13,8 +13,8 @@ use arrow::array::{Array, BinaryArray, BinaryBuilder, Int64Array, Int64Builder, 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use weir_common::aggregate::{decode_partials, encode_partials};
-use weir_common::window::Window;
+use weir_common::query::aggregate::{decode_partials, encode_partials};
+use weir_common::query::window::Window;
 
 use crate::aggregate::partials::{DistinctRun, FirstRow, Partials, PlanPartials, Shape};
 use crate::state::keys::tag;
@@ -55,7 +55,10 @@ pub fn schema() -> SchemaRef {
 
 /// One group row or shard count on its way into a batch.
 pub enum Entry {
-    Group((Window, Vec<u8>), Vec<weir_common::aggregate::Partial>),
+    Group(
+        (Window, Vec<u8>),
+        Vec<weir_common::query::aggregate::Partial>,
+    ),
     ShardCount((Window, u8, Vec<u8>), i64),
     FirstRow(Vec<u8>, FirstRow),
 }
@@ -384,7 +387,7 @@ mod tests {
         *into = plan.take(0);
         decoded
     }
-    use weir_common::aggregate::Partial;
+    use weir_common::query::aggregate::Partial;
 
     #[test]
     fn partials_survive_the_round_trip_in_bounded_batches() {
@@ -689,7 +692,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(weir_common::fuzzing::config(500))]
+        #![proptest_config(weir_common::testing::fuzzing::config(500))]
 
         /// Any bytes in any column of an exchange batch: decoding answers rows or an error,
         /// never a panic.

@@ -421,7 +421,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(weir_common::fuzzing::config(1_000))]
+        #![proptest_config(weir_common::testing::fuzzing::config(1_000))]
 
         /// The file line splitter on any bytes (newlines, carriage returns and blanks among
         /// them), cut into pieces anywhere, with any limit: the lines of the whole text, and

@@ -5,7 +5,7 @@
 //! record goes there whole), so reading ahead holds an epoch's rows in a third of the memory.
 
 use weir_common::job::JobSpec;
-use weir_common::window::WindowSpec;
+use weir_common::query::window::WindowSpec;
 
 use crate::input::DecodedChunk;
 use crate::plan::event_time::EventTimeRules;

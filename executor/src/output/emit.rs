@@ -10,11 +10,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Fields, Float64Type, Int64Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use weir_common::aggregate::output_column;
+use weir_common::data::output::{dead_letter_schema, late_rows_schema, window_type};
+use weir_common::data::schema::UTC;
+use weir_common::data::value::{decode_group_key, group_column, GroupValue};
 use weir_common::job::WindowQuery;
-use weir_common::output::{dead_letter_schema, late_rows_schema, window_type};
-use weir_common::schema::UTC;
-use weir_common::value::{decode_group_key, group_column, GroupValue};
+use weir_common::query::aggregate::output_column;
 
 use crate::input::Record;
 use crate::state::WindowRow;

@@ -9,10 +9,10 @@ use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
+use weir_common::data::output::output_schema;
+use weir_common::data::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_common::decode::JsonDecoder;
 use weir_common::job::{DedupQuery, JobSpec, Query};
-use weir_common::output::output_schema;
-use weir_common::value::{encode_group_key_into, ColumnReader, Scalar};
 use weir_proto::control::EpochStats;
 
 use crate::aggregate::partials::{ByOwner, FirstRow, Partials};

@@ -6,7 +6,7 @@ use arrow::array::{Array, AsArray, TimestampMicrosecondArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use arrow::record_batch::RecordBatch;
 use weir_common::job::JobSpec;
-use weir_common::window::check_event_time;
+use weir_common::query::window::check_event_time;
 
 use crate::aggregate::preagg::Rejected;
 

@@ -7,10 +7,10 @@ use anyhow::Context;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use rocksdb::WriteBatch;
-use weir_common::aggregate::AggKind;
+use weir_common::data::output::output_schema;
 use weir_common::job::rows::RowStage;
 use weir_common::job::{JobSpec, OutputMode, Query, WindowQuery};
-use weir_common::output::output_schema;
+use weir_common::query::aggregate::AggKind;
 use weir_proto::control::EpochStats;
 
 use crate::aggregate::partials::{ByOwner, Partials};

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use rocksdb::WriteBatch;
-use weir_common::keygroup::key_group;
+use weir_common::query::keygroup::key_group;
 
 use super::keys::{self, dedup_expiry_key, dedup_lookup_key};
 use super::{Scanned, StateError, StateStore, CLOSED_THROUGH_KEY};

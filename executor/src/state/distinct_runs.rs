@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use prost::encoding::{decode_varint, encode_varint};
-use weir_common::byte_order::byte_order;
+use weir_common::data::byte_order::byte_order;
 
 use crate::state::{group_runs, keys};
 

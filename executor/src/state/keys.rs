@@ -30,8 +30,8 @@
 //! lookup [kg u16][i64::MAX][1][key]                               -> expiry i64 BE
 //! ```
 
-use weir_common::keygroup::{key_group, key_group_of_parts};
-use weir_common::window::Window;
+use weir_common::query::keygroup::{key_group, key_group_of_parts};
+use weir_common::query::window::Window;
 
 /// A key's tag is `operator << 2 | kind`: the kinds below are the window aggregate's and the
 /// dedup's, the operator the query's index in the job's plan (0 for a job of one query, whose
@@ -414,7 +414,7 @@ mod tests {
             let shards = ValueShards::new(window, agg, group.as_bytes(), 128);
             assert_eq!(
                 shards.of(value.as_bytes()),
-                weir_common::keygroup::key_group(&joined, 128)
+                weir_common::query::keygroup::key_group(&joined, 128)
             );
         }
         let later = Window {

@@ -22,9 +22,9 @@ use std::path::Path;
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
-use weir_common::aggregate::{decode_partials, encode_partials, merge_all, Partial};
-use weir_common::keygroup::{key_group, KeyGroups};
-use weir_common::window::{Window, WindowSpec};
+use weir_common::query::aggregate::{decode_partials, encode_partials, merge_all, Partial};
+use weir_common::query::keygroup::{key_group, KeyGroups};
+use weir_common::query::window::{Window, WindowSpec};
 
 use crate::aggregate::partials::{DistinctRun, FastMap, Partials, ShardKey};
 use crate::state::distinct_runs as runs;
@@ -44,7 +44,7 @@ pub enum StateError {
     #[error("{what}: {source}")]
     Merge {
         what: String,
-        source: weir_common::aggregate::MergeError,
+        source: weir_common::query::aggregate::MergeError,
     },
     #[error("state directory {path}: {source}")]
     Io {

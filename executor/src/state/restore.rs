@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use weir_common::checkpoint::{CommitRecord, StateFile, StateSnapshot};
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
 use weir_storage::Location;
 
 use crate::state::snapshot;
@@ -144,7 +144,7 @@ mod tests {
     use crate::state::keys::ValueShards;
     use crate::state::snapshot::Snapshots;
     use std::collections::BTreeMap;
-    use weir_common::window::Window;
+    use weir_common::query::window::Window;
 
     const K: u32 = 8;
 
@@ -153,7 +153,7 @@ mod tests {
         store: &StateStore,
         batch: &mut rocksdb::WriteBatch,
     ) -> crate::state::Closed {
-        let windows = weir_common::window::WindowSpec::tumbling(300);
+        let windows = weir_common::query::window::WindowSpec::tumbling(300);
         store.take_closed(0, 0..K, 300, &windows, 1, batch).unwrap()
     }
 
@@ -343,7 +343,7 @@ mod tests {
                 .extend(distinct_runs(0, w, 1, b"g", &values, K));
             partials.groups.insert(
                 (w, b"g".to_vec()),
-                vec![weir_common::aggregate::Partial::Count(e as i64 + 1)],
+                vec![weir_common::query::aggregate::Partial::Count(e as i64 + 1)],
             );
         }
         if e == 4 {

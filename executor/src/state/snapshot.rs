@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use weir_common::checkpoint::{check_file_name, check_relative_path, StateFile, StateSnapshot};
-use weir_common::keygroup::KeyGroups;
+use weir_common::query::keygroup::KeyGroups;
 use weir_storage::Location;
 
 use crate::state::{remove_dir, StateError, StateStore};

@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::UTC;
+use crate::data::schema::UTC;
 
 /// One value borrowed from a column. Its variants mirror [`GroupValue`]'s, in the same order,
 /// so that both serialize to the same group-key bytes.

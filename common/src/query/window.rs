@@ -434,7 +434,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::fuzzing::config(2_000))]
+        #![proptest_config(crate::testing::fuzzing::config(2_000))]
 
         /// Any time under any valid spec: windows are exact or the time is out of range.
         #[test]

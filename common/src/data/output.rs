@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
+use crate::data::schema::{delta_string_map_type, timestamp_type};
 use crate::job::Query;
-use crate::schema::{delta_string_map_type, timestamp_type};
 
 /// The `window` column: `struct<start timestamp, end timestamp>`.
 pub fn window_type() -> DataType {

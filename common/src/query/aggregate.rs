@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Schema};
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 
-use crate::keygroup::StableBuildHasher;
-use crate::value::Scalar;
+use crate::data::value::Scalar;
+use crate::query::keygroup::StableBuildHasher;
 
 /// Spark's default relative standard deviation for `approx_count_distinct`.
 pub const DEFAULT_RSD: f64 = 0.05;
@@ -81,7 +81,7 @@ pub fn parse_aggregate(name: &str, expr: &str, schema: &Schema) -> Result<Aggreg
             let lowered = args.to_ascii_lowercase();
             if let Some(rest) = lowered.strip_prefix("distinct ") {
                 let col = column_of(&args[args.len() - rest.len()..])?;
-                if !crate::schema::is_scalar(&col.1) {
+                if !crate::data::schema::is_scalar(&col.1) {
                     return Err(format!(
                         "`{text}`: cannot count distinct values of type {}",
                         col.1
@@ -106,7 +106,7 @@ pub fn parse_aggregate(name: &str, expr: &str, schema: &Schema) -> Result<Aggreg
                 None => (args, DEFAULT_RSD),
             };
             let col = column_of(col)?;
-            if !crate::schema::is_scalar(&col.1) {
+            if !crate::data::schema::is_scalar(&col.1) {
                 return Err(format!(
                     "`{text}`: cannot count distinct values of type {}",
                     col.1
@@ -120,7 +120,7 @@ pub fn parse_aggregate(name: &str, expr: &str, schema: &Schema) -> Result<Aggreg
         }
         "sum" | "min" | "max" | "avg" | "mean" => {
             let col = column_of(args)?;
-            if !crate::schema::is_numeric(&col.1) {
+            if !crate::data::schema::is_numeric(&col.1) {
                 return Err(format!(
                     "`{text}`: {func} needs a numeric column (int, long, double), `{}` is {}",
                     col.0, col.1
@@ -455,7 +455,7 @@ mod tests {
             Field::new("user_id", DataType::Utf8, false),
             Field::new("price", DataType::Float64, true),
             Field::new("qty", DataType::Int64, true),
-            Field::new("props", crate::schema::string_map_type(), true),
+            Field::new("props", crate::data::schema::string_map_type(), true),
         ])
     }
 
